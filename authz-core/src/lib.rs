@@ -1,0 +1,29 @@
+//! Pure authorization logic shared by the Wasm filter and the ext_authz server.
+//!
+//! This crate owns: the JWS/JWT verifier and its key sets ([`keys`], [`verify`]), the claims
+//! model ([`claims`]), the risk tiers ([`tier`]), the route table and its requirements
+//! ([`routes`]), the plugin configuration and its validation ([`config`]) and the final decision
+//! with the exact deny responses ([`decision`]).
+//!
+//! What it does *not* do: no I/O, no clock, no logging, no global state. Time is always a
+//! parameter (`now`, Unix seconds), keys arrive as bytes, and every outcome is a value the
+//! caller acts on. That is what lets the same code run inside Envoy (wasm32-wasip1) and in
+//! host tests, where it is unit- and property-tested.
+
+pub mod claims;
+pub mod config;
+pub mod decision;
+pub mod error;
+pub mod keys;
+pub mod routes;
+pub mod tier;
+pub mod token_hash;
+pub mod verify;
+
+pub use claims::Claims;
+
+
+pub use error::Error;
+pub use keys::KeySet;
+pub use tier::Tier;
+pub use verify::{Provider, VerifiedToken, VerifyFailure};

@@ -1,0 +1,243 @@
+//! JWS compact-serialization parsing and JWT verification against a provider's keys.
+//!
+//! Order of checks: size, shape (three strict base64url segments), header (`alg` known and not
+//! `none`, no `crit`), payload JSON, issuer → provider, key choice (`kid`, then the key/alg
+//! agreement of [`crate::keys`]), signature, then `typ` and the time and audience claims.
+//! Unverified content is used for one thing only: picking the provider and key to verify with.
+//!
+//! What this module does not do: fetch keys, read a clock (`now` is a parameter), or decide
+//! what the caller answers; every failure is a [`VerifyFailure`] the caller maps to a response.
+
+use crate::claims::Claims;
+use crate::keys::{parse_algorithm, KeySet, VerificationKey};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+
+/// What one trusted issuer's tokens must satisfy. Keys are held separately (they change at
+/// run time); see [`verify`].
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: String,
+    /// Accepted audiences; a token must name at least one of them.
+    pub audiences: Vec<String>,
+    pub clock_skew_seconds: i64,
+    pub require_expiration: bool,
+    /// When set, the header `typ` must equal it (an `application/` prefix is allowed).
+    pub required_typ: Option<String>,
+    /// HMAC key from an inline secret, the only way HS* tokens are accepted.
+    pub hmac_key: Option<VerificationKey>,
+}
+
+/// A token whose signature and claims passed.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    pub provider: usize,
+    pub algorithm: Algorithm,
+    pub kid: Option<String>,
+    pub claims: Claims,
+}
+
+/// Why a token was not accepted. Never shown to clients; logged and counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyFailure {
+    TooLarge,
+    Malformed(&'static str),
+    AlgNone,
+    UnsupportedAlgorithm,
+    CriticalHeader,
+    UnknownIssuer,
+    /// The provider's keys are not loaded yet.
+    KeysUnavailable { provider: usize },
+    /// No key carries the token's `kid` (perhaps the issuer rotated keys).
+    UnknownKey { provider: usize, kid: String },
+    AlgorithmKeyMismatch,
+    BadSignature,
+    WrongType,
+    MissingExpiration,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    WrongAudience,
+}
+
+impl VerifyFailure {
+    /// A stable snake_case label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VerifyFailure::TooLarge => "too_large",
+            VerifyFailure::Malformed(_) => "malformed",
+            VerifyFailure::AlgNone => "alg_none",
+            VerifyFailure::UnsupportedAlgorithm => "unsupported_alg",
+            VerifyFailure::CriticalHeader => "crit_header",
+            VerifyFailure::UnknownIssuer => "unknown_issuer",
+            VerifyFailure::KeysUnavailable { .. } => "keys_unavailable",
+            VerifyFailure::UnknownKey { .. } => "unknown_kid",
+            VerifyFailure::AlgorithmKeyMismatch => "alg_key_mismatch",
+            VerifyFailure::BadSignature => "bad_signature",
+            VerifyFailure::WrongType => "wrong_typ",
+            VerifyFailure::MissingExpiration => "missing_exp",
+            VerifyFailure::Expired => "expired",
+            VerifyFailure::NotYetValid => "not_yet_valid",
+            VerifyFailure::IssuedInFuture => "iat_in_future",
+            VerifyFailure::WrongAudience => "wrong_audience",
+        }
+    }
+}
+
+/// The parts of a compact JWS, decoded but not yet trusted.
+struct Parts<'a> {
+    signing_input: &'a str,
+    signature: &'a str,
+    header: Value,
+    payload: Vec<u8>,
+}
+
+fn is_base64url(segment: &str) -> bool {
+    segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn split(token: &str) -> Result<Parts<'_>, VerifyFailure> {
+    let mut segments = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next())
+    else {
+        return Err(VerifyFailure::Malformed("not three segments"));
+    };
+    if header.is_empty() || payload.is_empty() {
+        return Err(VerifyFailure::Malformed("empty segment"));
+    }
+    if ![header, payload, signature].iter().all(|s| is_base64url(s)) {
+        return Err(VerifyFailure::Malformed("segment is not base64url"));
+    }
+    let header_bytes =
+        URL_SAFE_NO_PAD.decode(header).map_err(|_| VerifyFailure::Malformed("header encoding"))?;
+    let header_json: Value = serde_json::from_slice(&header_bytes)
+        .map_err(|_| VerifyFailure::Malformed("header is not json"))?;
+    if !header_json.is_object() {
+        return Err(VerifyFailure::Malformed("header is not an object"));
+    }
+    let payload_bytes =
+        URL_SAFE_NO_PAD.decode(payload).map_err(|_| VerifyFailure::Malformed("payload encoding"))?;
+    URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| VerifyFailure::Malformed("signature encoding"))?;
+    Ok(Parts {
+        signing_input: &token[..header.len() + 1 + payload.len()],
+        signature,
+        header: header_json,
+        payload: payload_bytes,
+    })
+}
+
+fn type_matches(actual: &str, required: &str) -> bool {
+    let actual = actual.to_ascii_lowercase();
+    let required = required.to_ascii_lowercase();
+    actual == required || actual.strip_prefix("application/") == Some(required.as_str())
+}
+
+/// Verifies `token` against the providers. `keys(i)` returns provider `i`'s current key set,
+/// or `None` while it has not been loaded. `max_bytes` bounds the token length; `now` is the
+/// current Unix time in seconds.
+pub fn verify<'k>(
+    token: &str,
+    providers: &[Provider],
+    keys: impl Fn(usize) -> Option<&'k KeySet>,
+    max_bytes: usize,
+    now: i64,
+) -> Result<VerifiedToken, VerifyFailure> {
+    if token.len() > max_bytes {
+        return Err(VerifyFailure::TooLarge);
+    }
+    let parts = split(token)?;
+    let alg_name = parts
+        .header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(VerifyFailure::Malformed("header has no alg"))?;
+    if alg_name.eq_ignore_ascii_case("none") {
+        return Err(VerifyFailure::AlgNone);
+    }
+    let algorithm = parse_algorithm(alg_name).ok_or(VerifyFailure::UnsupportedAlgorithm)?;
+    if parts.header.get("crit").is_some() {
+        return Err(VerifyFailure::CriticalHeader);
+    }
+    let kid = match parts.header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(VerifyFailure::Malformed("kid is not a string")),
+    };
+    let claims =
+        Claims::from_json(&parts.payload).map_err(|e| VerifyFailure::Malformed(e.0))?;
+    let issuer = claims.issuer.as_deref().ok_or(VerifyFailure::UnknownIssuer)?;
+    let provider_index =
+        providers.iter().position(|p| p.issuer == issuer).ok_or(VerifyFailure::UnknownIssuer)?;
+    let provider = &providers[provider_index];
+
+    let candidates: Vec<&VerificationKey> = if matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    ) {
+        provider.hmac_key.iter().collect()
+    } else {
+        let set = keys(provider_index)
+            .ok_or(VerifyFailure::KeysUnavailable { provider: provider_index })?;
+        match &kid {
+            Some(kid) => {
+                let with_kid: Vec<_> =
+                    set.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect();
+                if with_kid.is_empty() {
+                    return Err(VerifyFailure::UnknownKey {
+                        provider: provider_index,
+                        kid: kid.clone(),
+                    });
+                }
+                with_kid
+            }
+            None => set.keys.iter().collect(),
+        }
+    };
+    let usable: Vec<_> = candidates.into_iter().filter(|k| k.accepts(algorithm)).collect();
+    if usable.is_empty() {
+        return Err(VerifyFailure::AlgorithmKeyMismatch);
+    }
+    let signed = usable.iter().any(|k| {
+        jsonwebtoken::crypto::verify(parts.signature, parts.signing_input.as_bytes(), &k.key, algorithm)
+            .unwrap_or(false)
+    });
+    if !signed {
+        return Err(VerifyFailure::BadSignature);
+    }
+
+    if let Some(required) = &provider.required_typ {
+        let actual = parts.header.get("typ").and_then(Value::as_str).unwrap_or("");
+        if !type_matches(actual, required) {
+            return Err(VerifyFailure::WrongType);
+        }
+    }
+    let skew = provider.clock_skew_seconds;
+    match claims.expires_at {
+        None if provider.require_expiration => return Err(VerifyFailure::MissingExpiration),
+        Some(exp) if now >= exp.saturating_add(skew) => return Err(VerifyFailure::Expired),
+        _ => {}
+    }
+    if let Some(nbf) = claims.not_before {
+        if now.saturating_add(skew) < nbf {
+            return Err(VerifyFailure::NotYetValid);
+        }
+    }
+    if let Some(iat) = claims.issued_at {
+        if iat > now.saturating_add(skew) {
+            return Err(VerifyFailure::IssuedInFuture);
+        }
+    }
+    if !claims.audiences.iter().any(|a| provider.audiences.contains(a)) {
+        return Err(VerifyFailure::WrongAudience);
+    }
+    Ok(VerifiedToken { provider: provider_index, algorithm, kid, claims })
+}
+
+#[cfg(test)]
+mod tests;
