@@ -1,1 +1,532 @@
-//! wip
+//! The plugin configuration: its JSON schema ([`FilterConfig`]) and its validation into a
+//! ready-to-use [`Policy`]. Validation reports every problem it finds at once, each naming
+//! where it is (`providers[0].issuer: ...`), so an operator fixes a config in one pass.
+//!
+//! Unknown fields are problems too (a typo such as `audience` for `audiences` must not
+//! silently disable a check). This module does not fetch keys: remote JWKS sources are
+//! described here and fetched by the filter.
+
+use crate::error::Error;
+use crate::keys::{KeySet, VerificationKey};
+use crate::routes::{ClaimRule, PathMatch, Requirements, Route, RouteTable, TenantRule};
+use crate::tier::Tier;
+use crate::verify::Provider;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// The configuration as written (JSON), before validation.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FilterConfig {
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    pub default: Option<RouteTargetConfig>,
+    /// `realm` in `WWW-Authenticate`. Default `api`.
+    pub realm: Option<String>,
+    pub headers: Option<HeadersConfig>,
+    /// How long a request may wait for keys that are being fetched. Default 3000.
+    pub key_wait_timeout_ms: Option<u64>,
+    /// Longest accepted token, in bytes. Default 8192.
+    pub max_token_bytes: Option<usize>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// One trusted issuer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderConfig {
+    pub name: Option<String>,
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub jwks: Option<JwksConfig>,
+    /// Base64 HMAC secret (>= 32 bytes): the only way HS256/384/512 tokens are accepted.
+    pub hmac_secret_base64: Option<String>,
+    /// Default 60.
+    pub clock_skew_seconds: Option<u64>,
+    /// Default true.
+    pub require_expiration: Option<bool>,
+    /// E.g. `at+jwt` (RFC 9068).
+    pub typ: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// Where a provider's keys come from: exactly one of `inline` or `remote`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JwksConfig {
+    /// A JWKS document, inline.
+    pub inline: Option<Value>,
+    pub remote: Option<RemoteJwksConfig>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// A JWKS fetched over HTTP through an Envoy cluster.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteJwksConfig {
+    pub cluster: Option<String>,
+    pub path: Option<String>,
+    /// `:authority` of the fetch. Default: the cluster name.
+    pub authority: Option<String>,
+    /// Default 300.
+    pub refresh_interval_seconds: Option<u64>,
+    /// Default 2000.
+    pub timeout_ms: Option<u64>,
+    /// Minimum time between fetches caused by unknown `kid`s. Default 30.
+    pub min_refetch_interval_seconds: Option<u64>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// One route rule as written.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouteConfig {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: Option<MatchConfig>,
+    pub tier: Option<String>,
+    pub require: Option<RequireConfig>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// The default route: a tier and requirements, no match.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouteTargetConfig {
+    pub tier: Option<String>,
+    pub require: Option<RequireConfig>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// Exactly one of `exact`, `prefix`, `regex`; optional `methods`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MatchConfig {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+    pub methods: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RequireConfig {
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub claims: Vec<ClaimRuleConfig>,
+    pub tenant: Option<TenantConfig>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// `{"claim": "roles", "contains": "admin"}` or `{"claim": "level", "equals": 3}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClaimRuleConfig {
+    pub claim: Option<String>,
+    pub equals: Option<Value>,
+    pub contains: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TenantConfig {
+    pub claim: Option<String>,
+    pub path_segment: Option<usize>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// Names of the headers the filter sets for the upstream (and strips from clients first).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeadersConfig {
+    pub subject: Option<String>,
+    pub scopes: Option<String>,
+    pub tier: Option<String>,
+    pub issuer: Option<String>,
+    /// claim name → header name.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// How a provider's keys are obtained, validated.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    Inline(KeySet),
+    Remote(RemoteJwks),
+}
+
+/// A validated remote JWKS source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub refresh_interval_seconds: u64,
+    pub timeout_ms: u64,
+    pub min_refetch_interval_seconds: u64,
+}
+
+/// Upstream header names, validated and lower-case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderNames {
+    pub subject: String,
+    pub scopes: String,
+    pub tier: String,
+    pub issuer: String,
+    /// (claim, header) pairs.
+    pub claims: Vec<(String, String)>,
+}
+
+impl HeaderNames {
+    /// Every header the filter sets; all of them are removed from client requests first.
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        [&self.subject, &self.scopes, &self.tier, &self.issuer]
+            .into_iter()
+            .map(String::as_str)
+            .chain(self.claims.iter().map(|(_, h)| h.as_str()))
+    }
+}
+
+/// A validated configuration, ready for [`crate::decide`].
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub providers: Vec<Provider>,
+    /// Parallel to `providers`.
+    pub jwks_sources: Vec<JwksSource>,
+    pub routes: RouteTable,
+    pub realm: String,
+    pub headers: HeaderNames,
+    pub key_wait_timeout_ms: u64,
+    pub max_token_bytes: usize,
+}
+
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, at: &str, what: impl std::fmt::Display) {
+        self.0.push(format!("{at}: {what}"));
+    }
+
+    fn unknown(&mut self, at: &str, fields: &Map<String, Value>) {
+        for name in fields.keys() {
+            self.add(at, format_args!("unknown field \"{name}\""));
+        }
+    }
+
+    fn required<'a, T>(&mut self, at: &str, field: &str, value: &'a Option<T>) -> Option<&'a T> {
+        if value.is_none() {
+            self.add(at, format_args!("\"{field}\" is required"));
+        }
+        value.as_ref()
+    }
+}
+
+const RESERVED_HEADERS: [&str; 6] = ["authorization", "host", "content-length", "transfer-encoding", "connection", "te"];
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !RESERVED_HEADERS.contains(&name)
+}
+
+fn parse_tier(p: &mut Problems, at: &str, tier: &Option<String>) -> Tier {
+    match tier.as_deref() {
+        None => {
+            p.add(at, "\"tier\" is required");
+            Tier::Regulated
+        }
+        Some(name) => serde_json::from_value(Value::String(name.to_owned())).unwrap_or_else(|_| {
+            p.add(at, format_args!("unknown tier \"{name}\" (expected one of public, authenticated, standard_write, privileged, regulated)"));
+            Tier::Regulated
+        }),
+    }
+}
+
+fn parse_requirements(p: &mut Problems, at: &str, tier: Tier, require: &Option<RequireConfig>) -> Requirements {
+    let Some(r) = require else {
+        return Requirements::default();
+    };
+    p.unknown(at, &r.unknown);
+    if tier == Tier::Public && (!r.scopes.is_empty() || !r.claims.is_empty() || r.tenant.is_some()) {
+        p.add(at, "a public route cannot have requirements (it carries no token)");
+    }
+    let mut out = Requirements { scopes: r.scopes.clone(), ..Requirements::default() };
+    for (i, scope) in r.scopes.iter().enumerate() {
+        if scope.is_empty() || scope.contains(' ') {
+            p.add(&format!("{at}.scopes[{i}]"), "a scope is one non-empty word");
+        }
+    }
+    for (i, rule) in r.claims.iter().enumerate() {
+        let at = format!("{at}.claims[{i}]");
+        p.unknown(&at, &rule.unknown);
+        let Some(claim) = p.required(&at, "claim", &rule.claim) else { continue };
+        match (&rule.equals, &rule.contains) {
+            (Some(value), None) => out.claims.push(ClaimRule::Equals { claim: claim.clone(), value: value.clone() }),
+            (None, Some(value)) => out.claims.push(ClaimRule::Contains { claim: claim.clone(), value: value.clone() }),
+            _ => p.add(&at, "exactly one of \"equals\" or \"contains\" is required"),
+        }
+    }
+    if let Some(t) = &r.tenant {
+        let at = format!("{at}.tenant");
+        p.unknown(&at, &t.unknown);
+        let claim = p.required(&at, "claim", &t.claim);
+        let segment = p.required(&at, "path_segment", &t.path_segment);
+        if segment == Some(&0) {
+            p.add(&at, "path_segment is 1-based");
+        }
+        if let (Some(claim), Some(&segment)) = (claim, segment) {
+            if segment > 0 {
+                out.tenant = Some(TenantRule { claim: claim.clone(), path_segment: segment });
+            }
+        }
+    }
+    out
+}
+
+fn parse_match(p: &mut Problems, at: &str, m: &MatchConfig) -> (Option<PathMatch>, Vec<String>) {
+    p.unknown(at, &m.unknown);
+    let path = match (&m.exact, &m.prefix, &m.regex) {
+        (Some(e), None, None) => Some(PathMatch::Exact(e.clone())),
+        (None, Some(prefix), None) => Some(PathMatch::Prefix(prefix.clone())),
+        (None, None, Some(r)) => match regex::Regex::new(&format!("^(?:{r})$")) {
+            Ok(re) => Some(PathMatch::Regex(re)),
+            Err(e) => {
+                p.add(at, format_args!("invalid regex: {}", e.to_string().lines().last().unwrap_or("")));
+                None
+            }
+        },
+        _ => {
+            p.add(at, "exactly one of \"exact\", \"prefix\" or \"regex\" is required");
+            None
+        }
+    };
+    if let Some(PathMatch::Exact(s) | PathMatch::Prefix(s)) = &path {
+        if !s.starts_with('/') {
+            p.add(at, "paths start with \"/\"");
+        }
+    }
+    let mut methods = Vec::new();
+    for (i, method) in m.methods.iter().flatten().enumerate() {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            p.add(&format!("{at}.methods[{i}]"), format_args!("invalid method \"{method}\""));
+        }
+        methods.push(method.to_ascii_uppercase());
+    }
+    (path, methods)
+}
+
+fn parse_provider(p: &mut Problems, at: &str, c: &ProviderConfig) -> Option<(Provider, JwksSource)> {
+    p.unknown(at, &c.unknown);
+    let issuer = p.required(at, "issuer", &c.issuer);
+    if c.audiences.is_empty() {
+        p.add(at, "\"audiences\" must list at least one audience (tokens for other services must not pass)");
+    }
+    let hmac_key = match &c.hmac_secret_base64 {
+        None => None,
+        Some(secret) => match STANDARD.decode(secret).map_err(|e| e.to_string()).and_then(|bytes| {
+            VerificationKey::hmac(&bytes).map_err(|e| e.to_string())
+        }) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                p.add(at, format_args!("hmac_secret_base64: {e}"));
+                None
+            }
+        },
+    };
+    let source = match p.required(at, "jwks", &c.jwks) {
+        None => None,
+        Some(jwks) => {
+            let at = format!("{at}.jwks");
+            p.unknown(&at, &jwks.unknown);
+            match (&jwks.inline, &jwks.remote) {
+                (Some(doc), None) => match KeySet::from_jwks_value(doc) {
+                    Ok(set) => Some(JwksSource::Inline(set)),
+                    Err(e) => {
+                        p.add(&format!("{at}.inline"), e);
+                        None
+                    }
+                },
+                (None, Some(r)) => {
+                    let at = format!("{at}.remote");
+                    p.unknown(&at, &r.unknown);
+                    let cluster = p.required(&at, "cluster", &r.cluster).cloned();
+                    let path = p.required(&at, "path", &r.path).cloned();
+                    if path.as_deref().is_some_and(|s| !s.starts_with('/')) {
+                        p.add(&at, "path starts with \"/\"");
+                    }
+                    let refresh = r.refresh_interval_seconds.unwrap_or(300);
+                    let timeout_ms = r.timeout_ms.unwrap_or(2000);
+                    if refresh == 0 {
+                        p.add(&at, "refresh_interval_seconds must be at least 1");
+                    }
+                    if timeout_ms == 0 || timeout_ms > 60_000 {
+                        p.add(&at, "timeout_ms must be between 1 and 60000");
+                    }
+                    match (cluster, path) {
+                        (Some(cluster), Some(path)) => Some(JwksSource::Remote(RemoteJwks {
+                            authority: r.authority.clone().unwrap_or_else(|| cluster.clone()),
+                            cluster,
+                            path,
+                            refresh_interval_seconds: refresh.max(1),
+                            timeout_ms,
+                            min_refetch_interval_seconds: r.min_refetch_interval_seconds.unwrap_or(30),
+                        })),
+                        _ => None,
+                    }
+                }
+                _ => {
+                    p.add(&at, "exactly one of \"inline\" or \"remote\" is required");
+                    None
+                }
+            }
+        }
+    };
+    let skew = c.clock_skew_seconds.unwrap_or(60);
+    if skew > 600 {
+        p.add(at, "clock_skew_seconds above 600 defeats expiry");
+    }
+    let provider = Provider {
+        name: c.name.clone().unwrap_or_else(|| issuer.cloned().unwrap_or_default()),
+        issuer: issuer?.clone(),
+        audiences: c.audiences.clone(),
+        clock_skew_seconds: skew as i64,
+        require_expiration: c.require_expiration.unwrap_or(true),
+        required_typ: c.typ.clone(),
+        hmac_key,
+    };
+    Some((provider, source?))
+}
+
+fn parse_headers(p: &mut Problems, c: &Option<HeadersConfig>) -> HeaderNames {
+    let get = |v: Option<&Option<String>>, default: &str| v.and_then(|s| s.clone()).unwrap_or_else(|| default.to_owned());
+    let names = HeaderNames {
+        subject: get(c.as_ref().map(|h| &h.subject), "x-auth-subject"),
+        scopes: get(c.as_ref().map(|h| &h.scopes), "x-auth-scopes"),
+        tier: get(c.as_ref().map(|h| &h.tier), "x-auth-tier"),
+        issuer: get(c.as_ref().map(|h| &h.issuer), "x-auth-issuer"),
+        claims: c.as_ref().map(|h| h.claims.clone().into_iter().collect()).unwrap_or_default(),
+    };
+    if let Some(h) = c {
+        p.unknown("headers", &h.unknown);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names.all() {
+        if !valid_header_name(name) {
+            p.add("headers", format_args!("\"{name}\" is not a usable lower-case header name"));
+        }
+        if !seen.insert(name) {
+            p.add("headers", format_args!("\"{name}\" is used twice"));
+        }
+    }
+    names
+}
+
+impl Policy {
+    /// Parses and validates a JSON configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Policy, Error> {
+        let config: FilterConfig = serde_json::from_slice(bytes)
+            .map_err(|e| Error::InvalidConfig(vec![format!("not a valid configuration document: {e}")]))?;
+        Policy::from_config(&config)
+    }
+
+    /// Validates a parsed configuration, reporting every problem.
+    pub fn from_config(c: &FilterConfig) -> Result<Policy, Error> {
+        let mut p = Problems(Vec::new());
+        p.unknown("config", &c.unknown);
+        if c.providers.is_empty() {
+            p.add("providers", "at least one provider is required");
+        }
+        let mut providers = Vec::new();
+        let mut jwks_sources = Vec::new();
+        for (i, pc) in c.providers.iter().enumerate() {
+            if let Some((provider, source)) = parse_provider(&mut p, &format!("providers[{i}]"), pc) {
+                if providers.iter().any(|q: &Provider| q.issuer == provider.issuer) {
+                    p.add(&format!("providers[{i}]"), format_args!("issuer \"{}\" is configured twice", provider.issuer));
+                }
+                providers.push(provider);
+                jwks_sources.push(source);
+            }
+        }
+        let mut routes = Vec::new();
+        for (i, rc) in c.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            p.unknown(&at, &rc.unknown);
+            let tier = parse_tier(&mut p, &at, &rc.tier);
+            let (path, methods) = match p.required(&at, "match", &rc.matcher) {
+                Some(m) => parse_match(&mut p, &format!("{at}.match"), m),
+                None => (None, Vec::new()),
+            };
+            let require = parse_requirements(&mut p, &format!("{at}.require"), tier, &rc.require);
+            if let Some(path) = path {
+                routes.push(Route { name: rc.name.clone().unwrap_or(at), path: Some(path), methods, tier, require });
+            }
+        }
+        let default = match &c.default {
+            None => {
+                p.add("default", "an explicit default route ({\"tier\": ...}) is required");
+                None
+            }
+            Some(d) => {
+                p.unknown("default", &d.unknown);
+                let tier = parse_tier(&mut p, "default", &d.tier);
+                let require = parse_requirements(&mut p, "default.require", tier, &d.require);
+                Some(Route { name: "default".into(), path: None, methods: Vec::new(), tier, require })
+            }
+        };
+        let headers = parse_headers(&mut p, &c.headers);
+        let realm = c.realm.clone().unwrap_or_else(|| "api".into());
+        if realm.is_empty() || !realm.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+            p.add("realm", "must be printable ascii without quotes or backslashes");
+        }
+        let key_wait_timeout_ms = c.key_wait_timeout_ms.unwrap_or(3000);
+        if key_wait_timeout_ms > 30_000 {
+            p.add("key_wait_timeout_ms", "must be at most 30000");
+        }
+        let max_token_bytes = c.max_token_bytes.unwrap_or(8192);
+        if !(256..=65_536).contains(&max_token_bytes) {
+            p.add("max_token_bytes", "must be between 256 and 65536");
+        }
+        if !p.0.is_empty() {
+            return Err(Error::InvalidConfig(p.0));
+        }
+        let default = default.ok_or_else(|| Error::InvalidConfig(vec!["default: missing".into()]))?;
+        Ok(Policy {
+            providers,
+            jwks_sources,
+            routes: RouteTable { routes, default },
+            realm,
+            headers,
+            key_wait_timeout_ms,
+            max_token_bytes,
+        })
+    }
+
+    /// Provider `index`'s inline key set, if its keys are configured inline.
+    pub fn inline_keys(&self, index: usize) -> Option<&KeySet> {
+        match self.jwks_sources.get(index)? {
+            JwksSource::Inline(set) => Some(set),
+            JwksSource::Remote(_) => None,
+        }
+    }
+
+    /// Remote JWKS sources with their provider index.
+    pub fn remote_sources(&self) -> impl Iterator<Item = (usize, &RemoteJwks)> {
+        self.jwks_sources.iter().enumerate().filter_map(|(i, s)| match s {
+            JwksSource::Remote(r) => Some((i, r)),
+            JwksSource::Inline(_) => None,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,1 +1,218 @@
-//! wip
+//! The decision for one request, and the exact responses for denials.
+//!
+//! [`decide`] combines the route table, the verifier and the requirements: route → tier →
+//! token → signature and claims → requirements → tier rule. Its result is a value the proxy
+//! acts on: forward with these headers, answer with this response, or wait for keys.
+//!
+//! Deny responses are fixed per status: every 401 is byte-identical (same body, same
+//! `WWW-Authenticate`) whether the token was missing, expired, forged, for another audience or
+//! signed by an unknown key. The reason travels beside the response for logs and metrics only.
+
+use crate::config::Policy;
+use crate::keys::KeySet;
+use crate::routes::Unmet;
+use crate::tier::Tier;
+use crate::verify::{verify, VerifiedToken, VerifyFailure};
+
+/// Body of every 401.
+pub const UNAUTHORIZED_BODY: &str = "{\"error\":\"invalid_token\",\"error_description\":\"the access token is missing or invalid\"}\n";
+/// Body of every 403.
+pub const FORBIDDEN_BODY: &str = "{\"error\":\"insufficient_scope\",\"error_description\":\"the access token does not grant this request\"}\n";
+/// Body of every 503 from a fail-closed rule.
+pub const UNAVAILABLE_BODY: &str = "{\"error\":\"temporarily_unavailable\",\"error_description\":\"authorization cannot be decided right now\"}\n";
+/// Seconds in `Retry-After` of a fail-closed 503.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
+
+/// What the proxy knows about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a str,
+    /// `:path`, possibly with a query string.
+    pub path: &'a str,
+    /// The `authorization` header, if any.
+    pub authorization: Option<&'a str>,
+}
+
+/// Why a request was denied. Never sent to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    MissingToken,
+    /// The `authorization` header is not `Bearer <token>`.
+    NotBearer,
+    Token(VerifyFailure),
+    InsufficientScope,
+    ClaimMismatch,
+    TenantMismatch,
+    /// Keys for the token's issuer could not be loaded in time.
+    KeysUnavailable,
+    /// The tier needs the authorization server, which this path cannot consult.
+    ServerRequired,
+}
+
+impl DenyReason {
+    /// A stable snake_case label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DenyReason::MissingToken => "missing_token",
+            DenyReason::NotBearer => "not_bearer",
+            DenyReason::Token(f) => f.as_str(),
+            DenyReason::InsufficientScope => "insufficient_scope",
+            DenyReason::ClaimMismatch => "claim_mismatch",
+            DenyReason::TenantMismatch => "tenant_mismatch",
+            DenyReason::KeysUnavailable => "keys_unavailable",
+            DenyReason::ServerRequired => "server_required",
+        }
+    }
+
+    /// The HTTP status for this reason: 401 for anything about the token, 403 for a valid
+    /// token that is not enough, 503 where the answer cannot be decided (fail closed).
+    pub fn status(&self) -> u16 {
+        match self {
+            DenyReason::MissingToken | DenyReason::NotBearer | DenyReason::Token(_) => 401,
+            DenyReason::InsufficientScope | DenyReason::ClaimMismatch | DenyReason::TenantMismatch => 403,
+            DenyReason::KeysUnavailable | DenyReason::ServerRequired => 503,
+        }
+    }
+}
+
+/// A complete deny response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyResponse {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: &'static str,
+}
+
+/// Builds the response for a reason. Only the status class selects the response.
+pub fn deny_response(reason: &DenyReason, realm: &str) -> DenyResponse {
+    let json = ("content-type", "application/json".to_owned());
+    let no_store = ("cache-control", "no-store".to_owned());
+    match reason.status() {
+        401 => DenyResponse {
+            status: 401,
+            headers: vec![
+                ("www-authenticate", format!("Bearer realm=\"{realm}\", error=\"invalid_token\"")),
+                json,
+                no_store,
+            ],
+            body: UNAUTHORIZED_BODY,
+        },
+        403 => DenyResponse {
+            status: 403,
+            headers: vec![
+                ("www-authenticate", format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"")),
+                json,
+                no_store,
+            ],
+            body: FORBIDDEN_BODY,
+        },
+        _ => DenyResponse {
+            status: 503,
+            headers: vec![("retry-after", RETRY_AFTER_SECONDS.to_string()), json, no_store],
+            body: UNAVAILABLE_BODY,
+        },
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Forward, after setting these headers (the configured names were stripped first).
+    Allow { route: String, tier: Tier, upstream_headers: Vec<(String, String)>, subject: Option<String> },
+    /// Answer with [`deny_response`] for `reason`.
+    Deny { route: String, tier: Tier, reason: DenyReason },
+    /// The token's issuer has no keys yet (`kid: None`) or none with this `kid`: the proxy may
+    /// fetch keys and decide again, or turn this into a deny.
+    AwaitKeys { route: String, tier: Tier, provider: usize, kid: Option<String> },
+}
+
+impl Decision {
+    /// The outcome label for metrics: `allow`, `deny` or `await_keys`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Decision::Allow { .. } => "allow",
+            Decision::Deny { .. } => "deny",
+            Decision::AwaitKeys { .. } => "await_keys",
+        }
+    }
+}
+
+/// Extracts the token from `Bearer <token>` (scheme case-insensitive).
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, rest) = authorization.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches(' ');
+    (!token.is_empty() && !token.contains(' ')).then_some(token)
+}
+
+fn allow_headers(policy: &Policy, tier: Tier, token: Option<&VerifiedToken>) -> Vec<(String, String)> {
+    let names = &policy.headers;
+    let mut headers = vec![(names.tier.clone(), tier.as_str().to_owned())];
+    if let Some(token) = token {
+        let claims = &token.claims;
+        if let Some(sub) = &claims.subject {
+            headers.push((names.subject.clone(), sub.clone()));
+        }
+        headers.push((names.issuer.clone(), policy.providers[token.provider].issuer.clone()));
+        headers.push((names.scopes.clone(), claims.scopes.join(" ")));
+        for (claim, header) in &names.claims {
+            if let Some(value) = claims.claim_as_header_value(claim) {
+                headers.push((header.clone(), value));
+            }
+        }
+    }
+    headers.retain(|(_, v)| v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)));
+    headers
+}
+
+/// Decides one request. `keys(i)` gives provider `i`'s current keys; `now` is Unix seconds.
+pub fn decide<'k>(
+    policy: &Policy,
+    request: &RequestFacts<'_>,
+    keys: impl Fn(usize) -> Option<&'k KeySet>,
+    now: i64,
+) -> Decision {
+    let route = policy.routes.find(request.method, request.path);
+    let (name, tier) = (route.name.clone(), route.tier);
+    let deny = |reason| Decision::Deny { route: name.clone(), tier, reason };
+    if !tier.requires_token() {
+        return Decision::Allow { route: name.clone(), tier, upstream_headers: allow_headers(policy, tier, None), subject: None };
+    }
+    let Some(authorization) = request.authorization else {
+        return deny(DenyReason::MissingToken);
+    };
+    let Some(token) = bearer_token(authorization) else {
+        return deny(DenyReason::NotBearer);
+    };
+    let verified = match verify(token, &policy.providers, keys, policy.max_token_bytes, now) {
+        Ok(v) => v,
+        Err(VerifyFailure::KeysUnavailable { provider }) => {
+            return Decision::AwaitKeys { route: name.clone(), tier, provider, kid: None }
+        }
+        Err(VerifyFailure::UnknownKey { provider, kid }) => {
+            return Decision::AwaitKeys { route: name.clone(), tier, provider, kid: Some(kid) }
+        }
+        Err(failure) => return deny(DenyReason::Token(failure)),
+    };
+    if let Err(unmet) = route.require.check(&verified.claims, crate::routes::path_only(request.path)) {
+        return deny(match unmet {
+            Unmet::Scope => DenyReason::InsufficientScope,
+            Unmet::Claim => DenyReason::ClaimMismatch,
+            Unmet::Tenant => DenyReason::TenantMismatch,
+        });
+    }
+    if tier.requires_server() {
+        return deny(DenyReason::ServerRequired);
+    }
+    Decision::Allow {
+        route: name.clone(),
+        tier,
+        upstream_headers: allow_headers(policy, tier, Some(&verified)),
+        subject: verified.claims.subject.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -21,6 +21,8 @@ pub mod token_hash;
 pub mod verify;
 
 pub use claims::Claims;
+pub use config::{FilterConfig, Policy};
+pub use decision::{decide, deny_response, Decision, DenyReason, DenyResponse, RequestFacts};
 
 
 pub use error::Error;

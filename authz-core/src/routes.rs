@@ -1,1 +1,249 @@
-//! wip
+//! The route table: which tier and which requirements apply to a request, by path and method.
+//!
+//! Matching is first-match-wins over the configured routes, then the explicit default.
+//! Paths are compared without their query string; `prefix` is a plain string prefix (as in
+//! Envoy's route `prefix`) and `regex` must match the whole path (as Envoy's `safe_regex`).
+//! The proxy must normalise paths before this runs (Envoy: `normalize_path`, `merge_slashes`),
+//! so `/public/../admin` never reaches the matcher unresolved.
+//!
+//! Requirements are checked against already-verified claims; this module never looks at a
+//! token.
+
+use crate::claims::Claims;
+use crate::tier::Tier;
+use serde_json::Value;
+
+/// How a route matches the request path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    /// Anchored at both ends when compiled.
+    Regex(regex::Regex),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// A claim requirement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimRule {
+    /// The claim equals this JSON value exactly.
+    Equals { claim: String, value: Value },
+    /// The claim is an array holding this string, or a space-delimited string with this word.
+    Contains { claim: String, value: String },
+}
+
+impl ClaimRule {
+    fn holds(&self, claims: &Claims) -> bool {
+        match self {
+            ClaimRule::Equals { claim, value } => claims.raw.get(claim) == Some(value),
+            ClaimRule::Contains { claim, value } => match claims.raw.get(claim) {
+                Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(value)),
+                Some(Value::String(s)) => s.split(' ').any(|w| w == value),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// The tenant named by a path segment must be one the token carries in `claim`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRule {
+    pub claim: String,
+    /// 1-based index of the segment: in `/tenants/acme/orders`, segment 2 is `acme`.
+    pub path_segment: usize,
+}
+
+impl TenantRule {
+    fn holds(&self, claims: &Claims, path: &str) -> bool {
+        let Some(tenant) = path.split('/').filter(|s| !s.is_empty()).nth(self.path_segment - 1) else {
+            return false;
+        };
+        match claims.raw.get(&self.claim) {
+            Some(Value::String(s)) => s == tenant,
+            Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(tenant)),
+            _ => false,
+        }
+    }
+}
+
+/// What a verified token must also satisfy on a route.
+#[derive(Debug, Clone, Default)]
+pub struct Requirements {
+    /// Every one of these scopes must be granted.
+    pub scopes: Vec<String>,
+    /// Every one of these rules must hold.
+    pub claims: Vec<ClaimRule>,
+    pub tenant: Option<TenantRule>,
+}
+
+/// Which requirement was not met (for logs and metrics only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmet {
+    Scope,
+    Claim,
+    Tenant,
+}
+
+impl Requirements {
+    /// Checks the requirements in a fixed order: scopes, claims, tenant.
+    pub fn check(&self, claims: &Claims, path: &str) -> Result<(), Unmet> {
+        if !self.scopes.iter().all(|s| claims.has_scope(s)) {
+            return Err(Unmet::Scope);
+        }
+        if !self.claims.iter().all(|rule| rule.holds(claims)) {
+            return Err(Unmet::Claim);
+        }
+        match &self.tenant {
+            Some(rule) if !rule.holds(claims, path) => Err(Unmet::Tenant),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One route rule.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// `None` only for the default route.
+    pub path: Option<PathMatch>,
+    /// Upper-case method names; empty means any method.
+    pub methods: Vec<String>,
+    pub tier: Tier,
+    pub require: Requirements,
+}
+
+impl Route {
+    fn matches(&self, method: &str, path: &str) -> bool {
+        let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m == method);
+        method_ok && self.path.as_ref().is_none_or(|p| p.matches(path))
+    }
+}
+
+/// The ordered routes and the default.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+    pub default: Route,
+}
+
+/// The path without query string or fragment.
+pub fn path_only(path: &str) -> &str {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    &path[..end]
+}
+
+impl RouteTable {
+    /// The first route that matches, or the default. `path` may carry a query string.
+    pub fn find(&self, method: &str, path: &str) -> &Route {
+        let path = path_only(path);
+        self.routes.iter().find(|r| r.matches(method, path)).unwrap_or(&self.default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn route(name: &str, path: PathMatch, methods: &[&str], tier: Tier) -> Route {
+        Route {
+            name: name.into(),
+            path: Some(path),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            tier,
+            require: Requirements::default(),
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable {
+            routes: vec![
+                route("health", PathMatch::Exact("/healthz".into()), &[], Tier::Public),
+                route("read", PathMatch::Prefix("/api/".into()), &["GET", "HEAD"], Tier::Authenticated),
+                route("write", PathMatch::Prefix("/api/".into()), &[], Tier::StandardWrite),
+                route(
+                    "admin",
+                    PathMatch::Regex(regex::Regex::new("^(?:/admin/[a-z]+)$").unwrap()),
+                    &[],
+                    Tier::Privileged,
+                ),
+            ],
+            default: Route {
+                name: "default".into(),
+                path: None,
+                methods: vec![],
+                tier: Tier::Authenticated,
+                require: Requirements::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn first_match_wins_and_methods_narrow() {
+        let t = table();
+        assert_eq!(t.find("GET", "/api/items?x=1").name, "read");
+        assert_eq!(t.find("POST", "/api/items").name, "write");
+        assert_eq!(t.find("GET", "/healthz").name, "health");
+        assert_eq!(t.find("GET", "/healthz/x").name, "default");
+        assert_eq!(t.find("GET", "/admin/users").name, "admin");
+        assert_eq!(t.find("GET", "/admin/users/1").name, "default", "regex is anchored");
+    }
+
+    fn claims(json: serde_json::Value) -> Claims {
+        Claims::from_json(json.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn requirements_check_scopes_claims_and_tenant() {
+        let req = Requirements {
+            scopes: vec!["orders:write".into()],
+            claims: vec![
+                ClaimRule::Contains { claim: "roles".into(), value: "editor".into() },
+                ClaimRule::Equals { claim: "email_verified".into(), value: json!(true) },
+            ],
+            tenant: Some(TenantRule { claim: "tenant".into(), path_segment: 2 }),
+        };
+        let good = claims(json!({"scope": "orders:write", "roles": ["viewer", "editor"], "email_verified": true, "tenant": "acme"}));
+        assert_eq!(req.check(&good, "/tenants/acme/orders"), Ok(()));
+        assert_eq!(req.check(&good, "/tenants/globex/orders"), Err(Unmet::Tenant));
+        assert_eq!(req.check(&good, "/tenants"), Err(Unmet::Tenant));
+        let no_scope = claims(json!({"scope": "orders:read", "roles": ["editor"], "email_verified": true, "tenant": "acme"}));
+        assert_eq!(req.check(&no_scope, "/tenants/acme/orders"), Err(Unmet::Scope));
+        let no_role = claims(json!({"scope": "orders:write", "roles": "viewer", "email_verified": true, "tenant": "acme"}));
+        assert_eq!(req.check(&no_role, "/tenants/acme/orders"), Err(Unmet::Claim));
+        let string_true = claims(json!({"scope": "orders:write", "roles": "editor", "email_verified": "true", "tenant": "acme"}));
+        assert_eq!(req.check(&string_true, "/tenants/acme/orders"), Err(Unmet::Claim), "equals is type-exact");
+    }
+
+    proptest! {
+        /// The table is total: every method and path finds exactly the first matching route.
+        #[test]
+        fn find_returns_the_first_matching_route(method in "(GET|POST|PUT|DELETE|HEAD)", path in "/[a-z/]{0,20}(\\?[a-z=]{0,5})?") {
+            let t = table();
+            let found = t.find(&method, &path);
+            let bare = path_only(&path);
+            let expected = t.routes.iter().find(|r| r.matches(&method, bare)).map(|r| r.name.as_str()).unwrap_or("default");
+            prop_assert_eq!(found.name.as_str(), expected);
+            if let Some(p) = &found.path { prop_assert!(p.matches(bare)); }
+        }
+
+        /// Prefix routes never match a path that lacks the prefix.
+        #[test]
+        fn prefix_never_matches_without_the_prefix(path in "/[a-z]{0,10}") {
+            prop_assume!(!path.starts_with("/api/"));
+            let t = table();
+            let name = t.find("GET", &path).name.clone();
+            prop_assert!(name != "read" && name != "write");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Configuration validation tests: a full example loads; every problem is named at once.
+
+use super::*;
+use serde_json::json;
+
+pub(crate) fn example() -> Value {
+    json!({
+        "realm": "demo",
+        "providers": [{
+            "name": "dev",
+            "issuer": "https://idp.test",
+            "audiences": ["api"],
+            "jwks": {"remote": {"cluster": "dev_idp", "path": "/.well-known/jwks.json", "refresh_interval_seconds": 60}}
+        }],
+        "routes": [
+            {"name": "health", "match": {"exact": "/healthz"}, "tier": "public"},
+            {"name": "read", "match": {"prefix": "/api/", "methods": ["get", "HEAD"]}, "tier": "authenticated", "require": {"scopes": ["read"]}},
+            {"name": "tenant-write", "match": {"regex": "/tenants/[^/]+/orders"}, "tier": "standard_write",
+             "require": {"scopes": ["write"], "claims": [{"claim": "roles", "contains": "editor"}], "tenant": {"claim": "tenant", "path_segment": 2}}},
+            {"name": "admin", "match": {"prefix": "/admin/"}, "tier": "privileged"}
+        ],
+        "default": {"tier": "authenticated"},
+        "headers": {"claims": {"tenant": "x-auth-tenant"}}
+    })
+}
+
+fn load(v: &Value) -> Result<Policy, Error> {
+    Policy::from_json(v.to_string().as_bytes())
+}
+
+fn problems(v: &Value) -> Vec<String> {
+    match load(v) {
+        Err(Error::InvalidConfig(p)) => p,
+        other => panic!("expected invalid config, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_example_loads_with_defaults_filled_in() {
+    let policy = load(&example()).unwrap();
+    assert_eq!(policy.providers.len(), 1);
+    assert_eq!(policy.providers[0].clock_skew_seconds, 60);
+    assert!(policy.providers[0].require_expiration);
+    assert_eq!(policy.routes.routes.len(), 4);
+    assert_eq!(policy.routes.routes[1].methods, vec!["GET", "HEAD"]);
+    assert_eq!(policy.headers.subject, "x-auth-subject");
+    assert_eq!(policy.headers.claims, vec![("tenant".to_string(), "x-auth-tenant".to_string())]);
+    let remote: Vec<_> = policy.remote_sources().collect();
+    assert_eq!(remote.len(), 1);
+    assert_eq!(remote[0].1.authority, "dev_idp");
+    assert_eq!(remote[0].1.min_refetch_interval_seconds, 30);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let bad = json!({
+        "providers": [{"audiences": [], "jwks": {}, "clock_skew_seconds": 9999, "audience": "typo"}],
+        "routes": [
+            {"match": {"prefix": "/a", "exact": "/b"}, "tier": "gold"},
+            {"match": {"regex": "(unclosed"}, "tier": "public", "require": {"scopes": ["x"]}},
+            {"tier": "authenticated", "require": {"tenant": {"claim": "t", "path_segment": 0}}}
+        ],
+        "headers": {"subject": "Authorization", "tier": "x-auth-scopes"},
+        "max_token_bytes": 5,
+        "colour": "blue"
+    });
+    let p = problems(&bad);
+    let expect = [
+        "config: unknown field \"colour\"",
+        "providers[0]: unknown field \"audience\"",
+        "providers[0]: \"issuer\" is required",
+        "providers[0]: \"audiences\" must list",
+        "providers[0].jwks: exactly one of",
+        "providers[0]: clock_skew_seconds above 600",
+        "routes[0]: unknown tier \"gold\"",
+        "routes[0].match: exactly one of",
+        "routes[1].match: invalid regex",
+        "routes[1].require: a public route cannot have requirements",
+        "routes[2]: \"match\" is required",
+        "routes[2].require.tenant: path_segment is 1-based",
+        "default: an explicit default route",
+        "headers: \"Authorization\" is not a usable",
+        "headers: \"x-auth-scopes\" is used twice",
+        "max_token_bytes: must be between",
+    ];
+    for e in expect {
+        assert!(p.iter().any(|line| line.starts_with(e)), "missing problem {e:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), expect.len(), "unexpected extra problems: {p:#?}");
+}
+
+#[test]
+fn a_broken_inline_jwks_is_named() {
+    let mut c = example();
+    c["providers"][0]["jwks"] = json!({"inline": {"keys": [{"kty": "oct", "k": "AAAA"}]}});
+    let p = problems(&c);
+    assert!(p[0].starts_with("providers[0].jwks.inline: invalid jwks: no usable signing key"), "{p:?}");
+}
+
+#[test]
+fn duplicate_issuers_and_short_hmac_secrets_are_refused() {
+    let mut c = example();
+    let mut second = c["providers"][0].clone();
+    second["hmac_secret_base64"] = json!("c2hvcnQ=");
+    c["providers"].as_array_mut().unwrap().push(second);
+    let p = problems(&c);
+    assert!(p.iter().any(|l| l.contains("hmac_secret_base64: invalid jwks: hmac secret must be at least 32 bytes")), "{p:?}");
+    assert!(p.iter().any(|l| l.contains("configured twice")), "{p:?}");
+}
+
+#[test]
+fn not_json_is_one_clear_problem() {
+    let err = Policy::from_json(b"{nope").unwrap_err();
+    assert!(err.to_string().starts_with("invalid configuration: not a valid configuration document"), "{err}");
+}
