@@ -32,6 +32,9 @@ pub struct FilterConfig {
     pub key_wait_timeout_ms: Option<u64>,
     /// Longest accepted token, in bytes. Default 8192.
     pub max_token_bytes: Option<usize>,
+    /// Keep the `authorization` header on allowed requests. Default false: the upstream gets
+    /// the verified context headers, not the credential (as Envoy `jwt_authn` `forward: false`).
+    pub forward_token: Option<bool>,
     #[serde(flatten)]
     pub unknown: Map<String, Value>,
 }
@@ -208,6 +211,7 @@ pub struct Policy {
     pub headers: HeaderNames,
     pub key_wait_timeout_ms: u64,
     pub max_token_bytes: usize,
+    pub forward_token: bool,
 }
 
 struct Problems(Vec<String>);
@@ -508,6 +512,7 @@ impl Policy {
             headers,
             key_wait_timeout_ms,
             max_token_bytes,
+            forward_token: c.forward_token.unwrap_or(false),
         })
     }
 

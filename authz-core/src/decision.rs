@@ -47,6 +47,8 @@ pub enum DenyReason {
     KeysUnavailable,
     /// The tier needs the authorization server, which this path cannot consult.
     ServerRequired,
+    /// The proxy could not supply what a decision needs (e.g. the clock).
+    Internal,
 }
 
 impl DenyReason {
@@ -61,6 +63,7 @@ impl DenyReason {
             DenyReason::TenantMismatch => "tenant_mismatch",
             DenyReason::KeysUnavailable => "keys_unavailable",
             DenyReason::ServerRequired => "server_required",
+            DenyReason::Internal => "internal",
         }
     }
 
@@ -70,7 +73,7 @@ impl DenyReason {
         match self {
             DenyReason::MissingToken | DenyReason::NotBearer | DenyReason::Token(_) => 401,
             DenyReason::InsufficientScope | DenyReason::ClaimMismatch | DenyReason::TenantMismatch => 403,
-            DenyReason::KeysUnavailable | DenyReason::ServerRequired => 503,
+            DenyReason::KeysUnavailable | DenyReason::ServerRequired | DenyReason::Internal => 503,
         }
     }
 }

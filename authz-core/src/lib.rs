@@ -14,6 +14,7 @@ pub mod claims;
 pub mod config;
 pub mod decision;
 pub mod error;
+pub mod jwks_refresh;
 pub mod keys;
 pub mod routes;
 pub mod tier;

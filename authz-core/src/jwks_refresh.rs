@@ -1,0 +1,222 @@
+//! When to fetch a remote JWKS, shared by every proxy worker.
+//!
+//! All workers share one [`FetchStatus`] record per key source (the filter keeps it in Envoy
+//! shared data and updates it with compare-and-swap). A worker fetches only after it has won
+//! the record's lease, so one fetch serves every worker. [`next_fetch`] says whether a fetch
+//! is due: the first load (with backoff after failures), the periodic refresh, or an unknown
+//! `kid`, which is allowed at most once per `min_refetch_interval` so that a flood of tokens
+//! with random `kid`s cannot become a flood of fetches. Failed refreshes keep the last good keys
+//! (the filter simply does not replace them); the status only records the failure.
+//!
+//! Pure: the clock is the `now_ms` parameter; the record is (de)serialised here, stored by the
+//! caller.
+
+use serde::{Deserialize, Serialize};
+
+/// Timing rules for one key source, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshRules {
+    pub refresh_interval_ms: u64,
+    pub min_refetch_interval_ms: u64,
+    /// How long a lease lasts: the fetch timeout plus a margin. A worker that dies mid-fetch
+    /// blocks others for at most this long.
+    pub lease_ms: u64,
+}
+
+/// First retry delay after a failed fetch; doubles per failure up to [`MAX_BACKOFF_MS`].
+pub const FIRST_BACKOFF_MS: u64 = 500;
+/// Longest delay between retries after failures.
+pub const MAX_BACKOFF_MS: u64 = 30_000;
+
+/// The shared record of one key source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchStatus {
+    /// A fetch is in flight (by someone) until this time.
+    pub lease_until_ms: u64,
+    pub last_attempt_ms: Option<u64>,
+    /// `None` until the first successful fetch.
+    pub last_success_ms: Option<u64>,
+    pub consecutive_failures: u32,
+    /// Bumped each time new keys are stored, so workers re-read keys only when it changes.
+    pub keys_version: u64,
+    /// Bumped each time a fetch ends (success or failure), so waiters know a fetch concluded.
+    pub completed_fetches: u64,
+}
+
+/// Why a fetch is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchReason {
+    Initial,
+    Retry,
+    Refresh,
+    UnknownKid,
+}
+
+impl FetchReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchReason::Initial => "initial",
+            FetchReason::Retry => "retry",
+            FetchReason::Refresh => "refresh",
+            FetchReason::UnknownKid => "unknown_kid",
+        }
+    }
+}
+
+impl FetchStatus {
+    /// Parses a stored record; anything unreadable counts as a fresh record.
+    pub fn decode(bytes: Option<&[u8]>) -> FetchStatus {
+        bytes.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Whether some worker holds the lease now.
+    pub fn fetch_in_flight(&self, now_ms: u64) -> bool {
+        now_ms < self.lease_until_ms
+    }
+
+    fn backoff_ms(&self) -> u64 {
+        match self.consecutive_failures {
+            0 => 0,
+            n => FIRST_BACKOFF_MS.saturating_mul(1u64 << (n - 1).min(16)).min(MAX_BACKOFF_MS),
+        }
+    }
+
+    /// The record after winning the lease.
+    pub fn leased(&self, rules: &RefreshRules, now_ms: u64) -> FetchStatus {
+        FetchStatus { lease_until_ms: now_ms + rules.lease_ms, last_attempt_ms: Some(now_ms), ..*self }
+    }
+
+    /// The record after a fetch that stored new keys.
+    pub fn succeeded(&self, now_ms: u64) -> FetchStatus {
+        FetchStatus {
+            lease_until_ms: 0,
+            last_success_ms: Some(now_ms),
+            consecutive_failures: 0,
+            keys_version: self.keys_version + 1,
+            completed_fetches: self.completed_fetches + 1,
+            ..*self
+        }
+    }
+
+    /// The record after a failed fetch (the last good keys stay).
+    pub fn failed(&self) -> FetchStatus {
+        FetchStatus {
+            lease_until_ms: 0,
+            consecutive_failures: self.consecutive_failures.saturating_add(1),
+            completed_fetches: self.completed_fetches + 1,
+            ..*self
+        }
+    }
+}
+
+/// Whether a fetch should start now. `unknown_kid` is true when a request carries a `kid` the
+/// current keys lack.
+pub fn next_fetch(rules: &RefreshRules, status: &FetchStatus, now_ms: u64, unknown_kid: bool) -> Option<FetchReason> {
+    if status.fetch_in_flight(now_ms) {
+        return None;
+    }
+    let Some(last_attempt) = status.last_attempt_ms else {
+        return Some(FetchReason::Initial);
+    };
+    let since_attempt = now_ms.saturating_sub(last_attempt);
+    let backoff_over = since_attempt >= status.backoff_ms();
+    let Some(last_success) = status.last_success_ms else {
+        return backoff_over.then_some(FetchReason::Retry);
+    };
+    if now_ms.saturating_sub(last_success) >= rules.refresh_interval_ms && backoff_over {
+        return Some(if status.consecutive_failures > 0 { FetchReason::Retry } else { FetchReason::Refresh });
+    }
+    if unknown_kid && since_attempt >= rules.min_refetch_interval_ms {
+        return Some(FetchReason::UnknownKid);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const RULES: RefreshRules = RefreshRules { refresh_interval_ms: 60_000, min_refetch_interval_ms: 5_000, lease_ms: 3_000 };
+
+    #[test]
+    fn first_load_then_refresh_on_schedule() {
+        let s = FetchStatus::default();
+        assert_eq!(next_fetch(&RULES, &s, 1_000, false), Some(FetchReason::Initial));
+        let s = s.leased(&RULES, 1_000);
+        assert_eq!(next_fetch(&RULES, &s, 1_500, false), None, "in flight");
+        let s = s.succeeded(1_200);
+        assert_eq!(s.keys_version, 1);
+        assert_eq!(next_fetch(&RULES, &s, 30_000, false), None);
+        assert_eq!(next_fetch(&RULES, &s, 61_200, false), Some(FetchReason::Refresh));
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_and_keep_trying() {
+        let mut s = FetchStatus::default().leased(&RULES, 0).failed();
+        let mut now = 0;
+        let mut gaps = Vec::new();
+        for _ in 0..8 {
+            let start = now;
+            while next_fetch(&RULES, &s, now, false).is_none() {
+                now += 100;
+            }
+            gaps.push(now - start);
+            s = s.leased(&RULES, now).failed();
+        }
+        assert_eq!(gaps, vec![500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+    }
+
+    #[test]
+    fn a_lease_that_is_never_released_expires() {
+        let s = FetchStatus::default().leased(&RULES, 0);
+        assert_eq!(next_fetch(&RULES, &s, 2_999, false), None);
+        assert_eq!(next_fetch(&RULES, &s, 3_000, false), Some(FetchReason::Retry));
+    }
+
+    #[test]
+    fn unknown_kid_refetch_is_rate_limited() {
+        let s = FetchStatus::default().leased(&RULES, 0).succeeded(0);
+        assert_eq!(next_fetch(&RULES, &s, 4_999, true), None);
+        assert_eq!(next_fetch(&RULES, &s, 5_000, true), Some(FetchReason::UnknownKid));
+    }
+
+    #[test]
+    fn records_round_trip_and_garbage_reads_as_fresh() {
+        let s = FetchStatus { keys_version: 3, completed_fetches: 4, ..FetchStatus::default() };
+        assert_eq!(FetchStatus::decode(Some(&s.encode())), s);
+        assert_eq!(FetchStatus::decode(Some(b"junk")), FetchStatus::default());
+        assert_eq!(FetchStatus::decode(None), FetchStatus::default());
+    }
+
+    proptest! {
+        /// A flood of unknown-kid requests, at any arrival pattern, causes at most one fetch per
+        /// `min_refetch_interval` (plus scheduled refreshes).
+        #[test]
+        fn unknown_kid_flood_is_bounded(arrivals in proptest::collection::vec(0u64..200, 1..500)) {
+            let mut s = FetchStatus::default().leased(&RULES, 0).succeeded(0);
+            let mut now = 0u64;
+            let mut fetches = 0u64;
+            for gap in arrivals {
+                now += gap;
+                if next_fetch(&RULES, &s, now, true).is_some() {
+                    fetches += 1;
+                    s = s.leased(&RULES, now).succeeded(now + 10);
+                }
+            }
+            let bound = now / RULES.min_refetch_interval_ms + 1;
+            prop_assert!(fetches <= bound, "{} fetches in {} ms", fetches, now);
+        }
+
+        /// While a lease is held nobody else may fetch, whatever the reason.
+        #[test]
+        fn no_fetch_while_leased(at in 0u64..3_000, kid in any::<bool>(), failures in 0u32..10) {
+            let s = FetchStatus { consecutive_failures: failures, ..FetchStatus::default() }.leased(&RULES, 0);
+            prop_assert_eq!(next_fetch(&RULES, &s, at, kid), None);
+        }
+    }
+}

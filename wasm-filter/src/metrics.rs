@@ -1,0 +1,147 @@
+//! The filter's metrics, defined once per VM and visible in Envoy's `/stats` (Envoy adds its
+//! `wasmcustom.` prefix). Names are fixed at definition time; labels are part of the name.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `jwt_authz.decision.allow` / `.deny` | counter | final decisions |
+//! | `jwt_authz.tier.<tier>.allow` / `.deny` | counter | decisions per tier |
+//! | `jwt_authz.deny.<reason>` | counter | denials per reason |
+//! | `jwt_authz.jwks.fetch_ok` / `.fetch_failed` | counter | JWKS fetches this worker made |
+//! | `jwt_authz.jwks.fetch_unknown_kid` | counter | fetches caused by an unknown `kid` |
+//! | `jwt_authz.jwks.unknown_kid_rate_limited` | counter | unknown `kid`s denied without a fetch |
+//! | `jwt_authz.requests.waited_for_keys` | counter | requests paused until keys arrived |
+//! | `jwt_authz.verify_us` | histogram | time to decide a request, microseconds |
+
+use crate::host;
+use authz_core::{DenyReason, Tier};
+use proxy_wasm::types::MetricType;
+use std::collections::HashMap;
+
+/// Every deny reason label, so all counters exist (at zero) from the start.
+pub const DENY_REASONS: [&str; 23] = [
+    "missing_token",
+    "not_bearer",
+    "insufficient_scope",
+    "claim_mismatch",
+    "tenant_mismatch",
+    "keys_unavailable",
+    "server_required",
+    "too_large",
+    "malformed",
+    "alg_none",
+    "unsupported_alg",
+    "crit_header",
+    "unknown_issuer",
+    "unknown_kid",
+    "alg_key_mismatch",
+    "bad_signature",
+    "wrong_typ",
+    "missing_exp",
+    "expired",
+    "not_yet_valid",
+    "iat_in_future",
+    "wrong_audience",
+    "internal",
+];
+
+/// Metric ids of one VM.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub allow: Option<u32>,
+    pub deny: Option<u32>,
+    pub tier_allow: HashMap<Tier, Option<u32>>,
+    pub tier_deny: HashMap<Tier, Option<u32>>,
+    pub deny_reason: HashMap<&'static str, Option<u32>>,
+    pub jwks_fetch_ok: Option<u32>,
+    pub jwks_fetch_failed: Option<u32>,
+    pub jwks_fetch_unknown_kid: Option<u32>,
+    pub unknown_kid_rate_limited: Option<u32>,
+    pub waited_for_keys: Option<u32>,
+    pub verify_us: Option<u32>,
+}
+
+fn counter(name: &str) -> Option<u32> {
+    host::define_metric(MetricType::Counter, name)
+}
+
+impl Metrics {
+    pub fn define() -> Metrics {
+        let mut m = Metrics {
+            allow: counter("jwt_authz.decision.allow"),
+            deny: counter("jwt_authz.decision.deny"),
+            jwks_fetch_ok: counter("jwt_authz.jwks.fetch_ok"),
+            jwks_fetch_failed: counter("jwt_authz.jwks.fetch_failed"),
+            jwks_fetch_unknown_kid: counter("jwt_authz.jwks.fetch_unknown_kid"),
+            unknown_kid_rate_limited: counter("jwt_authz.jwks.unknown_kid_rate_limited"),
+            waited_for_keys: counter("jwt_authz.requests.waited_for_keys"),
+            verify_us: host::define_metric(MetricType::Histogram, "jwt_authz.verify_us"),
+            ..Metrics::default()
+        };
+        for tier in Tier::ALL {
+            m.tier_allow.insert(tier, counter(&format!("jwt_authz.tier.{tier}.allow")));
+            m.tier_deny.insert(tier, counter(&format!("jwt_authz.tier.{tier}.deny")));
+        }
+        for reason in DENY_REASONS {
+            m.deny_reason.insert(reason, counter(&format!("jwt_authz.deny.{reason}")));
+        }
+        m
+    }
+
+    pub fn count_allow(&self, tier: Tier) {
+        host::increment(self.allow);
+        host::increment(self.tier_allow.get(&tier).copied().flatten());
+    }
+
+    pub fn count_deny(&self, tier: Tier, reason: &str) {
+        host::increment(self.deny);
+        host::increment(self.tier_deny.get(&tier).copied().flatten());
+        host::increment(self.deny_reason.get(reason).copied().flatten());
+    }
+}
+
+/// The metric label of a reason (kept in step with [`DENY_REASONS`] by a test).
+pub fn reason_label(reason: &DenyReason) -> &'static str {
+    reason.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use authz_core::VerifyFailure;
+
+    #[test]
+    fn every_reason_label_has_a_counter() {
+        let failures = [
+            VerifyFailure::TooLarge,
+            VerifyFailure::Malformed("x"),
+            VerifyFailure::AlgNone,
+            VerifyFailure::UnsupportedAlgorithm,
+            VerifyFailure::CriticalHeader,
+            VerifyFailure::UnknownIssuer,
+            VerifyFailure::KeysUnavailable { provider: 0 },
+            VerifyFailure::UnknownKey { provider: 0, kid: String::new() },
+            VerifyFailure::AlgorithmKeyMismatch,
+            VerifyFailure::BadSignature,
+            VerifyFailure::WrongType,
+            VerifyFailure::MissingExpiration,
+            VerifyFailure::Expired,
+            VerifyFailure::NotYetValid,
+            VerifyFailure::IssuedInFuture,
+            VerifyFailure::WrongAudience,
+        ];
+        let mut reasons: Vec<DenyReason> = failures.into_iter().map(DenyReason::Token).collect();
+        reasons.extend([
+            DenyReason::MissingToken,
+            DenyReason::NotBearer,
+            DenyReason::InsufficientScope,
+            DenyReason::ClaimMismatch,
+            DenyReason::TenantMismatch,
+            DenyReason::KeysUnavailable,
+            DenyReason::ServerRequired,
+            DenyReason::Internal,
+        ]);
+        for r in reasons {
+            assert!(DENY_REASONS.contains(&reason_label(&r)), "{r:?}");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The root context: loads and validates the plugin configuration, owns the worker state,
+//! runs the timer, dispatches JWKS fetches and receives their answers, and applies the
+//! decisions of requests that waited for keys.
+
+use crate::host;
+use crate::http::{apply_final, AuthzHttp};
+use crate::metrics::Metrics;
+use crate::worker::{FetchOrder, Final, Worker, TICK};
+use authz_core::{Error, Policy};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub struct AuthzRoot {
+    context_id: u32,
+    worker: Option<Rc<RefCell<Worker>>>,
+}
+
+impl AuthzRoot {
+    pub fn new(context_id: u32) -> AuthzRoot {
+        AuthzRoot { context_id, worker: None }
+    }
+
+    fn tick(&self) {
+        let Some(worker) = &self.worker else { return };
+        let Some(now) = host::now_ms() else { return };
+        let (orders, finals) = worker.borrow_mut().on_tick(now);
+        for order in orders {
+            dispatch_fetch(worker, &order, self.context_id);
+        }
+        apply_finals(worker, finals, self.context_id);
+    }
+}
+
+/// Dispatches a JWKS fetch from the current context (`context_id`), whose
+/// `on_http_call_response` will receive the answer, and tells the worker how it went.
+pub fn dispatch_fetch(worker: &Rc<RefCell<Worker>>, order: &FetchOrder, context_id: u32) {
+    match host::dispatch_get(&order.cluster, &order.authority, &order.path, order.timeout) {
+        Some(token) => worker.borrow_mut().fetch_started(token, order, context_id),
+        None => worker.borrow_mut().fetch_not_started(order),
+    }
+}
+
+/// Hands a fetch answer that reached `context_id` to the worker and applies the decisions
+/// it releases.
+pub fn on_fetch_answer(worker: &Rc<RefCell<Worker>>, token_id: u32, body_size: usize, context_id: u32) {
+    if !worker.borrow().owns_fetch(token_id) {
+        return;
+    }
+    let status = host::call_response_status();
+    let body = host::call_response_body(body_size);
+    let now = host::now_ms().unwrap_or(0);
+    let finals = worker.borrow_mut().on_fetch_response(token_id, status, body, now);
+    apply_finals(worker, finals, context_id);
+}
+
+/// Applies decisions of paused requests from `home_context_id` (the context now running), by
+/// switching the effective context to each request and back. The worker is not borrowed
+/// while host calls run, since they may re-enter the filter.
+pub fn apply_finals(worker: &Rc<RefCell<Worker>>, finals: Vec<Final>, home_context_id: u32) {
+    if finals.is_empty() {
+        return;
+    }
+    let forward_token = worker.borrow().policy.forward_token;
+    for f in finals {
+        if host::set_effective_context(f.context_id) {
+            apply_final(&f, forward_token, true);
+        }
+    }
+    host::set_effective_context(home_context_id);
+}
+
+impl Context for AuthzRoot {
+    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        if let Some(worker) = &self.worker {
+            on_fetch_answer(worker, token_id, body_size, self.context_id);
+        }
+    }
+}
+
+impl RootContext for AuthzRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = host::plugin_configuration().unwrap_or_default();
+        let policy = match Policy::from_json(&bytes) {
+            Ok(policy) => policy,
+            Err(Error::InvalidConfig(problems)) => {
+                host::error(&format!("jwt_authz configuration rejected: {} problem(s)", problems.len()));
+                for problem in &problems {
+                    host::error(&format!("jwt_authz configuration problem: {problem}"));
+                }
+                return false;
+            }
+            Err(other) => {
+                host::error(&format!("jwt_authz configuration rejected: {other}"));
+                return false;
+            }
+        };
+        host::info(&format!(
+            "jwt_authz configured: {} provider(s), {} route(s), default tier {}",
+            policy.providers.len(),
+            policy.routes.routes.len(),
+            policy.routes.default.tier
+        ));
+        let worker = Rc::new(RefCell::new(Worker::new(policy, Metrics::define())));
+        self.worker = Some(worker);
+        if !host::set_tick_period(TICK) {
+            host::error("jwt_authz could not start its timer");
+            return false;
+        }
+        // The first fetch starts on the first tick: during on_configure Envoy's clusters may
+        // not be initialised yet, and a call dispatched then can be lost until its lease ends.
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.tick();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(AuthzHttp::new(context_id, self.worker.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,0 +1,402 @@
+//! The state one Envoy worker's root context and HTTP contexts share: the policy, the current
+//! key sets, the requests waiting for keys, and the JWKS fetches this worker has in flight.
+//!
+//! It turns events (a request, a tick, a fetch response) into orders for the adapters:
+//! [`FetchOrder`]s to dispatch and [`Final`] actions to apply to requests. Key-fetch timing
+//! comes from `authz_core::jwks_refresh`; the shared-data records it coordinates through are
+//! read and written here. It never applies an action itself, so callers can release the
+//! `RefCell` borrow before making host calls that may re-enter the filter.
+
+use crate::host::{self, SharedWrite};
+use crate::metrics::Metrics;
+use authz_core::config::{JwksSource, RemoteJwks};
+use authz_core::decision::bearer_token;
+use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, RefreshRules};
+use authz_core::token_hash::token_label;
+use authz_core::{decide, deny_response, Decision, DenyReason, DenyResponse, KeySet, Policy, RequestFacts, VerifyFailure};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A request's facts, owned so a paused request can be decided again later.
+#[derive(Debug, Clone)]
+pub struct OwnedRequest {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+}
+
+impl OwnedRequest {
+    fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts { method: &self.method, path: &self.path, authorization: self.authorization.as_deref() }
+    }
+
+    /// A log-safe label of the bearer token: a hash prefix, never the token.
+    fn token_label(&self) -> String {
+        match self.authorization.as_deref().and_then(bearer_token) {
+            Some(token) => token_label(token),
+            None => "-".into(),
+        }
+    }
+}
+
+/// What to do with a request, once decided.
+#[derive(Debug, Clone)]
+pub enum FinalAction {
+    /// Set these headers (and drop `authorization` unless forwarding) and continue.
+    Allow { headers: Vec<(String, String)> },
+    Deny(DenyResponse),
+}
+
+/// A decided request.
+#[derive(Debug, Clone)]
+pub struct Final {
+    pub context_id: u32,
+    pub action: FinalAction,
+}
+
+/// A JWKS fetch to dispatch.
+#[derive(Debug, Clone)]
+pub struct FetchOrder {
+    pub provider: usize,
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout: Duration,
+    pub reason: FetchReason,
+}
+
+/// The outcome of a new request.
+#[derive(Debug)]
+pub enum RequestStep {
+    Done(Final),
+    /// Paused until keys arrive; dispatch the fetch if one is given.
+    Wait(Option<FetchOrder>),
+}
+
+struct RemoteSource {
+    config: RemoteJwks,
+    rules: RefreshRules,
+    keys_key: String,
+    status_key: String,
+    seen_version: u64,
+}
+
+struct KeySource {
+    keys: Option<KeySet>,
+    remote: Option<RemoteSource>,
+}
+
+struct Pending {
+    context_id: u32,
+    request: OwnedRequest,
+    provider: usize,
+    kid: Option<String>,
+    deadline_ms: u64,
+    fetches_seen: u64,
+}
+
+/// One worker's shared state.
+pub struct Worker {
+    pub policy: Policy,
+    pub metrics: Metrics,
+    sources: Vec<KeySource>,
+    pending: Vec<Pending>,
+    /// Fetch token → (provider, context that dispatched it).
+    in_flight: HashMap<u32, (usize, u32)>,
+}
+
+/// How often the root context wakes up to refresh keys and time out waiting requests.
+pub const TICK: Duration = Duration::from_millis(250);
+
+impl Worker {
+    pub fn new(policy: Policy, metrics: Metrics) -> Worker {
+        let sources = policy
+            .jwks_sources
+            .iter()
+            .map(|source| match source {
+                JwksSource::Inline(set) => KeySource { keys: Some(set.clone()), remote: None },
+                JwksSource::Remote(config) => KeySource {
+                    keys: None,
+                    remote: Some(RemoteSource {
+                        rules: RefreshRules {
+                            refresh_interval_ms: config.refresh_interval_seconds * 1000,
+                            min_refetch_interval_ms: config.min_refetch_interval_seconds * 1000,
+                            lease_ms: config.timeout_ms + 1000,
+                        },
+                        keys_key: format!("jwt_authz/v1/jwks/{}{}", config.cluster, config.path),
+                        status_key: format!("jwt_authz/v1/status/{}{}", config.cluster, config.path),
+                        config: config.clone(),
+                        seen_version: 0,
+                    }),
+                },
+            })
+            .collect();
+        Worker { policy, metrics, sources, pending: Vec::new(), in_flight: HashMap::new() }
+    }
+
+    fn decide(&self, request: &OwnedRequest, now_ms: u64) -> Decision {
+        let now = (now_ms / 1000) as i64;
+        decide(&self.policy, &request.facts(), |i| self.sources.get(i).and_then(|s| s.keys.as_ref()), now)
+    }
+
+    /// Turns a final decision into an action, counting and logging it.
+    fn finish(&self, context_id: u32, request: &OwnedRequest, decision: Decision) -> Final {
+        match decision {
+            Decision::Allow { tier, upstream_headers, route, .. } => {
+                self.metrics.count_allow(tier);
+                host::log(
+                    proxy_wasm::types::LogLevel::Debug,
+                    &format!("jwt_authz allow tier={tier} route={route} token={}", request.token_label()),
+                );
+                Final { context_id, action: FinalAction::Allow { headers: upstream_headers } }
+            }
+            Decision::Deny { tier, reason, route } => self.deny(context_id, request, tier, &route, reason),
+            Decision::AwaitKeys { tier, route, kid, .. } => {
+                let reason = match kid {
+                    Some(kid) => DenyReason::Token(VerifyFailure::UnknownKey { provider: 0, kid }),
+                    None => DenyReason::KeysUnavailable,
+                };
+                self.deny(context_id, request, tier, &route, reason)
+            }
+        }
+    }
+
+    fn deny(&self, context_id: u32, request: &OwnedRequest, tier: authz_core::Tier, route: &str, reason: DenyReason) -> Final {
+        self.metrics.count_deny(tier, reason.as_str());
+        let response = deny_response(&reason, &self.policy.realm);
+        host::info(&format!(
+            "jwt_authz deny status={} reason={} tier={tier} route={route} method={} path={} token={}",
+            response.status,
+            reason.as_str(),
+            request.method,
+            authz_core::routes::path_only(&request.path),
+            request.token_label()
+        ));
+        Final { context_id, action: FinalAction::Deny(response) }
+    }
+
+    /// A deny for a request that cannot even be decided (e.g. no clock).
+    pub fn internal_deny(&self, context_id: u32, request: &OwnedRequest) -> Final {
+        let tier = self.policy.routes.find(&request.method, &request.path).tier;
+        self.deny(context_id, request, tier, "-", DenyReason::Internal)
+    }
+
+    /// Decides a new request.
+    pub fn on_request(&mut self, context_id: u32, request: OwnedRequest, now_ms: u64) -> RequestStep {
+        let started = host::now_us();
+        let mut decision = self.decide(&request, now_ms);
+        if let Decision::AwaitKeys { provider, .. } = decision {
+            // Another worker may have stored newer keys since this one last looked.
+            if self.sync_keys(provider) {
+                decision = self.decide(&request, now_ms);
+            }
+        }
+        if let (Some(start), Some(end)) = (started, host::now_us()) {
+            host::record(self.metrics.verify_us, end.saturating_sub(start));
+        }
+        let Decision::AwaitKeys { provider, kid, .. } = &decision else {
+            return RequestStep::Done(self.finish(context_id, &request, decision));
+        };
+        let (provider, kid) = (*provider, kid.clone());
+        let Some(status) = self.read_status(provider) else {
+            // Keys are inline and still lack this kid: nothing to fetch.
+            return RequestStep::Done(self.finish(context_id, &request, decision));
+        };
+        let order = self.try_lease(provider, now_ms, kid.is_some());
+        if kid.is_some() {
+            if order.is_none() && !status.fetch_in_flight(now_ms) {
+                host::increment(self.metrics.unknown_kid_rate_limited);
+                return RequestStep::Done(self.finish(context_id, &request, decision));
+            }
+            if order.is_some() {
+                host::increment(self.metrics.jwks_fetch_unknown_kid);
+            }
+        }
+        host::increment(self.metrics.waited_for_keys);
+        self.pending.push(Pending {
+            context_id,
+            request,
+            provider,
+            kid,
+            deadline_ms: now_ms + self.policy.key_wait_timeout_ms,
+            fetches_seen: status.completed_fetches,
+        });
+        RequestStep::Wait(order)
+    }
+
+    /// A request ended (or was reset). Its waiting entry goes, and a fetch it dispatched can
+    /// no longer be answered (answers go to the dispatching context), so its lease is released.
+    pub fn forget(&mut self, context_id: u32) {
+        self.pending.retain(|p| p.context_id != context_id);
+        let orphaned: Vec<(u32, usize)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (_, owner))| *owner == context_id)
+            .map(|(token, (provider, _))| (*token, *provider))
+            .collect();
+        for (token, provider) in orphaned {
+            self.in_flight.remove(&token);
+            self.update_status(provider, FetchStatus::failed);
+        }
+    }
+
+    fn read_status(&self, provider: usize) -> Option<FetchStatus> {
+        let remote = self.sources.get(provider)?.remote.as_ref()?;
+        Some(FetchStatus::decode(host::shared_get(&remote.status_key).0.as_deref()))
+    }
+
+    /// Loads keys another worker stored, if they are newer than ours. True if keys changed.
+    fn sync_keys(&mut self, provider: usize) -> bool {
+        let Some(status) = self.read_status(provider) else { return false };
+        let Some(source) = self.sources.get_mut(provider) else { return false };
+        let Some(remote) = source.remote.as_mut() else { return false };
+        if status.keys_version <= remote.seen_version {
+            return false;
+        }
+        let Some(document) = host::shared_get(&remote.keys_key).0 else { return false };
+        match KeySet::from_jwks_json(&document) {
+            Ok(set) => {
+                source.keys = Some(set);
+                remote.seen_version = status.keys_version;
+                true
+            }
+            Err(e) => {
+                host::warn(&format!("jwt_authz shared jwks for {} unreadable: {e}", remote.config.cluster));
+                false
+            }
+        }
+    }
+
+    /// Wins the fetch lease for `provider` if a fetch is due. The caller must dispatch the
+    /// order and report back with [`Worker::fetch_started`] or [`Worker::fetch_not_started`].
+    fn try_lease(&self, provider: usize, now_ms: u64, unknown_kid: bool) -> Option<FetchOrder> {
+        let remote = self.sources.get(provider)?.remote.as_ref()?;
+        let (bytes, cas) = host::shared_get(&remote.status_key);
+        let status = FetchStatus::decode(bytes.as_deref());
+        let reason = next_fetch(&remote.rules, &status, now_ms, unknown_kid)?;
+        let leased = status.leased(&remote.rules, now_ms);
+        if host::shared_set(&remote.status_key, &leased.encode(), cas) != SharedWrite::Written {
+            return None;
+        }
+        Some(FetchOrder {
+            provider,
+            cluster: remote.config.cluster.clone(),
+            authority: remote.config.authority.clone(),
+            path: remote.config.path.clone(),
+            timeout: Duration::from_millis(remote.config.timeout_ms),
+            reason,
+        })
+    }
+
+    /// Records a dispatched fetch; its answer will reach `context_id`.
+    pub fn fetch_started(&mut self, token: u32, order: &FetchOrder, context_id: u32) {
+        host::log(
+            proxy_wasm::types::LogLevel::Debug,
+            &format!("jwt_authz jwks fetch from cluster {} reason={}", order.cluster, order.reason.as_str()),
+        );
+        self.in_flight.insert(token, (order.provider, context_id));
+    }
+
+    pub fn fetch_not_started(&mut self, order: &FetchOrder) {
+        host::warn(&format!("jwt_authz jwks fetch could not be dispatched to cluster {}", order.cluster));
+        host::increment(self.metrics.jwks_fetch_failed);
+        self.update_status(order.provider, FetchStatus::failed);
+    }
+
+    fn update_status(&self, provider: usize, change: impl Fn(&FetchStatus) -> FetchStatus) -> Option<FetchStatus> {
+        let remote = self.sources.get(provider)?.remote.as_ref()?;
+        for _ in 0..16 {
+            let (bytes, cas) = host::shared_get(&remote.status_key);
+            let next = change(&FetchStatus::decode(bytes.as_deref()));
+            match host::shared_set(&remote.status_key, &next.encode(), cas) {
+                SharedWrite::CasMismatch => continue,
+                SharedWrite::Written => return Some(next),
+                SharedWrite::Failed => return None,
+            }
+        }
+        None
+    }
+
+    /// Whether `token` is one of this worker's JWKS fetches.
+    pub fn owns_fetch(&self, token: u32) -> bool {
+        self.in_flight.contains_key(&token)
+    }
+
+    /// A JWKS fetch answered (`status` is `None` when the call itself failed).
+    pub fn on_fetch_response(&mut self, token: u32, status: Option<u16>, body: Option<Vec<u8>>, now_ms: u64) -> Vec<Final> {
+        let Some((provider, _)) = self.in_flight.remove(&token) else { return Vec::new() };
+        let cluster = self.sources[provider].remote.as_ref().map(|r| r.config.cluster.clone()).unwrap_or_default();
+        let parsed = match (status, body) {
+            (Some(200), Some(body)) => KeySet::from_jwks_json(&body).map(|set| (set, body)).map_err(|e| e.to_string()),
+            (Some(code), _) => Err(format!("status {code}")),
+            (None, _) => Err("no response".into()),
+        };
+        match parsed {
+            Ok((set, body)) => {
+                for skipped in &set.skipped {
+                    host::warn(&format!("jwt_authz jwks from {cluster}: skipped {skipped}"));
+                }
+                let stored = self.sources[provider]
+                    .remote
+                    .as_ref()
+                    .map(|r| host::shared_set(&r.keys_key, &body, None) == SharedWrite::Written)
+                    .unwrap_or(false);
+                let version = if stored { self.update_status(provider, |s| s.succeeded(now_ms)) } else { None };
+                host::increment(self.metrics.jwks_fetch_ok);
+                host::info(&format!("jwt_authz jwks from {cluster}: {} keys loaded", set.keys.len()));
+                let source = &mut self.sources[provider];
+                source.keys = Some(set);
+                if let (Some(remote), Some(status)) = (source.remote.as_mut(), version) {
+                    remote.seen_version = status.keys_version;
+                }
+            }
+            Err(why) => {
+                host::increment(self.metrics.jwks_fetch_failed);
+                let keeping = if self.sources[provider].keys.is_some() { "keeping last good keys" } else { "no keys yet" };
+                host::warn(&format!("jwt_authz jwks fetch from {cluster} failed: {why}; {keeping}"));
+                self.update_status(provider, FetchStatus::failed);
+            }
+        }
+        self.process_pending(now_ms)
+    }
+
+    /// Periodic work: pick up keys other workers stored, start due fetches, and settle
+    /// waiting requests.
+    pub fn on_tick(&mut self, now_ms: u64) -> (Vec<FetchOrder>, Vec<Final>) {
+        let mut orders = Vec::new();
+        for provider in 0..self.sources.len() {
+            if self.sources[provider].remote.is_none() {
+                continue;
+            }
+            self.sync_keys(provider);
+            if let Some(order) = self.try_lease(provider, now_ms, false) {
+                orders.push(order);
+            }
+        }
+        (orders, self.process_pending(now_ms))
+    }
+
+    /// Decides again every waiting request that can now be decided.
+    fn process_pending(&mut self, now_ms: u64) -> Vec<Final> {
+        let mut finals = Vec::new();
+        let mut still_waiting = Vec::new();
+        for p in std::mem::take(&mut self.pending) {
+            let decision = self.decide(&p.request, now_ms);
+            let Decision::AwaitKeys { .. } = decision else {
+                finals.push(self.finish(p.context_id, &p.request, decision));
+                continue;
+            };
+            let concluded = p.kid.is_some()
+                && self
+                    .read_status(p.provider)
+                    .is_some_and(|s| s.completed_fetches > p.fetches_seen && !s.fetch_in_flight(now_ms));
+            if now_ms >= p.deadline_ms || concluded {
+                finals.push(self.finish(p.context_id, &p.request, decision));
+            } else {
+                still_waiting.push(p);
+            }
+        }
+        self.pending = still_waiting;
+        finals
+    }
+}
