@@ -71,7 +71,10 @@ fn scalar_text(value: &Value) -> Option<String> {
     }
 }
 
-fn string_claim(raw: &Map<String, Value>, name: &'static str) -> Result<Option<String>, ClaimsError> {
+fn string_claim(
+    raw: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, ClaimsError> {
     match raw.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -89,7 +92,11 @@ fn audience_claim(raw: &Map<String, Value>) -> Result<Vec<String>, ClaimsError> 
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or(ClaimsError("aud array holds a non-string")))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or(ClaimsError("aud array holds a non-string"))
+            })
             .collect(),
         Some(_) => Err(ClaimsError("aud is neither a string nor an array")),
     }
@@ -117,18 +124,24 @@ fn scope_claim(raw: &Map<String, Value>) -> Result<Vec<String>, ClaimsError> {
     let mut scopes = Vec::new();
     match raw.get("scope") {
         None => {}
-        Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned)),
+        Some(Value::String(s)) => {
+            scopes.extend(s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned))
+        }
         Some(_) => return Err(ClaimsError("scope is not a space-delimited string")),
     }
     match raw.get("scp") {
         None => {}
         Some(Value::Array(items)) => {
             for item in items {
-                let s = item.as_str().ok_or(ClaimsError("scp array holds a non-string"))?;
+                let s = item
+                    .as_str()
+                    .ok_or(ClaimsError("scp array holds a non-string"))?;
                 scopes.push(s.to_owned());
             }
         }
-        Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned)),
+        Some(Value::String(s)) => {
+            scopes.extend(s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned))
+        }
         Some(_) => return Err(ClaimsError("scp is neither an array nor a string")),
     }
     Ok(scopes)
@@ -145,7 +158,10 @@ mod tests {
     #[test]
     fn audience_may_be_a_string_or_an_array() {
         assert_eq!(parse(r#"{"aud":"a"}"#).unwrap().audiences, vec!["a"]);
-        assert_eq!(parse(r#"{"aud":["a","b"]}"#).unwrap().audiences, vec!["a", "b"]);
+        assert_eq!(
+            parse(r#"{"aud":["a","b"]}"#).unwrap().audiences,
+            vec!["a", "b"]
+        );
         assert!(parse(r#"{"aud":5}"#).is_err());
         assert!(parse(r#"{"aud":["a",1]}"#).is_err());
     }

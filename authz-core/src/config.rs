@@ -235,11 +235,20 @@ impl Problems {
     }
 }
 
-const RESERVED_HEADERS: [&str; 6] = ["authorization", "host", "content-length", "transfer-encoding", "connection", "te"];
+const RESERVED_HEADERS: [&str; 6] = [
+    "authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+];
 
 fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && !RESERVED_HEADERS.contains(&name)
 }
 
@@ -256,27 +265,50 @@ fn parse_tier(p: &mut Problems, at: &str, tier: &Option<String>) -> Tier {
     }
 }
 
-fn parse_requirements(p: &mut Problems, at: &str, tier: Tier, require: &Option<RequireConfig>) -> Requirements {
+fn parse_requirements(
+    p: &mut Problems,
+    at: &str,
+    tier: Tier,
+    require: &Option<RequireConfig>,
+) -> Requirements {
     let Some(r) = require else {
         return Requirements::default();
     };
     p.unknown(at, &r.unknown);
-    if tier == Tier::Public && (!r.scopes.is_empty() || !r.claims.is_empty() || r.tenant.is_some()) {
-        p.add(at, "a public route cannot have requirements (it carries no token)");
+    if tier == Tier::Public && (!r.scopes.is_empty() || !r.claims.is_empty() || r.tenant.is_some())
+    {
+        p.add(
+            at,
+            "a public route cannot have requirements (it carries no token)",
+        );
     }
-    let mut out = Requirements { scopes: r.scopes.clone(), ..Requirements::default() };
+    let mut out = Requirements {
+        scopes: r.scopes.clone(),
+        ..Requirements::default()
+    };
     for (i, scope) in r.scopes.iter().enumerate() {
         if scope.is_empty() || scope.contains(' ') {
-            p.add(&format!("{at}.scopes[{i}]"), "a scope is one non-empty word");
+            p.add(
+                &format!("{at}.scopes[{i}]"),
+                "a scope is one non-empty word",
+            );
         }
     }
     for (i, rule) in r.claims.iter().enumerate() {
         let at = format!("{at}.claims[{i}]");
         p.unknown(&at, &rule.unknown);
-        let Some(claim) = p.required(&at, "claim", &rule.claim) else { continue };
+        let Some(claim) = p.required(&at, "claim", &rule.claim) else {
+            continue;
+        };
         match (&rule.equals, &rule.contains) {
-            (Some(value), None) => out.claims.push(ClaimRule::Equals { claim: claim.clone(), value: value.clone() }),
-            (None, Some(value)) => out.claims.push(ClaimRule::Contains { claim: claim.clone(), value: value.clone() }),
+            (Some(value), None) => out.claims.push(ClaimRule::Equals {
+                claim: claim.clone(),
+                value: value.clone(),
+            }),
+            (None, Some(value)) => out.claims.push(ClaimRule::Contains {
+                claim: claim.clone(),
+                value: value.clone(),
+            }),
             _ => p.add(&at, "exactly one of \"equals\" or \"contains\" is required"),
         }
     }
@@ -290,7 +322,10 @@ fn parse_requirements(p: &mut Problems, at: &str, tier: Tier, require: &Option<R
         }
         if let (Some(claim), Some(&segment)) = (claim, segment) {
             if segment > 0 {
-                out.tenant = Some(TenantRule { claim: claim.clone(), path_segment: segment });
+                out.tenant = Some(TenantRule {
+                    claim: claim.clone(),
+                    path_segment: segment,
+                });
             }
         }
     }
@@ -305,12 +340,21 @@ fn parse_match(p: &mut Problems, at: &str, m: &MatchConfig) -> (Option<PathMatch
         (None, None, Some(r)) => match regex::Regex::new(&format!("^(?:{r})$")) {
             Ok(re) => Some(PathMatch::Regex(re)),
             Err(e) => {
-                p.add(at, format_args!("invalid regex: {}", e.to_string().lines().last().unwrap_or("")));
+                p.add(
+                    at,
+                    format_args!(
+                        "invalid regex: {}",
+                        e.to_string().lines().last().unwrap_or("")
+                    ),
+                );
                 None
             }
         },
         _ => {
-            p.add(at, "exactly one of \"exact\", \"prefix\" or \"regex\" is required");
+            p.add(
+                at,
+                "exactly one of \"exact\", \"prefix\" or \"regex\" is required",
+            );
             None
         }
     };
@@ -322,14 +366,21 @@ fn parse_match(p: &mut Problems, at: &str, m: &MatchConfig) -> (Option<PathMatch
     let mut methods = Vec::new();
     for (i, method) in m.methods.iter().flatten().enumerate() {
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-            p.add(&format!("{at}.methods[{i}]"), format_args!("invalid method \"{method}\""));
+            p.add(
+                &format!("{at}.methods[{i}]"),
+                format_args!("invalid method \"{method}\""),
+            );
         }
         methods.push(method.to_ascii_uppercase());
     }
     (path, methods)
 }
 
-fn parse_provider(p: &mut Problems, at: &str, c: &ProviderConfig) -> Option<(Provider, JwksSource)> {
+fn parse_provider(
+    p: &mut Problems,
+    at: &str,
+    c: &ProviderConfig,
+) -> Option<(Provider, JwksSource)> {
     p.unknown(at, &c.unknown);
     let issuer = p.required(at, "issuer", &c.issuer);
     if c.audiences.is_empty() {
@@ -337,9 +388,11 @@ fn parse_provider(p: &mut Problems, at: &str, c: &ProviderConfig) -> Option<(Pro
     }
     let hmac_key = match &c.hmac_secret_base64 {
         None => None,
-        Some(secret) => match STANDARD.decode(secret).map_err(|e| e.to_string()).and_then(|bytes| {
-            VerificationKey::hmac(&bytes).map_err(|e| e.to_string())
-        }) {
+        Some(secret) => match STANDARD
+            .decode(secret)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| VerificationKey::hmac(&bytes).map_err(|e| e.to_string()))
+        {
             Ok(key) => Some(key),
             Err(e) => {
                 p.add(at, format_args!("hmac_secret_base64: {e}"));
@@ -383,7 +436,9 @@ fn parse_provider(p: &mut Problems, at: &str, c: &ProviderConfig) -> Option<(Pro
                             path,
                             refresh_interval_seconds: refresh.max(1),
                             timeout_ms,
-                            min_refetch_interval_seconds: r.min_refetch_interval_seconds.unwrap_or(30),
+                            min_refetch_interval_seconds: r
+                                .min_refetch_interval_seconds
+                                .unwrap_or(30),
                         })),
                         _ => None,
                     }
@@ -400,7 +455,10 @@ fn parse_provider(p: &mut Problems, at: &str, c: &ProviderConfig) -> Option<(Pro
         p.add(at, "clock_skew_seconds above 600 defeats expiry");
     }
     let provider = Provider {
-        name: c.name.clone().unwrap_or_else(|| issuer.cloned().unwrap_or_default()),
+        name: c
+            .name
+            .clone()
+            .unwrap_or_else(|| issuer.cloned().unwrap_or_default()),
         issuer: issuer?.clone(),
         audiences: c.audiences.clone(),
         clock_skew_seconds: skew as i64,
@@ -412,13 +470,19 @@ fn parse_provider(p: &mut Problems, at: &str, c: &ProviderConfig) -> Option<(Pro
 }
 
 fn parse_headers(p: &mut Problems, c: &Option<HeadersConfig>) -> HeaderNames {
-    let get = |v: Option<&Option<String>>, default: &str| v.and_then(|s| s.clone()).unwrap_or_else(|| default.to_owned());
+    let get = |v: Option<&Option<String>>, default: &str| {
+        v.and_then(|s| s.clone())
+            .unwrap_or_else(|| default.to_owned())
+    };
     let names = HeaderNames {
         subject: get(c.as_ref().map(|h| &h.subject), "x-auth-subject"),
         scopes: get(c.as_ref().map(|h| &h.scopes), "x-auth-scopes"),
         tier: get(c.as_ref().map(|h| &h.tier), "x-auth-tier"),
         issuer: get(c.as_ref().map(|h| &h.issuer), "x-auth-issuer"),
-        claims: c.as_ref().map(|h| h.claims.clone().into_iter().collect()).unwrap_or_default(),
+        claims: c
+            .as_ref()
+            .map(|h| h.claims.clone().into_iter().collect())
+            .unwrap_or_default(),
     };
     if let Some(h) = c {
         p.unknown("headers", &h.unknown);
@@ -426,7 +490,10 @@ fn parse_headers(p: &mut Problems, c: &Option<HeadersConfig>) -> HeaderNames {
     let mut seen = std::collections::BTreeSet::new();
     for name in names.all() {
         if !valid_header_name(name) {
-            p.add("headers", format_args!("\"{name}\" is not a usable lower-case header name"));
+            p.add(
+                "headers",
+                format_args!("\"{name}\" is not a usable lower-case header name"),
+            );
         }
         if !seen.insert(name) {
             p.add("headers", format_args!("\"{name}\" is used twice"));
@@ -438,8 +505,9 @@ fn parse_headers(p: &mut Problems, c: &Option<HeadersConfig>) -> HeaderNames {
 impl Policy {
     /// Parses and validates a JSON configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Policy, Error> {
-        let config: FilterConfig = serde_json::from_slice(bytes)
-            .map_err(|e| Error::InvalidConfig(vec![format!("not a valid configuration document: {e}")]))?;
+        let config: FilterConfig = serde_json::from_slice(bytes).map_err(|e| {
+            Error::InvalidConfig(vec![format!("not a valid configuration document: {e}")])
+        })?;
         Policy::from_config(&config)
     }
 
@@ -453,9 +521,16 @@ impl Policy {
         let mut providers = Vec::new();
         let mut jwks_sources = Vec::new();
         for (i, pc) in c.providers.iter().enumerate() {
-            if let Some((provider, source)) = parse_provider(&mut p, &format!("providers[{i}]"), pc) {
-                if providers.iter().any(|q: &Provider| q.issuer == provider.issuer) {
-                    p.add(&format!("providers[{i}]"), format_args!("issuer \"{}\" is configured twice", provider.issuer));
+            if let Some((provider, source)) = parse_provider(&mut p, &format!("providers[{i}]"), pc)
+            {
+                if providers
+                    .iter()
+                    .any(|q: &Provider| q.issuer == provider.issuer)
+                {
+                    p.add(
+                        &format!("providers[{i}]"),
+                        format_args!("issuer \"{}\" is configured twice", provider.issuer),
+                    );
                 }
                 providers.push(provider);
                 jwks_sources.push(source);
@@ -472,25 +547,47 @@ impl Policy {
             };
             let require = parse_requirements(&mut p, &format!("{at}.require"), tier, &rc.require);
             if let Some(path) = path {
-                routes.push(Route { name: rc.name.clone().unwrap_or(at), path: Some(path), methods, tier, require });
+                routes.push(Route {
+                    name: rc.name.clone().unwrap_or(at),
+                    path: Some(path),
+                    methods,
+                    tier,
+                    require,
+                });
             }
         }
         let default = match &c.default {
             None => {
-                p.add("default", "an explicit default route ({\"tier\": ...}) is required");
+                p.add(
+                    "default",
+                    "an explicit default route ({\"tier\": ...}) is required",
+                );
                 None
             }
             Some(d) => {
                 p.unknown("default", &d.unknown);
                 let tier = parse_tier(&mut p, "default", &d.tier);
                 let require = parse_requirements(&mut p, "default.require", tier, &d.require);
-                Some(Route { name: "default".into(), path: None, methods: Vec::new(), tier, require })
+                Some(Route {
+                    name: "default".into(),
+                    path: None,
+                    methods: Vec::new(),
+                    tier,
+                    require,
+                })
             }
         };
         let headers = parse_headers(&mut p, &c.headers);
         let realm = c.realm.clone().unwrap_or_else(|| "api".into());
-        if realm.is_empty() || !realm.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
-            p.add("realm", "must be printable ascii without quotes or backslashes");
+        if realm.is_empty()
+            || !realm
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            p.add(
+                "realm",
+                "must be printable ascii without quotes or backslashes",
+            );
         }
         let key_wait_timeout_ms = c.key_wait_timeout_ms.unwrap_or(3000);
         if key_wait_timeout_ms > 30_000 {
@@ -503,7 +600,8 @@ impl Policy {
         if !p.0.is_empty() {
             return Err(Error::InvalidConfig(p.0));
         }
-        let default = default.ok_or_else(|| Error::InvalidConfig(vec!["default: missing".into()]))?;
+        let default =
+            default.ok_or_else(|| Error::InvalidConfig(vec!["default: missing".into()]))?;
         Ok(Policy {
             providers,
             jwks_sources,
@@ -526,10 +624,13 @@ impl Policy {
 
     /// Remote JWKS sources with their provider index.
     pub fn remote_sources(&self) -> impl Iterator<Item = (usize, &RemoteJwks)> {
-        self.jwks_sources.iter().enumerate().filter_map(|(i, s)| match s {
-            JwksSource::Remote(r) => Some((i, r)),
-            JwksSource::Inline(_) => None,
-        })
+        self.jwks_sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                JwksSource::Remote(r) => Some((i, r)),
+                JwksSource::Inline(_) => None,
+            })
     }
 }
 

@@ -72,7 +72,9 @@ impl DenyReason {
     pub fn status(&self) -> u16 {
         match self {
             DenyReason::MissingToken | DenyReason::NotBearer | DenyReason::Token(_) => 401,
-            DenyReason::InsufficientScope | DenyReason::ClaimMismatch | DenyReason::TenantMismatch => 403,
+            DenyReason::InsufficientScope
+            | DenyReason::ClaimMismatch
+            | DenyReason::TenantMismatch => 403,
             DenyReason::KeysUnavailable | DenyReason::ServerRequired | DenyReason::Internal => 503,
         }
     }
@@ -94,7 +96,10 @@ pub fn deny_response(reason: &DenyReason, realm: &str) -> DenyResponse {
         401 => DenyResponse {
             status: 401,
             headers: vec![
-                ("www-authenticate", format!("Bearer realm=\"{realm}\", error=\"invalid_token\"")),
+                (
+                    "www-authenticate",
+                    format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
+                ),
                 json,
                 no_store,
             ],
@@ -103,7 +108,10 @@ pub fn deny_response(reason: &DenyReason, realm: &str) -> DenyResponse {
         403 => DenyResponse {
             status: 403,
             headers: vec![
-                ("www-authenticate", format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"")),
+                (
+                    "www-authenticate",
+                    format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\""),
+                ),
                 json,
                 no_store,
             ],
@@ -111,7 +119,11 @@ pub fn deny_response(reason: &DenyReason, realm: &str) -> DenyResponse {
         },
         _ => DenyResponse {
             status: 503,
-            headers: vec![("retry-after", RETRY_AFTER_SECONDS.to_string()), json, no_store],
+            headers: vec![
+                ("retry-after", RETRY_AFTER_SECONDS.to_string()),
+                json,
+                no_store,
+            ],
             body: UNAVAILABLE_BODY,
         },
     }
@@ -121,12 +133,26 @@ pub fn deny_response(reason: &DenyReason, realm: &str) -> DenyResponse {
 #[derive(Debug, Clone)]
 pub enum Decision {
     /// Forward, after setting these headers (the configured names were stripped first).
-    Allow { route: String, tier: Tier, upstream_headers: Vec<(String, String)>, subject: Option<String> },
+    Allow {
+        route: String,
+        tier: Tier,
+        upstream_headers: Vec<(String, String)>,
+        subject: Option<String>,
+    },
     /// Answer with [`deny_response`] for `reason`.
-    Deny { route: String, tier: Tier, reason: DenyReason },
+    Deny {
+        route: String,
+        tier: Tier,
+        reason: DenyReason,
+    },
     /// The token's issuer has no keys yet (`kid: None`) or none with this `kid`: the proxy may
     /// fetch keys and decide again, or turn this into a deny.
-    AwaitKeys { route: String, tier: Tier, provider: usize, kid: Option<String> },
+    AwaitKeys {
+        route: String,
+        tier: Tier,
+        provider: usize,
+        kid: Option<String>,
+    },
 }
 
 impl Decision {
@@ -150,7 +176,11 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
     (!token.is_empty() && !token.contains(' ')).then_some(token)
 }
 
-fn allow_headers(policy: &Policy, tier: Tier, token: Option<&VerifiedToken>) -> Vec<(String, String)> {
+fn allow_headers(
+    policy: &Policy,
+    tier: Tier,
+    token: Option<&VerifiedToken>,
+) -> Vec<(String, String)> {
     let names = &policy.headers;
     let mut headers = vec![(names.tier.clone(), tier.as_str().to_owned())];
     if let Some(token) = token {
@@ -158,7 +188,10 @@ fn allow_headers(policy: &Policy, tier: Tier, token: Option<&VerifiedToken>) -> 
         if let Some(sub) = &claims.subject {
             headers.push((names.subject.clone(), sub.clone()));
         }
-        headers.push((names.issuer.clone(), policy.providers[token.provider].issuer.clone()));
+        headers.push((
+            names.issuer.clone(),
+            policy.providers[token.provider].issuer.clone(),
+        ));
         headers.push((names.scopes.clone(), claims.scopes.join(" ")));
         for (claim, header) in &names.claims {
             if let Some(value) = claims.claim_as_header_value(claim) {
@@ -179,9 +212,18 @@ pub fn decide<'k>(
 ) -> Decision {
     let route = policy.routes.find(request.method, request.path);
     let (name, tier) = (route.name.clone(), route.tier);
-    let deny = |reason| Decision::Deny { route: name.clone(), tier, reason };
+    let deny = |reason| Decision::Deny {
+        route: name.clone(),
+        tier,
+        reason,
+    };
     if !tier.requires_token() {
-        return Decision::Allow { route: name.clone(), tier, upstream_headers: allow_headers(policy, tier, None), subject: None };
+        return Decision::Allow {
+            route: name.clone(),
+            tier,
+            upstream_headers: allow_headers(policy, tier, None),
+            subject: None,
+        };
     }
     let Some(authorization) = request.authorization else {
         return deny(DenyReason::MissingToken);
@@ -192,14 +234,27 @@ pub fn decide<'k>(
     let verified = match verify(token, &policy.providers, keys, policy.max_token_bytes, now) {
         Ok(v) => v,
         Err(VerifyFailure::KeysUnavailable { provider }) => {
-            return Decision::AwaitKeys { route: name.clone(), tier, provider, kid: None }
+            return Decision::AwaitKeys {
+                route: name.clone(),
+                tier,
+                provider,
+                kid: None,
+            }
         }
         Err(VerifyFailure::UnknownKey { provider, kid }) => {
-            return Decision::AwaitKeys { route: name.clone(), tier, provider, kid: Some(kid) }
+            return Decision::AwaitKeys {
+                route: name.clone(),
+                tier,
+                provider,
+                kid: Some(kid),
+            }
         }
         Err(failure) => return deny(DenyReason::Token(failure)),
     };
-    if let Err(unmet) = route.require.check(&verified.claims, crate::routes::path_only(request.path)) {
+    if let Err(unmet) = route
+        .require
+        .check(&verified.claims, crate::routes::path_only(request.path))
+    {
         return deny(match unmet {
             Unmet::Scope => DenyReason::InsufficientScope,
             Unmet::Claim => DenyReason::ClaimMismatch,

@@ -66,7 +66,9 @@ impl FetchReason {
 impl FetchStatus {
     /// Parses a stored record; anything unreadable counts as a fresh record.
     pub fn decode(bytes: Option<&[u8]>) -> FetchStatus {
-        bytes.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default()
+        bytes
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default()
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -81,13 +83,19 @@ impl FetchStatus {
     fn backoff_ms(&self) -> u64 {
         match self.consecutive_failures {
             0 => 0,
-            n => FIRST_BACKOFF_MS.saturating_mul(1u64 << (n - 1).min(16)).min(MAX_BACKOFF_MS),
+            n => FIRST_BACKOFF_MS
+                .saturating_mul(1u64 << (n - 1).min(16))
+                .min(MAX_BACKOFF_MS),
         }
     }
 
     /// The record after winning the lease.
     pub fn leased(&self, rules: &RefreshRules, now_ms: u64) -> FetchStatus {
-        FetchStatus { lease_until_ms: now_ms + rules.lease_ms, last_attempt_ms: Some(now_ms), ..*self }
+        FetchStatus {
+            lease_until_ms: now_ms + rules.lease_ms,
+            last_attempt_ms: Some(now_ms),
+            ..*self
+        }
     }
 
     /// The record after a fetch that stored new keys.
@@ -115,7 +123,12 @@ impl FetchStatus {
 
 /// Whether a fetch should start now. `unknown_kid` is true when a request carries a `kid` the
 /// current keys lack.
-pub fn next_fetch(rules: &RefreshRules, status: &FetchStatus, now_ms: u64, unknown_kid: bool) -> Option<FetchReason> {
+pub fn next_fetch(
+    rules: &RefreshRules,
+    status: &FetchStatus,
+    now_ms: u64,
+    unknown_kid: bool,
+) -> Option<FetchReason> {
     if status.fetch_in_flight(now_ms) {
         return None;
     }
@@ -128,7 +141,11 @@ pub fn next_fetch(rules: &RefreshRules, status: &FetchStatus, now_ms: u64, unkno
         return backoff_over.then_some(FetchReason::Retry);
     };
     if now_ms.saturating_sub(last_success) >= rules.refresh_interval_ms && backoff_over {
-        return Some(if status.consecutive_failures > 0 { FetchReason::Retry } else { FetchReason::Refresh });
+        return Some(if status.consecutive_failures > 0 {
+            FetchReason::Retry
+        } else {
+            FetchReason::Refresh
+        });
     }
     if unknown_kid && since_attempt >= rules.min_refetch_interval_ms {
         return Some(FetchReason::UnknownKid);
@@ -141,18 +158,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const RULES: RefreshRules = RefreshRules { refresh_interval_ms: 60_000, min_refetch_interval_ms: 5_000, lease_ms: 3_000 };
+    const RULES: RefreshRules = RefreshRules {
+        refresh_interval_ms: 60_000,
+        min_refetch_interval_ms: 5_000,
+        lease_ms: 3_000,
+    };
 
     #[test]
     fn first_load_then_refresh_on_schedule() {
         let s = FetchStatus::default();
-        assert_eq!(next_fetch(&RULES, &s, 1_000, false), Some(FetchReason::Initial));
+        assert_eq!(
+            next_fetch(&RULES, &s, 1_000, false),
+            Some(FetchReason::Initial)
+        );
         let s = s.leased(&RULES, 1_000);
         assert_eq!(next_fetch(&RULES, &s, 1_500, false), None, "in flight");
         let s = s.succeeded(1_200);
         assert_eq!(s.keys_version, 1);
         assert_eq!(next_fetch(&RULES, &s, 30_000, false), None);
-        assert_eq!(next_fetch(&RULES, &s, 61_200, false), Some(FetchReason::Refresh));
+        assert_eq!(
+            next_fetch(&RULES, &s, 61_200, false),
+            Some(FetchReason::Refresh)
+        );
     }
 
     #[test]
@@ -175,19 +202,29 @@ mod tests {
     fn a_lease_that_is_never_released_expires() {
         let s = FetchStatus::default().leased(&RULES, 0);
         assert_eq!(next_fetch(&RULES, &s, 2_999, false), None);
-        assert_eq!(next_fetch(&RULES, &s, 3_000, false), Some(FetchReason::Retry));
+        assert_eq!(
+            next_fetch(&RULES, &s, 3_000, false),
+            Some(FetchReason::Retry)
+        );
     }
 
     #[test]
     fn unknown_kid_refetch_is_rate_limited() {
         let s = FetchStatus::default().leased(&RULES, 0).succeeded(0);
         assert_eq!(next_fetch(&RULES, &s, 4_999, true), None);
-        assert_eq!(next_fetch(&RULES, &s, 5_000, true), Some(FetchReason::UnknownKid));
+        assert_eq!(
+            next_fetch(&RULES, &s, 5_000, true),
+            Some(FetchReason::UnknownKid)
+        );
     }
 
     #[test]
     fn records_round_trip_and_garbage_reads_as_fresh() {
-        let s = FetchStatus { keys_version: 3, completed_fetches: 4, ..FetchStatus::default() };
+        let s = FetchStatus {
+            keys_version: 3,
+            completed_fetches: 4,
+            ..FetchStatus::default()
+        };
         assert_eq!(FetchStatus::decode(Some(&s.encode())), s);
         assert_eq!(FetchStatus::decode(Some(b"junk")), FetchStatus::default());
         assert_eq!(FetchStatus::decode(None), FetchStatus::default());

@@ -73,11 +73,18 @@ impl VerificationKey {
     /// An HMAC key from a secret configured inline for one provider.
     pub fn hmac(secret: &[u8]) -> Result<VerificationKey, Error> {
         if secret.len() < 32 {
-            return Err(Error::InvalidJwks("hmac secret must be at least 32 bytes".into()));
+            return Err(Error::InvalidJwks(
+                "hmac secret must be at least 32 bytes".into(),
+            ));
         }
         let key = DecodingKey::from_secret(secret)
             .map_err(|e| Error::InvalidJwks(format!("hmac secret: {e}")))?;
-        Ok(VerificationKey { kid: None, kind: KeyKind::Hmac, pinned_alg: None, key })
+        Ok(VerificationKey {
+            kid: None,
+            kind: KeyKind::Hmac,
+            pinned_alg: None,
+            key,
+        })
     }
 }
 
@@ -147,7 +154,9 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
 }
 
 fn field<'a>(jwk: &'a Value, name: &str) -> Result<&'a str, String> {
-    jwk.get(name).and_then(Value::as_str).ok_or_else(|| format!("missing string member \"{name}\""))
+    jwk.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing string member \"{name}\""))
 }
 
 fn parse_jwk(jwk: &Value) -> Result<VerificationKey, String> {
@@ -176,13 +185,18 @@ fn parse_jwk(jwk: &Value) -> Result<VerificationKey, String> {
         "RSA" => {
             let n = field(jwk, "n")?;
             let e = field(jwk, "e")?;
-            let modulus = URL_SAFE_NO_PAD.decode(n).map_err(|_| "n is not base64url".to_string())?;
+            let modulus = URL_SAFE_NO_PAD
+                .decode(n)
+                .map_err(|_| "n is not base64url".to_string())?;
             let significant = modulus.iter().skip_while(|b| **b == 0).count();
             if significant * 8 < MIN_RSA_BITS {
                 return Err(format!("rsa modulus under {MIN_RSA_BITS} bits"));
             }
-            URL_SAFE_NO_PAD.decode(e).map_err(|_| "e is not base64url".to_string())?;
-            let key = DecodingKey::from_rsa_components(n, e).map_err(|e| format!("rsa key: {e}"))?;
+            URL_SAFE_NO_PAD
+                .decode(e)
+                .map_err(|_| "e is not base64url".to_string())?;
+            let key =
+                DecodingKey::from_rsa_components(n, e).map_err(|e| format!("rsa key: {e}"))?;
             (KeyKind::Rsa, key)
         }
         "EC" => {
@@ -210,11 +224,14 @@ fn parse_jwk(jwk: &Value) -> Result<VerificationKey, String> {
                 return Err(format!("unsupported curve \"{crv}\""));
             }
             let x = field(jwk, "x")?;
-            let bytes = URL_SAFE_NO_PAD.decode(x).map_err(|_| "x is not base64url".to_string())?;
+            let bytes = URL_SAFE_NO_PAD
+                .decode(x)
+                .map_err(|_| "x is not base64url".to_string())?;
             if bytes.len() != 32 {
                 return Err("x has the wrong length for Ed25519".into());
             }
-            let key = DecodingKey::from_ed_components(x).map_err(|e| format!("ed25519 key: {e}"))?;
+            let key =
+                DecodingKey::from_ed_components(x).map_err(|e| format!("ed25519 key: {e}"))?;
             (KeyKind::Ed25519, key)
         }
         "oct" => return Err("symmetric keys are not accepted from a jwks".into()),
@@ -225,7 +242,12 @@ fn parse_jwk(jwk: &Value) -> Result<VerificationKey, String> {
             return Err(format!("alg {alg:?} does not match kty {kty}"));
         }
     }
-    Ok(VerificationKey { kid, kind, pinned_alg, key })
+    Ok(VerificationKey {
+        kid,
+        kind,
+        pinned_alg,
+        key,
+    })
 }
 
 #[cfg(test)]
@@ -237,25 +259,37 @@ mod tests {
 
     #[test]
     fn rsa_key_serves_rs_and_ps_only() {
-        let set = KeySet::from_jwks_value(&json!({"keys":[{"kty":"RSA","kid":"k1","n":N_2048,"e":"AQAB"}]})).unwrap();
+        let set = KeySet::from_jwks_value(
+            &json!({"keys":[{"kty":"RSA","kid":"k1","n":N_2048,"e":"AQAB"}]}),
+        )
+        .unwrap();
         let key = &set.keys[0];
         assert!(key.accepts(Algorithm::RS256));
         assert!(key.accepts(Algorithm::PS512));
-        assert!(!key.accepts(Algorithm::HS256), "a public key must never verify hmac");
+        assert!(
+            !key.accepts(Algorithm::HS256),
+            "a public key must never verify hmac"
+        );
         assert!(!key.accepts(Algorithm::ES256));
         assert!(set.has_kid("k1"));
     }
 
     #[test]
     fn pinned_alg_narrows_the_key() {
-        let set = KeySet::from_jwks_value(&json!({"keys":[{"kty":"RSA","alg":"RS256","n":N_2048,"e":"AQAB"}]})).unwrap();
+        let set = KeySet::from_jwks_value(
+            &json!({"keys":[{"kty":"RSA","alg":"RS256","n":N_2048,"e":"AQAB"}]}),
+        )
+        .unwrap();
         assert!(set.keys[0].accepts(Algorithm::RS256));
         assert!(!set.keys[0].accepts(Algorithm::RS512));
     }
 
     #[test]
     fn mismatched_alg_and_kty_is_skipped() {
-        let err = KeySet::from_jwks_value(&json!({"keys":[{"kty":"RSA","alg":"ES256","n":N_2048,"e":"AQAB"}]})).unwrap_err();
+        let err = KeySet::from_jwks_value(
+            &json!({"keys":[{"kty":"RSA","alg":"ES256","n":N_2048,"e":"AQAB"}]}),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
     }
 

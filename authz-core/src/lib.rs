@@ -25,7 +25,6 @@ pub use claims::Claims;
 pub use config::{FilterConfig, Policy};
 pub use decision::{decide, deny_response, Decision, DenyReason, DenyResponse, RequestFacts};
 
-
 pub use error::Error;
 pub use keys::KeySet;
 pub use tier::Tier;

@@ -64,7 +64,11 @@ pub struct TenantRule {
 
 impl TenantRule {
     fn holds(&self, claims: &Claims, path: &str) -> bool {
-        let Some(tenant) = path.split('/').filter(|s| !s.is_empty()).nth(self.path_segment - 1) else {
+        let Some(tenant) = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .nth(self.path_segment - 1)
+        else {
             return false;
         };
         match claims.raw.get(&self.claim) {
@@ -145,7 +149,10 @@ impl RouteTable {
     /// The first route that matches, or the default. `path` may carry a query string.
     pub fn find(&self, method: &str, path: &str) -> &Route {
         let path = path_only(path);
-        self.routes.iter().find(|r| r.matches(method, path)).unwrap_or(&self.default)
+        self.routes
+            .iter()
+            .find(|r| r.matches(method, path))
+            .unwrap_or(&self.default)
     }
 }
 
@@ -168,9 +175,24 @@ mod tests {
     fn table() -> RouteTable {
         RouteTable {
             routes: vec![
-                route("health", PathMatch::Exact("/healthz".into()), &[], Tier::Public),
-                route("read", PathMatch::Prefix("/api/".into()), &["GET", "HEAD"], Tier::Authenticated),
-                route("write", PathMatch::Prefix("/api/".into()), &[], Tier::StandardWrite),
+                route(
+                    "health",
+                    PathMatch::Exact("/healthz".into()),
+                    &[],
+                    Tier::Public,
+                ),
+                route(
+                    "read",
+                    PathMatch::Prefix("/api/".into()),
+                    &["GET", "HEAD"],
+                    Tier::Authenticated,
+                ),
+                route(
+                    "write",
+                    PathMatch::Prefix("/api/".into()),
+                    &[],
+                    Tier::StandardWrite,
+                ),
                 route(
                     "admin",
                     PathMatch::Regex(regex::Regex::new("^(?:/admin/[a-z]+)$").unwrap()),
@@ -196,7 +218,11 @@ mod tests {
         assert_eq!(t.find("GET", "/healthz").name, "health");
         assert_eq!(t.find("GET", "/healthz/x").name, "default");
         assert_eq!(t.find("GET", "/admin/users").name, "admin");
-        assert_eq!(t.find("GET", "/admin/users/1").name, "default", "regex is anchored");
+        assert_eq!(
+            t.find("GET", "/admin/users/1").name,
+            "default",
+            "regex is anchored"
+        );
     }
 
     fn claims(json: serde_json::Value) -> Claims {
@@ -208,21 +234,51 @@ mod tests {
         let req = Requirements {
             scopes: vec!["orders:write".into()],
             claims: vec![
-                ClaimRule::Contains { claim: "roles".into(), value: "editor".into() },
-                ClaimRule::Equals { claim: "email_verified".into(), value: json!(true) },
+                ClaimRule::Contains {
+                    claim: "roles".into(),
+                    value: "editor".into(),
+                },
+                ClaimRule::Equals {
+                    claim: "email_verified".into(),
+                    value: json!(true),
+                },
             ],
-            tenant: Some(TenantRule { claim: "tenant".into(), path_segment: 2 }),
+            tenant: Some(TenantRule {
+                claim: "tenant".into(),
+                path_segment: 2,
+            }),
         };
-        let good = claims(json!({"scope": "orders:write", "roles": ["viewer", "editor"], "email_verified": true, "tenant": "acme"}));
+        let good = claims(
+            json!({"scope": "orders:write", "roles": ["viewer", "editor"], "email_verified": true, "tenant": "acme"}),
+        );
         assert_eq!(req.check(&good, "/tenants/acme/orders"), Ok(()));
-        assert_eq!(req.check(&good, "/tenants/globex/orders"), Err(Unmet::Tenant));
+        assert_eq!(
+            req.check(&good, "/tenants/globex/orders"),
+            Err(Unmet::Tenant)
+        );
         assert_eq!(req.check(&good, "/tenants"), Err(Unmet::Tenant));
-        let no_scope = claims(json!({"scope": "orders:read", "roles": ["editor"], "email_verified": true, "tenant": "acme"}));
-        assert_eq!(req.check(&no_scope, "/tenants/acme/orders"), Err(Unmet::Scope));
-        let no_role = claims(json!({"scope": "orders:write", "roles": "viewer", "email_verified": true, "tenant": "acme"}));
-        assert_eq!(req.check(&no_role, "/tenants/acme/orders"), Err(Unmet::Claim));
-        let string_true = claims(json!({"scope": "orders:write", "roles": "editor", "email_verified": "true", "tenant": "acme"}));
-        assert_eq!(req.check(&string_true, "/tenants/acme/orders"), Err(Unmet::Claim), "equals is type-exact");
+        let no_scope = claims(
+            json!({"scope": "orders:read", "roles": ["editor"], "email_verified": true, "tenant": "acme"}),
+        );
+        assert_eq!(
+            req.check(&no_scope, "/tenants/acme/orders"),
+            Err(Unmet::Scope)
+        );
+        let no_role = claims(
+            json!({"scope": "orders:write", "roles": "viewer", "email_verified": true, "tenant": "acme"}),
+        );
+        assert_eq!(
+            req.check(&no_role, "/tenants/acme/orders"),
+            Err(Unmet::Claim)
+        );
+        let string_true = claims(
+            json!({"scope": "orders:write", "roles": "editor", "email_verified": "true", "tenant": "acme"}),
+        );
+        assert_eq!(
+            req.check(&string_true, "/tenants/acme/orders"),
+            Err(Unmet::Claim),
+            "equals is type-exact"
+        );
     }
 
     proptest! {

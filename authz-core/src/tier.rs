@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn privileged_and_regulated_need_the_server() {
-        let needing: Vec<_> = Tier::ALL.into_iter().filter(|t| t.requires_server()).collect();
+        let needing: Vec<_> = Tier::ALL
+            .into_iter()
+            .filter(|t| t.requires_server())
+            .collect();
         assert_eq!(needing, vec![Tier::Privileged, Tier::Regulated]);
     }
 

@@ -50,9 +50,14 @@ pub enum VerifyFailure {
     CriticalHeader,
     UnknownIssuer,
     /// The provider's keys are not loaded yet.
-    KeysUnavailable { provider: usize },
+    KeysUnavailable {
+        provider: usize,
+    },
     /// No key carries the token's `kid` (perhaps the issuer rotated keys).
-    UnknownKey { provider: usize, kid: String },
+    UnknownKey {
+        provider: usize,
+        kid: String,
+    },
     AlgorithmKeyMismatch,
     BadSignature,
     WrongType,
@@ -96,14 +101,19 @@ struct Parts<'a> {
 }
 
 fn is_base64url(segment: &str) -> bool {
-    segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    segment
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn split(token: &str) -> Result<Parts<'_>, VerifyFailure> {
     let mut segments = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
-        (segments.next(), segments.next(), segments.next(), segments.next())
-    else {
+    let (Some(header), Some(payload), Some(signature), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
         return Err(VerifyFailure::Malformed("not three segments"));
     };
     if header.is_empty() || payload.is_empty() {
@@ -112,15 +122,17 @@ fn split(token: &str) -> Result<Parts<'_>, VerifyFailure> {
     if ![header, payload, signature].iter().all(|s| is_base64url(s)) {
         return Err(VerifyFailure::Malformed("segment is not base64url"));
     }
-    let header_bytes =
-        URL_SAFE_NO_PAD.decode(header).map_err(|_| VerifyFailure::Malformed("header encoding"))?;
+    let header_bytes = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| VerifyFailure::Malformed("header encoding"))?;
     let header_json: Value = serde_json::from_slice(&header_bytes)
         .map_err(|_| VerifyFailure::Malformed("header is not json"))?;
     if !header_json.is_object() {
         return Err(VerifyFailure::Malformed("header is not an object"));
     }
-    let payload_bytes =
-        URL_SAFE_NO_PAD.decode(payload).map_err(|_| VerifyFailure::Malformed("payload encoding"))?;
+    let payload_bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| VerifyFailure::Malformed("payload encoding"))?;
     URL_SAFE_NO_PAD
         .decode(signature)
         .map_err(|_| VerifyFailure::Malformed("signature encoding"))?;
@@ -169,11 +181,15 @@ pub fn verify<'k>(
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(VerifyFailure::Malformed("kid is not a string")),
     };
-    let claims =
-        Claims::from_json(&parts.payload).map_err(|e| VerifyFailure::Malformed(e.0))?;
-    let issuer = claims.issuer.as_deref().ok_or(VerifyFailure::UnknownIssuer)?;
-    let provider_index =
-        providers.iter().position(|p| p.issuer == issuer).ok_or(VerifyFailure::UnknownIssuer)?;
+    let claims = Claims::from_json(&parts.payload).map_err(|e| VerifyFailure::Malformed(e.0))?;
+    let issuer = claims
+        .issuer
+        .as_deref()
+        .ok_or(VerifyFailure::UnknownIssuer)?;
+    let provider_index = providers
+        .iter()
+        .position(|p| p.issuer == issuer)
+        .ok_or(VerifyFailure::UnknownIssuer)?;
     let provider = &providers[provider_index];
 
     let candidates: Vec<&VerificationKey> = if matches!(
@@ -182,12 +198,16 @@ pub fn verify<'k>(
     ) {
         provider.hmac_key.iter().collect()
     } else {
-        let set = keys(provider_index)
-            .ok_or(VerifyFailure::KeysUnavailable { provider: provider_index })?;
+        let set = keys(provider_index).ok_or(VerifyFailure::KeysUnavailable {
+            provider: provider_index,
+        })?;
         match &kid {
             Some(kid) => {
-                let with_kid: Vec<_> =
-                    set.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect();
+                let with_kid: Vec<_> = set
+                    .keys
+                    .iter()
+                    .filter(|k| k.kid.as_deref() == Some(kid))
+                    .collect();
                 if with_kid.is_empty() {
                     return Err(VerifyFailure::UnknownKey {
                         provider: provider_index,
@@ -199,20 +219,32 @@ pub fn verify<'k>(
             None => set.keys.iter().collect(),
         }
     };
-    let usable: Vec<_> = candidates.into_iter().filter(|k| k.accepts(algorithm)).collect();
+    let usable: Vec<_> = candidates
+        .into_iter()
+        .filter(|k| k.accepts(algorithm))
+        .collect();
     if usable.is_empty() {
         return Err(VerifyFailure::AlgorithmKeyMismatch);
     }
     let signed = usable.iter().any(|k| {
-        jsonwebtoken::crypto::verify(parts.signature, parts.signing_input.as_bytes(), &k.key, algorithm)
-            .unwrap_or(false)
+        jsonwebtoken::crypto::verify(
+            parts.signature,
+            parts.signing_input.as_bytes(),
+            &k.key,
+            algorithm,
+        )
+        .unwrap_or(false)
     });
     if !signed {
         return Err(VerifyFailure::BadSignature);
     }
 
     if let Some(required) = &provider.required_typ {
-        let actual = parts.header.get("typ").and_then(Value::as_str).unwrap_or("");
+        let actual = parts
+            .header
+            .get("typ")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if !type_matches(actual, required) {
             return Err(VerifyFailure::WrongType);
         }
@@ -233,10 +265,19 @@ pub fn verify<'k>(
             return Err(VerifyFailure::IssuedInFuture);
         }
     }
-    if !claims.audiences.iter().any(|a| provider.audiences.contains(a)) {
+    if !claims
+        .audiences
+        .iter()
+        .any(|a| provider.audiences.contains(a))
+    {
         return Err(VerifyFailure::WrongAudience);
     }
-    Ok(VerifiedToken { provider: provider_index, algorithm, kid, claims })
+    Ok(VerifiedToken {
+        provider: provider_index,
+        algorithm,
+        kid,
+        claims,
+    })
 }
 
 #[cfg(test)]

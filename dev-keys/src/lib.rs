@@ -87,7 +87,11 @@ impl SigningKey {
                     "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
                     "n": b64(&public.n_bytes()), "e": b64(&public.e_bytes()),
                 });
-                (EncodingKey::from_rsa_der(der.as_bytes()), jwk, public.n_bytes().to_vec())
+                (
+                    EncodingKey::from_rsa_der(der.as_bytes()),
+                    jwk,
+                    public.n_bytes().to_vec(),
+                )
             }
             KeyAlgorithm::Es256 => {
                 use p256::elliptic_curve::Generate as _;
@@ -97,7 +101,11 @@ impl SigningKey {
                 let point = p256::PublicKey::from(private.verifying_key()).to_sec1_bytes();
                 let (x, y) = split_point(&point)?;
                 let jwk = json!({"kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid, "x": b64(x), "y": b64(y)});
-                (EncodingKey::from_ec_der(der.as_bytes()), jwk, point.to_vec())
+                (
+                    EncodingKey::from_ec_der(der.as_bytes()),
+                    jwk,
+                    point.to_vec(),
+                )
             }
             KeyAlgorithm::Es384 => {
                 use p384::elliptic_curve::Generate as _;
@@ -107,7 +115,11 @@ impl SigningKey {
                 let point = p384::PublicKey::from(private.verifying_key()).to_sec1_bytes();
                 let (x, y) = split_point(&point)?;
                 let jwk = json!({"kty": "EC", "crv": "P-384", "use": "sig", "alg": "ES384", "kid": kid, "x": b64(x), "y": b64(y)});
-                (EncodingKey::from_ec_der(der.as_bytes()), jwk, point.to_vec())
+                (
+                    EncodingKey::from_ec_der(der.as_bytes()),
+                    jwk,
+                    point.to_vec(),
+                )
             }
             KeyAlgorithm::Ed25519 => {
                 let mut seed = [0u8; 32];
@@ -116,10 +128,20 @@ impl SigningKey {
                 let der = private.to_pkcs8_der().map_err(|e| err("ed25519 der", &e))?;
                 let public = private.verifying_key().to_bytes();
                 let jwk = json!({"kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": kid, "x": b64(&public)});
-                (EncodingKey::from_ed_der(der.as_bytes()), jwk, public.to_vec())
+                (
+                    EncodingKey::from_ed_der(der.as_bytes()),
+                    jwk,
+                    public.to_vec(),
+                )
             }
         };
-        Ok(SigningKey { kid: kid.to_owned(), algorithm, encoding, public_jwk, public_bytes })
+        Ok(SigningKey {
+            kid: kid.to_owned(),
+            algorithm,
+            encoding,
+            public_jwk,
+            public_bytes,
+        })
     }
 
     /// The public JWK for a JWKS document.
@@ -138,12 +160,21 @@ impl SigningKey {
 
     /// Signs `claims` with this key's default algorithm and its `kid`.
     pub fn sign(&self, claims: &Value) -> Result<String, KeyError> {
-        self.sign_with(self.algorithm.default_alg(), &json!({"kid": self.kid}), claims)
+        self.sign_with(
+            self.algorithm.default_alg(),
+            &json!({"kid": self.kid}),
+            claims,
+        )
     }
 
     /// Signs `claims` with an explicit algorithm; `extra_header` members (e.g. `kid`, `typ`)
     /// are merged into the header.
-    pub fn sign_with(&self, alg: Algorithm, extra_header: &Value, claims: &Value) -> Result<String, KeyError> {
+    pub fn sign_with(
+        &self,
+        alg: Algorithm,
+        extra_header: &Value,
+        claims: &Value,
+    ) -> Result<String, KeyError> {
         sign_raw(alg, extra_header, claims, &self.encoding)
     }
 
@@ -170,9 +201,18 @@ fn header_with(alg: &str, extra_header: &Value) -> Value {
     header
 }
 
-fn sign_raw(alg: Algorithm, extra_header: &Value, claims: &Value, key: &EncodingKey) -> Result<String, KeyError> {
+fn sign_raw(
+    alg: Algorithm,
+    extra_header: &Value,
+    claims: &Value,
+    key: &EncodingKey,
+) -> Result<String, KeyError> {
     let header = header_with(&format!("{alg:?}"), extra_header);
-    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
     let signature = jsonwebtoken::crypto::sign(input.as_bytes(), key, alg)
         .map_err(|e| KeyError(format!("sign: {e}")))?;
     Ok(format!("{input}.{signature}"))
@@ -181,7 +221,11 @@ fn sign_raw(alg: Algorithm, extra_header: &Value, claims: &Value, key: &Encoding
 /// An unsigned token (`alg: none`, empty signature).
 pub fn unsigned_token(claims: &Value) -> String {
     let header = json!({"alg": "none", "typ": "JWT"});
-    format!("{}.{}.", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()))
+    format!(
+        "{}.{}.",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
 }
 
 /// Replaces a token's payload with `claims`, keeping the original header and signature.
@@ -190,7 +234,10 @@ pub fn with_swapped_payload(token: &str, claims: &Value) -> String {
     let header = parts.next().unwrap_or_default();
     let _ = parts.next();
     let signature = parts.next().unwrap_or_default();
-    format!("{header}.{}.{signature}", b64(claims.to_string().as_bytes()))
+    format!(
+        "{header}.{}.{signature}",
+        b64(claims.to_string().as_bytes())
+    )
 }
 
 /// Flips one bit in the middle of the signature (kept valid base64url).

@@ -9,7 +9,10 @@ use serde_json::{json, Map, Value};
 pub async fn echo(request: Request) -> Json<Value> {
     let mut headers = Map::new();
     for (name, value) in request.headers() {
-        headers.insert(name.as_str().to_owned(), Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
+        headers.insert(
+            name.as_str().to_owned(),
+            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        );
     }
     Json(json!({
         "method": request.method().as_str(),

@@ -87,13 +87,21 @@ impl Idp {
 
     fn rotate(&self, algorithm: KeyAlgorithm, retire: bool) -> Result<String, DevError> {
         let generation = lock(&self.keys).generation + 1;
-        let prefix = if algorithm == KeyAlgorithm::Rsa { "rsa" } else { "ec" };
+        let prefix = if algorithm == KeyAlgorithm::Rsa {
+            "rsa"
+        } else {
+            "ec"
+        };
         let kid = format!("{prefix}-{generation}");
         let key = SigningKey::generate(algorithm, &kid)?;
         let mut keys = lock(&self.keys);
         keys.generation = generation;
         if retire {
-            let old = if algorithm == KeyAlgorithm::Rsa { keys.rsa_signer } else { keys.ec_signer };
+            let old = if algorithm == KeyAlgorithm::Rsa {
+                keys.rsa_signer
+            } else {
+                keys.ec_signer
+            };
             keys.published.remove(old);
             keys.rsa_signer -= usize::from(keys.rsa_signer > old);
             keys.ec_signer -= usize::from(keys.ec_signer > old);
@@ -110,11 +118,23 @@ impl Idp {
 
     /// Mints a token for the request.
     pub fn mint(&self, request: &MintRequest) -> Result<String, String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         let mut claims = Map::new();
         claims.insert("iss".into(), json!(self.settings.issuer));
-        claims.insert("sub".into(), json!(request.sub.clone().unwrap_or_else(|| "alice".into())));
-        claims.insert("aud".into(), json!(request.aud.clone().unwrap_or_else(|| self.settings.audience.clone())));
+        claims.insert(
+            "sub".into(),
+            json!(request.sub.clone().unwrap_or_else(|| "alice".into())),
+        );
+        claims.insert(
+            "aud".into(),
+            json!(request
+                .aud
+                .clone()
+                .unwrap_or_else(|| self.settings.audience.clone())),
+        );
         claims.insert("iat".into(), json!(now));
         claims.insert("exp".into(), json!(now + request.ttl.unwrap_or(300)));
         if let Some(nbf_in) = request.nbf_in {
@@ -123,7 +143,13 @@ impl Idp {
         if let Some(scope) = &request.scope {
             claims.insert("scope".into(), json!(scope));
         }
-        claims.insert("jti".into(), json!(format!("{:x}", self.tokens_minted.fetch_add(1, Ordering::Relaxed) + 1)));
+        claims.insert(
+            "jti".into(),
+            json!(format!(
+                "{:x}",
+                self.tokens_minted.fetch_add(1, Ordering::Relaxed) + 1
+            )),
+        );
         if let Some(Value::Object(extra)) = &request.claims {
             for (k, v) in extra {
                 claims.insert(k.clone(), v.clone());
@@ -136,8 +162,12 @@ impl Idp {
             other => return Err(format!("alg {other} is not offered (RS256, ES256)")),
         };
         let kid = request.kid.clone().unwrap_or_else(|| key.kid.clone());
-        key.sign_with(key.algorithm.default_alg(), &json!({"kid": kid}), &Value::Object(claims))
-            .map_err(|e| e.to_string())
+        key.sign_with(
+            key.algorithm.default_alg(),
+            &json!({"kid": kid}),
+            &Value::Object(claims),
+        )
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -169,13 +199,19 @@ async fn jwks(State(idp): State<Arc<Idp>>) -> Response {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     if down {
-        return (StatusCode::SERVICE_UNAVAILABLE, "jwks is down (fault injected)\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "jwks is down (fault injected)\n",
+        )
+            .into_response();
     }
     ([(header::CACHE_CONTROL, "max-age=300")], Json(idp.jwks())).into_response()
 }
 
 async fn discovery(State(idp): State<Arc<Idp>>) -> Json<Value> {
-    Json(json!({"issuer": idp.settings.issuer, "jwks_uri": format!("{}/.well-known/jwks.json", idp.settings.issuer)}))
+    Json(
+        json!({"issuer": idp.settings.issuer, "jwks_uri": format!("{}/.well-known/jwks.json", idp.settings.issuer)}),
+    )
 }
 
 fn mint_response(idp: &Idp, request: &MintRequest) -> Response {
@@ -203,7 +239,13 @@ async fn rotate(State(idp): State<Arc<Idp>>, Query(q): Query<RotateQuery>) -> Re
     let algorithm = match q.alg.as_deref().unwrap_or("RS256") {
         "RS256" => KeyAlgorithm::Rsa,
         "ES256" => KeyAlgorithm::Es256,
-        other => return (StatusCode::BAD_REQUEST, format!("alg {other} is not offered")).into_response(),
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("alg {other} is not offered"),
+            )
+                .into_response()
+        }
     };
     let idp2 = idp.clone();
     let retire = q.retire.unwrap_or(false);
@@ -225,13 +267,20 @@ async fn fault(State(idp): State<Arc<Idp>>, Json(f): Json<FaultRequest>) -> Resp
     match f.jwks.as_deref() {
         Some("down") => faults.jwks_down = true,
         Some("up") => faults.jwks_down = false,
-        Some(other) => return (StatusCode::BAD_REQUEST, format!("jwks must be down or up, not {other}")).into_response(),
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("jwks must be down or up, not {other}"),
+            )
+                .into_response()
+        }
         None => {}
     }
     if let Some(ms) = f.jwks_latency_ms {
         faults.jwks_latency_ms = ms;
     }
-    Json(json!({"jwks_down": faults.jwks_down, "jwks_latency_ms": faults.jwks_latency_ms})).into_response()
+    Json(json!({"jwks_down": faults.jwks_down, "jwks_latency_ms": faults.jwks_latency_ms}))
+        .into_response()
 }
 
 async fn stats(State(idp): State<Arc<Idp>>) -> Json<Value> {

@@ -23,12 +23,17 @@ pub enum DevError {
 /// Reads `--name value` pairs from the command line.
 pub fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 /// Binds `127.0.0.1:<port>` (port 0 picks a free one) and prints the bound address on the
 /// first line of stdout, which the test harness and `make run` read.
-pub async fn bind(name: &str, port: u16) -> Result<(tokio::net::TcpListener, SocketAddr), DevError> {
+pub async fn bind(
+    name: &str,
+    port: u16,
+) -> Result<(tokio::net::TcpListener, SocketAddr), DevError> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     println!("{name} listening on http://{addr}");
@@ -40,13 +45,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

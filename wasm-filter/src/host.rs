@@ -26,17 +26,23 @@ pub fn error(message: &str) {
 /// Wall-clock time in milliseconds since the Unix epoch, as Envoy sees it.
 pub fn now_ms() -> Option<u64> {
     let now = hostcalls::get_current_time().ok()?;
-    now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
+    now.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
 
 /// Wall-clock time in microseconds, for measuring short stages.
 pub fn now_us() -> Option<u64> {
     let now = hostcalls::get_current_time().ok()?;
-    now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_micros() as u64)
+    now.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_micros() as u64)
 }
 
 pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
 }
 
 pub fn set_request_header(name: &str, value: &str) -> bool {
@@ -61,7 +67,9 @@ pub fn set_effective_context(context_id: u32) -> bool {
 }
 
 pub fn plugin_configuration() -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten()
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
 }
 
 pub fn set_tick_period(period: Duration) -> bool {
@@ -90,7 +98,12 @@ pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> SharedWrite {
 }
 
 pub fn dispatch_get(cluster: &str, authority: &str, path: &str, timeout: Duration) -> Option<u32> {
-    let headers = vec![(":method", "GET"), (":path", path), (":authority", authority), ("accept", "application/json")];
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", authority),
+        ("accept", "application/json"),
+    ];
     hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout).ok()
 }
 
@@ -102,7 +115,9 @@ pub fn call_response_status() -> Option<u16> {
 }
 
 pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten()
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
 }
 
 pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {

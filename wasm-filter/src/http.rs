@@ -39,7 +39,11 @@ pub fn apply_final(decision: &Final, forward_token: bool, resume: bool) -> Actio
             Action::Continue
         }
         FinalAction::Deny(response) => {
-            let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let headers: Vec<(&str, &str)> = response
+                .headers
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect();
             host::send_response(response.status, &headers, response.body.as_bytes());
             Action::Pause
         }
@@ -47,7 +51,13 @@ pub fn apply_final(decision: &Final, forward_token: bool, resume: bool) -> Actio
 }
 
 impl Context for AuthzHttp {
-    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         if let Some(worker) = self.worker.clone() {
             on_fetch_answer(&worker, token_id, body_size, self.context_id);
         }
@@ -66,7 +76,11 @@ impl HttpContext for AuthzHttp {
         let Some(worker) = self.worker.clone() else {
             // No valid configuration: fail closed.
             let response = deny_response(&DenyReason::Internal, "api");
-            let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let headers: Vec<(&str, &str)> = response
+                .headers
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect();
             host::send_response(response.status, &headers, response.body.as_bytes());
             return Action::Pause;
         };
@@ -83,7 +97,9 @@ impl HttpContext for AuthzHttp {
             authorization: host::request_header("authorization"),
         };
         let step = match host::now_ms() {
-            Some(now) => worker.borrow_mut().on_request(self.context_id, request, now),
+            Some(now) => worker
+                .borrow_mut()
+                .on_request(self.context_id, request, now),
             None => RequestStep::Done(worker.borrow().internal_deny(self.context_id, &request)),
         };
         match step {

@@ -78,11 +78,14 @@ impl Metrics {
             ..Metrics::default()
         };
         for tier in Tier::ALL {
-            m.tier_allow.insert(tier, counter(&format!("jwt_authz.tier.{tier}.allow")));
-            m.tier_deny.insert(tier, counter(&format!("jwt_authz.tier.{tier}.deny")));
+            m.tier_allow
+                .insert(tier, counter(&format!("jwt_authz.tier.{tier}.allow")));
+            m.tier_deny
+                .insert(tier, counter(&format!("jwt_authz.tier.{tier}.deny")));
         }
         for reason in DENY_REASONS {
-            m.deny_reason.insert(reason, counter(&format!("jwt_authz.deny.{reason}")));
+            m.deny_reason
+                .insert(reason, counter(&format!("jwt_authz.deny.{reason}")));
         }
         m
     }
@@ -119,7 +122,10 @@ mod tests {
             VerifyFailure::CriticalHeader,
             VerifyFailure::UnknownIssuer,
             VerifyFailure::KeysUnavailable { provider: 0 },
-            VerifyFailure::UnknownKey { provider: 0, kid: String::new() },
+            VerifyFailure::UnknownKey {
+                provider: 0,
+                kid: String::new(),
+            },
             VerifyFailure::AlgorithmKeyMismatch,
             VerifyFailure::BadSignature,
             VerifyFailure::WrongType,

@@ -19,7 +19,10 @@ pub struct AuthzRoot {
 
 impl AuthzRoot {
     pub fn new(context_id: u32) -> AuthzRoot {
-        AuthzRoot { context_id, worker: None }
+        AuthzRoot {
+            context_id,
+            worker: None,
+        }
     }
 
     fn tick(&self) {
@@ -44,14 +47,21 @@ pub fn dispatch_fetch(worker: &Rc<RefCell<Worker>>, order: &FetchOrder, context_
 
 /// Hands a fetch answer that reached `context_id` to the worker and applies the decisions
 /// it releases.
-pub fn on_fetch_answer(worker: &Rc<RefCell<Worker>>, token_id: u32, body_size: usize, context_id: u32) {
+pub fn on_fetch_answer(
+    worker: &Rc<RefCell<Worker>>,
+    token_id: u32,
+    body_size: usize,
+    context_id: u32,
+) {
     if !worker.borrow().owns_fetch(token_id) {
         return;
     }
     let status = host::call_response_status();
     let body = host::call_response_body(body_size);
     let now = host::now_ms().unwrap_or(0);
-    let finals = worker.borrow_mut().on_fetch_response(token_id, status, body, now);
+    let finals = worker
+        .borrow_mut()
+        .on_fetch_response(token_id, status, body, now);
     apply_finals(worker, finals, context_id);
 }
 
@@ -72,7 +82,13 @@ pub fn apply_finals(worker: &Rc<RefCell<Worker>>, finals: Vec<Final>, home_conte
 }
 
 impl Context for AuthzRoot {
-    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         if let Some(worker) = &self.worker {
             on_fetch_answer(worker, token_id, body_size, self.context_id);
         }
@@ -85,7 +101,10 @@ impl RootContext for AuthzRoot {
         let policy = match Policy::from_json(&bytes) {
             Ok(policy) => policy,
             Err(Error::InvalidConfig(problems)) => {
-                host::error(&format!("jwt_authz configuration rejected: {} problem(s)", problems.len()));
+                host::error(&format!(
+                    "jwt_authz configuration rejected: {} problem(s)",
+                    problems.len()
+                ));
                 for problem in &problems {
                     host::error(&format!("jwt_authz configuration problem: {problem}"));
                 }

@@ -13,7 +13,10 @@ use authz_core::config::{JwksSource, RemoteJwks};
 use authz_core::decision::bearer_token;
 use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, RefreshRules};
 use authz_core::token_hash::token_label;
-use authz_core::{decide, deny_response, Decision, DenyReason, DenyResponse, KeySet, Policy, RequestFacts, VerifyFailure};
+use authz_core::{
+    decide, deny_response, Decision, DenyReason, DenyResponse, KeySet, Policy, RequestFacts,
+    VerifyFailure,
+};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -27,7 +30,11 @@ pub struct OwnedRequest {
 
 impl OwnedRequest {
     fn facts(&self) -> RequestFacts<'_> {
-        RequestFacts { method: &self.method, path: &self.path, authorization: self.authorization.as_deref() }
+        RequestFacts {
+            method: &self.method,
+            path: &self.path,
+            authorization: self.authorization.as_deref(),
+        }
     }
 
     /// A log-safe label of the bearer token: a hash prefix, never the token.
@@ -43,7 +50,9 @@ impl OwnedRequest {
 #[derive(Debug, Clone)]
 pub enum FinalAction {
     /// Set these headers (and drop `authorization` unless forwarding) and continue.
-    Allow { headers: Vec<(String, String)> },
+    Allow {
+        headers: Vec<(String, String)>,
+    },
     Deny(DenyResponse),
 }
 
@@ -114,7 +123,10 @@ impl Worker {
             .jwks_sources
             .iter()
             .map(|source| match source {
-                JwksSource::Inline(set) => KeySource { keys: Some(set.clone()), remote: None },
+                JwksSource::Inline(set) => KeySource {
+                    keys: Some(set.clone()),
+                    remote: None,
+                },
                 JwksSource::Remote(config) => KeySource {
                     keys: None,
                     remote: Some(RemoteSource {
@@ -124,34 +136,67 @@ impl Worker {
                             lease_ms: config.timeout_ms + 1000,
                         },
                         keys_key: format!("jwt_authz/v1/jwks/{}{}", config.cluster, config.path),
-                        status_key: format!("jwt_authz/v1/status/{}{}", config.cluster, config.path),
+                        status_key: format!(
+                            "jwt_authz/v1/status/{}{}",
+                            config.cluster, config.path
+                        ),
                         config: config.clone(),
                         seen_version: 0,
                     }),
                 },
             })
             .collect();
-        Worker { policy, metrics, sources, pending: Vec::new(), in_flight: HashMap::new() }
+        Worker {
+            policy,
+            metrics,
+            sources,
+            pending: Vec::new(),
+            in_flight: HashMap::new(),
+        }
     }
 
     fn decide(&self, request: &OwnedRequest, now_ms: u64) -> Decision {
         let now = (now_ms / 1000) as i64;
-        decide(&self.policy, &request.facts(), |i| self.sources.get(i).and_then(|s| s.keys.as_ref()), now)
+        decide(
+            &self.policy,
+            &request.facts(),
+            |i| self.sources.get(i).and_then(|s| s.keys.as_ref()),
+            now,
+        )
     }
 
     /// Turns a final decision into an action, counting and logging it.
     fn finish(&self, context_id: u32, request: &OwnedRequest, decision: Decision) -> Final {
         match decision {
-            Decision::Allow { tier, upstream_headers, route, .. } => {
+            Decision::Allow {
+                tier,
+                upstream_headers,
+                route,
+                ..
+            } => {
                 self.metrics.count_allow(tier);
                 host::log(
                     proxy_wasm::types::LogLevel::Debug,
-                    &format!("jwt_authz allow tier={tier} route={route} token={}", request.token_label()),
+                    &format!(
+                        "jwt_authz allow tier={tier} route={route} token={}",
+                        request.token_label()
+                    ),
                 );
-                Final { context_id, action: FinalAction::Allow { headers: upstream_headers } }
+                Final {
+                    context_id,
+                    action: FinalAction::Allow {
+                        headers: upstream_headers,
+                    },
+                }
             }
-            Decision::Deny { tier, reason, route } => self.deny(context_id, request, tier, &route, reason),
-            Decision::AwaitKeys { tier, route, kid, .. } => {
+            Decision::Deny {
+                tier,
+                reason,
+                route,
+            } => self.deny(context_id, request, tier, &route, reason),
+            Decision::AwaitKeys {
+                tier, route, kid, ..
+            } => {
                 let reason = match kid {
                     Some(kid) => DenyReason::Token(VerifyFailure::UnknownKey { provider: 0, kid }),
                     None => DenyReason::KeysUnavailable,
@@ -161,7 +206,14 @@ impl Worker {
         }
     }
 
-    fn deny(&self, context_id: u32, request: &OwnedRequest, tier: authz_core::Tier, route: &str, reason: DenyReason) -> Final {
+    fn deny(
+        &self,
+        context_id: u32,
+        request: &OwnedRequest,
+        tier: authz_core::Tier,
+        route: &str,
+        reason: DenyReason,
+    ) -> Final {
         self.metrics.count_deny(tier, reason.as_str());
         let response = deny_response(&reason, &self.policy.realm);
         host::info(&format!(
@@ -172,7 +224,10 @@ impl Worker {
             authz_core::routes::path_only(&request.path),
             request.token_label()
         ));
-        Final { context_id, action: FinalAction::Deny(response) }
+        Final {
+            context_id,
+            action: FinalAction::Deny(response),
+        }
     }
 
     /// A deny for a request that cannot even be decided (e.g. no clock).
@@ -182,7 +237,12 @@ impl Worker {
     }
 
     /// Decides a new request.
-    pub fn on_request(&mut self, context_id: u32, request: OwnedRequest, now_ms: u64) -> RequestStep {
+    pub fn on_request(
+        &mut self,
+        context_id: u32,
+        request: OwnedRequest,
+        now_ms: u64,
+    ) -> RequestStep {
         let started = host::now_us();
         let mut decision = self.decide(&request, now_ms);
         if let Decision::AwaitKeys { provider, .. } = decision {
@@ -242,18 +302,28 @@ impl Worker {
 
     fn read_status(&self, provider: usize) -> Option<FetchStatus> {
         let remote = self.sources.get(provider)?.remote.as_ref()?;
-        Some(FetchStatus::decode(host::shared_get(&remote.status_key).0.as_deref()))
+        Some(FetchStatus::decode(
+            host::shared_get(&remote.status_key).0.as_deref(),
+        ))
     }
 
     /// Loads keys another worker stored, if they are newer than ours. True if keys changed.
     fn sync_keys(&mut self, provider: usize) -> bool {
-        let Some(status) = self.read_status(provider) else { return false };
-        let Some(source) = self.sources.get_mut(provider) else { return false };
-        let Some(remote) = source.remote.as_mut() else { return false };
+        let Some(status) = self.read_status(provider) else {
+            return false;
+        };
+        let Some(source) = self.sources.get_mut(provider) else {
+            return false;
+        };
+        let Some(remote) = source.remote.as_mut() else {
+            return false;
+        };
         if status.keys_version <= remote.seen_version {
             return false;
         }
-        let Some(document) = host::shared_get(&remote.keys_key).0 else { return false };
+        let Some(document) = host::shared_get(&remote.keys_key).0 else {
+            return false;
+        };
         match KeySet::from_jwks_json(&document) {
             Ok(set) => {
                 source.keys = Some(set);
@@ -261,7 +331,10 @@ impl Worker {
                 true
             }
             Err(e) => {
-                host::warn(&format!("jwt_authz shared jwks for {} unreadable: {e}", remote.config.cluster));
+                host::warn(&format!(
+                    "jwt_authz shared jwks for {} unreadable: {e}",
+                    remote.config.cluster
+                ));
                 false
             }
         }
@@ -292,18 +365,29 @@ impl Worker {
     pub fn fetch_started(&mut self, token: u32, order: &FetchOrder, context_id: u32) {
         host::log(
             proxy_wasm::types::LogLevel::Debug,
-            &format!("jwt_authz jwks fetch from cluster {} reason={}", order.cluster, order.reason.as_str()),
+            &format!(
+                "jwt_authz jwks fetch from cluster {} reason={}",
+                order.cluster,
+                order.reason.as_str()
+            ),
         );
         self.in_flight.insert(token, (order.provider, context_id));
     }
 
     pub fn fetch_not_started(&mut self, order: &FetchOrder) {
-        host::warn(&format!("jwt_authz jwks fetch could not be dispatched to cluster {}", order.cluster));
+        host::warn(&format!(
+            "jwt_authz jwks fetch could not be dispatched to cluster {}",
+            order.cluster
+        ));
         host::increment(self.metrics.jwks_fetch_failed);
         self.update_status(order.provider, FetchStatus::failed);
     }
 
-    fn update_status(&self, provider: usize, change: impl Fn(&FetchStatus) -> FetchStatus) -> Option<FetchStatus> {
+    fn update_status(
+        &self,
+        provider: usize,
+        change: impl Fn(&FetchStatus) -> FetchStatus,
+    ) -> Option<FetchStatus> {
         let remote = self.sources.get(provider)?.remote.as_ref()?;
         for _ in 0..16 {
             let (bytes, cas) = host::shared_get(&remote.status_key);
@@ -323,11 +407,25 @@ impl Worker {
     }
 
     /// A JWKS fetch answered (`status` is `None` when the call itself failed).
-    pub fn on_fetch_response(&mut self, token: u32, status: Option<u16>, body: Option<Vec<u8>>, now_ms: u64) -> Vec<Final> {
-        let Some((provider, _)) = self.in_flight.remove(&token) else { return Vec::new() };
-        let cluster = self.sources[provider].remote.as_ref().map(|r| r.config.cluster.clone()).unwrap_or_default();
+    pub fn on_fetch_response(
+        &mut self,
+        token: u32,
+        status: Option<u16>,
+        body: Option<Vec<u8>>,
+        now_ms: u64,
+    ) -> Vec<Final> {
+        let Some((provider, _)) = self.in_flight.remove(&token) else {
+            return Vec::new();
+        };
+        let cluster = self.sources[provider]
+            .remote
+            .as_ref()
+            .map(|r| r.config.cluster.clone())
+            .unwrap_or_default();
         let parsed = match (status, body) {
-            (Some(200), Some(body)) => KeySet::from_jwks_json(&body).map(|set| (set, body)).map_err(|e| e.to_string()),
+            (Some(200), Some(body)) => KeySet::from_jwks_json(&body)
+                .map(|set| (set, body))
+                .map_err(|e| e.to_string()),
             (Some(code), _) => Err(format!("status {code}")),
             (None, _) => Err("no response".into()),
         };
@@ -341,9 +439,16 @@ impl Worker {
                     .as_ref()
                     .map(|r| host::shared_set(&r.keys_key, &body, None) == SharedWrite::Written)
                     .unwrap_or(false);
-                let version = if stored { self.update_status(provider, |s| s.succeeded(now_ms)) } else { None };
+                let version = if stored {
+                    self.update_status(provider, |s| s.succeeded(now_ms))
+                } else {
+                    None
+                };
                 host::increment(self.metrics.jwks_fetch_ok);
-                host::info(&format!("jwt_authz jwks from {cluster}: {} keys loaded", set.keys.len()));
+                host::info(&format!(
+                    "jwt_authz jwks from {cluster}: {} keys loaded",
+                    set.keys.len()
+                ));
                 let source = &mut self.sources[provider];
                 source.keys = Some(set);
                 if let (Some(remote), Some(status)) = (source.remote.as_mut(), version) {
@@ -352,8 +457,14 @@ impl Worker {
             }
             Err(why) => {
                 host::increment(self.metrics.jwks_fetch_failed);
-                let keeping = if self.sources[provider].keys.is_some() { "keeping last good keys" } else { "no keys yet" };
-                host::warn(&format!("jwt_authz jwks fetch from {cluster} failed: {why}; {keeping}"));
+                let keeping = if self.sources[provider].keys.is_some() {
+                    "keeping last good keys"
+                } else {
+                    "no keys yet"
+                };
+                host::warn(&format!(
+                    "jwt_authz jwks fetch from {cluster} failed: {why}; {keeping}"
+                ));
                 self.update_status(provider, FetchStatus::failed);
             }
         }
@@ -387,9 +498,9 @@ impl Worker {
                 continue;
             };
             let concluded = p.kid.is_some()
-                && self
-                    .read_status(p.provider)
-                    .is_some_and(|s| s.completed_fetches > p.fetches_seen && !s.fetch_in_flight(now_ms));
+                && self.read_status(p.provider).is_some_and(|s| {
+                    s.completed_fetches > p.fetches_seen && !s.fetch_in_flight(now_ms)
+                });
             if now_ms >= p.deadline_ms || concluded {
                 finals.push(self.finish(p.context_id, &p.request, decision));
             } else {

@@ -44,7 +44,10 @@ fn the_example_loads_with_defaults_filled_in() {
     assert_eq!(policy.routes.routes.len(), 4);
     assert_eq!(policy.routes.routes[1].methods, vec!["GET", "HEAD"]);
     assert_eq!(policy.headers.subject, "x-auth-subject");
-    assert_eq!(policy.headers.claims, vec![("tenant".to_string(), "x-auth-tenant".to_string())]);
+    assert_eq!(
+        policy.headers.claims,
+        vec![("tenant".to_string(), "x-auth-tenant".to_string())]
+    );
     let remote: Vec<_> = policy.remote_sources().collect();
     assert_eq!(remote.len(), 1);
     assert_eq!(remote[0].1.authority, "dev_idp");
@@ -84,7 +87,10 @@ fn every_problem_is_reported_at_once() {
         "max_token_bytes: must be between",
     ];
     for e in expect {
-        assert!(p.iter().any(|line| line.starts_with(e)), "missing problem {e:?} in {p:#?}");
+        assert!(
+            p.iter().any(|line| line.starts_with(e)),
+            "missing problem {e:?} in {p:#?}"
+        );
     }
     assert_eq!(p.len(), expect.len(), "unexpected extra problems: {p:#?}");
 }
@@ -94,7 +100,10 @@ fn a_broken_inline_jwks_is_named() {
     let mut c = example();
     c["providers"][0]["jwks"] = json!({"inline": {"keys": [{"kty": "oct", "k": "AAAA"}]}});
     let p = problems(&c);
-    assert!(p[0].starts_with("providers[0].jwks.inline: invalid jwks: no usable signing key"), "{p:?}");
+    assert!(
+        p[0].starts_with("providers[0].jwks.inline: invalid jwks: no usable signing key"),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -104,12 +113,20 @@ fn duplicate_issuers_and_short_hmac_secrets_are_refused() {
     second["hmac_secret_base64"] = json!("c2hvcnQ=");
     c["providers"].as_array_mut().unwrap().push(second);
     let p = problems(&c);
-    assert!(p.iter().any(|l| l.contains("hmac_secret_base64: invalid jwks: hmac secret must be at least 32 bytes")), "{p:?}");
+    assert!(
+        p.iter().any(|l| l
+            .contains("hmac_secret_base64: invalid jwks: hmac secret must be at least 32 bytes")),
+        "{p:?}"
+    );
     assert!(p.iter().any(|l| l.contains("configured twice")), "{p:?}");
 }
 
 #[test]
 fn not_json_is_one_clear_problem() {
     let err = Policy::from_json(b"{nope").unwrap_err();
-    assert!(err.to_string().starts_with("invalid configuration: not a valid configuration document"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("invalid configuration: not a valid configuration document"),
+        "{err}"
+    );
 }

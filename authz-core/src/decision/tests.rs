@@ -19,7 +19,6 @@ fn policy() -> Policy {
     Policy::from_json(config.to_string().as_bytes()).unwrap()
 }
 
-
 fn token(extra: Value) -> String {
     let mut claims = json!({"iss": "https://idp.test", "aud": "api", "sub": "alice", "exp": NOW + 300, "scope": "read write"});
     for (k, v) in extra.as_object().unwrap() {
@@ -30,7 +29,16 @@ fn token(extra: Value) -> String {
 
 fn run(method: &str, path: &str, authorization: Option<&str>) -> Decision {
     let p = policy();
-    decide(&p, &RequestFacts { method, path, authorization }, |i| p.inline_keys(i), NOW)
+    decide(
+        &p,
+        &RequestFacts {
+            method,
+            path,
+            authorization,
+        },
+        |i| p.inline_keys(i),
+        NOW,
+    )
 }
 
 fn reason(d: Decision) -> DenyReason {
@@ -42,17 +50,34 @@ fn reason(d: Decision) -> DenyReason {
 
 #[test]
 fn public_routes_need_no_token() {
-    assert!(matches!(run("GET", "/healthz", None), Decision::Allow { tier: Tier::Public, .. }));
+    assert!(matches!(
+        run("GET", "/healthz", None),
+        Decision::Allow {
+            tier: Tier::Public,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn allow_carries_the_verified_context() {
     let bearer = format!("Bearer {}", token(json!({"tenant": "acme"})));
-    let Decision::Allow { upstream_headers, tier, route, .. } = run("GET", "/api/items", Some(&bearer)) else {
+    let Decision::Allow {
+        upstream_headers,
+        tier,
+        route,
+        ..
+    } = run("GET", "/api/items", Some(&bearer))
+    else {
         panic!("expected allow");
     };
     assert_eq!((tier, route.as_str()), (Tier::Authenticated, "read"));
-    let get = |name: &str| upstream_headers.iter().find(|(h, _)| h == name).map(|(_, v)| v.as_str());
+    let get = |name: &str| {
+        upstream_headers
+            .iter()
+            .find(|(h, _)| h == name)
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(get("x-auth-subject"), Some("alice"));
     assert_eq!(get("x-auth-scopes"), Some("read write"));
     assert_eq!(get("x-auth-tier"), Some("authenticated"));
@@ -63,17 +88,29 @@ fn allow_carries_the_verified_context() {
 #[test]
 fn bearer_scheme_is_required() {
     assert_eq!(reason(run("GET", "/api/x", None)), DenyReason::MissingToken);
-    assert_eq!(reason(run("GET", "/api/x", Some("Basic abc"))), DenyReason::NotBearer);
-    assert_eq!(reason(run("GET", "/api/x", Some("Bearer"))), DenyReason::NotBearer);
+    assert_eq!(
+        reason(run("GET", "/api/x", Some("Basic abc"))),
+        DenyReason::NotBearer
+    );
+    assert_eq!(
+        reason(run("GET", "/api/x", Some("Bearer"))),
+        DenyReason::NotBearer
+    );
     let lower = format!("bearer {}", token(json!({})));
-    assert!(matches!(run("GET", "/api/x", Some(&lower)), Decision::Allow { .. }));
+    assert!(matches!(
+        run("GET", "/api/x", Some(&lower)),
+        Decision::Allow { .. }
+    ));
 }
 
 #[test]
 fn valid_token_without_the_scope_is_forbidden() {
     let bearer = format!("Bearer {}", token(json!({"scope": "write"})));
     let r = reason(run("GET", "/api/items", Some(&bearer)));
-    assert_eq!((r.clone(), r.status()), (DenyReason::InsufficientScope, 403));
+    assert_eq!(
+        (r.clone(), r.status()),
+        (DenyReason::InsufficientScope, 403)
+    );
 }
 
 #[test]
@@ -87,9 +124,17 @@ fn privileged_routes_fail_closed_without_the_server() {
 
 #[test]
 fn unknown_kid_asks_for_keys() {
-    let t = key().sign_with(jsonwebtoken::Algorithm::ES256, &json!({"kid": "new"}), &json!({"iss": "https://idp.test", "aud": "api", "exp": NOW + 60})).unwrap();
+    let t = key()
+        .sign_with(
+            jsonwebtoken::Algorithm::ES256,
+            &json!({"kid": "new"}),
+            &json!({"iss": "https://idp.test", "aud": "api", "exp": NOW + 60}),
+        )
+        .unwrap();
     let bearer = format!("Bearer {t}");
-    assert!(matches!(run("GET", "/api/x", Some(&bearer)), Decision::AwaitKeys { provider: 0, kid: Some(k), .. } if k == "new"));
+    assert!(
+        matches!(run("GET", "/api/x", Some(&bearer)), Decision::AwaitKeys { provider: 0, kid: Some(k), .. } if k == "new")
+    );
 }
 
 #[test]
@@ -100,12 +145,18 @@ fn every_401_is_byte_identical() {
         DenyReason::Token(crate::VerifyFailure::Expired),
         DenyReason::Token(crate::VerifyFailure::BadSignature),
         DenyReason::Token(crate::VerifyFailure::WrongAudience),
-        DenyReason::Token(crate::VerifyFailure::UnknownKey { provider: 0, kid: "x".into() }),
+        DenyReason::Token(crate::VerifyFailure::UnknownKey {
+            provider: 0,
+            kid: "x".into(),
+        }),
         DenyReason::Token(crate::VerifyFailure::AlgNone),
     ];
     let first = deny_response(&reasons[0], "demo");
     assert_eq!(first.status, 401);
-    assert_eq!(first.headers[0].1, "Bearer realm=\"demo\", error=\"invalid_token\"");
+    assert_eq!(
+        first.headers[0].1,
+        "Bearer realm=\"demo\", error=\"invalid_token\""
+    );
     for r in &reasons {
         assert_eq!(deny_response(r, "demo"), first, "{r:?}");
     }
@@ -117,6 +168,11 @@ fn every_401_is_byte_identical() {
 #[test]
 fn header_values_with_control_characters_are_dropped() {
     let bearer = format!("Bearer {}", token(json!({"tenant": "a\r\nx-evil: 1"})));
-    let Decision::Allow { upstream_headers, .. } = run("GET", "/api/items", Some(&bearer)) else { panic!() };
+    let Decision::Allow {
+        upstream_headers, ..
+    } = run("GET", "/api/items", Some(&bearer))
+    else {
+        panic!()
+    };
     assert!(upstream_headers.iter().all(|(h, _)| h != "x-auth-tenant"));
 }

@@ -81,7 +81,9 @@ fn accepts_every_supported_asymmetric_algorithm() {
         (&f.es384, Algorithm::ES384),
         (&f.ed, Algorithm::EdDSA),
     ] {
-        let token = key.sign_with(alg, &json!({"kid": key.kid}), &claims()).unwrap();
+        let token = key
+            .sign_with(alg, &json!({"kid": key.kid}), &claims())
+            .unwrap();
         let verified = check(&token).unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
         assert_eq!(verified.algorithm, alg);
         assert_eq!(verified.claims.subject.as_deref(), Some("alice"));
@@ -91,46 +93,70 @@ fn accepts_every_supported_asymmetric_algorithm() {
 #[test]
 fn a_token_without_kid_is_tried_against_compatible_keys() {
     let f = fixture();
-    let token = f.es256.sign_with(Algorithm::ES256, &json!({}), &claims()).unwrap();
+    let token = f
+        .es256
+        .sign_with(Algorithm::ES256, &json!({}), &claims())
+        .unwrap();
     assert!(check(&token).is_ok());
 }
 
 #[test]
 fn alg_none_is_always_rejected() {
-    assert_eq!(check(&dev_keys::unsigned_token(&claims())).unwrap_err(), VerifyFailure::AlgNone);
+    assert_eq!(
+        check(&dev_keys::unsigned_token(&claims())).unwrap_err(),
+        VerifyFailure::AlgNone
+    );
 }
 
 #[test]
 fn hmac_signed_with_the_rsa_public_key_is_rejected() {
     let token = fixture().rsa.forge_hmac_with_public_key(&claims()).unwrap();
-    assert_eq!(check(&token).unwrap_err(), VerifyFailure::AlgorithmKeyMismatch);
+    assert_eq!(
+        check(&token).unwrap_err(),
+        VerifyFailure::AlgorithmKeyMismatch
+    );
 }
 
 #[test]
 fn hmac_is_accepted_only_with_a_configured_secret() {
     let secret = [42u8; 32];
     let token = dev_keys::sign_hmac(&secret, &json!({}), &claims()).unwrap();
-    assert_eq!(check(&token).unwrap_err(), VerifyFailure::AlgorithmKeyMismatch);
+    assert_eq!(
+        check(&token).unwrap_err(),
+        VerifyFailure::AlgorithmKeyMismatch
+    );
     let mut p = provider();
     p.hmac_key = Some(crate::keys::VerificationKey::hmac(&secret).unwrap());
     assert!(check_with(&token, p.clone()).is_ok());
     let forged = dev_keys::sign_hmac(&[43u8; 32], &json!({}), &claims()).unwrap();
-    assert_eq!(check_with(&forged, p).unwrap_err(), VerifyFailure::BadSignature);
+    assert_eq!(
+        check_with(&forged, p).unwrap_err(),
+        VerifyFailure::BadSignature
+    );
 }
 
 #[test]
 fn alg_must_match_the_key_type() {
     let f = fixture();
     // An EC token that names the RSA key's kid.
-    let token = f.es256.sign_with(Algorithm::ES256, &json!({"kid": "rsa-1"}), &claims()).unwrap();
-    assert_eq!(check(&token).unwrap_err(), VerifyFailure::AlgorithmKeyMismatch);
+    let token = f
+        .es256
+        .sign_with(Algorithm::ES256, &json!({"kid": "rsa-1"}), &claims())
+        .unwrap();
+    assert_eq!(
+        check(&token).unwrap_err(),
+        VerifyFailure::AlgorithmKeyMismatch
+    );
 }
 
 #[test]
 fn pinned_jwk_alg_is_enforced() {
     let f = fixture();
     let pinned = KeySet::from_jwks_value(&json!({"keys": [f.rsa.public_jwk()]})).unwrap();
-    let token = f.rsa.sign_with(Algorithm::PS256, &json!({"kid": "rsa-1"}), &claims()).unwrap();
+    let token = f
+        .rsa
+        .sign_with(Algorithm::PS256, &json!({"kid": "rsa-1"}), &claims())
+        .unwrap();
     let result = verify(&token, &[provider()], |_| Some(&pinned), 8192, NOW);
     assert_eq!(result.unwrap_err(), VerifyFailure::AlgorithmKeyMismatch);
 }
@@ -149,12 +175,27 @@ fn tampering_is_detected() {
 fn time_claims_respect_the_skew() {
     let key = &fixture().es256;
     let sign = |c: Value| key.sign(&c).unwrap();
-    assert_eq!(check(&sign(with(claims(), "exp", json!(NOW - 61)))).unwrap_err(), VerifyFailure::Expired);
-    assert!(check(&sign(with(claims(), "exp", json!(NOW - 59)))).is_ok(), "inside the skew");
-    assert_eq!(check(&sign(with(claims(), "nbf", json!(NOW + 61)))).unwrap_err(), VerifyFailure::NotYetValid);
+    assert_eq!(
+        check(&sign(with(claims(), "exp", json!(NOW - 61)))).unwrap_err(),
+        VerifyFailure::Expired
+    );
+    assert!(
+        check(&sign(with(claims(), "exp", json!(NOW - 59)))).is_ok(),
+        "inside the skew"
+    );
+    assert_eq!(
+        check(&sign(with(claims(), "nbf", json!(NOW + 61)))).unwrap_err(),
+        VerifyFailure::NotYetValid
+    );
     assert!(check(&sign(with(claims(), "nbf", json!(NOW + 59)))).is_ok());
-    assert_eq!(check(&sign(with(claims(), "iat", json!(NOW + 3600)))).unwrap_err(), VerifyFailure::IssuedInFuture);
-    assert_eq!(check(&sign(without(claims(), "exp"))).unwrap_err(), VerifyFailure::MissingExpiration);
+    assert_eq!(
+        check(&sign(with(claims(), "iat", json!(NOW + 3600)))).unwrap_err(),
+        VerifyFailure::IssuedInFuture
+    );
+    assert_eq!(
+        check(&sign(without(claims(), "exp"))).unwrap_err(),
+        VerifyFailure::MissingExpiration
+    );
     let mut lenient = provider();
     lenient.require_expiration = false;
     assert!(check_with(&sign(without(claims(), "exp")), lenient).is_ok());
@@ -164,10 +205,22 @@ fn time_claims_respect_the_skew() {
 fn issuer_and_audience_must_be_configured_ones() {
     let key = &fixture().es256;
     let sign = |c: Value| key.sign(&c).unwrap();
-    assert_eq!(check(&sign(with(claims(), "iss", json!("https://evil")))).unwrap_err(), VerifyFailure::UnknownIssuer);
-    assert_eq!(check(&sign(without(claims(), "iss"))).unwrap_err(), VerifyFailure::UnknownIssuer);
-    assert_eq!(check(&sign(with(claims(), "aud", json!("elsewhere")))).unwrap_err(), VerifyFailure::WrongAudience);
-    assert_eq!(check(&sign(without(claims(), "aud"))).unwrap_err(), VerifyFailure::WrongAudience);
+    assert_eq!(
+        check(&sign(with(claims(), "iss", json!("https://evil")))).unwrap_err(),
+        VerifyFailure::UnknownIssuer
+    );
+    assert_eq!(
+        check(&sign(without(claims(), "iss"))).unwrap_err(),
+        VerifyFailure::UnknownIssuer
+    );
+    assert_eq!(
+        check(&sign(with(claims(), "aud", json!("elsewhere")))).unwrap_err(),
+        VerifyFailure::WrongAudience
+    );
+    assert_eq!(
+        check(&sign(without(claims(), "aud"))).unwrap_err(),
+        VerifyFailure::WrongAudience
+    );
     assert!(check(&sign(with(claims(), "aud", json!(["x", "other-api"])))).is_ok());
 }
 
@@ -177,9 +230,18 @@ fn typ_is_checked_when_required() {
     let mut p = provider();
     p.required_typ = Some("at+jwt".into());
     let plain = key.sign(&claims()).unwrap();
-    assert_eq!(check_with(&plain, p.clone()).unwrap_err(), VerifyFailure::WrongType);
+    assert_eq!(
+        check_with(&plain, p.clone()).unwrap_err(),
+        VerifyFailure::WrongType
+    );
     for typ in ["at+jwt", "AT+JWT", "application/at+jwt"] {
-        let token = key.sign_with(Algorithm::ES256, &json!({"kid": "ec-1", "typ": typ}), &claims()).unwrap();
+        let token = key
+            .sign_with(
+                Algorithm::ES256,
+                &json!({"kid": "ec-1", "typ": typ}),
+                &claims(),
+            )
+            .unwrap();
         assert!(check_with(&token, p.clone()).is_ok(), "{typ}");
     }
 }
@@ -187,18 +249,43 @@ fn typ_is_checked_when_required() {
 #[test]
 fn unknown_kid_and_missing_keys_are_reported_for_refetch() {
     let key = &fixture().es256;
-    let token = key.sign_with(Algorithm::ES256, &json!({"kid": "rotated"}), &claims()).unwrap();
-    assert_eq!(check(&token).unwrap_err(), VerifyFailure::UnknownKey { provider: 0, kid: "rotated".into() });
-    let none = verify(&key.sign(&claims()).unwrap(), &[provider()], |_| None, 8192, NOW);
-    assert_eq!(none.unwrap_err(), VerifyFailure::KeysUnavailable { provider: 0 });
+    let token = key
+        .sign_with(Algorithm::ES256, &json!({"kid": "rotated"}), &claims())
+        .unwrap();
+    assert_eq!(
+        check(&token).unwrap_err(),
+        VerifyFailure::UnknownKey {
+            provider: 0,
+            kid: "rotated".into()
+        }
+    );
+    let none = verify(
+        &key.sign(&claims()).unwrap(),
+        &[provider()],
+        |_| None,
+        8192,
+        NOW,
+    );
+    assert_eq!(
+        none.unwrap_err(),
+        VerifyFailure::KeysUnavailable { provider: 0 }
+    );
 }
 
 #[test]
 fn critical_headers_and_oversized_tokens_are_rejected() {
     let key = &fixture().es256;
-    let crit = key.sign_with(Algorithm::ES256, &json!({"kid": "ec-1", "crit": ["exp"]}), &claims()).unwrap();
+    let crit = key
+        .sign_with(
+            Algorithm::ES256,
+            &json!({"kid": "ec-1", "crit": ["exp"]}),
+            &claims(),
+        )
+        .unwrap();
     assert_eq!(check(&crit).unwrap_err(), VerifyFailure::CriticalHeader);
-    let big = key.sign(&with(claims(), "pad", json!("x".repeat(10_000)))).unwrap();
+    let big = key
+        .sign(&with(claims(), "pad", json!("x".repeat(10_000))))
+        .unwrap();
     assert_eq!(check(&big).unwrap_err(), VerifyFailure::TooLarge);
 }
 
@@ -210,18 +297,41 @@ fn several_providers_each_use_their_own_keys() {
     let second_keys = KeySet::from_jwks_value(&json!({"keys": [f.ed.public_jwk()]})).unwrap();
     let providers = [provider(), second];
     let keys = |i: usize| Some(if i == 0 { &f.keys } else { &second_keys });
-    let token = f.ed.sign(&with(claims(), "iss", json!("https://second"))).unwrap();
-    assert_eq!(verify(&token, &providers, keys, 8192, NOW).unwrap().provider, 1);
+    let token =
+        f.ed.sign(&with(claims(), "iss", json!("https://second")))
+            .unwrap();
+    assert_eq!(
+        verify(&token, &providers, keys, 8192, NOW)
+            .unwrap()
+            .provider,
+        1
+    );
     // A key of provider 0 cannot sign for provider 1.
-    let cross = f.es256.sign(&with(claims(), "iss", json!("https://second"))).unwrap();
+    let cross = f
+        .es256
+        .sign(&with(claims(), "iss", json!("https://second")))
+        .unwrap();
     assert!(verify(&cross, &providers, keys, 8192, NOW).is_err());
 }
 
 #[test]
 fn malformed_shapes_are_rejected() {
-    for token in ["", "a", "a.b", "a.b.c.d", "..", "a..c", "@@@.b.c", "e30.e30=.", "e30.e30.e30"] {
+    for token in [
+        "",
+        "a",
+        "a.b",
+        "a.b.c.d",
+        "..",
+        "a..c",
+        "@@@.b.c",
+        "e30.e30=.",
+        "e30.e30.e30",
+    ] {
         let err = check(token).unwrap_err();
-        assert!(matches!(err, VerifyFailure::Malformed(_)), "{token}: {err:?}");
+        assert!(
+            matches!(err, VerifyFailure::Malformed(_)),
+            "{token}: {err:?}"
+        );
     }
 }
 

@@ -6,7 +6,13 @@ use dev_tools::{arg, bind, shutdown_signal, DevError};
 
 #[tokio::main]
 async fn main() -> Result<(), DevError> {
-    let port = arg("--port").map(|p| p.parse().map_err(|_| DevError::Argument(format!("--port {p}")))).transpose()?.unwrap_or(0);
+    let port = arg("--port")
+        .map(|p| {
+            p.parse()
+                .map_err(|_| DevError::Argument(format!("--port {p}")))
+        })
+        .transpose()?
+        .unwrap_or(0);
     let settings = IdpSettings {
         issuer: arg("--issuer").unwrap_or_else(|| "https://dev-idp.local".into()),
         audience: arg("--audience").unwrap_or_else(|| "demo-api".into()),
@@ -14,6 +20,8 @@ async fn main() -> Result<(), DevError> {
     let idp = Idp::new(settings)?;
     initial_faults(&idp, std::env::args().any(|a| a == "--jwks-down"));
     let (listener, _) = bind("dev-idp", port).await?;
-    axum::serve(listener, router(idp)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, router(idp))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(())
 }

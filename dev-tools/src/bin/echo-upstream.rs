@@ -5,8 +5,16 @@ use dev_tools::{arg, bind, shutdown_signal, DevError};
 
 #[tokio::main]
 async fn main() -> Result<(), DevError> {
-    let port = arg("--port").map(|p| p.parse().map_err(|_| DevError::Argument(format!("--port {p}")))).transpose()?.unwrap_or(0);
+    let port = arg("--port")
+        .map(|p| {
+            p.parse()
+                .map_err(|_| DevError::Argument(format!("--port {p}")))
+        })
+        .transpose()?
+        .unwrap_or(0);
     let (listener, _) = bind("echo-upstream", port).await?;
-    axum::serve(listener, dev_tools::echo::router()).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, dev_tools::echo::router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(())
 }

