@@ -34,7 +34,7 @@ build: wasm-target
 	$(CARGO) build -p dev-tools
 
 test: tools build
-	$(CARGO) test --workspace
+	@scripts/test-summary.sh $(CARGO) test --workspace
 
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
