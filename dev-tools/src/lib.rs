@@ -28,6 +28,16 @@ pub fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// `--port N` (default 0: the OS picks).
+pub fn port_arg() -> Result<u16, DevError> {
+    match arg("--port") {
+        None => Ok(0),
+        Some(p) => p
+            .parse()
+            .map_err(|_| DevError::Argument(format!("--port {p}"))),
+    }
+}
+
 /// Binds `127.0.0.1:<port>` (port 0 picks a free one) and prints the bound address on the
 /// first line of stdout, which the test harness and `make run` read.
 pub async fn bind(

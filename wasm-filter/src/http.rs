@@ -76,13 +76,11 @@ impl HttpContext for AuthzHttp {
         let Some(worker) = self.worker.clone() else {
             // No valid configuration: fail closed.
             let response = deny_response(&DenyReason::Internal, "api");
-            let headers: Vec<(&str, &str)> = response
-                .headers
-                .iter()
-                .map(|(k, v)| (*k, v.as_str()))
-                .collect();
-            host::send_response(response.status, &headers, response.body.as_bytes());
-            return Action::Pause;
+            let decision = Final {
+                context_id: self.context_id,
+                action: FinalAction::Deny(response),
+            };
+            return apply_final(&decision, false, false);
         };
         let forward_token = {
             let w = worker.borrow();

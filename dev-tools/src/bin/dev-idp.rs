@@ -2,17 +2,11 @@
 //! identity provider. Prints `dev-idp listening on http://ADDR` first.
 
 use dev_tools::idp::{initial_faults, router, Idp, IdpSettings};
-use dev_tools::{arg, bind, shutdown_signal, DevError};
+use dev_tools::{arg, bind, port_arg, shutdown_signal, DevError};
 
 #[tokio::main]
 async fn main() -> Result<(), DevError> {
-    let port = arg("--port")
-        .map(|p| {
-            p.parse()
-                .map_err(|_| DevError::Argument(format!("--port {p}")))
-        })
-        .transpose()?
-        .unwrap_or(0);
+    let port = port_arg()?;
     let settings = IdpSettings {
         issuer: arg("--issuer").unwrap_or_else(|| "https://dev-idp.local".into()),
         audience: arg("--audience").unwrap_or_else(|| "demo-api".into()),

@@ -1,17 +1,11 @@
 //! `echo-upstream [--port N]`: the demo upstream; echoes every request as JSON. Prints
 //! `echo-upstream listening on http://ADDR` first.
 
-use dev_tools::{arg, bind, shutdown_signal, DevError};
+use dev_tools::{bind, port_arg, shutdown_signal, DevError};
 
 #[tokio::main]
 async fn main() -> Result<(), DevError> {
-    let port = arg("--port")
-        .map(|p| {
-            p.parse()
-                .map_err(|_| DevError::Argument(format!("--port {p}")))
-        })
-        .transpose()?
-        .unwrap_or(0);
+    let port = port_arg()?;
     let (listener, _) = bind("echo-upstream", port).await?;
     axum::serve(listener, dev_tools::echo::router())
         .with_graceful_shutdown(shutdown_signal())
