@@ -502,6 +502,72 @@ fn parse_headers(p: &mut Problems, c: &Option<HeadersConfig>) -> HeaderNames {
     names
 }
 
+fn parse_routes(
+    p: &mut Problems,
+    routes_config: &[RouteConfig],
+    default_config: &Option<RouteTargetConfig>,
+) -> Option<RouteTable> {
+    let mut routes = Vec::new();
+    for (i, rc) in routes_config.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        p.unknown(&at, &rc.unknown);
+        let tier = parse_tier(p, &at, &rc.tier);
+        let (path, methods) = match p.required(&at, "match", &rc.matcher) {
+            Some(m) => parse_match(p, &format!("{at}.match"), m),
+            None => (None, Vec::new()),
+        };
+        let require = parse_requirements(p, &format!("{at}.require"), tier, &rc.require);
+        if let Some(path) = path {
+            routes.push(Route {
+                name: rc.name.clone().unwrap_or(at),
+                path: Some(path),
+                methods,
+                tier,
+                require,
+            });
+        }
+    }
+    let default = match default_config {
+        None => {
+            p.add(
+                "default",
+                "an explicit default route ({\"tier\": ...}) is required",
+            );
+            None
+        }
+        Some(d) => {
+            p.unknown("default", &d.unknown);
+            let tier = parse_tier(p, "default", &d.tier);
+            let require = parse_requirements(p, "default.require", tier, &d.require);
+            Some(Route {
+                name: "default".into(),
+                path: None,
+                methods: Vec::new(),
+                tier,
+                require,
+            })
+        }
+    };
+    Some(RouteTable {
+        routes,
+        default: default?,
+    })
+}
+
+/// Builds a route table from route rules and a default, as the filter does, naming every
+/// problem. The ext_authz server uses this so one policy drives both.
+pub fn route_table_from_config(
+    routes: &[RouteConfig],
+    default: &Option<RouteTargetConfig>,
+) -> Result<RouteTable, Vec<String>> {
+    let mut p = Problems(Vec::new());
+    let table = parse_routes(&mut p, routes, default);
+    match table {
+        Some(table) if p.0.is_empty() => Ok(table),
+        _ => Err(p.0),
+    }
+}
+
 impl Policy {
     /// Parses and validates a JSON configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Policy, Error> {
@@ -536,47 +602,7 @@ impl Policy {
                 jwks_sources.push(source);
             }
         }
-        let mut routes = Vec::new();
-        for (i, rc) in c.routes.iter().enumerate() {
-            let at = format!("routes[{i}]");
-            p.unknown(&at, &rc.unknown);
-            let tier = parse_tier(&mut p, &at, &rc.tier);
-            let (path, methods) = match p.required(&at, "match", &rc.matcher) {
-                Some(m) => parse_match(&mut p, &format!("{at}.match"), m),
-                None => (None, Vec::new()),
-            };
-            let require = parse_requirements(&mut p, &format!("{at}.require"), tier, &rc.require);
-            if let Some(path) = path {
-                routes.push(Route {
-                    name: rc.name.clone().unwrap_or(at),
-                    path: Some(path),
-                    methods,
-                    tier,
-                    require,
-                });
-            }
-        }
-        let default = match &c.default {
-            None => {
-                p.add(
-                    "default",
-                    "an explicit default route ({\"tier\": ...}) is required",
-                );
-                None
-            }
-            Some(d) => {
-                p.unknown("default", &d.unknown);
-                let tier = parse_tier(&mut p, "default", &d.tier);
-                let require = parse_requirements(&mut p, "default.require", tier, &d.require);
-                Some(Route {
-                    name: "default".into(),
-                    path: None,
-                    methods: Vec::new(),
-                    tier,
-                    require,
-                })
-            }
-        };
+        let routes = parse_routes(&mut p, &c.routes, &c.default);
         let headers = parse_headers(&mut p, &c.headers);
         let realm = c.realm.clone().unwrap_or_else(|| "api".into());
         if realm.is_empty()
@@ -600,12 +626,11 @@ impl Policy {
         if !p.0.is_empty() {
             return Err(Error::InvalidConfig(p.0));
         }
-        let default =
-            default.ok_or_else(|| Error::InvalidConfig(vec!["default: missing".into()]))?;
+        let routes = routes.ok_or_else(|| Error::InvalidConfig(vec!["default: missing".into()]))?;
         Ok(Policy {
             providers,
             jwks_sources,
-            routes: RouteTable { routes, default },
+            routes,
             realm,
             headers,
             key_wait_timeout_ms,

@@ -10,10 +10,13 @@
 //! caller acts on. That is what lets the same code run inside Envoy (wasm32-wasip1) and in
 //! host tests, where it is unit- and property-tested.
 
+pub mod circuit;
 pub mod claims;
 pub mod config;
 pub mod decision;
 pub mod error;
+pub mod fallback;
+pub mod introspection;
 pub mod jwks_refresh;
 pub mod keys;
 pub mod routes;

@@ -1,0 +1,244 @@
+//! RFC 7662 token introspection responses, parsed strictly.
+//!
+//! `active` must be present and a JSON boolean; an active response's registered members must
+//! have their registered types. Anything else is an error, which callers treat as an IdP
+//! failure (fail closed), never as "inactive". The batch format this project defines (a JSON
+//! array of request tokens in, an array of responses in the same order out) is parsed by
+//! [`parse_batch`].
+//!
+//! No I/O: callers bring the bytes.
+
+use serde_json::{Map, Value};
+
+/// What the IdP said about one token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Introspection {
+    pub active: bool,
+    pub subject: Option<String>,
+    pub scopes: Vec<String>,
+    pub client_id: Option<String>,
+    pub expires_at: Option<i64>,
+    pub issued_at: Option<i64>,
+    pub auth_time: Option<i64>,
+    pub acr: Option<String>,
+    pub amr: Vec<String>,
+    pub jti: Option<String>,
+    /// Every member, for claim requirements.
+    pub raw: Map<String, Value>,
+}
+
+/// Why an introspection response is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntrospectionError {
+    #[error("response is not json")]
+    NotJson,
+    #[error("response is not a json object")]
+    NotObject,
+    #[error("\"active\" is missing or not a boolean")]
+    ActiveNotBoolean,
+    #[error("member \"{0}\" has the wrong type")]
+    WrongType(&'static str),
+    #[error("batch response does not match the request ({0})")]
+    BatchShape(String),
+}
+
+fn string(
+    raw: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, IntrospectionError> {
+    match raw.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(IntrospectionError::WrongType(name)),
+    }
+}
+
+fn number(raw: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, IntrospectionError> {
+    match raw.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.floor() as i64)
+            })
+            .map(Some)
+            .ok_or(IntrospectionError::WrongType(name)),
+        Some(_) => Err(IntrospectionError::WrongType(name)),
+    }
+}
+
+impl Introspection {
+    /// Parses one response object.
+    pub fn from_value(value: Value) -> Result<Introspection, IntrospectionError> {
+        let Value::Object(raw) = value else {
+            return Err(IntrospectionError::NotObject);
+        };
+        let active = match raw.get("active") {
+            Some(Value::Bool(b)) => *b,
+            _ => return Err(IntrospectionError::ActiveNotBoolean),
+        };
+        if !active {
+            // Nothing else about an inactive token matters (RFC 7662 §2.2).
+            return Ok(Introspection::inactive());
+        }
+        let scopes = string(&raw, "scope")?
+            .map(|s| {
+                s.split(' ')
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let amr = match raw.get("amr") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .ok_or(IntrospectionError::WrongType("amr"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(IntrospectionError::WrongType("amr")),
+        };
+        Ok(Introspection {
+            active,
+            subject: string(&raw, "sub")?,
+            scopes,
+            client_id: string(&raw, "client_id")?,
+            expires_at: number(&raw, "exp")?,
+            issued_at: number(&raw, "iat")?,
+            auth_time: number(&raw, "auth_time")?,
+            acr: string(&raw, "acr")?,
+            amr,
+            jti: string(&raw, "jti")?,
+            raw,
+        })
+    }
+
+    /// Parses one response body.
+    pub fn parse(body: &[u8]) -> Result<Introspection, IntrospectionError> {
+        let value: Value = serde_json::from_slice(body).map_err(|_| IntrospectionError::NotJson)?;
+        Introspection::from_value(value)
+    }
+
+    /// An inactive result.
+    pub fn inactive() -> Introspection {
+        Introspection {
+            active: false,
+            subject: None,
+            scopes: Vec::new(),
+            client_id: None,
+            expires_at: None,
+            issued_at: None,
+            auth_time: None,
+            acr: None,
+            amr: Vec::new(),
+            jti: None,
+            raw: Map::new(),
+        }
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// The result as [`crate::Claims`], so route requirements apply to it unchanged.
+    pub fn as_claims(&self) -> crate::Claims {
+        crate::Claims {
+            issuer: None,
+            subject: self.subject.clone(),
+            audiences: Vec::new(),
+            expires_at: self.expires_at,
+            not_before: None,
+            issued_at: self.issued_at,
+            scopes: self.scopes.clone(),
+            raw: self.raw.clone(),
+        }
+    }
+}
+
+/// Parses a batch response: a JSON array with one response per requested token, in order.
+pub fn parse_batch(body: &[u8], expected: usize) -> Result<Vec<Introspection>, IntrospectionError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| IntrospectionError::NotJson)?;
+    let Value::Array(items) = value else {
+        return Err(IntrospectionError::BatchShape("not an array".into()));
+    };
+    if items.len() != expected {
+        return Err(IntrospectionError::BatchShape(format!(
+            "{} results for {expected} tokens",
+            items.len()
+        )));
+    }
+    items.into_iter().map(Introspection::from_value).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_must_be_a_boolean() {
+        assert_eq!(
+            Introspection::parse(b"{}").unwrap_err(),
+            IntrospectionError::ActiveNotBoolean
+        );
+        assert_eq!(
+            Introspection::parse(br#"{"active":"true"}"#).unwrap_err(),
+            IntrospectionError::ActiveNotBoolean
+        );
+        assert_eq!(
+            Introspection::parse(br#"{"active":1}"#).unwrap_err(),
+            IntrospectionError::ActiveNotBoolean
+        );
+        assert_eq!(
+            Introspection::parse(b"<html>").unwrap_err(),
+            IntrospectionError::NotJson
+        );
+        assert_eq!(
+            Introspection::parse(b"[]").unwrap_err(),
+            IntrospectionError::NotObject
+        );
+    }
+
+    #[test]
+    fn inactive_ignores_everything_else() {
+        let r = Introspection::parse(br#"{"active":false,"sub":7}"#).unwrap();
+        assert!(!r.active);
+        assert_eq!(r.subject, None);
+    }
+
+    #[test]
+    fn active_members_are_typed() {
+        let r = Introspection::parse(
+            br#"{"active":true,"sub":"alice","scope":"read admin","exp":100,"auth_time":90,"acr":"mfa","amr":["pwd","otp"],"jti":"j1","tenant":"acme"}"#,
+        )
+        .unwrap();
+        assert!(r.active && r.has_scope("admin"));
+        assert_eq!(
+            (r.auth_time, r.acr.as_deref(), r.jti.as_deref()),
+            (Some(90), Some("mfa"), Some("j1"))
+        );
+        assert_eq!(r.amr, vec!["pwd", "otp"]);
+        assert_eq!(r.as_claims().raw["tenant"], "acme");
+        assert_eq!(
+            Introspection::parse(br#"{"active":true,"exp":"soon"}"#).unwrap_err(),
+            IntrospectionError::WrongType("exp")
+        );
+        assert_eq!(
+            Introspection::parse(br#"{"active":true,"scope":["a"]}"#).unwrap_err(),
+            IntrospectionError::WrongType("scope")
+        );
+    }
+
+    #[test]
+    fn batches_must_match_the_request() {
+        let ok = parse_batch(br#"[{"active":true,"sub":"a"},{"active":false}]"#, 2).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert!(parse_batch(br#"[{"active":true}]"#, 2).is_err());
+        assert!(parse_batch(br#"{"active":true}"#, 1).is_err());
+        assert!(parse_batch(br#"[{"active":true},{}]"#, 2).is_err());
+    }
+}
