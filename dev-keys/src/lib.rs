@@ -185,6 +185,11 @@ impl SigningKey {
     }
 }
 
+/// Fills `bytes` from the operating system's random source.
+pub fn random_bytes(bytes: &mut [u8]) -> Result<(), KeyError> {
+    getrandom::fill(bytes).map_err(|e| KeyError(format!("random: {e}")))
+}
+
 /// Signs with an HMAC secret (HS256).
 pub fn sign_hmac(secret: &[u8], extra_header: &Value, claims: &Value) -> Result<String, KeyError> {
     let key = EncodingKey::from_secret(secret).map_err(|e| KeyError(format!("hmac key: {e}")))?;

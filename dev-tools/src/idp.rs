@@ -8,19 +8,27 @@
 //! | `POST /mint` | the same from a JSON body, plus `claims` (extra claims object) |
 //! | `POST /admin/rotate?alg=RS256&retire=false` | new signing key for `alg`; old keys stay published unless `retire=true` |
 //! | `POST /admin/fault` | `{"jwks": "down"|"up", "jwks_latency_ms": n}` |
-//! | `GET /admin/stats` | request counters (`jwks_requests`, `tokens_minted`) |
+//! | `POST /introspect` | RFC 7662 introspection (form `token=`), client auth `client_secret_basic` or `client_secret_post` |
+//! | `POST /introspect/batch` | batch introspection: JSON array of tokens in, array of RFC 7662 responses out (same order) |
+//! | `POST /revoke` | RFC 7009 revocation (form `token=`), client auth as above |
+//! | `POST /admin/fault` | also `{"introspection": "ok"|"error"|"nonjson"|"missing_active"|"down", "introspection_latency_ms": n}` |
+//! | `GET /admin/stats` | counters: `jwks_requests`, `tokens_minted`, `introspection_calls`, `batch_calls`, `introspected_tokens`, `last_batch_size` |
 //!
-//! Keys live in memory; every restart starts with fresh keys.
+//! Every minted token (JWT or opaque) is remembered so it can be introspected and revoked. Keys
+//! and tokens live in memory; every restart starts fresh.
 
 use crate::DevError;
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Form, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
 use dev_keys::{KeyAlgorithm, SigningKey};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,12 +38,37 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct IdpSettings {
     pub issuer: String,
     pub audience: String,
+    /// Client credentials the introspection and revocation endpoints accept.
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 #[derive(Default)]
 struct Faults {
     jwks_down: bool,
     jwks_latency_ms: u64,
+    introspection: IntrospectionFault,
+    introspection_latency_ms: u64,
+}
+
+/// How the introspection endpoints misbehave, for tests and demos.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum IntrospectionFault {
+    #[default]
+    Ok,
+    /// HTTP 500.
+    Error,
+    /// 200 with a body that is not JSON.
+    NotJson,
+    /// 200 with a JSON object lacking `active`.
+    MissingActive,
+    /// HTTP 503, as an IdP that is down behind its load balancer.
+    Down,
+}
+
+struct TokenRecord {
+    claims: Map<String, Value>,
+    revoked: bool,
 }
 
 struct Keys {
@@ -51,8 +84,13 @@ pub struct Idp {
     settings: IdpSettings,
     keys: Mutex<Keys>,
     faults: Mutex<Faults>,
+    tokens: Mutex<HashMap<String, TokenRecord>>,
     jwks_requests: AtomicU64,
     tokens_minted: AtomicU64,
+    introspection_calls: AtomicU64,
+    batch_calls: AtomicU64,
+    introspected_tokens: AtomicU64,
+    last_batch_size: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -75,8 +113,13 @@ impl Idp {
             settings,
             keys: Mutex::new(keys),
             faults: Mutex::new(Faults::default()),
+            tokens: Mutex::new(HashMap::new()),
             jwks_requests: AtomicU64::new(0),
             tokens_minted: AtomicU64::new(0),
+            introspection_calls: AtomicU64::new(0),
+            batch_calls: AtomicU64::new(0),
+            introspected_tokens: AtomicU64::new(0),
+            last_batch_size: AtomicU64::new(0),
         }))
     }
 
@@ -144,6 +187,13 @@ impl Idp {
             claims.insert("scope".into(), json!(scope));
         }
         claims.insert(
+            "auth_time".into(),
+            json!(now - request.auth_age.unwrap_or(0)),
+        );
+        if let Some(acr) = &request.acr {
+            claims.insert("acr".into(), json!(acr));
+        }
+        claims.insert(
             "jti".into(),
             json!(format!(
                 "{:x}",
@@ -155,6 +205,22 @@ impl Idp {
                 claims.insert(k.clone(), v.clone());
             }
         }
+        let record = |token: &str, claims: Map<String, Value>| {
+            lock(&self.tokens).insert(
+                token.to_owned(),
+                TokenRecord {
+                    claims,
+                    revoked: false,
+                },
+            );
+        };
+        if request.opaque.unwrap_or(false) {
+            let mut bytes = [0u8; 24];
+            getrandom_fill(&mut bytes)?;
+            let token = format!("opq_{}", URL_SAFE_NO_PAD.encode(bytes));
+            record(&token, claims);
+            return Ok(token);
+        }
         let keys = lock(&self.keys);
         let key = match request.alg.as_deref().unwrap_or("RS256") {
             "RS256" => &keys.published[keys.rsa_signer],
@@ -162,12 +228,92 @@ impl Idp {
             other => return Err(format!("alg {other} is not offered (RS256, ES256)")),
         };
         let kid = request.kid.clone().unwrap_or_else(|| key.kid.clone());
-        key.sign_with(
-            key.algorithm.default_alg(),
-            &json!({"kid": kid}),
-            &Value::Object(claims),
-        )
-        .map_err(|e| e.to_string())
+        let token = key
+            .sign_with(
+                key.algorithm.default_alg(),
+                &json!({"kid": kid}),
+                &Value::Object(claims.clone()),
+            )
+            .map_err(|e| e.to_string())?;
+        drop(keys);
+        record(&token, claims);
+        Ok(token)
+    }
+
+    /// The RFC 7662 answer for one token.
+    fn introspect_one(&self, token: &str) -> Value {
+        self.introspected_tokens.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let tokens = lock(&self.tokens);
+        match tokens.get(token) {
+            Some(r)
+                if !r.revoked
+                    && r.claims
+                        .get("exp")
+                        .and_then(Value::as_i64)
+                        .is_some_and(|exp| exp > now) =>
+            {
+                let mut body = r.claims.clone();
+                body.insert("active".into(), json!(true));
+                body.insert("client_id".into(), json!(self.settings.client_id));
+                body.insert("token_type".into(), json!("Bearer"));
+                Value::Object(body)
+            }
+            _ => json!({"active": false}),
+        }
+    }
+
+    fn client_authenticated(&self, headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
+        let basic = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| STANDARD.decode(b.trim()).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        let (id, secret) = match basic {
+            Some(pair) => match pair.split_once(':') {
+                Some((id, secret)) => (id.to_owned(), secret.to_owned()),
+                None => return false,
+            },
+            None => match (form.get("client_id"), form.get("client_secret")) {
+                (Some(id), Some(secret)) => (id.clone(), secret.clone()),
+                _ => return false,
+            },
+        };
+        id == self.settings.client_id && secret == self.settings.client_secret
+    }
+
+    /// Applies the injected introspection fault, if any; `None` means answer normally.
+    async fn introspection_fault(&self) -> Option<Response> {
+        let (fault, latency) = {
+            let f = lock(&self.faults);
+            (f.introspection, f.introspection_latency_ms)
+        };
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        match fault {
+            IntrospectionFault::Ok => None,
+            IntrospectionFault::Error => Some(
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error (fault injected)",
+                )
+                    .into_response(),
+            ),
+            IntrospectionFault::Down => {
+                Some((StatusCode::SERVICE_UNAVAILABLE, "down (fault injected)").into_response())
+            }
+            IntrospectionFault::NotJson => {
+                Some((StatusCode::OK, "<html>surprise</html>").into_response())
+            }
+            IntrospectionFault::MissingActive => {
+                Some((StatusCode::OK, Json(json!({"sub": "alice"}))).into_response())
+            }
+        }
     }
 }
 
@@ -187,6 +333,12 @@ pub struct MintRequest {
     pub kid: Option<String>,
     /// Extra claims (POST only).
     pub claims: Option<Value>,
+    /// An opaque token (introspection only) instead of a JWT.
+    pub opaque: Option<bool>,
+    /// `auth_time` this many seconds in the past (default 0: now).
+    pub auth_age: Option<i64>,
+    /// `acr` claim.
+    pub acr: Option<String>,
 }
 
 async fn jwks(State(idp): State<Arc<Idp>>) -> Response {
@@ -260,6 +412,82 @@ async fn rotate(State(idp): State<Arc<Idp>>, Query(q): Query<RotateQuery>) -> Re
 struct FaultRequest {
     jwks: Option<String>,
     jwks_latency_ms: Option<u64>,
+    introspection: Option<String>,
+    introspection_latency_ms: Option<u64>,
+}
+
+async fn introspect(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    idp.introspection_calls.fetch_add(1, Ordering::Relaxed);
+    if !idp.client_authenticated(&headers, &form) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    if let Some(fault) = idp.introspection_fault().await {
+        return fault;
+    }
+    let Some(token) = form.get("token") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_request"})),
+        )
+            .into_response();
+    };
+    Json(idp.introspect_one(token)).into_response()
+}
+
+async fn introspect_batch(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    Json(tokens): Json<Vec<String>>,
+) -> Response {
+    idp.batch_calls.fetch_add(1, Ordering::Relaxed);
+    idp.last_batch_size
+        .store(tokens.len() as u64, Ordering::Relaxed);
+    if !idp.client_authenticated(&headers, &HashMap::new()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    if let Some(fault) = idp.introspection_fault().await {
+        return fault;
+    }
+    Json(
+        tokens
+            .iter()
+            .map(|t| idp.introspect_one(t))
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
+}
+
+async fn revoke(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if !idp.client_authenticated(&headers, &form) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    if let Some(token) = form.get("token") {
+        if let Some(record) = lock(&idp.tokens).get_mut(token) {
+            record.revoked = true;
+        }
+    }
+    // RFC 7009 §2.2: 200 whether or not the token was known.
+    StatusCode::OK.into_response()
 }
 
 async fn fault(State(idp): State<Arc<Idp>>, Json(f): Json<FaultRequest>) -> Response {
@@ -279,14 +507,42 @@ async fn fault(State(idp): State<Arc<Idp>>, Json(f): Json<FaultRequest>) -> Resp
     if let Some(ms) = f.jwks_latency_ms {
         faults.jwks_latency_ms = ms;
     }
-    Json(json!({"jwks_down": faults.jwks_down, "jwks_latency_ms": faults.jwks_latency_ms}))
-        .into_response()
+    if let Some(mode) = f.introspection.as_deref() {
+        faults.introspection = match mode {
+            "ok" => IntrospectionFault::Ok,
+            "error" => IntrospectionFault::Error,
+            "nonjson" => IntrospectionFault::NotJson,
+            "missing_active" => IntrospectionFault::MissingActive,
+            "down" => IntrospectionFault::Down,
+            other => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown introspection fault {other}"),
+                )
+                    .into_response()
+            }
+        };
+    }
+    if let Some(ms) = f.introspection_latency_ms {
+        faults.introspection_latency_ms = ms;
+    }
+    Json(json!({
+        "jwks_down": faults.jwks_down,
+        "jwks_latency_ms": faults.jwks_latency_ms,
+        "introspection": format!("{:?}", faults.introspection),
+        "introspection_latency_ms": faults.introspection_latency_ms,
+    }))
+    .into_response()
 }
 
 async fn stats(State(idp): State<Arc<Idp>>) -> Json<Value> {
     Json(json!({
         "jwks_requests": idp.jwks_requests.load(Ordering::Relaxed),
         "tokens_minted": idp.tokens_minted.load(Ordering::Relaxed),
+        "introspection_calls": idp.introspection_calls.load(Ordering::Relaxed),
+        "batch_calls": idp.batch_calls.load(Ordering::Relaxed),
+        "introspected_tokens": idp.introspected_tokens.load(Ordering::Relaxed),
+        "last_batch_size": idp.last_batch_size.load(Ordering::Relaxed),
     }))
 }
 
@@ -296,6 +552,9 @@ pub fn router(idp: Arc<Idp>) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/mint", get(mint_get).post(mint_post))
+        .route("/introspect", post(introspect))
+        .route("/introspect/batch", post(introspect_batch))
+        .route("/revoke", post(revoke))
         .route("/admin/rotate", post(rotate))
         .route("/admin/fault", post(fault))
         .route("/admin/stats", get(stats))
@@ -305,4 +564,8 @@ pub fn router(idp: Arc<Idp>) -> Router {
 /// Options for an initial fault state, from the command line.
 pub fn initial_faults(idp: &Idp, jwks_down: bool) {
     lock(&idp.faults).jwks_down = jwks_down;
+}
+
+fn getrandom_fill(bytes: &mut [u8]) -> Result<(), String> {
+    dev_keys::random_bytes(bytes).map_err(|e| e.to_string())
 }
