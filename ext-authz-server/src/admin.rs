@@ -1,0 +1,200 @@
+//! The admin HTTP port (loopback by default): `/metrics` (Prometheus text), `/healthz`
+//! (process up), `/readyz` (serving, not draining), and the bearer-protected admin endpoints:
+//!
+//! | endpoint | body / query | effect |
+//! |---|---|---|
+//! | `POST /admin/revoke` | `{"token": "…"}`, `{"token_hash": "<sha256 hex>"}` or `{"jti": "…"}` | that token is refused from now on |
+//! | `POST /admin/revoke-subject` | `{"sub": "…"}` | every token of the subject issued so far is refused; bumps its epoch |
+//! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
+//! | `GET /admin/epochs?since=N` | | policy version and what changed after change-version N |
+//!
+//! Each change takes effect for the next check; the cache is invalidated at once.
+
+use crate::check::CheckService;
+use crate::introspector::now_ms;
+use crate::versions::parse_token_hash;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// State of the admin app.
+#[derive(Clone)]
+pub struct Admin {
+    pub service: Arc<CheckService>,
+    pub ready: Arc<AtomicBool>,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(admin: &Admin, headers: &HeaderMap) -> bool {
+    let expected = format!("Bearer {}", admin.service.config.admin_token);
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()))
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": "admin token required"})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    let service = &admin.service;
+    service.metrics.set_gauge(
+        "authz_policy_version",
+        &[],
+        service.versions.policy_version() as f64,
+    );
+    service.metrics.set_gauge(
+        "authz_cache_entries",
+        &[],
+        service.introspector.cached_entries() as f64,
+    );
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        service.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(admin): State<Admin>) -> Response {
+    if admin.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    token: Option<String>,
+    token_hash: Option<String>,
+    jti: Option<String>,
+}
+
+async fn revoke(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Json(body): Json<RevokeBody>,
+) -> Response {
+    if !authorized(&admin, &headers) {
+        return unauthorized();
+    }
+    let service = &admin.service;
+    let version = match (&body.token, &body.token_hash, &body.jti) {
+        (Some(token), None, None) => {
+            let key = authz_core::token_hash::token_digest(token);
+            service.introspector.invalidate(&key);
+            service.versions.revoke_token(key)
+        }
+        (None, Some(hash), None) => match parse_token_hash(hash) {
+            Some(key) => {
+                service.introspector.invalidate(&key);
+                service.versions.revoke_token(key)
+            }
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": "token_hash is 64 hex characters"})),
+                )
+                    .into_response()
+            }
+        },
+        (None, None, Some(jti)) => service.versions.revoke_jti(jti),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "exactly one of token, token_hash, jti"})),
+            )
+                .into_response()
+        }
+    };
+    eprintln!("{}", json!({"msg": "admin_revoke", "version": version}));
+    Json(json!({"version": version})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubjectBody {
+    sub: String,
+}
+
+async fn revoke_subject(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Json(body): Json<SubjectBody>,
+) -> Response {
+    if !authorized(&admin, &headers) {
+        return unauthorized();
+    }
+    let epoch = admin.service.versions.revoke_subject(&body.sub, now_ms());
+    eprintln!(
+        "{}",
+        json!({"msg": "admin_revoke_subject", "sub": body.sub, "epoch": epoch})
+    );
+    Json(json!({"sub": body.sub, "epoch": epoch})).into_response()
+}
+
+async fn bump_policy(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if !authorized(&admin, &headers) {
+        return unauthorized();
+    }
+    let version = admin.service.versions.bump_policy();
+    admin.service.introspector.invalidate_all();
+    eprintln!(
+        "{}",
+        json!({"msg": "admin_policy_version", "policy_version": version})
+    );
+    Json(json!({"policy_version": version})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct EpochsQuery {
+    since: Option<u64>,
+}
+
+async fn epochs(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Query(q): Query<EpochsQuery>,
+) -> Response {
+    if !authorized(&admin, &headers) {
+        return unauthorized();
+    }
+    admin
+        .service
+        .metrics
+        .inc("authz_epochs_requests_total", &[]);
+    let body: Value = admin.service.versions.changes_since(q.since.unwrap_or(0));
+    Json(body).into_response()
+}
+
+/// The admin router.
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/admin/revoke", post(revoke))
+        .route("/admin/revoke-subject", post(revoke_subject))
+        .route("/admin/policy-version", post(bump_policy))
+        .route("/admin/epochs", get(epochs))
+        .with_state(admin)
+}

@@ -1,0 +1,578 @@
+//! The server's configuration file (YAML), and its validation. Every problem is reported at
+//! once, each with its place (`introspection.endpoint: ...`); `main` prints them and exits
+//! non-zero before binding any port.
+//!
+//! The `policy` section uses the filter's route-rule types from `authz-core`, so one set of
+//! route rules (tiers, scopes, claims, tenants) can drive both.
+
+use crate::error::ServerError;
+use authz_core::config::{route_table_from_config, RouteConfig, RouteTargetConfig};
+use authz_core::fallback::{StepUp, TierRules};
+use authz_core::routes::RouteTable;
+use authz_core::Tier;
+use serde::Deserialize;
+use serde_yaml::Mapping;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfigFile {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub region: Option<String>,
+    pub realm: Option<String>,
+    pub check_timeout_ms: Option<u64>,
+    pub drain_ms: Option<u64>,
+    pub introspection: Option<IntrospectionFile>,
+    #[serde(default)]
+    pub cache: CacheFile,
+    #[serde(default)]
+    pub batching: BatchingFile,
+    #[serde(default)]
+    pub circuit_breaker: CircuitFile,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierFile>,
+    #[serde(default)]
+    pub rate_limits: RateLimitsFile,
+    pub policy: Option<PolicyFile>,
+    #[serde(flatten)]
+    pub unknown: Mapping,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IntrospectionFile {
+    pub endpoint: Option<String>,
+    pub batch_endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    pub auth_method: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub max_idle_connections: Option<usize>,
+    #[serde(flatten)]
+    pub unknown: Mapping,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CacheFile {
+    pub max_entries: Option<u64>,
+    pub cap_seconds: Option<u64>,
+    pub inactive_ttl_seconds: Option<u64>,
+    pub refresh_ahead_fraction: Option<f64>,
+    #[serde(flatten)]
+    pub unknown: Mapping,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BatchingFile {
+    pub window_ms: Option<u64>,
+    pub max_batch: Option<usize>,
+    #[serde(flatten)]
+    pub unknown: Mapping,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CircuitFile {
+    pub failure_threshold: Option<u32>,
+    pub open_ms: Option<u64>,
+    #[serde(flatten)]
+    pub unknown: Mapping,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TierFile {
+    pub max_staleness_ms: Option<u64>,
+    pub stale_if_error_ms: Option<u64>,
+    pub step_up: Option<StepUpFile>,
+    #[serde(flatten)]
+    pub unknown: Mapping,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StepUpFile {
+    pub max_auth_age_seconds: Option<i64>,
+    #[serde(default)]
+    pub acr_values: Vec<String>,
+    #[serde(flatten)]
+    pub unknown: Mapping,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RateLimitsFile {
+    pub privileged_per_subject: Option<RateFile>,
+    pub privileged_per_address: Option<RateFile>,
+    pub failed_tokens_per_address: Option<RateFile>,
+    #[serde(flatten)]
+    pub unknown: Mapping,
+}
+
+/// `per_second` or `per_minute`, with an optional `burst`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RateFile {
+    pub per_second: Option<u32>,
+    pub per_minute: Option<u32>,
+    pub burst: Option<u32>,
+    #[serde(flatten)]
+    pub unknown: Mapping,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    pub default: Option<RouteTargetConfig>,
+}
+
+/// How the server authenticates to the introspection endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Basic,
+    Post,
+}
+
+#[derive(Debug, Clone)]
+pub struct IntrospectionConfig {
+    pub endpoint: String,
+    pub batch_endpoint: Option<String>,
+    pub client_id: String,
+    pub client_secret: String,
+    pub auth: ClientAuth,
+    pub timeout: Duration,
+    pub max_idle_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+    pub cap_ms: u64,
+    pub inactive_ttl_ms: u64,
+    pub refresh_ahead_fraction: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchingConfig {
+    /// 0 disables batching (every token is introspected on its own, at once).
+    pub window: Duration,
+    pub max_batch: usize,
+}
+
+/// A rate: `cells` per `period`, with `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_period: u32,
+    pub period: Duration,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RateLimits {
+    pub privileged_per_subject: Option<Rate>,
+    pub privileged_per_address: Option<Rate>,
+    pub failed_tokens_per_address: Option<Rate>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token: String,
+    pub region: String,
+    pub realm: String,
+    pub check_timeout: Duration,
+    pub drain: Duration,
+    pub introspection: IntrospectionConfig,
+    pub cache: CacheConfig,
+    pub batching: BatchingConfig,
+    pub circuit_failure_threshold: u32,
+    pub circuit_open_ms: u64,
+    pub tiers: BTreeMap<Tier, TierRules>,
+    pub rate_limits: RateLimits,
+    pub routes: RouteTable,
+}
+
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, at: &str, what: impl std::fmt::Display) {
+        self.0.push(format!("{at}: {what}"));
+    }
+    fn unknown(&mut self, at: &str, fields: &Mapping) {
+        for key in fields.keys() {
+            let name = key
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{key:?}"));
+            self.add(at, format_args!("unknown field \"{name}\""));
+        }
+    }
+}
+
+fn addr(p: &mut Problems, at: &str, value: &Option<String>, default: &str) -> SocketAddr {
+    let text = value.as_deref().unwrap_or(default);
+    text.parse().unwrap_or_else(|_| {
+        p.add(at, format_args!("\"{text}\" is not an ip:port address"));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+fn url(p: &mut Problems, at: &str, value: &str) {
+    if !(value.starts_with("http://") || value.starts_with("https://")) || value.len() < 10 {
+        p.add(at, format_args!("\"{value}\" is not an http(s) url"));
+    }
+}
+
+fn rate(p: &mut Problems, at: &str, r: &Option<RateFile>) -> Option<Rate> {
+    let r = r.as_ref()?;
+    p.unknown(at, &r.unknown);
+    let (per_period, period) = match (r.per_second, r.per_minute) {
+        (Some(n), None) => (n, Duration::from_secs(1)),
+        (None, Some(n)) => (n, Duration::from_secs(60)),
+        _ => {
+            p.add(
+                at,
+                "exactly one of \"per_second\" or \"per_minute\" is required",
+            );
+            return None;
+        }
+    };
+    if per_period == 0 {
+        p.add(at, "a rate must be at least 1");
+        return None;
+    }
+    let burst = r.burst.unwrap_or(per_period);
+    if burst == 0 {
+        p.add(at, "burst must be at least 1");
+        return None;
+    }
+    Some(Rate {
+        per_period,
+        period,
+        burst,
+    })
+}
+
+impl ServerConfig {
+    /// Reads and validates a YAML file.
+    pub fn load(path: &str) -> Result<ServerConfig, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::ReadConfig {
+            path: path.to_owned(),
+            source,
+        })?;
+        ServerConfig::from_yaml(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<ServerConfig, ServerError> {
+        let file: ServerConfigFile = serde_yaml::from_str(text).map_err(|e| {
+            ServerError::InvalidConfig(vec![format!("not a valid configuration document: {e}")])
+        })?;
+        ServerConfig::validate(&file)
+    }
+
+    /// Validates a parsed file, naming every problem.
+    pub fn validate(f: &ServerConfigFile) -> Result<ServerConfig, ServerError> {
+        let mut p = Problems(Vec::new());
+        p.unknown("config", &f.unknown);
+        let listen = addr(&mut p, "listen", &f.listen, "127.0.0.1:9191");
+        let admin_listen = addr(&mut p, "admin_listen", &f.admin_listen, "127.0.0.1:9192");
+        let admin_token = f.admin_token.clone().unwrap_or_default();
+        if admin_token.len() < 16 {
+            p.add(
+                "admin_token",
+                "is required and must be at least 16 characters",
+            );
+        }
+        let introspection = match &f.introspection {
+            None => {
+                p.add("introspection", "is required");
+                None
+            }
+            Some(i) => {
+                p.unknown("introspection", &i.unknown);
+                match &i.endpoint {
+                    None => p.add("introspection.endpoint", "is required"),
+                    Some(e) => url(&mut p, "introspection.endpoint", e),
+                }
+                if let Some(b) = &i.batch_endpoint {
+                    url(&mut p, "introspection.batch_endpoint", b);
+                }
+                if i.client_id.as_deref().unwrap_or("").is_empty() {
+                    p.add("introspection.client_id", "is required");
+                }
+                if i.client_secret.as_deref().unwrap_or("").is_empty() {
+                    p.add("introspection.client_secret", "is required");
+                }
+                let auth = match i.auth_method.as_deref().unwrap_or("client_secret_basic") {
+                    "client_secret_basic" => ClientAuth::Basic,
+                    "client_secret_post" => ClientAuth::Post,
+                    other => {
+                        p.add(
+                            "introspection.auth_method",
+                            format_args!(
+                                "\"{other}\" is not client_secret_basic or client_secret_post"
+                            ),
+                        );
+                        ClientAuth::Basic
+                    }
+                };
+                let timeout_ms = i.timeout_ms.unwrap_or(1000);
+                if timeout_ms == 0 || timeout_ms > 30_000 {
+                    p.add("introspection.timeout_ms", "must be between 1 and 30000");
+                }
+                Some(IntrospectionConfig {
+                    endpoint: i.endpoint.clone().unwrap_or_default(),
+                    batch_endpoint: i.batch_endpoint.clone(),
+                    client_id: i.client_id.clone().unwrap_or_default(),
+                    client_secret: i.client_secret.clone().unwrap_or_default(),
+                    auth,
+                    timeout: Duration::from_millis(timeout_ms),
+                    max_idle_connections: i.max_idle_connections.unwrap_or(32),
+                })
+            }
+        };
+        p.unknown("cache", &f.cache.unknown);
+        let fraction = f.cache.refresh_ahead_fraction.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&fraction) {
+            p.add("cache.refresh_ahead_fraction", "must be between 0 and 1");
+        }
+        let cache = CacheConfig {
+            max_entries: f.cache.max_entries.unwrap_or(100_000),
+            cap_ms: f.cache.cap_seconds.unwrap_or(300) * 1000,
+            inactive_ttl_ms: f.cache.inactive_ttl_seconds.unwrap_or(5) * 1000,
+            refresh_ahead_fraction: fraction,
+        };
+        if cache.max_entries == 0 {
+            p.add("cache.max_entries", "must be at least 1");
+        }
+        p.unknown("batching", &f.batching.unknown);
+        let window_ms = f.batching.window_ms.unwrap_or(2);
+        if window_ms > 50 {
+            p.add(
+                "batching.window_ms",
+                "must be at most 50 (it adds latency to cache misses)",
+            );
+        }
+        let max_batch = f.batching.max_batch.unwrap_or(64);
+        if max_batch == 0 || max_batch > 1000 {
+            p.add("batching.max_batch", "must be between 1 and 1000");
+        }
+        p.unknown("circuit_breaker", &f.circuit_breaker.unknown);
+        let mut tiers: BTreeMap<Tier, TierRules> = Tier::ALL
+            .iter()
+            .map(|t| (*t, TierRules::default_for(*t)))
+            .collect();
+        for (name, t) in &f.tiers {
+            let at = format!("tiers.{name}");
+            let Ok(tier) = serde_json::from_value::<Tier>(serde_json::Value::String(name.clone()))
+            else {
+                p.add(&at, "unknown tier (expected one of public, authenticated, standard_write, privileged, regulated)");
+                continue;
+            };
+            p.unknown(&at, &t.unknown);
+            let rules = tiers
+                .entry(tier)
+                .or_insert_with(|| TierRules::default_for(tier));
+            if let Some(ms) = t.max_staleness_ms {
+                rules.max_staleness_ms = ms;
+            }
+            if let Some(ms) = t.stale_if_error_ms {
+                if tier.requires_server() && ms > 0 {
+                    p.add(
+                        &at,
+                        "privileged and regulated tiers fail closed: stale_if_error_ms must be 0",
+                    );
+                }
+                rules.stale_if_error_ms = ms;
+            }
+            if let Some(s) = &t.step_up {
+                p.unknown(&format!("{at}.step_up"), &s.unknown);
+                if s.max_auth_age_seconds.is_none() && s.acr_values.is_empty() {
+                    p.add(
+                        &format!("{at}.step_up"),
+                        "needs max_auth_age_seconds or acr_values",
+                    );
+                }
+                rules.step_up = Some(StepUp {
+                    max_auth_age_seconds: s.max_auth_age_seconds,
+                    acr_values: s.acr_values.clone(),
+                });
+            }
+        }
+        p.unknown("rate_limits", &f.rate_limits.unknown);
+        let rate_limits = RateLimits {
+            privileged_per_subject: rate(
+                &mut p,
+                "rate_limits.privileged_per_subject",
+                &f.rate_limits.privileged_per_subject,
+            ),
+            privileged_per_address: rate(
+                &mut p,
+                "rate_limits.privileged_per_address",
+                &f.rate_limits.privileged_per_address,
+            ),
+            failed_tokens_per_address: rate(
+                &mut p,
+                "rate_limits.failed_tokens_per_address",
+                &f.rate_limits.failed_tokens_per_address,
+            ),
+        };
+        let routes = match &f.policy {
+            None => {
+                p.add(
+                    "policy",
+                    "is required (routes and a default, as in the filter)",
+                );
+                None
+            }
+            Some(policy) => match route_table_from_config(&policy.routes, &policy.default) {
+                Ok(table) => Some(table),
+                Err(problems) => {
+                    for problem in problems {
+                        p.0.push(format!("policy.{problem}"));
+                    }
+                    None
+                }
+            },
+        };
+        let realm = f.realm.clone().unwrap_or_else(|| "api".into());
+        if !p.0.is_empty() {
+            return Err(ServerError::InvalidConfig(p.0));
+        }
+        let (Some(introspection), Some(routes)) = (introspection, routes) else {
+            return Err(ServerError::InvalidConfig(
+                vec!["config: incomplete".into()],
+            ));
+        };
+        Ok(ServerConfig {
+            listen,
+            admin_listen,
+            admin_token,
+            region: f.region.clone().unwrap_or_else(|| "local".into()),
+            realm,
+            check_timeout: Duration::from_millis(f.check_timeout_ms.unwrap_or(2000)),
+            drain: Duration::from_millis(f.drain_ms.unwrap_or(500)),
+            introspection,
+            cache,
+            batching: BatchingConfig {
+                window: Duration::from_millis(window_ms),
+                max_batch,
+            },
+            circuit_failure_threshold: f.circuit_breaker.failure_threshold.unwrap_or(5),
+            circuit_open_ms: f.circuit_breaker.open_ms.unwrap_or(2000),
+            tiers,
+            rate_limits,
+            routes,
+        })
+    }
+
+    /// The longest time any tier could use a cached result (freshness plus stale grace).
+    pub fn longest_window_ms(&self) -> u64 {
+        self.tiers
+            .values()
+            .map(|r| r.max_staleness_ms + r.stale_if_error_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn tier_rules(&self, tier: Tier) -> TierRules {
+        self.tiers
+            .get(&tier)
+            .cloned()
+            .unwrap_or_else(|| TierRules::default_for(tier))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+admin_token: "0123456789abcdef-admin"
+introspection:
+  endpoint: http://127.0.0.1:9000/introspect
+  batch_endpoint: http://127.0.0.1:9000/introspect/batch
+  client_id: authz-server
+  client_secret: authz-server-secret
+tiers:
+  privileged:
+    max_staleness_ms: 2000
+    step_up: {max_auth_age_seconds: 300}
+rate_limits:
+  privileged_per_subject: {per_second: 5, burst: 5}
+policy:
+  routes:
+    - {name: admin, match: {prefix: /admin/}, tier: privileged, require: {scopes: [admin]}}
+  default: {tier: authenticated}
+"#;
+
+    #[test]
+    fn the_example_loads_with_defaults() {
+        let c = ServerConfig::from_yaml(EXAMPLE).unwrap();
+        assert_eq!(c.tier_rules(Tier::Privileged).max_staleness_ms, 2000);
+        assert!(c.tier_rules(Tier::Privileged).step_up.is_some());
+        assert_eq!(c.tier_rules(Tier::Authenticated).stale_if_error_ms, 300_000);
+        assert_eq!(c.batching.window, Duration::from_millis(2));
+        assert_eq!(c.introspection.auth, ClientAuth::Basic);
+        assert_eq!(
+            c.rate_limits.privileged_per_subject,
+            Some(Rate {
+                per_period: 5,
+                period: Duration::from_secs(1),
+                burst: 5
+            })
+        );
+        assert_eq!(c.routes.find("GET", "/admin/x").tier, Tier::Privileged);
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let bad = r#"
+listen: nowhere
+admin_token: short
+introspection:
+  endpoint: ftp://x
+  auth_method: magic
+  timeout_ms: 0
+batching: {window_ms: 500}
+tiers:
+  privileged: {stale_if_error_ms: 1000}
+  gold: {}
+rate_limits:
+  privileged_per_subject: {per_second: 1, per_minute: 1}
+policy:
+  routes:
+    - {match: {prefix: /a}, tier: platinum}
+colour: blue
+"#;
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(bad) else {
+            panic!("accepted")
+        };
+        for expected in [
+            "config: unknown field \"colour\"",
+            "listen: \"nowhere\" is not an ip:port address",
+            "admin_token: is required",
+            "introspection.endpoint: \"ftp://x\" is not an http(s) url",
+            "introspection.client_id: is required",
+            "introspection.client_secret: is required",
+            "introspection.auth_method: \"magic\"",
+            "introspection.timeout_ms: must be between",
+            "batching.window_ms: must be at most 50",
+            "tiers.privileged: privileged and regulated tiers fail closed",
+            "tiers.gold: unknown tier",
+            "rate_limits.privileged_per_subject: exactly one of",
+            "policy.routes[0]: unknown tier \"platinum\"",
+            "policy.default: an explicit default route",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "missing {expected:?} in {problems:#?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! Introspection results for checks: a bounded cache in front of the IdP, with single-flight,
+//! batching, refresh-ahead and a circuit breaker.
+//!
+//! - Cache: `moka`, keyed by the SHA-256 of the token (tokens are never stored), bounded in
+//!   entries, each entry living `authz_core::fallback::cache_ttl_ms` (never past the token's
+//!   `exp`, the longest tier window, or the cap; inactive results briefly; errors never).
+//!   `moka` is a concurrent cache with per-entry expiry and TinyLFU eviction, which is what a
+//!   flood of unique tokens needs.
+//! - Freshness per check: `authz_core::fallback::plan` and `on_idp_error` decide, for the
+//!   check's tier, whether a cached result serves, must be refreshed, or may be served stale.
+//! - Single-flight: concurrent misses for one token share one introspection, run in its own
+//!   task so a caller that gives up does not cancel it for the others.
+//! - Batching: distinct tokens that miss within `batching.window` go out as one call to the
+//!   batch endpoint, or as concurrent pooled single calls when there is none.
+//! - Refresh-ahead: a hit late in its tier's freshness window starts a background refresh, so
+//!   a hot token's checks do not wait on the IdP.
+//! - Circuit breaker: repeated IdP failures open it; calls then fail fast until a probe passes.
+
+use crate::config::ServerConfig;
+use crate::idp_client::{IdpClient, IdpError};
+use crate::metrics::Metrics;
+use crate::versions::TokenKey;
+use authz_core::circuit::CircuitBreaker;
+use authz_core::fallback::{cache_ttl_ms, on_idp_error, plan, CachePlan, ErrorPlan, TierRules};
+use authz_core::introspection::Introspection;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A cached introspection result.
+#[derive(Debug)]
+pub struct Cached {
+    pub result: Introspection,
+    /// When the introspection call started (the data is at least this old).
+    pub fetched_at_ms: u64,
+    pub ttl_ms: u64,
+}
+
+/// Where a check's introspection data came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Hit,
+    Miss,
+    /// Older than the tier's freshness, served inside its stale-if-error window.
+    Stale,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Hit => "hit",
+            Source::Miss => "miss",
+            Source::Stale => "stale",
+        }
+    }
+}
+
+/// A check's introspection data.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub entry: Arc<Cached>,
+    pub source: Source,
+    pub age_ms: u64,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Arc<Cached>, IdpError>>>;
+
+struct BatchItem {
+    token: String,
+    reply: oneshot::Sender<Result<Introspection, IdpError>>,
+}
+
+struct TtlExpiry;
+
+impl moka::Expiry<TokenKey, Arc<Cached>> for TtlExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenKey,
+        value: &Arc<Cached>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_millis(value.ttl_ms))
+    }
+}
+
+/// The introspection front end.
+pub struct Introspector {
+    client: IdpClient,
+    cache: moka::sync::Cache<TokenKey, Arc<Cached>>,
+    inflight: Mutex<HashMap<TokenKey, Flight>>,
+    batch_tx: Option<mpsc::Sender<BatchItem>>,
+    breaker: Mutex<CircuitBreaker>,
+    metrics: Arc<Metrics>,
+    cap_ms: u64,
+    inactive_ttl_ms: u64,
+    longest_window_ms: u64,
+    refresh_ahead_fraction: f64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Introspector {
+    /// Builds the introspector; starts the batcher task when batching is on.
+    pub fn new(
+        config: &ServerConfig,
+        client: IdpClient,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Introspector> {
+        let batch_tx = (!config.batching.window.is_zero()).then(|| {
+            let (tx, rx) = mpsc::channel(4096);
+            tokio::spawn(run_batcher(
+                client.clone(),
+                rx,
+                config.batching.window,
+                config.batching.max_batch,
+                metrics.clone(),
+            ));
+            tx
+        });
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.cache.max_entries)
+            .expire_after(TtlExpiry)
+            .build();
+        let introspector = Arc::new(Introspector {
+            client,
+            cache,
+            inflight: Mutex::new(HashMap::new()),
+            batch_tx,
+            breaker: Mutex::new(CircuitBreaker::new(
+                config.circuit_failure_threshold,
+                config.circuit_open_ms,
+            )),
+            metrics,
+            cap_ms: config.cache.cap_ms,
+            inactive_ttl_ms: config.cache.inactive_ttl_ms,
+            longest_window_ms: config.longest_window_ms(),
+            refresh_ahead_fraction: config.cache.refresh_ahead_fraction,
+        });
+        introspector.publish_circuit_state();
+        introspector
+    }
+
+    /// Introspection data for `token`, good enough for a check on a tier with `rules`.
+    pub async fn lookup(
+        self: &Arc<Self>,
+        key: TokenKey,
+        token: &str,
+        rules: &TierRules,
+    ) -> Result<Lookup, IdpError> {
+        let now = now_ms();
+        let cached = self.cache.get(&key);
+        let age = cached.as_ref().map(|c| now.saturating_sub(c.fetched_at_ms));
+        match plan(age, rules, self.refresh_ahead_fraction) {
+            CachePlan::Use { refresh_ahead } => {
+                if refresh_ahead {
+                    self.metrics.inc("authz_refresh_ahead_total", &[]);
+                    let this = self.clone();
+                    let token = token.to_owned();
+                    tokio::spawn(async move {
+                        let _ = this.fetch_fresh(key, token).await;
+                    });
+                }
+                self.metrics
+                    .inc("authz_cache_lookups_total", &[("result", "hit")]);
+                let entry = cached.ok_or(IdpError::Transport("cache entry vanished".into()))?;
+                Ok(Lookup {
+                    entry,
+                    source: Source::Hit,
+                    age_ms: age.unwrap_or(0),
+                })
+            }
+            CachePlan::Introspect => match self.fetch_fresh(key, token.to_owned()).await {
+                Ok(entry) => {
+                    self.metrics
+                        .inc("authz_cache_lookups_total", &[("result", "miss")]);
+                    Ok(Lookup {
+                        entry,
+                        source: Source::Miss,
+                        age_ms: 0,
+                    })
+                }
+                Err(err) => match (on_idp_error(age, rules), cached) {
+                    (ErrorPlan::ServeStale, Some(entry)) => {
+                        self.metrics
+                            .inc("authz_cache_lookups_total", &[("result", "stale")]);
+                        Ok(Lookup {
+                            entry,
+                            source: Source::Stale,
+                            age_ms: age.unwrap_or(0),
+                        })
+                    }
+                    _ => Err(err),
+                },
+            },
+        }
+    }
+
+    /// Drops a token's cached result.
+    pub fn invalidate(&self, key: &TokenKey) {
+        self.cache.invalidate(key);
+    }
+
+    /// Drops every cached result (policy change).
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Cached entries right now (approximate).
+    pub fn cached_entries(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    /// One introspection per token at a time, shared by every caller that needs it.
+    async fn fetch_fresh(
+        self: &Arc<Self>,
+        key: TokenKey,
+        token: String,
+    ) -> Result<Arc<Cached>, IdpError> {
+        let flight = {
+            let mut inflight = lock(&self.inflight);
+            if let Some(flight) = inflight.get(&key) {
+                self.metrics.inc("authz_single_flight_joins_total", &[]);
+                flight.clone()
+            } else {
+                let this = self.clone();
+                // The task removes its own entry; it cannot do so before the insert below,
+                // because that removal needs this lock.
+                let task = tokio::spawn(async move {
+                    let result = this.introspect_now(key, token).await;
+                    lock(&this.inflight).remove(&key);
+                    result
+                });
+                let flight: Flight = async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(IdpError::Transport(format!(
+                            "introspection task failed: {e}"
+                        )))
+                    })
+                }
+                .boxed()
+                .shared();
+                inflight.insert(key, flight.clone());
+                flight
+            }
+        };
+        flight.await
+    }
+
+    fn publish_circuit_state(&self) {
+        let state = lock(&self.breaker).state(now_ms());
+        for s in [
+            authz_core::circuit::CircuitState::Closed,
+            authz_core::circuit::CircuitState::Open,
+            authz_core::circuit::CircuitState::HalfOpen,
+        ] {
+            self.metrics.set_gauge(
+                "authz_circuit_state",
+                &[("state", s.as_str())],
+                if s == state { 1.0 } else { 0.0 },
+            );
+        }
+    }
+
+    async fn introspect_now(&self, key: TokenKey, token: String) -> Result<Arc<Cached>, IdpError> {
+        let started_ms = now_ms();
+        if !lock(&self.breaker).try_acquire(started_ms) {
+            self.metrics.inc(
+                "authz_introspection_errors_total",
+                &[("kind", "circuit_open")],
+            );
+            self.publish_circuit_state();
+            return Err(IdpError::CircuitOpen);
+        }
+        let started = Instant::now();
+        let result = match &self.batch_tx {
+            Some(tx) => {
+                let (reply, answer) = oneshot::channel();
+                match tx.send(BatchItem { token, reply }).await {
+                    Ok(()) => answer.await.unwrap_or(Err(IdpError::Transport(
+                        "batcher dropped the request".into(),
+                    ))),
+                    Err(_) => Err(IdpError::Transport("batcher stopped".into())),
+                }
+            }
+            None => {
+                self.metrics
+                    .inc("authz_introspection_calls_total", &[("kind", "single")]);
+                self.client.introspect(&token).await
+            }
+        };
+        self.metrics.observe_seconds(
+            "authz_check_seconds",
+            &[("stage", "introspection")],
+            started.elapsed().as_secs_f64(),
+        );
+        let outcome = match result {
+            Ok(result) => {
+                lock(&self.breaker).on_success();
+                let ttl_ms = cache_ttl_ms(
+                    &result,
+                    started_ms,
+                    self.longest_window_ms,
+                    self.cap_ms,
+                    self.inactive_ttl_ms,
+                );
+                let entry = Arc::new(Cached {
+                    result,
+                    fetched_at_ms: started_ms,
+                    ttl_ms,
+                });
+                if ttl_ms > 0 {
+                    self.cache.insert(key, entry.clone());
+                }
+                Ok(entry)
+            }
+            Err(e) => {
+                lock(&self.breaker).on_failure(now_ms());
+                self.metrics
+                    .inc("authz_introspection_errors_total", &[("kind", e.kind())]);
+                Err(e)
+            }
+        };
+        self.publish_circuit_state();
+        outcome
+    }
+}
+
+/// Collects tokens for up to `window` (or `max_batch` tokens), then sends them out together.
+async fn run_batcher(
+    client: IdpClient,
+    mut rx: mpsc::Receiver<BatchItem>,
+    window: Duration,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + window;
+        while batch.len() < max_batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(item)) => batch.push(item),
+                _ => break,
+            }
+        }
+        tokio::spawn(dispatch_batch(client.clone(), batch, metrics.clone()));
+    }
+}
+
+async fn dispatch_batch(client: IdpClient, batch: Vec<BatchItem>, metrics: Arc<Metrics>) {
+    metrics.observe_size("authz_introspection_batch_size", batch.len() as f64);
+    if batch.len() > 1 && client.has_batch_endpoint() {
+        metrics.inc("authz_introspection_calls_total", &[("kind", "batch")]);
+        let tokens: Vec<String> = batch.iter().map(|i| i.token.clone()).collect();
+        match client.introspect_batch(&tokens).await {
+            Ok(results) => {
+                for (item, result) in batch.into_iter().zip(results) {
+                    let _ = item.reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                for item in batch {
+                    let _ = item.reply.send(Err(e.clone()));
+                }
+            }
+        }
+        return;
+    }
+    let calls = batch.into_iter().map(|item| {
+        let client = client.clone();
+        let metrics = metrics.clone();
+        async move {
+            metrics.inc("authz_introspection_calls_total", &[("kind", "single")]);
+            let result = client.introspect(&item.token).await;
+            let _ = item.reply.send(result);
+        }
+    });
+    futures::future::join_all(calls).await;
+}

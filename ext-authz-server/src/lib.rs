@@ -1,0 +1,135 @@
+//! The companion ext_authz server: Envoy's `envoy.service.auth.v3.Authorization` over gRPC,
+//! for routes that need what a proxy cannot do locally: token introspection (RFC 7662) with
+//! caching, single-flight and batching, refresh-ahead, step-up, rate limits, revocation and the
+//! fail-closed rules of privileged tiers.
+//!
+//! [`serve`] runs it on given listeners until `shutdown` resolves; `main` adds configuration
+//! loading and signals. Pure decisions (freshness, fallback, step-up, circuit breaker, route
+//! rules) live in `authz-core`; this crate moves bytes and holds state.
+
+pub mod admin;
+pub mod check;
+pub mod config;
+pub mod error;
+pub mod idp_client;
+pub mod introspector;
+pub mod limits;
+pub mod metrics;
+pub mod versions;
+
+use crate::check::CheckService;
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse,
+};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+/// The gRPC face of [`CheckService`].
+struct Grpc(Arc<CheckService>);
+
+#[tonic::async_trait]
+impl Authorization for Grpc {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(self.0.decide(request.into_inner()).await))
+    }
+}
+
+/// The two listeners the server uses.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServerError> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(config.listen).await?,
+            admin: TcpListener::bind(config.admin_listen).await?,
+        })
+    }
+}
+
+/// Builds the shared check service.
+pub fn build_service(config: ServerConfig) -> Result<Arc<CheckService>, ServerError> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let client = idp_client::IdpClient::new(config.introspection.clone())?;
+    let introspector = introspector::Introspector::new(&config, client, metrics.clone());
+    let limiters = Arc::new(limits::Limiters::new(&config.rate_limits));
+    Ok(Arc::new(CheckService {
+        config: Arc::new(config),
+        introspector,
+        versions: Arc::new(versions::Versions::default()),
+        limiters,
+        metrics,
+    }))
+}
+
+/// Serves Check, gRPC health and the admin port until `shutdown` resolves; then reports
+/// NOT_SERVING, fails `/readyz`, waits `drain`, and stops accepting.
+pub async fn serve(
+    config: ServerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let drain = config.drain;
+    let service = build_service(config)?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AuthorizationServer<Grpc>>()
+        .await;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_app = admin::router(admin::Admin {
+        service: service.clone(),
+        ready: ready.clone(),
+    });
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        let _ = axum::serve(listeners.admin, admin_app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|stop| *stop).await;
+            })
+            .await;
+    });
+    let limiters = service.limiters.clone();
+    let prune_task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            limiters.prune();
+        }
+    });
+
+    let drained = {
+        let ready = ready.clone();
+        let reporter = health_reporter.clone();
+        async move {
+            shutdown.await;
+            ready.store(false, Ordering::SeqCst);
+            reporter
+                .set_not_serving::<AuthorizationServer<Grpc>>()
+                .await;
+            tokio::time::sleep(drain).await;
+        }
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AuthorizationServer::new(Grpc(service)))
+        .serve_with_incoming_shutdown(incoming, drained)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    prune_task.abort();
+    result.map_err(ServerError::from)
+}
