@@ -31,7 +31,7 @@ $(ENVOY):
 ## build: the filter (.wasm, release) and the dev binaries (IdP, echo upstream).
 build: wasm-target
 	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter
-	$(CARGO) build -p dev-tools
+	$(CARGO) build -p dev-tools -p ext-authz-server
 
 test: tools build
 	@scripts/test-summary.sh $(CARGO) test --workspace

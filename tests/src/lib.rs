@@ -5,6 +5,7 @@
 //! harness builds nothing: `make test` builds the `.wasm` and the dev binaries first, and the
 //! harness says so clearly when they are missing.
 
+use base64::Engine;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -95,6 +96,18 @@ impl Drop for Process {
 
 /// Starts a dev binary and waits for its `NAME listening on http://ADDR` line.
 fn start_dev(name: &str, args: &[&str]) -> (Process, u16) {
+    let (process, line) = start_announcing(name, args);
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{name} printed {line:?}"));
+    (process, port)
+}
+
+/// Starts a workspace binary and returns it with the first line it prints.
+fn start_announcing(name: &str, args: &[&str]) -> (Process, String) {
     let mut child = Command::new(dev_binary(name))
         .args(args)
         .stdout(Stdio::piped())
@@ -108,8 +121,9 @@ fn start_dev(name: &str, args: &[&str]) -> (Process, u16) {
         let mut line = String::new();
         let _ = reader.read_line(&mut line);
         let _ = tx.send(line);
-        let mut sink = Vec::new();
-        let _ = reader.read_to_end(&mut sink);
+        // Keep draining (the server writes a decision line per check).
+        let mut sink = [0u8; 8192];
+        while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
     });
     let process = Process {
         child,
@@ -214,6 +228,110 @@ pub struct DevIdp {
 
 pub const ISSUER: &str = "https://dev-idp.local";
 pub const AUDIENCE: &str = "demo-api";
+pub const CLIENT_ID: &str = "authz-server";
+pub const CLIENT_SECRET: &str = "authz-server-secret";
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+
+/// A server configuration (YAML) pointing at the dev IdP; `extra` is appended verbatim and may
+/// override the defaults' sections (`tiers`, `rate_limits`, `batching`, ...).
+pub fn server_yaml(idp_port: u16, extra: &str) -> String {
+    let mut yaml = format!(
+        r#"listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+admin_token: "{ADMIN_TOKEN}"
+region: e2e-zone-a
+realm: e2e
+check_timeout_ms: 3000
+drain_ms: 100
+introspection:
+  endpoint: http://127.0.0.1:{idp_port}/introspect
+  batch_endpoint: http://127.0.0.1:{idp_port}/introspect/batch
+  client_id: {CLIENT_ID}
+  client_secret: {CLIENT_SECRET}
+  timeout_ms: 2000
+policy:
+  routes:
+    - {{name: admin, match: {{prefix: /admin/}}, tier: privileged, require: {{scopes: [admin]}}}}
+    - {{name: regulated, match: {{prefix: /regulated/}}, tier: regulated}}
+    - {{name: account, match: {{prefix: /account/}}, tier: authenticated}}
+  default: {{tier: authenticated}}
+"#
+    );
+    // Top-level keys in `extra` replace the defaults' blocks of the same name.
+    let key_of = |line: &str| -> Option<String> {
+        (!line.starts_with(' ') && !line.starts_with('-'))
+            .then(|| line.split(':').next().unwrap_or("").trim().to_owned())
+    };
+    let overridden: Vec<String> = extra
+        .lines()
+        .filter_map(key_of)
+        .filter(|k| !k.is_empty())
+        .collect();
+    let mut kept = String::new();
+    let mut skipping = false;
+    for line in yaml.lines() {
+        if let Some(key) = key_of(line) {
+            skipping = overridden.contains(&key);
+        }
+        if !skipping {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    yaml = kept;
+    yaml.push_str(extra);
+    yaml
+}
+
+/// A running ext-authz-server binary.
+pub struct AuthzServerProcess {
+    process: Option<Process>,
+    pub grpc_port: u16,
+    pub admin_port: u16,
+    _scratch: Scratch,
+}
+
+impl AuthzServerProcess {
+    pub fn start(yaml: &str) -> AuthzServerProcess {
+        let scratch = Scratch::new("authz-server");
+        let path = scratch.0.join("server.yaml");
+        std::fs::write(&path, yaml).expect("write server config");
+        let path_text = path.display().to_string();
+        let (process, line) = start_announcing("ext-authz-server", &["--config", &path_text]);
+        let port_of = |key: &str| -> u16 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        };
+        AuthzServerProcess {
+            grpc_port: port_of("grpc="),
+            admin_port: port_of("admin="),
+            process: Some(process),
+            _scratch: scratch,
+        }
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        let text = body.map(|b| b.to_string());
+        request(
+            method,
+            &format!("http://127.0.0.1:{}{path}", self.admin_port),
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+            text.as_deref(),
+        )
+    }
+
+    /// Kills the server now.
+    pub fn kill(&mut self) {
+        self.process.take();
+    }
+}
 
 impl DevIdp {
     pub fn start(extra: &[&str]) -> DevIdp {
@@ -264,6 +382,46 @@ impl DevIdp {
         reply.json()["kid"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Sets introspection faults: `mode` is ok, error, nonjson, missing_active or down.
+    pub fn set_introspection(&self, mode: &str, latency_ms: u64) {
+        let body =
+            json!({"introspection": mode, "introspection_latency_ms": latency_ms}).to_string();
+        let reply = request(
+            "POST",
+            &self.url("/admin/fault"),
+            &[("content-type", "application/json")],
+            Some(&body),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+
+    /// An IdP counter from `/admin/stats`.
+    pub fn stat(&self, name: &str) -> u64 {
+        get(&self.url("/admin/stats"), &[]).json()[name]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Revokes a token at the IdP (RFC 7009).
+    pub fn revoke(&self, token: &str) {
+        let body = format!("token={token}");
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+        );
+        let reply = request(
+            "POST",
+            &self.url("/revoke"),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", &basic),
+            ],
+            Some(&body),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+
     pub fn set_jwks_down(&self, down: bool) {
         let body = json!({"jwks": if down { "down" } else { "up" }}).to_string();
         let reply = request(
@@ -294,6 +452,7 @@ impl Echo {
 
 /// Values for the `{{...}}` placeholders of the YAML under `envoy/`.
 pub struct Placeholders {
+    pub authz_port: u16,
     pub admin_port: u16,
     pub listen_port: u16,
     pub upstream_port: u16,
@@ -306,6 +465,7 @@ pub fn render(template: &str, p: &Placeholders) -> String {
     let plugin = serde_json::to_string(&p.plugin_config.to_string()).unwrap_or_default();
     template
         .replace("{{ADMIN_PORT}}", &p.admin_port.to_string())
+        .replace("{{AUTHZ_PORT}}", &p.authz_port.to_string())
         .replace("{{LISTEN_PORT}}", &p.listen_port.to_string())
         .replace("{{UPSTREAM_PORT}}", &p.upstream_port.to_string())
         .replace("{{IDP_PORT}}", &p.idp_port.to_string())
@@ -363,11 +523,29 @@ pub fn validate(config_path: &Path) -> (bool, String) {
 
 /// Renders `envoy/e2e.template.yaml` for these ports and plugin config.
 pub fn render_e2e(plugin_config: &Value, idp_port: u16, upstream_port: u16) -> String {
-    let template = std::fs::read_to_string(repo_root().join("envoy/e2e.template.yaml"))
-        .expect("read template");
+    render_template(
+        "e2e.template.yaml",
+        plugin_config,
+        idp_port,
+        upstream_port,
+        0,
+    )
+}
+
+/// Renders any template under `envoy/` for these ports.
+pub fn render_template(
+    name: &str,
+    plugin_config: &Value,
+    idp_port: u16,
+    upstream_port: u16,
+    authz_port: u16,
+) -> String {
+    let template =
+        std::fs::read_to_string(repo_root().join("envoy").join(name)).expect("read template");
     render(
         &template,
         &Placeholders {
+            authz_port,
             admin_port: 0,
             listen_port: 0,
             upstream_port,

@@ -384,6 +384,7 @@ fn every_yaml_under_envoy_validates() {
         let rendered = render(
             &text,
             &Placeholders {
+                authz_port: 3,
                 admin_port: 0,
                 listen_port: 0,
                 upstream_port: 1,

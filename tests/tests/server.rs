@@ -1,0 +1,488 @@
+//! Server-level tests of the ext_authz server, run in-process through `serve` on real sockets,
+//! against the real dev IdP process. Envoy is not involved here (see `ext_authz.rs`).
+
+use e2e::*;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use ext_authz_server::config::ServerConfig;
+use ext_authz_server::{serve, Listeners};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+struct Server {
+    client: AuthorizationClient<Channel>,
+    admin_port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start(yaml: &str) -> Server {
+    let config = ServerConfig::from_yaml(yaml).expect("valid config");
+    let listeners = Listeners::bind(&config).await.expect("bind");
+    let grpc = listeners.grpc.local_addr().expect("addr");
+    let admin_port = listeners.admin.local_addr().expect("addr").port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(config, listeners, async move {
+        let _ = stopped.await;
+    }));
+    let client = AuthorizationClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect");
+    Server {
+        client,
+        admin_port,
+        stop: Some(stop),
+    }
+}
+
+fn check_request(path: &str, token: Option<&str>, tier: Option<&str>) -> CheckRequest {
+    let mut headers = HashMap::new();
+    if let Some(t) = token {
+        headers.insert("authorization".to_owned(), format!("Bearer {t}"));
+    }
+    let mut extensions = HashMap::new();
+    if let Some(t) = tier {
+        extensions.insert("tier".to_owned(), t.to_owned());
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: path.into(),
+                    headers,
+                    ..HttpRequest::default()
+                }),
+                ..AttrRequest::default()
+            }),
+            context_extensions: extensions,
+            ..AttributeContext::default()
+        }),
+        ..CheckRequest::default()
+    }
+}
+
+/// (HTTP status Envoy would send, headers) of a Check answer.
+async fn check(
+    client: &mut AuthorizationClient<Channel>,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, HashMap<String, String>) {
+    let reply = client
+        .check(check_request(path, token, None))
+        .await
+        .expect("check never fails at the grpc level")
+        .into_inner();
+    match reply.http_response {
+        Some(HttpResponse::OkResponse(ok)) => (
+            200,
+            ok.headers
+                .into_iter()
+                .filter_map(|h| h.header)
+                .map(|h| (h.key, h.value))
+                .collect(),
+        ),
+        Some(HttpResponse::DeniedResponse(d)) => (
+            d.status.map(|s| s.code as u16).unwrap_or(403),
+            d.headers
+                .into_iter()
+                .filter_map(|h| h.header)
+                .map(|h| (h.key, h.value))
+                .collect(),
+        ),
+        other => panic!("no http response: {other:?}"),
+    }
+}
+
+fn mint_opaque(idp: &DevIdp, sub: &str) -> String {
+    idp.mint(json!({"sub": sub, "scope": "read admin", "opaque": true, "acr": "mfa"}))
+}
+
+fn metric(admin_port: u16, line_prefix: &str) -> u64 {
+    let text = get(&format!("http://127.0.0.1:{admin_port}/metrics"), &[]).body;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(line_prefix)
+                .map(|v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_checks_of_one_token_make_one_introspection_call() {
+    let idp = DevIdp::start(&[]);
+    idp.set_introspection("ok", 300);
+    let server = start(&server_yaml(idp.port, "")).await;
+    let token = mint_opaque(&idp, "alice");
+    let checks = (0..200).map(|_| {
+        let mut client = server.client.clone();
+        let token = token.clone();
+        async move { check(&mut client, "/admin/users", Some(&token)).await.0 }
+    });
+    let statuses = futures::future::join_all(checks).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        idp.stat("introspection_calls") + idp.stat("batch_calls"),
+        1,
+        "one introspection for 200 checks"
+    );
+    assert!(
+        metric(server.admin_port, "authz_single_flight_joins_total ") >= 150,
+        "most checks joined the flight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_distinct_tokens_in_one_window_make_one_batch_call() {
+    let idp = DevIdp::start(&[]);
+    let server = start(&server_yaml(
+        idp.port,
+        "batching: {window_ms: 25, max_batch: 64}\n",
+    ))
+    .await;
+    let tokens: Vec<String> = (0..50)
+        .map(|i| mint_opaque(&idp, &format!("user-{i}")))
+        .collect();
+    // Warm the connection so all 50 checks reach the server inside one window.
+    let _ = check(&mut server.client.clone(), "/healthz-unused", None).await;
+    let checks = tokens.iter().map(|token| {
+        let mut client = server.client.clone();
+        let token = token.clone();
+        async move { check(&mut client, "/admin/users", Some(&token)).await.0 }
+    });
+    let statuses = futures::future::join_all(checks).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(idp.stat("batch_calls"), 1, "one batch call");
+    assert_eq!(idp.stat("last_batch_size"), 50);
+    assert_eq!(idp.stat("introspection_calls"), 0, "no single calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_ahead_keeps_a_hot_token_off_the_idp() {
+    let idp = DevIdp::start(&[]);
+    idp.set_introspection("ok", 300);
+    let yaml = server_yaml(
+        idp.port,
+        "tiers:\n  privileged: {max_staleness_ms: 1000}\ncache: {refresh_ahead_fraction: 0.4}\n",
+    );
+    let server = start(&yaml).await;
+    let token = mint_opaque(&idp, "alice");
+    let mut client = server.client.clone();
+    assert_eq!(
+        check(&mut client, "/admin/users", Some(&token)).await.0,
+        200
+    );
+    let calls_after_first = idp.stat("introspection_calls");
+    let mut slowest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let started = Instant::now();
+        assert_eq!(
+            check(&mut client, "/admin/users", Some(&token)).await.0,
+            200
+        );
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // Three seconds with a one-second freshness window: the data was renewed several times,
+    // always in the background. Only the very first check was a miss.
+    assert!(
+        idp.stat("introspection_calls") >= calls_after_first + 2,
+        "refreshes happened"
+    );
+    assert_eq!(
+        metric(
+            server.admin_port,
+            "authz_cache_lookups_total{result=\"miss\"} "
+        ),
+        1,
+        "only the first check waited"
+    );
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a hot check waited {slowest:?} (idp takes 300 ms)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_introspection_responses_fail_closed() {
+    let idp = DevIdp::start(&[]);
+    let server = start(&server_yaml(
+        idp.port,
+        "circuit_breaker: {failure_threshold: 100}\n",
+    ))
+    .await;
+    for mode in ["nonjson", "missing_active", "error", "down"] {
+        idp.set_introspection(mode, 0);
+        let token = mint_opaque(&idp, "alice");
+        let (status, headers) =
+            check(&mut server.client.clone(), "/admin/users", Some(&token)).await;
+        assert_eq!(status, 503, "{mode}: fail closed");
+        assert_eq!(
+            headers.get("retry-after").map(String::as_str),
+            Some("5"),
+            "{mode}"
+        );
+    }
+    idp.set_introspection("ok", 0);
+    let token = mint_opaque(&idp, "alice");
+    assert_eq!(
+        check(&mut server.client.clone(), "/admin/users", Some(&token))
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_circuit_opens_and_fails_fast_then_recovers() {
+    let idp = DevIdp::start(&[]);
+    let server = start(&server_yaml(
+        idp.port,
+        "circuit_breaker: {failure_threshold: 3, open_ms: 800}\n",
+    ))
+    .await;
+    idp.set_introspection("error", 0);
+    for _ in 0..6 {
+        let token = mint_opaque(&idp, "alice");
+        assert_eq!(
+            check(&mut server.client.clone(), "/admin/users", Some(&token))
+                .await
+                .0,
+            503
+        );
+    }
+    assert_eq!(
+        idp.stat("introspection_calls"),
+        3,
+        "after 3 failures the circuit is open"
+    );
+    assert!(
+        metric(
+            server.admin_port,
+            "authz_introspection_errors_total{kind=\"circuit_open\"} "
+        ) >= 3
+    );
+    idp.set_introspection("ok", 0);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let token = mint_opaque(&idp, "alice");
+    assert_eq!(
+        check(&mut server.client.clone(), "/admin/users", Some(&token))
+            .await
+            .0,
+        200,
+        "half-open probe closes it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_requests_and_missed_deadlines_are_denies_not_errors() {
+    let idp = DevIdp::start(&[]);
+    idp.set_introspection("ok", 1500);
+    let server = start(&server_yaml(idp.port, "check_timeout_ms: 200\n")).await;
+    let mut client = server.client.clone();
+    let empty = client
+        .check(CheckRequest::default())
+        .await
+        .expect("no grpc error")
+        .into_inner();
+    assert!(matches!(
+        empty.http_response,
+        Some(HttpResponse::DeniedResponse(_))
+    ));
+    let token = mint_opaque(&idp, "alice");
+    let started = Instant::now();
+    assert_eq!(
+        check(&mut client, "/admin/users", Some(&token)).await.0,
+        503,
+        "deadline → fail closed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "the deadline cut the wait short"
+    );
+    let bad_tier = client
+        .check(check_request("/admin/users", Some(&token), Some("gold")))
+        .await
+        .expect("no grpc error")
+        .into_inner();
+    assert!(
+        matches!(
+            bad_tier.http_response,
+            Some(HttpResponse::DeniedResponse(_))
+        ),
+        "unknown tier fails closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_revocation_and_versions_take_effect_at_once() {
+    let idp = DevIdp::start(&[]);
+    let server = start(&server_yaml(idp.port, "")).await;
+    let admin = |method: &str, path: &str, body: Option<serde_json::Value>, auth: bool| {
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        let mut headers = vec![("content-type", "application/json")];
+        if auth {
+            headers.push(("authorization", bearer.as_str()));
+        }
+        let text = body.map(|b| b.to_string());
+        request(
+            method,
+            &format!("http://127.0.0.1:{}{path}", server.admin_port),
+            &headers,
+            text.as_deref(),
+        )
+    };
+    assert_eq!(
+        admin("POST", "/admin/policy-version", None, false).status,
+        401,
+        "admin needs the bearer secret"
+    );
+    let mut client = server.client.clone();
+    let (a, b) = (mint_opaque(&idp, "alice"), mint_opaque(&idp, "bob"));
+    assert_eq!(check(&mut client, "/admin/x", Some(&a)).await.0, 200);
+    assert_eq!(check(&mut client, "/admin/x", Some(&b)).await.0, 200);
+    assert_eq!(
+        admin("POST", "/admin/revoke", Some(json!({"token": a})), true).status,
+        200
+    );
+    assert_eq!(
+        check(&mut client, "/admin/x", Some(&a)).await.0,
+        401,
+        "revoked token"
+    );
+    assert_eq!(
+        admin(
+            "POST",
+            "/admin/revoke-subject",
+            Some(json!({"sub": "bob"})),
+            true
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        check(&mut client, "/admin/x", Some(&b)).await.0,
+        401,
+        "revoked subject"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh_bob = mint_opaque(&idp, "bob");
+    assert_eq!(
+        check(&mut client, "/admin/x", Some(&fresh_bob)).await.0,
+        200,
+        "a later login passes"
+    );
+    let bumped = admin("POST", "/admin/policy-version", None, true).json();
+    assert_eq!(bumped["policy_version"], 1);
+    let epochs = admin("GET", "/admin/epochs?since=0", None, true).json();
+    assert_eq!(epochs["policy_version"], 1);
+    assert_eq!(epochs["subjects"]["bob"], 1);
+    assert_eq!(
+        epochs["revoked_token_hashes"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let since = epochs["version"].as_u64().unwrap_or(0);
+    let nothing = admin("GET", &format!("/admin/epochs?since={since}"), None, true).json();
+    assert_eq!(nothing["subjects"].as_object().map(|o| o.len()), Some(0));
+    let (_, headers) = check(&mut client, "/admin/x", Some(&fresh_bob)).await;
+    assert_eq!(
+        headers.get("x-authz-policy-version").map(String::as_str),
+        Some("1")
+    );
+    let metrics = get(
+        &format!("http://127.0.0.1:{}/metrics", server.admin_port),
+        &[],
+    )
+    .body;
+    for family in [
+        "authz_decisions_total",
+        "authz_check_seconds_bucket",
+        "authz_cache_lookups_total",
+        "authz_circuit_state",
+        "authz_introspection_calls_total",
+    ] {
+        assert!(metrics.contains(family), "{family} missing from /metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn step_up_and_rate_limits() {
+    let idp = DevIdp::start(&[]);
+    let yaml = server_yaml(
+        idp.port,
+        "tiers:\n  privileged: {step_up: {max_auth_age_seconds: 300, acr_values: [mfa]}}\nrate_limits:\n  privileged_per_subject: {per_minute: 5, burst: 5}\n",
+    );
+    let server = start(&yaml).await;
+    let mut client = server.client.clone();
+    let old = idp.mint(
+        json!({"sub": "carol", "scope": "admin", "opaque": true, "acr": "mfa", "auth_age": 3600}),
+    );
+    let (status, headers) = check(&mut client, "/admin/x", Some(&old)).await;
+    assert_eq!(status, 401);
+    let challenge = headers.get("www-authenticate").cloned().unwrap_or_default();
+    assert!(
+        challenge.contains("error=\"insufficient_user_authentication\"")
+            && challenge.contains("max_age=\"300\""),
+        "{challenge}"
+    );
+    let weak = idp.mint(json!({"sub": "carol", "scope": "admin", "opaque": true, "acr": "pwd"}));
+    assert_eq!(check(&mut client, "/admin/x", Some(&weak)).await.0, 401);
+    let fresh = idp.mint(json!({"sub": "dave", "scope": "admin", "opaque": true, "acr": "mfa"}));
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(check(&mut client, "/admin/x", Some(&fresh)).await.0);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 200, 200, 429, 429]);
+    // A cached allow is no exemption: still limited.
+    assert_eq!(check(&mut client, "/admin/x", Some(&fresh)).await.0, 429);
+}
+
+#[test]
+fn a_malformed_config_exits_non_zero_naming_each_problem() {
+    let scratch = Scratch::new("bad-server-config");
+    let path = scratch.0.join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listen: nowhere\nadmin_token: x\nintrospection: {endpoint: ftp://idp}\ncolour: blue\n",
+    )
+    .expect("write");
+    let binary = repo_root().join("target/debug/ext-authz-server");
+    let output = std::process::Command::new(binary)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run server");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "config: unknown field \"colour\"",
+        "listen: \"nowhere\" is not an ip:port address",
+        "admin_token: is required",
+        "introspection.endpoint: \"ftp://idp\" is not an http(s) url",
+        "introspection.client_id: is required",
+        "policy: is required",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&output.stdout).is_empty(),
+        "nothing was bound or announced"
+    );
+}
