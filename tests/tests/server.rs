@@ -71,7 +71,6 @@ fn check_request(path: &str, token: Option<&str>, tier: Option<&str>) -> CheckRe
             context_extensions: extensions,
             ..AttributeContext::default()
         }),
-        ..CheckRequest::default()
     }
 }
 
