@@ -348,7 +348,8 @@ impl CheckService {
         }
     }
 
-    /// The OK response for an allowed request.
+    /// The OK response for an allowed request: the verified context, set over whatever the
+    /// client sent, and every other configured context header removed.
     pub fn ok_response(
         &self,
         tier: Tier,
@@ -362,16 +363,23 @@ impl CheckService {
                 &self.versions.policy_version().to_string(),
             ),
         ];
-        let mut remove = Vec::new();
-        match subject {
-            Some(sub) => headers.push(header(SUBJECT_HEADER, sub)),
-            None => remove.push(SUBJECT_HEADER.to_owned()),
-        }
-        if subject.is_some() {
+        if let Some(sub) = subject {
+            headers.push(header(SUBJECT_HEADER, sub));
             headers.push(header(SCOPES_HEADER, &scopes.join(" ")));
-        } else {
-            remove.push(SCOPES_HEADER.to_owned());
         }
+        let set: Vec<&str> = headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| h.key.as_str())
+            .collect();
+        let remove: Vec<String> = self
+            .config
+            .strip_headers
+            .iter()
+            .chain([SUBJECT_HEADER.to_owned(), SCOPES_HEADER.to_owned()].iter())
+            .filter(|name| !set.contains(&name.as_str()))
+            .cloned()
+            .collect();
         CheckResponse {
             status: Some(rpc::Status {
                 code: 0,

@@ -38,9 +38,21 @@ pub struct ServerConfigFile {
     #[serde(default)]
     pub rate_limits: RateLimitsFile,
     pub policy: Option<PolicyFile>,
+    /// Client request headers removed on every allow (the context headers a proxy filter
+    /// would set), so a client cannot smuggle them past a route this server guards.
+    pub strip_headers: Option<Vec<String>>,
     #[serde(flatten)]
     pub unknown: Mapping,
 }
+
+/// Headers removed from allowed requests unless `strip_headers` says otherwise: the filter's
+/// default context headers.
+pub const DEFAULT_STRIP_HEADERS: [&str; 4] = [
+    "x-auth-subject",
+    "x-auth-scopes",
+    "x-auth-tier",
+    "x-auth-issuer",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct IntrospectionFile {
@@ -192,6 +204,7 @@ pub struct ServerConfig {
     pub tiers: BTreeMap<Tier, TierRules>,
     pub rate_limits: RateLimits,
     pub routes: RouteTable,
+    pub strip_headers: Vec<String>,
 }
 
 struct Problems(Vec<String>);
@@ -439,6 +452,26 @@ impl ServerConfig {
             },
         };
         let realm = f.realm.clone().unwrap_or_else(|| "api".into());
+        let strip_headers: Vec<String> = match &f.strip_headers {
+            Some(names) => names.clone(),
+            None => DEFAULT_STRIP_HEADERS
+                .iter()
+                .map(|h| (*h).to_owned())
+                .collect(),
+        };
+        for (i, name) in strip_headers.iter().enumerate() {
+            if name.is_empty()
+                || name.starts_with(':')
+                || name.bytes().any(|b| b.is_ascii_uppercase() || b == b' ')
+                || name == "authorization"
+                || name == "host"
+            {
+                p.add(
+                    &format!("strip_headers[{i}]"),
+                    format_args!("\"{name}\" is not a strippable lower-case header name"),
+                );
+            }
+        }
         if !p.0.is_empty() {
             return Err(ServerError::InvalidConfig(p.0));
         }
@@ -466,6 +499,7 @@ impl ServerConfig {
             tiers,
             rate_limits,
             routes,
+            strip_headers,
         })
     }
 

@@ -132,13 +132,7 @@ fn start_announcing(name: &str, args: &[&str]) -> (Process, String) {
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .unwrap_or_else(|_| panic!("{name} did not announce its address"));
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{name} printed {line:?}"));
-    (process, port)
+    (process, line)
 }
 
 /// An HTTP answer.
