@@ -15,7 +15,7 @@ stop() {
 trap stop EXIT
 trap "exit 0" INT TERM
 
-for port in 9000 9001 9901 10000; do
+for port in 9000 9001 9191 9192 9901 10000; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "port $port is already in use; stop whatever holds it (or a previous make run) first" >&2
     exit 1
@@ -26,6 +26,8 @@ target/debug/dev-idp --port 9000 --issuer https://dev-idp.local --audience demo-
 pids+=($!)
 target/debug/echo-upstream --port 9001 >.run/echo-upstream.log 2>&1 &
 pids+=($!)
+target/debug/ext-authz-server --config config/ext-authz-server.dev.yaml >.run/ext-authz-server.log 2>&1 &
+pids+=($!)
 "$ENVOY" -c envoy/dev.yaml --concurrency 2 --disable-hot-restart --log-level info >.run/envoy.log 2>&1 &
 pids+=($!)
 
@@ -34,6 +36,7 @@ wait_for() { # url
   echo "timed out waiting for $1 (see .run/*.log)" >&2; exit 1
 }
 wait_for http://127.0.0.1:9000/.well-known/jwks.json
+wait_for http://127.0.0.1:9192/readyz
 wait_for http://127.0.0.1:9901/ready
 
 mint() { curl -fsS "http://127.0.0.1:9000/mint?$1"; }
@@ -41,16 +44,19 @@ READ=$(mint "sub=alice&scope=read")
 WRITE=$(mint "sub=bob&scope=read%20write&alg=ES256")
 EXPIRED=$(mint "sub=alice&scope=read&ttl=-120")
 NOSCOPE=$(mint "sub=carol&scope=profile")
+ADMIN=$(mint "sub=root&scope=read%20admin&opaque=true")
 
 cat <<TXT
 
-Envoy + jwt_authz filter are up on http://127.0.0.1:10000 (logs in .run/, Ctrl-C stops all).
+Envoy + jwt_authz filter + ext-authz-server are up on http://127.0.0.1:10000 (logs in .run/,
+one JSON decision line per ext_authz check in .run/ext-authz-server.log; Ctrl-C stops all).
 Paste these into another shell (tokens live 5 minutes; mint more with the last commands):
 
 export READ='$READ'
 export WRITE='$WRITE'
 export EXPIRED='$EXPIRED'
 export NOSCOPE='$NOSCOPE'
+export ADMIN='$ADMIN'
 
   # public route, no token needed
   curl -i http://127.0.0.1:10000/healthz
@@ -67,8 +73,21 @@ export NOSCOPE='$NOSCOPE'
   # 403: valid token without the 'read' scope
   curl -i -H "authorization: Bearer \$NOSCOPE" http://127.0.0.1:10000/api/items
 
-  # 503: privileged routes fail closed until the ext_authz server is wired in
-  curl -i -X POST -H "authorization: Bearer \$WRITE" http://127.0.0.1:10000/admin/users
+  # privileged route through Envoy's ext_authz → ext-authz-server → introspection (opaque token)
+  curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/admin/users
+
+  # revoke it at the IdP (RFC 7009): denied once the privileged freshness window (5 s) passes
+  curl -u authz-server:authz-server-secret -d "token=\$ADMIN" http://127.0.0.1:9000/revoke
+  sleep 5; curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/admin/users
+
+  # take introspection down: privileged fails closed (503), /account/ serves its grace window
+  curl -X POST -H 'content-type: application/json' -d '{"introspection":"down"}' http://127.0.0.1:9000/admin/fault
+
+  # server admin: metrics, revoke a subject, bump the policy version, epochs since 0
+  curl -s http://127.0.0.1:9192/metrics | grep authz_decisions_total
+  curl -H 'authorization: Bearer dev-admin-token-change-me' -d '{"sub":"alice"}' -H 'content-type: application/json' http://127.0.0.1:9192/admin/revoke-subject
+  curl -X POST -H 'authorization: Bearer dev-admin-token-change-me' http://127.0.0.1:9192/admin/policy-version
+  curl -H 'authorization: Bearer dev-admin-token-change-me' 'http://127.0.0.1:9192/admin/epochs?since=0'
 
   # a spoofed context header never reaches the upstream (look at x-auth-subject)
   curl -s -H "authorization: Bearer \$READ" -H 'x-auth-subject: root' http://127.0.0.1:10000/api/items

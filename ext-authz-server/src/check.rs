@@ -372,7 +372,7 @@ impl CheckService {
             .filter_map(|h| h.header.as_ref())
             .map(|h| h.key.as_str())
             .collect();
-        let remove: Vec<String> = self
+        let mut remove: Vec<String> = self
             .config
             .strip_headers
             .iter()
@@ -380,6 +380,9 @@ impl CheckService {
             .filter(|name| !set.contains(&name.as_str()))
             .cloned()
             .collect();
+        if !self.config.forward_token {
+            remove.push("authorization".to_owned());
+        }
         CheckResponse {
             status: Some(rpc::Status {
                 code: 0,

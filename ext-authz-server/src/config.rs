@@ -41,6 +41,8 @@ pub struct ServerConfigFile {
     /// Client request headers removed on every allow (the context headers a proxy filter
     /// would set), so a client cannot smuggle them past a route this server guards.
     pub strip_headers: Option<Vec<String>>,
+    /// Keep `authorization` on allowed requests (default false, as the filter).
+    pub forward_token: Option<bool>,
     #[serde(flatten)]
     pub unknown: Mapping,
 }
@@ -205,6 +207,7 @@ pub struct ServerConfig {
     pub rate_limits: RateLimits,
     pub routes: RouteTable,
     pub strip_headers: Vec<String>,
+    pub forward_token: bool,
 }
 
 struct Problems(Vec<String>);
@@ -500,6 +503,7 @@ impl ServerConfig {
             rate_limits,
             routes,
             strip_headers,
+            forward_token: f.forward_token.unwrap_or(false),
         })
     }
 

@@ -485,3 +485,11 @@ fn a_malformed_config_exits_non_zero_naming_each_problem() {
         "nothing was bound or announced"
     );
 }
+
+#[test]
+fn the_shipped_dev_config_is_valid() {
+    let path = repo_root().join("config/ext-authz-server.dev.yaml");
+    let config = ServerConfig::load(&path.display().to_string())
+        .expect("config/ext-authz-server.dev.yaml must load");
+    assert_eq!(config.listen.port(), 9191);
+}
