@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 struct Server {
     client: AuthorizationClient<Channel>,
+    grpc_addr: std::net::SocketAddr,
     admin_port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -43,6 +44,7 @@ async fn start(yaml: &str) -> Server {
         .expect("connect");
     Server {
         client,
+        grpc_addr: grpc,
         admin_port,
         stop: Some(stop),
     }
@@ -492,4 +494,95 @@ fn the_shipped_dev_config_is_valid() {
     let config = ServerConfig::load(&path.display().to_string())
         .expect("config/ext-authz-server.dev.yaml must load");
     assert_eq!(config.listen.port(), 9191);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_reports_not_serving_and_drains() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let idp = DevIdp::start(&[]);
+    let mut server = start(&server_yaml(idp.port, "drain_ms: 1500\n")).await;
+    let channel = server.client.clone();
+    let token = mint_opaque(&idp, "alice");
+    assert_eq!(
+        check(&mut channel.clone(), "/admin/x", Some(&token))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(
+            &format!("http://127.0.0.1:{}/readyz", server.admin_port),
+            &[]
+        )
+        .status,
+        200
+    );
+    // The health service shares the Check port.
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let service = HealthCheckRequest {
+        service: "envoy.service.auth.v3.Authorization".into(),
+    };
+    let status = health
+        .check(service.clone())
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    if let Some(stop) = server.stop.take() {
+        let _ = stop.send(());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = health
+        .check(service)
+        .await
+        .expect("health while draining")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        ServingStatus::NotServing as i32,
+        "NOT_SERVING during the drain"
+    );
+    assert_eq!(
+        get(
+            &format!("http://127.0.0.1:{}/readyz", server.admin_port),
+            &[]
+        )
+        .status,
+        503
+    );
+    assert_eq!(
+        check(&mut channel.clone(), "/admin/x", Some(&token))
+            .await
+            .0,
+        200,
+        "in-flight traffic still served while draining"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_secret_post_and_jwt_tokens_work_too() {
+    let idp = DevIdp::start(&[]);
+    let yaml = server_yaml(idp.port, "").replace(
+        "  timeout_ms: 2000\n",
+        "  timeout_ms: 2000\n  auth_method: client_secret_post\n",
+    );
+    let server = start(&yaml).await;
+    let jwt = idp.mint(json!({"sub": "erin", "scope": "admin"}));
+    let (status, headers) = check(&mut server.client.clone(), "/admin/x", Some(&jwt)).await;
+    assert_eq!(status, 200, "a JWT is introspected like an opaque token");
+    assert_eq!(
+        headers.get("x-auth-subject").map(String::as_str),
+        Some("erin")
+    );
+    assert_eq!(idp.stat("introspection_calls"), 1);
 }
