@@ -35,8 +35,77 @@ pub struct FilterConfig {
     /// Keep the `authorization` header on allowed requests. Default false: the upstream gets
     /// the verified context headers, not the credential (as Envoy `jwt_authn` `forward: false`).
     pub forward_token: Option<bool>,
+    /// The companion ext_authz server, for tiers that need it. Without it those tiers fail
+    /// closed in the filter.
+    pub server: Option<ServerLinkConfig>,
+    /// The in-proxy caches.
+    pub cache: Option<CacheConfig>,
     #[serde(flatten)]
     pub unknown: Map<String, Value>,
+}
+
+/// How the filter reaches the ext_authz server.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerLinkConfig {
+    /// gRPC cluster of the server's Check service.
+    pub cluster: Option<String>,
+    /// Default 1000.
+    pub timeout_ms: Option<u64>,
+    /// HTTP cluster of the server's admin port, for `/admin/epochs` polls.
+    pub epochs_cluster: Option<String>,
+    /// Default: the epochs cluster name.
+    pub epochs_authority: Option<String>,
+    /// Bearer secret for `/admin/epochs` (the server's `epochs_token`).
+    pub epochs_token: Option<String>,
+    /// Default 250; 0 turns polling off (then only Check replies carry versions).
+    pub poll_interval_ms: Option<u64>,
+    /// Without a successful poll for this long, cached decisions of tiers above
+    /// `authenticated` are not used. Default 5000.
+    pub max_unreachable_ms: Option<u64>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// Cache sizes and lifetimes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CacheConfig {
+    /// Entry cap of each worker's decision cache and of its token cache. Default 10000.
+    pub max_entries: Option<usize>,
+    /// tier → longest reuse of a server decision in ms (0 = never).
+    #[serde(default)]
+    pub tier_max_ms: BTreeMap<String, u64>,
+    /// Longest reuse of a denial. Default 2000.
+    pub deny_ttl_ms: Option<u64>,
+    /// Longest reuse of a verified JWT (never past its `exp`). Default 60000; 0 disables.
+    pub jwt_ttl_ms: Option<u64>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// A validated server link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLink {
+    pub cluster: String,
+    pub timeout_ms: u64,
+    pub epochs: Option<EpochsPoll>,
+    pub max_unreachable_ms: u64,
+}
+
+/// A validated epochs poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochsPoll {
+    pub cluster: String,
+    pub authority: String,
+    pub token: String,
+    pub interval_ms: u64,
+}
+
+/// Validated cache settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub max_entries: usize,
+    pub caps: crate::decision_cache::TierCaps,
+    pub jwt_ttl_ms: u64,
 }
 
 /// One trusted issuer.
@@ -212,6 +281,8 @@ pub struct Policy {
     pub key_wait_timeout_ms: u64,
     pub max_token_bytes: usize,
     pub forward_token: bool,
+    pub server: Option<ServerLink>,
+    pub cache: CacheSettings,
 }
 
 struct Problems(Vec<String>);
@@ -469,6 +540,72 @@ fn parse_provider(
     Some((provider, source?))
 }
 
+fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLink> {
+    p.unknown("server", &s.unknown);
+    let cluster = p.required("server", "cluster", &s.cluster).cloned();
+    let timeout_ms = s.timeout_ms.unwrap_or(1000);
+    if timeout_ms == 0 || timeout_ms > 30_000 {
+        p.add("server.timeout_ms", "must be between 1 and 30000");
+    }
+    let interval_ms = s.poll_interval_ms.unwrap_or(250);
+    let epochs = match (&s.epochs_cluster, &s.epochs_token) {
+        (Some(cluster), Some(token)) if interval_ms > 0 => Some(EpochsPoll {
+            authority: s
+                .epochs_authority
+                .clone()
+                .unwrap_or_else(|| cluster.clone()),
+            cluster: cluster.clone(),
+            token: token.clone(),
+            interval_ms,
+        }),
+        (None, None) => None,
+        (Some(_), Some(_)) => None,
+        _ => {
+            p.add(
+                "server",
+                "\"epochs_cluster\" and \"epochs_token\" go together",
+            );
+            None
+        }
+    };
+    Some(ServerLink {
+        cluster: cluster?,
+        timeout_ms,
+        epochs,
+        max_unreachable_ms: s.max_unreachable_ms.unwrap_or(5_000),
+    })
+}
+
+fn parse_cache(p: &mut Problems, c: &Option<CacheConfig>) -> CacheSettings {
+    let mut caps = crate::decision_cache::TierCaps::default();
+    let Some(c) = c else {
+        return CacheSettings {
+            max_entries: 10_000,
+            caps,
+            jwt_ttl_ms: 60_000,
+        };
+    };
+    p.unknown("cache", &c.unknown);
+    for (name, ms) in &c.tier_max_ms {
+        match serde_json::from_value::<Tier>(Value::String(name.clone())) {
+            Ok(tier) => caps.set(tier, *ms),
+            Err(_) => p.add(&format!("cache.tier_max_ms.{name}"), "unknown tier"),
+        }
+    }
+    if let Some(ms) = c.deny_ttl_ms {
+        caps.deny_ms = ms;
+    }
+    let max_entries = c.max_entries.unwrap_or(10_000);
+    if max_entries == 0 || max_entries > 10_000_000 {
+        p.add("cache.max_entries", "must be between 1 and 10000000");
+    }
+    CacheSettings {
+        max_entries: max_entries.max(1),
+        caps,
+        jwt_ttl_ms: c.jwt_ttl_ms.unwrap_or(60_000),
+    }
+}
+
 fn parse_headers(p: &mut Problems, c: &Option<HeadersConfig>) -> HeaderNames {
     let get = |v: Option<&Option<String>>, default: &str| {
         v.and_then(|s| s.clone())
@@ -623,6 +760,8 @@ impl Policy {
         if !(256..=65_536).contains(&max_token_bytes) {
             p.add("max_token_bytes", "must be between 256 and 65536");
         }
+        let server = c.server.as_ref().and_then(|s| parse_server_link(&mut p, s));
+        let cache = parse_cache(&mut p, &c.cache);
         if !p.0.is_empty() {
             return Err(Error::InvalidConfig(p.0));
         }
@@ -636,6 +775,8 @@ impl Policy {
             key_wait_timeout_ms,
             max_token_bytes,
             forward_token: c.forward_token.unwrap_or(false),
+            server,
+            cache,
         })
     }
 

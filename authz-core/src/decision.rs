@@ -210,6 +210,18 @@ pub fn decide<'k>(
     keys: impl Fn(usize) -> Option<&'k KeySet>,
     now: i64,
 ) -> Decision {
+    decide_with(policy, request, |token| {
+        verify(token, &policy.providers, keys, policy.max_token_bytes, now)
+    })
+}
+
+/// [`decide`] with the token check supplied by the caller (e.g. from a cache of earlier
+/// verifications). `check_token` is called at most once, only when a token is needed.
+pub fn decide_with(
+    policy: &Policy,
+    request: &RequestFacts<'_>,
+    check_token: impl FnOnce(&str) -> Result<VerifiedToken, VerifyFailure>,
+) -> Decision {
     let route = policy.routes.find(request.method, request.path);
     let (name, tier) = (route.name.clone(), route.tier);
     let deny = |reason| Decision::Deny {
@@ -231,7 +243,7 @@ pub fn decide<'k>(
     let Some(token) = bearer_token(authorization) else {
         return deny(DenyReason::NotBearer);
     };
-    let verified = match verify(token, &policy.providers, keys, policy.max_token_bytes, now) {
+    let verified = match check_token(token) {
         Ok(v) => v,
         Err(VerifyFailure::KeysUnavailable { provider }) => {
             return Decision::AwaitKeys {

@@ -12,6 +12,7 @@
 //! | `POST /introspect/batch` | batch introspection: JSON array of tokens in, array of RFC 7662 responses out (same order) |
 //! | `POST /revoke` | RFC 7009 revocation (form `token=`), client auth as above |
 //! | `POST /admin/fault` | also `{"introspection": "ok"|"error"|"nonjson"|"missing_active"|"down", "introspection_latency_ms": n}` |
+//! | `POST /admin/subject-scope` | `{"sub", "scope"}`: every token of the subject introspects with this scope from now on |
 //! | `GET /admin/stats` | counters: `jwks_requests`, `tokens_minted`, `introspection_calls`, `batch_calls`, `introspected_tokens`, `last_batch_size` |
 //!
 //! Every minted token (JWT or opaque) is remembered so it can be introspected and revoked. Keys
@@ -535,6 +536,27 @@ async fn fault(State(idp): State<Arc<Idp>>, Json(f): Json<FaultRequest>) -> Resp
     .into_response()
 }
 
+#[derive(Debug, Deserialize)]
+struct SubjectScope {
+    sub: String,
+    scope: String,
+}
+
+/// Changes the `scope` of every token of a subject (a role change, as introspection sees it).
+async fn subject_scope(
+    State(idp): State<Arc<Idp>>,
+    Json(change): Json<SubjectScope>,
+) -> Json<Value> {
+    let mut changed = 0;
+    for record in lock(&idp.tokens).values_mut() {
+        if record.claims.get("sub").and_then(Value::as_str) == Some(change.sub.as_str()) {
+            record.claims.insert("scope".into(), json!(change.scope));
+            changed += 1;
+        }
+    }
+    Json(json!({"changed": changed}))
+}
+
 async fn stats(State(idp): State<Arc<Idp>>) -> Json<Value> {
     Json(json!({
         "jwks_requests": idp.jwks_requests.load(Ordering::Relaxed),
@@ -557,6 +579,7 @@ pub fn router(idp: Arc<Idp>) -> Router {
         .route("/revoke", post(revoke))
         .route("/admin/rotate", post(rotate))
         .route("/admin/fault", post(fault))
+        .route("/admin/subject-scope", post(subject_scope))
         .route("/admin/stats", get(stats))
         .with_state(idp)
 }

@@ -6,7 +6,7 @@
 //! | `POST /admin/revoke` | `{"token": "…"}`, `{"token_hash": "<sha256 hex>"}` or `{"jti": "…"}` | that token is refused from now on |
 //! | `POST /admin/revoke-subject` | `{"sub": "…"}` | every token of the subject issued so far is refused; bumps its epoch |
 //! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
-//! | `GET /admin/epochs?since=N` | | policy version and what changed after change-version N |
+//! | `GET /admin/epochs?since=N` | | policy version and what changed after change-version N (also readable with `epochs_token`) |
 //!
 //! Each change takes effect for the next check; the cache is invalidated at once.
 

@@ -9,11 +9,12 @@
 //! to stdout; the token never appears in it (a hash prefix does).
 
 use crate::config::ServerConfig;
-use crate::introspector::{now_ms, Introspector, Lookup};
+use crate::introspector::{now_ms, Introspector, Lookup, Source};
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::versions::Versions;
 use authz_core::decision::bearer_token;
+use authz_core::ext_authz_proto::CacheDirective;
 use authz_core::fallback::check_step_up;
 use authz_core::routes::{path_only, Unmet};
 use authz_core::token_hash::token_digest;
@@ -34,6 +35,9 @@ pub const SUBJECT_HEADER: &str = "x-auth-subject";
 pub const SCOPES_HEADER: &str = "x-auth-scopes";
 pub const TIER_HEADER: &str = "x-auth-tier";
 pub const POLICY_VERSION_HEADER: &str = "x-authz-policy-version";
+
+/// How long a caching client may reuse a denial (inactive, revoked, insufficient scope).
+pub const DENY_CACHE_TTL_MS: u64 = 2_000;
 
 /// Everything a check needs, shared by all requests.
 pub struct CheckService {
@@ -124,6 +128,9 @@ struct Trace {
     cache: &'static str,
     age_ms: u64,
     subject: Option<String>,
+    /// How long the introspection data behind this decision stays fresh enough for its tier
+    /// (0 when stale or none).
+    fresh_for_ms: u64,
     stages: Vec<(&'static str, f64)>,
 }
 
@@ -182,7 +189,37 @@ impl CheckService {
                 "latency_ms": stages,
             })
         );
-        self.respond(outcome, tier)
+        let directive = self.cache_directive(&outcome, &trace);
+        let mut response = self.respond(outcome, tier);
+        response.dynamic_metadata = Some(to_envoy_struct(&directive.to_metadata()));
+        response
+    }
+
+    /// What a caching client (the Wasm filter) may do with this decision.
+    fn cache_directive(&self, outcome: &Outcome, trace: &Trace) -> CacheDirective {
+        let ttl_ms = match outcome {
+            Outcome::Allow {
+                subject: Some(_), ..
+            } => trace.fresh_for_ms,
+            Outcome::Inactive | Outcome::Revoked => DENY_CACHE_TTL_MS,
+            Outcome::Deny(
+                DenyReason::InsufficientScope
+                | DenyReason::ClaimMismatch
+                | DenyReason::TenantMismatch,
+            ) => DENY_CACHE_TTL_MS.min(trace.fresh_for_ms),
+            _ => 0,
+        };
+        let subject = trace.subject.clone();
+        CacheDirective {
+            ttl_ms,
+            policy_version: self.versions.policy_version(),
+            change_version: self.versions.change_version(),
+            subject_epoch: subject
+                .as_deref()
+                .map(|s| self.versions.subject_epoch(s))
+                .unwrap_or(0),
+            subject,
+        }
     }
 
     fn respond(&self, outcome: Outcome, tier: Tier) -> CheckResponse {
@@ -287,6 +324,17 @@ impl CheckService {
         trace.cache = source.as_str();
         trace.age_ms = age_ms;
         let result = &entry.result;
+        if source != Source::Stale {
+            let until_exp = result
+                .expires_at
+                .map(|exp| (exp.max(0) as u64 * 1000).saturating_sub(now_ms()))
+                .unwrap_or(u64::MAX);
+            trace.fresh_for_ms = rules
+                .max_staleness_ms
+                .saturating_sub(age_ms)
+                .min(until_exp)
+                .min(self.config.cache.cap_ms);
+        }
         if !result.active {
             return self.failed(&address, Outcome::Inactive);
         }
@@ -397,4 +445,11 @@ impl CheckService {
             ..CheckResponse::default()
         }
     }
+}
+
+/// Converts a `prost_types::Struct` (authz-core's) into envoy-types' identical message.
+fn to_envoy_struct(s: &prost_types::Struct) -> envoy_types::pb::google::protobuf::Struct {
+    use prost::Message;
+    envoy_types::pb::google::protobuf::Struct::decode(s.encode_to_vec().as_slice())
+        .unwrap_or_default()
 }

@@ -117,6 +117,11 @@ impl Versions {
         })
     }
 
+    /// The change counter: bumped by every revocation and policy change.
+    pub fn change_version(&self) -> u64 {
+        self.with(|s| s.version)
+    }
+
     pub fn policy_version(&self) -> u64 {
         self.with(|s| s.policy_version)
     }

@@ -1,0 +1,448 @@
+//! The in-proxy caches, as pure data structures (the clock is a parameter):
+//!
+//! - [`DecisionCache`]: server decisions (allow or deny) for tiers that need the server, keyed
+//!   by [`decision_key`] = SHA-256(token hash, method, route, policy version). Each entry also
+//!   remembers its subject and token hash so a subject or token revocation can purge it.
+//! - [`TokenCache`]: the local JWT path's verification results, keyed by token hash, so a hot
+//!   token skips signature verification; failures are kept only briefly.
+//!
+//! Both are LRU maps with a fixed entry cap, so a flood of unique tokens evicts old entries and
+//! never grows memory past the cap. Lifetimes never exceed the server's TTL, the tier's cap or
+//! the token's expiry. When the proxy has not heard from the server for too long, cached
+//! decisions of tiers above `authenticated` are not used ([`DecisionCache::lookup`]).
+//!
+//! What this module does not do: decide when to poll, or talk to anyone.
+
+use crate::tier::Tier;
+use crate::verify::{VerifiedToken, VerifyFailure};
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+use std::num::NonZeroUsize;
+
+/// Key of a cached decision.
+pub type DecisionKey = [u8; 32];
+
+/// The decision key: everything the decision depends on that the proxy knows up front.
+/// (The subject's epoch is enforced by purging on revocation, since an opaque token's subject
+/// is unknown until the server answers.)
+pub fn decision_key(
+    token_digest: &[u8; 32],
+    method: &str,
+    route: &str,
+    policy_version: u64,
+) -> DecisionKey {
+    let mut h = Sha256::new();
+    h.update(token_digest);
+    h.update([0]);
+    h.update(method.as_bytes());
+    h.update([0]);
+    h.update(route.as_bytes());
+    h.update([0]);
+    h.update(policy_version.to_be_bytes());
+    h.finalize().into()
+}
+
+/// A decision as the proxy replays it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CachedOutcome {
+    /// Continue after setting `headers` and removing `remove`.
+    Allow {
+        headers: Vec<(String, String)>,
+        remove: Vec<String>,
+    },
+    /// Answer with this response.
+    Deny {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+}
+
+impl CachedOutcome {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, CachedOutcome::Allow { .. })
+    }
+}
+
+/// One cached decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedDecision {
+    pub outcome: CachedOutcome,
+    pub tier: Tier,
+    pub subject: Option<String>,
+    pub token_digest: [u8; 32],
+    pub expires_at_ms: u64,
+}
+
+/// Per-tier caps on how long the proxy may reuse a server decision, in ms (0 = never).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierCaps {
+    pub caps_ms: [u64; 5],
+    /// Cap for cached denials, whatever the tier.
+    pub deny_ms: u64,
+}
+
+impl Default for TierCaps {
+    /// Matches the server's default freshness table: authenticated 60 s, standard_write 30 s,
+    /// privileged 5 s, regulated 1 s; denials 2 s.
+    fn default() -> TierCaps {
+        TierCaps {
+            caps_ms: [0, 60_000, 30_000, 5_000, 1_000],
+            deny_ms: 2_000,
+        }
+    }
+}
+
+fn tier_index(tier: Tier) -> usize {
+    Tier::ALL.iter().position(|t| *t == tier).unwrap_or(4)
+}
+
+impl TierCaps {
+    pub fn cap(&self, tier: Tier) -> u64 {
+        self.caps_ms[tier_index(tier)]
+    }
+
+    pub fn set(&mut self, tier: Tier, ms: u64) {
+        self.caps_ms[tier_index(tier)] = ms;
+    }
+
+    /// How long a decision may live: never past the server's TTL, the tier's cap, or (for a
+    /// denial) the denial cap.
+    pub fn lifetime_ms(&self, tier: Tier, server_ttl_ms: u64, is_allow: bool) -> u64 {
+        let cap = if is_allow {
+            self.cap(tier)
+        } else {
+            self.cap(tier).min(self.deny_ms)
+        };
+        server_ttl_ms.min(cap)
+    }
+}
+
+/// What a lookup found, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    Hit,
+    Miss,
+    /// An entry existed but may not be used while the server is unreachable.
+    Untrusted,
+}
+
+/// The per-worker decision cache.
+#[derive(Debug)]
+pub struct DecisionCache {
+    entries: LruCache<DecisionKey, CachedDecision>,
+    pub caps: TierCaps,
+    pub evictions: u64,
+}
+
+impl DecisionCache {
+    pub fn new(max_entries: usize, caps: TierCaps) -> DecisionCache {
+        DecisionCache {
+            entries: LruCache::new(
+                NonZeroUsize::new(max_entries.max(1)).unwrap_or(NonZeroUsize::MIN),
+            ),
+            caps,
+            evictions: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A usable entry for `key` at `now_ms`. Expired entries are dropped. When
+    /// `server_reachable` is false, entries of tiers above `authenticated` are not used.
+    pub fn lookup(
+        &mut self,
+        key: &DecisionKey,
+        now_ms: u64,
+        server_reachable: bool,
+    ) -> (LookupResult, Option<CachedDecision>) {
+        let Some(entry) = self.entries.get(key) else {
+            return (LookupResult::Miss, None);
+        };
+        if now_ms >= entry.expires_at_ms {
+            self.entries.pop(key);
+            return (LookupResult::Miss, None);
+        }
+        if !server_reachable && entry.tier > Tier::Authenticated {
+            return (LookupResult::Untrusted, None);
+        }
+        (LookupResult::Hit, Some(entry.clone()))
+    }
+
+    /// Stores a decision for `lifetime_ms` (nothing is stored for 0). True if an older entry
+    /// was evicted to make room.
+    pub fn insert(&mut self, key: DecisionKey, decision: CachedDecision) -> bool {
+        if self.entries.cap().get() == self.entries.len() && !self.entries.contains(&key) {
+            self.evictions += 1;
+            self.entries.push(key, decision);
+            return true;
+        }
+        self.entries.put(key, decision);
+        false
+    }
+
+    /// Removes every entry about `subject`; returns how many.
+    pub fn purge_subject(&mut self, subject: &str) -> usize {
+        self.purge(|d| d.subject.as_deref() == Some(subject))
+    }
+
+    /// Removes every entry for a token.
+    pub fn purge_token(&mut self, token_digest: &[u8; 32]) -> usize {
+        self.purge(|d| &d.token_digest == token_digest)
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    fn purge(&mut self, matches: impl Fn(&CachedDecision) -> bool) -> usize {
+        let doomed: Vec<DecisionKey> = self
+            .entries
+            .iter()
+            .filter(|(_, d)| matches(d))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &doomed {
+            self.entries.pop(k);
+        }
+        doomed.len()
+    }
+}
+
+/// A cached verification result.
+#[derive(Debug, Clone)]
+struct TokenEntry {
+    result: Result<VerifiedToken, VerifyFailure>,
+    expires_at_ms: u64,
+    keys_version: u64,
+}
+
+/// The per-worker cache of local JWT verification results.
+#[derive(Debug)]
+pub struct TokenCache {
+    entries: LruCache<[u8; 32], TokenEntry>,
+    /// Longest a positive result is kept (it is also never kept past `exp` + skew).
+    pub max_ms: u64,
+    /// How long a failure is kept.
+    pub failure_ms: u64,
+    pub evictions: u64,
+}
+
+impl TokenCache {
+    pub fn new(max_entries: usize, max_ms: u64, failure_ms: u64) -> TokenCache {
+        TokenCache {
+            entries: LruCache::new(
+                NonZeroUsize::new(max_entries.max(1)).unwrap_or(NonZeroUsize::MIN),
+            ),
+            max_ms,
+            failure_ms,
+            evictions: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The cached result, if it is still valid at `now_ms` for key-set version `keys_version`.
+    pub fn get(
+        &mut self,
+        digest: &[u8; 32],
+        now_ms: u64,
+        keys_version: u64,
+    ) -> Option<Result<VerifiedToken, VerifyFailure>> {
+        let entry = self.entries.get(digest)?;
+        if now_ms >= entry.expires_at_ms || entry.keys_version != keys_version {
+            self.entries.pop(digest);
+            return None;
+        }
+        Some(entry.result.clone())
+    }
+
+    /// Keeps a result. Key-dependent failures (keys missing, unknown `kid`) are not kept: the
+    /// next request must be able to trigger a fetch. `skew_ms` extends nothing; positive
+    /// entries end at `exp` + skew at the latest, because after that verification would fail.
+    pub fn put(
+        &mut self,
+        digest: [u8; 32],
+        result: Result<VerifiedToken, VerifyFailure>,
+        now_ms: u64,
+        keys_version: u64,
+        skew_ms: u64,
+    ) {
+        let expires_at_ms = match &result {
+            Ok(v) => {
+                let exp_ms = v
+                    .claims
+                    .expires_at
+                    .map(|e| {
+                        (e.max(0) as u64)
+                            .saturating_mul(1000)
+                            .saturating_add(skew_ms)
+                    })
+                    .unwrap_or(u64::MAX);
+                exp_ms.min(now_ms + self.max_ms)
+            }
+            Err(VerifyFailure::KeysUnavailable { .. } | VerifyFailure::UnknownKey { .. }) => return,
+            Err(_) => now_ms + self.failure_ms,
+        };
+        if expires_at_ms <= now_ms {
+            return;
+        }
+        if self.entries.cap().get() == self.entries.len() && !self.entries.contains(&digest) {
+            self.evictions += 1;
+        }
+        self.entries.put(
+            digest,
+            TokenEntry {
+                result,
+                expires_at_ms,
+                keys_version,
+            },
+        );
+    }
+
+    /// Drops cached failures (e.g. on a policy change) and keeps verified tokens.
+    pub fn drop_failures(&mut self) {
+        let doomed: Vec<[u8; 32]> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.result.is_err())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &doomed {
+            self.entries.pop(k);
+        }
+    }
+
+    /// Drops every verified token of `subject`.
+    pub fn purge_subject(&mut self, subject: &str) {
+        let doomed: Vec<[u8; 32]> = self
+            .entries
+            .iter()
+            .filter(
+                |(_, e)| matches!(&e.result, Ok(v) if v.claims.subject.as_deref() == Some(subject)),
+            )
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &doomed {
+            self.entries.pop(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn allow(tier: Tier, subject: &str, token: u8, expires_at_ms: u64) -> CachedDecision {
+        CachedDecision {
+            outcome: CachedOutcome::Allow {
+                headers: vec![],
+                remove: vec![],
+            },
+            tier,
+            subject: Some(subject.into()),
+            token_digest: [token; 32],
+            expires_at_ms,
+        }
+    }
+
+    #[test]
+    fn keys_change_with_every_component() {
+        let t = [1u8; 32];
+        let base = decision_key(&t, "GET", "admin", 1);
+        assert_ne!(base, decision_key(&[2u8; 32], "GET", "admin", 1));
+        assert_ne!(base, decision_key(&t, "POST", "admin", 1));
+        assert_ne!(base, decision_key(&t, "GET", "other", 1));
+        assert_ne!(
+            base,
+            decision_key(&t, "GET", "admin", 2),
+            "a policy bump makes old entries unreachable"
+        );
+        assert_ne!(
+            decision_key(&t, "GE", "Tadmin", 1),
+            decision_key(&t, "GET", "admin", 1),
+            "components are delimited"
+        );
+    }
+
+    #[test]
+    fn lifetimes_respect_server_ttl_tier_cap_and_deny_cap() {
+        let caps = TierCaps::default();
+        assert_eq!(caps.lifetime_ms(Tier::Privileged, 60_000, true), 5_000);
+        assert_eq!(caps.lifetime_ms(Tier::Privileged, 1_200, true), 1_200);
+        assert_eq!(caps.lifetime_ms(Tier::Authenticated, 60_000, false), 2_000);
+        let mut never = TierCaps::default();
+        never.set(Tier::Regulated, 0);
+        assert_eq!(never.lifetime_ms(Tier::Regulated, 60_000, true), 0);
+    }
+
+    #[test]
+    fn expired_and_untrusted_entries_are_not_served() {
+        let mut c = DecisionCache::new(10, TierCaps::default());
+        let k = [9u8; 32];
+        c.insert(k, allow(Tier::Privileged, "alice", 1, 1_000));
+        assert_eq!(c.lookup(&k, 500, true).0, LookupResult::Hit);
+        assert_eq!(c.lookup(&k, 500, false).0, LookupResult::Untrusted);
+        assert_eq!(c.lookup(&k, 1_000, true).0, LookupResult::Miss);
+        assert!(c.is_empty(), "expired entries are dropped");
+        let a = [8u8; 32];
+        c.insert(a, allow(Tier::Authenticated, "bob", 2, 1_000));
+        assert_eq!(
+            c.lookup(&a, 10, false).0,
+            LookupResult::Hit,
+            "authenticated entries survive an unreachable server"
+        );
+    }
+
+    #[test]
+    fn purges_by_subject_and_token() {
+        let mut c = DecisionCache::new(10, TierCaps::default());
+        c.insert([1; 32], allow(Tier::Privileged, "alice", 1, 9_999));
+        c.insert([2; 32], allow(Tier::Privileged, "alice", 2, 9_999));
+        c.insert([3; 32], allow(Tier::Privileged, "bob", 3, 9_999));
+        assert_eq!(c.purge_subject("alice"), 2);
+        assert_eq!(c.purge_token(&[3; 32]), 1);
+        assert!(c.is_empty());
+    }
+
+    proptest! {
+        /// However many distinct keys arrive, the cache never holds more than its cap, and
+        /// every insert past the cap counts an eviction.
+        #[test]
+        fn the_cap_holds_under_a_flood(cap in 1usize..50, keys in proptest::collection::vec(any::<[u8; 4]>(), 1..400)) {
+            let mut c = DecisionCache::new(cap, TierCaps::default());
+            let mut distinct = std::collections::HashSet::new();
+            for k in &keys {
+                let mut key = [0u8; 32];
+                key[..4].copy_from_slice(k);
+                distinct.insert(key);
+                c.insert(key, allow(Tier::Privileged, "x", 0, u64::MAX));
+                prop_assert!(c.len() <= cap);
+            }
+            prop_assert_eq!(c.len(), distinct.len().min(cap));
+        }
+
+        /// No lookup ever returns an entry at or after its expiry.
+        #[test]
+        fn never_served_after_expiry(expiry in 0u64..10_000, at in 0u64..20_000) {
+            let mut c = DecisionCache::new(4, TierCaps::default());
+            c.insert([1; 32], allow(Tier::Authenticated, "a", 1, expiry));
+            let (result, entry) = c.lookup(&[1; 32], at, true);
+            prop_assert_eq!(result == LookupResult::Hit, at < expiry);
+            prop_assert_eq!(entry.is_some(), at < expiry);
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The subset of Envoy's `envoy.service.auth.v3` messages the Wasm filter sends and receives,
+//! as `prost` structs with Envoy's field numbers, so the filter can speak the same Check API as
+//! Envoy's native ext_authz filter without `envoy-types` (which does not build for wasm32).
+//! Fields the filter never uses are left out; protobuf skips unknown fields, so the messages
+//! stay wire-compatible. Compatibility with `envoy-types` is tested on the host in the server
+//! crate (`tests/wire_compat.rs`).
+//!
+//! Also here: the dynamic-metadata keys through which the server tells the filter whether and
+//! how long it may cache a decision ([`CacheDirective`]).
+
+use prost::Message;
+use std::collections::HashMap;
+
+/// `envoy.service.auth.v3.CheckRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct CheckRequest {
+    #[prost(message, optional, tag = "1")]
+    pub attributes: Option<AttributeContext>,
+}
+
+/// `envoy.service.auth.v3.AttributeContext`.
+#[derive(Clone, PartialEq, Message)]
+pub struct AttributeContext {
+    #[prost(message, optional, tag = "1")]
+    pub source: Option<Peer>,
+    #[prost(message, optional, tag = "4")]
+    pub request: Option<Request>,
+    #[prost(map = "string, string", tag = "10")]
+    pub context_extensions: HashMap<String, String>,
+}
+
+/// `AttributeContext.Peer` (address only).
+#[derive(Clone, PartialEq, Message)]
+pub struct Peer {
+    #[prost(message, optional, tag = "1")]
+    pub address: Option<Address>,
+}
+
+/// `envoy.config.core.v3.Address` (socket address only).
+#[derive(Clone, PartialEq, Message)]
+pub struct Address {
+    #[prost(message, optional, tag = "1")]
+    pub socket_address: Option<SocketAddress>,
+}
+
+/// `envoy.config.core.v3.SocketAddress`.
+#[derive(Clone, PartialEq, Message)]
+pub struct SocketAddress {
+    #[prost(string, tag = "2")]
+    pub address: String,
+    #[prost(uint32, tag = "3")]
+    pub port_value: u32,
+}
+
+/// `AttributeContext.Request`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Request {
+    #[prost(message, optional, tag = "2")]
+    pub http: Option<HttpRequest>,
+}
+
+/// `AttributeContext.HttpRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct HttpRequest {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub method: String,
+    #[prost(map = "string, string", tag = "3")]
+    pub headers: HashMap<String, String>,
+    #[prost(string, tag = "4")]
+    pub path: String,
+    #[prost(string, tag = "5")]
+    pub host: String,
+    #[prost(string, tag = "6")]
+    pub scheme: String,
+    #[prost(string, tag = "10")]
+    pub protocol: String,
+}
+
+/// `envoy.service.auth.v3.CheckResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct CheckResponse {
+    #[prost(message, optional, tag = "1")]
+    pub status: Option<RpcStatus>,
+    #[prost(message, optional, tag = "2")]
+    pub denied_response: Option<DeniedHttpResponse>,
+    #[prost(message, optional, tag = "3")]
+    pub ok_response: Option<OkHttpResponse>,
+    #[prost(message, optional, tag = "4")]
+    pub dynamic_metadata: Option<prost_types::Struct>,
+}
+
+/// `google.rpc.Status` (without details).
+#[derive(Clone, PartialEq, Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+/// `envoy.service.auth.v3.DeniedHttpResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct DeniedHttpResponse {
+    #[prost(message, optional, tag = "1")]
+    pub status: Option<HttpStatus>,
+    #[prost(message, repeated, tag = "2")]
+    pub headers: Vec<HeaderValueOption>,
+    #[prost(string, tag = "3")]
+    pub body: String,
+}
+
+/// `envoy.type.v3.HttpStatus`.
+#[derive(Clone, PartialEq, Message)]
+pub struct HttpStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+}
+
+/// `envoy.service.auth.v3.OkHttpResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct OkHttpResponse {
+    #[prost(message, repeated, tag = "2")]
+    pub headers: Vec<HeaderValueOption>,
+    #[prost(string, repeated, tag = "5")]
+    pub headers_to_remove: Vec<String>,
+}
+
+/// `envoy.config.core.v3.HeaderValueOption`.
+#[derive(Clone, PartialEq, Message)]
+pub struct HeaderValueOption {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<HeaderValue>,
+    #[prost(int32, tag = "3")]
+    pub append_action: i32,
+}
+
+/// `envoy.config.core.v3.HeaderValue`.
+#[derive(Clone, PartialEq, Message)]
+pub struct HeaderValue {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// The gRPC method the filter calls.
+pub const CHECK_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+pub const CHECK_METHOD: &str = "Check";
+
+/// Dynamic-metadata keys of a Check reply that tell a caching client what it may do.
+pub mod metadata_keys {
+    /// How long the decision may be reused, in ms (0 or absent: not cacheable).
+    pub const CACHE_TTL_MS: &str = "authz_cache_ttl_ms";
+    /// The policy version the decision was made under.
+    pub const POLICY_VERSION: &str = "authz_policy_version";
+    /// The server's change version at decision time (for `/admin/epochs?since=`).
+    pub const CHANGE_VERSION: &str = "authz_change_version";
+    /// The subject the decision is about, if any.
+    pub const SUBJECT: &str = "authz_subject";
+    /// The subject's epoch at decision time.
+    pub const SUBJECT_EPOCH: &str = "authz_subject_epoch";
+}
+
+/// What a Check reply's dynamic metadata says about caching.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheDirective {
+    pub ttl_ms: u64,
+    pub policy_version: u64,
+    pub change_version: u64,
+    pub subject: Option<String>,
+    pub subject_epoch: u64,
+}
+
+fn number(s: &prost_types::Struct, key: &str) -> Option<u64> {
+    match s.fields.get(key)?.kind.as_ref()? {
+        prost_types::value::Kind::NumberValue(n) if *n >= 0.0 && n.is_finite() => Some(*n as u64),
+        _ => None,
+    }
+}
+
+impl CacheDirective {
+    /// Reads the directive from a reply's dynamic metadata; absent means "do not cache".
+    pub fn from_metadata(metadata: Option<&prost_types::Struct>) -> CacheDirective {
+        let Some(s) = metadata else {
+            return CacheDirective::default();
+        };
+        CacheDirective {
+            ttl_ms: number(s, metadata_keys::CACHE_TTL_MS).unwrap_or(0),
+            policy_version: number(s, metadata_keys::POLICY_VERSION).unwrap_or(0),
+            change_version: number(s, metadata_keys::CHANGE_VERSION).unwrap_or(0),
+            subject: match s
+                .fields
+                .get(metadata_keys::SUBJECT)
+                .and_then(|v| v.kind.as_ref())
+            {
+                Some(prost_types::value::Kind::StringValue(sub)) => Some(sub.clone()),
+                _ => None,
+            },
+            subject_epoch: number(s, metadata_keys::SUBJECT_EPOCH).unwrap_or(0),
+        }
+    }
+
+    /// Writes the directive as dynamic metadata (the server side).
+    pub fn to_metadata(&self) -> prost_types::Struct {
+        use prost_types::value::Kind;
+        let mut fields = std::collections::BTreeMap::new();
+        let num = |n: u64| prost_types::Value {
+            kind: Some(Kind::NumberValue(n as f64)),
+        };
+        fields.insert(metadata_keys::CACHE_TTL_MS.to_owned(), num(self.ttl_ms));
+        fields.insert(
+            metadata_keys::POLICY_VERSION.to_owned(),
+            num(self.policy_version),
+        );
+        fields.insert(
+            metadata_keys::CHANGE_VERSION.to_owned(),
+            num(self.change_version),
+        );
+        fields.insert(
+            metadata_keys::SUBJECT_EPOCH.to_owned(),
+            num(self.subject_epoch),
+        );
+        if let Some(sub) = &self.subject {
+            fields.insert(
+                metadata_keys::SUBJECT.to_owned(),
+                prost_types::Value {
+                    kind: Some(Kind::StringValue(sub.clone())),
+                },
+            );
+        }
+        prost_types::Struct { fields }
+    }
+}
+
+/// Encodes a message to protobuf bytes.
+pub fn encode<M: Message>(message: &M) -> Vec<u8> {
+    message.encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_directives_round_trip_through_metadata() {
+        let d = CacheDirective {
+            ttl_ms: 1500,
+            policy_version: 3,
+            change_version: 9,
+            subject: Some("alice".into()),
+            subject_epoch: 2,
+        };
+        assert_eq!(CacheDirective::from_metadata(Some(&d.to_metadata())), d);
+        assert_eq!(CacheDirective::from_metadata(None).ttl_ms, 0);
+    }
+
+    #[test]
+    fn a_check_response_round_trips() {
+        let r = CheckResponse {
+            status: Some(RpcStatus {
+                code: 7,
+                message: String::new(),
+            }),
+            denied_response: Some(DeniedHttpResponse {
+                status: Some(HttpStatus { code: 401 }),
+                headers: vec![HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "a".into(),
+                        value: "b".into(),
+                    }),
+                    append_action: 2,
+                }],
+                body: "x".into(),
+            }),
+            ok_response: None,
+            dynamic_metadata: None,
+        };
+        assert_eq!(CheckResponse::decode(encode(&r).as_slice()).unwrap(), r);
+    }
+}
