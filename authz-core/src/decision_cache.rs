@@ -175,16 +175,15 @@ impl DecisionCache {
         (LookupResult::Hit, Some(entry.clone()))
     }
 
-    /// Stores a decision for `lifetime_ms` (nothing is stored for 0). True if an older entry
-    /// was evicted to make room.
-    pub fn insert(&mut self, key: DecisionKey, decision: CachedDecision) -> bool {
-        if self.entries.cap().get() == self.entries.len() && !self.entries.contains(&key) {
-            self.evictions += 1;
-            self.entries.push(key, decision);
-            return true;
+    /// Stores a decision. Returns the tier of an older entry evicted to make room, if any.
+    pub fn insert(&mut self, key: DecisionKey, decision: CachedDecision) -> Option<Tier> {
+        match self.entries.push(key, decision) {
+            Some((old_key, old)) if old_key != key => {
+                self.evictions += 1;
+                Some(old.tier)
+            }
+            _ => None,
         }
-        self.entries.put(key, decision);
-        false
     }
 
     /// Removes every entry about `subject`; returns how many.

@@ -280,3 +280,111 @@ mod tests {
         assert_eq!(CheckResponse::decode(encode(&r).as_slice()).unwrap(), r);
     }
 }
+
+/// The facts of a request the filter sends to the server.
+#[derive(Debug, Clone, Default)]
+pub struct CheckFacts {
+    pub id: String,
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub scheme: String,
+    pub protocol: String,
+    pub headers: HashMap<String, String>,
+    /// `ip` of the client, if known.
+    pub source_address: Option<String>,
+    pub source_port: u32,
+    pub tier: String,
+}
+
+/// Encodes a Check request as Envoy's ext_authz filter would send it, with the tier in
+/// `context_extensions`.
+pub fn encode_check_request(facts: CheckFacts) -> Vec<u8> {
+    let source = facts.source_address.map(|address| Peer {
+        address: Some(Address { socket_address: Some(SocketAddress { address, port_value: facts.source_port }) }),
+    });
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source,
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    id: facts.id,
+                    method: facts.method,
+                    headers: facts.headers,
+                    path: facts.path,
+                    host: facts.host,
+                    scheme: facts.scheme,
+                    protocol: facts.protocol,
+                }),
+            }),
+            context_extensions: HashMap::from([("tier".to_owned(), facts.tier)]),
+        }),
+    }
+    .encode_to_vec()
+}
+
+/// What a Check reply tells the filter to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub outcome: crate::decision_cache::CachedOutcome,
+    pub directive: CacheDirective,
+}
+
+fn header_pairs(options: Vec<HeaderValueOption>) -> Vec<(String, String)> {
+    options.into_iter().filter_map(|o| o.header).map(|h| (h.key.to_ascii_lowercase(), h.value)).collect()
+}
+
+/// Decodes a Check reply. A reply that is neither a well-formed OK (status 0) nor a
+/// well-formed denial is an error, which the filter turns into a fail-closed 503.
+pub fn decode_reply(bytes: &[u8]) -> Result<Reply, &'static str> {
+    use crate::decision_cache::CachedOutcome;
+    let response = CheckResponse::decode(bytes).map_err(|_| "reply is not a CheckResponse")?;
+    let code = response.status.as_ref().map(|s| s.code).unwrap_or(-1);
+    let directive = CacheDirective::from_metadata(response.dynamic_metadata.as_ref());
+    let outcome = match (code, response.ok_response, response.denied_response) {
+        (0, ok, None) => {
+            let ok = ok.unwrap_or_default();
+            CachedOutcome::Allow { headers: header_pairs(ok.headers), remove: ok.headers_to_remove }
+        }
+        (c, None, Some(denied)) if c != 0 => {
+            let status = denied.status.map(|s| s.code).unwrap_or(403);
+            let status = u16::try_from(status).ok().filter(|s| (200..600).contains(s)).unwrap_or(403);
+            CachedOutcome::Deny { status, headers: header_pairs(denied.headers), body: denied.body }
+        }
+        (c, None, None) if c != 0 => CachedOutcome::Deny { status: 403, headers: Vec::new(), body: String::new() },
+        _ => return Err("reply mixes allow and deny"),
+    };
+    Ok(Reply { outcome, directive })
+}
+
+#[cfg(test)]
+mod reply_tests {
+    use super::*;
+    use crate::decision_cache::CachedOutcome;
+
+    #[test]
+    fn replies_decode_into_outcomes() {
+        let ok = CheckResponse {
+            status: Some(RpcStatus { code: 0, message: String::new() }),
+            ok_response: Some(OkHttpResponse {
+                headers: vec![HeaderValueOption { header: Some(HeaderValue { key: "X-Auth-Subject".into(), value: "a".into() }), append_action: 2 }],
+                headers_to_remove: vec!["authorization".into()],
+            }),
+            denied_response: None,
+            dynamic_metadata: Some(CacheDirective { ttl_ms: 5, ..CacheDirective::default() }.to_metadata()),
+        };
+        let reply = decode_reply(&ok.encode_to_vec()).unwrap();
+        assert_eq!(reply.outcome, CachedOutcome::Allow { headers: vec![("x-auth-subject".into(), "a".into())], remove: vec!["authorization".into()] });
+        assert_eq!(reply.directive.ttl_ms, 5);
+        assert!(decode_reply(b"\xff\xff").is_err());
+        let mixed = CheckResponse { denied_response: Some(DeniedHttpResponse::default()), ..ok };
+        assert!(decode_reply(&mixed.encode_to_vec()).is_err(), "allow and deny at once fails closed");
+    }
+
+    #[test]
+    fn requests_carry_the_tier() {
+        let bytes = encode_check_request(CheckFacts { method: "GET".into(), path: "/a".into(), tier: "privileged".into(), ..CheckFacts::default() });
+        let decoded = CheckRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded.attributes.unwrap().context_extensions["tier"], "privileged");
+    }
+}

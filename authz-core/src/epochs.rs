@@ -1,0 +1,67 @@
+//! The server's `/admin/epochs?since=N` answer, as the filter applies it: what to purge from
+//! its decision cache and which versions to remember. Pure parsing; the filter polls.
+
+use serde_json::Value;
+
+/// Changes since the version the filter asked about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The server's change version now (ask `since` this next time).
+    pub version: u64,
+    pub policy_version: u64,
+    /// Subjects whose epoch changed (their decisions must go).
+    pub subjects: Vec<String>,
+    /// SHA-256 of revoked tokens.
+    pub revoked_token_hashes: Vec<[u8; 32]>,
+    /// Whether any `jti` was revoked (the filter cannot map those to entries: it clears all).
+    pub jti_revoked: bool,
+}
+
+fn hash(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+impl Changes {
+    pub fn parse(body: &[u8]) -> Result<Changes, &'static str> {
+        let v: Value = serde_json::from_slice(body).map_err(|_| "epochs answer is not json")?;
+        let version = v.get("version").and_then(Value::as_u64).ok_or("epochs answer lacks version")?;
+        let policy_version = v.get("policy_version").and_then(Value::as_u64).ok_or("epochs answer lacks policy_version")?;
+        let subjects = match v.get("subjects") {
+            Some(Value::Object(map)) => map.keys().cloned().collect(),
+            _ => return Err("epochs answer lacks subjects"),
+        };
+        let revoked_token_hashes = match v.get("revoked_token_hashes") {
+            Some(Value::Array(items)) => items.iter().map(|i| i.as_str().and_then(hash).ok_or("bad token hash")).collect::<Result<_, _>>()?,
+            _ => return Err("epochs answer lacks revoked_token_hashes"),
+        };
+        let jti_revoked = v.get("revoked_jtis").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+        Ok(Changes { version, policy_version, subjects, revoked_token_hashes, jti_revoked })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_servers_answer() {
+        let body = format!(
+            r#"{{"version":7,"policy_version":2,"policy_changed":true,"subjects":{{"alice":1}},"revoked_token_hashes":["{}"],"revoked_jtis":[]}}"#,
+            "ab".repeat(32)
+        );
+        let c = Changes::parse(body.as_bytes()).unwrap();
+        assert_eq!((c.version, c.policy_version), (7, 2));
+        assert_eq!(c.subjects, vec!["alice"]);
+        assert_eq!(c.revoked_token_hashes, vec![[0xab; 32]]);
+        assert!(!c.jti_revoked);
+        assert!(Changes::parse(b"{}").is_err());
+        assert!(Changes::parse(br#"{"version":1,"policy_version":0,"subjects":{},"revoked_token_hashes":["zz"]}"#).is_err());
+    }
+}
