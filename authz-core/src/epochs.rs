@@ -31,18 +31,36 @@ fn hash(text: &str) -> Option<[u8; 32]> {
 impl Changes {
     pub fn parse(body: &[u8]) -> Result<Changes, &'static str> {
         let v: Value = serde_json::from_slice(body).map_err(|_| "epochs answer is not json")?;
-        let version = v.get("version").and_then(Value::as_u64).ok_or("epochs answer lacks version")?;
-        let policy_version = v.get("policy_version").and_then(Value::as_u64).ok_or("epochs answer lacks policy_version")?;
+        let version = v
+            .get("version")
+            .and_then(Value::as_u64)
+            .ok_or("epochs answer lacks version")?;
+        let policy_version = v
+            .get("policy_version")
+            .and_then(Value::as_u64)
+            .ok_or("epochs answer lacks policy_version")?;
         let subjects = match v.get("subjects") {
             Some(Value::Object(map)) => map.keys().cloned().collect(),
             _ => return Err("epochs answer lacks subjects"),
         };
         let revoked_token_hashes = match v.get("revoked_token_hashes") {
-            Some(Value::Array(items)) => items.iter().map(|i| i.as_str().and_then(hash).ok_or("bad token hash")).collect::<Result<_, _>>()?,
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().and_then(hash).ok_or("bad token hash"))
+                .collect::<Result<_, _>>()?,
             _ => return Err("epochs answer lacks revoked_token_hashes"),
         };
-        let jti_revoked = v.get("revoked_jtis").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-        Ok(Changes { version, policy_version, subjects, revoked_token_hashes, jti_revoked })
+        let jti_revoked = v
+            .get("revoked_jtis")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        Ok(Changes {
+            version,
+            policy_version,
+            subjects,
+            revoked_token_hashes,
+            jti_revoked,
+        })
     }
 }
 
@@ -62,6 +80,9 @@ mod tests {
         assert_eq!(c.revoked_token_hashes, vec![[0xab; 32]]);
         assert!(!c.jti_revoked);
         assert!(Changes::parse(b"{}").is_err());
-        assert!(Changes::parse(br#"{"version":1,"policy_version":0,"subjects":{},"revoked_token_hashes":["zz"]}"#).is_err());
+        assert!(Changes::parse(
+            br#"{"version":1,"policy_version":0,"subjects":{},"revoked_token_hashes":["zz"]}"#
+        )
+        .is_err());
     }
 }

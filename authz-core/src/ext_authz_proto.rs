@@ -301,7 +301,12 @@ pub struct CheckFacts {
 /// `context_extensions`.
 pub fn encode_check_request(facts: CheckFacts) -> Vec<u8> {
     let source = facts.source_address.map(|address| Peer {
-        address: Some(Address { socket_address: Some(SocketAddress { address, port_value: facts.source_port }) }),
+        address: Some(Address {
+            socket_address: Some(SocketAddress {
+                address,
+                port_value: facts.source_port,
+            }),
+        }),
     });
     CheckRequest {
         attributes: Some(AttributeContext {
@@ -331,7 +336,11 @@ pub struct Reply {
 }
 
 fn header_pairs(options: Vec<HeaderValueOption>) -> Vec<(String, String)> {
-    options.into_iter().filter_map(|o| o.header).map(|h| (h.key.to_ascii_lowercase(), h.value)).collect()
+    options
+        .into_iter()
+        .filter_map(|o| o.header)
+        .map(|h| (h.key.to_ascii_lowercase(), h.value))
+        .collect()
 }
 
 /// Decodes a Check reply. A reply that is neither a well-formed OK (status 0) nor a
@@ -344,14 +353,28 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply, &'static str> {
     let outcome = match (code, response.ok_response, response.denied_response) {
         (0, ok, None) => {
             let ok = ok.unwrap_or_default();
-            CachedOutcome::Allow { headers: header_pairs(ok.headers), remove: ok.headers_to_remove }
+            CachedOutcome::Allow {
+                headers: header_pairs(ok.headers),
+                remove: ok.headers_to_remove,
+            }
         }
         (c, None, Some(denied)) if c != 0 => {
             let status = denied.status.map(|s| s.code).unwrap_or(403);
-            let status = u16::try_from(status).ok().filter(|s| (200..600).contains(s)).unwrap_or(403);
-            CachedOutcome::Deny { status, headers: header_pairs(denied.headers), body: denied.body }
+            let status = u16::try_from(status)
+                .ok()
+                .filter(|s| (200..600).contains(s))
+                .unwrap_or(403);
+            CachedOutcome::Deny {
+                status,
+                headers: header_pairs(denied.headers),
+                body: denied.body,
+            }
         }
-        (c, None, None) if c != 0 => CachedOutcome::Deny { status: 403, headers: Vec::new(), body: String::new() },
+        (c, None, None) if c != 0 => CachedOutcome::Deny {
+            status: 403,
+            headers: Vec::new(),
+            body: String::new(),
+        },
         _ => return Err("reply mixes allow and deny"),
     };
     Ok(Reply { outcome, directive })
@@ -365,26 +388,61 @@ mod reply_tests {
     #[test]
     fn replies_decode_into_outcomes() {
         let ok = CheckResponse {
-            status: Some(RpcStatus { code: 0, message: String::new() }),
+            status: Some(RpcStatus {
+                code: 0,
+                message: String::new(),
+            }),
             ok_response: Some(OkHttpResponse {
-                headers: vec![HeaderValueOption { header: Some(HeaderValue { key: "X-Auth-Subject".into(), value: "a".into() }), append_action: 2 }],
+                headers: vec![HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "X-Auth-Subject".into(),
+                        value: "a".into(),
+                    }),
+                    append_action: 2,
+                }],
                 headers_to_remove: vec!["authorization".into()],
             }),
             denied_response: None,
-            dynamic_metadata: Some(CacheDirective { ttl_ms: 5, ..CacheDirective::default() }.to_metadata()),
+            dynamic_metadata: Some(
+                CacheDirective {
+                    ttl_ms: 5,
+                    ..CacheDirective::default()
+                }
+                .to_metadata(),
+            ),
         };
         let reply = decode_reply(&ok.encode_to_vec()).unwrap();
-        assert_eq!(reply.outcome, CachedOutcome::Allow { headers: vec![("x-auth-subject".into(), "a".into())], remove: vec!["authorization".into()] });
+        assert_eq!(
+            reply.outcome,
+            CachedOutcome::Allow {
+                headers: vec![("x-auth-subject".into(), "a".into())],
+                remove: vec!["authorization".into()]
+            }
+        );
         assert_eq!(reply.directive.ttl_ms, 5);
         assert!(decode_reply(b"\xff\xff").is_err());
-        let mixed = CheckResponse { denied_response: Some(DeniedHttpResponse::default()), ..ok };
-        assert!(decode_reply(&mixed.encode_to_vec()).is_err(), "allow and deny at once fails closed");
+        let mixed = CheckResponse {
+            denied_response: Some(DeniedHttpResponse::default()),
+            ..ok
+        };
+        assert!(
+            decode_reply(&mixed.encode_to_vec()).is_err(),
+            "allow and deny at once fails closed"
+        );
     }
 
     #[test]
     fn requests_carry_the_tier() {
-        let bytes = encode_check_request(CheckFacts { method: "GET".into(), path: "/a".into(), tier: "privileged".into(), ..CheckFacts::default() });
+        let bytes = encode_check_request(CheckFacts {
+            method: "GET".into(),
+            path: "/a".into(),
+            tier: "privileged".into(),
+            ..CheckFacts::default()
+        });
         let decoded = CheckRequest::decode(bytes.as_slice()).unwrap();
-        assert_eq!(decoded.attributes.unwrap().context_extensions["tier"], "privileged");
+        assert_eq!(
+            decoded.attributes.unwrap().context_extensions["tier"],
+            "privileged"
+        );
     }
 }

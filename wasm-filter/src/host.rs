@@ -98,13 +98,52 @@ pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> SharedWrite {
 }
 
 pub fn dispatch_get(cluster: &str, authority: &str, path: &str, timeout: Duration) -> Option<u32> {
-    let headers = vec![
+    dispatch_get_with(cluster, authority, path, &[], timeout)
+}
+
+/// A GET with extra request headers.
+pub fn dispatch_get_with(
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    timeout: Duration,
+) -> Option<u32> {
+    let mut headers = vec![
         (":method", "GET"),
         (":path", path),
         (":authority", authority),
         ("accept", "application/json"),
     ];
+    headers.extend_from_slice(extra);
     hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout).ok()
+}
+
+/// A unary gRPC call; the answer arrives at the calling context's `on_grpc_call_response`.
+pub fn dispatch_grpc(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    message: &[u8],
+    timeout: Duration,
+) -> Option<u32> {
+    hostcalls::dispatch_grpc_call(cluster, service, method, vec![], Some(message), timeout).ok()
+}
+
+pub fn grpc_response_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+        .ok()
+        .flatten()
+}
+
+pub fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+/// A property as text (e.g. `source.address`).
+pub fn property(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    String::from_utf8(bytes).ok()
 }
 
 pub fn call_response_status() -> Option<u16> {

@@ -1,37 +1,47 @@
 //! The HTTP context: one per request. Strips client-sent copies of the headers the filter
-//! sets, hands the request to the worker, and applies the result (continue with headers,
-//! a deny response, or a pause while keys are fetched).
+//! sets, hands the request to the worker, and applies the result: continue with headers, a
+//! deny response, a pause while keys are fetched, or a pause while the ext_authz server is
+//! asked (its answer arrives here, in `on_grpc_call_response`).
 
 use crate::host;
 use crate::root::{dispatch_fetch, on_fetch_answer};
+use crate::server_path::ServerCall;
 use crate::worker::{Final, FinalAction, OwnedRequest, RequestStep, Worker};
+use authz_core::ext_authz_proto::{encode_check_request, CheckFacts, CHECK_METHOD, CHECK_SERVICE};
 use authz_core::{deny_response, DenyReason};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 pub struct AuthzHttp {
     context_id: u32,
     worker: Option<Rc<RefCell<Worker>>>,
+    /// The Check call in flight for this request, if any.
+    server_call: Option<(u32, ServerCall, OwnedRequest)>,
 }
 
 impl AuthzHttp {
     pub fn new(context_id: u32, worker: Option<Rc<RefCell<Worker>>>) -> AuthzHttp {
-        AuthzHttp { context_id, worker }
+        AuthzHttp {
+            context_id,
+            worker,
+            server_call: None,
+        }
     }
 }
 
 /// Applies a decision to the current effective context. `resume` is true when the request
-/// was paused earlier (decided from the root context).
-pub fn apply_final(decision: &Final, forward_token: bool, resume: bool) -> Action {
+/// was paused earlier.
+pub fn apply_final(decision: &Final, resume: bool) -> Action {
     match &decision.action {
-        FinalAction::Allow { headers } => {
+        FinalAction::Allow { headers, remove } => {
+            for name in remove {
+                host::remove_request_header(name);
+            }
             for (name, value) in headers {
                 host::set_request_header(name, value);
-            }
-            if !forward_token {
-                host::remove_request_header("authorization");
             }
             if resume {
                 host::resume_request();
@@ -47,6 +57,46 @@ pub fn apply_final(decision: &Final, forward_token: bool, resume: bool) -> Actio
             host::send_response(response.status, &headers, response.body.as_bytes());
             Action::Pause
         }
+        FinalAction::Respond {
+            status,
+            headers,
+            body,
+        } => {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            host::send_response(*status, &headers, body.as_bytes());
+            Action::Pause
+        }
+    }
+}
+
+/// The Check request Envoy's native ext_authz filter would send for this request.
+fn check_facts(call: &ServerCall, request: &OwnedRequest) -> CheckFacts {
+    let headers: HashMap<String, String> = host::request_headers()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(':'))
+        .collect();
+    let source = host::property(&["source", "address"]).unwrap_or_default();
+    let (address, port) = match source.rsplit_once(':') {
+        Some((ip, port)) => (
+            ip.trim_matches(['[', ']']).to_owned(),
+            port.parse().unwrap_or(0),
+        ),
+        None => (source, 0),
+    };
+    CheckFacts {
+        id: headers.get("x-request-id").cloned().unwrap_or_default(),
+        method: request.method.clone(),
+        path: request.path.clone(),
+        host: host::request_header(":authority").unwrap_or_default(),
+        scheme: host::request_header(":scheme").unwrap_or_default(),
+        protocol: host::property(&["request", "protocol"]).unwrap_or_default(),
+        headers,
+        source_address: (!address.is_empty()).then_some(address),
+        source_port: port,
+        tier: call.tier.as_str().to_owned(),
     }
 }
 
@@ -61,6 +111,34 @@ impl Context for AuthzHttp {
         if let Some(worker) = self.worker.clone() {
             on_fetch_answer(&worker, token_id, body_size, self.context_id);
         }
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Some((token, call, request)) = self.server_call.take() else {
+            return;
+        };
+        if token != token_id {
+            self.server_call = Some((token, call, request));
+            return;
+        }
+        let body = if status_code == 0 {
+            host::grpc_response_body(response_size)
+        } else {
+            None
+        };
+        let now = host::now_ms().unwrap_or(0);
+        let decision = worker.borrow_mut().on_server_reply(
+            self.context_id,
+            &request,
+            &call,
+            status_code,
+            body,
+            now,
+        );
+        apply_final(&decision, true);
     }
 
     fn on_done(&mut self) -> bool {
@@ -80,15 +158,11 @@ impl HttpContext for AuthzHttp {
                 context_id: self.context_id,
                 action: FinalAction::Deny(response),
             };
-            return apply_final(&decision, false, false);
+            return apply_final(&decision, false);
         };
-        let forward_token = {
-            let w = worker.borrow();
-            for name in w.policy.headers.all() {
-                host::remove_request_header(name);
-            }
-            w.policy.forward_token
-        };
+        for name in worker.borrow().policy.headers.all() {
+            host::remove_request_header(name);
+        }
         let request = OwnedRequest {
             method: host::request_header(":method").unwrap_or_default(),
             path: host::request_header(":path").unwrap_or_default(),
@@ -101,7 +175,7 @@ impl HttpContext for AuthzHttp {
             None => RequestStep::Done(worker.borrow().internal_deny(self.context_id, &request)),
         };
         match step {
-            RequestStep::Done(decision) => apply_final(&decision, forward_token, false),
+            RequestStep::Done(decision) => apply_final(&decision, false),
             RequestStep::Wait(order) => {
                 // The answer comes back to this context, which then wakes every request
                 // waiting on it (this one included).
@@ -109,6 +183,40 @@ impl HttpContext for AuthzHttp {
                     dispatch_fetch(&worker, &order, self.context_id);
                 }
                 Action::Pause
+            }
+            RequestStep::CallServer(call, request) => {
+                let message = encode_check_request(check_facts(&call, &request));
+                match host::dispatch_grpc(
+                    &call.cluster,
+                    CHECK_SERVICE,
+                    CHECK_METHOD,
+                    &message,
+                    call.timeout,
+                ) {
+                    Some(token) => {
+                        host::increment(worker.borrow().metrics.server_calls);
+                        self.server_call = Some((token, call, request));
+                        Action::Pause
+                    }
+                    None => {
+                        let decision = {
+                            let w = worker.borrow();
+                            host::increment(w.metrics.server_errors);
+                            host::warn(&format!(
+                                "jwt_authz could not call cluster {}; failing closed",
+                                call.cluster
+                            ));
+                            w.deny(
+                                self.context_id,
+                                &request,
+                                call.tier,
+                                &call.route,
+                                DenyReason::ServerRequired,
+                            )
+                        };
+                        apply_final(&decision, false)
+                    }
+                }
             }
         }
     }

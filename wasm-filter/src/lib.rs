@@ -14,6 +14,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod root;
+pub mod server_path;
 pub mod worker;
 
 proxy_wasm::main! {{

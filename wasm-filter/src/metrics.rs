@@ -11,6 +11,12 @@
 //! | `jwt_authz.jwks.unknown_kid_rate_limited` | counter | unknown `kid`s denied without a fetch |
 //! | `jwt_authz.requests.waited_for_keys` | counter | requests paused until keys arrived |
 //! | `jwt_authz.verify_us` | histogram | time to decide a request, microseconds |
+//! | `jwt_authz.token_cache.hit` / `.miss` | counter | local JWT verifications reused / done |
+//! | `jwt_authz.cache.<tier>.hit` / `.miss` / `.untrusted` / `.evict` | counter | decision cache by tier |
+//! | `jwt_authz.cache.entries` | gauge | decision cache entries (this worker; last writer wins) |
+//! | `jwt_authz.server.calls` / `.errors` | counter | Check calls to the ext_authz server / failed ones |
+//! | `jwt_authz.epochs.poll_ok` / `.poll_failed` | counter | `/admin/epochs` polls |
+//! | `jwt_authz.policy_version` | gauge | policy version this worker enforces |
 
 use crate::host;
 use authz_core::{DenyReason, Tier};
@@ -58,6 +64,18 @@ pub struct Metrics {
     pub unknown_kid_rate_limited: Option<u32>,
     pub waited_for_keys: Option<u32>,
     pub verify_us: Option<u32>,
+    pub token_cache_hits: Option<u32>,
+    pub token_cache_misses: Option<u32>,
+    pub cache_hit: HashMap<Tier, Option<u32>>,
+    pub cache_miss: HashMap<Tier, Option<u32>>,
+    pub cache_untrusted: HashMap<Tier, Option<u32>>,
+    pub cache_evict: HashMap<Tier, Option<u32>>,
+    pub cache_entries: Option<u32>,
+    pub server_calls: Option<u32>,
+    pub server_errors: Option<u32>,
+    pub polls_ok: Option<u32>,
+    pub polls_failed: Option<u32>,
+    pub policy_version: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -93,6 +111,11 @@ impl Metrics {
     pub fn count_allow(&self, tier: Tier) {
         host::increment(self.allow);
         host::increment(self.tier_allow.get(&tier).copied().flatten());
+    }
+
+    /// Increments a per-tier counter.
+    pub fn tier_counter(map: &HashMap<Tier, Option<u32>>, tier: Tier) {
+        host::increment(map.get(&tier).copied().flatten());
     }
 
     pub fn count_deny(&self, tier: Tier, reason: &str) {

@@ -11,6 +11,23 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
+
+/// The timer period: the JWKS tick, or the epochs poll interval when that is shorter.
+fn worker_tick(worker: &Option<Rc<RefCell<Worker>>>) -> Duration {
+    let poll = worker.as_ref().and_then(|w| {
+        w.borrow()
+            .policy
+            .server
+            .as_ref()
+            .and_then(|s| s.epochs.as_ref())
+            .map(|e| e.interval_ms)
+    });
+    match poll {
+        Some(ms) if ms > 0 => TICK.min(Duration::from_millis(ms)),
+        _ => TICK,
+    }
+}
 
 pub struct AuthzRoot {
     context_id: u32,
@@ -32,7 +49,25 @@ impl AuthzRoot {
         for order in orders {
             dispatch_fetch(worker, &order, self.context_id);
         }
-        apply_finals(worker, finals, self.context_id);
+        apply_finals(finals, self.context_id);
+        let poll = {
+            let mut w = worker.borrow_mut();
+            w.share_versions(now);
+            w.poll_due(now)
+        };
+        if let Some(poll) = poll {
+            let bearer = poll.bearer.as_str();
+            match host::dispatch_get_with(
+                &poll.cluster,
+                &poll.authority,
+                &poll.path,
+                &[("authorization", bearer)],
+                Duration::from_secs(2),
+            ) {
+                Some(token) => worker.borrow_mut().poll_started(token),
+                None => worker.borrow_mut().on_poll_response(None, None, now),
+            }
+        }
     }
 }
 
@@ -62,20 +97,19 @@ pub fn on_fetch_answer(
     let finals = worker
         .borrow_mut()
         .on_fetch_response(token_id, status, body, now);
-    apply_finals(worker, finals, context_id);
+    apply_finals(finals, context_id);
 }
 
 /// Applies decisions of paused requests from `home_context_id` (the context now running), by
 /// switching the effective context to each request and back. The worker is not borrowed
 /// while host calls run, since they may re-enter the filter.
-pub fn apply_finals(worker: &Rc<RefCell<Worker>>, finals: Vec<Final>, home_context_id: u32) {
+pub fn apply_finals(finals: Vec<Final>, home_context_id: u32) {
     if finals.is_empty() {
         return;
     }
-    let forward_token = worker.borrow().policy.forward_token;
     for f in finals {
         if host::set_effective_context(f.context_id) {
-            apply_final(&f, forward_token, true);
+            apply_final(&f, true);
         }
     }
     host::set_effective_context(home_context_id);
@@ -89,9 +123,15 @@ impl Context for AuthzRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        if let Some(worker) = &self.worker {
-            on_fetch_answer(worker, token_id, body_size, self.context_id);
+        let Some(worker) = &self.worker else { return };
+        if worker.borrow().owns_poll(token_id) {
+            let status = host::call_response_status();
+            let body = host::call_response_body(body_size);
+            let now = host::now_ms().unwrap_or(0);
+            worker.borrow_mut().on_poll_response(status, body, now);
+            return;
         }
+        on_fetch_answer(worker, token_id, body_size, self.context_id);
     }
 }
 
@@ -123,7 +163,8 @@ impl RootContext for AuthzRoot {
         ));
         let worker = Rc::new(RefCell::new(Worker::new(policy, Metrics::define())));
         self.worker = Some(worker);
-        if !host::set_tick_period(TICK) {
+        let tick = worker_tick(&self.worker);
+        if !host::set_tick_period(tick) {
             host::error("jwt_authz could not start its timer");
             return false;
         }

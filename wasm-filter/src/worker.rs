@@ -11,11 +11,14 @@ use crate::host::{self, SharedWrite};
 use crate::metrics::Metrics;
 use authz_core::config::{JwksSource, RemoteJwks};
 use authz_core::decision::bearer_token;
+use authz_core::decision::decide_with;
+use authz_core::decision_cache::{DecisionCache, TokenCache};
 use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, RefreshRules};
+use authz_core::token_hash::token_digest;
 use authz_core::token_hash::token_label;
+use authz_core::verify::verify;
 use authz_core::{
-    decide, deny_response, Decision, DenyReason, DenyResponse, KeySet, Policy, RequestFacts,
-    VerifyFailure,
+    deny_response, Decision, DenyReason, DenyResponse, KeySet, Policy, RequestFacts, VerifyFailure,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -49,11 +52,18 @@ impl OwnedRequest {
 /// What to do with a request, once decided.
 #[derive(Debug, Clone)]
 pub enum FinalAction {
-    /// Set these headers (and drop `authorization` unless forwarding) and continue.
+    /// Remove these headers, set those, and continue.
     Allow {
         headers: Vec<(String, String)>,
+        remove: Vec<String>,
     },
     Deny(DenyResponse),
+    /// A response decided elsewhere (a server denial, possibly cached).
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
 }
 
 /// A decided request.
@@ -80,6 +90,8 @@ pub enum RequestStep {
     Done(Final),
     /// Paused until keys arrive; dispatch the fetch if one is given.
     Wait(Option<FetchOrder>),
+    /// Ask the ext_authz server (no usable cached decision).
+    CallServer(crate::server_path::ServerCall, OwnedRequest),
 }
 
 struct RemoteSource {
@@ -112,6 +124,14 @@ pub struct Worker {
     pending: Vec<Pending>,
     /// Fetch token → (provider, context that dispatched it).
     in_flight: HashMap<u32, (usize, u32)>,
+    /// Bumped whenever any key set changes; cached verifications of older keys are dropped.
+    keys_generation: u64,
+    /// Server decisions (tiers that need the server).
+    pub(crate) decisions: DecisionCache,
+    /// Local JWT verification results.
+    pub(crate) tokens: TokenCache,
+    /// What this worker knows of the server's versions.
+    pub(crate) versions: crate::server_path::KnownVersions,
 }
 
 /// How often the root context wakes up to refresh keys and time out waiting requests.
@@ -146,23 +166,62 @@ impl Worker {
                 },
             })
             .collect();
+        let decisions = DecisionCache::new(policy.cache.max_entries, policy.cache.caps.clone());
+        let tokens = TokenCache::new(
+            policy.cache.max_entries,
+            policy.cache.jwt_ttl_ms,
+            policy.cache.caps.deny_ms,
+        );
         Worker {
             policy,
             metrics,
             sources,
             pending: Vec::new(),
             in_flight: HashMap::new(),
+            keys_generation: 0,
+            decisions,
+            tokens,
+            versions: crate::server_path::KnownVersions::default(),
         }
     }
 
-    fn decide(&self, request: &OwnedRequest, now_ms: u64) -> Decision {
+    /// Decides a request on the local path, reusing cached verifications of hot tokens.
+    fn decide(&mut self, request: &OwnedRequest, now_ms: u64) -> Decision {
         let now = (now_ms / 1000) as i64;
-        decide(
-            &self.policy,
-            &request.facts(),
-            |i| self.sources.get(i).and_then(|s| s.keys.as_ref()),
-            now,
-        )
+        let Worker {
+            policy,
+            sources,
+            tokens,
+            metrics,
+            keys_generation,
+            ..
+        } = self;
+        let generation = *keys_generation;
+        decide_with(policy, &request.facts(), |token| {
+            let digest = token_digest(token);
+            if let Some(cached) = tokens.get(&digest, now_ms, generation) {
+                host::increment(metrics.token_cache_hits);
+                return cached;
+            }
+            host::increment(metrics.token_cache_misses);
+            let result = verify(
+                token,
+                &policy.providers,
+                |i| sources.get(i).and_then(|s| s.keys.as_ref()),
+                policy.max_token_bytes,
+                now,
+            );
+            let skew_ms = result
+                .as_ref()
+                .ok()
+                .and_then(|v| policy.providers.get(v.provider))
+                .map(|p| p.clock_skew_seconds.max(0) as u64 * 1000)
+                .unwrap_or(0);
+            if policy.cache.jwt_ttl_ms > 0 {
+                tokens.put(digest, result.clone(), now_ms, generation, skew_ms);
+            }
+            result
+        })
     }
 
     /// Turns a final decision into an action, counting and logging it.
@@ -182,10 +241,16 @@ impl Worker {
                         request.token_label()
                     ),
                 );
+                let remove = if self.policy.forward_token {
+                    Vec::new()
+                } else {
+                    vec!["authorization".to_owned()]
+                };
                 Final {
                     context_id,
                     action: FinalAction::Allow {
                         headers: upstream_headers,
+                        remove,
                     },
                 }
             }
@@ -206,7 +271,7 @@ impl Worker {
         }
     }
 
-    fn deny(
+    pub(crate) fn deny(
         &self,
         context_id: u32,
         request: &OwnedRequest,
@@ -243,6 +308,12 @@ impl Worker {
         request: OwnedRequest,
         now_ms: u64,
     ) -> RequestStep {
+        if let Some(call) = self.server_call_for(&request) {
+            return match self.cached_server_decision(context_id, &request, &call, now_ms) {
+                Some(done) => RequestStep::Done(done),
+                None => RequestStep::CallServer(call, request),
+            };
+        }
         let started = host::now_us();
         let mut decision = self.decide(&request, now_ms);
         if let Decision::AwaitKeys { provider, .. } = decision {
@@ -327,6 +398,7 @@ impl Worker {
         match KeySet::from_jwks_json(&document) {
             Ok(set) => {
                 source.keys = Some(set);
+                self.keys_generation += 1;
                 remote.seen_version = status.keys_version;
                 true
             }
@@ -451,6 +523,7 @@ impl Worker {
                 ));
                 let source = &mut self.sources[provider];
                 source.keys = Some(set);
+                self.keys_generation += 1;
                 if let (Some(remote), Some(status)) = (source.remote.as_mut(), version) {
                     remote.seen_version = status.keys_version;
                 }

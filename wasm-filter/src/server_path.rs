@@ -1,0 +1,346 @@
+//! The filter's path to the ext_authz server, for tiers that need it: the in-proxy decision
+//! cache in front of Check calls, the handling of Check replies, and the `/admin/epochs` poll
+//! that invalidates cached decisions when the server revokes something or the policy changes.
+//!
+//! Bounds (see docs/decision-cache.md): a revocation or policy bump at the server stops every
+//! worker from serving an old decision within one poll interval plus one round trip (each
+//! worker polls on its own timer; a Check reply carrying a newer policy version also flushes at
+//! once). Without a successful poll for `max_unreachable_ms`, cached decisions of tiers above
+//! `authenticated` are not used.
+
+use crate::host::{self, SharedWrite};
+use crate::metrics::Metrics;
+use crate::worker::{Final, FinalAction, OwnedRequest, Worker};
+use authz_core::decision::bearer_token;
+use authz_core::decision_cache::{decision_key, CachedDecision, CachedOutcome, LookupResult};
+use authz_core::epochs::Changes;
+use authz_core::ext_authz_proto::decode_reply;
+use authz_core::token_hash::token_digest;
+use authz_core::{DenyReason, Tier};
+use serde_json::json;
+use std::time::Duration;
+
+/// Shared-data key holding `{"policy_version", "change_version", "last_ok_ms"}`.
+const VERSIONS_KEY: &str = "jwt_authz/v1/server_versions";
+
+/// What this worker knows of the server's versions.
+#[derive(Debug, Default)]
+pub struct KnownVersions {
+    pub policy_version: u64,
+    pub change_version: u64,
+    /// Last time the server answered a poll or a Check (ms).
+    pub last_ok_ms: u64,
+    pub last_poll_started_ms: u64,
+    pub poll_in_flight: Option<u32>,
+}
+
+/// A Check call to make for a request.
+#[derive(Debug, Clone)]
+pub struct ServerCall {
+    pub tier: Tier,
+    pub route: String,
+    pub cluster: String,
+    pub timeout: Duration,
+    pub token_digest: [u8; 32],
+    pub policy_version: u64,
+}
+
+/// An epochs poll to dispatch.
+#[derive(Debug, Clone)]
+pub struct PollOrder {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub bearer: String,
+}
+
+impl Worker {
+    /// The server call a request needs, if its tier is decided by the server.
+    pub(crate) fn server_call_for(&self, request: &OwnedRequest) -> Option<ServerCall> {
+        let link = self.policy.server.as_ref()?;
+        let route = self.policy.routes.find(&request.method, &request.path);
+        if !route.tier.requires_server() {
+            return None;
+        }
+        let token = request
+            .authorization
+            .as_deref()
+            .and_then(bearer_token)
+            .unwrap_or("");
+        Some(ServerCall {
+            tier: route.tier,
+            route: route.name.clone(),
+            cluster: link.cluster.clone(),
+            timeout: Duration::from_millis(link.timeout_ms),
+            token_digest: token_digest(token),
+            policy_version: self.versions.policy_version,
+        })
+    }
+
+    fn server_reachable(&self, now_ms: u64) -> bool {
+        let Some(link) = &self.policy.server else {
+            return false;
+        };
+        now_ms.saturating_sub(self.versions.last_ok_ms) <= link.max_unreachable_ms
+    }
+
+    /// A decision for a server-tier request without calling the server: a local 401 for a
+    /// missing token, or a cached decision.
+    pub(crate) fn cached_server_decision(
+        &mut self,
+        context_id: u32,
+        request: &OwnedRequest,
+        call: &ServerCall,
+        now_ms: u64,
+    ) -> Option<Final> {
+        if request
+            .authorization
+            .as_deref()
+            .and_then(bearer_token)
+            .is_none()
+        {
+            let reason = if request.authorization.is_some() {
+                DenyReason::NotBearer
+            } else {
+                DenyReason::MissingToken
+            };
+            return Some(self.deny(context_id, request, call.tier, &call.route, reason));
+        }
+        let key = decision_key(
+            &call.token_digest,
+            &request.method,
+            &call.route,
+            call.policy_version,
+        );
+        let reachable = self.server_reachable(now_ms);
+        let (result, entry) = self.decisions.lookup(&key, now_ms, reachable);
+        let counter = match result {
+            LookupResult::Hit => &self.metrics.cache_hit,
+            LookupResult::Miss => &self.metrics.cache_miss,
+            LookupResult::Untrusted => &self.metrics.cache_untrusted,
+        };
+        Metrics::tier_counter(counter, call.tier);
+        let entry = entry?;
+        Some(self.replay(context_id, request, call, entry.outcome, "hit"))
+    }
+
+    /// Turns a server outcome (fresh or cached) into an action, counting and logging it.
+    fn replay(
+        &self,
+        context_id: u32,
+        request: &OwnedRequest,
+        call: &ServerCall,
+        outcome: CachedOutcome,
+        source: &str,
+    ) -> Final {
+        match outcome {
+            CachedOutcome::Allow { headers, remove } => {
+                self.metrics.count_allow(call.tier);
+                Final {
+                    context_id,
+                    action: FinalAction::Allow { headers, remove },
+                }
+            }
+            CachedOutcome::Deny {
+                status,
+                headers,
+                body,
+            } => {
+                self.metrics.count_deny(call.tier, "server_deny");
+                host::info(&format!(
+                    "jwt_authz deny status={status} reason=server_deny source={source} tier={} route={} method={} path={}",
+                    call.tier,
+                    call.route,
+                    request.method,
+                    authz_core::routes::path_only(&request.path)
+                ));
+                Final {
+                    context_id,
+                    action: FinalAction::Respond {
+                        status,
+                        headers,
+                        body,
+                    },
+                }
+            }
+        }
+    }
+
+    /// The server answered a Check (`grpc_status` 0) or the call failed.
+    pub(crate) fn on_server_reply(
+        &mut self,
+        context_id: u32,
+        request: &OwnedRequest,
+        call: &ServerCall,
+        grpc_status: u32,
+        body: Option<Vec<u8>>,
+        now_ms: u64,
+    ) -> Final {
+        let reply = match (grpc_status, body) {
+            (0, Some(body)) => decode_reply(&body),
+            (0, None) => Err("empty reply"),
+            _ => Err("call failed"),
+        };
+        let reply = match reply {
+            Ok(r) => r,
+            Err(why) => {
+                host::increment(self.metrics.server_errors);
+                host::warn(&format!("jwt_authz ext_authz call failed ({why}, grpc status {grpc_status}); failing closed"));
+                return self.deny(
+                    context_id,
+                    request,
+                    call.tier,
+                    &call.route,
+                    DenyReason::ServerRequired,
+                );
+            }
+        };
+        self.versions.last_ok_ms = now_ms;
+        if reply.directive.policy_version > self.versions.policy_version {
+            self.apply_policy_version(reply.directive.policy_version);
+        }
+        let lifetime = self.decisions.caps.lifetime_ms(
+            call.tier,
+            reply.directive.ttl_ms,
+            reply.outcome.is_allow(),
+        );
+        // A reply decided under an older policy than we now enforce is used once, not kept.
+        if lifetime > 0 && reply.directive.policy_version == self.versions.policy_version {
+            let key = decision_key(
+                &call.token_digest,
+                &request.method,
+                &call.route,
+                self.versions.policy_version,
+            );
+            let entry = CachedDecision {
+                outcome: reply.outcome.clone(),
+                tier: call.tier,
+                subject: reply.directive.subject.clone(),
+                token_digest: call.token_digest,
+                expires_at_ms: now_ms + lifetime,
+            };
+            if let Some(evicted_tier) = self.decisions.insert(key, entry) {
+                Metrics::tier_counter(&self.metrics.cache_evict, evicted_tier);
+            }
+            host::record(self.metrics.cache_entries, self.decisions.len() as u64);
+        }
+        self.replay(context_id, request, call, reply.outcome, "server")
+    }
+
+    fn apply_policy_version(&mut self, version: u64) {
+        host::info(&format!(
+            "jwt_authz policy version {} → {version}: cached decisions dropped",
+            self.versions.policy_version
+        ));
+        self.versions.policy_version = version;
+        self.decisions.clear();
+        self.tokens.drop_failures();
+        host::record(self.metrics.policy_version, version);
+        host::record(self.metrics.cache_entries, 0);
+    }
+
+    /// Whether an epochs poll is due now; marks it started.
+    pub(crate) fn poll_due(&mut self, now_ms: u64) -> Option<PollOrder> {
+        let epochs = self.policy.server.as_ref()?.epochs.as_ref()?;
+        if self.versions.poll_in_flight.is_some()
+            && now_ms.saturating_sub(self.versions.last_poll_started_ms) < 5_000
+        {
+            return None;
+        }
+        if now_ms.saturating_sub(self.versions.last_poll_started_ms) < epochs.interval_ms {
+            return None;
+        }
+        self.versions.last_poll_started_ms = now_ms;
+        Some(PollOrder {
+            cluster: epochs.cluster.clone(),
+            authority: epochs.authority.clone(),
+            path: format!("/admin/epochs?since={}", self.versions.change_version),
+            bearer: format!("Bearer {}", epochs.token),
+        })
+    }
+
+    pub(crate) fn poll_started(&mut self, token: u32) {
+        self.versions.poll_in_flight = Some(token);
+    }
+
+    pub(crate) fn owns_poll(&self, token: u32) -> bool {
+        self.versions.poll_in_flight == Some(token)
+    }
+
+    /// Applies an epochs answer.
+    pub(crate) fn on_poll_response(
+        &mut self,
+        status: Option<u16>,
+        body: Option<Vec<u8>>,
+        now_ms: u64,
+    ) {
+        self.versions.poll_in_flight = None;
+        let changes = match (status, body) {
+            (Some(200), Some(body)) => Changes::parse(&body),
+            (Some(_), _) => Err("epochs answered with an error status"),
+            (None, _) => Err("epochs unreachable"),
+        };
+        let changes = match changes {
+            Ok(c) => c,
+            Err(why) => {
+                host::increment(self.metrics.polls_failed);
+                host::log(
+                    proxy_wasm::types::LogLevel::Debug,
+                    &format!("jwt_authz epochs poll failed: {why}"),
+                );
+                return;
+            }
+        };
+        host::increment(self.metrics.polls_ok);
+        self.versions.last_ok_ms = now_ms;
+        if changes.policy_version > self.versions.policy_version {
+            self.apply_policy_version(changes.policy_version);
+        }
+        let mut purged = 0;
+        if changes.jti_revoked {
+            purged += self.decisions.len();
+            self.decisions.clear();
+        }
+        for subject in &changes.subjects {
+            purged += self.decisions.purge_subject(subject);
+        }
+        for hash in &changes.revoked_token_hashes {
+            purged += self.decisions.purge_token(hash);
+        }
+        if purged > 0 {
+            host::info(&format!(
+                "jwt_authz epochs: {purged} cached decision(s) dropped"
+            ));
+            host::record(self.metrics.cache_entries, self.decisions.len() as u64);
+        }
+        self.versions.change_version = self.versions.change_version.max(changes.version);
+        self.share_versions(now_ms);
+    }
+
+    /// Publishes what this worker knows, and adopts a newer policy version another worker saw.
+    pub(crate) fn share_versions(&mut self, now_ms: u64) {
+        let (bytes, cas) = host::shared_get(VERSIONS_KEY);
+        let shared: serde_json::Value = bytes
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let shared_policy = shared["policy_version"].as_u64().unwrap_or(0);
+        let shared_ok = shared["last_ok_ms"].as_u64().unwrap_or(0);
+        if shared_policy > self.versions.policy_version {
+            self.apply_policy_version(shared_policy);
+        }
+        self.versions.last_ok_ms = self.versions.last_ok_ms.max(shared_ok);
+        let mine = json!({
+            "policy_version": self.versions.policy_version,
+            "change_version": self.versions.change_version.max(shared["change_version"].as_u64().unwrap_or(0)),
+            "last_ok_ms": self.versions.last_ok_ms,
+        });
+        if mine != shared {
+            if let SharedWrite::Failed =
+                host::shared_set(VERSIONS_KEY, mine.to_string().as_bytes(), cas)
+            {
+                host::warn("jwt_authz could not share server versions");
+            }
+        }
+        let _ = now_ms;
+    }
+}
