@@ -34,12 +34,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(admin: &Admin, headers: &HeaderMap) -> bool {
-    let expected = format!("Bearer {}", admin.service.config.admin_token);
+fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
+    let expected = format!("Bearer {secret}");
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()))
+}
+
+fn authorized(admin: &Admin, headers: &HeaderMap) -> bool {
+    bearer_matches(headers, &admin.service.config.admin_token)
 }
 
 fn unauthorized() -> Response {
@@ -175,7 +179,13 @@ async fn epochs(
     headers: HeaderMap,
     Query(q): Query<EpochsQuery>,
 ) -> Response {
-    if !authorized(&admin, &headers) {
+    let reader = admin
+        .service
+        .config
+        .epochs_token
+        .as_ref()
+        .is_some_and(|token| bearer_matches(&headers, token));
+    if !reader && !authorized(&admin, &headers) {
         return unauthorized();
     }
     admin

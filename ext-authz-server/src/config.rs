@@ -305,6 +305,15 @@ impl ServerConfig {
                 "is required and must be at least 16 characters",
             );
         }
+        if f.epochs_token
+            .as_ref()
+            .is_some_and(|t| t.len() < 16 || *t == admin_token)
+        {
+            p.add(
+                "epochs_token",
+                "must be at least 16 characters and differ from admin_token",
+            );
+        }
         let introspection = match &f.introspection {
             None => {
                 p.add("introspection", "is required");

@@ -225,6 +225,60 @@ pub const AUDIENCE: &str = "demo-api";
 pub const CLIENT_ID: &str = "authz-server";
 pub const CLIENT_SECRET: &str = "authz-server-secret";
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+pub const EPOCHS_TOKEN: &str = "e2e-epochs-token-0123456789";
+
+/// The plugin configuration with the in-proxy decision cache: privileged and regulated tiers
+/// go to the server (cluster `ext_authz`), invalidated by polling `/admin/epochs`
+/// (`poll_interval_ms`, 0 = no polling).
+pub fn decision_cache_plugin_config(poll_interval_ms: u64, max_entries: usize) -> Value {
+    let mut config = plugin_config();
+    config["server"] = json!({
+        "cluster": "ext_authz",
+        "timeout_ms": 2000,
+        "epochs_cluster": "ext_authz_admin",
+        "epochs_token": EPOCHS_TOKEN,
+        "poll_interval_ms": poll_interval_ms,
+        "max_unreachable_ms": 2000
+    });
+    config["cache"] =
+        json!({"max_entries": max_entries, "tier_max_ms": {"privileged": 10000, "regulated": 0}});
+    config
+}
+
+/// A full stack for the decision cache: dev IdP, echo upstream, ext-authz-server (with an
+/// epochs token) and Envoy whose Wasm filter calls the server itself.
+pub struct CacheStack {
+    pub envoy: Envoy,
+    pub idp: DevIdp,
+    pub server: AuthzServerProcess,
+    pub echo: Echo,
+}
+
+impl CacheStack {
+    pub fn start(plugin: &Value, server_extra: &str) -> CacheStack {
+        let idp = DevIdp::start(&[]);
+        let echo = Echo::start();
+        let server = AuthzServerProcess::start(&server_yaml(
+            idp.port,
+            &format!("epochs_token: \"{EPOCHS_TOKEN}\"\n{server_extra}"),
+        ));
+        let config = render_template_full(
+            "decision-cache.template.yaml",
+            plugin,
+            idp.port,
+            echo.port,
+            server.grpc_port,
+            server.admin_port,
+        );
+        let envoy = Envoy::start_rendered(&config);
+        CacheStack {
+            envoy,
+            idp,
+            server,
+            echo,
+        }
+    }
+}
 
 /// A server configuration (YAML) pointing at the dev IdP; `extra` is appended verbatim and may
 /// override the defaults' sections (`tiers`, `rate_limits`, `batching`, ...).
@@ -447,6 +501,7 @@ impl Echo {
 /// Values for the `{{...}}` placeholders of the YAML under `envoy/`.
 pub struct Placeholders {
     pub authz_port: u16,
+    pub authz_admin_port: u16,
     pub admin_port: u16,
     pub listen_port: u16,
     pub upstream_port: u16,
@@ -460,6 +515,7 @@ pub fn render(template: &str, p: &Placeholders) -> String {
     template
         .replace("{{ADMIN_PORT}}", &p.admin_port.to_string())
         .replace("{{AUTHZ_PORT}}", &p.authz_port.to_string())
+        .replace("{{AUTHZ_ADMIN_PORT}}", &p.authz_admin_port.to_string())
         .replace("{{LISTEN_PORT}}", &p.listen_port.to_string())
         .replace("{{UPSTREAM_PORT}}", &p.upstream_port.to_string())
         .replace("{{IDP_PORT}}", &p.idp_port.to_string())
@@ -484,7 +540,8 @@ pub fn plugin_config() -> Value {
             {"name": "write", "match": {"prefix": "/api/"}, "tier": "standard_write", "require": {"scopes": ["write"]}},
             {"name": "tenant", "match": {"regex": "/tenants/[^/]+/orders"}, "tier": "standard_write",
              "require": {"scopes": ["orders"], "tenant": {"claim": "tenant", "path_segment": 2}}},
-            {"name": "admin", "match": {"prefix": "/admin/"}, "tier": "privileged"}
+            {"name": "admin", "match": {"prefix": "/admin/"}, "tier": "privileged"},
+            {"name": "regulated", "match": {"prefix": "/regulated/"}, "tier": "regulated"}
         ],
         "default": {"tier": "authenticated"},
         "headers": {"claims": {"tenant": "x-auth-tenant"}}
@@ -534,12 +591,25 @@ pub fn render_template(
     upstream_port: u16,
     authz_port: u16,
 ) -> String {
+    render_template_full(name, plugin_config, idp_port, upstream_port, authz_port, 0)
+}
+
+/// [`render_template`] with the server's admin port too.
+pub fn render_template_full(
+    name: &str,
+    plugin_config: &Value,
+    idp_port: u16,
+    upstream_port: u16,
+    authz_port: u16,
+    authz_admin_port: u16,
+) -> String {
     let template =
         std::fs::read_to_string(repo_root().join("envoy").join(name)).expect("read template");
     render(
         &template,
         &Placeholders {
             authz_port,
+            authz_admin_port,
             admin_port: 0,
             listen_port: 0,
             upstream_port,

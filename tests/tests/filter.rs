@@ -386,6 +386,7 @@ fn every_yaml_under_envoy_validates() {
             &text,
             &Placeholders {
                 authz_port: 3,
+                authz_admin_port: 4,
                 admin_port: 0,
                 listen_port: 0,
                 upstream_port: 1,

@@ -24,7 +24,8 @@ use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
 
 /// Every deny reason label, so all counters exist (at zero) from the start.
-pub const DENY_REASONS: [&str; 23] = [
+pub const DENY_REASONS: [&str; 24] = [
+    "server_deny",
     "missing_token",
     "not_bearer",
     "insufficient_scope",
@@ -95,7 +96,23 @@ impl Metrics {
             verify_us: host::define_metric(MetricType::Histogram, "jwt_authz.verify_us"),
             ..Metrics::default()
         };
+        m.token_cache_hits = counter("jwt_authz.token_cache.hit");
+        m.token_cache_misses = counter("jwt_authz.token_cache.miss");
+        m.cache_entries = host::define_metric(MetricType::Gauge, "jwt_authz.cache.entries");
+        m.server_calls = counter("jwt_authz.server.calls");
+        m.server_errors = counter("jwt_authz.server.errors");
+        m.polls_ok = counter("jwt_authz.epochs.poll_ok");
+        m.polls_failed = counter("jwt_authz.epochs.poll_failed");
+        m.policy_version = host::define_metric(MetricType::Gauge, "jwt_authz.policy_version");
         for tier in Tier::ALL {
+            m.cache_hit
+                .insert(tier, counter(&format!("jwt_authz.cache.{tier}.hit")));
+            m.cache_miss
+                .insert(tier, counter(&format!("jwt_authz.cache.{tier}.miss")));
+            m.cache_untrusted
+                .insert(tier, counter(&format!("jwt_authz.cache.{tier}.untrusted")));
+            m.cache_evict
+                .insert(tier, counter(&format!("jwt_authz.cache.{tier}.evict")));
             m.tier_allow
                 .insert(tier, counter(&format!("jwt_authz.tier.{tier}.allow")));
             m.tier_deny
