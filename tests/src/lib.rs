@@ -6,6 +6,8 @@
 //! harness says so clearly when they are missing.
 
 use base64::Engine;
+
+pub mod replay;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,327 @@
+//! The replay harness: mixed synthetic traffic through the real Envoy + filter + server + IdP
+//! while tokens and subjects are revoked, a role changes (policy version bump), JWTs expire and
+//! the IdP goes down and up. Every response is recorded with its time; [`Report`] lists every
+//! violation of the freshness invariants and the worst stale window seen for each.
+//!
+//! Invariants checked (bounds are the documented ones, plus a small processing margin):
+//! - a token revoked at the server: no allow later than the revocation + poll interval + RTT;
+//! - a subject revoked at the server: same;
+//! - a role change (IdP scope change + policy version bump): same;
+//! - a JWT: no allow at or after `exp` + clock skew;
+//! - privileged: no allow later than the IdP going down + the tier's max staleness;
+//! - regulated (never cached in the proxy): no allow later than the IdP going down + its max staleness.
+
+use crate::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What the run does.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    /// The filter's epochs poll interval; 0 turns invalidation off (the negative control).
+    pub poll_interval_ms: u64,
+    pub duration: Duration,
+    /// When the IdP's introspection goes down (and 5 s later up), if at all.
+    pub idp_down_at: Option<Duration>,
+    /// The filter's `max_unreachable_ms` (how long cached decisions are trusted without
+    /// hearing from the server).
+    pub max_unreachable_ms: u64,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub requests: usize,
+    pub violations: Vec<String>,
+    /// (invariant, worst observed window after its event).
+    pub worst: Vec<(String, Duration)>,
+}
+
+impl Report {
+    pub fn print(&self) {
+        println!(
+            "replay: {} requests, {} violations",
+            self.requests,
+            self.violations.len()
+        );
+        for (name, window) in &self.worst {
+            println!("replay: worst stale window for {name}: {window:?}");
+        }
+        for v in self.violations.iter().take(20) {
+            println!("replay: VIOLATION {v}");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Privileged,
+    Regulated,
+    Jwt,
+}
+
+struct Actor {
+    name: &'static str,
+    token: String,
+    route: Route,
+    /// For JWTs: `exp` in Unix seconds.
+    exp: Option<u64>,
+}
+
+struct Sample {
+    actor: usize,
+    at: Duration,
+    wall_ms: u64,
+    status: u16,
+}
+
+const PRIVILEGED_STALENESS_MS: u64 = 4_000;
+const REGULATED_STALENESS_MS: u64 = 1_000;
+const SKEW_SECONDS: u64 = 1;
+/// Processing slack added to every bound (request in flight, timer phase).
+const MARGIN_MS: u64 = 400;
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn jwt_exp(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    claims["exp"].as_u64()
+}
+
+/// Runs the plan against a fresh stack.
+pub fn run_replay(plan: &ReplayPlan) -> Report {
+    let mut plugin = decision_cache_plugin_config(plan.poll_interval_ms, 1000);
+    plugin["providers"][0]["clock_skew_seconds"] = json!(SKEW_SECONDS);
+    plugin["server"]["max_unreachable_ms"] = json!(plan.max_unreachable_ms);
+    let server_extra = format!("tiers:\n  privileged: {{max_staleness_ms: {PRIVILEGED_STALENESS_MS}}}\n  regulated: {{max_staleness_ms: {REGULATED_STALENESS_MS}}}\n");
+    let stack = Arc::new(CacheStack::start(&plugin, &server_extra));
+    let idp = &stack.idp;
+    let opaque = |sub: &str| idp.mint(json!({"sub": sub, "scope": "read admin", "opaque": true}));
+    let mut actors = vec![
+        Actor {
+            name: "revoked-token",
+            token: opaque("alice"),
+            route: Route::Privileged,
+            exp: None,
+        },
+        Actor {
+            name: "revoked-subject",
+            token: opaque("bob"),
+            route: Route::Privileged,
+            exp: None,
+        },
+        Actor {
+            name: "role-change",
+            token: opaque("carol"),
+            route: Route::Privileged,
+            exp: None,
+        },
+    ];
+    for sub in ["dave", "erin", "frank"] {
+        actors.push(Actor {
+            name: "bystander",
+            token: opaque(sub),
+            route: Route::Privileged,
+            exp: None,
+        });
+    }
+    actors.push(Actor {
+        name: "regulated",
+        token: opaque("grace"),
+        route: Route::Regulated,
+        exp: None,
+    });
+    for ttl in [3, 4, 60] {
+        let token = idp.mint(json!({"sub": format!("jwt-{ttl}"), "scope": "read", "ttl": ttl}));
+        let exp = jwt_exp(&token);
+        actors.push(Actor {
+            name: "jwt",
+            token,
+            route: Route::Jwt,
+            exp,
+        });
+    }
+
+    let start = Instant::now();
+    let events: Arc<Mutex<Vec<(&'static str, Duration)>>> = Arc::new(Mutex::new(Vec::new()));
+    let event_thread = {
+        let stack = stack.clone();
+        let events = events.clone();
+        let (alice, idp_down_at) = (actors[0].token.clone(), plan.idp_down_at);
+        std::thread::spawn(move || {
+            let at = |t: u64| {
+                let target = Duration::from_millis(t);
+                if let Some(wait) = target.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            };
+            let done = |name: &'static str| {
+                events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((name, start.elapsed()))
+            };
+            at(1_000);
+            assert_eq!(
+                stack
+                    .server
+                    .admin("POST", "/admin/revoke", Some(json!({"token": alice})))
+                    .status,
+                200
+            );
+            done("revoked-token");
+            at(1_400);
+            assert_eq!(
+                stack
+                    .server
+                    .admin("POST", "/admin/revoke-subject", Some(json!({"sub": "bob"})))
+                    .status,
+                200
+            );
+            done("revoked-subject");
+            at(2_800);
+            let scope = json!({"sub": "carol", "scope": "read"}).to_string();
+            let r = request(
+                "POST",
+                &stack.idp.url("/admin/subject-scope"),
+                &[("content-type", "application/json")],
+                Some(&scope),
+            );
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                stack
+                    .server
+                    .admin("POST", "/admin/policy-version", None)
+                    .status,
+                200
+            );
+            done("role-change");
+            if let Some(down) = idp_down_at {
+                at(down.as_millis() as u64);
+                stack.idp.set_introspection("down", 0);
+                done("idp-down");
+                at(down.as_millis() as u64 + 5_000);
+                stack.idp.set_introspection("ok", 0);
+                done("idp-up");
+            }
+        })
+    };
+
+    let mut samples = Vec::new();
+    let mut next = 0usize;
+    while start.elapsed() < plan.duration {
+        let actor = &actors[next % actors.len()];
+        let path = match actor.route {
+            Route::Privileged => "/admin/users",
+            Route::Regulated => "/regulated/records",
+            Route::Jwt => "/api/items",
+        };
+        let (at, wall) = (start.elapsed(), wall_ms());
+        let status = stack
+            .envoy
+            .get(path, Some(&actor.token), &[("connection", "close")])
+            .status;
+        samples.push(Sample {
+            actor: next % actors.len(),
+            at,
+            wall_ms: wall,
+            status,
+        });
+        next += 1;
+    }
+    let _ = event_thread.join();
+    let events = events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    check(plan, &actors, &samples, &events)
+}
+
+fn check(
+    plan: &ReplayPlan,
+    actors: &[Actor],
+    samples: &[Sample],
+    events: &[(&'static str, Duration)],
+) -> Report {
+    let mut report = Report {
+        requests: samples.len(),
+        ..Report::default()
+    };
+    let event = |name: &str| events.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
+    let invalidation_bound = Duration::from_millis(plan.poll_interval_ms.max(250) + MARGIN_MS);
+    let mut window =
+        |label: &str, after: Duration, bound: Duration, allowed: &dyn Fn(&Sample) -> bool| {
+            let mut worst = Duration::ZERO;
+            for s in samples
+                .iter()
+                .filter(|s| s.status == 200 && s.at > after && allowed(s))
+            {
+                let late = s.at - after;
+                worst = worst.max(late);
+                if late > bound {
+                    report.violations.push(format!(
+                        "{label}: allowed {late:?} after the event (bound {bound:?})"
+                    ));
+                }
+            }
+            report.worst.push((label.to_owned(), worst));
+        };
+    for name in ["revoked-token", "revoked-subject", "role-change"] {
+        if let Some(t) = event(name) {
+            let index = actors.iter().position(|a| a.name == name).unwrap_or(0);
+            window(name, t, invalidation_bound, &|s: &Sample| s.actor == index);
+        }
+    }
+    if let Some(down) = event("idp-down") {
+        let up = event("idp-up").unwrap_or(Duration::MAX);
+        let privileged = |s: &Sample| actors[s.actor].route == Route::Privileged && s.at < up;
+        window(
+            "privileged while the IdP is down",
+            down,
+            Duration::from_millis(PRIVILEGED_STALENESS_MS + MARGIN_MS),
+            &privileged,
+        );
+        let regulated = |s: &Sample| actors[s.actor].route == Route::Regulated && s.at < up;
+        window(
+            "regulated while the IdP is down",
+            down,
+            Duration::from_millis(REGULATED_STALENESS_MS + MARGIN_MS),
+            &regulated,
+        );
+    }
+    let mut worst_expiry = 0i64;
+    for s in samples.iter().filter(|s| s.status == 200) {
+        if let Some(exp) = actors[s.actor].exp {
+            let limit_ms = (exp + SKEW_SECONDS) * 1000;
+            worst_expiry = worst_expiry.max(s.wall_ms as i64 - limit_ms as i64);
+            if s.wall_ms >= limit_ms + 50 {
+                report.violations.push(format!(
+                    "jwt allowed {} ms after exp + skew",
+                    s.wall_ms - limit_ms
+                ));
+            }
+        }
+    }
+    report.worst.push((
+        "jwt past exp + skew (ms, negative = none)".into(),
+        Duration::from_millis(worst_expiry.max(0) as u64),
+    ));
+    let expired_seen = samples.iter().any(|s| {
+        actors[s.actor]
+            .exp
+            .is_some_and(|e| s.wall_ms > (e + SKEW_SECONDS) * 1000 + 500)
+            && s.status != 200
+    });
+    if plan.duration > Duration::from_secs(6) && !expired_seen {
+        report
+            .violations
+            .push("no expired jwt was exercised: the run is too short to check expiry".into());
+    }
+    report
+}
