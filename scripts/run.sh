@@ -76,6 +76,10 @@ export ADMIN='$ADMIN'
   # privileged route through Envoy's ext_authz → ext-authz-server → introspection (opaque token)
   curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/admin/users
 
+  # the same privileged check, made by the Wasm filter itself and cached in the proxy
+  # (watch wasmcustom.jwt_authz.cache.privileged.hit grow on the Envoy admin /stats)
+  curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/payments/transfer
+
   # revoke it at the IdP (RFC 7009): denied once the privileged freshness window (5 s) passes
   curl -u authz-server:authz-server-secret -d "token=\$ADMIN" http://127.0.0.1:9000/revoke
   sleep 5; curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/admin/users
@@ -87,6 +91,8 @@ export ADMIN='$ADMIN'
   curl -s http://127.0.0.1:9192/metrics | grep authz_decisions_total
   curl -H 'authorization: Bearer dev-admin-token-change-me' -d '{"sub":"alice"}' -H 'content-type: application/json' http://127.0.0.1:9192/admin/revoke-subject
   curl -X POST -H 'authorization: Bearer dev-admin-token-change-me' http://127.0.0.1:9192/admin/policy-version
+  # a revoke at the server reaches the proxy's cache within one poll (250 ms)
+  curl -H 'authorization: Bearer dev-admin-token-change-me' -H 'content-type: application/json' -d "{\"token\":\"\$ADMIN\"}" http://127.0.0.1:9192/admin/revoke
   curl -H 'authorization: Bearer dev-admin-token-change-me' 'http://127.0.0.1:9192/admin/epochs?since=0'
 
   # a spoofed context header never reaches the upstream (look at x-auth-subject)
