@@ -323,21 +323,6 @@ impl TokenCache {
             self.entries.pop(k);
         }
     }
-
-    /// Drops every verified token of `subject`.
-    pub fn purge_subject(&mut self, subject: &str) {
-        let doomed: Vec<[u8; 32]> = self
-            .entries
-            .iter()
-            .filter(
-                |(_, e)| matches!(&e.result, Ok(v) if v.claims.subject.as_deref() == Some(subject)),
-            )
-            .map(|(k, _)| *k)
-            .collect();
-        for k in &doomed {
-            self.entries.pop(k);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -415,6 +400,63 @@ mod tests {
         assert_eq!(c.purge_subject("alice"), 2);
         assert_eq!(c.purge_token(&[3; 32]), 1);
         assert!(c.is_empty());
+    }
+
+    fn verified(exp: i64, sub: &str) -> VerifiedToken {
+        let claims =
+            crate::Claims::from_json(format!(r#"{{"exp":{exp},"sub":"{sub}"}}"#).as_bytes())
+                .unwrap();
+        VerifiedToken {
+            provider: 0,
+            algorithm: jsonwebtoken::Algorithm::ES256,
+            kid: None,
+            claims,
+        }
+    }
+
+    #[test]
+    fn verified_tokens_live_until_exp_plus_skew_or_the_cap_and_only_for_their_key_set() {
+        let mut c = TokenCache::new(10, 60_000, 2_000);
+        c.put([1; 32], Ok(verified(100, "a")), 90_000, 7, 1_000);
+        assert!(c.get(&[1; 32], 100_999, 7).is_some(), "until exp + skew");
+        assert!(c.get(&[1; 32], 101_000, 7).is_none(), "not at exp + skew");
+        c.put([2; 32], Ok(verified(10_000, "b")), 0, 7, 0);
+        assert!(c.get(&[2; 32], 59_999, 7).is_some());
+        assert!(c.get(&[2; 32], 60_000, 7).is_none(), "capped by max_ms");
+        c.put([3; 32], Ok(verified(10_000, "c")), 0, 7, 0);
+        assert!(
+            c.get(&[3; 32], 1, 8).is_none(),
+            "a new key set drops old verifications"
+        );
+    }
+
+    #[test]
+    fn failures_are_brief_and_key_failures_are_not_kept() {
+        let mut c = TokenCache::new(10, 60_000, 2_000);
+        c.put([1; 32], Err(VerifyFailure::BadSignature), 0, 1, 0);
+        assert!(matches!(
+            c.get(&[1; 32], 1_999, 1),
+            Some(Err(VerifyFailure::BadSignature))
+        ));
+        assert!(c.get(&[1; 32], 2_000, 1).is_none());
+        c.put(
+            [2; 32],
+            Err(VerifyFailure::UnknownKey {
+                provider: 0,
+                kid: "k".into(),
+            }),
+            0,
+            1,
+            0,
+        );
+        assert!(
+            c.get(&[2; 32], 1, 1).is_none(),
+            "an unknown kid must be able to trigger a fetch"
+        );
+        c.put([3; 32], Err(VerifyFailure::Expired), 0, 1, 0);
+        c.put([4; 32], Ok(verified(10_000, "d")), 0, 1, 0);
+        c.drop_failures();
+        assert!(c.get(&[3; 32], 1, 1).is_none() && c.get(&[4; 32], 1, 1).is_some());
     }
 
     proptest! {

@@ -151,7 +151,7 @@ async fn fifty_distinct_tokens_in_one_window_make_one_batch_call() {
     let idp = DevIdp::start(&[]);
     let server = start(&server_yaml(
         idp.port,
-        "batching: {window_ms: 25, max_batch: 64}\n",
+        "batching: {window_ms: 50, max_batch: 64}\n",
     ))
     .await;
     let tokens: Vec<String> = (0..50)
