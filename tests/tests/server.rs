@@ -586,3 +586,36 @@ async fn client_secret_post_and_jwt_tokens_work_too() {
     );
     assert_eq!(idp.stat("introspection_calls"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_batch_endpoint_a_batch_goes_out_as_concurrent_single_calls() {
+    let idp = DevIdp::start(&[]);
+    idp.set_introspection("ok", 200);
+    let yaml = server_yaml(idp.port, "batching: {window_ms: 50, max_batch: 64}\n").replace(
+        &format!(
+            "  batch_endpoint: http://127.0.0.1:{}/introspect/batch\n",
+            idp.port
+        ),
+        "",
+    );
+    let server = start(&yaml).await;
+    let tokens: Vec<String> = (0..20)
+        .map(|i| mint_opaque(&idp, &format!("user-{i}")))
+        .collect();
+    let started = Instant::now();
+    let checks = tokens.iter().map(|token| {
+        let mut client = server.client.clone();
+        let token = token.clone();
+        async move { check(&mut client, "/admin/users", Some(&token)).await.0 }
+    });
+    let statuses = futures::future::join_all(checks).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(idp.stat("batch_calls"), 0);
+    assert_eq!(idp.stat("introspection_calls"), 20);
+    // 20 calls of 200 ms each, made concurrently over the pool, not one after another.
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "calls were serialised: {:?}",
+        started.elapsed()
+    );
+}
