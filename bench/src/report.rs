@@ -1,0 +1,195 @@
+//! Turns the measurements into `docs/benchmarks.md` (method, machine, table, targets) and
+//! `docs/benchmarks.svg` (CPU per request by scenario), both written by the bench itself.
+
+use crate::load::RunStats;
+use crate::{Amplification, Measured};
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Duration;
+
+pub struct Report {
+    pub results: Vec<Measured>,
+    pub open_loop: Vec<(String, RunStats)>,
+    pub rate: u64,
+    pub server_alone: (RunStats, f64),
+    pub amplification: Amplification,
+    pub memory: Vec<(String, u64)>,
+    pub run_seconds: u64,
+    pub repetitions: u64,
+    pub connections: usize,
+    pub elapsed: Duration,
+}
+
+/// Medians of one scenario over the repetitions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Row {
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub envoy_cpu_us: f64,
+    pub server_cpu_us: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+const ORDER: [(&str, &str); 9] = [
+    ("direct", "1a. no auth, direct_response"),
+    ("proxy", "1b. no auth, proxied (baseline)"),
+    ("jwt_authn", "2a. native jwt_authn, no cache"),
+    ("jwt_authn_cached", "2b. native jwt_authn, jwt_cache_config"),
+    ("filter_cold", "3a. filter, local JWT, cold (verify every request)"),
+    ("filter_hot", "3b. filter, local JWT, hot (token cache)"),
+    ("filter_privileged_cached", "4. privileged via filter, in-proxy cache hit"),
+    ("filter_privileged_uncached", "5. privileged via filter, proxy miss, server cache hit"),
+    ("native_ext_authz", "6. privileged via native ext_authz to our server"),
+];
+
+impl Report {
+    pub fn row(&self, scenario: &str) -> Row {
+        let runs: Vec<&Measured> = self.results.iter().filter(|m| m.scenario == scenario).collect();
+        Row {
+            rps: median(runs.iter().map(|m| m.stats.rps()).collect()),
+            p50_us: median(runs.iter().map(|m| m.stats.percentile_us(0.5) as f64).collect()),
+            p99_us: median(runs.iter().map(|m| m.stats.percentile_us(0.99) as f64).collect()),
+            envoy_cpu_us: median(runs.iter().map(|m| m.envoy_cpu_us).collect()),
+            server_cpu_us: median(runs.iter().map(|m| m.server_cpu_us).collect()),
+        }
+    }
+
+    /// (target, measured, holds)
+    pub fn targets(&self) -> Vec<(String, String, bool)> {
+        let base = self.row("proxy");
+        let hot = self.row("filter_hot");
+        let cold = self.row("filter_cold");
+        let native = self.row("jwt_authn");
+        let native_cached = self.row("jwt_authn_cached");
+        let priv_hit = self.row("filter_privileged_cached");
+        let priv_miss = self.row("filter_privileged_uncached");
+        let ext = self.row("native_ext_authz");
+        let a = &self.amplification;
+        let refreshes_allowed = (a.seconds as f64 / 2.5).ceil() as u64 + 1; // privileged window 5 s, refresh at half
+        vec![
+            (
+                "hot path throughput ≥ native jwt_authn with cache".into(),
+                format!("{:.0} vs {:.0} rps ({:.2}×)", hot.rps, native_cached.rps, hot.rps / native_cached.rps.max(1.0)),
+                hot.rps >= native_cached.rps,
+            ),
+            (
+                "hot path CPU/request ≤ 1.3× no-auth baseline".into(),
+                format!("{:.1} vs {:.1} µs ({:.2}×)", hot.envoy_cpu_us, base.envoy_cpu_us, hot.envoy_cpu_us / base.envoy_cpu_us.max(0.01)),
+                hot.envoy_cpu_us <= 1.3 * base.envoy_cpu_us,
+            ),
+            (
+                "cold path CPU/request ≤ 1.5× native jwt_authn without cache".into(),
+                format!("{:.1} vs {:.1} µs ({:.2}×)", cold.envoy_cpu_us, native.envoy_cpu_us, cold.envoy_cpu_us / native.envoy_cpu_us.max(0.01)),
+                cold.envoy_cpu_us <= 1.5 * native.envoy_cpu_us,
+            ),
+            (
+                "privileged with in-proxy hit in the hot path's cost class (≤ 1.3× hot)".into(),
+                format!("{:.1} vs {:.1} µs, server {:.1} µs", priv_hit.envoy_cpu_us, hot.envoy_cpu_us, priv_hit.server_cpu_us),
+                priv_hit.envoy_cpu_us <= 1.3 * hot.envoy_cpu_us && priv_hit.server_cpu_us < 1.0,
+            ),
+            (
+                "privileged with server hit: Envoy+server CPU ≤ ½ of native ext_authz's".into(),
+                format!(
+                    "{:.1} vs {:.1} µs ({:.2}×)",
+                    priv_miss.envoy_cpu_us + priv_miss.server_cpu_us,
+                    ext.envoy_cpu_us + ext.server_cpu_us,
+                    (priv_miss.envoy_cpu_us + priv_miss.server_cpu_us) / (ext.envoy_cpu_us + ext.server_cpu_us).max(0.01)
+                ),
+                priv_miss.envoy_cpu_us + priv_miss.server_cpu_us <= 0.5 * (ext.envoy_cpu_us + ext.server_cpu_us),
+            ),
+            (
+                format!("amplification: IdP calls ≤ K × (1 + refreshes) = {}", a.tokens as u64 * (1 + refreshes_allowed)),
+                format!("{} calls for {} requests over {} tokens in {} s", a.idp_calls, a.requests, a.tokens, a.seconds),
+                a.idp_calls <= a.tokens as u64 * (1 + refreshes_allowed),
+            ),
+            (
+                "no privileged request of a hot token waits on the IdP (+20 ms)".into(),
+                format!("{} of {} requests ≥ 20 ms; p99 {} µs", a.slow_requests, a.requests, a.p99_us),
+                a.slow_requests == 0,
+            ),
+        ]
+    }
+
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for (target, measured, holds) in self.targets() {
+            let _ = writeln!(out, "{} {target}: {measured}", if holds { "HOLDS " } else { "MISSES" });
+        }
+        out
+    }
+
+    pub fn write(&self, docs: &Path) {
+        let base = self.row("proxy");
+        let cpus = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .unwrap_or_default();
+        let mut md = String::new();
+        let _ = writeln!(md, "# Benchmarks\n\nWritten by `make bench` (bench/src/main.rs); numbers below are from its last run.\n");
+        let _ = writeln!(md, "## Method\n");
+        let _ = writeln!(
+            md,
+            "One Envoy 1.40 (2 workers) with one listener per scenario, the release builds of the filter, ext-authz-server, dev IdP and echo upstream, all on loopback. Each scenario runs {}s closed-loop with {} connections, {} times, interleaved (the order rotates every repetition); the table shows medians. CPU per request is the Envoy (and server) process's user+system time over the run divided by its requests, read from `/proc`. Ratios are to the proxied no-auth baseline of the same run. A fixed-rate open-loop run ({} req/s, latency from each request's intended start) shows tails without coordinated omission. Total run time: {:.0}s.\n",
+            self.run_seconds, self.connections, self.repetitions, self.rate, self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(md, "Machine: {} cores, {}.\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpus);
+        let _ = writeln!(md, "## Results\n\n| scenario | req/s | p50 µs | p99 µs | Envoy CPU µs/req | server CPU µs/req | req/s vs baseline | Envoy CPU vs baseline |\n|---|---|---|---|---|---|---|---|");
+        for (key, label) in ORDER {
+            let r = self.row(key);
+            let _ = writeln!(
+                md,
+                "| {label} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2}× | {:.2}× |",
+                r.rps, r.p50_us, r.p99_us, r.envoy_cpu_us, r.server_cpu_us,
+                r.rps / base.rps.max(1.0), r.envoy_cpu_us / base.envoy_cpu_us.max(0.01)
+            );
+        }
+        let (alone, cpu) = &self.server_alone;
+        let _ = writeln!(md, "| 7. server alone, gRPC Check (tonic client) | {:.0} | {} | {} | – | {:.1} | – | – |", alone.rps(), alone.percentile_us(0.5), alone.percentile_us(0.99), cpu);
+        let _ = writeln!(md, "\n![CPU per request](benchmarks.svg)\n");
+        let _ = writeln!(md, "## Fixed rate ({} req/s, open loop)\n\n| scenario | p50 µs | p99 µs | p99.9 µs | errors |\n|---|---|---|---|---|", self.rate);
+        for (name, s) in &self.open_loop {
+            let _ = writeln!(md, "| {name} | {} | {} | {} | {} |", s.percentile_us(0.5), s.percentile_us(0.99), s.percentile_us(0.999), s.errors + s.non_2xx);
+        }
+        let a = &self.amplification;
+        let _ = writeln!(md, "\n## Introspection amplification\n\n{} requests over {} hot opaque tokens through native ext_authz in {} s, with the IdP adding 20 ms to every introspection: {} IdP calls; {} requests took ≥ 20 ms; p99 {} µs.\n", a.requests, a.tokens, a.seconds, a.idp_calls, a.slow_requests, a.p99_us);
+        let _ = writeln!(md, "## Memory\n");
+        for (name, kb) in &self.memory {
+            let _ = writeln!(md, "- {name}: peak RSS {:.1} MiB", *kb as f64 / 1024.0);
+        }
+        let _ = writeln!(md, "\n## Targets\n\n| target | measured | holds |\n|---|---|---|");
+        for (target, measured, holds) in self.targets() {
+            let _ = writeln!(md, "| {target} | {measured} | {} |", if holds { "yes" } else { "**no**" });
+        }
+        let _ = std::fs::write(docs.join("benchmarks.md"), md);
+        let _ = std::fs::write(docs.join("benchmarks.svg"), self.svg());
+    }
+
+    fn svg(&self) -> String {
+        let rows: Vec<(&str, Row)> = ORDER.iter().map(|(k, label)| (*label, self.row(k))).collect();
+        let max = rows.iter().map(|(_, r)| r.envoy_cpu_us + r.server_cpu_us).fold(1.0f64, f64::max);
+        let (width, bar_h, left) = (900.0, 26.0, 380.0);
+        let height = 50.0 + rows.len() as f64 * (bar_h + 8.0);
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n<text x=\"10\" y=\"20\" font-size=\"14\">CPU per request, µs (Envoy dark, ext-authz-server light), medians</text>\n"
+        );
+        for (i, (label, r)) in rows.iter().enumerate() {
+            let y = 36.0 + i as f64 * (bar_h + 8.0);
+            let scale = (width - left - 80.0) / max;
+            let (we, ws) = (r.envoy_cpu_us * scale, r.server_cpu_us * scale);
+            let _ = writeln!(svg, "<text x=\"10\" y=\"{:.0}\">{}</text>", y + 17.0, label.replace('&', "&amp;"));
+            let _ = writeln!(svg, "<rect x=\"{left}\" y=\"{y:.0}\" width=\"{we:.1}\" height=\"{bar_h}\" fill=\"#2b5c8a\"/>");
+            let _ = writeln!(svg, "<rect x=\"{:.1}\" y=\"{y:.0}\" width=\"{ws:.1}\" height=\"{bar_h}\" fill=\"#8fb8de\"/>", left + we);
+            let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.0}\">{:.1}</text>", left + we + ws + 6.0, y + 17.0, r.envoy_cpu_us + r.server_cpu_us);
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
