@@ -13,6 +13,7 @@ use crate::keys::KeySet;
 use crate::routes::Unmet;
 use crate::tier::Tier;
 use crate::verify::{verify, VerifiedToken, VerifyFailure};
+use std::sync::Arc;
 
 /// Body of every 401.
 pub const UNAUTHORIZED_BODY: &str = "{\"error\":\"invalid_token\",\"error_description\":\"the access token is missing or invalid\"}\n";
@@ -211,7 +212,7 @@ pub fn decide<'k>(
     now: i64,
 ) -> Decision {
     decide_with(policy, request, |token| {
-        verify(token, &policy.providers, keys, policy.max_token_bytes, now)
+        verify(token, &policy.providers, keys, policy.max_token_bytes, now).map(Arc::new)
     })
 }
 
@@ -220,7 +221,7 @@ pub fn decide<'k>(
 pub fn decide_with(
     policy: &Policy,
     request: &RequestFacts<'_>,
-    check_token: impl FnOnce(&str) -> Result<VerifiedToken, VerifyFailure>,
+    check_token: impl FnOnce(&str) -> Result<Arc<VerifiedToken>, VerifyFailure>,
 ) -> Decision {
     let route = policy.routes.find(request.method, request.path);
     let (name, tier) = (route.name.clone(), route.tier);

@@ -18,6 +18,7 @@ use crate::verify::{VerifiedToken, VerifyFailure};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 /// Key of a cached decision.
 pub type DecisionKey = [u8; 32];
@@ -217,7 +218,7 @@ impl DecisionCache {
 /// A cached verification result.
 #[derive(Debug, Clone)]
 struct TokenEntry {
-    result: Result<VerifiedToken, VerifyFailure>,
+    result: Result<Arc<VerifiedToken>, VerifyFailure>,
     expires_at_ms: u64,
     keys_version: u64,
 }
@@ -259,7 +260,7 @@ impl TokenCache {
         digest: &[u8; 32],
         now_ms: u64,
         keys_version: u64,
-    ) -> Option<Result<VerifiedToken, VerifyFailure>> {
+    ) -> Option<Result<Arc<VerifiedToken>, VerifyFailure>> {
         let entry = self.entries.get(digest)?;
         if now_ms >= entry.expires_at_ms || entry.keys_version != keys_version {
             self.entries.pop(digest);
@@ -274,7 +275,7 @@ impl TokenCache {
     pub fn put(
         &mut self,
         digest: [u8; 32],
-        result: Result<VerifiedToken, VerifyFailure>,
+        result: Result<Arc<VerifiedToken>, VerifyFailure>,
         now_ms: u64,
         keys_version: u64,
         skew_ms: u64,
@@ -417,13 +418,13 @@ mod tests {
     #[test]
     fn verified_tokens_live_until_exp_plus_skew_or_the_cap_and_only_for_their_key_set() {
         let mut c = TokenCache::new(10, 60_000, 2_000);
-        c.put([1; 32], Ok(verified(100, "a")), 90_000, 7, 1_000);
+        c.put([1; 32], Ok(Arc::new(verified(100, "a"))), 90_000, 7, 1_000);
         assert!(c.get(&[1; 32], 100_999, 7).is_some(), "until exp + skew");
         assert!(c.get(&[1; 32], 101_000, 7).is_none(), "not at exp + skew");
-        c.put([2; 32], Ok(verified(10_000, "b")), 0, 7, 0);
+        c.put([2; 32], Ok(Arc::new(verified(10_000, "b"))), 0, 7, 0);
         assert!(c.get(&[2; 32], 59_999, 7).is_some());
         assert!(c.get(&[2; 32], 60_000, 7).is_none(), "capped by max_ms");
-        c.put([3; 32], Ok(verified(10_000, "c")), 0, 7, 0);
+        c.put([3; 32], Ok(Arc::new(verified(10_000, "c"))), 0, 7, 0);
         assert!(
             c.get(&[3; 32], 1, 8).is_none(),
             "a new key set drops old verifications"
@@ -454,7 +455,7 @@ mod tests {
             "an unknown kid must be able to trigger a fetch"
         );
         c.put([3; 32], Err(VerifyFailure::Expired), 0, 1, 0);
-        c.put([4; 32], Ok(verified(10_000, "d")), 0, 1, 0);
+        c.put([4; 32], Ok(Arc::new(verified(10_000, "d"))), 0, 1, 0);
         c.drop_failures();
         assert!(c.get(&[3; 32], 1, 1).is_none() && c.get(&[4; 32], 1, 1).is_some());
     }

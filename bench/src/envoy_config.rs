@@ -37,7 +37,11 @@ fn wasm_filter(wasm: &str, config: &Value) -> String {
 }
 
 fn jwt_authn(idp_port: u16, cache: bool) -> String {
-    let cache_config = if cache { "\n                jwt_cache_config: { jwt_cache_size: 1000 }" } else { "" };
+    let cache_config = if cache {
+        "\n                  jwt_cache_config: { jwt_cache_size: 1000 }"
+    } else {
+        ""
+    };
     format!(
         r#"
           - name: envoy.filters.http.jwt_authn
@@ -82,25 +86,61 @@ pub fn plugin(jwt_ttl_ms: u64, privileged_cache_ms: u64, epochs_token: &str) -> 
 
 /// The scenario listeners.
 pub fn listeners(wasm: &str, idp_port: u16, epochs_token: &str) -> Vec<Listener> {
-    let plain = |name, filters: String, direct| Listener { name, filters, direct, ext_authz_tier: None };
+    let plain = |name, filters: String, direct| Listener {
+        name,
+        filters,
+        direct,
+        ext_authz_tier: None,
+    };
     vec![
         plain("direct", String::new(), true),
         plain("proxy", String::new(), false),
         plain("jwt_authn", jwt_authn(idp_port, false), false),
         plain("jwt_authn_cached", jwt_authn(idp_port, true), false),
-        plain("filter_hot", wasm_filter(wasm, &plugin(60_000, 5_000, epochs_token)), false),
-        plain("filter_cold", wasm_filter(wasm, &plugin(0, 5_000, epochs_token)), false),
-        plain("filter_privileged_cached", wasm_filter(wasm, &plugin(60_000, 5_000, epochs_token)), false),
-        plain("filter_privileged_uncached", wasm_filter(wasm, &plugin(60_000, 0, epochs_token)), false),
-        Listener { name: "native_ext_authz", filters: EXT_AUTHZ.to_owned(), direct: false, ext_authz_tier: Some("privileged") },
+        plain(
+            "filter_hot",
+            wasm_filter(wasm, &plugin(60_000, 5_000, epochs_token)),
+            false,
+        ),
+        plain(
+            "filter_cold",
+            wasm_filter(wasm, &plugin(0, 5_000, epochs_token)),
+            false,
+        ),
+        plain(
+            "filter_privileged_cached",
+            wasm_filter(wasm, &plugin(60_000, 5_000, epochs_token)),
+            false,
+        ),
+        plain(
+            "filter_privileged_uncached",
+            wasm_filter(wasm, &plugin(60_000, 0, epochs_token)),
+            false,
+        ),
+        Listener {
+            name: "native_ext_authz",
+            filters: EXT_AUTHZ.to_owned(),
+            direct: false,
+            ext_authz_tier: Some("privileged"),
+        },
     ]
 }
 
 /// The whole Envoy YAML.
-pub fn render(listeners: &[Listener], idp_port: u16, upstream_port: u16, authz_port: u16, authz_admin_port: u16) -> String {
+pub fn render(
+    listeners: &[Listener],
+    idp_port: u16,
+    upstream_port: u16,
+    authz_port: u16,
+    authz_admin_port: u16,
+) -> String {
     let mut yaml = String::from("admin:\n  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }\nstatic_resources:\n  listeners:\n");
     for l in listeners {
-        let route = if l.direct { "direct_response: { status: 200, body: { inline_string: \"ok\" } }" } else { "route: { cluster: upstream }" };
+        let route = if l.direct {
+            "direct_response: { status: 200, body: { inline_string: \"ok\" } }"
+        } else {
+            "route: { cluster: upstream }"
+        };
         let per_route = match l.ext_authz_tier {
             Some(tier) => format!(
                 "\n                typed_per_filter_config:\n                  envoy.filters.http.ext_authz:\n                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute\n                    check_settings: {{ context_extensions: {{ tier: {tier} }} }}"

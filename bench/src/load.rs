@@ -48,7 +48,9 @@ impl RunStats {
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 
 fn client(connections: usize) -> HttpClient {
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(connections).build_http()
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections)
+        .build_http()
 }
 
 async fn one(client: &HttpClient, target: &Target, index: usize) -> Result<u16, ()> {
@@ -116,7 +118,9 @@ pub async fn fixed_rate(target: &Target, rate: u64, duration: Duration) -> RunSt
         let intended = started + interval * index as u32;
         tokio::time::sleep_until(tokio::time::Instant::from_std(intended)).await;
         let (client, target) = (client.clone(), target.clone());
-        tasks.push(tokio::spawn(async move { (one(&client, &target, index).await, intended.elapsed()) }));
+        tasks.push(tokio::spawn(async move {
+            (one(&client, &target, index).await, intended.elapsed())
+        }));
     }
     let mut stats = RunStats::default();
     for t in tasks {

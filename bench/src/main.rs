@@ -20,9 +20,17 @@ use std::time::{Duration, Instant};
 
 /// CPU seconds (user + system) a process has used so far.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
     ticks as f64 / 100.0
 }
 
@@ -30,7 +38,12 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn peak_rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -45,7 +58,10 @@ pub struct Measured {
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -57,10 +73,19 @@ async fn main() {
 
     let idp = DevIdp::start(&[]);
     let echo = Echo::start();
-    let server = AuthzServerProcess::start(&server_yaml(idp.port, &format!("epochs_token: \"{EPOCHS_TOKEN}\"\n")));
+    let server = AuthzServerProcess::start(&server_yaml(
+        idp.port,
+        &format!("epochs_token: \"{EPOCHS_TOKEN}\"\n"),
+    ));
     let wasm = wasm_path().display().to_string();
     let listeners = envoy_config::listeners(&wasm, idp.port, EPOCHS_TOKEN);
-    let yaml = envoy_config::render(&listeners, idp.port, echo.port, server.grpc_port, server.admin_port);
+    let yaml = envoy_config::render(
+        &listeners,
+        idp.port,
+        echo.port,
+        server.grpc_port,
+        server.admin_port,
+    );
     let envoy = Envoy::start_rendered(&yaml);
     let envoy_pid = envoy.pid().unwrap_or(0);
     let server_pid = server.pid().unwrap_or(0);
@@ -68,19 +93,28 @@ async fn main() {
     let jwt = idp.mint(json!({"sub": "bench", "scope": "read admin"}));
     let opaque = idp.mint(json!({"sub": "bench-admin", "scope": "read admin", "opaque": true}));
     let scenario_target = |name: &str| -> Target {
-        let port = listener_port(envoy.admin_port, name).unwrap_or_else(|| panic!("no listener {name}"));
+        let port =
+            listener_port(envoy.admin_port, name).unwrap_or_else(|| panic!("no listener {name}"));
         let (path, token) = match name {
             "direct" | "proxy" => ("/api/items", None),
-            n if n.contains("privileged") || n == "native_ext_authz" => ("/admin/users", Some(opaque.clone())),
+            n if n.contains("privileged") || n == "native_ext_authz" => {
+                ("/admin/users", Some(opaque.clone()))
+            }
             _ => ("/api/items", Some(jwt.clone())),
         };
-        Target { url: format!("http://127.0.0.1:{port}{path}"), bearer_tokens: token.into_iter().collect() }
+        Target {
+            url: format!("http://127.0.0.1:{port}{path}"),
+            bearer_tokens: token.into_iter().collect(),
+        }
     };
     let names: Vec<&str> = listeners.iter().map(|l| l.name).collect();
     // Warm every path (keys fetched, caches filled) and check it answers 200.
     for name in &names {
         let warm = closed_loop(&scenario_target(name), 2, Duration::from_millis(300)).await;
-        assert!(warm.requests > 0 && warm.non_2xx == 0 && warm.errors == 0, "{name} does not answer 200: {warm:?}");
+        assert!(
+            warm.requests > 0 && warm.non_2xx == 0 && warm.errors == 0,
+            "{name} does not answer 200: {warm:?}"
+        );
     }
 
     let mut results: Vec<Measured> = Vec::new();
@@ -94,8 +128,18 @@ async fn main() {
             let stats = closed_loop(&target, connections, Duration::from_secs(run_seconds)).await;
             let (e1, s1) = (cpu_seconds(envoy_pid), cpu_seconds(server_pid));
             let per = |d: f64| d * 1e6 / stats.requests.max(1) as f64;
-            eprintln!("rep {rep} {name}: {:.0} rps p50 {} µs p99 {} µs", stats.rps(), stats.percentile_us(0.5), stats.percentile_us(0.99));
-            results.push(Measured { scenario: name.to_owned(), envoy_cpu_us: per(e1 - e0), server_cpu_us: per(s1 - s0), stats });
+            eprintln!(
+                "rep {rep} {name}: {:.0} rps p50 {} µs p99 {} µs",
+                stats.rps(),
+                stats.percentile_us(0.5),
+                stats.percentile_us(0.99)
+            );
+            results.push(Measured {
+                scenario: name.to_owned(),
+                envoy_cpu_us: per(e1 - e0),
+                server_cpu_us: per(s1 - s0),
+                stats,
+            });
         }
     }
 
@@ -103,29 +147,77 @@ async fn main() {
     let rate = env_u64("BENCH_RATE", 1000);
     let mut open_loop = Vec::new();
     for name in ["proxy", "filter_privileged_cached", "native_ext_authz"] {
-        let stats = fixed_rate(&scenario_target(name), rate, Duration::from_secs(run_seconds)).await;
-        eprintln!("fixed rate {rate}/s {name}: p50 {} µs p99 {} µs", stats.percentile_us(0.5), stats.percentile_us(0.99));
+        let stats = fixed_rate(
+            &scenario_target(name),
+            rate,
+            Duration::from_secs(run_seconds),
+        )
+        .await;
+        eprintln!(
+            "fixed rate {rate}/s {name}: p50 {} µs p99 {} µs",
+            stats.percentile_us(0.5),
+            stats.percentile_us(0.99)
+        );
         open_loop.push((name.to_owned(), stats));
     }
 
     // The server alone under gRPC load.
-    let server_alone = server_grpc_load(server.grpc_port, &opaque, connections, Duration::from_secs(run_seconds), server_pid).await;
-    eprintln!("server alone: {:.0} rps, {:.1} µs cpu/check", server_alone.0.rps(), server_alone.1);
+    let server_alone = server_grpc_load(
+        server.grpc_port,
+        &opaque,
+        connections,
+        Duration::from_secs(run_seconds),
+        server_pid,
+    )
+    .await;
+    eprintln!(
+        "server alone: {:.0} rps, {:.1} µs cpu/check",
+        server_alone.0.rps(),
+        server_alone.1
+    );
 
     // Introspection amplification: N requests over K tokens with the IdP adding 20 ms.
-    let amplification = amplification_run(&idp, &envoy, &scenario_target("native_ext_authz"), run_seconds).await;
+    let amplification = amplification_run(
+        &idp,
+        &envoy,
+        &scenario_target("native_ext_authz"),
+        run_seconds,
+    )
+    .await;
 
-    let memory = vec![("envoy".to_owned(), peak_rss_kb(envoy_pid)), ("ext-authz-server".to_owned(), peak_rss_kb(server_pid))];
-    let report = report::Report { results, open_loop, rate, server_alone, amplification, memory, run_seconds, repetitions, connections, elapsed: started.elapsed() };
+    let memory = vec![
+        ("envoy".to_owned(), peak_rss_kb(envoy_pid)),
+        ("ext-authz-server".to_owned(), peak_rss_kb(server_pid)),
+    ];
+    let report = report::Report {
+        results,
+        open_loop,
+        rate,
+        server_alone,
+        amplification,
+        memory,
+        run_seconds,
+        repetitions,
+        connections,
+        elapsed: started.elapsed(),
+    };
     report.write(&repo_root().join("docs"));
     println!("{}", report.summary());
 }
 
 /// Drives the server's Check directly with `connections` concurrent callers; returns the run
 /// and the server's CPU µs per check.
-async fn server_grpc_load(port: u16, token: &str, connections: usize, duration: Duration, server_pid: u32) -> (RunStats, f64) {
+async fn server_grpc_load(
+    port: u16,
+    token: &str,
+    connections: usize,
+    duration: Duration,
+    server_pid: u32,
+) -> (RunStats, f64) {
     use envoy_types::ext_authz::v3::pb::CheckRequest;
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as AttrRequest,
+    };
     use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     let Ok(client) = AuthorizationClient::connect(format!("http://127.0.0.1:{port}")).await else {
@@ -137,12 +229,16 @@ async fn server_grpc_load(port: u16, token: &str, connections: usize, duration: 
                 http: Some(HttpRequest {
                     method: "GET".into(),
                     path: "/admin/users".into(),
-                    headers: [("authorization".to_owned(), format!("Bearer {token}"))].into_iter().collect(),
+                    headers: [("authorization".to_owned(), format!("Bearer {token}"))]
+                        .into_iter()
+                        .collect(),
                     ..HttpRequest::default()
                 }),
                 ..AttrRequest::default()
             }),
-            context_extensions: [("tier".to_owned(), "privileged".to_owned())].into_iter().collect(),
+            context_extensions: [("tier".to_owned(), "privileged".to_owned())]
+                .into_iter()
+                .collect(),
             ..AttributeContext::default()
         }),
     };
@@ -192,10 +288,22 @@ pub struct Amplification {
 }
 
 /// K hot tokens, N requests through native ext_authz (no proxy cache), IdP +20 ms.
-async fn amplification_run(idp: &DevIdp, _envoy: &Envoy, base: &Target, seconds: u64) -> Amplification {
-    let tokens: Vec<String> = (0..20).map(|i| idp.mint(json!({"sub": format!("amp-{i}"), "scope": "read admin", "opaque": true}))).collect();
+async fn amplification_run(
+    idp: &DevIdp,
+    _envoy: &Envoy,
+    base: &Target,
+    seconds: u64,
+) -> Amplification {
+    let tokens: Vec<String> = (0..20)
+        .map(|i| {
+            idp.mint(json!({"sub": format!("amp-{i}"), "scope": "read admin", "opaque": true}))
+        })
+        .collect();
     idp.set_introspection("ok", 20);
-    let target = Target { url: base.url.clone(), bearer_tokens: tokens.clone() };
+    let target = Target {
+        url: base.url.clone(),
+        bearer_tokens: tokens.clone(),
+    };
     // Warm: one introspection per token.
     let _ = closed_loop(&target, 4, Duration::from_millis(500)).await;
     let calls = || idp.stat("introspection_calls") + idp.stat("batch_calls");
@@ -204,5 +312,12 @@ async fn amplification_run(idp: &DevIdp, _envoy: &Envoy, base: &Target, seconds:
     let after = calls();
     idp.set_introspection("ok", 0);
     let slow = stats.latencies_us.iter().filter(|l| **l >= 20_000).count() as u64;
-    Amplification { tokens: tokens.len(), requests: stats.requests, idp_calls: after - before, seconds: seconds * 2, p99_us: stats.percentile_us(0.99), slow_requests: slow }
+    Amplification {
+        tokens: tokens.len(),
+        requests: stats.requests,
+        idp_calls: after - before,
+        seconds: seconds * 2,
+        p99_us: stats.percentile_us(0.99),
+        slow_requests: slow,
+    }
 }

@@ -43,20 +43,44 @@ const ORDER: [(&str, &str); 9] = [
     ("proxy", "1b. no auth, proxied (baseline)"),
     ("jwt_authn", "2a. native jwt_authn, no cache"),
     ("jwt_authn_cached", "2b. native jwt_authn, jwt_cache_config"),
-    ("filter_cold", "3a. filter, local JWT, cold (verify every request)"),
+    (
+        "filter_cold",
+        "3a. filter, local JWT, cold (verify every request)",
+    ),
     ("filter_hot", "3b. filter, local JWT, hot (token cache)"),
-    ("filter_privileged_cached", "4. privileged via filter, in-proxy cache hit"),
-    ("filter_privileged_uncached", "5. privileged via filter, proxy miss, server cache hit"),
-    ("native_ext_authz", "6. privileged via native ext_authz to our server"),
+    (
+        "filter_privileged_cached",
+        "4. privileged via filter, in-proxy cache hit",
+    ),
+    (
+        "filter_privileged_uncached",
+        "5. privileged via filter, proxy miss, server cache hit",
+    ),
+    (
+        "native_ext_authz",
+        "6. privileged via native ext_authz to our server",
+    ),
 ];
 
 impl Report {
     pub fn row(&self, scenario: &str) -> Row {
-        let runs: Vec<&Measured> = self.results.iter().filter(|m| m.scenario == scenario).collect();
+        let runs: Vec<&Measured> = self
+            .results
+            .iter()
+            .filter(|m| m.scenario == scenario)
+            .collect();
         Row {
             rps: median(runs.iter().map(|m| m.stats.rps()).collect()),
-            p50_us: median(runs.iter().map(|m| m.stats.percentile_us(0.5) as f64).collect()),
-            p99_us: median(runs.iter().map(|m| m.stats.percentile_us(0.99) as f64).collect()),
+            p50_us: median(
+                runs.iter()
+                    .map(|m| m.stats.percentile_us(0.5) as f64)
+                    .collect(),
+            ),
+            p99_us: median(
+                runs.iter()
+                    .map(|m| m.stats.percentile_us(0.99) as f64)
+                    .collect(),
+            ),
             envoy_cpu_us: median(runs.iter().map(|m| m.envoy_cpu_us).collect()),
             server_cpu_us: median(runs.iter().map(|m| m.server_cpu_us).collect()),
         }
@@ -77,22 +101,40 @@ impl Report {
         vec![
             (
                 "hot path throughput ≥ native jwt_authn with cache".into(),
-                format!("{:.0} vs {:.0} rps ({:.2}×)", hot.rps, native_cached.rps, hot.rps / native_cached.rps.max(1.0)),
+                format!(
+                    "{:.0} vs {:.0} rps ({:.2}×)",
+                    hot.rps,
+                    native_cached.rps,
+                    hot.rps / native_cached.rps.max(1.0)
+                ),
                 hot.rps >= native_cached.rps,
             ),
             (
                 "hot path CPU/request ≤ 1.3× no-auth baseline".into(),
-                format!("{:.1} vs {:.1} µs ({:.2}×)", hot.envoy_cpu_us, base.envoy_cpu_us, hot.envoy_cpu_us / base.envoy_cpu_us.max(0.01)),
+                format!(
+                    "{:.1} vs {:.1} µs ({:.2}×)",
+                    hot.envoy_cpu_us,
+                    base.envoy_cpu_us,
+                    hot.envoy_cpu_us / base.envoy_cpu_us.max(0.01)
+                ),
                 hot.envoy_cpu_us <= 1.3 * base.envoy_cpu_us,
             ),
             (
                 "cold path CPU/request ≤ 1.5× native jwt_authn without cache".into(),
-                format!("{:.1} vs {:.1} µs ({:.2}×)", cold.envoy_cpu_us, native.envoy_cpu_us, cold.envoy_cpu_us / native.envoy_cpu_us.max(0.01)),
+                format!(
+                    "{:.1} vs {:.1} µs ({:.2}×)",
+                    cold.envoy_cpu_us,
+                    native.envoy_cpu_us,
+                    cold.envoy_cpu_us / native.envoy_cpu_us.max(0.01)
+                ),
                 cold.envoy_cpu_us <= 1.5 * native.envoy_cpu_us,
             ),
             (
                 "privileged with in-proxy hit in the hot path's cost class (≤ 1.3× hot)".into(),
-                format!("{:.1} vs {:.1} µs, server {:.1} µs", priv_hit.envoy_cpu_us, hot.envoy_cpu_us, priv_hit.server_cpu_us),
+                format!(
+                    "{:.1} vs {:.1} µs, server {:.1} µs",
+                    priv_hit.envoy_cpu_us, hot.envoy_cpu_us, priv_hit.server_cpu_us
+                ),
                 priv_hit.envoy_cpu_us <= 1.3 * hot.envoy_cpu_us && priv_hit.server_cpu_us < 1.0,
             ),
             (
@@ -101,18 +143,29 @@ impl Report {
                     "{:.1} vs {:.1} µs ({:.2}×)",
                     priv_miss.envoy_cpu_us + priv_miss.server_cpu_us,
                     ext.envoy_cpu_us + ext.server_cpu_us,
-                    (priv_miss.envoy_cpu_us + priv_miss.server_cpu_us) / (ext.envoy_cpu_us + ext.server_cpu_us).max(0.01)
+                    (priv_miss.envoy_cpu_us + priv_miss.server_cpu_us)
+                        / (ext.envoy_cpu_us + ext.server_cpu_us).max(0.01)
                 ),
-                priv_miss.envoy_cpu_us + priv_miss.server_cpu_us <= 0.5 * (ext.envoy_cpu_us + ext.server_cpu_us),
+                priv_miss.envoy_cpu_us + priv_miss.server_cpu_us
+                    <= 0.5 * (ext.envoy_cpu_us + ext.server_cpu_us),
             ),
             (
-                format!("amplification: IdP calls ≤ K × (1 + refreshes) = {}", a.tokens as u64 * (1 + refreshes_allowed)),
-                format!("{} calls for {} requests over {} tokens in {} s", a.idp_calls, a.requests, a.tokens, a.seconds),
+                format!(
+                    "amplification: IdP calls ≤ K × (1 + refreshes) = {}",
+                    a.tokens as u64 * (1 + refreshes_allowed)
+                ),
+                format!(
+                    "{} calls for {} requests over {} tokens in {} s",
+                    a.idp_calls, a.requests, a.tokens, a.seconds
+                ),
                 a.idp_calls <= a.tokens as u64 * (1 + refreshes_allowed),
             ),
             (
                 "no privileged request of a hot token waits on the IdP (+20 ms)".into(),
-                format!("{} of {} requests ≥ 20 ms; p99 {} µs", a.slow_requests, a.requests, a.p99_us),
+                format!(
+                    "{} of {} requests ≥ 20 ms; p99 {} µs",
+                    a.slow_requests, a.requests, a.p99_us
+                ),
                 a.slow_requests == 0,
             ),
         ]
@@ -121,7 +174,11 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut out = String::new();
         for (target, measured, holds) in self.targets() {
-            let _ = writeln!(out, "{} {target}: {measured}", if holds { "HOLDS " } else { "MISSES" });
+            let _ = writeln!(
+                out,
+                "{} {target}: {measured}",
+                if holds { "HOLDS " } else { "MISSES" }
+            );
         }
         out
     }
@@ -130,7 +187,11 @@ impl Report {
         let base = self.row("proxy");
         let cpus = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            })
             .unwrap_or_default();
         let mut md = String::new();
         let _ = writeln!(md, "# Benchmarks\n\nWritten by `make bench` (bench/src/main.rs); numbers below are from its last run.\n");
@@ -140,23 +201,49 @@ impl Report {
             "One Envoy 1.40 (2 workers) with one listener per scenario, the release builds of the filter, ext-authz-server, dev IdP and echo upstream, all on loopback. Each scenario runs {}s closed-loop with {} connections, {} times, interleaved (the order rotates every repetition); the table shows medians. CPU per request is the Envoy (and server) process's user+system time over the run divided by its requests, read from `/proc`. Ratios are to the proxied no-auth baseline of the same run. A fixed-rate open-loop run ({} req/s, latency from each request's intended start) shows tails without coordinated omission. Total run time: {:.0}s.\n",
             self.run_seconds, self.connections, self.repetitions, self.rate, self.elapsed.as_secs_f64()
         );
-        let _ = writeln!(md, "Machine: {} cores, {}.\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpus);
+        let _ = writeln!(
+            md,
+            "Machine: {} cores, {}.\n",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            cpus
+        );
         let _ = writeln!(md, "## Results\n\n| scenario | req/s | p50 µs | p99 µs | Envoy CPU µs/req | server CPU µs/req | req/s vs baseline | Envoy CPU vs baseline |\n|---|---|---|---|---|---|---|---|");
         for (key, label) in ORDER {
             let r = self.row(key);
             let _ = writeln!(
                 md,
                 "| {label} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2}× | {:.2}× |",
-                r.rps, r.p50_us, r.p99_us, r.envoy_cpu_us, r.server_cpu_us,
-                r.rps / base.rps.max(1.0), r.envoy_cpu_us / base.envoy_cpu_us.max(0.01)
+                r.rps,
+                r.p50_us,
+                r.p99_us,
+                r.envoy_cpu_us,
+                r.server_cpu_us,
+                r.rps / base.rps.max(1.0),
+                r.envoy_cpu_us / base.envoy_cpu_us.max(0.01)
             );
         }
         let (alone, cpu) = &self.server_alone;
-        let _ = writeln!(md, "| 7. server alone, gRPC Check (tonic client) | {:.0} | {} | {} | – | {:.1} | – | – |", alone.rps(), alone.percentile_us(0.5), alone.percentile_us(0.99), cpu);
+        let _ = writeln!(
+            md,
+            "| 7. server alone, gRPC Check (tonic client) | {:.0} | {} | {} | – | {:.1} | – | – |",
+            alone.rps(),
+            alone.percentile_us(0.5),
+            alone.percentile_us(0.99),
+            cpu
+        );
         let _ = writeln!(md, "\n![CPU per request](benchmarks.svg)\n");
         let _ = writeln!(md, "## Fixed rate ({} req/s, open loop)\n\n| scenario | p50 µs | p99 µs | p99.9 µs | errors |\n|---|---|---|---|---|", self.rate);
         for (name, s) in &self.open_loop {
-            let _ = writeln!(md, "| {name} | {} | {} | {} | {} |", s.percentile_us(0.5), s.percentile_us(0.99), s.percentile_us(0.999), s.errors + s.non_2xx);
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} |",
+                s.percentile_us(0.5),
+                s.percentile_us(0.99),
+                s.percentile_us(0.999),
+                s.errors + s.non_2xx
+            );
         }
         let a = &self.amplification;
         let _ = writeln!(md, "\n## Introspection amplification\n\n{} requests over {} hot opaque tokens through native ext_authz in {} s, with the IdP adding 20 ms to every introspection: {} IdP calls; {} requests took ≥ 20 ms; p99 {} µs.\n", a.requests, a.tokens, a.seconds, a.idp_calls, a.slow_requests, a.p99_us);
@@ -164,17 +251,30 @@ impl Report {
         for (name, kb) in &self.memory {
             let _ = writeln!(md, "- {name}: peak RSS {:.1} MiB", *kb as f64 / 1024.0);
         }
-        let _ = writeln!(md, "\n## Targets\n\n| target | measured | holds |\n|---|---|---|");
+        let _ = writeln!(
+            md,
+            "\n## Targets\n\n| target | measured | holds |\n|---|---|---|"
+        );
         for (target, measured, holds) in self.targets() {
-            let _ = writeln!(md, "| {target} | {measured} | {} |", if holds { "yes" } else { "**no**" });
+            let _ = writeln!(
+                md,
+                "| {target} | {measured} | {} |",
+                if holds { "yes" } else { "**no**" }
+            );
         }
         let _ = std::fs::write(docs.join("benchmarks.md"), md);
         let _ = std::fs::write(docs.join("benchmarks.svg"), self.svg());
     }
 
     fn svg(&self) -> String {
-        let rows: Vec<(&str, Row)> = ORDER.iter().map(|(k, label)| (*label, self.row(k))).collect();
-        let max = rows.iter().map(|(_, r)| r.envoy_cpu_us + r.server_cpu_us).fold(1.0f64, f64::max);
+        let rows: Vec<(&str, Row)> = ORDER
+            .iter()
+            .map(|(k, label)| (*label, self.row(k)))
+            .collect();
+        let max = rows
+            .iter()
+            .map(|(_, r)| r.envoy_cpu_us + r.server_cpu_us)
+            .fold(1.0f64, f64::max);
         let (width, bar_h, left) = (900.0, 26.0, 380.0);
         let height = 50.0 + rows.len() as f64 * (bar_h + 8.0);
         let mut svg = format!(
@@ -184,10 +284,21 @@ impl Report {
             let y = 36.0 + i as f64 * (bar_h + 8.0);
             let scale = (width - left - 80.0) / max;
             let (we, ws) = (r.envoy_cpu_us * scale, r.server_cpu_us * scale);
-            let _ = writeln!(svg, "<text x=\"10\" y=\"{:.0}\">{}</text>", y + 17.0, label.replace('&', "&amp;"));
+            let _ = writeln!(
+                svg,
+                "<text x=\"10\" y=\"{:.0}\">{}</text>",
+                y + 17.0,
+                label.replace('&', "&amp;")
+            );
             let _ = writeln!(svg, "<rect x=\"{left}\" y=\"{y:.0}\" width=\"{we:.1}\" height=\"{bar_h}\" fill=\"#2b5c8a\"/>");
             let _ = writeln!(svg, "<rect x=\"{:.1}\" y=\"{y:.0}\" width=\"{ws:.1}\" height=\"{bar_h}\" fill=\"#8fb8de\"/>", left + we);
-            let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.0}\">{:.1}</text>", left + we + ws + 6.0, y + 17.0, r.envoy_cpu_us + r.server_cpu_us);
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.0}\">{:.1}</text>",
+                left + we + ws + 6.0,
+                y + 17.0,
+                r.envoy_cpu_us + r.server_cpu_us
+            );
         }
         svg.push_str("</svg>\n");
         svg

@@ -122,7 +122,17 @@ pub async fn serve(
             tokio::time::sleep(drain).await;
         }
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+    // Check replies are small: without TCP_NODELAY, Nagle's algorithm meets the client's
+    // delayed ACK and a reply can sit for ~40 ms.
+    let incoming = futures::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+        |stream| {
+            if let Ok(s) = &stream {
+                let _ = s.set_nodelay(true);
+            }
+            stream
+        },
+    );
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(Grpc(service)))

@@ -636,7 +636,11 @@ pub fn render_template_full(
 
 /// The port of the named listener of an Envoy (from its admin `/listeners`).
 pub fn listener_port(admin_port: u16, name: &str) -> Option<u16> {
-    let listeners = get(&format!("http://127.0.0.1:{admin_port}/listeners?format=json"), &[]).json();
+    let listeners = get(
+        &format!("http://127.0.0.1:{admin_port}/listeners?format=json"),
+        &[],
+    )
+    .json();
     listeners["listener_statuses"]
         .as_array()?
         .iter()

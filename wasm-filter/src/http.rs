@@ -168,10 +168,10 @@ impl HttpContext for AuthzHttp {
             path: host::request_header(":path").unwrap_or_default(),
             authorization: host::request_header("authorization"),
         };
-        let step = match host::now_ms() {
-            Some(now) => worker
+        let step = match host::now_us() {
+            Some(now_us) => worker
                 .borrow_mut()
-                .on_request(self.context_id, request, now),
+                .on_request(self.context_id, request, now_us),
             None => RequestStep::Done(worker.borrow().internal_deny(self.context_id, &request)),
         };
         match step {

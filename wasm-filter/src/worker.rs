@@ -21,6 +21,7 @@ use authz_core::{
     deny_response, Decision, DenyReason, DenyResponse, KeySet, Policy, RequestFacts, VerifyFailure,
 };
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A request's facts, owned so a paused request can be decided again later.
@@ -126,6 +127,8 @@ pub struct Worker {
     in_flight: HashMap<u32, (usize, u32)>,
     /// Bumped whenever any key set changes; cached verifications of older keys are dropped.
     keys_generation: u64,
+    /// Whether Envoy's wasm log level lets debug lines through (checked once).
+    debug_logs: bool,
     /// Server decisions (tiers that need the server).
     pub(crate) decisions: DecisionCache,
     /// Local JWT verification results.
@@ -179,6 +182,10 @@ impl Worker {
             pending: Vec::new(),
             in_flight: HashMap::new(),
             keys_generation: 0,
+            debug_logs: matches!(
+                proxy_wasm::hostcalls::get_log_level(),
+                Ok(proxy_wasm::types::LogLevel::Trace | proxy_wasm::types::LogLevel::Debug)
+            ),
             decisions,
             tokens,
             versions: crate::server_path::KnownVersions::default(),
@@ -210,7 +217,8 @@ impl Worker {
                 |i| sources.get(i).and_then(|s| s.keys.as_ref()),
                 policy.max_token_bytes,
                 now,
-            );
+            )
+            .map(Arc::new);
             let skew_ms = result
                 .as_ref()
                 .ok()
@@ -234,13 +242,15 @@ impl Worker {
                 ..
             } => {
                 self.metrics.count_allow(tier);
-                host::log(
-                    proxy_wasm::types::LogLevel::Debug,
-                    &format!(
-                        "jwt_authz allow tier={tier} route={route} token={}",
-                        request.token_label()
-                    ),
-                );
+                if self.debug_logs {
+                    host::log(
+                        proxy_wasm::types::LogLevel::Debug,
+                        &format!(
+                            "jwt_authz allow tier={tier} route={route} token={}",
+                            request.token_label()
+                        ),
+                    );
+                }
                 let remove = if self.policy.forward_token {
                     Vec::new()
                 } else {
@@ -306,15 +316,16 @@ impl Worker {
         &mut self,
         context_id: u32,
         request: OwnedRequest,
-        now_ms: u64,
+        now_us: u64,
     ) -> RequestStep {
+        let (now_ms, started_us) = (now_us / 1000, Some(now_us));
         if let Some(call) = self.server_call_for(&request) {
             return match self.cached_server_decision(context_id, &request, &call, now_ms) {
                 Some(done) => RequestStep::Done(done),
                 None => RequestStep::CallServer(call, request),
             };
         }
-        let started = host::now_us();
+        let started = started_us;
         let mut decision = self.decide(&request, now_ms);
         if let Decision::AwaitKeys { provider, .. } = decision {
             // Another worker may have stored newer keys since this one last looked.
