@@ -30,6 +30,14 @@ pub struct RunStats {
 }
 
 impl RunStats {
+    /// Adds another worker's counts and latencies to these.
+    pub fn merge(&mut self, other: RunStats) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.non_2xx += other.non_2xx;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -97,10 +105,7 @@ pub async fn closed_loop(target: &Target, connections: usize, duration: Duration
     let mut total = RunStats::default();
     for t in tasks {
         if let Ok(s) = t.await {
-            total.requests += s.requests;
-            total.errors += s.errors;
-            total.non_2xx += s.non_2xx;
-            total.latencies_us.extend(s.latencies_us);
+            total.merge(s);
         }
     }
     total.elapsed = started.elapsed();

@@ -266,9 +266,7 @@ async fn server_grpc_load(
     let mut total = RunStats::default();
     for t in tasks {
         if let Ok(s) = t.await {
-            total.requests += s.requests;
-            total.errors += s.errors;
-            total.latencies_us.extend(s.latencies_us);
+            total.merge(s);
         }
     }
     total.elapsed = started.elapsed();

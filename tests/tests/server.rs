@@ -108,6 +108,16 @@ async fn check(
     }
 }
 
+/// Sends one concurrent Check per token (all at once) and asserts every one is allowed.
+async fn all_allowed(server: &Server, tokens: &[String]) {
+    let checks = tokens.iter().map(|token| {
+        let mut client = server.client.clone();
+        async move { check(&mut client, "/admin/users", Some(token)).await.0 }
+    });
+    let statuses = futures::future::join_all(checks).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
 fn mint_opaque(idp: &DevIdp, sub: &str) -> String {
     idp.mint(json!({"sub": sub, "scope": "read admin", "opaque": true, "acr": "mfa"}))
 }
@@ -128,13 +138,8 @@ async fn two_hundred_concurrent_checks_of_one_token_make_one_introspection_call(
     idp.set_introspection("ok", 300);
     let server = start(&server_yaml(idp.port, "")).await;
     let token = mint_opaque(&idp, "alice");
-    let checks = (0..200).map(|_| {
-        let mut client = server.client.clone();
-        let token = token.clone();
-        async move { check(&mut client, "/admin/users", Some(&token)).await.0 }
-    });
-    let statuses = futures::future::join_all(checks).await;
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let tokens = vec![token.clone(); 200];
+    all_allowed(&server, &tokens).await;
     assert_eq!(
         idp.stat("introspection_calls") + idp.stat("batch_calls"),
         1,
@@ -159,13 +164,7 @@ async fn fifty_distinct_tokens_in_one_window_make_one_batch_call() {
         .collect();
     // Warm the connection so all 50 checks reach the server inside one window.
     let _ = check(&mut server.client.clone(), "/healthz-unused", None).await;
-    let checks = tokens.iter().map(|token| {
-        let mut client = server.client.clone();
-        let token = token.clone();
-        async move { check(&mut client, "/admin/users", Some(&token)).await.0 }
-    });
-    let statuses = futures::future::join_all(checks).await;
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    all_allowed(&server, &tokens).await;
     assert_eq!(idp.stat("batch_calls"), 1, "one batch call");
     assert_eq!(idp.stat("last_batch_size"), 50);
     assert_eq!(idp.stat("introspection_calls"), 0, "no single calls");
@@ -603,13 +602,7 @@ async fn without_a_batch_endpoint_a_batch_goes_out_as_concurrent_single_calls() 
         .map(|i| mint_opaque(&idp, &format!("user-{i}")))
         .collect();
     let started = Instant::now();
-    let checks = tokens.iter().map(|token| {
-        let mut client = server.client.clone();
-        let token = token.clone();
-        async move { check(&mut client, "/admin/users", Some(&token)).await.0 }
-    });
-    let statuses = futures::future::join_all(checks).await;
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    all_allowed(&server, &tokens).await;
     assert_eq!(idp.stat("batch_calls"), 0);
     assert_eq!(idp.stat("introspection_calls"), 20);
     // 20 calls of 200 ms each, made concurrently over the pool, not one after another.
