@@ -84,6 +84,16 @@ pub fn plugin(jwt_ttl_ms: u64, privileged_cache_ms: u64, epochs_token: &str) -> 
     })
 }
 
+/// Entry cap of the flood listener's caches (per worker).
+pub const FLOOD_CAP: u64 = 500;
+
+/// The plugin of the memory-flood listener: small caches, to show the caps hold.
+fn flood_plugin(epochs_token: &str) -> Value {
+    let mut p = plugin(60_000, 5_000, epochs_token);
+    p["cache"]["max_entries"] = json!(FLOOD_CAP);
+    p
+}
+
 /// The scenario listeners.
 pub fn listeners(wasm: &str, idp_port: u16, epochs_token: &str) -> Vec<Listener> {
     let plain = |name, filters: String, direct| Listener {
@@ -123,6 +133,11 @@ pub fn listeners(wasm: &str, idp_port: u16, epochs_token: &str) -> Vec<Listener>
             direct: false,
             ext_authz_tier: Some("privileged"),
         },
+        plain(
+            "filter_flood",
+            wasm_filter(wasm, &flood_plugin(epochs_token)),
+            false,
+        ),
     ]
 }
 

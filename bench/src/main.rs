@@ -75,7 +75,7 @@ async fn main() {
     let echo = Echo::start();
     let server = AuthzServerProcess::start(&server_yaml(
         idp.port,
-        &format!("epochs_token: \"{EPOCHS_TOKEN}\"\n"),
+        &format!("epochs_token: \"{EPOCHS_TOKEN}\"\ncache: {{max_entries: {SERVER_FLOOD_CAP}}}\n"),
     ));
     let wasm = wasm_path().display().to_string();
     let listeners = envoy_config::listeners(&wasm, idp.port, EPOCHS_TOKEN);
@@ -107,7 +107,11 @@ async fn main() {
             bearer_tokens: token.into_iter().collect(),
         }
     };
-    let names: Vec<&str> = listeners.iter().map(|l| l.name).collect();
+    let names: Vec<&str> = listeners
+        .iter()
+        .map(|l| l.name)
+        .filter(|n| *n != "filter_flood")
+        .collect();
     // Warm every path (keys fetched, caches filled) and check it answers 200.
     for name in &names {
         let warm = closed_loop(&scenario_target(name), 2, Duration::from_millis(300)).await;
@@ -185,6 +189,9 @@ async fn main() {
     )
     .await;
 
+    // A unique-token flood against small caches: memory must stay bounded by the caps.
+    let flood = memory_flood(&idp, &envoy, &server, envoy_pid).await;
+
     let memory = vec![
         ("envoy".to_owned(), peak_rss_kb(envoy_pid)),
         ("ext-authz-server".to_owned(), peak_rss_kb(server_pid)),
@@ -196,6 +203,7 @@ async fn main() {
         server_alone,
         amplification,
         memory,
+        flood,
         run_seconds,
         repetitions,
         connections,
@@ -318,4 +326,88 @@ async fn amplification_run(
         p99_us: stats.percentile_us(0.99),
         slow_requests: slow,
     }
+}
+
+/// The server's introspection cache cap in the benchmark.
+const SERVER_FLOOD_CAP: u64 = 1_000;
+
+/// Result of the unique-token flood.
+#[derive(Debug, Clone, Default)]
+pub struct Flood {
+    pub jwt_tokens: usize,
+    pub opaque_tokens: usize,
+    pub requests: u64,
+    pub envoy_rss_before_kb: u64,
+    pub envoy_rss_after_kb: u64,
+    pub filter_cache_entries: u64,
+    pub filter_cap: u64,
+    pub server_cache_entries: u64,
+    pub server_cap: u64,
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Unique JWTs on the local path and unique opaque tokens on the privileged path, sent through
+/// the small-cache listener; reports cache entries against the caps and Envoy's RSS.
+async fn memory_flood(
+    idp: &DevIdp,
+    envoy: &Envoy,
+    server: &AuthzServerProcess,
+    envoy_pid: u32,
+) -> Flood {
+    let count = env_u64("BENCH_FLOOD_TOKENS", 3_000) as usize;
+    let port = listener_port(envoy.admin_port, "filter_flood").unwrap_or(0);
+    let jwts: Vec<String> = (0..count)
+        .map(|i| idp.mint(json!({"sub": format!("flood-{i}"), "scope": "read", "alg": "ES256"})))
+        .collect();
+    let opaque: Vec<String> = (0..count)
+        .map(|i| {
+            idp.mint(json!({"sub": format!("flood-{i}"), "scope": "read admin", "opaque": true}))
+        })
+        .collect();
+    let before = rss_kb(envoy_pid);
+    let mut requests = 0;
+    for (path, tokens) in [("/api/items", &jwts), ("/admin/users", &opaque)] {
+        let target = Target {
+            url: format!("http://127.0.0.1:{port}{path}"),
+            bearer_tokens: tokens.clone(),
+        };
+        requests += closed_loop(&target, 8, Duration::from_secs(4))
+            .await
+            .requests;
+    }
+    let server_entries = get(
+        &format!("http://127.0.0.1:{}/metrics", server.admin_port),
+        &[],
+    )
+    .body
+    .lines()
+    .find_map(|l| {
+        l.strip_prefix("authz_cache_entries ")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    })
+    .unwrap_or(0.0) as u64;
+    let flood = Flood {
+        jwt_tokens: count,
+        opaque_tokens: count,
+        requests,
+        envoy_rss_before_kb: before,
+        envoy_rss_after_kb: rss_kb(envoy_pid),
+        filter_cache_entries: envoy.stat("wasmcustom.jwt_authz.cache.entries"),
+        filter_cap: envoy_config::FLOOD_CAP,
+        server_cache_entries: server_entries,
+        server_cap: SERVER_FLOOD_CAP,
+    };
+    eprintln!("flood: {flood:?}");
+    flood
 }

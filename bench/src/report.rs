@@ -14,6 +14,7 @@ pub struct Report {
     pub server_alone: (RunStats, f64),
     pub amplification: Amplification,
     pub memory: Vec<(String, u64)>,
+    pub flood: crate::Flood,
     pub run_seconds: u64,
     pub repetitions: u64,
     pub connections: usize,
@@ -161,6 +162,20 @@ impl Report {
                 a.idp_calls <= a.tokens as u64 * (1 + refreshes_allowed),
             ),
             (
+                "memory: caches stay within their caps under a unique-token flood".into(),
+                format!(
+                    "filter decision cache {} ≤ {} per worker, server cache {} ≤ {}; Envoy RSS {:.1} → {:.1} MiB over {} requests",
+                    self.flood.filter_cache_entries,
+                    self.flood.filter_cap,
+                    self.flood.server_cache_entries,
+                    self.flood.server_cap,
+                    self.flood.envoy_rss_before_kb as f64 / 1024.0,
+                    self.flood.envoy_rss_after_kb as f64 / 1024.0,
+                    self.flood.requests
+                ),
+                self.flood.filter_cache_entries <= self.flood.filter_cap && self.flood.server_cache_entries <= self.flood.server_cap,
+            ),
+            (
                 "no privileged request of a hot token waits on the IdP (+20 ms)".into(),
                 format!(
                     "{} of {} requests ≥ 20 ms; p99 {} µs",
@@ -247,6 +262,14 @@ impl Report {
         }
         let a = &self.amplification;
         let _ = writeln!(md, "\n## Introspection amplification\n\n{} requests over {} hot opaque tokens through native ext_authz in {} s, with the IdP adding 20 ms to every introspection: {} IdP calls; {} requests took ≥ 20 ms; p99 {} µs.\n", a.requests, a.tokens, a.seconds, a.idp_calls, a.slow_requests, a.p99_us);
+        let f = &self.flood;
+        let _ = writeln!(
+            md,
+            "## Memory under a unique-token flood\n\n{} unique ES256 JWTs (local path) and {} unique opaque tokens (privileged path) through a listener whose caches hold {} entries per worker ({} requests); the server's introspection cache is capped at {}.\n\n| cache | entries | cap |\n|---|---|---|\n| filter decision cache (last worker to report) | {} | {} |\n| server introspection cache | {} | {} |\n\nEnvoy RSS {:.1} MiB before the flood, {:.1} MiB after.\n",
+            f.jwt_tokens, f.opaque_tokens, f.filter_cap, f.requests, f.server_cap,
+            f.filter_cache_entries, f.filter_cap, f.server_cache_entries, f.server_cap,
+            f.envoy_rss_before_kb as f64 / 1024.0, f.envoy_rss_after_kb as f64 / 1024.0
+        );
         let _ = writeln!(md, "## Memory\n");
         for (name, kb) in &self.memory {
             let _ = writeln!(md, "- {name}: peak RSS {:.1} MiB", *kb as f64 / 1024.0);
