@@ -1,6 +1,7 @@
 //! The server's `/admin/epochs?since=N` answer, as the filter applies it: what to purge from
 //! its decision cache and which versions to remember. Pure parsing; the filter polls.
 
+use crate::token_hash::parse_digest_hex;
 use serde_json::Value;
 
 /// Changes since the version the filter asked about.
@@ -15,17 +16,6 @@ pub struct Changes {
     pub revoked_token_hashes: Vec<[u8; 32]>,
     /// Whether any `jti` was revoked (the filter cannot map those to entries: it clears all).
     pub jti_revoked: bool,
-}
-
-fn hash(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(key)
 }
 
 impl Changes {
@@ -46,7 +36,11 @@ impl Changes {
         let revoked_token_hashes = match v.get("revoked_token_hashes") {
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|i| i.as_str().and_then(hash).ok_or("bad token hash"))
+                .map(|i| {
+                    i.as_str()
+                        .and_then(parse_digest_hex)
+                        .ok_or("bad token hash")
+                })
                 .collect::<Result<_, _>>()?,
             _ => return Err("epochs answer lacks revoked_token_hashes"),
         };

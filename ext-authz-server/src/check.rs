@@ -297,7 +297,7 @@ impl CheckService {
             );
         }
         let key = token_digest(token);
-        trace.token_label = key[..6].iter().map(|b| format!("{b:02x}")).collect();
+        trace.token_label = authz_core::token_hash::digest_label(&key);
         if self.versions.is_token_revoked(&key) {
             return self.failed(&address, Outcome::Revoked);
         }

@@ -42,21 +42,8 @@ pub struct Versions {
     state: Mutex<State>,
 }
 
-fn hex(key: &TokenKey) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses a 64-hex-character token hash.
-pub fn parse_token_hash(text: &str) -> Option<TokenKey> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(key)
-}
+use authz_core::token_hash::digest_hex as hex;
+pub use authz_core::token_hash::parse_digest_hex as parse_token_hash;
 
 impl Versions {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {

@@ -447,8 +447,12 @@ impl DevIdp {
 
     /// Sets introspection faults: `mode` is ok, error, nonjson, missing_active or down.
     pub fn set_introspection(&self, mode: &str, latency_ms: u64) {
-        let body =
-            json!({"introspection": mode, "introspection_latency_ms": latency_ms}).to_string();
+        self.fault(json!({"introspection": mode, "introspection_latency_ms": latency_ms}));
+    }
+
+    /// Posts a fault setting to `/admin/fault`.
+    fn fault(&self, setting: Value) {
+        let body = setting.to_string();
         let reply = request(
             "POST",
             &self.url("/admin/fault"),
@@ -486,14 +490,7 @@ impl DevIdp {
     }
 
     pub fn set_jwks_down(&self, down: bool) {
-        let body = json!({"jwks": if down { "down" } else { "up" }}).to_string();
-        let reply = request(
-            "POST",
-            &self.url("/admin/fault"),
-            &[("content-type", "application/json")],
-            Some(&body),
-        );
-        assert_eq!(reply.status, 200, "{}", reply.body);
+        self.fault(json!({"jwks": if down { "down" } else { "up" }}));
     }
 }
 

@@ -52,7 +52,7 @@ impl AuthzRoot {
         apply_finals(finals, self.context_id);
         let poll = {
             let mut w = worker.borrow_mut();
-            w.share_versions(now);
+            w.share_versions();
             w.poll_due(now)
         };
         if let Some(poll) = poll {

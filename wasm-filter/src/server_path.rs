@@ -314,11 +314,11 @@ impl Worker {
             host::record(self.metrics.cache_entries, self.decisions.len() as u64);
         }
         self.versions.change_version = self.versions.change_version.max(changes.version);
-        self.share_versions(now_ms);
+        self.share_versions();
     }
 
     /// Publishes what this worker knows, and adopts a newer policy version another worker saw.
-    pub(crate) fn share_versions(&mut self, now_ms: u64) {
+    pub(crate) fn share_versions(&mut self) {
         let (bytes, cas) = host::shared_get(VERSIONS_KEY);
         let shared: serde_json::Value = bytes
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -341,6 +341,5 @@ impl Worker {
                 host::warn("jwt_authz could not share server versions");
             }
         }
-        let _ = now_ms;
     }
 }
