@@ -16,6 +16,9 @@ pub struct Changes {
     pub revoked_token_hashes: Vec<[u8; 32]>,
     /// Whether any `jti` was revoked (the filter cannot map those to entries: it clears all).
     pub jti_revoked: bool,
+    /// Whether the server vouches that its state is current (false while its shared tier is
+    /// unreachable): purges still apply, but the answer does not renew trust in the cache.
+    pub confirmed: bool,
 }
 
 impl Changes {
@@ -48,7 +51,9 @@ impl Changes {
             .get("revoked_jtis")
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty());
+        let confirmed = v.get("confirmed").and_then(Value::as_bool).unwrap_or(true);
         Ok(Changes {
+            confirmed,
             version,
             policy_version,
             subjects,
@@ -73,6 +78,12 @@ mod tests {
         assert_eq!(c.subjects, vec!["alice"]);
         assert_eq!(c.revoked_token_hashes, vec![[0xab; 32]]);
         assert!(!c.jti_revoked);
+        assert!(c.confirmed, "servers without a shared tier omit it");
+        let unconfirmed = Changes::parse(
+            br#"{"version":7,"policy_version":2,"subjects":{},"revoked_token_hashes":[],"confirmed":false}"#,
+        )
+        .unwrap();
+        assert!(!unconfirmed.confirmed);
         assert!(Changes::parse(b"{}").is_err());
         assert!(Changes::parse(
             br#"{"version":1,"policy_version":0,"subjects":{},"revoked_token_hashes":["zz"]}"#

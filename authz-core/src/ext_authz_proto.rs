@@ -161,6 +161,8 @@ pub mod metadata_keys {
     pub const SUBJECT: &str = "authz_subject";
     /// The subject's epoch at decision time.
     pub const SUBJECT_EPOCH: &str = "authz_subject_epoch";
+    /// Present and true when the server cannot confirm its revocation state is current.
+    pub const STATE_UNCONFIRMED: &str = "authz_state_unconfirmed";
 }
 
 /// What a Check reply's dynamic metadata says about caching.
@@ -171,6 +173,9 @@ pub struct CacheDirective {
     pub change_version: u64,
     pub subject: Option<String>,
     pub subject_epoch: u64,
+    /// The server could not confirm its revocation state is current (shared tier down): the
+    /// reply must not renew a client's trust in what it cached before.
+    pub state_unconfirmed: bool,
 }
 
 fn number(s: &prost_types::Struct, key: &str) -> Option<u64> {
@@ -199,6 +204,12 @@ impl CacheDirective {
                 _ => None,
             },
             subject_epoch: number(s, metadata_keys::SUBJECT_EPOCH).unwrap_or(0),
+            state_unconfirmed: matches!(
+                s.fields
+                    .get(metadata_keys::STATE_UNCONFIRMED)
+                    .and_then(|v| v.kind.as_ref()),
+                Some(prost_types::value::Kind::BoolValue(true))
+            ),
         }
     }
 
@@ -222,6 +233,14 @@ impl CacheDirective {
             metadata_keys::SUBJECT_EPOCH.to_owned(),
             num(self.subject_epoch),
         );
+        if self.state_unconfirmed {
+            fields.insert(
+                metadata_keys::STATE_UNCONFIRMED.to_owned(),
+                prost_types::Value {
+                    kind: Some(Kind::BoolValue(true)),
+                },
+            );
+        }
         if let Some(sub) = &self.subject {
             fields.insert(
                 metadata_keys::SUBJECT.to_owned(),
@@ -251,8 +270,17 @@ mod tests {
             change_version: 9,
             subject: Some("alice".into()),
             subject_epoch: 2,
+            state_unconfirmed: false,
         };
         assert_eq!(CacheDirective::from_metadata(Some(&d.to_metadata())), d);
+        let unconfirmed = CacheDirective {
+            state_unconfirmed: true,
+            ..d
+        };
+        assert_eq!(
+            CacheDirective::from_metadata(Some(&unconfirmed.to_metadata())),
+            unconfirmed
+        );
         assert_eq!(CacheDirective::from_metadata(None).ttl_ms, 0);
     }
 

@@ -6,13 +6,16 @@
 //! | `POST /admin/revoke` | `{"token": "…"}`, `{"token_hash": "<sha256 hex>"}` or `{"jti": "…"}` | that token is refused from now on |
 //! | `POST /admin/revoke-subject` | `{"sub": "…"}` | every token of the subject issued so far is refused; bumps its epoch |
 //! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
-//! | `GET /admin/epochs?since=N` | | policy version and what changed after change-version N (also readable with `epochs_token`) |
+//! | `GET /admin/epochs?since=N` | | policy version and what changed after change-version N, and whether this state is confirmed current (also readable with `epochs_token`) |
 //!
-//! Each change takes effect for the next check; the cache is invalidated at once.
+//! Each change takes effect here for the next check; the cache is invalidated at once. With a
+//! shared tier the change is published to every instance (`"shared": "published"`), or, when
+//! Redis cannot take it, kept and published when it returns (`"shared": "pending"`).
 
 use crate::check::CheckService;
 use crate::introspector::now_ms;
-use crate::versions::parse_token_hash;
+use crate::shared;
+use crate::versions::{parse_token_hash, Change};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -61,6 +64,16 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         &[],
         service.versions.policy_version() as f64,
     );
+    if let Some(shared) = &service.shared {
+        service.metrics.set_gauge(
+            "authz_shared_confirmed",
+            &[],
+            if shared.confirmed() { 1.0 } else { 0.0 },
+        );
+        service
+            .metrics
+            .set_gauge("authz_shared_outbox", &[], shared.pending() as f64);
+    }
     service.metrics.set_gauge(
         "authz_cache_entries",
         &[],
@@ -102,17 +115,12 @@ async fn revoke(
         return unauthorized();
     }
     let service = &admin.service;
-    let version = match (&body.token, &body.token_hash, &body.jti) {
+    let change = match (&body.token, &body.token_hash, &body.jti) {
         (Some(token), None, None) => {
-            let key = authz_core::token_hash::token_digest(token);
-            service.introspector.invalidate(&key);
-            service.versions.revoke_token(key)
+            Change::RevokeToken(authz_core::token_hash::token_digest(token))
         }
         (None, Some(hash), None) => match parse_token_hash(hash) {
-            Some(key) => {
-                service.introspector.invalidate(&key);
-                service.versions.revoke_token(key)
-            }
+            Some(key) => Change::RevokeToken(key),
             None => {
                 return (
                     StatusCode::BAD_REQUEST,
@@ -121,7 +129,7 @@ async fn revoke(
                     .into_response()
             }
         },
-        (None, None, Some(jti)) => service.versions.revoke_jti(jti),
+        (None, None, Some(jti)) => Change::RevokeJti(jti.clone()),
         _ => {
             return (
                 StatusCode::BAD_REQUEST,
@@ -130,8 +138,12 @@ async fn revoke(
                 .into_response()
         }
     };
-    eprintln!("{}", json!({"msg": "admin_revoke", "version": version}));
-    Json(json!({"version": version})).into_response()
+    let (applied, delivery) = shared::record(service, change).await;
+    eprintln!(
+        "{}",
+        json!({"msg": "admin_revoke", "version": applied.stamp, "shared": delivery.as_str()})
+    );
+    Json(json!({"version": applied.stamp, "shared": delivery.as_str()})).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,25 +160,31 @@ async fn revoke_subject(
     if !authorized(&admin, &headers) {
         return unauthorized();
     }
-    let epoch = admin.service.versions.revoke_subject(&body.sub, now_ms());
+    let change = Change::RevokeSubject {
+        subject: body.sub.clone(),
+        revoked_at_ms: now_ms(),
+        epoch: None,
+    };
+    let (applied, delivery) = shared::record(&admin.service, change).await;
     eprintln!(
         "{}",
-        json!({"msg": "admin_revoke_subject", "sub": body.sub, "epoch": epoch})
+        json!({"msg": "admin_revoke_subject", "sub": body.sub, "epoch": applied.value, "shared": delivery.as_str()})
     );
-    Json(json!({"sub": body.sub, "epoch": epoch})).into_response()
+    Json(json!({"sub": body.sub, "epoch": applied.value, "version": applied.stamp, "shared": delivery.as_str()}))
+        .into_response()
 }
 
 async fn bump_policy(State(admin): State<Admin>, headers: HeaderMap) -> Response {
     if !authorized(&admin, &headers) {
         return unauthorized();
     }
-    let version = admin.service.versions.bump_policy();
-    admin.service.introspector.invalidate_all();
+    let (applied, delivery) =
+        shared::record(&admin.service, Change::BumpPolicy { version: None }).await;
     eprintln!(
         "{}",
-        json!({"msg": "admin_policy_version", "policy_version": version})
+        json!({"msg": "admin_policy_version", "policy_version": applied.value, "shared": delivery.as_str()})
     );
-    Json(json!({"policy_version": version})).into_response()
+    Json(json!({"policy_version": applied.value, "shared": delivery.as_str()})).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,7 +210,11 @@ async fn epochs(
         .service
         .metrics
         .inc("authz_epochs_requests_total", &[]);
-    let body: Value = admin.service.versions.changes_since(q.since.unwrap_or(0));
+    let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
+    let body: Value = admin
+        .service
+        .versions
+        .changes_since(q.since.unwrap_or(0), confirmed);
     Json(body).into_response()
 }
 

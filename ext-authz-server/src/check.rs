@@ -12,6 +12,7 @@ use crate::config::ServerConfig;
 use crate::introspector::{now_ms, Introspector, Lookup, Source};
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
+use crate::shared::Shared;
 use crate::versions::Versions;
 use authz_core::decision::bearer_token;
 use authz_core::ext_authz_proto::CacheDirective;
@@ -44,6 +45,8 @@ pub struct CheckService {
     pub config: Arc<ServerConfig>,
     pub introspector: Arc<Introspector>,
     pub versions: Arc<Versions>,
+    /// The shared tier (Redis), when configured.
+    pub shared: Option<Arc<Shared>>,
     pub limiters: Arc<Limiters>,
     pub metrics: Arc<Metrics>,
 }
@@ -66,6 +69,8 @@ pub enum Outcome {
     Inactive,
     /// 503: the IdP could not answer and the tier allows no stale answer.
     IdpUnavailable(&'static str),
+    /// 503: the shared revocation state is not confirmed current and the tier fails closed.
+    SharedUnconfirmed,
     /// 429.
     RateLimited(&'static str),
     /// 503: the check ran out of time.
@@ -81,6 +86,7 @@ impl Outcome {
             Outcome::Revoked => ("deny", "revoked"),
             Outcome::Inactive => ("deny", "inactive"),
             Outcome::IdpUnavailable(_) => ("deny", "idp_unavailable"),
+            Outcome::SharedUnconfirmed => ("deny", "shared_state_unconfirmed"),
             Outcome::RateLimited(_) => ("deny", "rate_limited"),
             Outcome::Deadline => ("deny", "deadline"),
         }
@@ -184,6 +190,7 @@ impl CheckService {
                 "cache": trace.cache,
                 "data_age_ms": trace.age_ms,
                 "region": self.config.region,
+                "zone": self.config.zone,
                 "subject": trace.subject,
                 "token": trace.token_label,
                 "latency_ms": stages,
@@ -219,6 +226,7 @@ impl CheckService {
                 .map(|s| self.versions.subject_epoch(s))
                 .unwrap_or(0),
             subject,
+            state_unconfirmed: self.shared.as_ref().is_some_and(|s| !s.confirmed()),
         }
     }
 
@@ -236,7 +244,9 @@ impl CheckService {
             Outcome::Allow { subject, scopes } => self.ok_response(tier, subject.as_deref(), &scopes),
             Outcome::Deny(reason) => standard(reason),
             Outcome::Revoked | Outcome::Inactive => standard(DenyReason::MissingToken),
-            Outcome::IdpUnavailable(_) | Outcome::Deadline => standard(DenyReason::ServerRequired),
+            Outcome::IdpUnavailable(_) | Outcome::SharedUnconfirmed | Outcome::Deadline => {
+                standard(DenyReason::ServerRequired)
+            }
             Outcome::StepUp { www_authenticate } => denied(
                 401,
                 vec![("www-authenticate", www_authenticate), ("content-type", "application/json".into()), ("cache-control", "no-store".into())],
@@ -305,11 +315,24 @@ impl CheckService {
             return Outcome::RateLimited("privileged_per_address");
         }
         let rules = self.config.tier_rules(tier);
+        // Above `authenticated`, shared data counts only while it is confirmed current; a tier
+        // that fails closed refuses to decide without it (revocations made elsewhere could be
+        // missing).
+        let trust_unconfirmed_shared = tier <= Tier::Authenticated;
+        if !trust_unconfirmed_shared
+            && rules.fails_closed()
+            && self.shared.as_ref().is_some_and(|s| !s.confirmed())
+        {
+            return Outcome::SharedUnconfirmed;
+        }
         trace
             .stages
             .push(("policy", policy_started.elapsed().as_secs_f64()));
         let lookup_started = Instant::now();
-        let lookup = self.introspector.lookup(key, token, &rules).await;
+        let lookup = self
+            .introspector
+            .lookup(key, token, &rules, trust_unconfirmed_shared)
+            .await;
         trace
             .stages
             .push(("cache_lookup", lookup_started.elapsed().as_secs_f64()));

@@ -24,7 +24,9 @@ pub struct ServerConfigFile {
     pub admin_token: Option<String>,
     /// A second, read-only bearer secret accepted by `GET /admin/epochs` (for the filter).
     pub epochs_token: Option<String>,
+    /// Where this instance runs, for decision logs (`region`, `zone`).
     pub region: Option<String>,
+    pub zone: Option<String>,
     pub realm: Option<String>,
     pub check_timeout_ms: Option<u64>,
     pub drain_ms: Option<u64>,
@@ -45,6 +47,33 @@ pub struct ServerConfigFile {
     pub strip_headers: Option<Vec<String>>,
     /// Keep `authorization` on allowed requests (default false, as the filter).
     pub forward_token: Option<bool>,
+    /// The optional shared tier (several instances, one Redis).
+    pub redis: Option<RedisFile>,
+    #[serde(flatten)]
+    pub unknown: Mapping,
+}
+
+/// `redis:`: a shared introspection cache (L2) and the revocation event stream.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisFile {
+    /// `redis://host:port/db` (or `rediss://` for TLS).
+    pub url: Option<String>,
+    /// Secret (at least 32 characters) that keys and encrypts shared cache entries; the same on
+    /// every instance.
+    pub secret: Option<String>,
+    /// Prefix of every key this server uses (default `authz:v1:`).
+    pub key_prefix: Option<String>,
+    /// Budget for one Redis command on the check path (default 50).
+    pub op_timeout_ms: Option<u64>,
+    /// How long the stream reader blocks per read (default 500).
+    pub block_ms: Option<u64>,
+    /// How long after the last good stream read the shared state stops being trusted as
+    /// current (default 1500; above `block_ms`).
+    pub max_unconfirmed_ms: Option<u64>,
+    /// Events kept in the stream (default 1000000, approximate trimming).
+    pub stream_max_len: Option<u64>,
+    /// Whether introspection results are shared through Redis (default true).
+    pub shared_cache: Option<bool>,
     #[serde(flatten)]
     pub unknown: Mapping,
 }
@@ -168,6 +197,19 @@ pub struct CacheConfig {
     pub refresh_ahead_fraction: f64,
 }
 
+/// The validated `redis:` section.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub secret: String,
+    pub key_prefix: String,
+    pub op_timeout: Duration,
+    pub block: Duration,
+    pub max_unconfirmed_ms: u64,
+    pub stream_max_len: u64,
+    pub shared_cache: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct BatchingConfig {
     /// 0 disables batching (every token is introspected on its own, at once).
@@ -198,6 +240,7 @@ pub struct ServerConfig {
     pub admin_token: String,
     pub epochs_token: Option<String>,
     pub region: String,
+    pub zone: String,
     pub realm: String,
     pub check_timeout: Duration,
     pub drain: Duration,
@@ -211,6 +254,7 @@ pub struct ServerConfig {
     pub routes: RouteTable,
     pub strip_headers: Vec<String>,
     pub forward_token: bool,
+    pub redis: Option<RedisConfig>,
 }
 
 struct Problems(Vec<String>);
@@ -272,6 +316,57 @@ fn rate(p: &mut Problems, at: &str, r: &Option<RateFile>) -> Option<Rate> {
         period,
         burst,
     })
+}
+
+fn redis_config(p: &mut Problems, r: &RedisFile) -> RedisConfig {
+    p.unknown("redis", &r.unknown);
+    let url = r.url.clone().unwrap_or_default();
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        p.add(
+            "redis.url",
+            "is required: redis://host:port[/db] or rediss://…",
+        );
+    }
+    let secret = r.secret.clone().unwrap_or_default();
+    if secret.len() < 32 {
+        p.add(
+            "redis.secret",
+            "is required and must be at least 32 characters (it keys and encrypts shared entries)",
+        );
+    }
+    let op_timeout_ms = r.op_timeout_ms.unwrap_or(50);
+    if op_timeout_ms == 0 || op_timeout_ms > 5_000 {
+        p.add("redis.op_timeout_ms", "must be between 1 and 5000");
+    }
+    let block_ms = r.block_ms.unwrap_or(500);
+    if !(10..=5_000).contains(&block_ms) {
+        p.add("redis.block_ms", "must be between 10 and 5000");
+    }
+    let max_unconfirmed_ms = r.max_unconfirmed_ms.unwrap_or(1_500);
+    if max_unconfirmed_ms <= block_ms {
+        p.add(
+            "redis.max_unconfirmed_ms",
+            format_args!("must be above block_ms ({block_ms})"),
+        );
+    }
+    let stream_max_len = r.stream_max_len.unwrap_or(1_000_000);
+    if stream_max_len < 1_000 {
+        p.add("redis.stream_max_len", "must be at least 1000");
+    }
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "authz:v1:".into());
+    if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+        p.add("redis.key_prefix", "must be non-empty without spaces");
+    }
+    RedisConfig {
+        url,
+        secret,
+        key_prefix,
+        op_timeout: Duration::from_millis(op_timeout_ms),
+        block: Duration::from_millis(block_ms),
+        max_unconfirmed_ms,
+        stream_max_len,
+        shared_cache: r.shared_cache.unwrap_or(true),
+    }
 }
 
 impl ServerConfig {
@@ -487,6 +582,7 @@ impl ServerConfig {
                 );
             }
         }
+        let redis = f.redis.as_ref().map(|r| redis_config(&mut p, r));
         if !p.0.is_empty() {
             return Err(ServerError::InvalidConfig(p.0));
         }
@@ -501,6 +597,7 @@ impl ServerConfig {
             admin_token,
             epochs_token: f.epochs_token.clone(),
             region: f.region.clone().unwrap_or_else(|| "local".into()),
+            zone: f.zone.clone().unwrap_or_else(|| "local".into()),
             realm,
             check_timeout: Duration::from_millis(f.check_timeout_ms.unwrap_or(2000)),
             drain: Duration::from_millis(f.drain_ms.unwrap_or(500)),
@@ -517,6 +614,7 @@ impl ServerConfig {
             routes,
             strip_headers,
             forward_token: f.forward_token.unwrap_or(false),
+            redis,
         })
     }
 
@@ -582,6 +680,23 @@ policy:
     }
 
     #[test]
+    fn a_redis_section_loads_with_defaults() {
+        let text = format!(
+            "{EXAMPLE}zone: zone-a\nredis: {{url: \"redis://127.0.0.1:6379/0\", secret: \"{}\"}}\n",
+            "s".repeat(32)
+        );
+        let c = ServerConfig::from_yaml(&text).unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!(r.key_prefix, "authz:v1:");
+        assert_eq!(
+            (r.max_unconfirmed_ms, r.block),
+            (1_500, Duration::from_millis(500))
+        );
+        assert!(r.shared_cache);
+        assert_eq!(c.zone, "zone-a");
+    }
+
+    #[test]
     fn every_problem_is_named() {
         let bad = r#"
 listen: nowhere
@@ -619,6 +734,28 @@ colour: blue
             "rate_limits.privileged_per_subject: exactly one of",
             "policy.routes[0]: unknown tier \"platinum\"",
             "policy.default: an explicit default route",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "missing {expected:?} in {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn redis_problems_are_named_with_the_rest() {
+        let bad = format!(
+            "{EXAMPLE}redis: {{url: \"http://x\", secret: short, block_ms: 800, max_unconfirmed_ms: 500, stream_max_len: 5, colour: red}}\n"
+        );
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&bad) else {
+            panic!("accepted")
+        };
+        for expected in [
+            "redis: unknown field \"colour\"",
+            "redis.url: is required",
+            "redis.secret: is required",
+            "redis.max_unconfirmed_ms: must be above block_ms (800)",
+            "redis.stream_max_len: must be at least 1000",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(expected)),

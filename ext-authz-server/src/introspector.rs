@@ -19,6 +19,7 @@
 use crate::config::ServerConfig;
 use crate::idp_client::{IdpClient, IdpError};
 use crate::metrics::Metrics;
+use crate::shared::Shared as SharedTier;
 use crate::versions::TokenKey;
 use authz_core::circuit::CircuitBreaker;
 use authz_core::fallback::{cache_ttl_ms, on_idp_error, plan, CachePlan, ErrorPlan, TierRules};
@@ -53,6 +54,8 @@ pub enum Source {
     Miss,
     /// Older than the tier's freshness, served inside its stale-if-error window.
     Stale,
+    /// From the shared (Redis) cache another instance filled.
+    Shared,
 }
 
 impl Source {
@@ -61,6 +64,7 @@ impl Source {
             Source::Hit => "hit",
             Source::Miss => "miss",
             Source::Stale => "stale",
+            Source::Shared => "shared",
         }
     }
 }
@@ -105,6 +109,7 @@ pub struct Introspector {
     inactive_ttl_ms: u64,
     longest_window_ms: u64,
     refresh_ahead_fraction: f64,
+    shared: Option<Arc<SharedTier>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,6 +122,7 @@ impl Introspector {
         config: &ServerConfig,
         client: IdpClient,
         metrics: Arc<Metrics>,
+        shared: Option<Arc<SharedTier>>,
     ) -> Arc<Introspector> {
         let batch_tx = (!config.batching.window.is_zero()).then(|| {
             let (tx, rx) = mpsc::channel(4096);
@@ -147,17 +153,21 @@ impl Introspector {
             inactive_ttl_ms: config.cache.inactive_ttl_ms,
             longest_window_ms: config.longest_window_ms(),
             refresh_ahead_fraction: config.cache.refresh_ahead_fraction,
+            shared,
         });
         introspector.publish_circuit_state();
         introspector
     }
 
     /// Introspection data for `token`, good enough for a check on a tier with `rules`.
+    /// `trust_unconfirmed_shared`: whether the tier may use the shared cache while this
+    /// instance cannot confirm its shared state is current.
     pub async fn lookup(
         self: &Arc<Self>,
         key: TokenKey,
         token: &str,
         rules: &TierRules,
+        trust_unconfirmed_shared: bool,
     ) -> Result<Lookup, IdpError> {
         let now = now_ms();
         let cached = self.cache.get(&key);
@@ -181,7 +191,60 @@ impl Introspector {
                     age_ms: age.unwrap_or(0),
                 })
             }
-            CachePlan::Introspect => match self.fetch_fresh(key, token.to_owned()).await {
+            CachePlan::Introspect => {
+                if let Some(found) = self
+                    .shared_lookup(&key, rules, trust_unconfirmed_shared)
+                    .await
+                {
+                    return Ok(found);
+                }
+                self.introspect_or_stale(key, token, rules, cached, age)
+                    .await
+            }
+        }
+    }
+
+    /// A result another instance put in the shared cache, if it is fresh enough for `rules`.
+    async fn shared_lookup(
+        &self,
+        key: &TokenKey,
+        rules: &TierRules,
+        trust_unconfirmed: bool,
+    ) -> Option<Lookup> {
+        let shared = self.shared.as_ref()?;
+        if !shared.caches_introspection() || !(trust_unconfirmed || shared.confirmed()) {
+            return None;
+        }
+        let entry = shared.cache_get(key).await?;
+        let age = now_ms().saturating_sub(entry.fetched_at_ms);
+        let CachePlan::Use { .. } = plan(Some(age), rules, self.refresh_ahead_fraction) else {
+            return None;
+        };
+        let remaining = (entry.fetched_at_ms + entry.ttl_ms).saturating_sub(now_ms());
+        let entry = Arc::new(Cached {
+            ttl_ms: remaining,
+            ..entry
+        });
+        self.cache.insert(*key, entry.clone());
+        self.metrics
+            .inc("authz_cache_lookups_total", &[("result", "shared")]);
+        Some(Lookup {
+            entry,
+            source: Source::Shared,
+            age_ms: age,
+        })
+    }
+
+    async fn introspect_or_stale(
+        self: &Arc<Self>,
+        key: TokenKey,
+        token: &str,
+        rules: &TierRules,
+        cached: Option<Arc<Cached>>,
+        age: Option<u64>,
+    ) -> Result<Lookup, IdpError> {
+        {
+            match self.fetch_fresh(key, token.to_owned()).await {
                 Ok(entry) => {
                     self.metrics
                         .inc("authz_cache_lookups_total", &[("result", "miss")]);
@@ -203,7 +266,7 @@ impl Introspector {
                     }
                     _ => Err(err),
                 },
-            },
+            }
         }
     }
 
@@ -323,6 +386,10 @@ impl Introspector {
                 });
                 if ttl_ms > 0 {
                     self.cache.insert(key, entry.clone());
+                    if let Some(shared) = self.shared.as_ref().filter(|s| s.caches_introspection())
+                    {
+                        shared.cache_put(key, entry.clone());
+                    }
                 }
                 Ok(entry)
             }

@@ -15,6 +15,7 @@ pub mod idp_client;
 pub mod introspector;
 pub mod limits;
 pub mod metrics;
+pub mod shared;
 pub mod versions;
 
 use crate::check::CheckService;
@@ -63,12 +64,30 @@ impl Listeners {
 pub fn build_service(config: ServerConfig) -> Result<Arc<CheckService>, ServerError> {
     let metrics = Arc::new(metrics::Metrics::default());
     let client = idp_client::IdpClient::new(config.introspection.clone())?;
-    let introspector = introspector::Introspector::new(&config, client, metrics.clone());
+    let versions = Arc::new(match config.redis {
+        Some(_) => versions::Versions::shared(),
+        None => versions::Versions::default(),
+    });
+    let shared = match &config.redis {
+        Some(redis) => Some(Arc::new(
+            shared::Shared::new(
+                redis.clone(),
+                format!("{}/{}/{}", config.region, config.zone, std::process::id()),
+                versions.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| ServerError::InvalidConfig(vec![format!("redis.url: {e}")]))?,
+        )),
+        None => None,
+    };
+    let introspector =
+        introspector::Introspector::new(&config, client, metrics.clone(), shared.clone());
     let limiters = Arc::new(limits::Limiters::new(&config.rate_limits));
     Ok(Arc::new(CheckService {
         config: Arc::new(config),
         introspector,
-        versions: Arc::new(versions::Versions::default()),
+        versions,
+        shared,
         limiters,
         metrics,
     }))
@@ -102,6 +121,7 @@ pub async fn serve(
             })
             .await;
     });
+    let shared_task = tokio::spawn(shared::run(service.clone()));
     let limiters = service.limiters.clone();
     let prune_task = tokio::spawn(async move {
         loop {
@@ -141,5 +161,6 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     prune_task.abort();
+    shared_task.abort();
     result.map_err(ServerError::from)
 }

@@ -1,21 +1,62 @@
 //! Revocation state and versions: revoked token hashes and `jti`s, per-subject epochs, and the
-//! policy version. Every change bumps one monotonic change counter, so a client (the filter's
-//! cache, next issue) can ask "what changed since version N" cheaply.
+//! policy version, with the change counter a client (the filter's decision cache) polls with
+//! "what changed since version N".
 //!
 //! Subject revocation means: every token of that subject issued (`iat`) at or before the
 //! revocation is refused from now on; tokens issued later (a new login) pass.
 //!
-//! In memory only. Revoked token hashes are kept up to a bound (oldest dropped first), which is
+//! Two modes. **Local** (no shared tier): every change bumps the counter. **Shared** (Redis,
+//! see `shared`): the counter is the shared sequence, and it only advances as the event stream
+//! is read in order ([`Versions::advance_to`]), so every instance reports the same numbers and a
+//! filter may poll any of them. A change this instance learns out of order (its own admin call
+//! before the stream echoes it, a change made while Redis was down, a fact republished after
+//! Redis lost its data) is stamped `max(seq, counter + 1)`: it is in every answer until the
+//! counter passes it, so no poller that already moved past the counter misses it. Facts only
+//! accumulate: nothing applied here is ever un-revoked.
+//!
+//! In memory. Revoked token hashes are kept up to a bound (oldest dropped first), which is
 //! safe as long as the bound covers the tokens' remaining lifetimes; `jti` revocations likewise.
+//! This module does no I/O and reads no clock.
 
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::Mutex;
 
 /// A SHA-256 of a token.
 pub type TokenKey = [u8; 32];
 
 const MAX_REVOKED: usize = 1_000_000;
+
+/// One change to the revocation state, as recorded locally or carried between instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    RevokeToken(TokenKey),
+    RevokeJti(String),
+    /// Tokens of `subject` issued at or before `revoked_at_ms` are refused. `epoch` is the
+    /// shared count of the subject's revocations when known (from Redis).
+    RevokeSubject {
+        subject: String,
+        revoked_at_ms: u64,
+        epoch: Option<u64>,
+    },
+    /// The policy changed: every cached result goes. `version` is the shared policy version
+    /// when known.
+    BumpPolicy {
+        version: Option<u64>,
+    },
+}
+
+/// What applying a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The change was not known before (its effects must be applied: cache invalidation).
+    pub new: bool,
+    /// The version stamp the change carries in `changes_since`.
+    pub stamp: u64,
+    /// For a subject: its epoch now; for a policy bump: the policy version now.
+    pub value: u64,
+}
 
 #[derive(Debug, Default)]
 struct SubjectEpoch {
@@ -24,83 +65,183 @@ struct SubjectEpoch {
     revoked_at_ms: u64,
 }
 
+/// A bounded set of revoked keys, each with the version it was (last) stamped with.
+#[derive(Debug)]
+struct RevokedSet<K> {
+    stamps: HashMap<K, u64>,
+    order: VecDeque<K>,
+}
+
+impl<K> Default for RevokedSet<K> {
+    fn default() -> Self {
+        RevokedSet {
+            stamps: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> RevokedSet<K> {
+    /// Inserts or re-stamps `key`; returns whether it was new.
+    fn insert(&mut self, key: K, stamp_if_new: u64, seq: Option<u64>) -> (bool, u64) {
+        match self.stamps.get_mut(&key) {
+            Some(stamp) => {
+                *stamp = (*stamp).max(seq.unwrap_or(0));
+                (false, *stamp)
+            }
+            None => {
+                self.stamps.insert(key.clone(), stamp_if_new);
+                self.order.push_back(key);
+                while self.order.len() > MAX_REVOKED {
+                    if let Some(old) = self.order.pop_front() {
+                        self.stamps.remove(&old);
+                    }
+                }
+                (true, stamp_if_new)
+            }
+        }
+    }
+
+    fn since(&self, since: u64) -> impl Iterator<Item = &K> {
+        self.stamps
+            .iter()
+            .filter(move |(_, v)| **v > since)
+            .map(|(k, _)| k)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     version: u64,
     policy_version: u64,
     policy_changed_at_version: u64,
     subjects: HashMap<String, SubjectEpoch>,
-    revoked_tokens: HashMap<TokenKey, u64>,
-    revoked_token_order: VecDeque<TokenKey>,
-    revoked_jtis: HashMap<String, u64>,
-    revoked_jti_order: VecDeque<String>,
+    revoked_tokens: RevokedSet<TokenKey>,
+    revoked_jtis: RevokedSet<String>,
 }
 
 /// Shared revocation and version state.
 #[derive(Debug, Default)]
 pub struct Versions {
     state: Mutex<State>,
+    shared: bool,
 }
 
 use authz_core::token_hash::digest_hex as hex;
 pub use authz_core::token_hash::parse_digest_hex as parse_token_hash;
 
 impl Versions {
+    /// State whose counter is the shared sequence (advanced by the stream reader only).
+    pub fn shared() -> Versions {
+        Versions {
+            state: Mutex::default(),
+            shared: true,
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
     }
 
-    pub fn revoke_token(&self, key: TokenKey) -> u64 {
+    /// Records `change`. `seq` is its place in the shared sequence, if it has one.
+    pub fn apply(&self, change: &Change, seq: Option<u64>) -> Applied {
+        let shared = self.shared;
         self.with(|s| {
-            s.version += 1;
-            if s.revoked_tokens.insert(key, s.version).is_none() {
-                s.revoked_token_order.push_back(key);
-            }
-            while s.revoked_token_order.len() > MAX_REVOKED {
-                if let Some(old) = s.revoked_token_order.pop_front() {
-                    s.revoked_tokens.remove(&old);
+            // The stamp a fact gets if it is new here.
+            let stamp = match (seq, shared) {
+                (Some(seq), _) => seq.max(s.version + 1),
+                (None, true) => s.version + 1,
+                (None, false) => {
+                    s.version += 1;
+                    s.version
+                }
+            };
+            match change {
+                Change::RevokeToken(key) => {
+                    let (new, stamp) = s.revoked_tokens.insert(*key, stamp, seq);
+                    Applied {
+                        new,
+                        stamp,
+                        value: 0,
+                    }
+                }
+                Change::RevokeJti(jti) => {
+                    let (new, stamp) = s.revoked_jtis.insert(jti.clone(), stamp, seq);
+                    Applied {
+                        new,
+                        stamp,
+                        value: 0,
+                    }
+                }
+                Change::RevokeSubject {
+                    subject,
+                    revoked_at_ms,
+                    epoch,
+                } => {
+                    let e = s.subjects.entry(subject.clone()).or_default();
+                    // Without a sequence number this is a fresh local revocation.
+                    let new = seq.is_none()
+                        || *revoked_at_ms > e.revoked_at_ms
+                        || epoch.is_some_and(|n| n > e.epoch);
+                    let next_epoch = epoch.unwrap_or(e.epoch + u64::from(new));
+                    if new || next_epoch > e.epoch {
+                        e.changed_at_version = e.changed_at_version.max(stamp);
+                    } else if let Some(seq) = seq {
+                        e.changed_at_version = e.changed_at_version.max(seq);
+                    }
+                    e.revoked_at_ms = e.revoked_at_ms.max(*revoked_at_ms);
+                    e.epoch = e.epoch.max(next_epoch);
+                    Applied {
+                        new,
+                        stamp: e.changed_at_version,
+                        value: e.epoch,
+                    }
+                }
+                Change::BumpPolicy { version } => {
+                    let next = version.unwrap_or(s.policy_version + 1);
+                    let new = next > s.policy_version;
+                    if new {
+                        s.policy_version = next;
+                        s.policy_changed_at_version = s.policy_changed_at_version.max(stamp);
+                    }
+                    Applied {
+                        new,
+                        stamp: s.policy_changed_at_version,
+                        value: s.policy_version,
+                    }
                 }
             }
-            s.version
         })
     }
 
-    pub fn revoke_jti(&self, jti: &str) -> u64 {
+    /// The shared stream has been read through `seq`.
+    pub fn advance_to(&self, seq: u64) {
+        self.with(|s| s.version = s.version.max(seq));
+    }
+
+    /// Everything known, as changes (to republish after the shared store lost its data).
+    pub fn export(&self) -> Vec<Change> {
         self.with(|s| {
-            s.version += 1;
-            if s.revoked_jtis.insert(jti.to_owned(), s.version).is_none() {
-                s.revoked_jti_order.push_back(jti.to_owned());
+            let mut all: Vec<Change> = Vec::new();
+            if s.policy_version > 0 {
+                all.push(Change::BumpPolicy {
+                    version: Some(s.policy_version),
+                });
             }
-            while s.revoked_jti_order.len() > MAX_REVOKED {
-                if let Some(old) = s.revoked_jti_order.pop_front() {
-                    s.revoked_jtis.remove(&old);
-                }
-            }
-            s.version
-        })
-    }
-
-    /// Bumps the subject's epoch; returns it.
-    pub fn revoke_subject(&self, subject: &str, now_ms: u64) -> u64 {
-        self.with(|s| {
-            s.version += 1;
-            let version = s.version;
-            let e = s.subjects.entry(subject.to_owned()).or_default();
-            e.epoch += 1;
-            e.changed_at_version = version;
-            e.revoked_at_ms = now_ms;
-            e.epoch
-        })
-    }
-
-    /// Bumps the policy version; returns it.
-    pub fn bump_policy(&self) -> u64 {
-        self.with(|s| {
-            s.version += 1;
-            s.policy_version += 1;
-            s.policy_changed_at_version = s.version;
-            s.policy_version
+            all.extend(s.subjects.iter().map(|(sub, e)| Change::RevokeSubject {
+                subject: sub.clone(),
+                revoked_at_ms: e.revoked_at_ms,
+                epoch: Some(e.epoch),
+            }));
+            all.extend(
+                s.revoked_tokens
+                    .order
+                    .iter()
+                    .map(|k| Change::RevokeToken(*k)),
+            );
+            all.extend(s.revoked_jtis.order.iter().cloned().map(Change::RevokeJti));
+            all
         })
     }
 
@@ -114,11 +255,11 @@ impl Versions {
     }
 
     pub fn is_token_revoked(&self, key: &TokenKey) -> bool {
-        self.with(|s| s.revoked_tokens.contains_key(key))
+        self.with(|s| s.revoked_tokens.stamps.contains_key(key))
     }
 
     pub fn is_jti_revoked(&self, jti: &str) -> bool {
-        self.with(|s| s.revoked_jtis.contains_key(jti))
+        self.with(|s| s.revoked_jtis.stamps.contains_key(jti))
     }
 
     /// When the subject was last revoked (ms), if ever.
@@ -131,7 +272,9 @@ impl Versions {
     }
 
     /// Everything changed after `since`: the body of `GET /admin/epochs?since=N`.
-    pub fn changes_since(&self, since: u64) -> Value {
+    /// `confirmed` says whether this state is known to be current (always, without a shared
+    /// tier); a poller must not extend its trust on an unconfirmed answer.
+    pub fn changes_since(&self, since: u64, confirmed: bool) -> Value {
         self.with(|s| {
             let subjects: serde_json::Map<String, Value> = s
                 .subjects
@@ -139,18 +282,8 @@ impl Versions {
                 .filter(|(_, e)| e.changed_at_version > since)
                 .map(|(sub, e)| (sub.clone(), json!(e.epoch)))
                 .collect();
-            let tokens: Vec<String> = s
-                .revoked_tokens
-                .iter()
-                .filter(|(_, v)| **v > since)
-                .map(|(k, _)| hex(k))
-                .collect();
-            let jtis: Vec<&String> = s
-                .revoked_jtis
-                .iter()
-                .filter(|(_, v)| **v > since)
-                .map(|(j, _)| j)
-                .collect();
+            let tokens: Vec<String> = s.revoked_tokens.since(since).map(hex).collect();
+            let jtis: Vec<&String> = s.revoked_jtis.since(since).collect();
             json!({
                 "version": s.version,
                 "policy_version": s.policy_version,
@@ -158,6 +291,7 @@ impl Versions {
                 "subjects": subjects,
                 "revoked_token_hashes": tokens,
                 "revoked_jtis": jtis,
+                "confirmed": confirmed,
             })
         })
     }
@@ -167,22 +301,31 @@ impl Versions {
 mod tests {
     use super::*;
 
+    fn subject(name: &str, at: u64) -> Change {
+        Change::RevokeSubject {
+            subject: name.into(),
+            revoked_at_ms: at,
+            epoch: None,
+        }
+    }
+
     #[test]
     fn changes_since_returns_only_newer_changes() {
         let v = Versions::default();
-        v.revoke_subject("alice", 1_000);
-        let after_alice = v.changes_since(0)["version"].as_u64().unwrap();
-        v.revoke_subject("bob", 2_000);
-        v.revoke_token([7u8; 32]);
-        v.bump_policy();
-        let changes = v.changes_since(after_alice);
+        v.apply(&subject("alice", 1_000), None);
+        let after_alice = v.changes_since(0, true)["version"].as_u64().unwrap();
+        v.apply(&subject("bob", 2_000), None);
+        v.apply(&Change::RevokeToken([7u8; 32]), None);
+        v.apply(&Change::BumpPolicy { version: None }, None);
+        let changes = v.changes_since(after_alice, true);
         assert!(changes["subjects"].get("alice").is_none());
         assert_eq!(changes["subjects"]["bob"], 1);
         assert_eq!(changes["revoked_token_hashes"][0], hex(&[7u8; 32]));
         assert_eq!(changes["policy_version"], 1);
         assert_eq!(changes["policy_changed"], true);
+        let now = changes["version"].as_u64().unwrap();
         assert_eq!(
-            v.changes_since(changes["version"].as_u64().unwrap())["subjects"]
+            v.changes_since(now, true)["subjects"]
                 .as_object()
                 .unwrap()
                 .len(),
@@ -195,5 +338,97 @@ mod tests {
         let key = [0xabu8; 32];
         assert_eq!(parse_token_hash(&hex(&key)), Some(key));
         assert_eq!(parse_token_hash("zz"), None);
+    }
+
+    #[test]
+    fn shared_counter_moves_only_with_the_stream() {
+        let v = Versions::shared();
+        v.apply(&Change::RevokeToken([1; 32]), Some(1));
+        v.advance_to(1);
+        // Our own change, applied before the stream echoes event 2 (another instance's).
+        let ours = v.apply(&Change::RevokeToken([3; 32]), Some(3));
+        assert_eq!(ours.stamp, 3);
+        assert_eq!(v.change_version(), 1, "3 is not reported before 2 is read");
+        // A poller at 1 sees event 3 now, and again until the counter passes it.
+        let at_1 = v.changes_since(1, true);
+        assert_eq!(at_1["revoked_token_hashes"][0], hex(&[3; 32]));
+        v.apply(&Change::RevokeToken([2; 32]), Some(2));
+        v.advance_to(2);
+        let at_2 = v.changes_since(2, true);
+        assert_eq!(at_2["revoked_token_hashes"].as_array().unwrap().len(), 1);
+        v.apply(&Change::RevokeToken([3; 32]), Some(3));
+        v.advance_to(3);
+        assert_eq!(v.changes_since(3, true)["revoked_token_hashes"], json!([]));
+    }
+
+    #[test]
+    fn a_change_learned_late_is_reported_above_the_counter() {
+        let v = Versions::shared();
+        v.advance_to(50);
+        // Made here while Redis was down: no sequence number yet.
+        let pending = v.apply(&Change::RevokeJti("j1".into()), None);
+        assert!(pending.new);
+        assert_eq!(pending.stamp, 51);
+        assert_eq!(v.changes_since(50, true)["revoked_jtis"], json!(["j1"]));
+        // Republished after the shared store lost its data, at a sequence below ours.
+        let replayed = v.apply(&Change::RevokeToken([9; 32]), Some(12));
+        assert_eq!(replayed.stamp, 51, "a poller at 50 still gets it");
+        // Published later: the known fact is re-stamped with its real sequence.
+        let published = v.apply(&Change::RevokeJti("j1".into()), Some(57));
+        assert!(!published.new);
+        assert_eq!(published.stamp, 57);
+    }
+
+    #[test]
+    fn subject_epochs_and_policy_versions_never_go_back() {
+        let v = Versions::shared();
+        let first = v.apply(
+            &Change::RevokeSubject {
+                subject: "alice".into(),
+                revoked_at_ms: 2_000,
+                epoch: Some(3),
+            },
+            Some(4),
+        );
+        assert_eq!((first.new, first.value), (true, 3));
+        let older = v.apply(
+            &Change::RevokeSubject {
+                subject: "alice".into(),
+                revoked_at_ms: 1_000,
+                epoch: Some(2),
+            },
+            Some(5),
+        );
+        assert!(!older.new);
+        assert_eq!(v.subject_revoked_at_ms("alice"), Some(2_000));
+        assert_eq!(v.subject_epoch("alice"), 3);
+        assert!(
+            v.apply(&Change::BumpPolicy { version: Some(4) }, Some(6))
+                .new
+        );
+        assert!(
+            !v.apply(&Change::BumpPolicy { version: Some(2) }, Some(7))
+                .new
+        );
+        assert_eq!(v.policy_version(), 4);
+        let pending = v.apply(&Change::BumpPolicy { version: None }, None);
+        assert_eq!((pending.new, pending.value), (true, 5));
+    }
+
+    #[test]
+    fn export_lists_every_fact() {
+        let v = Versions::default();
+        v.apply(&subject("alice", 1), None);
+        v.apply(&Change::RevokeToken([5; 32]), None);
+        v.apply(&Change::RevokeJti("j".into()), None);
+        v.apply(&Change::BumpPolicy { version: None }, None);
+        let again = Versions::shared();
+        for change in v.export() {
+            again.apply(&change, Some(100));
+        }
+        assert!(again.is_token_revoked(&[5; 32]));
+        assert!(again.is_jti_revoked("j"));
+        assert_eq!(again.subject_revoked_at_ms("alice"), Some(1));
+        assert_eq!(again.policy_version(), 1);
     }
 }

@@ -84,6 +84,7 @@ fn envoys_check_responses_decode_as_ours() {
         change_version: 12,
         subject: Some("alice".into()),
         subject_epoch: 1,
+        state_unconfirmed: true,
     };
     let metadata_bytes = metadata.to_metadata().encode_to_vec();
     let their_metadata =

@@ -9,11 +9,14 @@ use base64::Engine;
 
 pub mod replay;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -89,7 +92,12 @@ impl Drop for Scratch {
 pub struct Process {
     child: Child,
     pub name: String,
+    /// The latest lines it printed to stdout after its announcement (up to [`KEPT_LINES`]).
+    output: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// How many stdout lines of a started process the harness keeps.
+pub const KEPT_LINES: usize = 20_000;
 
 impl Process {
     /// The OS process id (for CPU accounting in benchmarks).
@@ -127,18 +135,27 @@ fn start_announcing(name: &str, args: &[&str]) -> (Process, String) {
         .unwrap_or_else(|e| panic!("start {name}: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
+    let output: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    let sink = output.clone();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         let _ = reader.read_line(&mut line);
         let _ = tx.send(line);
-        // Keep draining (the server writes a decision line per check).
-        let mut sink = [0u8; 8192];
-        while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+        // Keep draining (the server writes a decision line per check), keeping the latest.
+        let mut line = String::new();
+        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            let mut kept = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() == KEPT_LINES {
+                kept.pop_front();
+            }
+            kept.push_back(std::mem::take(&mut line));
+        }
     });
     let process = Process {
         child,
         name: name.to_owned(),
+        output,
     };
     let line = rx
         .recv_timeout(Duration::from_secs(30))
@@ -393,6 +410,145 @@ impl AuthzServerProcess {
     /// Kills the server now.
     pub fn kill(&mut self) {
         self.process.take();
+    }
+
+    /// The JSON lines it printed (decision logs), latest last.
+    pub fn decision_logs(&self) -> Vec<Value> {
+        let Some(process) = &self.process else {
+            return Vec::new();
+        };
+        let lines = process.output.lock().unwrap_or_else(|p| p.into_inner());
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["msg"] == "authz_decision")
+            .collect()
+    }
+
+    /// One Prometheus sample of its `/metrics` (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let metrics = get(
+            &format!("http://127.0.0.1:{}/metrics", self.admin_port),
+            &[],
+        )
+        .body;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// A real `redis-server` (Debian's; `make test` installs it) on a free loopback port, without
+/// persistence: a restart comes back empty, as a cache-only Redis would.
+pub struct RedisServer {
+    process: Option<Process>,
+    pub port: u16,
+    scratch: Scratch,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut redis = RedisServer {
+            process: None,
+            port: free_port(),
+            scratch: Scratch::new("redis"),
+        };
+        redis.restart();
+        redis
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops it now (clients see connection errors).
+    pub fn stop(&mut self) {
+        self.process.take();
+    }
+
+    /// Starts it (again) on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port.to_string();
+        let dir = self.scratch.0.display().to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start redis-server ({e}); `make test` installs it"));
+        self.process = Some(Process {
+            child,
+            name: "redis-server".into(),
+            output: Arc::default(),
+        });
+        assert!(
+            eventually(Duration::from_secs(10), || self
+                .command(&["PING"])
+                .is_some_and(|r| r == "PONG")),
+            "redis-server did not answer on port {}",
+            self.port
+        );
+    }
+
+    /// Runs one command (inline protocol); the reply's lines, or None if unreachable.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for a in args {
+            request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        request.push_str("*1\r\n$4\r\nQUIT\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        let text = text.strip_suffix("+OK\r\n").unwrap_or(&text).to_owned();
+        Some(text.trim_start_matches(['+', ':']).trim_end().to_owned())
+    }
+
+    /// Every key and every value it holds, as one lossy text dump (to search for secrets).
+    pub fn dump(&self) -> String {
+        let keys = self.command(&["KEYS", "*"]).unwrap_or_default();
+        let names: Vec<String> = keys
+            .lines()
+            .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+            .map(str::to_owned)
+            .collect();
+        let mut all = keys.clone();
+        for name in names {
+            let kind = self.command(&["TYPE", &name]).unwrap_or_default();
+            let value = match kind.as_str() {
+                "string" => self.command(&["GET", &name]),
+                "hash" => self.command(&["HGETALL", &name]),
+                "stream" => self.command(&["XRANGE", &name, "-", "+"]),
+                _ => None,
+            };
+            all.push_str(&value.unwrap_or_default());
+        }
+        all
     }
 }
 
@@ -678,6 +834,7 @@ impl Envoy {
         let process = Process {
             child,
             name: "envoy".into(),
+            output: Arc::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         let admin_port = loop {

@@ -195,7 +195,9 @@ impl Worker {
                 );
             }
         };
-        self.versions.last_ok_ms = now_ms;
+        if !reply.directive.state_unconfirmed {
+            self.versions.last_ok_ms = now_ms;
+        }
         if reply.directive.policy_version > self.versions.policy_version {
             self.apply_policy_version(reply.directive.policy_version);
         }
@@ -292,7 +294,14 @@ impl Worker {
             }
         };
         host::increment(self.metrics.polls_ok);
-        self.versions.last_ok_ms = now_ms;
+        if changes.confirmed {
+            self.versions.last_ok_ms = now_ms;
+        } else {
+            host::log(
+                proxy_wasm::types::LogLevel::Debug,
+                "jwt_authz epochs: server state unconfirmed; cache trust not renewed",
+            );
+        }
         if changes.policy_version > self.versions.policy_version {
             self.apply_policy_version(changes.policy_version);
         }

@@ -1,0 +1,231 @@
+//! End-to-end tests of the shared tier: several ext-authz-server processes, one real
+//! `redis-server`, and Envoys whose Wasm filter calls "its" server and polls its epochs.
+//!
+//! What they show: a revoke sent to one instance reaches every Envoy within the documented
+//! bound; a joining instance catches up; a result introspected by one instance serves the
+//! others; Redis down keeps everything up while fail-closed tiers fail closed; Redis back
+//! (empty) resynchronises, and nothing revoked comes back.
+
+use e2e::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const SHARED_SECRET: &str = "e2e-shared-secret-0123456789abcdef";
+
+/// The documented bound for a revoke made at any instance to reach every Envoy: the stream
+/// read (immediate) + one epochs poll interval (250 ms) + round trips; generous for CI.
+const PROPAGATION_BOUND: Duration = Duration::from_millis(2_000);
+
+fn shared_server(idp: &DevIdp, redis: &RedisServer, zone: &str) -> AuthzServerProcess {
+    AuthzServerProcess::start(&server_yaml(
+        idp.port,
+        &format!(
+            "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  url: \"{}\"\n  secret: \"{SHARED_SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n",
+            redis.url()
+        ),
+    ))
+}
+
+fn envoy_for(server: &AuthzServerProcess, idp: &DevIdp, echo: &Echo) -> Envoy {
+    Envoy::start_rendered(&render_template_full(
+        "decision-cache.template.yaml",
+        &decision_cache_plugin_config(250, 1000),
+        idp.port,
+        echo.port,
+        server.grpc_port,
+        server.admin_port,
+    ))
+}
+
+fn admin_token(idp: &DevIdp, sub: &str) -> String {
+    idp.mint(json!({"sub": sub, "scope": "read admin", "opaque": true}))
+}
+
+fn epochs(server: &AuthzServerProcess) -> Value {
+    server.admin("GET", "/admin/epochs?since=0", None).json()
+}
+
+#[test]
+fn a_revoke_at_one_instance_reaches_every_envoy_and_survives_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let idp = DevIdp::start(&[]);
+    let echo = Echo::start();
+    let a = shared_server(&idp, &redis, "zone-a");
+    let b = shared_server(&idp, &redis, "zone-b");
+    assert!(
+        eventually(Duration::from_secs(10), || epochs(&a)["confirmed"] == true
+            && epochs(&b)["confirmed"] == true),
+        "both instances sync with redis"
+    );
+    let envoy_1 = envoy_for(&a, &idp, &echo);
+    let envoy_2 = envoy_for(&b, &idp, &echo);
+
+    // One token, allowed through both Envoys (each caches the server's decision).
+    let token = admin_token(&idp, "alice");
+    for envoy in [&envoy_1, &envoy_2] {
+        for _ in 0..4 {
+            let reply = envoy.get("/admin/users", Some(&token), &[]);
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+    }
+
+    // Revoked at A: both Envoys refuse it within the bound.
+    let revoked_at = Instant::now();
+    let answer = a
+        .admin("POST", "/admin/revoke", Some(json!({"token": token})))
+        .json();
+    assert_eq!(answer["shared"], "published", "{answer}");
+    for (name, envoy) in [("envoy behind A", &envoy_1), ("envoy behind B", &envoy_2)] {
+        assert!(
+            eventually(PROPAGATION_BOUND, || envoy
+                .get("/admin/users", Some(&token), &[])
+                .status
+                == 401),
+            "{name} still allows a token revoked at A after {PROPAGATION_BOUND:?}"
+        );
+    }
+    eprintln!(
+        "revoke at A → denied by both Envoys after {:?}",
+        revoked_at.elapsed()
+    );
+    assert_eq!(epochs(&a)["version"], epochs(&b)["version"]);
+
+    // A subject revocation and a policy bump at B reach A too.
+    let bob = admin_token(&idp, "bob");
+    assert_eq!(envoy_1.get("/admin/users", Some(&bob), &[]).status, 200);
+    b.admin("POST", "/admin/revoke-subject", Some(json!({"sub": "bob"})));
+    let policy = b.admin("POST", "/admin/policy-version", None).json();
+    assert!(eventually(PROPAGATION_BOUND, || envoy_1
+        .get("/admin/users", Some(&bob), &[])
+        .status
+        == 401));
+    assert!(eventually(PROPAGATION_BOUND, || epochs(&a)
+        ["policy_version"]
+        == policy["policy_version"]));
+
+    // An instance that joins now catches up on everything, at the same version.
+    let c = shared_server(&idp, &redis, "zone-c");
+    assert!(eventually(Duration::from_secs(10), || {
+        let (ea, ec) = (epochs(&a), epochs(&c));
+        ec["confirmed"] == true
+            && ec["version"] == ea["version"]
+            && ec["policy_version"] == ea["policy_version"]
+    }));
+    let joined = epochs(&c);
+    assert_eq!(
+        joined["revoked_token_hashes"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert!(joined["subjects"].get("bob").is_some());
+
+    // Redis goes away: nothing crashes; fail-closed tiers fail closed (503), everywhere.
+    redis.stop();
+    for (name, envoy) in [("envoy behind A", &envoy_1), ("envoy behind B", &envoy_2)] {
+        assert!(
+            eventually(Duration::from_secs(5), || envoy
+                .get("/admin/users", Some(&admin_token(&idp, "carol")), &[])
+                .status
+                == 503),
+            "{name}: privileged checks must fail closed without confirmed shared state"
+        );
+        // Regulated likewise.
+        assert_eq!(
+            envoy
+                .get("/regulated/x", Some(&admin_token(&idp, "carol")), &[])
+                .status,
+            503
+        );
+    }
+    for server in [&a, &b] {
+        assert_eq!(
+            get(
+                &format!("http://127.0.0.1:{}/healthz", server.admin_port),
+                &[]
+            )
+            .status,
+            200
+        );
+        assert_eq!(epochs(server)["confirmed"], false);
+        assert_eq!(server.metric("authz_shared_confirmed"), 0.0);
+    }
+    // A revoke during the outage takes effect at A at once and waits to be published.
+    let dave = admin_token(&idp, "dave");
+    let pending = a
+        .admin("POST", "/admin/revoke", Some(json!({"token": dave})))
+        .json();
+    assert_eq!(pending["shared"], "pending", "{pending}");
+    // The revoked token is still denied everywhere (nothing went back).
+    assert_eq!(envoy_1.get("/admin/users", Some(&token), &[]).status, 401);
+
+    // Redis returns empty: the instances notice the lost data, republish, and resync.
+    redis.restart();
+    for (name, envoy) in [("envoy behind A", &envoy_1), ("envoy behind B", &envoy_2)] {
+        assert!(
+            eventually(Duration::from_secs(10), || envoy
+                .get("/admin/users", Some(&admin_token(&idp, "erin")), &[])
+                .status
+                == 200),
+            "{name}: privileged checks resume once shared state is confirmed again"
+        );
+        assert_eq!(
+            envoy.get("/admin/users", Some(&token), &[]).status,
+            401,
+            "{name}: a token revoked before the outage stays revoked"
+        );
+        assert!(
+            eventually(PROPAGATION_BOUND, || envoy
+                .get("/admin/users", Some(&dave), &[])
+                .status
+                == 401),
+            "{name}: the revoke made during the outage reached it"
+        );
+        assert_eq!(envoy.get("/admin/users", Some(&bob), &[]).status, 401);
+    }
+    assert!(a.metric("authz_shared_resyncs_total{reason=\"store_lost\"}") >= 1.0);
+    assert_eq!(a.metric("authz_shared_outbox"), 0.0);
+    // Versions never went back, and every instance agrees again.
+    assert!(eventually(Duration::from_secs(5), || {
+        let (ea, eb, ec) = (epochs(&a), epochs(&b), epochs(&c));
+        ea["version"] == eb["version"] && eb["version"] == ec["version"]
+    }));
+    assert!(epochs(&a)["version"].as_u64() > joined["version"].as_u64());
+    assert_eq!(
+        epochs(&c)["revoked_token_hashes"].as_array().map(Vec::len),
+        Some(2)
+    );
+}
+
+#[test]
+fn introspection_results_are_shared_and_redis_never_sees_a_token() {
+    let redis = RedisServer::start();
+    let idp = DevIdp::start(&[]);
+    let echo = Echo::start();
+    let a = shared_server(&idp, &redis, "zone-a");
+    let b = shared_server(&idp, &redis, "zone-b");
+    assert!(eventually(Duration::from_secs(10), || epochs(&a)
+        ["confirmed"]
+        == true
+        && epochs(&b)["confirmed"] == true));
+    let envoy_1 = envoy_for(&a, &idp, &echo);
+    let envoy_2 = envoy_for(&b, &idp, &echo);
+    let token = admin_token(&idp, "alice");
+    let before = idp.stat("introspected_tokens");
+    assert_eq!(envoy_1.get("/admin/users", Some(&token), &[]).status, 200);
+    // A wrote the result in the background; B finds it there instead of asking the IdP.
+    assert!(eventually(Duration::from_secs(3), || redis
+        .command(&["KEYS", "authz:v1:intro:*"])
+        .is_some_and(|keys| keys.contains("intro:"))));
+    assert_eq!(envoy_2.get("/admin/users", Some(&token), &[]).status, 200);
+    assert_eq!(
+        idp.stat("introspected_tokens") - before,
+        1,
+        "one IdP call for two instances"
+    );
+    assert_eq!(b.metric("authz_shared_cache_total{result=\"hit\"}"), 1.0);
+
+    let dump = redis.dump();
+    let hash = authz_core::token_hash::digest_hex(&authz_core::token_hash::token_digest(&token));
+    assert!(!dump.contains(&token), "redis holds a raw token");
+    assert!(!dump.contains(&hash), "redis holds a token hash");
+    assert!(!dump.contains("alice"), "redis holds a readable claim");
+}
