@@ -476,6 +476,22 @@ impl RedisServer {
         self.process.take();
     }
 
+    /// Freezes it (SIGSTOP): connections stay open, nothing answers — a slow Redis.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws it (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.process.as_ref().expect("redis running").pid().to_string();
+        let status = Command::new("kill").args([which, &pid]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {which} {pid}");
+    }
+
     /// Starts it (again) on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();

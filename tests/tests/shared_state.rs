@@ -229,3 +229,54 @@ fn introspection_results_are_shared_and_redis_never_sees_a_token() {
     assert!(!dump.contains(&hash), "redis holds a token hash");
     assert!(!dump.contains("alice"), "redis holds a readable claim");
 }
+
+#[test]
+fn a_frozen_redis_slows_nothing_down_and_privileged_fails_closed_until_it_answers() {
+    let redis = RedisServer::start();
+    let idp = DevIdp::start(&[]);
+    let echo = Echo::start();
+    let server = shared_server(&idp, &redis, "zone-a");
+    assert!(eventually(Duration::from_secs(10), || epochs(&server)
+        ["confirmed"]
+        == true));
+    // Native ext_authz in front of the server: /account/ is authenticated, /admin/ privileged.
+    let envoy = Envoy::start_rendered(&render_template(
+        "ext-authz.template.yaml",
+        &plugin_config(),
+        idp.port,
+        echo.port,
+        server.grpc_port,
+    ));
+    let opaque = |sub: &str| idp.mint(json!({"sub": sub, "scope": "read admin", "opaque": true}));
+    assert_eq!(envoy.get("/admin/x", Some(&opaque("alice")), &[]).status, 200);
+
+    redis.pause();
+    assert!(
+        eventually(Duration::from_secs(5), || envoy
+            .get("/admin/x", Some(&opaque("bob")), &[])
+            .status
+            == 503),
+        "privileged must fail closed once shared state goes unconfirmed"
+    );
+    // Authenticated checks carry on from the IdP, each waiting at most the op timeout on Redis.
+    let started = Instant::now();
+    for i in 0..5 {
+        let reply = envoy.get("/account/me", Some(&opaque(&format!("user{i}"))), &[]);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let per_check = started.elapsed() / 5;
+    assert!(
+        per_check < Duration::from_millis(1_000),
+        "authenticated checks stalled on a frozen redis: {per_check:?} each"
+    );
+    assert!(server.metric("authz_shared_errors_total{op=\"cache_get\"}") >= 1.0);
+
+    redis.resume();
+    assert!(
+        eventually(Duration::from_secs(10), || envoy
+            .get("/admin/x", Some(&opaque("carol")), &[])
+            .status
+            == 200),
+        "privileged resumes when redis answers again"
+    );
+}
