@@ -323,10 +323,16 @@ pub struct CheckFacts {
     pub source_address: Option<String>,
     pub source_port: u32,
     pub tier: String,
+    /// Where the calling proxy runs (`region/zone`), for the server's decision log.
+    pub client_locality: Option<String>,
 }
 
-/// Encodes a Check request as Envoy's ext_authz filter would send it, with the tier in
-/// `context_extensions`.
+/// The `context_extensions` key (and, lower-cased with an `x-authz-` prefix, the gRPC metadata
+/// key native ext_authz can send through `initial_metadata`) naming the caller's locality.
+pub const CLIENT_LOCALITY_EXTENSION: &str = "client_locality";
+
+/// Encodes a Check request as Envoy's ext_authz filter would send it, with the tier (and the
+/// proxy's locality, when known) in `context_extensions`.
 pub fn encode_check_request(facts: CheckFacts) -> Vec<u8> {
     let source = facts.source_address.map(|address| Peer {
         address: Some(Address {
@@ -350,7 +356,11 @@ pub fn encode_check_request(facts: CheckFacts) -> Vec<u8> {
                     protocol: facts.protocol,
                 }),
             }),
-            context_extensions: HashMap::from([("tier".to_owned(), facts.tier)]),
+            context_extensions: [("tier".to_owned(), Some(facts.tier))]
+                .into_iter()
+                .chain([(CLIENT_LOCALITY_EXTENSION.to_owned(), facts.client_locality)])
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect(),
         }),
     }
     .encode_to_vec()
@@ -468,9 +478,18 @@ mod reply_tests {
             ..CheckFacts::default()
         });
         let decoded = CheckRequest::decode(bytes.as_slice()).unwrap();
+        let extensions = decoded.attributes.unwrap().context_extensions;
+        assert_eq!(extensions["tier"], "privileged");
+        assert!(!extensions.contains_key(CLIENT_LOCALITY_EXTENSION));
+        let located = encode_check_request(CheckFacts {
+            tier: "privileged".into(),
+            client_locality: Some("eu-west-1/zone-a".into()),
+            ..CheckFacts::default()
+        });
+        let decoded = CheckRequest::decode(located.as_slice()).unwrap();
         assert_eq!(
-            decoded.attributes.unwrap().context_extensions["tier"],
-            "privileged"
+            decoded.attributes.unwrap().context_extensions[CLIENT_LOCALITY_EXTENSION],
+            "eu-west-1/zone-a"
         );
     }
 }

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::versions::Versions;
 use authz_core::decision::bearer_token;
-use authz_core::ext_authz_proto::CacheDirective;
+use authz_core::ext_authz_proto::{CacheDirective, CLIENT_LOCALITY_EXTENSION};
 use authz_core::fallback::check_step_up;
 use authz_core::routes::{path_only, Unmet};
 use authz_core::token_hash::token_digest;
@@ -141,8 +141,20 @@ struct Trace {
 }
 
 impl CheckService {
-    /// Decides a request, within the configured deadline.
-    pub async fn decide(&self, request: CheckRequest) -> CheckResponse {
+    /// Decides a request, within the configured deadline. `caller_locality` is the calling
+    /// proxy's `region/zone` from the call's metadata, if it sent one (the request's
+    /// `context_extensions["client_locality"]` wins).
+    pub async fn decide(
+        &self,
+        request: CheckRequest,
+        caller_locality: Option<String>,
+    ) -> CheckResponse {
+        let client_locality = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.context_extensions.get(CLIENT_LOCALITY_EXTENSION))
+            .cloned()
+            .or(caller_locality);
         let started = Instant::now();
         let mut trace = Trace {
             cache: "none",
@@ -191,6 +203,7 @@ impl CheckService {
                 "data_age_ms": trace.age_ms,
                 "region": self.config.region,
                 "zone": self.config.zone,
+                "client_locality": client_locality,
                 "subject": trace.subject,
                 "token": trace.token_label,
                 "latency_ms": stages,

@@ -31,6 +31,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
+/// gRPC request metadata naming the calling proxy's locality (`region/zone`).
+pub const CLIENT_LOCALITY_METADATA: &str = "x-authz-client-locality";
+
 /// The gRPC face of [`CheckService`].
 struct Grpc(Arc<CheckService>);
 
@@ -40,7 +43,15 @@ impl Authorization for Grpc {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.0.decide(request.into_inner()).await))
+        // Native ext_authz can name its locality through `initial_metadata`.
+        let locality = request
+            .metadata()
+            .get(CLIENT_LOCALITY_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Response::new(
+            self.0.decide(request.into_inner(), locality).await,
+        ))
     }
 }
 

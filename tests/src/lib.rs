@@ -487,7 +487,12 @@ impl RedisServer {
     }
 
     fn signal(&self, which: &str) {
-        let pid = self.process.as_ref().expect("redis running").pid().to_string();
+        let pid = self
+            .process
+            .as_ref()
+            .expect("redis running")
+            .pid()
+            .to_string();
         let status = Command::new("kill").args([which, &pid]).status();
         assert!(status.is_ok_and(|s| s.success()), "kill {which} {pid}");
     }

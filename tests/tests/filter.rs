@@ -378,10 +378,14 @@ fn every_yaml_under_envoy_validates() {
             continue;
         }
         // Files that name the filter by its repo-relative path are checked against the built one.
-        let text = std::fs::read_to_string(&path).expect("read yaml").replace(
-            "\"target/wasm32-wasip1/release/authz_filter.wasm\"",
-            &format!("\"{}\"", wasm_path().display()),
-        );
+        let text = std::fs::read_to_string(&path)
+            .expect("read yaml")
+            .replace(
+                "\"target/wasm32-wasip1/release/authz_filter.wasm\"",
+                &format!("\"{}\"", wasm_path().display()),
+            )
+            .replace("{{FAILOVER_AUTHZ_PORT}}", "5")
+            .replace("{{FAILOVER_AUTHZ_ADMIN_PORT}}", "6");
         let rendered = render(
             &text,
             &Placeholders {

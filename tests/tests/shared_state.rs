@@ -248,7 +248,10 @@ fn a_frozen_redis_slows_nothing_down_and_privileged_fails_closed_until_it_answer
         server.grpc_port,
     ));
     let opaque = |sub: &str| idp.mint(json!({"sub": sub, "scope": "read admin", "opaque": true}));
-    assert_eq!(envoy.get("/admin/x", Some(&opaque("alice")), &[]).status, 200);
+    assert_eq!(
+        envoy.get("/admin/x", Some(&opaque("alice")), &[]).status,
+        200
+    );
 
     redis.pause();
     assert!(

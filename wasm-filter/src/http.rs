@@ -97,7 +97,24 @@ fn check_facts(call: &ServerCall, request: &OwnedRequest) -> CheckFacts {
         source_address: (!address.is_empty()).then_some(address),
         source_port: port,
         tier: call.tier.as_str().to_owned(),
+        client_locality: node_locality(),
     }
+}
+
+/// `region/zone` of this Envoy's node (`xds.node.locality`), when configured; read once per
+/// VM (it cannot change while Envoy runs).
+fn node_locality() -> Option<String> {
+    thread_local! {
+        static LOCALITY: std::cell::OnceCell<Option<String>> = const { std::cell::OnceCell::new() };
+    }
+    LOCALITY.with(|cell| {
+        cell.get_or_init(|| {
+            let region = host::property(&["xds", "node", "locality", "region"]).unwrap_or_default();
+            let zone = host::property(&["xds", "node", "locality", "zone"]).unwrap_or_default();
+            (!region.is_empty() || !zone.is_empty()).then(|| format!("{region}/{zone}"))
+        })
+        .clone()
+    })
 }
 
 impl Context for AuthzHttp {
