@@ -81,7 +81,8 @@ pub struct ServerLinkConfig {
 pub struct CacheConfig {
     /// Entry cap of each worker's decision cache and of its token cache. Default 10000.
     pub max_entries: Option<usize>,
-    /// tier → longest reuse of a server decision in ms (0 = never).
+    /// tier → longest reuse of a server decision in ms (0 = never). Defaults: authenticated
+    /// 60000, standard_write 30000, privileged 5000, regulated 1000.
     #[serde(default)]
     pub tier_max_ms: BTreeMap<String, u64>,
     /// Longest reuse of a denial. Default 2000.
@@ -127,7 +128,7 @@ pub struct ProviderConfig {
     pub name: Option<String>,
     /// Required: the exact `iss` its tokens carry.
     pub issuer: Option<String>,
-    /// Required, at least one: accepted `aud` values (tokens for other services must not pass).
+    /// Required, at least one: the token's `aud` (string or list) must contain one of these.
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Required (unless only `hmac_secret_base64`): where the verification keys come from.
@@ -138,7 +139,7 @@ pub struct ProviderConfig {
     pub clock_skew_seconds: Option<u64>,
     /// Refuse tokens without `exp`. Default true.
     pub require_expiration: Option<bool>,
-    /// E.g. `at+jwt` (RFC 9068).
+    /// Required header `typ`, e.g. `at+jwt` (RFC 9068; an `application/` prefix is accepted).
     pub typ: Option<String>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
