@@ -3,7 +3,7 @@
 //! - [`DecisionCache`]: server decisions (allow or deny) for tiers that need the server, keyed
 //!   by [`decision_key`] = SHA-256(token hash, method, route, policy version). Each entry also
 //!   remembers its subject and token hash so a subject or token revocation can purge it.
-//! - [`TokenCache`]: the local JWT path's verification results, keyed by token hash, so a hot
+//! - [`TokenCache`]: the local JWT path's verification results, keyed by a keyed token hash, so a hot
 //!   token skips signature verification; failures are kept only briefly.
 //!
 //! Both are LRU maps with a fixed entry cap, so a flood of unique tokens evicts old entries and
@@ -223,10 +223,13 @@ struct TokenEntry {
     keys_version: u64,
 }
 
-/// The per-worker cache of local JWT verification results.
+/// A token cache key: [`crate::token_hash::TokenKeyer::key`].
+pub type TokenKey = u128;
+
+/// The per-worker cache of local JWT verification results, keyed by a keyed hash of the token.
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: LruCache<[u8; 32], TokenEntry>,
+    entries: LruCache<TokenKey, TokenEntry>,
     /// Longest a positive result is kept (it is also never kept past `exp` + skew).
     pub max_ms: u64,
     /// How long a failure is kept.
@@ -257,13 +260,13 @@ impl TokenCache {
     /// The cached result, if it is still valid at `now_ms` for key-set version `keys_version`.
     pub fn get(
         &mut self,
-        digest: &[u8; 32],
+        key: &TokenKey,
         now_ms: u64,
         keys_version: u64,
     ) -> Option<Result<Arc<VerifiedToken>, VerifyFailure>> {
-        let entry = self.entries.get(digest)?;
+        let entry = self.entries.get(key)?;
         if now_ms >= entry.expires_at_ms || entry.keys_version != keys_version {
-            self.entries.pop(digest);
+            self.entries.pop(key);
             return None;
         }
         Some(entry.result.clone())
@@ -274,7 +277,7 @@ impl TokenCache {
     /// entries end at `exp` + skew at the latest, because after that verification would fail.
     pub fn put(
         &mut self,
-        digest: [u8; 32],
+        key: TokenKey,
         result: Result<Arc<VerifiedToken>, VerifyFailure>,
         now_ms: u64,
         keys_version: u64,
@@ -299,11 +302,11 @@ impl TokenCache {
         if expires_at_ms <= now_ms {
             return;
         }
-        if self.entries.cap().get() == self.entries.len() && !self.entries.contains(&digest) {
+        if self.entries.cap().get() == self.entries.len() && !self.entries.contains(&key) {
             self.evictions += 1;
         }
         self.entries.put(
-            digest,
+            key,
             TokenEntry {
                 result,
                 expires_at_ms,
@@ -314,7 +317,7 @@ impl TokenCache {
 
     /// Drops cached failures (e.g. on a policy change) and keeps verified tokens.
     pub fn drop_failures(&mut self) {
-        let doomed: Vec<[u8; 32]> = self
+        let doomed: Vec<TokenKey> = self
             .entries
             .iter()
             .filter(|(_, e)| e.result.is_err())
@@ -418,15 +421,15 @@ mod tests {
     #[test]
     fn verified_tokens_live_until_exp_plus_skew_or_the_cap_and_only_for_their_key_set() {
         let mut c = TokenCache::new(10, 60_000, 2_000);
-        c.put([1; 32], Ok(Arc::new(verified(100, "a"))), 90_000, 7, 1_000);
-        assert!(c.get(&[1; 32], 100_999, 7).is_some(), "until exp + skew");
-        assert!(c.get(&[1; 32], 101_000, 7).is_none(), "not at exp + skew");
-        c.put([2; 32], Ok(Arc::new(verified(10_000, "b"))), 0, 7, 0);
-        assert!(c.get(&[2; 32], 59_999, 7).is_some());
-        assert!(c.get(&[2; 32], 60_000, 7).is_none(), "capped by max_ms");
-        c.put([3; 32], Ok(Arc::new(verified(10_000, "c"))), 0, 7, 0);
+        c.put(1, Ok(Arc::new(verified(100, "a"))), 90_000, 7, 1_000);
+        assert!(c.get(&1, 100_999, 7).is_some(), "until exp + skew");
+        assert!(c.get(&1, 101_000, 7).is_none(), "not at exp + skew");
+        c.put(2, Ok(Arc::new(verified(10_000, "b"))), 0, 7, 0);
+        assert!(c.get(&2, 59_999, 7).is_some());
+        assert!(c.get(&2, 60_000, 7).is_none(), "capped by max_ms");
+        c.put(3, Ok(Arc::new(verified(10_000, "c"))), 0, 7, 0);
         assert!(
-            c.get(&[3; 32], 1, 8).is_none(),
+            c.get(&3, 1, 8).is_none(),
             "a new key set drops old verifications"
         );
     }
@@ -434,14 +437,14 @@ mod tests {
     #[test]
     fn failures_are_brief_and_key_failures_are_not_kept() {
         let mut c = TokenCache::new(10, 60_000, 2_000);
-        c.put([1; 32], Err(VerifyFailure::BadSignature), 0, 1, 0);
+        c.put(1, Err(VerifyFailure::BadSignature), 0, 1, 0);
         assert!(matches!(
-            c.get(&[1; 32], 1_999, 1),
+            c.get(&1, 1_999, 1),
             Some(Err(VerifyFailure::BadSignature))
         ));
-        assert!(c.get(&[1; 32], 2_000, 1).is_none());
+        assert!(c.get(&1, 2_000, 1).is_none());
         c.put(
-            [2; 32],
+            2,
             Err(VerifyFailure::UnknownKey {
                 provider: 0,
                 kid: "k".into(),
@@ -451,13 +454,13 @@ mod tests {
             0,
         );
         assert!(
-            c.get(&[2; 32], 1, 1).is_none(),
+            c.get(&2, 1, 1).is_none(),
             "an unknown kid must be able to trigger a fetch"
         );
-        c.put([3; 32], Err(VerifyFailure::Expired), 0, 1, 0);
-        c.put([4; 32], Ok(Arc::new(verified(10_000, "d"))), 0, 1, 0);
+        c.put(3, Err(VerifyFailure::Expired), 0, 1, 0);
+        c.put(4, Ok(Arc::new(verified(10_000, "d"))), 0, 1, 0);
         c.drop_failures();
-        assert!(c.get(&[3; 32], 1, 1).is_none() && c.get(&[4; 32], 1, 1).is_some());
+        assert!(c.get(&3, 1, 1).is_none() && c.get(&4, 1, 1).is_some());
     }
 
     proptest! {

@@ -11,6 +11,7 @@
 //! This module does not fetch anything and does not decide when to refresh.
 
 use crate::error::Error;
+use crate::rsa_verify::RsaPublicKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -52,6 +53,8 @@ pub struct VerificationKey {
     /// The JWK's `alg`, when it names one: then only that algorithm is accepted.
     pub pinned_alg: Option<Algorithm>,
     pub key: DecodingKey,
+    /// RSA keys prepared for the fast `RS*` verifier ([`crate::rsa_verify`]).
+    pub rsa: Option<std::sync::Arc<RsaPublicKey>>,
 }
 
 impl std::fmt::Debug for VerificationKey {
@@ -84,6 +87,7 @@ impl VerificationKey {
             kind: KeyKind::Hmac,
             pinned_alg: None,
             key,
+            rsa: None,
         })
     }
 }
@@ -181,6 +185,7 @@ fn parse_jwk(jwk: &Value) -> Result<VerificationKey, String> {
         Some(_) => return Err("alg is not a string".into()),
     };
     let kty = field(jwk, "kty")?;
+    let mut rsa = None;
     let (kind, key) = match kty {
         "RSA" => {
             let n = field(jwk, "n")?;
@@ -192,9 +197,12 @@ fn parse_jwk(jwk: &Value) -> Result<VerificationKey, String> {
             if significant * 8 < MIN_RSA_BITS {
                 return Err(format!("rsa modulus under {MIN_RSA_BITS} bits"));
             }
-            URL_SAFE_NO_PAD
+            let exponent = URL_SAFE_NO_PAD
                 .decode(e)
                 .map_err(|_| "e is not base64url".to_string())?;
+            let prepared = RsaPublicKey::new(&modulus, &exponent)
+                .ok_or("rsa key: even modulus, or exponent not odd in 3..2^64")?;
+            rsa = Some(std::sync::Arc::new(prepared));
             let key =
                 DecodingKey::from_rsa_components(n, e).map_err(|e| format!("rsa key: {e}"))?;
             (KeyKind::Rsa, key)
@@ -247,6 +255,7 @@ fn parse_jwk(jwk: &Value) -> Result<VerificationKey, String> {
         kind,
         pinned_alg,
         key,
+        rsa,
     })
 }
 

@@ -23,6 +23,7 @@ pub mod introspection;
 pub mod jwks_refresh;
 pub mod keys;
 pub mod routes;
+pub mod rsa_verify;
 pub mod tier;
 pub mod token_hash;
 pub mod verify;

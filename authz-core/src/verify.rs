@@ -10,6 +10,7 @@
 
 use crate::claims::Claims;
 use crate::keys::{parse_algorithm, KeySet, VerificationKey};
+use crate::rsa_verify::RsaHash;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::Algorithm;
@@ -226,14 +227,23 @@ pub fn verify<'k>(
     if usable.is_empty() {
         return Err(VerifyFailure::AlgorithmKeyMismatch);
     }
-    let signed = usable.iter().any(|k| {
-        jsonwebtoken::crypto::verify(
+    let rs_hash = match algorithm {
+        Algorithm::RS256 => Some(RsaHash::Sha256),
+        Algorithm::RS384 => Some(RsaHash::Sha384),
+        Algorithm::RS512 => Some(RsaHash::Sha512),
+        _ => None,
+    };
+    let signed = usable.iter().any(|k| match (&k.rsa, rs_hash) {
+        (Some(rsa), Some(hash)) => URL_SAFE_NO_PAD
+            .decode(parts.signature)
+            .is_ok_and(|sig| rsa.verify_pkcs1(hash, parts.signing_input.as_bytes(), &sig)),
+        _ => jsonwebtoken::crypto::verify(
             parts.signature,
             parts.signing_input.as_bytes(),
             &k.key,
             algorithm,
         )
-        .unwrap_or(false)
+        .unwrap_or(false),
     });
     if !signed {
         return Err(VerifyFailure::BadSignature);

@@ -16,6 +16,16 @@ pub struct Listener {
 }
 
 fn wasm_filter(wasm: &str, config: &Value) -> String {
+    wasm_module("jwt_authz", wasm, config)
+}
+
+/// The empty filter (`bench/noop-filter`), next to the authorization filter's `.wasm`.
+pub fn noop_filter(wasm: &str) -> String {
+    let noop = wasm.replace("authz_filter.wasm", "noop_filter.wasm");
+    wasm_module("noop", &noop, &json!({}))
+}
+
+fn wasm_module(id: &str, wasm: &str, config: &Value) -> String {
     let value = serde_json::to_string(&config.to_string()).unwrap_or_default();
     format!(
         r#"
@@ -23,11 +33,11 @@ fn wasm_filter(wasm: &str, config: &Value) -> String {
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
-                name: jwt_authz
-                root_id: jwt_authz
+                name: {id}
+                root_id: {id}
                 failure_policy: FAIL_CLOSED
                 vm_config:
-                  vm_id: jwt_authz
+                  vm_id: {id}
                   runtime: envoy.wasm.runtime.v8
                   code: {{ local: {{ filename: "{wasm}" }} }}
                 configuration:
@@ -105,6 +115,7 @@ pub fn listeners(wasm: &str, idp_port: u16, epochs_token: &str) -> Vec<Listener>
     vec![
         plain("direct", String::new(), true),
         plain("proxy", String::new(), false),
+        plain("wasm_noop", noop_filter(wasm), false),
         plain("jwt_authn", jwt_authn(idp_port, false), false),
         plain("jwt_authn_cached", jwt_authn(idp_port, true), false),
         plain(

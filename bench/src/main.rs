@@ -107,10 +107,16 @@ async fn main() {
             bearer_tokens: token.into_iter().collect(),
         }
     };
+    // `BENCH_ONLY=proxy,filter_hot` runs only those scenarios and prints their medians (for
+    // quick before/after comparisons while optimising; docs are not rewritten).
+    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
     let names: Vec<&str> = listeners
         .iter()
         .map(|l| l.name)
         .filter(|n| *n != "filter_flood")
+        .filter(|n| only.as_ref().is_none_or(|o| o.iter().any(|x| x == n)))
         .collect();
     // Warm every path (keys fetched, caches filled) and check it answers 200.
     for name in &names {
@@ -145,6 +151,17 @@ async fn main() {
                 stats,
             });
         }
+    }
+
+    if only.is_some() {
+        for name in &names {
+            let row = report::row_of(&results, name);
+            println!(
+                "{name}: {:.0} rps, p50 {:.0} µs, envoy {:.1} µs/req, server {:.1} µs/req",
+                row.rps, row.p50_us, row.envoy_cpu_us, row.server_cpu_us
+            );
+        }
+        return;
     }
 
     // Fixed-rate (open loop) on the baseline and the two privileged paths.

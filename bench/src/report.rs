@@ -39,9 +39,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const ORDER: [(&str, &str); 9] = [
+const ORDER: [(&str, &str); 10] = [
     ("direct", "1a. no auth, direct_response"),
     ("proxy", "1b. no auth, proxied (baseline)"),
+    (
+        "wasm_noop",
+        "0. empty Wasm filter, proxied (the runtime's floor)",
+    ),
     ("jwt_authn", "2a. native jwt_authn, no cache"),
     ("jwt_authn_cached", "2b. native jwt_authn, jwt_cache_config"),
     (
@@ -63,13 +67,10 @@ const ORDER: [(&str, &str); 9] = [
     ),
 ];
 
-impl Report {
-    pub fn row(&self, scenario: &str) -> Row {
-        let runs: Vec<&Measured> = self
-            .results
-            .iter()
-            .filter(|m| m.scenario == scenario)
-            .collect();
+/// Medians of one scenario's runs.
+pub fn row_of(results: &[Measured], scenario: &str) -> Row {
+    let runs: Vec<&Measured> = results.iter().filter(|m| m.scenario == scenario).collect();
+    {
         Row {
             rps: median(runs.iter().map(|m| m.stats.rps()).collect()),
             p50_us: median(
@@ -85,6 +86,12 @@ impl Report {
             envoy_cpu_us: median(runs.iter().map(|m| m.envoy_cpu_us).collect()),
             server_cpu_us: median(runs.iter().map(|m| m.server_cpu_us).collect()),
         }
+    }
+}
+
+impl Report {
+    pub fn row(&self, scenario: &str) -> Row {
+        row_of(&self.results, scenario)
     }
 
     /// (target, measured, holds)

@@ -169,6 +169,12 @@ pub fn increment(metric: Option<u32>) {
     }
 }
 
+pub fn increment_by(metric: Option<u32>, n: u64) {
+    if let Some(id) = metric {
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
 pub fn record(metric: Option<u32>, value: u64) {
     if let Some(id) = metric {
         let _ = hostcalls::record_metric(id, value);

@@ -177,14 +177,34 @@ impl HttpContext for AuthzHttp {
             };
             return apply_final(&decision, false);
         };
-        for name in worker.borrow().policy.headers.all() {
-            host::remove_request_header(name);
-        }
-        let request = OwnedRequest {
-            method: host::request_header(":method").unwrap_or_default(),
-            path: host::request_header(":path").unwrap_or_default(),
-            authorization: host::request_header("authorization"),
+        // One read of the header map instead of a host call per name: remove only the
+        // client-sent copies of our headers that are actually there, and pick up the rest.
+        let mut request = OwnedRequest {
+            method: String::new(),
+            path: String::new(),
+            authorization: None,
         };
+        {
+            let w = worker.borrow();
+            for (name, value) in host::request_headers() {
+                match name.as_str() {
+                    ":method" if request.method.is_empty() => request.method = value,
+                    ":path" if request.path.is_empty() => request.path = value,
+                    "authorization" if request.authorization.is_none() => {
+                        request.authorization = Some(value)
+                    }
+                    _ => {
+                        if w.policy
+                            .headers
+                            .all()
+                            .any(|ours| ours.eq_ignore_ascii_case(&name))
+                        {
+                            host::remove_request_header(&name);
+                        }
+                    }
+                }
+            }
+        }
         let step = match host::now_us() {
             Some(now_us) => worker
                 .borrow_mut()

@@ -45,6 +45,7 @@ impl AuthzRoot {
     fn tick(&self) {
         let Some(worker) = &self.worker else { return };
         let Some(now) = host::now_ms() else { return };
+        worker.borrow().metrics.flush();
         let (orders, finals) = worker.borrow_mut().on_tick(now);
         for order in orders {
             dispatch_fetch(worker, &order, self.context_id);

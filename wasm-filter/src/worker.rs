@@ -14,8 +14,8 @@ use authz_core::decision::bearer_token;
 use authz_core::decision::decide_with;
 use authz_core::decision_cache::{DecisionCache, TokenCache};
 use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, RefreshRules};
-use authz_core::token_hash::token_digest;
 use authz_core::token_hash::token_label;
+use authz_core::token_hash::TokenKeyer;
 use authz_core::verify::verify;
 use authz_core::{
     deny_response, Decision, DenyReason, DenyResponse, KeySet, Policy, RequestFacts, VerifyFailure,
@@ -133,6 +133,8 @@ pub struct Worker {
     pub(crate) decisions: DecisionCache,
     /// Local JWT verification results.
     pub(crate) tokens: TokenCache,
+    /// Keys of `tokens` (a keyed fast hash; SHA-256 per request cost more than the rest).
+    keyer: TokenKeyer,
     /// What this worker knows of the server's versions.
     pub(crate) versions: crate::server_path::KnownVersions,
 }
@@ -188,26 +190,30 @@ impl Worker {
             ),
             decisions,
             tokens,
+            keyer: TokenKeyer::new(random_key()),
             versions: crate::server_path::KnownVersions::default(),
         }
     }
 
-    /// Decides a request on the local path, reusing cached verifications of hot tokens.
-    fn decide(&mut self, request: &OwnedRequest, now_ms: u64) -> Decision {
+    /// Decides a request on the local path, reusing cached verifications of hot tokens. Only
+    /// real verifications (cache misses) are timed: a hit costs no clock reads.
+    fn decide(&mut self, request: &OwnedRequest, now_us: u64) -> Decision {
+        let now_ms = now_us / 1000;
         let now = (now_ms / 1000) as i64;
         let Worker {
             policy,
             sources,
             tokens,
+            keyer,
             metrics,
             keys_generation,
             ..
         } = self;
         let generation = *keys_generation;
         decide_with(policy, &request.facts(), |token| {
-            let digest = token_digest(token);
-            if let Some(cached) = tokens.get(&digest, now_ms, generation) {
-                host::increment(metrics.token_cache_hits);
+            let key = keyer.key(token);
+            if let Some(cached) = tokens.get(&key, now_ms, generation) {
+                metrics.count_token_cache_hit();
                 return cached;
             }
             host::increment(metrics.token_cache_misses);
@@ -226,7 +232,10 @@ impl Worker {
                 .map(|p| p.clock_skew_seconds.max(0) as u64 * 1000)
                 .unwrap_or(0);
             if policy.cache.jwt_ttl_ms > 0 {
-                tokens.put(digest, result.clone(), now_ms, generation, skew_ms);
+                tokens.put(key, result.clone(), now_ms, generation, skew_ms);
+            }
+            if let Some(end) = host::now_us() {
+                host::record(metrics.verify_us, end.saturating_sub(now_us));
             }
             result
         })
@@ -318,23 +327,19 @@ impl Worker {
         request: OwnedRequest,
         now_us: u64,
     ) -> RequestStep {
-        let (now_ms, started_us) = (now_us / 1000, Some(now_us));
+        let now_ms = now_us / 1000;
         if let Some(call) = self.server_call_for(&request) {
             return match self.cached_server_decision(context_id, &request, &call, now_ms) {
                 Some(done) => RequestStep::Done(done),
                 None => RequestStep::CallServer(call, request),
             };
         }
-        let started = started_us;
-        let mut decision = self.decide(&request, now_ms);
+        let mut decision = self.decide(&request, now_us);
         if let Decision::AwaitKeys { provider, .. } = decision {
             // Another worker may have stored newer keys since this one last looked.
             if self.sync_keys(provider) {
-                decision = self.decide(&request, now_ms);
+                decision = self.decide(&request, now_us);
             }
-        }
-        if let (Some(start), Some(end)) = (started, host::now_us()) {
-            host::record(self.metrics.verify_us, end.saturating_sub(start));
         }
         let Decision::AwaitKeys { provider, kid, .. } = &decision else {
             return RequestStep::Done(self.finish(context_id, &request, decision));
@@ -576,7 +581,7 @@ impl Worker {
         let mut finals = Vec::new();
         let mut still_waiting = Vec::new();
         for p in std::mem::take(&mut self.pending) {
-            let decision = self.decide(&p.request, now_ms);
+            let decision = self.decide(&p.request, now_ms * 1000);
             let Decision::AwaitKeys { .. } = decision else {
                 finals.push(self.finish(p.context_id, &p.request, decision));
                 continue;
@@ -594,4 +599,15 @@ impl Worker {
         self.pending = still_waiting;
         finals
     }
+}
+
+/// A secret key for this VM's token cache: from the process's random source (std draws
+/// `RandomState` keys from WASI `random_get`, which Envoy provides).
+fn random_key() -> [u64; 2] {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    [
+        state.hash_one(0x746f_6b65_6e5f_6b30_u64),
+        state.hash_one(0x746f_6b65_6e5f_6b31_u64),
+    ]
 }
