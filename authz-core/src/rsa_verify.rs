@@ -139,21 +139,24 @@ impl RsaPublicKey {
     /// a·b·R⁻¹ mod n (CIOS Montgomery multiplication); inputs below n.
     fn mont_mul(&self, a: &[u32], b: &[u32], t: &mut [u32]) -> Vec<u32> {
         let s = self.n.len();
+        let (a, b, n) = (&a[..s], &b[..s], &self.n[..s]);
+        let t = &mut t[..s + 2];
         t.iter_mut().for_each(|x| *x = 0);
-        for &bi in b.iter().take(s) {
+        for &bi in b {
+            let bi = u64::from(bi);
             let mut carry = 0u64;
-            for j in 0..s {
-                let sum = u64::from(t[j]) + u64::from(a[j]) * u64::from(bi) + carry;
-                t[j] = sum as u32;
+            for (tj, aj) in t[..s].iter_mut().zip(a) {
+                let sum = u64::from(*tj) + u64::from(*aj) * bi + carry;
+                *tj = sum as u32;
                 carry = sum >> 32;
             }
             let sum = u64::from(t[s]) + carry;
             t[s] = sum as u32;
             t[s + 1] = (sum >> 32) as u32;
-            let m = t[0].wrapping_mul(self.n0_inv);
-            let mut carry = (u64::from(t[0]) + u64::from(m) * u64::from(self.n[0])) >> 32;
+            let m = u64::from(t[0].wrapping_mul(self.n0_inv));
+            let mut carry = (u64::from(t[0]) + m * u64::from(n[0])) >> 32;
             for j in 1..s {
-                let sum = u64::from(t[j]) + u64::from(m) * u64::from(self.n[j]) + carry;
+                let sum = u64::from(t[j]) + m * u64::from(n[j]) + carry;
                 t[j - 1] = sum as u32;
                 carry = sum >> 32;
             }
@@ -162,8 +165,61 @@ impl RsaPublicKey {
             t[s] = t[s + 1] + (sum >> 32) as u32;
         }
         let mut out = t[..s].to_vec();
-        if t[s] != 0 || geq(&out, &self.n) {
-            sub_in_place(&mut out, &self.n);
+        if t[s] != 0 || geq(&out, n) {
+            sub_in_place(&mut out, n);
+        }
+        out
+    }
+
+    /// a²·R⁻¹ mod n: the square computed with each cross product once (doubled), then a
+    /// separate Montgomery reduction — about a quarter fewer multiplications than `mont_mul`,
+    /// and an exponentiation by 65537 is sixteen squarings and one multiplication.
+    fn mont_sqr(&self, a: &[u32], t: &mut [u32]) -> Vec<u32> {
+        let s = self.n.len();
+        let (a, n) = (&a[..s], &self.n[..s]);
+        let t = &mut t[..2 * s];
+        t.iter_mut().for_each(|x| *x = 0);
+        for i in 0..s {
+            let ai = u64::from(a[i]);
+            let mut carry = 0u64;
+            for (tk, aj) in t[2 * i + 1..i + s].iter_mut().zip(&a[i + 1..]) {
+                let sum = u64::from(*tk) + ai * u64::from(*aj) + carry;
+                *tk = sum as u32;
+                carry = sum >> 32;
+            }
+            t[i + s] = carry as u32;
+        }
+        let mut high = 0u32;
+        for limb in t.iter_mut() {
+            let next = *limb >> 31;
+            *limb = (*limb << 1) | high;
+            high = next;
+        }
+        let mut carry = 0u64;
+        for i in 0..s {
+            let square = u64::from(a[i]) * u64::from(a[i]);
+            let low = u64::from(t[2 * i]) + (square & 0xffff_ffff) + carry;
+            t[2 * i] = low as u32;
+            let hi = u64::from(t[2 * i + 1]) + (square >> 32) + (low >> 32);
+            t[2 * i + 1] = hi as u32;
+            carry = hi >> 32;
+        }
+        let mut top = 0u64;
+        for i in 0..s {
+            let m = u64::from(t[i].wrapping_mul(self.n0_inv));
+            let mut carry = 0u64;
+            for (tk, nj) in t[i..i + s].iter_mut().zip(n) {
+                let sum = u64::from(*tk) + m * u64::from(*nj) + carry;
+                *tk = sum as u32;
+                carry = sum >> 32;
+            }
+            let sum = u64::from(t[i + s]) + carry + top;
+            t[i + s] = sum as u32;
+            top = sum >> 32;
+        }
+        let mut out = t[s..].to_vec();
+        if top != 0 || geq(&out, n) {
+            sub_in_place(&mut out, n);
         }
         out
     }
@@ -179,12 +235,12 @@ impl RsaPublicKey {
         if geq(&base, &self.n) {
             return None;
         }
-        let mut scratch = vec![0u32; s + 2];
+        let mut scratch = vec![0u32; 2 * s + 2];
         let base_m = self.mont_mul(&base, &self.r2, &mut scratch);
         let mut acc = base_m.clone();
         let top = 63 - self.e.leading_zeros();
         for bit in (0..top).rev() {
-            acc = self.mont_mul(&acc, &acc, &mut scratch);
+            acc = self.mont_sqr(&acc, &mut scratch);
             if (self.e >> bit) & 1 == 1 {
                 acc = self.mont_mul(&acc, &base_m, &mut scratch);
             }
