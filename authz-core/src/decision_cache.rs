@@ -1,7 +1,7 @@
 //! The in-proxy caches, as pure data structures (the clock is a parameter):
 //!
 //! - [`DecisionCache`]: server decisions (allow or deny) for tiers that need the server, keyed
-//!   by [`decision_key`] = SHA-256(token hash, method, route, policy version). Each entry also
+//!   by [`decision_key`] = keyed SipHash-128(token, method, route, policy version). Each entry also
 //!   remembers its subject and token hash so a subject or token revocation can purge it.
 //! - [`TokenCache`]: the local JWT path's verification results, keyed by a keyed token hash, so a hot
 //!   token skips signature verification; failures are kept only briefly.
@@ -14,33 +14,32 @@
 //! What this module does not do: decide when to poll, or talk to anyone.
 
 use crate::tier::Tier;
+use crate::token_hash::TokenKeyer;
 use crate::verify::{VerifiedToken, VerifyFailure};
 use lru::LruCache;
-use sha2::{Digest, Sha256};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 /// Key of a cached decision.
-pub type DecisionKey = [u8; 32];
+pub type DecisionKey = u128;
 
-/// The decision key: everything the decision depends on that the proxy knows up front.
-/// (The subject's epoch is enforced by purging on revocation, since an opaque token's subject
-/// is unknown until the server answers.)
+/// The decision key: everything the decision depends on that the proxy knows up front, under
+/// the worker's keyed hash (a cache hit computes no SHA-256). (The subject's epoch is enforced
+/// by purging on revocation, since an opaque token's subject is unknown until the server
+/// answers; entries keep the token's SHA-256 for revocations by token hash.)
 pub fn decision_key(
-    token_digest: &[u8; 32],
+    keyer: &TokenKeyer,
+    token: &str,
     method: &str,
     route: &str,
     policy_version: u64,
 ) -> DecisionKey {
-    let mut h = Sha256::new();
-    h.update(token_digest);
-    h.update([0]);
-    h.update(method.as_bytes());
-    h.update([0]);
-    h.update(route.as_bytes());
-    h.update([0]);
-    h.update(policy_version.to_be_bytes());
-    h.finalize().into()
+    keyer.key_of(&[
+        token.as_bytes(),
+        method.as_bytes(),
+        route.as_bytes(),
+        &policy_version.to_be_bytes(),
+    ])
 }
 
 /// A decision as the proxy replays it.
@@ -349,20 +348,26 @@ mod tests {
 
     #[test]
     fn keys_change_with_every_component() {
-        let t = [1u8; 32];
-        let base = decision_key(&t, "GET", "admin", 1);
-        assert_ne!(base, decision_key(&[2u8; 32], "GET", "admin", 1));
-        assert_ne!(base, decision_key(&t, "POST", "admin", 1));
-        assert_ne!(base, decision_key(&t, "GET", "other", 1));
+        let k = TokenKeyer::new([7, 9]);
+        let t = "token-1";
+        let base = decision_key(&k, t, "GET", "admin", 1);
+        assert_ne!(base, decision_key(&k, "token-2", "GET", "admin", 1));
+        assert_ne!(base, decision_key(&k, t, "POST", "admin", 1));
+        assert_ne!(base, decision_key(&k, t, "GET", "other", 1));
         assert_ne!(
             base,
-            decision_key(&t, "GET", "admin", 2),
+            decision_key(&k, t, "GET", "admin", 2),
             "a policy bump makes old entries unreachable"
         );
         assert_ne!(
-            decision_key(&t, "GE", "Tadmin", 1),
-            decision_key(&t, "GET", "admin", 1),
+            decision_key(&k, t, "GE", "Tadmin", 1),
+            decision_key(&k, t, "GET", "admin", 1),
             "components are delimited"
+        );
+        assert_ne!(
+            base,
+            decision_key(&TokenKeyer::new([8, 9]), t, "GET", "admin", 1),
+            "keys are secret per worker"
         );
     }
 
@@ -380,13 +385,13 @@ mod tests {
     #[test]
     fn expired_and_untrusted_entries_are_not_served() {
         let mut c = DecisionCache::new(10, TierCaps::default());
-        let k = [9u8; 32];
+        let k: DecisionKey = 9;
         c.insert(k, allow(Tier::Privileged, "alice", 1, 1_000));
         assert_eq!(c.lookup(&k, 500, true).0, LookupResult::Hit);
         assert_eq!(c.lookup(&k, 500, false).0, LookupResult::Untrusted);
         assert_eq!(c.lookup(&k, 1_000, true).0, LookupResult::Miss);
         assert!(c.is_empty(), "expired entries are dropped");
-        let a = [8u8; 32];
+        let a: DecisionKey = 8;
         c.insert(a, allow(Tier::Authenticated, "bob", 2, 1_000));
         assert_eq!(
             c.lookup(&a, 10, false).0,
@@ -398,9 +403,9 @@ mod tests {
     #[test]
     fn purges_by_subject_and_token() {
         let mut c = DecisionCache::new(10, TierCaps::default());
-        c.insert([1; 32], allow(Tier::Privileged, "alice", 1, 9_999));
-        c.insert([2; 32], allow(Tier::Privileged, "alice", 2, 9_999));
-        c.insert([3; 32], allow(Tier::Privileged, "bob", 3, 9_999));
+        c.insert(1, allow(Tier::Privileged, "alice", 1, 9_999));
+        c.insert(2, allow(Tier::Privileged, "alice", 2, 9_999));
+        c.insert(3, allow(Tier::Privileged, "bob", 3, 9_999));
         assert_eq!(c.purge_subject("alice"), 2);
         assert_eq!(c.purge_token(&[3; 32]), 1);
         assert!(c.is_empty());
@@ -471,8 +476,7 @@ mod tests {
             let mut c = DecisionCache::new(cap, TierCaps::default());
             let mut distinct = std::collections::HashSet::new();
             for k in &keys {
-                let mut key = [0u8; 32];
-                key[..4].copy_from_slice(k);
+                let key = DecisionKey::from(u32::from_le_bytes(*k));
                 distinct.insert(key);
                 c.insert(key, allow(Tier::Privileged, "x", 0, u64::MAX));
                 prop_assert!(c.len() <= cap);
@@ -484,8 +488,8 @@ mod tests {
         #[test]
         fn never_served_after_expiry(expiry in 0u64..10_000, at in 0u64..20_000) {
             let mut c = DecisionCache::new(4, TierCaps::default());
-            c.insert([1; 32], allow(Tier::Authenticated, "a", 1, expiry));
-            let (result, entry) = c.lookup(&[1; 32], at, true);
+            c.insert(1, allow(Tier::Authenticated, "a", 1, expiry));
+            let (result, entry) = c.lookup(&1, at, true);
             prop_assert_eq!(result == LookupResult::Hit, at < expiry);
             prop_assert_eq!(entry.is_some(), at < expiry);
         }

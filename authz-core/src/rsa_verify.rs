@@ -239,15 +239,17 @@ impl RsaPublicKey {
         let base_m = self.mont_mul(&base, &self.r2, &mut scratch);
         let mut acc = base_m.clone();
         let top = 63 - self.e.leading_zeros();
-        for bit in (0..top).rev() {
+        // The last bit of an odd exponent is a multiplication by the base: done with the plain
+        // base (not its Montgomery form), it also leaves the Montgomery domain, saving the
+        // usual final multiplication by one.
+        for bit in (1..top).rev() {
             acc = self.mont_sqr(&acc, &mut scratch);
             if (self.e >> bit) & 1 == 1 {
                 acc = self.mont_mul(&acc, &base_m, &mut scratch);
             }
         }
-        let mut one = vec![0u32; s];
-        one[0] = 1;
-        let plain = self.mont_mul(&acc, &one, &mut scratch);
+        acc = self.mont_sqr(&acc, &mut scratch);
+        let plain = self.mont_mul(&acc, &base, &mut scratch);
         let mut out = vec![0u8; self.k];
         for (i, byte) in out.iter_mut().rev().enumerate() {
             *byte = (plain[i / 4] >> (8 * (i % 4))) as u8;

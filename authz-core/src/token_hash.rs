@@ -38,6 +38,17 @@ impl TokenKeyer {
         h.write(token.as_bytes());
         h.finish128().as_u128()
     }
+
+    /// The key of several fields together (each length-prefixed, so fields cannot run into
+    /// each other).
+    pub fn key_of(&self, parts: &[&[u8]]) -> u128 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        for part in parts {
+            h.write(&(part.len() as u64).to_le_bytes());
+            h.write(part);
+        }
+        h.finish128().as_u128()
+    }
 }
 
 /// The full SHA-256 of a token.

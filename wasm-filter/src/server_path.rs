@@ -12,7 +12,9 @@ use crate::host::{self, SharedWrite};
 use crate::metrics::Metrics;
 use crate::worker::{Final, FinalAction, OwnedRequest, Worker};
 use authz_core::decision::bearer_token;
-use authz_core::decision_cache::{decision_key, CachedDecision, CachedOutcome, LookupResult};
+use authz_core::decision_cache::{
+    decision_key, CachedDecision, CachedOutcome, DecisionKey, LookupResult,
+};
 use authz_core::epochs::Changes;
 use authz_core::ext_authz_proto::decode_reply;
 use authz_core::token_hash::token_digest;
@@ -41,7 +43,8 @@ pub struct ServerCall {
     pub route: String,
     pub cluster: String,
     pub timeout: Duration,
-    pub token_digest: [u8; 32],
+    /// The decision cache key under the policy version of the call.
+    pub key: DecisionKey,
     pub policy_version: u64,
 }
 
@@ -67,13 +70,20 @@ impl Worker {
             .as_deref()
             .and_then(bearer_token)
             .unwrap_or("");
+        let policy_version = self.versions.policy_version;
         Some(ServerCall {
             tier: route.tier,
+            key: decision_key(
+                &self.keyer,
+                token,
+                &request.method,
+                &route.name,
+                policy_version,
+            ),
             route: route.name.clone(),
             cluster: link.cluster.clone(),
             timeout: Duration::from_millis(link.timeout_ms),
-            token_digest: token_digest(token),
-            policy_version: self.versions.policy_version,
+            policy_version,
         })
     }
 
@@ -106,14 +116,8 @@ impl Worker {
             };
             return Some(self.deny(context_id, request, call.tier, &call.route, reason));
         }
-        let key = decision_key(
-            &call.token_digest,
-            &request.method,
-            &call.route,
-            call.policy_version,
-        );
         let reachable = self.server_reachable(now_ms);
-        let (result, entry) = self.decisions.lookup(&key, now_ms, reachable);
+        let (result, entry) = self.decisions.lookup(&call.key, now_ms, reachable);
         let counter = match result {
             LookupResult::Hit => &self.metrics.cache_hit,
             LookupResult::Miss => &self.metrics.cache_miss,
@@ -208,17 +212,27 @@ impl Worker {
         );
         // A reply decided under an older policy than we now enforce is used once, not kept.
         if lifetime > 0 && reply.directive.policy_version == self.versions.policy_version {
-            let key = decision_key(
-                &call.token_digest,
-                &request.method,
-                &call.route,
-                self.versions.policy_version,
-            );
+            let token = request
+                .authorization
+                .as_deref()
+                .and_then(bearer_token)
+                .unwrap_or("");
+            let key = if call.policy_version == self.versions.policy_version {
+                call.key
+            } else {
+                decision_key(
+                    &self.keyer,
+                    token,
+                    &request.method,
+                    &call.route,
+                    self.versions.policy_version,
+                )
+            };
             let entry = CachedDecision {
                 outcome: reply.outcome.clone(),
                 tier: call.tier,
                 subject: reply.directive.subject.clone(),
-                token_digest: call.token_digest,
+                token_digest: token_digest(token),
                 expires_at_ms: now_ms + lifetime,
             };
             if let Some(evicted_tier) = self.decisions.insert(key, entry) {

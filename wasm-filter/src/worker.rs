@@ -134,7 +134,7 @@ pub struct Worker {
     /// Local JWT verification results.
     pub(crate) tokens: TokenCache,
     /// Keys of `tokens` (a keyed fast hash; SHA-256 per request cost more than the rest).
-    keyer: TokenKeyer,
+    pub(crate) keyer: TokenKeyer,
     /// What this worker knows of the server's versions.
     pub(crate) versions: crate::server_path::KnownVersions,
 }
