@@ -378,6 +378,68 @@ fn rate(p: &mut Problems, at: &str, r: &Option<RateFile>) -> Option<Rate> {
     })
 }
 
+fn expand_values(
+    value: &mut serde_yaml::Value,
+    env: &impl Fn(&str) -> Option<String>,
+    unset: &mut Vec<String>,
+) {
+    match value {
+        serde_yaml::Value::String(text) => {
+            let (expanded, missing) = expand_env(text, env);
+            *text = expanded;
+            unset.extend(missing);
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for item in items {
+                expand_values(item, env, unset);
+            }
+        }
+        serde_yaml::Value::Mapping(map) => {
+            for (_, item) in map.iter_mut() {
+                expand_values(item, env, unset);
+            }
+        }
+        serde_yaml::Value::Tagged(tagged) => expand_values(&mut tagged.value, env, unset),
+        _ => {}
+    }
+}
+
+/// Replaces every `${NAME}` whose NAME is `[A-Z_][A-Z0-9_]*` with `env(NAME)`; returns the
+/// text and the names that had no value (replaced by nothing). Anything else is left as is.
+pub fn expand_env(text: &str, env: &impl Fn(&str) -> Option<String>) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut unset = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let name_len = after.find('}').filter(|&end| {
+            let name = &after[..end];
+            !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        });
+        match name_len {
+            Some(end) => {
+                let name = &after[..end];
+                match env(name) {
+                    Some(value) => out.push_str(&value),
+                    None => unset.push(name.to_owned()),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str("${");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    (out, unset)
+}
+
 fn redis_config(p: &mut Problems, r: &RedisFile) -> RedisConfig {
     p.unknown("redis", &r.unknown);
     let url = r.url.clone().unwrap_or_default();
@@ -439,12 +501,45 @@ impl ServerConfig {
         ServerConfig::from_yaml(&text)
     }
 
-    /// Parses and validates YAML text.
+    /// Parses and validates YAML text, with `${NAME}` references taken from the process
+    /// environment.
     pub fn from_yaml(text: &str) -> Result<ServerConfig, ServerError> {
-        let file: ServerConfigFile = serde_yaml::from_str(text).map_err(|e| {
+        ServerConfig::from_yaml_with_env(text, |name| std::env::var(name).ok())
+    }
+
+    /// [`ServerConfig::from_yaml`] with the environment given as a lookup (tests, tools).
+    /// In every string value, each `${NAME}` (NAME: upper-case letters, digits, `_`) is
+    /// replaced by its value, so secrets can come from the environment (e.g. a Kubernetes
+    /// Secret) instead of the file. Expansion happens after parsing, so a value can never
+    /// add keys or change the document's structure. An unset variable is a problem reported
+    /// with all the others.
+    pub fn from_yaml_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ServerConfig, ServerError> {
+        let not_yaml = |e: serde_yaml::Error| {
             ServerError::InvalidConfig(vec![format!("not a valid configuration document: {e}")])
-        })?;
-        ServerConfig::validate(&file)
+        };
+        let mut document: serde_yaml::Value = serde_yaml::from_str(text).map_err(not_yaml)?;
+        let mut unset = Vec::new();
+        expand_values(&mut document, &env, &mut unset);
+        let unset: Vec<String> = unset
+            .iter()
+            .map(|name| {
+                format!(
+                    "config: environment variable {name} is not set (referenced as ${{{name}}})"
+                )
+            })
+            .collect();
+        let file: ServerConfigFile = serde_yaml::from_value(document).map_err(not_yaml)?;
+        match ServerConfig::validate(&file) {
+            Ok(config) if unset.is_empty() => Ok(config),
+            Ok(_) => Err(ServerError::InvalidConfig(unset)),
+            Err(ServerError::InvalidConfig(problems)) => Err(ServerError::InvalidConfig(
+                unset.into_iter().chain(problems).collect(),
+            )),
+            Err(other) => Err(other),
+        }
     }
 
     /// Validates a parsed file, naming every problem.
@@ -740,6 +835,43 @@ policy:
             })
         );
         assert_eq!(c.routes.find("GET", "/admin/x").tier, Tier::Privileged);
+    }
+
+    #[test]
+    fn environment_references_are_expanded_and_unset_ones_reported() {
+        let env =
+            |name: &str| (name == "ADMIN_SECRET").then(|| "from-the-environment-1234".to_owned());
+        let (text, unset) = expand_env(
+            "a: ${ADMIN_SECRET}\nb: ${MISSING_1}\nc: ${lower} $HOME ${",
+            &env,
+        );
+        assert_eq!(
+            text,
+            "a: from-the-environment-1234\nb: \nc: ${lower} $HOME ${"
+        );
+        assert_eq!(unset, vec!["MISSING_1"]);
+        let yaml = EXAMPLE.replace("\"0123456789abcdef-admin\"", "\"${ADMIN_SECRET}\"");
+        let c = ServerConfig::from_yaml_with_env(&yaml, env).unwrap();
+        assert_eq!(c.admin_token, "from-the-environment-1234");
+        let Err(ServerError::InvalidConfig(problems)) =
+            ServerConfig::from_yaml_with_env(&yaml, |_| None)
+        else {
+            panic!("accepted without the variable")
+        };
+        assert!(
+            problems[0].contains("ADMIN_SECRET is not set"),
+            "{problems:?}"
+        );
+        let injected = |_: &str| Some("x\"\nintrospection: {}\n".to_owned());
+        let c = ServerConfig::from_yaml_with_env(&yaml, injected);
+        assert!(
+            matches!(&c, Ok(c) if c.admin_token.starts_with("x\"\nintrospection")),
+            "a value is a value: it cannot restructure the document"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with("admin_token:")),
+            "the other problems are still reported: {problems:?}"
+        );
     }
 
     #[test]

@@ -162,10 +162,35 @@ fn the_istio_resources_have_what_istio_requires_and_agree() {
     let server_yaml = config_map["data"]["server.yaml"]
         .as_str()
         .expect("the ConfigMap holds server.yaml");
-    let server = ServerConfig::from_yaml(server_yaml)
-        .unwrap_or_else(|e| panic!("the ConfigMap's server.yaml is refused: {e}"));
     let deployment = find("Deployment");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    // The container's environment, resolved from the Secret it names: every `${VAR}` of the
+    // configuration must come from there (the parser reports any that does not).
+    let secret = find("Secret");
+    let environment: std::collections::HashMap<String, String> = container["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .map(|e| {
+            let from = &e["valueFrom"]["secretKeyRef"];
+            assert_eq!(
+                from["name"], secret["metadata"]["name"],
+                "env from another Secret"
+            );
+            let key = text(from, "key");
+            let value = secret["stringData"][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("the Secret has no {key}"));
+            (text(e, "name").to_owned(), value.to_owned())
+        })
+        .collect();
+    let server =
+        ServerConfig::from_yaml_with_env(server_yaml, |name| environment.get(name).cloned())
+            .unwrap_or_else(|e| panic!("the ConfigMap's server.yaml is refused: {e}"));
+    assert!(
+        !server_yaml.contains("replace-with"),
+        "secrets belong in the Secret, not the ConfigMap"
+    );
     let container_port = |name: &str| -> u64 {
         container["ports"]
             .as_sequence()
