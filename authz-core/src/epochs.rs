@@ -19,6 +19,10 @@ pub struct Changes {
     /// Whether the server vouches that its state is current (false while its shared tier is
     /// unreachable): purges still apply, but the answer does not renew trust in the cache.
     pub confirmed: bool,
+    /// Which counter `version` belongs to: a different value means the server's state was
+    /// restarted (or another server without shared state answered), so versions learned
+    /// before say nothing about this one.
+    pub incarnation: Option<String>,
 }
 
 impl Changes {
@@ -52,8 +56,13 @@ impl Changes {
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty());
         let confirmed = v.get("confirmed").and_then(Value::as_bool).unwrap_or(true);
+        let incarnation = v
+            .get("incarnation")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         Ok(Changes {
             confirmed,
+            incarnation,
             version,
             policy_version,
             subjects,
@@ -84,6 +93,12 @@ mod tests {
         )
         .unwrap();
         assert!(!unconfirmed.confirmed);
+        assert_eq!(unconfirmed.incarnation, None);
+        let with_incarnation = Changes::parse(
+            br#"{"version":7,"policy_version":2,"subjects":{},"revoked_token_hashes":[],"incarnation":"ab12"}"#,
+        )
+        .unwrap();
+        assert_eq!(with_incarnation.incarnation.as_deref(), Some("ab12"));
         assert!(Changes::parse(b"{}").is_err());
         assert!(Changes::parse(
             br#"{"version":1,"policy_version":0,"subjects":{},"revoked_token_hashes":["zz"]}"#

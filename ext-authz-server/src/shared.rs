@@ -599,6 +599,7 @@ impl Shared {
             self.metrics
                 .inc("authz_shared_resyncs_total", &[("reason", "connect")]);
         }
+        self.versions.set_incarnation(&incarnation);
         cursor.incarnation = Some(incarnation);
 
         let policy: HashMap<String, u64> = redis::cmd("HGETALL")

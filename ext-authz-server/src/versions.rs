@@ -121,10 +121,31 @@ struct State {
 }
 
 /// Shared revocation and version state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Versions {
     state: Mutex<State>,
     shared: bool,
+    /// Names the counter: random per process; with a shared tier, the shared store's.
+    incarnation: Mutex<String>,
+}
+
+impl Default for Versions {
+    fn default() -> Versions {
+        Versions {
+            state: Mutex::default(),
+            shared: false,
+            incarnation: Mutex::new(random_incarnation()),
+        }
+    }
+}
+
+/// 64 random bits as hex (std's RandomState draws them from the OS).
+fn random_incarnation() -> String {
+    use std::hash::BuildHasher;
+    format!(
+        "{:016x}",
+        std::collections::hash_map::RandomState::new().hash_one(0u8)
+    )
 }
 
 use authz_core::token_hash::digest_hex as hex;
@@ -134,9 +155,22 @@ impl Versions {
     /// State whose counter is the shared sequence (advanced by the stream reader only).
     pub fn shared() -> Versions {
         Versions {
-            state: Mutex::default(),
             shared: true,
+            ..Versions::default()
         }
+    }
+
+    /// Adopts the shared store's incarnation (its counter is the shared sequence).
+    pub fn set_incarnation(&self, incarnation: &str) {
+        let mut guard = self.incarnation.lock().unwrap_or_else(|p| p.into_inner());
+        incarnation.clone_into(&mut guard);
+    }
+
+    pub fn incarnation(&self) -> String {
+        self.incarnation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -275,6 +309,7 @@ impl Versions {
     /// `confirmed` says whether this state is known to be current (always, without a shared
     /// tier); a poller must not extend its trust on an unconfirmed answer.
     pub fn changes_since(&self, since: u64, confirmed: bool) -> Value {
+        let incarnation = self.incarnation();
         self.with(|s| {
             let subjects: serde_json::Map<String, Value> = s
                 .subjects
@@ -292,6 +327,7 @@ impl Versions {
                 "revoked_token_hashes": tokens,
                 "revoked_jtis": jtis,
                 "confirmed": confirmed,
+                "incarnation": incarnation,
             })
         })
     }

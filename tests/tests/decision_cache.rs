@@ -258,3 +258,51 @@ fn regulated_decisions_are_never_cached_and_the_server_down_fails_closed() {
     );
     assert!(s.envoy.stat("wasmcustom.jwt_authz.server.errors") >= 1);
 }
+
+#[test]
+fn a_restarted_server_is_not_mistaken_for_the_old_one() {
+    // The server restarts (in-memory state, counters back to 0) on the same ports. A filter
+    // that kept polling with its old cursor would never see the new server's first changes.
+    let mut s = CacheStack::start(
+        &decision_cache_plugin_config(250, 1000),
+        "tiers:\n  privileged: {max_staleness_ms: 10000}\n",
+    );
+    let token = admin_token(&s, "alice");
+    for _ in 0..4 {
+        assert_eq!(
+            s.envoy
+                .get("/admin/users", Some(&token), &[("connection", "close")])
+                .status,
+            200
+        );
+    }
+    // Move the old server's counter well past where the new one will be.
+    for i in 0..5 {
+        let hash = format!("{i:064x}");
+        s.server
+            .admin("POST", "/admin/revoke", Some(json!({"token_hash": hash})));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let (grpc, admin) = (s.server.grpc_port, s.server.admin_port);
+    s.server.kill();
+    s.server = AuthzServerProcess::start(&server_yaml(
+        s.idp.port,
+        &format!(
+            "listen: 127.0.0.1:{grpc}\nadmin_listen: 127.0.0.1:{admin}\nepochs_token: \"{EPOCHS_TOKEN}\"\ntiers:\n  privileged: {{max_staleness_ms: 10000}}\n"
+        ),
+    ));
+    std::thread::sleep(Duration::from_millis(800));
+    // Revoked at the new server: change version 1, below the old cursor (5).
+    let revoked_at = Instant::now();
+    assert_eq!(
+        s.server
+            .admin("POST", "/admin/revoke", Some(json!({"token": token})))
+            .json()["version"],
+        1
+    );
+    let stale = last_allow(&s, &token, revoked_at, Duration::from_millis(2_000));
+    assert!(
+        stale.is_none_or(|t| t < Duration::from_millis(650)),
+        "the revoked token was still allowed {stale:?} after the revoke"
+    );
+}

@@ -30,6 +30,8 @@ const VERSIONS_KEY: &str = "jwt_authz/v1/server_versions";
 pub struct KnownVersions {
     pub policy_version: u64,
     pub change_version: u64,
+    /// The server counter's incarnation the versions above belong to.
+    pub incarnation: Option<String>,
     /// Last time the server answered a poll or a Check (ms).
     pub last_ok_ms: u64,
     pub last_poll_started_ms: u64,
@@ -308,6 +310,29 @@ impl Worker {
             }
         };
         host::increment(self.metrics.polls_ok);
+        if let Some(incarnation) = &changes.incarnation {
+            if self
+                .versions
+                .incarnation
+                .as_ref()
+                .is_some_and(|known| known != incarnation)
+            {
+                // The server's counters restarted (or a server without shared state answered):
+                // what we learned from the old counter says nothing about the new one, and we
+                // cannot know what changed in between. Start over.
+                host::info(&format!(
+                    "jwt_authz epochs: server state restarted; {} cached decision(s) dropped",
+                    self.decisions.len()
+                ));
+                self.decisions.clear();
+                self.tokens.drop_failures();
+                self.versions.change_version = 0;
+                self.versions.policy_version = changes.policy_version;
+                host::record(self.metrics.policy_version, changes.policy_version);
+                host::record(self.metrics.cache_entries, 0);
+            }
+            self.versions.incarnation = Some(incarnation.clone());
+        }
         if changes.confirmed {
             self.versions.last_ok_ms = now_ms;
         } else {
@@ -348,11 +373,14 @@ impl Worker {
             .unwrap_or_default();
         let shared_policy = shared["policy_version"].as_u64().unwrap_or(0);
         let shared_ok = shared["last_ok_ms"].as_u64().unwrap_or(0);
-        if shared_policy > self.versions.policy_version {
+        // Another worker's policy version counts only if it is about the same server state.
+        let same_state = shared["incarnation"].as_str() == self.versions.incarnation.as_deref();
+        if same_state && shared_policy > self.versions.policy_version {
             self.apply_policy_version(shared_policy);
         }
         self.versions.last_ok_ms = self.versions.last_ok_ms.max(shared_ok);
         let mine = json!({
+            "incarnation": self.versions.incarnation,
             "policy_version": self.versions.policy_version,
             "change_version": self.versions.change_version.max(shared["change_version"].as_u64().unwrap_or(0)),
             "last_ok_ms": self.versions.last_ok_ms,
