@@ -9,7 +9,8 @@
 //! - Freshness per check: `authz_core::fallback::plan` and `on_idp_error` decide, for the
 //!   check's tier, whether a cached result serves, must be refreshed, or may be served stale.
 //! - Single-flight: concurrent misses for one token share one introspection, run in its own
-//!   task so a caller that gives up does not cancel it for the others.
+//!   task so a caller that gives up does not cancel it for the others; reads of the shared
+//!   (Redis) cache are single-flighted the same way.
 //! - Batching: distinct tokens that miss within `batching.window` go out as one call to the
 //!   batch endpoint, or as concurrent pooled single calls when there is none.
 //! - Refresh-ahead: a hit late in its tier's freshness window starts a background refresh, so
@@ -78,6 +79,7 @@ pub struct Lookup {
 }
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<Cached>, IdpError>>>;
+type SharedFlight = Shared<BoxFuture<'static, Option<Arc<Cached>>>>;
 
 struct BatchItem {
     token: String,
@@ -102,6 +104,7 @@ pub struct Introspector {
     client: IdpClient,
     cache: moka::sync::Cache<TokenKey, Arc<Cached>>,
     inflight: Mutex<HashMap<TokenKey, Flight>>,
+    shared_inflight: Mutex<HashMap<TokenKey, SharedFlight>>,
     batch_tx: Option<mpsc::Sender<BatchItem>>,
     breaker: Mutex<CircuitBreaker>,
     metrics: Arc<Metrics>,
@@ -143,6 +146,7 @@ impl Introspector {
             client,
             cache,
             inflight: Mutex::new(HashMap::new()),
+            shared_inflight: Mutex::new(HashMap::new()),
             batch_tx,
             breaker: Mutex::new(CircuitBreaker::new(
                 config.circuit_failure_threshold,
@@ -204,9 +208,48 @@ impl Introspector {
         }
     }
 
+    /// One shared-cache read per token at a time, like introspection: concurrent misses on
+    /// this instance share it. A found entry goes into the local cache (with its remaining
+    /// life and original fetch time) before the flight ends, so no later miss reads again.
+    async fn shared_fetch(
+        self: &Arc<Self>,
+        shared: &Arc<SharedTier>,
+        key: TokenKey,
+    ) -> Option<Arc<Cached>> {
+        let flight = {
+            let mut inflight = lock(&self.shared_inflight);
+            if let Some(flight) = inflight.get(&key) {
+                self.metrics.inc("authz_shared_cache_joins_total", &[]);
+                flight.clone()
+            } else {
+                let this = self.clone();
+                let shared = shared.clone();
+                let task = tokio::spawn(async move {
+                    let found = shared.cache_get(&key).await.map(|entry| {
+                        let remaining =
+                            (entry.fetched_at_ms + entry.ttl_ms).saturating_sub(now_ms());
+                        let entry = Arc::new(Cached {
+                            ttl_ms: remaining,
+                            ..entry
+                        });
+                        this.cache.insert(key, entry.clone());
+                        entry
+                    });
+                    lock(&this.shared_inflight).remove(&key);
+                    found
+                });
+                let flight: SharedFlight =
+                    async move { task.await.ok().flatten() }.boxed().shared();
+                inflight.insert(key, flight.clone());
+                flight
+            }
+        };
+        flight.await
+    }
+
     /// A result another instance put in the shared cache, if it is fresh enough for `rules`.
     async fn shared_lookup(
-        &self,
+        self: &Arc<Self>,
         key: &TokenKey,
         rules: &TierRules,
         trust_unconfirmed: bool,
@@ -215,17 +258,11 @@ impl Introspector {
         if !shared.caches_introspection() || !(trust_unconfirmed || shared.confirmed()) {
             return None;
         }
-        let entry = shared.cache_get(key).await?;
+        let entry = self.shared_fetch(shared, *key).await?;
         let age = now_ms().saturating_sub(entry.fetched_at_ms);
         let CachePlan::Use { .. } = plan(Some(age), rules, self.refresh_ahead_fraction) else {
             return None;
         };
-        let remaining = (entry.fetched_at_ms + entry.ttl_ms).saturating_sub(now_ms());
-        let entry = Arc::new(Cached {
-            ttl_ms: remaining,
-            ..entry
-        });
-        self.cache.insert(*key, entry.clone());
         self.metrics
             .inc("authz_cache_lookups_total", &[("result", "shared")]);
         Some(Lookup {

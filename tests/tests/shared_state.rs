@@ -223,6 +223,38 @@ fn introspection_results_are_shared_and_redis_never_sees_a_token() {
     );
     assert_eq!(b.metric("authz_shared_cache_total{result=\"hit\"}"), 1.0);
 
+    // Twenty concurrent first checks of another token on B: one Redis read between them.
+    let second = admin_token(&idp, "bob");
+    assert_eq!(envoy_1.get("/admin/users", Some(&second), &[]).status, 200);
+    let introspected = idp.stat("introspected_tokens");
+    let shared_key_count = || {
+        redis
+            .command(&["KEYS", "authz:v1:intro:*"])
+            .map(|keys| keys.matches("intro:").count())
+            .unwrap_or(0)
+    };
+    assert!(eventually(Duration::from_secs(3), || shared_key_count() >= 2));
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                scope.spawn(|| {
+                    envoy_2
+                        .get("/admin/users", Some(&second), &[("connection", "close")])
+                        .status
+                })
+            })
+            .collect();
+        for handle in handles {
+            assert_eq!(handle.join().expect("request thread"), 200);
+        }
+    });
+    assert_eq!(
+        b.metric("authz_shared_cache_total{result=\"hit\"}"),
+        2.0,
+        "concurrent misses share one Redis read"
+    );
+    assert_eq!(idp.stat("introspected_tokens"), introspected);
+
     let dump = redis.dump();
     let hash = authz_core::token_hash::digest_hex(&authz_core::token_hash::token_digest(&token));
     assert!(!dump.contains(&token), "redis holds a raw token");
