@@ -19,6 +19,7 @@
 
 use crate::config::ServerConfig;
 use crate::idp_client::{IdpClient, IdpError};
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::shared::Shared as SharedTier;
 use crate::versions::TokenKey;
@@ -78,8 +79,10 @@ pub struct Lookup {
     pub age_ms: u64,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<Arc<Cached>, IdpError>>>;
-type SharedFlight = Shared<BoxFuture<'static, Option<Arc<Cached>>>>;
+/// A piece of work in flight, awaited by every caller that needs it.
+type Flight<T> = Shared<BoxFuture<'static, T>>;
+/// The flights of one kind, by token.
+type Flights<T> = Mutex<HashMap<TokenKey, Flight<T>>>;
 
 struct BatchItem {
     token: String,
@@ -103,8 +106,8 @@ impl moka::Expiry<TokenKey, Arc<Cached>> for TtlExpiry {
 pub struct Introspector {
     client: IdpClient,
     cache: moka::sync::Cache<TokenKey, Arc<Cached>>,
-    inflight: Mutex<HashMap<TokenKey, Flight>>,
-    shared_inflight: Mutex<HashMap<TokenKey, SharedFlight>>,
+    inflight: Flights<Result<Arc<Cached>, IdpError>>,
+    shared_inflight: Flights<Option<Arc<Cached>>>,
     batch_tx: Option<mpsc::Sender<BatchItem>>,
     breaker: Mutex<CircuitBreaker>,
     metrics: Arc<Metrics>,
@@ -113,10 +116,6 @@ pub struct Introspector {
     longest_window_ms: u64,
     refresh_ahead_fraction: f64,
     shared: Option<Arc<SharedTier>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Introspector {
@@ -216,35 +215,26 @@ impl Introspector {
         shared: &Arc<SharedTier>,
         key: TokenKey,
     ) -> Option<Arc<Cached>> {
-        let flight = {
-            let mut inflight = lock(&self.shared_inflight);
-            if let Some(flight) = inflight.get(&key) {
-                self.metrics.inc("authz_shared_cache_joins_total", &[]);
-                flight.clone()
-            } else {
-                let this = self.clone();
-                let shared = shared.clone();
-                let task = tokio::spawn(async move {
-                    let found = shared.cache_get(&key).await.map(|entry| {
-                        let remaining =
-                            (entry.fetched_at_ms + entry.ttl_ms).saturating_sub(now_ms());
-                        let entry = Arc::new(Cached {
-                            ttl_ms: remaining,
-                            ..entry
-                        });
-                        this.cache.insert(key, entry.clone());
-                        entry
+        let shared = shared.clone();
+        let this = self.clone();
+        self.single_flight(
+            |i| &i.shared_inflight,
+            key,
+            "authz_shared_cache_joins_total",
+            async move {
+                shared.cache_get(&key).await.map(|entry| {
+                    let remaining = (entry.fetched_at_ms + entry.ttl_ms).saturating_sub(now_ms());
+                    let entry = Arc::new(Cached {
+                        ttl_ms: remaining,
+                        ..entry
                     });
-                    lock(&this.shared_inflight).remove(&key);
-                    found
-                });
-                let flight: SharedFlight =
-                    async move { task.await.ok().flatten() }.boxed().shared();
-                inflight.insert(key, flight.clone());
-                flight
-            }
-        };
-        flight.await
+                    this.cache.insert(key, entry.clone());
+                    entry
+                })
+            },
+            |_| None,
+        )
+        .await
     }
 
     /// A result another instance put in the shared cache, if it is fresh enough for `rules`.
@@ -329,34 +319,51 @@ impl Introspector {
         key: TokenKey,
         token: String,
     ) -> Result<Arc<Cached>, IdpError> {
-        let flight = {
-            let mut inflight = lock(&self.inflight);
-            if let Some(flight) = inflight.get(&key) {
-                self.metrics.inc("authz_single_flight_joins_total", &[]);
-                flight.clone()
-            } else {
-                let this = self.clone();
-                // The task removes its own entry; it cannot do so before the insert below,
-                // because that removal needs this lock.
-                let task = tokio::spawn(async move {
-                    let result = this.introspect_now(key, token).await;
-                    lock(&this.inflight).remove(&key);
-                    result
-                });
-                let flight: Flight = async move {
-                    task.await.unwrap_or_else(|e| {
-                        Err(IdpError::Transport(format!(
-                            "introspection task failed: {e}"
-                        )))
-                    })
-                }
-                .boxed()
-                .shared();
-                inflight.insert(key, flight.clone());
-                flight
-            }
-        };
-        flight.await
+        let this = self.clone();
+        self.single_flight(
+            |i| &i.inflight,
+            key,
+            "authz_single_flight_joins_total",
+            async move { this.introspect_now(key, token).await },
+            |e| {
+                Err(IdpError::Transport(format!(
+                    "introspection task failed: {e}"
+                )))
+            },
+        )
+        .await
+    }
+
+    /// Joins the flight for `key` in `flights`, or starts `work` as one: in its own task, so a
+    /// caller that gives up does not cancel it for the others. The task removes its own entry
+    /// when done; it cannot do so before the insert here, because that removal needs the lock.
+    fn single_flight<T>(
+        self: &Arc<Self>,
+        flights: fn(&Introspector) -> &Flights<T>,
+        key: TokenKey,
+        joins_metric: &'static str,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+        task_failed: fn(tokio::task::JoinError) -> T,
+    ) -> Flight<T>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let mut inflight = lock(flights(self));
+        if let Some(flight) = inflight.get(&key) {
+            self.metrics.inc(joins_metric, &[]);
+            return flight.clone();
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let result = work.await;
+            lock(flights(&this)).remove(&key);
+            result
+        });
+        let flight: Flight<T> = async move { task.await.unwrap_or_else(task_failed) }
+            .boxed()
+            .shared();
+        inflight.insert(key, flight.clone());
+        flight
     }
 
     fn publish_circuit_state(&self) {

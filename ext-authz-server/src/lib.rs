@@ -31,6 +31,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
+/// Locks a mutex, taking it over if a panicking holder poisoned it: the guarded state (caches,
+/// counters, revocations) stays usable, and refusing every later check would be worse.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// gRPC request metadata naming the calling proxy's locality (`region/zone`).
 pub const CLIENT_LOCALITY_METADATA: &str = "x-authz-client-locality";
 

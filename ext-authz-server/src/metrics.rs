@@ -65,7 +65,7 @@ fn labels_text(labels: &[(&'static str, String)], extra: Option<(&str, String)>)
 
 impl Metrics {
     fn with<T>(&self, f: impl FnOnce(&mut Families) -> T) -> T {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = crate::lock(&self.inner);
         f(&mut guard)
     }
 

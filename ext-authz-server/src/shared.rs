@@ -25,8 +25,9 @@
 use crate::check::CheckService;
 use crate::config::RedisConfig;
 use crate::introspector::{now_ms, Cached};
+use crate::lock;
 use crate::metrics::Metrics;
-use crate::versions::{Applied, Change, TokenKey, Versions};
+use crate::versions::{random_incarnation, Applied, Change, TokenKey, Versions};
 use authz_core::introspection::Introspection;
 use authz_core::token_hash::{digest_hex, parse_digest_hex};
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -148,10 +149,6 @@ fn derive_key(secret: &str, purpose: &[u8]) -> [u8; 32] {
         .unwrap_or_else(|_| unreachable!("hmac takes keys of any length"));
     mac.update(purpose);
     mac.finalize().into_bytes().into()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Encodes a change as the stream's (kind, value, at_ms) fields.
@@ -333,11 +330,12 @@ impl Shared {
             .clone()
     }
 
+    /// Runs a Redis operation within `budget`; errors and timeouts become text for the log.
     async fn with_timeout<T>(
-        &self,
+        budget: Duration,
         op: impl std::future::Future<Output = Result<T, RedisError>>,
     ) -> Result<T, String> {
-        match tokio::time::timeout(self.config.op_timeout, op).await {
+        match tokio::time::timeout(budget, op).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".into()),
@@ -368,16 +366,11 @@ impl Shared {
             .arg(self.config.stream_max_len)
             .arg(&self.origin);
         // Publishing is an admin action, not on the check path: allow more than op_timeout.
-        match tokio::time::timeout(
+        Shared::with_timeout(
             self.config.op_timeout.max(Duration::from_secs(1)),
             invocation.invoke_async::<(u64, u64)>(&mut conn),
         )
         .await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
-        }
     }
 
     fn cache_key(&self, key: &TokenKey) -> String {
@@ -441,14 +434,13 @@ impl Shared {
     pub async fn cache_get(&self, key: &TokenKey) -> Option<Cached> {
         let mut conn = self.connection()?;
         let redis_key = self.cache_key(key);
-        let got = self
-            .with_timeout(async {
-                redis::cmd("GET")
-                    .arg(&redis_key)
-                    .query_async::<Option<Vec<u8>>>(&mut conn)
-                    .await
-            })
-            .await;
+        let got = Shared::with_timeout(
+            self.config.op_timeout,
+            redis::cmd("GET")
+                .arg(&redis_key)
+                .query_async::<Option<Vec<u8>>>(&mut conn),
+        )
+        .await;
         let bytes = match got {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
@@ -495,17 +487,16 @@ impl Shared {
             let Some(sealed) = this.seal(&redis_key, &entry) else {
                 return;
             };
-            let put = this
-                .with_timeout(async {
-                    redis::cmd("SET")
-                        .arg(&redis_key)
-                        .arg(sealed)
-                        .arg("PX")
-                        .arg(remaining)
-                        .query_async::<()>(&mut conn)
-                        .await
-                })
-                .await;
+            let put = Shared::with_timeout(
+                this.config.op_timeout,
+                redis::cmd("SET")
+                    .arg(&redis_key)
+                    .arg(sealed)
+                    .arg("PX")
+                    .arg(remaining)
+                    .query_async::<()>(&mut conn),
+            )
+            .await;
             if let Err(e) = put {
                 this.error("cache_put", &e);
             }
@@ -559,10 +550,9 @@ impl Shared {
         conn: &mut MultiplexedConnection,
         cursor: &mut Cursor,
     ) -> Result<(), RedisError> {
-        let candidate = digest_hex(&derive_key(&now_ms().to_string(), self.origin.as_bytes()));
         let _: Option<String> = redis::cmd("SET")
             .arg(&self.keys.incarnation)
-            .arg(&candidate[..16])
+            .arg(random_incarnation())
             .arg("NX")
             .query_async(conn)
             .await?;

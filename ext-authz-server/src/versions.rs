@@ -18,6 +18,7 @@
 //! safe as long as the bound covers the tokens' remaining lifetimes; `jti` revocations likewise.
 //! This module does no I/O and reads no clock.
 
+use crate::lock;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -140,7 +141,7 @@ impl Default for Versions {
 }
 
 /// 64 random bits as hex (std's RandomState draws them from the OS).
-fn random_incarnation() -> String {
+pub fn random_incarnation() -> String {
     use std::hash::BuildHasher;
     format!(
         "{:016x}",
@@ -162,19 +163,16 @@ impl Versions {
 
     /// Adopts the shared store's incarnation (its counter is the shared sequence).
     pub fn set_incarnation(&self, incarnation: &str) {
-        let mut guard = self.incarnation.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.incarnation);
         incarnation.clone_into(&mut guard);
     }
 
     pub fn incarnation(&self) -> String {
-        self.incarnation
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.incarnation).clone()
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.state);
         f(&mut guard)
     }
 
