@@ -403,17 +403,7 @@ async fn memory_flood(
             .await
             .requests;
     }
-    let server_entries = get(
-        &format!("http://127.0.0.1:{}/metrics", server.admin_port),
-        &[],
-    )
-    .body
-    .lines()
-    .find_map(|l| {
-        l.strip_prefix("authz_cache_entries ")
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    })
-    .unwrap_or(0.0) as u64;
+    let server_entries = server.metric("authz_cache_entries") as u64;
     let flood = Flood {
         jwt_tokens: count,
         opaque_tokens: count,

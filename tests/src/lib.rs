@@ -428,17 +428,19 @@ impl AuthzServerProcess {
 
     /// One Prometheus sample of its `/metrics` (0 when absent).
     pub fn metric(&self, series: &str) -> f64 {
-        let metrics = get(
-            &format!("http://127.0.0.1:{}/metrics", self.admin_port),
-            &[],
-        )
-        .body;
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        server_metric(self.admin_port, series)
     }
+}
+
+/// One sample of an ext-authz-server's Prometheus `/metrics`: `series` as printed, labels
+/// included (`authz_cache_lookups_total{result="miss"}`); 0 when absent.
+pub fn server_metric(admin_port: u16, series: &str) -> f64 {
+    get(&format!("http://127.0.0.1:{admin_port}/metrics"), &[])
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A real `redis-server` (Debian's; `make test` installs it) on a free loopback port, without

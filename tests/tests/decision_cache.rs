@@ -12,20 +12,9 @@ fn admin_token(s: &CacheStack, sub: &str) -> String {
 }
 
 fn server_allows(s: &CacheStack) -> u64 {
-    let metrics = get(
-        &format!("http://127.0.0.1:{}/metrics", s.server.admin_port),
-        &[],
-    )
-    .body;
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "authz_decisions_total{outcome=\"allow\",reason=\"ok\",tier=\"privileged\"} ",
-            )
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    s.server
+        .metric("authz_decisions_total{outcome=\"allow\",reason=\"ok\",tier=\"privileged\"}")
+        as u64
 }
 
 #[test]

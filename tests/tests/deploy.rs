@@ -24,27 +24,24 @@ fn documents(path: &str) -> Vec<Yaml> {
         .collect()
 }
 
-fn text<'a>(v: &'a Yaml, path: &str) -> &'a str {
-    let mut at = v;
-    for key in path.split('.') {
-        at = match key.parse::<usize>() {
+/// The value at a dotted path (`spec.ports.0.name`: numbers index sequences).
+fn at<'a>(v: &'a Yaml, path: &str) -> &'a Yaml {
+    path.split('.')
+        .fold(v, |at, key| match key.parse::<usize>() {
             Ok(i) => &at[i],
             Err(_) => &at[key],
-        };
-    }
-    at.as_str()
+        })
+}
+
+fn text<'a>(v: &'a Yaml, path: &str) -> &'a str {
+    at(v, path)
+        .as_str()
         .unwrap_or_else(|| panic!("{path} is missing or not a string in {v:?}"))
 }
 
 fn number(v: &Yaml, path: &str) -> u64 {
-    let mut at = v;
-    for key in path.split('.') {
-        at = match key.parse::<usize>() {
-            Ok(i) => &at[i],
-            Err(_) => &at[key],
-        };
-    }
-    at.as_u64()
+    at(v, path)
+        .as_u64()
         .unwrap_or_else(|| panic!("{path} is missing or not a number"))
 }
 

@@ -122,16 +122,6 @@ fn mint_opaque(idp: &DevIdp, sub: &str) -> String {
     idp.mint(json!({"sub": sub, "scope": "read admin", "opaque": true, "acr": "mfa"}))
 }
 
-fn metric(admin_port: u16, line_prefix: &str) -> u64 {
-    let text = get(&format!("http://127.0.0.1:{admin_port}/metrics"), &[]).body;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(line_prefix)
-                .map(|v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_checks_of_one_token_make_one_introspection_call() {
     let idp = DevIdp::start(&[]);
@@ -146,7 +136,7 @@ async fn two_hundred_concurrent_checks_of_one_token_make_one_introspection_call(
         "one introspection for 200 checks"
     );
     assert!(
-        metric(server.admin_port, "authz_single_flight_joins_total ") >= 150,
+        server_metric(server.admin_port, "authz_single_flight_joins_total") >= 150.0,
         "most checks joined the flight"
     );
 }
@@ -204,11 +194,11 @@ async fn refresh_ahead_keeps_a_hot_token_off_the_idp() {
         "refreshes happened"
     );
     assert_eq!(
-        metric(
+        server_metric(
             server.admin_port,
-            "authz_cache_lookups_total{result=\"miss\"} "
+            "authz_cache_lookups_total{result=\"miss\"}"
         ),
-        1,
+        1.0,
         "only the first check waited"
     );
     assert!(
@@ -271,10 +261,10 @@ async fn the_circuit_opens_and_fails_fast_then_recovers() {
         "after 3 failures the circuit is open"
     );
     assert!(
-        metric(
+        server_metric(
             server.admin_port,
-            "authz_introspection_errors_total{kind=\"circuit_open\"} "
-        ) >= 3
+            "authz_introspection_errors_total{kind=\"circuit_open\"}"
+        ) >= 3.0
     );
     idp.set_introspection("ok", 0);
     tokio::time::sleep(Duration::from_millis(900)).await;
