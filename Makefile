@@ -44,7 +44,7 @@ $(ENVOY):
 
 ## build: the filter (.wasm, release) and the dev binaries (IdP, echo upstream).
 build: wasm-target
-	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter
+	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter -p crash-filter
 	$(CARGO) build -p dev-tools -p ext-authz-server
 
 test: tools build

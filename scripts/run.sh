@@ -89,11 +89,11 @@ export ADMIN='$ADMIN'
 
   # server admin: metrics, revoke a subject, bump the policy version, epochs since 0
   curl -s http://127.0.0.1:9192/metrics | grep authz_decisions_total
-  curl -H 'authorization: Bearer dev-admin-token-change-me' -d '{"sub":"alice"}' -H 'content-type: application/json' http://127.0.0.1:9192/admin/revoke-subject
-  curl -X POST -H 'authorization: Bearer dev-admin-token-change-me' http://127.0.0.1:9192/admin/policy-version
+  curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' -d '{"sub":"alice"}' -H 'content-type: application/json' http://127.0.0.1:9192/admin/revoke-subject
+  curl -X POST -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' http://127.0.0.1:9192/admin/policy-version
   # a revoke at the server reaches the proxy's cache within one poll (250 ms)
-  curl -H 'authorization: Bearer dev-admin-token-change-me' -H 'content-type: application/json' -d "{\"token\":\"\$ADMIN\"}" http://127.0.0.1:9192/admin/revoke
-  curl -H 'authorization: Bearer dev-admin-token-change-me' 'http://127.0.0.1:9192/admin/epochs?since=0'
+  curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' -H 'content-type: application/json' -d "{\"token\":\"\$ADMIN\"}" http://127.0.0.1:9192/admin/revoke
+  curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' 'http://127.0.0.1:9192/admin/epochs?since=0'
 
   # a spoofed context header never reaches the upstream (look at x-auth-subject)
   curl -s -H "authorization: Bearer \$READ" -H 'x-auth-subject: root' http://127.0.0.1:10000/api/items

@@ -221,8 +221,13 @@ pub struct MatchConfig {
     pub prefix: Option<String>,
     /// A regular expression the whole path must match (anchored; `regex` crate syntax).
     pub regex: Option<String>,
-    /// HTTP methods the rule covers. Default: all.
+    /// HTTP methods the rule covers (compared upper-case). Default: all.
     pub methods: Option<Vec<String>>,
+    /// Compare the path without ASCII case. Default `true`: an upstream that treats
+    /// `/ADMIN` as `/admin` must not see it under a weaker tier; where the upstream is
+    /// case-sensitive the other spellings are other (usually absent) resources, so matching
+    /// them costs nothing.
+    pub ignore_case: Option<bool>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -322,13 +327,55 @@ pub struct HeaderNames {
     pub claims: Vec<(String, String)>,
 }
 
+/// Why `secret` must not be used as one: shorter than 16 characters, or a placeholder left
+/// from an example (`change-me`, `replace-me`, `placeholder`, `example`, `xxxx`, `<…>`).
+/// Shared by the filter's and the server's configuration checks.
+pub fn weak_secret(secret: &str) -> Option<&'static str> {
+    let lower = secret.to_ascii_lowercase();
+    let placeholders = [
+        "change-me",
+        "changeme",
+        "change_me",
+        "replace-me",
+        "replaceme",
+        "replace-with",
+        "placeholder",
+        "example",
+        "xxxx",
+        "<",
+    ];
+    if secret.len() < 16 {
+        Some("must be at least 16 characters")
+    } else if placeholders.iter().any(|p| lower.contains(p)) {
+        Some("is a placeholder from an example: set a real secret")
+    } else {
+        None
+    }
+}
+
+/// The header the ext_authz server sets with the policy version it decided under.
+pub const POLICY_VERSION_HEADER: &str = "x-authz-policy-version";
+
+/// The context headers' default names (`headers.*`), plus [`POLICY_VERSION_HEADER`]: what the
+/// filter and the server set unless configured otherwise, and strip from every client request.
+pub const STANDARD_CONTEXT_HEADERS: [&str; 5] = [
+    "x-auth-subject",
+    "x-auth-scopes",
+    "x-auth-tier",
+    "x-auth-issuer",
+    POLICY_VERSION_HEADER,
+];
+
 impl HeaderNames {
-    /// Every header the filter sets; all of them are removed from client requests first.
+    /// Every header the system may set on a request this filter passes (the filter's own and
+    /// the server's policy version); all of them are removed from client requests first, on
+    /// every route.
     pub fn all(&self) -> impl Iterator<Item = &str> {
         [&self.subject, &self.scopes, &self.tier, &self.issuer]
             .into_iter()
             .map(String::as_str)
             .chain(self.claims.iter().map(|(_, h)| h.as_str()))
+            .chain(std::iter::once(POLICY_VERSION_HEADER))
     }
 }
 
@@ -468,10 +515,15 @@ fn parse_requirements(
 
 fn parse_match(p: &mut Problems, at: &str, m: &MatchConfig) -> (Option<PathMatch>, Vec<String>) {
     p.unknown(at, &m.unknown);
+    let case_flag = if m.ignore_case.unwrap_or(true) {
+        "(?i)"
+    } else {
+        ""
+    };
     let path = match (&m.exact, &m.prefix, &m.regex) {
         (Some(e), None, None) => Some(PathMatch::Exact(e.clone())),
         (None, Some(prefix), None) => Some(PathMatch::Prefix(prefix.clone())),
-        (None, None, Some(r)) => match regex::Regex::new(&format!("^(?:{r})$")) {
+        (None, None, Some(r)) => match regex::Regex::new(&format!("{case_flag}^(?:{r})$")) {
             Ok(re) => Some(PathMatch::Regex(re)),
             Err(e) => {
                 p.add(
@@ -560,6 +612,12 @@ fn parse_provider(
                     if refresh == 0 {
                         p.add(&at, "refresh_interval_seconds must be at least 1");
                     }
+                    if r.min_refetch_interval_seconds == Some(0) {
+                        p.add(
+                            &at,
+                            "min_refetch_interval_seconds must be at least 1 (0 would let random kids flood the IdP)",
+                        );
+                    }
                     if timeout_ms == 0 || timeout_ms > 60_000 {
                         p.add(&at, "timeout_ms must be between 1 and 60000");
                     }
@@ -611,6 +669,11 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
         p.add("server.timeout_ms", "must be between 1 and 30000");
     }
     let interval_ms = s.poll_interval_ms.unwrap_or(250);
+    if let Some(token) = &s.epochs_token {
+        if let Some(why) = weak_secret(token) {
+            p.add("server.epochs_token", why);
+        }
+    }
     let epochs = match (&s.epochs_cluster, &s.epochs_token) {
         (Some(cluster), Some(token)) if interval_ms > 0 => Some(EpochsPoll {
             authority: s
@@ -675,10 +738,10 @@ fn parse_headers(p: &mut Problems, c: &Option<HeadersConfig>) -> HeaderNames {
             .unwrap_or_else(|| default.to_owned())
     };
     let names = HeaderNames {
-        subject: get(c.as_ref().map(|h| &h.subject), "x-auth-subject"),
-        scopes: get(c.as_ref().map(|h| &h.scopes), "x-auth-scopes"),
-        tier: get(c.as_ref().map(|h| &h.tier), "x-auth-tier"),
-        issuer: get(c.as_ref().map(|h| &h.issuer), "x-auth-issuer"),
+        subject: get(c.as_ref().map(|h| &h.subject), STANDARD_CONTEXT_HEADERS[0]),
+        scopes: get(c.as_ref().map(|h| &h.scopes), STANDARD_CONTEXT_HEADERS[1]),
+        tier: get(c.as_ref().map(|h| &h.tier), STANDARD_CONTEXT_HEADERS[2]),
+        issuer: get(c.as_ref().map(|h| &h.issuer), STANDARD_CONTEXT_HEADERS[3]),
         claims: c
             .as_ref()
             .map(|h| h.claims.clone().into_iter().collect())
@@ -717,11 +780,26 @@ fn parse_routes(
             None => (None, Vec::new()),
         };
         let require = parse_requirements(p, &format!("{at}.require"), tier, &rc.require);
+        let name = rc.name.clone().unwrap_or_else(|| at.clone());
+        // Names key cached decisions and appear in logs: two routes must never share one.
+        if name == "default" || routes.iter().any(|r: &Route| r.name == name) {
+            p.add(
+                &at,
+                format_args!(
+                    "route name \"{name}\" is used twice (\"default\" is the default route's)"
+                ),
+            );
+        }
         if let Some(path) = path {
             routes.push(Route {
-                name: rc.name.clone().unwrap_or(at),
+                name,
                 path: Some(path),
                 methods,
+                ignore_case: rc
+                    .matcher
+                    .as_ref()
+                    .and_then(|m| m.ignore_case)
+                    .unwrap_or(true),
                 tier,
                 require,
             });
@@ -743,6 +821,7 @@ fn parse_routes(
                 name: "default".into(),
                 path: None,
                 methods: Vec::new(),
+                ignore_case: true,
                 tier,
                 require,
             })

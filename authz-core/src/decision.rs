@@ -19,6 +19,9 @@ use std::sync::Arc;
 pub const UNAUTHORIZED_BODY: &str = "{\"error\":\"invalid_token\",\"error_description\":\"the access token is missing or invalid\"}\n";
 /// Body of every 403.
 pub const FORBIDDEN_BODY: &str = "{\"error\":\"insufficient_scope\",\"error_description\":\"the access token does not grant this request\"}\n";
+/// Body of every 400: a request the proxy cannot read (e.g. a path that is not UTF-8).
+pub const BAD_REQUEST_BODY: &str =
+    "{\"error\":\"invalid_request\",\"error_description\":\"the request cannot be read\"}\n";
 /// Body of every 503 from a fail-closed rule.
 pub const UNAVAILABLE_BODY: &str = "{\"error\":\"temporarily_unavailable\",\"error_description\":\"authorization cannot be decided right now\"}\n";
 /// Seconds in `Retry-After` of a fail-closed 503.
@@ -50,6 +53,9 @@ pub enum DenyReason {
     ServerRequired,
     /// The proxy could not supply what a decision needs (e.g. the clock).
     Internal,
+    /// The request itself cannot be read: a method or path that is not UTF-8, or more than
+    /// one `authorization` header.
+    BadRequest,
 }
 
 impl DenyReason {
@@ -65,13 +71,16 @@ impl DenyReason {
             DenyReason::KeysUnavailable => "keys_unavailable",
             DenyReason::ServerRequired => "server_required",
             DenyReason::Internal => "internal",
+            DenyReason::BadRequest => "bad_request",
         }
     }
 
     /// The HTTP status for this reason: 401 for anything about the token, 403 for a valid
-    /// token that is not enough, 503 where the answer cannot be decided (fail closed).
+    /// token that is not enough, 503 where the answer cannot be decided (fail closed), 400 for
+    /// a request that cannot be read.
     pub fn status(&self) -> u16 {
         match self {
+            DenyReason::BadRequest => 400,
             DenyReason::MissingToken | DenyReason::NotBearer | DenyReason::Token(_) => 401,
             DenyReason::InsufficientScope
             | DenyReason::ClaimMismatch
@@ -117,6 +126,11 @@ pub fn deny_response(reason: &DenyReason, realm: &str) -> DenyResponse {
                 no_store,
             ],
             body: FORBIDDEN_BODY,
+        },
+        400 => DenyResponse {
+            status: 400,
+            headers: vec![json, no_store],
+            body: BAD_REQUEST_BODY,
         },
         _ => DenyResponse {
             status: 503,
@@ -167,14 +181,22 @@ impl Decision {
     }
 }
 
-/// Extracts the token from `Bearer <token>` (scheme case-insensitive).
+/// Extracts the token from `Bearer <token>` (scheme case-insensitive). The token must have
+/// RFC 6750's `b64token` syntax (`[A-Za-z0-9-._~+/]+=*`, which covers JWTs and every opaque
+/// token format in use): anything else is refused here, before it can cost a verification or
+/// an introspection.
 pub fn bearer_token(authorization: &str) -> Option<&str> {
     let (scheme, rest) = authorization.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
     let token = rest.trim_matches(' ');
-    (!token.is_empty() && !token.contains(' ')).then_some(token)
+    let body = token.trim_end_matches('=');
+    let b64token = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+    b64token.then_some(token)
 }
 
 fn allow_headers(
@@ -189,10 +211,9 @@ fn allow_headers(
         if let Some(sub) = &claims.subject {
             headers.push((names.subject.clone(), sub.clone()));
         }
-        headers.push((
-            names.issuer.clone(),
-            policy.providers[token.provider].issuer.clone(),
-        ));
+        if let Some(provider) = policy.providers.get(token.provider) {
+            headers.push((names.issuer.clone(), provider.issuer.clone()));
+        }
         headers.push((names.scopes.clone(), claims.scopes.join(" ")));
         for (claim, header) in &names.claims {
             if let Some(value) = claims.claim_as_header_value(claim) {
@@ -223,7 +244,8 @@ pub fn decide_with(
     request: &RequestFacts<'_>,
     check_token: impl FnOnce(&str) -> Result<Arc<VerifiedToken>, VerifyFailure>,
 ) -> Decision {
-    let route = policy.routes.find(request.method, request.path);
+    let path = crate::routes::match_path(request.path);
+    let route = policy.routes.find_matched(request.method, &path);
     let (name, tier) = (route.name.clone(), route.tier);
     let deny = |reason| Decision::Deny {
         route: name.clone(),
@@ -264,10 +286,7 @@ pub fn decide_with(
         }
         Err(failure) => return deny(DenyReason::Token(failure)),
     };
-    if let Err(unmet) = route
-        .require
-        .check(&verified.claims, crate::routes::path_only(request.path))
-    {
+    if let Err(unmet) = route.require.check(&verified.claims, &path) {
         return deny(match unmet {
             Unmet::Scope => DenyReason::InsufficientScope,
             Unmet::Claim => DenyReason::ClaimMismatch,

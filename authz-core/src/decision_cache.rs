@@ -23,7 +23,9 @@ use std::sync::Arc;
 /// Key of a cached decision.
 pub type DecisionKey = u128;
 
-/// The decision key: everything the decision depends on that the proxy knows up front, under
+/// The decision key: everything the decision depends on that the proxy knows up front (token,
+/// method, the path routes are matched against — the server's route and tenant rules read it —,
+/// route name and policy version), under
 /// the worker's keyed hash (a cache hit computes no SHA-256). (The subject's epoch is enforced
 /// by purging on revocation, since an opaque token's subject is unknown until the server
 /// answers; entries keep the token's SHA-256 for revocations by token hash.)
@@ -31,12 +33,14 @@ pub fn decision_key(
     keyer: &TokenKeyer,
     token: &str,
     method: &str,
+    match_path: &str,
     route: &str,
     policy_version: u64,
 ) -> DecisionKey {
     keyer.key_of(&[
         token.as_bytes(),
-        method.as_bytes(),
+        method.to_ascii_uppercase().as_bytes(),
+        match_path.as_bytes(),
         route.as_bytes(),
         &policy_version.to_be_bytes(),
     ])
@@ -99,11 +103,13 @@ fn tier_index(tier: Tier) -> usize {
 
 impl TierCaps {
     pub fn cap(&self, tier: Tier) -> u64 {
-        self.caps_ms[tier_index(tier)]
+        self.caps_ms.get(tier_index(tier)).copied().unwrap_or(0)
     }
 
     pub fn set(&mut self, tier: Tier, ms: u64) {
-        self.caps_ms[tier_index(tier)] = ms;
+        if let Some(cap) = self.caps_ms.get_mut(tier_index(tier)) {
+            *cap = ms;
+        }
     }
 
     /// How long a decision may live: never past the server's TTL, the tier's cap, or (for a
@@ -350,23 +356,29 @@ mod tests {
     fn keys_change_with_every_component() {
         let k = TokenKeyer::new([7, 9]);
         let t = "token-1";
-        let base = decision_key(&k, t, "GET", "admin", 1);
-        assert_ne!(base, decision_key(&k, "token-2", "GET", "admin", 1));
-        assert_ne!(base, decision_key(&k, t, "POST", "admin", 1));
-        assert_ne!(base, decision_key(&k, t, "GET", "other", 1));
+        let base = decision_key(&k, t, "GET", "/p", "admin", 1);
+        assert_ne!(base, decision_key(&k, "token-2", "GET", "/p", "admin", 1));
+        assert_ne!(base, decision_key(&k, t, "POST", "/p", "admin", 1));
+        assert_ne!(base, decision_key(&k, t, "GET", "/p", "other", 1));
+        assert_ne!(
+            decision_key(&k, t, "GET", "/tenants/acme/x", "admin", 1),
+            decision_key(&k, t, "GET", "/tenants/globex/x", "admin", 1),
+            "the path is part of what the server decided"
+        );
+        assert_eq!(base, decision_key(&k, t, "get", "/p", "admin", 1));
         assert_ne!(
             base,
-            decision_key(&k, t, "GET", "admin", 2),
+            decision_key(&k, t, "GET", "/p", "admin", 2),
             "a policy bump makes old entries unreachable"
         );
         assert_ne!(
-            decision_key(&k, t, "GE", "Tadmin", 1),
-            decision_key(&k, t, "GET", "admin", 1),
+            decision_key(&k, t, "GE", "/p", "Tadmin", 1),
+            decision_key(&k, t, "GET", "/p", "admin", 1),
             "components are delimited"
         );
         assert_ne!(
             base,
-            decision_key(&TokenKeyer::new([8, 9]), t, "GET", "admin", 1),
+            decision_key(&TokenKeyer::new([8, 9]), t, "GET", "/p", "admin", 1),
             "keys are secret per worker"
         );
     }

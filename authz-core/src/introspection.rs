@@ -147,12 +147,29 @@ impl Introspection {
 
     /// The result as [`crate::Claims`], so route requirements apply to it unchanged.
     pub fn as_claims(&self) -> crate::Claims {
+        // `aud` may be a string or an array (RFC 7662 §2.2, RFC 7519 §4.1.3); entries of any
+        // other type name no audience of ours, so they can never satisfy an audience rule.
+        let audiences = match self.raw.get("aud") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().unwrap_or("\u{0}not-an-audience").to_owned())
+                .collect(),
+            Some(Value::Null) | None => Vec::new(),
+            Some(_) => vec!["\u{0}not-an-audience".to_owned()],
+        };
+        let issuer = match self.raw.get("iss") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Null) | None => None,
+            Some(_) => Some("\u{0}not-an-issuer".to_owned()),
+        };
+        let not_before = self.raw.get("nbf").and_then(Value::as_i64);
         crate::Claims {
-            issuer: None,
+            issuer,
             subject: self.subject.clone(),
-            audiences: Vec::new(),
+            audiences,
             expires_at: self.expires_at,
-            not_before: None,
+            not_before,
             issued_at: self.issued_at,
             scopes: self.scopes.clone(),
             raw: self.raw.clone(),

@@ -33,7 +33,12 @@ pub const MAX_BACKOFF_MS: u64 = 30_000;
 pub struct FetchStatus {
     /// A fetch is in flight (by someone) until this time.
     pub lease_until_ms: u64,
+    /// Last scheduled attempt (initial load, retry, refresh): failures back off from it.
     pub last_attempt_ms: Option<u64>,
+    /// Last fetch caused by an unknown `kid`; kept apart so that such fetches (which any
+    /// client can cause) never push back the scheduled refresh or its retries.
+    #[serde(default)]
+    pub last_unknown_kid_ms: Option<u64>,
     /// `None` until the first successful fetch.
     pub last_success_ms: Option<u64>,
     pub consecutive_failures: u32,
@@ -89,11 +94,25 @@ impl FetchStatus {
         }
     }
 
-    /// The record after winning the lease.
-    pub fn leased(&self, rules: &RefreshRules, now_ms: u64) -> FetchStatus {
-        FetchStatus {
+    /// The record after winning the lease for a fetch of this `reason`.
+    pub fn leased(&self, rules: &RefreshRules, now_ms: u64, reason: FetchReason) -> FetchStatus {
+        let mut next = FetchStatus {
             lease_until_ms: now_ms + rules.lease_ms,
-            last_attempt_ms: Some(now_ms),
+            ..*self
+        };
+        if reason == FetchReason::UnknownKid {
+            next.last_unknown_kid_ms = Some(now_ms);
+        } else {
+            next.last_attempt_ms = Some(now_ms);
+        }
+        next
+    }
+
+    /// The record after a fetch that never got an answer to its worker (the request that
+    /// carried it went away): the lease is released, nothing counts as a failure.
+    pub fn released(&self) -> FetchStatus {
+        FetchStatus {
+            lease_until_ms: 0,
             ..*self
         }
     }
@@ -147,7 +166,10 @@ pub fn next_fetch(
             FetchReason::Refresh
         });
     }
-    if unknown_kid && since_attempt >= rules.min_refetch_interval_ms {
+    let since_unknown_kid = status
+        .last_unknown_kid_ms
+        .map_or(u64::MAX, |t| now_ms.saturating_sub(t));
+    if unknown_kid && since_unknown_kid >= rules.min_refetch_interval_ms && backoff_over {
         return Some(FetchReason::UnknownKid);
     }
     None
@@ -171,7 +193,7 @@ mod tests {
             next_fetch(&RULES, &s, 1_000, false),
             Some(FetchReason::Initial)
         );
-        let s = s.leased(&RULES, 1_000);
+        let s = s.leased(&RULES, 1_000, FetchReason::Initial);
         assert_eq!(next_fetch(&RULES, &s, 1_500, false), None, "in flight");
         let s = s.succeeded(1_200);
         assert_eq!(s.keys_version, 1);
@@ -184,7 +206,9 @@ mod tests {
 
     #[test]
     fn failures_back_off_exponentially_and_keep_trying() {
-        let mut s = FetchStatus::default().leased(&RULES, 0).failed();
+        let mut s = FetchStatus::default()
+            .leased(&RULES, 0, FetchReason::Initial)
+            .failed();
         let mut now = 0;
         let mut gaps = Vec::new();
         for _ in 0..8 {
@@ -193,14 +217,14 @@ mod tests {
                 now += 100;
             }
             gaps.push(now - start);
-            s = s.leased(&RULES, now).failed();
+            s = s.leased(&RULES, now, FetchReason::Initial).failed();
         }
         assert_eq!(gaps, vec![500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
     }
 
     #[test]
     fn a_lease_that_is_never_released_expires() {
-        let s = FetchStatus::default().leased(&RULES, 0);
+        let s = FetchStatus::default().leased(&RULES, 0, FetchReason::Initial);
         assert_eq!(next_fetch(&RULES, &s, 2_999, false), None);
         assert_eq!(
             next_fetch(&RULES, &s, 3_000, false),
@@ -210,11 +234,51 @@ mod tests {
 
     #[test]
     fn unknown_kid_refetch_is_rate_limited() {
-        let s = FetchStatus::default().leased(&RULES, 0).succeeded(0);
-        assert_eq!(next_fetch(&RULES, &s, 4_999, true), None);
+        let s = FetchStatus::default()
+            .leased(&RULES, 0, FetchReason::Initial)
+            .succeeded(0);
         assert_eq!(
-            next_fetch(&RULES, &s, 5_000, true),
+            next_fetch(&RULES, &s, 10, true),
             Some(FetchReason::UnknownKid)
+        );
+        let s = s.leased(&RULES, 10, FetchReason::UnknownKid).succeeded(20);
+        assert_eq!(next_fetch(&RULES, &s, 5_009, true), None);
+        assert_eq!(
+            next_fetch(&RULES, &s, 5_010, true),
+            Some(FetchReason::UnknownKid)
+        );
+    }
+
+    #[test]
+    fn unknown_kid_fetches_never_push_back_the_schedule() {
+        // Keys loaded at 0; unknown kids every 5 s keep failing (IdP down for them).
+        let mut s = FetchStatus::default()
+            .leased(&RULES, 0, FetchReason::Initial)
+            .succeeded(0);
+        let mut now = 0;
+        while now < RULES.refresh_interval_ms {
+            now += 5_000;
+            if next_fetch(&RULES, &s, now, true) == Some(FetchReason::UnknownKid) {
+                s = s.leased(&RULES, now, FetchReason::UnknownKid).released();
+            }
+        }
+        // The scheduled refresh is due on time, whatever the unknown kids did.
+        assert_eq!(
+            next_fetch(&RULES, &s, RULES.refresh_interval_ms, false),
+            Some(FetchReason::Refresh)
+        );
+    }
+
+    #[test]
+    fn a_released_lease_is_no_failure() {
+        let s = FetchStatus::default().leased(&RULES, 0, FetchReason::Initial);
+        let r = s.released();
+        assert_eq!(r.consecutive_failures, 0);
+        assert!(!r.fetch_in_flight(1));
+        assert_eq!(
+            next_fetch(&RULES, &r, 1, false),
+            Some(FetchReason::Retry),
+            "fetched again at once, without backoff"
         );
     }
 
@@ -235,14 +299,14 @@ mod tests {
         /// `min_refetch_interval` (plus scheduled refreshes).
         #[test]
         fn unknown_kid_flood_is_bounded(arrivals in proptest::collection::vec(0u64..200, 1..500)) {
-            let mut s = FetchStatus::default().leased(&RULES, 0).succeeded(0);
+            let mut s = FetchStatus::default().leased(&RULES, 0, FetchReason::Initial).succeeded(0);
             let mut now = 0u64;
             let mut fetches = 0u64;
             for gap in arrivals {
                 now += gap;
-                if next_fetch(&RULES, &s, now, true).is_some() {
+                if let Some(reason) = next_fetch(&RULES, &s, now, true) {
                     fetches += 1;
-                    s = s.leased(&RULES, now).succeeded(now + 10);
+                    s = s.leased(&RULES, now, reason).succeeded(now + 10);
                 }
             }
             let bound = now / RULES.min_refetch_interval_ms + 1;
@@ -252,7 +316,7 @@ mod tests {
         /// While a lease is held nobody else may fetch, whatever the reason.
         #[test]
         fn no_fetch_while_leased(at in 0u64..3_000, kid in any::<bool>(), failures in 0u32..10) {
-            let s = FetchStatus { consecutive_failures: failures, ..FetchStatus::default() }.leased(&RULES, 0);
+            let s = FetchStatus { consecutive_failures: failures, ..FetchStatus::default() }.leased(&RULES, 0, FetchReason::Initial);
             prop_assert_eq!(next_fetch(&RULES, &s, at, kid), None);
         }
     }

@@ -1,10 +1,14 @@
 //! The route table: which tier and which requirements apply to a request, by path and method.
 //!
 //! Matching is first-match-wins over the configured routes, then the explicit default.
-//! Paths are compared without their query string; `prefix` is a plain string prefix (as in
-//! Envoy's route `prefix`) and `regex` must match the whole path (as Envoy's `safe_regex`).
-//! The proxy must normalise paths before this runs (Envoy: `normalize_path`, `merge_slashes`),
-//! so `/public/../admin` never reaches the matcher unresolved.
+//! Safe by default, because many upstreams treat other spellings of a path as the same
+//! resource: routes see the [`match_path`] (no query or fragment, no `;` path parameters in any
+//! segment, percent-encoded unreserved characters decoded), a `prefix` matches on path-segment
+//! boundaries (`/admin` and `/admin/` both cover `/admin`, `/admin/…` and `/admin;x/…`, never
+//! `/administrators`), matching ignores ASCII case unless a route sets `ignore_case: false`,
+//! and methods are compared upper-case. `regex` must match the whole match path.
+//! The proxy must still normalise paths before this runs (Envoy: `normalize_path`,
+//! `merge_slashes`), so `/public/../admin` never reaches the matcher unresolved.
 //!
 //! Requirements are checked against already-verified claims; this module never looks at a
 //! token.
@@ -23,13 +27,69 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
-    fn matches(&self, path: &str) -> bool {
+    /// Whether `path` (a [`match_path`]) matches; `ignore_case` compares ASCII letters without
+    /// case (a regex carries its own flag, set when it was compiled).
+    fn matches(&self, path: &str, ignore_case: bool) -> bool {
+        let same = |a: &str, b: &str| {
+            if ignore_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
         match self {
-            PathMatch::Exact(p) => path == p,
-            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => same(path, p),
+            PathMatch::Prefix(p) => {
+                let base = p.strip_suffix('/').unwrap_or(p);
+                if base.is_empty() {
+                    return true;
+                }
+                let head_matches = path.get(..base.len()).is_some_and(|head| same(head, base));
+                head_matches && matches!(path.as_bytes().get(base.len()), None | Some(b'/'))
+            }
             PathMatch::Regex(r) => r.is_match(path),
         }
     }
+}
+
+/// The path routes are matched against: `path` without query string or fragment, without `;`
+/// parameters in any segment (`/admin;x/users` → `/admin/users`: servlet containers and others
+/// strip them), with percent-encoded unreserved characters decoded (`/%61dmin` → `/admin`).
+pub fn match_path(path: &str) -> String {
+    let path = path_only(path);
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let segment = segment.split(';').next().unwrap_or("");
+        decode_unreserved(segment, &mut out);
+    }
+    out
+}
+
+/// Appends `segment` with `%XX` decoded where XX is an unreserved character (RFC 3986 §2.3:
+/// decoding those never changes what a URI means); every other escape stays as written.
+fn decode_unreserved(segment: &str, out: &mut String) {
+    let bytes = segment.as_bytes();
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = segment
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(c) = hex.filter(|c| c.is_ascii_alphanumeric() || b"-._~".contains(c)) {
+                out.push_str(segment.get(copied..i).unwrap_or(""));
+                out.push(char::from(c));
+                i += 3;
+                copied = i;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out.push_str(segment.get(copied..).unwrap_or(""));
 }
 
 /// A claim requirement.
@@ -67,7 +127,7 @@ impl TenantRule {
         let Some(tenant) = path
             .split('/')
             .filter(|s| !s.is_empty())
-            .nth(self.path_segment - 1)
+            .nth(self.path_segment.saturating_sub(1))
         else {
             return false;
         };
@@ -121,14 +181,22 @@ pub struct Route {
     pub path: Option<PathMatch>,
     /// Upper-case method names; empty means any method.
     pub methods: Vec<String>,
+    /// Compare the path without ASCII case (default true; see the module doc).
+    pub ignore_case: bool,
     pub tier: Tier,
     pub require: Requirements,
 }
 
 impl Route {
+    /// Whether this route covers `method` and `path` (a [`match_path`]).
     fn matches(&self, method: &str, path: &str) -> bool {
-        let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m == method);
-        method_ok && self.path.as_ref().is_none_or(|p| p.matches(path))
+        let method_ok =
+            self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
+        method_ok
+            && self
+                .path
+                .as_ref()
+                .is_none_or(|p| p.matches(path, self.ignore_case))
     }
 }
 
@@ -141,17 +209,23 @@ pub struct RouteTable {
 
 /// The path without query string or fragment.
 pub fn path_only(path: &str) -> &str {
-    let end = path.find(['?', '#']).unwrap_or(path.len());
-    &path[..end]
+    match path.find(['?', '#']) {
+        Some(end) => path.get(..end).unwrap_or(path),
+        None => path,
+    }
 }
 
 impl RouteTable {
     /// The first route that matches, or the default. `path` may carry a query string.
     pub fn find(&self, method: &str, path: &str) -> &Route {
-        let path = path_only(path);
+        self.find_matched(method, &match_path(path))
+    }
+
+    /// [`RouteTable::find`] for a path already turned into its [`match_path`].
+    pub fn find_matched(&self, method: &str, match_path: &str) -> &Route {
         self.routes
             .iter()
-            .find(|r| r.matches(method, path))
+            .find(|r| r.matches(method, match_path))
             .unwrap_or(&self.default)
     }
 }
@@ -167,6 +241,7 @@ mod tests {
             name: name.into(),
             path: Some(path),
             methods: methods.iter().map(|m| m.to_string()).collect(),
+            ignore_case: true,
             tier,
             require: Requirements::default(),
         }
@@ -204,6 +279,7 @@ mod tests {
                 name: "default".into(),
                 path: None,
                 methods: vec![],
+                ignore_case: true,
                 tier: Tier::Authenticated,
                 require: Requirements::default(),
             },
@@ -223,6 +299,63 @@ mod tests {
             "default",
             "regex is anchored"
         );
+    }
+
+    #[test]
+    fn other_spellings_of_a_route_match_it() {
+        let mut t = table();
+        t.routes.push(route(
+            "payments",
+            PathMatch::Prefix("/payments/".into()),
+            &[],
+            Tier::Privileged,
+        ));
+        t.routes.push(route(
+            "admin-any",
+            PathMatch::Prefix("/admin".into()),
+            &[],
+            Tier::Privileged,
+        ));
+        for path in [
+            "/payments",
+            "/payments/",
+            "/PAYMENTS/x",
+            "/Payments/x?y=1",
+            "/payments;jsessionid=1/x",
+            "/payments;x",
+            "/%70ayments/x",
+        ] {
+            assert_eq!(t.find("GET", path).name, "payments", "{path}");
+        }
+        for path in [
+            "/admin",
+            "/ADMIN/users",
+            "/admin;x/users",
+            "/admin/",
+            "/Admin/x/y",
+        ] {
+            assert_eq!(t.find("get", path).tier, Tier::Privileged, "{path}");
+        }
+        // Segment boundaries: a prefix never covers a longer segment.
+        assert_eq!(t.find("GET", "/paymentsx/1").name, "default");
+        assert_eq!(t.find("GET", "/administrators").name, "default");
+        // Methods compare upper-case.
+        assert_eq!(t.find("get", "/api/items").name, "read");
+        assert_eq!(t.find("Post", "/api/items").name, "write");
+        // An escape of a reserved character stays an escape.
+        assert_eq!(match_path("/a%2Fb/%7e;p?q"), "/a%2Fb/~");
+        assert_eq!(match_path("/x%"), "/x%");
+        assert_eq!(match_path("/x%4"), "/x%4");
+    }
+
+    #[test]
+    fn case_sensitive_routes_stay_exact() {
+        let mut t = table();
+        let mut r = route("exact", PathMatch::Exact("/Docs".into()), &[], Tier::Public);
+        r.ignore_case = false;
+        t.routes.insert(0, r);
+        assert_eq!(t.find("GET", "/Docs").name, "exact");
+        assert_eq!(t.find("GET", "/docs").name, "default");
     }
 
     fn claims(json: serde_json::Value) -> Claims {
@@ -287,10 +420,10 @@ mod tests {
         fn find_returns_the_first_matching_route(method in "(GET|POST|PUT|DELETE|HEAD)", path in "/[a-z/]{0,20}(\\?[a-z=]{0,5})?") {
             let t = table();
             let found = t.find(&method, &path);
-            let bare = path_only(&path);
-            let expected = t.routes.iter().find(|r| r.matches(&method, bare)).map(|r| r.name.as_str()).unwrap_or("default");
+            let bare = match_path(&path);
+            let expected = t.routes.iter().find(|r| r.matches(&method, &bare)).map(|r| r.name.as_str()).unwrap_or("default");
             prop_assert_eq!(found.name.as_str(), expected);
-            if let Some(p) = &found.path { prop_assert!(p.matches(bare)); }
+            if let Some(p) = &found.path { prop_assert!(p.matches(&bare, true)); }
         }
 
         /// Prefix routes never match a path that lacks the prefix.

@@ -58,7 +58,9 @@ impl std::fmt::Debug for RsaPublicKey {
 fn limbs_from_be(bytes: &[u8], limbs: usize) -> Vec<u32> {
     let mut out = vec![0u32; limbs];
     for (i, byte) in bytes.iter().rev().enumerate() {
-        out[i / 4] |= u32::from(*byte) << (8 * (i % 4));
+        if let Some(limb) = out.get_mut(i / 4) {
+            *limb |= u32::from(*byte) << (8 * (i % 4));
+        }
     }
     out
 }
@@ -89,9 +91,9 @@ impl RsaPublicKey {
     /// Prepares a key from its big-endian modulus and exponent (JWK `n`, `e`). None for an
     /// even or empty modulus, or an exponent that is even, below 3 or above 64 bits.
     pub fn new(modulus: &[u8], exponent: &[u8]) -> Option<RsaPublicKey> {
-        let modulus = &modulus[modulus.iter().take_while(|b| **b == 0).count()..];
-        let exponent = &exponent[exponent.iter().take_while(|b| **b == 0).count()..];
-        if modulus.is_empty() || modulus[modulus.len() - 1] & 1 == 0 || exponent.len() > 8 {
+        let modulus = modulus.get(modulus.iter().take_while(|b| **b == 0).count()..)?;
+        let exponent = exponent.get(exponent.iter().take_while(|b| **b == 0).count()..)?;
+        if modulus.last().is_none_or(|b| b & 1 == 0) || exponent.len() > 8 {
             return None;
         }
         let e = exponent
@@ -104,13 +106,14 @@ impl RsaPublicKey {
         let limbs = k.div_ceil(4);
         let n = limbs_from_be(modulus, limbs);
         // Newton's iteration doubles the correct low bits: 1 → 2 → … → 32.
+        let n_low = *n.first()?;
         let mut inv: u32 = 1;
         for _ in 0..5 {
-            inv = inv.wrapping_mul(2u32.wrapping_sub(n[0].wrapping_mul(inv)));
+            inv = inv.wrapping_mul(2u32.wrapping_sub(n_low.wrapping_mul(inv)));
         }
         // R² mod n by doubling 1 modulo n, 2·32·limbs times.
         let mut r2 = vec![0u32; limbs];
-        r2[0] = 1;
+        *r2.first_mut()? = 1;
         for _ in 0..(64 * limbs) {
             let mut carry = 0u32;
             for limb in r2.iter_mut() {
@@ -137,6 +140,12 @@ impl RsaPublicKey {
     }
 
     /// a·b·R⁻¹ mod n (CIOS Montgomery multiplication); inputs below n.
+    ///
+    /// Indexing here is bounded by construction: `a`, `b` and `n` are cut to `s` limbs and `t`
+    /// to `s + 2` at entry (those cuts are the only place that could go out of bounds, and
+    /// every caller passes `s`-limb values and a `2s + 2` scratch; the property tests run
+    /// all of them), so the loops index without `get` to stay as fast as they were measured.
+    #[allow(clippy::indexing_slicing)]
     fn mont_mul(&self, a: &[u32], b: &[u32], t: &mut [u32]) -> Vec<u32> {
         let s = self.n.len();
         let (a, b, n) = (&a[..s], &b[..s], &self.n[..s]);
@@ -174,6 +183,8 @@ impl RsaPublicKey {
     /// a²·R⁻¹ mod n: the square computed with each cross product once (doubled), then a
     /// separate Montgomery reduction — about a quarter fewer multiplications than `mont_mul`,
     /// and an exponentiation by 65537 is sixteen squarings and one multiplication.
+    /// Indexing is bounded by the cuts at entry, as in `mont_mul`.
+    #[allow(clippy::indexing_slicing)]
     fn mont_sqr(&self, a: &[u32], t: &mut [u32]) -> Vec<u32> {
         let s = self.n.len();
         let (a, n) = (&a[..s], &self.n[..s]);
@@ -252,7 +263,7 @@ impl RsaPublicKey {
         let plain = self.mont_mul(&acc, &base, &mut scratch);
         let mut out = vec![0u8; self.k];
         for (i, byte) in out.iter_mut().rev().enumerate() {
-            *byte = (plain[i / 4] >> (8 * (i % 4))) as u8;
+            *byte = (plain.get(i / 4).copied().unwrap_or(0) >> (8 * (i % 4))) as u8;
         }
         Some(out)
     }
@@ -271,13 +282,25 @@ impl RsaPublicKey {
         let Some(em) = self.public_op(signature) else {
             return false;
         };
+        // EM = 0x00 ‖ 0x01 ‖ PS (0xff…, k − tLen − 3 bytes) ‖ 0x00 ‖ DigestInfo prefix ‖ digest.
         let padding = self.k - t_len - 3;
-        em[0] == 0x00
-            && em[1] == 0x01
-            && em[2..2 + padding].iter().all(|b| *b == 0xff)
-            && em[2 + padding] == 0x00
-            && em[3 + padding..3 + padding + prefix.len()] == *prefix
-            && em[3 + padding + prefix.len()..] == digest[..]
+        let Some((head, rest)) = em.split_at_checked(2) else {
+            return false;
+        };
+        let Some((ps, rest)) = rest.split_at_checked(padding) else {
+            return false;
+        };
+        let Some((separator, rest)) = rest.split_at_checked(1) else {
+            return false;
+        };
+        let Some((info, hash)) = rest.split_at_checked(prefix.len()) else {
+            return false;
+        };
+        head == [0x00, 0x01]
+            && ps.iter().all(|b| *b == 0xff)
+            && separator == [0x00]
+            && info == prefix
+            && hash == digest.as_slice()
     }
 }
 

@@ -151,6 +151,91 @@ fn type_matches(actual: &str, required: &str) -> bool {
     actual == required || actual.strip_prefix("application/") == Some(required.as_str())
 }
 
+/// Whether a claim must be present, or is checked only when present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Required,
+    WhenPresent,
+}
+
+/// What the token is for: `typ` (when the provider requires one; `typ` is the JWS header's, or
+/// `Some("")` for a JWS without one, `None` for a token that is not a JWS, such as an opaque
+/// one whose claims came from introspection),
+/// issuer (when the claims name one), expiry with skew, `nbf`, `iat`, and audience (`audience`
+/// says whether a token without `aud` passes). The one implementation of these rules: the
+/// verifier applies it after the signature; the ext_authz server applies it to every
+/// introspection result.
+pub fn check_purpose(
+    provider: &Provider,
+    claims: &Claims,
+    typ: Option<&str>,
+    now: i64,
+    audience: Presence,
+) -> Result<(), VerifyFailure> {
+    if let (Some(required), Some(actual)) = (&provider.required_typ, typ) {
+        if !type_matches(actual, required) {
+            return Err(VerifyFailure::WrongType);
+        }
+    }
+    if claims
+        .issuer
+        .as_deref()
+        .is_some_and(|iss| iss != provider.issuer)
+    {
+        return Err(VerifyFailure::UnknownIssuer);
+    }
+    let skew = provider.clock_skew_seconds;
+    match claims.expires_at {
+        None if provider.require_expiration => return Err(VerifyFailure::MissingExpiration),
+        Some(exp) if now >= exp.saturating_add(skew) => return Err(VerifyFailure::Expired),
+        _ => {}
+    }
+    if let Some(nbf) = claims.not_before {
+        if now.saturating_add(skew) < nbf {
+            return Err(VerifyFailure::NotYetValid);
+        }
+    }
+    if let Some(iat) = claims.issued_at {
+        if iat > now.saturating_add(skew) {
+            return Err(VerifyFailure::IssuedInFuture);
+        }
+    }
+    let audience_ok = if claims.audiences.is_empty() && audience == Presence::WhenPresent {
+        true
+    } else {
+        claims
+            .audiences
+            .iter()
+            .any(|a| provider.audiences.contains(a))
+    };
+    if !audience_ok {
+        return Err(VerifyFailure::WrongAudience);
+    }
+    Ok(())
+}
+
+/// The JWS header `typ` of a JWT-shaped token (`Some("")` when the header has none), or `None`
+/// when `token` is not a JWS (an opaque token). Unverified: use it only to refuse.
+pub fn jws_typ(token: &str) -> Option<String> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(header).ok()?;
+    let Value::Object(header) = serde_json::from_slice::<Value>(&bytes).ok()? else {
+        return None;
+    };
+    Some(
+        header
+            .get("typ")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+    )
+}
+
 /// Verifies `token` against the providers. `keys(i)` returns provider `i`'s current key set,
 /// or `None` while it has not been loaded. `max_bytes` bounds the token length; `now` is the
 /// current Unix time in seconds.
@@ -187,11 +272,11 @@ pub fn verify<'k>(
         .issuer
         .as_deref()
         .ok_or(VerifyFailure::UnknownIssuer)?;
-    let provider_index = providers
+    let (provider_index, provider) = providers
         .iter()
-        .position(|p| p.issuer == issuer)
+        .enumerate()
+        .find(|(_, p)| p.issuer == issuer)
         .ok_or(VerifyFailure::UnknownIssuer)?;
-    let provider = &providers[provider_index];
 
     let candidates: Vec<&VerificationKey> = if matches!(
         algorithm,
@@ -249,39 +334,12 @@ pub fn verify<'k>(
         return Err(VerifyFailure::BadSignature);
     }
 
-    if let Some(required) = &provider.required_typ {
-        let actual = parts
-            .header
-            .get("typ")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if !type_matches(actual, required) {
-            return Err(VerifyFailure::WrongType);
-        }
-    }
-    let skew = provider.clock_skew_seconds;
-    match claims.expires_at {
-        None if provider.require_expiration => return Err(VerifyFailure::MissingExpiration),
-        Some(exp) if now >= exp.saturating_add(skew) => return Err(VerifyFailure::Expired),
-        _ => {}
-    }
-    if let Some(nbf) = claims.not_before {
-        if now.saturating_add(skew) < nbf {
-            return Err(VerifyFailure::NotYetValid);
-        }
-    }
-    if let Some(iat) = claims.issued_at {
-        if iat > now.saturating_add(skew) {
-            return Err(VerifyFailure::IssuedInFuture);
-        }
-    }
-    if !claims
-        .audiences
-        .iter()
-        .any(|a| provider.audiences.contains(a))
-    {
-        return Err(VerifyFailure::WrongAudience);
-    }
+    let typ = parts
+        .header
+        .get("typ")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    check_purpose(provider, &claims, Some(typ), now, Presence::Required)?;
     Ok(VerifiedToken {
         provider: provider_index,
         algorithm,

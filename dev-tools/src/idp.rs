@@ -11,7 +11,7 @@
 //! | `POST /introspect` | RFC 7662 introspection (form `token=`), client auth `client_secret_basic` or `client_secret_post` |
 //! | `POST /introspect/batch` | batch introspection: JSON array of tokens in, array of RFC 7662 responses out (same order) |
 //! | `POST /revoke` | RFC 7009 revocation (form `token=`), client auth as above |
-//! | `POST /admin/fault` | also `{"introspection": "ok"|"error"|"nonjson"|"missing_active"|"down", "introspection_latency_ms": n}` |
+//! | `POST /admin/fault` | also `{"introspection": "ok"|"error"|"nonjson"|"missing_active"|"down"|"refuse_unknown", "introspection_latency_ms": n}` |
 //! | `POST /admin/subject-scope` | `{"sub", "scope"}`: every token of the subject introspects with this scope from now on |
 //! | `GET /admin/stats` | counters: `jwks_requests`, `tokens_minted`, `introspection_calls`, `batch_calls`, `introspected_tokens`, `last_batch_size` |
 //!
@@ -65,6 +65,9 @@ enum IntrospectionFault {
     MissingActive,
     /// HTTP 503, as an IdP that is down behind its load balancer.
     Down,
+    /// Tokens this IdP did not mint get HTTP 400 `unsupported_token_type`, as a certified
+    /// provider (`oidc-provider`) answers for a JWT-shaped token it will not introspect.
+    RefuseUnknown,
 }
 
 struct TokenRecord {
@@ -232,7 +235,7 @@ impl Idp {
         let token = key
             .sign_with(
                 key.algorithm.default_alg(),
-                &json!({"kid": kid}),
+                &json!({"kid": kid, "typ": request.typ.as_deref().unwrap_or("at+jwt")}),
                 &Value::Object(claims.clone()),
             )
             .map_err(|e| e.to_string())?;
@@ -314,6 +317,8 @@ impl Idp {
             IntrospectionFault::MissingActive => {
                 Some((StatusCode::OK, Json(json!({"sub": "alice"}))).into_response())
             }
+            // Decided per token, in `introspect`.
+            IntrospectionFault::RefuseUnknown => None,
         }
     }
 }
@@ -322,6 +327,9 @@ impl Idp {
 #[derive(Debug, Default, Deserialize)]
 pub struct MintRequest {
     pub sub: Option<String>,
+    /// JWS header `typ`. Default `at+jwt` (RFC 9068 access token); `JWT` mints what an ID
+    /// token looks like.
+    pub typ: Option<String>,
     pub scope: Option<String>,
     pub aud: Option<String>,
     /// Seconds until `exp` (negative for an expired token). Default 300.
@@ -440,6 +448,15 @@ async fn introspect(
         )
             .into_response();
     };
+    let refuse_unknown = lock(&idp.faults).introspection == IntrospectionFault::RefuseUnknown;
+    if refuse_unknown && !lock(&idp.tokens).contains_key(token.as_str()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "unsupported_token_type",
+                        "error_description": "token is not an introspectable token"})),
+        )
+            .into_response();
+    }
     Json(idp.introspect_one(token)).into_response()
 }
 
@@ -515,6 +532,7 @@ async fn fault(State(idp): State<Arc<Idp>>, Json(f): Json<FaultRequest>) -> Resp
             "nonjson" => IntrospectionFault::NotJson,
             "missing_active" => IntrospectionFault::MissingActive,
             "down" => IntrospectionFault::Down,
+            "refuse_unknown" => IntrospectionFault::RefuseUnknown,
             other => {
                 return (
                     StatusCode::BAD_REQUEST,

@@ -17,8 +17,9 @@ use crate::versions::Versions;
 use authz_core::decision::bearer_token;
 use authz_core::ext_authz_proto::{CacheDirective, CLIENT_LOCALITY_EXTENSION};
 use authz_core::fallback::check_step_up;
-use authz_core::routes::{path_only, Unmet};
+use authz_core::routes::{match_path, Unmet};
 use authz_core::token_hash::token_digest;
+use authz_core::verify::{check_purpose, jws_typ, Presence};
 use authz_core::{deny_response, DenyReason, Tier};
 use envoy_types::ext_authz::v3::pb::{
     CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue,
@@ -291,7 +292,8 @@ impl CheckService {
         } else {
             http.path.as_str()
         };
-        let route = self.config.routes.find(&http.method, path);
+        let path = match_path(path);
+        let route = self.config.routes.find_matched(&http.method, &path);
         trace.route = route.name.clone();
         let extensions = request.attributes.as_ref().map(|a| &a.context_extensions);
         let tier = match extensions.and_then(|e| e.get("tier")) {
@@ -338,6 +340,11 @@ impl CheckService {
         {
             return Outcome::SharedUnconfirmed;
         }
+        // An address that just went over its failed-token budget gets no IdP call: only
+        // tokens this server already holds answers for are decided.
+        if self.limiters.address_blocked(&address, now_ms()) && !self.introspector.holds(&key) {
+            return Outcome::RateLimited("failed_tokens_per_address");
+        }
         trace
             .stages
             .push(("policy", policy_started.elapsed().as_secs_f64()));
@@ -374,6 +381,22 @@ impl CheckService {
         if !result.active {
             return self.failed(&address, Outcome::Inactive);
         }
+        // What the token is for, by the filter's rules: an active token minted for another
+        // API, by another issuer, of another type, or past its expiry is refused here too.
+        let audience = if self.config.require_audience {
+            Presence::Required
+        } else {
+            Presence::WhenPresent
+        };
+        if let Err(failure) = check_purpose(
+            &self.config.token,
+            &result.as_claims(),
+            jws_typ(token).as_deref(),
+            (now_ms() / 1000) as i64,
+            audience,
+        ) {
+            return self.failed(&address, Outcome::Deny(DenyReason::Token(failure)));
+        }
         trace.subject = result.subject.clone();
         if result
             .jti
@@ -393,7 +416,7 @@ impl CheckService {
                 return Outcome::RateLimited("privileged_per_subject");
             }
         }
-        if let Err(unmet) = route.require.check(&result.as_claims(), path_only(path)) {
+        if let Err(unmet) = route.require.check(&result.as_claims(), &path) {
             return Outcome::Deny(match unmet {
                 Unmet::Scope => DenyReason::InsufficientScope,
                 Unmet::Claim => DenyReason::ClaimMismatch,
@@ -412,7 +435,7 @@ impl CheckService {
 
     /// Counts a failed-token attempt against the client address; over budget it becomes 429.
     fn failed(&self, address: &str, outcome: Outcome) -> Outcome {
-        if self.limiters.failed_attempt_allowed(address) {
+        if self.limiters.failed_attempt_allowed(address, now_ms()) {
             outcome
         } else {
             Outcome::RateLimited("failed_tokens_per_address")

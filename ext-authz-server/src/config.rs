@@ -6,6 +6,7 @@
 //! route rules (tiers, scopes, claims, tenants) can drive both.
 
 use crate::error::ServerError;
+use authz_core::config::weak_secret;
 use authz_core::config::{route_table_from_config, RouteConfig, RouteTargetConfig};
 use authz_core::fallback::{StepUp, TierRules};
 use authz_core::routes::RouteTable;
@@ -40,6 +41,9 @@ pub struct ServerConfigFile {
     pub drain_ms: Option<u64>,
     /// Required: the OAuth2 introspection endpoint (RFC 7662) and its client.
     pub introspection: Option<IntrospectionFile>,
+    /// Required: what a token must be for, checked on every introspection result with the
+    /// filter's rules (issuer, audience, `typ`, expiry with skew).
+    pub token: Option<TokenFile>,
     /// The introspection result cache.
     #[serde(default)]
     pub cache: CacheFile,
@@ -58,8 +62,11 @@ pub struct ServerConfigFile {
     pub rate_limits: RateLimitsFile,
     /// Required: route rules, the filter's syntax (`routes[]`, `default`).
     pub policy: Option<PolicyFile>,
-    /// Client request headers removed on every allow (the context headers a proxy filter
-    /// would set), so a client cannot smuggle them past a route this server guards.
+    /// Client request headers removed on every allow, in addition to the standard context
+    /// headers (`x-auth-subject`, `x-auth-scopes`, `x-auth-tier`, `x-auth-issuer`,
+    /// `x-authz-policy-version`, always removed): list every other header your filter sets
+    /// (its `headers.claims` mappings), so a client cannot smuggle them past a route this server
+    /// guards.
     pub strip_headers: Option<Vec<String>>,
     /// Keep `authorization` on allowed requests (default false, as the filter).
     pub forward_token: Option<bool>,
@@ -96,14 +103,31 @@ pub struct RedisFile {
     pub unknown: Mapping,
 }
 
-/// Headers removed from allowed requests unless `strip_headers` says otherwise: the filter's
-/// default context headers.
-pub const DEFAULT_STRIP_HEADERS: [&str; 4] = [
-    "x-auth-subject",
-    "x-auth-scopes",
-    "x-auth-tier",
-    "x-auth-issuer",
-];
+/// What a token must be for (the filter's provider rules, applied to introspection results).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+pub struct TokenFile {
+    /// Required: the issuer. An introspection answer naming another `iss` is refused (401).
+    pub issuer: Option<String>,
+    /// Required: accepted audiences. An answer whose `aud` (string or array) names none of
+    /// them is refused (401).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Refuse answers that carry no `aud` at all. Default `false` (RFC 7662 makes `aud`
+    /// optional); set it when your IdP always reports audiences.
+    pub require_audience: Option<bool>,
+    /// For JWT-shaped tokens: the JWS header `typ` must equal this (e.g. `at+jwt`, so ID
+    /// tokens are refused). Opaque tokens have no header and are not affected.
+    pub typ: Option<String>,
+    /// Leeway for `exp`/`nbf`/`iat`, seconds. Default 60, at most 600.
+    pub clock_skew_seconds: Option<u64>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: Mapping,
+}
+
+/// Headers always removed from allowed requests (the standard context headers), to which
+/// `strip_headers` adds: whatever a client sends under these names never reaches an upstream.
+pub const DEFAULT_STRIP_HEADERS: [&str; 5] = authz_core::config::STANDARD_CONTEXT_HEADERS;
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct IntrospectionFile {
@@ -122,6 +146,11 @@ pub struct IntrospectionFile {
     pub timeout_ms: Option<u64>,
     /// Pooled keep-alive connections to the IdP. Default 32.
     pub max_idle_connections: Option<usize>,
+    /// Cap on introspection calls per second, all tokens and addresses together; over it a
+    /// check that needs the IdP answers as if the IdP failed (stale answer where the tier
+    /// allows one, else 503), without counting against the circuit breaker. Default 200;
+    /// 0 turns the cap off.
+    pub max_calls_per_second: Option<u32>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -247,6 +276,8 @@ pub struct IntrospectionConfig {
     pub auth: ClientAuth,
     pub timeout: Duration,
     pub max_idle_connections: usize,
+    /// Cap on IdP calls per second, all tokens together (0: no cap).
+    pub max_calls_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -305,6 +336,10 @@ pub struct ServerConfig {
     pub check_timeout: Duration,
     pub drain: Duration,
     pub introspection: IntrospectionConfig,
+    /// Token purpose rules (the filter's `Provider` rules; keys are not used here).
+    pub token: authz_core::Provider,
+    /// Whether an introspection answer without `aud` is refused.
+    pub require_audience: bool,
     pub cache: CacheConfig,
     pub batching: BatchingConfig,
     pub circuit_failure_threshold: u32,
@@ -440,6 +475,50 @@ pub fn expand_env(text: &str, env: &impl Fn(&str) -> Option<String>) -> (String,
     (out, unset)
 }
 
+/// The `token` section: the filter's provider rules for introspection results.
+fn token_rules(p: &mut Problems, t: &Option<TokenFile>) -> Option<(authz_core::Provider, bool)> {
+    let Some(t) = t else {
+        p.add(
+            "token",
+            "is required (issuer and audiences: what a token must be for)",
+        );
+        return None;
+    };
+    p.unknown("token", &t.unknown);
+    let issuer = t.issuer.clone().unwrap_or_default();
+    if issuer.is_empty() {
+        p.add("token.issuer", "is required");
+    }
+    if t.audiences.is_empty() || t.audiences.iter().any(String::is_empty) {
+        p.add(
+            "token.audiences",
+            "must list at least one non-empty audience",
+        );
+    }
+    let skew = t.clock_skew_seconds.unwrap_or(60);
+    if skew > 600 {
+        p.add("token.clock_skew_seconds", "above 600 defeats expiry");
+    }
+    if t.typ.as_deref().is_some_and(str::is_empty) {
+        p.add(
+            "token.typ",
+            "must not be empty (leave it out to accept any)",
+        );
+    }
+    Some((
+        authz_core::Provider {
+            name: "introspection".into(),
+            issuer,
+            audiences: t.audiences.clone(),
+            clock_skew_seconds: i64::try_from(skew).unwrap_or(600),
+            require_expiration: false,
+            required_typ: t.typ.clone(),
+            hmac_key: None,
+        },
+        t.require_audience.unwrap_or(false),
+    ))
+}
+
 fn redis_config(p: &mut Problems, r: &RedisFile) -> RedisConfig {
     p.unknown("redis", &r.unknown);
     let url = r.url.clone().unwrap_or_default();
@@ -455,6 +534,8 @@ fn redis_config(p: &mut Problems, r: &RedisFile) -> RedisConfig {
             "redis.secret",
             "is required and must be at least 32 characters (it keys and encrypts shared entries)",
         );
+    } else if let Some(why) = weak_secret(&secret) {
+        p.add("redis.secret", why);
     }
     let op_timeout_ms = r.op_timeout_ms.unwrap_or(50);
     if op_timeout_ms == 0 || op_timeout_ms > 5_000 {
@@ -549,20 +630,16 @@ impl ServerConfig {
         let listen = addr(&mut p, "listen", &f.listen, "127.0.0.1:9191");
         let admin_listen = addr(&mut p, "admin_listen", &f.admin_listen, "127.0.0.1:9192");
         let admin_token = f.admin_token.clone().unwrap_or_default();
-        if admin_token.len() < 16 {
-            p.add(
-                "admin_token",
-                "is required and must be at least 16 characters",
-            );
+        if let Some(why) = weak_secret(&admin_token) {
+            p.add("admin_token", format_args!("is required and {why}"));
         }
-        if f.epochs_token
-            .as_ref()
-            .is_some_and(|t| t.len() < 16 || *t == admin_token)
-        {
-            p.add(
-                "epochs_token",
-                "must be at least 16 characters and differ from admin_token",
-            );
+        if let Some(token) = &f.epochs_token {
+            if let Some(why) = weak_secret(token) {
+                p.add("epochs_token", why);
+            }
+            if *token == admin_token {
+                p.add("epochs_token", "must differ from admin_token");
+            }
         }
         let introspection = match &f.introspection {
             None => {
@@ -581,8 +658,13 @@ impl ServerConfig {
                 if i.client_id.as_deref().unwrap_or("").is_empty() {
                     p.add("introspection.client_id", "is required");
                 }
-                if i.client_secret.as_deref().unwrap_or("").is_empty() {
-                    p.add("introspection.client_secret", "is required");
+                match i.client_secret.as_deref().unwrap_or("") {
+                    "" => p.add("introspection.client_secret", "is required"),
+                    secret => {
+                        if let Some(why) = weak_secret(secret).filter(|_| secret.len() >= 16) {
+                            p.add("introspection.client_secret", why);
+                        }
+                    }
                 }
                 let auth = match i.auth_method.as_deref().unwrap_or("client_secret_basic") {
                     "client_secret_basic" => ClientAuth::Basic,
@@ -609,9 +691,11 @@ impl ServerConfig {
                     auth,
                     timeout: Duration::from_millis(timeout_ms),
                     max_idle_connections: i.max_idle_connections.unwrap_or(32),
+                    max_calls_per_second: i.max_calls_per_second.unwrap_or(200),
                 })
             }
         };
+        let token = token_rules(&mut p, &f.token);
         p.unknown("cache", &f.cache.unknown);
         let fraction = f.cache.refresh_ahead_fraction.unwrap_or(0.5);
         if !(0.0..=1.0).contains(&fraction) {
@@ -720,13 +804,15 @@ impl ServerConfig {
             },
         };
         let realm = f.realm.clone().unwrap_or_else(|| "api".into());
-        let strip_headers: Vec<String> = match &f.strip_headers {
-            Some(names) => names.clone(),
-            None => DEFAULT_STRIP_HEADERS
-                .iter()
-                .map(|h| (*h).to_owned())
-                .collect(),
-        };
+        let mut strip_headers: Vec<String> = DEFAULT_STRIP_HEADERS
+            .iter()
+            .map(|h| (*h).to_owned())
+            .collect();
+        for name in f.strip_headers.iter().flatten() {
+            if !strip_headers.contains(name) {
+                strip_headers.push(name.clone());
+            }
+        }
         for (i, name) in strip_headers.iter().enumerate() {
             if name.is_empty()
                 || name.starts_with(':')
@@ -744,7 +830,9 @@ impl ServerConfig {
         if !p.0.is_empty() {
             return Err(ServerError::InvalidConfig(p.0));
         }
-        let (Some(introspection), Some(routes)) = (introspection, routes) else {
+        let (Some(introspection), Some(routes), Some((token, require_audience))) =
+            (introspection, routes, token)
+        else {
             return Err(ServerError::InvalidConfig(
                 vec!["config: incomplete".into()],
             ));
@@ -760,6 +848,8 @@ impl ServerConfig {
             check_timeout: Duration::from_millis(f.check_timeout_ms.unwrap_or(2000)),
             drain: Duration::from_millis(f.drain_ms.unwrap_or(500)),
             introspection,
+            token,
+            require_audience,
             cache,
             batching: BatchingConfig {
                 window: Duration::from_millis(window_ms),
@@ -806,6 +896,7 @@ introspection:
   batch_endpoint: http://127.0.0.1:9000/introspect/batch
   client_id: authz-server
   client_secret: authz-server-secret
+token: {issuer: "https://idp.example", audiences: [demo-api]}
 tiers:
   privileged:
     max_staleness_ms: 2000

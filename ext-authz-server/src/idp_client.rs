@@ -2,7 +2,8 @@
 //! `client_secret_basic` or `client_secret_post`) and this project's batch call (JSON array of
 //! tokens in, array of responses out; see `docs/batch-introspection.md`). Keep-alive connections
 //! are pooled by `reqwest`. Parsing is strict (`authz_core::introspection`); a non-200 status is
-//! an error, never a denial.
+//! an error ([`classify_status`] tells a refusal of the token from a failing IdP), never an
+//! allow.
 //!
 //! This module does not cache, batch or retry; `introspector` does that.
 
@@ -23,6 +24,13 @@ pub enum IdpError {
     Malformed(#[from] IntrospectionError),
     #[error("introspection circuit is open")]
     CircuitOpen,
+    /// Our own cap on the IdP request rate was reached (`introspection.max_calls_per_second`).
+    #[error("introspection rate cap reached")]
+    Throttled,
+    /// The IdP refused this token (RFC 6749 §5.2 / RFC 7662 error about the token itself,
+    /// e.g. 400 `unsupported_token_type`): the token is not active. Not an IdP failure.
+    #[error("introspection refused the token: status {status}, error {code:?}")]
+    Refused { status: u16, code: String },
 }
 
 impl IdpError {
@@ -34,7 +42,36 @@ impl IdpError {
             IdpError::Status(_) => "status",
             IdpError::Malformed(_) => "malformed",
             IdpError::CircuitOpen => "circuit_open",
+            IdpError::Throttled => "throttled",
+            IdpError::Refused { .. } => "refused",
         }
+    }
+
+    /// Whether this error says the IdP (or our link to it, or our credentials) is failing:
+    /// those count toward the circuit breaker and allow stale-if-error answers. A refusal of
+    /// one token and our own rate cap do not.
+    pub fn is_idp_failure(&self) -> bool {
+        !matches!(self, IdpError::Refused { .. } | IdpError::Throttled)
+    }
+}
+
+/// OAuth error codes that are about our client, not about the token (RFC 6749 §5.2).
+const CLIENT_ERRORS: [&str; 3] = ["invalid_client", "unauthorized_client", "access_denied"];
+
+/// Classifies a non-200 introspection answer. A 400 whose OAuth `error` is not about our
+/// client is a refusal of the token (an IdP such as `oidc-provider` answers 400
+/// `unsupported_token_type` for a token it did not issue as introspectable); 401/403 (our
+/// credentials), 404/405 (our endpoint), 429 (throttling), 5xx and anything else are IdP
+/// errors.
+pub fn classify_status(status: u16, body: &[u8]) -> IdpError {
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    if status == 400 && !CLIENT_ERRORS.contains(&code.as_str()) {
+        IdpError::Refused { status, code }
+    } else {
+        IdpError::Status(status)
     }
 }
 
@@ -64,6 +101,11 @@ impl IdpClient {
         Ok(IdpClient { http, config })
     }
 
+    /// The single-token endpoint (for logs).
+    pub fn endpoint(&self) -> &str {
+        &self.config.endpoint
+    }
+
     pub fn has_batch_endpoint(&self) -> bool {
         self.config.batch_endpoint.is_some()
     }
@@ -91,10 +133,11 @@ impl IdpClient {
                 .form(&form),
         );
         let response = request.send().await.map_err(transport)?;
-        if response.status() != reqwest::StatusCode::OK {
-            return Err(IdpError::Status(response.status().as_u16()));
-        }
+        let status = response.status();
         let body = response.bytes().await.map_err(transport)?;
+        if status != reqwest::StatusCode::OK {
+            return Err(classify_status(status.as_u16(), &body));
+        }
         Ok(Introspection::parse(&body)?)
     }
 
@@ -118,5 +161,38 @@ impl IdpClient {
         }
         let body = response.bytes().await.map_err(transport)?;
         Ok(parse_batch(&body, tokens.len())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_of_a_token_are_told_from_idp_failures() {
+        let refused = classify_status(400, br#"{"error":"unsupported_token_type"}"#);
+        assert!(matches!(refused, IdpError::Refused { .. }));
+        assert!(!refused.is_idp_failure());
+        assert!(matches!(
+            classify_status(400, br#"{"error":"invalid_request"}"#),
+            IdpError::Refused { .. }
+        ));
+        assert!(matches!(
+            classify_status(400, b"not json"),
+            IdpError::Refused { .. }
+        ));
+        for (status, body) in [
+            (400, &br#"{"error":"invalid_client"}"#[..]),
+            (401, br#"{"error":"invalid_client"}"#),
+            (403, b""),
+            (404, b""),
+            (429, b""),
+            (500, br#"{"error":"server_error"}"#),
+            (503, b""),
+        ] {
+            let e = classify_status(status, body);
+            assert_eq!(e, IdpError::Status(status));
+            assert!(e.is_idp_failure());
+        }
     }
 }

@@ -110,6 +110,11 @@ pub struct Introspector {
     shared_inflight: Flights<Option<Arc<Cached>>>,
     batch_tx: Option<mpsc::Sender<BatchItem>>,
     breaker: Mutex<CircuitBreaker>,
+    /// Global cap on IdP calls (`introspection.max_calls_per_second`), so junk cannot reach
+    /// the IdP at full rate whatever addresses it comes from.
+    idp_cap: Option<governor::DefaultDirectRateLimiter>,
+    /// Tokens the IdP refused so far (logged one line per hundred).
+    refusals: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
     cap_ms: u64,
     inactive_ttl_ms: u64,
@@ -151,6 +156,9 @@ impl Introspector {
                 config.circuit_failure_threshold,
                 config.circuit_open_ms,
             )),
+            idp_cap: std::num::NonZeroU32::new(config.introspection.max_calls_per_second)
+                .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n))),
+            refusals: std::sync::atomic::AtomicU64::new(0),
             metrics,
             cap_ms: config.cache.cap_ms,
             inactive_ttl_ms: config.cache.inactive_ttl_ms,
@@ -307,6 +315,11 @@ impl Introspector {
         self.cache.invalidate_all();
     }
 
+    /// Whether this instance holds a cached answer for the token (of any age).
+    pub fn holds(&self, key: &TokenKey) -> bool {
+        self.cache.contains_key(key)
+    }
+
     /// Cached entries right now (approximate).
     pub fn cached_entries(&self) -> u64 {
         self.cache.run_pending_tasks();
@@ -383,6 +396,15 @@ impl Introspector {
 
     async fn introspect_now(&self, key: TokenKey, token: String) -> Result<Arc<Cached>, IdpError> {
         let started_ms = now_ms();
+        if self
+            .idp_cap
+            .as_ref()
+            .is_some_and(|cap| cap.check().is_err())
+        {
+            self.metrics
+                .inc("authz_introspection_errors_total", &[("kind", "throttled")]);
+            return Err(IdpError::Throttled);
+        }
         if !lock(&self.breaker).try_acquire(started_ms) {
             self.metrics.inc(
                 "authz_introspection_errors_total",
@@ -413,6 +435,29 @@ impl Introspector {
             &[("stage", "introspection")],
             started.elapsed().as_secs_f64(),
         );
+        let result = match result {
+            Err(IdpError::Refused { status, code }) => {
+                // The IdP said this token is not one it will vouch for: not active.
+                self.metrics.inc(
+                    "authz_introspection_refusals_total",
+                    &[("status", &status.to_string())],
+                );
+                // Any client can cause these: one line per 100, with the count.
+                let seen = self
+                    .refusals
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if seen % 100 == 0 {
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"msg": "introspection_refused", "status": status,
+                                           "error": code, "endpoint": self.client.endpoint(),
+                                           "refusals_so_far": seen + 1})
+                    );
+                }
+                Ok(authz_core::introspection::Introspection::inactive())
+            }
+            other => other,
+        };
         let outcome = match result {
             Ok(result) => {
                 lock(&self.breaker).on_success();
@@ -438,9 +483,20 @@ impl Introspector {
                 Ok(entry)
             }
             Err(e) => {
-                lock(&self.breaker).on_failure(now_ms());
+                if e.is_idp_failure() {
+                    lock(&self.breaker).on_failure(now_ms());
+                } else {
+                    lock(&self.breaker).on_success();
+                }
                 self.metrics
                     .inc("authz_introspection_errors_total", &[("kind", e.kind())]);
+                if let IdpError::Status(status) = &e {
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"msg": "introspection_error", "status": status,
+                                           "endpoint": self.client.endpoint()})
+                    );
+                }
                 Err(e)
             }
         };

@@ -143,7 +143,7 @@ pub async fn serve(
     let prune_task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            limiters.prune();
+            limiters.prune(crate::introspector::now_ms());
         }
     });
 

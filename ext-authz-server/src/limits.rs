@@ -4,13 +4,23 @@
 
 use crate::config::{Rate, RateLimits};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 
 pub struct Limiters {
     privileged_per_subject: Option<DefaultKeyedRateLimiter<String>>,
     privileged_per_address: Option<DefaultKeyedRateLimiter<String>>,
     failed_tokens_per_address: Option<DefaultKeyedRateLimiter<String>>,
+    /// Addresses found over their failed-token budget, and until when (ms): their checks that
+    /// would need the IdP are refused before the call. Bounded (see [`MAX_BLOCKED`]).
+    blocked: Mutex<HashMap<String, u64>>,
+    /// How long an address stays blocked: one emission interval of its budget.
+    block_ms: u64,
 }
+
+/// At most this many blocked addresses are remembered (oldest dropped first when full).
+pub const MAX_BLOCKED: usize = 100_000;
 
 fn limiter(rate: Option<Rate>) -> Option<DefaultKeyedRateLimiter<String>> {
     let rate = rate?;
@@ -33,6 +43,12 @@ impl Limiters {
             privileged_per_subject: limiter(limits.privileged_per_subject),
             privileged_per_address: limiter(limits.privileged_per_address),
             failed_tokens_per_address: limiter(limits.failed_tokens_per_address),
+            blocked: Mutex::new(HashMap::new()),
+            block_ms: limits
+                .failed_tokens_per_address
+                .map(|r| (r.period / r.per_period.max(1)).as_millis() as u64)
+                .unwrap_or(0)
+                .max(1),
         }
     }
 
@@ -44,13 +60,32 @@ impl Limiters {
         allows(&self.privileged_per_address, address)
     }
 
-    /// Counts one failed-token attempt; false when the address is over its budget.
-    pub fn failed_attempt_allowed(&self, address: &str) -> bool {
-        allows(&self.failed_tokens_per_address, address)
+    /// Counts one failed-token attempt; false when the address is over its budget, which also
+    /// blocks the address's IdP-bound checks for a while ([`Limiters::address_blocked`]).
+    pub fn failed_attempt_allowed(&self, address: &str, now_ms: u64) -> bool {
+        let allowed = allows(&self.failed_tokens_per_address, address);
+        if !allowed {
+            let mut blocked = crate::lock(&self.blocked);
+            if blocked.len() >= MAX_BLOCKED {
+                blocked.retain(|_, until| *until > now_ms);
+            }
+            if blocked.len() < MAX_BLOCKED {
+                blocked.insert(address.to_owned(), now_ms + self.block_ms);
+            }
+        }
+        allowed
+    }
+
+    /// Whether `address` went over its failed-token budget recently: a check from it that
+    /// would need the IdP is refused (429) without the call.
+    pub fn address_blocked(&self, address: &str, now_ms: u64) -> bool {
+        crate::lock(&self.blocked)
+            .get(address)
+            .is_some_and(|until| *until > now_ms)
     }
 
     /// Drops state of keys that have not been seen recently (bounded memory).
-    pub fn prune(&self) {
+    pub fn prune(&self, now_ms: u64) {
         for l in [
             &self.privileged_per_subject,
             &self.privileged_per_address,
@@ -62,6 +97,7 @@ impl Limiters {
             l.retain_recent();
             l.shrink_to_fit();
         }
+        crate::lock(&self.blocked).retain(|_, until| *until > now_ms);
     }
 }
 
@@ -91,5 +127,27 @@ mod tests {
             l.privileged_address_allowed("10.0.0.1"),
             "unconfigured limits allow"
         );
+    }
+
+    #[test]
+    fn an_address_over_its_failed_budget_is_blocked_for_one_interval() {
+        let limits = RateLimits {
+            failed_tokens_per_address: Some(Rate {
+                per_period: 60,
+                period: Duration::from_secs(60),
+                burst: 2,
+            }),
+            ..RateLimits::default()
+        };
+        let l = Limiters::new(&limits);
+        assert!(l.failed_attempt_allowed("10.0.0.9", 1_000));
+        assert!(l.failed_attempt_allowed("10.0.0.9", 1_000));
+        assert!(!l.address_blocked("10.0.0.9", 1_000));
+        assert!(!l.failed_attempt_allowed("10.0.0.9", 1_000));
+        assert!(l.address_blocked("10.0.0.9", 1_500));
+        assert!(!l.address_blocked("10.0.0.8", 1_500), "per address");
+        assert!(!l.address_blocked("10.0.0.9", 2_001), "one interval (1 s)");
+        l.prune(2_001);
+        assert!(crate::lock(&l.blocked).is_empty());
     }
 }

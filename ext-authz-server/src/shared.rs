@@ -700,24 +700,55 @@ pub async fn run(service: Arc<CheckService>) {
         return;
     };
     let mut cursor = Cursor::default();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_RECONNECT;
     loop {
+        let started_ms = now_ms();
         let result = shared.session(&service, &mut cursor).await;
+        // Whether this session ever confirmed our state: read before the reset below (reading
+        // it after always said no, so the backoff never reset and every later Redis blip cost
+        // seconds of fail-closed 503s).
+        let session_confirmed = shared.confirmed_at_ms.load(Ordering::Relaxed) >= started_ms;
         shared.confirmed_at_ms.store(0, Ordering::Relaxed);
         if let Err(e) = result {
             shared.error("session", &e);
         }
+        backoff = next_reconnect_delay(backoff, session_confirmed);
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-        if shared.confirmed() {
-            backoff = Duration::from_millis(100);
-        }
+    }
+}
+
+/// First delay before reconnecting after a healthy session ends.
+const FIRST_RECONNECT: Duration = Duration::from_millis(100);
+/// Longest delay between reconnection attempts.
+const MAX_RECONNECT: Duration = Duration::from_secs(2);
+
+/// The delay before the next session: short after a session that confirmed our state (a
+/// blip), doubling while sessions keep failing before they confirm anything.
+fn next_reconnect_delay(previous: Duration, session_confirmed: bool) -> Duration {
+    if session_confirmed {
+        FIRST_RECONNECT
+    } else {
+        (previous * 2).min(MAX_RECONNECT)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_backoff_resets_after_a_session_that_confirmed() {
+        let mut delay = FIRST_RECONNECT;
+        for _ in 0..10 {
+            delay = next_reconnect_delay(delay, false);
+        }
+        assert_eq!(delay, MAX_RECONNECT, "failing sessions back off to the cap");
+        assert_eq!(
+            next_reconnect_delay(delay, true),
+            FIRST_RECONNECT,
+            "a healthy session that ends (a Redis blip) reconnects quickly"
+        );
+    }
 
     fn entry(id: &str, fields: &[(&str, &str)]) -> StreamId {
         StreamId {

@@ -39,12 +39,13 @@ fn must_exist(path: PathBuf, hint: &str) -> PathBuf {
     path
 }
 
-/// The built filter.
+/// The built filter (`$AUTHZ_WASM` overrides it: negative controls run the suite against an
+/// older build).
 pub fn wasm_path() -> PathBuf {
-    must_exist(
-        target_dir().join("wasm32-wasip1/release/authz_filter.wasm"),
-        "run `make test` (it builds the filter first)",
-    )
+    let path = std::env::var_os("AUTHZ_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("wasm32-wasip1/release/authz_filter.wasm"));
+    must_exist(path, "run `make test` (it builds the filter first)")
 }
 
 fn dev_binary(name: &str) -> PathBuf {
@@ -180,6 +181,11 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The body as JSON, or null when it is not JSON.
+    pub fn json_or_null(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {}", self.body))
     }
@@ -309,9 +315,11 @@ impl CacheStack {
     }
 }
 
-/// A server configuration (YAML) pointing at the dev IdP; `extra` is appended verbatim and may
-/// override the defaults' sections (`tiers`, `rate_limits`, `batching`, ...).
+/// A server configuration (YAML) pointing at the dev IdP; `extra` is appended verbatim (with
+/// `{IDP_PORT}` replaced by the IdP's port) and may override the defaults' sections (`tiers`,
+/// `rate_limits`, `batching`, `introspection`, ...).
 pub fn server_yaml(idp_port: u16, extra: &str) -> String {
+    let extra = &extra.replace("{IDP_PORT}", &idp_port.to_string());
     let mut yaml = format!(
         r#"listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
@@ -326,6 +334,10 @@ introspection:
   client_id: {CLIENT_ID}
   client_secret: {CLIENT_SECRET}
   timeout_ms: 2000
+token:
+  issuer: {ISSUER}
+  audiences: [{AUDIENCE}]
+strip_headers: [x-auth-tenant]
 policy:
   routes:
     - {{name: admin, match: {{prefix: /admin/}}, tier: privileged, require: {{scopes: [admin]}}}}
@@ -669,6 +681,10 @@ impl DevIdp {
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
 
+    pub fn set_jwks_latency(&self, ms: u64) {
+        self.fault(json!({"jwks_latency_ms": ms}));
+    }
+
     pub fn set_jwks_down(&self, down: bool) {
         self.fault(json!({"jwks": if down { "down" } else { "up" }}));
     }
@@ -932,6 +948,16 @@ impl Envoy {
             .unwrap_or(0)
     }
 
+    /// Every `/stats` line containing `part`.
+    pub fn stats_matching(&self, part: &str) -> String {
+        get(&format!("http://127.0.0.1:{}/stats", self.admin_port), &[])
+            .body
+            .lines()
+            .filter(|l| l.contains(part))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Envoy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -959,4 +985,37 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Sends `request` (raw HTTP/1.1 bytes, sent as given: any byte a client could send) to
+/// `127.0.0.1:port` on a new connection and returns the status and the whole response text
+/// (status 0 when the connection closed without an answer).
+pub fn raw_request(port: u16, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A raw GET of `target` with `headers` (each a complete `name: value` line, as bytes).
+pub fn raw_get(port: u16, target: &str, headers: &[&[u8]]) -> (u16, String) {
+    let mut request =
+        format!("GET {target} HTTP/1.1\r\nhost: e2e\r\nconnection: close\r\n").into_bytes();
+    for header in headers {
+        request.extend_from_slice(header);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    raw_request(port, &request)
 }

@@ -130,18 +130,89 @@ fn the_istio_resources_have_what_istio_requires_and_agree() {
     assert!(wasm["spec"]["selector"]["matchLabels"].is_mapping());
     let plugin_json =
         serde_json::to_vec(&wasm["spec"]["pluginConfig"]).expect("pluginConfig as json");
-    if let Err(e) = authz_core::config::Policy::from_json(&plugin_json) {
+    // As shipped, the epochs token is a placeholder the filter refuses; with a real one the
+    // configuration is accepted.
+    assert!(
+        authz_core::config::Policy::from_json(&plugin_json).is_err(),
+        "the placeholder epochs token was accepted"
+    );
+    let plugin_json = String::from_utf8(plugin_json).expect("utf-8").replace(
+        "replace-with-the-servers-epochs-token",
+        "a-real-epochs-token-4f2a9c",
+    );
+    if let Err(e) = authz_core::config::Policy::from_json(plugin_json.as_bytes()) {
         panic!("the WasmPlugin's pluginConfig is refused by the filter: {e}");
     }
 
     // AuthorizationPolicy CUSTOM → a provider the mesh config defines.
-    let policy = find("AuthorizationPolicy");
+    let policy = all
+        .iter()
+        .find(|d| {
+            d["kind"].as_str() == Some("AuthorizationPolicy")
+                && d["spec"]["action"].as_str() == Some("CUSTOM")
+        })
+        .expect("a CUSTOM AuthorizationPolicy");
+    let paths: Vec<&str> = policy["spec"]["rules"][0]["to"][0]["operation"]["paths"]
+        .as_sequence()
+        .expect("paths")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    for bare in ["/admin", "/regulated"] {
+        assert!(paths.contains(&bare), "the CUSTOM policy misses {bare}");
+        assert!(paths.contains(&format!("{bare}/*").as_str()));
+    }
     assert_eq!(text(policy, "spec.action"), "CUSTOM");
     let provider = text(policy, "spec.provider.name");
     assert!(!policy["spec"]["rules"]
         .as_sequence()
         .is_none_or(|r| r.is_empty()));
     let mesh = find("IstioOperator");
+    assert_eq!(
+        text(mesh, "spec.meshConfig.pathNormalization.normalization"),
+        "DECODE_AND_MERGE_SLASHES",
+        "the mesh must normalise paths, decode escaped slashes and merge slashes"
+    );
+    // The sidecar refuses header names with underscores.
+    let patch = find("EnvoyFilter");
+    assert_eq!(
+        text(
+            patch,
+            "spec.configPatches.0.patch.value.typed_config.common_http_protocol_options.headers_with_underscores_action"
+        ),
+        "REJECT_REQUEST"
+    );
+    // Who may reach the server: a NetworkPolicy and an ALLOW AuthorizationPolicy on its pods.
+    let network = find("NetworkPolicy");
+    assert_eq!(
+        text(network, "spec.podSelector.matchLabels.app"),
+        "ext-authz-server"
+    );
+    let ingress = network["spec"]["ingress"]
+        .as_sequence()
+        .expect("ingress rules");
+    assert!(
+        ingress
+            .iter()
+            .all(|rule| rule["from"].as_sequence().is_some_and(|f| !f.is_empty())),
+        "an ingress rule without `from` admits every pod"
+    );
+    let allow = all
+        .iter()
+        .find(|d| {
+            d["kind"].as_str() == Some("AuthorizationPolicy")
+                && d["spec"]["action"].as_str() == Some("ALLOW")
+        })
+        .expect("an ALLOW AuthorizationPolicy for the server");
+    assert_eq!(
+        text(allow, "spec.selector.matchLabels.app"),
+        "ext-authz-server"
+    );
+    assert!(allow["spec"]["rules"]
+        .as_sequence()
+        .expect("rules")
+        .iter()
+        .all(|r| r["from"].as_sequence().is_some_and(|f| !f.is_empty())));
     let providers = mesh["spec"]["meshConfig"]["extensionProviders"]
         .as_sequence()
         .expect("extensionProviders");
@@ -243,4 +314,141 @@ fn the_istio_resources_have_what_istio_requires_and_agree() {
         rule["spec"]["trafficPolicy"]["outlierDetection"].is_mapping(),
         "Istio locality failover needs outlier detection"
     );
+}
+
+/// Every HttpConnectionManager and Wasm filter config in a YAML tree.
+fn walk<'a>(v: &'a Yaml, found: &mut Vec<&'a Yaml>, key: &str) {
+    match v {
+        Yaml::Mapping(m) => {
+            if m.get(key).is_some() {
+                found.push(v);
+            }
+            for child in m.values() {
+                walk(child, found, key);
+            }
+        }
+        Yaml::Sequence(items) => items.iter().for_each(|i| walk(i, found, key)),
+        _ => {}
+    }
+}
+
+/// Every Envoy configuration we ship, rendered where it is a template.
+fn shipped_envoy_configs() -> Vec<(String, Yaml)> {
+    let mut configs = Vec::new();
+    let mut names: Vec<String> = std::fs::read_dir(repo_root().join("envoy"))
+        .expect("envoy/")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .map(|n| format!("envoy/{n}"))
+        .collect();
+    names.push("deploy/compose/envoy.yaml".into());
+    names.sort();
+    for name in names {
+        let text = read(&name);
+        let text = if text.contains("{{") {
+            render(
+                &text,
+                &Placeholders {
+                    authz_port: 1,
+                    authz_admin_port: 2,
+                    admin_port: 3,
+                    listen_port: 4,
+                    upstream_port: 5,
+                    idp_port: 6,
+                    plugin_config: plugin_config(),
+                },
+            )
+        } else {
+            text
+        };
+        let yaml: Yaml = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        configs.push((name, yaml));
+    }
+    configs
+}
+
+#[test]
+fn every_shipped_envoy_config_is_hardened() {
+    let configs = shipped_envoy_configs();
+    assert!(configs.len() >= 6, "{} configs", configs.len());
+    for (name, config) in &configs {
+        let mut managers = Vec::new();
+        walk(config, &mut managers, "stat_prefix");
+        let managers: Vec<&Yaml> = managers
+            .into_iter()
+            .filter(|m| m.get("route_config").is_some() || m.get("http_filters").is_some())
+            .collect();
+        assert!(!managers.is_empty(), "{name}: no HttpConnectionManager");
+        for hcm in managers {
+            let underscores = at(
+                hcm,
+                "common_http_protocol_options.headers_with_underscores_action",
+            )
+            .as_str();
+            assert!(
+                matches!(underscores, Some("REJECT_REQUEST" | "DROP_HEADER")),
+                "{name}: headers_with_underscores_action is {underscores:?}"
+            );
+            assert_eq!(
+                hcm["use_remote_address"].as_bool(),
+                Some(true),
+                "{name}: use_remote_address"
+            );
+            assert!(
+                hcm["xff_num_trusted_hops"].as_u64().is_some(),
+                "{name}: xff_num_trusted_hops unset"
+            );
+            assert_eq!(
+                hcm["normalize_path"].as_bool(),
+                Some(true),
+                "{name}: normalize_path"
+            );
+            assert_eq!(
+                hcm["merge_slashes"].as_bool(),
+                Some(true),
+                "{name}: merge_slashes"
+            );
+            assert_eq!(
+                hcm["path_with_escaped_slashes_action"].as_str(),
+                Some("REJECT_REQUEST"),
+                "{name}: escaped slashes"
+            );
+        }
+        let mut wasm = Vec::new();
+        walk(config, &mut wasm, "vm_config");
+        for filter in wasm {
+            assert_eq!(
+                filter["failure_policy"].as_str(),
+                Some("FAIL_RELOAD"),
+                "{name}: a crashed VM must be reloaded (and fail closed meanwhile)"
+            );
+        }
+    }
+}
+
+/// Every header the filter may set (its configuration's context headers and claim mappings)
+/// is one the paired server strips on routes it decides, so a client copy never reaches an
+/// upstream whoever decides the route.
+#[test]
+fn servers_strip_every_header_their_filters_set() {
+    let pairs = [
+        ("envoy/dev.yaml", "config/ext-authz-server.dev.yaml"),
+        ("deploy/compose/envoy.yaml", "deploy/compose/server.yaml"),
+    ];
+    for (envoy, server) in pairs {
+        let config: Yaml = serde_yaml::from_str(&read(envoy)).expect("yaml");
+        let mut wasm = Vec::new();
+        walk(&config, &mut wasm, "vm_config");
+        let plugin = text(wasm[0], "configuration.value");
+        let policy = authz_core::Policy::from_json(plugin.as_bytes())
+            .unwrap_or_else(|e| panic!("{envoy}: {e}"));
+        let server_config =
+            ServerConfig::from_yaml(&read(server)).unwrap_or_else(|e| panic!("{server}: {e}"));
+        for header in policy.headers.all() {
+            assert!(
+                server_config.strip_headers.iter().any(|h| h == header),
+                "{server} does not strip {header}, which {envoy}'s filter sets"
+            );
+        }
+    }
 }

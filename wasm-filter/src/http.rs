@@ -38,7 +38,7 @@ pub fn apply_final(decision: &Final, resume: bool) -> Action {
     match &decision.action {
         FinalAction::Allow { headers, remove } => {
             for name in remove {
-                host::remove_request_header(name);
+                host::remove_request_header(name.as_bytes());
             }
             for (name, value) in headers {
                 host::set_request_header(name, value);
@@ -72,11 +72,62 @@ pub fn apply_final(decision: &Final, resume: bool) -> Action {
     }
 }
 
-/// The Check request Envoy's native ext_authz filter would send for this request.
+/// Reads method, path and `authorization` from the request's headers (as bytes) and removes
+/// every header `ours` names (client copies of the headers we set). A method or path that is
+/// not UTF-8, or more than one `authorization` header, makes the request unreadable; an
+/// `authorization` value that is not UTF-8 is kept as an empty (never valid) credential.
+pub fn read_request(
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    ours: impl Fn(&[u8]) -> bool,
+) -> Result<OwnedRequest, OwnedRequest> {
+    let mut request = OwnedRequest {
+        method: String::new(),
+        path: String::new(),
+        authorization: None,
+    };
+    let mut readable = true;
+    for (name, value) in headers {
+        match name.as_slice() {
+            b":method" if request.method.is_empty() => match String::from_utf8(value) {
+                Ok(m) => request.method = m,
+                Err(_) => readable = false,
+            },
+            b":path" if request.path.is_empty() => match String::from_utf8(value) {
+                Ok(p) => request.path = p,
+                Err(_) => readable = false,
+            },
+            b"authorization" => {
+                if request.authorization.is_some() {
+                    readable = false;
+                }
+                request.authorization = Some(String::from_utf8(value).unwrap_or_default());
+            }
+            other => {
+                if ours(other) {
+                    host::remove_request_header(other);
+                }
+            }
+        }
+    }
+    if readable {
+        Ok(request)
+    } else {
+        Err(request)
+    }
+}
+
+/// The Check request Envoy's native ext_authz filter would send for this request (read after
+/// our headers were stripped; values that are not UTF-8 are passed on lossily).
 fn check_facts(call: &ServerCall, request: &OwnedRequest) -> CheckFacts {
     let headers: HashMap<String, String> = host::request_headers()
         .into_iter()
-        .filter(|(k, _)| !k.starts_with(':'))
+        .filter(|(k, _)| !k.starts_with(b":"))
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
         .collect();
     let source = host::property(&["source", "address"]).unwrap_or_default();
     let (address, port) = match source.rsplit_once(':') {
@@ -177,34 +228,25 @@ impl HttpContext for AuthzHttp {
             };
             return apply_final(&decision, false);
         };
-        // One read of the header map instead of a host call per name: remove only the
-        // client-sent copies of our headers that are actually there, and pick up the rest.
-        let mut request = OwnedRequest {
-            method: String::new(),
-            path: String::new(),
-            authorization: None,
-        };
-        {
+        // One read of the header map, as bytes (a client may send any byte Envoy lets
+        // through): remove the client-sent copies of our headers that are there, and pick up
+        // the rest. Text is decoded only for the three values we read.
+        let read = {
             let w = worker.borrow();
-            for (name, value) in host::request_headers() {
-                match name.as_str() {
-                    ":method" if request.method.is_empty() => request.method = value,
-                    ":path" if request.path.is_empty() => request.path = value,
-                    "authorization" if request.authorization.is_none() => {
-                        request.authorization = Some(value)
-                    }
-                    _ => {
-                        if w.policy
-                            .headers
-                            .all()
-                            .any(|ours| ours.eq_ignore_ascii_case(&name))
-                        {
-                            host::remove_request_header(&name);
-                        }
-                    }
-                }
+            read_request(host::request_headers(), |name| {
+                w.policy
+                    .headers
+                    .all()
+                    .any(|ours| ours.as_bytes().eq_ignore_ascii_case(name))
+            })
+        };
+        let request = match read {
+            Ok(request) => request,
+            Err(unreadable) => {
+                let decision = worker.borrow().unreadable(self.context_id, &unreadable);
+                return apply_final(&decision, false);
             }
-        }
+        };
         let step = match host::now_us() {
             Some(now_us) => worker
                 .borrow_mut()

@@ -4,12 +4,13 @@
 //! fetches remote JWKS through Envoy clusters (one fetch for every worker, coordinated through
 //! shared data), runs the timer, and wakes requests that waited for keys. The HTTP context
 //! ([`http`]) strips client copies of the headers we set, asks `authz_core::decide`, and acts.
-//! [`worker`] is the state one worker's root and HTTP contexts share; [`host`] wraps the host
-//! calls so that none of them can panic the filter; [`metrics`] names the counters.
+//! [`worker`] is the state one worker's root and HTTP contexts share; [`abi`] binds the host
+//! calls by hand and [`host`] wraps them so that none of them can panic the filter; [`metrics`] names the counters.
 //!
 //! What it does not do: any authorization logic of its own. Every rule lives in `authz-core`,
 //! where it is tested on the host.
 
+pub mod abi;
 pub mod host;
 pub mod http;
 pub mod metrics;

@@ -48,7 +48,7 @@ fn add(metric: Option<u32>, cell: &Cell<u64>) {
 }
 
 /// Every deny reason label, so all counters exist (at zero) from the start.
-pub const DENY_REASONS: [&str; 24] = [
+pub const DENY_REASONS: [&str; 25] = [
     "server_deny",
     "missing_token",
     "not_bearer",
@@ -73,6 +73,7 @@ pub const DENY_REASONS: [&str; 24] = [
     "iat_in_future",
     "wrong_audience",
     "internal",
+    "bad_request",
 ];
 
 /// Metric ids of one VM.
@@ -152,7 +153,9 @@ impl Metrics {
 
     pub fn count_allow(&self, tier: Tier) {
         bump(&self.batched.allow);
-        bump(&self.batched.tier_allow[tier as usize]);
+        if let Some(cell) = self.batched.tier_allow.get(tier as usize) {
+            bump(cell);
+        }
     }
 
     pub fn count_token_cache_hit(&self) {
@@ -164,10 +167,9 @@ impl Metrics {
         add(self.allow, &self.batched.allow);
         add(self.token_cache_hits, &self.batched.token_cache_hits);
         for tier in Tier::ALL {
-            add(
-                self.tier_allow.get(&tier).copied().flatten(),
-                &self.batched.tier_allow[tier as usize],
-            );
+            if let Some(cell) = self.batched.tier_allow.get(tier as usize) {
+                add(self.tier_allow.get(&tier).copied().flatten(), cell);
+            }
         }
     }
 

@@ -36,6 +36,8 @@ pub struct KnownVersions {
     pub last_ok_ms: u64,
     pub last_poll_started_ms: u64,
     pub poll_in_flight: Option<u32>,
+    /// Polls failed in a row.
+    pub failed_polls: u64,
 }
 
 /// A Check call to make for a request.
@@ -47,6 +49,8 @@ pub struct ServerCall {
     pub timeout: Duration,
     /// The decision cache key under the policy version of the call.
     pub key: DecisionKey,
+    /// The request's [`authz_core::routes::match_path`] (part of the key).
+    pub match_path: String,
     pub policy_version: u64,
 }
 
@@ -63,7 +67,11 @@ impl Worker {
     /// The server call a request needs, if its tier is decided by the server.
     pub(crate) fn server_call_for(&self, request: &OwnedRequest) -> Option<ServerCall> {
         let link = self.policy.server.as_ref()?;
-        let route = self.policy.routes.find(&request.method, &request.path);
+        let match_path = authz_core::routes::match_path(&request.path);
+        let route = self
+            .policy
+            .routes
+            .find_matched(&request.method, &match_path);
         if !route.tier.requires_server() {
             return None;
         }
@@ -79,9 +87,11 @@ impl Worker {
                 &self.keyer,
                 token,
                 &request.method,
+                &match_path,
                 &route.name,
                 policy_version,
             ),
+            match_path,
             route: route.name.clone(),
             cluster: link.cluster.clone(),
             timeout: Duration::from_millis(link.timeout_ms),
@@ -201,7 +211,14 @@ impl Worker {
                 );
             }
         };
-        if !reply.directive.state_unconfirmed {
+        // With an epochs feed, only a successful poll renews trust in cached decisions: a
+        // Check reply says nothing about revocations this worker has not polled for.
+        let polls = self
+            .policy
+            .server
+            .as_ref()
+            .is_some_and(|s| s.epochs.is_some());
+        if !reply.directive.state_unconfirmed && !polls {
             self.versions.last_ok_ms = now_ms;
         }
         if reply.directive.policy_version > self.versions.policy_version {
@@ -226,6 +243,7 @@ impl Worker {
                     &self.keyer,
                     token,
                     &request.method,
+                    &call.match_path,
                     &call.route,
                     self.versions.policy_version,
                 )
@@ -302,14 +320,26 @@ impl Worker {
             Ok(c) => c,
             Err(why) => {
                 host::increment(self.metrics.polls_failed);
-                host::log(
-                    proxy_wasm::types::LogLevel::Debug,
-                    &format!("jwt_authz epochs poll failed: {why}"),
-                );
+                self.versions.failed_polls += 1;
+                // Visible, without a line every poll: the first failure and every 40th.
+                if self.versions.failed_polls % 40 == 1 {
+                    host::warn(&format!(
+                        "jwt_authz epochs poll failed ({why}; {} in a row): cached decisions above authenticated stop being trusted {} ms after the last good poll",
+                        self.versions.failed_polls,
+                        self.policy.server.as_ref().map(|s| s.max_unreachable_ms).unwrap_or(0)
+                    ));
+                }
                 return;
             }
         };
         host::increment(self.metrics.polls_ok);
+        if self.versions.failed_polls > 0 {
+            host::info(&format!(
+                "jwt_authz epochs poll recovered after {} failure(s)",
+                self.versions.failed_polls
+            ));
+            self.versions.failed_polls = 0;
+        }
         if let Some(incarnation) = &changes.incarnation {
             if self
                 .versions
@@ -371,18 +401,22 @@ impl Worker {
         let shared: serde_json::Value = bytes
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let shared_policy = shared["policy_version"].as_u64().unwrap_or(0);
-        let shared_ok = shared["last_ok_ms"].as_u64().unwrap_or(0);
+        let shared_policy = shared
+            .get("policy_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
         // Another worker's policy version counts only if it is about the same server state.
-        let same_state = shared["incarnation"].as_str() == self.versions.incarnation.as_deref();
+        let same_state = shared.get("incarnation").and_then(|v| v.as_str())
+            == self.versions.incarnation.as_deref();
         if same_state && shared_policy > self.versions.policy_version {
             self.apply_policy_version(shared_policy);
         }
-        self.versions.last_ok_ms = self.versions.last_ok_ms.max(shared_ok);
+        // Trust is not adopted from another worker: its good poll says nothing about which
+        // revocations this worker has applied.
         let mine = json!({
             "incarnation": self.versions.incarnation,
             "policy_version": self.versions.policy_version,
-            "change_version": self.versions.change_version.max(shared["change_version"].as_u64().unwrap_or(0)),
+            "change_version": self.versions.change_version.max(shared.get("change_version").and_then(|v| v.as_u64()).unwrap_or(0)),
             "last_ok_ms": self.versions.last_ok_ms,
         });
         if mine != shared {

@@ -125,6 +125,8 @@ pub struct Worker {
     pending: Vec<Pending>,
     /// Fetch token → (provider, context that dispatched it).
     in_flight: HashMap<u32, (usize, u32)>,
+    /// Providers whose fetch lost its dispatching request: the root fetches them again.
+    orphaned: Vec<usize>,
     /// Bumped whenever any key set changes; cached verifications of older keys are dropped.
     keys_generation: u64,
     /// Whether Envoy's wasm log level lets debug lines through (checked once).
@@ -183,11 +185,9 @@ impl Worker {
             sources,
             pending: Vec::new(),
             in_flight: HashMap::new(),
+            orphaned: Vec::new(),
             keys_generation: 0,
-            debug_logs: matches!(
-                proxy_wasm::hostcalls::get_log_level(),
-                Ok(proxy_wasm::types::LogLevel::Trace | proxy_wasm::types::LogLevel::Debug)
-            ),
+            debug_logs: host::debug_enabled(),
             decisions,
             tokens,
             keyer: TokenKeyer::new(random_key()),
@@ -314,6 +314,12 @@ impl Worker {
         }
     }
 
+    /// A 400 for a request the filter cannot read (see `http::read_request`).
+    pub fn unreadable(&self, context_id: u32, request: &OwnedRequest) -> Final {
+        let tier = self.policy.routes.default.tier;
+        self.deny(context_id, request, tier, "-", DenyReason::BadRequest)
+    }
+
     /// A deny for a request that cannot even be decided (e.g. no clock).
     pub fn internal_deny(&self, context_id: u32, request: &OwnedRequest) -> Final {
         let tier = self.policy.routes.find(&request.method, &request.path).tier;
@@ -371,8 +377,10 @@ impl Worker {
         RequestStep::Wait(order)
     }
 
-    /// A request ended (or was reset). Its waiting entry goes, and a fetch it dispatched can
-    /// no longer be answered (answers go to the dispatching context), so its lease is released.
+    /// A request ended (or was reset). Its waiting entry goes. A fetch it dispatched can no
+    /// longer be answered (answers go to the dispatching context), but the fetch belongs to the
+    /// worker, not to the request: its lease is released without counting a failure, and the
+    /// root context dispatches it again on its next tick.
     pub fn forget(&mut self, context_id: u32) {
         self.pending.retain(|p| p.context_id != context_id);
         let orphaned: Vec<(u32, usize)> = self
@@ -383,7 +391,10 @@ impl Worker {
             .collect();
         for (token, provider) in orphaned {
             self.in_flight.remove(&token);
-            self.update_status(provider, FetchStatus::failed);
+            self.update_status(provider, FetchStatus::released);
+            if !self.orphaned.contains(&provider) {
+                self.orphaned.push(provider);
+            }
         }
     }
 
@@ -431,11 +442,34 @@ impl Worker {
     /// Wins the fetch lease for `provider` if a fetch is due. The caller must dispatch the
     /// order and report back with [`Worker::fetch_started`] or [`Worker::fetch_not_started`].
     fn try_lease(&self, provider: usize, now_ms: u64, unknown_kid: bool) -> Option<FetchOrder> {
+        let rules = self.sources.get(provider)?.remote.as_ref()?.rules;
+        self.lease_with(provider, now_ms, |status| {
+            next_fetch(&rules, status, now_ms, unknown_kid)
+        })
+    }
+
+    /// Re-dispatches a fetch whose request went away, unless another worker holds the lease
+    /// now (a scheduled reason if one is due, else a retry).
+    fn try_lease_again(&self, provider: usize, now_ms: u64) -> Option<FetchOrder> {
+        let rules = self.sources.get(provider)?.remote.as_ref()?.rules;
+        self.lease_with(provider, now_ms, |status| {
+            (!status.fetch_in_flight(now_ms))
+                .then(|| next_fetch(&rules, status, now_ms, false).unwrap_or(FetchReason::Retry))
+        })
+    }
+
+    /// Takes the shared lease (compare-and-swap) when `reason_of` says a fetch is due.
+    fn lease_with(
+        &self,
+        provider: usize,
+        now_ms: u64,
+        reason_of: impl FnOnce(&FetchStatus) -> Option<FetchReason>,
+    ) -> Option<FetchOrder> {
         let remote = self.sources.get(provider)?.remote.as_ref()?;
         let (bytes, cas) = host::shared_get(&remote.status_key);
         let status = FetchStatus::decode(bytes.as_deref());
-        let reason = next_fetch(&remote.rules, &status, now_ms, unknown_kid)?;
-        let leased = status.leased(&remote.rules, now_ms);
+        let reason = reason_of(&status)?;
+        let leased = status.leased(&remote.rules, now_ms, reason);
         if host::shared_set(&remote.status_key, &leased.encode(), cas) != SharedWrite::Written {
             return None;
         }
@@ -505,9 +539,18 @@ impl Worker {
         let Some((provider, _)) = self.in_flight.remove(&token) else {
             return Vec::new();
         };
-        let cluster = self.sources[provider]
-            .remote
-            .as_ref()
+        let Some(keys_key) = self
+            .sources
+            .get(provider)
+            .and_then(|s| s.remote.as_ref())
+            .map(|r| r.keys_key.clone())
+        else {
+            return Vec::new();
+        };
+        let cluster = self
+            .sources
+            .get(provider)
+            .and_then(|s| s.remote.as_ref())
             .map(|r| r.config.cluster.clone())
             .unwrap_or_default();
         let parsed = match (status, body) {
@@ -522,11 +565,7 @@ impl Worker {
                 for skipped in &set.skipped {
                     host::warn(&format!("jwt_authz jwks from {cluster}: skipped {skipped}"));
                 }
-                let stored = self.sources[provider]
-                    .remote
-                    .as_ref()
-                    .map(|r| host::shared_set(&r.keys_key, &body, None) == SharedWrite::Written)
-                    .unwrap_or(false);
+                let stored = host::shared_set(&keys_key, &body, None) == SharedWrite::Written;
                 let version = if stored {
                     self.update_status(provider, |s| s.succeeded(now_ms))
                 } else {
@@ -537,16 +576,17 @@ impl Worker {
                     "jwt_authz jwks from {cluster}: {} keys loaded",
                     set.keys.len()
                 ));
-                let source = &mut self.sources[provider];
-                source.keys = Some(set);
-                self.keys_generation += 1;
-                if let (Some(remote), Some(status)) = (source.remote.as_mut(), version) {
-                    remote.seen_version = status.keys_version;
+                if let Some(source) = self.sources.get_mut(provider) {
+                    source.keys = Some(set);
+                    if let (Some(remote), Some(status)) = (source.remote.as_mut(), version) {
+                        remote.seen_version = status.keys_version;
+                    }
                 }
+                self.keys_generation += 1;
             }
             Err(why) => {
                 host::increment(self.metrics.jwks_fetch_failed);
-                let keeping = if self.sources[provider].keys.is_some() {
+                let keeping = if self.sources.get(provider).is_some_and(|s| s.keys.is_some()) {
                     "keeping last good keys"
                 } else {
                     "no keys yet"
@@ -564,12 +604,22 @@ impl Worker {
     /// waiting requests.
     pub fn on_tick(&mut self, now_ms: u64) -> (Vec<FetchOrder>, Vec<Final>) {
         let mut orders = Vec::new();
+        let orphaned = std::mem::take(&mut self.orphaned);
         for provider in 0..self.sources.len() {
-            if self.sources[provider].remote.is_none() {
+            if self
+                .sources
+                .get(provider)
+                .is_none_or(|s| s.remote.is_none())
+            {
                 continue;
             }
             self.sync_keys(provider);
-            if let Some(order) = self.try_lease(provider, now_ms, false) {
+            let order = if orphaned.contains(&provider) {
+                self.try_lease_again(provider, now_ms)
+            } else {
+                self.try_lease(provider, now_ms, false)
+            };
+            if let Some(order) = order {
                 orders.push(order);
             }
         }
