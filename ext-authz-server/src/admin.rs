@@ -104,6 +104,9 @@ struct RevokeBody {
     token: Option<String>,
     token_hash: Option<String>,
     jti: Option<String>,
+    /// When the revoked token expires (Unix seconds): the revocation is forgotten after that
+    /// (plus a grace). For `token`, taken from the token itself when not given.
+    expires_at: Option<u64>,
 }
 
 async fn revoke(
@@ -115,12 +118,21 @@ async fn revoke(
         return unauthorized();
     }
     let service = &admin.service;
+    let given = body.expires_at.map(|s| s.saturating_mul(1000));
     let change = match (&body.token, &body.token_hash, &body.jti) {
         (Some(token), None, None) => {
-            Change::RevokeToken(authz_core::token_hash::token_digest(token))
+            let key = authz_core::token_hash::token_digest(token);
+            // The token's own expiry: what the IdP said (cached), else a JWT's `exp` (its
+            // signature covers it; a token whose `exp` lies is refused anyway).
+            let known = service
+                .introspector
+                .cached_expiry(&key)
+                .or_else(|| authz_core::verify::jws_exp(token))
+                .map(|s| u64::try_from(s).unwrap_or(0).saturating_mul(1000));
+            Change::RevokeToken(key, given.or(known))
         }
         (None, Some(hash), None) => match parse_token_hash(hash) {
-            Some(key) => Change::RevokeToken(key),
+            Some(key) => Change::RevokeToken(key, given),
             None => {
                 return (
                     StatusCode::BAD_REQUEST,
@@ -129,7 +141,7 @@ async fn revoke(
                     .into_response()
             }
         },
-        (None, None, Some(jti)) => Change::RevokeJti(jti.clone()),
+        (None, None, Some(jti)) => Change::RevokeJti(jti.clone(), given),
         _ => {
             return (
                 StatusCode::BAD_REQUEST,

@@ -1,8 +1,10 @@
 //! `envoy.service.auth.v3.Authorization/Check`: one decision per request.
 //!
-//! Order: tier (from `context_extensions["tier"]`, else the route table) → token → revocation
-//! → rate limits → introspection (cache/IdP, by the tier's freshness rules) → active → subject
-//! revocation → route requirements → step-up → allow. `Check` never returns a gRPC error for a
+//! Order: tier (from `context_extensions["tier"]`, else the route table, matched on the
+//! canonical path) → token (b64token syntax) → revocation → rate limits (an address over its
+//! failed-token budget gets no IdP call) → introspection (cache/IdP, by the tier's freshness
+//! rules) → active → what the token is for (`authz_core::verify::check_purpose`, the filter's
+//! rules) → subject revocation → route requirements → step-up → allow. `Check` never returns a gRPC error for a
 //! decision: malformed input is a deny, a missed deadline is a fail-closed 503. Deny bodies and
 //! `WWW-Authenticate` values are the filter's (`authz_core::deny_response`), so a client cannot
 //! tell which component answered or why a token failed. One JSON decision line per check goes

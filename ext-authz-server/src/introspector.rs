@@ -315,6 +315,11 @@ impl Introspector {
         self.cache.invalidate_all();
     }
 
+    /// The token's expiry (`exp`, Unix seconds) as the IdP last reported it, if cached.
+    pub fn cached_expiry(&self, key: &TokenKey) -> Option<i64> {
+        self.cache.get(key).and_then(|c| c.result.expires_at)
+    }
+
     /// Whether this instance holds a cached answer for the token (of any age).
     pub fn holds(&self, key: &TokenKey) -> bool {
         self.cache.contains_key(key)
@@ -446,7 +451,7 @@ impl Introspector {
                 let seen = self
                     .refusals
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if seen % 100 == 0 {
+                if seen.is_multiple_of(100) {
                     eprintln!(
                         "{}",
                         serde_json::json!({"msg": "introspection_refused", "status": status,

@@ -140,10 +140,19 @@ pub async fn serve(
     });
     let shared_task = tokio::spawn(shared::run(service.clone()));
     let limiters = service.limiters.clone();
+    let versions = service.versions.clone();
+    let metrics = service.metrics.clone();
     let prune_task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            limiters.prune(crate::introspector::now_ms());
+            let now = crate::introspector::now_ms();
+            limiters.prune(now);
+            // Revocations of tokens that have expired are forgotten: bounded memory, and
+            // epochs answers that stay small.
+            versions.prune_expired(now);
+            let (tokens, jtis) = versions.revoked_counts();
+            metrics.set_gauge("authz_revocations", &[("kind", "token")], tokens as f64);
+            metrics.set_gauge("authz_revocations", &[("kind", "jti")], jtis as f64);
         }
     });
 

@@ -154,8 +154,9 @@ fn derive_key(secret: &str, purpose: &[u8]) -> [u8; 32] {
 /// Encodes a change as the stream's (kind, value, at_ms) fields.
 fn encode(change: &Change) -> (&'static str, String, u64) {
     match change {
-        Change::RevokeToken(key) => ("token", digest_hex(key), 0),
-        Change::RevokeJti(jti) => ("jti", jti.clone(), 0),
+        // For tokens and jtis, `at` carries the expiry (0: none).
+        Change::RevokeToken(key, expiry) => ("token", digest_hex(key), expiry.unwrap_or(0)),
+        Change::RevokeJti(jti, expiry) => ("jti", jti.clone(), expiry.unwrap_or(0)),
         Change::RevokeSubject {
             subject,
             revoked_at_ms,
@@ -198,8 +199,8 @@ fn decode(entry: &StreamId) -> Option<(u64, Change)> {
     let at: u64 = field(entry, "at")?.parse().ok()?;
     let n: u64 = field(entry, "n")?.parse().ok()?;
     let change = match field(entry, "kind")?.as_str() {
-        "token" => Change::RevokeToken(parse_digest_hex(&value)?),
-        "jti" => Change::RevokeJti(value),
+        "token" => Change::RevokeToken(parse_digest_hex(&value)?, (at > 0).then_some(at)),
+        "jti" => Change::RevokeJti(value, (at > 0).then_some(at)),
         "subject" => Change::RevokeSubject {
             subject: value,
             revoked_at_ms: at,
@@ -233,9 +234,9 @@ pub fn apply(service: &CheckService, change: &Change, seq: Option<u64>) -> Appli
     let applied = service.versions.apply(change, seq);
     if applied.new {
         match change {
-            Change::RevokeToken(key) => service.introspector.invalidate(key),
+            Change::RevokeToken(key, _) => service.introspector.invalidate(key),
             Change::BumpPolicy { .. } => service.introspector.invalidate_all(),
-            Change::RevokeJti(_) | Change::RevokeSubject { .. } => {}
+            Change::RevokeJti(..) | Change::RevokeSubject { .. } => {}
         }
     }
     applied
@@ -772,7 +773,10 @@ mod tests {
             "41-1",
             &[("kind", "token"), ("value", &hash), ("at", "0"), ("n", "0")],
         );
-        assert_eq!(decode(&e), Some((41, Change::RevokeToken([0xcd; 32]))));
+        assert_eq!(
+            decode(&e),
+            Some((41, Change::RevokeToken([0xcd; 32], None)))
+        );
         let s = entry(
             "42-1",
             &[

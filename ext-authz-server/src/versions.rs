@@ -20,7 +20,7 @@
 
 use crate::lock;
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Mutex;
 
@@ -29,11 +29,19 @@ pub type TokenKey = [u8; 32];
 
 const MAX_REVOKED: usize = 1_000_000;
 
+/// When a revocation may be forgotten (ms since the epoch): once the token it names has
+/// expired (plus [`EXPIRY_GRACE_MS`]), refusing it again costs nothing. `None`: kept until the
+/// bound on revocations pushes it out.
+pub type Expiry = Option<u64>;
+
+/// Kept this long past the named token's expiry: longer than any clock skew we accept.
+pub const EXPIRY_GRACE_MS: u64 = 10 * 60 * 1000;
+
 /// One change to the revocation state, as recorded locally or carried between instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    RevokeToken(TokenKey),
-    RevokeJti(String),
+    RevokeToken(TokenKey, Expiry),
+    RevokeJti(String, Expiry),
     /// Tokens of `subject` issued at or before `revoked_at_ms` are refused. `epoch` is the
     /// shared count of the subject's revocations when known (from Redis).
     RevokeSubject {
@@ -66,36 +74,70 @@ struct SubjectEpoch {
     revoked_at_ms: u64,
 }
 
-/// A bounded set of revoked keys, each with the version it was (last) stamped with.
+/// One revoked key: the version it was (last) stamped with, and when it may be forgotten.
+#[derive(Debug, Clone, Copy)]
+struct Revoked {
+    stamp: u64,
+    expiry: Expiry,
+}
+
+/// A bounded set of revoked keys, indexed by stamp so that "what changed since N" reads only
+/// the answer, not the whole set.
 #[derive(Debug)]
 struct RevokedSet<K> {
-    stamps: HashMap<K, u64>,
+    entries: HashMap<K, Revoked>,
+    /// (stamp, key) for every entry: the poll index.
+    by_stamp: BTreeSet<(u64, K)>,
+    /// Insertion order, for the bound (oldest dropped first).
     order: VecDeque<K>,
 }
 
 impl<K> Default for RevokedSet<K> {
     fn default() -> Self {
         RevokedSet {
-            stamps: HashMap::new(),
+            entries: HashMap::new(),
+            by_stamp: BTreeSet::new(),
             order: VecDeque::new(),
         }
     }
 }
 
-impl<K: Hash + Eq + Clone> RevokedSet<K> {
-    /// Inserts or re-stamps `key`; returns whether it was new.
-    fn insert(&mut self, key: K, stamp_if_new: u64, seq: Option<u64>) -> (bool, u64) {
-        match self.stamps.get_mut(&key) {
-            Some(stamp) => {
-                *stamp = (*stamp).max(seq.unwrap_or(0));
-                (false, *stamp)
+impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
+    /// Inserts or re-stamps `key`; returns whether it was new. A later expiry wins.
+    fn insert(
+        &mut self,
+        key: K,
+        stamp_if_new: u64,
+        seq: Option<u64>,
+        expiry: Expiry,
+    ) -> (bool, u64) {
+        match self.entries.get_mut(&key) {
+            Some(entry) => {
+                let restamped = entry.stamp.max(seq.unwrap_or(0));
+                if restamped != entry.stamp {
+                    self.by_stamp.remove(&(entry.stamp, key.clone()));
+                    self.by_stamp.insert((restamped, key));
+                    entry.stamp = restamped;
+                }
+                entry.expiry = match (entry.expiry, expiry) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+                (false, entry.stamp)
             }
             None => {
-                self.stamps.insert(key.clone(), stamp_if_new);
+                self.entries.insert(
+                    key.clone(),
+                    Revoked {
+                        stamp: stamp_if_new,
+                        expiry,
+                    },
+                );
+                self.by_stamp.insert((stamp_if_new, key.clone()));
                 self.order.push_back(key);
                 while self.order.len() > MAX_REVOKED {
                     if let Some(old) = self.order.pop_front() {
-                        self.stamps.remove(&old);
+                        self.forget(&old);
                     }
                 }
                 (true, stamp_if_new)
@@ -103,11 +145,49 @@ impl<K: Hash + Eq + Clone> RevokedSet<K> {
         }
     }
 
+    fn forget(&mut self, key: &K) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.by_stamp.remove(&(entry.stamp, key.clone()));
+        }
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// Keys stamped after `since`, newest first; reads only those.
     fn since(&self, since: u64) -> impl Iterator<Item = &K> {
-        self.stamps
+        self.by_stamp
             .iter()
-            .filter(move |(_, v)| **v > since)
-            .map(|(k, _)| k)
+            .rev()
+            .take_while(move |(stamp, _)| *stamp > since)
+            .map(|(_, k)| k)
+    }
+
+    /// Drops revocations whose tokens expired (plus grace) before `now_ms`; returns how many.
+    fn prune(&mut self, now_ms: u64) -> usize {
+        let expired: Vec<K> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.expiry
+                    .is_some_and(|at| at.saturating_add(EXPIRY_GRACE_MS) <= now_ms)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if expired.is_empty() {
+            return 0;
+        }
+        for key in &expired {
+            self.forget(key);
+        }
+        let entries = &self.entries;
+        self.order.retain(|k| entries.contains_key(k));
+        expired.len()
+    }
+
+    fn expiry_of(&self, key: &K) -> Expiry {
+        self.entries.get(key).and_then(|e| e.expiry)
     }
 }
 
@@ -190,16 +270,16 @@ impl Versions {
                 }
             };
             match change {
-                Change::RevokeToken(key) => {
-                    let (new, stamp) = s.revoked_tokens.insert(*key, stamp, seq);
+                Change::RevokeToken(key, expiry) => {
+                    let (new, stamp) = s.revoked_tokens.insert(*key, stamp, seq, *expiry);
                     Applied {
                         new,
                         stamp,
                         value: 0,
                     }
                 }
-                Change::RevokeJti(jti) => {
-                    let (new, stamp) = s.revoked_jtis.insert(jti.clone(), stamp, seq);
+                Change::RevokeJti(jti, expiry) => {
+                    let (new, stamp) = s.revoked_jtis.insert(jti.clone(), stamp, seq, *expiry);
                     Applied {
                         new,
                         stamp,
@@ -270,11 +350,27 @@ impl Versions {
                 s.revoked_tokens
                     .order
                     .iter()
-                    .map(|k| Change::RevokeToken(*k)),
+                    .map(|k| Change::RevokeToken(*k, s.revoked_tokens.expiry_of(k))),
             );
-            all.extend(s.revoked_jtis.order.iter().cloned().map(Change::RevokeJti));
+            all.extend(
+                s.revoked_jtis
+                    .order
+                    .iter()
+                    .map(|k| Change::RevokeJti(k.clone(), s.revoked_jtis.expiry_of(k))),
+            );
             all
         })
+    }
+
+    /// Forgets revocations of tokens that expired (plus [`EXPIRY_GRACE_MS`]) before `now_ms`:
+    /// refusing them costs nothing any more. Returns how many went.
+    pub fn prune_expired(&self, now_ms: u64) -> usize {
+        self.with(|s| s.revoked_tokens.prune(now_ms) + s.revoked_jtis.prune(now_ms))
+    }
+
+    /// Revocations held (token hashes, `jti`s).
+    pub fn revoked_counts(&self) -> (usize, usize) {
+        self.with(|s| (s.revoked_tokens.entries.len(), s.revoked_jtis.entries.len()))
     }
 
     /// The change counter: bumped by every revocation and policy change.
@@ -287,11 +383,11 @@ impl Versions {
     }
 
     pub fn is_token_revoked(&self, key: &TokenKey) -> bool {
-        self.with(|s| s.revoked_tokens.stamps.contains_key(key))
+        self.with(|s| s.revoked_tokens.contains(key))
     }
 
     pub fn is_jti_revoked(&self, jti: &str) -> bool {
-        self.with(|s| s.revoked_jtis.stamps.contains_key(jti))
+        self.with(|s| s.revoked_jtis.contains(&jti.to_owned()))
     }
 
     /// When the subject was last revoked (ms), if ever.
@@ -349,7 +445,7 @@ mod tests {
         v.apply(&subject("alice", 1_000), None);
         let after_alice = v.changes_since(0, true)["version"].as_u64().unwrap();
         v.apply(&subject("bob", 2_000), None);
-        v.apply(&Change::RevokeToken([7u8; 32]), None);
+        v.apply(&Change::RevokeToken([7u8; 32], None), None);
         v.apply(&Change::BumpPolicy { version: None }, None);
         let changes = v.changes_since(after_alice, true);
         assert!(changes["subjects"].get("alice").is_none());
@@ -368,6 +464,39 @@ mod tests {
     }
 
     #[test]
+    fn revocations_of_expired_tokens_are_forgotten_and_polls_read_an_index() {
+        let v = Versions::default();
+        v.apply(&Change::RevokeToken([1; 32], Some(1_000)), None);
+        v.apply(&Change::RevokeToken([2; 32], None), None);
+        v.apply(&Change::RevokeJti("j".into(), Some(5_000)), None);
+        assert_eq!(v.prune_expired(1_000 + EXPIRY_GRACE_MS - 1), 0, "grace");
+        assert_eq!(v.prune_expired(1_000 + EXPIRY_GRACE_MS), 1);
+        assert!(!v.is_token_revoked(&[1; 32]));
+        assert!(v.is_token_revoked(&[2; 32]), "no expiry: kept");
+        assert!(v.is_jti_revoked("j"));
+        assert_eq!(v.prune_expired(5_000 + EXPIRY_GRACE_MS), 1);
+        assert_eq!(v.revoked_counts(), (1, 0));
+        // A re-announced revocation with a later expiry keeps the later one.
+        v.apply(&Change::RevokeToken([2; 32], Some(9_000)), None);
+        assert_eq!(
+            v.prune_expired(9_000 + EXPIRY_GRACE_MS),
+            0,
+            "None (keep) wins"
+        );
+        // The poll answer comes from the index: newest stamps only.
+        for i in 10..20u8 {
+            v.apply(&Change::RevokeToken([i; 32], None), None);
+        }
+        let version = v.change_version();
+        let recent = v.changes_since(version - 2, true);
+        assert_eq!(recent["revoked_token_hashes"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            v.changes_since(version, true)["revoked_token_hashes"],
+            json!([])
+        );
+    }
+
+    #[test]
     fn token_hashes_round_trip() {
         let key = [0xabu8; 32];
         assert_eq!(parse_token_hash(&hex(&key)), Some(key));
@@ -377,20 +506,20 @@ mod tests {
     #[test]
     fn shared_counter_moves_only_with_the_stream() {
         let v = Versions::shared();
-        v.apply(&Change::RevokeToken([1; 32]), Some(1));
+        v.apply(&Change::RevokeToken([1; 32], None), Some(1));
         v.advance_to(1);
         // Our own change, applied before the stream echoes event 2 (another instance's).
-        let ours = v.apply(&Change::RevokeToken([3; 32]), Some(3));
+        let ours = v.apply(&Change::RevokeToken([3; 32], None), Some(3));
         assert_eq!(ours.stamp, 3);
         assert_eq!(v.change_version(), 1, "3 is not reported before 2 is read");
         // A poller at 1 sees event 3 now, and again until the counter passes it.
         let at_1 = v.changes_since(1, true);
         assert_eq!(at_1["revoked_token_hashes"][0], hex(&[3; 32]));
-        v.apply(&Change::RevokeToken([2; 32]), Some(2));
+        v.apply(&Change::RevokeToken([2; 32], None), Some(2));
         v.advance_to(2);
         let at_2 = v.changes_since(2, true);
         assert_eq!(at_2["revoked_token_hashes"].as_array().unwrap().len(), 1);
-        v.apply(&Change::RevokeToken([3; 32]), Some(3));
+        v.apply(&Change::RevokeToken([3; 32], None), Some(3));
         v.advance_to(3);
         assert_eq!(v.changes_since(3, true)["revoked_token_hashes"], json!([]));
     }
@@ -400,15 +529,15 @@ mod tests {
         let v = Versions::shared();
         v.advance_to(50);
         // Made here while Redis was down: no sequence number yet.
-        let pending = v.apply(&Change::RevokeJti("j1".into()), None);
+        let pending = v.apply(&Change::RevokeJti("j1".into(), None), None);
         assert!(pending.new);
         assert_eq!(pending.stamp, 51);
         assert_eq!(v.changes_since(50, true)["revoked_jtis"], json!(["j1"]));
         // Republished after the shared store lost its data, at a sequence below ours.
-        let replayed = v.apply(&Change::RevokeToken([9; 32]), Some(12));
+        let replayed = v.apply(&Change::RevokeToken([9; 32], None), Some(12));
         assert_eq!(replayed.stamp, 51, "a poller at 50 still gets it");
         // Published later: the known fact is re-stamped with its real sequence.
-        let published = v.apply(&Change::RevokeJti("j1".into()), Some(57));
+        let published = v.apply(&Change::RevokeJti("j1".into(), None), Some(57));
         assert!(!published.new);
         assert_eq!(published.stamp, 57);
     }
@@ -453,8 +582,8 @@ mod tests {
     fn export_lists_every_fact() {
         let v = Versions::default();
         v.apply(&subject("alice", 1), None);
-        v.apply(&Change::RevokeToken([5; 32]), None);
-        v.apply(&Change::RevokeJti("j".into()), None);
+        v.apply(&Change::RevokeToken([5; 32], None), None);
+        v.apply(&Change::RevokeJti("j".into(), None), None);
         v.apply(&Change::BumpPolicy { version: None }, None);
         let again = Versions::shared();
         for change in v.export() {

@@ -252,9 +252,31 @@ fn the_istio_resources_have_what_istio_requires_and_agree() {
             (text(e, "name").to_owned(), value.to_owned())
         })
         .collect();
-    let server =
-        ServerConfig::from_yaml_with_env(server_yaml, |name| environment.get(name).cloned())
-            .unwrap_or_else(|e| panic!("the ConfigMap's server.yaml is refused: {e}"));
+    // As shipped, the Secret holds placeholders, which the server refuses to start with.
+    let refused =
+        ServerConfig::from_yaml_with_env(server_yaml, |name| environment.get(name).cloned());
+    assert!(
+        refused.is_err(),
+        "the server accepted the Secret's placeholders"
+    );
+    // With real values in the Secret, the configuration is accepted.
+    let real = |name: &str| {
+        environment.get(name).map(|_| {
+            format!(
+                "{}-4f2a9c7e1b3d5a6c8e0f2a4b6c8d0e1f",
+                name.to_ascii_lowercase()
+            )
+        })
+    };
+    let server = ServerConfig::from_yaml_with_env(server_yaml, real)
+        .unwrap_or_else(|e| panic!("the ConfigMap's server.yaml is refused: {e}"));
+    assert!(
+        server
+            .redis
+            .as_ref()
+            .is_some_and(|r| r.url.contains(":authz_redis_password-")),
+        "Redis AUTH password from the Secret"
+    );
     assert!(
         !server_yaml.contains("replace-with"),
         "secrets belong in the Secret, not the ConfigMap"

@@ -211,14 +211,16 @@ impl Worker {
                 );
             }
         };
-        // With an epochs feed, only a successful poll renews trust in cached decisions: a
-        // Check reply says nothing about revocations this worker has not polled for.
-        let polls = self
-            .policy
-            .server
-            .as_ref()
-            .is_some_and(|s| s.epochs.is_some());
-        if !reply.directive.state_unconfirmed && !polls {
+        // A Check reply renews trust in cached decisions only while the epochs feed works:
+        // once polls fail, it says nothing about revocations this worker has not polled for,
+        // and only a successful poll renews trust again.
+        let polls_failing = self.versions.failed_polls > 0
+            && self
+                .policy
+                .server
+                .as_ref()
+                .is_some_and(|s| s.epochs.is_some());
+        if !reply.directive.state_unconfirmed && !polls_failing {
             self.versions.last_ok_ms = now_ms;
         }
         if reply.directive.policy_version > self.versions.policy_version {

@@ -1,0 +1,8 @@
+//! `/admin/epochs` answers as the filter reads them.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = authz_core::epochs::Changes::parse(data);
+});

@@ -1,0 +1,43 @@
+//! Route matching on any method and path: the canonical path is stable (matching it again
+//! changes nothing), and a privileged prefix is never escaped by case or `;` parameters.
+#![no_main]
+
+use authz_core::routes::match_path;
+use authz_core::{Policy, Tier};
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+fn policy() -> &'static Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        let config = serde_json::json!({
+            "providers": [{"name": "a", "issuer": "https://a", "audiences": ["api"],
+                           "jwks": {"inline": {"keys": []}}}],
+            "routes": [
+                {"name": "health", "match": {"exact": "/healthz"}, "tier": "public"},
+                {"name": "admin", "match": {"prefix": "/admin/"}, "tier": "privileged"},
+                {"name": "re", "match": {"regex": "/t/[^/]+/x"}, "tier": "standard_write"},
+                {"name": "read", "match": {"prefix": "/api", "methods": ["GET"]}, "tier": "authenticated"}
+            ],
+            "default": {"tier": "authenticated"}
+        });
+        Policy::from_json(config.to_string().as_bytes()).unwrap()
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (method, path) = text.split_once(' ').unwrap_or(("GET", text));
+    let routes = &policy().routes;
+    let canonical = match_path(path);
+    assert_eq!(match_path(&canonical), canonical, "canonical path is not stable");
+    let route = routes.find(method, path);
+    assert_eq!(route.name, routes.find_matched(method, &canonical).name);
+    let lower = canonical.to_ascii_lowercase();
+    if lower == "/admin" || lower.starts_with("/admin/") {
+        assert_eq!(route.tier, Tier::Privileged, "{path} escaped the admin route");
+    }
+    let _ = authz_core::decision::bearer_token(text);
+});
