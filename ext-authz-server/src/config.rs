@@ -80,8 +80,16 @@ pub struct ServerConfigFile {
 /// `redis:`: a shared introspection cache (L2) and the revocation event stream.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct RedisFile {
-    /// `redis://host:port/db` (or `rediss://` for TLS).
+    /// `redis://host:port/db`, or `rediss://…` for TLS (server certificate checked against
+    /// the system roots, or `ca_file`). A password: `redis://:PASSWORD@host…` (AUTH), best
+    /// taken from a Secret with `${NAME}`.
     pub url: Option<String>,
+    /// PEM file of the CA that signed Redis' certificate (`rediss://` only), when it is not in
+    /// the system trust store.
+    pub ca_file: Option<String>,
+    /// PEM client certificate and key for mutual TLS (`rediss://` only; both or neither).
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
     /// Secret (at least 32 characters) that keys and encrypts shared cache entries; the same on
     /// every instance.
     pub secret: Option<String>,
@@ -292,6 +300,9 @@ pub struct CacheConfig {
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: String,
+    /// PEM bytes for `rediss://`: a CA (None: the system roots) and an optional client pair.
+    pub tls_ca: Option<Vec<u8>>,
+    pub tls_client: Option<(Vec<u8>, Vec<u8>)>,
     pub secret: String,
     pub key_prefix: String,
     pub op_timeout: Duration,
@@ -560,8 +571,43 @@ fn redis_config(p: &mut Problems, r: &RedisFile) -> RedisConfig {
     if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
         p.add("redis.key_prefix", "must be non-empty without spaces");
     }
+    let tls = url.starts_with("rediss://");
+    let mut read_pem = |field: &str, path: &Option<String>| -> Option<Vec<u8>> {
+        let path = path.as_ref()?;
+        if !tls {
+            p.add(&format!("redis.{field}"), "only applies to rediss:// URLs");
+            return None;
+        }
+        match std::fs::read(path) {
+            Ok(bytes) if bytes.windows(5).any(|w| w == b"-----") => Some(bytes),
+            Ok(_) => {
+                p.add(&format!("redis.{field}"), format_args!("{path} is not PEM"));
+                None
+            }
+            Err(e) => {
+                p.add(
+                    &format!("redis.{field}"),
+                    format_args!("cannot read {path}: {e}"),
+                );
+                None
+            }
+        }
+    };
+    let tls_ca = read_pem("ca_file", &r.ca_file);
+    let cert = read_pem("client_cert_file", &r.client_cert_file);
+    let key = read_pem("client_key_file", &r.client_key_file);
+    let tls_client = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            p.add("redis", "client_cert_file and client_key_file go together");
+            None
+        }
+    };
     RedisConfig {
         url,
+        tls_ca,
+        tls_client,
         secret,
         key_prefix,
         op_timeout: Duration::from_millis(op_timeout_ms),
@@ -1028,6 +1074,47 @@ colour: blue
                 "missing {expected:?} in {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn unsafe_secrets_tls_files_and_missing_token_rules_are_named() {
+        let bad = EXAMPLE
+            .replace("\"0123456789abcdef-admin\"", "dev-admin-token-change-me")
+            .replace("token: {issuer: \"https://idp.example\", audiences: [demo-api]}\n", "")
+            + "epochs_token: \"an-example-token-0123456789\"\n"
+            + "redis: {url: \"redis://h:6379/0\", secret: \"0123456789abcdef0123456789abcdef\", ca_file: /nonexistent.pem}\n";
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&bad) else {
+            panic!("accepted")
+        };
+        for expected in [
+            "admin_token: is required and is a placeholder",
+            "epochs_token: is a placeholder",
+            "token: is required",
+            "redis.ca_file: only applies to rediss:// URLs",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "missing {expected:?} in {problems:#?}"
+            );
+        }
+        let unreadable = format!(
+            "{EXAMPLE}redis: {{url: \"rediss://h:6379/0\", secret: \"0123456789abcdef0123456789abcdef\", ca_file: /nonexistent.pem, client_cert_file: /x.pem}}\n"
+        );
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&unreadable) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("redis.ca_file: cannot read")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("redis.client_cert_file: cannot read")),
+            "{problems:#?}"
+        );
     }
 
     #[test]

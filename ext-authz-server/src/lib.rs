@@ -118,6 +118,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let drain = config.drain;
+    // TLS (rediss://) uses rustls with the ring provider; installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let service = build_service(config)?;
     let ready = Arc::new(AtomicBool::new(true));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

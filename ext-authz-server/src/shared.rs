@@ -277,7 +277,23 @@ impl Shared {
         versions: Arc<Versions>,
         metrics: Arc<Metrics>,
     ) -> Result<Shared, RedisError> {
-        let client = redis::Client::open(config.url.as_str())?;
+        let client = if config.tls_ca.is_some() || config.tls_client.is_some() {
+            redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: config.tls_client.as_ref().map(|(cert, key)| {
+                        redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }
+                    }),
+                    root_cert: config.tls_ca.clone(),
+                },
+            )?
+        } else {
+            // `rediss://` without a CA file checks against the system roots.
+            redis::Client::open(config.url.as_str())?
+        };
         let enc_key = derive_key(&config.secret, b"authz shared cache encryption v1");
         Ok(Shared {
             keys: Keys::new(&config.key_prefix),
@@ -819,6 +835,8 @@ mod tests {
     fn shared() -> Shared {
         let config = RedisConfig {
             url: "redis://127.0.0.1:1/0".into(),
+            tls_ca: None,
+            tls_client: None,
             secret: "s".repeat(32),
             key_prefix: "t:".into(),
             op_timeout: Duration::from_millis(50),

@@ -459,8 +459,99 @@ pub fn server_metric(admin_port: u16, series: &str) -> f64 {
 /// persistence: a restart comes back empty, as a cache-only Redis would.
 pub struct RedisServer {
     process: Option<Process>,
+    /// The plain port (the harness's own commands; the only port without TLS).
     pub port: u16,
     scratch: Scratch,
+    /// With TLS: the TLS port, the CA file that signed its certificate, and the password.
+    pub tls: Option<RedisTls>,
+}
+
+/// How a TLS Redis is reached.
+pub struct RedisTls {
+    pub port: u16,
+    pub ca_file: PathBuf,
+    pub password: String,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 signed by it (PEM, with the openssl CLI) in
+/// `dir`: (ca, cert, key).
+pub fn make_tls_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=e2e test CA",
+        ][..],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ][..],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext.cnf");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 fn free_port() -> u16 {
@@ -476,9 +567,37 @@ impl RedisServer {
             process: None,
             port: free_port(),
             scratch: Scratch::new("redis"),
+            tls: None,
         };
         redis.restart();
         redis
+    }
+
+    /// A Redis that takes clients over TLS only (on `tls.port`, certificate signed by
+    /// `tls.ca_file`) and requires `password` (AUTH); its plain port serves the harness.
+    pub fn start_tls(password: &str) -> RedisServer {
+        let scratch = Scratch::new("redis-tls");
+        let (ca_file, cert_file, key_file) = make_tls_certificates(&scratch.0);
+        let mut redis = RedisServer {
+            process: None,
+            port: free_port(),
+            tls: Some(RedisTls {
+                port: free_port(),
+                ca_file,
+                password: password.to_owned(),
+                cert_file,
+                key_file,
+            }),
+            scratch,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// `rediss://:PASSWORD@127.0.0.1:TLS_PORT/0` (TLS Redis only).
+    pub fn tls_url(&self, password: &str) -> String {
+        let port = self.tls.as_ref().map(|t| t.port).unwrap_or(0);
+        format!("rediss://:{password}@127.0.0.1:{port}/0")
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -517,19 +636,36 @@ impl RedisServer {
         self.stop();
         let port = self.port.to_string();
         let dir = self.scratch.0.display().to_string();
+        let mut args: Vec<String> = [
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        if let Some(tls) = &self.tls {
+            for (flag, value) in [
+                ("--tls-port", tls.port.to_string()),
+                ("--tls-cert-file", tls.cert_file.display().to_string()),
+                ("--tls-key-file", tls.key_file.display().to_string()),
+                ("--tls-ca-cert-file", tls.ca_file.display().to_string()),
+                ("--tls-auth-clients", "no".to_owned()),
+                ("--requirepass", tls.password.clone()),
+            ] {
+                args.push(flag.to_owned());
+                args.push(value);
+            }
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &dir,
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -552,7 +688,12 @@ impl RedisServer {
     pub fn command(&self, args: &[&str]) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut request = format!("*{}\r\n", args.len());
+        let mut request = String::new();
+        if let Some(tls) = &self.tls {
+            let pw = &tls.password;
+            request.push_str(&format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len()));
+        }
+        request.push_str(&format!("*{}\r\n", args.len()));
         for a in args {
             request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
@@ -562,6 +703,10 @@ impl RedisServer {
         let _ = stream.read_to_end(&mut reply);
         let text = String::from_utf8_lossy(&reply).into_owned();
         let text = text.strip_suffix("+OK\r\n").unwrap_or(&text).to_owned();
+        let text = match &self.tls {
+            Some(_) => text.strip_prefix("+OK\r\n").unwrap_or(&text).to_owned(),
+            None => text,
+        };
         Some(text.trim_start_matches(['+', ':']).trim_end().to_owned())
     }
 

@@ -315,3 +315,51 @@ fn a_frozen_redis_slows_nothing_down_and_privileged_fails_closed_until_it_answer
         "privileged resumes when redis answers again"
     );
 }
+
+/// Redis over TLS with AUTH: a server with the password and the CA joins the shared tier; one
+/// with a wrong password, or without the CA that signed Redis' certificate, never confirms its
+/// state (privileged checks would fail closed), and nothing is sent in clear.
+#[test]
+fn the_shared_tier_speaks_tls_and_requires_the_password() {
+    let password = "e2e-redis-password-7f3a9c1e";
+    let redis = RedisServer::start_tls(password);
+    let tls = redis.tls.as_ref().expect("tls");
+    let ca = tls.ca_file.display().to_string();
+    let idp = DevIdp::start(&[]);
+    let server = |url: &str, ca_line: &str| {
+        AuthzServerProcess::start(&server_yaml(
+            idp.port,
+            &format!(
+                "redis:\n  url: \"{url}\"\n{ca_line}  secret: \"{SHARED_SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n"
+            ),
+        ))
+    };
+    let good = server(&redis.tls_url(password), &format!("  ca_file: {ca}\n"));
+    assert!(
+        eventually(Duration::from_secs(10), || good
+            .metric("authz_shared_confirmed")
+            == 1.0),
+        "a server with the password and the CA never joined"
+    );
+    let reply = good.admin("POST", "/admin/revoke", Some(json!({"jti": "tls-jti"})));
+    assert_eq!(reply.json()["shared"], "published", "{}", reply.body);
+
+    let wrong_password = server(
+        &redis.tls_url("not-the-password-0000"),
+        &format!("  ca_file: {ca}\n"),
+    );
+    let no_ca = server(&redis.tls_url(password), "");
+    let plain = server(&format!("redis://:{password}@127.0.0.1:{}/0", tls.port), "");
+    std::thread::sleep(Duration::from_millis(1_500));
+    for (name, s) in [
+        ("wrong password", &wrong_password),
+        ("unknown CA", &no_ca),
+        ("no TLS", &plain),
+    ] {
+        assert_eq!(s.metric("authz_shared_confirmed"), 0.0, "{name}: confirmed");
+        assert!(
+            s.metric("authz_shared_errors_total{op=\"session\"}") >= 1.0,
+            "{name}: no session error"
+        );
+    }
+}

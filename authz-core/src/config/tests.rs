@@ -130,3 +130,68 @@ fn not_json_is_one_clear_problem() {
         "{err}"
     );
 }
+
+#[test]
+fn unsafe_settings_are_refused_at_load() {
+    let mut c = example();
+    c["providers"][0]["jwks"]["remote"]["min_refetch_interval_seconds"] = json!(0);
+    c["routes"][1]["name"] = json!("health");
+    c["server"] = json!({"cluster": "authz", "epochs_cluster": "admin",
+                         "epochs_token": "replace-with-the-servers-epochs-token"});
+    let found = problems(&c);
+    let all = found.join("\n");
+    assert!(
+        all.contains("min_refetch_interval_seconds must be at least 1"),
+        "{all}"
+    );
+    assert!(all.contains("route name \"health\" is used twice"), "{all}");
+    assert!(
+        all.contains("server.epochs_token: is a placeholder"),
+        "{all}"
+    );
+    let mut short = example();
+    short["server"] =
+        json!({"cluster": "authz", "epochs_cluster": "admin", "epochs_token": "short"});
+    assert!(problems(&short)
+        .join("\n")
+        .contains("at least 16 characters"));
+    let mut reserved = example();
+    reserved["routes"][0]["name"] = json!("default");
+    assert!(problems(&reserved).join("\n").contains("is used twice"));
+}
+
+#[test]
+fn weak_secrets_are_named() {
+    for weak in [
+        "short",
+        "dev-admin-token-change-me",
+        "CHANGEME-0123456789abcdef",
+        "an-example-token-1234567",
+        "<your-token-here-please>",
+    ] {
+        assert!(weak_secret(weak).is_some(), "{weak}");
+    }
+    assert_eq!(weak_secret("dev-admin-token-local-7f3a9c1e"), None);
+}
+
+#[test]
+fn case_flag_and_matching_follow_the_route() {
+    let mut c = example();
+    c["routes"][2]["match"]["ignore_case"] = json!(false);
+    let policy = load(&c).unwrap();
+    assert_eq!(
+        policy.routes.find("GET", "/TENANTS/a/orders").name,
+        "default"
+    );
+    assert_eq!(
+        policy.routes.find("GET", "/tenants/a/orders").name,
+        "tenant-write"
+    );
+    let policy = load(&example()).unwrap();
+    assert_eq!(
+        policy.routes.find("GET", "/TENANTS/a/orders").name,
+        "tenant-write"
+    );
+    assert_eq!(policy.routes.find("get", "/API/x").name, "read");
+    assert_eq!(policy.routes.find("GET", "/admin").tier, Tier::Privileged);
+}
