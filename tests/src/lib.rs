@@ -315,6 +315,38 @@ impl CacheStack {
     }
 }
 
+/// A full stack for native ext_authz: dev IdP, echo upstream, ext-authz-server and Envoy
+/// whose native ext_authz filter decides `/admin`, `/regulated/` and `/account` (the Wasm
+/// filter is disabled there) while the Wasm filter decides the other routes.
+pub struct ExtAuthzStack {
+    pub envoy: Envoy,
+    pub idp: DevIdp,
+    pub server: AuthzServerProcess,
+    pub echo: Echo,
+}
+
+impl ExtAuthzStack {
+    pub fn start(server_extra: &str) -> ExtAuthzStack {
+        let idp = DevIdp::start(&[]);
+        let echo = Echo::start();
+        let server = AuthzServerProcess::start(&server_yaml(idp.port, server_extra));
+        let config = render_template(
+            "ext-authz.template.yaml",
+            &plugin_config(),
+            idp.port,
+            echo.port,
+            server.grpc_port,
+        );
+        let envoy = Envoy::start_rendered(&config);
+        ExtAuthzStack {
+            envoy,
+            idp,
+            server,
+            echo,
+        }
+    }
+}
+
 /// A server configuration (YAML) pointing at the dev IdP; `extra` is appended verbatim (with
 /// `{IDP_PORT}` replaced by the IdP's port) and may override the defaults' sections (`tiers`,
 /// `rate_limits`, `batching`, `introspection`, ...).

@@ -6,31 +6,8 @@ use e2e::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-struct Stack {
-    envoy: Envoy,
-    idp: DevIdp,
-    server: AuthzServerProcess,
-    _echo: Echo,
-}
-
-fn stack(server_extra: &str) -> Stack {
-    let idp = DevIdp::start(&[]);
-    let echo = Echo::start();
-    let server = AuthzServerProcess::start(&server_yaml(idp.port, server_extra));
-    let config = render_template(
-        "ext-authz.template.yaml",
-        &plugin_config(),
-        idp.port,
-        echo.port,
-        server.grpc_port,
-    );
-    let envoy = Envoy::start_rendered(&config);
-    Stack {
-        envoy,
-        idp,
-        server,
-        _echo: echo,
-    }
+fn stack(server_extra: &str) -> ExtAuthzStack {
+    ExtAuthzStack::start(server_extra)
 }
 
 fn opaque(idp: &DevIdp, sub: &str) -> String {

@@ -27,31 +27,8 @@ fn filter_stack() -> FilterStack {
 
 /// Envoy where native ext_authz decides `/admin` and `/account` (the filter is disabled
 /// there) and the filter decides the rest, with the real server.
-struct NativeStack {
-    envoy: Envoy,
-    idp: DevIdp,
-    server: AuthzServerProcess,
-    _echo: Echo,
-}
-
-fn native_stack(server_extra: &str) -> NativeStack {
-    let idp = DevIdp::start(&[]);
-    let echo = Echo::start();
-    let server = AuthzServerProcess::start(&server_yaml(idp.port, server_extra));
-    let config = render_template(
-        "ext-authz.template.yaml",
-        &plugin_config(),
-        idp.port,
-        echo.port,
-        server.grpc_port,
-    );
-    let envoy = Envoy::start_rendered(&config);
-    NativeStack {
-        envoy,
-        idp,
-        server,
-        _echo: echo,
-    }
+fn native_stack(server_extra: &str) -> ExtAuthzStack {
+    ExtAuthzStack::start(server_extra)
 }
 
 fn bearer(token: &str) -> Vec<u8> {
