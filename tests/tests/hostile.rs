@@ -592,7 +592,7 @@ fn a_crashed_vm_fails_closed_and_is_reloaded() {
         // The next request on the crashed worker finds the VM down and fails closed (503)
         // while Envoy reloads it; every request after that is served by the new VM.
         let mut consecutive_ok = 0;
-        let mut failed_closed = 0;
+        let crashed_at = Instant::now();
         while consecutive_ok < 6 {
             let reply = envoy.get("/x", None, &[]);
             if reply.status == 200 {
@@ -604,10 +604,9 @@ fn a_crashed_vm_fails_closed_and_is_reloaded() {
                 consecutive_ok += 1;
             } else {
                 assert_eq!(reply.status, 503, "round {round}: while the VM was down");
-                failed_closed += 1;
                 consecutive_ok = 0;
                 assert!(
-                    failed_closed <= 20,
+                    crashed_at.elapsed() < Duration::from_secs(10),
                     "round {round}: the VM was not reloaded"
                 );
                 std::thread::sleep(Duration::from_millis(20));
