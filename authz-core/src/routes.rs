@@ -55,6 +55,11 @@ impl PathMatch {
 /// The path routes are matched against: `path` without query string or fragment, without `;`
 /// parameters in any segment (`/admin;x/users` → `/admin/users`: servlet containers and others
 /// strip them), with percent-encoded unreserved characters decoded (`/%61dmin` → `/admin`).
+///
+/// The result is a fixpoint (`match_path(match_path(p)) == match_path(p)`): decoding is repeated
+/// while it changes anything, so `/%%36%31dmin` (which decodes to `/%61dmin`) is matched as
+/// `/admin`, the way an upstream that decodes twice would read it. (Found by the `routes` fuzz
+/// target.) Each pass that changes the path shortens it, so this ends.
 pub fn match_path(path: &str) -> String {
     let path = path_only(path);
     let mut out = String::with_capacity(path.len());
@@ -65,7 +70,14 @@ pub fn match_path(path: &str) -> String {
         let segment = segment.split(';').next().unwrap_or("");
         decode_unreserved(segment, &mut out);
     }
-    out
+    loop {
+        let mut again = String::with_capacity(out.len());
+        decode_unreserved(&out, &mut again);
+        if again == out {
+            return out;
+        }
+        out = again;
+    }
 }
 
 /// Appends `segment` with `%XX` decoded where XX is an unreserved character (RFC 3986 §2.3:
@@ -346,6 +358,10 @@ mod tests {
         assert_eq!(match_path("/a%2Fb/%7e;p?q"), "/a%2Fb/~");
         assert_eq!(match_path("/x%"), "/x%");
         assert_eq!(match_path("/x%4"), "/x%4");
+        // Fuzz finding (routes target): an escape that decodes into another escape.
+        assert_eq!(match_path("/%%36%31dmin/users"), "/admin/users");
+        assert_eq!(match_path(" di/%%6ad1"), " di/%jd1");
+        assert_eq!(t.find("GET", "/%%36%31dmin/users").tier, Tier::Privileged);
     }
 
     #[test]
@@ -415,6 +431,13 @@ mod tests {
     }
 
     proptest! {
+        /// The canonical path is a fixpoint, whatever the escapes.
+        #[test]
+        fn match_path_is_stable(path in "[/a-z%0-9;?]{0,24}") {
+            let once = match_path(&path);
+            prop_assert_eq!(match_path(&once), once);
+        }
+
         /// The table is total: every method and path finds exactly the first matching route.
         #[test]
         fn find_returns_the_first_matching_route(method in "(GET|POST|PUT|DELETE|HEAD)", path in "/[a-z/]{0,20}(\\?[a-z=]{0,5})?") {

@@ -18,6 +18,7 @@ fn setup() -> &'static (Policy, KeySet) {
             "providers": [
                 {"name": "a", "issuer": "https://a", "audiences": ["api"], "jwks": {"inline": jwks}},
                 {"name": "h", "issuer": "https://h", "audiences": ["api"],
+                 "jwks": {"inline": jwks},
                  "hmac_secret_base64": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}
             ],
             "routes": [{"name": "r", "match": {"prefix": "/"}, "tier": "authenticated",

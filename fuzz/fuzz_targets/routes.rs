@@ -12,7 +12,9 @@ fn policy() -> &'static Policy {
     POLICY.get_or_init(|| {
         let config = serde_json::json!({
             "providers": [{"name": "a", "issuer": "https://a", "audiences": ["api"],
-                           "jwks": {"inline": {"keys": []}}}],
+                           "jwks": {"inline": {"keys": [{"kty": "EC", "crv": "P-256",
+                               "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                               "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}}}],
             "routes": [
                 {"name": "health", "match": {"exact": "/healthz"}, "tier": "public"},
                 {"name": "admin", "match": {"prefix": "/admin/"}, "tier": "privileged"},
