@@ -363,3 +363,37 @@ fn the_shared_tier_speaks_tls_and_requires_the_password() {
         );
     }
 }
+
+/// A Redis blip after a healthy session is recovered from quickly: the reconnect backoff
+/// resets once a session has confirmed our state (it used to be read after being cleared, so
+/// after one long outage every later blip cost the full 2 s backoff of fail-closed 503s).
+#[test]
+fn after_an_outage_a_later_redis_blip_recovers_quickly() {
+    let mut redis = RedisServer::start();
+    let idp = DevIdp::start(&[]);
+    let server = shared_server(&idp, &redis, "zone-a");
+    let confirmed = |s: &AuthzServerProcess| s.metric("authz_shared_confirmed") == 1.0;
+    assert!(eventually(Duration::from_secs(10), || confirmed(&server)));
+    // A long outage: sessions keep failing and the backoff climbs to its cap.
+    redis.stop();
+    std::thread::sleep(Duration::from_millis(4_000));
+    redis.restart();
+    assert!(
+        eventually(Duration::from_secs(10), || confirmed(&server)),
+        "no recovery"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // A blip: down and straight back up.
+    redis.stop();
+    redis.restart();
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || confirmed(&server)),
+        "no recovery"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1_500),
+        "a blip after a healthy session took {took:?} to recover (backoff not reset)"
+    );
+}
