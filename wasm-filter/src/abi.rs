@@ -4,7 +4,7 @@
 //! expect and unwrap `String::from_utf8` on header maps, so one header value that is not UTF-8
 //! (`x-junk: \xff`) used to abort the VM. Here every call returns the raw status, bytes stay
 //! bytes, and the serialized header map is decoded with bounds checks. Decoding text is the
-//! caller's business ([`crate::host`]).
+//! caller's business (the `host` module).
 //!
 //! What stays with the SDK: its entry points (`proxy_on_*`, context dispatch) and the two
 //! calls whose tokens its dispatcher must register (`dispatch_http_call`, `dispatch_grpc_call`;
