@@ -622,3 +622,23 @@ fn a_crashed_vm_fails_closed_and_is_reloaded() {
     );
     assert_eq!(envoy.stat("wasm.jwt_authz.vm_reload_failure"), 0);
 }
+
+/// The two host calls still made through the SDK (its dispatcher must register their tokens)
+/// are driven to their error statuses: a Check call and an epochs poll to clusters Envoy does
+/// not have. The filter fails closed (503) and keeps serving; nothing panics.
+#[test]
+fn calls_to_missing_clusters_fail_closed_without_a_crash() {
+    let idp = DevIdp::start(&[]);
+    let echo = Echo::start();
+    // The e2e template has no ext_authz or ext_authz_admin cluster.
+    let envoy = Envoy::start(&decision_cache_plugin_config(100, 100), &idp, &echo);
+    let token = idp.mint(json!({"sub": "alice", "scope": "read admin", "opaque": true}));
+    let jwt = idp.mint(json!({"sub": "alice", "scope": "read"}));
+    for _ in 0..6 {
+        assert_eq!(envoy.get("/admin/users", Some(&token), &[]).status, 503);
+        assert_eq!(envoy.get("/api/items", Some(&jwt), &[]).status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(envoy.get("/api/items", Some(&jwt), &[]).status, 200);
+    assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
+}
