@@ -20,9 +20,10 @@ help:
 ## tools: everything the build and tests need, installed only when missing.
 tools: wasm-target envoy system-packages
 
-# Debian packages the tests use: a real redis-server (shared-tier tests) and docker-compose
+# Debian packages the tests use: a real redis-server (shared-tier tests, TLS ones made with
+# openssl) and docker-compose
 # (checks docker-compose.yaml). Installed with apt-get when missing (as root, or via sudo).
-SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose
+SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose openssl:openssl
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
