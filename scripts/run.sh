@@ -97,6 +97,10 @@ export ADMIN='$ADMIN'
 
   # a spoofed context header never reaches the upstream (look at x-auth-subject)
   curl -s -H "authorization: Bearer \$READ" -H 'x-auth-subject: root' http://127.0.0.1:10000/api/items
+  # ... nor its underscore spelling (400 from Envoy), and other spellings of a privileged path
+  # are the privileged route (403 for a read-only token, never the upstream)
+  curl -i -H "authorization: Bearer \$READ" -H 'x_auth_subject: root' http://127.0.0.1:10000/api/items
+  curl -i -H "authorization: Bearer \$READ" 'http://127.0.0.1:10000/ADMIN;x/users'
 
   # mint your own token, rotate keys, take the JWKS endpoint down / up
   curl 'http://127.0.0.1:9000/mint?sub=dave&scope=read%20write&ttl=600&alg=ES256'
