@@ -67,32 +67,34 @@ pub fn match_path(path: &str) -> String {
         if i > 0 {
             out.push('/');
         }
-        let segment = segment.split(';').next().unwrap_or("");
-        decode_unreserved(segment, &mut out);
+        out.push_str(segment.split(';').next().unwrap_or(""));
     }
-    loop {
+    // Decoding yields only unreserved characters, never `/` or `;`, so it can follow the
+    // parameter stripping; most paths have no `%` and skip it.
+    while out.contains('%') {
         let mut again = String::with_capacity(out.len());
         decode_unreserved(&out, &mut again);
         if again == out {
-            return out;
+            break;
         }
         out = again;
     }
+    out
 }
 
-/// Appends `segment` with `%XX` decoded where XX is an unreserved character (RFC 3986 §2.3:
+/// Appends `text` with `%XX` decoded where XX is an unreserved character (RFC 3986 §2.3:
 /// decoding those never changes what a URI means); every other escape stays as written.
-fn decode_unreserved(segment: &str, out: &mut String) {
-    let bytes = segment.as_bytes();
+fn decode_unreserved(text: &str, out: &mut String) {
+    let bytes = text.as_bytes();
     let mut copied = 0;
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = segment
+            let hex = text
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(c) = hex.filter(|c| c.is_ascii_alphanumeric() || b"-._~".contains(c)) {
-                out.push_str(segment.get(copied..i).unwrap_or(""));
+                out.push_str(text.get(copied..i).unwrap_or(""));
                 out.push(char::from(c));
                 i += 3;
                 copied = i;
@@ -101,7 +103,7 @@ fn decode_unreserved(segment: &str, out: &mut String) {
         }
         i += 1;
     }
-    out.push_str(segment.get(copied..).unwrap_or(""));
+    out.push_str(text.get(copied..).unwrap_or(""));
 }
 
 /// A claim requirement.

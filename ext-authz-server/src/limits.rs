@@ -6,7 +6,7 @@ use crate::config::{Rate, RateLimits};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 pub struct Limiters {
     privileged_per_subject: Option<DefaultKeyedRateLimiter<String>>,
@@ -14,7 +14,8 @@ pub struct Limiters {
     failed_tokens_per_address: Option<DefaultKeyedRateLimiter<String>>,
     /// Addresses found over their failed-token budget, and until when (ms): their checks that
     /// would need the IdP are refused before the call. Bounded (see [`MAX_BLOCKED`]).
-    blocked: Mutex<HashMap<String, u64>>,
+    /// Read on every check, written only when an address goes over its budget.
+    blocked: RwLock<HashMap<String, u64>>,
     /// How long an address stays blocked: one emission interval of its budget.
     block_ms: u64,
 }
@@ -43,7 +44,7 @@ impl Limiters {
             privileged_per_subject: limiter(limits.privileged_per_subject),
             privileged_per_address: limiter(limits.privileged_per_address),
             failed_tokens_per_address: limiter(limits.failed_tokens_per_address),
-            blocked: Mutex::new(HashMap::new()),
+            blocked: RwLock::new(HashMap::new()),
             block_ms: limits
                 .failed_tokens_per_address
                 .map(|r| (r.period / r.per_period.max(1)).as_millis() as u64)
@@ -65,7 +66,7 @@ impl Limiters {
     pub fn failed_attempt_allowed(&self, address: &str, now_ms: u64) -> bool {
         let allowed = allows(&self.failed_tokens_per_address, address);
         if !allowed {
-            let mut blocked = crate::lock(&self.blocked);
+            let mut blocked = self.blocked.write().unwrap_or_else(|p| p.into_inner());
             if blocked.len() >= MAX_BLOCKED {
                 blocked.retain(|_, until| *until > now_ms);
             }
@@ -79,7 +80,9 @@ impl Limiters {
     /// Whether `address` went over its failed-token budget recently: a check from it that
     /// would need the IdP is refused (429) without the call.
     pub fn address_blocked(&self, address: &str, now_ms: u64) -> bool {
-        crate::lock(&self.blocked)
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(address)
             .is_some_and(|until| *until > now_ms)
     }
@@ -97,7 +100,10 @@ impl Limiters {
             l.retain_recent();
             l.shrink_to_fit();
         }
-        crate::lock(&self.blocked).retain(|_, until| *until > now_ms);
+        self.blocked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now_ms);
     }
 }
 
@@ -148,6 +154,6 @@ mod tests {
         assert!(!l.address_blocked("10.0.0.8", 1_500), "per address");
         assert!(!l.address_blocked("10.0.0.9", 2_001), "one interval (1 s)");
         l.prune(2_001);
-        assert!(crate::lock(&l.blocked).is_empty());
+        assert!(l.blocked.read().unwrap().is_empty());
     }
 }
