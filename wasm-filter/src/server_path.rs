@@ -214,12 +214,8 @@ impl Worker {
         // A Check reply renews trust in cached decisions only while the epochs feed works:
         // once polls fail, it says nothing about revocations this worker has not polled for,
         // and only a successful poll renews trust again.
-        let polls_failing = self.versions.failed_polls > 0
-            && self
-                .policy
-                .server
-                .as_ref()
-                .is_some_and(|s| s.epochs.is_some());
+        // (Polls, and so failed polls, exist only when an epochs feed is configured.)
+        let polls_failing = self.versions.failed_polls > 0;
         if !reply.directive.state_unconfirmed && !polls_failing {
             self.versions.last_ok_ms = now_ms;
         }
