@@ -52,6 +52,15 @@ impl PathMatch {
     }
 }
 
+/// Whether `path` is an origin-form request target (RFC 9112 §3.2.1: it starts with `/`).
+/// Anything else (`*`, `;/admin`, an empty or missing `:path`, an absolute URI the proxy did not
+/// rewrite) is a bad request in every host: an upstream may resolve such a target in ways the
+/// route table cannot see (`;/healthz` canonicalises to `/healthz`, but a server that ignores
+/// the leading `;` segment differently would not agree on what was asked for).
+pub fn is_origin_form(path: &str) -> bool {
+    path.starts_with('/')
+}
+
 /// The path routes are matched against: `path` without query string or fragment, without `;`
 /// parameters in any segment (`/admin;x/users` → `/admin/users`: servlet containers and others
 /// strip them), with percent-encoded unreserved characters decoded (`/%61dmin` → `/admin`).
@@ -358,6 +367,11 @@ mod tests {
         assert_eq!(t.find("Post", "/api/items").name, "write");
         // An escape of a reserved character stays an escape.
         assert_eq!(match_path("/a%2Fb/%7e;p?q"), "/a%2Fb/~");
+        assert!(is_origin_form("/"));
+        assert!(!is_origin_form(";/healthz"));
+        assert!(!is_origin_form("*"));
+        assert!(!is_origin_form(""));
+        assert!(!is_origin_form("http://x/admin"));
         assert_eq!(match_path("/x%"), "/x%");
         assert_eq!(match_path("/x%4"), "/x%4");
         // Fuzz finding (routes target): an escape that decodes into another escape.

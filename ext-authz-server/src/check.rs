@@ -19,7 +19,7 @@ use crate::versions::Versions;
 use authz_core::decision::bearer_token;
 use authz_core::ext_authz_proto::{CacheDirective, CLIENT_LOCALITY_EXTENSION};
 use authz_core::fallback::check_step_up;
-use authz_core::routes::{match_path, Unmet};
+use authz_core::routes::{is_origin_form, match_path, Unmet};
 use authz_core::token_hash::token_digest;
 use authz_core::verify::{check_purpose, jws_typ, Presence};
 use authz_core::{deny_response, DenyReason, Tier};
@@ -289,12 +289,11 @@ impl CheckService {
         };
         let headers: &HashMap<String, String> = &http.headers;
         let address = request.get_client_address().cloned().unwrap_or_default();
-        let path = if http.path.is_empty() {
-            "/"
-        } else {
-            http.path.as_str()
-        };
-        let path = match_path(path);
+        if !is_origin_form(&http.path) {
+            trace.route = "-".into();
+            return Outcome::Deny(DenyReason::BadRequest);
+        }
+        let path = match_path(&http.path);
         let route = self.config.routes.find_matched(&http.method, &path);
         trace.route = route.name.clone();
         let extensions = request.attributes.as_ref().map(|a| &a.context_extensions);

@@ -74,7 +74,8 @@ pub fn apply_final(decision: &Final, resume: bool) -> Action {
 
 /// Reads method, path and `authorization` from the request's headers (as bytes) and removes
 /// every header `ours` names (client copies of the headers we set). A method or path that is
-/// not UTF-8, or more than one `authorization` header, makes the request unreadable; an
+/// not UTF-8, a path that is not origin-form ([`authz_core::routes::is_origin_form`]), or more
+/// than one `authorization` header, makes the request unreadable; an
 /// `authorization` value that is not UTF-8 is kept as an empty (never valid) credential.
 pub fn read_request(
     headers: Vec<(Vec<u8>, Vec<u8>)>,
@@ -109,7 +110,7 @@ pub fn read_request(
             }
         }
     }
-    if readable {
+    if readable && authz_core::routes::is_origin_form(&request.path) {
         Ok(request)
     } else {
         Err(request)
