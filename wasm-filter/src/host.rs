@@ -6,6 +6,7 @@
 //! UTF-8 are reported as such rather than unwrapped. Nothing here decides anything.
 
 use crate::abi;
+use filter_core::SharedWrite;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 use std::time::Duration;
@@ -84,14 +85,6 @@ pub fn set_tick_period(period: Duration) -> bool {
 /// A shared-data value and its CAS token.
 pub fn shared_get(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
     abi::shared_get(key).unwrap_or((None, None))
-}
-
-/// Outcome of a shared-data write.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SharedWrite {
-    Written,
-    CasMismatch,
-    Failed,
 }
 
 pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> SharedWrite {

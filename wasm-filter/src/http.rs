@@ -3,12 +3,12 @@
 //! deny response, a pause while keys are fetched, or a pause while the ext_authz server is
 //! asked (its answer arrives here, in `on_grpc_call_response`).
 
+use crate::effects::{apply_final, dispatch_fetch, on_fetch_answer};
+use crate::envoy_host::FilterWorker;
 use crate::host;
-use crate::root::{dispatch_fetch, on_fetch_answer};
-use crate::server_path::ServerCall;
-use crate::worker::{Final, FinalAction, OwnedRequest, RequestStep, Worker};
 use authz_core::ext_authz_proto::{encode_check_request, CheckFacts, CHECK_METHOD, CHECK_SERVICE};
 use authz_core::{deny_response, DenyReason};
+use filter_core::{Final, FinalAction, OwnedRequest, RequestStep, ServerCall};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -17,57 +17,17 @@ use std::rc::Rc;
 
 pub struct AuthzHttp {
     context_id: u32,
-    worker: Option<Rc<RefCell<Worker>>>,
+    worker: Option<Rc<RefCell<FilterWorker>>>,
     /// The Check call in flight for this request, if any.
     server_call: Option<(u32, ServerCall, OwnedRequest)>,
 }
 
 impl AuthzHttp {
-    pub fn new(context_id: u32, worker: Option<Rc<RefCell<Worker>>>) -> AuthzHttp {
+    pub fn new(context_id: u32, worker: Option<Rc<RefCell<FilterWorker>>>) -> AuthzHttp {
         AuthzHttp {
             context_id,
             worker,
             server_call: None,
-        }
-    }
-}
-
-/// Applies a decision to the current effective context. `resume` is true when the request
-/// was paused earlier.
-pub fn apply_final(decision: &Final, resume: bool) -> Action {
-    match &decision.action {
-        FinalAction::Allow { headers, remove } => {
-            for name in remove {
-                host::remove_request_header(name.as_bytes());
-            }
-            for (name, value) in headers {
-                host::set_request_header(name, value);
-            }
-            if resume {
-                host::resume_request();
-            }
-            Action::Continue
-        }
-        FinalAction::Deny(response) => {
-            let headers: Vec<(&str, &str)> = response
-                .headers
-                .iter()
-                .map(|(k, v)| (*k, v.as_str()))
-                .collect();
-            host::send_response(response.status, &headers, response.body.as_bytes());
-            Action::Pause
-        }
-        FinalAction::Respond {
-            status,
-            headers,
-            body,
-        } => {
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            host::send_response(*status, &headers, body.as_bytes());
-            Action::Pause
         }
     }
 }
@@ -274,26 +234,16 @@ impl HttpContext for AuthzHttp {
                     call.timeout,
                 ) {
                     Some(token) => {
-                        host::increment(worker.borrow().metrics.server_calls);
+                        worker.borrow().server_call_started();
                         self.server_call = Some((token, call, request));
                         Action::Pause
                     }
                     None => {
-                        let decision = {
-                            let w = worker.borrow();
-                            host::increment(w.metrics.server_errors);
-                            host::warn(&format!(
-                                "jwt_authz could not call cluster {}; failing closed",
-                                call.cluster
-                            ));
-                            w.deny(
-                                self.context_id,
-                                &request,
-                                call.tier,
-                                &call.route,
-                                DenyReason::ServerRequired,
-                            )
-                        };
+                        let decision = worker.borrow().server_call_not_started(
+                            self.context_id,
+                            &request,
+                            &call,
+                        );
                         apply_final(&decision, false)
                     }
                 }

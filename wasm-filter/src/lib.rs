@@ -1,22 +1,23 @@
-//! The proxy-wasm HTTP filter: Envoy's side of the authorization layer.
+//! The proxy-wasm HTTP filter: Envoy's (and Istio's) host of the filter core.
 //!
-//! A thin adapter over `authz-core`. The root context ([`root`]) loads the configuration,
-//! fetches remote JWKS through Envoy clusters (one fetch for every worker, coordinated through
-//! shared data), runs the timer, and wakes requests that waited for keys. The HTTP context
-//! ([`http`]) strips client copies of the headers we set, asks `authz_core::decide`, and acts.
-//! [`worker`] is the state one worker's root and HTTP contexts share; [`abi`] binds the host
-//! calls by hand and [`host`] wraps them so that none of them can panic the filter; [`metrics`] names the counters.
+//! It turns proxy-wasm callbacks into `filter_core::Worker` events and carries out the
+//! commands that come back: the root context ([`root`]) loads the configuration, runs the
+//! timer and receives JWKS and epochs answers; the HTTP context ([`http`]) reads a request's
+//! headers as bytes, strips client copies of the headers we set, and makes the Check call;
+//! [`effects`] applies decided requests and dispatches fetches; [`envoy_host`] is the core's
+//! `Host` (shared data, logs, metrics); [`abi`] binds the host calls by hand and [`host`] wraps
+//! them so that none of them can panic the filter.
 //!
-//! What it does not do: any authorization logic of its own. Every rule lives in `authz-core`,
-//! where it is tested on the host.
+//! What it does not do: any authorization or protocol rule of its own. Decisions come from
+//! `authz-core`, the rules around them (key fetch leases, waiting requests, the decision cache
+//! and its trust) from `filter-core`; both are tested on the host without Envoy.
 
 pub mod abi;
+pub mod effects;
+pub mod envoy_host;
 pub mod host;
 pub mod http;
-pub mod metrics;
 pub mod root;
-pub mod server_path;
-pub mod worker;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Trace);

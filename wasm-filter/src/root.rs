@@ -2,11 +2,12 @@
 //! runs the timer, dispatches JWKS fetches and receives their answers, and applies the
 //! decisions of requests that waited for keys.
 
+use crate::effects::{apply_finals, dispatch_fetch, on_fetch_answer};
+use crate::envoy_host::{random_key, EnvoyHost, FilterWorker};
 use crate::host;
-use crate::http::{apply_final, AuthzHttp};
-use crate::metrics::Metrics;
-use crate::worker::{FetchOrder, Final, Worker, TICK};
+use crate::http::AuthzHttp;
 use authz_core::{Error, Policy};
+use filter_core::TICK;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
@@ -14,7 +15,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 /// The timer period: the JWKS tick, or the epochs poll interval when that is shorter.
-fn worker_tick(worker: &Option<Rc<RefCell<Worker>>>) -> Duration {
+fn worker_tick(worker: &Option<Rc<RefCell<FilterWorker>>>) -> Duration {
     let poll = worker.as_ref().and_then(|w| {
         w.borrow()
             .policy
@@ -31,7 +32,7 @@ fn worker_tick(worker: &Option<Rc<RefCell<Worker>>>) -> Duration {
 
 pub struct AuthzRoot {
     context_id: u32,
-    worker: Option<Rc<RefCell<Worker>>>,
+    worker: Option<Rc<RefCell<FilterWorker>>>,
 }
 
 impl AuthzRoot {
@@ -45,18 +46,13 @@ impl AuthzRoot {
     fn tick(&self) {
         let Some(worker) = &self.worker else { return };
         let Some(now) = host::now_ms() else { return };
-        worker.borrow().metrics.flush();
-        let (orders, finals) = worker.borrow_mut().on_tick(now);
-        for order in orders {
-            dispatch_fetch(worker, &order, self.context_id);
+        worker.borrow().host.flush();
+        let work = worker.borrow_mut().on_tick(now);
+        for order in &work.fetches {
+            dispatch_fetch(worker, order, self.context_id);
         }
-        apply_finals(finals, self.context_id);
-        let poll = {
-            let mut w = worker.borrow_mut();
-            w.share_versions();
-            w.poll_due(now)
-        };
-        if let Some(poll) = poll {
+        apply_finals(work.finals, self.context_id);
+        if let Some(poll) = work.poll {
             let bearer = poll.bearer.as_str();
             match host::dispatch_get_with(
                 &poll.cluster,
@@ -70,50 +66,6 @@ impl AuthzRoot {
             }
         }
     }
-}
-
-/// Dispatches a JWKS fetch from the current context (`context_id`), whose
-/// `on_http_call_response` will receive the answer, and tells the worker how it went.
-pub fn dispatch_fetch(worker: &Rc<RefCell<Worker>>, order: &FetchOrder, context_id: u32) {
-    match host::dispatch_get(&order.cluster, &order.authority, &order.path, order.timeout) {
-        Some(token) => worker.borrow_mut().fetch_started(token, order, context_id),
-        None => worker.borrow_mut().fetch_not_started(order),
-    }
-}
-
-/// Hands a fetch answer that reached `context_id` to the worker and applies the decisions
-/// it releases.
-pub fn on_fetch_answer(
-    worker: &Rc<RefCell<Worker>>,
-    token_id: u32,
-    body_size: usize,
-    context_id: u32,
-) {
-    if !worker.borrow().owns_fetch(token_id) {
-        return;
-    }
-    let status = host::call_response_status();
-    let body = host::call_response_body(body_size);
-    let now = host::now_ms().unwrap_or(0);
-    let finals = worker
-        .borrow_mut()
-        .on_fetch_response(token_id, status, body, now);
-    apply_finals(finals, context_id);
-}
-
-/// Applies decisions of paused requests from `home_context_id` (the context now running), by
-/// switching the effective context to each request and back. The worker is not borrowed
-/// while host calls run, since they may re-enter the filter.
-pub fn apply_finals(finals: Vec<Final>, home_context_id: u32) {
-    if finals.is_empty() {
-        return;
-    }
-    for f in finals {
-        if host::set_effective_context(f.context_id) {
-            apply_final(&f, true);
-        }
-    }
-    host::set_effective_context(home_context_id);
 }
 
 impl Context for AuthzRoot {
@@ -162,7 +114,11 @@ impl RootContext for AuthzRoot {
             policy.routes.routes.len(),
             policy.routes.default.tier
         ));
-        let worker = Rc::new(RefCell::new(Worker::new(policy, Metrics::define())));
+        let worker = Rc::new(RefCell::new(FilterWorker::new(
+            policy,
+            EnvoyHost::define(),
+            random_key(),
+        )));
         self.worker = Some(worker);
         let tick = worker_tick(&self.worker);
         if !host::set_tick_period(tick) {

@@ -1,99 +1,30 @@
-//! The state one Envoy worker's root context and HTTP contexts share: the policy, the current
-//! key sets, the requests waiting for keys, and the JWKS fetches this worker has in flight.
+//! The state one proxy worker's requests share, and the rules of its local path: the policy,
+//! the current key sets, the requests waiting for keys, the JWKS fetches this worker has in
+//! flight, and the lease through which the workers of one proxy agree on who fetches.
 //!
-//! It turns events (a request, a tick, a fetch response) into orders for the adapters:
+//! It turns events (a request, a tick, a fetch answer) into commands for the host:
 //! [`FetchOrder`]s to dispatch and [`Final`] actions to apply to requests. Key-fetch timing
 //! comes from `authz_core::jwks_refresh`; the shared-data records it coordinates through are
-//! read and written here. It never applies an action itself, so callers can release the
-//! `RefCell` borrow before making host calls that may re-enter the filter.
+//! read and written through [`Host`]. It never applies an action itself, so a host can release
+//! its borrow of the worker before making calls that may re-enter the filter.
+//!
+//! What it does not do: read a clock (every event carries `now`), or touch the server path
+//! (`server_path` adds those rules to the same worker).
 
-use crate::host::{self, SharedWrite};
-use crate::metrics::Metrics;
+use crate::commands::{FetchOrder, Final, FinalAction, OwnedRequest, RequestStep, TickWork};
+use crate::host::{Host, LogLevel, SharedWrite};
+use crate::metrics::{Counter, Gauge, Histogram};
+use crate::versions::KnownVersions;
 use authz_core::config::{JwksSource, RemoteJwks};
-use authz_core::decision::bearer_token;
 use authz_core::decision::decide_with;
 use authz_core::decision_cache::{DecisionCache, TokenCache};
 use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, RefreshRules};
-use authz_core::token_hash::token_label;
 use authz_core::token_hash::TokenKeyer;
 use authz_core::verify::verify;
-use authz_core::{
-    deny_response, Decision, DenyReason, DenyResponse, KeySet, Policy, RequestFacts, VerifyFailure,
-};
+use authz_core::{deny_response, Decision, DenyReason, KeySet, Policy, Tier, VerifyFailure};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A request's facts, owned so a paused request can be decided again later.
-#[derive(Debug, Clone)]
-pub struct OwnedRequest {
-    pub method: String,
-    pub path: String,
-    pub authorization: Option<String>,
-}
-
-impl OwnedRequest {
-    fn facts(&self) -> RequestFacts<'_> {
-        RequestFacts {
-            method: &self.method,
-            path: &self.path,
-            authorization: self.authorization.as_deref(),
-        }
-    }
-
-    /// A log-safe label of the bearer token: a hash prefix, never the token.
-    fn token_label(&self) -> String {
-        match self.authorization.as_deref().and_then(bearer_token) {
-            Some(token) => token_label(token),
-            None => "-".into(),
-        }
-    }
-}
-
-/// What to do with a request, once decided.
-#[derive(Debug, Clone)]
-pub enum FinalAction {
-    /// Remove these headers, set those, and continue.
-    Allow {
-        headers: Vec<(String, String)>,
-        remove: Vec<String>,
-    },
-    Deny(DenyResponse),
-    /// A response decided elsewhere (a server denial, possibly cached).
-    Respond {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: String,
-    },
-}
-
-/// A decided request.
-#[derive(Debug, Clone)]
-pub struct Final {
-    pub context_id: u32,
-    pub action: FinalAction,
-}
-
-/// A JWKS fetch to dispatch.
-#[derive(Debug, Clone)]
-pub struct FetchOrder {
-    pub provider: usize,
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout: Duration,
-    pub reason: FetchReason,
-}
-
-/// The outcome of a new request.
-#[derive(Debug)]
-pub enum RequestStep {
-    Done(Final),
-    /// Paused until keys arrive; dispatch the fetch if one is given.
-    Wait(Option<FetchOrder>),
-    /// Ask the ext_authz server (no usable cached decision).
-    CallServer(crate::server_path::ServerCall, OwnedRequest),
-}
 
 struct RemoteSource {
     config: RemoteJwks,
@@ -117,10 +48,10 @@ struct Pending {
     fetches_seen: u64,
 }
 
-/// One worker's shared state.
-pub struct Worker {
+/// One worker's shared state, over the host `H` it runs in.
+pub struct Worker<H: Host> {
     pub policy: Policy,
-    pub metrics: Metrics,
+    pub host: H,
     sources: Vec<KeySource>,
     pending: Vec<Pending>,
     /// Fetch token → (provider, context that dispatched it).
@@ -138,15 +69,17 @@ pub struct Worker {
     /// Keys of `tokens` (a keyed fast hash; SHA-256 per request cost more than the rest).
     pub(crate) keyer: TokenKeyer,
     /// What this worker knows of the server's versions.
-    pub(crate) versions: crate::server_path::KnownVersions,
+    pub(crate) versions: KnownVersions,
 }
 
 /// How often the root context wakes up to refresh keys and time out waiting requests.
 pub const TICK: Duration = Duration::from_millis(250);
 
-impl Worker {
-    pub fn new(policy: Policy, metrics: Metrics) -> Worker {
-        let sources = policy
+impl<H: Host> Worker<H> {
+    /// A worker for `policy` in `host`; `token_cache_key` keys the hash of cached tokens (a
+    /// secret per VM: the host draws it from its random source).
+    pub fn new(policy: Policy, host: H, token_cache_key: [u64; 2]) -> Worker<H> {
+        let sources: Vec<KeySource> = policy
             .jwks_sources
             .iter()
             .map(|source| match source {
@@ -173,6 +106,18 @@ impl Worker {
                 },
             })
             .collect();
+        // A lease is a compare-and-swap on the status record, and a host's compare-and-swap
+        // only protects a record that exists (Envoy writes an absent key whatever the token):
+        // create each record at configuration, which Envoy runs on its main thread before any
+        // worker starts fetching.
+        for source in &sources {
+            if let Some(remote) = &source.remote {
+                if host.shared_get(&remote.status_key).0.is_none() {
+                    let empty = FetchStatus::decode(None).encode();
+                    let _ = host.shared_set(&remote.status_key, &empty, None);
+                }
+            }
+        }
         let decisions = DecisionCache::new(policy.cache.max_entries, policy.cache.caps.clone());
         let tokens = TokenCache::new(
             policy.cache.max_entries,
@@ -181,17 +126,17 @@ impl Worker {
         );
         Worker {
             policy,
-            metrics,
+            debug_logs: host.debug_enabled(),
+            host,
             sources,
             pending: Vec::new(),
             in_flight: HashMap::new(),
             orphaned: Vec::new(),
             keys_generation: 0,
-            debug_logs: host::debug_enabled(),
             decisions,
             tokens,
-            keyer: TokenKeyer::new(random_key()),
-            versions: crate::server_path::KnownVersions::default(),
+            keyer: TokenKeyer::new(token_cache_key),
+            versions: KnownVersions::default(),
         }
     }
 
@@ -205,7 +150,7 @@ impl Worker {
             sources,
             tokens,
             keyer,
-            metrics,
+            host,
             keys_generation,
             ..
         } = self;
@@ -213,10 +158,10 @@ impl Worker {
         decide_with(policy, &request.facts(), |token| {
             let key = keyer.key(token);
             if let Some(cached) = tokens.get(&key, now_ms, generation) {
-                metrics.count_token_cache_hit();
+                host.count(Counter::TokenCacheHit);
                 return cached;
             }
-            host::increment(metrics.token_cache_misses);
+            host.count(Counter::TokenCacheMiss);
             let result = verify(
                 token,
                 &policy.providers,
@@ -234,11 +179,26 @@ impl Worker {
             if policy.cache.jwt_ttl_ms > 0 {
                 tokens.put(key, result.clone(), now_ms, generation, skew_ms);
             }
-            if let Some(end) = host::now_us() {
-                host::record(metrics.verify_us, end.saturating_sub(now_us));
+            if let Some(end) = host.now_us() {
+                host.record(Histogram::VerifyMicros, end.saturating_sub(now_us));
             }
             result
         })
+    }
+
+    pub(crate) fn count_allow(&self, tier: Tier) {
+        self.host.count(Counter::DecisionAllow);
+        self.host.count(Counter::TierAllow(tier));
+    }
+
+    pub(crate) fn count_deny(&self, tier: Tier, reason: &'static str) {
+        self.host.count(Counter::DecisionDeny);
+        self.host.count(Counter::TierDeny(tier));
+        self.host.count(Counter::DenyReason(reason));
+    }
+
+    pub(crate) fn set_gauge(&self, gauge: Gauge, value: u64) {
+        self.host.set_gauge(gauge, value);
     }
 
     /// Turns a final decision into an action, counting and logging it.
@@ -250,10 +210,10 @@ impl Worker {
                 route,
                 ..
             } => {
-                self.metrics.count_allow(tier);
+                self.count_allow(tier);
                 if self.debug_logs {
-                    host::log(
-                        proxy_wasm::types::LogLevel::Debug,
+                    self.host.log(
+                        LogLevel::Debug,
                         &format!(
                             "jwt_authz allow tier={tier} route={route} token={}",
                             request.token_label()
@@ -294,13 +254,13 @@ impl Worker {
         &self,
         context_id: u32,
         request: &OwnedRequest,
-        tier: authz_core::Tier,
+        tier: Tier,
         route: &str,
         reason: DenyReason,
     ) -> Final {
-        self.metrics.count_deny(tier, reason.as_str());
+        self.count_deny(tier, reason.as_str());
         let response = deny_response(&reason, &self.policy.realm);
-        host::info(&format!(
+        self.host.log(LogLevel::Info, &format!(
             "jwt_authz deny status={} reason={} tier={tier} route={route} method={} path={} token={}",
             response.status,
             reason.as_str(),
@@ -358,14 +318,14 @@ impl Worker {
         let order = self.try_lease(provider, now_ms, kid.is_some());
         if kid.is_some() {
             if order.is_none() && !status.fetch_in_flight(now_ms) {
-                host::increment(self.metrics.unknown_kid_rate_limited);
+                self.host.count(Counter::UnknownKidRateLimited);
                 return RequestStep::Done(self.finish(context_id, &request, decision));
             }
             if order.is_some() {
-                host::increment(self.metrics.jwks_fetch_unknown_kid);
+                self.host.count(Counter::JwksFetchUnknownKid);
             }
         }
-        host::increment(self.metrics.waited_for_keys);
+        self.host.count(Counter::WaitedForKeys);
         self.pending.push(Pending {
             context_id,
             request,
@@ -401,7 +361,7 @@ impl Worker {
     fn read_status(&self, provider: usize) -> Option<FetchStatus> {
         let remote = self.sources.get(provider)?.remote.as_ref()?;
         Some(FetchStatus::decode(
-            host::shared_get(&remote.status_key).0.as_deref(),
+            self.host.shared_get(&remote.status_key).0.as_deref(),
         ))
     }
 
@@ -419,7 +379,7 @@ impl Worker {
         if status.keys_version <= remote.seen_version {
             return false;
         }
-        let Some(document) = host::shared_get(&remote.keys_key).0 else {
+        let Some(document) = self.host.shared_get(&remote.keys_key).0 else {
             return false;
         };
         match KeySet::from_jwks_json(&document) {
@@ -430,10 +390,13 @@ impl Worker {
                 true
             }
             Err(e) => {
-                host::warn(&format!(
-                    "jwt_authz shared jwks for {} unreadable: {e}",
-                    remote.config.cluster
-                ));
+                self.host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "jwt_authz shared jwks for {} unreadable: {e}",
+                        remote.config.cluster
+                    ),
+                );
                 false
             }
         }
@@ -466,11 +429,14 @@ impl Worker {
         reason_of: impl FnOnce(&FetchStatus) -> Option<FetchReason>,
     ) -> Option<FetchOrder> {
         let remote = self.sources.get(provider)?.remote.as_ref()?;
-        let (bytes, cas) = host::shared_get(&remote.status_key);
+        let (bytes, cas) = self.host.shared_get(&remote.status_key);
         let status = FetchStatus::decode(bytes.as_deref());
         let reason = reason_of(&status)?;
         let leased = status.leased(&remote.rules, now_ms, reason);
-        if host::shared_set(&remote.status_key, &leased.encode(), cas) != SharedWrite::Written {
+        let written = self
+            .host
+            .shared_set(&remote.status_key, &leased.encode(), cas);
+        if written != SharedWrite::Written {
             return None;
         }
         Some(FetchOrder {
@@ -485,8 +451,8 @@ impl Worker {
 
     /// Records a dispatched fetch; its answer will reach `context_id`.
     pub fn fetch_started(&mut self, token: u32, order: &FetchOrder, context_id: u32) {
-        host::log(
-            proxy_wasm::types::LogLevel::Debug,
+        self.host.log(
+            LogLevel::Debug,
             &format!(
                 "jwt_authz jwks fetch from cluster {} reason={}",
                 order.cluster,
@@ -497,11 +463,14 @@ impl Worker {
     }
 
     pub fn fetch_not_started(&mut self, order: &FetchOrder) {
-        host::warn(&format!(
-            "jwt_authz jwks fetch could not be dispatched to cluster {}",
-            order.cluster
-        ));
-        host::increment(self.metrics.jwks_fetch_failed);
+        self.host.log(
+            LogLevel::Warn,
+            &format!(
+                "jwt_authz jwks fetch could not be dispatched to cluster {}",
+                order.cluster
+            ),
+        );
+        self.host.count(Counter::JwksFetchFailed);
         self.update_status(order.provider, FetchStatus::failed);
     }
 
@@ -512,9 +481,12 @@ impl Worker {
     ) -> Option<FetchStatus> {
         let remote = self.sources.get(provider)?.remote.as_ref()?;
         for _ in 0..16 {
-            let (bytes, cas) = host::shared_get(&remote.status_key);
+            let (bytes, cas) = self.host.shared_get(&remote.status_key);
             let next = change(&FetchStatus::decode(bytes.as_deref()));
-            match host::shared_set(&remote.status_key, &next.encode(), cas) {
+            match self
+                .host
+                .shared_set(&remote.status_key, &next.encode(), cas)
+            {
                 SharedWrite::CasMismatch => continue,
                 SharedWrite::Written => return Some(next),
                 SharedWrite::Failed => return None,
@@ -563,19 +535,25 @@ impl Worker {
         match parsed {
             Ok((set, body)) => {
                 for skipped in &set.skipped {
-                    host::warn(&format!("jwt_authz jwks from {cluster}: skipped {skipped}"));
+                    self.host.log(
+                        LogLevel::Warn,
+                        &format!("jwt_authz jwks from {cluster}: skipped {skipped}"),
+                    );
                 }
-                let stored = host::shared_set(&keys_key, &body, None) == SharedWrite::Written;
+                let stored = self.host.shared_set(&keys_key, &body, None) == SharedWrite::Written;
                 let version = if stored {
                     self.update_status(provider, |s| s.succeeded(now_ms))
                 } else {
                     None
                 };
-                host::increment(self.metrics.jwks_fetch_ok);
-                host::info(&format!(
-                    "jwt_authz jwks from {cluster}: {} keys loaded",
-                    set.keys.len()
-                ));
+                self.host.count(Counter::JwksFetchOk);
+                self.host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "jwt_authz jwks from {cluster}: {} keys loaded",
+                        set.keys.len()
+                    ),
+                );
                 if let Some(source) = self.sources.get_mut(provider) {
                     source.keys = Some(set);
                     if let (Some(remote), Some(status)) = (source.remote.as_mut(), version) {
@@ -585,24 +563,26 @@ impl Worker {
                 self.keys_generation += 1;
             }
             Err(why) => {
-                host::increment(self.metrics.jwks_fetch_failed);
+                self.host.count(Counter::JwksFetchFailed);
                 let keeping = if self.sources.get(provider).is_some_and(|s| s.keys.is_some()) {
                     "keeping last good keys"
                 } else {
                     "no keys yet"
                 };
-                host::warn(&format!(
-                    "jwt_authz jwks fetch from {cluster} failed: {why}; {keeping}"
-                ));
+                self.host.log(
+                    LogLevel::Warn,
+                    &format!("jwt_authz jwks fetch from {cluster} failed: {why}; {keeping}"),
+                );
                 self.update_status(provider, FetchStatus::failed);
             }
         }
         self.process_pending(now_ms)
     }
 
-    /// Periodic work: pick up keys other workers stored, start due fetches, and settle
-    /// waiting requests.
-    pub fn on_tick(&mut self, now_ms: u64) -> (Vec<FetchOrder>, Vec<Final>) {
+    /// Periodic work: pick up keys other workers stored, start due fetches, settle waiting
+    /// requests, merge server versions with the other workers, and poll the epochs feed when
+    /// due (the host reports a dispatched poll with [`Worker::poll_started`]).
+    pub fn on_tick(&mut self, now_ms: u64) -> TickWork {
         let mut orders = Vec::new();
         let orphaned = std::mem::take(&mut self.orphaned);
         for provider in 0..self.sources.len() {
@@ -623,7 +603,13 @@ impl Worker {
                 orders.push(order);
             }
         }
-        (orders, self.process_pending(now_ms))
+        let finals = self.process_pending(now_ms);
+        self.share_versions();
+        TickWork {
+            fetches: orders,
+            finals,
+            poll: self.poll_due(now_ms),
+        }
     }
 
     /// Decides again every waiting request that can now be decided.
@@ -649,15 +635,4 @@ impl Worker {
         self.pending = still_waiting;
         finals
     }
-}
-
-/// A secret key for this VM's token cache: from the process's random source (std draws
-/// `RandomState` keys from WASI `random_get`, which Envoy provides).
-fn random_key() -> [u64; 2] {
-    use std::hash::BuildHasher;
-    let state = std::collections::hash_map::RandomState::new();
-    [
-        state.hash_one(0x746f_6b65_6e5f_6b30_u64),
-        state.hash_one(0x746f_6b65_6e5f_6b31_u64),
-    ]
 }

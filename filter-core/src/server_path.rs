@@ -8,64 +8,24 @@
 //! once). Without a successful poll for `max_unreachable_ms`, cached decisions of tiers above
 //! `authenticated` are not used.
 
-use crate::host::{self, SharedWrite};
-use crate::metrics::Metrics;
-use crate::worker::{Final, FinalAction, OwnedRequest, Worker};
-use authz_core::decision::bearer_token;
-use authz_core::decision_cache::{
-    decision_key, CachedDecision, CachedOutcome, DecisionKey, LookupResult,
-};
+use crate::commands::{Final, FinalAction, OwnedRequest, PollOrder, ServerCall};
+use crate::host::{Host, LogLevel, SharedWrite};
+use crate::metrics::{Counter, Gauge};
+use crate::worker::Worker;
+use authz_core::decision_cache::{decision_key, CachedDecision, CachedOutcome, LookupResult};
 use authz_core::epochs::Changes;
 use authz_core::ext_authz_proto::decode_reply;
 use authz_core::token_hash::token_digest;
-use authz_core::{DenyReason, Tier};
+use authz_core::DenyReason;
 use serde_json::json;
 use std::time::Duration;
 
 /// Shared-data key holding `{"policy_version", "change_version", "last_ok_ms"}`.
 const VERSIONS_KEY: &str = "jwt_authz/v1/server_versions";
 
-/// What this worker knows of the server's versions.
-#[derive(Debug, Default)]
-pub struct KnownVersions {
-    pub policy_version: u64,
-    pub change_version: u64,
-    /// The server counter's incarnation the versions above belong to.
-    pub incarnation: Option<String>,
-    /// Last time the server answered a poll or a Check (ms).
-    pub last_ok_ms: u64,
-    pub last_poll_started_ms: u64,
-    pub poll_in_flight: Option<u32>,
-    /// Polls failed in a row.
-    pub failed_polls: u64,
-}
-
-/// A Check call to make for a request.
-#[derive(Debug, Clone)]
-pub struct ServerCall {
-    pub tier: Tier,
-    pub route: String,
-    pub cluster: String,
-    pub timeout: Duration,
-    /// The decision cache key under the policy version of the call.
-    pub key: DecisionKey,
-    /// The request's [`authz_core::routes::match_path`] (part of the key).
-    pub match_path: String,
-    pub policy_version: u64,
-}
-
-/// An epochs poll to dispatch.
-#[derive(Debug, Clone)]
-pub struct PollOrder {
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    pub bearer: String,
-}
-
-impl Worker {
+impl<H: Host> Worker<H> {
     /// The server call a request needs, if its tier is decided by the server.
-    pub(crate) fn server_call_for(&self, request: &OwnedRequest) -> Option<ServerCall> {
+    pub fn server_call_for(&self, request: &OwnedRequest) -> Option<ServerCall> {
         let link = self.policy.server.as_ref()?;
         let match_path = authz_core::routes::match_path(&request.path);
         let route = self
@@ -75,11 +35,7 @@ impl Worker {
         if !route.tier.requires_server() {
             return None;
         }
-        let token = request
-            .authorization
-            .as_deref()
-            .and_then(bearer_token)
-            .unwrap_or("");
+        let token = request.bearer().unwrap_or("");
         let policy_version = self.versions.policy_version;
         Some(ServerCall {
             tier: route.tier,
@@ -108,19 +64,14 @@ impl Worker {
 
     /// A decision for a server-tier request without calling the server: a local 401 for a
     /// missing token, or a cached decision.
-    pub(crate) fn cached_server_decision(
+    pub fn cached_server_decision(
         &mut self,
         context_id: u32,
         request: &OwnedRequest,
         call: &ServerCall,
         now_ms: u64,
     ) -> Option<Final> {
-        if request
-            .authorization
-            .as_deref()
-            .and_then(bearer_token)
-            .is_none()
-        {
+        if request.bearer().is_none() {
             let reason = if request.authorization.is_some() {
                 DenyReason::NotBearer
             } else {
@@ -130,12 +81,11 @@ impl Worker {
         }
         let reachable = self.server_reachable(now_ms);
         let (result, entry) = self.decisions.lookup(&call.key, now_ms, reachable);
-        let counter = match result {
-            LookupResult::Hit => &self.metrics.cache_hit,
-            LookupResult::Miss => &self.metrics.cache_miss,
-            LookupResult::Untrusted => &self.metrics.cache_untrusted,
-        };
-        Metrics::tier_counter(counter, call.tier);
+        self.host.count(match result {
+            LookupResult::Hit => Counter::CacheHit(call.tier),
+            LookupResult::Miss => Counter::CacheMiss(call.tier),
+            LookupResult::Untrusted => Counter::CacheUntrusted(call.tier),
+        });
         let entry = entry?;
         Some(self.replay(context_id, request, call, entry.outcome, "hit"))
     }
@@ -151,7 +101,7 @@ impl Worker {
     ) -> Final {
         match outcome {
             CachedOutcome::Allow { headers, remove } => {
-                self.metrics.count_allow(call.tier);
+                self.count_allow(call.tier);
                 Final {
                     context_id,
                     action: FinalAction::Allow { headers, remove },
@@ -162,8 +112,8 @@ impl Worker {
                 headers,
                 body,
             } => {
-                self.metrics.count_deny(call.tier, "server_deny");
-                host::info(&format!(
+                self.count_deny(call.tier, "server_deny");
+                self.host.log(LogLevel::Info, &format!(
                     "jwt_authz deny status={status} reason=server_deny source={source} tier={} route={} method={} path={}",
                     call.tier,
                     call.route,
@@ -182,8 +132,37 @@ impl Worker {
         }
     }
 
+    /// The host dispatched the Check call of [`Worker::server_call_for`].
+    pub fn server_call_started(&self) {
+        self.host.count(Counter::ServerCalls);
+    }
+
+    /// The host could not dispatch the Check call (e.g. no such cluster): fail closed.
+    pub fn server_call_not_started(
+        &self,
+        context_id: u32,
+        request: &OwnedRequest,
+        call: &ServerCall,
+    ) -> Final {
+        self.host.count(Counter::ServerErrors);
+        self.host.log(
+            LogLevel::Warn,
+            &format!(
+                "jwt_authz could not call cluster {}; failing closed",
+                call.cluster
+            ),
+        );
+        self.deny(
+            context_id,
+            request,
+            call.tier,
+            &call.route,
+            DenyReason::ServerRequired,
+        )
+    }
+
     /// The server answered a Check (`grpc_status` 0) or the call failed.
-    pub(crate) fn on_server_reply(
+    pub fn on_server_reply(
         &mut self,
         context_id: u32,
         request: &OwnedRequest,
@@ -200,8 +179,8 @@ impl Worker {
         let reply = match reply {
             Ok(r) => r,
             Err(why) => {
-                host::increment(self.metrics.server_errors);
-                host::warn(&format!("jwt_authz ext_authz call failed ({why}, grpc status {grpc_status}); failing closed"));
+                self.host.count(Counter::ServerErrors);
+                self.host.log(LogLevel::Warn, &format!("jwt_authz ext_authz call failed ({why}, grpc status {grpc_status}); failing closed"));
                 return self.deny(
                     context_id,
                     request,
@@ -229,11 +208,7 @@ impl Worker {
         );
         // A reply decided under an older policy than we now enforce is used once, not kept.
         if lifetime > 0 && reply.directive.policy_version == self.versions.policy_version {
-            let token = request
-                .authorization
-                .as_deref()
-                .and_then(bearer_token)
-                .unwrap_or("");
+            let token = request.bearer().unwrap_or("");
             let key = if call.policy_version == self.versions.policy_version {
                 call.key
             } else {
@@ -254,27 +229,30 @@ impl Worker {
                 expires_at_ms: now_ms + lifetime,
             };
             if let Some(evicted_tier) = self.decisions.insert(key, entry) {
-                Metrics::tier_counter(&self.metrics.cache_evict, evicted_tier);
+                self.host.count(Counter::CacheEvict(evicted_tier));
             }
-            host::record(self.metrics.cache_entries, self.decisions.len() as u64);
+            self.set_gauge(Gauge::CacheEntries, self.decisions.len() as u64);
         }
         self.replay(context_id, request, call, reply.outcome, "server")
     }
 
     fn apply_policy_version(&mut self, version: u64) {
-        host::info(&format!(
-            "jwt_authz policy version {} → {version}: cached decisions dropped",
-            self.versions.policy_version
-        ));
+        self.host.log(
+            LogLevel::Info,
+            &format!(
+                "jwt_authz policy version {} → {version}: cached decisions dropped",
+                self.versions.policy_version
+            ),
+        );
         self.versions.policy_version = version;
         self.decisions.clear();
         self.tokens.drop_failures();
-        host::record(self.metrics.policy_version, version);
-        host::record(self.metrics.cache_entries, 0);
+        self.set_gauge(Gauge::PolicyVersion, version);
+        self.set_gauge(Gauge::CacheEntries, 0);
     }
 
     /// Whether an epochs poll is due now; marks it started.
-    pub(crate) fn poll_due(&mut self, now_ms: u64) -> Option<PollOrder> {
+    pub fn poll_due(&mut self, now_ms: u64) -> Option<PollOrder> {
         let epochs = self.policy.server.as_ref()?.epochs.as_ref()?;
         if self.versions.poll_in_flight.is_some()
             && now_ms.saturating_sub(self.versions.last_poll_started_ms) < 5_000
@@ -293,21 +271,16 @@ impl Worker {
         })
     }
 
-    pub(crate) fn poll_started(&mut self, token: u32) {
+    pub fn poll_started(&mut self, token: u32) {
         self.versions.poll_in_flight = Some(token);
     }
 
-    pub(crate) fn owns_poll(&self, token: u32) -> bool {
+    pub fn owns_poll(&self, token: u32) -> bool {
         self.versions.poll_in_flight == Some(token)
     }
 
     /// Applies an epochs answer.
-    pub(crate) fn on_poll_response(
-        &mut self,
-        status: Option<u16>,
-        body: Option<Vec<u8>>,
-        now_ms: u64,
-    ) {
+    pub fn on_poll_response(&mut self, status: Option<u16>, body: Option<Vec<u8>>, now_ms: u64) {
         self.versions.poll_in_flight = None;
         let changes = match (status, body) {
             (Some(200), Some(body)) => Changes::parse(&body),
@@ -317,11 +290,11 @@ impl Worker {
         let changes = match changes {
             Ok(c) => c,
             Err(why) => {
-                host::increment(self.metrics.polls_failed);
+                self.host.count(Counter::PollFailed);
                 self.versions.failed_polls += 1;
                 // Visible, without a line every poll: the first failure and every 40th.
                 if self.versions.failed_polls % 40 == 1 {
-                    host::warn(&format!(
+                    self.host.log(LogLevel::Warn, &format!(
                         "jwt_authz epochs poll failed ({why}; {} in a row): cached decisions above authenticated stop being trusted {} ms after the last good poll",
                         self.versions.failed_polls,
                         self.policy.server.as_ref().map(|s| s.max_unreachable_ms).unwrap_or(0)
@@ -330,12 +303,15 @@ impl Worker {
                 return;
             }
         };
-        host::increment(self.metrics.polls_ok);
+        self.host.count(Counter::PollOk);
         if self.versions.failed_polls > 0 {
-            host::info(&format!(
-                "jwt_authz epochs poll recovered after {} failure(s)",
-                self.versions.failed_polls
-            ));
+            self.host.log(
+                LogLevel::Info,
+                &format!(
+                    "jwt_authz epochs poll recovered after {} failure(s)",
+                    self.versions.failed_polls
+                ),
+            );
             self.versions.failed_polls = 0;
         }
         if let Some(incarnation) = &changes.incarnation {
@@ -348,24 +324,27 @@ impl Worker {
                 // The server's counters restarted (or a server without shared state answered):
                 // what we learned from the old counter says nothing about the new one, and we
                 // cannot know what changed in between. Start over.
-                host::info(&format!(
-                    "jwt_authz epochs: server state restarted; {} cached decision(s) dropped",
-                    self.decisions.len()
-                ));
+                self.host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "jwt_authz epochs: server state restarted; {} cached decision(s) dropped",
+                        self.decisions.len()
+                    ),
+                );
                 self.decisions.clear();
                 self.tokens.drop_failures();
                 self.versions.change_version = 0;
                 self.versions.policy_version = changes.policy_version;
-                host::record(self.metrics.policy_version, changes.policy_version);
-                host::record(self.metrics.cache_entries, 0);
+                self.set_gauge(Gauge::PolicyVersion, changes.policy_version);
+                self.set_gauge(Gauge::CacheEntries, 0);
             }
             self.versions.incarnation = Some(incarnation.clone());
         }
         if changes.confirmed {
             self.versions.last_ok_ms = now_ms;
         } else {
-            host::log(
-                proxy_wasm::types::LogLevel::Debug,
+            self.host.log(
+                LogLevel::Debug,
                 "jwt_authz epochs: server state unconfirmed; cache trust not renewed",
             );
         }
@@ -384,18 +363,19 @@ impl Worker {
             purged += self.decisions.purge_token(hash);
         }
         if purged > 0 {
-            host::info(&format!(
-                "jwt_authz epochs: {purged} cached decision(s) dropped"
-            ));
-            host::record(self.metrics.cache_entries, self.decisions.len() as u64);
+            self.host.log(
+                LogLevel::Info,
+                &format!("jwt_authz epochs: {purged} cached decision(s) dropped"),
+            );
+            self.set_gauge(Gauge::CacheEntries, self.decisions.len() as u64);
         }
         self.versions.change_version = self.versions.change_version.max(changes.version);
         self.share_versions();
     }
 
     /// Publishes what this worker knows, and adopts a newer policy version another worker saw.
-    pub(crate) fn share_versions(&mut self) {
-        let (bytes, cas) = host::shared_get(VERSIONS_KEY);
+    pub fn share_versions(&mut self) {
+        let (bytes, cas) = self.host.shared_get(VERSIONS_KEY);
         let shared: serde_json::Value = bytes
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
@@ -418,10 +398,12 @@ impl Worker {
             "last_ok_ms": self.versions.last_ok_ms,
         });
         if mine != shared {
-            if let SharedWrite::Failed =
-                host::shared_set(VERSIONS_KEY, mine.to_string().as_bytes(), cas)
-            {
-                host::warn("jwt_authz could not share server versions");
+            let written = self
+                .host
+                .shared_set(VERSIONS_KEY, mine.to_string().as_bytes(), cas);
+            if written == SharedWrite::Failed {
+                self.host
+                    .log(LogLevel::Warn, "jwt_authz could not share server versions");
             }
         }
     }

@@ -1,0 +1,618 @@
+//! The filter's protocol rules as specifications, on the host, without Envoy: workers of one
+//! proxy sharing a store (with Envoy's compare-and-swap semantics), a clock advanced by hand,
+//! and every answer a JWKS host, the ext_authz server or its epochs feed can give.
+
+// Test helpers fail loudly; the crate's no-panic lints are for the code under test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use authz_core::ext_authz_proto::{
+    encode, CacheDirective, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption,
+    HttpStatus, OkHttpResponse, RpcStatus,
+};
+use authz_core::Policy;
+use dev_keys::{KeyAlgorithm, SigningKey};
+use filter_core::{
+    Counter, FetchOrder, Final, FinalAction, Gauge, Histogram, Host, LogLevel, OwnedRequest,
+    RequestStep, ServerCall, SharedWrite, Worker,
+};
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// One proxy's shared data, with Envoy's rules: every write gets a new token; a write with a
+/// token succeeds only if the key still has it; a write without one (or to an absent key)
+/// always succeeds.
+#[derive(Default)]
+struct Store {
+    data: HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+/// A host for one worker: the proxy's store, plus this worker's logs and metrics.
+#[derive(Clone, Default)]
+struct FakeHost {
+    store: Rc<RefCell<Store>>,
+    logs: Rc<RefCell<Vec<(LogLevel, String)>>>,
+    counts: Rc<RefCell<HashMap<Counter, u64>>>,
+    gauges: Rc<RefCell<HashMap<Gauge, u64>>>,
+}
+
+impl FakeHost {
+    fn sharing(store: &Rc<RefCell<Store>>) -> FakeHost {
+        FakeHost {
+            store: store.clone(),
+            ..FakeHost::default()
+        }
+    }
+
+    fn count(&self, counter: Counter) -> u64 {
+        self.counts.borrow().get(&counter).copied().unwrap_or(0)
+    }
+
+    fn logged(&self, part: &str) -> bool {
+        self.logs
+            .borrow()
+            .iter()
+            .any(|(_, line)| line.contains(part))
+    }
+}
+
+impl Host for FakeHost {
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.store.borrow().data.get(key) {
+            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> SharedWrite {
+        let mut store = self.store.borrow_mut();
+        let current = store.data.get(key).map(|(_, c)| *c);
+        if let (Some(asked), Some(current)) = (cas, current) {
+            if asked != current {
+                return SharedWrite::CasMismatch;
+            }
+        }
+        store.next_cas += 1;
+        let next = store.next_cas;
+        store.data.insert(key.to_owned(), (value.to_vec(), next));
+        SharedWrite::Written
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        self.logs.borrow_mut().push((level, message.to_owned()));
+    }
+
+    fn debug_enabled(&self) -> bool {
+        true
+    }
+
+    fn count(&self, counter: Counter) {
+        *self.counts.borrow_mut().entry(counter).or_default() += 1;
+    }
+
+    fn set_gauge(&self, gauge: Gauge, value: u64) {
+        self.gauges.borrow_mut().insert(gauge, value);
+    }
+
+    fn record(&self, _histogram: Histogram, _value: u64) {}
+
+    fn now_us(&self) -> Option<u64> {
+        None
+    }
+}
+
+const ISSUER: &str = "https://idp.test";
+/// A time well after the tokens' `iat` (ms).
+const T0: u64 = 1_900_000_000_000;
+
+fn policy() -> Policy {
+    let config = json!({
+        "realm": "test",
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
+                       "jwks": {"remote": {"cluster": "idp", "path": "/jwks",
+                                           "min_refetch_interval_seconds": 1,
+                                           "refresh_interval_seconds": 300,
+                                           "timeout_ms": 1000}}}],
+        "routes": [
+            {"name": "health", "match": {"exact": "/healthz"}, "tier": "public"},
+            {"name": "admin", "match": {"prefix": "/admin"}, "tier": "privileged"}
+        ],
+        "default": {"tier": "authenticated"},
+        "key_wait_timeout_ms": 2000,
+        "server": {"cluster": "authz", "timeout_ms": 100, "epochs_cluster": "authz_admin",
+                   "epochs_token": "test-epochs-token-4f2a9c7e", "poll_interval_ms": 250,
+                   "max_unreachable_ms": 1000}
+    });
+    match Policy::from_json(config.to_string().as_bytes()) {
+        Ok(policy) => policy,
+        Err(e) => panic!("test policy refused: {e:?}"),
+    }
+}
+
+struct Idp {
+    key: SigningKey,
+}
+
+impl Idp {
+    fn new(kid: &str) -> Idp {
+        Idp {
+            key: SigningKey::generate(KeyAlgorithm::Es256, kid).expect("key"),
+        }
+    }
+
+    fn jwks(&self) -> Vec<u8> {
+        dev_keys::jwks(&[&self.key]).to_string().into_bytes()
+    }
+
+    fn token(&self, sub: &str) -> String {
+        let claims = json!({"iss": ISSUER, "aud": "api", "sub": sub,
+                            "iat": T0 / 1000 - 10, "exp": T0 / 1000 + 3600});
+        self.key.sign(&claims).expect("sign")
+    }
+}
+
+fn worker(store: &Rc<RefCell<Store>>) -> (Worker<FakeHost>, FakeHost) {
+    let host = FakeHost::sharing(store);
+    (Worker::new(policy(), host.clone(), [1, 2]), host)
+}
+
+fn get(path: &str, token: Option<&str>) -> OwnedRequest {
+    OwnedRequest {
+        method: "GET".into(),
+        path: path.into(),
+        authorization: token.map(|t| format!("Bearer {t}")),
+    }
+}
+
+fn status_of(step: &Final) -> u16 {
+    match &step.action {
+        FinalAction::Allow { .. } => 200,
+        FinalAction::Deny(response) => response.status,
+        FinalAction::Respond { status, .. } => *status,
+    }
+}
+
+fn done(step: RequestStep) -> Final {
+    match step {
+        RequestStep::Done(f) => f,
+        other => panic!("expected a decision, got {other:?}"),
+    }
+}
+
+fn waits(step: RequestStep) -> Option<FetchOrder> {
+    match step {
+        RequestStep::Wait(order) => order,
+        other => panic!("expected a wait, got {other:?}"),
+    }
+}
+
+fn us(ms: u64) -> u64 {
+    ms * 1000
+}
+
+#[test]
+fn two_workers_contend_for_one_fetch_and_both_get_the_keys() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let idp = Idp::new("k1");
+    let (mut a, _) = worker(&store);
+    let (mut b, b_host) = worker(&store);
+    let token = idp.token("alice");
+
+    let order = waits(a.on_request(10, get("/things", Some(&token)), us(T0)));
+    let order = order.expect("the first worker wins the lease");
+    a.fetch_started(1, &order, 10);
+    // The second worker sees the lease in flight: it waits without fetching.
+    assert_eq!(
+        waits(b.on_request(20, get("/things", Some(&token)), us(T0))),
+        None
+    );
+    assert!(
+        b.on_tick(T0 + 10).fetches.is_empty(),
+        "no second fetch while leased"
+    );
+
+    let finals = a.on_fetch_response(1, Some(200), Some(idp.jwks()), T0 + 50);
+    assert_eq!(finals.len(), 1);
+    assert_eq!((finals[0].context_id, status_of(&finals[0])), (10, 200));
+    // The other worker picks the stored keys up on its next tick, without fetching.
+    let tick = b.on_tick(T0 + 250);
+    assert!(tick.fetches.is_empty());
+    assert_eq!(tick.finals.len(), 1);
+    assert_eq!(
+        (tick.finals[0].context_id, status_of(&tick.finals[0])),
+        (20, 200)
+    );
+    assert_eq!(b_host.count(Counter::JwksFetchOk), 0);
+    assert_eq!(b_host.count(Counter::WaitedForKeys), 1);
+}
+
+#[test]
+fn a_fetch_whose_request_went_away_is_dispatched_again_and_serves_the_others() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let old = Idp::new("k1");
+    let rotated = Idp::new("k2");
+    let (mut a, _) = worker(&store);
+    let order = waits(a.on_request(1, get("/x", Some(&old.token("a"))), us(T0))).expect("lease");
+    a.fetch_started(1, &order, 1);
+    a.on_fetch_response(1, Some(200), Some(old.jwks()), T0 + 10);
+
+    // Keys rotate: a request with the new kid dispatches a fetch, another waits on it.
+    let token = rotated.token("b");
+    let order = waits(a.on_request(10, get("/x", Some(&token)), us(T0 + 100))).expect("lease");
+    a.fetch_started(2, &order, 10);
+    assert_eq!(
+        waits(a.on_request(11, get("/x", Some(&token)), us(T0 + 101))),
+        None
+    );
+    // The request that dispatched the fetch ends: its answer can no longer arrive. No
+    // scheduled fetch is due, but the worker fetches again at once for the one still waiting.
+    a.forget(10);
+    assert!(!a.owns_fetch(2));
+    let tick = a.on_tick(T0 + 200);
+    assert_eq!(tick.fetches.len(), 1, "the root fetches again");
+    a.fetch_started(3, &tick.fetches[0], 1);
+    let finals = a.on_fetch_response(3, Some(200), Some(rotated.jwks()), T0 + 250);
+    assert_eq!(finals.len(), 1);
+    assert_eq!((finals[0].context_id, status_of(&finals[0])), (11, 200));
+}
+
+#[test]
+fn waiting_requests_end_at_their_deadline_and_a_failed_fetch_keeps_them_closed() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let idp = Idp::new("k1");
+    let (mut a, _) = worker(&store);
+    let token = idp.token("alice");
+    let order = waits(a.on_request(10, get("/things", Some(&token)), us(T0))).expect("lease");
+    a.fetch_started(1, &order, 10);
+    // Nothing for 1.9 s: still waiting.
+    assert!(a.on_tick(T0 + 1_900).finals.is_empty());
+    // At the 2 s deadline: fail closed (no keys at all: 503, not the client's fault).
+    let finals = a.on_tick(T0 + 2_000).finals;
+    assert_eq!(finals.len(), 1);
+    assert_eq!(status_of(&finals[0]), 503);
+    // A late failure answer decides nothing and leaves no keys.
+    assert!(a
+        .on_fetch_response(1, Some(500), Some(b"oops".to_vec()), T0 + 2_100)
+        .is_empty());
+    let next = a.on_request(12, get("/things", Some(&token)), us(T0 + 2_200));
+    assert!(matches!(next, RequestStep::Wait(_)), "{next:?}");
+}
+
+#[test]
+fn an_unknown_kid_fetches_at_most_once_per_interval() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let old = Idp::new("k1");
+    let rotated = Idp::new("k2");
+    let (mut a, host) = worker(&store);
+    let order = waits(a.on_request(1, get("/x", Some(&old.token("a"))), us(T0))).expect("lease");
+    a.fetch_started(1, &order, 1);
+    a.on_fetch_response(1, Some(200), Some(old.jwks()), T0 + 10);
+    // A kid the keys lack: one fetch, then denials without fetches until the interval passes.
+    let order = waits(a.on_request(2, get("/x", Some(&rotated.token("b"))), us(T0 + 20)));
+    let order = order.expect("an unknown kid fetches");
+    a.fetch_started(2, &order, 2);
+    let finals = a.on_fetch_response(2, Some(200), Some(old.jwks()), T0 + 30);
+    assert_eq!(status_of(&finals[0]), 401, "still unknown after the fetch");
+    let again = done(a.on_request(3, get("/x", Some(&rotated.token("c"))), us(T0 + 40)));
+    assert_eq!(status_of(&again), 401);
+    assert_eq!(host.count(Counter::UnknownKidRateLimited), 1);
+    assert_eq!(host.count(Counter::JwksFetchUnknownKid), 1);
+}
+
+fn server_call(step: RequestStep) -> (ServerCall, OwnedRequest) {
+    match step {
+        RequestStep::CallServer(call, request) => (call, request),
+        other => panic!("expected a Check call, got {other:?}"),
+    }
+}
+
+fn reply(response: CheckResponse) -> Vec<u8> {
+    encode(&response)
+}
+
+fn ok_reply(ttl_ms: u64, policy_version: u64, unconfirmed: bool) -> Vec<u8> {
+    reply(CheckResponse {
+        status: Some(RpcStatus {
+            code: 0,
+            message: String::new(),
+        }),
+        ok_response: Some(OkHttpResponse {
+            headers: vec![HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: "X-Auth-Subject".into(),
+                    value: "alice".into(),
+                }),
+                append_action: 0,
+            }],
+            headers_to_remove: vec!["authorization".into()],
+        }),
+        denied_response: None,
+        dynamic_metadata: Some(
+            CacheDirective {
+                ttl_ms,
+                policy_version,
+                subject: Some("alice".into()),
+                state_unconfirmed: unconfirmed,
+                ..CacheDirective::default()
+            }
+            .to_metadata(),
+        ),
+    })
+}
+
+/// A worker with an epochs feed that has answered once (so cached decisions are trusted).
+fn polled_worker(store: &Rc<RefCell<Store>>, now: u64) -> (Worker<FakeHost>, FakeHost) {
+    let (mut w, host) = worker(store);
+    let poll = w.on_tick(now).poll.expect("a poll is due");
+    assert_eq!(poll.path, "/admin/epochs?since=0");
+    assert_eq!(poll.bearer, "Bearer test-epochs-token-4f2a9c7e");
+    w.poll_started(7);
+    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), now);
+    (w, host)
+}
+
+fn epochs(version: u64, policy_version: u64, incarnation: &str, subjects: &[&str]) -> Vec<u8> {
+    let subjects: serde_json::Map<String, Value> = subjects
+        .iter()
+        .map(|s| ((*s).to_owned(), json!(1)))
+        .collect();
+    json!({"version": version, "policy_version": policy_version, "subjects": subjects,
+           "revoked_token_hashes": [], "revoked_jtis": [], "incarnation": incarnation})
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn every_check_reply_shape_maps_to_one_action() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = polled_worker(&store, T0);
+    let request = get("/admin/users", Some("opaque-token-1"));
+    let (call, request) = server_call(w.on_request(1, request, us(T0)));
+    let denied = |code: i32, http: Option<i32>| {
+        reply(CheckResponse {
+            status: Some(RpcStatus {
+                code,
+                message: String::new(),
+            }),
+            denied_response: Some(DeniedHttpResponse {
+                status: http.map(|code| HttpStatus { code }),
+                headers: vec![HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "WWW-Authenticate".into(),
+                        value: "Bearer".into(),
+                    }),
+                    append_action: 0,
+                }],
+                body: "{\"error\":\"x\"}".into(),
+            }),
+            ok_response: None,
+            dynamic_metadata: None,
+        })
+    };
+    let mixed = reply(CheckResponse {
+        status: Some(RpcStatus {
+            code: 0,
+            message: String::new(),
+        }),
+        ok_response: Some(OkHttpResponse::default()),
+        denied_response: Some(DeniedHttpResponse::default()),
+        dynamic_metadata: None,
+    });
+    let bare_denial = reply(CheckResponse {
+        status: Some(RpcStatus {
+            code: 7,
+            message: String::new(),
+        }),
+        ..CheckResponse::default()
+    });
+    let cases: Vec<(&str, u32, Option<Vec<u8>>, u16)> = vec![
+        ("allow with headers", 0, Some(ok_reply(0, 1, false)), 200),
+        ("denial with its status", 0, Some(denied(7, Some(401))), 401),
+        ("denial without a status", 0, Some(denied(7, None)), 403),
+        (
+            "denial with an impossible status",
+            0,
+            Some(denied(7, Some(99))),
+            403,
+        ),
+        ("denial without an http response", 0, Some(bare_denial), 403),
+        ("allow and deny at once", 0, Some(mixed), 503),
+        ("not a CheckResponse", 0, Some(vec![0xff, 0xff, 0xff]), 503),
+        ("an empty body", 0, None, 503),
+        ("a gRPC error", 14, None, 503),
+        ("a gRPC deadline", 4, Some(ok_reply(0, 1, false)), 503),
+    ];
+    for (name, grpc, body, want) in cases {
+        let result = w.on_server_reply(1, &request, &call, grpc, body, T0);
+        assert_eq!(status_of(&result), want, "{name}");
+        if let FinalAction::Allow { headers, remove } = &result.action {
+            assert_eq!(headers, &vec![("x-auth-subject".into(), "alice".into())]);
+            assert_eq!(remove, &vec!["authorization".to_owned()]);
+        }
+        if let (FinalAction::Respond { headers, body, .. }, true) =
+            (&result.action, name != "denial without an http response")
+        {
+            assert_eq!(headers, &vec![("www-authenticate".into(), "Bearer".into())]);
+            assert_eq!(body, "{\"error\":\"x\"}");
+        }
+    }
+    assert_eq!(host.count(Counter::ServerErrors), 5);
+    // No token: decided locally, the server is never asked.
+    let local = done(w.on_request(2, get("/admin/users", None), us(T0)));
+    assert_eq!(status_of(&local), 401);
+}
+
+#[test]
+fn cached_server_decisions_are_trusted_only_while_polls_succeed() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = polled_worker(&store, T0);
+    let request = get("/admin/users", Some("opaque-token-1"));
+    let (call, request) = server_call(w.on_request(1, request.clone(), us(T0)));
+    w.on_server_reply(1, &request, &call, 0, Some(ok_reply(5_000, 1, false)), T0);
+    let hit = done(w.on_request(2, request.clone(), us(T0 + 100)));
+    assert_eq!(status_of(&hit), 200);
+    assert_eq!(
+        host.count(Counter::CacheHit(authz_core::Tier::Privileged)),
+        1
+    );
+
+    // Polls fail from now on; a Check reply (for another token) does not renew trust while
+    // they do.
+    for at in [T0 + 300, T0 + 600, T0 + 900] {
+        w.on_poll_response(None, None, at);
+    }
+    let other = get("/admin/users", Some("opaque-token-2"));
+    let (other_call, other) = server_call(w.on_request(3, other, us(T0 + 950)));
+    let fresh = w.on_server_reply(
+        3,
+        &other,
+        &other_call,
+        0,
+        Some(ok_reply(5_000, 1, false)),
+        T0 + 950,
+    );
+    assert_eq!(status_of(&fresh), 200);
+    // Past max_unreachable_ms (1 s) after the last good poll: the cache is not used.
+    let (call, _) = server_call(w.on_request(4, request.clone(), us(T0 + 1_100)));
+    assert_eq!(
+        host.count(Counter::CacheUntrusted(authz_core::Tier::Privileged)),
+        1
+    );
+    // One good poll renews trust, and the entry is served again.
+    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0 + 1_200);
+    assert_eq!(
+        status_of(&done(w.on_request(5, request.clone(), us(T0 + 1_250)))),
+        200
+    );
+    // A reply whose server cannot confirm its state does not renew trust either.
+    w.on_server_reply(
+        4,
+        &request,
+        &call,
+        0,
+        Some(ok_reply(5_000, 1, true)),
+        T0 + 2_000,
+    );
+    let step = w.on_request(6, request, us(T0 + 2_300));
+    assert!(matches!(step, RequestStep::CallServer(..)), "{step:?}");
+    assert!(host.logged("epochs poll failed"));
+}
+
+#[test]
+fn a_restarted_server_state_drops_what_was_learned_from_the_old_one() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = polled_worker(&store, T0);
+    w.on_poll_response(Some(200), Some(epochs(40, 6, "inc-a", &[])), T0 + 250);
+    let request = get("/admin/users", Some("opaque-token-1"));
+    let (call, request) = server_call(w.on_request(1, request, us(T0 + 260)));
+    assert_eq!(call.policy_version, 6);
+    w.on_server_reply(
+        1,
+        &request,
+        &call,
+        0,
+        Some(ok_reply(5_000, 6, false)),
+        T0 + 260,
+    );
+    assert_eq!(
+        status_of(&done(w.on_request(2, request.clone(), us(T0 + 270)))),
+        200
+    );
+
+    // The server's counters restart: versions fall back, and nothing cached survives.
+    w.on_poll_response(Some(200), Some(epochs(2, 1, "inc-b", &[])), T0 + 500);
+    let (call, _) = server_call(w.on_request(3, request.clone(), us(T0 + 510)));
+    assert_eq!(call.policy_version, 1);
+    assert_eq!(host.gauges.borrow().get(&Gauge::PolicyVersion), Some(&1));
+    let poll = w.on_tick(T0 + 800).poll.expect("next poll");
+    assert_eq!(
+        poll.path, "/admin/epochs?since=2",
+        "asks the new counter from its start"
+    );
+
+    // A subject's epoch change purges that subject's decisions.
+    w.on_server_reply(
+        3,
+        &request,
+        &call,
+        0,
+        Some(ok_reply(5_000, 1, false)),
+        T0 + 810,
+    );
+    assert_eq!(
+        status_of(&done(w.on_request(4, request.clone(), us(T0 + 820)))),
+        200
+    );
+    w.poll_started(8);
+    w.on_poll_response(Some(200), Some(epochs(3, 1, "inc-b", &["alice"])), T0 + 900);
+    let step = w.on_request(5, request, us(T0 + 910));
+    assert!(matches!(step, RequestStep::CallServer(..)), "{step:?}");
+}
+
+#[test]
+fn workers_merge_policy_versions_of_the_same_server_state_only() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut a, _) = polled_worker(&store, T0);
+    let (mut b, b_host) = polled_worker(&store, T0);
+    let request = get("/admin/users", Some("opaque-token-1"));
+    let (call, request) = server_call(b.on_request(1, request, us(T0)));
+    b.on_server_reply(1, &request, &call, 0, Some(ok_reply(5_000, 1, false)), T0);
+
+    // A learns policy 3 of the same state and publishes it; B adopts it on its tick and
+    // drops what it cached under policy 1.
+    a.on_poll_response(Some(200), Some(epochs(5, 3, "inc-a", &[])), T0 + 250);
+    b.on_tick(T0 + 260);
+    let (call, _) = server_call(b.on_request(2, request.clone(), us(T0 + 270)));
+    assert_eq!(call.policy_version, 3);
+    assert_eq!(b_host.gauges.borrow().get(&Gauge::PolicyVersion), Some(&3));
+
+    // A version published about another incarnation is not adopted.
+    a.on_poll_response(Some(200), Some(epochs(1, 9, "inc-z", &[])), T0 + 500);
+    b.on_tick(T0 + 510);
+    let (call, _) = server_call(b.on_request(3, request, us(T0 + 520)));
+    assert_eq!(call.policy_version, 3);
+}
+
+#[test]
+fn replies_under_another_policy_version_flush_or_are_used_once() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = polled_worker(&store, T0);
+    let request = get("/admin/users", Some("opaque-token-1"));
+    let (call, request) = server_call(w.on_request(1, request, us(T0)));
+    w.on_server_reply(1, &request, &call, 0, Some(ok_reply(5_000, 1, false)), T0);
+    // A reply decided under a newer policy: everything cached before goes, the reply is kept
+    // under the new version.
+    let other = get("/admin/other", Some("opaque-token-2"));
+    let (call, other) = server_call(w.on_request(2, other, us(T0 + 10)));
+    w.on_server_reply(
+        2,
+        &other,
+        &call,
+        0,
+        Some(ok_reply(5_000, 2, false)),
+        T0 + 10,
+    );
+    assert_eq!(host.gauges.borrow().get(&Gauge::PolicyVersion), Some(&2));
+    let (call, _) = server_call(w.on_request(3, request.clone(), us(T0 + 20)));
+    assert_eq!(call.policy_version, 2, "the entry of policy 1 was flushed");
+    assert_eq!(status_of(&done(w.on_request(4, other, us(T0 + 30)))), 200);
+    // A reply decided under an older policy than enforced is used once, not kept.
+    let result = w.on_server_reply(
+        3,
+        &request,
+        &call,
+        0,
+        Some(ok_reply(5_000, 1, false)),
+        T0 + 40,
+    );
+    assert_eq!(status_of(&result), 200);
+    let step = w.on_request(5, request, us(T0 + 50));
+    assert!(matches!(step, RequestStep::CallServer(..)), "{step:?}");
+}
