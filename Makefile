@@ -55,7 +55,7 @@ test: tools build
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip1 -p authz-core -p wasm-filter -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 -p authz-core -p filter-core -p wasm-filter -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

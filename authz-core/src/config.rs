@@ -11,6 +11,7 @@ use crate::keys::{KeySet, VerificationKey};
 use crate::routes::{ClaimRule, PathMatch, Requirements, Route, RouteTable, TenantRule};
 use crate::tier::Tier;
 use crate::verify::Provider;
+use crate::verify::{DEFAULT_MAX_TOKEN_BYTES, TOKEN_BYTES_RANGE, TOKEN_BYTES_RANGE_TEXT};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Deserialize;
@@ -35,7 +36,7 @@ pub struct FilterConfig {
     pub headers: Option<HeadersConfig>,
     /// How long a request may wait for keys that are being fetched. Default 3000.
     pub key_wait_timeout_ms: Option<u64>,
-    /// Longest accepted token, in bytes. Default 8192.
+    /// Longest accepted token, in bytes, 256–65536. Default 8192.
     pub max_token_bytes: Option<usize>,
     /// Keep the `authorization` header on allowed requests. Default false: the upstream gets
     /// the verified context headers, not the credential (as Envoy `jwt_authn` `forward: false`).
@@ -439,8 +440,8 @@ fn parse_tier(p: &mut Problems, at: &str, tier: &Option<String>) -> Tier {
             p.add(at, "\"tier\" is required");
             Tier::Regulated
         }
-        Some(name) => serde_json::from_value(Value::String(name.to_owned())).unwrap_or_else(|_| {
-            p.add(at, format_args!("unknown tier \"{name}\" (expected one of public, authenticated, standard_write, privileged, regulated)"));
+        Some(name) => name.parse().unwrap_or_else(|unknown| {
+            p.add(at, unknown);
             Tier::Regulated
         }),
     }
@@ -713,7 +714,7 @@ fn parse_cache(p: &mut Problems, c: &Option<CacheConfig>) -> CacheSettings {
     };
     p.unknown("cache", &c.unknown);
     for (name, ms) in &c.tier_max_ms {
-        match serde_json::from_value::<Tier>(Value::String(name.clone())) {
+        match name.parse::<Tier>() {
             Ok(tier) => caps.set(tier, *ms),
             Err(_) => p.add(&format!("cache.tier_max_ms.{name}"), "unknown tier"),
         }
@@ -898,9 +899,9 @@ impl Policy {
         if key_wait_timeout_ms > 30_000 {
             p.add("key_wait_timeout_ms", "must be at most 30000");
         }
-        let max_token_bytes = c.max_token_bytes.unwrap_or(8192);
-        if !(256..=65_536).contains(&max_token_bytes) {
-            p.add("max_token_bytes", "must be between 256 and 65536");
+        let max_token_bytes = c.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        if !TOKEN_BYTES_RANGE.contains(&max_token_bytes) {
+            p.add("max_token_bytes", TOKEN_BYTES_RANGE_TEXT);
         }
         let server = c.server.as_ref().and_then(|s| parse_server_link(&mut p, s));
         let cache = parse_cache(&mut p, &c.cache);

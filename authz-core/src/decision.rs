@@ -26,6 +26,12 @@ pub const BAD_REQUEST_BODY: &str =
 pub const UNAVAILABLE_BODY: &str = "{\"error\":\"temporarily_unavailable\",\"error_description\":\"authorization cannot be decided right now\"}\n";
 /// Seconds in `Retry-After` of a fail-closed 503.
 pub const RETRY_AFTER_SECONDS: u32 = 5;
+/// Body of every step-up 401 (RFC 9470).
+pub const STEP_UP_BODY: &str = "{\"error\":\"insufficient_user_authentication\",\"error_description\":\"a more recent or stronger authentication is required\"}\n";
+/// Body of every 429.
+pub const RATE_LIMITED_BODY: &str = "{\"error\":\"rate_limited\"}\n";
+/// Seconds in `Retry-After` of a 429.
+pub const RATE_LIMIT_RETRY_AFTER_SECONDS: u32 = 1;
 
 /// What the proxy knows about a request.
 #[derive(Debug, Clone, Copy)]
@@ -53,9 +59,36 @@ pub enum DenyReason {
     ServerRequired,
     /// The proxy could not supply what a decision needs (e.g. the clock).
     Internal,
-    /// The request itself cannot be read: a method or path that is not UTF-8, or more than
-    /// one `authorization` header.
+    /// The request itself cannot be read: a method or path that is not UTF-8, a target that
+    /// is not origin-form, or more than one `authorization` header.
     BadRequest,
+    /// The token was revoked at the authorization server (by hash, `jti` or subject).
+    Revoked,
+    /// The IdP says the token is not active.
+    Inactive,
+    /// The IdP could not answer, and the tier allows no older answer.
+    IdpUnavailable,
+    /// The shared revocation state is not confirmed current, and the tier fails closed.
+    SharedStateUnconfirmed,
+    /// The decision ran out of time.
+    Deadline,
+    /// A rate limit of the tier was exceeded (per address or per subject).
+    RateLimited,
+    /// The token is valid but its authentication is too old or too weak for the route: the
+    /// client must authenticate again (RFC 9470), as `www_authenticate` says.
+    StepUp {
+        www_authenticate: String,
+    },
+}
+
+impl From<Unmet> for DenyReason {
+    fn from(unmet: Unmet) -> DenyReason {
+        match unmet {
+            Unmet::Scope => DenyReason::InsufficientScope,
+            Unmet::Claim => DenyReason::ClaimMismatch,
+            Unmet::Tenant => DenyReason::TenantMismatch,
+        }
+    }
 }
 
 impl DenyReason {
@@ -72,20 +105,38 @@ impl DenyReason {
             DenyReason::ServerRequired => "server_required",
             DenyReason::Internal => "internal",
             DenyReason::BadRequest => "bad_request",
+            DenyReason::Revoked => "revoked",
+            DenyReason::Inactive => "inactive",
+            DenyReason::IdpUnavailable => "idp_unavailable",
+            DenyReason::SharedStateUnconfirmed => "shared_state_unconfirmed",
+            DenyReason::Deadline => "deadline",
+            DenyReason::RateLimited => "rate_limited",
+            DenyReason::StepUp { .. } => "step_up_required",
         }
     }
 
-    /// The HTTP status for this reason: 401 for anything about the token, 403 for a valid
-    /// token that is not enough, 503 where the answer cannot be decided (fail closed), 400 for
-    /// a request that cannot be read.
+    /// The HTTP status for this reason: 401 for anything about the token (and a step-up), 403
+    /// for a valid token that is not enough, 429 over a rate limit, 503 where the answer cannot
+    /// be decided (fail closed), 400 for a request that cannot be read.
     pub fn status(&self) -> u16 {
         match self {
             DenyReason::BadRequest => 400,
-            DenyReason::MissingToken | DenyReason::NotBearer | DenyReason::Token(_) => 401,
+            DenyReason::MissingToken
+            | DenyReason::NotBearer
+            | DenyReason::Token(_)
+            | DenyReason::Revoked
+            | DenyReason::Inactive
+            | DenyReason::StepUp { .. } => 401,
             DenyReason::InsufficientScope
             | DenyReason::ClaimMismatch
             | DenyReason::TenantMismatch => 403,
-            DenyReason::KeysUnavailable | DenyReason::ServerRequired | DenyReason::Internal => 503,
+            DenyReason::RateLimited => 429,
+            DenyReason::KeysUnavailable
+            | DenyReason::ServerRequired
+            | DenyReason::Internal
+            | DenyReason::IdpUnavailable
+            | DenyReason::SharedStateUnconfirmed
+            | DenyReason::Deadline => 503,
         }
     }
 }
@@ -98,10 +149,22 @@ pub struct DenyResponse {
     pub body: &'static str,
 }
 
-/// Builds the response for a reason. Only the status class selects the response.
+/// Builds the response for a reason: the one table every host answers from. Only the status
+/// class selects the response, except a step-up, whose challenge says what to do next.
 pub fn deny_response(reason: &DenyReason, realm: &str) -> DenyResponse {
     let json = ("content-type", "application/json".to_owned());
     let no_store = ("cache-control", "no-store".to_owned());
+    if let DenyReason::StepUp { www_authenticate } = reason {
+        return DenyResponse {
+            status: 401,
+            headers: vec![
+                ("www-authenticate", www_authenticate.clone()),
+                json,
+                no_store,
+            ],
+            body: STEP_UP_BODY,
+        };
+    }
     match reason.status() {
         401 => DenyResponse {
             status: 401,
@@ -131,6 +194,15 @@ pub fn deny_response(reason: &DenyReason, realm: &str) -> DenyResponse {
             status: 400,
             headers: vec![json, no_store],
             body: BAD_REQUEST_BODY,
+        },
+        429 => DenyResponse {
+            status: 429,
+            headers: vec![
+                ("retry-after", RATE_LIMIT_RETRY_AFTER_SECONDS.to_string()),
+                json,
+                no_store,
+            ],
+            body: RATE_LIMITED_BODY,
         },
         _ => DenyResponse {
             status: 503,
@@ -287,11 +359,7 @@ pub fn decide_with(
         Err(failure) => return deny(DenyReason::Token(failure)),
     };
     if let Err(unmet) = route.require.check(&verified.claims, &path) {
-        return deny(match unmet {
-            Unmet::Scope => DenyReason::InsufficientScope,
-            Unmet::Claim => DenyReason::ClaimMismatch,
-            Unmet::Tenant => DenyReason::TenantMismatch,
-        });
+        return deny(unmet.into());
     }
     if tier.requires_server() {
         return deny(DenyReason::ServerRequired);

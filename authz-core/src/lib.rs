@@ -3,7 +3,8 @@
 //! This crate owns: the JWS/JWT verifier and its key sets ([`keys`], [`verify`]), the claims
 //! model ([`claims`]), the risk tiers ([`tier`]), the route table and its requirements
 //! ([`routes`]), the plugin configuration and its validation ([`config`]) and the final decision
-//! with the exact deny responses ([`decision`]).
+//! with the exact deny responses ([`decision`]), and the one mapping from a verdict to an HTTP
+//! answer and an ext_authz reply ([`verdict`]).
 //!
 //! What it does *not* do: no I/O, no clock, no logging, no global state. Time is always a
 //! parameter (`now`, Unix seconds), keys arrive as bytes, and every outcome is a value the
@@ -26,6 +27,7 @@ pub mod routes;
 pub mod rsa_verify;
 pub mod tier;
 pub mod token_hash;
+pub mod verdict;
 pub mod verify;
 
 pub use claims::Claims;
@@ -35,4 +37,5 @@ pub use decision::{decide, deny_response, Decision, DenyReason, DenyResponse, Re
 pub use error::Error;
 pub use keys::KeySet;
 pub use tier::Tier;
+pub use verdict::Verdict;
 pub use verify::{Provider, VerifiedToken, VerifyFailure};

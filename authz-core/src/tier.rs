@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::str::FromStr;
 
 /// A route's risk tier, lowest risk first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -89,6 +90,51 @@ mod tests {
             let json = serde_json::to_string(&tier).unwrap();
             assert_eq!(json, format!("\"{}\"", tier.as_str()));
             assert_eq!(serde_json::from_str::<Tier>(&json).unwrap(), tier);
+        }
+    }
+}
+
+/// A name that is not a tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownTier(pub String);
+
+impl fmt::Display for UnknownTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown tier \"{}\" (expected one of public, authenticated, standard_write, privileged, regulated)",
+            self.0
+        )
+    }
+}
+
+impl FromStr for Tier {
+    type Err = UnknownTier;
+
+    /// A tier by its configuration name (exactly as [`Tier::as_str`] writes it).
+    fn from_str(name: &str) -> Result<Tier, UnknownTier> {
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.as_str() == name)
+            .ok_or_else(|| UnknownTier(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod from_str_tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_nothing_else_parses() {
+        for tier in Tier::ALL {
+            assert_eq!(tier.as_str().parse::<Tier>(), Ok(tier));
+            assert_eq!(
+                serde_json::to_value(tier).ok(),
+                Some(serde_json::Value::String(tier.as_str().to_owned()))
+            );
+        }
+        for bad in ["", "Public", "gold", "privileged ", "standard-write"] {
+            assert!(bad.parse::<Tier>().is_err(), "{bad:?}");
         }
     }
 }

@@ -16,6 +16,15 @@ use base64::Engine;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
+/// The longest token accepted unless configured otherwise, in bytes (the filter's
+/// `max_token_bytes` and the server's `token.max_bytes`): larger ones are refused before any
+/// parsing, verification or introspection.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+/// The limits a configured token size must stay within.
+pub const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=65_536;
+/// [`TOKEN_BYTES_RANGE`] as a configuration error says it.
+pub const TOKEN_BYTES_RANGE_TEXT: &str = "must be between 256 and 65536";
+
 /// What one trusted issuer's tokens must satisfy. Keys are held separately (they change at
 /// run time); see [`verify`].
 #[derive(Debug, Clone)]

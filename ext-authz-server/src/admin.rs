@@ -12,8 +12,8 @@
 //! shared tier the change is published to every instance (`"shared": "published"`), or, when
 //! Redis cannot take it, kept and published when it returns (`"shared": "pending"`).
 
+use crate::changes::ChangeSink;
 use crate::check::CheckService;
-use crate::introspector::now_ms;
 use crate::shared;
 use crate::versions::{parse_token_hash, Change};
 use axum::extract::{Query, State};
@@ -30,6 +30,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Admin {
     pub service: Arc<CheckService>,
+    /// Where the changes made here are applied (and published from).
+    pub changes: Arc<dyn ChangeSink>,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -150,7 +152,8 @@ async fn revoke(
                 .into_response()
         }
     };
-    let (applied, delivery) = shared::record(service, change).await;
+    let (applied, delivery) =
+        shared::record(admin.changes.as_ref(), service.shared.as_deref(), change).await;
     eprintln!(
         "{}",
         json!({"msg": "admin_revoke", "version": applied.stamp, "shared": delivery.as_str()})
@@ -174,10 +177,15 @@ async fn revoke_subject(
     }
     let change = Change::RevokeSubject {
         subject: body.sub.clone(),
-        revoked_at_ms: now_ms(),
+        revoked_at_ms: admin.service.clock.now_ms(),
         epoch: None,
     };
-    let (applied, delivery) = shared::record(&admin.service, change).await;
+    let (applied, delivery) = shared::record(
+        admin.changes.as_ref(),
+        admin.service.shared.as_deref(),
+        change,
+    )
+    .await;
     eprintln!(
         "{}",
         json!({"msg": "admin_revoke_subject", "sub": body.sub, "epoch": applied.value, "shared": delivery.as_str()})
@@ -190,8 +198,12 @@ async fn bump_policy(State(admin): State<Admin>, headers: HeaderMap) -> Response
     if !authorized(&admin, &headers) {
         return unauthorized();
     }
-    let (applied, delivery) =
-        shared::record(&admin.service, Change::BumpPolicy { version: None }).await;
+    let (applied, delivery) = shared::record(
+        admin.changes.as_ref(),
+        admin.service.shared.as_deref(),
+        Change::BumpPolicy { version: None },
+    )
+    .await;
     eprintln!(
         "{}",
         json!({"msg": "admin_policy_version", "policy_version": applied.value, "shared": delivery.as_str()})

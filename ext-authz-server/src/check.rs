@@ -1,36 +1,41 @@
-//! `envoy.service.auth.v3.Authorization/Check`: one decision per request.
+//! `envoy.service.auth.v3.Authorization/Check`: one decision per request, in phases (the order
+//! Authorino made familiar), each a small function:
 //!
-//! Order: tier (from `context_extensions["tier"]`, else the route table, matched on the
-//! canonical path) → token (b64token syntax) → revocation → rate limits (an address over its
-//! failed-token budget gets no IdP call) → introspection (cache/IdP, by the tier's freshness
-//! rules) → active → what the token is for (`authz_core::verify::check_purpose`, the filter's
-//! rules) → subject revocation → route requirements → step-up → allow. `Check` never returns a gRPC error for a
-//! decision: malformed input is a deny, a missed deadline is a fail-closed 503. Deny bodies and
-//! `WWW-Authenticate` values are the filter's (`authz_core::deny_response`), so a client cannot
-//! tell which component answered or why a token failed. One JSON decision line per check goes
-//! to stdout; the token never appears in it (a hash prefix does).
+//! 1. [`identify`]: what is asked: the route and tier (`context_extensions["tier"]`, else the
+//!    route table on the canonical path) and the credential. An unreadable request stops here.
+//! 2. [`CheckService::screen`]: the token before anyone is asked about it: bearer syntax, size
+//!    (`token.max_bytes`), revocation by hash, per-address limits, and the shared-state gate
+//!    of tiers that fail closed.
+//! 3. [`CheckService::introspect`]: cache, shared cache or IdP, by the tier's freshness rules.
+//! 4. [`CheckService::authorize`]: active, what the token is for
+//!    (`authz_core::verify::check_purpose`, the filter's rules), `jti` and subject revocation,
+//!    the per-subject limit, the route's requirements (the filter's evaluation), step-up.
+//! 5. [`CheckService::decide`] answers: the [`Verdict`] goes through `authz_core`'s one
+//!    response table (so a client cannot tell which component answered or why a token failed),
+//!    a failed token counts against its address, and one decision line is logged (the token
+//!    never appears in it; a hash prefix does).
+//!
+//! `Check` never returns a gRPC error for a decision: malformed input is a deny, a missed
+//! deadline is a fail-closed 503.
 
+use crate::clock::SharedClock;
 use crate::config::ServerConfig;
-use crate::introspector::{now_ms, Introspector, Lookup, Source};
+use crate::introspector::{Cached, Introspector, Lookup, Source};
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
-use crate::versions::Versions;
+use crate::versions::{TokenKey, Versions};
 use authz_core::decision::bearer_token;
-use authz_core::ext_authz_proto::{CacheDirective, CLIENT_LOCALITY_EXTENSION};
-use authz_core::fallback::check_step_up;
-use authz_core::routes::{is_origin_form, match_path, Unmet};
+use authz_core::ext_authz_proto::{encode, CacheDirective, CLIENT_LOCALITY_EXTENSION};
+use authz_core::fallback::{check_step_up, TierRules};
+use authz_core::introspection::Introspection;
+use authz_core::routes::{is_origin_form, match_path, Route};
 use authz_core::token_hash::token_digest;
 use authz_core::verify::{check_purpose, jws_typ, Presence};
-use authz_core::{deny_response, DenyReason, Tier};
-use envoy_types::ext_authz::v3::pb::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue,
-    HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
-};
+use authz_core::{DenyReason, Tier, Verdict, VerifyFailure};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
 use envoy_types::ext_authz::v3::CheckRequestExt;
-use envoy_types::pb::google::rpc;
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,80 +57,7 @@ pub struct CheckService {
     pub shared: Option<Arc<Shared>>,
     pub limiters: Arc<Limiters>,
     pub metrics: Arc<Metrics>,
-}
-
-/// Why a check ended the way it did (for logs and metrics).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Allow {
-        subject: Option<String>,
-        scopes: Vec<String>,
-    },
-    Deny(DenyReason),
-    /// 401 asking for a more recent or stronger authentication.
-    StepUp {
-        www_authenticate: String,
-    },
-    /// 401 for a token revoked at this server (reason label `revoked`).
-    Revoked,
-    /// 401 for an inactive token.
-    Inactive,
-    /// 503: the IdP could not answer and the tier allows no stale answer.
-    IdpUnavailable(&'static str),
-    /// 503: the shared revocation state is not confirmed current and the tier fails closed.
-    SharedUnconfirmed,
-    /// 429.
-    RateLimited(&'static str),
-    /// 503: the check ran out of time.
-    Deadline,
-}
-
-impl Outcome {
-    fn labels(&self) -> (&'static str, &'static str) {
-        match self {
-            Outcome::Allow { .. } => ("allow", "ok"),
-            Outcome::Deny(r) => ("deny", r.as_str()),
-            Outcome::StepUp { .. } => ("deny", "step_up_required"),
-            Outcome::Revoked => ("deny", "revoked"),
-            Outcome::Inactive => ("deny", "inactive"),
-            Outcome::IdpUnavailable(_) => ("deny", "idp_unavailable"),
-            Outcome::SharedUnconfirmed => ("deny", "shared_state_unconfirmed"),
-            Outcome::RateLimited(_) => ("deny", "rate_limited"),
-            Outcome::Deadline => ("deny", "deadline"),
-        }
-    }
-}
-
-fn header(key: &str, value: &str) -> HeaderValueOption {
-    #[allow(deprecated)]
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            raw_value: Vec::new(),
-        }),
-        append: None,
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
-        keep_empty_value: false,
-    }
-}
-
-fn denied(status: u16, headers: Vec<(&str, String)>, body: &str) -> CheckResponse {
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: 7,
-            message: String::new(),
-            details: Vec::new(),
-        }),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus {
-                code: i32::from(status),
-            }),
-            headers: headers.iter().map(|(k, v)| header(k, v)).collect(),
-            body: body.to_owned(),
-        })),
-        ..CheckResponse::default()
-    }
+    pub clock: SharedClock,
 }
 
 /// Facts of one check, gathered for the decision log.
@@ -133,6 +65,7 @@ fn denied(status: u16, headers: Vec<(&str, String)>, body: &str) -> CheckRespons
 struct Trace {
     tier: Option<Tier>,
     route: String,
+    address: String,
     token_label: String,
     cache: &'static str,
     age_ms: u64,
@@ -143,10 +76,68 @@ struct Trace {
     stages: Vec<(&'static str, f64)>,
 }
 
+/// What phase 1 found out about a request.
+#[derive(Debug)]
+pub struct Identified<'a> {
+    pub route: &'a Route,
+    pub tier: Tier,
+    /// The path routes and requirements see ([`match_path`]).
+    pub match_path: String,
+    pub authorization: Option<&'a str>,
+    /// The client's address, as Envoy reports it ("" when absent).
+    pub address: String,
+}
+
+/// Phase 1: the route, tier and credential of a request. A request without HTTP attributes
+/// or an origin-form path, or naming an unknown tier, is refused here.
+pub fn identify<'a>(
+    config: &'a ServerConfig,
+    request: &'a CheckRequest,
+) -> Result<Identified<'a>, DenyReason> {
+    let attributes = request.attributes.as_ref();
+    let http = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .ok_or(DenyReason::Internal)?;
+    if !is_origin_form(&http.path) {
+        return Err(DenyReason::BadRequest);
+    }
+    let match_path = match_path(&http.path);
+    let route = config.routes.find_matched(&http.method, &match_path);
+    let tier = match attributes.and_then(|a| a.context_extensions.get("tier")) {
+        None => route.tier,
+        Some(name) => name.parse().map_err(|unknown| {
+            tracing::error!(%unknown, "tier in context_extensions; failing closed");
+            DenyReason::Internal
+        })?,
+    };
+    Ok(Identified {
+        route,
+        tier,
+        match_path,
+        authorization: http.headers.get("authorization").map(String::as_str),
+        address: request.get_client_address().cloned().unwrap_or_default(),
+    })
+}
+
+/// A token that passed phase 2.
+#[derive(Debug)]
+pub struct Screened<'a> {
+    pub token: &'a str,
+    /// SHA-256 of the token: the key of every cache and revocation.
+    pub key: TokenKey,
+}
+
+/// Whether a denial is about the credential itself (a missing, malformed, inactive, revoked
+/// or foreign token): those count against the client address's failed-token budget.
+fn is_failed_token(reason: &DenyReason) -> bool {
+    reason.status() == 401 && !matches!(reason, DenyReason::StepUp { .. })
+}
+
 impl CheckService {
-    /// Decides a request, within the configured deadline. `caller_locality` is the calling
-    /// proxy's `region/zone` from the call's metadata, if it sent one (the request's
-    /// `context_extensions["client_locality"]` wins).
+    /// Decides a request, within the configured deadline, and answers it. `caller_locality`
+    /// is the calling proxy's `region/zone` from the call's metadata, if it sent one (the
+    /// request's `context_extensions["client_locality"]` wins).
     pub async fn decide(
         &self,
         request: CheckRequest,
@@ -161,71 +152,245 @@ impl CheckService {
         let started = Instant::now();
         let mut trace = Trace {
             cache: "none",
+            route: "-".into(),
             ..Trace::default()
         };
-        let outcome = match tokio::time::timeout(
+        let mut verdict = match tokio::time::timeout(
             self.config.check_timeout,
             self.evaluate(&request, &mut trace),
         )
         .await
         {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Deadline,
+            Ok(verdict) => verdict,
+            Err(_) => Verdict::Deny(DenyReason::Deadline),
         };
-        let elapsed = started.elapsed().as_secs_f64();
-        trace.stages.push(("check", elapsed));
-        let tier = trace.tier.unwrap_or(Tier::Regulated);
-        let (outcome_label, reason) = outcome.labels();
-        self.metrics.inc(
-            "authz_decisions_total",
-            &[
-                ("outcome", outcome_label),
-                ("reason", reason),
-                ("tier", tier.as_str()),
-            ],
-        );
-        for (stage, seconds) in &trace.stages {
-            self.metrics
-                .observe_seconds("authz_check_seconds", &[("stage", stage)], *seconds);
+        if let Verdict::Deny(reason) = &verdict {
+            if is_failed_token(reason)
+                && !self
+                    .limiters
+                    .failed_attempt_allowed(&trace.address, self.clock.now_ms())
+            {
+                verdict = Verdict::Deny(DenyReason::RateLimited);
+            }
         }
-        let stages: serde_json::Map<String, serde_json::Value> = trace
+        trace
             .stages
-            .iter()
-            .map(|(s, v)| ((*s).to_owned(), json!((v * 1e6).round() / 1e3)))
-            .collect();
-        println!(
-            "{}",
-            json!({
-                "msg": "authz_decision",
-                "decision": outcome_label,
-                "reason": reason,
-                "tier": tier.as_str(),
-                "route": trace.route,
-                "policy_version": self.versions.policy_version(),
-                "cache": trace.cache,
-                "data_age_ms": trace.age_ms,
-                "region": self.config.region,
-                "zone": self.config.zone,
-                "client_locality": client_locality,
-                "subject": trace.subject,
-                "token": trace.token_label,
-                "latency_ms": stages,
-            })
-        );
-        let directive = self.cache_directive(&outcome, &trace);
-        let mut response = self.respond(outcome, tier);
-        response.dynamic_metadata = Some(to_envoy_struct(&directive.to_metadata()));
-        response
+            .push(("check", started.elapsed().as_secs_f64()));
+        self.record(&verdict, &trace, client_locality);
+        let directive = self.cache_directive(&verdict, &trace);
+        to_envoy(&verdict.check_response(&self.config.realm, &directive))
     }
 
-    /// What a caching client (the Wasm filter) may do with this decision.
-    fn cache_directive(&self, outcome: &Outcome, trace: &Trace) -> CacheDirective {
-        let ttl_ms = match outcome {
-            Outcome::Allow {
-                subject: Some(_), ..
-            } => trace.fresh_for_ms,
-            Outcome::Inactive | Outcome::Revoked => DENY_CACHE_TTL_MS,
-            Outcome::Deny(
+    /// Phases 1 to 4.
+    async fn evaluate(&self, request: &CheckRequest, trace: &mut Trace) -> Verdict {
+        let policy_started = Instant::now();
+        let id = match identify(&self.config, request) {
+            Ok(id) => id,
+            Err(reason) => return Verdict::Deny(reason),
+        };
+        trace.route = id.route.name.clone();
+        trace.tier = Some(id.tier);
+        trace.address = id.address.clone();
+        if !id.tier.requires_token() {
+            return self.allow(id.tier, None);
+        }
+        let screened = match self.screen(&id, trace) {
+            Ok(s) => s,
+            Err(reason) => return Verdict::Deny(reason),
+        };
+        trace
+            .stages
+            .push(("policy", policy_started.elapsed().as_secs_f64()));
+        let rules = self.config.tier_rules(id.tier);
+        let entry = match self.introspect(&screened, id.tier, &rules, trace).await {
+            Ok(entry) => entry,
+            Err(reason) => return Verdict::Deny(reason),
+        };
+        match self.authorize(&id, &screened, &entry.result, &rules, trace) {
+            Ok(()) => self.allow(id.tier, Some(&entry.result)),
+            Err(reason) => Verdict::Deny(reason),
+        }
+    }
+
+    /// Phase 2: the token, before any cache or IdP is asked about it.
+    fn screen<'a>(
+        &self,
+        id: &Identified<'a>,
+        trace: &mut Trace,
+    ) -> Result<Screened<'a>, DenyReason> {
+        let token = id
+            .authorization
+            .and_then(bearer_token)
+            .ok_or(DenyReason::MissingToken)?;
+        if token.len() > self.config.max_token_bytes {
+            return Err(DenyReason::Token(VerifyFailure::TooLarge));
+        }
+        let key = token_digest(token);
+        trace.token_label = authz_core::token_hash::digest_label(&key);
+        if self.versions.is_token_revoked(&key) {
+            return Err(DenyReason::Revoked);
+        }
+        if id.tier.requires_server() && !self.limiters.privileged_address_allowed(&id.address) {
+            return Err(DenyReason::RateLimited);
+        }
+        // Above `authenticated`, shared data counts only while it is confirmed current; a tier
+        // that fails closed refuses to decide without it (revocations made elsewhere could be
+        // missing).
+        if !trusts_unconfirmed_shared(id.tier)
+            && self.config.tier_rules(id.tier).fails_closed()
+            && self.shared.as_ref().is_some_and(|s| !s.confirmed())
+        {
+            return Err(DenyReason::SharedStateUnconfirmed);
+        }
+        // An address that just went over its failed-token budget gets no IdP call: only
+        // tokens this server already holds answers for are decided.
+        if self
+            .limiters
+            .address_blocked(&id.address, self.clock.now_ms())
+            && !self.introspector.holds(&key)
+        {
+            return Err(DenyReason::RateLimited);
+        }
+        Ok(Screened { token, key })
+    }
+
+    /// Phase 3: introspection data fresh enough for the tier.
+    async fn introspect(
+        &self,
+        screened: &Screened<'_>,
+        tier: Tier,
+        rules: &TierRules,
+        trace: &mut Trace,
+    ) -> Result<Arc<Cached>, DenyReason> {
+        let started = Instant::now();
+        let lookup = self
+            .introspector
+            .lookup(
+                screened.key,
+                screened.token,
+                rules,
+                trusts_unconfirmed_shared(tier),
+            )
+            .await;
+        trace
+            .stages
+            .push(("cache_lookup", started.elapsed().as_secs_f64()));
+        let Lookup {
+            entry,
+            source,
+            age_ms,
+        } = lookup.map_err(|_| DenyReason::IdpUnavailable)?;
+        trace.cache = source.as_str();
+        trace.age_ms = age_ms;
+        if source != Source::Stale {
+            let until_exp = entry
+                .result
+                .expires_at
+                .map(|exp| (exp.max(0) as u64 * 1000).saturating_sub(self.clock.now_ms()))
+                .unwrap_or(u64::MAX);
+            trace.fresh_for_ms = rules
+                .max_staleness_ms
+                .saturating_sub(age_ms)
+                .min(until_exp)
+                .min(self.config.cache.cap_ms);
+        }
+        Ok(entry)
+    }
+
+    /// Phase 4: whether this active token may make this request.
+    fn authorize(
+        &self,
+        id: &Identified<'_>,
+        screened: &Screened<'_>,
+        result: &Introspection,
+        rules: &TierRules,
+        trace: &mut Trace,
+    ) -> Result<(), DenyReason> {
+        if !result.active {
+            return Err(DenyReason::Inactive);
+        }
+        // What the token is for, by the filter's rules: an active token minted for another
+        // API, by another issuer, of another type, or past its expiry is refused here too.
+        let audience = if self.config.require_audience {
+            Presence::Required
+        } else {
+            Presence::WhenPresent
+        };
+        let claims = result.as_claims();
+        let now_seconds = self.clock.now_seconds();
+        check_purpose(
+            &self.config.token,
+            &claims,
+            jws_typ(screened.token).as_deref(),
+            now_seconds,
+            audience,
+        )
+        .map_err(DenyReason::Token)?;
+        trace.subject = result.subject.clone();
+        if result
+            .jti
+            .as_deref()
+            .is_some_and(|j| self.versions.is_jti_revoked(j))
+        {
+            return Err(DenyReason::Revoked);
+        }
+        if let Some(sub) = &result.subject {
+            if let Some(revoked_at) = self.versions.subject_revoked_at_ms(sub) {
+                let issued_ms = result.issued_at.unwrap_or(0).max(0) as u64 * 1000;
+                if issued_ms <= revoked_at {
+                    return Err(DenyReason::Revoked);
+                }
+            }
+            if id.tier.requires_server() && !self.limiters.privileged_subject_allowed(sub) {
+                return Err(DenyReason::RateLimited);
+            }
+        }
+        id.route.require.check(&claims, &id.match_path)?;
+        if let Some(step_up) = &rules.step_up {
+            check_step_up(step_up, result, now_seconds).map_err(|challenge| {
+                DenyReason::StepUp {
+                    www_authenticate: challenge.www_authenticate(&self.config.realm),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The allow verdict: the verified context, set over whatever the client sent, and every
+    /// other configured context header removed.
+    pub fn allow(&self, tier: Tier, result: Option<&Introspection>) -> Verdict {
+        let mut set = vec![
+            (TIER_HEADER.to_owned(), tier.as_str().to_owned()),
+            (
+                POLICY_VERSION_HEADER.to_owned(),
+                self.versions.policy_version().to_string(),
+            ),
+        ];
+        if let Some(sub) = result.and_then(|r| r.subject.as_deref()) {
+            let scopes = result.map(|r| r.scopes.join(" ")).unwrap_or_default();
+            set.push((SUBJECT_HEADER.to_owned(), sub.to_owned()));
+            set.push((SCOPES_HEADER.to_owned(), scopes));
+        }
+        let mut remove: Vec<String> = self
+            .config
+            .strip_headers
+            .iter()
+            .chain([SUBJECT_HEADER.to_owned(), SCOPES_HEADER.to_owned()].iter())
+            .filter(|name| !set.iter().any(|(set_name, _)| set_name == *name))
+            .cloned()
+            .collect();
+        if !self.config.forward_token {
+            remove.push("authorization".to_owned());
+        }
+        Verdict::Allow { set, remove }
+    }
+
+    /// What a caching client (the Wasm filter) may do with this verdict.
+    fn cache_directive(&self, verdict: &Verdict, trace: &Trace) -> CacheDirective {
+        let ttl_ms = match verdict {
+            Verdict::Allow { .. } if trace.subject.is_some() => trace.fresh_for_ms,
+            Verdict::Deny(DenyReason::Inactive | DenyReason::Revoked) => DENY_CACHE_TTL_MS,
+            Verdict::Deny(
                 DenyReason::InsufficientScope
                 | DenyReason::ClaimMismatch
                 | DenyReason::TenantMismatch,
@@ -246,270 +411,270 @@ impl CheckService {
         }
     }
 
-    fn respond(&self, outcome: Outcome, tier: Tier) -> CheckResponse {
-        let realm = &self.config.realm;
-        let standard = |reason: DenyReason| {
-            let r = deny_response(&reason, realm);
-            denied(
-                r.status,
-                r.headers.iter().map(|(k, v)| (*k, v.clone())).collect(),
-                r.body,
-            )
-        };
-        match outcome {
-            Outcome::Allow { subject, scopes } => self.ok_response(tier, subject.as_deref(), &scopes),
-            Outcome::Deny(reason) => standard(reason),
-            Outcome::Revoked | Outcome::Inactive => standard(DenyReason::MissingToken),
-            Outcome::IdpUnavailable(_) | Outcome::SharedUnconfirmed | Outcome::Deadline => {
-                standard(DenyReason::ServerRequired)
-            }
-            Outcome::StepUp { www_authenticate } => denied(
-                401,
-                vec![("www-authenticate", www_authenticate), ("content-type", "application/json".into()), ("cache-control", "no-store".into())],
-                "{\"error\":\"insufficient_user_authentication\",\"error_description\":\"a more recent or stronger authentication is required\"}\n",
-            ),
-            Outcome::RateLimited(_) => denied(
-                429,
-                vec![("retry-after", "1".into()), ("content-type", "application/json".into()), ("cache-control", "no-store".into())],
-                &format!("{{\"error\":\"rate_limited\",\"tier\":\"{}\"}}\n", tier.as_str()),
-            ),
+    /// Metrics and the decision line of one check.
+    fn record(&self, verdict: &Verdict, trace: &Trace, client_locality: Option<String>) {
+        let tier = trace.tier.unwrap_or(Tier::Regulated);
+        self.metrics.inc(
+            "authz_decisions_total",
+            &[
+                ("outcome", verdict.outcome()),
+                ("reason", verdict.reason()),
+                ("tier", tier.as_str()),
+            ],
+        );
+        for (stage, seconds) in &trace.stages {
+            self.metrics
+                .observe_seconds("authz_check_seconds", &[("stage", stage)], *seconds);
         }
-    }
-
-    async fn evaluate(&self, request: &CheckRequest, trace: &mut Trace) -> Outcome {
-        let policy_started = Instant::now();
-        let http = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let Some(http) = http else {
-            trace.route = "-".into();
-            return Outcome::Deny(DenyReason::Internal);
-        };
-        let headers: &HashMap<String, String> = &http.headers;
-        let address = request.get_client_address().cloned().unwrap_or_default();
-        if !is_origin_form(&http.path) {
-            trace.route = "-".into();
-            return Outcome::Deny(DenyReason::BadRequest);
-        }
-        let path = match_path(&http.path);
-        let route = self.config.routes.find_matched(&http.method, &path);
-        trace.route = route.name.clone();
-        let extensions = request.attributes.as_ref().map(|a| &a.context_extensions);
-        let tier = match extensions.and_then(|e| e.get("tier")) {
-            None => route.tier,
-            Some(name) => {
-                match serde_json::from_value::<Tier>(json!(name)) {
-                    Ok(tier) => tier,
-                    Err(_) => {
-                        eprintln!("ext_authz: unknown tier {name:?} in context_extensions; failing closed");
-                        return Outcome::Deny(DenyReason::Internal);
-                    }
-                }
-            }
-        };
-        trace.tier = Some(tier);
-        if !tier.requires_token() {
-            return self.allow(trace, None, tier);
-        }
-        let Some(token) = headers.get("authorization").and_then(|a| bearer_token(a)) else {
-            return self.failed(&address, Outcome::Deny(DenyReason::MissingToken));
-        };
-        if token.len() > 16_384 {
-            return self.failed(
-                &address,
-                Outcome::Deny(DenyReason::Token(authz_core::VerifyFailure::TooLarge)),
-            );
-        }
-        let key = token_digest(token);
-        trace.token_label = authz_core::token_hash::digest_label(&key);
-        if self.versions.is_token_revoked(&key) {
-            return self.failed(&address, Outcome::Revoked);
-        }
-        if tier.requires_server() && !self.limiters.privileged_address_allowed(&address) {
-            return Outcome::RateLimited("privileged_per_address");
-        }
-        let rules = self.config.tier_rules(tier);
-        // Above `authenticated`, shared data counts only while it is confirmed current; a tier
-        // that fails closed refuses to decide without it (revocations made elsewhere could be
-        // missing).
-        let trust_unconfirmed_shared = tier <= Tier::Authenticated;
-        if !trust_unconfirmed_shared
-            && rules.fails_closed()
-            && self.shared.as_ref().is_some_and(|s| !s.confirmed())
-        {
-            return Outcome::SharedUnconfirmed;
-        }
-        // An address that just went over its failed-token budget gets no IdP call: only
-        // tokens this server already holds answers for are decided.
-        if self.limiters.address_blocked(&address, now_ms()) && !self.introspector.holds(&key) {
-            return Outcome::RateLimited("failed_tokens_per_address");
-        }
-        trace
+        let stages: serde_json::Map<String, serde_json::Value> = trace
             .stages
-            .push(("policy", policy_started.elapsed().as_secs_f64()));
-        let lookup_started = Instant::now();
-        let lookup = self
-            .introspector
-            .lookup(key, token, &rules, trust_unconfirmed_shared)
-            .await;
-        trace
-            .stages
-            .push(("cache_lookup", lookup_started.elapsed().as_secs_f64()));
-        let Lookup {
-            entry,
-            source,
-            age_ms,
-        } = match lookup {
-            Ok(l) => l,
-            Err(e) => return Outcome::IdpUnavailable(e.kind()),
-        };
-        trace.cache = source.as_str();
-        trace.age_ms = age_ms;
-        let result = &entry.result;
-        if source != Source::Stale {
-            let until_exp = result
-                .expires_at
-                .map(|exp| (exp.max(0) as u64 * 1000).saturating_sub(now_ms()))
-                .unwrap_or(u64::MAX);
-            trace.fresh_for_ms = rules
-                .max_staleness_ms
-                .saturating_sub(age_ms)
-                .min(until_exp)
-                .min(self.config.cache.cap_ms);
-        }
-        if !result.active {
-            return self.failed(&address, Outcome::Inactive);
-        }
-        // What the token is for, by the filter's rules: an active token minted for another
-        // API, by another issuer, of another type, or past its expiry is refused here too.
-        let audience = if self.config.require_audience {
-            Presence::Required
-        } else {
-            Presence::WhenPresent
-        };
-        if let Err(failure) = check_purpose(
-            &self.config.token,
-            &result.as_claims(),
-            jws_typ(token).as_deref(),
-            (now_ms() / 1000) as i64,
-            audience,
-        ) {
-            return self.failed(&address, Outcome::Deny(DenyReason::Token(failure)));
-        }
-        trace.subject = result.subject.clone();
-        if result
-            .jti
-            .as_deref()
-            .is_some_and(|j| self.versions.is_jti_revoked(j))
-        {
-            return self.failed(&address, Outcome::Revoked);
-        }
-        if let Some(sub) = &result.subject {
-            if let Some(revoked_at) = self.versions.subject_revoked_at_ms(sub) {
-                let issued_ms = result.issued_at.unwrap_or(0).max(0) as u64 * 1000;
-                if issued_ms <= revoked_at {
-                    return self.failed(&address, Outcome::Revoked);
-                }
-            }
-            if tier.requires_server() && !self.limiters.privileged_subject_allowed(sub) {
-                return Outcome::RateLimited("privileged_per_subject");
-            }
-        }
-        if let Err(unmet) = route.require.check(&result.as_claims(), &path) {
-            return Outcome::Deny(match unmet {
-                Unmet::Scope => DenyReason::InsufficientScope,
-                Unmet::Claim => DenyReason::ClaimMismatch,
-                Unmet::Tenant => DenyReason::TenantMismatch,
-            });
-        }
-        if let Some(step_up) = &rules.step_up {
-            if let Err(challenge) = check_step_up(step_up, result, (now_ms() / 1000) as i64) {
-                return Outcome::StepUp {
-                    www_authenticate: challenge.www_authenticate(&self.config.realm),
-                };
-            }
-        }
-        self.allow(trace, Some(result), tier)
-    }
-
-    /// Counts a failed-token attempt against the client address; over budget it becomes 429.
-    fn failed(&self, address: &str, outcome: Outcome) -> Outcome {
-        if self.limiters.failed_attempt_allowed(address, now_ms()) {
-            outcome
-        } else {
-            Outcome::RateLimited("failed_tokens_per_address")
-        }
-    }
-
-    fn allow(
-        &self,
-        trace: &mut Trace,
-        result: Option<&authz_core::introspection::Introspection>,
-        tier: Tier,
-    ) -> Outcome {
-        trace.tier = Some(tier);
-        Outcome::Allow {
-            subject: result.and_then(|r| r.subject.clone()),
-            scopes: result.map(|r| r.scopes.clone()).unwrap_or_default(),
-        }
-    }
-
-    /// The OK response for an allowed request: the verified context, set over whatever the
-    /// client sent, and every other configured context header removed.
-    pub fn ok_response(
-        &self,
-        tier: Tier,
-        subject: Option<&str>,
-        scopes: &[String],
-    ) -> CheckResponse {
-        let mut headers = vec![
-            header(TIER_HEADER, tier.as_str()),
-            header(
-                POLICY_VERSION_HEADER,
-                &self.versions.policy_version().to_string(),
-            ),
-        ];
-        if let Some(sub) = subject {
-            headers.push(header(SUBJECT_HEADER, sub));
-            headers.push(header(SCOPES_HEADER, &scopes.join(" ")));
-        }
-        let set: Vec<&str> = headers
             .iter()
-            .filter_map(|h| h.header.as_ref())
-            .map(|h| h.key.as_str())
+            .map(|(s, v)| ((*s).to_owned(), json!((v * 1e6).round() / 1e3)))
             .collect();
-        let mut remove: Vec<String> = self
-            .config
-            .strip_headers
-            .iter()
-            .chain([SUBJECT_HEADER.to_owned(), SCOPES_HEADER.to_owned()].iter())
-            .filter(|name| !set.contains(&name.as_str()))
-            .cloned()
-            .collect();
-        if !self.config.forward_token {
-            remove.push("authorization".to_owned());
-        }
-        CheckResponse {
-            status: Some(rpc::Status {
-                code: 0,
-                message: String::new(),
-                details: Vec::new(),
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers,
-                headers_to_remove: remove,
-                ..OkHttpResponse::default()
-            })),
-            ..CheckResponse::default()
-        }
+        println!(
+            "{}",
+            json!({
+                "msg": "authz_decision",
+                "decision": verdict.outcome(),
+                "reason": verdict.reason(),
+                "tier": tier.as_str(),
+                "route": trace.route,
+                "policy_version": self.versions.policy_version(),
+                "cache": trace.cache,
+                "data_age_ms": trace.age_ms,
+                "region": self.config.region,
+                "zone": self.config.zone,
+                "client_locality": client_locality,
+                "subject": trace.subject,
+                "token": trace.token_label,
+                "latency_ms": stages,
+            })
+        );
     }
 }
 
-/// Converts a `prost_types::Struct` (authz-core's) into envoy-types' identical message.
-fn to_envoy_struct(s: &prost_types::Struct) -> envoy_types::pb::google::protobuf::Struct {
+/// Above `authenticated`, shared (L2) data counts only while the shared state is confirmed.
+fn trusts_unconfirmed_shared(tier: Tier) -> bool {
+    tier <= Tier::Authenticated
+}
+
+/// `authz_core`'s `CheckResponse` as envoy-types' identical message (same fields and tags).
+fn to_envoy(response: &authz_core::ext_authz_proto::CheckResponse) -> CheckResponse {
     use prost::Message;
-    envoy_types::pb::google::protobuf::Struct::decode(s.encode_to_vec().as_slice())
-        .unwrap_or_default()
+    CheckResponse::decode(encode(response).as_slice()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as AttrRequest,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use std::collections::HashMap;
+
+    const CONFIG: &str = r#"
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+admin_token: "phase-tests-admin-token-4f2a9c"
+realm: unit
+introspection:
+  endpoint: http://127.0.0.1:9/introspect
+  client_id: unit
+  client_secret: "phase-tests-client-secret-77b1"
+token:
+  issuer: https://idp.unit
+  audiences: [api]
+  max_bytes: 512
+policy:
+  routes:
+    - {name: health, match: {exact: /healthz}, tier: public}
+    - {name: admin, match: {prefix: /admin/}, tier: privileged, require: {scopes: [admin]}}
+    - {name: tenant, match: {prefix: /tenants/}, tier: privileged, require: {tenant: {claim: tenant, path_segment: 2}}}
+  default: {tier: authenticated}
+"#;
+
+    fn config() -> ServerConfig {
+        ServerConfig::from_yaml(CONFIG).unwrap()
+    }
+
+    fn request(method: &str, path: &str, tier: Option<&str>) -> CheckRequest {
+        let mut headers = HashMap::new();
+        headers.insert("authorization".to_owned(), "Bearer abc".to_owned());
+        let mut context_extensions = HashMap::new();
+        if let Some(tier) = tier {
+            context_extensions.insert("tier".to_owned(), tier.to_owned());
+        }
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(AttrRequest {
+                    http: Some(HttpRequest {
+                        method: method.into(),
+                        path: path.into(),
+                        headers,
+                        ..HttpRequest::default()
+                    }),
+                    ..AttrRequest::default()
+                }),
+                context_extensions,
+                ..AttributeContext::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn identify_finds_route_tier_and_credential() {
+        let config = config();
+        let asked = request("GET", "/Admin;x/%75sers?q=1", None);
+        let id = identify(&config, &asked).unwrap();
+        assert_eq!(
+            (id.route.name.as_str(), id.tier, id.match_path.as_str()),
+            ("admin", Tier::Privileged, "/Admin/users")
+        );
+        assert_eq!(id.authorization, Some("Bearer abc"));
+        let public = request("GET", "/healthz", None);
+        assert_eq!(identify(&config, &public).unwrap().tier, Tier::Public);
+        let told = request("GET", "/healthz", Some("regulated"));
+        assert_eq!(identify(&config, &told).unwrap().tier, Tier::Regulated);
+    }
+
+    #[test]
+    fn identify_refuses_what_it_cannot_read() {
+        let config = config();
+        for (asked, reason) in [
+            (request("GET", "*", None), DenyReason::BadRequest),
+            (request("GET", ";/admin/x", None), DenyReason::BadRequest),
+            (request("GET", "", None), DenyReason::BadRequest),
+            (request("GET", "/x", Some("gold")), DenyReason::Internal),
+            (CheckRequest::default(), DenyReason::Internal),
+        ] {
+            assert_eq!(identify(&config, &asked).unwrap_err(), reason);
+        }
+    }
+
+    #[test]
+    fn failed_tokens_are_the_credential_denials() {
+        for reason in [
+            DenyReason::MissingToken,
+            DenyReason::Revoked,
+            DenyReason::Inactive,
+            DenyReason::Token(VerifyFailure::WrongAudience),
+        ] {
+            assert!(is_failed_token(&reason), "{reason:?}");
+        }
+        for reason in [
+            DenyReason::InsufficientScope,
+            DenyReason::RateLimited,
+            DenyReason::IdpUnavailable,
+            DenyReason::StepUp {
+                www_authenticate: String::new(),
+            },
+        ] {
+            assert!(!is_failed_token(&reason), "{reason:?}");
+        }
+    }
+
+    fn service(clock: SharedClock) -> Arc<CheckService> {
+        crate::build_service_with_clock(config(), clock).unwrap()
+    }
+
+    fn introspection(body: serde_json::Value) -> Introspection {
+        Introspection::parse(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn authorize_applies_purpose_revocation_and_requirements() {
+        let clock = crate::clock::ManualClock::new();
+        let service = service(clock.clone());
+        let now = clock.now_seconds();
+        let asked = request("GET", "/tenants/acme/x", None);
+        let id = identify(&service.config, &asked).unwrap();
+        let screened = Screened {
+            token: "opaque-token",
+            key: token_digest("opaque-token"),
+        };
+        let rules = service.config.tier_rules(id.tier);
+        let check = |body: serde_json::Value| {
+            let mut trace = Trace::default();
+            service.authorize(&id, &screened, &introspection(body), &rules, &mut trace)
+        };
+        let good = json!({"active": true, "sub": "alice", "iss": "https://idp.unit",
+                          "aud": "api", "tenant": "acme", "iat": now - 10, "exp": now + 600});
+        assert_eq!(check(good.clone()), Ok(()));
+        let with = |key: &str, value: serde_json::Value| {
+            let mut body = good.clone();
+            body[key] = value;
+            body
+        };
+        assert_eq!(
+            check(with("active", json!(false))),
+            Err(DenyReason::Inactive)
+        );
+        assert_eq!(
+            check(with("aud", json!("other-api"))),
+            Err(DenyReason::Token(VerifyFailure::WrongAudience))
+        );
+        assert_eq!(
+            check(with("iss", json!("https://evil"))),
+            Err(DenyReason::Token(VerifyFailure::UnknownIssuer))
+        );
+        assert_eq!(
+            check(with("tenant", json!("globex"))),
+            Err(DenyReason::TenantMismatch)
+        );
+        // Expiry follows the server's clock.
+        clock.advance_ms(3_600_000);
+        assert_eq!(
+            check(good.clone()),
+            Err(DenyReason::Token(VerifyFailure::Expired))
+        );
+        let fresh = with("exp", json!(clock.now_seconds() + 600));
+        service.versions.apply(
+            &crate::versions::Change::RevokeSubject {
+                subject: "alice".into(),
+                revoked_at_ms: clock.now_ms(),
+                epoch: None,
+            },
+            None,
+        );
+        assert_eq!(check(fresh), Err(DenyReason::Revoked));
+    }
+
+    #[tokio::test]
+    async fn screen_refuses_before_any_lookup() {
+        let service = service(Arc::new(crate::clock::SystemClock));
+        let long = format!("Bearer {}", "a".repeat(513));
+        let mut asked = request("GET", "/admin/users", None);
+        let screen = |asked: &CheckRequest| {
+            let id = identify(&service.config, asked).unwrap();
+            let mut trace = Trace::default();
+            service.screen(&id, &mut trace).map(|s| s.token.len())
+        };
+        assert_eq!(screen(&asked), Ok(3));
+        let set_authorization = |asked: &mut CheckRequest, value: &str| {
+            if let Some(http) = asked
+                .attributes
+                .as_mut()
+                .and_then(|a| a.request.as_mut())
+                .and_then(|r| r.http.as_mut())
+            {
+                http.headers.insert("authorization".into(), value.into());
+            }
+        };
+        set_authorization(&mut asked, &long);
+        assert_eq!(
+            screen(&asked),
+            Err(DenyReason::Token(VerifyFailure::TooLarge)),
+            "token.max_bytes is 512"
+        );
+        set_authorization(&mut asked, "Basic YWxpY2U6c2VjcmV0");
+        assert_eq!(screen(&asked), Err(DenyReason::MissingToken));
+        set_authorization(&mut asked, "Bearer abc");
+        service.versions.apply(
+            &crate::versions::Change::RevokeToken(token_digest("abc"), None),
+            None,
+        );
+        assert_eq!(screen(&asked), Err(DenyReason::Revoked));
+    }
 }

@@ -10,6 +10,7 @@ use authz_core::config::weak_secret;
 use authz_core::config::{route_table_from_config, RouteConfig, RouteTargetConfig};
 use authz_core::fallback::{StepUp, TierRules};
 use authz_core::routes::RouteTable;
+use authz_core::verify::{DEFAULT_MAX_TOKEN_BYTES, TOKEN_BYTES_RANGE, TOKEN_BYTES_RANGE_TEXT};
 use authz_core::Tier;
 use serde::Deserialize;
 use serde_yaml::Mapping;
@@ -128,6 +129,9 @@ pub struct TokenFile {
     pub typ: Option<String>,
     /// Leeway for `exp`/`nbf`/`iat`, seconds. Default 60, at most 600.
     pub clock_skew_seconds: Option<u64>,
+    /// Longest accepted token, in bytes, 256–65536 (longer ones are refused before any IdP
+    /// call). Default 8192, the filter's `max_token_bytes` default.
+    pub max_bytes: Option<usize>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -351,6 +355,8 @@ pub struct ServerConfig {
     pub token: authz_core::Provider,
     /// Whether an introspection answer without `aud` is refused.
     pub require_audience: bool,
+    /// `token.max_bytes`.
+    pub max_token_bytes: usize,
     pub cache: CacheConfig,
     pub batching: BatchingConfig,
     pub circuit_failure_threshold: u32,
@@ -487,7 +493,10 @@ pub fn expand_env(text: &str, env: &impl Fn(&str) -> Option<String>) -> (String,
 }
 
 /// The `token` section: the filter's provider rules for introspection results.
-fn token_rules(p: &mut Problems, t: &Option<TokenFile>) -> Option<(authz_core::Provider, bool)> {
+fn token_rules(
+    p: &mut Problems,
+    t: &Option<TokenFile>,
+) -> Option<(authz_core::Provider, bool, usize)> {
     let Some(t) = t else {
         p.add(
             "token",
@@ -516,6 +525,10 @@ fn token_rules(p: &mut Problems, t: &Option<TokenFile>) -> Option<(authz_core::P
             "must not be empty (leave it out to accept any)",
         );
     }
+    let max_bytes = t.max_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    if !TOKEN_BYTES_RANGE.contains(&max_bytes) {
+        p.add("token.max_bytes", TOKEN_BYTES_RANGE_TEXT);
+    }
     Some((
         authz_core::Provider {
             name: "introspection".into(),
@@ -527,6 +540,7 @@ fn token_rules(p: &mut Problems, t: &Option<TokenFile>) -> Option<(authz_core::P
             hmac_key: None,
         },
         t.require_audience.unwrap_or(false),
+        max_bytes,
     ))
 }
 
@@ -775,10 +789,12 @@ impl ServerConfig {
             .collect();
         for (name, t) in &f.tiers {
             let at = format!("tiers.{name}");
-            let Ok(tier) = serde_json::from_value::<Tier>(serde_json::Value::String(name.clone()))
-            else {
-                p.add(&at, "unknown tier (expected one of public, authenticated, standard_write, privileged, regulated)");
-                continue;
+            let tier = match name.parse::<Tier>() {
+                Ok(tier) => tier,
+                Err(unknown) => {
+                    p.add(&at, unknown);
+                    continue;
+                }
             };
             p.unknown(&at, &t.unknown);
             let rules = tiers
@@ -876,7 +892,7 @@ impl ServerConfig {
         if !p.0.is_empty() {
             return Err(ServerError::InvalidConfig(p.0));
         }
-        let (Some(introspection), Some(routes), Some((token, require_audience))) =
+        let (Some(introspection), Some(routes), Some((token, require_audience, max_token_bytes))) =
             (introspection, routes, token)
         else {
             return Err(ServerError::InvalidConfig(
@@ -896,6 +912,7 @@ impl ServerConfig {
             introspection,
             token,
             require_audience,
+            max_token_bytes,
             cache,
             batching: BatchingConfig {
                 window: Duration::from_millis(window_ms),

@@ -17,6 +17,8 @@
 //!   a hot token's checks do not wait on the IdP.
 //! - Circuit breaker: repeated IdP failures open it; calls then fail fast until a probe passes.
 
+pub use crate::cached::Cached;
+use crate::clock::SharedClock;
 use crate::config::ServerConfig;
 use crate::idp_client::{IdpClient, IdpError};
 use crate::lock;
@@ -29,25 +31,8 @@ use authz_core::introspection::Introspection;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A cached introspection result.
-#[derive(Debug)]
-pub struct Cached {
-    pub result: Introspection,
-    /// When the introspection call started (the data is at least this old).
-    pub fetched_at_ms: u64,
-    pub ttl_ms: u64,
-}
 
 /// Where a check's introspection data came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +106,7 @@ pub struct Introspector {
     longest_window_ms: u64,
     refresh_ahead_fraction: f64,
     shared: Option<Arc<SharedTier>>,
+    clock: SharedClock,
 }
 
 impl Introspector {
@@ -130,6 +116,7 @@ impl Introspector {
         client: IdpClient,
         metrics: Arc<Metrics>,
         shared: Option<Arc<SharedTier>>,
+        clock: SharedClock,
     ) -> Arc<Introspector> {
         let batch_tx = (!config.batching.window.is_zero()).then(|| {
             let (tx, rx) = mpsc::channel(4096);
@@ -165,6 +152,7 @@ impl Introspector {
             longest_window_ms: config.longest_window_ms(),
             refresh_ahead_fraction: config.cache.refresh_ahead_fraction,
             shared,
+            clock,
         });
         introspector.publish_circuit_state();
         introspector
@@ -180,7 +168,7 @@ impl Introspector {
         rules: &TierRules,
         trust_unconfirmed_shared: bool,
     ) -> Result<Lookup, IdpError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let cached = self.cache.get(&key);
         let age = cached.as_ref().map(|c| now.saturating_sub(c.fetched_at_ms));
         match plan(age, rules, self.refresh_ahead_fraction) {
@@ -231,7 +219,7 @@ impl Introspector {
             "authz_shared_cache_joins_total",
             async move {
                 shared.cache_get(&key).await.map(|entry| {
-                    let remaining = (entry.fetched_at_ms + entry.ttl_ms).saturating_sub(now_ms());
+                    let remaining = entry.remaining_ms(this.clock.now_ms());
                     let entry = Arc::new(Cached {
                         ttl_ms: remaining,
                         ..entry
@@ -257,7 +245,7 @@ impl Introspector {
             return None;
         }
         let entry = self.shared_fetch(shared, *key).await?;
-        let age = now_ms().saturating_sub(entry.fetched_at_ms);
+        let age = self.clock.now_ms().saturating_sub(entry.fetched_at_ms);
         let CachePlan::Use { .. } = plan(Some(age), rules, self.refresh_ahead_fraction) else {
             return None;
         };
@@ -385,7 +373,7 @@ impl Introspector {
     }
 
     fn publish_circuit_state(&self) {
-        let state = lock(&self.breaker).state(now_ms());
+        let state = lock(&self.breaker).state(self.clock.now_ms());
         for s in [
             authz_core::circuit::CircuitState::Closed,
             authz_core::circuit::CircuitState::Open,
@@ -400,7 +388,7 @@ impl Introspector {
     }
 
     async fn introspect_now(&self, key: TokenKey, token: String) -> Result<Arc<Cached>, IdpError> {
-        let started_ms = now_ms();
+        let started_ms = self.clock.now_ms();
         if self
             .idp_cap
             .as_ref()
@@ -489,7 +477,7 @@ impl Introspector {
             }
             Err(e) => {
                 if e.is_idp_failure() {
-                    lock(&self.breaker).on_failure(now_ms());
+                    lock(&self.breaker).on_failure(self.clock.now_ms());
                 } else {
                     lock(&self.breaker).on_success();
                 }

@@ -8,7 +8,10 @@
 //! rules) live in `authz-core`; this crate moves bytes and holds state.
 
 pub mod admin;
+pub mod cached;
+pub mod changes;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod idp_client;
@@ -18,9 +21,13 @@ pub mod metrics;
 pub mod shared;
 pub mod versions;
 
+use crate::changes::ChangeSink;
 use crate::check::CheckService;
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
+use crate::introspector::Introspector;
+use crate::versions::{Applied, Change, Versions};
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
@@ -77,8 +84,38 @@ impl Listeners {
     }
 }
 
-/// Builds the shared check service.
+/// This instance's revocation state and the caches a change must reach: where changes made
+/// here and changes read from the shared tier are applied.
+pub struct LocalChanges {
+    versions: Arc<Versions>,
+    introspector: Arc<Introspector>,
+}
+
+impl ChangeSink for LocalChanges {
+    /// The revocation state first, then its cache effects.
+    fn apply(&self, change: &Change, seq: Option<u64>) -> Applied {
+        let applied = self.versions.apply(change, seq);
+        if applied.new {
+            match change {
+                Change::RevokeToken(key, _) => self.introspector.invalidate(key),
+                Change::BumpPolicy { .. } => self.introspector.invalidate_all(),
+                Change::RevokeJti(..) | Change::RevokeSubject { .. } => {}
+            }
+        }
+        applied
+    }
+}
+
+/// Builds the shared check service on the system clock.
 pub fn build_service(config: ServerConfig) -> Result<Arc<CheckService>, ServerError> {
+    build_service_with_clock(config, Arc::new(SystemClock))
+}
+
+/// Builds the shared check service: the composition root, the one place that knows every part.
+pub fn build_service_with_clock(
+    config: ServerConfig,
+    clock: SharedClock,
+) -> Result<Arc<CheckService>, ServerError> {
     let metrics = Arc::new(metrics::Metrics::default());
     let client = idp_client::IdpClient::new(config.introspection.clone())?;
     let versions = Arc::new(match config.redis {
@@ -92,13 +129,19 @@ pub fn build_service(config: ServerConfig) -> Result<Arc<CheckService>, ServerEr
                 format!("{}/{}/{}", config.region, config.zone, std::process::id()),
                 versions.clone(),
                 metrics.clone(),
+                clock.clone(),
             )
             .map_err(|e| ServerError::InvalidConfig(vec![format!("redis.url: {e}")]))?,
         )),
         None => None,
     };
-    let introspector =
-        introspector::Introspector::new(&config, client, metrics.clone(), shared.clone());
+    let introspector = introspector::Introspector::new(
+        &config,
+        client,
+        metrics.clone(),
+        shared.clone(),
+        clock.clone(),
+    );
     let limiters = Arc::new(limits::Limiters::new(&config.rate_limits));
     Ok(Arc::new(CheckService {
         config: Arc::new(config),
@@ -107,7 +150,16 @@ pub fn build_service(config: ServerConfig) -> Result<Arc<CheckService>, ServerEr
         shared,
         limiters,
         metrics,
+        clock,
     }))
+}
+
+/// Where changes to `service`'s state go.
+pub fn change_sink(service: &CheckService) -> Arc<dyn ChangeSink> {
+    Arc::new(LocalChanges {
+        versions: service.versions.clone(),
+        introspector: service.introspector.clone(),
+    })
 }
 
 /// Serves Check, gRPC health and the admin port until `shutdown` resolves; then reports
@@ -117,10 +169,21 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_with_clock(config, listeners, shutdown, Arc::new(SystemClock)).await
+}
+
+/// [`serve`] on a given clock (tests move a manual one instead of sleeping).
+pub async fn serve_with_clock(
+    config: ServerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    clock: SharedClock,
+) -> Result<(), ServerError> {
     let drain = config.drain;
     // TLS (rediss://) uses rustls with the ring provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let service = build_service(config)?;
+    let service = build_service_with_clock(config, clock)?;
+    let changes = change_sink(&service);
     let ready = Arc::new(AtomicBool::new(true));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -130,6 +193,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_app = admin::router(admin::Admin {
         service: service.clone(),
+        changes: changes.clone(),
         ready: ready.clone(),
     });
     let mut admin_stop = stop_rx.clone();
@@ -140,14 +204,18 @@ pub async fn serve(
             })
             .await;
     });
-    let shared_task = tokio::spawn(shared::run(service.clone()));
+    let shared_task = service
+        .shared
+        .clone()
+        .map(|shared| tokio::spawn(shared::run(shared, changes.clone())));
     let limiters = service.limiters.clone();
     let versions = service.versions.clone();
     let metrics = service.metrics.clone();
+    let clock = service.clock.clone();
     let prune_task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            let now = crate::introspector::now_ms();
+            let now = clock.now_ms();
             limiters.prune(now);
             // Revocations of tokens that have expired are forgotten: bounded memory, and
             // epochs answers that stay small.
@@ -189,6 +257,8 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     prune_task.abort();
-    shared_task.abort();
+    if let Some(task) = shared_task {
+        task.abort();
+    }
     result.map_err(ServerError::from)
 }

@@ -1,0 +1,188 @@
+//! The shared tier's wire format: the Lua scripts that publish a change under the next shared
+//! sequence number, and the stream entries and snapshot values they write, decoded back into
+//! [`Change`]s.
+
+use crate::versions::Change;
+use authz_core::token_hash::{digest_hex, parse_digest_hex};
+use redis::streams::StreamId;
+use redis::Value as RedisValue;
+
+/// Publishes one change. KEYS: seq, events, subjects, policy. ARGV: kind, value, at_ms,
+/// stream max length, origin. Returns {seq, n} (n: the subject's epoch or policy version).
+pub(super) const PUBLISH_LUA: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+local n = 0
+local at = tonumber(ARGV[3])
+if ARGV[1] == 'subject' then
+  local prev = redis.call('HGET', KEYS[3], ARGV[2])
+  local epoch, prev_at = 0, 0
+  if prev then
+    local e, a = string.match(prev, '^(%d+):(%d+):')
+    epoch, prev_at = tonumber(e), tonumber(a)
+  end
+  n = epoch + 1
+  if prev_at > at then at = prev_at end
+  redis.call('HSET', KEYS[3], ARGV[2], string.format('%d:%d:%d', n, at, seq))
+elseif ARGV[1] == 'policy' then
+  n = redis.call('HINCRBY', KEYS[4], 'version', 1)
+  redis.call('HSET', KEYS[4], 'seq', seq)
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], string.format('%d-1', seq),
+  'kind', ARGV[1], 'value', ARGV[2], 'at', string.format('%d', at), 'n', n, 'origin', ARGV[5])
+return {seq, n}
+"#;
+
+/// Raises the sequence to at least ARGV[1]. KEYS: seq.
+pub(super) const FLOOR_LUA: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return cur
+"#;
+
+/// Encodes a change as the stream's (kind, value, at_ms) fields.
+pub(super) fn encode(change: &Change) -> (&'static str, String, u64) {
+    match change {
+        // For tokens and jtis, `at` carries the expiry (0: none).
+        Change::RevokeToken(key, expiry) => ("token", digest_hex(key), expiry.unwrap_or(0)),
+        Change::RevokeJti(jti, expiry) => ("jti", jti.clone(), expiry.unwrap_or(0)),
+        Change::RevokeSubject {
+            subject,
+            revoked_at_ms,
+            ..
+        } => ("subject", subject.clone(), *revoked_at_ms),
+        Change::BumpPolicy { .. } => ("policy", String::new(), 0),
+    }
+}
+
+/// The change with the shared count `n` the publish script returned.
+pub(super) fn with_shared_count(change: Change, n: u64) -> Change {
+    match change {
+        Change::RevokeSubject {
+            subject,
+            revoked_at_ms,
+            ..
+        } => Change::RevokeSubject {
+            subject,
+            revoked_at_ms,
+            epoch: Some(n),
+        },
+        Change::BumpPolicy { .. } => Change::BumpPolicy { version: Some(n) },
+        other => other,
+    }
+}
+
+fn field(entry: &StreamId, name: &str) -> Option<String> {
+    match entry.map.get(name)? {
+        RedisValue::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        RedisValue::SimpleString(s) => Some(s.clone()),
+        RedisValue::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// Decodes one stream entry into its sequence number and change.
+pub(super) fn decode(entry: &StreamId) -> Option<(u64, Change)> {
+    let seq = entry.id.split('-').next()?.parse().ok()?;
+    let value = field(entry, "value")?;
+    let at: u64 = field(entry, "at")?.parse().ok()?;
+    let n: u64 = field(entry, "n")?.parse().ok()?;
+    let change = match field(entry, "kind")?.as_str() {
+        "token" => Change::RevokeToken(parse_digest_hex(&value)?, (at > 0).then_some(at)),
+        "jti" => Change::RevokeJti(value, (at > 0).then_some(at)),
+        "subject" => Change::RevokeSubject {
+            subject: value,
+            revoked_at_ms: at,
+            epoch: Some(n),
+        },
+        "policy" => Change::BumpPolicy { version: Some(n) },
+        _ => return None,
+    };
+    Some((seq, change))
+}
+
+/// A subject's snapshot value: `epoch:revoked_at_ms:seq`.
+pub(super) fn decode_subject(subject: &str, value: &str) -> Option<(u64, Change)> {
+    let mut parts = value.split(':').map(str::parse::<u64>);
+    let (Some(Ok(epoch)), Some(Ok(at)), Some(Ok(seq))) = (parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    Some((
+        seq,
+        Change::RevokeSubject {
+            subject: subject.to_owned(),
+            revoked_at_ms: at,
+            epoch: Some(epoch),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> StreamId {
+        StreamId {
+            id: id.into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        (*k).to_owned(),
+                        RedisValue::BulkString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn stream_entries_decode_to_changes() {
+        let hash = "cd".repeat(32);
+        let e = entry(
+            "41-1",
+            &[("kind", "token"), ("value", &hash), ("at", "0"), ("n", "0")],
+        );
+        assert_eq!(
+            decode(&e),
+            Some((41, Change::RevokeToken([0xcd; 32], None)))
+        );
+        let s = entry(
+            "42-1",
+            &[
+                ("kind", "subject"),
+                ("value", "alice"),
+                ("at", "1700"),
+                ("n", "3"),
+            ],
+        );
+        assert_eq!(
+            decode(&s),
+            Some((
+                42,
+                Change::RevokeSubject {
+                    subject: "alice".into(),
+                    revoked_at_ms: 1700,
+                    epoch: Some(3)
+                }
+            ))
+        );
+        let p = entry(
+            "43-1",
+            &[("kind", "policy"), ("value", ""), ("at", "0"), ("n", "7")],
+        );
+        assert_eq!(
+            decode(&p),
+            Some((43, Change::BumpPolicy { version: Some(7) }))
+        );
+        assert_eq!(
+            decode(&entry(
+                "44-1",
+                &[("kind", "token"), ("value", "zz"), ("at", "0"), ("n", "0")]
+            )),
+            None
+        );
+        assert_eq!(decode_subject("bob", "2:900:17").map(|(s, _)| s), Some(17));
+        assert_eq!(decode_subject("bob", "2:900"), None);
+    }
+}

@@ -1,0 +1,253 @@
+//! The optional shared tier: several server instances, one Redis.
+//!
+//! What it owns:
+//! - **The revocation event stream.** A revocation, subject revocation or policy bump made on
+//!   any instance is published by one Lua script that takes the next number of a shared
+//!   sequence, updates the durable snapshot (subject epochs, policy version) and appends the
+//!   event to a Redis stream under that number. Every instance reads the stream in order, so
+//!   its change counter (`Versions`) is the shared sequence and a filter may poll any instance.
+//! - **Catch-up.** On (re)connect an instance loads the snapshot, reads the stream from where
+//!   it stopped, and publishes what it recorded while Redis was unreachable (its outbox). If
+//!   Redis lost its data (a new incarnation key, or a sequence below ours), the instance raises
+//!   the sequence above its own and republishes everything it knows: nothing revoked comes back.
+//! - **Confirmation.** Each stream read (they block at most `block_ms`) confirms that this
+//!   instance's state is current. Without one for `max_unconfirmed_ms` the state is
+//!   unconfirmed: tiers above `authenticated` stop using shared data, tiers that fail closed
+//!   answer 503, and `/admin/epochs` says `"confirmed": false`.
+//! - **The shared introspection cache (L2).** Results go to Redis under
+//!   `HMAC(secret, sha256(token))` and the policy version, encrypted with ChaCha20-Poly1305
+//!   (the key bound as associated data), with the local entry's lifetime. Redis never holds a
+//!   token, a token hash, or a readable claim.
+//!
+//! Parts: [`connection`] (the Redis client, its connections and reconnection), [`events`] (the
+//! stream's wire format and the publish script), [`stream`] (replication: record, publish,
+//! resync, follow, outbox), [`l2`] (the encrypted shared introspection cache).
+//!
+//! What it does not do: decide. Freshness rules, tiers and revocation checks stay in `check`
+//! and `authz-core`; a Redis failure only ever removes a shortcut or fails closed. Changes it
+//! reads reach the instance through [`crate::changes::ChangeSink`], so this module does not
+//! know the check service.
+
+mod connection;
+mod events;
+mod l2;
+mod stream;
+
+pub use stream::{record, run};
+
+use crate::clock::SharedClock;
+use crate::config::RedisConfig;
+use crate::lock;
+use crate::metrics::Metrics;
+use crate::versions::{Change, Versions};
+use chacha20poly1305::aead::KeyInit;
+use chacha20poly1305::ChaCha20Poly1305;
+use events::{FLOOR_LUA, PUBLISH_LUA};
+use hmac::{Hmac, Mac};
+use redis::aio::ConnectionManager;
+use redis::RedisError;
+use serde_json::json;
+use sha2::Sha256;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Redis key names under the configured prefix.
+#[derive(Debug, Clone)]
+struct Keys {
+    seq: String,
+    events: String,
+    subjects: String,
+    policy: String,
+    incarnation: String,
+    cache: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            seq: format!("{prefix}seq"),
+            events: format!("{prefix}events"),
+            subjects: format!("{prefix}subjects"),
+            policy: format!("{prefix}policy"),
+            incarnation: format!("{prefix}incarnation"),
+            cache: format!("{prefix}intro:"),
+        }
+    }
+}
+
+/// How a recorded change reached the shared tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// No shared tier configured.
+    Local,
+    /// In Redis under its sequence number; every instance will apply it.
+    Published,
+    /// Redis was unreachable: in effect here, published when Redis returns.
+    Pending,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Local => "local",
+            Delivery::Published => "published",
+            Delivery::Pending => "pending",
+        }
+    }
+}
+
+/// The shared tier of one server instance.
+pub struct Shared {
+    config: RedisConfig,
+    client: redis::Client,
+    keys: Keys,
+    manager: RwLock<Option<ConnectionManager>>,
+    confirmed_at_ms: AtomicU64,
+    outbox: Mutex<Vec<Change>>,
+    mac_key: [u8; 32],
+    cipher: ChaCha20Poly1305,
+    origin: String,
+    publish: redis::Script,
+    floor: redis::Script,
+    versions: Arc<Versions>,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+}
+
+fn derive_key(secret: &str, purpose: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("hmac takes keys of any length"));
+    mac.update(purpose);
+    mac.finalize().into_bytes().into()
+}
+
+impl Shared {
+    /// Sets up the shared tier (no connection yet: [`run`] connects, and keeps reconnecting).
+    pub fn new(
+        config: RedisConfig,
+        origin: String,
+        versions: Arc<Versions>,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> Result<Shared, RedisError> {
+        let client = if config.tls_ca.is_some() || config.tls_client.is_some() {
+            redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: config.tls_client.as_ref().map(|(cert, key)| {
+                        redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }
+                    }),
+                    root_cert: config.tls_ca.clone(),
+                },
+            )?
+        } else {
+            // `rediss://` without a CA file checks against the system roots.
+            redis::Client::open(config.url.as_str())?
+        };
+        let enc_key = derive_key(&config.secret, b"authz shared cache encryption v1");
+        Ok(Shared {
+            keys: Keys::new(&config.key_prefix),
+            mac_key: derive_key(&config.secret, b"authz shared cache key v1"),
+            cipher: ChaCha20Poly1305::new(&enc_key.into()),
+            config,
+            client,
+            manager: RwLock::new(None),
+            confirmed_at_ms: AtomicU64::new(0),
+            outbox: Mutex::new(Vec::new()),
+            origin,
+            publish: redis::Script::new(PUBLISH_LUA),
+            floor: redis::Script::new(FLOOR_LUA),
+            versions,
+            metrics,
+            clock,
+        })
+    }
+
+    /// Whether this instance's revocation state is known to be current.
+    pub fn confirmed(&self) -> bool {
+        let at = self.confirmed_at_ms.load(Ordering::Relaxed);
+        at > 0 && self.clock.now_ms().saturating_sub(at) <= self.config.max_unconfirmed_ms
+    }
+
+    /// Whether introspection results are shared.
+    pub fn caches_introspection(&self) -> bool {
+        self.config.shared_cache
+    }
+
+    /// Changes recorded here that Redis has not seen yet.
+    pub fn pending(&self) -> usize {
+        lock(&self.outbox).len()
+    }
+
+    fn confirm(&self) {
+        self.confirmed_at_ms
+            .store(self.clock.now_ms(), Ordering::Relaxed);
+    }
+
+    fn error(&self, op: &'static str, e: &dyn std::fmt::Display) {
+        self.metrics.inc("authz_shared_errors_total", &[("op", op)]);
+        eprintln!(
+            "{}",
+            json!({"msg": "shared_tier_error", "op": op, "error": e.to_string()})
+        );
+    }
+
+    fn connection(&self) -> Option<ConnectionManager> {
+        self.manager
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs a Redis operation within `budget`; errors and timeouts become text for the log.
+    async fn with_timeout<T>(
+        budget: Duration,
+        op: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(budget, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn shared() -> Shared {
+        let config = RedisConfig {
+            url: "redis://127.0.0.1:1/0".into(),
+            tls_ca: None,
+            tls_client: None,
+            secret: "s".repeat(32),
+            key_prefix: "t:".into(),
+            op_timeout: Duration::from_millis(50),
+            block: Duration::from_millis(500),
+            max_unconfirmed_ms: 1_500,
+            stream_max_len: 1_000,
+            shared_cache: true,
+        };
+        Shared::new(
+            config,
+            "test".into(),
+            Arc::new(Versions::shared()),
+            Arc::new(Metrics::default()),
+            Arc::new(crate::clock::SystemClock),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn unconfirmed_until_a_stream_read() {
+        let s = shared();
+        assert!(!s.confirmed());
+        s.confirm();
+        assert!(s.confirmed());
+    }
+}

@@ -1,0 +1,276 @@
+//! Replication of revocation-state changes through the Redis stream: recording a change made
+//! here (published, or kept in the outbox while Redis is away), catching up on (re)connect,
+//! republishing after Redis lost its data, following the stream, and confirming that this
+//! instance's state is current.
+
+use super::connection::{next_reconnect_delay, FIRST_RECONNECT};
+use super::events::{decode, decode_subject, encode, with_shared_count};
+use super::{Delivery, Shared};
+use crate::changes::ChangeSink;
+use crate::lock;
+use crate::versions::{random_incarnation, Applied, Change};
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use redis::RedisError;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Records a change made through this instance's admin API: published to every instance
+/// when there is a shared tier, applied here at once either way.
+pub async fn record(
+    sink: &dyn ChangeSink,
+    shared: Option<&Shared>,
+    change: Change,
+) -> (Applied, Delivery) {
+    let Some(shared) = shared else {
+        return (sink.apply(&change, None), Delivery::Local);
+    };
+    match shared.publish_one(&change).await {
+        Ok((seq, n)) => {
+            let change = with_shared_count(change, n);
+            (sink.apply(&change, Some(seq)), Delivery::Published)
+        }
+        Err(e) => {
+            shared.error("publish", &e);
+            let applied = sink.apply(&change, None);
+            let pending = {
+                let mut outbox = lock(&shared.outbox);
+                outbox.push(change);
+                outbox.len()
+            };
+            shared
+                .metrics
+                .set_gauge("authz_shared_outbox", &[], pending as f64);
+            (applied, Delivery::Pending)
+        }
+    }
+}
+
+/// Where the stream reader is.
+#[derive(Debug, Default)]
+struct Cursor {
+    last_seq: u64,
+    incarnation: Option<String>,
+}
+
+impl Shared {
+    /// Publishes a change; one retry, since the first command on a connection Redis dropped
+    /// fails while the manager reconnects.
+    async fn publish_one(&self, change: &Change) -> Result<(u64, u64), String> {
+        match self.publish_once(change).await {
+            Ok(v) => Ok(v),
+            Err(_) => self.publish_once(change).await,
+        }
+    }
+
+    async fn publish_once(&self, change: &Change) -> Result<(u64, u64), String> {
+        let mut conn = self.connection().ok_or("not connected")?;
+        let (kind, value, at) = encode(change);
+        let mut invocation = self.publish.prepare_invoke();
+        invocation
+            .key(&self.keys.seq)
+            .key(&self.keys.events)
+            .key(&self.keys.subjects)
+            .key(&self.keys.policy)
+            .arg(kind)
+            .arg(value)
+            .arg(at)
+            .arg(self.config.stream_max_len)
+            .arg(&self.origin);
+        // Publishing is an admin action, not on the check path: allow more than op_timeout.
+        Shared::with_timeout(
+            self.config.op_timeout.max(Duration::from_secs(1)),
+            invocation.invoke_async::<(u64, u64)>(&mut conn),
+        )
+        .await
+    }
+
+    fn apply_entries(&self, sink: &dyn ChangeSink, entries: &[StreamId], cursor: &mut Cursor) {
+        for entry in entries {
+            match decode(entry) {
+                Some((seq, change)) => {
+                    let (kind, _, _) = encode(&change);
+                    sink.apply(&change, Some(seq));
+                    self.metrics
+                        .inc("authz_shared_events_total", &[("kind", kind)]);
+                    self.versions.advance_to(seq);
+                    cursor.last_seq = cursor.last_seq.max(seq);
+                }
+                None => self.error("decode", &format!("unreadable stream entry {}", entry.id)),
+            }
+        }
+    }
+
+    /// Loads the snapshot, catches up on the stream, republishes after a data loss, and
+    /// flushes the outbox.
+    async fn resync(
+        &self,
+        sink: &dyn ChangeSink,
+        conn: &mut MultiplexedConnection,
+        cursor: &mut Cursor,
+    ) -> Result<(), RedisError> {
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&self.keys.incarnation)
+            .arg(random_incarnation())
+            .arg("NX")
+            .query_async(conn)
+            .await?;
+        let incarnation: String = redis::cmd("GET")
+            .arg(&self.keys.incarnation)
+            .query_async(conn)
+            .await?;
+        let remote_seq: Option<u64> = redis::cmd("GET")
+            .arg(&self.keys.seq)
+            .query_async(conn)
+            .await?;
+        let ours = self.versions.change_version();
+        let lost = cursor
+            .incarnation
+            .as_ref()
+            .is_some_and(|i| *i != incarnation)
+            || remote_seq.unwrap_or(0) < ours;
+        if lost {
+            self.metrics
+                .inc("authz_shared_resyncs_total", &[("reason", "store_lost")]);
+            eprintln!(
+                "{}",
+                json!({"msg": "shared_store_lost", "our_version": ours, "store_version": remote_seq})
+            );
+            let _: u64 = self
+                .floor
+                .key(&self.keys.seq)
+                .arg(ours)
+                .invoke_async(conn)
+                .await?;
+            lock(&self.outbox).extend(self.versions.export());
+            cursor.last_seq = 0;
+        } else {
+            self.metrics
+                .inc("authz_shared_resyncs_total", &[("reason", "connect")]);
+        }
+        self.versions.set_incarnation(&incarnation);
+        cursor.incarnation = Some(incarnation);
+
+        let policy: HashMap<String, u64> = redis::cmd("HGETALL")
+            .arg(&self.keys.policy)
+            .query_async(conn)
+            .await?;
+        if let (Some(version), Some(seq)) = (policy.get("version"), policy.get("seq")) {
+            sink.apply(
+                &Change::BumpPolicy {
+                    version: Some(*version),
+                },
+                Some(*seq),
+            );
+        }
+        let subjects: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&self.keys.subjects)
+            .query_async(conn)
+            .await?;
+        for (subject, value) in &subjects {
+            if let Some((seq, change)) = decode_subject(subject, value) {
+                sink.apply(&change, Some(seq));
+            }
+        }
+        loop {
+            let page: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&self.keys.events)
+                .arg(format!("({}-1", cursor.last_seq))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await?;
+            self.apply_entries(sink, &page.ids, cursor);
+            if page.ids.len() < 1000 {
+                break;
+            }
+        }
+        self.flush_outbox(sink).await;
+        self.confirm();
+        Ok(())
+    }
+
+    /// Publishes what was recorded while Redis could not take it, in order; stops at the
+    /// first failure and keeps the rest.
+    async fn flush_outbox(&self, sink: &dyn ChangeSink) {
+        let outbox: Vec<Change> = std::mem::take(&mut *lock(&self.outbox));
+        let mut unsent = Vec::new();
+        for (i, change) in outbox.iter().enumerate() {
+            match self.publish_one(change).await {
+                Ok((seq, n)) => {
+                    sink.apply(&with_shared_count(change.clone(), n), Some(seq));
+                }
+                Err(e) => {
+                    self.error("publish", &e);
+                    unsent.extend(outbox[i..].iter().cloned());
+                    break;
+                }
+            }
+        }
+        let left = {
+            let mut outbox = lock(&self.outbox);
+            unsent.append(&mut outbox);
+            *outbox = unsent;
+            outbox.len()
+        };
+        self.metrics
+            .set_gauge("authz_shared_outbox", &[], left as f64);
+    }
+
+    /// One connected session: resync, then follow the stream until an error.
+    async fn session(&self, sink: &dyn ChangeSink, cursor: &mut Cursor) -> Result<(), RedisError> {
+        let mut conn = self.reader().await?;
+        self.ensure_manager().await?;
+        self.resync(sink, &mut conn, cursor).await?;
+        eprintln!(
+            "{}",
+            json!({"msg": "shared_tier_synced", "version": self.versions.change_version(), "policy_version": self.versions.policy_version()})
+        );
+        loop {
+            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(self.config.block.as_millis() as u64)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(&self.keys.events)
+                .arg(format!("{}-1", cursor.last_seq))
+                .query_async(&mut conn)
+                .await?;
+            self.confirm();
+            if let Some(reply) = reply {
+                for key in &reply.keys {
+                    self.apply_entries(sink, &key.ids, cursor);
+                }
+            }
+            if self.pending() > 0 {
+                self.flush_outbox(sink).await;
+            }
+        }
+    }
+}
+
+/// Keeps the instance in sync with the shared tier until the process ends: connects,
+/// resynchronises, follows the stream, and starts over (with backoff) after any error.
+pub async fn run(shared: Arc<Shared>, sink: Arc<dyn ChangeSink>) {
+    let mut cursor = Cursor::default();
+    let mut backoff = FIRST_RECONNECT;
+    loop {
+        let started_ms = shared.clock.now_ms();
+        let result = shared.session(sink.as_ref(), &mut cursor).await;
+        // Whether this session ever confirmed our state: read before the reset below (reading
+        // it after always said no, so the backoff never reset and every later Redis blip cost
+        // seconds of fail-closed 503s).
+        let session_confirmed = shared.confirmed_at_ms.load(Ordering::Relaxed) >= started_ms;
+        shared.confirmed_at_ms.store(0, Ordering::Relaxed);
+        if let Err(e) = result {
+            shared.error("session", &e);
+        }
+        backoff = next_reconnect_delay(backoff, session_confirmed);
+        tokio::time::sleep(backoff).await;
+    }
+}
