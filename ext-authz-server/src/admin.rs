@@ -154,9 +154,10 @@ async fn revoke(
     };
     let (applied, delivery) =
         shared::record(admin.changes.as_ref(), service.shared.as_deref(), change).await;
-    eprintln!(
-        "{}",
-        json!({"msg": "admin_revoke", "version": applied.stamp, "shared": delivery.as_str()})
+    tracing::info!(
+        version = applied.stamp,
+        shared = delivery.as_str(),
+        "admin_revoke"
     );
     Json(json!({"version": applied.stamp, "shared": delivery.as_str()})).into_response()
 }
@@ -186,9 +187,11 @@ async fn revoke_subject(
         change,
     )
     .await;
-    eprintln!(
-        "{}",
-        json!({"msg": "admin_revoke_subject", "sub": body.sub, "epoch": applied.value, "shared": delivery.as_str()})
+    tracing::info!(
+        sub = %body.sub,
+        epoch = applied.value,
+        shared = delivery.as_str(),
+        "admin_revoke_subject"
     );
     Json(json!({"sub": body.sub, "epoch": applied.value, "version": applied.stamp, "shared": delivery.as_str()}))
         .into_response()
@@ -204,9 +207,10 @@ async fn bump_policy(State(admin): State<Admin>, headers: HeaderMap) -> Response
         Change::BumpPolicy { version: None },
     )
     .await;
-    eprintln!(
-        "{}",
-        json!({"msg": "admin_policy_version", "policy_version": applied.value, "shared": delivery.as_str()})
+    tracing::info!(
+        policy_version = applied.value,
+        shared = delivery.as_str(),
+        "admin_policy_version"
     );
     Json(json!({"policy_version": applied.value, "shared": delivery.as_str()})).into_response()
 }

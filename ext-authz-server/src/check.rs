@@ -35,7 +35,6 @@ use authz_core::verify::{check_purpose, jws_typ, Presence};
 use authz_core::{DenyReason, Tier, Verdict, VerifyFailure};
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
 use envoy_types::ext_authz::v3::CheckRequestExt;
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -74,6 +73,32 @@ struct Trace {
     /// (0 when stale or none).
     fresh_for_ms: u64,
     stages: Vec<(&'static str, f64)>,
+    /// The trace the request belongs to, when one came in (W3C `traceparent`, else B3).
+    trace_id: Option<String>,
+    /// Envoy's `x-request-id`.
+    request_id: Option<String>,
+}
+
+/// The trace id of a request's headers: W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
+/// else B3 `x-b3-traceid`; only well-formed hex ids are taken (they go into logs).
+pub fn trace_id(headers: &std::collections::HashMap<String, String>) -> Option<String> {
+    let hex = |s: &str, lengths: &[usize]| {
+        lengths.contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_hexdigit())
+            && s.bytes().any(|b| b != b'0')
+    };
+    if let Some(parent) = headers.get("traceparent") {
+        let mut parts = parent.split('-');
+        if let (Some(_version), Some(id)) = (parts.next(), parts.next()) {
+            if hex(id, &[32]) {
+                return Some(id.to_ascii_lowercase());
+            }
+        }
+    }
+    headers
+        .get("x-b3-traceid")
+        .filter(|id| hex(id, &[16, 32]))
+        .map(|id| id.to_ascii_lowercase())
 }
 
 /// What phase 1 found out about a request.
@@ -150,9 +175,20 @@ impl CheckService {
             .cloned()
             .or(caller_locality);
         let started = Instant::now();
+        let headers = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map(|http| &http.headers);
         let mut trace = Trace {
             cache: "none",
             route: "-".into(),
+            trace_id: headers.and_then(trace_id),
+            request_id: headers
+                .and_then(|h| h.get("x-request-id"))
+                .filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+                .cloned(),
             ..Trace::default()
         };
         let mut verdict = match tokio::time::timeout(
@@ -426,29 +462,32 @@ impl CheckService {
             self.metrics
                 .observe_seconds("authz_check_seconds", &[("stage", stage)], *seconds);
         }
-        let stages: serde_json::Map<String, serde_json::Value> = trace
-            .stages
-            .iter()
-            .map(|(s, v)| ((*s).to_owned(), json!((v * 1e6).round() / 1e3)))
-            .collect();
-        println!(
-            "{}",
-            json!({
-                "msg": "authz_decision",
-                "decision": verdict.outcome(),
-                "reason": verdict.reason(),
-                "tier": tier.as_str(),
-                "route": trace.route,
-                "policy_version": self.versions.policy_version(),
-                "cache": trace.cache,
-                "data_age_ms": trace.age_ms,
-                "region": self.config.region,
-                "zone": self.config.zone,
-                "client_locality": client_locality,
-                "subject": trace.subject,
-                "token": trace.token_label,
-                "latency_ms": stages,
-            })
+        let stage_ms = |name: &str| {
+            trace
+                .stages
+                .iter()
+                .find(|(stage, _)| *stage == name)
+                .map(|(_, seconds)| (seconds * 1e6).round() / 1e3)
+        };
+        tracing::info!(
+            decision = verdict.outcome(),
+            reason = verdict.reason(),
+            tier = tier.as_str(),
+            route = trace.route.as_str(),
+            policy_version = self.versions.policy_version(),
+            cache = trace.cache,
+            data_age_ms = trace.age_ms,
+            region = self.config.region.as_str(),
+            zone = self.config.zone.as_str(),
+            client_locality = client_locality.as_deref(),
+            subject = trace.subject.as_deref(),
+            token = trace.token_label.as_str(),
+            trace_id = trace.trace_id.as_deref(),
+            request_id = trace.request_id.as_deref(),
+            latency_check_ms = stage_ms("check"),
+            latency_policy_ms = stage_ms("policy"),
+            latency_lookup_ms = stage_ms("cache_lookup"),
+            "authz_decision"
         );
     }
 }
@@ -472,6 +511,7 @@ mod tests {
         HttpRequest, Request as AttrRequest,
     };
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use serde_json::json;
     use std::collections::HashMap;
 
     const CONFIG: &str = r#"
@@ -551,6 +591,33 @@ policy:
         ] {
             assert_eq!(identify(&config, &asked).unwrap_err(), reason);
         }
+    }
+
+    #[test]
+    fn trace_ids_come_from_traceparent_or_b3() {
+        let headers = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let w3c = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id(&headers(&[("traceparent", w3c)])).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id(&headers(&[("x-b3-traceid", "80f198ee56343ba8")])).as_deref(),
+            Some("80f198ee56343ba8")
+        );
+        for junk in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-not-hex",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736\n{\"x\":1}-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(trace_id(&headers(&[("traceparent", junk)])), None, "{junk}");
+        }
+        assert_eq!(trace_id(&headers(&[])), None);
     }
 
     #[test]

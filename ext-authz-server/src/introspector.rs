@@ -440,11 +440,12 @@ impl Introspector {
                     .refusals
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if seen.is_multiple_of(100) {
-                    eprintln!(
-                        "{}",
-                        serde_json::json!({"msg": "introspection_refused", "status": status,
-                                           "error": code, "endpoint": self.client.endpoint(),
-                                           "refusals_so_far": seen + 1})
+                    tracing::warn!(
+                        status,
+                        error = ?code,
+                        endpoint = self.client.endpoint(),
+                        refusals_so_far = seen + 1,
+                        "introspection_refused"
                     );
                 }
                 Ok(authz_core::introspection::Introspection::inactive())
@@ -484,10 +485,10 @@ impl Introspector {
                 self.metrics
                     .inc("authz_introspection_errors_total", &[("kind", e.kind())]);
                 if let IdpError::Status(status) = &e {
-                    eprintln!(
-                        "{}",
-                        serde_json::json!({"msg": "introspection_error", "status": status,
-                                           "endpoint": self.client.endpoint()})
+                    tracing::warn!(
+                        status,
+                        endpoint = self.client.endpoint(),
+                        "introspection_error"
                     );
                 }
                 Err(e)

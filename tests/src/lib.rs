@@ -419,16 +419,19 @@ impl AuthzServerProcess {
         std::fs::write(&path, yaml).expect("write server config");
         let path_text = path.display().to_string();
         let (process, line) = start_announcing("ext-authz-server", &["--config", &path_text]);
+        // The first log line: {"message":"listening","grpc":"127.0.0.1:…","admin":"…",…}.
+        let announced: Value = serde_json::from_str(&line).unwrap_or_default();
+        assert_eq!(announced["message"], "listening", "first line: {line:?}");
         let port_of = |key: &str| -> u16 {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
+            announced[key]
+                .as_str()
                 .and_then(|a| a.rsplit(':').next())
                 .and_then(|p| p.parse().ok())
                 .unwrap_or_else(|| panic!("no {key} in {line:?}"))
         };
         AuthzServerProcess {
-            grpc_port: port_of("grpc="),
-            admin_port: port_of("admin="),
+            grpc_port: port_of("grpc"),
+            admin_port: port_of("admin"),
             process: Some(process),
             _scratch: scratch,
         }
@@ -466,7 +469,7 @@ impl AuthzServerProcess {
         lines
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["msg"] == "authz_decision")
+            .filter(|v| v["message"] == "authz_decision")
             .collect()
     }
 

@@ -8,10 +8,12 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
 };
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use ext_authz_server::clock::{ManualClock, SharedClock, SystemClock};
 use ext_authz_server::config::ServerConfig;
-use ext_authz_server::{serve, Listeners};
+use ext_authz_server::{serve_with_clock, Listeners};
 use serde_json::json;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -31,14 +33,21 @@ impl Drop for Server {
 }
 
 async fn start(yaml: &str) -> Server {
+    start_with_clock(yaml, Arc::new(SystemClock)).await
+}
+
+/// A server on `clock` (a [`ManualClock`] lets a test move the server's time instead of
+/// sleeping).
+async fn start_with_clock(yaml: &str, clock: SharedClock) -> Server {
     let config = ServerConfig::from_yaml(yaml).expect("valid config");
     let listeners = Listeners::bind(&config).await.expect("bind");
     let grpc = listeners.grpc.local_addr().expect("addr");
     let admin_port = listeners.admin.local_addr().expect("addr").port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(config, listeners, async move {
+    let shutdown = async move {
         let _ = stopped.await;
-    }));
+    };
+    tokio::spawn(serve_with_clock(config, listeners, shutdown, clock));
     let client = AuthorizationClient::connect(format!("http://{grpc}"))
         .await
         .expect("connect");
@@ -185,6 +194,8 @@ async fn refresh_ahead_keeps_a_hot_token_off_the_idp() {
             200
         );
         slowest = slowest.max(started.elapsed());
+        // Real time on purpose: refresh-ahead races real IdP round trips (300 ms) against the
+        // data's age, so the server's clock and the IdP's must move together.
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     // Three seconds with a one-second freshness window: the data was renewed several times,
@@ -240,10 +251,14 @@ async fn bad_introspection_responses_fail_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_circuit_opens_and_fails_fast_then_recovers() {
     let idp = DevIdp::start(&[]);
-    let server = start(&server_yaml(
-        idp.port,
-        "circuit_breaker: {failure_threshold: 3, open_ms: 800}\n",
-    ))
+    let clock = ManualClock::new();
+    let server = start_with_clock(
+        &server_yaml(
+            idp.port,
+            "circuit_breaker: {failure_threshold: 3, open_ms: 800}\n",
+        ),
+        clock.clone(),
+    )
     .await;
     idp.set_introspection("error", 0);
     for _ in 0..6 {
@@ -267,8 +282,15 @@ async fn the_circuit_opens_and_fails_fast_then_recovers() {
         ) >= 3.0
     );
     idp.set_introspection("ok", 0);
-    tokio::time::sleep(Duration::from_millis(900)).await;
     let token = mint_opaque(&idp, "alice");
+    assert_eq!(
+        check(&mut server.client.clone(), "/admin/users", Some(&token))
+            .await
+            .0,
+        503,
+        "still open before open_ms has passed on the server's clock"
+    );
+    clock.advance_ms(900);
     assert_eq!(
         check(&mut server.client.clone(), "/admin/users", Some(&token))
             .await
@@ -398,6 +420,8 @@ async fn admin_revocation_and_versions_take_effect_at_once() {
         401,
         "revoked subject"
     );
+    // The one sleep left here: a later login is judged by the IdP's `iat` (whole seconds, on
+    // the dev IdP's own clock, another process), which must pass the revocation's second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let fresh_bob = mint_opaque(&idp, "bob");
     assert_eq!(
@@ -558,6 +582,7 @@ async fn shutdown_reports_not_serving_and_drains() {
     if let Some(stop) = server.stop.take() {
         let _ = stop.send(());
     }
+    // Real time: the drain is a tokio timer, not the server's clock.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = health
         .check(service)

@@ -46,7 +46,6 @@ use events::{FLOOR_LUA, PUBLISH_LUA};
 use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
 use redis::RedisError;
-use serde_json::json;
 use sha2::Sha256;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -190,10 +189,7 @@ impl Shared {
 
     fn error(&self, op: &'static str, e: &dyn std::fmt::Display) {
         self.metrics.inc("authz_shared_errors_total", &[("op", op)]);
-        eprintln!(
-            "{}",
-            json!({"msg": "shared_tier_error", "op": op, "error": e.to_string()})
-        );
+        tracing::warn!(op, error = %e, "shared_tier_error");
     }
 
     fn connection(&self) -> Option<ConnectionManager> {

@@ -12,7 +12,6 @@ use crate::versions::{random_incarnation, Applied, Change};
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::RedisError;
-use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -135,9 +134,10 @@ impl Shared {
         if lost {
             self.metrics
                 .inc("authz_shared_resyncs_total", &[("reason", "store_lost")]);
-            eprintln!(
-                "{}",
-                json!({"msg": "shared_store_lost", "our_version": ours, "store_version": remote_seq})
+            tracing::warn!(
+                our_version = ours,
+                store_version = remote_seq,
+                "shared_store_lost"
             );
             let _: u64 = self
                 .floor
@@ -226,9 +226,10 @@ impl Shared {
         let mut conn = self.reader().await?;
         self.ensure_manager().await?;
         self.resync(sink, &mut conn, cursor).await?;
-        eprintln!(
-            "{}",
-            json!({"msg": "shared_tier_synced", "version": self.versions.change_version(), "policy_version": self.versions.policy_version()})
+        tracing::info!(
+            version = self.versions.change_version(),
+            policy_version = self.versions.policy_version(),
+            "shared_tier_synced"
         );
         loop {
             let reply: Option<StreamReadReply> = redis::cmd("XREAD")
