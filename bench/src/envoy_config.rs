@@ -21,7 +21,7 @@ fn wasm_filter(wasm: &str, config: &Value) -> String {
 
 /// The empty filter (`bench/noop-filter`), next to the authorization filter's `.wasm`.
 pub fn noop_filter(wasm: &str) -> String {
-    let noop = wasm.replace("authz_filter.wasm", "noop_filter.wasm");
+    let noop = wasm.replace("wasm_filter.wasm", "noop_filter.wasm");
     wasm_module("noop", &noop, &json!({}))
 }
 

@@ -13,7 +13,7 @@ mod envoy_config;
 mod load;
 mod report;
 
-use e2e::*;
+use tests::*;
 use load::{closed_loop, fixed_rate, RunStats, Target};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -410,7 +410,7 @@ async fn memory_flood(
         requests,
         envoy_rss_before_kb: before,
         envoy_rss_after_kb: rss_kb(envoy_pid),
-        filter_cache_entries: envoy.stat("wasmcustom.jwt_authz.cache.entries"),
+        filter_cache_entries: envoy.stat("wasmcustom.authz.cache_entries"),
         filter_cap: envoy_config::FLOOD_CAP,
         server_cache_entries: server_entries,
         server_cap: SERVER_FLOOD_CAP,

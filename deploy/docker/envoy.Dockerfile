@@ -7,5 +7,5 @@ RUN rustup target add wasm32-wasip1 \
  && cargo build --release --locked --target wasm32-wasip1 -p wasm-filter
 
 FROM envoyproxy/envoy:v1.40.0
-COPY --from=build /src/target/wasm32-wasip1/release/authz_filter.wasm /etc/envoy/authz_filter.wasm
+COPY --from=build /src/target/wasm32-wasip1/release/wasm_filter.wasm /etc/envoy/wasm_filter.wasm
 COPY deploy/compose/envoy.yaml /etc/envoy/envoy.yaml

@@ -11,4 +11,4 @@ RUN rustup target add wasm32-wasip1 \
  && cargo build --release --locked --target wasm32-wasip1 -p wasm-filter
 
 FROM scratch
-COPY --from=build /src/target/wasm32-wasip1/release/authz_filter.wasm /plugin.wasm
+COPY --from=build /src/target/wasm32-wasip1/release/wasm_filter.wasm /plugin.wasm

@@ -5,20 +5,21 @@
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
-//! | `jwt_authz.decision.allow` / `.deny` | counter | final decisions |
-//! | `jwt_authz.tier.<tier>.allow` / `.deny` | counter | decisions per tier |
-//! | `jwt_authz.deny.<reason>` | counter | denials per reason |
-//! | `jwt_authz.jwks.fetch_ok` / `.fetch_failed` | counter | JWKS fetches this worker made |
-//! | `jwt_authz.jwks.fetch_unknown_kid` | counter | fetches caused by an unknown `kid` |
-//! | `jwt_authz.jwks.unknown_kid_rate_limited` | counter | unknown `kid`s denied without a fetch |
-//! | `jwt_authz.requests.waited_for_keys` | counter | requests paused until keys arrived |
-//! | `jwt_authz.verify_us` | histogram | time of a JWT verification (token cache miss), microseconds |
-//! | `jwt_authz.token_cache.hit` / `.miss` | counter | local JWT verifications reused / done |
-//! | `jwt_authz.cache.<tier>.hit` / `.miss` / `.untrusted` / `.evict` | counter | decision cache by tier |
-//! | `jwt_authz.cache.entries` | gauge | decision cache entries (this worker; last writer wins) |
-//! | `jwt_authz.server.calls` / `.errors` | counter | Check calls to the ext_authz server / failed ones |
-//! | `jwt_authz.epochs.poll_ok` / `.poll_failed` | counter | `/admin/epochs` polls |
-//! | `jwt_authz.policy_version` | gauge | policy version this worker enforces |
+//! | `authz.decisions.allow` / `.deny` | counter | final decisions |
+//! | `authz.decisions.tier.<tier>.allow` / `.deny` | counter | decisions per tier |
+//! | `authz.decisions.reason.<reason>` | counter | denials per reason |
+//! | `authz.jwks_fetches.ok` / `.failed` | counter | JWKS fetches this worker made |
+//! | `authz.jwks_fetches.unknown_kid` | counter | fetches caused by an unknown `kid` |
+//! | `authz.jwks_unknown_kids_rate_limited` | counter | unknown `kid`s denied without a fetch |
+//! | `authz.requests_waited_for_keys` | counter | requests paused until keys arrived |
+//! | `authz.verify_microseconds` | histogram | time of a JWT verification (token cache miss), microseconds |
+//! | `authz.token_cache_lookups.hit` / `.miss` | counter | local JWT verifications reused / done |
+//! | `authz.cache_lookups.<tier>.hit` / `.miss` / `.untrusted` | counter | decision cache lookups by tier |
+//! | `authz.cache_evictions.<tier>` | counter | decision cache entries evicted by tier |
+//! | `authz.cache_entries` | gauge | decision cache entries (this worker; last writer wins) |
+//! | `authz.check_calls` / `authz.check_call_errors` | counter | Check calls to the ext_authz server / failed ones |
+//! | `authz.epochs_polls.ok` / `.failed` | counter | `/admin/epochs` polls |
+//! | `authz.policy_version` | gauge | policy version this worker enforces |
 
 use authz_core::Tier;
 
@@ -153,26 +154,26 @@ impl Counter {
     /// The metric's name.
     pub fn name(&self) -> String {
         match self {
-            Counter::DecisionAllow => "jwt_authz.decision.allow".into(),
-            Counter::DecisionDeny => "jwt_authz.decision.deny".into(),
-            Counter::TierAllow(t) => format!("jwt_authz.tier.{t}.allow"),
-            Counter::TierDeny(t) => format!("jwt_authz.tier.{t}.deny"),
-            Counter::DenyReason(r) => format!("jwt_authz.deny.{r}"),
-            Counter::JwksFetchOk => "jwt_authz.jwks.fetch_ok".into(),
-            Counter::JwksFetchFailed => "jwt_authz.jwks.fetch_failed".into(),
-            Counter::JwksFetchUnknownKid => "jwt_authz.jwks.fetch_unknown_kid".into(),
-            Counter::UnknownKidRateLimited => "jwt_authz.jwks.unknown_kid_rate_limited".into(),
-            Counter::WaitedForKeys => "jwt_authz.requests.waited_for_keys".into(),
-            Counter::TokenCacheHit => "jwt_authz.token_cache.hit".into(),
-            Counter::TokenCacheMiss => "jwt_authz.token_cache.miss".into(),
-            Counter::CacheHit(t) => format!("jwt_authz.cache.{t}.hit"),
-            Counter::CacheMiss(t) => format!("jwt_authz.cache.{t}.miss"),
-            Counter::CacheUntrusted(t) => format!("jwt_authz.cache.{t}.untrusted"),
-            Counter::CacheEvict(t) => format!("jwt_authz.cache.{t}.evict"),
-            Counter::ServerCalls => "jwt_authz.server.calls".into(),
-            Counter::ServerErrors => "jwt_authz.server.errors".into(),
-            Counter::PollOk => "jwt_authz.epochs.poll_ok".into(),
-            Counter::PollFailed => "jwt_authz.epochs.poll_failed".into(),
+            Counter::DecisionAllow => "authz.decisions.allow".into(),
+            Counter::DecisionDeny => "authz.decisions.deny".into(),
+            Counter::TierAllow(t) => format!("authz.decisions.tier.{t}.allow"),
+            Counter::TierDeny(t) => format!("authz.decisions.tier.{t}.deny"),
+            Counter::DenyReason(r) => format!("authz.decisions.reason.{r}"),
+            Counter::JwksFetchOk => "authz.jwks_fetches.ok".into(),
+            Counter::JwksFetchFailed => "authz.jwks_fetches.failed".into(),
+            Counter::JwksFetchUnknownKid => "authz.jwks_fetches.unknown_kid".into(),
+            Counter::UnknownKidRateLimited => "authz.jwks_unknown_kids_rate_limited".into(),
+            Counter::WaitedForKeys => "authz.requests_waited_for_keys".into(),
+            Counter::TokenCacheHit => "authz.token_cache_lookups.hit".into(),
+            Counter::TokenCacheMiss => "authz.token_cache_lookups.miss".into(),
+            Counter::CacheHit(t) => format!("authz.cache_lookups.{t}.hit"),
+            Counter::CacheMiss(t) => format!("authz.cache_lookups.{t}.miss"),
+            Counter::CacheUntrusted(t) => format!("authz.cache_lookups.{t}.untrusted"),
+            Counter::CacheEvict(t) => format!("authz.cache_evictions.{t}"),
+            Counter::ServerCalls => "authz.check_calls".into(),
+            Counter::ServerErrors => "authz.check_call_errors".into(),
+            Counter::PollOk => "authz.epochs_polls.ok".into(),
+            Counter::PollFailed => "authz.epochs_polls.failed".into(),
         }
     }
 
@@ -191,8 +192,8 @@ impl Gauge {
 
     pub fn name(&self) -> &'static str {
         match self {
-            Gauge::CacheEntries => "jwt_authz.cache.entries",
-            Gauge::PolicyVersion => "jwt_authz.policy_version",
+            Gauge::CacheEntries => "authz.cache_entries",
+            Gauge::PolicyVersion => "authz.policy_version",
         }
     }
 }
@@ -202,7 +203,7 @@ impl Histogram {
 
     pub fn name(&self) -> &'static str {
         match self {
-            Histogram::VerifyMicros => "jwt_authz.verify_us",
+            Histogram::VerifyMicros => "authz.verify_microseconds",
         }
     }
 }

@@ -45,7 +45,7 @@ fn start() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
         HOST.with(|h| h.borrow_mut().config = CONFIG.as_bytes().to_vec());
-        authz_filter::_initialize();
+        wasm_filter::_initialize();
         // SAFETY: the SDK's entry points, called as the host would.
         unsafe {
             proxy_on_context_create(ROOT, 0);

@@ -44,7 +44,7 @@ fn must_exist(path: PathBuf, hint: &str) -> PathBuf {
 pub fn wasm_path() -> PathBuf {
     let path = std::env::var_os("AUTHZ_WASM")
         .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("wasm32-wasip1/release/authz_filter.wasm"));
+        .unwrap_or_else(|| target_dir().join("wasm32-wasip1/release/wasm_filter.wasm"));
     must_exist(path, "run `make test` (it builds the filter first)")
 }
 
@@ -1110,7 +1110,7 @@ impl Envoy {
         request(method, &self.url(path), &headers, None)
     }
 
-    /// The value of a counter in `/stats`, e.g. `wasmcustom.jwt_authz.deny.expired`.
+    /// The value of a counter in `/stats`, e.g. `wasmcustom.authz.decisions.reason.expired`.
     pub fn stat(&self, name: &str) -> u64 {
         let stats = get(
             &format!(

@@ -1,7 +1,7 @@
 //! `docs/config-reference.md` is what the configuration types say (see
-//! `e2e::config_reference`). Regenerate with `make docs`.
+//! `tests::config_reference`). Regenerate with `make docs`.
 
-use e2e::{config_reference, repo_root};
+use tests::{config_reference, repo_root};
 
 #[test]
 fn the_configuration_reference_matches_the_configuration_types() {

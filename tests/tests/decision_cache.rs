@@ -2,7 +2,7 @@
 //! itself (gRPC Check), caches its decisions per worker, and drops them when the server says
 //! something changed.
 
-use e2e::*;
+use tests::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ fn privileged_decisions_come_from_the_server_once_then_from_the_proxy() {
         (1..=2).contains(&server_calls),
         "{server_calls} server checks for 12 requests on 2 workers"
     );
-    assert!(s.envoy.stat("wasmcustom.jwt_authz.cache.privileged.hit") >= 10);
+    assert!(s.envoy.stat("wasmcustom.authz.cache_lookups.privileged.hit") >= 10);
     // Denials come from the server too, and the 401 is the filter's own.
     let no_scope = s
         .idp
@@ -63,7 +63,7 @@ fn privileged_decisions_come_from_the_server_once_then_from_the_proxy() {
     // Hot-path counters reach Envoy on the worker's next tick (≤ 250 ms).
     assert!(eventually(Duration::from_secs(2), || s
         .envoy
-        .stat("wasmcustom.jwt_authz.token_cache.hit")
+        .stat("wasmcustom.authz.token_cache_lookups.hit")
         >= 4));
 }
 
@@ -163,7 +163,7 @@ fn revocations_and_policy_bumps_at_the_server_reach_every_worker_within_the_boun
             "{name}: still allowed"
         );
     }
-    assert!(s.envoy.stat("wasmcustom.jwt_authz.epochs.poll_ok") > 0);
+    assert!(s.envoy.stat("wasmcustom.authz.epochs_polls.ok") > 0);
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn cached_privileged_decisions_are_not_trusted_once_the_server_is_unreachable() 
     }
     assert!(
         s.envoy
-            .stat("wasmcustom.jwt_authz.cache.privileged.untrusted")
+            .stat("wasmcustom.authz.cache_lookups.privileged.untrusted")
             >= 1
     );
     let jwt = s.idp.mint(json!({"scope": "read"}));
@@ -214,13 +214,13 @@ fn a_flood_of_unique_tokens_stays_within_the_cache_cap() {
         let token = admin_token(&s, &format!("user-{i}"));
         assert_eq!(s.envoy.get("/admin/users", Some(&token), &[]).status, 200);
     }
-    let entries = s.envoy.stat("wasmcustom.jwt_authz.cache.entries");
+    let entries = s.envoy.stat("wasmcustom.authz.cache_entries");
     assert!(
         entries as usize <= cap,
         "{entries} entries with a cap of {cap}"
     );
     assert!(
-        s.envoy.stat("wasmcustom.jwt_authz.cache.privileged.evict") >= (120 - 2 * cap) as u64,
+        s.envoy.stat("wasmcustom.authz.cache_evictions.privileged") >= (120 - 2 * cap) as u64,
         "old entries were evicted"
     );
 }
@@ -236,7 +236,7 @@ fn regulated_decisions_are_never_cached_and_the_server_down_fails_closed() {
         );
     }
     assert_eq!(
-        s.envoy.stat("wasmcustom.jwt_authz.cache.regulated.hit"),
+        s.envoy.stat("wasmcustom.authz.cache_lookups.regulated.hit"),
         0,
         "tier_max_ms.regulated = 0"
     );
@@ -245,7 +245,7 @@ fn regulated_decisions_are_never_cached_and_the_server_down_fails_closed() {
         s.envoy.get("/regulated/records", Some(&token), &[]).status,
         503
     );
-    assert!(s.envoy.stat("wasmcustom.jwt_authz.server.errors") >= 1);
+    assert!(s.envoy.stat("wasmcustom.authz.check_call_errors") >= 1);
 }
 
 #[test]

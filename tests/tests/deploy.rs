@@ -4,7 +4,7 @@
 //! filter's own parser, and the Istio resources for the fields Istio requires and for agreeing
 //! with each other (provider names, ports, hosts, mount paths).
 
-use e2e::*;
+use tests::*;
 use ext_authz_server::config::ServerConfig;
 use serde::Deserialize;
 use serde_yaml::Value as Yaml;
@@ -89,7 +89,7 @@ fn the_compose_file_is_valid_and_pins_envoy_1_40() {
 fn the_compose_envoy_config_validates() {
     let scratch = Scratch::new("compose-validate");
     let config = read("deploy/compose/envoy.yaml").replace(
-        "\"/etc/envoy/authz_filter.wasm\"",
+        "\"/etc/envoy/wasm_filter.wasm\"",
         &format!("\"{}\"", wasm_path().display()),
     );
     let path = scratch.0.join("envoy.yaml");
@@ -470,6 +470,35 @@ fn servers_strip_every_header_their_filters_set() {
             assert!(
                 server_config.strip_headers.iter().any(|h| h == header),
                 "{server} does not strip {header}, which {envoy}'s filter sets"
+            );
+        }
+    }
+}
+
+/// The images build with the toolchain CI pins (`rust-toolchain.toml`), so a container build
+/// and a `make test` run compile the same code the same way.
+#[test]
+fn images_build_with_the_pinned_toolchain() {
+    let root = repo_root();
+    let pinned = std::fs::read_to_string(root.join("rust-toolchain.toml")).expect("read");
+    let version = pinned
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("a channel");
+    assert!(
+        version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+        "rust-toolchain.toml pins a version, not a channel: {version}"
+    );
+    let minor = version.rsplit_once('.').map(|(m, _)| m).unwrap_or(&version);
+    for entry in std::fs::read_dir(root.join("deploy/docker")).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        for line in text.lines().filter(|l| l.starts_with("FROM rust:")) {
+            assert!(
+                line.starts_with(&format!("FROM rust:{minor}-")),
+                "{}: {line} (pinned {version})",
+                path.display()
             );
         }
     }

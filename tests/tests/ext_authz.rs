@@ -2,7 +2,7 @@
 //! filter on the other routes), the real ext-authz-server binary, the dev IdP and the echo
 //! upstream, all over loopback sockets.
 
-use e2e::*;
+use tests::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use e2e::*;
+use tests::*;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,7 +79,7 @@ fn valid_rs256_and_es256_tokens_are_allowed_with_the_verified_context() {
     // Hot-path counters reach Envoy on the worker's next tick (≤ 250 ms).
     assert!(eventually(Duration::from_secs(2), || s
         .envoy
-        .stat("wasmcustom.jwt_authz.decision.allow")
+        .stat("wasmcustom.authz.decisions.allow")
         == 3));
 }
 
@@ -158,10 +158,10 @@ fn every_kind_of_bad_token_gets_the_same_401() {
     ];
     let mut reference = None;
     for (name, token, reason) in &cases {
-        let before = s.envoy.stat(&format!("wasmcustom.jwt_authz.deny.{reason}"));
+        let before = s.envoy.stat(&format!("wasmcustom.authz.decisions.reason.{reason}"));
         let reply = s.envoy.get("/api/items", token.as_deref(), &[]);
         assert_eq!(reply.status, 401, "{name}: {}", reply.body);
-        let after = s.envoy.stat(&format!("wasmcustom.jwt_authz.deny.{reason}"));
+        let after = s.envoy.stat(&format!("wasmcustom.authz.decisions.reason.{reason}"));
         assert_eq!(after, before + 1, "{name}: reason {reason} counted");
         let signature = reply.deny_signature();
         assert_eq!(
@@ -225,10 +225,10 @@ fn a_valid_token_without_the_scope_is_forbidden() {
         403
     );
     assert_eq!(
-        s.envoy.stat("wasmcustom.jwt_authz.deny.insufficient_scope"),
+        s.envoy.stat("wasmcustom.authz.decisions.reason.insufficient_scope"),
         1
     );
-    assert_eq!(s.envoy.stat("wasmcustom.jwt_authz.deny.tenant_mismatch"), 1);
+    assert_eq!(s.envoy.stat("wasmcustom.authz.decisions.reason.tenant_mismatch"), 1);
 }
 
 #[test]
@@ -258,7 +258,7 @@ fn a_rotated_key_is_fetched_on_its_first_unknown_kid_and_a_kid_flood_is_rate_lim
     assert_eq!(reply.status, 200, "new kid {new_kid}: {}", reply.body);
     assert_eq!(s.idp.jwks_requests(), fetches_after_start + 1);
     assert_eq!(
-        s.envoy.stat("wasmcustom.jwt_authz.jwks.fetch_unknown_kid"),
+        s.envoy.stat("wasmcustom.authz.jwks_fetches.unknown_kid"),
         1
     );
 
@@ -277,7 +277,7 @@ fn a_rotated_key_is_fetched_on_its_first_unknown_kid_and_a_kid_flood_is_rate_lim
     );
     assert!(
         s.envoy
-            .stat("wasmcustom.jwt_authz.jwks.unknown_kid_rate_limited")
+            .stat("wasmcustom.authz.jwks_unknown_kids_rate_limited")
             >= 29
     );
 }
@@ -314,7 +314,7 @@ fn jwks_down_at_start_means_503_never_allow_then_recovery() {
         assert_eq!(reply.status, 503, "{}", reply.body);
         assert_eq!(reply.header("retry-after"), Some("5"));
     }
-    assert!(s.envoy.stat("wasmcustom.jwt_authz.jwks.fetch_failed") >= 1);
+    assert!(s.envoy.stat("wasmcustom.authz.jwks_fetches.failed") >= 1);
     s.idp.set_jwks_down(false);
     let recovered = eventually(Duration::from_secs(40), || {
         let status = s.envoy.get("/api/items", Some(&token), &[]).status;
@@ -336,7 +336,7 @@ fn last_good_keys_survive_a_failing_refresh() {
     assert_eq!(s.envoy.get("/api/items", Some(&token), &[]).status, 200);
     s.idp.set_jwks_down(true);
     let failures_seen = eventually(Duration::from_secs(10), || {
-        s.envoy.stat("wasmcustom.jwt_authz.jwks.fetch_failed") >= 2
+        s.envoy.stat("wasmcustom.authz.jwks_fetches.failed") >= 2
     });
     assert!(failures_seen, "refreshes were expected to fail");
     assert_eq!(
@@ -385,7 +385,7 @@ fn every_yaml_under_envoy_validates() {
         let text = std::fs::read_to_string(&path)
             .expect("read yaml")
             .replace(
-                "\"target/wasm32-wasip1/release/authz_filter.wasm\"",
+                "\"target/wasm32-wasip1/release/wasm_filter.wasm\"",
                 &format!("\"{}\"", wasm_path().display()),
             )
             .replace("{{FAILOVER_AUTHZ_PORT}}", "5")

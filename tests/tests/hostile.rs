@@ -3,7 +3,7 @@
 //! or reach the upstream as trusted. One test per class of attack (issue "Hostile input");
 //! each failed on the main branch before the fix it names.
 
-use e2e::*;
+use tests::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -522,11 +522,11 @@ fn failing_epochs_polls_stop_cache_trust_even_while_checks_succeed() {
         .idp
         .mint(json!({"sub": "alice", "scope": "read admin", "opaque": true}));
     std::thread::sleep(Duration::from_millis(700));
-    let calls_before = s.envoy.stat("wasmcustom.jwt_authz.server.calls");
+    let calls_before = s.envoy.stat("wasmcustom.authz.check_calls");
     for _ in 0..4 {
         assert_eq!(s.envoy.get("/admin/users", Some(&token), &[]).status, 200);
     }
-    let calls = s.envoy.stat("wasmcustom.jwt_authz.server.calls") - calls_before;
+    let calls = s.envoy.stat("wasmcustom.authz.check_calls") - calls_before;
     assert_eq!(
         calls, 4,
         "cached decisions were trusted while every epochs poll failed"
@@ -535,7 +535,7 @@ fn failing_epochs_polls_stop_cache_trust_even_while_checks_succeed() {
         s.envoy.log().contains("epochs poll failed"),
         "poll failures are not visible"
     );
-    assert!(s.envoy.stat("wasmcustom.jwt_authz.epochs.poll_failed") > 0);
+    assert!(s.envoy.stat("wasmcustom.authz.epochs_polls.failed") > 0);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! server without one request failing open; decision logs name both the asking and the
 //! answering zone.
 
-use e2e::*;
+use tests::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 

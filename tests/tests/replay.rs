@@ -1,8 +1,8 @@
-//! The replay harness (see `e2e::replay`): a bounded run with invalidation on must show no
+//! The replay harness (see `tests::replay`): a bounded run with invalidation on must show no
 //! violation; the same run with the epochs poll off (and the unreachable-server fallback
 //! pushed out of the way) must show violations, which proves the checker can fail.
 
-use e2e::replay::{run_replay, ReplayPlan};
+use tests::replay::{run_replay, ReplayPlan};
 use std::time::Duration;
 
 #[test]

@@ -1,7 +1,7 @@
 //! Server-level tests of the ext_authz server, run in-process through `serve` on real sockets,
 //! against the real dev IdP process. Envoy is not involved here (see `ext_authz.rs`).
 
-use e2e::*;
+use tests::*;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Request as AttrRequest,

@@ -6,7 +6,7 @@
 //! others; Redis down keeps everything up while fail-closed tiers fail closed; Redis back
 //! (empty) resynchronises, and nothing revoked comes back.
 
-use e2e::*;
+use tests::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
