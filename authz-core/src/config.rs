@@ -11,12 +11,37 @@ use crate::keys::{KeySet, VerificationKey};
 use crate::routes::{ClaimRule, PathMatch, Requirements, Route, RouteTable, TenantRule};
 use crate::tier::Tier;
 use crate::verify::Provider;
-use crate::verify::{DEFAULT_MAX_TOKEN_BYTES, TOKEN_BYTES_RANGE, TOKEN_BYTES_RANGE_TEXT};
+use crate::verify::{TOKEN_BYTES_RANGE, TOKEN_BYTES_RANGE_TEXT};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+
+/// Every default of the filter configuration, named once: the validator applies these, and
+/// the generated reference (`docs/config-reference.md`) prints them from the schema.
+pub mod defaults {
+    pub const REALM: &str = "api";
+    pub const KEY_WAIT_TIMEOUT_MS: u64 = 3_000;
+    pub const MAX_TOKEN_BYTES: usize = crate::verify::DEFAULT_MAX_TOKEN_BYTES;
+    pub const FORWARD_TOKEN: bool = false;
+    pub const SERVER_TIMEOUT_MS: u64 = 1_000;
+    pub const POLL_INTERVAL_MS: u64 = 250;
+    pub const MAX_UNREACHABLE_MS: u64 = 5_000;
+    pub const CACHE_MAX_ENTRIES: usize = 10_000;
+    pub const DENY_TTL_MS: u64 = crate::decision_cache::DEFAULT_DENY_MS;
+    pub const JWT_TTL_MS: u64 = 60_000;
+    pub const CLOCK_SKEW_SECONDS: u64 = 60;
+    pub const REQUIRE_EXPIRATION: bool = true;
+    pub const REFRESH_INTERVAL_SECONDS: u64 = 300;
+    pub const JWKS_TIMEOUT_MS: u64 = 2_000;
+    pub const MIN_REFETCH_INTERVAL_SECONDS: u64 = 30;
+    pub const IGNORE_CASE: bool = true;
+    pub const SUBJECT_HEADER: &str = "x-auth-subject";
+    pub const SCOPES_HEADER: &str = "x-auth-scopes";
+    pub const TIER_HEADER: &str = "x-auth-tier";
+    pub const ISSUER_HEADER: &str = "x-auth-issuer";
+}
 
 /// The configuration as written (JSON), before validation.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,16 +55,20 @@ pub struct FilterConfig {
     pub routes: Vec<RouteConfig>,
     /// Required: the rule for requests no route matches (an explicit choice, never implied).
     pub default: Option<RouteTargetConfig>,
-    /// `realm` in `WWW-Authenticate`. Default `api`.
+    /// `realm` in `WWW-Authenticate`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::REALM)))]
     pub realm: Option<String>,
     /// Names of the context headers set on allowed requests.
     pub headers: Option<HeadersConfig>,
-    /// How long a request may wait for keys that are being fetched. Default 3000.
+    /// How long a request may wait for keys that are being fetched.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::KEY_WAIT_TIMEOUT_MS)))]
     pub key_wait_timeout_ms: Option<u64>,
-    /// Longest accepted token, in bytes, 256–65536. Default 8192.
+    /// Longest accepted token, in bytes, 256–65536.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::MAX_TOKEN_BYTES)))]
     pub max_token_bytes: Option<usize>,
-    /// Keep the `authorization` header on allowed requests. Default false: the upstream gets
-    /// the verified context headers, not the credential (as Envoy `jwt_authn` `forward: false`).
+    /// Keep the `authorization` header on allowed requests. By default the upstream gets the
+    /// verified context headers, not the credential (as Envoy `jwt_authn` `forward: false`).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::FORWARD_TOKEN)))]
     pub forward_token: Option<bool>,
     /// The companion ext_authz server, for tiers that need it. Without it those tiers fail
     /// closed in the filter.
@@ -57,7 +86,8 @@ pub struct FilterConfig {
 pub struct ServerLinkConfig {
     /// Required: gRPC cluster of the server's Check service.
     pub cluster: Option<String>,
-    /// Deadline of one Check call, 1–30000. Default 1000; past it the request fails closed.
+    /// Deadline of one Check call, 1–30000; past it the request fails closed.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::SERVER_TIMEOUT_MS)))]
     pub timeout_ms: Option<u64>,
     /// HTTP cluster of the server's admin port, for `/admin/epochs` polls (with
     /// `epochs_token`; without both there is no polling).
@@ -66,10 +96,12 @@ pub struct ServerLinkConfig {
     pub epochs_authority: Option<String>,
     /// Bearer secret for `/admin/epochs` (the server's `epochs_token`).
     pub epochs_token: Option<String>,
-    /// Default 250; 0 turns polling off (then only Check replies carry versions).
+    /// Epochs poll period; 0 turns polling off (then only Check replies carry versions).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::POLL_INTERVAL_MS)))]
     pub poll_interval_ms: Option<u64>,
     /// Without a successful poll for this long, cached decisions of tiers above
-    /// `authenticated` are not used. Default 5000.
+    /// `authenticated` are not used.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::MAX_UNREACHABLE_MS)))]
     pub max_unreachable_ms: Option<u64>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
@@ -80,15 +112,18 @@ pub struct ServerLinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CacheConfig {
-    /// Entry cap of each worker's decision cache and of its token cache. Default 10000.
+    /// Entry cap of each worker's decision cache and of its token cache, 1–10000000.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::CACHE_MAX_ENTRIES)))]
     pub max_entries: Option<usize>,
     /// tier → longest reuse of a server decision in ms (0 = never). Defaults: authenticated
     /// 60000, standard_write 30000, privileged 5000, regulated 1000.
     #[serde(default)]
     pub tier_max_ms: BTreeMap<String, u64>,
-    /// Longest reuse of a denial. Default 2000.
+    /// Longest reuse of a denial.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::DENY_TTL_MS)))]
     pub deny_ttl_ms: Option<u64>,
-    /// Longest reuse of a verified JWT (never past its `exp`). Default 60000; 0 disables.
+    /// Longest reuse of a verified JWT (never past its `exp`); 0 disables.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::JWT_TTL_MS)))]
     pub jwt_ttl_ms: Option<u64>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
@@ -136,9 +171,11 @@ pub struct ProviderConfig {
     pub jwks: Option<JwksConfig>,
     /// Base64 HMAC secret (>= 32 bytes): the only way HS256/384/512 tokens are accepted.
     pub hmac_secret_base64: Option<String>,
-    /// Tolerance for `exp`, `nbf` and `iat`, at most 600. Default 60.
+    /// Tolerance for `exp`, `nbf` and `iat`, at most 600.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::CLOCK_SKEW_SECONDS)))]
     pub clock_skew_seconds: Option<u64>,
-    /// Refuse tokens without `exp`. Default true.
+    /// Refuse tokens without `exp`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::REQUIRE_EXPIRATION)))]
     pub require_expiration: Option<bool>,
     /// Required header `typ`, e.g. `at+jwt` (RFC 9068; an `application/` prefix is accepted).
     pub typ: Option<String>,
@@ -170,11 +207,14 @@ pub struct RemoteJwksConfig {
     pub path: Option<String>,
     /// `:authority` of the fetch. Default: the cluster name.
     pub authority: Option<String>,
-    /// Scheduled refresh period, at least 1. Default 300; failures back off, last good keys stay.
+    /// Scheduled refresh period, at least 1; failures back off, last good keys stay.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::REFRESH_INTERVAL_SECONDS)))]
     pub refresh_interval_seconds: Option<u64>,
-    /// Fetch deadline, 1–60000. Default 2000.
+    /// Fetch deadline, 1–60000.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::JWKS_TIMEOUT_MS)))]
     pub timeout_ms: Option<u64>,
-    /// Minimum time between fetches caused by unknown `kid`s. Default 30.
+    /// Minimum time between fetches caused by unknown `kid`s.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::MIN_REFETCH_INTERVAL_SECONDS)))]
     pub min_refetch_interval_seconds: Option<u64>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
@@ -224,10 +264,10 @@ pub struct MatchConfig {
     pub regex: Option<String>,
     /// HTTP methods the rule covers (compared upper-case). Default: all.
     pub methods: Option<Vec<String>>,
-    /// Compare the path without ASCII case. Default `true`: an upstream that treats
-    /// `/ADMIN` as `/admin` must not see it under a weaker tier; where the upstream is
-    /// case-sensitive the other spellings are other (usually absent) resources, so matching
-    /// them costs nothing.
+    /// Compare the path without ASCII case (the default: an upstream that treats `/ADMIN` as
+    /// `/admin` must not see it under a weaker tier; where the upstream is case-sensitive the
+    /// other spellings are other, usually absent, resources, so matching them costs nothing).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::IGNORE_CASE)))]
     pub ignore_case: Option<bool>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
@@ -283,13 +323,17 @@ pub struct TenantConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HeadersConfig {
-    /// The token's `sub`. Default `x-auth-subject`.
+    /// The token's `sub`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::SUBJECT_HEADER)))]
     pub subject: Option<String>,
-    /// Granted scopes, space-separated. Default `x-auth-scopes`.
+    /// Granted scopes, space-separated.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::SCOPES_HEADER)))]
     pub scopes: Option<String>,
-    /// The route's tier. Default `x-auth-tier`.
+    /// The route's tier.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::TIER_HEADER)))]
     pub tier: Option<String>,
-    /// The token's `iss`. Default `x-auth-issuer`.
+    /// The token's `iss`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::ISSUER_HEADER)))]
     pub issuer: Option<String>,
     /// claim name → header name.
     #[serde(default)]
@@ -360,10 +404,10 @@ pub const POLICY_VERSION_HEADER: &str = "x-authz-policy-version";
 /// The context headers' default names (`headers.*`), plus [`POLICY_VERSION_HEADER`]: what the
 /// filter and the server set unless configured otherwise, and strip from every client request.
 pub const STANDARD_CONTEXT_HEADERS: [&str; 5] = [
-    "x-auth-subject",
-    "x-auth-scopes",
-    "x-auth-tier",
-    "x-auth-issuer",
+    defaults::SUBJECT_HEADER,
+    defaults::SCOPES_HEADER,
+    defaults::TIER_HEADER,
+    defaults::ISSUER_HEADER,
     POLICY_VERSION_HEADER,
 ];
 
@@ -516,7 +560,7 @@ fn parse_requirements(
 
 fn parse_match(p: &mut Problems, at: &str, m: &MatchConfig) -> (Option<PathMatch>, Vec<String>) {
     p.unknown(at, &m.unknown);
-    let case_flag = if m.ignore_case.unwrap_or(true) {
+    let case_flag = if m.ignore_case.unwrap_or(defaults::IGNORE_CASE) {
         "(?i)"
     } else {
         ""
@@ -608,8 +652,10 @@ fn parse_provider(
                     if path.as_deref().is_some_and(|s| !s.starts_with('/')) {
                         p.add(&at, "path starts with \"/\"");
                     }
-                    let refresh = r.refresh_interval_seconds.unwrap_or(300);
-                    let timeout_ms = r.timeout_ms.unwrap_or(2000);
+                    let refresh = r
+                        .refresh_interval_seconds
+                        .unwrap_or(defaults::REFRESH_INTERVAL_SECONDS);
+                    let timeout_ms = r.timeout_ms.unwrap_or(defaults::JWKS_TIMEOUT_MS);
                     if refresh == 0 {
                         p.add(&at, "refresh_interval_seconds must be at least 1");
                     }
@@ -631,7 +677,7 @@ fn parse_provider(
                             timeout_ms,
                             min_refetch_interval_seconds: r
                                 .min_refetch_interval_seconds
-                                .unwrap_or(30),
+                                .unwrap_or(defaults::MIN_REFETCH_INTERVAL_SECONDS),
                         })),
                         _ => None,
                     }
@@ -643,7 +689,7 @@ fn parse_provider(
             }
         }
     };
-    let skew = c.clock_skew_seconds.unwrap_or(60);
+    let skew = c.clock_skew_seconds.unwrap_or(defaults::CLOCK_SKEW_SECONDS);
     if skew > 600 {
         p.add(at, "clock_skew_seconds above 600 defeats expiry");
     }
@@ -655,7 +701,7 @@ fn parse_provider(
         issuer: issuer?.clone(),
         audiences: c.audiences.clone(),
         clock_skew_seconds: skew as i64,
-        require_expiration: c.require_expiration.unwrap_or(true),
+        require_expiration: c.require_expiration.unwrap_or(defaults::REQUIRE_EXPIRATION),
         required_typ: c.typ.clone(),
         hmac_key,
     };
@@ -665,11 +711,11 @@ fn parse_provider(
 fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLink> {
     p.unknown("server", &s.unknown);
     let cluster = p.required("server", "cluster", &s.cluster).cloned();
-    let timeout_ms = s.timeout_ms.unwrap_or(1000);
+    let timeout_ms = s.timeout_ms.unwrap_or(defaults::SERVER_TIMEOUT_MS);
     if timeout_ms == 0 || timeout_ms > 30_000 {
         p.add("server.timeout_ms", "must be between 1 and 30000");
     }
-    let interval_ms = s.poll_interval_ms.unwrap_or(250);
+    let interval_ms = s.poll_interval_ms.unwrap_or(defaults::POLL_INTERVAL_MS);
     if let Some(token) = &s.epochs_token {
         if let Some(why) = weak_secret(token) {
             p.add("server.epochs_token", why);
@@ -699,7 +745,7 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
         cluster: cluster?,
         timeout_ms,
         epochs,
-        max_unreachable_ms: s.max_unreachable_ms.unwrap_or(5_000),
+        max_unreachable_ms: s.max_unreachable_ms.unwrap_or(defaults::MAX_UNREACHABLE_MS),
     })
 }
 
@@ -707,9 +753,9 @@ fn parse_cache(p: &mut Problems, c: &Option<CacheConfig>) -> CacheSettings {
     let mut caps = crate::decision_cache::TierCaps::default();
     let Some(c) = c else {
         return CacheSettings {
-            max_entries: 10_000,
+            max_entries: defaults::CACHE_MAX_ENTRIES,
             caps,
-            jwt_ttl_ms: 60_000,
+            jwt_ttl_ms: defaults::JWT_TTL_MS,
         };
     };
     p.unknown("cache", &c.unknown);
@@ -719,17 +765,15 @@ fn parse_cache(p: &mut Problems, c: &Option<CacheConfig>) -> CacheSettings {
             Err(_) => p.add(&format!("cache.tier_max_ms.{name}"), "unknown tier"),
         }
     }
-    if let Some(ms) = c.deny_ttl_ms {
-        caps.deny_ms = ms;
-    }
-    let max_entries = c.max_entries.unwrap_or(10_000);
+    caps.deny_ms = c.deny_ttl_ms.unwrap_or(defaults::DENY_TTL_MS);
+    let max_entries = c.max_entries.unwrap_or(defaults::CACHE_MAX_ENTRIES);
     if max_entries == 0 || max_entries > 10_000_000 {
         p.add("cache.max_entries", "must be between 1 and 10000000");
     }
     CacheSettings {
         max_entries: max_entries.max(1),
         caps,
-        jwt_ttl_ms: c.jwt_ttl_ms.unwrap_or(60_000),
+        jwt_ttl_ms: c.jwt_ttl_ms.unwrap_or(defaults::JWT_TTL_MS),
     }
 }
 
@@ -739,10 +783,10 @@ fn parse_headers(p: &mut Problems, c: &Option<HeadersConfig>) -> HeaderNames {
             .unwrap_or_else(|| default.to_owned())
     };
     let names = HeaderNames {
-        subject: get(c.as_ref().map(|h| &h.subject), STANDARD_CONTEXT_HEADERS[0]),
-        scopes: get(c.as_ref().map(|h| &h.scopes), STANDARD_CONTEXT_HEADERS[1]),
-        tier: get(c.as_ref().map(|h| &h.tier), STANDARD_CONTEXT_HEADERS[2]),
-        issuer: get(c.as_ref().map(|h| &h.issuer), STANDARD_CONTEXT_HEADERS[3]),
+        subject: get(c.as_ref().map(|h| &h.subject), defaults::SUBJECT_HEADER),
+        scopes: get(c.as_ref().map(|h| &h.scopes), defaults::SCOPES_HEADER),
+        tier: get(c.as_ref().map(|h| &h.tier), defaults::TIER_HEADER),
+        issuer: get(c.as_ref().map(|h| &h.issuer), defaults::ISSUER_HEADER),
         claims: c
             .as_ref()
             .map(|h| h.claims.clone().into_iter().collect())
@@ -800,7 +844,7 @@ fn parse_routes(
                     .matcher
                     .as_ref()
                     .and_then(|m| m.ignore_case)
-                    .unwrap_or(true),
+                    .unwrap_or(defaults::IGNORE_CASE),
                 tier,
                 require,
             });
@@ -884,7 +928,7 @@ impl Policy {
         }
         let routes = parse_routes(&mut p, &c.routes, &c.default);
         let headers = parse_headers(&mut p, &c.headers);
-        let realm = c.realm.clone().unwrap_or_else(|| "api".into());
+        let realm = c.realm.clone().unwrap_or_else(|| defaults::REALM.into());
         if realm.is_empty()
             || !realm
                 .bytes()
@@ -895,11 +939,13 @@ impl Policy {
                 "must be printable ascii without quotes or backslashes",
             );
         }
-        let key_wait_timeout_ms = c.key_wait_timeout_ms.unwrap_or(3000);
+        let key_wait_timeout_ms = c
+            .key_wait_timeout_ms
+            .unwrap_or(defaults::KEY_WAIT_TIMEOUT_MS);
         if key_wait_timeout_ms > 30_000 {
             p.add("key_wait_timeout_ms", "must be at most 30000");
         }
-        let max_token_bytes = c.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        let max_token_bytes = c.max_token_bytes.unwrap_or(defaults::MAX_TOKEN_BYTES);
         if !TOKEN_BYTES_RANGE.contains(&max_token_bytes) {
             p.add("max_token_bytes", TOKEN_BYTES_RANGE_TEXT);
         }
@@ -917,7 +963,7 @@ impl Policy {
             headers,
             key_wait_timeout_ms,
             max_token_bytes,
-            forward_token: c.forward_token.unwrap_or(false),
+            forward_token: c.forward_token.unwrap_or(defaults::FORWARD_TOKEN),
             server,
             cache,
         })

@@ -23,6 +23,9 @@ use std::sync::Arc;
 /// Key of a cached decision.
 pub type DecisionKey = u128;
 
+/// Longest reuse of a denial unless configured (`cache.deny_ttl_ms`).
+pub const DEFAULT_DENY_MS: u64 = 2_000;
+
 /// The decision key: everything the decision depends on that the proxy knows up front (token,
 /// method, the path routes are matched against — the server's route and tenant rules read it —,
 /// route name and policy version), under
@@ -92,7 +95,7 @@ impl Default for TierCaps {
     fn default() -> TierCaps {
         TierCaps {
             caps_ms: [0, 60_000, 30_000, 5_000, 1_000],
-            deny_ms: 2_000,
+            deny_ms: DEFAULT_DENY_MS,
         }
     }
 }

@@ -13,10 +13,10 @@ mod envoy_config;
 mod load;
 mod report;
 
-use tests::*;
 use load::{closed_loop, fixed_rate, RunStats, Target};
 use serde_json::json;
 use std::time::{Duration, Instant};
+use tests::*;
 
 /// CPU seconds (user + system) a process has used so far.
 fn cpu_seconds(pid: u32) -> f64 {

@@ -10,7 +10,7 @@ use authz_core::config::weak_secret;
 use authz_core::config::{route_table_from_config, RouteConfig, RouteTargetConfig};
 use authz_core::fallback::{StepUp, TierRules};
 use authz_core::routes::RouteTable;
-use authz_core::verify::{DEFAULT_MAX_TOKEN_BYTES, TOKEN_BYTES_RANGE, TOKEN_BYTES_RANGE_TEXT};
+use authz_core::verify::{TOKEN_BYTES_RANGE, TOKEN_BYTES_RANGE_TEXT};
 use authz_core::Tier;
 use serde::Deserialize;
 use serde_yaml::Mapping;
@@ -18,27 +18,67 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Every default of the server configuration, named once: the validator applies these, and
+/// the generated reference (`docs/config-reference.md`) prints them from the schema.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:9191";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9192";
+    pub const REGION: &str = "local";
+    pub const ZONE: &str = "local";
+    pub const REALM: &str = "api";
+    pub const CHECK_TIMEOUT_MS: u64 = 2_000;
+    pub const DRAIN_MS: u64 = 500;
+    pub const AUTH_METHOD: &str = "client_secret_basic";
+    pub const INTROSPECTION_TIMEOUT_MS: u64 = 1_000;
+    pub const MAX_IDLE_CONNECTIONS: usize = 32;
+    pub const MAX_CALLS_PER_SECOND: u32 = 200;
+    pub const REQUIRE_AUDIENCE: bool = false;
+    pub const CLOCK_SKEW_SECONDS: u64 = 60;
+    pub const TOKEN_MAX_BYTES: usize = authz_core::verify::DEFAULT_MAX_TOKEN_BYTES;
+    pub const CACHE_MAX_ENTRIES: u64 = 100_000;
+    pub const CACHE_CAP_SECONDS: u64 = 300;
+    pub const INACTIVE_TTL_SECONDS: u64 = 5;
+    pub const REFRESH_AHEAD_FRACTION: f64 = 0.5;
+    pub const BATCH_WINDOW_MS: u64 = 2;
+    pub const MAX_BATCH: usize = 64;
+    pub const CIRCUIT_FAILURE_THRESHOLD: u32 = 5;
+    pub const CIRCUIT_OPEN_MS: u64 = 2_000;
+    pub const FORWARD_TOKEN: bool = false;
+    pub const REDIS_KEY_PREFIX: &str = "authz:v1:";
+    pub const REDIS_OP_TIMEOUT_MS: u64 = 50;
+    pub const REDIS_BLOCK_MS: u64 = 500;
+    pub const REDIS_MAX_UNCONFIRMED_MS: u64 = 1_500;
+    pub const REDIS_STREAM_MAX_LEN: u64 = 1_000_000;
+    pub const REDIS_SHARED_CACHE: bool = true;
+}
+
 /// The file as written.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct ServerConfigFile {
-    /// gRPC address (Check and `grpc.health.v1`). Default `127.0.0.1:9191`.
+    /// gRPC address (Check and `grpc.health.v1`).
+    #[schemars(extend("default" = defaults::LISTEN))]
     pub listen: Option<String>,
-    /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`, `/admin/*`). Default
-    /// `127.0.0.1:9192`.
+    /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`, `/admin/*`).
+    #[schemars(extend("default" = defaults::ADMIN_LISTEN))]
     pub admin_listen: Option<String>,
     /// Required, at least 16 characters: bearer secret of the admin endpoints.
     pub admin_token: Option<String>,
     /// A second, read-only bearer secret accepted by `GET /admin/epochs` (for the filter).
     pub epochs_token: Option<String>,
-    /// This instance's region, in decision logs. Default `local`.
+    /// This instance's region, in decision logs.
+    #[schemars(extend("default" = defaults::REGION))]
     pub region: Option<String>,
-    /// This instance's zone, in decision logs. Default `local`.
+    /// This instance's zone, in decision logs.
+    #[schemars(extend("default" = defaults::ZONE))]
     pub zone: Option<String>,
-    /// `realm` in `WWW-Authenticate` (use the filter's). Default `api`.
+    /// `realm` in `WWW-Authenticate` (use the filter's).
+    #[schemars(extend("default" = defaults::REALM))]
     pub realm: Option<String>,
-    /// Deadline of one check; past it the answer is a fail-closed 503. Default 2000.
+    /// Deadline of one check; past it the answer is a fail-closed 503.
+    #[schemars(extend("default" = defaults::CHECK_TIMEOUT_MS))]
     pub check_timeout_ms: Option<u64>,
-    /// After SIGTERM: NOT_SERVING and `/readyz` 503 for this long, then stop. Default 500.
+    /// After SIGTERM: NOT_SERVING and `/readyz` 503 for this long, then stop.
+    #[schemars(extend("default" = defaults::DRAIN_MS))]
     pub drain_ms: Option<u64>,
     /// Required: the OAuth2 introspection endpoint (RFC 7662) and its client.
     pub introspection: Option<IntrospectionFile>,
@@ -69,7 +109,8 @@ pub struct ServerConfigFile {
     /// (its `headers.claims` mappings), so a client cannot smuggle them past a route this server
     /// guards.
     pub strip_headers: Option<Vec<String>>,
-    /// Keep `authorization` on allowed requests (default false, as the filter).
+    /// Keep `authorization` on allowed requests (as the filter).
+    #[schemars(extend("default" = defaults::FORWARD_TOKEN))]
     pub forward_token: Option<bool>,
     /// The optional shared tier (several instances, one Redis).
     pub redis: Option<RedisFile>,
@@ -94,18 +135,24 @@ pub struct RedisFile {
     /// Secret (at least 32 characters) that keys and encrypts shared cache entries; the same on
     /// every instance.
     pub secret: Option<String>,
-    /// Prefix of every key this server uses (default `authz:v1:`).
+    /// Prefix of every key this server uses.
+    #[schemars(extend("default" = defaults::REDIS_KEY_PREFIX))]
     pub key_prefix: Option<String>,
-    /// Budget for one Redis command on the check path (default 50).
+    /// Budget for one Redis command on the check path, 1–5000.
+    #[schemars(extend("default" = defaults::REDIS_OP_TIMEOUT_MS))]
     pub op_timeout_ms: Option<u64>,
-    /// How long the stream reader blocks per read (default 500).
+    /// How long the stream reader blocks per read, 10–5000.
+    #[schemars(extend("default" = defaults::REDIS_BLOCK_MS))]
     pub block_ms: Option<u64>,
     /// How long after the last good stream read the shared state stops being trusted as
-    /// current (default 1500; above `block_ms`).
+    /// current (above `block_ms`).
+    #[schemars(extend("default" = defaults::REDIS_MAX_UNCONFIRMED_MS))]
     pub max_unconfirmed_ms: Option<u64>,
-    /// Events kept in the stream (default 1000000, approximate trimming).
+    /// Events kept in the stream (approximate trimming), at least 1000.
+    #[schemars(extend("default" = defaults::REDIS_STREAM_MAX_LEN))]
     pub stream_max_len: Option<u64>,
-    /// Whether introspection results are shared through Redis (default true).
+    /// Whether introspection results are shared through Redis.
+    #[schemars(extend("default" = defaults::REDIS_SHARED_CACHE))]
     pub shared_cache: Option<bool>,
     #[serde(flatten)]
     #[schemars(skip)]
@@ -121,16 +168,19 @@ pub struct TokenFile {
     /// them is refused (401).
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// Refuse answers that carry no `aud` at all. Default `false` (RFC 7662 makes `aud`
-    /// optional); set it when your IdP always reports audiences.
+    /// Refuse answers that carry no `aud` at all (RFC 7662 makes `aud` optional); set it
+    /// when your IdP always reports audiences.
+    #[schemars(extend("default" = defaults::REQUIRE_AUDIENCE))]
     pub require_audience: Option<bool>,
     /// For JWT-shaped tokens: the JWS header `typ` must equal this (e.g. `at+jwt`, so ID
     /// tokens are refused). Opaque tokens have no header and are not affected.
     pub typ: Option<String>,
-    /// Leeway for `exp`/`nbf`/`iat`, seconds. Default 60, at most 600.
+    /// Leeway for `exp`/`nbf`/`iat`, seconds, at most 600.
+    #[schemars(extend("default" = defaults::CLOCK_SKEW_SECONDS))]
     pub clock_skew_seconds: Option<u64>,
     /// Longest accepted token, in bytes, 256–65536 (longer ones are refused before any IdP
-    /// call). Default 8192, the filter's `max_token_bytes` default.
+    /// call); the default is the filter's `max_token_bytes` default.
+    #[schemars(extend("default" = defaults::TOKEN_MAX_BYTES))]
     pub max_bytes: Option<usize>,
     #[serde(flatten)]
     #[schemars(skip)]
@@ -152,16 +202,20 @@ pub struct IntrospectionFile {
     pub client_id: Option<String>,
     /// Required: the server's client secret at the IdP.
     pub client_secret: Option<String>,
-    /// `client_secret_basic` (default) or `client_secret_post`.
+    /// `client_secret_basic` or `client_secret_post`.
+    #[schemars(extend("default" = defaults::AUTH_METHOD))]
     pub auth_method: Option<String>,
-    /// Deadline of one IdP call, 1–30000. Default 1000.
+    /// Deadline of one IdP call, 1–30000.
+    #[schemars(extend("default" = defaults::INTROSPECTION_TIMEOUT_MS))]
     pub timeout_ms: Option<u64>,
-    /// Pooled keep-alive connections to the IdP. Default 32.
+    /// Pooled keep-alive connections to the IdP.
+    #[schemars(extend("default" = defaults::MAX_IDLE_CONNECTIONS))]
     pub max_idle_connections: Option<usize>,
     /// Cap on introspection calls per second, all tokens and addresses together; over it a
     /// check that needs the IdP answers as if the IdP failed (stale answer where the tier
-    /// allows one, else 503), without counting against the circuit breaker. Default 200;
-    /// 0 turns the cap off.
+    /// allows one, else 503), without counting against the circuit breaker; 0 turns the cap
+    /// off.
+    #[schemars(extend("default" = defaults::MAX_CALLS_PER_SECOND))]
     pub max_calls_per_second: Option<u32>,
     #[serde(flatten)]
     #[schemars(skip)]
@@ -170,15 +224,19 @@ pub struct IntrospectionFile {
 
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct CacheFile {
-    /// Entry cap (least useful entries go first). Default 100000.
+    /// Entry cap (least useful entries go first), at least 1.
+    #[schemars(extend("default" = defaults::CACHE_MAX_ENTRIES))]
     pub max_entries: Option<u64>,
     /// Longest life of an entry (also bounded by the token's `exp` and the longest tier
-    /// window). Default 300.
+    /// window).
+    #[schemars(extend("default" = defaults::CACHE_CAP_SECONDS))]
     pub cap_seconds: Option<u64>,
-    /// Life of an "inactive" answer. Default 5.
+    /// Life of an "inactive" answer.
+    #[schemars(extend("default" = defaults::INACTIVE_TTL_SECONDS))]
     pub inactive_ttl_seconds: Option<u64>,
     /// A hit older than this fraction of its tier's freshness starts a background refresh,
-    /// 0–1. Default 0.5.
+    /// 0–1.
+    #[schemars(extend("default" = defaults::REFRESH_AHEAD_FRACTION))]
     pub refresh_ahead_fraction: Option<f64>,
     #[serde(flatten)]
     #[schemars(skip)]
@@ -188,9 +246,10 @@ pub struct CacheFile {
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct BatchingFile {
     /// How long a miss waits for others to join its batch, at most 50; 0 turns batching off.
-    /// Default 2.
+    #[schemars(extend("default" = defaults::BATCH_WINDOW_MS))]
     pub window_ms: Option<u64>,
-    /// Tokens per batch, 1–1000. Default 64.
+    /// Tokens per batch, 1–1000.
+    #[schemars(extend("default" = defaults::MAX_BATCH))]
     pub max_batch: Option<usize>,
     #[serde(flatten)]
     #[schemars(skip)]
@@ -199,9 +258,11 @@ pub struct BatchingFile {
 
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct CircuitFile {
-    /// Consecutive IdP failures that open the circuit. Default 5.
+    /// Consecutive IdP failures that open the circuit.
+    #[schemars(extend("default" = defaults::CIRCUIT_FAILURE_THRESHOLD))]
     pub failure_threshold: Option<u32>,
-    /// How long it stays open before one probe call. Default 2000.
+    /// How long it stays open before one probe call.
+    #[schemars(extend("default" = defaults::CIRCUIT_OPEN_MS))]
     pub open_ms: Option<u64>,
     #[serde(flatten)]
     #[schemars(skip)]
@@ -493,7 +554,7 @@ pub fn expand_env(text: &str, env: &impl Fn(&str) -> Option<String>) -> (String,
 }
 
 /// The `token` section: the filter's provider rules for introspection results.
-fn token_rules(
+fn token_section(
     p: &mut Problems,
     t: &Option<TokenFile>,
 ) -> Option<(authz_core::Provider, bool, usize)> {
@@ -515,7 +576,7 @@ fn token_rules(
             "must list at least one non-empty audience",
         );
     }
-    let skew = t.clock_skew_seconds.unwrap_or(60);
+    let skew = t.clock_skew_seconds.unwrap_or(defaults::CLOCK_SKEW_SECONDS);
     if skew > 600 {
         p.add("token.clock_skew_seconds", "above 600 defeats expiry");
     }
@@ -525,7 +586,7 @@ fn token_rules(
             "must not be empty (leave it out to accept any)",
         );
     }
-    let max_bytes = t.max_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    let max_bytes = t.max_bytes.unwrap_or(defaults::TOKEN_MAX_BYTES);
     if !TOKEN_BYTES_RANGE.contains(&max_bytes) {
         p.add("token.max_bytes", TOKEN_BYTES_RANGE_TEXT);
     }
@@ -539,12 +600,246 @@ fn token_rules(
             required_typ: t.typ.clone(),
             hmac_key: None,
         },
-        t.require_audience.unwrap_or(false),
+        t.require_audience.unwrap_or(defaults::REQUIRE_AUDIENCE),
         max_bytes,
     ))
 }
 
-fn redis_config(p: &mut Problems, r: &RedisFile) -> RedisConfig {
+/// `introspection`: the IdP endpoint and its client.
+fn introspection_section(
+    p: &mut Problems,
+    section: &Option<IntrospectionFile>,
+) -> Option<IntrospectionConfig> {
+    match section {
+        None => {
+            p.add("introspection", "is required");
+            None
+        }
+        Some(i) => {
+            p.unknown("introspection", &i.unknown);
+            match &i.endpoint {
+                None => p.add("introspection.endpoint", "is required"),
+                Some(e) => url(p, "introspection.endpoint", e),
+            }
+            if let Some(b) = &i.batch_endpoint {
+                url(p, "introspection.batch_endpoint", b);
+            }
+            if i.client_id.as_deref().unwrap_or("").is_empty() {
+                p.add("introspection.client_id", "is required");
+            }
+            match i.client_secret.as_deref().unwrap_or("") {
+                "" => p.add("introspection.client_secret", "is required"),
+                secret => {
+                    if let Some(why) = weak_secret(secret).filter(|_| secret.len() >= 16) {
+                        p.add("introspection.client_secret", why);
+                    }
+                }
+            }
+            let auth = match i.auth_method.as_deref().unwrap_or(defaults::AUTH_METHOD) {
+                "client_secret_basic" => ClientAuth::Basic,
+                "client_secret_post" => ClientAuth::Post,
+                other => {
+                    p.add(
+                        "introspection.auth_method",
+                        format_args!(
+                            "\"{other}\" is not client_secret_basic or client_secret_post"
+                        ),
+                    );
+                    ClientAuth::Basic
+                }
+            };
+            let timeout_ms = i.timeout_ms.unwrap_or(defaults::INTROSPECTION_TIMEOUT_MS);
+            if timeout_ms == 0 || timeout_ms > 30_000 {
+                p.add("introspection.timeout_ms", "must be between 1 and 30000");
+            }
+            Some(IntrospectionConfig {
+                endpoint: i.endpoint.clone().unwrap_or_default(),
+                batch_endpoint: i.batch_endpoint.clone(),
+                client_id: i.client_id.clone().unwrap_or_default(),
+                client_secret: i.client_secret.clone().unwrap_or_default(),
+                auth,
+                timeout: Duration::from_millis(timeout_ms),
+                max_idle_connections: i
+                    .max_idle_connections
+                    .unwrap_or(defaults::MAX_IDLE_CONNECTIONS),
+                max_calls_per_second: i
+                    .max_calls_per_second
+                    .unwrap_or(defaults::MAX_CALLS_PER_SECOND),
+            })
+        }
+    }
+}
+
+/// `cache`: the introspection result cache.
+fn cache_section(p: &mut Problems, c: &CacheFile) -> CacheConfig {
+    p.unknown("cache", &c.unknown);
+    let fraction = c
+        .refresh_ahead_fraction
+        .unwrap_or(defaults::REFRESH_AHEAD_FRACTION);
+    if !(0.0..=1.0).contains(&fraction) {
+        p.add("cache.refresh_ahead_fraction", "must be between 0 and 1");
+    }
+    let cache = CacheConfig {
+        max_entries: c.max_entries.unwrap_or(defaults::CACHE_MAX_ENTRIES),
+        cap_ms: c.cap_seconds.unwrap_or(defaults::CACHE_CAP_SECONDS) * 1000,
+        inactive_ttl_ms: c
+            .inactive_ttl_seconds
+            .unwrap_or(defaults::INACTIVE_TTL_SECONDS)
+            * 1000,
+        refresh_ahead_fraction: fraction,
+    };
+    if cache.max_entries == 0 {
+        p.add("cache.max_entries", "must be at least 1");
+    }
+    cache
+}
+
+/// `batching`: concurrent misses as one IdP call.
+fn batching_section(p: &mut Problems, b: &BatchingFile) -> BatchingConfig {
+    p.unknown("batching", &b.unknown);
+    let window_ms = b.window_ms.unwrap_or(defaults::BATCH_WINDOW_MS);
+    if window_ms > 50 {
+        p.add(
+            "batching.window_ms",
+            "must be at most 50 (it adds latency to cache misses)",
+        );
+    }
+    let max_batch = b.max_batch.unwrap_or(defaults::MAX_BATCH);
+    if max_batch == 0 || max_batch > 1000 {
+        p.add("batching.max_batch", "must be between 1 and 1000");
+    }
+    BatchingConfig {
+        window: Duration::from_millis(window_ms),
+        max_batch,
+    }
+}
+
+/// `tiers`: each tier's freshness, grace and step-up, over its defaults.
+fn tiers_section(
+    p: &mut Problems,
+    section: &BTreeMap<String, TierFile>,
+) -> BTreeMap<Tier, TierRules> {
+    let mut tiers: BTreeMap<Tier, TierRules> = Tier::ALL
+        .iter()
+        .map(|t| (*t, TierRules::default_for(*t)))
+        .collect();
+    for (name, t) in section {
+        let at = format!("tiers.{name}");
+        let tier = match name.parse::<Tier>() {
+            Ok(tier) => tier,
+            Err(unknown) => {
+                p.add(&at, unknown);
+                continue;
+            }
+        };
+        p.unknown(&at, &t.unknown);
+        let rules = tiers
+            .entry(tier)
+            .or_insert_with(|| TierRules::default_for(tier));
+        if let Some(ms) = t.max_staleness_ms {
+            rules.max_staleness_ms = ms;
+        }
+        if let Some(ms) = t.stale_if_error_ms {
+            if tier.requires_server() && ms > 0 {
+                p.add(
+                    &at,
+                    "privileged and regulated tiers fail closed: stale_if_error_ms must be 0",
+                );
+            }
+            rules.stale_if_error_ms = ms;
+        }
+        if let Some(s) = &t.step_up {
+            p.unknown(&format!("{at}.step_up"), &s.unknown);
+            if s.max_auth_age_seconds.is_none() && s.acr_values.is_empty() {
+                p.add(
+                    &format!("{at}.step_up"),
+                    "needs max_auth_age_seconds or acr_values",
+                );
+            }
+            rules.step_up = Some(StepUp {
+                max_auth_age_seconds: s.max_auth_age_seconds,
+                acr_values: s.acr_values.clone(),
+            });
+        }
+    }
+    tiers
+}
+
+/// `rate_limits`: per subject, per address, failed tokens per address.
+fn rate_limits_section(p: &mut Problems, r: &RateLimitsFile) -> RateLimits {
+    p.unknown("rate_limits", &r.unknown);
+    RateLimits {
+        privileged_per_subject: rate(
+            p,
+            "rate_limits.privileged_per_subject",
+            &r.privileged_per_subject,
+        ),
+        privileged_per_address: rate(
+            p,
+            "rate_limits.privileged_per_address",
+            &r.privileged_per_address,
+        ),
+        failed_tokens_per_address: rate(
+            p,
+            "rate_limits.failed_tokens_per_address",
+            &r.failed_tokens_per_address,
+        ),
+    }
+}
+
+/// `policy`: the filter's route rules.
+fn policy_section(p: &mut Problems, section: &Option<PolicyFile>) -> Option<RouteTable> {
+    if let Some(policy) = section {
+        p.unknown("policy", &policy.unknown);
+    }
+    match section {
+        None => {
+            p.add(
+                "policy",
+                "is required (routes and a default, as in the filter)",
+            );
+            None
+        }
+        Some(policy) => match route_table_from_config(&policy.routes, &policy.default) {
+            Ok(table) => Some(table),
+            Err(problems) => {
+                for problem in problems {
+                    p.0.push(format!("policy.{problem}"));
+                }
+                None
+            }
+        },
+    }
+}
+
+/// `strip_headers`: the standard context headers plus these, removed from allowed requests.
+fn strip_headers_section(p: &mut Problems, extra: &Option<Vec<String>>) -> Vec<String> {
+    let mut strip_headers: Vec<String> = DEFAULT_STRIP_HEADERS
+        .iter()
+        .map(|h| (*h).to_owned())
+        .collect();
+    for name in extra.iter().flatten() {
+        if !strip_headers.contains(name) {
+            strip_headers.push(name.clone());
+        }
+    }
+    for (i, name) in strip_headers.iter().enumerate() {
+        if name.is_empty()
+            || name.starts_with(':')
+            || name.bytes().any(|b| b.is_ascii_uppercase() || b == b' ')
+            || name == "authorization"
+            || name == "host"
+        {
+            p.add(
+                &format!("strip_headers[{i}]"),
+                format_args!("\"{name}\" is not a strippable lower-case header name"),
+            );
+        }
+    }
+    strip_headers
+}
+
+fn redis_section(p: &mut Problems, r: &RedisFile) -> RedisConfig {
     p.unknown("redis", &r.unknown);
     let url = r.url.clone().unwrap_or_default();
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -562,26 +857,31 @@ fn redis_config(p: &mut Problems, r: &RedisFile) -> RedisConfig {
     } else if let Some(why) = weak_secret(&secret) {
         p.add("redis.secret", why);
     }
-    let op_timeout_ms = r.op_timeout_ms.unwrap_or(50);
+    let op_timeout_ms = r.op_timeout_ms.unwrap_or(defaults::REDIS_OP_TIMEOUT_MS);
     if op_timeout_ms == 0 || op_timeout_ms > 5_000 {
         p.add("redis.op_timeout_ms", "must be between 1 and 5000");
     }
-    let block_ms = r.block_ms.unwrap_or(500);
+    let block_ms = r.block_ms.unwrap_or(defaults::REDIS_BLOCK_MS);
     if !(10..=5_000).contains(&block_ms) {
         p.add("redis.block_ms", "must be between 10 and 5000");
     }
-    let max_unconfirmed_ms = r.max_unconfirmed_ms.unwrap_or(1_500);
+    let max_unconfirmed_ms = r
+        .max_unconfirmed_ms
+        .unwrap_or(defaults::REDIS_MAX_UNCONFIRMED_MS);
     if max_unconfirmed_ms <= block_ms {
         p.add(
             "redis.max_unconfirmed_ms",
             format_args!("must be above block_ms ({block_ms})"),
         );
     }
-    let stream_max_len = r.stream_max_len.unwrap_or(1_000_000);
+    let stream_max_len = r.stream_max_len.unwrap_or(defaults::REDIS_STREAM_MAX_LEN);
     if stream_max_len < 1_000 {
         p.add("redis.stream_max_len", "must be at least 1000");
     }
-    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "authz:v1:".into());
+    let key_prefix = r
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| defaults::REDIS_KEY_PREFIX.into());
     if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
         p.add("redis.key_prefix", "must be non-empty without spaces");
     }
@@ -628,7 +928,7 @@ fn redis_config(p: &mut Problems, r: &RedisFile) -> RedisConfig {
         block: Duration::from_millis(block_ms),
         max_unconfirmed_ms,
         stream_max_len,
-        shared_cache: r.shared_cache.unwrap_or(true),
+        shared_cache: r.shared_cache.unwrap_or(defaults::REDIS_SHARED_CACHE),
     }
 }
 
@@ -687,8 +987,13 @@ impl ServerConfig {
     pub fn validate(f: &ServerConfigFile) -> Result<ServerConfig, ServerError> {
         let mut p = Problems(Vec::new());
         p.unknown("config", &f.unknown);
-        let listen = addr(&mut p, "listen", &f.listen, "127.0.0.1:9191");
-        let admin_listen = addr(&mut p, "admin_listen", &f.admin_listen, "127.0.0.1:9192");
+        let listen = addr(&mut p, "listen", &f.listen, defaults::LISTEN);
+        let admin_listen = addr(
+            &mut p,
+            "admin_listen",
+            &f.admin_listen,
+            defaults::ADMIN_LISTEN,
+        );
         let admin_token = f.admin_token.clone().unwrap_or_default();
         if let Some(why) = weak_secret(&admin_token) {
             p.add("admin_token", format_args!("is required and {why}"));
@@ -701,194 +1006,17 @@ impl ServerConfig {
                 p.add("epochs_token", "must differ from admin_token");
             }
         }
-        let introspection = match &f.introspection {
-            None => {
-                p.add("introspection", "is required");
-                None
-            }
-            Some(i) => {
-                p.unknown("introspection", &i.unknown);
-                match &i.endpoint {
-                    None => p.add("introspection.endpoint", "is required"),
-                    Some(e) => url(&mut p, "introspection.endpoint", e),
-                }
-                if let Some(b) = &i.batch_endpoint {
-                    url(&mut p, "introspection.batch_endpoint", b);
-                }
-                if i.client_id.as_deref().unwrap_or("").is_empty() {
-                    p.add("introspection.client_id", "is required");
-                }
-                match i.client_secret.as_deref().unwrap_or("") {
-                    "" => p.add("introspection.client_secret", "is required"),
-                    secret => {
-                        if let Some(why) = weak_secret(secret).filter(|_| secret.len() >= 16) {
-                            p.add("introspection.client_secret", why);
-                        }
-                    }
-                }
-                let auth = match i.auth_method.as_deref().unwrap_or("client_secret_basic") {
-                    "client_secret_basic" => ClientAuth::Basic,
-                    "client_secret_post" => ClientAuth::Post,
-                    other => {
-                        p.add(
-                            "introspection.auth_method",
-                            format_args!(
-                                "\"{other}\" is not client_secret_basic or client_secret_post"
-                            ),
-                        );
-                        ClientAuth::Basic
-                    }
-                };
-                let timeout_ms = i.timeout_ms.unwrap_or(1000);
-                if timeout_ms == 0 || timeout_ms > 30_000 {
-                    p.add("introspection.timeout_ms", "must be between 1 and 30000");
-                }
-                Some(IntrospectionConfig {
-                    endpoint: i.endpoint.clone().unwrap_or_default(),
-                    batch_endpoint: i.batch_endpoint.clone(),
-                    client_id: i.client_id.clone().unwrap_or_default(),
-                    client_secret: i.client_secret.clone().unwrap_or_default(),
-                    auth,
-                    timeout: Duration::from_millis(timeout_ms),
-                    max_idle_connections: i.max_idle_connections.unwrap_or(32),
-                    max_calls_per_second: i.max_calls_per_second.unwrap_or(200),
-                })
-            }
-        };
-        let token = token_rules(&mut p, &f.token);
-        p.unknown("cache", &f.cache.unknown);
-        let fraction = f.cache.refresh_ahead_fraction.unwrap_or(0.5);
-        if !(0.0..=1.0).contains(&fraction) {
-            p.add("cache.refresh_ahead_fraction", "must be between 0 and 1");
-        }
-        let cache = CacheConfig {
-            max_entries: f.cache.max_entries.unwrap_or(100_000),
-            cap_ms: f.cache.cap_seconds.unwrap_or(300) * 1000,
-            inactive_ttl_ms: f.cache.inactive_ttl_seconds.unwrap_or(5) * 1000,
-            refresh_ahead_fraction: fraction,
-        };
-        if cache.max_entries == 0 {
-            p.add("cache.max_entries", "must be at least 1");
-        }
-        p.unknown("batching", &f.batching.unknown);
-        let window_ms = f.batching.window_ms.unwrap_or(2);
-        if window_ms > 50 {
-            p.add(
-                "batching.window_ms",
-                "must be at most 50 (it adds latency to cache misses)",
-            );
-        }
-        let max_batch = f.batching.max_batch.unwrap_or(64);
-        if max_batch == 0 || max_batch > 1000 {
-            p.add("batching.max_batch", "must be between 1 and 1000");
-        }
+        let introspection = introspection_section(&mut p, &f.introspection);
+        let token = token_section(&mut p, &f.token);
+        let cache = cache_section(&mut p, &f.cache);
+        let batching = batching_section(&mut p, &f.batching);
         p.unknown("circuit_breaker", &f.circuit_breaker.unknown);
-        let mut tiers: BTreeMap<Tier, TierRules> = Tier::ALL
-            .iter()
-            .map(|t| (*t, TierRules::default_for(*t)))
-            .collect();
-        for (name, t) in &f.tiers {
-            let at = format!("tiers.{name}");
-            let tier = match name.parse::<Tier>() {
-                Ok(tier) => tier,
-                Err(unknown) => {
-                    p.add(&at, unknown);
-                    continue;
-                }
-            };
-            p.unknown(&at, &t.unknown);
-            let rules = tiers
-                .entry(tier)
-                .or_insert_with(|| TierRules::default_for(tier));
-            if let Some(ms) = t.max_staleness_ms {
-                rules.max_staleness_ms = ms;
-            }
-            if let Some(ms) = t.stale_if_error_ms {
-                if tier.requires_server() && ms > 0 {
-                    p.add(
-                        &at,
-                        "privileged and regulated tiers fail closed: stale_if_error_ms must be 0",
-                    );
-                }
-                rules.stale_if_error_ms = ms;
-            }
-            if let Some(s) = &t.step_up {
-                p.unknown(&format!("{at}.step_up"), &s.unknown);
-                if s.max_auth_age_seconds.is_none() && s.acr_values.is_empty() {
-                    p.add(
-                        &format!("{at}.step_up"),
-                        "needs max_auth_age_seconds or acr_values",
-                    );
-                }
-                rules.step_up = Some(StepUp {
-                    max_auth_age_seconds: s.max_auth_age_seconds,
-                    acr_values: s.acr_values.clone(),
-                });
-            }
-        }
-        p.unknown("rate_limits", &f.rate_limits.unknown);
-        let rate_limits = RateLimits {
-            privileged_per_subject: rate(
-                &mut p,
-                "rate_limits.privileged_per_subject",
-                &f.rate_limits.privileged_per_subject,
-            ),
-            privileged_per_address: rate(
-                &mut p,
-                "rate_limits.privileged_per_address",
-                &f.rate_limits.privileged_per_address,
-            ),
-            failed_tokens_per_address: rate(
-                &mut p,
-                "rate_limits.failed_tokens_per_address",
-                &f.rate_limits.failed_tokens_per_address,
-            ),
-        };
-        if let Some(policy) = &f.policy {
-            p.unknown("policy", &policy.unknown);
-        }
-        let routes = match &f.policy {
-            None => {
-                p.add(
-                    "policy",
-                    "is required (routes and a default, as in the filter)",
-                );
-                None
-            }
-            Some(policy) => match route_table_from_config(&policy.routes, &policy.default) {
-                Ok(table) => Some(table),
-                Err(problems) => {
-                    for problem in problems {
-                        p.0.push(format!("policy.{problem}"));
-                    }
-                    None
-                }
-            },
-        };
-        let realm = f.realm.clone().unwrap_or_else(|| "api".into());
-        let mut strip_headers: Vec<String> = DEFAULT_STRIP_HEADERS
-            .iter()
-            .map(|h| (*h).to_owned())
-            .collect();
-        for name in f.strip_headers.iter().flatten() {
-            if !strip_headers.contains(name) {
-                strip_headers.push(name.clone());
-            }
-        }
-        for (i, name) in strip_headers.iter().enumerate() {
-            if name.is_empty()
-                || name.starts_with(':')
-                || name.bytes().any(|b| b.is_ascii_uppercase() || b == b' ')
-                || name == "authorization"
-                || name == "host"
-            {
-                p.add(
-                    &format!("strip_headers[{i}]"),
-                    format_args!("\"{name}\" is not a strippable lower-case header name"),
-                );
-            }
-        }
-        let redis = f.redis.as_ref().map(|r| redis_config(&mut p, r));
+        let tiers = tiers_section(&mut p, &f.tiers);
+        let rate_limits = rate_limits_section(&mut p, &f.rate_limits);
+        let routes = policy_section(&mut p, &f.policy);
+        let realm = f.realm.clone().unwrap_or_else(|| defaults::REALM.into());
+        let strip_headers = strip_headers_section(&mut p, &f.strip_headers);
+        let redis = f.redis.as_ref().map(|r| redis_section(&mut p, r));
         if !p.0.is_empty() {
             return Err(ServerError::InvalidConfig(p.0));
         }
@@ -904,27 +1032,32 @@ impl ServerConfig {
             admin_listen,
             admin_token,
             epochs_token: f.epochs_token.clone(),
-            region: f.region.clone().unwrap_or_else(|| "local".into()),
-            zone: f.zone.clone().unwrap_or_else(|| "local".into()),
+            region: f.region.clone().unwrap_or_else(|| defaults::REGION.into()),
+            zone: f.zone.clone().unwrap_or_else(|| defaults::ZONE.into()),
             realm,
-            check_timeout: Duration::from_millis(f.check_timeout_ms.unwrap_or(2000)),
-            drain: Duration::from_millis(f.drain_ms.unwrap_or(500)),
+            check_timeout: Duration::from_millis(
+                f.check_timeout_ms.unwrap_or(defaults::CHECK_TIMEOUT_MS),
+            ),
+            drain: Duration::from_millis(f.drain_ms.unwrap_or(defaults::DRAIN_MS)),
             introspection,
             token,
             require_audience,
             max_token_bytes,
             cache,
-            batching: BatchingConfig {
-                window: Duration::from_millis(window_ms),
-                max_batch,
-            },
-            circuit_failure_threshold: f.circuit_breaker.failure_threshold.unwrap_or(5),
-            circuit_open_ms: f.circuit_breaker.open_ms.unwrap_or(2000),
+            batching,
+            circuit_failure_threshold: f
+                .circuit_breaker
+                .failure_threshold
+                .unwrap_or(defaults::CIRCUIT_FAILURE_THRESHOLD),
+            circuit_open_ms: f
+                .circuit_breaker
+                .open_ms
+                .unwrap_or(defaults::CIRCUIT_OPEN_MS),
             tiers,
             rate_limits,
             routes,
             strip_headers,
-            forward_token: f.forward_token.unwrap_or(false),
+            forward_token: f.forward_token.unwrap_or(defaults::FORWARD_TOKEN),
             redis,
         })
     }

@@ -1,8 +1,9 @@
 //! The configuration reference (`docs/config-reference.md`), generated from the JSON schemas
 //! of the real configuration types (`schemars` on `authz_core::config::FilterConfig` and
 //! `ext_authz_server::config::ServerConfigFile`): every key the parsers accept, its type and its
-//! doc comment. A test fails when the committed file differs from what the types say, so the
-//! reference cannot drift; `make docs` rewrites it.
+//! doc comment, with the default the validator applies where the type names one (a schema
+//! `default` taken from the same constant). A test fails when the committed file differs from
+//! what the types say, so the reference cannot drift; `make docs` rewrites it.
 
 use serde_json::Value;
 
@@ -58,6 +59,15 @@ fn description(own: &Value, target: &Value) -> String {
         .replace('|', "\\|")
 }
 
+/// A default as the reference prints it: the value the validator applies (from the schema's
+/// `default`, which the configuration types take from their named constants).
+fn default_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => format!("`{text}`"),
+        other => format!("`{other}`"),
+    }
+}
+
 fn kind_of(node: &Value, defs: &Value) -> String {
     let target = resolve(node, defs);
     match type_name(target) {
@@ -85,10 +95,20 @@ fn walk(node: &Value, path: &str, defs: &Value, rows: &mut Vec<Row>) {
                 format!("{path}.{key}")
             };
             let child_target = resolve(child, defs);
+            let mut text = description(child, child_target);
+            let stated = |d: &&Value| {
+                !matches!(d, Value::Array(a) if a.is_empty())
+                    && !matches!(d, Value::Object(o) if o.is_empty())
+            };
+            if let Some(default) = child.get("default").filter(stated) {
+                text = format!("{text} Default {}.", default_text(default))
+                    .trim_start()
+                    .to_owned();
+            }
             rows.push(Row {
                 path: child_path.clone(),
                 kind: kind_of(child, defs),
-                description: description(child, child_target),
+                description: text,
             });
             walk(child, &child_path, defs, rows);
         }

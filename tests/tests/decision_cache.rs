@@ -2,9 +2,9 @@
 //! itself (gRPC Check), caches its decisions per worker, and drops them when the server says
 //! something changed.
 
-use tests::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
+use tests::*;
 
 fn admin_token(s: &CacheStack, sub: &str) -> String {
     s.idp
@@ -38,7 +38,11 @@ fn privileged_decisions_come_from_the_server_once_then_from_the_proxy() {
         (1..=2).contains(&server_calls),
         "{server_calls} server checks for 12 requests on 2 workers"
     );
-    assert!(s.envoy.stat("wasmcustom.authz.cache_lookups.privileged.hit") >= 10);
+    assert!(
+        s.envoy
+            .stat("wasmcustom.authz.cache_lookups.privileged.hit")
+            >= 10
+    );
     // Denials come from the server too, and the 401 is the filter's own.
     let no_scope = s
         .idp

@@ -4,12 +4,12 @@
 //! filter's own parser, and the Istio resources for the fields Istio requires and for agreeing
 //! with each other (provider names, ports, hosts, mount paths).
 
-use tests::*;
 use ext_authz_server::config::ServerConfig;
 use serde::Deserialize;
 use serde_yaml::Value as Yaml;
 use std::path::Path;
 use std::process::Command;
+use tests::*;
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))

@@ -2,9 +2,9 @@
 //! filter on the other routes), the real ext-authz-server binary, the dev IdP and the echo
 //! upstream, all over loopback sockets.
 
-use tests::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
+use tests::*;
 
 fn stack(server_extra: &str) -> ExtAuthzStack {
     ExtAuthzStack::start(server_extra)

@@ -3,9 +3,9 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use tests::*;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tests::*;
 
 fn now() -> i64 {
     SystemTime::now()
@@ -158,10 +158,14 @@ fn every_kind_of_bad_token_gets_the_same_401() {
     ];
     let mut reference = None;
     for (name, token, reason) in &cases {
-        let before = s.envoy.stat(&format!("wasmcustom.authz.decisions.reason.{reason}"));
+        let before = s
+            .envoy
+            .stat(&format!("wasmcustom.authz.decisions.reason.{reason}"));
         let reply = s.envoy.get("/api/items", token.as_deref(), &[]);
         assert_eq!(reply.status, 401, "{name}: {}", reply.body);
-        let after = s.envoy.stat(&format!("wasmcustom.authz.decisions.reason.{reason}"));
+        let after = s
+            .envoy
+            .stat(&format!("wasmcustom.authz.decisions.reason.{reason}"));
         assert_eq!(after, before + 1, "{name}: reason {reason} counted");
         let signature = reply.deny_signature();
         assert_eq!(
@@ -225,10 +229,15 @@ fn a_valid_token_without_the_scope_is_forbidden() {
         403
     );
     assert_eq!(
-        s.envoy.stat("wasmcustom.authz.decisions.reason.insufficient_scope"),
+        s.envoy
+            .stat("wasmcustom.authz.decisions.reason.insufficient_scope"),
         1
     );
-    assert_eq!(s.envoy.stat("wasmcustom.authz.decisions.reason.tenant_mismatch"), 1);
+    assert_eq!(
+        s.envoy
+            .stat("wasmcustom.authz.decisions.reason.tenant_mismatch"),
+        1
+    );
 }
 
 #[test]
@@ -257,10 +266,7 @@ fn a_rotated_key_is_fetched_on_its_first_unknown_kid_and_a_kid_flood_is_rate_lim
     let reply = s.envoy.get("/api/x", Some(&rotated), &[]);
     assert_eq!(reply.status, 200, "new kid {new_kid}: {}", reply.body);
     assert_eq!(s.idp.jwks_requests(), fetches_after_start + 1);
-    assert_eq!(
-        s.envoy.stat("wasmcustom.authz.jwks_fetches.unknown_kid"),
-        1
-    );
+    assert_eq!(s.envoy.stat("wasmcustom.authz.jwks_fetches.unknown_kid"), 1);
 
     // A flood of random kids inside one refetch interval: all denied, at most one fetch.
     let flood_start = s.idp.jwks_requests();

@@ -3,9 +3,9 @@
 //! or reach the upstream as trusted. One test per class of attack (issue "Hostile input");
 //! each failed on the main branch before the fix it names.
 
-use tests::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
+use tests::*;
 
 /// Envoy with the filter only (local JWT routes; privileged routes fail closed: no server).
 struct FilterStack {

@@ -3,9 +3,9 @@
 //! server without one request failing open; decision logs name both the asking and the
 //! answering zone.
 
-use tests::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use tests::*;
 
 fn zone_server(idp: &DevIdp, zone: &str) -> AuthzServerProcess {
     AuthzServerProcess::start(&server_yaml(

@@ -2,8 +2,8 @@
 //! violation; the same run with the epochs poll off (and the unreachable-server fallback
 //! pushed out of the way) must show violations, which proves the checker can fail.
 
-use tests::replay::{run_replay, ReplayPlan};
 use std::time::Duration;
+use tests::replay::{run_replay, ReplayPlan};
 
 #[test]
 fn mixed_traffic_never_sees_a_stale_allow_past_the_documented_bounds() {

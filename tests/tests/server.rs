@@ -1,7 +1,6 @@
 //! Server-level tests of the ext_authz server, run in-process through `serve` on real sockets,
 //! against the real dev IdP process. Envoy is not involved here (see `ext_authz.rs`).
 
-use tests::*;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Request as AttrRequest,
@@ -15,6 +14,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tests::*;
 use tonic::transport::Channel;
 
 struct Server {

@@ -6,9 +6,9 @@
 //! others; Redis down keeps everything up while fail-closed tiers fail closed; Redis back
 //! (empty) resynchronises, and nothing revoked comes back.
 
-use tests::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use tests::*;
 
 const SHARED_SECRET: &str = "e2e-shared-secret-0123456789abcdef";
 
