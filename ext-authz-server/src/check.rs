@@ -38,11 +38,12 @@ use envoy_types::ext_authz::v3::CheckRequestExt;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Header names the server sets on allowed requests (and removes from clients' requests).
-pub const SUBJECT_HEADER: &str = "x-auth-subject";
-pub const SCOPES_HEADER: &str = "x-auth-scopes";
-pub const TIER_HEADER: &str = "x-auth-tier";
-pub const POLICY_VERSION_HEADER: &str = "x-authz-policy-version";
+/// Header names the server sets on allowed requests: the filter's default names, all in
+/// `config::DEFAULT_STRIP_HEADERS`, so every one is also removed from clients' requests.
+pub const SUBJECT_HEADER: &str = authz_core::config::defaults::SUBJECT_HEADER;
+pub const SCOPES_HEADER: &str = authz_core::config::defaults::SCOPES_HEADER;
+pub const TIER_HEADER: &str = authz_core::config::defaults::TIER_HEADER;
+pub const POLICY_VERSION_HEADER: &str = authz_core::config::POLICY_VERSION_HEADER;
 
 /// How long a caching client may reuse a denial (inactive, revoked, insufficient scope).
 pub const DENY_CACHE_TTL_MS: u64 = 2_000;
@@ -230,14 +231,14 @@ impl CheckService {
         if !id.tier.requires_token() {
             return self.allow(id.tier, None);
         }
-        let screened = match self.screen(&id, trace) {
+        let rules = self.config.tier_rules(id.tier);
+        let screened = match self.screen(&id, &rules, trace) {
             Ok(s) => s,
             Err(reason) => return Verdict::Deny(reason),
         };
         trace
             .stages
             .push(("policy", policy_started.elapsed().as_secs_f64()));
-        let rules = self.config.tier_rules(id.tier);
         let entry = match self.introspect(&screened, id.tier, &rules, trace).await {
             Ok(entry) => entry,
             Err(reason) => return Verdict::Deny(reason),
@@ -252,6 +253,7 @@ impl CheckService {
     fn screen<'a>(
         &self,
         id: &Identified<'a>,
+        rules: &TierRules,
         trace: &mut Trace,
     ) -> Result<Screened<'a>, DenyReason> {
         let token = id
@@ -273,7 +275,7 @@ impl CheckService {
         // that fails closed refuses to decide without it (revocations made elsewhere could be
         // missing).
         if !trusts_unconfirmed_shared(id.tier)
-            && self.config.tier_rules(id.tier).fails_closed()
+            && rules.fails_closed()
             && self.shared.as_ref().is_some_and(|s| !s.confirmed())
         {
             return Err(DenyReason::SharedStateUnconfirmed);
@@ -411,7 +413,6 @@ impl CheckService {
             .config
             .strip_headers
             .iter()
-            .chain([SUBJECT_HEADER.to_owned(), SCOPES_HEADER.to_owned()].iter())
             .filter(|name| !set.iter().any(|(set_name, _)| set_name == *name))
             .cloned()
             .collect();
@@ -716,7 +717,10 @@ policy:
         let screen = |asked: &CheckRequest| {
             let id = identify(&service.config, asked).unwrap();
             let mut trace = Trace::default();
-            service.screen(&id, &mut trace).map(|s| s.token.len())
+            let rules = service.config.tier_rules(id.tier);
+            service
+                .screen(&id, &rules, &mut trace)
+                .map(|s| s.token.len())
         };
         assert_eq!(screen(&asked), Ok(3));
         let set_authorization = |asked: &mut CheckRequest, value: &str| {

@@ -231,7 +231,8 @@ impl<H: Host> Worker<H> {
             if let Some(evicted_tier) = self.decisions.insert(key, entry) {
                 self.host.count(Counter::CacheEvict(evicted_tier));
             }
-            self.set_gauge(Gauge::CacheEntries, self.decisions.len() as u64);
+            self.host
+                .set_gauge(Gauge::CacheEntries, self.decisions.len() as u64);
         }
         self.replay(context_id, request, call, reply.outcome, "server")
     }
@@ -244,11 +245,17 @@ impl<H: Host> Worker<H> {
                 self.versions.policy_version
             ),
         );
-        self.versions.policy_version = version;
+        self.start_over_at(version);
+    }
+
+    /// Enforces `policy_version` from now on: no decision cached before counts, and no cached
+    /// verification failure either (it may have been about a rule that changed).
+    fn start_over_at(&mut self, policy_version: u64) {
+        self.versions.policy_version = policy_version;
         self.decisions.clear();
         self.tokens.drop_failures();
-        self.set_gauge(Gauge::PolicyVersion, version);
-        self.set_gauge(Gauge::CacheEntries, 0);
+        self.host.set_gauge(Gauge::PolicyVersion, policy_version);
+        self.host.set_gauge(Gauge::CacheEntries, 0);
     }
 
     /// Whether an epochs poll is due now; marks it started.
@@ -331,12 +338,8 @@ impl<H: Host> Worker<H> {
                         self.decisions.len()
                     ),
                 );
-                self.decisions.clear();
-                self.tokens.drop_failures();
                 self.versions.change_version = 0;
-                self.versions.policy_version = changes.policy_version;
-                self.set_gauge(Gauge::PolicyVersion, changes.policy_version);
-                self.set_gauge(Gauge::CacheEntries, 0);
+                self.start_over_at(changes.policy_version);
             }
             self.versions.incarnation = Some(incarnation.clone());
         }
@@ -367,7 +370,8 @@ impl<H: Host> Worker<H> {
                 LogLevel::Info,
                 &format!("jwt_authz epochs: {purged} cached decision(s) dropped"),
             );
-            self.set_gauge(Gauge::CacheEntries, self.decisions.len() as u64);
+            self.host
+                .set_gauge(Gauge::CacheEntries, self.decisions.len() as u64);
         }
         self.versions.change_version = self.versions.change_version.max(changes.version);
         self.share_versions();

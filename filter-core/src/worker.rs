@@ -13,7 +13,7 @@
 
 use crate::commands::{FetchOrder, Final, FinalAction, OwnedRequest, RequestStep, TickWork};
 use crate::host::{Host, LogLevel, SharedWrite};
-use crate::metrics::{Counter, Gauge, Histogram};
+use crate::metrics::{Counter, Histogram};
 use crate::versions::KnownVersions;
 use authz_core::config::{JwksSource, RemoteJwks};
 use authz_core::decision::decide_with;
@@ -195,10 +195,6 @@ impl<H: Host> Worker<H> {
         self.host.count(Counter::DecisionDeny);
         self.host.count(Counter::TierDeny(tier));
         self.host.count(Counter::DenyReason(reason));
-    }
-
-    pub(crate) fn set_gauge(&self, gauge: Gauge, value: u64) {
-        self.host.set_gauge(gauge, value);
     }
 
     /// Turns a final decision into an action, counting and logging it.
