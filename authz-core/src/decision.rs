@@ -232,13 +232,15 @@ pub enum Decision {
         tier: Tier,
         reason: DenyReason,
     },
-    /// The token's issuer has no keys yet (`kid: None`) or none with this `kid`: the proxy may
-    /// fetch keys and decide again, or turn this into a deny.
+    /// The token failed in a way fresh keys might change ([`VerifyFailure::keys_may_have_changed`]:
+    /// no keys yet, an unknown `kid`, or a signature that no known key verifies, as after a
+    /// rotation behind a reused `kid`). The proxy may fetch the provider's keys and decide again,
+    /// or deny for `failure`.
     AwaitKeys {
         route: String,
         tier: Tier,
         provider: usize,
-        kid: Option<String>,
+        failure: VerifyFailure,
     },
 }
 
@@ -340,23 +342,17 @@ pub fn decide_with(
     };
     let verified = match check_token(token) {
         Ok(v) => v,
-        Err(VerifyFailure::KeysUnavailable { provider }) => {
-            return Decision::AwaitKeys {
-                route: name.clone(),
-                tier,
-                provider,
-                kid: None,
+        Err(failure) => {
+            return match failure.keys_may_have_changed() {
+                Some(provider) => Decision::AwaitKeys {
+                    route: name.clone(),
+                    tier,
+                    provider,
+                    failure,
+                },
+                None => deny(DenyReason::Token(failure)),
             }
         }
-        Err(VerifyFailure::UnknownKey { provider, kid }) => {
-            return Decision::AwaitKeys {
-                route: name.clone(),
-                tier,
-                provider,
-                kid: Some(kid),
-            }
-        }
-        Err(failure) => return deny(DenyReason::Token(failure)),
     };
     if let Err(unmet) = route.require.check(&verified.claims, &path) {
         return deny(unmet.into());

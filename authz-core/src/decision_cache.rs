@@ -457,10 +457,10 @@ mod tests {
     #[test]
     fn failures_are_brief_and_key_failures_are_not_kept() {
         let mut c = TokenCache::new(10, 60_000, 2_000);
-        c.put(1, Err(VerifyFailure::BadSignature), 0, 1, 0);
+        c.put(1, Err(VerifyFailure::BadSignature { provider: 0 }), 0, 1, 0);
         assert!(matches!(
             c.get(&1, 1_999, 1),
-            Some(Err(VerifyFailure::BadSignature))
+            Some(Err(VerifyFailure::BadSignature { provider: 0 }))
         ));
         assert!(c.get(&1, 2_000, 1).is_none());
         c.put(

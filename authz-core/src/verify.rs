@@ -68,8 +68,15 @@ pub enum VerifyFailure {
         provider: usize,
         kid: String,
     },
-    AlgorithmKeyMismatch,
-    BadSignature,
+    /// No key the token could name accepts its algorithm (a key behind a reused `kid` may have
+    /// changed type).
+    AlgorithmKeyMismatch {
+        provider: usize,
+    },
+    /// No key verified the signature (the issuer may have rotated the key behind a `kid`).
+    BadSignature {
+        provider: usize,
+    },
     WrongType,
     MissingExpiration,
     Expired,
@@ -90,14 +97,28 @@ impl VerifyFailure {
             VerifyFailure::UnknownIssuer => "unknown_issuer",
             VerifyFailure::KeysUnavailable { .. } => "keys_unavailable",
             VerifyFailure::UnknownKey { .. } => "unknown_kid",
-            VerifyFailure::AlgorithmKeyMismatch => "alg_key_mismatch",
-            VerifyFailure::BadSignature => "bad_signature",
+            VerifyFailure::AlgorithmKeyMismatch { .. } => "alg_key_mismatch",
+            VerifyFailure::BadSignature { .. } => "bad_signature",
             VerifyFailure::WrongType => "wrong_typ",
             VerifyFailure::MissingExpiration => "missing_exp",
             VerifyFailure::Expired => "expired",
             VerifyFailure::NotYetValid => "not_yet_valid",
             VerifyFailure::IssuedInFuture => "iat_in_future",
             VerifyFailure::WrongAudience => "wrong_audience",
+        }
+    }
+
+    /// The provider whose keys a fresh fetch might change this outcome for: none loaded yet, an
+    /// unknown `kid`, or a signature or key type that no longer matches (keys rotated behind a
+    /// known `kid`). Any client can cause these, so the refetches they lead to are rate-limited
+    /// ([`crate::jwks_refresh::next_fetch`]).
+    pub fn keys_may_have_changed(&self) -> Option<usize> {
+        match self {
+            VerifyFailure::KeysUnavailable { provider }
+            | VerifyFailure::UnknownKey { provider, .. }
+            | VerifyFailure::AlgorithmKeyMismatch { provider }
+            | VerifyFailure::BadSignature { provider } => Some(*provider),
+            _ => None,
         }
     }
 }
@@ -330,7 +351,9 @@ pub fn verify<'k>(
         .filter(|k| k.accepts(algorithm))
         .collect();
     if usable.is_empty() {
-        return Err(VerifyFailure::AlgorithmKeyMismatch);
+        return Err(VerifyFailure::AlgorithmKeyMismatch {
+            provider: provider_index,
+        });
     }
     let rs_hash = match algorithm {
         Algorithm::RS256 => Some(RsaHash::Sha256),
@@ -351,7 +374,9 @@ pub fn verify<'k>(
         .unwrap_or(false),
     });
     if !signed {
-        return Err(VerifyFailure::BadSignature);
+        return Err(VerifyFailure::BadSignature {
+            provider: provider_index,
+        });
     }
 
     let typ = parts

@@ -9,8 +9,8 @@
 //! | `authz.decisions.tier.<tier>.allow` / `.deny` | counter | decisions per tier |
 //! | `authz.decisions.reason.<reason>` | counter | denials per reason |
 //! | `authz.jwks_fetches.ok` / `.failed` | counter | JWKS fetches this worker made |
-//! | `authz.jwks_fetches.unknown_kid` | counter | fetches caused by an unknown `kid` |
-//! | `authz.jwks_unknown_kids_rate_limited` | counter | unknown `kid`s denied without a fetch |
+//! | `authz.jwks_fetches.unknown_kid` | counter | fetches caused by a token the loaded keys fail (unknown `kid`, or a signature or key type no key with its `kid` matches: a rotation) |
+//! | `authz.jwks_unknown_kids_rate_limited` | counter | such tokens denied without a fetch (one per `min_refetch_interval`) |
 //! | `authz.requests_waited_for_keys` | counter | requests paused until keys arrived |
 //! | `authz.verify_microseconds` | histogram | time of a JWT verification (token cache miss), microseconds |
 //! | `authz.token_cache_lookups.hit` / `.miss` | counter | local JWT verifications reused / done |
@@ -240,8 +240,8 @@ mod tests {
                 provider: 0,
                 kid: String::new(),
             },
-            VerifyFailure::AlgorithmKeyMismatch,
-            VerifyFailure::BadSignature,
+            VerifyFailure::AlgorithmKeyMismatch { provider: 0 },
+            VerifyFailure::BadSignature { provider: 0 },
             VerifyFailure::WrongType,
             VerifyFailure::MissingExpiration,
             VerifyFailure::Expired,

@@ -43,7 +43,9 @@ struct Pending {
     context_id: u32,
     request: OwnedRequest,
     provider: usize,
-    kid: Option<String>,
+    /// Waits for a refetch (keys were loaded but failed the token), so the first fetch that
+    /// concludes settles it; otherwise it waits for the first keys or its deadline.
+    refetch: bool,
     deadline_ms: u64,
     fetches_seen: u64,
 }
@@ -235,11 +237,14 @@ impl<H: Host> Worker<H> {
                 route,
             } => self.deny(context_id, request, tier, &route, reason),
             Decision::AwaitKeys {
-                tier, route, kid, ..
+                tier,
+                route,
+                failure,
+                ..
             } => {
-                let reason = match kid {
-                    Some(kid) => DenyReason::Token(VerifyFailure::UnknownKey { provider: 0, kid }),
-                    None => DenyReason::KeysUnavailable,
+                let reason = match failure {
+                    VerifyFailure::KeysUnavailable { .. } => DenyReason::KeysUnavailable,
+                    failure => DenyReason::Token(failure),
                 };
                 self.deny(context_id, request, tier, &route, reason)
             }
@@ -303,16 +308,24 @@ impl<H: Host> Worker<H> {
                 decision = self.decide(&request, now_us);
             }
         }
-        let Decision::AwaitKeys { provider, kid, .. } = &decision else {
+        let Decision::AwaitKeys {
+            provider, failure, ..
+        } = &decision
+        else {
             return RequestStep::Done(self.finish(context_id, &request, decision));
         };
-        let (provider, kid) = (*provider, kid.clone());
+        // Keys were loaded but fail this token (unknown or rotated `kid`): a refetch any client
+        // can cause, so it is rate-limited.
+        let (provider, refetch) = (
+            *provider,
+            !matches!(failure, VerifyFailure::KeysUnavailable { .. }),
+        );
         let Some(status) = self.read_status(provider) else {
-            // Keys are inline and still lack this kid: nothing to fetch.
+            // Keys are inline (or HMAC): nothing to fetch.
             return RequestStep::Done(self.finish(context_id, &request, decision));
         };
-        let order = self.try_lease(provider, now_ms, kid.is_some());
-        if kid.is_some() {
+        let order = self.try_lease(provider, now_ms, refetch);
+        if refetch {
             if order.is_none() && !status.fetch_in_flight(now_ms) {
                 self.host.count(Counter::UnknownKidRateLimited);
                 return RequestStep::Done(self.finish(context_id, &request, decision));
@@ -326,7 +339,7 @@ impl<H: Host> Worker<H> {
             context_id,
             request,
             provider,
-            kid,
+            refetch,
             deadline_ms: now_ms + self.policy.key_wait_timeout_ms,
             fetches_seen: status.completed_fetches,
         });
@@ -618,7 +631,7 @@ impl<H: Host> Worker<H> {
                 finals.push(self.finish(p.context_id, &p.request, decision));
                 continue;
             };
-            let concluded = p.kid.is_some()
+            let concluded = p.refetch
                 && self.read_status(p.provider).is_some_and(|s| {
                     s.completed_fetches > p.fetches_seen && !s.fetch_in_flight(now_ms)
                 });

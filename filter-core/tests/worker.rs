@@ -306,6 +306,40 @@ fn an_unknown_kid_fetches_at_most_once_per_interval() {
     assert_eq!(host.count(Counter::JwksFetchUnknownKid), 1);
 }
 
+#[test]
+fn a_key_rotated_behind_the_same_kid_is_refetched_and_the_retired_key_refused_at_once() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let retired = Idp::new("k1");
+    let current = Idp::new("k1");
+    let (mut a, host) = worker(&store);
+    let old_token = retired.token("a");
+    let order = waits(a.on_request(1, get("/x", Some(&old_token)), us(T0))).expect("lease");
+    a.fetch_started(1, &order, 1);
+    a.on_fetch_response(1, Some(200), Some(retired.jwks()), T0 + 10);
+    // The retired key's token is allowed, and its verification is now cached.
+    let allowed = done(a.on_request(2, get("/x", Some(&old_token)), us(T0 + 20)));
+    assert_eq!(status_of(&allowed), 200);
+
+    // The IdP restarts with a new key under the same kid. Its tokens fail the loaded key: one
+    // refetch (rate-limited like an unknown kid), then they pass.
+    let new_token = current.token("b");
+    let order = waits(a.on_request(3, get("/x", Some(&new_token)), us(T0 + 30)))
+        .expect("a signature the loaded key for its kid rejects refetches");
+    a.fetch_started(2, &order, 3);
+    let finals = a.on_fetch_response(2, Some(200), Some(current.jwks()), T0 + 40);
+    assert_eq!((finals[0].context_id, status_of(&finals[0])), (3, 200));
+    // The refetched set no longer holds the retired key: its token is refused at once,
+    // although its verification was cached.
+    let refused = done(a.on_request(4, get("/x", Some(&old_token)), us(T0 + 50)));
+    assert_eq!(status_of(&refused), 401);
+    // Forged signatures cannot turn into a fetch flood: within the interval, denied at once.
+    let forged = dev_keys::with_flipped_signature(&new_token);
+    let denied = done(a.on_request(5, get("/x", Some(&forged)), us(T0 + 60)));
+    assert_eq!(status_of(&denied), 401);
+    assert_eq!(host.count(Counter::JwksFetchUnknownKid), 1);
+    assert_eq!(host.count(Counter::UnknownKidRateLimited), 2);
+}
+
 fn server_call(step: RequestStep) -> (ServerCall, OwnedRequest) {
     match step {
         RequestStep::CallServer(call, request) => (call, request),

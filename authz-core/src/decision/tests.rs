@@ -133,8 +133,26 @@ fn unknown_kid_asks_for_keys() {
         .unwrap();
     let bearer = format!("Bearer {t}");
     assert!(
-        matches!(run("GET", "/api/x", Some(&bearer)), Decision::AwaitKeys { provider: 0, kid: Some(k), .. } if k == "new")
+        matches!(run("GET", "/api/x", Some(&bearer)), Decision::AwaitKeys { provider: 0, failure: crate::VerifyFailure::UnknownKey { kid, .. }, .. } if kid == "new")
     );
+}
+
+#[test]
+fn a_signature_the_key_behind_its_kid_rejects_asks_for_keys() {
+    // The issuer rotated the key behind a reused kid: fresh keys may verify it.
+    let t = key()
+        .sign(&json!({"iss": "https://idp.test", "aud": "api", "exp": NOW + 60}))
+        .unwrap();
+    let forged = dev_keys::with_flipped_signature(&t);
+    let bearer = format!("Bearer {forged}");
+    assert!(matches!(
+        run("GET", "/api/x", Some(&bearer)),
+        Decision::AwaitKeys {
+            provider: 0,
+            failure: crate::VerifyFailure::BadSignature { provider: 0 },
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -143,7 +161,7 @@ fn every_401_is_byte_identical() {
         DenyReason::MissingToken,
         DenyReason::NotBearer,
         DenyReason::Token(crate::VerifyFailure::Expired),
-        DenyReason::Token(crate::VerifyFailure::BadSignature),
+        DenyReason::Token(crate::VerifyFailure::BadSignature { provider: 0 }),
         DenyReason::Token(crate::VerifyFailure::WrongAudience),
         DenyReason::Token(crate::VerifyFailure::UnknownKey {
             provider: 0,
