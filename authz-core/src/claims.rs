@@ -17,6 +17,8 @@ pub struct Claims {
     pub not_before: Option<i64>,
     pub issued_at: Option<i64>,
     pub scopes: Vec<String>,
+    /// The client the token was issued to: `client_id` (RFC 9068), else `azp`.
+    pub client_id: Option<String>,
     pub raw: Map<String, Value>,
 }
 
@@ -40,8 +42,17 @@ impl Claims {
             not_before: numeric_date(&raw, "nbf")?,
             issued_at: numeric_date(&raw, "iat")?,
             scopes: scope_claim(&raw)?,
+            client_id: match string_claim(&raw, "client_id")? {
+                Some(id) => Some(id),
+                None => string_claim(&raw, "azp")?,
+            },
             raw,
         })
+    }
+
+    /// Who the token speaks for ([`crate::principal`]).
+    pub fn principal(&self) -> Option<crate::principal::Principal<'_>> {
+        crate::principal::principal(self.subject.as_deref(), self.client_id.as_deref())
     }
 
     /// Whether the token grants `scope`.

@@ -41,6 +41,7 @@ pub mod defaults {
     pub const SCOPES_HEADER: &str = "x-auth-scopes";
     pub const TIER_HEADER: &str = "x-auth-tier";
     pub const ISSUER_HEADER: &str = "x-auth-issuer";
+    pub const SUBJECT_KIND_HEADER: &str = "x-auth-subject-kind";
 }
 
 /// The configuration as written (JSON), before validation.
@@ -323,9 +324,12 @@ pub struct TenantConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HeadersConfig {
-    /// The token's `sub`.
+    /// The token's principal: its `sub`, or its `client_id` when it has no `sub`.
     #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::SUBJECT_HEADER)))]
     pub subject: Option<String>,
+    /// Where the subject header's value came from: `sub` or `client_id`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::SUBJECT_KIND_HEADER)))]
+    pub subject_kind: Option<String>,
     /// Granted scopes, space-separated.
     #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::SCOPES_HEADER)))]
     pub scopes: Option<String>,
@@ -365,6 +369,7 @@ pub struct RemoteJwks {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderNames {
     pub subject: String,
+    pub subject_kind: String,
     pub scopes: String,
     pub tier: String,
     pub issuer: String,
@@ -403,8 +408,9 @@ pub const POLICY_VERSION_HEADER: &str = "x-authz-policy-version";
 
 /// The context headers' default names (`headers.*`), plus [`POLICY_VERSION_HEADER`]: what the
 /// filter and the server set unless configured otherwise, and strip from every client request.
-pub const STANDARD_CONTEXT_HEADERS: [&str; 5] = [
+pub const STANDARD_CONTEXT_HEADERS: [&str; 6] = [
     defaults::SUBJECT_HEADER,
+    defaults::SUBJECT_KIND_HEADER,
     defaults::SCOPES_HEADER,
     defaults::TIER_HEADER,
     defaults::ISSUER_HEADER,
@@ -416,11 +422,17 @@ impl HeaderNames {
     /// the server's policy version); all of them are removed from client requests first, on
     /// every route.
     pub fn all(&self) -> impl Iterator<Item = &str> {
-        [&self.subject, &self.scopes, &self.tier, &self.issuer]
-            .into_iter()
-            .map(String::as_str)
-            .chain(self.claims.iter().map(|(_, h)| h.as_str()))
-            .chain(std::iter::once(POLICY_VERSION_HEADER))
+        [
+            &self.subject,
+            &self.subject_kind,
+            &self.scopes,
+            &self.tier,
+            &self.issuer,
+        ]
+        .into_iter()
+        .map(String::as_str)
+        .chain(self.claims.iter().map(|(_, h)| h.as_str()))
+        .chain(std::iter::once(POLICY_VERSION_HEADER))
     }
 }
 
@@ -784,6 +796,10 @@ fn parse_headers(p: &mut Problems, c: &Option<HeadersConfig>) -> HeaderNames {
     };
     let names = HeaderNames {
         subject: get(c.as_ref().map(|h| &h.subject), defaults::SUBJECT_HEADER),
+        subject_kind: get(
+            c.as_ref().map(|h| &h.subject_kind),
+            defaults::SUBJECT_KIND_HEADER,
+        ),
         scopes: get(c.as_ref().map(|h| &h.scopes), defaults::SCOPES_HEADER),
         tier: get(c.as_ref().map(|h| &h.tier), defaults::TIER_HEADER),
         issuer: get(c.as_ref().map(|h| &h.issuer), defaults::ISSUER_HEADER),

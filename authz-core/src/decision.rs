@@ -282,8 +282,12 @@ fn allow_headers(
     let mut headers = vec![(names.tier.clone(), tier.as_str().to_owned())];
     if let Some(token) = token {
         let claims = &token.claims;
-        if let Some(sub) = &claims.subject {
-            headers.push((names.subject.clone(), sub.clone()));
+        if let Some(principal) = claims.principal() {
+            headers.push((names.subject.clone(), principal.id.to_owned()));
+            headers.push((
+                names.subject_kind.clone(),
+                principal.kind.as_str().to_owned(),
+            ));
         }
         if let Some(provider) = policy.providers.get(token.provider) {
             headers.push((names.issuer.clone(), provider.issuer.clone()));
@@ -364,7 +368,7 @@ pub fn decide_with(
         route: name.clone(),
         tier,
         upstream_headers: allow_headers(policy, tier, Some(&verified)),
-        subject: verified.claims.subject.clone(),
+        subject: verified.claims.principal().map(|p| p.id.to_owned()),
     }
 }
 

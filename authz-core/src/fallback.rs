@@ -24,6 +24,20 @@ pub struct StepUp {
     pub max_auth_age_seconds: Option<i64>,
     /// When non-empty, `acr` must be one of these.
     pub acr_values: Vec<String>,
+    /// Whether client tokens (no user behind them) must meet it too.
+    pub applies_to: StepUpAppliesTo,
+}
+
+/// Which tokens a tier's step-up rules apply to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepUpAppliesTo {
+    /// Tokens a user signed in for. A client's own token (client credentials: no `sub`, or a
+    /// `sub` equal to its `client_id`) has no `auth_time` or `acr` to meet the rules with and is
+    /// not challenged; scopes and claims still decide what it may do.
+    #[default]
+    UserTokens,
+    /// Every token: client tokens are refused on the tier.
+    AllTokens,
 }
 
 /// The rules of one tier.
@@ -151,6 +165,9 @@ pub fn check_step_up(
     result: &Introspection,
     now: i64,
 ) -> Result<(), StepUpChallenge> {
+    if step_up.applies_to == StepUpAppliesTo::UserTokens && !result.is_user_token() {
+        return Ok(());
+    }
     let challenge = || StepUpChallenge {
         max_age: step_up.max_auth_age_seconds,
         acr_values: step_up.acr_values.clone(),
@@ -243,8 +260,11 @@ mod tests {
         let rule = StepUp {
             max_auth_age_seconds: Some(300),
             acr_values: vec!["mfa".into()],
+            applies_to: StepUpAppliesTo::UserTokens,
         };
         let mut r = active(None);
+        r.subject = Some("alice".into());
+        r.client_id = Some("web-app".into());
         r.auth_time = Some(1_000);
         r.acr = Some("mfa".into());
         assert!(check_step_up(&rule, &r, 1_200).is_ok());
@@ -257,6 +277,34 @@ mod tests {
         r.auth_time = None;
         r.acr = Some("mfa".into());
         assert!(check_step_up(&rule, &r, 1_200).is_err(), "no auth_time");
+    }
+
+    #[test]
+    fn step_up_leaves_client_tokens_alone_unless_told_otherwise() {
+        let rule = StepUp {
+            max_auth_age_seconds: Some(300),
+            acr_values: Vec::new(),
+            applies_to: StepUpAppliesTo::UserTokens,
+        };
+        // Client credentials: no sub, or the client's own id as sub; no auth_time.
+        let mut no_sub = active(None);
+        no_sub.client_id = Some("batch-job".into());
+        let mut own_id = no_sub.clone();
+        own_id.subject = Some("batch-job".into());
+        let mut user = no_sub.clone();
+        user.subject = Some("alice".into());
+        assert!(check_step_up(&rule, &no_sub, 1_200).is_ok());
+        assert!(check_step_up(&rule, &own_id, 1_200).is_ok());
+        assert!(
+            check_step_up(&rule, &user, 1_200).is_err(),
+            "a user token without auth_time"
+        );
+        let everyone = StepUp {
+            applies_to: StepUpAppliesTo::AllTokens,
+            ..rule
+        };
+        assert!(check_step_up(&everyone, &no_sub, 1_200).is_err());
+        assert!(check_step_up(&everyone, &own_id, 1_200).is_err());
     }
 
     proptest! {

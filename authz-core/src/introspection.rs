@@ -146,6 +146,19 @@ impl Introspection {
     }
 
     /// The result as [`crate::Claims`], so route requirements apply to it unchanged.
+    /// Whether a user signed in for this token: it has a `sub` other than its `client_id`
+    /// (client-credentials tokens have none, or their client's id).
+    pub fn is_user_token(&self) -> bool {
+        self.subject
+            .as_deref()
+            .is_some_and(|sub| !sub.is_empty() && Some(sub) != self.client_id.as_deref())
+    }
+
+    /// Who the token speaks for ([`crate::principal`]).
+    pub fn principal(&self) -> Option<crate::principal::Principal<'_>> {
+        crate::principal::principal(self.subject.as_deref(), self.client_id.as_deref())
+    }
+
     pub fn as_claims(&self) -> crate::Claims {
         // `aud` may be a string or an array (RFC 7662 §2.2, RFC 7519 §4.1.3); entries of any
         // other type name no audience of ours, so they can never satisfy an audience rule.
@@ -172,6 +185,7 @@ impl Introspection {
             not_before,
             issued_at: self.issued_at,
             scopes: self.scopes.clone(),
+            client_id: self.client_id.clone(),
             raw: self.raw.clone(),
         }
     }

@@ -23,6 +23,7 @@ pub mod fallback;
 pub mod introspection;
 pub mod jwks_refresh;
 pub mod keys;
+pub mod principal;
 pub mod routes;
 pub mod rsa_verify;
 pub mod tier;

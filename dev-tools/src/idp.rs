@@ -277,9 +277,16 @@ impl Idp {
             .and_then(|v| v.strip_prefix("Basic "))
             .and_then(|b| STANDARD.decode(b.trim()).ok())
             .and_then(|b| String::from_utf8(b).ok());
+        // RFC 6749 §2.3.1: id and secret are form-urlencoded inside the Basic credentials.
+        let form_decode = |part: &str| -> String {
+            form_urlencoded::parse(part.as_bytes())
+                .next()
+                .map(|(decoded, _)| decoded.into_owned())
+                .unwrap_or_default()
+        };
         let (id, secret) = match basic {
             Some(pair) => match pair.split_once(':') {
-                Some((id, secret)) => (id.to_owned(), secret.to_owned()),
+                Some((id, secret)) => (form_decode(id), form_decode(secret)),
                 None => return false,
             },
             None => match (form.get("client_id"), form.get("client_secret")) {

@@ -93,10 +93,16 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(admin): State<Admin>) -> Response {
-    if admin.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if !admin.ready.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !admin.service.introspector.idp_confirmed() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "idp not confirmed (see the introspection_error log lines)\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 

@@ -41,6 +41,7 @@ use std::time::Instant;
 /// Header names the server sets on allowed requests: the filter's default names, all in
 /// `config::DEFAULT_STRIP_HEADERS`, so every one is also removed from clients' requests.
 pub const SUBJECT_HEADER: &str = authz_core::config::defaults::SUBJECT_HEADER;
+pub const SUBJECT_KIND_HEADER: &str = authz_core::config::defaults::SUBJECT_KIND_HEADER;
 pub const SCOPES_HEADER: &str = authz_core::config::defaults::SCOPES_HEADER;
 pub const TIER_HEADER: &str = authz_core::config::defaults::TIER_HEADER;
 pub const POLICY_VERSION_HEADER: &str = authz_core::config::POLICY_VERSION_HEADER;
@@ -69,6 +70,7 @@ struct Trace {
     token_label: String,
     cache: &'static str,
     age_ms: u64,
+    /// The token's principal (`sub`, else `client_id`: see `authz_core::principal`).
     subject: Option<String>,
     /// How long the introspection data behind this decision stays fresh enough for its tier
     /// (0 when stale or none).
@@ -364,7 +366,7 @@ impl CheckService {
             audience,
         )
         .map_err(DenyReason::Token)?;
-        trace.subject = result.subject.clone();
+        trace.subject = result.principal().map(|p| p.id.to_owned());
         if result
             .jti
             .as_deref()
@@ -372,7 +374,7 @@ impl CheckService {
         {
             return Err(DenyReason::Revoked);
         }
-        if let Some(sub) = &result.subject {
+        if let Some(sub) = result.principal().map(|p| p.id) {
             if let Some(revoked_at) = self.versions.subject_revoked_at_ms(sub) {
                 let issued_ms = result.issued_at.unwrap_or(0).max(0) as u64 * 1000;
                 if issued_ms <= revoked_at {
@@ -404,10 +406,15 @@ impl CheckService {
                 self.versions.policy_version().to_string(),
             ),
         ];
-        if let Some(sub) = result.and_then(|r| r.subject.as_deref()) {
-            let scopes = result.map(|r| r.scopes.join(" ")).unwrap_or_default();
-            set.push((SUBJECT_HEADER.to_owned(), sub.to_owned()));
-            set.push((SCOPES_HEADER.to_owned(), scopes));
+        if let Some(result) = result {
+            if let Some(principal) = result.principal() {
+                set.push((SUBJECT_HEADER.to_owned(), principal.id.to_owned()));
+                set.push((
+                    SUBJECT_KIND_HEADER.to_owned(),
+                    principal.kind.as_str().to_owned(),
+                ));
+            }
+            set.push((SCOPES_HEADER.to_owned(), result.scopes.join(" ")));
         }
         let mut remove: Vec<String> = self
             .config
@@ -707,6 +714,50 @@ policy:
             None,
         );
         assert_eq!(check(fresh), Err(DenyReason::Revoked));
+    }
+
+    #[tokio::test]
+    async fn a_token_without_sub_is_named_by_its_client_everywhere() {
+        let clock = crate::clock::ManualClock::new();
+        let service = service(clock.clone());
+        let now = clock.now_seconds();
+        let client_token = introspection(json!({"active": true, "client_id": "batch-job",
+            "scope": "read admin", "iss": "https://idp.unit", "aud": "api",
+            "iat": now - 10, "exp": now + 600}));
+        let Verdict::Allow { set, .. } = service.allow(Tier::Privileged, Some(&client_token))
+        else {
+            panic!("allow expected");
+        };
+        let get = |name: &str| set.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(get(SUBJECT_HEADER), Some("batch-job"));
+        assert_eq!(get(SUBJECT_KIND_HEADER), Some("client_id"));
+        assert_eq!(get(SCOPES_HEADER), Some("read admin"));
+        // Subject revocation and the decision trace reach the client principal too.
+        let asked = request("GET", "/admin/jobs", None);
+        let id = identify(&service.config, &asked).unwrap();
+        let screened = Screened {
+            token: "opaque-token",
+            key: token_digest("opaque-token"),
+        };
+        let rules = service.config.tier_rules(id.tier);
+        let mut trace = Trace::default();
+        assert_eq!(
+            service.authorize(&id, &screened, &client_token, &rules, &mut trace),
+            Ok(())
+        );
+        assert_eq!(trace.subject.as_deref(), Some("batch-job"));
+        service.versions.apply(
+            &crate::versions::Change::RevokeSubject {
+                subject: "batch-job".into(),
+                revoked_at_ms: clock.now_ms(),
+                epoch: None,
+            },
+            None,
+        );
+        assert_eq!(
+            service.authorize(&id, &screened, &client_token, &rules, &mut trace),
+            Err(DenyReason::Revoked)
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@
 use crate::error::ServerError;
 use authz_core::config::weak_secret;
 use authz_core::config::{route_table_from_config, RouteConfig, RouteTargetConfig};
-use authz_core::fallback::{StepUp, TierRules};
+use authz_core::fallback::{StepUp, StepUpAppliesTo, TierRules};
 use authz_core::routes::RouteTable;
 use authz_core::verify::{TOKEN_BYTES_RANGE, TOKEN_BYTES_RANGE_TEXT};
 use authz_core::Tier;
@@ -104,8 +104,8 @@ pub struct ServerConfigFile {
     /// Required: route rules, the filter's syntax (`routes[]`, `default`).
     pub policy: Option<PolicyFile>,
     /// Client request headers removed on every allow, in addition to the standard context
-    /// headers (`x-auth-subject`, `x-auth-scopes`, `x-auth-tier`, `x-auth-issuer`,
-    /// `x-authz-policy-version`, always removed): list every other header your filter sets
+    /// headers (`x-auth-subject`, `x-auth-subject-kind`, `x-auth-scopes`, `x-auth-tier`,
+    /// `x-auth-issuer`, `x-authz-policy-version`, always removed): list every other header your filter sets
     /// (its `headers.claims` mappings), so a client cannot smuggle them past a route this server
     /// guards.
     pub strip_headers: Option<Vec<String>>,
@@ -189,7 +189,7 @@ pub struct TokenFile {
 
 /// Headers always removed from allowed requests (the standard context headers), to which
 /// `strip_headers` adds: whatever a client sends under these names never reaches an upstream.
-pub const DEFAULT_STRIP_HEADERS: [&str; 5] = authz_core::config::STANDARD_CONTEXT_HEADERS;
+pub const DEFAULT_STRIP_HEADERS: [&str; 6] = authz_core::config::STANDARD_CONTEXT_HEADERS;
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct IntrospectionFile {
@@ -289,6 +289,11 @@ pub struct StepUpFile {
     /// Accepted `acr` values (any one).
     #[serde(default)]
     pub acr_values: Vec<String>,
+    /// `user_tokens`: tokens a user signed in for (a `sub` other than the `client_id`); client
+    /// tokens (client credentials: no `sub`, or the client's own id) pass without `auth_time` or
+    /// `acr`. `all_tokens`: every token, so client tokens are refused on this tier.
+    #[schemars(extend("default" = "user_tokens"))]
+    pub applies_to: Option<String>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -756,9 +761,21 @@ fn tiers_section(
                     "needs max_auth_age_seconds or acr_values",
                 );
             }
+            let applies_to = match s.applies_to.as_deref() {
+                None | Some("user_tokens") => StepUpAppliesTo::UserTokens,
+                Some("all_tokens") => StepUpAppliesTo::AllTokens,
+                Some(other) => {
+                    p.add(
+                        &format!("{at}.step_up.applies_to"),
+                        format_args!("\"{other}\" is not user_tokens or all_tokens"),
+                    );
+                    StepUpAppliesTo::UserTokens
+                }
+            };
             rules.step_up = Some(StepUp {
                 max_auth_age_seconds: s.max_auth_age_seconds,
                 acr_values: s.acr_values.clone(),
+                applies_to,
             });
         }
     }

@@ -5,6 +5,10 @@
 //! an error ([`classify_status`] tells a refusal of the token from a failing IdP), never an
 //! allow.
 //!
+//! `client_secret_basic` follows RFC 6749 §2.3.1: id and secret are form-urlencoded before
+//! base64, so secrets with `+`, `/`, `=` or `:` work with any compliant IdP. [`IdpClient::probe`]
+//! is the start-up check of endpoint and credentials (see `readiness`).
+//!
 //! This module does not cache, batch or retry; `introspector` does that.
 
 use crate::config::{ClientAuth, IntrospectionConfig};
@@ -18,8 +22,9 @@ pub enum IdpError {
     Timeout,
     #[error("introspection transport error: {0}")]
     Transport(String),
-    #[error("introspection returned status {0}")]
-    Status(u16),
+    /// An error status with the OAuth `error` code of its body (empty when it had none).
+    #[error("introspection returned status {status} (error {code:?})")]
+    Status { status: u16, code: String },
     #[error("introspection response unusable: {0}")]
     Malformed(#[from] IntrospectionError),
     #[error("introspection circuit is open")]
@@ -39,7 +44,7 @@ impl IdpError {
         match self {
             IdpError::Timeout => "timeout",
             IdpError::Transport(_) => "transport",
-            IdpError::Status(_) => "status",
+            IdpError::Status { .. } => "status",
             IdpError::Malformed(_) => "malformed",
             IdpError::CircuitOpen => "circuit_open",
             IdpError::Throttled => "throttled",
@@ -52,6 +57,13 @@ impl IdpError {
     /// one token and our own rate cap do not.
     pub fn is_idp_failure(&self) -> bool {
         !matches!(self, IdpError::Refused { .. } | IdpError::Throttled)
+    }
+
+    /// Whether the IdP refused our client: its credentials (or its right to introspect) are
+    /// wrong, which no retry fixes. The server reports not-ready until a probe passes again.
+    pub fn is_credentials_rejected(&self) -> bool {
+        matches!(self, IdpError::Status { status, code }
+            if *status == 401 || *status == 403 || CLIENT_ERRORS.contains(&code.as_str()))
     }
 }
 
@@ -71,8 +83,38 @@ pub fn classify_status(status: u16, body: &[u8]) -> IdpError {
     if status == 400 && !CLIENT_ERRORS.contains(&code.as_str()) {
         IdpError::Refused { status, code }
     } else {
-        IdpError::Status(status)
+        IdpError::Status { status, code }
     }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value (RFC 6749 Appendix B): ASCII
+/// letters, digits and `*-._` stay, space becomes `+`, every other byte `%XX`.
+pub fn form_urlencode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(char::from(byte))
+            }
+            b' ' => out.push('+'),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+/// The `Authorization` value of `client_secret_basic` (RFC 6749 §2.3.1).
+pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
+    use base64::Engine;
+    let pair = format!(
+        "{}:{}",
+        form_urlencode(client_id),
+        form_urlencode(client_secret)
+    );
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 /// A pooled client for one IdP.
@@ -112,9 +154,10 @@ impl IdpClient {
 
     fn authenticate(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match self.config.auth {
-            ClientAuth::Basic => {
-                request.basic_auth(&self.config.client_id, Some(&self.config.client_secret))
-            }
+            ClientAuth::Basic => request.header(
+                "authorization",
+                basic_authorization(&self.config.client_id, &self.config.client_secret),
+            ),
             ClientAuth::Post => request,
         }
     }
@@ -141,6 +184,26 @@ impl IdpClient {
         Ok(Introspection::parse(&body)?)
     }
 
+    /// Checks endpoint and credentials: the introspection of a token no IdP issued (random) must
+    /// be a well-formed `active: false` (or a refusal of that token). Anything else (an error
+    /// status, an active answer, garbage, no answer) says the configuration does not work.
+    pub async fn probe(&self) -> Result<(), IdpError> {
+        let mut random = [0u8; 24];
+        getrandom::getrandom(&mut random)
+            .map_err(|e| IdpError::Transport(format!("no randomness for the probe: {e}")))?;
+        let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        match self.introspect(&format!("authz-probe-{token}")).await {
+            Ok(answer) if !answer.active => Ok(()),
+            Ok(_) => Err(IdpError::Transport(
+                "the IdP called a random token active".into(),
+            )),
+            // A refusal of the token itself (400 with an error code not about our client)
+            // means our client got through.
+            Err(IdpError::Refused { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Introspects several tokens in one call to the batch endpoint.
     pub async fn introspect_batch(
         &self,
@@ -153,13 +216,17 @@ impl IdpClient {
         let request = self
             .http
             .post(endpoint)
-            .basic_auth(&self.config.client_id, Some(&self.config.client_secret))
+            .header(
+                "authorization",
+                basic_authorization(&self.config.client_id, &self.config.client_secret),
+            )
             .json(tokens);
         let response = request.send().await.map_err(transport)?;
-        if response.status() != reqwest::StatusCode::OK {
-            return Err(IdpError::Status(response.status().as_u16()));
-        }
+        let status = response.status();
         let body = response.bytes().await.map_err(transport)?;
+        if status != reqwest::StatusCode::OK {
+            return Err(classify_status(status.as_u16(), &body));
+        }
         Ok(parse_batch(&body, tokens.len())?)
     }
 }
@@ -191,8 +258,28 @@ mod tests {
             (503, b""),
         ] {
             let e = classify_status(status, body);
-            assert_eq!(e, IdpError::Status(status));
+            assert!(matches!(e, IdpError::Status { status: s, .. } if s == status));
             assert!(e.is_idp_failure());
+            assert_eq!(
+                e.is_credentials_rejected(),
+                matches!(status, 400 | 401 | 403),
+                "{status}"
+            );
         }
+    }
+
+    #[test]
+    fn client_secret_basic_form_urlencodes_before_base64() {
+        use base64::Engine;
+        let header = basic_authorization("my client", "b64+like/secret=:x");
+        let encoded = header.strip_prefix("Basic ").unwrap_or_default();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap_or_default();
+        assert_eq!(
+            String::from_utf8_lossy(&decoded),
+            "my+client:b64%2Blike%2Fsecret%3D%3Ax"
+        );
+        assert_eq!(form_urlencode("aZ09*-._~é"), "aZ09*-._%7E%C3%A9");
     }
 }

@@ -16,6 +16,11 @@
 //! - Refresh-ahead: a hit late in its tier's freshness window starts a background refresh, so
 //!   a hot token's checks do not wait on the IdP.
 //! - Circuit breaker: repeated IdP failures open it; calls then fail fast until a probe passes.
+//! - Readiness: [`Introspector::confirm_idp`] checks endpoint and credentials at start-up (one
+//!   introspection of a random token must answer `active: false`) and again whenever the IdP
+//!   rejects our client; until it passes the server is not ready (`/readyz` 503).
+//! - Every IdP error is logged with its kind, status, OAuth error code and endpoint (never the
+//!   token); refusals of single tokens, which any client can cause, one line per hundred.
 
 pub use crate::cached::Cached;
 use crate::clock::SharedClock;
@@ -100,6 +105,10 @@ pub struct Introspector {
     idp_cap: Option<governor::DefaultDirectRateLimiter>,
     /// Tokens the IdP refused so far (logged one line per hundred).
     refusals: std::sync::atomic::AtomicU64,
+    /// Whether the start-up probe passed and the IdP has not rejected our client since.
+    idp_confirmed: std::sync::atomic::AtomicBool,
+    /// Wakes [`Introspector::confirm_idp`] when the IdP rejects our client.
+    recheck_idp: tokio::sync::Notify,
     metrics: Arc<Metrics>,
     cap_ms: u64,
     inactive_ttl_ms: u64,
@@ -121,11 +130,14 @@ impl Introspector {
         let batch_tx = (!config.batching.window.is_zero()).then(|| {
             let (tx, rx) = mpsc::channel(4096);
             tokio::spawn(run_batcher(
-                client.clone(),
+                Batcher {
+                    client: client.clone(),
+                    metrics: metrics.clone(),
+                    batch_off_until: Arc::new(Mutex::new(None)),
+                },
                 rx,
                 config.batching.window,
                 config.batching.max_batch,
-                metrics.clone(),
             ));
             tx
         });
@@ -146,6 +158,8 @@ impl Introspector {
             idp_cap: std::num::NonZeroU32::new(config.introspection.max_calls_per_second)
                 .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n))),
             refusals: std::sync::atomic::AtomicU64::new(0),
+            idp_confirmed: std::sync::atomic::AtomicBool::new(false),
+            recheck_idp: tokio::sync::Notify::new(),
             metrics,
             cap_ms: config.cache.cap_ms,
             inactive_ttl_ms: config.cache.inactive_ttl_ms,
@@ -387,6 +401,66 @@ impl Introspector {
         }
     }
 
+    /// One log line for an IdP failure: kind, status and OAuth error code, endpoint.
+    fn log_idp_error(&self, e: &IdpError) {
+        let (status, code) = match e {
+            IdpError::Status { status, code } => (Some(*status), code.as_str()),
+            _ => (None, ""),
+        };
+        tracing::warn!(
+            kind = e.kind(),
+            status,
+            error_code = code,
+            endpoint = self.client.endpoint(),
+            detail = %e,
+            "introspection_error"
+        );
+    }
+
+    /// Whether the IdP accepted our client (start-up probe passed, no rejection since).
+    pub fn idp_confirmed(&self) -> bool {
+        self.idp_confirmed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_idp_confirmed(&self, confirmed: bool) {
+        self.idp_confirmed
+            .store(confirmed, std::sync::atomic::Ordering::SeqCst);
+        self.metrics
+            .set_gauge("authz_idp_ready", &[], if confirmed { 1.0 } else { 0.0 });
+    }
+
+    /// Runs for the server's life: probes the IdP (see [`IdpClient::probe`]) until it passes,
+    /// retrying with backoff (0.5 s doubling to 30 s) and logging each failure, then waits until
+    /// the IdP rejects our client and starts over.
+    pub async fn confirm_idp(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.client.probe().await {
+                Ok(()) => {
+                    if !self.idp_confirmed() {
+                        tracing::info!(endpoint = self.client.endpoint(), "idp_confirmed");
+                    }
+                    self.set_idp_confirmed(true);
+                    delay = Duration::from_millis(500);
+                    self.recheck_idp.notified().await;
+                }
+                Err(e) => {
+                    self.set_idp_confirmed(false);
+                    self.metrics
+                        .inc("authz_idp_probe_failures_total", &[("kind", e.kind())]);
+                    self.log_idp_error(&e);
+                    tracing::warn!(
+                        endpoint = self.client.endpoint(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "idp_not_confirmed: checks that need introspection fail closed; /readyz is 503"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
     async fn introspect_now(&self, key: TokenKey, token: String) -> Result<Arc<Cached>, IdpError> {
         let started_ms = self.clock.now_ms();
         if self
@@ -484,12 +558,10 @@ impl Introspector {
                 }
                 self.metrics
                     .inc("authz_introspection_errors_total", &[("kind", e.kind())]);
-                if let IdpError::Status(status) = &e {
-                    tracing::warn!(
-                        status,
-                        endpoint = self.client.endpoint(),
-                        "introspection_error"
-                    );
+                self.log_idp_error(&e);
+                if e.is_credentials_rejected() {
+                    self.set_idp_confirmed(false);
+                    self.recheck_idp.notify_one();
                 }
                 Err(e)
             }
@@ -499,13 +571,24 @@ impl Introspector {
     }
 }
 
+/// How long the batch endpoint is left alone after it failed: batches go out as single calls.
+const BATCH_ENDPOINT_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What the batcher's calls need.
+#[derive(Clone)]
+struct Batcher {
+    client: IdpClient,
+    metrics: Arc<Metrics>,
+    /// Set when the batch endpoint failed: single calls until then.
+    batch_off_until: Arc<Mutex<Option<Instant>>>,
+}
+
 /// Collects tokens for up to `window` (or `max_batch` tokens), then sends them out together.
 async fn run_batcher(
-    client: IdpClient,
+    batcher: Batcher,
     mut rx: mpsc::Receiver<BatchItem>,
     window: Duration,
     max_batch: usize,
-    metrics: Arc<Metrics>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -516,13 +599,23 @@ async fn run_batcher(
                 _ => break,
             }
         }
-        tokio::spawn(dispatch_batch(client.clone(), batch, metrics.clone()));
+        tokio::spawn(dispatch_batch(batcher.clone(), batch));
     }
 }
 
-async fn dispatch_batch(client: IdpClient, batch: Vec<BatchItem>, metrics: Arc<Metrics>) {
+/// Sends one batch: to the batch endpoint when there is one and it works, else as concurrent
+/// single calls. A batch call that fails (a missing endpoint, an error status, garbage, a
+/// timeout) is logged and its tokens are introspected one by one at once, never answered with
+/// the error; the batch endpoint then rests for [`BATCH_ENDPOINT_BACKOFF`].
+async fn dispatch_batch(batcher: Batcher, batch: Vec<BatchItem>) {
+    let Batcher {
+        client,
+        metrics,
+        batch_off_until,
+    } = batcher;
     metrics.observe_size("authz_introspection_batch_size", batch.len() as f64);
-    if batch.len() > 1 && client.has_batch_endpoint() {
+    let resting = lock(&batch_off_until).is_some_and(|until| Instant::now() < until);
+    let batch = if batch.len() > 1 && client.has_batch_endpoint() && !resting {
         metrics.inc("authz_introspection_calls_total", &[("kind", "batch")]);
         let tokens: Vec<String> = batch.iter().map(|i| i.token.clone()).collect();
         match client.introspect_batch(&tokens).await {
@@ -530,15 +623,28 @@ async fn dispatch_batch(client: IdpClient, batch: Vec<BatchItem>, metrics: Arc<M
                 for (item, result) in batch.into_iter().zip(results) {
                     let _ = item.reply.send(Ok(result));
                 }
+                return;
             }
             Err(e) => {
-                for item in batch {
-                    let _ = item.reply.send(Err(e.clone()));
-                }
+                let status = match &e {
+                    IdpError::Status { status, .. } => Some(*status),
+                    _ => None,
+                };
+                tracing::warn!(
+                    kind = e.kind(),
+                    status,
+                    detail = %e,
+                    rest_seconds = BATCH_ENDPOINT_BACKOFF.as_secs(),
+                    "batch_introspection_failed: falling back to single calls"
+                );
+                metrics.inc("authz_introspection_batch_fallbacks_total", &[]);
+                *lock(&batch_off_until) = Some(Instant::now() + BATCH_ENDPOINT_BACKOFF);
+                batch
             }
         }
-        return;
-    }
+    } else {
+        batch
+    };
     let calls = batch.into_iter().map(|item| {
         let client = client.clone();
         let metrics = metrics.clone();

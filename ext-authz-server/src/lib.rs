@@ -208,6 +208,7 @@ pub async fn serve_with_clock(
         .shared
         .clone()
         .map(|shared| tokio::spawn(shared::run(shared, changes.clone())));
+    let probe_task = tokio::spawn(service.introspector.clone().confirm_idp());
     let limiters = service.limiters.clone();
     let versions = service.versions.clone();
     let metrics = service.metrics.clone();
@@ -257,6 +258,7 @@ pub async fn serve_with_clock(
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     prune_task.abort();
+    probe_task.abort();
     if let Some(task) = shared_task {
         task.abort();
     }

@@ -7,7 +7,10 @@
 //! | `authz_decisions_total` | counter | `outcome`, `reason`, `tier` |
 //! | `authz_check_seconds` | histogram | `stage` (`cache_lookup`, `introspection`, `policy`, `check`) |
 //! | `authz_introspection_calls_total` | counter | `kind` (`single`, `batch`) |
-//! | `authz_introspection_errors_total` | counter | `kind` (`timeout`, `transport`, `status`, `malformed`, `circuit_open`) |
+//! | `authz_introspection_errors_total` | counter | `kind` (`timeout`, `transport`, `status`, `malformed`, `circuit_open`, `throttled`, `refused`) |
+//! | `authz_introspection_batch_fallbacks_total` | counter | batch calls that failed and were made as single calls |
+//! | `authz_idp_ready` | gauge | 1 while the IdP accepts our client (start-up probe passed) |
+//! | `authz_idp_probe_failures_total` | counter | `kind` |
 //! | `authz_introspection_batch_size` | histogram | |
 //! | `authz_single_flight_joins_total` | counter | |
 //! | `authz_cache_lookups_total` | counter | `result` (`hit`, `miss`, `stale`) |

@@ -8,6 +8,7 @@
 use base64::Engine;
 
 pub mod config_reference;
+pub mod grpc;
 pub mod replay;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -460,8 +461,13 @@ impl AuthzServerProcess {
         self.process.take();
     }
 
-    /// The JSON lines it printed (decision logs), latest last.
+    /// The decision lines it printed, latest last.
     pub fn decision_logs(&self) -> Vec<Value> {
+        self.log_lines("authz_decision")
+    }
+
+    /// The JSON log lines it printed whose `message` starts with `message`, latest last.
+    pub fn log_lines(&self, message: &str) -> Vec<Value> {
         let Some(process) = &self.process else {
             return Vec::new();
         };
@@ -469,8 +475,17 @@ impl AuthzServerProcess {
         lines
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["message"] == "authz_decision")
+            .filter(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
             .collect()
+    }
+
+    /// `/readyz`'s status.
+    pub fn readyz(&self) -> u16 {
+        get(&format!("http://127.0.0.1:{}/readyz", self.admin_port), &[]).status
     }
 
     /// One Prometheus sample of its `/metrics` (0 when absent).

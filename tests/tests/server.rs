@@ -2,18 +2,14 @@
 //! against the real dev IdP process. Envoy is not involved here (see `ext_authz.rs`).
 
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Request as AttrRequest,
-};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use ext_authz_server::clock::{ManualClock, SharedClock, SystemClock};
 use ext_authz_server::config::ServerConfig;
 use ext_authz_server::{serve_with_clock, Listeners};
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tests::grpc::{check, check_request};
 use tests::*;
 use tonic::transport::Channel;
 
@@ -48,6 +44,14 @@ async fn start_with_clock(yaml: &str, clock: SharedClock) -> Server {
         let _ = stopped.await;
     };
     tokio::spawn(serve_with_clock(config, listeners, shutdown, clock));
+    // Ready once its start-up probe of the IdP passed (one introspection call, which
+    // [`introspections`] leaves out of the counts tests assert on).
+    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(5), || get(&readyz, &[]).status == 200)
+    })
+    .await
+    .expect("readiness wait");
     let client = AuthorizationClient::connect(format!("http://{grpc}"))
         .await
         .expect("connect");
@@ -59,64 +63,6 @@ async fn start_with_clock(yaml: &str, clock: SharedClock) -> Server {
     }
 }
 
-fn check_request(path: &str, token: Option<&str>, tier: Option<&str>) -> CheckRequest {
-    let mut headers = HashMap::new();
-    if let Some(t) = token {
-        headers.insert("authorization".to_owned(), format!("Bearer {t}"));
-    }
-    let mut extensions = HashMap::new();
-    if let Some(t) = tier {
-        extensions.insert("tier".to_owned(), t.to_owned());
-    }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: path.into(),
-                    headers,
-                    ..HttpRequest::default()
-                }),
-                ..AttrRequest::default()
-            }),
-            context_extensions: extensions,
-            ..AttributeContext::default()
-        }),
-    }
-}
-
-/// (HTTP status Envoy would send, headers) of a Check answer.
-async fn check(
-    client: &mut AuthorizationClient<Channel>,
-    path: &str,
-    token: Option<&str>,
-) -> (u16, HashMap<String, String>) {
-    let reply = client
-        .check(check_request(path, token, None))
-        .await
-        .expect("check never fails at the grpc level")
-        .into_inner();
-    match reply.http_response {
-        Some(HttpResponse::OkResponse(ok)) => (
-            200,
-            ok.headers
-                .into_iter()
-                .filter_map(|h| h.header)
-                .map(|h| (h.key, h.value))
-                .collect(),
-        ),
-        Some(HttpResponse::DeniedResponse(d)) => (
-            d.status.map(|s| s.code as u16).unwrap_or(403),
-            d.headers
-                .into_iter()
-                .filter_map(|h| h.header)
-                .map(|h| (h.key, h.value))
-                .collect(),
-        ),
-        other => panic!("no http response: {other:?}"),
-    }
-}
-
 /// Sends one concurrent Check per token (all at once) and asserts every one is allowed.
 async fn all_allowed(server: &Server, tokens: &[String]) {
     let checks = tokens.iter().map(|token| {
@@ -125,6 +71,11 @@ async fn all_allowed(server: &Server, tokens: &[String]) {
     });
     let statuses = futures::future::join_all(checks).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
+/// Introspection calls the dev IdP saw for checks: all of them but the start-up probe.
+fn introspections(idp: &DevIdp) -> u64 {
+    idp.stat("introspection_calls").saturating_sub(1)
 }
 
 fn mint_opaque(idp: &DevIdp, sub: &str) -> String {
@@ -140,7 +91,7 @@ async fn two_hundred_concurrent_checks_of_one_token_make_one_introspection_call(
     let tokens = vec![token.clone(); 200];
     all_allowed(&server, &tokens).await;
     assert_eq!(
-        idp.stat("introspection_calls") + idp.stat("batch_calls"),
+        introspections(&idp) + idp.stat("batch_calls"),
         1,
         "one introspection for 200 checks"
     );
@@ -166,7 +117,7 @@ async fn fifty_distinct_tokens_in_one_window_make_one_batch_call() {
     all_allowed(&server, &tokens).await;
     assert_eq!(idp.stat("batch_calls"), 1, "one batch call");
     assert_eq!(idp.stat("last_batch_size"), 50);
-    assert_eq!(idp.stat("introspection_calls"), 0, "no single calls");
+    assert_eq!(introspections(&idp), 0, "no single calls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -184,7 +135,7 @@ async fn refresh_ahead_keeps_a_hot_token_off_the_idp() {
         check(&mut client, "/admin/users", Some(&token)).await.0,
         200
     );
-    let calls_after_first = idp.stat("introspection_calls");
+    let calls_after_first = introspections(&idp);
     let mut slowest = Duration::ZERO;
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
@@ -201,7 +152,7 @@ async fn refresh_ahead_keeps_a_hot_token_off_the_idp() {
     // Three seconds with a one-second freshness window: the data was renewed several times,
     // always in the background. Only the very first check was a miss.
     assert!(
-        idp.stat("introspection_calls") >= calls_after_first + 2,
+        introspections(&idp) >= calls_after_first + 2,
         "refreshes happened"
     );
     assert_eq!(
@@ -271,7 +222,7 @@ async fn the_circuit_opens_and_fails_fast_then_recovers() {
         );
     }
     assert_eq!(
-        idp.stat("introspection_calls"),
+        introspections(&idp),
         3,
         "after 3 failures the circuit is open"
     );
@@ -627,7 +578,7 @@ async fn client_secret_post_and_jwt_tokens_work_too() {
         headers.get("x-auth-subject").map(String::as_str),
         Some("erin")
     );
-    assert_eq!(idp.stat("introspection_calls"), 1);
+    assert_eq!(introspections(&idp), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -648,7 +599,7 @@ async fn without_a_batch_endpoint_a_batch_goes_out_as_concurrent_single_calls() 
     let started = Instant::now();
     all_allowed(&server, &tokens).await;
     assert_eq!(idp.stat("batch_calls"), 0);
-    assert_eq!(idp.stat("introspection_calls"), 20);
+    assert_eq!(introspections(&idp), 20);
     // 20 calls of 200 ms each, made concurrently over the pool, not one after another.
     assert!(
         started.elapsed() < Duration::from_millis(2000),

@@ -79,10 +79,43 @@ fn allow_carries_the_verified_context() {
             .map(|(_, v)| v.as_str())
     };
     assert_eq!(get("x-auth-subject"), Some("alice"));
+    assert_eq!(get("x-auth-subject-kind"), Some("sub"));
     assert_eq!(get("x-auth-scopes"), Some("read write"));
     assert_eq!(get("x-auth-tier"), Some("authenticated"));
     assert_eq!(get("x-auth-issuer"), Some("https://idp.test"));
     assert_eq!(get("x-auth-tenant"), Some("acme"));
+}
+
+#[test]
+fn a_token_without_sub_is_its_clients() {
+    let mut claims = json!({"iss": "https://idp.test", "aud": "api", "client_id": "batch-job",
+                            "exp": NOW + 300, "scope": "read write"});
+    let headers = |claims: &Value| {
+        let bearer = format!("Bearer {}", key().sign(claims).unwrap());
+        match run("GET", "/api/items", Some(&bearer)) {
+            Decision::Allow {
+                upstream_headers,
+                subject,
+                ..
+            } => (upstream_headers, subject),
+            other => panic!("expected allow, got {other:?}"),
+        }
+    };
+    let (upstream, subject) = headers(&claims);
+    let get = |name: &str| {
+        upstream
+            .iter()
+            .find(|(h, _)| h == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(get("x-auth-subject").as_deref(), Some("batch-job"));
+    assert_eq!(get("x-auth-subject-kind").as_deref(), Some("client_id"));
+    assert_eq!(get("x-auth-scopes").as_deref(), Some("read write"));
+    assert_eq!(subject.as_deref(), Some("batch-job"));
+    // `azp` where an IdP names the client that way.
+    claims.as_object_mut().unwrap().remove("client_id");
+    claims["azp"] = json!("web-app");
+    assert_eq!(headers(&claims).1.as_deref(), Some("web-app"));
 }
 
 #[test]
