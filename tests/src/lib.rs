@@ -9,6 +9,7 @@ use base64::Engine;
 
 pub mod config_reference;
 pub mod grpc;
+pub mod oidc;
 pub mod replay;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -130,8 +131,14 @@ fn start_dev(name: &str, args: &[&str]) -> (Process, u16) {
 
 /// Starts a workspace binary and returns it with the first line it prints.
 fn start_announcing(name: &str, args: &[&str]) -> (Process, String) {
-    let mut child = Command::new(dev_binary(name))
-        .args(args)
+    let mut command = Command::new(dev_binary(name));
+    command.args(args);
+    start_command(name, command)
+}
+
+/// Starts `command` and returns it with the first line it prints.
+fn start_command(name: &str, mut command: Command) -> (Process, String) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
