@@ -287,6 +287,11 @@ pub struct RequireConfig {
     pub claims: Vec<ClaimRuleConfig>,
     /// The token's tenant claim must equal a path segment; else 403.
     pub tenant: Option<TenantConfig>,
+    /// The IdP's word, now: the ext_authz server introspects even a JWT access token it could
+    /// verify itself (so a token revoked at the IdP is refused within the tier's window).
+    /// Only on server-decided tiers (`privileged`, `regulated`).
+    #[serde(default)]
+    pub introspect: bool,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -520,8 +525,15 @@ fn parse_requirements(
             "a public route cannot have requirements (it carries no token)",
         );
     }
+    if r.introspect && !tier.requires_server() {
+        p.add(
+            &format!("{at}.introspect"),
+            "needs a server-decided tier (privileged or regulated)",
+        );
+    }
     let mut out = Requirements {
         scopes: r.scopes.clone(),
+        introspect: r.introspect,
         ..Requirements::default()
     };
     for (i, scope) in r.scopes.iter().enumerate() {

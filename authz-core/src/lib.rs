@@ -16,6 +16,7 @@ pub mod claims;
 pub mod config;
 pub mod decision;
 pub mod decision_cache;
+pub mod discovery;
 pub mod epochs;
 pub mod error;
 pub mod ext_authz_proto;

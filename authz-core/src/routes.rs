@@ -170,6 +170,8 @@ pub struct Requirements {
     /// Every one of these rules must hold.
     pub claims: Vec<ClaimRule>,
     pub tenant: Option<TenantRule>,
+    /// Ask the IdP even about a token the server could verify itself (`require.introspect`).
+    pub introspect: bool,
 }
 
 /// Which requirement was not met (for logs and metrics only).
@@ -412,6 +414,7 @@ mod tests {
                 claim: "tenant".into(),
                 path_segment: 2,
             }),
+            introspect: false,
         };
         let good = claims(
             json!({"scope": "orders:write", "roles": ["viewer", "editor"], "email_verified": true, "tenant": "acme"}),

@@ -47,6 +47,23 @@ pub struct SigningKey {
     public_jwk: Value,
     /// Bytes of the public key (DER or raw point), used to forge HMAC-with-public-key tokens.
     public_bytes: Vec<u8>,
+    /// The private key as PEM (PKCS#1 RSA or PKCS#8), for programs that load keys from files.
+    private_pem: String,
+}
+
+/// PEM armour of DER bytes under `label`.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    let body = STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 /// Errors from key generation or signing.
@@ -77,7 +94,7 @@ impl SigningKey {
     /// Generates a fresh key with the given `kid`.
     pub fn generate(algorithm: KeyAlgorithm, kid: &str) -> Result<SigningKey, KeyError> {
         let err = |what: &str, e: &dyn std::fmt::Display| KeyError(format!("{what}: {e}"));
-        let (encoding, public_jwk, public_bytes) = match algorithm {
+        let (encoding, public_jwk, public_bytes, private_pem) = match algorithm {
             KeyAlgorithm::Rsa => {
                 let private = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048)
                     .map_err(|e| err("rsa keygen", &e))?;
@@ -91,6 +108,7 @@ impl SigningKey {
                     EncodingKey::from_rsa_der(der.as_bytes()),
                     jwk,
                     public.n_bytes().to_vec(),
+                    pem("RSA PRIVATE KEY", der.as_bytes()),
                 )
             }
             KeyAlgorithm::Es256 => {
@@ -105,6 +123,7 @@ impl SigningKey {
                     EncodingKey::from_ec_der(der.as_bytes()),
                     jwk,
                     point.to_vec(),
+                    pem("PRIVATE KEY", der.as_bytes()),
                 )
             }
             KeyAlgorithm::Es384 => {
@@ -119,6 +138,7 @@ impl SigningKey {
                     EncodingKey::from_ec_der(der.as_bytes()),
                     jwk,
                     point.to_vec(),
+                    pem("PRIVATE KEY", der.as_bytes()),
                 )
             }
             KeyAlgorithm::Ed25519 => {
@@ -132,6 +152,7 @@ impl SigningKey {
                     EncodingKey::from_ed_der(der.as_bytes()),
                     jwk,
                     public.to_vec(),
+                    pem("PRIVATE KEY", der.as_bytes()),
                 )
             }
         };
@@ -141,7 +162,13 @@ impl SigningKey {
             encoding,
             public_jwk,
             public_bytes,
+            private_pem,
         })
+    }
+
+    /// The private key as PEM (`RSA PRIVATE KEY` for RSA, PKCS#8 `PRIVATE KEY` otherwise).
+    pub fn private_pem(&self) -> &str {
+        &self.private_pem
     }
 
     /// The public JWK for a JWKS document.

@@ -95,6 +95,8 @@ async fn healthz() -> &'static str {
 async fn readyz(State(admin): State<Admin>) -> Response {
     if !admin.ready.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if let Some(why) = admin.service.idp.not_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
     } else if !admin.service.introspector.idp_confirmed() {
         (
             StatusCode::SERVICE_UNAVAILABLE,

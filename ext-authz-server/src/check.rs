@@ -6,7 +6,10 @@
 //! 2. [`CheckService::screen`]: the token before anyone is asked about it: bearer syntax, size
 //!    (`token.max_bytes`), revocation by hash, per-address limits, and the shared-state gate
 //!    of tiers that fail closed.
-//! 3. [`CheckService::introspect`]: cache, shared cache or IdP, by the tier's freshness rules.
+//! 3. The token's data: a JWT access token is verified against the provider's keys
+//!    ([`CheckService::verify_jwt`], when `token.jwt_access_tokens` is `verify` and the route
+//!    does not `require.introspect`); any other token is introspected
+//!    ([`CheckService::introspect`]: cache, shared cache or IdP, by the tier's freshness rules).
 //! 4. [`CheckService::authorize`]: active, what the token is for
 //!    (`authz_core::verify::check_purpose`, the filter's rules), `jti` and subject revocation,
 //!    the per-subject limit, the route's requirements (the filter's evaluation), step-up.
@@ -53,6 +56,8 @@ pub const DENY_CACHE_TTL_MS: u64 = 2_000;
 pub struct CheckService {
     pub config: Arc<ServerConfig>,
     pub introspector: Arc<Introspector>,
+    /// The provider's metadata and keys; verifies JWT access tokens.
+    pub idp: Arc<crate::idp::Idp>,
     pub versions: Arc<Versions>,
     /// The shared tier (Redis), when configured.
     pub shared: Option<Arc<Shared>>,
@@ -241,7 +246,15 @@ impl CheckService {
         trace
             .stages
             .push(("policy", policy_started.elapsed().as_secs_f64()));
-        let entry = match self.introspect(&screened, id.tier, &rules, trace).await {
+        let entry = if self.idp.verifies_jwts()
+            && !id.route.require.introspect
+            && jws_typ(screened.token).is_some()
+        {
+            self.verify_jwt(&screened, &rules, trace).await
+        } else {
+            self.introspect(&screened, id.tier, &rules, trace).await
+        };
+        let entry = match entry {
             Ok(entry) => entry,
             Err(reason) => return Verdict::Deny(reason),
         };
@@ -292,6 +305,42 @@ impl CheckService {
             return Err(DenyReason::RateLimited);
         }
         Ok(Screened { token, key })
+    }
+
+    /// Phase 3 for a JWT access token: its signature and claims against the provider's keys
+    /// (no IdP call); revocation and requirements follow in phase 4 as for any token. Keys not
+    /// loaded is a fail-closed 503, like an IdP that does not answer.
+    async fn verify_jwt(
+        &self,
+        screened: &Screened<'_>,
+        rules: &TierRules,
+        trace: &mut Trace,
+    ) -> Result<Arc<Cached>, DenyReason> {
+        let started = Instant::now();
+        let verified = self.idp.verify(screened.token).await;
+        trace
+            .stages
+            .push(("jwt_verify", started.elapsed().as_secs_f64()));
+        trace.cache = "jwt";
+        let verified = verified.map_err(|failure| match failure {
+            VerifyFailure::KeysUnavailable { .. } => DenyReason::KeysUnavailable,
+            failure => DenyReason::Token(failure),
+        })?;
+        let now_ms = self.clock.now_ms();
+        let until_exp = verified
+            .claims
+            .expires_at
+            .map(|exp| (exp.max(0) as u64 * 1000).saturating_sub(now_ms))
+            .unwrap_or(0);
+        trace.fresh_for_ms = rules
+            .max_staleness_ms
+            .min(until_exp)
+            .min(self.config.cache.cap_ms);
+        Ok(Arc::new(Cached {
+            result: Introspection::from_verified_claims(&verified.claims),
+            fetched_at_ms: now_ms,
+            ttl_ms: 0,
+        }))
     }
 
     /// Phase 3: introspection data fresh enough for the tier.

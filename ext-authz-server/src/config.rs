@@ -50,6 +50,9 @@ pub mod defaults {
     pub const REDIS_MAX_UNCONFIRMED_MS: u64 = 1_500;
     pub const REDIS_STREAM_MAX_LEN: u64 = 1_000_000;
     pub const REDIS_SHARED_CACHE: bool = true;
+    pub const JWKS_REFRESH_INTERVAL_SECONDS: u64 = 300;
+    pub const JWKS_MIN_REFETCH_INTERVAL_SECONDS: u64 = 30;
+    pub const JWKS_TIMEOUT_MS: u64 = 2_000;
 }
 
 /// The file as written.
@@ -182,6 +185,27 @@ pub struct TokenFile {
     /// call); the default is the filter's `max_token_bytes` default.
     #[schemars(extend("default" = defaults::TOKEN_MAX_BYTES))]
     pub max_bytes: Option<usize>,
+    /// Read the provider's metadata from `issuer` (`/.well-known/openid-configuration`, else
+    /// `/.well-known/oauth-authorization-server`): `jwks_uri`, `introspection_endpoint` and
+    /// the auth methods it supports; refreshed like the keys; a document naming another
+    /// `issuer` is refused. Explicit `introspection.endpoint` / `token.jwks_uri` win over it.
+    /// Default: on when `introspection.endpoint` is not given.
+    pub discovery: Option<bool>,
+    /// Where the provider's signing keys are (JWKS): JWT access tokens are then verified by the
+    /// server itself (the filter's rules), without an IdP call. Else from discovery, if on.
+    pub jwks_uri: Option<String>,
+    /// `verify`: JWT access tokens are verified against the provider's keys and our revocation
+    /// state, never introspected (the default when keys are known: many IdPs refuse to
+    /// introspect JWTs), unless the route's `require.introspect` asks for the IdP's word.
+    /// `introspect`: every token goes to the introspection endpoint.
+    pub jwt_access_tokens: Option<String>,
+    /// Scheduled refresh of the keys (and discovered metadata), seconds.
+    #[schemars(extend("default" = defaults::JWKS_REFRESH_INTERVAL_SECONDS))]
+    pub jwks_refresh_interval_seconds: Option<u64>,
+    /// At most one refetch per this many seconds for a token the keys fail (unknown `kid`, or a
+    /// signature the key behind its `kid` rejects: a rotation).
+    #[schemars(extend("default" = defaults::JWKS_MIN_REFETCH_INTERVAL_SECONDS))]
+    pub jwks_min_refetch_interval_seconds: Option<u64>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -193,18 +217,27 @@ pub const DEFAULT_STRIP_HEADERS: [&str; 6] = authz_core::config::STANDARD_CONTEX
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct IntrospectionFile {
-    /// Required: the introspection URL (http or https).
+    /// The introspection URL (http or https). Required unless `token.discovery` finds it.
     pub endpoint: Option<String>,
     /// The batch endpoint (docs/batch-introspection.md); without it, batches go out as
     /// concurrent single calls.
     pub batch_endpoint: Option<String>,
     /// Required: the server's client id at the IdP.
     pub client_id: Option<String>,
-    /// Required: the server's client secret at the IdP.
+    /// The server's client secret at the IdP (required unless `private_key_jwt`).
     pub client_secret: Option<String>,
-    /// `client_secret_basic` or `client_secret_post`.
+    /// `client_secret_basic` (id and secret form-urlencoded, RFC 6749 §2.3.1),
+    /// `client_secret_post`, or `private_key_jwt` (RFC 7523: a short-lived assertion signed
+    /// with `private_key_file`).
     #[schemars(extend("default" = defaults::AUTH_METHOD))]
     pub auth_method: Option<String>,
+    /// For `private_key_jwt`: a PEM file with the client's private key (PKCS#8 or PKCS#1
+    /// RSA, or PKCS#8 / SEC1 P-256 EC), whose public key the IdP has for this client.
+    pub private_key_file: Option<String>,
+    /// For `private_key_jwt`: `RS256` or `ES256` (must fit the key).
+    pub private_key_alg: Option<String>,
+    /// For `private_key_jwt`: the `kid` the IdP knows the key by, if it needs one.
+    pub private_key_kid: Option<String>,
     /// Deadline of one IdP call, 1–30000.
     #[schemars(extend("default" = defaults::INTROSPECTION_TIMEOUT_MS))]
     pub timeout_ms: Option<u64>,
@@ -339,15 +372,68 @@ pub struct PolicyFile {
 }
 
 /// How the server authenticates to the introspection endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAuth {
     Basic,
     Post,
+    /// RFC 7523 client assertions signed with this key.
+    PrivateKeyJwt(ClientKey),
+}
+
+/// The key of `private_key_jwt` client authentication.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    pub algorithm: jsonwebtoken::Algorithm,
+    pub kid: Option<String>,
+    /// PEM, checked at load to parse for `algorithm`.
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientKey {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKey")
+            .field("algorithm", &self.algorithm)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientKey {
+    /// The signing key.
+    pub fn encoding_key(&self) -> Result<jsonwebtoken::EncodingKey, jsonwebtoken::errors::Error> {
+        match self.algorithm {
+            jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&self.pem),
+            _ => jsonwebtoken::EncodingKey::from_rsa_pem(&self.pem),
+        }
+    }
+}
+
+/// How JWT access tokens are checked (`token.jwt_access_tokens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAccessTokens {
+    /// Verified against the provider's keys (when known), without an IdP call.
+    Verify,
+    /// Introspected like opaque tokens.
+    Introspect,
+}
+
+/// The identity provider: how its endpoints and keys are found.
+#[derive(Debug, Clone)]
+pub struct IdpConfig {
+    /// Read `issuer`'s metadata document.
+    pub discovery: bool,
+    /// An explicit JWKS URL.
+    pub jwks_uri: Option<String>,
+    pub jwt_access_tokens: JwtAccessTokens,
+    pub refresh: authz_core::jwks_refresh::RefreshRules,
+    pub fetch_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct IntrospectionConfig {
-    pub endpoint: String,
+    /// `None`: from discovery.
+    pub endpoint: Option<String>,
     pub batch_endpoint: Option<String>,
     pub client_id: String,
     pub client_secret: String,
@@ -417,8 +503,10 @@ pub struct ServerConfig {
     pub check_timeout: Duration,
     pub drain: Duration,
     pub introspection: IntrospectionConfig,
-    /// Token purpose rules (the filter's `Provider` rules; keys are not used here).
+    /// Token purpose rules (the filter's `Provider` rules).
     pub token: authz_core::Provider,
+    /// Where the provider's endpoints and keys come from.
+    pub idp: IdpConfig,
     /// Whether an introspection answer without `aud` is refused.
     pub require_audience: bool,
     /// `token.max_bytes`.
@@ -562,7 +650,8 @@ pub fn expand_env(text: &str, env: &impl Fn(&str) -> Option<String>) -> (String,
 fn token_section(
     p: &mut Problems,
     t: &Option<TokenFile>,
-) -> Option<(authz_core::Provider, bool, usize)> {
+    introspection_endpoint_given: bool,
+) -> Option<(authz_core::Provider, bool, usize, IdpConfig)> {
     let Some(t) = t else {
         p.add(
             "token",
@@ -595,6 +684,56 @@ fn token_section(
     if !TOKEN_BYTES_RANGE.contains(&max_bytes) {
         p.add("token.max_bytes", TOKEN_BYTES_RANGE_TEXT);
     }
+    let discovery = t.discovery.unwrap_or(!introspection_endpoint_given);
+    if !discovery && !introspection_endpoint_given {
+        p.add(
+            "introspection.endpoint",
+            "is required unless token.discovery finds it",
+        );
+    }
+    if discovery && !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        p.add(
+            "token.issuer",
+            "must be an http(s) URL for discovery (or give introspection.endpoint and set token.discovery: false)",
+        );
+    }
+    if let Some(uri) = &t.jwks_uri {
+        url(p, "token.jwks_uri", uri);
+    }
+    let jwt_access_tokens = match t.jwt_access_tokens.as_deref() {
+        None | Some("verify") => JwtAccessTokens::Verify,
+        Some("introspect") => JwtAccessTokens::Introspect,
+        Some(other) => {
+            p.add(
+                "token.jwt_access_tokens",
+                format_args!("\"{other}\" is not verify or introspect"),
+            );
+            JwtAccessTokens::Introspect
+        }
+    };
+    let refresh_seconds = t
+        .jwks_refresh_interval_seconds
+        .unwrap_or(defaults::JWKS_REFRESH_INTERVAL_SECONDS);
+    let refetch_seconds = t
+        .jwks_min_refetch_interval_seconds
+        .unwrap_or(defaults::JWKS_MIN_REFETCH_INTERVAL_SECONDS);
+    if refresh_seconds == 0 || refetch_seconds == 0 {
+        p.add(
+            "token",
+            "jwks_refresh_interval_seconds and jwks_min_refetch_interval_seconds must be at least 1",
+        );
+    }
+    let idp = IdpConfig {
+        discovery,
+        jwks_uri: t.jwks_uri.clone(),
+        jwt_access_tokens,
+        refresh: authz_core::jwks_refresh::RefreshRules {
+            refresh_interval_ms: refresh_seconds.saturating_mul(1000),
+            min_refetch_interval_ms: refetch_seconds.saturating_mul(1000),
+            lease_ms: defaults::JWKS_TIMEOUT_MS + 1_000,
+        },
+        fetch_timeout: Duration::from_millis(defaults::JWKS_TIMEOUT_MS),
+    };
     Some((
         authz_core::Provider {
             name: "introspection".into(),
@@ -607,10 +746,64 @@ fn token_section(
         },
         t.require_audience.unwrap_or(defaults::REQUIRE_AUDIENCE),
         max_bytes,
+        idp,
     ))
 }
 
 /// `introspection`: the IdP endpoint and its client.
+/// `private_key_jwt`'s key: the PEM file read and parsed for its algorithm now, so a wrong
+/// file is a start-up error, not a failing IdP.
+fn client_key(p: &mut Problems, i: &IntrospectionFile) -> Option<ClientKey> {
+    let algorithm = match i.private_key_alg.as_deref() {
+        Some("RS256") => jsonwebtoken::Algorithm::RS256,
+        Some("ES256") => jsonwebtoken::Algorithm::ES256,
+        Some(other) => {
+            p.add(
+                "introspection.private_key_alg",
+                format_args!("\"{other}\" is not RS256 or ES256"),
+            );
+            return None;
+        }
+        None => {
+            p.add(
+                "introspection.private_key_alg",
+                "is required for private_key_jwt (RS256 or ES256)",
+            );
+            return None;
+        }
+    };
+    let Some(path) = &i.private_key_file else {
+        p.add(
+            "introspection.private_key_file",
+            "is required for private_key_jwt",
+        );
+        return None;
+    };
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            p.add(
+                "introspection.private_key_file",
+                format_args!("cannot read {path}: {e}"),
+            );
+            return None;
+        }
+    };
+    let key = ClientKey {
+        algorithm,
+        kid: i.private_key_kid.clone(),
+        pem,
+    };
+    if let Err(e) = key.encoding_key() {
+        p.add(
+            "introspection.private_key_file",
+            format_args!("{path} is not a PEM private key for {algorithm:?}: {e}"),
+        );
+        return None;
+    }
+    Some(key)
+}
+
 fn introspection_section(
     p: &mut Problems,
     section: &Option<IntrospectionFile>,
@@ -622,9 +815,8 @@ fn introspection_section(
         }
         Some(i) => {
             p.unknown("introspection", &i.unknown);
-            match &i.endpoint {
-                None => p.add("introspection.endpoint", "is required"),
-                Some(e) => url(p, "introspection.endpoint", e),
+            if let Some(e) = &i.endpoint {
+                url(p, "introspection.endpoint", e);
             }
             if let Some(b) = &i.batch_endpoint {
                 url(p, "introspection.batch_endpoint", b);
@@ -632,33 +824,52 @@ fn introspection_section(
             if i.client_id.as_deref().unwrap_or("").is_empty() {
                 p.add("introspection.client_id", "is required");
             }
+            let method = i.auth_method.as_deref().unwrap_or(defaults::AUTH_METHOD);
             match i.client_secret.as_deref().unwrap_or("") {
-                "" => p.add("introspection.client_secret", "is required"),
+                "" if method != "private_key_jwt" => {
+                    p.add("introspection.client_secret", "is required")
+                }
+                "" => {}
                 secret => {
                     if let Some(why) = weak_secret(secret).filter(|_| secret.len() >= 16) {
                         p.add("introspection.client_secret", why);
                     }
                 }
             }
-            let auth = match i.auth_method.as_deref().unwrap_or(defaults::AUTH_METHOD) {
+            let auth = match method {
                 "client_secret_basic" => ClientAuth::Basic,
                 "client_secret_post" => ClientAuth::Post,
+                "private_key_jwt" => client_key(p, i)
+                    .map(ClientAuth::PrivateKeyJwt)
+                    .unwrap_or(ClientAuth::Basic),
                 other => {
                     p.add(
                         "introspection.auth_method",
                         format_args!(
-                            "\"{other}\" is not client_secret_basic or client_secret_post"
+                            "\"{other}\" is not client_secret_basic, client_secret_post or private_key_jwt"
                         ),
                     );
                     ClientAuth::Basic
                 }
             };
+            for (field, set) in [
+                ("private_key_file", i.private_key_file.is_some()),
+                ("private_key_alg", i.private_key_alg.is_some()),
+                ("private_key_kid", i.private_key_kid.is_some()),
+            ] {
+                if set && method != "private_key_jwt" {
+                    p.add(
+                        &format!("introspection.{field}"),
+                        "is only for auth_method: private_key_jwt",
+                    );
+                }
+            }
             let timeout_ms = i.timeout_ms.unwrap_or(defaults::INTROSPECTION_TIMEOUT_MS);
             if timeout_ms == 0 || timeout_ms > 30_000 {
                 p.add("introspection.timeout_ms", "must be between 1 and 30000");
             }
             Some(IntrospectionConfig {
-                endpoint: i.endpoint.clone().unwrap_or_default(),
+                endpoint: i.endpoint.clone(),
                 batch_endpoint: i.batch_endpoint.clone(),
                 client_id: i.client_id.clone().unwrap_or_default(),
                 client_secret: i.client_secret.clone().unwrap_or_default(),
@@ -1024,7 +1235,11 @@ impl ServerConfig {
             }
         }
         let introspection = introspection_section(&mut p, &f.introspection);
-        let token = token_section(&mut p, &f.token);
+        let endpoint_given = f
+            .introspection
+            .as_ref()
+            .is_some_and(|i| i.endpoint.is_some());
+        let token = token_section(&mut p, &f.token, endpoint_given);
         let cache = cache_section(&mut p, &f.cache);
         let batching = batching_section(&mut p, &f.batching);
         p.unknown("circuit_breaker", &f.circuit_breaker.unknown);
@@ -1037,8 +1252,11 @@ impl ServerConfig {
         if !p.0.is_empty() {
             return Err(ServerError::InvalidConfig(p.0));
         }
-        let (Some(introspection), Some(routes), Some((token, require_audience, max_token_bytes))) =
-            (introspection, routes, token)
+        let (
+            Some(introspection),
+            Some(routes),
+            Some((token, require_audience, max_token_bytes, idp)),
+        ) = (introspection, routes, token)
         else {
             return Err(ServerError::InvalidConfig(
                 vec!["config: incomplete".into()],
@@ -1058,6 +1276,7 @@ impl ServerConfig {
             drain: Duration::from_millis(f.drain_ms.unwrap_or(defaults::DRAIN_MS)),
             introspection,
             token,
+            idp,
             require_audience,
             max_token_bytes,
             cache,
@@ -1193,6 +1412,60 @@ policy:
         );
         assert!(r.shared_cache);
         assert_eq!(c.zone, "zone-a");
+    }
+
+    #[test]
+    fn provider_discovery_keys_and_client_auth_problems_are_named() {
+        // Issuer alone: discovery is on, and JWTs are verified against the discovered keys.
+        let by_issuer = EXAMPLE.replace("  endpoint: http://127.0.0.1:9000/introspect\n", "");
+        let c = ServerConfig::from_yaml(&by_issuer).unwrap();
+        assert!(c.idp.discovery);
+        assert_eq!(c.introspection.endpoint, None);
+        assert_eq!(c.idp.jwt_access_tokens, JwtAccessTokens::Verify);
+        // Explicit endpoints keep today's behaviour: no discovery.
+        assert!(!ServerConfig::from_yaml(EXAMPLE).unwrap().idp.discovery);
+
+        let bad = by_issuer
+            .replace(
+                "token: {issuer: \"https://idp.example\", audiences: [demo-api]}",
+                "token: {issuer: \"idp\", audiences: [demo-api], discovery: false, jwks_uri: \"ftp://k\", jwt_access_tokens: maybe}",
+            )
+            .replace(
+                "  client_secret: authz-server-secret\n",
+                "  auth_method: private_key_jwt\n  private_key_file: /nonexistent/key.pem\n  private_key_alg: HS256\n",
+            )
+            .replace(
+                "{name: admin, match: {prefix: /admin/}, tier: privileged, require: {scopes: [admin]}}",
+                "{name: admin, match: {prefix: /admin/}, tier: authenticated, require: {introspect: true}}",
+            );
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&bad) else {
+            panic!("accepted")
+        };
+        for expected in [
+            "introspection.endpoint: is required unless token.discovery finds it",
+            "token.jwks_uri: \"ftp://k\" is not an http(s) url",
+            "token.jwt_access_tokens: \"maybe\" is not verify or introspect",
+            "introspection.private_key_alg: \"HS256\" is not RS256 or ES256",
+            "policy.routes[0].require.introspect: needs a server-decided tier",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "missing {expected:?} in {problems:#?}"
+            );
+        }
+        assert!(
+            !problems.iter().any(|p| p.contains("client_secret")),
+            "private_key_jwt needs no secret: {problems:#?}"
+        );
+        let unreadable = bad.replace("HS256", "RS256");
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&unreadable) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems.iter().any(|p| p
+                .starts_with("introspection.private_key_file: cannot read /nonexistent/key.pem")),
+            "{problems:#?}"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@
 
 use crate::config::{ClientAuth, IntrospectionConfig};
 use crate::error::ServerError;
+use crate::idp::Idp;
 use authz_core::introspection::{parse_batch, Introspection, IntrospectionError};
+use std::sync::Arc;
 
 /// Why an introspection call gave no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,10 +120,14 @@ pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
 }
 
 /// A pooled client for one IdP.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IdpClient {
     http: reqwest::Client,
     config: IntrospectionConfig,
+    /// Where the endpoints are (configured or discovered).
+    idp: Arc<Idp>,
+    /// `private_key_jwt`'s signing key, parsed once.
+    assertion_key: Option<Arc<jsonwebtoken::EncodingKey>>,
 }
 
 fn transport(e: reqwest::Error) -> IdpError {
@@ -133,48 +139,106 @@ fn transport(e: reqwest::Error) -> IdpError {
 }
 
 impl IdpClient {
-    pub fn new(config: IntrospectionConfig) -> Result<IdpClient, ServerError> {
+    pub fn new(config: IntrospectionConfig, idp: Arc<Idp>) -> Result<IdpClient, ServerError> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .pool_max_idle_per_host(config.max_idle_connections)
             .tcp_nodelay(true)
             .build()
             .map_err(|e| ServerError::HttpClient(e.to_string()))?;
-        Ok(IdpClient { http, config })
+        let assertion_key = match &config.auth {
+            ClientAuth::PrivateKeyJwt(key) => Some(Arc::new(key.encoding_key().map_err(|e| {
+                ServerError::InvalidConfig(vec![format!("introspection.private_key_file: {e}")])
+            })?)),
+            _ => None,
+        };
+        Ok(IdpClient {
+            http,
+            config,
+            idp,
+            assertion_key,
+        })
     }
 
-    /// The single-token endpoint (for logs).
-    pub fn endpoint(&self) -> &str {
-        &self.config.endpoint
+    /// The single-token endpoint (for logs): configured or discovered.
+    pub fn endpoint(&self) -> String {
+        self.idp
+            .introspection_endpoint()
+            .unwrap_or_else(|| "(not discovered yet)".into())
     }
 
+    /// An RFC 7523 client assertion: `iss` and `sub` our client id, `aud` the issuer (which
+    /// RFC 7523 implementations accept for every endpoint), a minute of life, a random `jti`.
+    fn client_assertion(&self) -> Result<String, IdpError> {
+        let (Some(key), ClientAuth::PrivateKeyJwt(client_key)) =
+            (&self.assertion_key, &self.config.auth)
+        else {
+            return Err(IdpError::Transport("no private_key_jwt key".into()));
+        };
+        let mut random = [0u8; 16];
+        getrandom::getrandom(&mut random)
+            .map_err(|e| IdpError::Transport(format!("no randomness for jti: {e}")))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let claims = serde_json::json!({
+            "iss": self.config.client_id,
+            "sub": self.config.client_id,
+            "aud": self.idp.issuer(),
+            "jti": random.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "iat": now,
+            "exp": now + 60,
+        });
+        let mut header = jsonwebtoken::Header::new(client_key.algorithm);
+        header.kid = client_key.kid.clone();
+        jsonwebtoken::encode(&header, &claims, key)
+            .map_err(|e| IdpError::Transport(format!("client assertion: {e}")))
+    }
+
+    /// Whether batches go to a batch endpoint: one is configured, and we have a secret for
+    /// its `Authorization` header (not with `private_key_jwt`).
     pub fn has_batch_endpoint(&self) -> bool {
         self.config.batch_endpoint.is_some()
-    }
-
-    fn authenticate(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match self.config.auth {
-            ClientAuth::Basic => request.header(
-                "authorization",
-                basic_authorization(&self.config.client_id, &self.config.client_secret),
-            ),
-            ClientAuth::Post => request,
-        }
+            && !matches!(self.config.auth, ClientAuth::PrivateKeyJwt(_))
     }
 
     /// Introspects one token.
     pub async fn introspect(&self, token: &str) -> Result<Introspection, IdpError> {
+        let endpoint = self
+            .idp
+            .introspection_endpoint()
+            .ok_or(IdpError::Transport(
+                "the introspection endpoint is not discovered yet".into(),
+            ))?;
         let mut form = vec![("token", token), ("token_type_hint", "access_token")];
-        if self.config.auth == ClientAuth::Post {
-            form.push(("client_id", &self.config.client_id));
-            form.push(("client_secret", &self.config.client_secret));
+        let assertion;
+        let mut request = self
+            .http
+            .post(&endpoint)
+            .header("accept", "application/json");
+        match &self.config.auth {
+            ClientAuth::Basic => {
+                request = request.header(
+                    "authorization",
+                    basic_authorization(&self.config.client_id, &self.config.client_secret),
+                );
+            }
+            ClientAuth::Post => {
+                form.push(("client_id", &self.config.client_id));
+                form.push(("client_secret", &self.config.client_secret));
+            }
+            ClientAuth::PrivateKeyJwt(_) => {
+                assertion = self.client_assertion()?;
+                form.push(("client_id", &self.config.client_id));
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ));
+                form.push(("client_assertion", &assertion));
+            }
         }
-        let request = self.authenticate(
-            self.http
-                .post(&self.config.endpoint)
-                .header("accept", "application/json")
-                .form(&form),
-        );
+        let request = request.form(&form);
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         let body = response.bytes().await.map_err(transport)?;

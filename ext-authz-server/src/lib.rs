@@ -14,6 +14,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod idp;
 pub mod idp_client;
 pub mod introspector;
 pub mod limits;
@@ -117,7 +118,8 @@ pub fn build_service_with_clock(
     clock: SharedClock,
 ) -> Result<Arc<CheckService>, ServerError> {
     let metrics = Arc::new(metrics::Metrics::default());
-    let client = idp_client::IdpClient::new(config.introspection.clone())?;
+    let idp = idp::Idp::new(&config, clock.clone(), metrics.clone())?;
+    let client = idp_client::IdpClient::new(config.introspection.clone(), idp.clone())?;
     let versions = Arc::new(match config.redis {
         Some(_) => versions::Versions::shared(),
         None => versions::Versions::default(),
@@ -146,6 +148,7 @@ pub fn build_service_with_clock(
     Ok(Arc::new(CheckService {
         config: Arc::new(config),
         introspector,
+        idp,
         versions,
         shared,
         limiters,
@@ -209,6 +212,7 @@ pub async fn serve_with_clock(
         .clone()
         .map(|shared| tokio::spawn(shared::run(shared, changes.clone())));
     let probe_task = tokio::spawn(service.introspector.clone().confirm_idp());
+    let idp_task = tokio::spawn(service.idp.clone().run());
     let limiters = service.limiters.clone();
     let versions = service.versions.clone();
     let metrics = service.metrics.clone();
@@ -259,6 +263,7 @@ pub async fn serve_with_clock(
     let _ = admin_task.await;
     prune_task.abort();
     probe_task.abort();
+    idp_task.abort();
     if let Some(task) = shared_task {
         task.abort();
     }

@@ -7,11 +7,13 @@
 // - RFC 7662 introspection (it refuses to introspect JWTs: 400 `unsupported_token_type`) and
 //   RFC 7009 revocation; discovery at /.well-known/openid-configuration; keys at /jwks.
 // - Clients: `authz-server` (the resource server that introspects; its secret needs
-//   form-urlencoding), `app` (gets tokens), `app-jwt` (authenticates with private_key_jwt).
+//   form-urlencoding), `app` (gets tokens), and, when OP_SERVER_JWKS is set,
+//   `authz-server-jwt` (introspects, authenticating with private_key_jwt, RFC 7523).
 //
 // Environment: OP_PORT (0: any free port), OP_RSA_KID / OP_EC_KID (key ids; new key material
 // on every start, so a restart with the same kid is a rotation behind a reused kid),
-// OP_SERVER_SECRET, OP_AUDIENCE, OP_APP_JWT_JWKS (public JWKS of `app-jwt`, JSON), OP_TTL.
+// OP_SERVER_SECRET, OP_AUDIENCE, OP_SERVER_JWKS (public JWKS of `authz-server-jwt`, JSON),
+// OP_TTL.
 // The first stdout line is JSON: {"issuer": ..., "port": ...}.
 
 import { createServer } from 'node:http';
@@ -58,14 +60,14 @@ const clients = [
     scope,
   },
 ];
-if (env.OP_APP_JWT_JWKS) {
+if (env.OP_SERVER_JWKS) {
   clients.push({
-    client_id: 'app-jwt',
+    client_id: 'authz-server-jwt',
     grant_types: ['client_credentials'],
     redirect_uris: [],
     response_types: [],
     token_endpoint_auth_method: 'private_key_jwt',
-    jwks: JSON.parse(env.OP_APP_JWT_JWKS),
+    jwks: JSON.parse(env.OP_SERVER_JWKS),
     scope,
   });
 }

@@ -96,7 +96,7 @@ fn form(pairs: &[(&str, &str)]) -> String {
 
 impl OidcProvider {
     /// Starts a provider on a free port. `env` sets its options (`OP_RSA_KID`, `OP_EC_KID`,
-    /// `OP_SERVER_SECRET`, `OP_TTL`, `OP_APP_JWT_JWKS`: see `provider.mjs`).
+    /// `OP_SERVER_SECRET`, `OP_TTL`, `OP_SERVER_JWKS`: see `provider.mjs`).
     pub fn start(env: &[(&str, &str)]) -> OidcProvider {
         Self::start_on(0, env)
     }

@@ -23,7 +23,8 @@ fn plugin(op: &OidcProvider) -> Value {
     config
 }
 
-/// The server's configuration for the provider, its secret as the provider has it.
+/// The server's configuration for the provider, found from its issuer alone (discovery gives
+/// the introspection endpoint and the keys), with `secret` as the server's client secret.
 fn server_config(op: &OidcProvider, secret: &str) -> String {
     format!(
         r#"listen: 127.0.0.1:0
@@ -32,24 +33,24 @@ admin_token: "{ADMIN_TOKEN}"
 epochs_token: "{EPOCHS_TOKEN}"
 realm: e2e
 introspection:
-  endpoint: {introspection}
   client_id: {SERVER_CLIENT_ID}
   client_secret: "{secret}"
   timeout_ms: 2000
 token:
   issuer: {issuer}
   audiences: [{AUDIENCE}]
+  jwks_min_refetch_interval_seconds: 1
 tiers:
   privileged: {{max_staleness_ms: 1000}}
 strip_headers: [x-auth-tenant]
 policy:
   routes:
+    - {{name: admin-idp, match: {{prefix: /admin/idp/}}, tier: privileged, require: {{scopes: [admin], introspect: true}}}}
     - {{name: admin, match: {{prefix: /admin/}}, tier: privileged, require: {{scopes: [admin]}}}}
     - {{name: regulated, match: {{prefix: /regulated/}}, tier: regulated}}
     - {{name: account, match: {{prefix: /account/}}, tier: authenticated}}
   default: {{tier: authenticated}}
 "#,
-        introspection = op.url("/token/introspection"),
         issuer = op.issuer,
     )
 }
@@ -283,4 +284,108 @@ fn junk_tokens_at_rate_leave_valid_tokens_alone() {
     );
     assert_eq!(s.native.get("/admin/users", Some(&valid), &[]).status, 200);
     eprintln!("300 junk tokens in {:?}", started.elapsed());
+}
+
+#[test]
+fn jwt_access_tokens_on_privileged_routes_are_verified_by_the_server_itself() {
+    let mut s = stack();
+    assert!(
+        eventually(Duration::from_secs(5), || s.server.readyz() == 200),
+        "discovery, keys and the probe passed"
+    );
+    let token = s.op.token(TokenFormat::Rs256, "read admin");
+    // The provider will not vouch for its JWTs by introspection (version 8 answers
+    // `active: false`, version 9 400 `unsupported_token_type`): the server verifies them
+    // against the provider's keys.
+    let answer = s.op.introspect(&token);
+    assert!(
+        answer.status == 400 || answer.json_or_null()["active"] == false,
+        "{}",
+        answer.body
+    );
+    for envoy in [&s.through_filter, &s.native] {
+        let reply = envoy.get("/admin/users", Some(&token), &[]);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["headers"]["x-auth-subject"], "app");
+    }
+    assert!(
+        s.server
+            .metric("authz_jwt_verifications_total{result=\"ok\"}")
+            >= 2.0
+    );
+    // A route that demands the IdP's word introspects, and this IdP will not vouch for a JWT.
+    assert_eq!(
+        s.native.get("/admin/idp/users", Some(&token), &[]).status,
+        401
+    );
+    let opaque = s.op.token(TokenFormat::Opaque, "read admin");
+    assert_eq!(
+        s.native.get("/admin/idp/users", Some(&opaque), &[]).status,
+        200
+    );
+    // Our own revocation reaches locally verified JWTs (by token, and by subject).
+    let reply = s.server.admin(
+        "POST",
+        "/admin/revoke",
+        Some(serde_json::json!({"token": token})),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(s.native.get("/admin/users", Some(&token), &[]).status, 401);
+
+    // Rotation behind the same kid reaches the server's keys too: the first new token
+    // refetches, the retired key's tokens are refused.
+    let retired = s.op.token(TokenFormat::Rs256, "read admin");
+    assert_eq!(
+        s.native.get("/admin/users", Some(&retired), &[]).status,
+        200
+    );
+    s.op.restart(&[("OP_RSA_KID", "rsa-1"), ("OP_EC_KID", "ec-1")]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let current = s.op.token(TokenFormat::Rs256, "read admin");
+    assert_eq!(
+        s.native.get("/admin/users", Some(&current), &[]).status,
+        200
+    );
+    assert_eq!(
+        s.native.get("/admin/users", Some(&retired), &[]).status,
+        401
+    );
+}
+
+#[test]
+fn private_key_jwt_client_authentication_introspects() {
+    let key =
+        dev_keys::SigningKey::generate(dev_keys::KeyAlgorithm::Rsa, "server-key-1").expect("key");
+    let public = dev_keys::jwks(&[&key]).to_string();
+    let op = OidcProvider::start(&[("OP_SERVER_JWKS", &public)]);
+    let scratch = Scratch::new("private-key-jwt");
+    let key_file = scratch.0.join("client.pem");
+    std::fs::write(&key_file, key.private_pem()).expect("write key");
+    let yaml = server_config(&op, SERVER_CLIENT_SECRET)
+        .replace(
+            &format!("  client_id: {SERVER_CLIENT_ID}\n  client_secret: \"{SERVER_CLIENT_SECRET}\"\n"),
+            &format!(
+                "  client_id: authz-server-jwt\n  auth_method: private_key_jwt\n  private_key_file: {}\n  private_key_alg: RS256\n  private_key_kid: server-key-1\n",
+                key_file.display()
+            ),
+        );
+    assert!(yaml.contains("private_key_jwt"), "{yaml}");
+    let server = AuthzServerProcess::start(&yaml);
+    assert!(
+        eventually(Duration::from_secs(5), || server.readyz() == 200),
+        "{:?}",
+        server.log_lines("introspection_error")
+    );
+    let echo = Echo::start();
+    let native = Envoy::start_rendered(&render_template(
+        "ext-authz.template.yaml",
+        &plugin(&op),
+        op.port,
+        echo.port,
+        server.grpc_port,
+    ));
+    let token = op.token(TokenFormat::Opaque, "read admin");
+    assert_eq!(native.get("/admin/users", Some(&token), &[]).status, 200);
+    let reader = op.token(TokenFormat::Opaque, "read");
+    assert_eq!(native.get("/admin/users", Some(&reader), &[]).status, 403);
 }

@@ -1,0 +1,178 @@
+//! Provider metadata: OpenID Connect Discovery (`/.well-known/openid-configuration`) and
+//! RFC 8414 (`/.well-known/oauth-authorization-server`). A provider configured by its issuer
+//! alone is found through it: where its keys are (`jwks_uri`), where tokens are introspected
+//! and revoked, and which client authentication methods it takes.
+//!
+//! The document's `issuer` must equal the configured issuer exactly (OpenID Connect Discovery
+//! §4.3, RFC 8414 §3.3): otherwise a compromised or mistaken metadata host could point us at
+//! another provider's keys. Endpoint URLs must be absolute `http`/`https` URLs.
+//!
+//! Pure: fetching (and when to refetch: like a JWKS, see [`crate::jwks_refresh`]) is the host's.
+
+use serde_json::Value;
+
+/// The metadata path under an issuer: OpenID Connect first, then RFC 8414.
+pub const WELL_KNOWN_PATHS: [&str; 2] = [
+    "/.well-known/openid-configuration",
+    "/.well-known/oauth-authorization-server",
+];
+
+/// The URL of a metadata document for `issuer` (`which` indexes [`WELL_KNOWN_PATHS`]): the
+/// well-known path appended to the issuer without its trailing slash.
+pub fn metadata_url(issuer: &str, which: usize) -> Option<String> {
+    WELL_KNOWN_PATHS
+        .get(which)
+        .map(|path| format!("{}{path}", issuer.trim_end_matches('/')))
+}
+
+/// What this project uses of a provider's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderMetadata {
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub introspection_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    /// `introspection_endpoint_auth_methods_supported`, else
+    /// `token_endpoint_auth_methods_supported` (empty: the document did not say).
+    pub auth_methods: Vec<String>,
+}
+
+/// Why a metadata document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("the metadata is not a JSON object")]
+    NotObject,
+    #[error("the metadata names issuer {found:?}, not the configured {expected:?}")]
+    IssuerMismatch { expected: String, found: String },
+    #[error("metadata field {0} is not an absolute http(s) URL")]
+    BadUrl(&'static str),
+}
+
+fn url_field(doc: &Value, name: &'static str) -> Result<Option<String>, DiscoveryError> {
+    match doc.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(url))
+            if (url.starts_with("https://") || url.starts_with("http://"))
+                && url.len() > "https://".len() =>
+        {
+            Ok(Some(url.clone()))
+        }
+        Some(_) => Err(DiscoveryError::BadUrl(name)),
+    }
+}
+
+fn string_list(doc: &Value, name: &str) -> Vec<String> {
+    doc.get(name)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads a metadata document, checking it is `expected_issuer`'s.
+pub fn parse(document: &[u8], expected_issuer: &str) -> Result<ProviderMetadata, DiscoveryError> {
+    let doc: Value = serde_json::from_slice(document).map_err(|_| DiscoveryError::NotObject)?;
+    if !doc.is_object() {
+        return Err(DiscoveryError::NotObject);
+    }
+    let issuer = doc
+        .get("issuer")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if issuer != expected_issuer {
+        return Err(DiscoveryError::IssuerMismatch {
+            expected: expected_issuer.to_owned(),
+            found: issuer.to_owned(),
+        });
+    }
+    let mut auth_methods = string_list(&doc, "introspection_endpoint_auth_methods_supported");
+    if auth_methods.is_empty() {
+        auth_methods = string_list(&doc, "token_endpoint_auth_methods_supported");
+    }
+    Ok(ProviderMetadata {
+        issuer: issuer.to_owned(),
+        jwks_uri: url_field(&doc, "jwks_uri")?,
+        introspection_endpoint: url_field(&doc, "introspection_endpoint")?,
+        revocation_endpoint: url_field(&doc, "revocation_endpoint")?,
+        token_endpoint: url_field(&doc, "token_endpoint")?,
+        auth_methods,
+    })
+}
+
+/// The authority (`host[:port]`) and path (with query) of an absolute http(s) URL, for a
+/// proxy that fetches it through a cluster.
+pub fn authority_and_path(url: &str) -> Option<(&str, &str)> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (rest.get(..i)?, rest.get(i..)?),
+        None => (rest, "/"),
+    };
+    (!authority.is_empty()).then_some((authority, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_what_we_use_and_checks_the_issuer() {
+        let doc = json!({
+            "issuer": "https://idp.example",
+            "jwks_uri": "https://idp.example/jwks",
+            "introspection_endpoint": "https://idp.example/token/introspection",
+            "revocation_endpoint": "https://idp.example/token/revocation",
+            "token_endpoint": "https://idp.example/token",
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt"]
+        });
+        let bytes = doc.to_string().into_bytes();
+        let m = parse(&bytes, "https://idp.example").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.jwks_uri.as_deref(), Some("https://idp.example/jwks"));
+        assert_eq!(m.auth_methods, ["client_secret_basic", "private_key_jwt"]);
+        assert_eq!(
+            parse(&bytes, "https://idp.example/"),
+            Err(DiscoveryError::IssuerMismatch {
+                expected: "https://idp.example/".into(),
+                found: "https://idp.example".into()
+            }),
+            "exact match, not a prefix or a normalisation"
+        );
+        let mut bad = doc.clone();
+        bad["jwks_uri"] = json!("file:///etc/passwd");
+        assert_eq!(
+            parse(bad.to_string().as_bytes(), "https://idp.example"),
+            Err(DiscoveryError::BadUrl("jwks_uri"))
+        );
+        assert_eq!(
+            parse(b"[1]", "https://idp.example"),
+            Err(DiscoveryError::NotObject)
+        );
+        assert!(parse(b"{}", "https://idp.example").is_err());
+    }
+
+    #[test]
+    fn metadata_urls_and_url_parts() {
+        assert_eq!(
+            metadata_url("https://idp.example/realms/a/", 0).as_deref(),
+            Some("https://idp.example/realms/a/.well-known/openid-configuration")
+        );
+        assert_eq!(
+            authority_and_path("https://idp.example:8443/keys?x=1"),
+            Some(("idp.example:8443", "/keys?x=1"))
+        );
+        assert_eq!(
+            authority_and_path("http://idp.example"),
+            Some(("idp.example", "/"))
+        );
+        assert_eq!(authority_and_path("ftp://x/y"), None);
+        assert_eq!(authority_and_path("https:///y"), None);
+    }
+}

@@ -1,0 +1,334 @@
+//! The identity provider at run time: its metadata (configured, or discovered from the issuer
+//! with `authz_core::discovery` and refreshed), its signing keys (fetched from `jwks_uri`,
+//! refreshed on schedule, and refetched when a token fails them: an unknown `kid`, or a
+//! signature the key behind a known `kid` rejects, as after a rotation), and the local
+//! verification of JWT access tokens with the filter's rules (`authz_core::verify`).
+//!
+//! Fetch timing is the filter's (`authz_core::jwks_refresh::next_fetch`): a token any client
+//! can send causes at most one refetch per `jwks_min_refetch_interval_seconds`; concurrent
+//! checks wait for one fetch (single flight) and verify again against what it brought. Failed
+//! fetches keep the last good keys. When a refetched set no longer holds a key, tokens signed
+//! by it fail at once (nothing here caches verifications).
+//!
+//! Not here: introspection calls (`idp_client`) and their cache (`introspector`).
+
+use crate::clock::SharedClock;
+use crate::config::{JwtAccessTokens, ServerConfig};
+use crate::error::ServerError;
+use crate::lock;
+use crate::metrics::Metrics;
+use authz_core::discovery::{metadata_url, parse, ProviderMetadata};
+use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, RefreshRules};
+use authz_core::verify::{verify, VerifiedToken, VerifyFailure};
+use authz_core::KeySet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// How often the background task looks at what is due.
+const TICK: Duration = Duration::from_millis(250);
+
+/// The provider as this server knows it now.
+pub struct Idp {
+    issuer: String,
+    discovery: bool,
+    configured_jwks_uri: Option<String>,
+    configured_introspection: Option<String>,
+    jwt_access_tokens: JwtAccessTokens,
+    rules: RefreshRules,
+    /// The purpose rules tokens are verified with (issuer, audiences, typ, skew).
+    provider: authz_core::Provider,
+    max_token_bytes: usize,
+    http: reqwest::Client,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    metadata: RwLock<Option<ProviderMetadata>>,
+    metadata_status: Mutex<FetchStatus>,
+    keys: RwLock<Option<Arc<KeySet>>>,
+    keys_status: Mutex<FetchStatus>,
+    /// Held for the length of a keys fetch: one at a time, the others wait for it.
+    keys_fetch: tokio::sync::Mutex<()>,
+    /// The auth method we use, to warn when the metadata does not list it.
+    auth_method: &'static str,
+}
+
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn write<T>(lock: &RwLock<T>, value: T) {
+    *lock.write().unwrap_or_else(|p| p.into_inner()) = value;
+}
+
+impl Idp {
+    pub fn new(
+        config: &ServerConfig,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Idp>, ServerError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.idp.fetch_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ServerError::HttpClient(e.to_string()))?;
+        let mut provider = config.token.clone();
+        // JWT access tokens carry `exp` (RFC 9068).
+        provider.require_expiration = true;
+        Ok(Arc::new(Idp {
+            issuer: config.token.issuer.clone(),
+            discovery: config.idp.discovery,
+            configured_jwks_uri: config.idp.jwks_uri.clone(),
+            configured_introspection: config.introspection.endpoint.clone(),
+            jwt_access_tokens: config.idp.jwt_access_tokens,
+            rules: config.idp.refresh,
+            provider,
+            max_token_bytes: config.max_token_bytes,
+            http,
+            clock,
+            metrics,
+            metadata: RwLock::new(None),
+            metadata_status: Mutex::new(FetchStatus::default()),
+            keys: RwLock::new(None),
+            keys_status: Mutex::new(FetchStatus::default()),
+            keys_fetch: tokio::sync::Mutex::new(()),
+            auth_method: match config.introspection.auth {
+                crate::config::ClientAuth::Basic => "client_secret_basic",
+                crate::config::ClientAuth::Post => "client_secret_post",
+                crate::config::ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
+            },
+        }))
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The introspection endpoint: configured, else discovered (`None` until then).
+    pub fn introspection_endpoint(&self) -> Option<String> {
+        self.configured_introspection
+            .clone()
+            .or_else(|| read(&self.metadata).and_then(|m| m.introspection_endpoint))
+    }
+
+    fn jwks_uri(&self) -> Option<String> {
+        self.configured_jwks_uri
+            .clone()
+            .or_else(|| read(&self.metadata).and_then(|m| m.jwks_uri))
+    }
+
+    /// Whether JWT access tokens are verified here rather than introspected: configured so,
+    /// and the keys have a source (an explicit `jwks_uri`, or discovery).
+    pub fn verifies_jwts(&self) -> bool {
+        self.jwt_access_tokens == JwtAccessTokens::Verify
+            && (self.configured_jwks_uri.is_some() || self.discovery)
+    }
+
+    /// What still keeps the server from deciding with this provider, if anything.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.discovery && read(&self.metadata).is_none() {
+            return Some("provider metadata not discovered yet");
+        }
+        if self.introspection_endpoint().is_none() {
+            return Some("the provider's metadata has no introspection_endpoint");
+        }
+        if self.verifies_jwts() && read(&self.keys).is_none() {
+            return Some("signing keys not loaded yet");
+        }
+        None
+    }
+
+    /// Runs for the server's life: discovers the metadata (then refreshes it), loads the keys
+    /// (then refreshes them), retrying failures with backoff.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let now_ms = self.clock.now_ms();
+            if self.discovery {
+                let due = next_fetch(&self.rules, &lock(&self.metadata_status), now_ms, false);
+                if let Some(reason) = due {
+                    self.discover(now_ms, reason).await;
+                }
+            }
+            if self.verifies_jwts() && self.jwks_uri().is_some() {
+                self.fetch_keys_if_due(now_ms, false).await;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    async fn discover(&self, now_ms: u64, reason: FetchReason) {
+        {
+            let mut status = lock(&self.metadata_status);
+            *status = status.leased(&self.rules, now_ms, reason);
+        }
+        let mut outcome = Err(String::from("no metadata URL"));
+        for which in 0..authz_core::discovery::WELL_KNOWN_PATHS.len() {
+            let Some(url) = metadata_url(&self.issuer, which) else {
+                continue;
+            };
+            outcome = self.fetch_metadata(&url).await;
+            // The RFC 8414 path only when the OpenID one is absent.
+            if !matches!(&outcome, Err(why) if why.starts_with("status 404")) {
+                break;
+            }
+        }
+        let mut status = lock(&self.metadata_status);
+        match outcome {
+            Ok(metadata) => {
+                if !metadata.auth_methods.is_empty()
+                    && !metadata.auth_methods.iter().any(|m| m == self.auth_method)
+                {
+                    tracing::warn!(
+                        issuer = %self.issuer,
+                        auth_method = self.auth_method,
+                        supported = ?metadata.auth_methods,
+                        "provider_metadata: our client auth method is not listed as supported"
+                    );
+                }
+                tracing::info!(
+                    issuer = %self.issuer,
+                    jwks_uri = metadata.jwks_uri.as_deref(),
+                    introspection_endpoint = metadata.introspection_endpoint.as_deref(),
+                    "provider_metadata_loaded"
+                );
+                write(&self.metadata, Some(metadata));
+                *status = status.succeeded(self.clock.now_ms());
+                self.metrics
+                    .inc("authz_provider_metadata_fetches_total", &[("result", "ok")]);
+            }
+            Err(why) => {
+                tracing::warn!(issuer = %self.issuer, error = %why, "provider_metadata_failed: keeping what we had");
+                *status = status.failed();
+                self.metrics.inc(
+                    "authz_provider_metadata_fetches_total",
+                    &[("result", "failed")],
+                );
+            }
+        }
+    }
+
+    async fn fetch_metadata(&self, url: &str) -> Result<ProviderMetadata, String> {
+        let response = self
+            .http
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        if status != reqwest::StatusCode::OK {
+            return Err(format!("status {} from {url}", status.as_u16()));
+        }
+        parse(&body, &self.issuer).map_err(|e| format!("{url}: {e}"))
+    }
+
+    fn keys_version(&self) -> u64 {
+        lock(&self.keys_status).keys_version
+    }
+
+    /// Fetches the keys when due (`token_failed`: a token failed the current keys, which
+    /// allows one rate-limited refetch). True when the keys changed since the caller looked,
+    /// by this fetch or by one it waited for.
+    async fn fetch_keys_if_due(&self, now_ms: u64, token_failed: bool) -> bool {
+        let seen = self.keys_version();
+        let _one_at_a_time = self.keys_fetch.lock().await;
+        if self.keys_version() != seen {
+            return true;
+        }
+        let reason = {
+            let mut status = lock(&self.keys_status);
+            let Some(reason) = next_fetch(&self.rules, &status, now_ms, token_failed) else {
+                if token_failed {
+                    self.metrics
+                        .inc("authz_jwks_refetches_rate_limited_total", &[]);
+                }
+                return false;
+            };
+            *status = status.leased(&self.rules, now_ms, reason);
+            reason
+        };
+        let Some(uri) = self.jwks_uri() else {
+            let mut status = lock(&self.keys_status);
+            *status = status.released();
+            return false;
+        };
+        let fetched = self.fetch_keys(&uri).await;
+        let mut status = lock(&self.keys_status);
+        match fetched {
+            Ok(set) => {
+                for skipped in &set.skipped {
+                    tracing::warn!(jwks_uri = %uri, skipped = %skipped, "jwks_key_skipped");
+                }
+                tracing::info!(jwks_uri = %uri, keys = set.keys.len(), reason = reason.as_str(), "jwks_loaded");
+                self.metrics
+                    .set_gauge("authz_jwks_keys", &[], set.keys.len() as f64);
+                write(&self.keys, Some(Arc::new(set)));
+                *status = status.succeeded(self.clock.now_ms());
+                self.metrics.inc(
+                    "authz_jwks_fetches_total",
+                    &[("reason", reason.as_str()), ("result", "ok")],
+                );
+                true
+            }
+            Err(why) => {
+                tracing::warn!(jwks_uri = %uri, error = %why, reason = reason.as_str(), "jwks_fetch_failed: keeping the last good keys");
+                *status = status.failed();
+                self.metrics.inc(
+                    "authz_jwks_fetches_total",
+                    &[("reason", reason.as_str()), ("result", "failed")],
+                );
+                false
+            }
+        }
+    }
+
+    async fn fetch_keys(&self, uri: &str) -> Result<KeySet, String> {
+        let response = self
+            .http
+            .get(uri)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        if status != reqwest::StatusCode::OK {
+            return Err(format!("status {}", status.as_u16()));
+        }
+        KeySet::from_jwks_json(&body).map_err(|e| e.to_string())
+    }
+
+    fn verify_now(&self, token: &str) -> Result<VerifiedToken, VerifyFailure> {
+        let keys = read(&self.keys);
+        verify(
+            token,
+            std::slice::from_ref(&self.provider),
+            |_| keys.as_deref(),
+            self.max_token_bytes,
+            self.clock.now_seconds(),
+        )
+    }
+
+    /// Verifies a JWT access token against the provider's keys; a failure fresh keys might
+    /// change (see [`VerifyFailure::keys_may_have_changed`]) refetches them once, rate-limited,
+    /// and verifies again.
+    pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyFailure> {
+        let first = self.verify_now(token);
+        let outcome = match first {
+            Err(failure) if failure.keys_may_have_changed().is_some() => {
+                if self.fetch_keys_if_due(self.clock.now_ms(), true).await {
+                    self.verify_now(token)
+                } else {
+                    Err(failure)
+                }
+            }
+            other => other,
+        };
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(failure) => failure.as_str(),
+        };
+        self.metrics
+            .inc("authz_jwt_verifications_total", &[("result", label)]);
+        outcome
+    }
+}
