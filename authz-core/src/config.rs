@@ -6,6 +6,7 @@
 //! silently disable a check). This module does not fetch keys: remote JWKS sources are
 //! described here and fetched by the filter.
 
+use crate::discovery;
 use crate::error::Error;
 use crate::keys::{KeySet, VerificationKey};
 use crate::routes::{ClaimRule, PathMatch, Requirements, Route, RouteTable, TenantRule};
@@ -202,11 +203,17 @@ pub struct JwksConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RemoteJwksConfig {
-    /// Required: the Envoy cluster of the JWKS host.
+    /// Required: the Envoy cluster of the JWKS host (with `discovery`: of the issuer's host).
     pub cluster: Option<String>,
-    /// Required: the JWKS path, starting with `/`.
+    /// The JWKS path, starting with `/`. Required unless `discovery`.
     pub path: Option<String>,
-    /// `:authority` of the fetch. Default: the cluster name.
+    /// Find the keys from the issuer alone: fetch its OpenID metadata
+    /// (`<issuer>/.well-known/openid-configuration`, whose `issuer` must match) through
+    /// `cluster`, then its `jwks_uri`, which must be on the same host. Refreshed with the keys.
+    #[serde(default)]
+    pub discovery: bool,
+    /// `:authority` of the fetch. Default: the issuer's host with `discovery`, else the
+    /// cluster name.
     pub authority: Option<String>,
     /// Scheduled refresh period, at least 1; failures back off, last good keys stay.
     #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::REFRESH_INTERVAL_SECONDS)))]
@@ -363,7 +370,10 @@ pub enum JwksSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteJwks {
     pub cluster: String,
+    /// The JWKS path; empty with discovery until the metadata names it.
     pub path: String,
+    /// With discovery: the metadata document's path on the issuer's host.
+    pub discovery_path: Option<String>,
     pub authority: String,
     pub refresh_interval_seconds: u64,
     pub timeout_ms: u64,
@@ -672,8 +682,39 @@ fn parse_provider(
                     let at = format!("{at}.remote");
                     p.unknown(&at, &r.unknown);
                     let cluster = p.required(&at, "cluster", &r.cluster).cloned();
-                    let path = p.required(&at, "path", &r.path).cloned();
-                    if path.as_deref().is_some_and(|s| !s.starts_with('/')) {
+                    // With discovery: the issuer's host and the metadata path under it.
+                    let issuer_parts = issuer.and_then(|i| discovery::authority_and_path(i));
+                    let discovery_path = match (r.discovery, issuer_parts) {
+                        (false, _) => None,
+                        (true, Some((_, issuer_path))) => Some(format!(
+                            "{}{}",
+                            issuer_path.trim_end_matches('/'),
+                            discovery::OPENID_CONFIGURATION
+                        )),
+                        (true, None) => {
+                            p.add(
+                                &at,
+                                "discovery needs an http(s) issuer URL (or give path instead)",
+                            );
+                            None
+                        }
+                    };
+                    let path = match (&r.path, r.discovery) {
+                        (Some(path), false) => Some(path.clone()),
+                        (None, true) => Some(String::new()),
+                        (Some(_), true) => {
+                            p.add(&at, "give either path or discovery, not both");
+                            None
+                        }
+                        (None, false) => {
+                            p.add(&at, "missing \"path\" (or set discovery: true)");
+                            None
+                        }
+                    };
+                    if path
+                        .as_deref()
+                        .is_some_and(|s| !s.is_empty() && !s.starts_with('/'))
+                    {
                         p.add(&at, "path starts with \"/\"");
                     }
                     let refresh = r
@@ -694,9 +735,15 @@ fn parse_provider(
                     }
                     match (cluster, path) {
                         (Some(cluster), Some(path)) => Some(JwksSource::Remote(RemoteJwks {
-                            authority: r.authority.clone().unwrap_or_else(|| cluster.clone()),
+                            authority: r.authority.clone().unwrap_or_else(|| {
+                                match (r.discovery, issuer_parts) {
+                                    (true, Some((authority, _))) => authority.to_owned(),
+                                    _ => cluster.clone(),
+                                }
+                            }),
                             cluster,
                             path,
+                            discovery_path,
                             refresh_interval_seconds: refresh.max(1),
                             timeout_ms,
                             min_refetch_interval_seconds: r

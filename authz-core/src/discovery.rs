@@ -11,9 +11,12 @@
 
 use serde_json::Value;
 
+/// OpenID Connect Discovery's metadata path under an issuer.
+pub const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
+
 /// The metadata path under an issuer: OpenID Connect first, then RFC 8414.
 pub const WELL_KNOWN_PATHS: [&str; 2] = [
-    "/.well-known/openid-configuration",
+    OPENID_CONFIGURATION,
     "/.well-known/oauth-authorization-server",
 ];
 

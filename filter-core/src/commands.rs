@@ -67,11 +67,21 @@ pub struct Final {
     pub action: FinalAction,
 }
 
-/// A JWKS fetch to dispatch; report back with `Worker::fetch_started` or
+/// What a key-source fetch gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchStage {
+    /// The issuer's metadata (discovery), which names where the keys are.
+    Metadata,
+    /// The JWKS.
+    Keys,
+}
+
+/// A JWKS (or metadata) fetch to dispatch; report back with `Worker::fetch_started` or
 /// `Worker::fetch_not_started`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchOrder {
     pub provider: usize,
+    pub stage: FetchStage,
     pub cluster: String,
     pub authority: String,
     pub path: String,

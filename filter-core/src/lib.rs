@@ -21,7 +21,8 @@ pub mod versions;
 pub mod worker;
 
 pub use commands::{
-    FetchOrder, Final, FinalAction, OwnedRequest, PollOrder, RequestStep, ServerCall, TickWork,
+    FetchOrder, FetchStage, Final, FinalAction, OwnedRequest, PollOrder, RequestStep, ServerCall,
+    TickWork,
 };
 pub use host::{Host, LogLevel, SharedWrite};
 pub use metrics::{Counter, Gauge, Histogram};

@@ -11,7 +11,9 @@
 //! What it does not do: read a clock (every event carries `now`), or touch the server path
 //! (`server_path` adds those rules to the same worker).
 
-use crate::commands::{FetchOrder, Final, FinalAction, OwnedRequest, RequestStep, TickWork};
+use crate::commands::{
+    FetchOrder, FetchStage, Final, FinalAction, OwnedRequest, RequestStep, TickWork,
+};
 use crate::host::{Host, LogLevel, SharedWrite};
 use crate::metrics::{Counter, Histogram};
 use crate::versions::KnownVersions;
@@ -31,7 +33,19 @@ struct RemoteSource {
     rules: RefreshRules,
     keys_key: String,
     status_key: String,
+    /// With discovery: where the metadata said the keys are (`authority\npath`), shared by
+    /// the workers.
+    location_key: String,
     seen_version: u64,
+}
+
+/// A fetch this worker dispatched.
+struct InFlight {
+    provider: usize,
+    /// The context whose `on_http_call_response` receives the answer.
+    owner: u32,
+    stage: FetchStage,
+    reason: FetchReason,
 }
 
 struct KeySource {
@@ -56,8 +70,10 @@ pub struct Worker<H: Host> {
     pub host: H,
     sources: Vec<KeySource>,
     pending: Vec<Pending>,
-    /// Fetch token → (provider, context that dispatched it).
-    in_flight: HashMap<u32, (usize, u32)>,
+    /// Fetch token → the fetch.
+    in_flight: HashMap<u32, InFlight>,
+    /// Keys fetches that follow a metadata fetch, for the host to dispatch.
+    follow_ups: Vec<FetchOrder>,
     /// Providers whose fetch lost its dispatching request: the root fetches them again.
     orphaned: Vec<usize>,
     /// Bumped whenever any key set changes; cached verifications of older keys are dropped.
@@ -89,23 +105,37 @@ impl<H: Host> Worker<H> {
                     keys: Some(set.clone()),
                     remote: None,
                 },
-                JwksSource::Remote(config) => KeySource {
-                    keys: None,
-                    remote: Some(RemoteSource {
-                        rules: RefreshRules {
-                            refresh_interval_ms: config.refresh_interval_seconds * 1000,
-                            min_refetch_interval_ms: config.min_refetch_interval_seconds * 1000,
-                            lease_ms: config.timeout_ms + 1000,
-                        },
-                        keys_key: format!("jwt_authz/v1/jwks/{}{}", config.cluster, config.path),
-                        status_key: format!(
-                            "jwt_authz/v1/status/{}{}",
-                            config.cluster, config.path
-                        ),
-                        config: config.clone(),
-                        seen_version: 0,
-                    }),
-                },
+                JwksSource::Remote(config) => {
+                    // One record set per cluster and path (the metadata path with discovery:
+                    // several issuers may share a host).
+                    let id = format!(
+                        "{}{}",
+                        config.cluster,
+                        config.discovery_path.as_deref().unwrap_or(&config.path)
+                    );
+                    KeySource {
+                        keys: None,
+                        remote: Some(RemoteSource {
+                            rules: RefreshRules {
+                                refresh_interval_ms: config.refresh_interval_seconds * 1000,
+                                min_refetch_interval_ms: config.min_refetch_interval_seconds * 1000,
+                                // With discovery, long enough for a metadata fetch and a keys
+                                // fetch.
+                                lease_ms: if config.discovery_path.is_some() {
+                                    2
+                                } else {
+                                    1
+                                } * config.timeout_ms
+                                    + 1000,
+                            },
+                            keys_key: format!("jwt_authz/v1/jwks/{id}"),
+                            status_key: format!("jwt_authz/v1/status/{id}"),
+                            location_key: format!("jwt_authz/v1/jwks_location/{id}"),
+                            config: config.clone(),
+                            seen_version: 0,
+                        }),
+                    }
+                }
             })
             .collect();
         // A lease is a compare-and-swap on the status record, and a host's compare-and-swap
@@ -133,6 +163,7 @@ impl<H: Host> Worker<H> {
             sources,
             pending: Vec::new(),
             in_flight: HashMap::new(),
+            follow_ups: Vec::new(),
             orphaned: Vec::new(),
             keys_generation: 0,
             decisions,
@@ -355,8 +386,8 @@ impl<H: Host> Worker<H> {
         let orphaned: Vec<(u32, usize)> = self
             .in_flight
             .iter()
-            .filter(|(_, (_, owner))| *owner == context_id)
-            .map(|(token, (provider, _))| (*token, *provider))
+            .filter(|(_, fetch)| fetch.owner == context_id)
+            .map(|(token, fetch)| (*token, fetch.provider))
             .collect();
         for (token, provider) in orphaned {
             self.in_flight.remove(&token);
@@ -448,14 +479,147 @@ impl<H: Host> Worker<H> {
         if written != SharedWrite::Written {
             return None;
         }
-        Some(FetchOrder {
-            provider,
-            cluster: remote.config.cluster.clone(),
-            authority: remote.config.authority.clone(),
-            path: remote.config.path.clone(),
-            timeout: Duration::from_millis(remote.config.timeout_ms),
-            reason,
+        // With discovery, scheduled fetches read the metadata again first; a token the keys
+        // fail refetches the keys where the metadata last said they are.
+        let known = self.keys_location(provider);
+        let metadata_path = remote.config.discovery_path.as_ref();
+        Some(match (metadata_path, known) {
+            (Some(path), None) => self.order(provider, FetchStage::Metadata, reason, None, path),
+            (Some(path), Some(_)) if reason != FetchReason::UnknownKid => {
+                self.order(provider, FetchStage::Metadata, reason, None, path)
+            }
+            (_, Some((authority, path))) => {
+                self.order(provider, FetchStage::Keys, reason, Some(authority), &path)
+            }
+            (None, None) => return None,
         })
+    }
+
+    fn order(
+        &self,
+        provider: usize,
+        stage: FetchStage,
+        reason: FetchReason,
+        authority: Option<String>,
+        path: &str,
+    ) -> FetchOrder {
+        let config = self
+            .sources
+            .get(provider)
+            .and_then(|s| s.remote.as_ref())
+            .map(|r| &r.config);
+        FetchOrder {
+            provider,
+            stage,
+            cluster: config.map(|c| c.cluster.clone()).unwrap_or_default(),
+            authority: authority
+                .or_else(|| config.map(|c| c.authority.clone()))
+                .unwrap_or_default(),
+            path: path.to_owned(),
+            timeout: Duration::from_millis(config.map(|c| c.timeout_ms).unwrap_or(1000)),
+            reason,
+        }
+    }
+
+    /// Where `provider`'s keys are fetched from: the configured path, or with discovery where
+    /// the metadata last said (none before the first metadata fetch).
+    fn keys_location(&self, provider: usize) -> Option<(String, String)> {
+        let remote = self.sources.get(provider)?.remote.as_ref()?;
+        if remote.config.discovery_path.is_none() {
+            return Some((remote.config.authority.clone(), remote.config.path.clone()));
+        }
+        let bytes = self.host.shared_get(&remote.location_key).0?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (authority, path) = text.split_once('\n')?;
+        Some((authority.to_owned(), path.to_owned()))
+    }
+
+    /// Keys fetches that follow metadata fetches, to dispatch now (from the context that got
+    /// the metadata answer).
+    pub fn take_follow_ups(&mut self) -> Vec<FetchOrder> {
+        std::mem::take(&mut self.follow_ups)
+    }
+
+    /// A metadata answer: where the keys are. On success the keys fetch follows at once under
+    /// the same lease; on failure the last known location serves, if there is one.
+    fn on_metadata_response(
+        &mut self,
+        fetch: &InFlight,
+        status: Option<u16>,
+        body: Option<Vec<u8>>,
+        now_ms: u64,
+    ) -> Vec<Final> {
+        let provider = fetch.provider;
+        let Some(remote) = self.sources.get(provider).and_then(|s| s.remote.as_ref()) else {
+            return Vec::new();
+        };
+        let issuer = self
+            .policy
+            .providers
+            .get(provider)
+            .map(|p| p.issuer.clone())
+            .unwrap_or_default();
+        let authority = remote.config.authority.clone();
+        let located = match (status, body) {
+            (Some(200), Some(body)) => authz_core::discovery::parse(&body, &issuer)
+                .map_err(|e| e.to_string())
+                .and_then(|m| m.jwks_uri.ok_or_else(|| "no jwks_uri".to_owned()))
+                .and_then(|uri| {
+                    let (host, path) = authz_core::discovery::authority_and_path(&uri)
+                        .ok_or_else(|| format!("jwks_uri {uri} is not an http(s) URL"))?;
+                    if host != authority {
+                        return Err(format!(
+                            "jwks_uri {uri} is not on the issuer's host {authority}: give jwks.remote.path and a cluster for its host"
+                        ));
+                    }
+                    Ok(path.to_owned())
+                }),
+            (Some(code), _) => Err(format!("status {code}")),
+            (None, _) => Err("no response".into()),
+        };
+        let cluster = remote.config.cluster.clone();
+        let location_key = remote.location_key.clone();
+        let lease_ms = remote.rules.lease_ms;
+        match located {
+            Ok(path) => {
+                let record = format!("{authority}\n{path}");
+                let _ = self.host.shared_set(&location_key, record.as_bytes(), None);
+                self.host.log(
+                    LogLevel::Debug,
+                    &format!("jwt_authz metadata from {cluster}: keys at {path}"),
+                );
+            }
+            Err(why) => {
+                self.host.count(Counter::JwksFetchFailed);
+                self.host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "jwt_authz metadata for {issuer} from cluster {cluster} failed: {why}"
+                    ),
+                );
+            }
+        }
+        match self.keys_location(provider) {
+            Some((authority, path)) => {
+                self.update_status(provider, |s| FetchStatus {
+                    lease_until_ms: now_ms + lease_ms,
+                    ..*s
+                });
+                let order = self.order(
+                    provider,
+                    FetchStage::Keys,
+                    fetch.reason,
+                    Some(authority),
+                    &path,
+                );
+                self.follow_ups.push(order);
+                Vec::new()
+            }
+            None => {
+                self.update_status(provider, FetchStatus::failed);
+                self.process_pending(now_ms)
+            }
+        }
     }
 
     /// Records a dispatched fetch; its answer will reach `context_id`.
@@ -468,7 +632,15 @@ impl<H: Host> Worker<H> {
                 order.reason.as_str()
             ),
         );
-        self.in_flight.insert(token, (order.provider, context_id));
+        self.in_flight.insert(
+            token,
+            InFlight {
+                provider: order.provider,
+                owner: context_id,
+                stage: order.stage,
+                reason: order.reason,
+            },
+        );
     }
 
     pub fn fetch_not_started(&mut self, order: &FetchOrder) {
@@ -517,9 +689,13 @@ impl<H: Host> Worker<H> {
         body: Option<Vec<u8>>,
         now_ms: u64,
     ) -> Vec<Final> {
-        let Some((provider, _)) = self.in_flight.remove(&token) else {
+        let Some(fetch) = self.in_flight.remove(&token) else {
             return Vec::new();
         };
+        if fetch.stage == FetchStage::Metadata {
+            return self.on_metadata_response(&fetch, status, body, now_ms);
+        }
+        let provider = fetch.provider;
         let Some(keys_key) = self
             .sources
             .get(provider)
@@ -612,6 +788,7 @@ impl<H: Host> Worker<H> {
                 orders.push(order);
             }
         }
+        orders.append(&mut self.follow_ups);
         let finals = self.process_pending(now_ms);
         self.share_versions();
         TickWork {

@@ -340,6 +340,88 @@ fn a_key_rotated_behind_the_same_kid_is_refetched_and_the_retired_key_refused_at
     assert_eq!(host.count(Counter::UnknownKidRateLimited), 2);
 }
 
+fn discovery_worker(store: &Rc<RefCell<Store>>) -> (Worker<FakeHost>, FakeHost) {
+    let config = json!({
+        "realm": "test",
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
+                       "jwks": {"remote": {"cluster": "idp", "discovery": true,
+                                           "min_refetch_interval_seconds": 1,
+                                           "timeout_ms": 1000}}}],
+        "routes": [],
+        "default": {"tier": "authenticated"},
+        "key_wait_timeout_ms": 2000
+    });
+    let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
+    let host = FakeHost::sharing(store);
+    (Worker::new(policy, host.clone(), [1, 2]), host)
+}
+
+#[test]
+fn discovery_reads_the_metadata_then_the_keys_it_names() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let idp = Idp::new("k1");
+    let (mut a, host) = discovery_worker(&store);
+    let token = idp.token("alice");
+    let order = waits(a.on_request(1, get("/x", Some(&token)), us(T0))).expect("lease");
+    assert_eq!(order.stage, filter_core::FetchStage::Metadata);
+    assert_eq!(
+        (order.authority.as_str(), order.path.as_str()),
+        ("idp.test", "/.well-known/openid-configuration")
+    );
+    a.fetch_started(1, &order, 1);
+    let metadata = json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/oauth/keys"});
+    assert!(a
+        .on_fetch_response(
+            1,
+            Some(200),
+            Some(metadata.to_string().into_bytes()),
+            T0 + 5
+        )
+        .is_empty());
+    let follow_ups = a.take_follow_ups();
+    assert_eq!(follow_ups.len(), 1);
+    assert_eq!(follow_ups[0].stage, filter_core::FetchStage::Keys);
+    assert_eq!(follow_ups[0].path, "/oauth/keys");
+    a.fetch_started(2, &follow_ups[0], 1);
+    let finals = a.on_fetch_response(2, Some(200), Some(idp.jwks()), T0 + 10);
+    assert_eq!((finals[0].context_id, status_of(&finals[0])), (1, 200));
+
+    // A token the keys fail refetches the keys where the metadata said, without rereading it.
+    let rotated = Idp::new("k2");
+    let order = waits(a.on_request(3, get("/x", Some(&rotated.token("b"))), us(T0 + 2_000)))
+        .expect("refetch");
+    assert_eq!(order.stage, filter_core::FetchStage::Keys);
+    assert_eq!(order.path, "/oauth/keys");
+    assert_eq!(host.count(Counter::JwksFetchFailed), 0);
+}
+
+#[test]
+fn discovery_refuses_metadata_of_another_issuer_or_keys_on_another_host() {
+    for metadata in [
+        json!({"issuer": "https://evil.test", "jwks_uri": "https://idp.test/keys"}),
+        json!({"issuer": ISSUER, "jwks_uri": "https://evil.test/keys"}),
+        json!({"issuer": ISSUER}),
+    ] {
+        let store = Rc::new(RefCell::new(Store::default()));
+        let (mut a, host) = discovery_worker(&store);
+        let token = Idp::new("k1").token("alice");
+        let order = waits(a.on_request(1, get("/x", Some(&token)), us(T0))).expect("lease");
+        a.fetch_started(1, &order, 1);
+        a.on_fetch_response(
+            1,
+            Some(200),
+            Some(metadata.to_string().into_bytes()),
+            T0 + 5,
+        );
+        assert!(a.take_follow_ups().is_empty(), "{metadata}");
+        assert_eq!(host.count(Counter::JwksFetchFailed), 1);
+        assert!(host.logged("metadata for https://idp.test"), "{metadata}");
+        // No keys: the waiting request fails closed at its deadline.
+        let finals = a.on_tick(T0 + 2_000).finals;
+        assert_eq!(status_of(&finals[0]), 503, "{metadata}");
+    }
+}
+
 fn server_call(step: RequestStep) -> (ServerCall, OwnedRequest) {
     match step {
         RequestStep::CallServer(call, request) => (call, request),

@@ -92,4 +92,9 @@ pub fn on_fetch_answer(
         .borrow_mut()
         .on_fetch_response(token_id, status, body, now);
     apply_finals(finals, context_id);
+    // A metadata answer is followed at once by the keys fetch it located.
+    let follow_ups = worker.borrow_mut().take_follow_ups();
+    for order in &follow_ups {
+        dispatch_fetch(worker, order, context_id);
+    }
 }

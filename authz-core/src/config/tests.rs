@@ -195,3 +195,45 @@ fn case_flag_and_matching_follow_the_route() {
     assert_eq!(policy.routes.find("get", "/API/x").name, "read");
     assert_eq!(policy.routes.find("GET", "/admin").tier, Tier::Privileged);
 }
+
+#[test]
+fn discovery_finds_keys_from_the_issuer_alone_and_its_problems_are_named() {
+    let mut c = example();
+    c["providers"][0]["issuer"] = json!("https://idp.test/realms/shop/");
+    c["providers"][0]["jwks"] = json!({"remote": {"cluster": "dev_idp", "discovery": true}});
+    let policy = load(&c).unwrap();
+    let Some((_, remote)) = policy.remote_sources().next() else {
+        panic!("a remote source")
+    };
+    assert_eq!(
+        remote.discovery_path.as_deref(),
+        Some("/realms/shop/.well-known/openid-configuration")
+    );
+    assert_eq!(remote.authority, "idp.test", "the issuer's host");
+    assert_eq!(remote.path, "");
+
+    c["providers"][0]["jwks"] =
+        json!({"remote": {"cluster": "dev_idp", "discovery": true, "path": "/keys"}});
+    assert!(problems(&c).iter().any(|p| p.contains("either path or discovery")));
+    c["providers"][0]["jwks"] = json!({"remote": {"cluster": "dev_idp"}});
+    assert!(problems(&c)
+        .iter()
+        .any(|p| p.contains("missing \"path\" (or set discovery: true)")));
+    c["providers"][0]["issuer"] = json!("urn:not-a-url");
+    c["providers"][0]["jwks"] = json!({"remote": {"cluster": "dev_idp", "discovery": true}});
+    assert!(problems(&c)
+        .iter()
+        .any(|p| p.contains("discovery needs an http(s) issuer URL")));
+}
+
+#[test]
+fn introspect_is_for_server_tiers_only() {
+    let mut c = example();
+    c["routes"][1]["require"]["introspect"] = json!(true);
+    assert!(problems(&c)
+        .iter()
+        .any(|p| p.contains("routes[1].require.introspect: needs a server-decided tier")));
+    let mut c = example();
+    c["routes"][3]["require"] = json!({"introspect": true});
+    assert!(load(&c).is_ok());
+}
