@@ -137,12 +137,18 @@ pub fn identify<'a>(
     }
     let match_path = match_path(&http.path);
     let route = config.routes.find_matched(&http.method, &match_path);
+    // Envoy's route may name a tier (`context_extensions["tier"]`); the stricter of it and
+    // this server's own route table wins, so an Envoy route table that drifted from the policy
+    // (or matches paths differently) can only make a check stricter, never weaker.
     let tier = match attributes.and_then(|a| a.context_extensions.get("tier")) {
         None => route.tier,
-        Some(name) => name.parse().map_err(|unknown| {
-            tracing::error!(%unknown, "tier in context_extensions; failing closed");
-            DenyReason::Internal
-        })?,
+        Some(name) => name
+            .parse::<Tier>()
+            .map_err(|unknown| {
+                tracing::error!(%unknown, "tier in context_extensions; failing closed");
+                DenyReason::Internal
+            })?
+            .max(route.tier),
     };
     Ok(Identified {
         route,
@@ -634,6 +640,9 @@ policy:
         assert_eq!(identify(&config, &public).unwrap().tier, Tier::Public);
         let told = request("GET", "/healthz", Some("regulated"));
         assert_eq!(identify(&config, &told).unwrap().tier, Tier::Regulated);
+        // A weaker tier from Envoy than the server's own table: the table wins.
+        let weaker = request("GET", "/admin/users", Some("authenticated"));
+        assert_eq!(identify(&config, &weaker).unwrap().tier, Tier::Privileged);
     }
 
     #[test]

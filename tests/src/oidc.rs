@@ -8,7 +8,6 @@
 //! server introspects as the client `authz-server`, whose secret needs form-urlencoding.
 
 use crate::{must_exist, repo_root, request, start_command, Process, Reply};
-use base64::Engine;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -57,39 +56,15 @@ fn script() -> PathBuf {
     dir.join("provider.mjs")
 }
 
+/// `client_secret_basic` as RFC 6749 §2.3.1 has it (the server's own encoder).
 fn basic(id: &str, secret: &str) -> String {
-    let encode = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
-                    char::from(b).to_string()
-                }
-                other => format!("%{other:02X}"),
-            })
-            .collect()
-    };
-    let pair = format!("{}:{}", encode(id), encode(secret));
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
+    ext_authz_server::idp_client::basic_authorization(id, secret)
 }
 
 fn form(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
-        .map(|(k, v)| {
-            let value: String = v
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
-                        char::from(b).to_string()
-                    }
-                    other => format!("%{other:02X}"),
-                })
-                .collect();
-            format!("{k}={value}")
-        })
+        .map(|(k, v)| format!("{k}={}", ext_authz_server::idp_client::form_urlencode(v)))
         .collect::<Vec<_>>()
         .join("&")
 }

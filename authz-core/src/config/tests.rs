@@ -214,7 +214,9 @@ fn discovery_finds_keys_from_the_issuer_alone_and_its_problems_are_named() {
 
     c["providers"][0]["jwks"] =
         json!({"remote": {"cluster": "dev_idp", "discovery": true, "path": "/keys"}});
-    assert!(problems(&c).iter().any(|p| p.contains("either path or discovery")));
+    assert!(problems(&c)
+        .iter()
+        .any(|p| p.contains("either path or discovery")));
     c["providers"][0]["jwks"] = json!({"remote": {"cluster": "dev_idp"}});
     assert!(problems(&c)
         .iter()

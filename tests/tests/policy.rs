@@ -1,0 +1,288 @@
+//! One policy, three places: for every example policy in `config/policy*.yaml`, what
+//! `authz-config` derives for the Wasm filter, the ext_authz server and Envoy agrees on every
+//! probe request (route and tier in the filter's table, the server's table and Envoy's route
+//! matching; in native mode, ext_authz on with the tier exactly where the tier needs the
+//! server, and the Wasm filter off there only), and the derived Envoy routes load in Envoy.
+
+use ext_authz_server::config::ServerConfig;
+use serde_json::Value;
+use tests::*;
+
+const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "DELETE"];
+
+/// Fixed probes, plus spellings derived from each route's matcher.
+fn probes(routes: &[Value]) -> Vec<String> {
+    let mut paths: Vec<String> = [
+        "/",
+        "/healthz",
+        "/HEALTHZ",
+        "/api/items",
+        "/API/items",
+        "/apix",
+        "/tenants/acme/orders",
+        "/TENANTS/acme/ORDERS",
+        "/tenants/acme/orders/1",
+        "/admin",
+        "/admin/users",
+        "/Admin/users",
+        "/administrators",
+        "/regulated/x",
+        "/catalog/x",
+        "/orders/1",
+        "/orders/refunds/9",
+        "/ORDERS/REFUNDS/9",
+        "/payouts/1",
+        "/other",
+    ]
+    .iter()
+    .map(|p| (*p).to_owned())
+    .collect();
+    for route in routes {
+        let matcher = &route["match"];
+        if let Some(exact) = matcher["exact"].as_str() {
+            paths.push(exact.to_owned());
+            paths.push(exact.to_ascii_uppercase());
+        }
+        if let Some(prefix) = matcher["prefix"].as_str() {
+            let base = prefix.trim_end_matches('/');
+            for path in [
+                base.to_owned(),
+                format!("{base}/x"),
+                format!("{}/x", base.to_ascii_uppercase()),
+                format!("{base}x"),
+            ] {
+                paths.push(path);
+            }
+        }
+    }
+    paths
+}
+
+/// Envoy's matching of one rendered route (the subset the renderer emits).
+fn envoy_matches(route: &serde_yaml::Value, method: &str, path: &str) -> bool {
+    let m = &route["match"];
+    let insensitive = m["case_sensitive"].as_bool() == Some(false);
+    let eq = |a: &str, b: &str| {
+        if insensitive {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    };
+    let starts = |p: &str| path.len() >= p.len() && path.get(..p.len()).is_some_and(|h| eq(h, p));
+    let path_ok = if let Some(exact) = m["path"].as_str() {
+        eq(path, exact)
+    } else if let Some(prefix) = m["prefix"].as_str() {
+        starts(prefix)
+    } else if let Some(prefix) = m["path_separated_prefix"].as_str() {
+        starts(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+    } else if let Some(re) = m["safe_regex"]["regex"].as_str() {
+        regex::Regex::new(&format!("^(?:{re})$"))
+            .expect("regex")
+            .is_match(path)
+    } else {
+        panic!("unknown matcher {m:?}")
+    };
+    let method_ok = match m["headers"].as_sequence() {
+        None => true,
+        Some(headers) => headers.iter().all(|h| {
+            assert_eq!(h["name"].as_str(), Some(":method"));
+            let re = h["string_match"]["safe_regex"]["regex"]
+                .as_str()
+                .expect("re");
+            regex::Regex::new(&format!("^(?:{re})$"))
+                .expect("regex")
+                .is_match(method)
+        }),
+    };
+    path_ok && method_ok
+}
+
+fn example_policies() -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(repo_root().join("config"))
+        .expect("config/")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("policy") && n.ends_with(".yaml"))
+        })
+        .collect();
+    found.sort();
+    assert!(found.len() >= 2, "example policies: {found:?}");
+    found
+}
+
+#[test]
+fn every_example_policy_derives_a_filter_a_server_and_envoy_routes_that_agree() {
+    for path in example_policies() {
+        let text = std::fs::read_to_string(&path).expect("read");
+        let rendered = authz_config::render(&text)
+            .unwrap_or_else(|problems| panic!("{}: {problems:#?}", path.display()));
+        let native = text.contains("mode: native");
+        let filter = authz_core::Policy::from_json(rendered.filter.to_string().as_bytes())
+            .expect("the filter loads its configuration");
+        let server_yaml = rendered.server.as_deref().expect("a server");
+        let server = ServerConfig::from_yaml_with_env(server_yaml, |name| {
+            Some(format!("test-secret-for-{name}-0123456789"))
+        })
+        .expect("the server loads its configuration");
+        let vhost: serde_yaml::Value =
+            serde_yaml::from_str(&rendered.envoy_routes).expect("envoy routes are YAML");
+        let envoy_routes = vhost["routes"].as_sequence().expect("routes");
+        let policy_routes = rendered.filter["routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut checked = 0;
+        for probe in probes(&policy_routes) {
+            for method in METHODS {
+                let in_filter = filter.routes.find(method, &probe);
+                let in_server = server.routes.find(method, &probe);
+                let at = format!("{} {method} {probe}", path.display());
+                assert_eq!(
+                    (&in_filter.name, in_filter.tier),
+                    (&in_server.name, in_server.tier),
+                    "{at}: filter and server disagree"
+                );
+                let envoy = envoy_routes
+                    .iter()
+                    .find(|r| envoy_matches(r, method, &probe))
+                    .unwrap_or_else(|| panic!("{at}: no Envoy route"));
+                assert_eq!(
+                    envoy["name"].as_str(),
+                    Some(in_filter.name.as_str()),
+                    "{at}: Envoy picks another route"
+                );
+                let per_filter = &envoy["typed_per_filter_config"];
+                let ext_authz_tier = per_filter["envoy.filters.http.ext_authz"]["check_settings"]
+                    ["context_extensions"]["tier"]
+                    .as_str();
+                let wasm_off =
+                    per_filter["envoy.filters.http.wasm"]["disabled"].as_bool() == Some(true);
+                let server_tier = native && in_filter.tier.requires_server();
+                assert_eq!(
+                    ext_authz_tier,
+                    server_tier.then_some(in_filter.tier.as_str()),
+                    "{at}: ext_authz"
+                );
+                assert_eq!(wasm_off, server_tier, "{at}: the Wasm filter");
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "{checked}");
+        if native {
+            assert_eq!(
+                vhost["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"]
+                    .as_bool(),
+                Some(true),
+                "ext_authz is off unless a route turns it on"
+            );
+        }
+    }
+}
+
+/// A bootstrap around the rendered routes, with every cluster they and the filter name.
+fn bootstrap(rendered: &authz_config::Rendered, clusters: &[&str]) -> String {
+    let mut vhost: serde_yaml::Value = serde_yaml::from_str(&rendered.envoy_routes).expect("yaml");
+    vhost["name"] = "all".into();
+    vhost["domains"] = serde_yaml::Value::Sequence(vec!["*".into()]);
+    let clusters: Vec<String> = clusters
+        .iter()
+        .map(|name| {
+            format!(
+                "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{ http2_protocol_options: {{}} }}\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }} }}\n"
+            )
+        })
+        .collect();
+    let vhost_json = serde_json::to_string(&vhost).expect("json");
+    format!(
+        r#"static_resources:
+  listeners:
+  - name: ingress
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            name: local
+            virtual_hosts: [{vhost_json}]
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: jwt_authz
+                root_id: jwt_authz
+                vm_config:
+                  vm_id: jwt_authz
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{wasm}" }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {filter}
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              grpc_service: {{ envoy_grpc: {{ cluster_name: ext_authz }} }}
+              failure_mode_allow: false
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"#,
+        wasm = wasm_path().display(),
+        filter = serde_json::to_string(&rendered.filter.to_string()).expect("json string"),
+        clusters = clusters.concat(),
+    )
+}
+
+#[test]
+fn the_derived_envoy_routes_load_in_envoy() {
+    for path in example_policies() {
+        let text = std::fs::read_to_string(&path).expect("read");
+        let rendered = authz_config::render(&text).expect("renders");
+        let config = bootstrap(
+            &rendered,
+            &["upstream", "ext_authz", "ext_authz_admin", "dev_idp", "idp"],
+        );
+        let scratch = Scratch::new("policy-envoy");
+        let file = scratch.0.join("envoy.yaml");
+        std::fs::write(&file, &config).expect("write");
+        let (ok, output) = validate(&file);
+        assert!(ok, "{}: {output}\n{config}", path.display());
+    }
+}
+
+#[test]
+fn a_policy_with_problems_is_refused_with_every_problem_named() {
+    let problems = authz_config::render(
+        r#"
+providers: []
+routes:
+  - {name: admin, match: {prefix: /admin/}, tier: privileged}
+  - {name: odd, match: {}, tier: public}
+default: {tier: authenticated}
+filter: {routes: []}
+"#,
+    )
+    .expect_err("refused");
+    for expected in [
+        "providers: at least one is required",
+        "server: routes of privileged or regulated tiers need one",
+        "filter.routes: comes from the policy",
+        "routes[1]: a route's match has none of exact, prefix, regex",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "missing {expected:?} in {problems:#?}"
+        );
+    }
+}
