@@ -95,7 +95,7 @@ bench: tools
 ## fuzzing: cargo-fuzz targets under fuzz/ (nightly + cargo-fuzz, installed when missing). The
 ## checked-in seeds in fuzz/corpus/<target> are read-only inputs; what the fuzzer learns goes to
 ## .fuzz-corpus/ (not committed). A crash leaves fuzz/artifacts/<target>/crash-* and fails.
-FUZZ_TARGETS  := jwt_verify jwks_parse filter_config server_config introspection check_reply epochs routes filter_request
+FUZZ_TARGETS  := jwt_verify jwks_parse filter_config server_config introspection check_reply epochs routes filter_request provider_metadata
 FUZZ_SECONDS  ?= 300
 SMOKE_SECONDS ?= 8
 
