@@ -503,3 +503,25 @@ fn images_build_with_the_pinned_toolchain() {
         }
     }
 }
+
+#[test]
+fn the_readme_https_idp_cluster_validates_in_envoy() {
+    let readme = read("README.md");
+    let start = readme
+        .find("The Envoy cluster of an `https` IdP")
+        .expect("the README shows an https IdP cluster");
+    let block = readme[start..]
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a yaml block");
+    assert!(block.contains("sni: idp.example.com"), "{block}");
+    let config = format!(
+        "static_resources:\n  clusters:\n{block}admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n"
+    );
+    let scratch = Scratch::new("readme-idp-cluster");
+    let file = scratch.0.join("envoy.yaml");
+    std::fs::write(&file, &config).expect("write");
+    let (ok, output) = validate(&file);
+    assert!(ok, "{output}\n{config}");
+}
