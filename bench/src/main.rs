@@ -6,7 +6,9 @@
 //! `jwt_authn` with and without its cache, the Wasm filter's local JWT path hot (token cache)
 //! and cold (signature verified on every request), a privileged route through the filter with
 //! an in-proxy cache hit and with a miss (server cache hit), and through Envoy's native
-//! `ext_authz` filter to the same server. Then the server alone under gRPC load, a fixed-rate
+//! `ext_authz` filter to the same server (with an opaque token the server introspects, cached,
+//! and with a JWT access token the server verifies itself against the IdP's keys). Then the
+//! server alone under gRPC load, a fixed-rate
 //! open-loop run, and the introspection amplification run.
 
 mod envoy_config;
@@ -73,9 +75,13 @@ async fn main() {
 
     let idp = DevIdp::start(&[]);
     let echo = Echo::start();
+    // The server verifies JWT access tokens against the dev IdP's keys; opaque tokens are
+    // introspected.
     let server = AuthzServerProcess::start(&server_yaml(
         idp.port,
-        &format!("epochs_token: \"{EPOCHS_TOKEN}\"\ncache: {{max_entries: {SERVER_FLOOD_CAP}}}\n"),
+        &format!(
+            "epochs_token: \"{EPOCHS_TOKEN}\"\ncache: {{max_entries: {SERVER_FLOOD_CAP}}}\ntoken:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  jwks_uri: http://127.0.0.1:{{IDP_PORT}}/.well-known/jwks.json\n"
+        ),
     ));
     let wasm = wasm_path().display().to_string();
     let listeners = envoy_config::listeners(&wasm, idp.port, EPOCHS_TOKEN);
@@ -93,10 +99,13 @@ async fn main() {
     let jwt = idp.mint(json!({"sub": "bench", "scope": "read admin"}));
     let opaque = idp.mint(json!({"sub": "bench-admin", "scope": "read admin", "opaque": true}));
     let scenario_target = |name: &str| -> Target {
-        let port =
-            listener_port(envoy.admin_port, name).unwrap_or_else(|| panic!("no listener {name}"));
+        // `native_ext_authz_jwt` is the native ext_authz listener with a JWT access token.
+        let listener = name.strip_suffix("_jwt").unwrap_or(name);
+        let port = listener_port(envoy.admin_port, listener)
+            .unwrap_or_else(|| panic!("no listener {listener}"));
         let (path, token) = match name {
             "direct" | "proxy" => ("/api/items", None),
+            "native_ext_authz_jwt" => ("/admin/users", Some(jwt.clone())),
             n if n.contains("privileged") || n == "native_ext_authz" => {
                 ("/admin/users", Some(opaque.clone()))
             }
@@ -116,6 +125,7 @@ async fn main() {
         .iter()
         .map(|l| l.name)
         .filter(|n| *n != "filter_flood")
+        .chain(std::iter::once("native_ext_authz_jwt"))
         .filter(|n| only.as_ref().is_none_or(|o| o.iter().any(|x| x == n)))
         .collect();
     // Warm every path (keys fetched, caches filled) and check it answers 200.

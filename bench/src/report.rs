@@ -39,7 +39,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const ORDER: [(&str, &str); 10] = [
+const ORDER: [(&str, &str); 11] = [
     ("direct", "1a. no auth, direct_response"),
     ("proxy", "1b. no auth, proxied (baseline)"),
     (
@@ -64,6 +64,10 @@ const ORDER: [(&str, &str); 10] = [
     (
         "native_ext_authz",
         "6. privileged via native ext_authz to our server",
+    ),
+    (
+        "native_ext_authz_jwt",
+        "7. privileged via native ext_authz, JWT verified by the server",
     ),
 ];
 

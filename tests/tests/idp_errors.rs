@@ -96,3 +96,44 @@ async fn a_missing_batch_endpoint_falls_back_to_single_calls_never_to_503() {
     assert!(!server.log_lines("batch_introspection_failed").is_empty());
     assert_eq!(idp.stat("batch_calls"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_naming_another_issuer_is_refused_and_keeps_the_server_not_ready() {
+    // The dev IdP's metadata says `https://dev-idp.local`; the server is told the issuer is the
+    // address it fetches the metadata from: a mismatch, as from a mistaken or hostile host.
+    let idp = DevIdp::start(&[]);
+    let yaml = server_yaml(idp.port, "")
+        .replace(
+            &format!("  endpoint: http://127.0.0.1:{}/introspect\n", idp.port),
+            "",
+        )
+        .replace(
+            &format!("  issuer: {ISSUER}\n"),
+            &format!("  issuer: http://127.0.0.1:{}\n", idp.port),
+        );
+    assert!(!yaml.contains("/introspect\n"), "{yaml}");
+    let server = AuthzServerProcess::start(&yaml);
+    assert!(
+        eventually(Duration::from_secs(5), || server
+            .log_lines("provider_metadata_failed")
+            .iter()
+            .any(|l| l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("names issuer")))),
+        "{:?}",
+        server.log_lines("")
+    );
+    let readyz = get(
+        &format!("http://127.0.0.1:{}/readyz", server.admin_port),
+        &[],
+    );
+    assert_eq!(readyz.status, 503);
+    assert!(readyz.body.contains("metadata"), "{}", readyz.body);
+    let mut client = connect(server.grpc_port).await;
+    let token = mint_opaque(&idp, "alice");
+    assert_eq!(
+        check(&mut client, "/admin/users", Some(&token)).await.0,
+        503,
+        "no endpoint from a refused document: fail closed"
+    );
+}
