@@ -323,7 +323,7 @@ impl CheckService {
         trace: &mut Trace,
     ) -> Result<Arc<Cached>, DenyReason> {
         let started = Instant::now();
-        let verified = self.idp.verify(screened.token).await;
+        let verified = self.idp.verify(&screened.key, screened.token).await;
         trace
             .stages
             .push(("jwt_verify", started.elapsed().as_secs_f64()));

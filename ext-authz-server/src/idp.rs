@@ -7,8 +7,10 @@
 //! Fetch timing is the filter's (`authz_core::jwks_refresh::next_fetch`): a token any client
 //! can send causes at most one refetch per `jwks_min_refetch_interval_seconds`; concurrent
 //! checks wait for one fetch (single flight) and verify again against what it brought. Failed
-//! fetches keep the last good keys. When a refetched set no longer holds a key, tokens signed
-//! by it fail at once (nothing here caches verifications).
+//! fetches keep the last good keys. Verified signatures are cached by token hash with the keys
+//! version they were checked against: new keys make every cached verification stale, so when a
+//! refetched set no longer holds a key, tokens signed by it fail at once. The cache skips only
+//! the signature: time, audience and revocation are checked on every request by the caller.
 //!
 //! Not here: introspection calls (`idp_client`) and their cache (`introspector`).
 
@@ -17,6 +19,7 @@ use crate::config::{JwtAccessTokens, ServerConfig};
 use crate::error::ServerError;
 use crate::lock;
 use crate::metrics::Metrics;
+use crate::versions::TokenKey;
 use authz_core::discovery::{metadata_url, parse, ProviderMetadata};
 use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, RefreshRules};
 use authz_core::verify::{verify, VerifiedToken, VerifyFailure};
@@ -49,7 +52,12 @@ pub struct Idp {
     keys_fetch: tokio::sync::Mutex<()>,
     /// The auth method we use, to warn when the metadata does not list it.
     auth_method: &'static str,
+    /// Verified tokens by hash, with the keys version they were verified against.
+    verified: moka::sync::Cache<TokenKey, (u64, Arc<VerifiedToken>)>,
 }
+
+/// How long a verified signature is reused at most (the caller rechecks the claims each time).
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
 
 fn read<T: Clone>(lock: &RwLock<T>) -> T {
     lock.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -90,6 +98,10 @@ impl Idp {
             keys: RwLock::new(None),
             keys_status: Mutex::new(FetchStatus::default()),
             keys_fetch: tokio::sync::Mutex::new(()),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(config.cache.max_entries)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
             auth_method: match config.introspection.auth {
                 crate::config::ClientAuth::Basic => "client_secret_basic",
                 crate::config::ClientAuth::Post => "client_secret_post",
@@ -308,20 +320,36 @@ impl Idp {
         )
     }
 
-    /// Verifies a JWT access token against the provider's keys; a failure fresh keys might
-    /// change (see [`VerifyFailure::keys_may_have_changed`]) refetches them once, rate-limited,
-    /// and verifies again.
-    pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyFailure> {
+    /// Verifies a JWT access token (`key`: its hash) against the provider's keys, reusing a
+    /// verification made with the current keys; a failure fresh keys might change (see
+    /// [`VerifyFailure::keys_may_have_changed`]) refetches them once, rate-limited, and verifies
+    /// again. Only successes are cached.
+    pub async fn verify(
+        &self,
+        key: &TokenKey,
+        token: &str,
+    ) -> Result<Arc<VerifiedToken>, VerifyFailure> {
+        let version = self.keys_version();
+        if let Some((seen, verified)) = self.verified.get(key) {
+            if seen == version {
+                self.metrics
+                    .inc("authz_jwt_verifications_total", &[("result", "cached")]);
+                return Ok(verified);
+            }
+        }
+        // The version is read before the keys a verification uses, so an entry is never tagged
+        // newer than the keys that verified it (only older: a harmless miss later).
         let first = self.verify_now(token);
-        let outcome = match first {
+        let (outcome, verified_with) = match first {
             Err(failure) if failure.keys_may_have_changed().is_some() => {
                 if self.fetch_keys_if_due(self.clock.now_ms(), true).await {
-                    self.verify_now(token)
+                    let refetched = self.keys_version();
+                    (self.verify_now(token), refetched)
                 } else {
-                    Err(failure)
+                    (Err(failure), version)
                 }
             }
-            other => other,
+            other => (other, version),
         };
         let label = match &outcome {
             Ok(_) => "ok",
@@ -329,6 +357,9 @@ impl Idp {
         };
         self.metrics
             .inc("authz_jwt_verifications_total", &[("result", label)]);
-        outcome
+        let verified = Arc::new(outcome?);
+        self.verified
+            .insert(*key, (verified_with, verified.clone()));
+        Ok(verified)
     }
 }
