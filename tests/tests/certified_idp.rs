@@ -56,6 +56,18 @@ policy:
     )
 }
 
+/// Envoy whose native ext_authz filter sends the privileged routes to `server` (the Wasm filter
+/// decides the others).
+fn native_envoy(op: &OidcProvider, echo: &Echo, server: &AuthzServerProcess) -> Envoy {
+    Envoy::start_rendered(&render_template(
+        "ext-authz.template.yaml",
+        &plugin(op),
+        op.port,
+        echo.port,
+        server.grpc_port,
+    ))
+}
+
 /// Envoy with the Wasm filter (decision cache: privileged routes go to the server through the
 /// filter's Check call) and Envoy with native ext_authz on the privileged routes, both in
 /// front of one server that introspects at the provider.
@@ -79,13 +91,7 @@ fn stack() -> Stack {
         server.grpc_port,
         server.admin_port,
     ));
-    let native = Envoy::start_rendered(&render_template(
-        "ext-authz.template.yaml",
-        &plugin(&op),
-        op.port,
-        echo.port,
-        server.grpc_port,
-    ));
+    let native = native_envoy(&op, &echo, &server);
     Stack {
         op,
         server,
@@ -234,13 +240,7 @@ fn a_wrong_client_secret_fails_closed_is_logged_and_keeps_the_server_not_ready()
     let op = OidcProvider::start(&[]);
     let echo = Echo::start();
     let server = AuthzServerProcess::start(&server_config(&op, "not-the-secret-0123456789"));
-    let native = Envoy::start_rendered(&render_template(
-        "ext-authz.template.yaml",
-        &plugin(&op),
-        op.port,
-        echo.port,
-        server.grpc_port,
-    ));
+    let native = native_envoy(&op, &echo, &server);
     assert!(
         eventually(Duration::from_secs(5), || server
             .log_lines("introspection_error")
@@ -383,13 +383,7 @@ fn private_key_jwt_client_authentication_introspects() {
         server.log_lines("introspection_error")
     );
     let echo = Echo::start();
-    let native = Envoy::start_rendered(&render_template(
-        "ext-authz.template.yaml",
-        &plugin(&op),
-        op.port,
-        echo.port,
-        server.grpc_port,
-    ));
+    let native = native_envoy(&op, &echo, &server);
     let token = op.token(TokenFormat::Opaque, "read admin");
     assert_eq!(native.get("/admin/users", Some(&token), &[]).status, 200);
     let reader = op.token(TokenFormat::Opaque, "read");
