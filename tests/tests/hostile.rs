@@ -223,6 +223,7 @@ fn client_copies_of_context_headers_never_reach_an_upstream() {
         ("x-auth-tenant", "globex"),
         ("x-authz-policy-version", "99"),
         ("x-auth-issuer", "https://evil"),
+        ("x-auth-subject-kind", "client_id"),
     ];
     // Native ext_authz routes (the filter is disabled there), a local JWT route, a public one.
     for (path, token) in [
@@ -245,6 +246,10 @@ fn client_copies_of_context_headers_never_reach_an_upstream() {
         assert_ne!(
             headers["x-auth-issuer"], "https://evil",
             "{path}: client issuer"
+        );
+        assert_ne!(
+            headers["x-auth-subject-kind"], "client_id",
+            "{path}: client subject kind"
         );
     }
     // Underscore spellings are refused before any filter runs.
