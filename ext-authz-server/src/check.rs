@@ -333,15 +333,7 @@ impl CheckService {
             failure => DenyReason::Token(failure),
         })?;
         let now_ms = self.clock.now_ms();
-        let until_exp = verified
-            .claims
-            .expires_at
-            .map(|exp| (exp.max(0) as u64 * 1000).saturating_sub(now_ms))
-            .unwrap_or(0);
-        trace.fresh_for_ms = rules
-            .max_staleness_ms
-            .min(until_exp)
-            .min(self.config.cache.cap_ms);
+        trace.fresh_for_ms = self.fresh_for_ms(rules, 0, verified.claims.expires_at);
         Ok(Arc::new(Cached {
             result: Introspection::from_verified_claims(&verified.claims),
             fetched_at_ms: now_ms,
@@ -378,18 +370,23 @@ impl CheckService {
         trace.cache = source.as_str();
         trace.age_ms = age_ms;
         if source != Source::Stale {
-            let until_exp = entry
-                .result
-                .expires_at
-                .map(|exp| (exp.max(0) as u64 * 1000).saturating_sub(self.clock.now_ms()))
-                .unwrap_or(u64::MAX);
-            trace.fresh_for_ms = rules
-                .max_staleness_ms
-                .saturating_sub(age_ms)
-                .min(until_exp)
-                .min(self.config.cache.cap_ms);
+            trace.fresh_for_ms = self.fresh_for_ms(rules, age_ms, entry.result.expires_at);
         }
         Ok(entry)
+    }
+
+    /// How long data `age_ms` old about a token expiring at `expires_at` (Unix s) stays fresh
+    /// enough for the tier: what a caching client may reuse the decision for.
+    fn fresh_for_ms(&self, rules: &TierRules, age_ms: u64, expires_at: Option<i64>) -> u64 {
+        let now_ms = self.clock.now_ms();
+        let until_exp = expires_at
+            .map(|exp| (exp.max(0) as u64 * 1000).saturating_sub(now_ms))
+            .unwrap_or(u64::MAX);
+        rules
+            .max_staleness_ms
+            .saturating_sub(age_ms)
+            .min(until_exp)
+            .min(self.config.cache.cap_ms)
     }
 
     /// Phase 4: whether this active token may make this request.

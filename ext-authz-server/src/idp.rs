@@ -217,19 +217,28 @@ impl Idp {
         }
     }
 
-    async fn fetch_metadata(&self, url: &str) -> Result<ProviderMetadata, String> {
+    /// The body of a 200 answer to a GET of `url` (`status N` or the transport error else).
+    async fn get_json(&self, url: &str) -> Result<Vec<u8>, String> {
         let response = self
             .http
             .get(url)
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| e.to_string())?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
         if status != reqwest::StatusCode::OK {
-            return Err(format!("status {} from {url}", status.as_u16()));
+            return Err(format!("status {}", status.as_u16()));
         }
+        Ok(body.to_vec())
+    }
+
+    async fn fetch_metadata(&self, url: &str) -> Result<ProviderMetadata, String> {
+        let body = self
+            .get_json(url)
+            .await
+            .map_err(|why| format!("{why} from {url}"))?;
         parse(&body, &self.issuer).map_err(|e| format!("{url}: {e}"))
     }
 
@@ -294,18 +303,7 @@ impl Idp {
     }
 
     async fn fetch_keys(&self, uri: &str) -> Result<KeySet, String> {
-        let response = self
-            .http
-            .get(uri)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
-        if status != reqwest::StatusCode::OK {
-            return Err(format!("status {}", status.as_u16()));
-        }
+        let body = self.get_json(uri).await?;
         KeySet::from_jwks_json(&body).map_err(|e| e.to_string())
     }
 
