@@ -29,6 +29,11 @@ pub mod defaults {
     pub const SERVER_TIMEOUT_MS: u64 = 1_000;
     pub const POLL_INTERVAL_MS: u64 = 250;
     pub const MAX_UNREACHABLE_MS: u64 = 5_000;
+    /// Longest the server holds a change-feed request open (push); never more than half of
+    /// `max_unreachable_ms`, so held requests still renew cache trust in time.
+    pub const PUSH_WAIT_MS: u64 = 20_000;
+    pub const LOCAL_REVOCATION_TIERS: [&str; 2] = ["authenticated", "standard_write"];
+    pub const MAX_REVOCATIONS: usize = crate::revocations::DEFAULT_MAX_ENTRIES;
     pub const CACHE_MAX_ENTRIES: usize = 10_000;
     pub const DENY_TTL_MS: u64 = crate::decision_cache::DEFAULT_DENY_MS;
     pub const JWT_TTL_MS: u64 = 60_000;
@@ -105,6 +110,21 @@ pub struct ServerLinkConfig {
     /// `authenticated` are not used.
     #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::MAX_UNREACHABLE_MS)))]
     pub max_unreachable_ms: Option<u64>,
+    /// Push: how long the server may hold a change-feed request open until something changes
+    /// (a long poll; an answer comes as soon as anything changes). 0 turns push off (plain
+    /// polling every `poll_interval_ms`). Default: 20000, or half of `max_unreachable_ms` when
+    /// that is less. When a held request fails, the filter polls every `poll_interval_ms`
+    /// until one succeeds.
+    pub push_wait_ms: Option<u64>,
+    /// Locally decided tiers whose routes refuse tokens the server revoked (by hash, `jti` or
+    /// subject), from the change feed: any of `authenticated`, `standard_write`; `[]` turns
+    /// it off. Server tiers always honour revocations (the server decides them).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::LOCAL_REVOCATION_TIERS)))]
+    pub local_revocations: Option<Vec<String>>,
+    /// Cap on revocations each worker holds, 1–10000000. At the cap, `standard_write` routes
+    /// that honour revocations fail closed (503) until the dropped revocation's token expires.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::MAX_REVOCATIONS)))]
+    pub max_revocations: Option<usize>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -139,6 +159,9 @@ pub struct ServerLink {
     pub timeout_ms: u64,
     pub epochs: Option<EpochsPoll>,
     pub max_unreachable_ms: u64,
+    /// Locally decided tiers that honour revocations (only with an epochs feed).
+    pub local_revocations: Vec<Tier>,
+    pub max_revocations: usize,
 }
 
 /// A validated epochs poll.
@@ -148,6 +171,8 @@ pub struct EpochsPoll {
     pub authority: String,
     pub token: String,
     pub interval_ms: u64,
+    /// How long the server may hold a request open (0: plain polling).
+    pub push_wait_ms: u64,
 }
 
 /// Validated cache settings.
@@ -792,6 +817,53 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
             p.add("server.epochs_token", why);
         }
     }
+    let max_unreachable_ms = s.max_unreachable_ms.unwrap_or(defaults::MAX_UNREACHABLE_MS);
+    let push_wait_ms = match s.push_wait_ms {
+        Some(ms) if ms > max_unreachable_ms / 2 => {
+            p.add(
+                "server.push_wait_ms",
+                format_args!(
+                    "must be at most half of max_unreachable_ms ({max_unreachable_ms}): a held request renews cache trust only when it answers"
+                ),
+            );
+            ms
+        }
+        Some(ms) => ms,
+        None => defaults::PUSH_WAIT_MS.min(max_unreachable_ms / 2),
+    };
+    let mut local_revocations = Vec::new();
+    let tiers: Vec<String> = match &s.local_revocations {
+        Some(list) => list.clone(),
+        None => defaults::LOCAL_REVOCATION_TIERS
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect(),
+    };
+    for (i, name) in tiers.iter().enumerate() {
+        match name.parse::<Tier>() {
+            Ok(tier @ (Tier::Authenticated | Tier::StandardWrite)) => {
+                if !local_revocations.contains(&tier) {
+                    local_revocations.push(tier);
+                }
+            }
+            Ok(Tier::Public) => p.add(
+                &format!("server.local_revocations[{i}]"),
+                "public routes take no token, so nothing can be revoked on them",
+            ),
+            Ok(_) => p.add(
+                &format!("server.local_revocations[{i}]"),
+                format_args!("{name} is decided by the server, which always honours revocations"),
+            ),
+            Err(_) => p.add(
+                &format!("server.local_revocations[{i}]"),
+                format_args!("unknown tier \"{name}\""),
+            ),
+        }
+    }
+    let max_revocations = s.max_revocations.unwrap_or(defaults::MAX_REVOCATIONS);
+    if max_revocations == 0 || max_revocations > 10_000_000 {
+        p.add("server.max_revocations", "must be between 1 and 10000000");
+    }
     let epochs = match (&s.epochs_cluster, &s.epochs_token) {
         (Some(cluster), Some(token)) if interval_ms > 0 => Some(EpochsPoll {
             authority: s
@@ -801,6 +873,7 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
             cluster: cluster.clone(),
             token: token.clone(),
             interval_ms,
+            push_wait_ms,
         }),
         (None, None) => None,
         (Some(_), Some(_)) => None,
@@ -816,7 +889,9 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
         cluster: cluster?,
         timeout_ms,
         epochs,
-        max_unreachable_ms: s.max_unreachable_ms.unwrap_or(defaults::MAX_UNREACHABLE_MS),
+        max_unreachable_ms,
+        local_revocations,
+        max_revocations,
     })
 }
 

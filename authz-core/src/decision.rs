@@ -70,6 +70,9 @@ pub enum DenyReason {
     IdpUnavailable,
     /// The shared revocation state is not confirmed current, and the tier fails closed.
     SharedStateUnconfirmed,
+    /// The proxy's revocation set hit its cap and dropped a revocation that may still be
+    /// needed: a write on a locally decided tier fails closed until it would have expired.
+    RevocationsIncomplete,
     /// The decision ran out of time.
     Deadline,
     /// A rate limit of the tier was exceeded (per address or per subject).
@@ -109,6 +112,7 @@ impl DenyReason {
             DenyReason::Inactive => "inactive",
             DenyReason::IdpUnavailable => "idp_unavailable",
             DenyReason::SharedStateUnconfirmed => "shared_state_unconfirmed",
+            DenyReason::RevocationsIncomplete => "revocations_incomplete",
             DenyReason::Deadline => "deadline",
             DenyReason::RateLimited => "rate_limited",
             DenyReason::StepUp { .. } => "step_up_required",
@@ -136,6 +140,7 @@ impl DenyReason {
             | DenyReason::Internal
             | DenyReason::IdpUnavailable
             | DenyReason::SharedStateUnconfirmed
+            | DenyReason::RevocationsIncomplete
             | DenyReason::Deadline => 503,
         }
     }
@@ -310,17 +315,23 @@ pub fn decide<'k>(
     keys: impl Fn(usize) -> Option<&'k KeySet>,
     now: i64,
 ) -> Decision {
-    decide_with(policy, request, |token| {
-        verify(token, &policy.providers, keys, policy.max_token_bytes, now).map(Arc::new)
-    })
+    decide_with(
+        policy,
+        request,
+        |token| verify(token, &policy.providers, keys, policy.max_token_bytes, now).map(Arc::new),
+        |_, _| None,
+    )
 }
 
 /// [`decide`] with the token check supplied by the caller (e.g. from a cache of earlier
 /// verifications). `check_token` is called at most once, only when a token is needed.
+/// `screen` sees a verified token that meets its route's requirements on a locally decided
+/// tier, last before the allow: a reason it returns denies (revocations held by the proxy).
 pub fn decide_with(
     policy: &Policy,
     request: &RequestFacts<'_>,
     check_token: impl FnOnce(&str) -> Result<Arc<VerifiedToken>, VerifyFailure>,
+    screen: impl FnOnce(&VerifiedToken, Tier) -> Option<DenyReason>,
 ) -> Decision {
     let path = crate::routes::match_path(request.path);
     let route = policy.routes.find_matched(request.method, &path);
@@ -363,6 +374,9 @@ pub fn decide_with(
     }
     if tier.requires_server() {
         return deny(DenyReason::ServerRequired);
+    }
+    if let Some(reason) = screen(&verified, tier) {
+        return deny(reason);
     }
     Decision::Allow {
         route: name.clone(),

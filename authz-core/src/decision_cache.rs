@@ -324,6 +324,11 @@ impl TokenCache {
     }
 
     /// Drops cached failures (e.g. on a policy change) and keeps verified tokens.
+    /// Forgets every verification (a policy change: each token is checked again).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     pub fn drop_failures(&mut self) {
         let doomed: Vec<TokenKey> = self
             .entries
@@ -435,6 +440,7 @@ mod tests {
             algorithm: jsonwebtoken::Algorithm::ES256,
             kid: None,
             claims,
+            digest: [0; 32],
         }
     }
 

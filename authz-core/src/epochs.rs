@@ -1,8 +1,42 @@
-//! The server's `/admin/epochs?since=N` answer, as the filter applies it: what to purge from
-//! its decision cache and which versions to remember. Pure parsing; the filter polls.
+//! The server's change feed (`GET /admin/epochs?since=N&format=2`, optionally held open with
+//! `wait_ms`) as the filter applies it: what to purge from its decision cache, which
+//! revocations to hold for the routes it decides locally, which versions to remember, and when
+//! the server learned each change (to measure propagation). Pure parsing; the filter polls.
+//!
+//! Format 2 (the one this crate reads; a server answers it when asked with `format=2`):
+//!
+//! ```json
+//! {"format": 2, "version": 9, "policy_version": 2, "policy_changed_at_ms": 1700000000000,
+//!  "confirmed": true, "incarnation": "ab12…",
+//!  "tokens": [["<sha256 hex>", 1700000360000, 1700000000123]],
+//!  "jtis": [["j-1", null, 1700000000456]],
+//!  "subjects": [["alice", 1700000000789, 3, 1700000000789]]}
+//! ```
+//!
+//! `tokens` and `jtis` are `[key, expires_at_ms | null, learned_at_ms]`; `subjects` are
+//! `[subject, revoked_at_ms, epoch, learned_at_ms]`; `learned_at_ms` is when the answering
+//! server learned the change (its clock).
 
 use crate::token_hash::parse_digest_hex;
 use serde_json::Value;
+
+/// A revoked token (by the SHA-256 of its compact form) or `jti`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRevocation<K> {
+    pub key: K,
+    /// When the token it names expires (ms), if the server knew.
+    pub expires_at_ms: Option<u64>,
+    /// When the server learned it (ms).
+    pub learned_at_ms: Option<u64>,
+}
+
+/// A revoked subject: its tokens issued at or before `revoked_at_ms` are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectRevocation {
+    pub subject: String,
+    pub revoked_at_ms: u64,
+    pub learned_at_ms: Option<u64>,
+}
 
 /// Changes since the version the filter asked about.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -10,12 +44,11 @@ pub struct Changes {
     /// The server's change version now (ask `since` this next time).
     pub version: u64,
     pub policy_version: u64,
-    /// Subjects whose epoch changed (their decisions must go).
-    pub subjects: Vec<String>,
-    /// SHA-256 of revoked tokens.
-    pub revoked_token_hashes: Vec<[u8; 32]>,
-    /// Whether any `jti` was revoked (the filter cannot map those to entries: it clears all).
-    pub jti_revoked: bool,
+    /// When the policy version last changed (0: not known), if it changed after `since`.
+    pub policy_changed_at_ms: Option<u64>,
+    pub subjects: Vec<SubjectRevocation>,
+    pub tokens: Vec<KeyRevocation<[u8; 32]>>,
+    pub jtis: Vec<KeyRevocation<String>>,
     /// Whether the server vouches that its state is current (false while its shared tier is
     /// unreachable): purges still apply, but the answer does not renew trust in the cache.
     pub confirmed: bool,
@@ -25,9 +58,49 @@ pub struct Changes {
     pub incarnation: Option<String>,
 }
 
+fn ms(v: Option<&Value>) -> Result<Option<u64>, &'static str> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or("a time is not a number of ms"),
+    }
+}
+
+fn rows<'a>(v: &'a Value, name: &'static str) -> Result<&'a [Value], &'static str> {
+    match v.get(name) {
+        Some(Value::Array(items)) => Ok(items),
+        None => Ok(&[]),
+        Some(_) => Err("a revocation list is not an array"),
+    }
+}
+
+fn key_rows<K>(
+    v: &Value,
+    name: &'static str,
+    key: impl Fn(&str) -> Option<K>,
+) -> Result<Vec<KeyRevocation<K>>, &'static str> {
+    rows(v, name)?
+        .iter()
+        .map(|row| {
+            let key = row
+                .get(0)
+                .and_then(Value::as_str)
+                .and_then(&key)
+                .ok_or("a revocation names no valid key")?;
+            Ok(KeyRevocation {
+                key,
+                expires_at_ms: ms(row.get(1))?,
+                learned_at_ms: ms(row.get(2))?,
+            })
+        })
+        .collect()
+}
+
 impl Changes {
     pub fn parse(body: &[u8]) -> Result<Changes, &'static str> {
         let v: Value = serde_json::from_slice(body).map_err(|_| "epochs answer is not json")?;
+        if v.get("format").and_then(Value::as_u64) != Some(2) {
+            return Err("epochs answer is not format 2 (is the server older than the filter?)");
+        }
         let version = v
             .get("version")
             .and_then(Value::as_u64)
@@ -36,39 +109,52 @@ impl Changes {
             .get("policy_version")
             .and_then(Value::as_u64)
             .ok_or("epochs answer lacks policy_version")?;
-        let subjects = match v.get("subjects") {
-            Some(Value::Object(map)) => map.keys().cloned().collect(),
-            _ => return Err("epochs answer lacks subjects"),
-        };
-        let revoked_token_hashes = match v.get("revoked_token_hashes") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|i| {
-                    i.as_str()
-                        .and_then(parse_digest_hex)
-                        .ok_or("bad token hash")
+        let subjects = rows(&v, "subjects")?
+            .iter()
+            .map(|row| {
+                Ok(SubjectRevocation {
+                    subject: row
+                        .get(0)
+                        .and_then(Value::as_str)
+                        .ok_or("a subject revocation names no subject")?
+                        .to_owned(),
+                    revoked_at_ms: ms(row.get(1))?.ok_or("a subject revocation has no time")?,
+                    learned_at_ms: ms(row.get(3))?,
                 })
-                .collect::<Result<_, _>>()?,
-            _ => return Err("epochs answer lacks revoked_token_hashes"),
-        };
-        let jti_revoked = v
-            .get("revoked_jtis")
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty());
-        let confirmed = v.get("confirmed").and_then(Value::as_bool).unwrap_or(true);
-        let incarnation = v
-            .get("incarnation")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+            })
+            .collect::<Result<_, &'static str>>()?;
         Ok(Changes {
-            confirmed,
-            incarnation,
             version,
             policy_version,
+            policy_changed_at_ms: ms(v.get("policy_changed_at_ms"))?,
             subjects,
-            revoked_token_hashes,
-            jti_revoked,
+            tokens: key_rows(&v, "tokens", parse_digest_hex)?,
+            jtis: key_rows(&v, "jtis", |s| Some(s.to_owned()))?,
+            confirmed: v.get("confirmed").and_then(Value::as_bool).unwrap_or(true),
+            incarnation: v
+                .get("incarnation")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         })
+    }
+
+    /// Whether the answer carries any change.
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+            && self.tokens.is_empty()
+            && self.jtis.is_empty()
+            && self.policy_changed_at_ms.is_none()
+    }
+
+    /// When the server learned each change in the answer (ms), for propagation lag.
+    pub fn learned_at(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tokens
+            .iter()
+            .filter_map(|t| t.learned_at_ms)
+            .chain(self.jtis.iter().filter_map(|j| j.learned_at_ms))
+            .chain(self.subjects.iter().filter_map(|s| s.learned_at_ms))
+            .chain(self.policy_changed_at_ms)
+            .filter(|at| *at > 0)
     }
 }
 
@@ -79,29 +165,40 @@ mod tests {
     #[test]
     fn parses_the_servers_answer() {
         let body = format!(
-            r#"{{"version":7,"policy_version":2,"policy_changed":true,"subjects":{{"alice":1}},"revoked_token_hashes":["{}"],"revoked_jtis":[]}}"#,
+            r#"{{"format":2,"version":7,"policy_version":2,"policy_changed_at_ms":50,"subjects":[["alice",40,1,41]],"tokens":[["{}",9000,42]],"jtis":[["j",null,43]]}}"#,
             "ab".repeat(32)
         );
         let c = Changes::parse(body.as_bytes()).unwrap();
         assert_eq!((c.version, c.policy_version), (7, 2));
-        assert_eq!(c.subjects, vec!["alice"]);
-        assert_eq!(c.revoked_token_hashes, vec![[0xab; 32]]);
-        assert!(!c.jti_revoked);
+        assert_eq!(c.subjects[0].subject, "alice");
+        assert_eq!(c.subjects[0].revoked_at_ms, 40);
+        assert_eq!(c.tokens[0].key, [0xab; 32]);
+        assert_eq!(c.tokens[0].expires_at_ms, Some(9000));
+        assert_eq!(c.jtis[0].key, "j");
+        assert_eq!(c.jtis[0].expires_at_ms, None);
+        let mut learned: Vec<u64> = c.learned_at().collect();
+        learned.sort_unstable();
+        assert_eq!(learned, vec![41, 42, 43, 50]);
         assert!(c.confirmed, "servers without a shared tier omit it");
-        let unconfirmed = Changes::parse(
-            br#"{"version":7,"policy_version":2,"subjects":{},"revoked_token_hashes":[],"confirmed":false}"#,
+        assert!(!c.is_empty());
+        let quiet = Changes::parse(
+            br#"{"format":2,"version":7,"policy_version":2,"confirmed":false,"incarnation":"ab12"}"#,
         )
         .unwrap();
-        assert!(!unconfirmed.confirmed);
-        assert_eq!(unconfirmed.incarnation, None);
-        let with_incarnation = Changes::parse(
-            br#"{"version":7,"policy_version":2,"subjects":{},"revoked_token_hashes":[],"incarnation":"ab12"}"#,
-        )
-        .unwrap();
-        assert_eq!(with_incarnation.incarnation.as_deref(), Some("ab12"));
+        assert!(quiet.is_empty());
+        assert!(!quiet.confirmed);
+        assert_eq!(quiet.incarnation.as_deref(), Some("ab12"));
         assert!(Changes::parse(b"{}").is_err());
+        assert!(
+            Changes::parse(br#"{"version":1,"policy_version":0,"subjects":{}}"#).is_err(),
+            "the first format is refused with a reason"
+        );
         assert!(Changes::parse(
-            br#"{"version":1,"policy_version":0,"subjects":{},"revoked_token_hashes":["zz"]}"#
+            br#"{"format":2,"version":1,"policy_version":0,"tokens":[["zz",null,1]]}"#
+        )
+        .is_err());
+        assert!(Changes::parse(
+            br#"{"format":2,"version":1,"policy_version":0,"subjects":[["a","x",1,1]]}"#
         )
         .is_err());
     }

@@ -121,6 +121,7 @@ mod tests {
             DenyReason::Inactive,
             DenyReason::IdpUnavailable,
             DenyReason::SharedStateUnconfirmed,
+            DenyReason::RevocationsIncomplete,
             DenyReason::Deadline,
             DenyReason::RateLimited,
             DenyReason::StepUp {

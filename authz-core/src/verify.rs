@@ -48,6 +48,9 @@ pub struct VerifiedToken {
     pub algorithm: Algorithm,
     pub kid: Option<String>,
     pub claims: Claims,
+    /// SHA-256 of the token's compact form (what a revocation by token names), computed once
+    /// per verification so cached verifications can be screened without hashing again.
+    pub digest: [u8; 32],
 }
 
 /// Why a token was not accepted. Never shown to clients; logged and counted.
@@ -390,6 +393,7 @@ pub fn verify<'k>(
         algorithm,
         kid,
         claims,
+        digest: crate::token_hash::token_digest(token),
     })
 }
 

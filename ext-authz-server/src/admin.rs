@@ -22,9 +22,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// State of the admin app.
 #[derive(Clone)]
@@ -33,6 +34,56 @@ pub struct Admin {
     /// Where the changes made here are applied (and published from).
     pub changes: Arc<dyn ChangeSink>,
     pub ready: Arc<AtomicBool>,
+    /// The change-feed requests held open now.
+    pub feed: Arc<FeedWatchers>,
+    /// Turns true when the server stops: held requests answer at once.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Longest a client may ask a change-feed request to be held.
+pub const MAX_FEED_WAIT_MS: u64 = 60_000;
+
+/// The held change-feed requests (each a filter worker waiting for changes after its cursor),
+/// for the `authz_feed_streams` and `authz_feed_oldest_cursor` gauges.
+#[derive(Debug, Default)]
+pub struct FeedWatchers {
+    held: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// One held request; leaving the map when dropped (also when the client goes away and axum
+/// drops the handler's future).
+struct Held<'a> {
+    watchers: &'a FeedWatchers,
+    id: u64,
+    metrics: &'a crate::metrics::Metrics,
+}
+
+impl FeedWatchers {
+    fn hold<'a>(&'a self, cursor: u64, metrics: &'a crate::metrics::Metrics) -> Held<'a> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        crate::lock(&self.held).insert(id, cursor);
+        self.report(metrics);
+        Held {
+            watchers: self,
+            id,
+            metrics,
+        }
+    }
+
+    fn report(&self, metrics: &crate::metrics::Metrics) {
+        let held = crate::lock(&self.held);
+        metrics.set_gauge("authz_feed_streams", &[], held.len() as f64);
+        let oldest = held.values().min().copied().unwrap_or(0);
+        metrics.set_gauge("authz_feed_oldest_cursor", &[], oldest as f64);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        crate::lock(&self.watchers.held).remove(&self.id);
+        self.watchers.report(self.metrics);
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -226,6 +277,12 @@ async fn bump_policy(State(admin): State<Admin>, headers: HeaderMap) -> Response
 #[derive(Debug, Deserialize)]
 struct EpochsQuery {
     since: Option<u64>,
+    /// 2: the format with revocation details and times (see `authz_core::epochs`).
+    format: Option<u32>,
+    /// Hold the request until something changes after `since`, at most this long (push).
+    wait_ms: Option<u64>,
+    /// The incarnation the client's cursor belongs to: another one answers at once.
+    incarnation: Option<String>,
 }
 
 async fn epochs(
@@ -246,12 +303,39 @@ async fn epochs(
         .service
         .metrics
         .inc("authz_epochs_requests_total", &[]);
+    let since = q.since.unwrap_or(0);
+    let versions = &admin.service.versions;
+    if q.format != Some(2) {
+        let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
+        return Json(versions.changes_since(since, confirmed)).into_response();
+    }
+    let wait_ms = q.wait_ms.unwrap_or(0).min(MAX_FEED_WAIT_MS);
+    if wait_ms > 0 {
+        // Subscribed before the state is read: no change slips between the check and the wait.
+        let mut changed = versions.subscribe();
+        let mut stop = admin.stop.clone();
+        let _held = admin.feed.hold(since, &admin.service.metrics);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            let restarted = q
+                .incarnation
+                .as_deref()
+                .is_some_and(|i| i != versions.incarnation());
+            if restarted || versions.has_changes_since(since) || *stop.borrow() {
+                break;
+            }
+            tokio::select! {
+                woke = tokio::time::timeout_at(deadline, changed.changed()) => {
+                    if !matches!(woke, Ok(Ok(()))) {
+                        break;
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    }
     let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
-    let body: Value = admin
-        .service
-        .versions
-        .changes_since(q.since.unwrap_or(0), confirmed);
-    Json(body).into_response()
+    Json(versions.changes_since_v2(since, confirmed)).into_response()
 }
 
 /// The admin router.

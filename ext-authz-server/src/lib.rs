@@ -90,12 +90,13 @@ impl Listeners {
 pub struct LocalChanges {
     versions: Arc<Versions>,
     introspector: Arc<Introspector>,
+    clock: SharedClock,
 }
 
 impl ChangeSink for LocalChanges {
     /// The revocation state first, then its cache effects.
     fn apply(&self, change: &Change, seq: Option<u64>) -> Applied {
-        let applied = self.versions.apply(change, seq);
+        let applied = self.versions.apply_at(change, seq, self.clock.now_ms());
         if applied.new {
             match change {
                 Change::RevokeToken(key, _) => self.introspector.invalidate(key),
@@ -162,6 +163,7 @@ pub fn change_sink(service: &CheckService) -> Arc<dyn ChangeSink> {
     Arc::new(LocalChanges {
         versions: service.versions.clone(),
         introspector: service.introspector.clone(),
+        clock: service.clock.clone(),
     })
 }
 
@@ -198,6 +200,8 @@ pub async fn serve_with_clock(
         service: service.clone(),
         changes: changes.clone(),
         ready: ready.clone(),
+        feed: Arc::new(admin::FeedWatchers::default()),
+        stop: stop_rx.clone(),
     });
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(async move {

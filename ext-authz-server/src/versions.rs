@@ -72,13 +72,17 @@ struct SubjectEpoch {
     epoch: u64,
     changed_at_version: u64,
     revoked_at_ms: u64,
+    /// When this instance learned its last revocation (ms; 0: unknown).
+    learned_at_ms: u64,
 }
 
-/// One revoked key: the version it was (last) stamped with, and when it may be forgotten.
+/// One revoked key: the version it was (last) stamped with, when it may be forgotten, and
+/// when this instance learned it (ms; 0: unknown).
 #[derive(Debug, Clone, Copy)]
 struct Revoked {
     stamp: u64,
     expiry: Expiry,
+    learned_at_ms: u64,
 }
 
 /// A bounded set of revoked keys, indexed by stamp so that "what changed since N" reads only
@@ -110,6 +114,7 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
         stamp_if_new: u64,
         seq: Option<u64>,
         expiry: Expiry,
+        learned_at_ms: u64,
     ) -> (bool, u64) {
         match self.entries.get_mut(&key) {
             Some(entry) => {
@@ -131,6 +136,7 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
                     Revoked {
                         stamp: stamp_if_new,
                         expiry,
+                        learned_at_ms,
                     },
                 );
                 self.by_stamp.insert((stamp_if_new, key.clone()));
@@ -162,6 +168,25 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
             .rev()
             .take_while(move |(stamp, _)| *stamp > since)
             .map(|(_, k)| k)
+    }
+
+    /// Whether any key is stamped after `since`.
+    fn any_since(&self, since: u64) -> bool {
+        self.by_stamp.last().is_some_and(|(stamp, _)| *stamp > since)
+    }
+
+    /// `[key, expiry | null, learned_at | null]` rows of the keys stamped after `since`.
+    fn rows_since(&self, since: u64, key: impl Fn(&K) -> Value) -> Vec<Value> {
+        self.since(since)
+            .map(|k| {
+                let entry = self.entries.get(k);
+                json!([
+                    key(k),
+                    entry.and_then(|e| e.expiry),
+                    entry.map(|e| e.learned_at_ms).filter(|at| *at > 0),
+                ])
+            })
+            .collect()
     }
 
     /// Drops revocations whose tokens expired (plus grace) before `now_ms`; returns how many.
@@ -196,6 +221,7 @@ struct State {
     version: u64,
     policy_version: u64,
     policy_changed_at_version: u64,
+    policy_changed_at_ms: u64,
     subjects: HashMap<String, SubjectEpoch>,
     revoked_tokens: RevokedSet<TokenKey>,
     revoked_jtis: RevokedSet<String>,
@@ -208,6 +234,9 @@ pub struct Versions {
     shared: bool,
     /// Names the counter: random per process; with a shared tier, the shared store's.
     incarnation: Mutex<String>,
+    /// Bumped whenever anything a change-feed answer reports may have changed: held feed
+    /// requests wait on it.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Versions {
@@ -216,6 +245,7 @@ impl Default for Versions {
             state: Mutex::default(),
             shared: false,
             incarnation: Mutex::new(random_incarnation()),
+            changed: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -243,8 +273,20 @@ impl Versions {
 
     /// Adopts the shared store's incarnation (its counter is the shared sequence).
     pub fn set_incarnation(&self, incarnation: &str) {
-        let mut guard = lock(&self.incarnation);
-        incarnation.clone_into(&mut guard);
+        {
+            let mut guard = lock(&self.incarnation);
+            incarnation.clone_into(&mut guard);
+        }
+        self.wake();
+    }
+
+    /// A receiver that sees every later change (subscribe before reading the state).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn wake(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn incarnation(&self) -> String {
@@ -256,8 +298,21 @@ impl Versions {
         f(&mut guard)
     }
 
-    /// Records `change`. `seq` is its place in the shared sequence, if it has one.
+    /// Records `change` without saying when it was learned (see [`Versions::apply_at`]).
     pub fn apply(&self, change: &Change, seq: Option<u64>) -> Applied {
+        self.apply_at(change, seq, 0)
+    }
+
+    /// Records `change`, learned at `now_ms` (reported with it, so a client can measure how
+    /// long the change took to reach it). `seq` is its place in the shared sequence, if it has
+    /// one.
+    pub fn apply_at(&self, change: &Change, seq: Option<u64>, now_ms: u64) -> Applied {
+        let applied = self.record(change, seq, now_ms);
+        self.wake();
+        applied
+    }
+
+    fn record(&self, change: &Change, seq: Option<u64>, now_ms: u64) -> Applied {
         let shared = self.shared;
         self.with(|s| {
             // The stamp a fact gets if it is new here.
@@ -271,7 +326,7 @@ impl Versions {
             };
             match change {
                 Change::RevokeToken(key, expiry) => {
-                    let (new, stamp) = s.revoked_tokens.insert(*key, stamp, seq, *expiry);
+                    let (new, stamp) = s.revoked_tokens.insert(*key, stamp, seq, *expiry, now_ms);
                     Applied {
                         new,
                         stamp,
@@ -279,7 +334,9 @@ impl Versions {
                     }
                 }
                 Change::RevokeJti(jti, expiry) => {
-                    let (new, stamp) = s.revoked_jtis.insert(jti.clone(), stamp, seq, *expiry);
+                    let (new, stamp) =
+                        s.revoked_jtis
+                            .insert(jti.clone(), stamp, seq, *expiry, now_ms);
                     Applied {
                         new,
                         stamp,
@@ -299,6 +356,7 @@ impl Versions {
                     let next_epoch = epoch.unwrap_or(e.epoch + u64::from(new));
                     if new || next_epoch > e.epoch {
                         e.changed_at_version = e.changed_at_version.max(stamp);
+                        e.learned_at_ms = now_ms;
                     } else if let Some(seq) = seq {
                         e.changed_at_version = e.changed_at_version.max(seq);
                     }
@@ -316,6 +374,7 @@ impl Versions {
                     if new {
                         s.policy_version = next;
                         s.policy_changed_at_version = s.policy_changed_at_version.max(stamp);
+                        s.policy_changed_at_ms = now_ms;
                     }
                     Applied {
                         new,
@@ -330,6 +389,7 @@ impl Versions {
     /// The shared stream has been read through `seq`.
     pub fn advance_to(&self, seq: u64) {
         self.with(|s| s.version = s.version.max(seq));
+        self.wake();
     }
 
     /// Everything known, as changes (to republish after the shared store lost its data).
@@ -399,7 +459,45 @@ impl Versions {
         self.with(|s| s.subjects.get(subject).map(|e| e.epoch).unwrap_or(0))
     }
 
-    /// Everything changed after `since`: the body of `GET /admin/epochs?since=N`.
+    /// Whether anything is stamped after `since` (a held feed request answers once there is).
+    pub fn has_changes_since(&self, since: u64) -> bool {
+        self.with(|s| {
+            s.policy_changed_at_version > since
+                || s.revoked_tokens.any_since(since)
+                || s.revoked_jtis.any_since(since)
+                || s.subjects.values().any(|e| e.changed_at_version > since)
+        })
+    }
+
+    /// Everything changed after `since`, in format 2 (see `authz_core::epochs`): the body of
+    /// `GET /admin/epochs?since=N&format=2`, with when this instance learned each change.
+    pub fn changes_since_v2(&self, since: u64, confirmed: bool) -> Value {
+        let incarnation = self.incarnation();
+        let learned = |at: u64| (at > 0).then_some(at);
+        self.with(|s| {
+            let subjects: Vec<Value> = s
+                .subjects
+                .iter()
+                .filter(|(_, e)| e.changed_at_version > since)
+                .map(|(sub, e)| json!([sub, e.revoked_at_ms, e.epoch, learned(e.learned_at_ms)]))
+                .collect();
+            json!({
+                "format": 2,
+                "version": s.version,
+                "policy_version": s.policy_version,
+                "policy_changed_at_ms": (s.policy_changed_at_version > since)
+                    .then(|| learned(s.policy_changed_at_ms).unwrap_or(0)),
+                "subjects": subjects,
+                "tokens": s.revoked_tokens.rows_since(since, |k| json!(hex(k))),
+                "jtis": s.revoked_jtis.rows_since(since, |k| json!(k)),
+                "confirmed": confirmed,
+                "incarnation": incarnation,
+            })
+        })
+    }
+
+    /// Everything changed after `since`: the body of `GET /admin/epochs?since=N` (the first
+    /// format, for filters older than format 2).
     /// `confirmed` says whether this state is known to be current (always, without a shared
     /// tier); a poller must not extend its trust on an unconfirmed answer.
     pub fn changes_since(&self, since: u64, confirmed: bool) -> Value {

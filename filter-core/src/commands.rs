@@ -112,6 +112,8 @@ pub struct PollOrder {
     pub path: String,
     /// The whole `authorization` header value.
     pub bearer: String,
+    /// The call's timeout (a held request's wait plus a margin).
+    pub timeout: Duration,
 }
 
 /// The outcome of a new request.

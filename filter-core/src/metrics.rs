@@ -19,12 +19,17 @@
 //! | `authz.cache_entries` | gauge | decision cache entries (this worker; last writer wins) |
 //! | `authz.check_calls` / `authz.check_call_errors` | counter | Check calls to the ext_authz server / failed ones |
 //! | `authz.epochs_polls.ok` / `.failed` | counter | `/admin/epochs` polls |
+//! | `authz.epochs_polls.held` | counter | change-feed requests the server held open until a change or its wait ran out (push) |
 //! | `authz.policy_version` | gauge | policy version this worker enforces |
+//! | `authz.revocations` | gauge | revocations this worker holds for locally decided routes (last writer wins) |
+//! | `authz.revocations_dropped` | counter | revocations dropped at `server.max_revocations` (writes fail closed until they would have expired) |
+//! | `authz.push_connected` | gauge | 1 while this worker's change feed is pushed (a held request succeeded last), 0 while it polls (last writer wins) |
+//! | `authz.revocation_lag_ms` | histogram | from the server learning a change to this worker applying it, ms (one sample per change; same clock only on one machine) |
 
 use authz_core::Tier;
 
 /// Every deny reason label (`DenyReason::as_str`), so all counters exist from the start.
-pub const DENY_REASONS: [&str; 25] = [
+pub const DENY_REASONS: [&str; 27] = [
     "server_deny",
     "missing_token",
     "not_bearer",
@@ -50,6 +55,8 @@ pub const DENY_REASONS: [&str; 25] = [
     "wrong_audience",
     "internal",
     "bad_request",
+    "revoked",
+    "revocations_incomplete",
 ];
 
 /// A counter the core increments by one.
@@ -76,6 +83,8 @@ pub enum Counter {
     ServerErrors,
     PollOk,
     PollFailed,
+    PollHeld,
+    RevocationsDropped,
 }
 
 /// A value the core sets.
@@ -83,18 +92,21 @@ pub enum Counter {
 pub enum Gauge {
     CacheEntries,
     PolicyVersion,
+    Revocations,
+    PushConnected,
 }
 
 /// A distribution the core records into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Histogram {
     VerifyMicros,
+    RevocationLagMs,
 }
 
 const TIERS: usize = Tier::ALL.len();
 
 /// The counters without a tier or reason, in index order.
-const PLAIN: [Counter; 13] = [
+const PLAIN: [Counter; 15] = [
     Counter::DecisionAllow,
     Counter::DecisionDeny,
     Counter::JwksFetchOk,
@@ -108,6 +120,8 @@ const PLAIN: [Counter; 13] = [
     Counter::ServerErrors,
     Counter::PollOk,
     Counter::PollFailed,
+    Counter::PollHeld,
+    Counter::RevocationsDropped,
 ];
 
 /// The per-tier counter families, in index order.
@@ -174,6 +188,8 @@ impl Counter {
             Counter::ServerErrors => "authz.check_call_errors".into(),
             Counter::PollOk => "authz.epochs_polls.ok".into(),
             Counter::PollFailed => "authz.epochs_polls.failed".into(),
+            Counter::PollHeld => "authz.epochs_polls.held".into(),
+            Counter::RevocationsDropped => "authz.revocations_dropped".into(),
         }
     }
 
@@ -188,22 +204,30 @@ impl Counter {
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 2] = [Gauge::CacheEntries, Gauge::PolicyVersion];
+    pub const ALL: [Gauge; 4] = [
+        Gauge::CacheEntries,
+        Gauge::PolicyVersion,
+        Gauge::Revocations,
+        Gauge::PushConnected,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             Gauge::CacheEntries => "authz.cache_entries",
             Gauge::PolicyVersion => "authz.policy_version",
+            Gauge::Revocations => "authz.revocations",
+            Gauge::PushConnected => "authz.push_connected",
         }
     }
 }
 
 impl Histogram {
-    pub const ALL: [Histogram; 1] = [Histogram::VerifyMicros];
+    pub const ALL: [Histogram; 2] = [Histogram::VerifyMicros, Histogram::RevocationLagMs];
 
     pub fn name(&self) -> &'static str {
         match self {
             Histogram::VerifyMicros => "authz.verify_microseconds",
+            Histogram::RevocationLagMs => "authz.revocation_lag_ms",
         }
     }
 }
@@ -260,6 +284,8 @@ mod tests {
             DenyReason::ServerRequired,
             DenyReason::Internal,
             DenyReason::BadRequest,
+            DenyReason::Revoked,
+            DenyReason::RevocationsIncomplete,
         ]);
         for r in reasons {
             assert!(DENY_REASONS.contains(&r.as_str()), "{r:?}");

@@ -10,7 +10,7 @@
 
 use crate::commands::{Final, FinalAction, OwnedRequest, PollOrder, ServerCall};
 use crate::host::{Host, LogLevel, SharedWrite};
-use crate::metrics::{Counter, Gauge};
+use crate::metrics::{Counter, Gauge, Histogram};
 use crate::worker::Worker;
 use authz_core::decision_cache::{decision_key, CachedDecision, CachedOutcome, LookupResult};
 use authz_core::epochs::Changes;
@@ -249,32 +249,58 @@ impl<H: Host> Worker<H> {
     }
 
     /// Enforces `policy_version` from now on: no decision cached before counts, and no cached
-    /// verification failure either (it may have been about a rule that changed).
+    /// verification either (each token is verified and screened again).
     fn start_over_at(&mut self, policy_version: u64) {
         self.versions.policy_version = policy_version;
         self.decisions.clear();
-        self.tokens.drop_failures();
+        self.tokens.clear();
         self.host.set_gauge(Gauge::PolicyVersion, policy_version);
         self.host.set_gauge(Gauge::CacheEntries, 0);
     }
 
-    /// Whether an epochs poll is due now; marks it started.
+    /// Whether a change-feed request is due now; marks it started. With push on and working,
+    /// a request is always out (the server holds it until something changes or its wait runs
+    /// out, and the next goes out when it answers); otherwise one every poll interval.
     pub fn poll_due(&mut self, now_ms: u64) -> Option<PollOrder> {
+        let push_wait_ms = self.policy.server.as_ref()?.epochs.as_ref()?.push_wait_ms;
+        if self.versions.poll_in_flight.is_some() {
+            // An answer that never came (the host lost the call): give up on it after its
+            // timeout and a margin.
+            let limit = poll_timeout(push_wait_ms, self.versions.poll_held).as_millis() as u64;
+            if now_ms.saturating_sub(self.versions.last_poll_started_ms) < limit + 3_000 {
+                return None;
+            }
+            self.versions.poll_in_flight = None;
+            self.poll_failed("no answer");
+        }
         let epochs = self.policy.server.as_ref()?.epochs.as_ref()?;
-        if self.versions.poll_in_flight.is_some()
-            && now_ms.saturating_sub(self.versions.last_poll_started_ms) < 5_000
+        let hold = epochs.push_wait_ms > 0 && !self.versions.push_down;
+        if !self.versions.poll_now
+            && now_ms.saturating_sub(self.versions.last_poll_started_ms) < epochs.interval_ms
         {
             return None;
         }
-        if now_ms.saturating_sub(self.versions.last_poll_started_ms) < epochs.interval_ms {
-            return None;
-        }
+        self.versions.poll_now = false;
         self.versions.last_poll_started_ms = now_ms;
+        self.versions.poll_held = hold;
+        let mut path = format!(
+            "/admin/epochs?since={}&format=2",
+            self.versions.change_version
+        );
+        if hold {
+            path.push_str(&format!("&wait_ms={}", epochs.push_wait_ms));
+            // A server whose state restarted answers at once instead of holding.
+            if let Some(incarnation) = &self.versions.incarnation {
+                path.push_str("&incarnation=");
+                path.push_str(incarnation);
+            }
+        }
         Some(PollOrder {
             cluster: epochs.cluster.clone(),
             authority: epochs.authority.clone(),
-            path: format!("/admin/epochs?since={}", self.versions.change_version),
+            path,
             bearer: format!("Bearer {}", epochs.token),
+            timeout: poll_timeout(epochs.push_wait_ms, hold),
         })
     }
 
@@ -286,8 +312,35 @@ impl<H: Host> Worker<H> {
         self.versions.poll_in_flight == Some(token)
     }
 
-    /// Applies an epochs answer.
-    pub fn on_poll_response(&mut self, status: Option<u16>, body: Option<Vec<u8>>, now_ms: u64) {
+    fn poll_failed(&mut self, why: &str) {
+        self.host.count(Counter::PollFailed);
+        self.versions.failed_polls += 1;
+        if self.versions.poll_held && !self.versions.push_down {
+            self.versions.push_down = true;
+            self.host.set_gauge(Gauge::PushConnected, 0);
+            self.host.log(LogLevel::Warn, &format!(
+                "jwt_authz change feed: held request failed ({why}); polling every {} ms until the server answers",
+                self.policy.server.as_ref().and_then(|s| s.epochs.as_ref()).map(|e| e.interval_ms).unwrap_or(0)
+            ));
+        }
+        // Visible, without a line every poll: the first failure and every 40th.
+        if self.versions.failed_polls % 40 == 1 {
+            self.host.log(LogLevel::Warn, &format!(
+                "jwt_authz epochs poll failed ({why}; {} in a row): cached decisions above authenticated stop being trusted {} ms after the last good poll",
+                self.versions.failed_polls,
+                self.policy.server.as_ref().map(|s| s.max_unreachable_ms).unwrap_or(0)
+            ));
+        }
+    }
+
+    /// Applies a change-feed answer; returns the next request when it is due at once (a held
+    /// request answered: the host dispatches the next one now).
+    pub fn on_poll_response(
+        &mut self,
+        status: Option<u16>,
+        body: Option<Vec<u8>>,
+        now_ms: u64,
+    ) -> Option<PollOrder> {
         self.versions.poll_in_flight = None;
         let changes = match (status, body) {
             (Some(200), Some(body)) => Changes::parse(&body),
@@ -297,17 +350,8 @@ impl<H: Host> Worker<H> {
         let changes = match changes {
             Ok(c) => c,
             Err(why) => {
-                self.host.count(Counter::PollFailed);
-                self.versions.failed_polls += 1;
-                // Visible, without a line every poll: the first failure and every 40th.
-                if self.versions.failed_polls % 40 == 1 {
-                    self.host.log(LogLevel::Warn, &format!(
-                        "jwt_authz epochs poll failed ({why}; {} in a row): cached decisions above authenticated stop being trusted {} ms after the last good poll",
-                        self.versions.failed_polls,
-                        self.policy.server.as_ref().map(|s| s.max_unreachable_ms).unwrap_or(0)
-                    ));
-                }
-                return;
+                self.poll_failed(why);
+                return None;
             }
         };
         self.host.count(Counter::PollOk);
@@ -321,6 +365,31 @@ impl<H: Host> Worker<H> {
             );
             self.versions.failed_polls = 0;
         }
+        let held_for = now_ms.saturating_sub(self.versions.last_poll_started_ms);
+        let wait_ms = self
+            .policy
+            .server
+            .as_ref()
+            .and_then(|s| s.epochs.as_ref())
+            .map(|e| e.push_wait_ms)
+            .unwrap_or(0);
+        if self.versions.poll_held {
+            // Held until a change, or for most of its wait: the server pushes. Answered at once
+            // with nothing (a server that does not hold): poll at the interval instead.
+            if !changes.is_empty() || held_for >= wait_ms / 2 {
+                self.host.count(Counter::PollHeld);
+                self.versions.poll_now = true;
+                self.host.set_gauge(Gauge::PushConnected, 1);
+            }
+        } else if self.versions.push_down && wait_ms > 0 {
+            // The server answers again: try holding at once.
+            self.host.log(
+                LogLevel::Info,
+                "jwt_authz change feed: server answers again; back to held requests",
+            );
+            self.versions.push_down = false;
+            self.versions.poll_now = true;
+        }
         if let Some(incarnation) = &changes.incarnation {
             if self
                 .versions
@@ -330,16 +399,23 @@ impl<H: Host> Worker<H> {
             {
                 // The server's counters restarted (or a server without shared state answered):
                 // what we learned from the old counter says nothing about the new one, and we
-                // cannot know what changed in between. Start over.
+                // cannot know what changed in between. Start over; this answer (from 0) and
+                // the next carry the server's whole state again.
                 self.host.log(
                     LogLevel::Info,
                     &format!(
-                        "jwt_authz epochs: server state restarted; {} cached decision(s) dropped",
-                        self.decisions.len()
+                        "jwt_authz epochs: server state restarted; {} cached decision(s) and {} revocation(s) dropped",
+                        self.decisions.len(),
+                        self.revocations.len()
                     ),
                 );
                 self.versions.change_version = 0;
+                self.versions.synced = false;
+                self.revocations.clear();
+                self.versions.poll_now = true;
                 self.start_over_at(changes.policy_version);
+                self.versions.incarnation = Some(incarnation.clone());
+                return self.poll_due(now_ms);
             }
             self.versions.incarnation = Some(incarnation.clone());
         }
@@ -354,16 +430,54 @@ impl<H: Host> Worker<H> {
         if changes.policy_version > self.versions.policy_version {
             self.apply_policy_version(changes.policy_version);
         }
+        self.apply_revocations(&changes, now_ms);
+        if self.versions.synced {
+            // One sample per change, bounded per answer.
+            for learned in changes.learned_at().take(1_000) {
+                self.host
+                    .record(Histogram::RevocationLagMs, now_ms.saturating_sub(learned));
+            }
+        }
+        self.versions.synced = true;
+        self.versions.change_version = self.versions.change_version.max(changes.version);
+        self.share_versions();
+        if self.versions.poll_now {
+            self.poll_due(now_ms)
+        } else {
+            None
+        }
+    }
+
+    /// Purges cached decisions the changes make stale, and holds the revocations for
+    /// locally decided routes.
+    fn apply_revocations(&mut self, changes: &Changes, now_ms: u64) {
         let mut purged = 0;
-        if changes.jti_revoked {
+        if !changes.jtis.is_empty() {
+            // A decision cache entry does not know its token's `jti`: every entry goes.
             purged += self.decisions.len();
             self.decisions.clear();
         }
-        for subject in &changes.subjects {
-            purged += self.decisions.purge_subject(subject);
+        let dropped_before = self.revocations.dropped();
+        for jti in &changes.jtis {
+            self.revocations
+                .revoke_jti(&jti.key, jti.expires_at_ms, now_ms);
         }
-        for hash in &changes.revoked_token_hashes {
-            purged += self.decisions.purge_token(hash);
+        for subject in &changes.subjects {
+            purged += self.decisions.purge_subject(&subject.subject);
+            self.revocations
+                .revoke_subject(&subject.subject, subject.revoked_at_ms, now_ms);
+        }
+        for token in &changes.tokens {
+            purged += self.decisions.purge_token(&token.key);
+            self.revocations
+                .revoke_token(token.key, token.expires_at_ms, now_ms);
+        }
+        for _ in dropped_before..self.revocations.dropped() {
+            self.host.count(Counter::RevocationsDropped);
+        }
+        if !changes.is_empty() {
+            self.host
+                .set_gauge(Gauge::Revocations, self.revocations.len() as u64);
         }
         if purged > 0 {
             self.host.log(
@@ -373,8 +487,14 @@ impl<H: Host> Worker<H> {
             self.host
                 .set_gauge(Gauge::CacheEntries, self.decisions.len() as u64);
         }
-        self.versions.change_version = self.versions.change_version.max(changes.version);
-        self.share_versions();
+    }
+
+    /// Forgets revocations whose tokens have expired.
+    pub(crate) fn prune_revocations(&mut self, now_ms: u64) {
+        if self.revocations.prune(now_ms) > 0 {
+            self.host
+                .set_gauge(Gauge::Revocations, self.revocations.len() as u64);
+        }
     }
 
     /// Publishes what this worker knows, and adopts a newer policy version another worker saw.
@@ -411,4 +531,9 @@ impl<H: Host> Worker<H> {
             }
         }
     }
+}
+
+/// How long a change-feed request may take: a held one its wait plus a margin.
+fn poll_timeout(push_wait_ms: u64, held: bool) -> Duration {
+    Duration::from_millis(if held { push_wait_ms + 2_000 } else { 2_000 })
 }

@@ -1,5 +1,6 @@
 //! What one worker knows of the ext_authz server's versions (policy, change feed, the counter's
-//! incarnation) and of its reachability; the rules that change it live in `server_path`.
+//! incarnation), of its reachability and of how its change feed arrives (pushed through held
+//! requests, or polled); the rules that change it live in `server_path`.
 
 /// What this worker knows of the server's versions.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -14,4 +15,13 @@ pub struct KnownVersions {
     pub poll_in_flight: Option<u32>,
     /// Polls failed in a row.
     pub failed_polls: u64,
+    /// Whether the poll in flight asked the server to hold it (push).
+    pub poll_held: bool,
+    /// A held request failed: poll plainly every interval until a poll succeeds.
+    pub push_down: bool,
+    /// The next poll goes out at once (the previous held one answered).
+    pub poll_now: bool,
+    /// Whether an answer came from the current incarnation before (so the next answer's
+    /// changes are new ones, whose propagation lag is worth recording).
+    pub synced: bool,
 }

@@ -21,6 +21,7 @@ use authz_core::config::{JwksSource, RemoteJwks};
 use authz_core::decision::decide_with;
 use authz_core::decision_cache::{DecisionCache, TokenCache};
 use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, RefreshRules};
+use authz_core::revocations::RevocationSet;
 use authz_core::token_hash::TokenKeyer;
 use authz_core::verify::verify;
 use authz_core::{deny_response, Decision, DenyReason, KeySet, Policy, Tier, VerifyFailure};
@@ -88,6 +89,8 @@ pub struct Worker<H: Host> {
     pub(crate) keyer: TokenKeyer,
     /// What this worker knows of the server's versions.
     pub(crate) versions: KnownVersions,
+    /// Revocations from the change feed, for locally decided tiers that honour them.
+    pub(crate) revocations: RevocationSet,
 }
 
 /// How often the root context wakes up to refresh keys and time out waiting requests.
@@ -156,6 +159,13 @@ impl<H: Host> Worker<H> {
             policy.cache.jwt_ttl_ms,
             policy.cache.caps.deny_ms,
         );
+        let revocations = RevocationSet::new(
+            policy
+                .server
+                .as_ref()
+                .map(|s| s.max_revocations)
+                .unwrap_or(authz_core::revocations::DEFAULT_MAX_ENTRIES),
+        );
         Worker {
             policy,
             debug_logs: host.debug_enabled(),
@@ -170,6 +180,7 @@ impl<H: Host> Worker<H> {
             tokens,
             keyer: TokenKeyer::new(token_cache_key),
             versions: KnownVersions::default(),
+            revocations,
         }
     }
 
@@ -185,10 +196,28 @@ impl<H: Host> Worker<H> {
             keyer,
             host,
             keys_generation,
+            revocations,
             ..
         } = self;
         let generation = *keys_generation;
-        decide_with(policy, &request.facts(), |token| {
+        let honours = |tier: Tier| {
+            policy
+                .server
+                .as_ref()
+                .is_some_and(|s| s.epochs.is_some() && s.local_revocations.contains(&tier))
+        };
+        let screen = |token: &authz_core::VerifiedToken, tier: Tier| {
+            if !honours(tier) {
+                return None;
+            }
+            if revocations.screen(token).is_some() {
+                return Some(DenyReason::Revoked);
+            }
+            // Past the cap a revocation may be missing: writes fail closed.
+            (tier == Tier::StandardWrite && !revocations.complete(now_ms))
+                .then_some(DenyReason::RevocationsIncomplete)
+        };
+        let check_token = |token: &str| {
             let key = keyer.key(token);
             if let Some(cached) = tokens.get(&key, now_ms, generation) {
                 host.count(Counter::TokenCacheHit);
@@ -216,7 +245,8 @@ impl<H: Host> Worker<H> {
                 host.record(Histogram::VerifyMicros, end.saturating_sub(now_us));
             }
             result
-        })
+        };
+        decide_with(policy, &request.facts(), check_token, screen)
     }
 
     pub(crate) fn count_allow(&self, tier: Tier) {
@@ -791,6 +821,7 @@ impl<H: Host> Worker<H> {
         orders.append(&mut self.follow_ups);
         let finals = self.process_pending(now_ms);
         self.share_versions();
+        self.prune_revocations(now_ms);
         TickWork {
             fetches: orders,
             finals,

@@ -41,6 +41,7 @@ struct FakeHost {
     logs: Rc<RefCell<Vec<(LogLevel, String)>>>,
     counts: Rc<RefCell<HashMap<Counter, u64>>>,
     gauges: Rc<RefCell<HashMap<Gauge, u64>>>,
+    samples: Rc<RefCell<Vec<(Histogram, u64)>>>,
 }
 
 impl FakeHost {
@@ -101,7 +102,9 @@ impl Host for FakeHost {
         self.gauges.borrow_mut().insert(gauge, value);
     }
 
-    fn record(&self, _histogram: Histogram, _value: u64) {}
+    fn record(&self, histogram: Histogram, value: u64) {
+        self.samples.borrow_mut().push((histogram, value));
+    }
 
     fn now_us(&self) -> Option<u64> {
         None
@@ -467,7 +470,7 @@ fn ok_reply(ttl_ms: u64, policy_version: u64, unconfirmed: bool) -> Vec<u8> {
 fn polled_worker(store: &Rc<RefCell<Store>>, now: u64) -> (Worker<FakeHost>, FakeHost) {
     let (mut w, host) = worker(store);
     let poll = w.on_tick(now).poll.expect("a poll is due");
-    assert_eq!(poll.path, "/admin/epochs?since=0");
+    assert_eq!(poll.path, "/admin/epochs?since=0&format=2&wait_ms=500");
     assert_eq!(poll.bearer, "Bearer test-epochs-token-4f2a9c7e");
     w.poll_started(7);
     w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), now);
@@ -475,14 +478,18 @@ fn polled_worker(store: &Rc<RefCell<Store>>, now: u64) -> (Worker<FakeHost>, Fak
 }
 
 fn epochs(version: u64, policy_version: u64, incarnation: &str, subjects: &[&str]) -> Vec<u8> {
-    let subjects: serde_json::Map<String, Value> = subjects
+    let subjects: Vec<Value> = subjects
         .iter()
-        .map(|s| ((*s).to_owned(), json!(1)))
+        .map(|s| json!([s, T0 - 1_000, 1, T0 - 1_000]))
         .collect();
-    json!({"version": version, "policy_version": policy_version, "subjects": subjects,
-           "revoked_token_hashes": [], "revoked_jtis": [], "incarnation": incarnation})
-    .to_string()
-    .into_bytes()
+    feed(json!({"version": version, "policy_version": policy_version, "subjects": subjects,
+                "incarnation": incarnation}))
+}
+
+/// A format-2 feed answer from the fields given.
+fn feed(mut fields: Value) -> Vec<u8> {
+    fields["format"] = json!(2);
+    fields.to_string().into_bytes()
 }
 
 #[test]
@@ -643,14 +650,20 @@ fn a_restarted_server_state_drops_what_was_learned_from_the_old_one() {
     );
 
     // The server's counters restart: versions fall back, and nothing cached survives.
-    w.on_poll_response(Some(200), Some(epochs(2, 1, "inc-b", &[])), T0 + 500);
+    let again = w.on_poll_response(Some(200), Some(epochs(2, 1, "inc-b", &[])), T0 + 500);
+    // That answer was about the old cursor: the new counter's whole state is asked at once.
+    assert!(
+        again.is_some_and(|p| p.path.starts_with("/admin/epochs?since=0&format=2")),
+        "asks the new counter from its start"
+    );
     let (call, _) = server_call(w.on_request(3, request.clone(), us(T0 + 510)));
     assert_eq!(call.policy_version, 1);
     assert_eq!(host.gauges.borrow().get(&Gauge::PolicyVersion), Some(&1));
     let poll = w.on_tick(T0 + 800).poll.expect("next poll");
-    assert_eq!(
-        poll.path, "/admin/epochs?since=2",
-        "asks the new counter from its start"
+    assert!(
+        poll.path.starts_with("/admin/epochs?since=0&format=2"),
+        "{}",
+        poll.path
     );
 
     // A subject's epoch change purges that subject's decisions.
@@ -731,4 +744,259 @@ fn replies_under_another_policy_version_flush_or_are_used_once() {
     assert_eq!(status_of(&result), 200);
     let step = w.on_request(5, request, us(T0 + 50));
     assert!(matches!(step, RequestStep::CallServer(..)), "{step:?}");
+}
+
+/// A worker whose `/orders` writes are `standard_write` and whose feed holds at most `cap`
+/// revocations, with `local_revocations` as given (`None`: the default).
+fn local_worker(
+    store: &Rc<RefCell<Store>>,
+    local_revocations: Option<Value>,
+    cap: usize,
+) -> (Worker<FakeHost>, FakeHost) {
+    let mut config = json!({
+        "realm": "test",
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
+                       "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}],
+        "routes": [{"name": "orders", "match": {"prefix": "/orders", "methods": ["POST"]},
+                    "tier": "standard_write"}],
+        "default": {"tier": "authenticated"},
+        "server": {"cluster": "authz", "epochs_cluster": "authz_admin",
+                   "epochs_token": "test-epochs-token-4f2a9c7e", "poll_interval_ms": 250,
+                   "max_unreachable_ms": 1000, "max_revocations": cap}
+    });
+    if let Some(tiers) = local_revocations {
+        config["server"]["local_revocations"] = tiers;
+    }
+    let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
+    let host = FakeHost::sharing(store);
+    let mut w = Worker::new(policy, host.clone(), [1, 2]);
+    w.poll_due(T0).expect("a first poll");
+    w.poll_started(1);
+    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
+    (w, host)
+}
+
+fn post(path: &str, token: &str) -> OwnedRequest {
+    OwnedRequest {
+        method: "POST".into(),
+        path: path.into(),
+        authorization: Some(format!("Bearer {token}")),
+    }
+}
+
+/// Decides `request` at `at_ms`, loading `idp`'s keys first if the worker waits for them.
+fn decide_local(
+    w: &mut Worker<FakeHost>,
+    idp: &Idp,
+    id: u32,
+    request: OwnedRequest,
+    at_ms: u64,
+) -> u16 {
+    match w.on_request(id, request, us(at_ms)) {
+        RequestStep::Done(f) => status_of(&f),
+        RequestStep::Wait(order) => {
+            let order = order.expect("a keys fetch");
+            w.fetch_started(90 + id, &order, id);
+            let finals = w.on_fetch_response(90 + id, Some(200), Some(idp.jwks()), at_ms);
+            finals.first().map(status_of).expect("decided with the keys")
+        }
+        other => panic!("a local route called the server: {other:?}"),
+    }
+}
+
+fn token_with(idp: &Idp, claims: Value) -> String {
+    let mut all = json!({"iss": ISSUER, "aud": "api", "iat": T0 / 1000 - 10,
+                         "exp": T0 / 1000 + 3600});
+    for (k, v) in claims.as_object().expect("object") {
+        all[k] = v.clone();
+    }
+    idp.key.sign(&all).expect("sign")
+}
+
+#[test]
+fn local_routes_refuse_tokens_revoked_by_hash_jti_or_subject_including_cached_ones() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = local_worker(&store, None, 1_000);
+    let idp = Idp::new("k1");
+    let by_hash = idp.token("alice");
+    let by_jti = token_with(&idp, json!({"sub": "bob", "jti": "j-bob"}));
+    let by_subject = token_with(&idp, json!({"sub": "carol"}));
+    let bystander = idp.token("dave");
+    for (i, t) in [&by_hash, &by_jti, &by_subject, &bystander].iter().enumerate() {
+        let id = i as u32 + 1;
+        assert_eq!(decide_local(&mut w, &idp, id, get("/items", Some(t)), T0), 200);
+        assert_eq!(decide_local(&mut w, &idp, id + 10, post("/orders", t), T0), 200);
+    }
+    assert!(host.count(Counter::TokenCacheHit) > 0, "verifications are cached");
+
+    let digest = authz_core::token_hash::digest_hex(&authz_core::token_hash::token_digest(&by_hash));
+    let answer = feed(json!({
+        "version": 4, "policy_version": 1, "incarnation": "inc-a",
+        "tokens": [[digest, (T0 / 1000 + 3600) * 1000, T0 + 100]],
+        "jtis": [["j-bob", null, T0 + 100]],
+        "subjects": [["carol", T0, 1, T0 + 100]],
+    }));
+    w.poll_started(2);
+    w.on_poll_response(Some(200), Some(answer), T0 + 130);
+    for (i, t) in [&by_hash, &by_jti, &by_subject].iter().enumerate() {
+        let id = i as u32 + 20;
+        assert_eq!(decide_local(&mut w, &idp, id, get("/items", Some(t)), T0 + 140), 401);
+        assert_eq!(decide_local(&mut w, &idp, id + 10, post("/orders", t), T0 + 140), 401);
+    }
+    assert_eq!(decide_local(&mut w, &idp, 40, get("/items", Some(&bystander)), T0 + 140), 200);
+    // A login after the subject's revocation passes.
+    let fresh = token_with(&idp, json!({"sub": "carol", "iat": T0 / 1000 + 1}));
+    assert_eq!(decide_local(&mut w, &idp, 41, get("/items", Some(&fresh)), T0 + 1_500), 200);
+    assert_eq!(host.count(Counter::DenyReason("revoked")), 6);
+    assert_eq!(host.gauges.borrow().get(&Gauge::Revocations), Some(&3));
+    // The propagation lag of each change: applied 30 ms after the server learned it.
+    let lags: Vec<u64> = host
+        .samples
+        .borrow()
+        .iter()
+        .filter(|(h, _)| *h == Histogram::RevocationLagMs)
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(lags, vec![30, 30, 30]);
+    // Revocations leave when their tokens would have expired (plus the grace).
+    w.on_tick((T0 / 1000 + 3600) * 1000 + authz_core::revocations::FORGET_GRACE_MS);
+    assert_eq!(host.gauges.borrow().get(&Gauge::Revocations), Some(&2));
+}
+
+#[test]
+fn a_tier_left_out_of_local_revocations_ignores_them() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, _) = local_worker(&store, Some(json!(["standard_write"])), 1_000);
+    let idp = Idp::new("k1");
+    let token = idp.token("alice");
+    w.poll_started(2);
+    w.on_poll_response(
+        Some(200),
+        Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+                         "subjects": [["alice", T0, 1, T0]]}))),
+        T0 + 10,
+    );
+    assert_eq!(decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0 + 20), 200);
+    assert_eq!(decide_local(&mut w, &idp, 2, post("/orders", &token), T0 + 20), 401);
+    // And with none listed, nothing local is refused.
+    let (mut off, _) = local_worker(&store, Some(json!([])), 1_000);
+    off.poll_started(2);
+    off.on_poll_response(
+        Some(200),
+        Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+                         "subjects": [["alice", T0, 1, T0]]}))),
+        T0 + 10,
+    );
+    assert_eq!(decide_local(&mut off, &idp, 3, post("/orders", &token), T0 + 20), 200);
+}
+
+#[test]
+fn past_the_revocation_cap_writes_fail_closed_and_reads_keep_what_is_held() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = local_worker(&store, None, 2);
+    let idp = Idp::new("k1");
+    let token = idp.token("alice");
+    let tokens: Vec<Value> = (1..=3u8)
+        .map(|i| json!([authz_core::token_hash::digest_hex(&[i; 32]), T0 + 60_000 * u64::from(i), T0]))
+        .collect();
+    w.poll_started(2);
+    w.on_poll_response(
+        Some(200),
+        Some(feed(json!({"version": 3, "policy_version": 1, "incarnation": "inc-a",
+                         "tokens": tokens}))),
+        T0,
+    );
+    assert_eq!(host.count(Counter::RevocationsDropped), 1);
+    assert_eq!(decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0 + 10), 200);
+    assert_eq!(decide_local(&mut w, &idp, 2, post("/orders", &token), T0 + 10), 503);
+    assert_eq!(host.count(Counter::DenyReason("revocations_incomplete")), 1);
+    // Once the dropped revocation's token would have expired, writes pass again.
+    let later = T0 + 60_000 + authz_core::revocations::FORGET_GRACE_MS;
+    assert_eq!(decide_local(&mut w, &idp, 3, post("/orders", &token), later), 200);
+}
+
+#[test]
+fn a_policy_bump_drops_cached_verifications_of_local_routes() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = local_worker(&store, None, 100);
+    let idp = Idp::new("k1");
+    let token = idp.token("alice");
+    assert_eq!(decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0), 200);
+    let misses = host.count(Counter::TokenCacheMiss);
+    assert_eq!(decide_local(&mut w, &idp, 2, get("/items", Some(&token)), T0), 200);
+    assert_eq!(host.count(Counter::TokenCacheMiss), misses, "cached");
+    w.poll_started(2);
+    w.on_poll_response(
+        Some(200),
+        Some(feed(json!({"version": 2, "policy_version": 2, "incarnation": "inc-a",
+                         "policy_changed_at_ms": T0}))),
+        T0 + 10,
+    );
+    assert_eq!(decide_local(&mut w, &idp, 3, get("/items", Some(&token)), T0 + 20), 200);
+    assert_eq!(host.count(Counter::TokenCacheMiss), misses + 1, "verified again");
+}
+
+#[test]
+fn held_requests_follow_each_other_and_a_failure_falls_back_to_polling_until_one_answers() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = local_worker(&store, None, 100);
+    // The first answer came back at once (it carried the whole state): nothing due early.
+    // A held request that answers with a change: the next one is due at once.
+    let poll = w.on_tick(T0 + 300).poll.expect("due");
+    assert!(poll.path.contains("&wait_ms=500&incarnation=inc-a"), "{}", poll.path);
+    assert_eq!(poll.timeout.as_millis(), 2_500);
+    w.poll_started(3);
+    let next = w.on_poll_response(
+        Some(200),
+        Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+                         "subjects": [["x", T0, 1, T0 + 310]]}))),
+        T0 + 320,
+    );
+    let next = next.expect("the next held request goes out at once");
+    assert!(next.path.starts_with("/admin/epochs?since=2&format=2&wait_ms=500"));
+    w.poll_started(4);
+    // Held for its whole wait with nothing: again at once.
+    assert!(w
+        .on_poll_response(
+            Some(200),
+            Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}))),
+            T0 + 820,
+        )
+        .is_some());
+    assert_eq!(host.count(Counter::PollHeld), 2);
+    assert_eq!(host.gauges.borrow().get(&Gauge::PushConnected), Some(&1));
+    // While a request is held, ticks start none.
+    w.poll_started(5);
+    assert!(w.on_tick(T0 + 1_300).poll.is_none());
+    // It fails: the feed is polled plainly, every interval, until an answer.
+    assert!(w.on_poll_response(None, None, T0 + 1_400).is_none());
+    assert_eq!(host.gauges.borrow().get(&Gauge::PushConnected), Some(&0));
+    let plain = w.on_tick(T0 + 1_500).poll.expect("a plain poll");
+    assert!(!plain.path.contains("wait_ms"), "{}", plain.path);
+    assert_eq!(plain.timeout.as_millis(), 2_000);
+    w.poll_started(6);
+    // It fails too (the server is down): the next waits for the interval.
+    assert!(w.on_poll_response(None, None, T0 + 1_510).is_none());
+    assert!(w.on_tick(T0 + 1_600).poll.is_none(), "not before the interval");
+    let plain = w.on_tick(T0 + 1_750).poll.expect("a plain poll");
+    assert!(!plain.path.contains("wait_ms"), "{}", plain.path);
+    w.poll_started(6);
+    let back = w.on_poll_response(
+        Some(200),
+        Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}))),
+        T0 + 1_710,
+    );
+    assert!(
+        back.is_some_and(|p| p.path.contains("wait_ms=500")),
+        "back to held requests at once"
+    );
+    // A server that answers held requests at once with nothing is polled at the interval.
+    w.poll_started(7);
+    assert!(w
+        .on_poll_response(
+            Some(200),
+            Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}))),
+            T0 + 1_770,
+        )
+        .is_none());
 }

@@ -7,7 +7,7 @@ use crate::envoy_host::{random_key, EnvoyHost, FilterWorker};
 use crate::host;
 use crate::http::AuthzHttp;
 use authz_core::{Error, Policy};
-use filter_core::TICK;
+use filter_core::{PollOrder, TICK};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
@@ -53,17 +53,26 @@ impl AuthzRoot {
         }
         apply_finals(work.finals, self.context_id);
         if let Some(poll) = work.poll {
-            let bearer = poll.bearer.as_str();
-            match host::dispatch_get_with(
-                &poll.cluster,
-                &poll.authority,
-                &poll.path,
-                &[("authorization", bearer)],
-                Duration::from_secs(2),
-            ) {
-                Some(token) => worker.borrow_mut().poll_started(token),
-                None => worker.borrow_mut().on_poll_response(None, None, now),
-            }
+            dispatch_poll(worker, poll, now);
+        }
+    }
+}
+
+/// Dispatches a change-feed request; a request that cannot start counts as a failed one.
+fn dispatch_poll(worker: &Rc<RefCell<FilterWorker>>, poll: PollOrder, now: u64) {
+    let bearer = poll.bearer.as_str();
+    let started = host::dispatch_get_with(
+        &poll.cluster,
+        &poll.authority,
+        &poll.path,
+        &[("authorization", bearer)],
+        poll.timeout,
+    );
+    match started {
+        Some(token) => worker.borrow_mut().poll_started(token),
+        // A failed start never asks for an immediate retry (it would loop): the next tick does.
+        None => {
+            let _ = worker.borrow_mut().on_poll_response(None, None, now);
         }
     }
 }
@@ -81,7 +90,11 @@ impl Context for AuthzRoot {
             let status = host::call_response_status();
             let body = host::call_response_body(body_size);
             let now = host::now_ms().unwrap_or(0);
-            worker.borrow_mut().on_poll_response(status, body, now);
+            let next = worker.borrow_mut().on_poll_response(status, body, now);
+            // A held request answered: the next one goes out at once (push).
+            if let Some(poll) = next {
+                dispatch_poll(worker, poll, now);
+            }
             return;
         }
         on_fetch_answer(worker, token_id, body_size, self.context_id);

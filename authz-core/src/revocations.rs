@@ -1,0 +1,305 @@
+//! The revocations a proxy worker holds so that routes it decides locally from a JWT honour
+//! them too: revoked token hashes, revoked `jti`s and revoked subjects (every token of the
+//! subject issued at or before the revocation). They arrive from the server's change feed
+//! (see [`crate::epochs`]); [`RevocationSet::screen`] is the check a verified token passes
+//! before a local allow.
+//!
+//! Bounded. A token or `jti` revocation is forgotten once the token it names has expired (plus
+//! [`FORGET_GRACE_MS`]: past it, the verifier refuses the token anyway); a revocation whose
+//! expiry the server did not know is kept [`UNKNOWN_EXPIRY_KEEP_MS`]. At the cap
+//! (`max_entries`), the entry that would be forgotten soonest makes room, and until that entry
+//! would have been forgotten anyway the set is *incomplete*: writes must fail closed
+//! ([`RevocationSet::complete`]), reads keep honouring what is held.
+//!
+//! What it does not do: fetch, read a clock (every call takes `now_ms`) or decide anything
+//! but "this token was revoked".
+
+use crate::verify::VerifiedToken;
+use std::collections::{BTreeSet, HashMap};
+
+/// Kept this long past the revoked token's expiry: longer than any clock skew a provider
+/// accepts (at most 300 s), so a revocation never leaves while its token could still pass.
+pub const FORGET_GRACE_MS: u64 = 10 * 60 * 1000;
+/// How long a revocation without a known expiry is kept (a token revoked by hash whose `exp`
+/// the server did not know).
+pub const UNKNOWN_EXPIRY_KEEP_MS: u64 = 24 * 60 * 60 * 1000;
+/// Default cap on held revocations (tokens, `jti`s and subjects together).
+pub const DEFAULT_MAX_ENTRIES: usize = 200_000;
+
+/// What the set is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Key {
+    Token([u8; 32]),
+    Jti(Box<str>),
+}
+
+/// One worker's revocations.
+#[derive(Debug)]
+pub struct RevocationSet {
+    /// Token or `jti` → when it may be forgotten (ms).
+    entries: HashMap<Key, u64>,
+    /// (forget at, key): the expiry index.
+    by_forget: BTreeSet<(u64, Key)>,
+    /// Subject → tokens issued (`iat`, ms) at or before this are refused.
+    subjects: HashMap<Box<str>, u64>,
+    max_entries: usize,
+    /// Set when the cap dropped a revocation that was still needed: until then the set is
+    /// incomplete.
+    incomplete_until_ms: u64,
+    dropped: u64,
+}
+
+/// Why [`RevocationSet::screen`] refused a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    Token,
+    Jti,
+    Subject,
+}
+
+impl RevocationSet {
+    pub fn new(max_entries: usize) -> RevocationSet {
+        RevocationSet {
+            entries: HashMap::new(),
+            by_forget: BTreeSet::new(),
+            subjects: HashMap::new(),
+            max_entries: max_entries.max(1),
+            incomplete_until_ms: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Revocations held (tokens, `jti`s and subjects).
+    pub fn len(&self) -> usize {
+        self.entries.len() + self.subjects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Revocations dropped at the cap so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Whether every revocation still needed is held (false for a while after the cap dropped
+    /// one): writes fail closed while it is false.
+    pub fn complete(&self, now_ms: u64) -> bool {
+        now_ms >= self.incomplete_until_ms
+    }
+
+    fn forget_at(expires_at_ms: Option<u64>, learned_at_ms: u64) -> u64 {
+        match expires_at_ms {
+            Some(exp) => exp.saturating_add(FORGET_GRACE_MS),
+            None => learned_at_ms.saturating_add(UNKNOWN_EXPIRY_KEEP_MS),
+        }
+    }
+
+    fn insert(&mut self, key: Key, forget_at: u64, now_ms: u64) {
+        if forget_at <= now_ms {
+            return;
+        }
+        if let Some(old) = self.entries.get(&key).copied() {
+            if old >= forget_at {
+                return;
+            }
+            self.by_forget.remove(&(old, key.clone()));
+        } else {
+            self.prune(now_ms);
+            if self.len() >= self.max_entries {
+                self.make_room(forget_at);
+                if self.len() >= self.max_entries {
+                    // Every held entry outlives this one (or they are all subjects).
+                    self.drop_needed(forget_at);
+                    return;
+                }
+            }
+        }
+        self.entries.insert(key.clone(), forget_at);
+        self.by_forget.insert((forget_at, key));
+    }
+
+    /// Drops the held entry forgotten soonest, if it goes before `forget_at`.
+    fn make_room(&mut self, forget_at: u64) {
+        let Some((soonest, key)) = self.by_forget.iter().next().cloned() else {
+            return;
+        };
+        if soonest >= forget_at {
+            return;
+        }
+        self.by_forget.remove(&(soonest, key.clone()));
+        self.entries.remove(&key);
+        self.drop_needed(soonest);
+    }
+
+    fn drop_needed(&mut self, forget_at: u64) {
+        self.dropped += 1;
+        self.incomplete_until_ms = self.incomplete_until_ms.max(forget_at);
+    }
+
+    pub fn revoke_token(&mut self, digest: [u8; 32], expires_at_ms: Option<u64>, now_ms: u64) {
+        let forget_at = Self::forget_at(expires_at_ms, now_ms);
+        self.insert(Key::Token(digest), forget_at, now_ms);
+    }
+
+    pub fn revoke_jti(&mut self, jti: &str, expires_at_ms: Option<u64>, now_ms: u64) {
+        let forget_at = Self::forget_at(expires_at_ms, now_ms);
+        self.insert(Key::Jti(jti.into()), forget_at, now_ms);
+    }
+
+    /// Tokens of `subject` issued at or before `revoked_at_ms` are refused. Subjects are not
+    /// forgotten (nothing says when the subject's last old token expires); at the cap a new one
+    /// is dropped, and the set is incomplete for [`UNKNOWN_EXPIRY_KEEP_MS`].
+    pub fn revoke_subject(&mut self, subject: &str, revoked_at_ms: u64, now_ms: u64) {
+        if let Some(at) = self.subjects.get_mut(subject) {
+            *at = (*at).max(revoked_at_ms);
+            return;
+        }
+        self.prune(now_ms);
+        if self.len() >= self.max_entries {
+            self.make_room(u64::MAX);
+        }
+        if self.len() >= self.max_entries {
+            self.drop_needed(now_ms.saturating_add(UNKNOWN_EXPIRY_KEEP_MS));
+            return;
+        }
+        self.subjects.insert(subject.into(), revoked_at_ms);
+    }
+
+    /// Forgets revocations whose tokens expired; returns how many went.
+    pub fn prune(&mut self, now_ms: u64) -> usize {
+        let mut gone = 0;
+        while let Some((at, key)) = self.by_forget.iter().next().cloned() {
+            if at > now_ms {
+                break;
+            }
+            self.by_forget.remove(&(at, key.clone()));
+            self.entries.remove(&key);
+            gone += 1;
+        }
+        gone
+    }
+
+    /// Forgets everything (the server's state restarted: its feed is read again from the
+    /// start).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.by_forget.clear();
+        self.subjects.clear();
+    }
+
+    /// Whether a verified token was revoked.
+    pub fn screen(&self, token: &VerifiedToken) -> Option<Revoked> {
+        if self.is_empty() {
+            return None;
+        }
+        if self.entries.contains_key(&Key::Token(token.digest)) {
+            return Some(Revoked::Token);
+        }
+        if let Some(jti) = token.claims.raw.get("jti").and_then(|v| v.as_str()) {
+            if self.entries.contains_key(&Key::Jti(jti.into())) {
+                return Some(Revoked::Jti);
+            }
+        }
+        let principal = token.claims.principal()?;
+        let revoked_at = self.subjects.get(principal.id)?;
+        let issued_ms = token.claims.issued_at.unwrap_or(0).max(0) as u64 * 1000;
+        (issued_ms <= *revoked_at).then_some(Revoked::Subject)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::Claims;
+    fn token(sub: &str, jti: &str, iat: i64) -> VerifiedToken {
+        token_with(sub, jti, iat, [0; 32])
+    }
+
+    fn token_with(sub: &str, jti: &str, iat: i64, digest: [u8; 32]) -> VerifiedToken {
+        let claims = Claims::from_json(
+            serde_json::json!({"sub": sub, "jti": jti, "iat": iat})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        VerifiedToken {
+            provider: 0,
+            algorithm: jsonwebtoken::Algorithm::RS256,
+            kid: None,
+            claims,
+            digest,
+        }
+    }
+
+    fn digested(t: &VerifiedToken, byte: u8) -> VerifiedToken {
+        VerifiedToken {
+            digest: [byte; 32],
+            ..t.clone()
+        }
+    }
+
+    #[test]
+    fn each_kind_of_revocation_refuses_its_tokens_only() {
+        let mut set = RevocationSet::new(10);
+        let alice = token("alice", "j-a", 100);
+        assert_eq!(set.screen(&digested(&alice, 1)), None);
+        set.revoke_token([1; 32], Some(1_000_000), 0);
+        assert_eq!(set.screen(&digested(&alice, 1)), Some(Revoked::Token));
+        assert_eq!(set.screen(&digested(&alice, 2)), None);
+        set.revoke_jti("j-a", None, 0);
+        assert_eq!(set.screen(&digested(&alice, 2)), Some(Revoked::Jti));
+        let bob_old = token("bob", "j-b1", 100);
+        let bob_new = token("bob", "j-b2", 300);
+        set.revoke_subject("bob", 200_000, 0);
+        assert_eq!(set.screen(&digested(&bob_old, 3)), Some(Revoked::Subject));
+        assert_eq!(set.screen(&digested(&bob_new, 4)), None, "a later login passes");
+        // A later revocation of the subject moves its epoch forward, never back.
+        set.revoke_subject("bob", 100_000, 0);
+        assert_eq!(set.screen(&digested(&bob_old, 3)), Some(Revoked::Subject));
+        set.revoke_subject("bob", 300_000, 0);
+        assert_eq!(set.screen(&digested(&bob_new, 4)), Some(Revoked::Subject));
+    }
+
+    #[test]
+    fn revocations_leave_when_their_tokens_expire() {
+        let mut set = RevocationSet::new(10);
+        set.revoke_token([1; 32], Some(5_000), 0);
+        set.revoke_jti("j", None, 0);
+        assert_eq!(set.prune(5_000 + FORGET_GRACE_MS - 1), 0, "grace");
+        assert_eq!(set.prune(5_000 + FORGET_GRACE_MS), 1);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.prune(UNKNOWN_EXPIRY_KEEP_MS), 1);
+        assert!(set.is_empty());
+        // Already expired: never held.
+        set.revoke_token([2; 32], Some(1), FORGET_GRACE_MS + 2);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn at_the_cap_the_soonest_to_go_makes_room_and_the_set_is_incomplete_until_then() {
+        let mut set = RevocationSet::new(2);
+        set.revoke_token([1; 32], Some(10_000), 0);
+        set.revoke_token([2; 32], Some(20_000), 0);
+        assert!(set.complete(0));
+        set.revoke_token([3; 32], Some(30_000), 0);
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.dropped(), 1);
+        let t = token("x", "y", 1);
+        assert_eq!(set.screen(&digested(&t, 1)), None, "dropped");
+        assert_eq!(set.screen(&digested(&t, 3)), Some(Revoked::Token));
+        assert!(!set.complete(10_000 + FORGET_GRACE_MS - 1));
+        assert!(set.complete(10_000 + FORGET_GRACE_MS));
+        // A newcomer that would go sooner than everything held is the one dropped.
+        set.revoke_token([4; 32], Some(5_000), 0);
+        assert_eq!(set.screen(&digested(&t, 4)), None);
+        assert_eq!(set.dropped(), 2);
+        // A full set of subjects: a new subject is dropped and marks the set incomplete.
+        let mut subjects = RevocationSet::new(1);
+        subjects.revoke_subject("a", 1, 0);
+        subjects.revoke_subject("b", 1, 0);
+        assert_eq!(subjects.len(), 1);
+        assert!(!subjects.complete(1_000));
+    }
+}
