@@ -1,0 +1,226 @@
+//! Freshness on every tier, end to end through the real Envoy (two workers), the real `.wasm`
+//! and the real server: revocations of a token (by the token and by `jti`) and of a subject
+//! reach routes the filter decides locally from the JWT; the server pushes changes through
+//! held change-feed requests (measured: a revocation arrives long before the poll interval,
+//! and an idle feed costs no request per interval); with the push off or the server gone the
+//! filter polls, and comes back to push when the server returns.
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tests::*;
+
+/// A stack whose feed polls only every `poll_interval_ms` and is held `push_wait_ms` (0: off).
+fn stack(poll_interval_ms: u64, push_wait_ms: u64, max_unreachable_ms: u64) -> CacheStack {
+    let mut plugin = decision_cache_plugin_config(poll_interval_ms, 1000);
+    plugin["server"]["push_wait_ms"] = json!(push_wait_ms);
+    plugin["server"]["max_unreachable_ms"] = json!(max_unreachable_ms);
+    CacheStack::start(&plugin, "")
+}
+
+fn jwt(s: &CacheStack, sub: &str, extra: Value) -> String {
+    s.idp
+        .mint(json!({"sub": sub, "scope": "read write", "ttl": 600, "claims": extra}))
+}
+
+fn status(s: &CacheStack, method: &str, path: &str, token: &str) -> u16 {
+    s.envoy
+        .send(method, path, Some(token), &[("connection", "close")])
+        .status
+}
+
+/// How long after `since` the token was first refused on `count` requests in a row (new
+/// connections, so both workers answer), within `limit`.
+fn refused_after(
+    s: &CacheStack,
+    method: &str,
+    path: &str,
+    token: &str,
+    since: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let mut refused_in_a_row = 0;
+    let mut first_refusal = None;
+    while since.elapsed() < limit {
+        if status(s, method, path, token) == 401 {
+            first_refusal.get_or_insert(since.elapsed());
+            refused_in_a_row += 1;
+            if refused_in_a_row == 20 {
+                return first_refusal;
+            }
+        } else {
+            refused_in_a_row = 0;
+            first_refusal = None;
+        }
+    }
+    None
+}
+
+fn revoke(s: &CacheStack, path: &str, body: Value) {
+    let reply = s.server.admin("POST", path, Some(body));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[test]
+fn revocations_reach_locally_decided_reads_and_writes_pushed_before_the_poll_interval() {
+    // Polling every 4 s: only the push can deliver within a second.
+    let s = stack(4_000, 4_000, 10_000);
+    let by_token = jwt(&s, "alice", json!({}));
+    let by_jti = jwt(&s, "bob", json!({"jti": "jti-bob-1"}));
+    let by_subject = jwt(&s, "carol", json!({}));
+    let bystander = jwt(&s, "dave", json!({}));
+    for token in [&by_token, &by_jti, &by_subject, &bystander] {
+        for _ in 0..4 {
+            assert_eq!(status(&s, "GET", "/api/items", token), 200);
+            assert_eq!(status(&s, "POST", "/api/items", token), 200);
+        }
+    }
+    // Give both workers' first held requests time to be out.
+    std::thread::sleep(Duration::from_millis(300));
+    let bound = Duration::from_millis(1_500);
+    let at = Instant::now();
+    revoke(&s, "/admin/revoke", json!({"token": by_token}));
+    let lag = refused_after(&s, "GET", "/api/items", &by_token, at, bound);
+    assert!(lag.is_some(), "a revoked token kept reading for {bound:?}");
+    assert_eq!(status(&s, "POST", "/api/items", &by_token), 401);
+
+    let at = Instant::now();
+    revoke(&s, "/admin/revoke", json!({"jti": "jti-bob-1"}));
+    assert!(
+        refused_after(&s, "POST", "/api/items", &by_jti, at, bound).is_some(),
+        "a revoked jti kept writing"
+    );
+
+    let at = Instant::now();
+    revoke(&s, "/admin/revoke-subject", json!({"sub": "carol"}));
+    assert!(
+        refused_after(&s, "POST", "/api/items", &by_subject, at, bound).is_some(),
+        "a revoked subject kept writing"
+    );
+    assert_eq!(status(&s, "GET", "/api/items", &by_subject), 401);
+    for _ in 0..10 {
+        assert_eq!(status(&s, "GET", "/api/items", &bystander), 200);
+        assert_eq!(status(&s, "POST", "/api/items", &bystander), 200);
+    }
+    // A later login of the subject passes (its `iat` is after the revocation's second).
+    std::thread::sleep(Duration::from_millis(1_100));
+    let fresh = jwt(&s, "carol", json!({}));
+    assert_eq!(status(&s, "POST", "/api/items", &fresh), 200);
+    // Public routes never look at revocations.
+    assert_eq!(status(&s, "GET", "/healthz", &by_token), 200);
+    assert!(s.envoy.stat("wasmcustom.authz.decisions.reason.revoked") >= 60);
+    assert!(s.envoy.stat("wasmcustom.authz.epochs_polls.held") >= 2);
+}
+
+#[test]
+fn an_idle_pushed_feed_costs_no_request_per_poll_interval() {
+    let s = stack(250, 1_000, 2_000);
+    let requests = || server_metric(s.server.admin_port, "authz_epochs_requests_total");
+    // Both workers hold a request.
+    let started = Instant::now();
+    while server_metric(s.server.admin_port, "authz_feed_streams") < 2.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the workers never held a request"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = requests();
+    std::thread::sleep(Duration::from_millis(3_000));
+    let during = requests() - before;
+    // Two workers and the main thread, 3 s: one held request each per second (its wait) is
+    // 9 (+ the ones in flight); polling every 250 ms would be 36.
+    assert!(during <= 14.0, "{during} feed requests in 3 s while idle");
+    let streams = server_metric(s.server.admin_port, "authz_feed_streams");
+    // One per worker, and one from Envoy's main thread (it runs the plugin's root context
+    // too); a worker between two requests may be missing from the count.
+    assert!((2.0..=3.0).contains(&streams), "{streams} held requests");
+
+    // The control: with the push off the same 3 s cost a request per worker per interval.
+    let polled = stack(250, 0, 2_000);
+    let before = server_metric(polled.server.admin_port, "authz_epochs_requests_total");
+    std::thread::sleep(Duration::from_millis(3_000));
+    let during = server_metric(polled.server.admin_port, "authz_epochs_requests_total") - before;
+    assert!(during >= 24.0, "polling made only {during} requests in 3 s");
+}
+
+#[test]
+fn with_the_server_gone_the_filter_polls_and_returns_to_push_when_it_is_back() {
+    let mut s = stack(250, 1_000, 2_000);
+    let token = jwt(&s, "erin", json!({}));
+    assert_eq!(status(&s, "GET", "/api/items", &token), 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let (grpc, admin) = (s.server.grpc_port, s.server.admin_port);
+    s.server.kill();
+    // Local routes keep working without the server.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(status(&s, "GET", "/api/items", &token), 200);
+    assert!(s.envoy.stat("wasmcustom.authz.epochs_polls.failed") >= 1);
+    s.server = AuthzServerProcess::start(&server_yaml(
+        s.idp.port,
+        &format!(
+            "listen: 127.0.0.1:{grpc}\nadmin_listen: 127.0.0.1:{admin}\nepochs_token: \"{EPOCHS_TOKEN}\"\n"
+        ),
+    ));
+    // Back to held requests: both workers hold one again.
+    let back = Instant::now();
+    while server_metric(admin, "authz_feed_streams") < 2.0 {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "the workers did not return to held requests"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the new server's revocation (at its change version 1, below the old cursor) lands.
+    let at = Instant::now();
+    revoke(&s, "/admin/revoke", json!({"token": token}));
+    assert!(
+        refused_after(&s, "GET", "/api/items", &token, at, Duration::from_millis(1_500)).is_some(),
+        "a revocation at the restarted server did not reach the filter"
+    );
+}
+
+#[test]
+fn a_held_feed_request_answers_when_something_changes_and_never_before() {
+    let s = stack(250, 0, 2_000);
+    let admin = s.server.admin_port;
+    let feed = |query: &str| {
+        let started = Instant::now();
+        let reply = get(
+            &format!("http://127.0.0.1:{admin}/admin/epochs?format=2&{query}"),
+            &[("authorization", &format!("Bearer {EPOCHS_TOKEN}"))],
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        (started.elapsed(), reply.json())
+    };
+    let (_, now) = feed("since=0");
+    let version = now["version"].as_u64().unwrap_or(0);
+    let incarnation = now["incarnation"].as_str().unwrap_or("").to_owned();
+    // Nothing changes: held for its wait.
+    let (held, quiet) = feed(&format!("since={version}&wait_ms=400&incarnation={incarnation}"));
+    assert!(held >= Duration::from_millis(380), "answered after {held:?}");
+    assert_eq!(quiet["tokens"], json!([]));
+    // Another incarnation's cursor: at once.
+    let (other, _) = feed(&format!("since={version}&wait_ms=5000&incarnation=0000"));
+    assert!(other < Duration::from_millis(1_000), "answered after {other:?}");
+    // A change during the wait: answered at once, with the change and when it was learned.
+    let waiter = std::thread::spawn(move || {
+        let started = Instant::now();
+        let reply = get(
+            &format!(
+                "http://127.0.0.1:{admin}/admin/epochs?format=2&since={version}&wait_ms=10000"
+            ),
+            &[("authorization", &format!("Bearer {EPOCHS_TOKEN}"))],
+        );
+        (started.elapsed(), reply.json())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server_metric(admin, "authz_feed_streams") >= 1.0);
+    revoke(&s, "/admin/revoke", json!({"jti": "held-jti"}));
+    let (waited, answer) = waiter.join().expect("waiter");
+    assert!(
+        waited < Duration::from_millis(2_000),
+        "answered {waited:?} after it was sent"
+    );
+    assert_eq!(answer["jtis"][0][0], "held-jti");
+    assert!(answer["jtis"][0][2].as_u64().is_some(), "{answer}");
+}
