@@ -6,7 +6,9 @@
 //!
 //! Bounded. A token or `jti` revocation is forgotten once the token it names has expired (plus
 //! [`FORGET_GRACE_MS`]: past it, the verifier refuses the token anyway); a revocation whose
-//! expiry the server did not know is kept [`UNKNOWN_EXPIRY_KEEP_MS`]. At the cap
+//! expiry the server did not know is kept [`UNKNOWN_EXPIRY_KEEP_MS`]. Tokens are held by the
+//! first 128 bits of their SHA-256 and times in whole seconds (see the memory test in
+//! `tests/tests/revocation_memory.rs`). At the cap
 //! (`max_entries`), the entry that would be forgotten soonest makes room, and until that entry
 //! would have been forgotten anyway the set is *incomplete*: writes must fail closed
 //! ([`RevocationSet::complete`]), reads keep honouring what is held.
@@ -26,20 +28,88 @@ pub const UNKNOWN_EXPIRY_KEEP_MS: u64 = 24 * 60 * 60 * 1000;
 /// Default cap on held revocations (tokens, `jti`s and subjects together).
 pub const DEFAULT_MAX_ENTRIES: usize = 200_000;
 
-/// What the set is keyed by.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Key {
-    Token([u8; 32]),
-    Jti(Box<str>),
+/// Keys that are forgotten at a time (whole seconds, rounded up), with an index by that time.
+#[derive(Debug)]
+struct Expiring<K> {
+    forget_at: HashMap<K, u32>,
+    by_time: BTreeSet<(u32, K)>,
+}
+
+impl<K: Clone + Ord + std::hash::Hash> Expiring<K> {
+    fn new() -> Expiring<K> {
+        Expiring {
+            forget_at: HashMap::new(),
+            by_time: BTreeSet::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.forget_at.len()
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        self.forget_at.contains_key(key)
+    }
+
+    fn get(&self, key: &K) -> Option<u32> {
+        self.forget_at.get(key).copied()
+    }
+
+    fn put(&mut self, key: K, at: u32) {
+        if let Some(old) = self.forget_at.insert(key.clone(), at) {
+            self.by_time.remove(&(old, key.clone()));
+        }
+        self.by_time.insert((at, key));
+    }
+
+    fn soonest(&self) -> Option<u32> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
+
+    fn pop_soonest(&mut self) -> Option<u32> {
+        let (at, key) = self.by_time.pop_first()?;
+        self.forget_at.remove(&key);
+        Some(at)
+    }
+
+    fn prune(&mut self, now_s: u32) -> usize {
+        let mut gone = 0;
+        while self.soonest().is_some_and(|at| at <= now_s) {
+            self.pop_soonest();
+            gone += 1;
+        }
+        gone
+    }
+
+    fn clear(&mut self) {
+        self.forget_at.clear();
+        self.by_time.clear();
+    }
+}
+
+/// Revoked tokens are held by the first 128 bits of their SHA-256: half the memory, and
+/// finding a token that shares them with a revoked one takes about 2^128 hashes.
+type TokenPrefix = [u8; 16];
+
+fn prefix(digest: &[u8; 32]) -> TokenPrefix {
+    let mut p = [0u8; 16];
+    p.copy_from_slice(digest.get(..16).unwrap_or(&[0u8; 16]));
+    p
+}
+
+fn seconds_up(ms: u64) -> u32 {
+    u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
+fn seconds_down(ms: u64) -> u32 {
+    u32::try_from(ms / 1000).unwrap_or(u32::MAX)
 }
 
 /// One worker's revocations.
 #[derive(Debug)]
 pub struct RevocationSet {
-    /// Token or `jti` → when it may be forgotten (ms).
-    entries: HashMap<Key, u64>,
-    /// (forget at, key): the expiry index.
-    by_forget: BTreeSet<(u64, Key)>,
+    tokens: Expiring<TokenPrefix>,
+    jtis: Expiring<Box<str>>,
     /// Subject → tokens issued (`iat`, ms) at or before this are refused.
     subjects: HashMap<Box<str>, u64>,
     max_entries: usize,
@@ -60,8 +130,8 @@ pub enum Revoked {
 impl RevocationSet {
     pub fn new(max_entries: usize) -> RevocationSet {
         RevocationSet {
-            entries: HashMap::new(),
-            by_forget: BTreeSet::new(),
+            tokens: Expiring::new(),
+            jtis: Expiring::new(),
             subjects: HashMap::new(),
             max_entries: max_entries.max(1),
             incomplete_until_ms: 0,
@@ -71,7 +141,7 @@ impl RevocationSet {
 
     /// Revocations held (tokens, `jti`s and subjects).
     pub fn len(&self) -> usize {
-        self.entries.len() + self.subjects.len()
+        self.tokens.len() + self.jtis.len() + self.subjects.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -89,104 +159,103 @@ impl RevocationSet {
         now_ms >= self.incomplete_until_ms
     }
 
-    fn forget_at(expires_at_ms: Option<u64>, learned_at_ms: u64) -> u64 {
-        match expires_at_ms {
+    /// When a revocation may be forgotten (whole seconds, rounded up), unless that has passed.
+    fn forget_at(expires_at_ms: Option<u64>, now_ms: u64) -> Option<u32> {
+        let at_ms = match expires_at_ms {
             Some(exp) => exp.saturating_add(FORGET_GRACE_MS),
-            None => learned_at_ms.saturating_add(UNKNOWN_EXPIRY_KEEP_MS),
-        }
-    }
-
-    fn insert(&mut self, key: Key, forget_at: u64, now_ms: u64) {
-        if forget_at <= now_ms {
-            return;
-        }
-        if let Some(old) = self.entries.get(&key).copied() {
-            if old >= forget_at {
-                return;
-            }
-            self.by_forget.remove(&(old, key.clone()));
-        } else {
-            self.prune(now_ms);
-            if self.len() >= self.max_entries {
-                self.make_room(forget_at);
-                if self.len() >= self.max_entries {
-                    // Every held entry outlives this one (or they are all subjects).
-                    self.drop_needed(forget_at);
-                    return;
-                }
-            }
-        }
-        self.entries.insert(key.clone(), forget_at);
-        self.by_forget.insert((forget_at, key));
-    }
-
-    /// Drops the held entry forgotten soonest, if it goes before `forget_at`.
-    fn make_room(&mut self, forget_at: u64) {
-        let Some((soonest, key)) = self.by_forget.iter().next().cloned() else {
-            return;
+            None => now_ms.saturating_add(UNKNOWN_EXPIRY_KEEP_MS),
         };
-        if soonest >= forget_at {
-            return;
-        }
-        self.by_forget.remove(&(soonest, key.clone()));
-        self.entries.remove(&key);
-        self.drop_needed(soonest);
+        (at_ms > now_ms).then(|| seconds_up(at_ms))
     }
 
-    fn drop_needed(&mut self, forget_at: u64) {
+    /// Whether a new entry forgotten at `at` may be held: true when there is room (made by
+    /// dropping the entry forgotten soonest, if that goes before `at`).
+    fn room_for(&mut self, at: u32, now_ms: u64) -> bool {
+        self.prune(now_ms);
+        if self.len() < self.max_entries {
+            return true;
+        }
+        let soonest = match (self.tokens.soonest(), self.jtis.soonest()) {
+            (Some(t), Some(j)) => Some(t.min(j)),
+            (t, j) => t.or(j),
+        };
+        match soonest {
+            Some(first) if first < at => {
+                let dropped = if self.tokens.soonest() == Some(first) {
+                    self.tokens.pop_soonest()
+                } else {
+                    self.jtis.pop_soonest()
+                };
+                self.drop_needed(u64::from(dropped.unwrap_or(first)) * 1000);
+                true
+            }
+            _ => {
+                // Every held entry outlives this one (or they are all subjects).
+                self.drop_needed(u64::from(at) * 1000);
+                false
+            }
+        }
+    }
+
+    fn drop_needed(&mut self, forget_at_ms: u64) {
         self.dropped += 1;
-        self.incomplete_until_ms = self.incomplete_until_ms.max(forget_at);
+        self.incomplete_until_ms = self.incomplete_until_ms.max(forget_at_ms);
     }
 
     pub fn revoke_token(&mut self, digest: [u8; 32], expires_at_ms: Option<u64>, now_ms: u64) {
-        let forget_at = Self::forget_at(expires_at_ms, now_ms);
-        self.insert(Key::Token(digest), forget_at, now_ms);
+        let Some(at) = Self::forget_at(expires_at_ms, now_ms) else {
+            return;
+        };
+        let key = prefix(&digest);
+        if self.tokens.get(&key).is_some_and(|old| old >= at) {
+            return;
+        }
+        if self.tokens.contains(&key) || self.room_for(at, now_ms) {
+            self.tokens.put(key, at);
+        }
     }
 
     pub fn revoke_jti(&mut self, jti: &str, expires_at_ms: Option<u64>, now_ms: u64) {
-        let forget_at = Self::forget_at(expires_at_ms, now_ms);
-        self.insert(Key::Jti(jti.into()), forget_at, now_ms);
+        let Some(at) = Self::forget_at(expires_at_ms, now_ms) else {
+            return;
+        };
+        let key: Box<str> = jti.into();
+        if self.jtis.get(&key).is_some_and(|old| old >= at) {
+            return;
+        }
+        if self.jtis.contains(&key) || self.room_for(at, now_ms) {
+            self.jtis.put(key, at);
+        }
     }
 
     /// Tokens of `subject` issued at or before `revoked_at_ms` are refused. Subjects are not
-    /// forgotten (nothing says when the subject's last old token expires); at the cap a new one
-    /// is dropped, and the set is incomplete for [`UNKNOWN_EXPIRY_KEEP_MS`].
+    /// forgotten (nothing says when the subject's last old token expires): at the cap a token or
+    /// `jti` revocation makes room; when there is none, the new subject is dropped and the set
+    /// stays incomplete until it is read again from the start ([`RevocationSet::clear`]).
     pub fn revoke_subject(&mut self, subject: &str, revoked_at_ms: u64, now_ms: u64) {
         if let Some(at) = self.subjects.get_mut(subject) {
             *at = (*at).max(revoked_at_ms);
             return;
         }
-        self.prune(now_ms);
-        if self.len() >= self.max_entries {
-            self.make_room(u64::MAX);
+        // Kept for good: any token or `jti` revocation makes room first.
+        if self.room_for(u32::MAX, now_ms) {
+            self.subjects.insert(subject.into(), revoked_at_ms);
         }
-        if self.len() >= self.max_entries {
-            self.drop_needed(now_ms.saturating_add(UNKNOWN_EXPIRY_KEEP_MS));
-            return;
-        }
-        self.subjects.insert(subject.into(), revoked_at_ms);
     }
 
     /// Forgets revocations whose tokens expired; returns how many went.
     pub fn prune(&mut self, now_ms: u64) -> usize {
-        let mut gone = 0;
-        while let Some((at, key)) = self.by_forget.iter().next().cloned() {
-            if at > now_ms {
-                break;
-            }
-            self.by_forget.remove(&(at, key.clone()));
-            self.entries.remove(&key);
-            gone += 1;
-        }
-        gone
+        let now_s = seconds_down(now_ms);
+        self.tokens.prune(now_s) + self.jtis.prune(now_s)
     }
 
     /// Forgets everything (the server's state restarted: its feed is read again from the
     /// start).
     pub fn clear(&mut self) {
-        self.entries.clear();
-        self.by_forget.clear();
+        self.tokens.clear();
+        self.jtis.clear();
         self.subjects.clear();
+        self.incomplete_until_ms = 0;
     }
 
     /// Whether a verified token was revoked.
@@ -194,11 +263,11 @@ impl RevocationSet {
         if self.is_empty() {
             return None;
         }
-        if self.entries.contains_key(&Key::Token(token.digest)) {
+        if self.tokens.contains(&prefix(&token.digest)) {
             return Some(Revoked::Token);
         }
         if let Some(jti) = token.claims.raw.get("jti").and_then(|v| v.as_str()) {
-            if self.entries.contains_key(&Key::Jti(jti.into())) {
+            if self.jtis.contains(&Box::from(jti)) {
                 return Some(Revoked::Jti);
             }
         }
@@ -254,7 +323,11 @@ mod tests {
         let bob_new = token("bob", "j-b2", 300);
         set.revoke_subject("bob", 200_000, 0);
         assert_eq!(set.screen(&digested(&bob_old, 3)), Some(Revoked::Subject));
-        assert_eq!(set.screen(&digested(&bob_new, 4)), None, "a later login passes");
+        assert_eq!(
+            set.screen(&digested(&bob_new, 4)),
+            None,
+            "a later login passes"
+        );
         // A later revocation of the subject moves its epoch forward, never back.
         set.revoke_subject("bob", 100_000, 0);
         assert_eq!(set.screen(&digested(&bob_old, 3)), Some(Revoked::Subject));

@@ -172,7 +172,9 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
 
     /// Whether any key is stamped after `since`.
     fn any_since(&self, since: u64) -> bool {
-        self.by_stamp.last().is_some_and(|(stamp, _)| *stamp > since)
+        self.by_stamp
+            .last()
+            .is_some_and(|(stamp, _)| *stamp > since)
     }
 
     /// `[key, expiry | null, learned_at | null]` rows of the keys stamped after `since`.
@@ -691,5 +693,33 @@ mod tests {
         assert!(again.is_jti_revoked("j"));
         assert_eq!(again.subject_revoked_at_ms("alice"), Some(1));
         assert_eq!(again.policy_version(), 1);
+    }
+
+    #[test]
+    fn the_second_format_says_what_each_revocation_names_and_when_it_was_learned() {
+        let v = Versions::default();
+        let mut woken = v.subscribe();
+        v.apply_at(&Change::RevokeToken([7; 32], Some(9_000)), None, 100);
+        assert!(woken.has_changed().unwrap(), "held requests wake up");
+        woken.mark_unchanged();
+        v.apply_at(&Change::RevokeJti("j".into(), None), None, 200);
+        v.apply_at(&subject("alice", 250), None, 300);
+        v.apply_at(&Change::BumpPolicy { version: None }, None, 400);
+        let all = v.changes_since_v2(0, true);
+        assert_eq!(all["format"], 2);
+        assert_eq!(all["tokens"], json!([[hex(&[7; 32]), 9_000, 100]]));
+        assert_eq!(all["jtis"], json!([["j", null, 200]]));
+        assert_eq!(all["subjects"], json!([["alice", 250, 1, 300]]));
+        assert_eq!(all["policy_changed_at_ms"], 400);
+        let now = all["version"].as_u64().unwrap();
+        assert!(v.has_changes_since(now - 1));
+        assert!(!v.has_changes_since(now));
+        let quiet = v.changes_since_v2(now, true);
+        assert_eq!(quiet["tokens"], json!([]));
+        assert_eq!(quiet["policy_changed_at_ms"], Value::Null);
+        // A change the stream reader advances past wakes held requests too.
+        woken.mark_unchanged();
+        v.advance_to(now + 1);
+        assert!(woken.has_changed().unwrap());
     }
 }

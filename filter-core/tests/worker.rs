@@ -482,8 +482,10 @@ fn epochs(version: u64, policy_version: u64, incarnation: &str, subjects: &[&str
         .iter()
         .map(|s| json!([s, T0 - 1_000, 1, T0 - 1_000]))
         .collect();
-    feed(json!({"version": version, "policy_version": policy_version, "subjects": subjects,
-                "incarnation": incarnation}))
+    feed(
+        json!({"version": version, "policy_version": policy_version, "subjects": subjects,
+                "incarnation": incarnation}),
+    )
 }
 
 /// A format-2 feed answer from the fields given.
@@ -798,7 +800,10 @@ fn decide_local(
             let order = order.expect("a keys fetch");
             w.fetch_started(90 + id, &order, id);
             let finals = w.on_fetch_response(90 + id, Some(200), Some(idp.jwks()), at_ms);
-            finals.first().map(status_of).expect("decided with the keys")
+            finals
+                .first()
+                .map(status_of)
+                .expect("decided with the keys")
         }
         other => panic!("a local route called the server: {other:?}"),
     }
@@ -822,14 +827,27 @@ fn local_routes_refuse_tokens_revoked_by_hash_jti_or_subject_including_cached_on
     let by_jti = token_with(&idp, json!({"sub": "bob", "jti": "j-bob"}));
     let by_subject = token_with(&idp, json!({"sub": "carol"}));
     let bystander = idp.token("dave");
-    for (i, t) in [&by_hash, &by_jti, &by_subject, &bystander].iter().enumerate() {
+    for (i, t) in [&by_hash, &by_jti, &by_subject, &bystander]
+        .iter()
+        .enumerate()
+    {
         let id = i as u32 + 1;
-        assert_eq!(decide_local(&mut w, &idp, id, get("/items", Some(t)), T0), 200);
-        assert_eq!(decide_local(&mut w, &idp, id + 10, post("/orders", t), T0), 200);
+        assert_eq!(
+            decide_local(&mut w, &idp, id, get("/items", Some(t)), T0),
+            200
+        );
+        assert_eq!(
+            decide_local(&mut w, &idp, id + 10, post("/orders", t), T0),
+            200
+        );
     }
-    assert!(host.count(Counter::TokenCacheHit) > 0, "verifications are cached");
+    assert!(
+        host.count(Counter::TokenCacheHit) > 0,
+        "verifications are cached"
+    );
 
-    let digest = authz_core::token_hash::digest_hex(&authz_core::token_hash::token_digest(&by_hash));
+    let digest =
+        authz_core::token_hash::digest_hex(&authz_core::token_hash::token_digest(&by_hash));
     let answer = feed(json!({
         "version": 4, "policy_version": 1, "incarnation": "inc-a",
         "tokens": [[digest, (T0 / 1000 + 3600) * 1000, T0 + 100]],
@@ -840,13 +858,25 @@ fn local_routes_refuse_tokens_revoked_by_hash_jti_or_subject_including_cached_on
     w.on_poll_response(Some(200), Some(answer), T0 + 130);
     for (i, t) in [&by_hash, &by_jti, &by_subject].iter().enumerate() {
         let id = i as u32 + 20;
-        assert_eq!(decide_local(&mut w, &idp, id, get("/items", Some(t)), T0 + 140), 401);
-        assert_eq!(decide_local(&mut w, &idp, id + 10, post("/orders", t), T0 + 140), 401);
+        assert_eq!(
+            decide_local(&mut w, &idp, id, get("/items", Some(t)), T0 + 140),
+            401
+        );
+        assert_eq!(
+            decide_local(&mut w, &idp, id + 10, post("/orders", t), T0 + 140),
+            401
+        );
     }
-    assert_eq!(decide_local(&mut w, &idp, 40, get("/items", Some(&bystander)), T0 + 140), 200);
+    assert_eq!(
+        decide_local(&mut w, &idp, 40, get("/items", Some(&bystander)), T0 + 140),
+        200
+    );
     // A login after the subject's revocation passes.
     let fresh = token_with(&idp, json!({"sub": "carol", "iat": T0 / 1000 + 1}));
-    assert_eq!(decide_local(&mut w, &idp, 41, get("/items", Some(&fresh)), T0 + 1_500), 200);
+    assert_eq!(
+        decide_local(&mut w, &idp, 41, get("/items", Some(&fresh)), T0 + 1_500),
+        200
+    );
     assert_eq!(host.count(Counter::DenyReason("revoked")), 6);
     assert_eq!(host.gauges.borrow().get(&Gauge::Revocations), Some(&3));
     // The propagation lag of each change: applied 30 ms after the server learned it.
@@ -872,22 +902,35 @@ fn a_tier_left_out_of_local_revocations_ignores_them() {
     w.poll_started(2);
     w.on_poll_response(
         Some(200),
-        Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
-                         "subjects": [["alice", T0, 1, T0]]}))),
+        Some(feed(
+            json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+                         "subjects": [["alice", T0, 1, T0]]}),
+        )),
         T0 + 10,
     );
-    assert_eq!(decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0 + 20), 200);
-    assert_eq!(decide_local(&mut w, &idp, 2, post("/orders", &token), T0 + 20), 401);
+    assert_eq!(
+        decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0 + 20),
+        200
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 2, post("/orders", &token), T0 + 20),
+        401
+    );
     // And with none listed, nothing local is refused.
     let (mut off, _) = local_worker(&store, Some(json!([])), 1_000);
     off.poll_started(2);
     off.on_poll_response(
         Some(200),
-        Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
-                         "subjects": [["alice", T0, 1, T0]]}))),
+        Some(feed(
+            json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+                         "subjects": [["alice", T0, 1, T0]]}),
+        )),
         T0 + 10,
     );
-    assert_eq!(decide_local(&mut off, &idp, 3, post("/orders", &token), T0 + 20), 200);
+    assert_eq!(
+        decide_local(&mut off, &idp, 3, post("/orders", &token), T0 + 20),
+        200
+    );
 }
 
 #[test]
@@ -897,22 +940,39 @@ fn past_the_revocation_cap_writes_fail_closed_and_reads_keep_what_is_held() {
     let idp = Idp::new("k1");
     let token = idp.token("alice");
     let tokens: Vec<Value> = (1..=3u8)
-        .map(|i| json!([authz_core::token_hash::digest_hex(&[i; 32]), T0 + 60_000 * u64::from(i), T0]))
+        .map(|i| {
+            json!([
+                authz_core::token_hash::digest_hex(&[i; 32]),
+                T0 + 60_000 * u64::from(i),
+                T0
+            ])
+        })
         .collect();
     w.poll_started(2);
     w.on_poll_response(
         Some(200),
-        Some(feed(json!({"version": 3, "policy_version": 1, "incarnation": "inc-a",
-                         "tokens": tokens}))),
+        Some(feed(
+            json!({"version": 3, "policy_version": 1, "incarnation": "inc-a",
+                         "tokens": tokens}),
+        )),
         T0,
     );
     assert_eq!(host.count(Counter::RevocationsDropped), 1);
-    assert_eq!(decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0 + 10), 200);
-    assert_eq!(decide_local(&mut w, &idp, 2, post("/orders", &token), T0 + 10), 503);
+    assert_eq!(
+        decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0 + 10),
+        200
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 2, post("/orders", &token), T0 + 10),
+        503
+    );
     assert_eq!(host.count(Counter::DenyReason("revocations_incomplete")), 1);
     // Once the dropped revocation's token would have expired, writes pass again.
     let later = T0 + 60_000 + authz_core::revocations::FORGET_GRACE_MS;
-    assert_eq!(decide_local(&mut w, &idp, 3, post("/orders", &token), later), 200);
+    assert_eq!(
+        decide_local(&mut w, &idp, 3, post("/orders", &token), later),
+        200
+    );
 }
 
 #[test]
@@ -921,19 +981,34 @@ fn a_policy_bump_drops_cached_verifications_of_local_routes() {
     let (mut w, host) = local_worker(&store, None, 100);
     let idp = Idp::new("k1");
     let token = idp.token("alice");
-    assert_eq!(decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0), 200);
+    assert_eq!(
+        decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0),
+        200
+    );
     let misses = host.count(Counter::TokenCacheMiss);
-    assert_eq!(decide_local(&mut w, &idp, 2, get("/items", Some(&token)), T0), 200);
+    assert_eq!(
+        decide_local(&mut w, &idp, 2, get("/items", Some(&token)), T0),
+        200
+    );
     assert_eq!(host.count(Counter::TokenCacheMiss), misses, "cached");
     w.poll_started(2);
     w.on_poll_response(
         Some(200),
-        Some(feed(json!({"version": 2, "policy_version": 2, "incarnation": "inc-a",
-                         "policy_changed_at_ms": T0}))),
+        Some(feed(
+            json!({"version": 2, "policy_version": 2, "incarnation": "inc-a",
+                         "policy_changed_at_ms": T0}),
+        )),
         T0 + 10,
     );
-    assert_eq!(decide_local(&mut w, &idp, 3, get("/items", Some(&token)), T0 + 20), 200);
-    assert_eq!(host.count(Counter::TokenCacheMiss), misses + 1, "verified again");
+    assert_eq!(
+        decide_local(&mut w, &idp, 3, get("/items", Some(&token)), T0 + 20),
+        200
+    );
+    assert_eq!(
+        host.count(Counter::TokenCacheMiss),
+        misses + 1,
+        "verified again"
+    );
 }
 
 #[test]
@@ -943,23 +1018,33 @@ fn held_requests_follow_each_other_and_a_failure_falls_back_to_polling_until_one
     // The first answer came back at once (it carried the whole state): nothing due early.
     // A held request that answers with a change: the next one is due at once.
     let poll = w.on_tick(T0 + 300).poll.expect("due");
-    assert!(poll.path.contains("&wait_ms=500&incarnation=inc-a"), "{}", poll.path);
+    assert!(
+        poll.path.contains("&wait_ms=500&incarnation=inc-a"),
+        "{}",
+        poll.path
+    );
     assert_eq!(poll.timeout.as_millis(), 2_500);
     w.poll_started(3);
     let next = w.on_poll_response(
         Some(200),
-        Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
-                         "subjects": [["x", T0, 1, T0 + 310]]}))),
+        Some(feed(
+            json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+                         "subjects": [["x", T0, 1, T0 + 310]]}),
+        )),
         T0 + 320,
     );
     let next = next.expect("the next held request goes out at once");
-    assert!(next.path.starts_with("/admin/epochs?since=2&format=2&wait_ms=500"));
+    assert!(next
+        .path
+        .starts_with("/admin/epochs?since=2&format=2&wait_ms=500"));
     w.poll_started(4);
     // Held for its whole wait with nothing: again at once.
     assert!(w
         .on_poll_response(
             Some(200),
-            Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}))),
+            Some(feed(
+                json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"})
+            )),
             T0 + 820,
         )
         .is_some());
@@ -977,13 +1062,18 @@ fn held_requests_follow_each_other_and_a_failure_falls_back_to_polling_until_one
     w.poll_started(6);
     // It fails too (the server is down): the next waits for the interval.
     assert!(w.on_poll_response(None, None, T0 + 1_510).is_none());
-    assert!(w.on_tick(T0 + 1_600).poll.is_none(), "not before the interval");
+    assert!(
+        w.on_tick(T0 + 1_600).poll.is_none(),
+        "not before the interval"
+    );
     let plain = w.on_tick(T0 + 1_750).poll.expect("a plain poll");
     assert!(!plain.path.contains("wait_ms"), "{}", plain.path);
     w.poll_started(6);
     let back = w.on_poll_response(
         Some(200),
-        Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}))),
+        Some(feed(
+            json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}),
+        )),
         T0 + 1_710,
     );
     assert!(
@@ -995,7 +1085,9 @@ fn held_requests_follow_each_other_and_a_failure_falls_back_to_polling_until_one
     assert!(w
         .on_poll_response(
             Some(200),
-            Some(feed(json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}))),
+            Some(feed(
+                json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"})
+            )),
             T0 + 1_770,
         )
         .is_none());

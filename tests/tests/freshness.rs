@@ -174,7 +174,15 @@ fn with_the_server_gone_the_filter_polls_and_returns_to_push_when_it_is_back() {
     let at = Instant::now();
     revoke(&s, "/admin/revoke", json!({"token": token}));
     assert!(
-        refused_after(&s, "GET", "/api/items", &token, at, Duration::from_millis(1_500)).is_some(),
+        refused_after(
+            &s,
+            "GET",
+            "/api/items",
+            &token,
+            at,
+            Duration::from_millis(1_500)
+        )
+        .is_some(),
         "a revocation at the restarted server did not reach the filter"
     );
 }
@@ -196,12 +204,20 @@ fn a_held_feed_request_answers_when_something_changes_and_never_before() {
     let version = now["version"].as_u64().unwrap_or(0);
     let incarnation = now["incarnation"].as_str().unwrap_or("").to_owned();
     // Nothing changes: held for its wait.
-    let (held, quiet) = feed(&format!("since={version}&wait_ms=400&incarnation={incarnation}"));
-    assert!(held >= Duration::from_millis(380), "answered after {held:?}");
+    let (held, quiet) = feed(&format!(
+        "since={version}&wait_ms=400&incarnation={incarnation}"
+    ));
+    assert!(
+        held >= Duration::from_millis(380),
+        "answered after {held:?}"
+    );
     assert_eq!(quiet["tokens"], json!([]));
     // Another incarnation's cursor: at once.
     let (other, _) = feed(&format!("since={version}&wait_ms=5000&incarnation=0000"));
-    assert!(other < Duration::from_millis(1_000), "answered after {other:?}");
+    assert!(
+        other < Duration::from_millis(1_000),
+        "answered after {other:?}"
+    );
     // A change during the wait: answered at once, with the change and when it was learned.
     let waiter = std::thread::spawn(move || {
         let started = Instant::now();
