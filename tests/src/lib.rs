@@ -417,6 +417,8 @@ pub struct AuthzServerProcess {
     process: Option<Process>,
     pub grpc_port: u16,
     pub admin_port: u16,
+    /// The configuration it was started with (YAML).
+    pub config: String,
     _scratch: Scratch,
 }
 
@@ -440,6 +442,7 @@ impl AuthzServerProcess {
         AuthzServerProcess {
             grpc_port: port_of("grpc"),
             admin_port: port_of("admin"),
+            config: yaml.to_owned(),
             process: Some(process),
             _scratch: scratch,
         }

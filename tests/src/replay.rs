@@ -3,9 +3,15 @@
 //! the IdP goes down and up. Every response is recorded with its time; [`Report`] lists every
 //! violation of the freshness invariants and the worst stale window seen for each.
 //!
+//! The server keeps its state in Redis (the shared tier), so it can restart mid-run: the
+//! filter's held change-feed request (push) drops, it polls until the server is back, and holds
+//! requests again.
+//!
 //! Invariants checked (bounds are the documented ones, plus a small processing margin):
 //! - a token revoked at the server: no allow later than the revocation + poll interval + RTT;
 //! - a subject revoked at the server: same;
+//! - the same for a JWT on a route the filter decides locally (read), a subject revoked while
+//!   it writes (`standard_write`), and a JWT revoked after the server restarted;
 //! - a role change (IdP scope change + policy version bump): same;
 //! - a JWT: no allow at or after `exp` + clock skew;
 //! - privileged: no allow later than the IdP going down + the tier's max staleness;
@@ -28,6 +34,12 @@ pub struct ReplayPlan {
     /// The filter's `max_unreachable_ms` (how long cached decisions are trusted without
     /// hearing from the server).
     pub max_unreachable_ms: u64,
+    /// The filter's `push_wait_ms` (0: the change feed is polled, never held).
+    pub push_wait_ms: u64,
+    /// Whether locally decided tiers honour revocations (the negative control turns it off).
+    pub local_revocations: bool,
+    /// When the server restarts (its state survives in Redis), if at all.
+    pub restart_server_at: Option<Duration>,
 }
 
 /// The outcome of a run.
@@ -60,6 +72,8 @@ enum Route {
     Privileged,
     Regulated,
     Jwt,
+    /// `POST /api/items`: `standard_write`, decided locally.
+    JwtWrite,
 }
 
 struct Actor {
@@ -102,10 +116,21 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
     let mut plugin = decision_cache_plugin_config(plan.poll_interval_ms, 1000);
     plugin["providers"][0]["clock_skew_seconds"] = json!(SKEW_SECONDS);
     plugin["server"]["max_unreachable_ms"] = json!(plan.max_unreachable_ms);
-    let server_extra = format!("tiers:\n  privileged: {{max_staleness_ms: {PRIVILEGED_STALENESS_MS}}}\n  regulated: {{max_staleness_ms: {REGULATED_STALENESS_MS}}}\n");
-    let stack = Arc::new(CacheStack::start(&plugin, &server_extra));
-    let idp = &stack.idp;
-    let opaque = |sub: &str| idp.mint(json!({"sub": sub, "scope": "read admin", "opaque": true}));
+    plugin["server"]["push_wait_ms"] = json!(plan.push_wait_ms);
+    if !plan.local_revocations {
+        plugin["server"]["local_revocations"] = json!([]);
+    }
+    let redis = RedisServer::start();
+    let server_extra = format!(
+        "tiers:\n  privileged: {{max_staleness_ms: {PRIVILEGED_STALENESS_MS}}}\n  regulated: {{max_staleness_ms: {REGULATED_STALENESS_MS}}}\nredis:\n  url: \"{}\"\n  secret: \"replay-shared-secret-0123456789abcdef\"\n  block_ms: 200\n",
+        redis.url()
+    );
+    let stack = Arc::new(Mutex::new(CacheStack::start(&plugin, &server_extra)));
+    let locked = || stack.lock().unwrap_or_else(|p| p.into_inner());
+    let idp_port = locked().idp.port;
+    let envoy_port = locked().envoy.port;
+    let mint = |spec: serde_json::Value| locked().idp.mint(spec);
+    let opaque = |sub: &str| mint(json!({"sub": sub, "scope": "read admin", "opaque": true}));
     let mut actors = vec![
         Actor {
             name: "revoked-token",
@@ -140,8 +165,33 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
         route: Route::Regulated,
         exp: None,
     });
+    let local = |sub: &str| mint(json!({"sub": sub, "scope": "read write", "ttl": 600}));
+    actors.push(Actor {
+        name: "local-revoked-token",
+        token: local("henry"),
+        route: Route::Jwt,
+        exp: None,
+    });
+    actors.push(Actor {
+        name: "local-revoked-writer",
+        token: local("iris"),
+        route: Route::JwtWrite,
+        exp: None,
+    });
+    actors.push(Actor {
+        name: "local-revoked-after-restart",
+        token: local("jack"),
+        route: Route::Jwt,
+        exp: None,
+    });
+    actors.push(Actor {
+        name: "local-bystander",
+        token: local("kate"),
+        route: Route::JwtWrite,
+        exp: None,
+    });
     for ttl in [3, 4, 60] {
-        let token = idp.mint(json!({"sub": format!("jwt-{ttl}"), "scope": "read", "ttl": ttl}));
+        let token = mint(json!({"sub": format!("jwt-{ttl}"), "scope": "read", "ttl": ttl}));
         let exp = jwt_exp(&token);
         actors.push(Actor {
             name: "jwt",
@@ -157,6 +207,21 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
         let stack = stack.clone();
         let events = events.clone();
         let (alice, idp_down_at) = (actors[0].token.clone(), plan.idp_down_at);
+        let token_of = |name: &str| {
+            actors
+                .iter()
+                .find(|a| a.name == name)
+                .map(|a| a.token.clone())
+                .unwrap_or_default()
+        };
+        let (henry, jack) = (
+            token_of("local-revoked-token"),
+            token_of("local-revoked-after-restart"),
+        );
+        let restart_at = plan.restart_server_at;
+        let admin = |stack: &Mutex<CacheStack>, path: &str, body: Option<serde_json::Value>| {
+            lock_stack(stack).server.admin("POST", path, body).status
+        };
         std::thread::spawn(move || {
             let at = |t: u64| {
                 let target = Duration::from_millis(t);
@@ -172,45 +237,62 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
             };
             at(1_000);
             assert_eq!(
-                stack
-                    .server
-                    .admin("POST", "/admin/revoke", Some(json!({"token": alice})))
-                    .status,
+                admin(&stack, "/admin/revoke", Some(json!({"token": alice}))),
                 200
             );
             done("revoked-token");
             at(1_400);
             assert_eq!(
-                stack
-                    .server
-                    .admin("POST", "/admin/revoke-subject", Some(json!({"sub": "bob"})))
-                    .status,
+                admin(&stack, "/admin/revoke-subject", Some(json!({"sub": "bob"}))),
                 200
             );
             done("revoked-subject");
+            at(2_000);
+            assert_eq!(
+                admin(&stack, "/admin/revoke", Some(json!({"token": henry}))),
+                200
+            );
+            done("local-revoked-token");
+            at(2_200);
+            assert_eq!(
+                admin(
+                    &stack,
+                    "/admin/revoke-subject",
+                    Some(json!({"sub": "iris"}))
+                ),
+                200
+            );
+            done("local-revoked-writer");
             at(2_800);
             let scope = json!({"sub": "carol", "scope": "read"}).to_string();
             let r = request(
                 "POST",
-                &stack.idp.url("/admin/subject-scope"),
+                &format!("http://127.0.0.1:{idp_port}/admin/subject-scope"),
                 &[("content-type", "application/json")],
                 Some(&scope),
             );
             assert_eq!(r.status, 200);
-            assert_eq!(
-                stack
-                    .server
-                    .admin("POST", "/admin/policy-version", None)
-                    .status,
-                200
-            );
+            assert_eq!(admin(&stack, "/admin/policy-version", None), 200);
             done("role-change");
             if let Some(down) = idp_down_at {
                 at(down.as_millis() as u64);
-                stack.idp.set_introspection("down", 0);
+                lock_stack(&stack).idp.set_introspection("down", 0);
                 done("idp-down");
+            }
+            if let Some(restart) = restart_at {
+                at(restart.as_millis() as u64);
+                restart_server(&stack);
+                done("server-restarted");
+                at(restart.as_millis() as u64 + 1_000);
+                assert_eq!(
+                    admin(&stack, "/admin/revoke", Some(json!({"token": jack}))),
+                    200
+                );
+                done("local-revoked-after-restart");
+            }
+            if let Some(down) = idp_down_at {
                 at(down.as_millis() as u64 + 5_000);
-                stack.idp.set_introspection("ok", 0);
+                lock_stack(&stack).idp.set_introspection("ok", 0);
                 done("idp-up");
             }
         })
@@ -220,16 +302,21 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
     let mut next = 0usize;
     while start.elapsed() < plan.duration {
         let actor = &actors[next % actors.len()];
-        let path = match actor.route {
-            Route::Privileged => "/admin/users",
-            Route::Regulated => "/regulated/records",
-            Route::Jwt => "/api/items",
+        let (method, path) = match actor.route {
+            Route::Privileged => ("GET", "/admin/users"),
+            Route::Regulated => ("GET", "/regulated/records"),
+            Route::Jwt => ("GET", "/api/items"),
+            Route::JwtWrite => ("POST", "/api/items"),
         };
         let (at, wall) = (start.elapsed(), wall_ms());
-        let status = stack
-            .envoy
-            .get(path, Some(&actor.token), &[("connection", "close")])
-            .status;
+        let bearer = format!("Bearer {}", actor.token);
+        let status = request(
+            method,
+            &format!("http://127.0.0.1:{envoy_port}{path}"),
+            &[("connection", "close"), ("authorization", &bearer)],
+            None,
+        )
+        .status;
         samples.push(Sample {
             actor: next % actors.len(),
             at,
@@ -255,6 +342,28 @@ fn check(
     };
     let event = |name: &str| events.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
     let invalidation_bound = Duration::from_millis(plan.poll_interval_ms.max(250) + MARGIN_MS);
+    let revocation_events = [
+        "revoked-token",
+        "revoked-subject",
+        "role-change",
+        "local-revoked-token",
+        "local-revoked-writer",
+        "local-revoked-after-restart",
+    ];
+    // A check of nothing: each actor must have been allowed before its event.
+    for name in revocation_events {
+        if let Some(t) = event(name) {
+            let index = actors.iter().position(|a| a.name == name).unwrap_or(0);
+            if !samples
+                .iter()
+                .any(|s| s.actor == index && s.status == 200 && s.at < t)
+            {
+                report
+                    .violations
+                    .push(format!("{name}: never allowed before the event"));
+            }
+        }
+    }
     let mut window =
         |label: &str, after: Duration, bound: Duration, allowed: &dyn Fn(&Sample) -> bool| {
             let mut worst = Duration::ZERO;
@@ -272,7 +381,7 @@ fn check(
             }
             report.worst.push((label.to_owned(), worst));
         };
-    for name in ["revoked-token", "revoked-subject", "role-change"] {
+    for name in revocation_events {
         if let Some(t) = event(name) {
             let index = actors.iter().position(|a| a.name == name).unwrap_or(0);
             window(name, t, invalidation_bound, &|s: &Sample| s.actor == index);
@@ -294,6 +403,18 @@ fn check(
             Duration::from_millis(REGULATED_STALENESS_MS + MARGIN_MS),
             &regulated,
         );
+    }
+    // Bystanders of local routes keep being allowed (the server restart included).
+    let bystander = actors.iter().position(|a| a.name == "local-bystander");
+    let refused_bystanders = samples
+        .iter()
+        .filter(|s| Some(s.actor) == bystander && s.at > Duration::from_millis(500))
+        .filter(|s| s.status != 200)
+        .count();
+    if refused_bystanders > 0 {
+        report.violations.push(format!(
+            "local-bystander: {refused_bystanders} write(s) refused"
+        ));
     }
     let mut worst_expiry = 0i64;
     for s in samples.iter().filter(|s| s.status == 200) {
@@ -324,4 +445,31 @@ fn check(
             .push("no expired jwt was exercised: the run is too short to check expiry".into());
     }
     report
+}
+
+/// Restarts the stack's server on the same ports with the same configuration; its state comes
+/// back from Redis.
+fn restart_server(stack: &Mutex<CacheStack>) {
+    let mut s = lock_stack(stack);
+    let (grpc, admin) = (s.server.grpc_port, s.server.admin_port);
+    let config: String = s
+        .server
+        .config
+        .lines()
+        .map(|line| {
+            if line.starts_with("listen:") {
+                format!("listen: 127.0.0.1:{grpc}\n")
+            } else if line.starts_with("admin_listen:") {
+                format!("admin_listen: 127.0.0.1:{admin}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    s.server.kill();
+    s.server = AuthzServerProcess::start(&config);
+}
+
+fn lock_stack(stack: &Mutex<CacheStack>) -> std::sync::MutexGuard<'_, CacheStack> {
+    stack.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -240,3 +240,79 @@ fn a_held_feed_request_answers_when_something_changes_and_never_before() {
     assert_eq!(answer["jtis"][0][0], "held-jti");
     assert!(answer["jtis"][0][2].as_u64().is_some(), "{answer}");
 }
+
+#[test]
+fn a_revocation_at_one_shared_server_is_pushed_by_another() {
+    // Two servers share Redis; the Envoy's feed is held by B only, polled every 4 s. A
+    // revocation made at A reaches B through the shared stream, and B's held request answers:
+    // within a second, not a poll interval.
+    const SECRET: &str = "e2e-shared-secret-0123456789abcdef";
+    let redis = RedisServer::start();
+    let idp = DevIdp::start(&[]);
+    let echo = Echo::start();
+    let shared = |zone: &str| {
+        AuthzServerProcess::start(&server_yaml(
+            idp.port,
+            &format!(
+                "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  url: \"{}\"\n  secret: \"{SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n",
+                redis.url()
+            ),
+        ))
+    };
+    let (a, b) = (shared("zone-a"), shared("zone-b"));
+    let confirmed = |s: &AuthzServerProcess| {
+        s.admin("GET", "/admin/epochs?since=0&format=2", None)
+            .json()["confirmed"]
+            == true
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || confirmed(&a) && confirmed(&b)),
+        "both instances sync with redis"
+    );
+    let mut plugin = decision_cache_plugin_config(4_000, 1000);
+    plugin["server"]["push_wait_ms"] = json!(4_000);
+    plugin["server"]["max_unreachable_ms"] = json!(10_000);
+    let envoy = Envoy::start_rendered(&render_template_full(
+        "decision-cache.template.yaml",
+        &plugin,
+        idp.port,
+        echo.port,
+        b.grpc_port,
+        b.admin_port,
+    ));
+    let token = idp.mint(json!({"sub": "frank", "scope": "read write", "ttl": 600}));
+    let status = || {
+        envoy
+            .send(
+                "POST",
+                "/api/items",
+                Some(&token),
+                &[("connection", "close")],
+            )
+            .status
+    };
+    assert_eq!(status(), 200);
+    assert!(
+        eventually(Duration::from_secs(5), || b.metric("authz_feed_streams")
+            >= 2.0),
+        "the workers hold requests at B"
+    );
+    let revoked_at = Instant::now();
+    let answer = a
+        .admin(
+            "POST",
+            "/admin/revoke-subject",
+            Some(json!({"sub": "frank"})),
+        )
+        .json();
+    assert_eq!(answer["shared"], "published", "{answer}");
+    assert!(
+        eventually(Duration::from_millis(1_500), || (0..10)
+            .all(|_| status() == 401)),
+        "B did not push A's revocation within 1.5 s"
+    );
+    eprintln!(
+        "revoke-subject at A → writes refused through B's feed after {:?}",
+        revoked_at.elapsed()
+    );
+}

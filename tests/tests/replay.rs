@@ -1,9 +1,17 @@
-//! The replay harness (see `tests::replay`): a bounded run with invalidation on must show no
-//! violation; the same run with the epochs poll off (and the unreachable-server fallback
-//! pushed out of the way) must show violations, which proves the checker can fail.
+//! The replay harness (see `tests::replay`): a bounded run with the change feed pushed (and
+//! the server restarted mid-run) must show no violation; the same traffic with the feed off
+//! (neither pushed nor polled), or with locally decided tiers ignoring revocations, must show
+//! violations, which proves the checker can fail.
 
 use std::time::Duration;
-use tests::replay::{run_replay, ReplayPlan};
+use tests::replay::{run_replay, ReplayPlan, Report};
+
+fn caught(report: &Report, name: &str) -> bool {
+    report
+        .violations
+        .iter()
+        .any(|v| v.starts_with(&format!("{name}:")))
+}
 
 #[test]
 fn mixed_traffic_never_sees_a_stale_allow_past_the_documented_bounds() {
@@ -12,6 +20,9 @@ fn mixed_traffic_never_sees_a_stale_allow_past_the_documented_bounds() {
         duration: Duration::from_millis(10_500),
         idp_down_at: Some(Duration::from_millis(3_500)),
         max_unreachable_ms: 2_000,
+        push_wait_ms: 1_000,
+        local_revocations: true,
+        restart_server_at: Some(Duration::from_millis(5_000)),
     });
     report.print();
     assert!(
@@ -23,18 +34,51 @@ fn mixed_traffic_never_sees_a_stale_allow_past_the_documented_bounds() {
 }
 
 #[test]
-fn the_checker_catches_stale_allows_when_invalidation_is_off() {
+fn the_checker_catches_stale_allows_when_the_feed_is_neither_pushed_nor_polled() {
     let report = run_replay(&ReplayPlan {
         poll_interval_ms: 0,
         duration: Duration::from_millis(3_500),
         idp_down_at: None,
         max_unreachable_ms: 60_000,
+        push_wait_ms: 0,
+        local_revocations: true,
+        restart_server_at: None,
     });
     report.print();
-    let caught = |name: &str| report.violations.iter().any(|v| v.starts_with(name));
+    for name in [
+        "revoked-token",
+        "revoked-subject",
+        "local-revoked-token",
+        "local-revoked-writer",
+    ] {
+        assert!(
+            caught(&report, name),
+            "the checker missed {name}: {:#?}",
+            report.violations
+        );
+    }
+}
+
+#[test]
+fn the_checker_catches_stale_allows_when_local_tiers_ignore_revocations() {
+    let report = run_replay(&ReplayPlan {
+        poll_interval_ms: 250,
+        duration: Duration::from_millis(3_500),
+        idp_down_at: None,
+        max_unreachable_ms: 2_000,
+        push_wait_ms: 1_000,
+        local_revocations: false,
+        restart_server_at: None,
+    });
+    report.print();
     assert!(
-        caught("revoked-token") && caught("revoked-subject"),
-        "the checker missed stale allows: {:#?}",
+        caught(&report, "local-revoked-token") && caught(&report, "local-revoked-writer"),
+        "the checker missed local stale allows: {:#?}",
+        report.violations
+    );
+    assert!(
+        !caught(&report, "revoked-token"),
+        "server tiers honour revocations either way: {:#?}",
         report.violations
     );
 }
