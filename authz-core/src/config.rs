@@ -267,6 +267,11 @@ pub struct RouteConfig {
     pub tier: Option<String>,
     /// What an allowed token must carry.
     pub require: Option<RequireConfig>,
+    /// Fresh when asked: on an `authenticated` or `standard_write` route, the filter sends the
+    /// route's requests to the server (which decides with its revocations and the IdP, as for
+    /// server tiers) and reuses a decision at most this long, 0–60000 ms (0: never). Needs
+    /// `server`. Unset: decided locally from the JWT.
+    pub fresh_cache_ms: Option<u64>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -975,6 +980,20 @@ fn parse_routes(
             None => (None, Vec::new()),
         };
         let require = parse_requirements(p, &format!("{at}.require"), tier, &rc.require);
+        if let Some(ms) = rc.fresh_cache_ms {
+            if !matches!(tier, Tier::Authenticated | Tier::StandardWrite) {
+                p.add(
+                    &format!("{at}.fresh_cache_ms"),
+                    format_args!("only authenticated and standard_write routes are decided locally; {tier} is not"),
+                );
+            }
+            if ms > 60_000 {
+                p.add(
+                    &format!("{at}.fresh_cache_ms"),
+                    "must be between 0 and 60000",
+                );
+            }
+        }
         let name = rc.name.clone().unwrap_or_else(|| at.clone());
         // Names key cached decisions and appear in logs: two routes must never share one.
         if name == "default" || routes.iter().any(|r: &Route| r.name == name) {
@@ -997,6 +1016,7 @@ fn parse_routes(
                     .unwrap_or(defaults::IGNORE_CASE),
                 tier,
                 require,
+                fresh_cache_ms: rc.fresh_cache_ms,
             });
         }
     }
@@ -1019,6 +1039,7 @@ fn parse_routes(
                 ignore_case: true,
                 tier,
                 require,
+                fresh_cache_ms: None,
             })
         }
     };
@@ -1100,6 +1121,16 @@ impl Policy {
             p.add("max_token_bytes", TOKEN_BYTES_RANGE_TEXT);
         }
         let server = c.server.as_ref().and_then(|s| parse_server_link(&mut p, s));
+        if c.server.is_none() {
+            for (i, route) in c.routes.iter().enumerate() {
+                if route.fresh_cache_ms.is_some() {
+                    p.add(
+                        &format!("routes[{i}].fresh_cache_ms"),
+                        "asks the server, so it needs \"server\"",
+                    );
+                }
+            }
+        }
         let cache = parse_cache(&mut p, &c.cache);
         if !p.0.is_empty() {
             return Err(Error::InvalidConfig(p.0));

@@ -210,6 +210,9 @@ pub struct Route {
     pub ignore_case: bool,
     pub tier: Tier,
     pub require: Requirements,
+    /// Set: the filter asks the server for this (locally decidable) route and reuses a
+    /// decision at most this long (ms).
+    pub fresh_cache_ms: Option<u64>,
 }
 
 impl Route {
@@ -269,6 +272,7 @@ mod tests {
             ignore_case: true,
             tier,
             require: Requirements::default(),
+            fresh_cache_ms: None,
         }
     }
 
@@ -307,6 +311,7 @@ mod tests {
                 ignore_case: true,
                 tier: Tier::Authenticated,
                 require: Requirements::default(),
+                fresh_cache_ms: None,
             },
         }
     }

@@ -94,6 +94,24 @@ pub fn plugin(jwt_ttl_ms: u64, privileged_cache_ms: u64, epochs_token: &str) -> 
     })
 }
 
+/// The plugin of the standard-write scenarios: `/orders/` is `standard_write`, decided
+/// locally, or (`fresh_cache_ms`) by the server with a short proxy cache.
+fn write_plugin(epochs_token: &str, fresh_cache_ms: Option<u64>) -> Value {
+    let mut p = plugin(60_000, 5_000, epochs_token);
+    let mut route =
+        json!({"name": "orders", "match": {"prefix": "/orders/"}, "tier": "standard_write"});
+    if let Some(ms) = fresh_cache_ms {
+        route["fresh_cache_ms"] = json!(ms);
+    }
+    if let Some(routes) = p["routes"].as_array_mut() {
+        routes.push(route);
+    }
+    p
+}
+
+/// The fresh write route's proxy cache in the benchmark (ms).
+pub const FRESH_CACHE_MS: u64 = 1_000;
+
 /// Entry cap of the flood listener's caches (per worker).
 pub const FLOOD_CAP: u64 = 500;
 
@@ -136,6 +154,21 @@ pub fn listeners(wasm: &str, idp_port: u16, epochs_token: &str) -> Vec<Listener>
         plain(
             "filter_privileged_uncached",
             wasm_filter(wasm, &plugin(60_000, 0, epochs_token)),
+            false,
+        ),
+        plain(
+            "filter_write_local",
+            wasm_filter(wasm, &write_plugin(epochs_token, None)),
+            false,
+        ),
+        plain(
+            "filter_write_fresh",
+            wasm_filter(wasm, &write_plugin(epochs_token, Some(FRESH_CACHE_MS))),
+            false,
+        ),
+        plain(
+            "filter_write_fresh_uncached",
+            wasm_filter(wasm, &write_plugin(epochs_token, Some(0))),
             false,
         ),
         Listener {

@@ -13,6 +13,7 @@
 
 mod envoy_config;
 mod load;
+mod propagation;
 mod report;
 
 use load::{closed_loop, fixed_rate, RunStats, Target};
@@ -106,6 +107,7 @@ async fn main() {
         let (path, token) = match name {
             "direct" | "proxy" => ("/api/items", None),
             "native_ext_authz_jwt" => ("/admin/users", Some(jwt.clone())),
+            n if n.starts_with("filter_write") => ("/orders/1", Some(jwt.clone())),
             n if n.contains("privileged") || n == "native_ext_authz" => {
                 ("/admin/users", Some(opaque.clone()))
             }
@@ -141,7 +143,7 @@ async fn main() {
     for rep in 0..repetitions {
         // Interleave: rotate the order each repetition.
         let mut order = names.clone();
-        order.rotate_left(rep as usize % names.len());
+        order.rotate_left(rep as usize % names.len().max(1));
         for name in order {
             let target = scenario_target(name);
             let (e0, s0) = (cpu_seconds(envoy_pid), cpu_seconds(server_pid));
@@ -164,6 +166,23 @@ async fn main() {
     }
 
     if only.is_some() {
+        if only
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "propagation"))
+        {
+            let count = env_u64("BENCH_REVOCATIONS", 200) as usize;
+            for (mode, push) in [("pushed", true), ("polled", false)] {
+                let p = propagation::measure(mode, push, count);
+                println!(
+                    "propagation {mode}: p50 {:.1} ms p99 {:.1} ms max {:.1} ms over {}; filter: {}",
+                    p.percentile(0.5),
+                    p.percentile(0.99),
+                    p.max(),
+                    p.lags_ms.len(),
+                    p.filter_histogram
+                );
+            }
+        }
         for name in &names {
             let row = report::row_of(&results, name);
             println!(
@@ -219,6 +238,23 @@ async fn main() {
     // A unique-token flood against small caches: memory must stay bounded by the caps.
     let flood = memory_flood(&idp, &envoy, &server, envoy_pid).await;
 
+    // Revocation propagation to every worker: pushed, then with the push off (polling).
+    let count = env_u64("BENCH_REVOCATIONS", 200) as usize;
+    let propagation = vec![
+        propagation::measure("pushed (held requests, defaults)", true, count),
+        propagation::measure("polled every 250 ms (push off)", false, count),
+    ];
+    for p in &propagation {
+        eprintln!(
+            "propagation {}: p50 {:.1} ms p99 {:.1} ms max {:.1} ms over {}",
+            p.mode,
+            p.percentile(0.5),
+            p.percentile(0.99),
+            p.max(),
+            p.lags_ms.len()
+        );
+    }
+
     let memory = vec![
         ("envoy".to_owned(), peak_rss_kb(envoy_pid)),
         ("ext-authz-server".to_owned(), peak_rss_kb(server_pid)),
@@ -231,6 +267,7 @@ async fn main() {
         amplification,
         memory,
         flood,
+        propagation,
         run_seconds,
         repetitions,
         connections,

@@ -15,6 +15,7 @@ pub struct Report {
     pub amplification: Amplification,
     pub memory: Vec<(String, u64)>,
     pub flood: crate::Flood,
+    pub propagation: Vec<crate::propagation::Propagation>,
     pub run_seconds: u64,
     pub repetitions: u64,
     pub connections: usize,
@@ -39,7 +40,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const ORDER: [(&str, &str); 11] = [
+const ORDER: [(&str, &str); 14] = [
     ("direct", "1a. no auth, direct_response"),
     ("proxy", "1b. no auth, proxied (baseline)"),
     (
@@ -68,6 +69,18 @@ const ORDER: [(&str, &str); 11] = [
     (
         "native_ext_authz_jwt",
         "7. privileged via native ext_authz, JWT verified by the server",
+    ),
+    (
+        "filter_write_local",
+        "8a. standard write, decided locally (revocations from the feed)",
+    ),
+    (
+        "filter_write_fresh",
+        "8b. standard write, `fresh_cache_ms: 1000` (server, proxy cache)",
+    ),
+    (
+        "filter_write_fresh_uncached",
+        "8c. standard write, `fresh_cache_ms: 0` (server every request)",
     ),
 ];
 
@@ -110,7 +123,21 @@ impl Report {
         let ext = self.row("native_ext_authz");
         let a = &self.amplification;
         let refreshes_allowed = (a.seconds as f64 / 2.5).ceil() as u64 + 1; // privileged window 5 s, refresh at half
+        let pushed = self.propagation.first();
+        let polled = self.propagation.get(1);
         vec![
+            (
+                "revocation → every worker refuses, pushed: p99 ≤ 50 ms, max ≤ 100 ms".into(),
+                pushed.map_or("not run".into(), |p| {
+                    format!("p99 {:.1} ms, max {:.1} ms", p.percentile(0.99), p.max())
+                }),
+                pushed.is_some_and(|p| p.percentile(0.99) <= 50.0 && p.max() <= 100.0),
+            ),
+            (
+                "revocation → every worker refuses, push off: max ≤ poll interval (250 ms) + RTT".into(),
+                polled.map_or("not run".into(), |p| format!("max {:.1} ms", p.max())),
+                polled.is_some_and(|p| p.max() <= 300.0),
+            ),
             (
                 "hot path throughput ≥ native jwt_authn with cache".into(),
                 format!(
@@ -321,6 +348,20 @@ impl Report {
             f.filter_cache_entries, f.filter_cap, f.server_cache_entries, f.server_cap,
             f.envoy_rss_before_kb as f64 / 1024.0, f.envoy_rss_after_kb as f64 / 1024.0
         );
+        let _ = writeln!(md, "## Revocation propagation\n\nFrom the admin call at the server to every Envoy worker refusing the token on a locally decided route (the first of 8 refusals in a row on new connections, which land on either worker); revocations alternate token, `jti` and subject. Separate stack (one server, one Envoy with 2 workers). The filter's own `authz.revocation_lag_ms` histogram (server learned → worker applied) beside it.\n\n| feed | revocations | p50 ms | p99 ms | max ms | filter histogram |\n|---|---|---|---|---|---|");
+        for p in &self.propagation {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | `{}` |",
+                p.mode,
+                p.lags_ms.len(),
+                p.percentile(0.5),
+                p.percentile(0.99),
+                p.max(),
+                p.filter_histogram
+            );
+        }
+        let _ = writeln!(md);
         let _ = writeln!(md, "## Memory\n");
         for (name, kb) in &self.memory {
             let _ = writeln!(md, "- {name}: peak RSS {:.1} MiB", *kb as f64 / 1024.0);

@@ -101,6 +101,8 @@ pub struct ServerCall {
     /// The request's [`authz_core::routes::match_path`] (part of the key).
     pub match_path: String,
     pub policy_version: u64,
+    /// A fresh route's cap on reusing the decision (ms).
+    pub max_cache_ms: Option<u64>,
 }
 
 /// An epochs poll to dispatch; report back with `Worker::poll_started`, and its answer goes to

@@ -1,4 +1,5 @@
-//! The filter's path to the ext_authz server, for tiers that need it: the in-proxy decision
+//! The filter's path to the ext_authz server, for tiers that need it (and routes marked
+//! `fresh_cache_ms`, whose requests it decides though their tier could be decided locally): the in-proxy decision
 //! cache in front of Check calls, the handling of Check replies, and the `/admin/epochs` poll
 //! that invalidates cached decisions when the server revokes something or the policy changes.
 //!
@@ -32,7 +33,7 @@ impl<H: Host> Worker<H> {
             .policy
             .routes
             .find_matched(&request.method, &match_path);
-        if !route.tier.requires_server() {
+        if !route.tier.requires_server() && route.fresh_cache_ms.is_none() {
             return None;
         }
         let token = request.bearer().unwrap_or("");
@@ -52,6 +53,7 @@ impl<H: Host> Worker<H> {
             cluster: link.cluster.clone(),
             timeout: Duration::from_millis(link.timeout_ms),
             policy_version,
+            max_cache_ms: route.fresh_cache_ms,
         })
     }
 
@@ -201,11 +203,11 @@ impl<H: Host> Worker<H> {
         if reply.directive.policy_version > self.versions.policy_version {
             self.apply_policy_version(reply.directive.policy_version);
         }
-        let lifetime = self.decisions.caps.lifetime_ms(
-            call.tier,
-            reply.directive.ttl_ms,
-            reply.outcome.is_allow(),
-        );
+        let lifetime = self
+            .decisions
+            .caps
+            .lifetime_ms(call.tier, reply.directive.ttl_ms, reply.outcome.is_allow())
+            .min(call.max_cache_ms.unwrap_or(u64::MAX));
         // A reply decided under an older policy than we now enforce is used once, not kept.
         if lifetime > 0 && reply.directive.policy_version == self.versions.policy_version {
             let token = request.bearer().unwrap_or("");

@@ -1092,3 +1092,86 @@ fn held_requests_follow_each_other_and_a_failure_falls_back_to_polling_until_one
         )
         .is_none());
 }
+
+#[test]
+fn a_fresh_route_asks_the_server_and_keeps_its_decision_only_briefly() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let config = json!({
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
+                       "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}],
+        "routes": [
+            {"name": "orders", "match": {"prefix": "/orders", "methods": ["POST"]},
+             "tier": "standard_write", "fresh_cache_ms": 500},
+            {"name": "notes", "match": {"prefix": "/notes"}, "tier": "standard_write"}
+        ],
+        "default": {"tier": "authenticated"},
+        "server": {"cluster": "authz", "epochs_cluster": "authz_admin",
+                   "epochs_token": "test-epochs-token-4f2a9c7e", "max_unreachable_ms": 5000},
+        "cache": {"tier_max_ms": {"standard_write": 30000}}
+    });
+    let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
+    let host = FakeHost::sharing(&store);
+    let mut w = Worker::new(policy, host.clone(), [1, 2]);
+    w.poll_due(T0);
+    w.poll_started(1);
+    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
+    let idp = Idp::new("k1");
+    let token = idp.token("alice");
+    // The same tier without the option is decided locally.
+    assert_eq!(
+        decide_local(&mut w, &idp, 1, post("/notes/1", &token), T0),
+        200
+    );
+    assert_eq!(host.count(Counter::ServerCalls), 0);
+    let (call, request) = server_call(w.on_request(2, post("/orders/1", &token), us(T0)));
+    assert_eq!(call.tier, authz_core::Tier::StandardWrite);
+    assert_eq!(call.max_cache_ms, Some(500));
+    // The server allows for 10 s; the route keeps it 500 ms.
+    let allowed = w.on_server_reply(2, &request, &call, 0, Some(ok_reply(10_000, 1, false)), T0);
+    assert_eq!(status_of(&allowed), 200);
+    assert_eq!(
+        status_of(&done(w.on_request(
+            3,
+            post("/orders/1", &token),
+            us(T0 + 400)
+        ))),
+        200
+    );
+    let step = w.on_request(4, post("/orders/1", &token), us(T0 + 600));
+    assert!(matches!(step, RequestStep::CallServer(..)), "{step:?}");
+    // The server unreachable: the write fails closed, it is not decided locally.
+    let (call, request) = server_call(step);
+    let failed = w.on_server_reply(4, &request, &call, 14, None, T0 + 600);
+    assert_eq!(status_of(&failed), 503);
+}
+
+#[test]
+fn fresh_routes_are_refused_where_they_cannot_mean_anything() {
+    let base = json!({
+        "providers": [{"issuer": ISSUER, "audiences": ["api"],
+                       "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}],
+        "routes": [
+            {"name": "a", "match": {"prefix": "/a"}, "tier": "privileged", "fresh_cache_ms": 100},
+            {"name": "b", "match": {"prefix": "/b"}, "tier": "standard_write", "fresh_cache_ms": 90000}
+        ],
+        "default": {"tier": "authenticated"}
+    });
+    let Err(authz_core::Error::InvalidConfig(problems)) =
+        Policy::from_json(base.to_string().as_bytes())
+    else {
+        panic!("accepted");
+    };
+    let text = problems.join("\n");
+    assert!(
+        text.contains("routes[0].fresh_cache_ms: only authenticated and standard_write"),
+        "{text}"
+    );
+    assert!(
+        text.contains("routes[1].fresh_cache_ms: must be between 0 and 60000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("routes[0].fresh_cache_ms: asks the server, so it needs \"server\""),
+        "{text}"
+    );
+}

@@ -316,3 +316,39 @@ fn a_revocation_at_one_shared_server_is_pushed_by_another() {
         revoked_at.elapsed()
     );
 }
+
+#[test]
+fn a_fresh_write_route_asks_the_server_so_a_revocation_applies_to_the_next_write() {
+    // The feed is off: locally decided routes cannot learn of the revocation; the write route
+    // marked fresh asks the server on every request (cache 0) and is refused at once.
+    let mut plugin = decision_cache_plugin_config(0, 1000);
+    let routes = plugin["routes"].as_array_mut().expect("routes");
+    let write = routes
+        .iter_mut()
+        .find(|r| r["name"] == "write")
+        .expect("the write route");
+    write["fresh_cache_ms"] = json!(0);
+    let s = CacheStack::start(&plugin, "");
+    let token = jwt(&s, "grace", json!({}));
+    for _ in 0..3 {
+        assert_eq!(status(&s, "POST", "/api/items", &token), 200);
+        assert_eq!(status(&s, "GET", "/api/items", &token), 200);
+    }
+    assert!(
+        s.envoy.stat("wasmcustom.authz.check_calls") >= 3,
+        "writes asked the server"
+    );
+    revoke(&s, "/admin/revoke-subject", json!({"sub": "grace"}));
+    assert_eq!(
+        status(&s, "POST", "/api/items", &token),
+        401,
+        "the next write"
+    );
+    assert_eq!(
+        status(&s, "GET", "/api/items", &token),
+        200,
+        "reads stay local (and, with the feed off, do not know)"
+    );
+    // Without a token the fresh route answers locally, like any server route.
+    assert_eq!(s.envoy.send("POST", "/api/items", None, &[]).status, 401);
+}
