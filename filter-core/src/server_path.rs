@@ -277,8 +277,12 @@ impl<H: Host> Worker<H> {
         }
         let epochs = self.policy.server.as_ref()?.epochs.as_ref()?;
         let hold = epochs.push_wait_ms > 0 && !self.versions.push_down;
+        // Polls run on the worker's timer, whose period is the interval: a tick that fires a
+        // little early must not push the poll to the next tick (a doubled interval).
+        let slack = (epochs.interval_ms / 5).min(50);
         if !self.versions.poll_now
-            && now_ms.saturating_sub(self.versions.last_poll_started_ms) < epochs.interval_ms
+            && now_ms.saturating_sub(self.versions.last_poll_started_ms) + slack
+                < epochs.interval_ms
         {
             return None;
         }

@@ -1175,3 +1175,25 @@ fn fresh_routes_are_refused_where_they_cannot_mean_anything() {
         "{text}"
     );
 }
+
+#[test]
+fn a_poll_due_by_a_tick_that_fires_a_little_early_is_not_put_off_a_whole_interval() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let config = json!({
+        "providers": [{"issuer": ISSUER, "audiences": ["api"],
+                       "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}],
+        "default": {"tier": "authenticated"},
+        "server": {"cluster": "authz", "epochs_cluster": "authz_admin",
+                   "epochs_token": "test-epochs-token-4f2a9c7e", "poll_interval_ms": 250,
+                   "push_wait_ms": 0}
+    });
+    let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
+    let mut w = Worker::new(policy, FakeHost::sharing(&store), [1, 2]);
+    let first = w.poll_due(T0).expect("a first poll");
+    assert!(!first.path.contains("wait_ms"), "push off: {}", first.path);
+    w.poll_started(1);
+    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0 + 5);
+    assert!(w.poll_due(T0 + 150).is_none(), "not before the interval");
+    // The 250 ms timer fires 2 ms early: the poll goes now, not at the next tick (500 ms).
+    assert!(w.poll_due(T0 + 248).is_some());
+}

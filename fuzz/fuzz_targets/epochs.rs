@@ -1,4 +1,4 @@
-//! `/admin/epochs` answers as the filter reads them.
+//! `/admin/epochs` answers (format 2, the change feed) as the filter reads them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
