@@ -89,10 +89,10 @@ export ADMIN='$ADMIN'
 
   # server admin: metrics, revoke a subject, bump the policy version, epochs since 0
   curl -s http://127.0.0.1:9192/metrics | grep authz_decisions_total
-  # revoking a subject at the server reaches the routes the filter decides locally too: alice's
-  # READ token is refused (401) within milliseconds (pushed to every Envoy worker)
-  curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' -d '{"sub":"alice"}' -H 'content-type: application/json' http://127.0.0.1:9192/admin/revoke-subject
-  curl -i -H "authorization: Bearer \$READ" http://127.0.0.1:10000/api/items
+  # revoking a subject at the server reaches the routes the filter decides locally too: bob's
+  # WRITE token is refused (401) within milliseconds (pushed to every Envoy worker)
+  curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' -d '{"sub":"bob"}' -H 'content-type: application/json' http://127.0.0.1:9192/admin/revoke-subject
+  curl -i -X POST -H "authorization: Bearer \$WRITE" http://127.0.0.1:10000/api/items
   curl -X POST -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' http://127.0.0.1:9192/admin/policy-version
   # a revoke at the server reaches the proxy's cache at once (pushed; one 250 ms poll if not)
   curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' -H 'content-type: application/json' -d "{\"token\":\"\$ADMIN\"}" http://127.0.0.1:9192/admin/revoke
