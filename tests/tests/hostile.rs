@@ -618,13 +618,18 @@ fn a_crashed_vm_fails_closed_and_is_reloaded() {
             }
         }
     }
-    // What an operator sees: Envoy counts the reloads.
-    assert_eq!(
-        envoy.stat("wasm.jwt_authz.vm_reload_success"),
-        4,
-        "{}",
-        envoy.stats_matching("vm_reload")
-    );
+    // What an operator sees: Envoy counts the reloads. A crashed worker's VM is reloaded on
+    // that worker's next request (after Envoy's reload backoff), and the six answers above may
+    // all have come from the other worker: keep asking (new connections) until it has.
+    let reloaded = eventually(Duration::from_secs(10), || {
+        let reply = envoy.get("/x", None, &[("connection", "close")]);
+        assert!(
+            reply.status == 503 || reply.json()["headers"]["x-vm-alive"] == "1",
+            "passed unchecked"
+        );
+        envoy.stat("wasm.jwt_authz.vm_reload_success") == 4
+    });
+    assert!(reloaded, "{}", envoy.stats_matching("vm_reload"));
     assert_eq!(envoy.stat("wasm.jwt_authz.vm_reload_failure"), 0);
 }
 
