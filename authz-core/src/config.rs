@@ -159,7 +159,7 @@ pub struct ServerLink {
     pub timeout_ms: u64,
     pub epochs: Option<EpochsPoll>,
     pub max_unreachable_ms: u64,
-    /// Locally decided tiers that honour revocations (only with an epochs feed).
+    /// Locally decided tiers that honour revocations (empty without an epochs feed).
     pub local_revocations: Vec<Tier>,
     pub max_revocations: usize,
 }
@@ -890,6 +890,11 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
             None
         }
     };
+    // Revocations reach a worker only through the feed: without one, no tier honours them
+    // locally.
+    if epochs.is_none() {
+        local_revocations.clear();
+    }
     Some(ServerLink {
         cluster: cluster?,
         timeout_ms,
@@ -1064,6 +1069,11 @@ pub fn route_table_from_config(
 }
 
 impl Policy {
+    /// The server's change feed, when the filter reads one.
+    pub fn feed(&self) -> Option<&EpochsPoll> {
+        self.server.as_ref()?.epochs.as_ref()
+    }
+
     /// Parses and validates a JSON configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Policy, Error> {
         let config: FilterConfig = serde_json::from_slice(bytes).map_err(|e| {

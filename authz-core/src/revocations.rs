@@ -203,29 +203,37 @@ impl RevocationSet {
     }
 
     pub fn revoke_token(&mut self, digest: [u8; 32], expires_at_ms: Option<u64>, now_ms: u64) {
-        let Some(at) = Self::forget_at(expires_at_ms, now_ms) else {
-            return;
-        };
-        let key = prefix(&digest);
-        if self.tokens.get(&key).is_some_and(|old| old >= at) {
-            return;
-        }
-        if self.tokens.contains(&key) || self.room_for(at, now_ms) {
-            self.tokens.put(key, at);
-        }
+        self.revoke(
+            |set| &mut set.tokens,
+            prefix(&digest),
+            expires_at_ms,
+            now_ms,
+        );
     }
 
     pub fn revoke_jti(&mut self, jti: &str, expires_at_ms: Option<u64>, now_ms: u64) {
+        self.revoke(|set| &mut set.jtis, jti.into(), expires_at_ms, now_ms);
+    }
+
+    /// Holds `key` in the set `pick` chooses until its token's expiry (a later expiry wins),
+    /// making room at the cap.
+    fn revoke<K: Clone + Ord + std::hash::Hash>(
+        &mut self,
+        pick: fn(&mut RevocationSet) -> &mut Expiring<K>,
+        key: K,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) {
         let Some(at) = Self::forget_at(expires_at_ms, now_ms) else {
             return;
         };
-        let key: Box<str> = jti.into();
-        if self.jtis.get(&key).is_some_and(|old| old >= at) {
-            return;
+        match pick(self).get(&key) {
+            Some(held) if held >= at => return,
+            Some(_) => {}
+            None if !self.room_for(at, now_ms) => return,
+            None => {}
         }
-        if self.jtis.contains(&key) || self.room_for(at, now_ms) {
-            self.jtis.put(key, at);
-        }
+        pick(self).put(key, at);
     }
 
     /// Tokens of `subject` issued at or before `revoked_at_ms` are refused. Subjects are not

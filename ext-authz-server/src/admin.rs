@@ -305,11 +305,13 @@ async fn epochs(
         .inc("authz_epochs_requests_total", &[]);
     let since = q.since.unwrap_or(0);
     let versions = &admin.service.versions;
-    if q.format != Some(2) {
-        let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
-        return Json(versions.changes_since(since, confirmed)).into_response();
-    }
-    let wait_ms = q.wait_ms.unwrap_or(0).min(MAX_FEED_WAIT_MS);
+    let format_2 = q.format == Some(2);
+    // Only the second format is ever held (the first is for filters that poll).
+    let wait_ms = if format_2 {
+        q.wait_ms.unwrap_or(0).min(MAX_FEED_WAIT_MS)
+    } else {
+        0
+    };
     if wait_ms > 0 {
         // Subscribed before the state is read: no change slips between the check and the wait.
         let mut changed = versions.subscribe();
@@ -335,7 +337,12 @@ async fn epochs(
         }
     }
     let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
-    Json(versions.changes_since_v2(since, confirmed)).into_response()
+    let body = if format_2 {
+        versions.changes_since_v2(since, confirmed)
+    } else {
+        versions.changes_since(since, confirmed)
+    };
+    Json(body).into_response()
 }
 
 /// The admin router.

@@ -1,6 +1,6 @@
-//! The filter's path to the ext_authz server, for tiers that need it (and routes marked
-//! `fresh_cache_ms`, whose requests it decides though their tier could be decided locally): the in-proxy decision
-//! cache in front of Check calls, the handling of Check replies, and the `/admin/epochs` poll
+//! The filter's path to the ext_authz server, for tiers that need it and for routes marked
+//! `fresh_cache_ms` (whose tier could be decided locally): the in-proxy decision cache in
+//! front of Check calls, the handling of Check replies, and the `/admin/epochs` poll
 //! that invalidates cached decisions when the server revokes something or the policy changes.
 //!
 //! Bounds (see docs/decision-cache.md): a revocation or policy bump at the server stops every
@@ -264,7 +264,7 @@ impl<H: Host> Worker<H> {
     /// a request is always out (the server holds it until something changes or its wait runs
     /// out, and the next goes out when it answers); otherwise one every poll interval.
     pub fn poll_due(&mut self, now_ms: u64) -> Option<PollOrder> {
-        let push_wait_ms = self.policy.server.as_ref()?.epochs.as_ref()?.push_wait_ms;
+        let push_wait_ms = self.policy.feed()?.push_wait_ms;
         if self.versions.poll_in_flight.is_some() {
             // An answer that never came (the host lost the call): give up on it after its
             // timeout and a margin.
@@ -275,7 +275,7 @@ impl<H: Host> Worker<H> {
             self.versions.poll_in_flight = None;
             self.poll_failed("no answer");
         }
-        let epochs = self.policy.server.as_ref()?.epochs.as_ref()?;
+        let epochs = self.policy.feed()?;
         let hold = epochs.push_wait_ms > 0 && !self.versions.push_down;
         // Polls run on the worker's timer, whose period is the interval: a tick that fires a
         // little early must not push the poll to the next tick (a doubled interval).
@@ -326,7 +326,7 @@ impl<H: Host> Worker<H> {
             self.host.set_gauge(Gauge::PushConnected, 0);
             self.host.log(LogLevel::Warn, &format!(
                 "jwt_authz change feed: held request failed ({why}); polling every {} ms until the server answers",
-                self.policy.server.as_ref().and_then(|s| s.epochs.as_ref()).map(|e| e.interval_ms).unwrap_or(0)
+                self.policy.feed().map(|e| e.interval_ms).unwrap_or(0)
             ));
         }
         // Visible, without a line every poll: the first failure and every 40th.
@@ -372,13 +372,7 @@ impl<H: Host> Worker<H> {
             self.versions.failed_polls = 0;
         }
         let held_for = now_ms.saturating_sub(self.versions.last_poll_started_ms);
-        let wait_ms = self
-            .policy
-            .server
-            .as_ref()
-            .and_then(|s| s.epochs.as_ref())
-            .map(|e| e.push_wait_ms)
-            .unwrap_or(0);
+        let wait_ms = self.policy.feed().map(|e| e.push_wait_ms).unwrap_or(0);
         if self.versions.poll_held {
             // Held until a change, or for most of its wait: the server pushes. Answered at once
             // with nothing (a server that does not hold): poll at the interval instead.

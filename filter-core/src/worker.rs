@@ -204,7 +204,7 @@ impl<H: Host> Worker<H> {
             policy
                 .server
                 .as_ref()
-                .is_some_and(|s| s.epochs.is_some() && s.local_revocations.contains(&tier))
+                .is_some_and(|s| s.local_revocations.contains(&tier))
         };
         let screen = |token: &authz_core::VerifiedToken, tier: Tier| {
             if !honours(tier) {

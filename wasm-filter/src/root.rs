@@ -16,14 +16,9 @@ use std::time::Duration;
 
 /// The timer period: the JWKS tick, or the epochs poll interval when that is shorter.
 fn worker_tick(worker: &Option<Rc<RefCell<FilterWorker>>>) -> Duration {
-    let poll = worker.as_ref().and_then(|w| {
-        w.borrow()
-            .policy
-            .server
-            .as_ref()
-            .and_then(|s| s.epochs.as_ref())
-            .map(|e| e.interval_ms)
-    });
+    let poll = worker
+        .as_ref()
+        .and_then(|w| w.borrow().policy.feed().map(|e| e.interval_ms));
     match poll {
         Some(ms) if ms > 0 => TICK.min(Duration::from_millis(ms)),
         _ => TICK,
