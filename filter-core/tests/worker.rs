@@ -18,7 +18,7 @@ use authz_core::Policy;
 use dev_keys::{KeyAlgorithm, SigningKey};
 use filter_core::{
     Counter, FetchOrder, Final, FinalAction, Gauge, Histogram, Host, LogLevel, OwnedRequest,
-    RequestStep, ServerCall, SharedWrite, Worker,
+    PollOrder, RequestStep, ServerCall, SharedWrite, Worker,
 };
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -488,6 +488,12 @@ fn epochs(version: u64, policy_version: u64, incarnation: &str, subjects: &[&str
     )
 }
 
+/// The feed answers the worker's request `token` with `fields` (format 2) at `at`.
+fn feed_answer(w: &mut Worker<FakeHost>, token: u32, fields: Value, at: u64) -> Option<PollOrder> {
+    w.poll_started(token);
+    w.on_poll_response(Some(200), Some(feed(fields)), at)
+}
+
 /// A format-2 feed answer from the fields given.
 fn feed(mut fields: Value) -> Vec<u8> {
     fields["format"] = json!(2);
@@ -899,13 +905,11 @@ fn a_tier_left_out_of_local_revocations_ignores_them() {
     let (mut w, _) = local_worker(&store, Some(json!(["standard_write"])), 1_000);
     let idp = Idp::new("k1");
     let token = idp.token("alice");
-    w.poll_started(2);
-    w.on_poll_response(
-        Some(200),
-        Some(feed(
-            json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+    feed_answer(
+        &mut w,
+        2,
+        json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
                          "subjects": [["alice", T0, 1, T0]]}),
-        )),
         T0 + 10,
     );
     assert_eq!(
@@ -918,13 +922,11 @@ fn a_tier_left_out_of_local_revocations_ignores_them() {
     );
     // And with none listed, nothing local is refused.
     let (mut off, _) = local_worker(&store, Some(json!([])), 1_000);
-    off.poll_started(2);
-    off.on_poll_response(
-        Some(200),
-        Some(feed(
-            json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+    feed_answer(
+        &mut off,
+        2,
+        json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
                          "subjects": [["alice", T0, 1, T0]]}),
-        )),
         T0 + 10,
     );
     assert_eq!(
@@ -948,13 +950,11 @@ fn past_the_revocation_cap_writes_fail_closed_and_reads_keep_what_is_held() {
             ])
         })
         .collect();
-    w.poll_started(2);
-    w.on_poll_response(
-        Some(200),
-        Some(feed(
-            json!({"version": 3, "policy_version": 1, "incarnation": "inc-a",
+    feed_answer(
+        &mut w,
+        2,
+        json!({"version": 3, "policy_version": 1, "incarnation": "inc-a",
                          "tokens": tokens}),
-        )),
         T0,
     );
     assert_eq!(host.count(Counter::RevocationsDropped), 1);
@@ -991,13 +991,11 @@ fn a_policy_bump_drops_cached_verifications_of_local_routes() {
         200
     );
     assert_eq!(host.count(Counter::TokenCacheMiss), misses, "cached");
-    w.poll_started(2);
-    w.on_poll_response(
-        Some(200),
-        Some(feed(
-            json!({"version": 2, "policy_version": 2, "incarnation": "inc-a",
+    feed_answer(
+        &mut w,
+        2,
+        json!({"version": 2, "policy_version": 2, "incarnation": "inc-a",
                          "policy_changed_at_ms": T0}),
-        )),
         T0 + 10,
     );
     assert_eq!(
@@ -1024,13 +1022,11 @@ fn held_requests_follow_each_other_and_a_failure_falls_back_to_polling_until_one
         poll.path
     );
     assert_eq!(poll.timeout.as_millis(), 2_500);
-    w.poll_started(3);
-    let next = w.on_poll_response(
-        Some(200),
-        Some(feed(
-            json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+    let next = feed_answer(
+        &mut w,
+        3,
+        json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
                          "subjects": [["x", T0, 1, T0 + 310]]}),
-        )),
         T0 + 320,
     );
     let next = next.expect("the next held request goes out at once");
@@ -1068,29 +1064,24 @@ fn held_requests_follow_each_other_and_a_failure_falls_back_to_polling_until_one
     );
     let plain = w.on_tick(T0 + 1_750).poll.expect("a plain poll");
     assert!(!plain.path.contains("wait_ms"), "{}", plain.path);
-    w.poll_started(6);
-    let back = w.on_poll_response(
-        Some(200),
-        Some(feed(
-            json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}),
-        )),
-        T0 + 1_710,
+    let back = feed_answer(
+        &mut w,
+        6,
+        json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}),
+        T0 + 1_760,
     );
     assert!(
         back.is_some_and(|p| p.path.contains("wait_ms=500")),
         "back to held requests at once"
     );
     // A server that answers held requests at once with nothing is polled at the interval.
-    w.poll_started(7);
-    assert!(w
-        .on_poll_response(
-            Some(200),
-            Some(feed(
-                json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"})
-            )),
-            T0 + 1_770,
-        )
-        .is_none());
+    assert!(feed_answer(
+        &mut w,
+        7,
+        json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}),
+        T0 + 1_770
+    )
+    .is_none());
 }
 
 #[test]

@@ -412,6 +412,20 @@ policy:
     yaml
 }
 
+/// The secret the e2e servers seal the shared tier with.
+pub const SHARED_SECRET: &str = "e2e-shared-secret-0123456789abcdef";
+
+/// A server in `zone` with an epochs token, sharing its state through `redis`.
+pub fn shared_server(idp: &DevIdp, redis: &RedisServer, zone: &str) -> AuthzServerProcess {
+    AuthzServerProcess::start(&server_yaml(
+        idp.port,
+        &format!(
+            "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  url: \"{}\"\n  secret: \"{SHARED_SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n",
+            redis.url()
+        ),
+    ))
+}
+
 /// A running ext-authz-server binary.
 pub struct AuthzServerProcess {
     process: Option<Process>,

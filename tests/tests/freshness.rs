@@ -246,20 +246,13 @@ fn a_revocation_at_one_shared_server_is_pushed_by_another() {
     // Two servers share Redis; the Envoy's feed is held by B only, polled every 4 s. A
     // revocation made at A reaches B through the shared stream, and B's held request answers:
     // within a second, not a poll interval.
-    const SECRET: &str = "e2e-shared-secret-0123456789abcdef";
     let redis = RedisServer::start();
     let idp = DevIdp::start(&[]);
     let echo = Echo::start();
-    let shared = |zone: &str| {
-        AuthzServerProcess::start(&server_yaml(
-            idp.port,
-            &format!(
-                "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  url: \"{}\"\n  secret: \"{SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n",
-                redis.url()
-            ),
-        ))
-    };
-    let (a, b) = (shared("zone-a"), shared("zone-b"));
+    let (a, b) = (
+        shared_server(&idp, &redis, "zone-a"),
+        shared_server(&idp, &redis, "zone-b"),
+    );
     let confirmed = |s: &AuthzServerProcess| {
         s.admin("GET", "/admin/epochs?since=0&format=2", None)
             .json()["confirmed"]

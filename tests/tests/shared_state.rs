@@ -10,21 +10,9 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tests::*;
 
-const SHARED_SECRET: &str = "e2e-shared-secret-0123456789abcdef";
-
 /// The documented bound for a revoke made at any instance to reach every Envoy: the stream
 /// read (immediate) + one epochs poll interval (250 ms) + round trips; generous for CI.
 const PROPAGATION_BOUND: Duration = Duration::from_millis(2_000);
-
-fn shared_server(idp: &DevIdp, redis: &RedisServer, zone: &str) -> AuthzServerProcess {
-    AuthzServerProcess::start(&server_yaml(
-        idp.port,
-        &format!(
-            "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  url: \"{}\"\n  secret: \"{SHARED_SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n",
-            redis.url()
-        ),
-    ))
-}
 
 fn envoy_for(server: &AuthzServerProcess, idp: &DevIdp, echo: &Echo) -> Envoy {
     Envoy::start_rendered(&render_template_full(
