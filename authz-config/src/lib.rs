@@ -5,8 +5,8 @@
 //! - the Wasm filter's JSON (providers with their keys found by discovery or a path, routes,
 //!   default, headers, and in `filter` mode the link to the server);
 //! - the ext_authz server's YAML (its own sections from `server.config`, plus the provider's
-//!   `token` rules, the same `policy` routes, and `strip_headers` for every claim header the
-//!   filter sets);
+//!   `token` rules, the same `policy` routes and `requests` rules, and `strip_headers` for
+//!   every header name the filter sets: on the routes the server decides no filter runs);
 //! - Envoy's routes for one virtual host: in `native` mode each route of a server-decided tier
 //!   turns Envoy's ext_authz filter on with its tier and turns the Wasm filter off, the others
 //!   leave the Wasm filter deciding (ext_authz is off at the virtual host); in `filter` mode the
@@ -43,6 +43,9 @@ pub struct PolicyFile {
     pub headers: Option<Value>,
     /// How server-decided tiers reach the server, and the server's own settings.
     pub server: Option<ServerEntry>,
+    /// Requests upstreams may read differently (method overrides, encoded reserved characters
+    /// in paths): the filter's and the server's `requests`, the same for both.
+    pub requests: Option<Value>,
     /// Further filter settings (`cache`, `key_wait_timeout_ms`, ...), copied as they are.
     #[serde(default)]
     pub filter: Map<String, Value>,
@@ -72,6 +75,40 @@ pub struct EnvoyEntry {
     pub upstream_cluster: Option<String>,
 }
 
+/// The filter's link to the server, in both modes: in `filter` mode it calls the server for
+/// server tiers; in both it reads the change feed, so revocations reach the routes it decides
+/// locally. Without `admin_envoy_cluster` and `epochs_token` that is a problem, unless the
+/// policy opts out with `feed: false`.
+fn filter_link(
+    server: &ServerEntry,
+    env: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Value {
+    let mut link = Map::new();
+    link.insert("cluster".into(), json!(server.envoy_cluster));
+    if !server.feed {
+        link.insert("local_revocations".into(), json!([]));
+        return Value::Object(link);
+    }
+    match (&server.admin_envoy_cluster, &server.epochs_token) {
+        (Some(admin), Some(token)) => {
+            let (token, unset) = ext_authz_server::config::expand_env(token, env);
+            for name in unset {
+                problems.push(format!(
+                    "server.epochs_token: ${{{name}}} is not set in the environment (the filter reads its configuration inside Envoy and cannot expand it; set it when rendering)"
+                ));
+            }
+            link.insert("epochs_cluster".into(), json!(admin));
+            link.insert("epochs_token".into(), json!(token));
+        }
+        _ => problems.push(
+            "server: admin_envoy_cluster and epochs_token are needed so revocations reach the routes the filter decides locally (the change feed); set feed: false to go without (revocations then reach server-decided routes only)"
+                .to_owned(),
+        ),
+    }
+    Value::Object(link)
+}
+
 /// How Envoy sends server-decided tiers to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,16 +119,25 @@ pub enum Mode {
     Filter,
 }
 
+fn feed_on() -> bool {
+    true
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerEntry {
     pub mode: Mode,
     /// The Envoy cluster of the server's gRPC port.
     pub envoy_cluster: String,
-    /// `filter` mode: the Envoy cluster of the server's admin port (epochs polls).
+    /// The Envoy cluster of the server's admin port (the change feed), in both modes.
     pub admin_envoy_cluster: Option<String>,
-    /// `filter` mode: the read-only epochs token (the server's `epochs_token`).
+    /// The read-only feed token (the server's `epochs_token`), in both modes. `${NAME}` is
+    /// expanded when rendering (the filter cannot); the server's YAML keeps the reference.
     pub epochs_token: Option<String>,
+    /// `false`: no change feed for the filter, so revocations reach only the routes the server
+    /// decides (locally decided routes keep serving a revoked token until it expires).
+    #[serde(default = "feed_on")]
+    pub feed: bool,
     /// The server's own sections (`listen`, `admin_token`, `introspection`, `tiers`, ...),
     /// copied as they are; `realm`, `token.issuer`/`audiences`, `policy` and `strip_headers`
     /// come from the policy.
@@ -227,8 +273,20 @@ fn yaml(value: &Value, header: &str) -> Result<String, String> {
 }
 
 /// Derives the three configurations from a policy file's text, validating each with its
-/// component's loader; every problem is named.
+/// component's loader; every problem is named. `${NAME}` references in the filter's secrets
+/// (the feed token) are expanded from the process environment: see [`render_with_env`].
 pub fn render(policy_text: &str) -> Result<Rendered, Vec<String>> {
+    render_with_env(policy_text, &|name| std::env::var(name).ok())
+}
+
+/// [`render`] with `env` for the variables. The filter cannot expand variables (its
+/// configuration is read inside Envoy), so a `${NAME}` in `server.epochs_token` is replaced
+/// here, and an unset one is a problem naming it; the server's YAML keeps its references, for
+/// the server to expand where it runs.
+pub fn render_with_env(
+    policy_text: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Rendered, Vec<String>> {
     let policy: PolicyFile =
         serde_yaml::from_str(policy_text).map_err(|e| vec![format!("policy: {e}")])?;
     let mut problems = Vec::new();
@@ -265,16 +323,11 @@ pub fn render(policy_text: &str) -> Result<Rendered, Vec<String>> {
         if let Some(headers) = &policy.headers {
             object.insert("headers".into(), headers.clone());
         }
-        if let Some(server) = policy.server.as_ref().filter(|s| s.mode == Mode::Filter) {
-            let mut link = json!({"cluster": server.envoy_cluster});
-            if let (Some(admin), Some(link)) = (&server.admin_envoy_cluster, link.as_object_mut()) {
-                link.insert("epochs_cluster".into(), json!(admin));
-                link.insert(
-                    "epochs_token".into(),
-                    json!(server.epochs_token.clone().unwrap_or_default()),
-                );
-            }
-            object.insert("server".into(), link);
+        if let Some(requests) = &policy.requests {
+            object.insert("requests".into(), requests.clone());
+        }
+        if let Some(server) = &policy.server {
+            object.insert("server".into(), filter_link(server, env, &mut problems));
         }
         for (key, value) in &policy.filter {
             if object.contains_key(key) {
@@ -286,15 +339,19 @@ pub fn render(policy_text: &str) -> Result<Rendered, Vec<String>> {
             }
         }
     }
-    if let Err(e) = authz_core::Policy::from_json(filter.to_string().as_bytes()) {
-        problems.push(format!("the derived filter configuration: {e}"));
-    }
+    let filter_policy = match authz_core::Policy::from_json(filter.to_string().as_bytes()) {
+        Ok(policy) => Some(policy),
+        Err(e) => {
+            problems.push(format!("the derived filter configuration: {e}"));
+            None
+        }
+    };
 
     // The server.
     let server = match (&policy.server, policy.providers.first()) {
         (Some(entry), Some(provider)) => {
             let mut config = entry.config.clone();
-            for key in ["realm", "policy", "strip_headers"] {
+            for key in ["realm", "policy", "strip_headers", "requests"] {
                 if config.contains_key(key) {
                     problems.push(format!(
                         "server.config.{key}: comes from the policy; set it there"
@@ -317,18 +374,19 @@ pub fn render(policy_text: &str) -> Result<Rendered, Vec<String>> {
                 "policy".into(),
                 json!({"routes": field(&filter, "routes"), "default": field(&filter, "default")}),
             );
-            let claim_headers: Vec<Value> = policy
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("claims"))
-                .and_then(Value::as_object)
-                .map(|claims| claims.values().cloned().collect())
-                .unwrap_or_default();
-            config.insert("strip_headers".into(), Value::Array(claim_headers));
-            if entry.mode == Mode::Filter {
-                if let Some(token) = &entry.epochs_token {
-                    config.insert("epochs_token".into(), json!(token));
-                }
+            // Every name the filter may set (renamed context headers, claim headers): on the
+            // routes the server decides, no filter strips them, so the server must.
+            let filter_headers: Vec<Value> = filter_policy
+                .iter()
+                .flat_map(|p| p.headers.all())
+                .map(|name| json!(name))
+                .collect();
+            config.insert("strip_headers".into(), Value::Array(filter_headers));
+            if let Some(requests) = &policy.requests {
+                config.insert("requests".into(), requests.clone());
+            }
+            if let (Some(token), true) = (&entry.epochs_token, entry.feed) {
+                config.insert("epochs_token".into(), json!(token));
             }
             let value = Value::Object(config);
             match yaml(

@@ -82,6 +82,9 @@ pub struct FilterConfig {
     pub server: Option<ServerLinkConfig>,
     /// The in-proxy caches.
     pub cache: Option<CacheConfig>,
+    /// Requests upstreams may read differently than the route table does (method-override
+    /// headers, encoded reserved characters in the path): refused by default.
+    pub requests: Option<crate::target::RequestRules>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -463,9 +466,10 @@ pub const STANDARD_CONTEXT_HEADERS: [&str; 6] = [
 ];
 
 impl HeaderNames {
-    /// Every header the system may set on a request this filter passes (the filter's own and
-    /// the server's policy version); all of them are removed from client requests first, on
-    /// every route.
+    /// Every header the system may set on a request this filter passes: the configured names,
+    /// and the standard names too (the server sets those, and a deployment that renamed one
+    /// must not let a client's copy of the standard name through). All of them are removed
+    /// from client requests first, on every route, by the filter and by the server.
     pub fn all(&self) -> impl Iterator<Item = &str> {
         [
             &self.subject,
@@ -477,7 +481,24 @@ impl HeaderNames {
         .into_iter()
         .map(String::as_str)
         .chain(self.claims.iter().map(|(_, h)| h.as_str()))
-        .chain(std::iter::once(POLICY_VERSION_HEADER))
+        .chain(
+            STANDARD_CONTEXT_HEADERS
+                .into_iter()
+                .filter(move |name| !self.is_configured(name)),
+        )
+    }
+
+    fn is_configured(&self, name: &str) -> bool {
+        [
+            &self.subject,
+            &self.subject_kind,
+            &self.scopes,
+            &self.tier,
+            &self.issuer,
+        ]
+        .into_iter()
+        .chain(self.claims.iter().map(|(_, h)| h))
+        .any(|h| h == name)
     }
 }
 
@@ -495,6 +516,7 @@ pub struct Policy {
     pub forward_token: bool,
     pub server: Option<ServerLink>,
     pub cache: CacheSettings,
+    pub requests: crate::target::RequestRules,
 }
 
 struct Problems(Vec<String>);
@@ -1157,6 +1179,7 @@ impl Policy {
             forward_token: c.forward_token.unwrap_or(defaults::FORWARD_TOKEN),
             server,
             cache,
+            requests: c.requests.unwrap_or_default(),
         })
     }
 

@@ -77,7 +77,10 @@ pub struct CachedDecision {
     pub outcome: CachedOutcome,
     pub tier: Tier,
     pub subject: Option<String>,
+    /// SHA-256 of the token's bytes.
     pub token_digest: [u8; 32],
+    /// `token_hash::revocation_digest` of the token (its signed part, for a JWS).
+    pub revocation_digest: [u8; 32],
     pub expires_at_ms: u64,
 }
 
@@ -200,9 +203,9 @@ impl DecisionCache {
         self.purge(|d| d.subject.as_deref() == Some(subject))
     }
 
-    /// Removes every entry for a token.
-    pub fn purge_token(&mut self, token_digest: &[u8; 32]) -> usize {
-        self.purge(|d| &d.token_digest == token_digest)
+    /// Removes every entry for a revoked token: `digest` names its bytes or its signed part.
+    pub fn purge_token(&mut self, digest: &[u8; 32]) -> usize {
+        self.purge(|d| &d.token_digest == digest || &d.revocation_digest == digest)
     }
 
     pub fn clear(&mut self) {
@@ -356,6 +359,7 @@ mod tests {
             tier,
             subject: Some(subject.into()),
             token_digest: [token; 32],
+            revocation_digest: [token ^ 0xff; 32],
             expires_at_ms,
         }
     }
@@ -441,6 +445,7 @@ mod tests {
             kid: None,
             claims,
             digest: [0; 32],
+            signed_digest: [0; 32],
         }
     }
 

@@ -108,6 +108,55 @@ pub fn parse(document: &[u8], expected_issuer: &str) -> Result<ProviderMetadata,
     })
 }
 
+/// The origin of an absolute http(s) URL: scheme and authority, the host lower-cased and the
+/// scheme's default port made explicit.
+fn origin(url: &str) -> Option<(&'static str, String)> {
+    let (scheme, default_port) = if url.starts_with("https://") {
+        ("https", "443")
+    } else if url.starts_with("http://") {
+        ("http", "80")
+    } else {
+        return None;
+    };
+    let (authority, _) = authority_and_path(url)?;
+    let authority = authority.to_ascii_lowercase();
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    let authority = if has_port {
+        authority
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    Some((scheme, authority))
+}
+
+/// Whether `url` is on the same scheme, host and port as `issuer`.
+pub fn same_origin(url: &str, issuer: &str) -> bool {
+    matches!((origin(url), origin(issuer)), (Some(a), Some(b)) if a == b)
+}
+
+impl ProviderMetadata {
+    /// The first endpoint the document names on another origin than the issuer's (scheme,
+    /// host and port), among those the caller takes from it (`jwks_uri`,
+    /// `introspection_endpoint`, `revocation_endpoint`): a metadata host must not send our
+    /// client secret, our tokens or our key fetches elsewhere. The filter applies the same rule
+    /// (keys on the issuer's host), and so does the server unless an endpoint is configured.
+    pub fn foreign_endpoint(&self, taken: &[&'static str]) -> Option<(&'static str, &str)> {
+        [
+            ("jwks_uri", &self.jwks_uri),
+            ("introspection_endpoint", &self.introspection_endpoint),
+            ("revocation_endpoint", &self.revocation_endpoint),
+        ]
+        .into_iter()
+        .filter(|(name, _)| taken.contains(name))
+        .find_map(|(name, url)| {
+            let url = url.as_deref()?;
+            (!same_origin(url, &self.issuer)).then_some((name, url))
+        })
+    }
+}
+
 /// The authority (`host[:port]`) and path (with query) of an absolute http(s) URL, for a
 /// proxy that fetches it through a cluster.
 pub fn authority_and_path(url: &str) -> Option<(&str, &str)> {
@@ -177,5 +226,41 @@ mod tests {
         );
         assert_eq!(authority_and_path("ftp://x/y"), None);
         assert_eq!(authority_and_path("https:///y"), None);
+    }
+
+    #[test]
+    fn endpoints_must_share_the_issuers_origin() {
+        let issuer = "https://IdP.example/realms/a";
+        assert!(same_origin("https://idp.example:443/keys", issuer));
+        assert!(same_origin("https://idp.example/other/path", issuer));
+        assert!(!same_origin("http://idp.example/keys", issuer), "scheme");
+        assert!(
+            !same_origin("https://idp.example:8443/keys", issuer),
+            "port"
+        );
+        assert!(
+            !same_origin("https://idp.example.evil/keys", issuer),
+            "host"
+        );
+        assert!(
+            !same_origin("https://evil@idp.example/keys", issuer),
+            "userinfo"
+        );
+        let metadata = ProviderMetadata {
+            issuer: issuer.into(),
+            jwks_uri: Some("https://idp.example/keys".into()),
+            introspection_endpoint: Some("https://collector.example/introspect".into()),
+            revocation_endpoint: None,
+            token_endpoint: Some("https://anywhere.example/token".into()),
+            auth_methods: vec![],
+        };
+        assert_eq!(metadata.foreign_endpoint(&["jwks_uri"]), None);
+        assert_eq!(
+            metadata.foreign_endpoint(&["jwks_uri", "introspection_endpoint"]),
+            Some((
+                "introspection_endpoint",
+                "https://collector.example/introspect"
+            ))
+        );
     }
 }

@@ -130,7 +130,8 @@ impl Changes {
             subjects,
             tokens: key_rows(&v, "tokens", parse_digest_hex)?,
             jtis: key_rows(&v, "jtis", |s| Some(s.to_owned()))?,
-            confirmed: v.get("confirmed").and_then(Value::as_bool).unwrap_or(true),
+            // Only an explicit `true` renews trust: an answer that does not say is unconfirmed.
+            confirmed: v.get("confirmed").and_then(Value::as_bool).unwrap_or(false),
             incarnation: v
                 .get("incarnation")
                 .and_then(Value::as_str)
@@ -179,7 +180,7 @@ mod tests {
         let mut learned: Vec<u64> = c.learned_at().collect();
         learned.sort_unstable();
         assert_eq!(learned, vec![41, 42, 43, 50]);
-        assert!(c.confirmed, "servers without a shared tier omit it");
+        assert!(!c.confirmed, "an answer that does not say is not confirmed");
         assert!(!c.is_empty());
         let quiet = Changes::parse(
             br#"{"format":2,"version":7,"policy_version":2,"confirmed":false,"incarnation":"ab12"}"#,

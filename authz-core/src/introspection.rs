@@ -70,6 +70,23 @@ fn number(raw: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, I
 }
 
 impl Introspection {
+    /// Whether the IdP says this is a refresh token, not an access token: Ory Hydra's
+    /// `token_use: refresh_token`, or RFC 7662's `token_type` naming one
+    /// (`refresh_token`, or RFC 8693's `urn:ietf:params:oauth:token-type:refresh_token`).
+    /// An active refresh token is not a credential for an API: refused.
+    pub fn is_refresh_token(&self) -> bool {
+        let says = |member: &str| {
+            self.raw
+                .get(member)
+                .and_then(Value::as_str)
+                .is_some_and(|v| {
+                    v.eq_ignore_ascii_case("refresh_token")
+                        || v.eq_ignore_ascii_case("urn:ietf:params:oauth:token-type:refresh_token")
+                })
+        };
+        says("token_use") || says("token_type")
+    }
+
     /// Parses one response object.
     pub fn from_value(value: Value) -> Result<Introspection, IntrospectionError> {
         let Value::Object(raw) = value else {
@@ -253,6 +270,34 @@ mod tests {
             Introspection::parse(b"[]").unwrap_err(),
             IntrospectionError::NotObject
         );
+    }
+
+    #[test]
+    fn refresh_tokens_are_known_by_token_use_or_token_type() {
+        for body in [
+            r#"{"active":true,"token_use":"refresh_token"}"#,
+            r#"{"active":true,"token_type":"refresh_token"}"#,
+            r#"{"active":true,"token_type":"urn:ietf:params:oauth:token-type:refresh_token"}"#,
+        ] {
+            assert!(
+                Introspection::parse(body.as_bytes())
+                    .unwrap()
+                    .is_refresh_token(),
+                "{body}"
+            );
+        }
+        for body in [
+            r#"{"active":true,"token_use":"access_token"}"#,
+            r#"{"active":true,"token_type":"Bearer"}"#,
+            r#"{"active":true}"#,
+        ] {
+            assert!(
+                !Introspection::parse(body.as_bytes())
+                    .unwrap()
+                    .is_refresh_token(),
+                "{body}"
+            );
+        }
     }
 
     #[test]

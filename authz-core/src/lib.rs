@@ -28,6 +28,7 @@ pub mod principal;
 pub mod revocations;
 pub mod routes;
 pub mod rsa_verify;
+pub mod target;
 pub mod tier;
 pub mod token_hash;
 pub mod verdict;

@@ -116,6 +116,9 @@ pub struct RevocationSet {
     /// Set when the cap dropped a revocation that was still needed: until then the set is
     /// incomplete.
     incomplete_until_ms: u64,
+    /// The server's state restarted and has not yet been read whole and confirmed: what it
+    /// holds now may include revocations this set lacks.
+    resyncing: bool,
     dropped: u64,
 }
 
@@ -135,6 +138,7 @@ impl RevocationSet {
             subjects: HashMap::new(),
             max_entries: max_entries.max(1),
             incomplete_until_ms: 0,
+            resyncing: false,
             dropped: 0,
         }
     }
@@ -156,7 +160,19 @@ impl RevocationSet {
     /// Whether every revocation still needed is held (false for a while after the cap dropped
     /// one): writes fail closed while it is false.
     pub fn complete(&self, now_ms: u64) -> bool {
-        now_ms >= self.incomplete_until_ms
+        !self.resyncing && now_ms >= self.incomplete_until_ms
+    }
+
+    /// The server's state restarted (a new incarnation): revocations are facts with their own
+    /// expiry, so every one held stays (a replica still catching up must not wipe them), and
+    /// the set is incomplete until [`RevocationSet::resynced`].
+    pub fn resync(&mut self) {
+        self.resyncing = true;
+    }
+
+    /// A confirmed read of the new incarnation's whole state was applied.
+    pub fn resynced(&mut self) {
+        self.resyncing = false;
     }
 
     /// When a revocation may be forgotten (whole seconds, rounded up), unless that has passed.
@@ -266,12 +282,17 @@ impl RevocationSet {
         self.incomplete_until_ms = 0;
     }
 
+    /// Whether a revocation by token names one of `digests` (a token's bytes or signed part).
+    pub fn names_token(&self, digests: &[[u8; 32]]) -> bool {
+        digests.iter().any(|d| self.tokens.contains(&prefix(d)))
+    }
+
     /// Whether a verified token was revoked.
     pub fn screen(&self, token: &VerifiedToken) -> Option<Revoked> {
         if self.is_empty() {
             return None;
         }
-        if self.tokens.contains(&prefix(&token.digest)) {
+        if self.names_token(&[token.digest, token.signed_digest]) {
             return Some(Revoked::Token);
         }
         if let Some(jti) = token.claims.raw.get("jti").and_then(|v| v.as_str()) {
@@ -307,6 +328,7 @@ mod tests {
             kid: None,
             claims,
             digest,
+            signed_digest: [0xee; 32],
         }
     }
 
@@ -315,6 +337,23 @@ mod tests {
             digest: [byte; 32],
             ..t.clone()
         }
+    }
+
+    #[test]
+    fn a_token_revocation_names_its_signed_part_or_its_bytes() {
+        let mut set = RevocationSet::new(10);
+        let alice = token_with("alice", "j-a", 100, [1; 32]);
+        let other_encoding = VerifiedToken {
+            digest: [2; 32],
+            ..alice.clone()
+        };
+        set.revoke_token([0xee; 32], Some(9_000_000), 1_000);
+        assert_eq!(set.screen(&alice), Some(Revoked::Token));
+        assert_eq!(set.screen(&other_encoding), Some(Revoked::Token));
+        let mut by_bytes = RevocationSet::new(10);
+        by_bytes.revoke_token([1; 32], Some(9_000_000), 1_000);
+        assert_eq!(by_bytes.screen(&alice), Some(Revoked::Token));
+        assert_eq!(by_bytes.screen(&other_encoding), None);
     }
 
     #[test]

@@ -56,6 +56,35 @@ pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The SHA-256 of what a compact JWS's signature covers (`header.payload`, domain-separated),
+/// or `None` for a token that is not three `.`-separated parts.
+///
+/// A revocation by token is keyed on this, not on the token's bytes: one signed content can
+/// have several encodings that all verify (an ECDSA signature `(r, s)` and `(r, n−s)`), so a
+/// denylist of raw tokens or their hashes lets the other form through (OWASP's JWT cheat
+/// sheet). Only ever used to refuse, never to accept: a token with this digest and a forged
+/// signature is refused too, which is what a revocation wants. Caches that remember an
+/// accepted token stay keyed on its whole bytes.
+pub fn signed_part_digest(token: &str) -> Option<[u8; 32]> {
+    let mut parts = token.split('.');
+    let (header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || header.is_empty() || payload.is_empty() {
+        return None;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(b"authz/jws-signed-part\0");
+    hasher.update(header.as_bytes());
+    hasher.update(b".");
+    hasher.update(payload.as_bytes());
+    Some(hasher.finalize().into())
+}
+
+/// What a revocation of `token` is keyed on: [`signed_part_digest`] for a JWS, else the
+/// SHA-256 of the whole token.
+pub fn revocation_digest(token: &str) -> [u8; 32] {
+    signed_part_digest(token).unwrap_or_else(|| token_digest(token))
+}
+
 /// The first 12 hex characters of the SHA-256 of a token (48 bits): enough to correlate log
 /// lines, far too little to recover or replay anything.
 pub fn token_label(token: &str) -> String {
@@ -99,6 +128,19 @@ mod tests {
         let digest = token_digest(token);
         assert_eq!(parse_digest_hex(&digest_hex(&digest)), Some(digest));
         assert_eq!(parse_digest_hex("zz"), None);
+    }
+
+    #[test]
+    fn a_revocation_covers_every_signature_of_the_same_signed_part() {
+        let a = revocation_digest("eyJh.eyJw.c2lnLTE");
+        assert_eq!(a, revocation_digest("eyJh.eyJw.c2lnLTI"));
+        assert_ne!(a, revocation_digest("eyJh.eyJx.c2lnLTE"));
+        assert_ne!(a, token_digest("eyJh.eyJw.c2lnLTE"));
+        // Not a JWS: the whole token.
+        for opaque in ["ory_at_abc.def", "opaque", "a.b.c.d", ".b.c", "a..c"] {
+            assert_eq!(signed_part_digest(opaque), None, "{opaque}");
+            assert_eq!(revocation_digest(opaque), token_digest(opaque));
+        }
     }
 }
 

@@ -48,9 +48,12 @@ pub struct VerifiedToken {
     pub algorithm: Algorithm,
     pub kid: Option<String>,
     pub claims: Claims,
-    /// SHA-256 of the token's compact form (what a revocation by token names), computed once
-    /// per verification so cached verifications can be screened without hashing again.
+    /// SHA-256 of the token's compact form (a revocation by `token_hash` names it), computed
+    /// once per verification so cached verifications can be screened without hashing again.
     pub digest: [u8; 32],
+    /// [`crate::token_hash::signed_part_digest`]: what a revocation by `token` names, the same
+    /// for every signature encoding of the same content.
+    pub signed_digest: [u8; 32],
 }
 
 /// Why a token was not accepted. Never shown to clients; logged and counted.
@@ -394,6 +397,7 @@ pub fn verify<'k>(
         kid,
         claims,
         digest: crate::token_hash::token_digest(token),
+        signed_digest: crate::token_hash::revocation_digest(token),
     })
 }
 

@@ -285,6 +285,39 @@ pub fn with_flipped_signature(token: &str) -> String {
     format!("{input}.{}", b64(&bytes))
 }
 
+/// The other valid form of an ECDSA-signed token (ES256 or ES384): the same header and
+/// payload with the signature `(r, n − s)`, which verifies as well as `(r, s)` (ECDSA
+/// signatures are malleable). `None` for a token whose signature is not 64 or 96 bytes.
+pub fn with_malleated_ecdsa_signature(token: &str) -> Option<String> {
+    // The group orders of P-256 and P-384, big-endian.
+    const P256_N: &str = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
+    const P384_N: &str = "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973";
+    let (input, signature) = token.rsplit_once('.')?;
+    let mut bytes = URL_SAFE_NO_PAD.decode(signature).ok()?;
+    let half = bytes.len() / 2;
+    let order = match bytes.len() {
+        64 => P256_N,
+        96 => P384_N,
+        _ => return None,
+    };
+    let n: Vec<u8> = (0..order.len() / 2)
+        .map(|i| u8::from_str_radix(&order[2 * i..2 * i + 2], 16).unwrap_or(0))
+        .collect();
+    // s := n − s, big-endian with borrow.
+    let s = &mut bytes[half..];
+    let mut borrow = 0i16;
+    for i in (0..s.len()).rev() {
+        let mut d = i16::from(n[i]) - i16::from(s[i]) - borrow;
+        borrow = 0;
+        if d < 0 {
+            d += 256;
+            borrow = 1;
+        }
+        s[i] = d as u8;
+    }
+    Some(format!("{input}.{}", b64(&bytes)))
+}
+
 /// A JWKS document holding the given keys' public halves.
 pub fn jwks(keys: &[&SigningKey]) -> Value {
     json!({"keys": keys.iter().map(|k| k.public_jwk().clone()).collect::<Vec<_>>()})

@@ -3,7 +3,7 @@
 //!
 //! | endpoint | body / query | effect |
 //! |---|---|---|
-//! | `POST /admin/revoke` | `{"token": "…"}`, `{"token_hash": "<sha256 hex>"}` or `{"jti": "…"}` | that token is refused from now on |
+//! | `POST /admin/revoke` | `{"token": "…"}`, `{"token_hash": "<sha256 hex>"}` or `{"jti": "…"}` | that token is refused from now on (a JWS `token`: in every encoding of its signed content; a `token_hash`: those exact bytes) |
 //! | `POST /admin/revoke-subject` | `{"sub": "…"}` | every token of the subject issued so far is refused; bumps its epoch |
 //! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
 //! | `GET /admin/epochs?since=N` | | policy version and what changed after change-version N, and whether this state is confirmed current (also readable with `epochs_token`) |
@@ -98,8 +98,33 @@ fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
         .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()))
 }
 
-fn authorized(admin: &Admin, headers: &HeaderMap) -> bool {
-    bearer_matches(headers, &admin.service.config.admin_token)
+/// Whether `headers` carry a credential for `path`: the admin token everywhere, or the feed
+/// token on the change feed.
+fn authorized(admin: &Admin, path: &str, headers: &HeaderMap) -> bool {
+    let config = &admin.service.config;
+    let feed_reader = path == FEED_PATH
+        && config
+            .epochs_token
+            .as_ref()
+            .is_some_and(|token| bearer_matches(headers, token));
+    feed_reader || bearer_matches(headers, &config.admin_token)
+}
+
+/// The change feed's path (readable with the feed token too).
+const FEED_PATH: &str = "/admin/epochs";
+
+/// Runs before any extractor of an `/admin/*` handler: a request without the credential is a
+/// 401 whatever its body or query (it learns nothing about what the endpoint would parse).
+async fn require_credential(
+    State(admin): State<Admin>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorized(&admin, request.uri().path(), request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
 }
 
 fn unauthorized() -> Response {
@@ -170,26 +195,21 @@ struct RevokeBody {
     expires_at: Option<u64>,
 }
 
-async fn revoke(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Json(body): Json<RevokeBody>,
-) -> Response {
-    if !authorized(&admin, &headers) {
-        return unauthorized();
-    }
+async fn revoke(State(admin): State<Admin>, Json(body): Json<RevokeBody>) -> Response {
     let service = &admin.service;
     let given = body.expires_at.map(|s| s.saturating_mul(1000));
     let change = match (&body.token, &body.token_hash, &body.jti) {
         (Some(token), None, None) => {
-            let key = authz_core::token_hash::token_digest(token);
             // The token's own expiry: what the IdP said (cached), else a JWT's `exp` (its
             // signature covers it; a token whose `exp` lies is refused anyway).
             let known = service
                 .introspector
-                .cached_expiry(&key)
+                .cached_expiry(&authz_core::token_hash::token_digest(token))
                 .or_else(|| authz_core::verify::jws_exp(token))
                 .map(|s| u64::try_from(s).unwrap_or(0).saturating_mul(1000));
+            // A JWS is revoked by what its signature covers, so every encoding of it that
+            // still verifies is refused too.
+            let key = authz_core::token_hash::revocation_digest(token);
             Change::RevokeToken(key, given.or(known))
         }
         (None, Some(hash), None) => match parse_token_hash(hash) {
@@ -227,14 +247,7 @@ struct SubjectBody {
     sub: String,
 }
 
-async fn revoke_subject(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Json(body): Json<SubjectBody>,
-) -> Response {
-    if !authorized(&admin, &headers) {
-        return unauthorized();
-    }
+async fn revoke_subject(State(admin): State<Admin>, Json(body): Json<SubjectBody>) -> Response {
     let change = Change::RevokeSubject {
         subject: body.sub.clone(),
         revoked_at_ms: admin.service.clock.now_ms(),
@@ -256,10 +269,7 @@ async fn revoke_subject(
         .into_response()
 }
 
-async fn bump_policy(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if !authorized(&admin, &headers) {
-        return unauthorized();
-    }
+async fn bump_policy(State(admin): State<Admin>) -> Response {
     let (applied, delivery) = shared::record(
         admin.changes.as_ref(),
         admin.service.shared.as_deref(),
@@ -285,20 +295,7 @@ struct EpochsQuery {
     incarnation: Option<String>,
 }
 
-async fn epochs(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Query(q): Query<EpochsQuery>,
-) -> Response {
-    let reader = admin
-        .service
-        .config
-        .epochs_token
-        .as_ref()
-        .is_some_and(|token| bearer_matches(&headers, token));
-    if !reader && !authorized(&admin, &headers) {
-        return unauthorized();
-    }
+async fn epochs(State(admin): State<Admin>, Query(q): Query<EpochsQuery>) -> Response {
     admin
         .service
         .metrics
@@ -347,13 +344,19 @@ async fn epochs(
 
 /// The admin router.
 pub fn router(admin: Admin) -> Router {
+    let protected = Router::new()
+        .route("/admin/revoke", post(revoke))
+        .route("/admin/revoke-subject", post(revoke_subject))
+        .route("/admin/policy-version", post(bump_policy))
+        .route(FEED_PATH, get(epochs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            require_credential,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/admin/revoke", post(revoke))
-        .route("/admin/revoke-subject", post(revoke_subject))
-        .route("/admin/policy-version", post(bump_policy))
-        .route("/admin/epochs", get(epochs))
+        .merge(protected)
         .with_state(admin)
 }

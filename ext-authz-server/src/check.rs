@@ -26,14 +26,16 @@ use crate::config::ServerConfig;
 use crate::introspector::{Cached, Introspector, Lookup, Source};
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
+use crate::reply::to_envoy;
 use crate::shared::Shared;
 use crate::versions::{TokenKey, Versions};
 use authz_core::decision::bearer_token;
-use authz_core::ext_authz_proto::{encode, CacheDirective, CLIENT_LOCALITY_EXTENSION};
+use authz_core::ext_authz_proto::{CacheDirective, CLIENT_LOCALITY_EXTENSION};
 use authz_core::fallback::{check_step_up, TierRules};
 use authz_core::introspection::Introspection;
 use authz_core::routes::{is_origin_form, match_path, Route};
-use authz_core::token_hash::token_digest;
+use authz_core::target::is_method_override;
+use authz_core::token_hash::{signed_part_digest, token_digest};
 use authz_core::verify::{check_purpose, jws_typ, Presence};
 use authz_core::{DenyReason, Tier, Verdict, VerifyFailure};
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
@@ -135,6 +137,17 @@ pub fn identify<'a>(
     if !is_origin_form(&http.path) {
         return Err(DenyReason::BadRequest);
     }
+    let overridden = http
+        .headers
+        .keys()
+        .any(|name| is_method_override(name.as_bytes()));
+    if let Err(ambiguity) = config.requests.screen(&http.path, overridden) {
+        tracing::info!(
+            why = ambiguity.as_str(),
+            "request refused (see `requests` in the configuration)"
+        );
+        return Err(DenyReason::BadRequest);
+    }
     let match_path = match_path(&http.path);
     let route = config.routes.find_matched(&http.method, &match_path);
     // Envoy's route may name a tier (`context_extensions["tier"]`); the stricter of it and
@@ -157,6 +170,13 @@ pub fn identify<'a>(
         authorization: http.headers.get("authorization").map(String::as_str),
         address: request.get_client_address().cloned().unwrap_or_default(),
     })
+}
+
+/// The server's versions when a check began.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    policy_version: u64,
+    change_version: u64,
 }
 
 /// A token that passed phase 2.
@@ -189,6 +209,13 @@ impl CheckService {
             .cloned()
             .or(caller_locality);
         let started = Instant::now();
+        // What this decision can have seen: read before it is made, so a change applied while
+        // it is under way makes the reply older than the change (a caching client then does
+        // not keep it).
+        let seen = Seen {
+            policy_version: self.versions.policy_version(),
+            change_version: self.versions.change_version(),
+        };
         let headers = request
             .attributes
             .as_ref()
@@ -227,7 +254,7 @@ impl CheckService {
             .stages
             .push(("check", started.elapsed().as_secs_f64()));
         self.record(&verdict, &trace, client_locality);
-        let directive = self.cache_directive(&verdict, &trace);
+        let directive = self.cache_directive(&verdict, &trace, seen);
         to_envoy(&verdict.check_response(&self.config.realm, &directive))
     }
 
@@ -270,6 +297,13 @@ impl CheckService {
         }
     }
 
+    /// Whether `token` (whose SHA-256 is `key`) was revoked: by its bytes (`token_hash`), or
+    /// by what its signature covers (`token`: every encoding of the same signed content).
+    fn token_revoked(&self, token: &str, key: &TokenKey) -> bool {
+        self.versions.is_token_revoked(key)
+            || signed_part_digest(token).is_some_and(|d| self.versions.is_token_revoked(&d))
+    }
+
     /// Phase 2: the token, before any cache or IdP is asked about it.
     fn screen<'a>(
         &self,
@@ -286,7 +320,7 @@ impl CheckService {
         }
         let key = token_digest(token);
         trace.token_label = authz_core::token_hash::digest_label(&key);
-        if self.versions.is_token_revoked(&key) {
+        if self.token_revoked(token, &key) {
             return Err(DenyReason::Revoked);
         }
         if id.tier.requires_server() && !self.limiters.privileged_address_allowed(&id.address) {
@@ -401,6 +435,9 @@ impl CheckService {
         if !result.active {
             return Err(DenyReason::Inactive);
         }
+        if result.is_refresh_token() {
+            return Err(DenyReason::Token(VerifyFailure::WrongType));
+        }
         // What the token is for, by the filter's rules: an active token minted for another
         // API, by another issuer, of another type, or past its expiry is refused here too.
         let audience = if self.config.require_audience {
@@ -419,6 +456,11 @@ impl CheckService {
         )
         .map_err(DenyReason::Token)?;
         trace.subject = result.principal().map(|p| p.id.to_owned());
+        // Again after phase 3: a revocation applied while the IdP was asked (or the keys
+        // fetched) must not let this answer through, nor into a proxy's cache.
+        if self.token_revoked(screened.token, &screened.key) {
+            return Err(DenyReason::Revoked);
+        }
         if result
             .jti
             .as_deref()
@@ -482,7 +524,7 @@ impl CheckService {
     }
 
     /// What a caching client (the Wasm filter) may do with this verdict.
-    fn cache_directive(&self, verdict: &Verdict, trace: &Trace) -> CacheDirective {
+    fn cache_directive(&self, verdict: &Verdict, trace: &Trace, seen: Seen) -> CacheDirective {
         let ttl_ms = match verdict {
             Verdict::Allow { .. } if trace.subject.is_some() => trace.fresh_for_ms,
             Verdict::Deny(DenyReason::Inactive | DenyReason::Revoked) => DENY_CACHE_TTL_MS,
@@ -496,8 +538,8 @@ impl CheckService {
         let subject = trace.subject.clone();
         CacheDirective {
             ttl_ms,
-            policy_version: self.versions.policy_version(),
-            change_version: self.versions.change_version(),
+            policy_version: seen.policy_version,
+            change_version: seen.change_version,
             subject_epoch: subject
                 .as_deref()
                 .map(|s| self.versions.subject_epoch(s))
@@ -555,12 +597,6 @@ impl CheckService {
 /// Above `authenticated`, shared (L2) data counts only while the shared state is confirmed.
 fn trusts_unconfirmed_shared(tier: Tier) -> bool {
     tier <= Tier::Authenticated
-}
-
-/// `authz_core`'s `CheckResponse` as envoy-types' identical message (same fields and tags).
-fn to_envoy(response: &authz_core::ext_authz_proto::CheckResponse) -> CheckResponse {
-    use prost::Message;
-    CheckResponse::decode(encode(response).as_slice()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub mod defaults {
     pub const INTROSPECTION_TIMEOUT_MS: u64 = 1_000;
     pub const MAX_IDLE_CONNECTIONS: usize = 32;
     pub const MAX_CALLS_PER_SECOND: u32 = 200;
-    pub const REQUIRE_AUDIENCE: bool = false;
+    pub const REQUIRE_AUDIENCE: bool = true;
     pub const CLOCK_SKEW_SECONDS: u64 = 60;
     pub const TOKEN_MAX_BYTES: usize = authz_core::verify::DEFAULT_MAX_TOKEN_BYTES;
     pub const CACHE_MAX_ENTRIES: u64 = 100_000;
@@ -85,6 +85,14 @@ pub struct ServerConfigFile {
     pub drain_ms: Option<u64>,
     /// Required: the OAuth2 introspection endpoint (RFC 7662) and its client.
     pub introspection: Option<IntrospectionFile>,
+    /// PEM file of the CA (or CAs) that signed the IdP's certificate, when it is not a public
+    /// one; trusted besides the public roots (webpki) for every IdP call.
+    pub idp_ca_file: Option<String>,
+    /// Allow `http://` IdP URLs to hosts that are not loopback (refused by default: the client
+    /// secret, every introspected token and the keys would travel in plaintext). Logged as a
+    /// warning at start.
+    #[schemars(extend("default" = false))]
+    pub allow_insecure_http: Option<bool>,
     /// Required: what a token must be for, checked on every introspection result with the
     /// filter's rules (issuer, audience, `typ`, expiry with skew).
     pub token: Option<TokenFile>,
@@ -115,6 +123,10 @@ pub struct ServerConfigFile {
     /// Keep `authorization` on allowed requests (as the filter).
     #[schemars(extend("default" = defaults::FORWARD_TOKEN))]
     pub forward_token: Option<bool>,
+    /// Requests upstreams may read differently than the route table does (the filter's
+    /// `requests`): method-override headers and encoded reserved characters in the path are
+    /// refused (400) by default.
+    pub requests: Option<authz_core::target::RequestRules>,
     /// The optional shared tier (several instances, one Redis).
     pub redis: Option<RedisFile>,
     #[serde(flatten)]
@@ -171,8 +183,9 @@ pub struct TokenFile {
     /// them is refused (401).
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// Refuse answers that carry no `aud` at all (RFC 7662 makes `aud` optional); set it
-    /// when your IdP always reports audiences.
+    /// Refuse answers that carry no `aud`, or an empty list (RFC 7662 makes `aud` optional,
+    /// and an audience-less token is usable at every API of its issuer). Turn it off only for
+    /// an IdP that never reports audiences, where the token is for this API alone.
     #[schemars(extend("default" = defaults::REQUIRE_AUDIENCE))]
     pub require_audience: Option<bool>,
     /// For JWT-shaped tokens: the JWS header `typ` must equal this (e.g. `at+jwt`, so ID
@@ -520,6 +533,10 @@ pub struct ServerConfig {
     pub routes: RouteTable,
     pub strip_headers: Vec<String>,
     pub forward_token: bool,
+    pub requests: authz_core::target::RequestRules,
+    /// `idp_ca_file`'s PEM, read at load.
+    pub idp_ca_pem: Option<Vec<u8>>,
+    pub allow_insecure_http: bool,
     pub redis: Option<RedisConfig>,
 }
 
@@ -548,10 +565,33 @@ fn addr(p: &mut Problems, at: &str, value: &Option<String>, default: &str) -> So
     })
 }
 
-fn url(p: &mut Problems, at: &str, value: &str) {
+/// An IdP URL: http(s), and https unless its host is loopback or plaintext is allowed
+/// explicitly (`allow_insecure_http`): the client secret, every introspected token and the
+/// keys travel over it.
+fn url(p: &mut Problems, at: &str, value: &str, allow_insecure_http: bool) {
     if !(value.starts_with("http://") || value.starts_with("https://")) || value.len() < 10 {
         p.add(at, format_args!("\"{value}\" is not an http(s) url"));
+    } else if value.starts_with("http://") && !allow_insecure_http && !loopback_url(value) {
+        p.add(
+            at,
+            format_args!("\"{value}\" is plaintext http to a host that is not loopback: use https (or set allow_insecure_http: true, for a trusted network only)"),
+        );
     }
+}
+
+/// Whether an http(s) URL's host is a loopback name or address.
+pub fn loopback_url(url: &str) -> bool {
+    let Some((authority, _)) = authz_core::discovery::authority_and_path(url) else {
+        return false;
+    };
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn rate(p: &mut Problems, at: &str, r: &Option<RateFile>) -> Option<Rate> {
@@ -651,6 +691,7 @@ fn token_section(
     p: &mut Problems,
     t: &Option<TokenFile>,
     introspection_endpoint_given: bool,
+    allow_insecure_http: bool,
 ) -> Option<(authz_core::Provider, bool, usize, IdpConfig)> {
     let Some(t) = t else {
         p.add(
@@ -696,9 +737,11 @@ fn token_section(
             "token.issuer",
             "must be an http(s) URL for discovery (or give introspection.endpoint and set token.discovery: false)",
         );
+    } else if discovery {
+        url(p, "token.issuer", &issuer, allow_insecure_http);
     }
     if let Some(uri) = &t.jwks_uri {
-        url(p, "token.jwks_uri", uri);
+        url(p, "token.jwks_uri", uri, allow_insecure_http);
     }
     let jwt_access_tokens = match t.jwt_access_tokens.as_deref() {
         None | Some("verify") => JwtAccessTokens::Verify,
@@ -807,6 +850,7 @@ fn client_key(p: &mut Problems, i: &IntrospectionFile) -> Option<ClientKey> {
 fn introspection_section(
     p: &mut Problems,
     section: &Option<IntrospectionFile>,
+    allow_insecure_http: bool,
 ) -> Option<IntrospectionConfig> {
     match section {
         None => {
@@ -816,10 +860,10 @@ fn introspection_section(
         Some(i) => {
             p.unknown("introspection", &i.unknown);
             if let Some(e) = &i.endpoint {
-                url(p, "introspection.endpoint", e);
+                url(p, "introspection.endpoint", e, allow_insecure_http);
             }
             if let Some(b) = &i.batch_endpoint {
-                url(p, "introspection.batch_endpoint", b);
+                url(p, "introspection.batch_endpoint", b, allow_insecure_http);
             }
             if i.client_id.as_deref().unwrap_or("").is_empty() {
                 p.add("introspection.client_id", "is required");
@@ -1040,10 +1084,19 @@ fn policy_section(p: &mut Problems, section: &Option<PolicyFile>) -> Option<Rout
     }
 }
 
-/// `strip_headers`: the standard context headers plus these, removed from allowed requests.
-fn strip_headers_section(p: &mut Problems, extra: &Option<Vec<String>>) -> Vec<String> {
+/// `strip_headers`: the standard context headers plus these (and the method-override headers
+/// when `requests` strips them), removed from allowed requests.
+fn strip_headers_section(
+    p: &mut Problems,
+    extra: &Option<Vec<String>>,
+    requests: &authz_core::target::RequestRules,
+) -> Vec<String> {
+    let overrides = authz_core::target::METHOD_OVERRIDE_HEADERS
+        .iter()
+        .filter(|h| requests.strips(h.as_bytes()));
     let mut strip_headers: Vec<String> = DEFAULT_STRIP_HEADERS
         .iter()
+        .chain(overrides)
         .map(|h| (*h).to_owned())
         .collect();
     for name in extra.iter().flatten() {
@@ -1234,12 +1287,34 @@ impl ServerConfig {
                 p.add("epochs_token", "must differ from admin_token");
             }
         }
-        let introspection = introspection_section(&mut p, &f.introspection);
+        let allow_insecure_http = f.allow_insecure_http.unwrap_or(false);
+        let idp_ca_pem = f
+            .idp_ca_file
+            .as_deref()
+            .and_then(|path| match std::fs::read(path) {
+                Ok(pem)
+                    if reqwest::Certificate::from_pem_bundle(&pem).is_ok_and(|c| !c.is_empty()) =>
+                {
+                    Some(pem)
+                }
+                Ok(_) => {
+                    p.add(
+                        "idp_ca_file",
+                        format_args!("{path} holds no PEM certificate"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    p.add("idp_ca_file", format_args!("{path}: {e}"));
+                    None
+                }
+            });
+        let introspection = introspection_section(&mut p, &f.introspection, allow_insecure_http);
         let endpoint_given = f
             .introspection
             .as_ref()
             .is_some_and(|i| i.endpoint.is_some());
-        let token = token_section(&mut p, &f.token, endpoint_given);
+        let token = token_section(&mut p, &f.token, endpoint_given, allow_insecure_http);
         let cache = cache_section(&mut p, &f.cache);
         let batching = batching_section(&mut p, &f.batching);
         p.unknown("circuit_breaker", &f.circuit_breaker.unknown);
@@ -1247,7 +1322,8 @@ impl ServerConfig {
         let rate_limits = rate_limits_section(&mut p, &f.rate_limits);
         let routes = policy_section(&mut p, &f.policy);
         let realm = f.realm.clone().unwrap_or_else(|| defaults::REALM.into());
-        let strip_headers = strip_headers_section(&mut p, &f.strip_headers);
+        let requests = f.requests.unwrap_or_default();
+        let strip_headers = strip_headers_section(&mut p, &f.strip_headers, &requests);
         let redis = f.redis.as_ref().map(|r| redis_section(&mut p, r));
         if !p.0.is_empty() {
             return Err(ServerError::InvalidConfig(p.0));
@@ -1294,6 +1370,9 @@ impl ServerConfig {
             routes,
             strip_headers,
             forward_token: f.forward_token.unwrap_or(defaults::FORWARD_TOKEN),
+            requests,
+            idp_ca_pem,
+            allow_insecure_http,
             redis,
         })
     }

@@ -54,6 +54,8 @@ pub struct Idp {
     auth_method: &'static str,
     /// Verified tokens by hash, with the keys version they were verified against.
     verified: moka::sync::Cache<TokenKey, (u64, Arc<VerifiedToken>)>,
+    /// Why the last discovery failed (for readiness), until one succeeds.
+    metadata_error: Mutex<Option<String>>,
 }
 
 /// How long a verified signature is reused at most (the caller rechecks the claims each time).
@@ -73,11 +75,7 @@ impl Idp {
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Idp>, ServerError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.idp.fetch_timeout)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ServerError::HttpClient(e.to_string()))?;
+        let http = crate::idp_http::client(config, config.idp.fetch_timeout, None)?;
         let mut provider = config.token.clone();
         // JWT access tokens carry `exp` (RFC 9068).
         provider.require_expiration = true;
@@ -102,6 +100,7 @@ impl Idp {
                 .max_capacity(config.cache.max_entries)
                 .time_to_live(VERIFIED_TTL)
                 .build(),
+            metadata_error: Mutex::new(None),
             auth_method: match config.introspection.auth {
                 crate::config::ClientAuth::Basic => "client_secret_basic",
                 crate::config::ClientAuth::Post => "client_secret_post",
@@ -135,15 +134,18 @@ impl Idp {
     }
 
     /// What still keeps the server from deciding with this provider, if anything.
-    pub fn not_ready(&self) -> Option<&'static str> {
+    pub fn not_ready(&self) -> Option<String> {
         if self.discovery && read(&self.metadata).is_none() {
-            return Some("provider metadata not discovered yet");
+            return Some(match lock(&self.metadata_error).as_deref() {
+                Some(why) => format!("provider metadata not discovered yet: {why}"),
+                None => "provider metadata not discovered yet".to_owned(),
+            });
         }
         if self.introspection_endpoint().is_none() {
-            return Some("the provider's metadata has no introspection_endpoint");
+            return Some("the provider's metadata has no introspection_endpoint".to_owned());
         }
         if self.verifies_jwts() && read(&self.keys).is_none() {
-            return Some("signing keys not loaded yet");
+            return Some("signing keys not loaded yet".to_owned());
         }
         None
     }
@@ -202,12 +204,14 @@ impl Idp {
                     "provider_metadata_loaded"
                 );
                 write(&self.metadata, Some(metadata));
+                *lock(&self.metadata_error) = None;
                 *status = status.succeeded(self.clock.now_ms());
                 self.metrics
                     .inc("authz_provider_metadata_fetches_total", &[("result", "ok")]);
             }
             Err(why) => {
                 tracing::warn!(issuer = %self.issuer, error = %why, "provider_metadata_failed: keeping what we had");
+                *lock(&self.metadata_error) = Some(why);
                 *status = status.failed();
                 self.metrics.inc(
                     "authz_provider_metadata_fetches_total",
@@ -239,7 +243,22 @@ impl Idp {
             .get_json(url)
             .await
             .map_err(|why| format!("{why} from {url}"))?;
-        parse(&body, &self.issuer).map_err(|e| format!("{url}: {e}"))
+        let metadata = parse(&body, &self.issuer).map_err(|e| format!("{url}: {e}"))?;
+        // What the server takes from the document must be on the issuer's origin, as the
+        // filter requires of its keys: configured endpoints are the operator's word instead.
+        let mut taken = vec!["revocation_endpoint"];
+        if self.configured_jwks_uri.is_none() {
+            taken.push("jwks_uri");
+        }
+        if self.configured_introspection.is_none() {
+            taken.push("introspection_endpoint");
+        }
+        match metadata.foreign_endpoint(&taken) {
+            Some((name, endpoint)) => Err(format!(
+                "{url}: {name} {endpoint} is not on the issuer's scheme, host and port (configure it explicitly if that is intended)"
+            )),
+            None => Ok(metadata),
+        }
     }
 
     fn keys_version(&self) -> u64 {

@@ -139,13 +139,12 @@ fn transport(e: reqwest::Error) -> IdpError {
 }
 
 impl IdpClient {
-    pub fn new(config: IntrospectionConfig, idp: Arc<Idp>) -> Result<IdpClient, ServerError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .pool_max_idle_per_host(config.max_idle_connections)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ServerError::HttpClient(e.to_string()))?;
+    /// `http`: the IdP client (`idp_http::client`).
+    pub fn new(
+        config: IntrospectionConfig,
+        idp: Arc<Idp>,
+        http: reqwest::Client,
+    ) -> Result<IdpClient, ServerError> {
         let assertion_key = match &config.auth {
             ClientAuth::PrivateKeyJwt(key) => Some(Arc::new(key.encoding_key().map_err(|e| {
                 ServerError::InvalidConfig(vec![format!("introspection.private_key_file: {e}")])

@@ -16,9 +16,11 @@ pub mod config;
 pub mod error;
 pub mod idp;
 pub mod idp_client;
+pub mod idp_http;
 pub mod introspector;
 pub mod limits;
 pub mod metrics;
+pub mod reply;
 pub mod shared;
 pub mod versions;
 
@@ -119,8 +121,18 @@ pub fn build_service_with_clock(
     clock: SharedClock,
 ) -> Result<Arc<CheckService>, ServerError> {
     let metrics = Arc::new(metrics::Metrics::default());
+    if config.allow_insecure_http {
+        tracing::warn!(
+            "allow_insecure_http: IdP URLs may be plaintext http to hosts that are not loopback; the client secret, introspected tokens and keys can then be read and changed on the way"
+        );
+    }
     let idp = idp::Idp::new(&config, clock.clone(), metrics.clone())?;
-    let client = idp_client::IdpClient::new(config.introspection.clone(), idp.clone())?;
+    let http = idp_http::client(
+        &config,
+        config.introspection.timeout,
+        Some(config.introspection.max_idle_connections),
+    )?;
+    let client = idp_client::IdpClient::new(config.introspection.clone(), idp.clone(), http)?;
     let versions = Arc::new(match config.redis {
         Some(_) => versions::Versions::shared(),
         None => versions::Versions::default(),

@@ -16,6 +16,7 @@
 pub mod commands;
 pub mod host;
 pub mod metrics;
+pub mod read;
 pub mod server_path;
 pub mod versions;
 pub mod worker;
@@ -26,5 +27,6 @@ pub use commands::{
 };
 pub use host::{Host, LogLevel, SharedWrite};
 pub use metrics::{Counter, Gauge, Histogram};
+pub use read::{read_request, ReadRequest, Unreadable};
 pub use versions::KnownVersions;
 pub use worker::{Worker, TICK};

@@ -16,7 +16,7 @@ use crate::worker::Worker;
 use authz_core::decision_cache::{decision_key, CachedDecision, CachedOutcome, LookupResult};
 use authz_core::epochs::Changes;
 use authz_core::ext_authz_proto::decode_reply;
-use authz_core::token_hash::token_digest;
+use authz_core::token_hash::{revocation_digest, token_digest};
 use authz_core::DenyReason;
 use serde_json::json;
 use std::time::Duration;
@@ -208,8 +208,30 @@ impl<H: Host> Worker<H> {
             .caps
             .lifetime_ms(call.tier, reply.directive.ttl_ms, reply.outcome.is_allow())
             .min(call.max_cache_ms.unwrap_or(u64::MAX));
+        // A reply decided before changes this worker has applied (a revocation pushed while
+        // the call was in flight) may have been purged already: it is used once, not kept,
+        // and an allow for a token revoked since is refused.
+        let older_than_applied = reply.directive.change_version < self.versions.change_version;
+        if older_than_applied && reply.outcome.is_allow() {
+            let token = request.bearer().unwrap_or("");
+            if self
+                .revocations
+                .names_token(&[token_digest(token), revocation_digest(token)])
+            {
+                return self.deny(
+                    context_id,
+                    request,
+                    call.tier,
+                    &call.route,
+                    DenyReason::Revoked,
+                );
+            }
+        }
         // A reply decided under an older policy than we now enforce is used once, not kept.
-        if lifetime > 0 && reply.directive.policy_version == self.versions.policy_version {
+        if lifetime > 0
+            && !older_than_applied
+            && reply.directive.policy_version == self.versions.policy_version
+        {
             let token = request.bearer().unwrap_or("");
             let key = if call.policy_version == self.versions.policy_version {
                 call.key
@@ -228,6 +250,7 @@ impl<H: Host> Worker<H> {
                 tier: call.tier,
                 subject: reply.directive.subject.clone(),
                 token_digest: token_digest(token),
+                revocation_digest: revocation_digest(token),
                 expires_at_ms: now_ms + lifetime,
             };
             if let Some(evicted_tier) = self.decisions.insert(key, entry) {
@@ -399,19 +422,22 @@ impl<H: Host> Worker<H> {
             {
                 // The server's counters restarted (or a server without shared state answered):
                 // what we learned from the old counter says nothing about the new one, and we
-                // cannot know what changed in between. Start over; this answer (from 0) and
-                // the next carry the server's whole state again.
+                // cannot know what changed in between. Cached decisions go; the revocations
+                // held stay (facts with their own expiry: a replica still resyncing must not
+                // wipe them) and the new state is merged into them, read again from 0. Until
+                // a confirmed answer of the new incarnation is applied, writes that honour
+                // revocations fail closed.
                 self.host.log(
                     LogLevel::Info,
                     &format!(
-                        "jwt_authz epochs: server state restarted; {} cached decision(s) and {} revocation(s) dropped",
+                        "jwt_authz epochs: server state restarted; {} cached decision(s) dropped, {} revocation(s) kept; reading its state again",
                         self.decisions.len(),
                         self.revocations.len()
                     ),
                 );
                 self.versions.change_version = 0;
                 self.versions.synced = false;
-                self.revocations.clear();
+                self.revocations.resync();
                 self.versions.poll_now = true;
                 self.start_over_at(changes.policy_version);
                 self.versions.incarnation = Some(incarnation.clone());
@@ -421,6 +447,10 @@ impl<H: Host> Worker<H> {
         }
         if changes.confirmed {
             self.versions.last_ok_ms = now_ms;
+        }
+        self.apply_revocations(&changes, now_ms);
+        if changes.confirmed {
+            self.revocations.resynced();
         } else {
             self.host.log(
                 LogLevel::Debug,
@@ -430,7 +460,6 @@ impl<H: Host> Worker<H> {
         if changes.policy_version > self.versions.policy_version {
             self.apply_policy_version(changes.policy_version);
         }
-        self.apply_revocations(&changes, now_ms);
         if self.versions.synced {
             // One sample per change, bounded per answer.
             for learned in changes.learned_at().take(1_000) {

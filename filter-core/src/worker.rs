@@ -16,6 +16,7 @@ use crate::commands::{
 };
 use crate::host::{Host, LogLevel, SharedWrite};
 use crate::metrics::{Counter, Histogram};
+use crate::read::Unreadable;
 use crate::versions::KnownVersions;
 use authz_core::config::{JwksSource, RemoteJwks};
 use authz_core::decision::decide_with;
@@ -336,10 +337,25 @@ impl<H: Host> Worker<H> {
         }
     }
 
-    /// A 400 for a request the filter cannot read (see `http::read_request`).
-    pub fn unreadable(&self, context_id: u32, request: &OwnedRequest) -> Final {
+    /// A 400 for a request the filter cannot read (see [`crate::read_request`]).
+    pub fn unreadable(&self, context_id: u32, unreadable: &Unreadable) -> Final {
+        if let Some(ambiguity) = unreadable.ambiguity {
+            self.host.log(
+                LogLevel::Info,
+                &format!(
+                    "jwt_authz request refused: {} (see `requests` in the configuration)",
+                    ambiguity.as_str()
+                ),
+            );
+        }
         let tier = self.policy.routes.default.tier;
-        self.deny(context_id, request, tier, "-", DenyReason::BadRequest)
+        self.deny(
+            context_id,
+            &unreadable.request,
+            tier,
+            "-",
+            DenyReason::BadRequest,
+        )
     }
 
     /// A deny for a request that cannot even be decided (e.g. no clock).

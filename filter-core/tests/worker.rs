@@ -436,7 +436,20 @@ fn reply(response: CheckResponse) -> Vec<u8> {
     encode(&response)
 }
 
+/// An allow for `alice`, decided after every change these specs feed (change version 1000).
 fn ok_reply(ttl_ms: u64, policy_version: u64, unconfirmed: bool) -> Vec<u8> {
+    ok_reply_with(CacheDirective {
+        ttl_ms,
+        policy_version,
+        change_version: 1_000,
+        subject: Some("alice".into()),
+        state_unconfirmed: unconfirmed,
+        ..CacheDirective::default()
+    })
+}
+
+/// An allow for `alice` with this cache directive.
+fn ok_reply_with(directive: CacheDirective) -> Vec<u8> {
     reply(CheckResponse {
         status: Some(RpcStatus {
             code: 0,
@@ -453,16 +466,7 @@ fn ok_reply(ttl_ms: u64, policy_version: u64, unconfirmed: bool) -> Vec<u8> {
             headers_to_remove: vec!["authorization".into()],
         }),
         denied_response: None,
-        dynamic_metadata: Some(
-            CacheDirective {
-                ttl_ms,
-                policy_version,
-                subject: Some("alice".into()),
-                state_unconfirmed: unconfirmed,
-                ..CacheDirective::default()
-            }
-            .to_metadata(),
-        ),
+        dynamic_metadata: Some(directive.to_metadata()),
     })
 }
 
@@ -494,9 +498,12 @@ fn feed_answer(w: &mut Worker<FakeHost>, token: u32, fields: Value, at: u64) -> 
     w.on_poll_response(Some(200), Some(feed(fields)), at)
 }
 
-/// A format-2 feed answer from the fields given.
+/// A format-2 feed answer from the fields given (confirmed unless they say otherwise).
 fn feed(mut fields: Value) -> Vec<u8> {
     fields["format"] = json!(2);
+    if fields.get("confirmed").is_none() {
+        fields["confirmed"] = json!(true);
+    }
     fields.to_string().into_bytes()
 }
 
@@ -1187,4 +1194,199 @@ fn a_poll_due_by_a_tick_that_fires_a_little_early_is_not_put_off_a_whole_interva
     assert!(w.poll_due(T0 + 150).is_none(), "not before the interval");
     // The 250 ms timer fires 2 ms early: the poll goes now, not at the next tick (500 ms).
     assert!(w.poll_due(T0 + 248).is_some());
+}
+
+/// An allow from the server decided at `change_version`.
+fn ok_reply_at(ttl_ms: u64, change_version: u64) -> Vec<u8> {
+    ok_reply_with(CacheDirective {
+        ttl_ms,
+        policy_version: 1,
+        change_version,
+        subject: Some("alice".into()),
+        ..CacheDirective::default()
+    })
+}
+
+#[test]
+fn a_reply_decided_before_changes_this_worker_applied_is_not_kept_and_revoked_tokens_are_refused() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = polled_worker(&store, T0);
+    let revoked = get("/admin/users", Some("opaque-token-1"));
+    let bystander = get("/admin/users", Some("opaque-token-2"));
+    // Both Check calls go out; then the feed pushes a revocation of the first token.
+    let (revoked_call, revoked) = server_call(w.on_request(1, revoked, us(T0)));
+    let (bystander_call, bystander) = server_call(w.on_request(2, bystander, us(T0)));
+    let digest = authz_core::token_hash::digest_hex(&authz_core::token_hash::revocation_digest(
+        "opaque-token-1",
+    ));
+    feed_answer(
+        &mut w,
+        3,
+        json!({"version": 5, "policy_version": 1, "incarnation": "inc-a",
+               "tokens": [[digest, (T0 / 1000 + 3600) * 1000, T0 + 5]]}),
+        T0 + 10,
+    );
+    // The replies were decided at change version 1, before the revocation.
+    let late = w.on_server_reply(
+        1,
+        &revoked,
+        &revoked_call,
+        0,
+        Some(ok_reply_at(5_000, 1)),
+        T0 + 20,
+    );
+    assert_eq!(
+        status_of(&late),
+        401,
+        "an in-flight allow of a revoked token"
+    );
+    let used_once = w.on_server_reply(
+        2,
+        &bystander,
+        &bystander_call,
+        0,
+        Some(ok_reply_at(5_000, 1)),
+        T0 + 20,
+    );
+    assert_eq!(status_of(&used_once), 200);
+    let step = w.on_request(4, bystander.clone(), us(T0 + 30));
+    assert!(
+        matches!(step, RequestStep::CallServer(..)),
+        "an old reply is not kept: {step:?}"
+    );
+    // Control: a reply that saw the changes is kept.
+    let (call, request) = server_call(step);
+    w.on_server_reply(4, &request, &call, 0, Some(ok_reply_at(5_000, 5)), T0 + 40);
+    assert_eq!(
+        status_of(&done(w.on_request(5, bystander, us(T0 + 50)))),
+        200
+    );
+    assert_eq!(
+        host.count(Counter::CacheHit(authz_core::Tier::Privileged)),
+        1
+    );
+}
+
+#[test]
+fn a_token_revoked_by_its_signed_part_is_refused_in_every_signature_encoding() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, _host) = local_worker(&store, None, 1_000);
+    let idp = Idp::new("k1");
+    let token = idp.token("alice");
+    let other_form = dev_keys::with_malleated_ecdsa_signature(&token).expect("ES256");
+    assert_ne!(token, other_form);
+    // Both forms verify: that is the hole a denylist of raw tokens leaves.
+    assert_eq!(
+        decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0),
+        200
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 2, get("/items", Some(&other_form)), T0),
+        200
+    );
+    // Revoked by its token's bytes only (`token_hash`): that form alone is refused.
+    let by_bytes =
+        authz_core::token_hash::digest_hex(&authz_core::token_hash::token_digest(&token));
+    feed_answer(
+        &mut w,
+        2,
+        json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+               "tokens": [[by_bytes, (T0 / 1000 + 3600) * 1000, T0 + 5]]}),
+        T0 + 10,
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 3, get("/items", Some(&token)), T0 + 20),
+        401
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 4, get("/items", Some(&other_form)), T0 + 20),
+        200
+    );
+    // Revoked as the server records `{"token": …}`: every form, on reads and writes.
+    let signed =
+        authz_core::token_hash::digest_hex(&authz_core::token_hash::revocation_digest(&token));
+    feed_answer(
+        &mut w,
+        3,
+        json!({"version": 3, "policy_version": 1, "incarnation": "inc-a",
+               "tokens": [[signed, (T0 / 1000 + 3600) * 1000, T0 + 25]]}),
+        T0 + 30,
+    );
+    for (i, form) in [&token, &other_form].iter().enumerate() {
+        let id = 10 + i as u32 * 2;
+        assert_eq!(
+            decide_local(&mut w, &idp, id, get("/items", Some(form)), T0 + 40),
+            401
+        );
+        assert_eq!(
+            decide_local(&mut w, &idp, id + 1, post("/orders", form), T0 + 40),
+            401
+        );
+    }
+}
+
+#[test]
+fn a_restarted_server_state_keeps_revocations_and_writes_fail_closed_until_it_is_read_confirmed() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = local_worker(&store, None, 1_000);
+    let idp = Idp::new("k1");
+    let revoked = idp.token("alice");
+    let bystander = idp.token("dave");
+    let digest =
+        authz_core::token_hash::digest_hex(&authz_core::token_hash::revocation_digest(&revoked));
+    feed_answer(
+        &mut w,
+        2,
+        json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+               "tokens": [[digest, (T0 / 1000 + 3600) * 1000, T0 + 5]]}),
+        T0 + 10,
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 1, get("/items", Some(&revoked)), T0 + 20),
+        401
+    );
+    // A replica with a new state answers, still resyncing: unconfirmed and empty (and a
+    // `confirmed` it does not send counts as false).
+    for (i, answer) in [
+        json!({"format": 2, "version": 1, "policy_version": 1, "incarnation": "inc-b", "confirmed": false}),
+        json!({"format": 2, "version": 1, "policy_version": 1, "incarnation": "inc-b"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = T0 + 100 + i as u64 * 100;
+        let body = answer.to_string().into_bytes();
+        w.poll_started(3 + i as u32);
+        w.on_poll_response(Some(200), Some(body), at);
+        assert_eq!(
+            decide_local(&mut w, &idp, 10 + i as u32, get("/items", Some(&revoked)), at + 1),
+            401,
+            "a revocation survives a restarted server state"
+        );
+        assert_eq!(
+            decide_local(&mut w, &idp, 20 + i as u32, post("/orders", &bystander), at + 1),
+            503,
+            "writes fail closed until the new state is read confirmed"
+        );
+        assert_eq!(
+            decide_local(&mut w, &idp, 30 + i as u32, get("/items", Some(&bystander)), at + 1),
+            200,
+            "reads keep what is held"
+        );
+    }
+    feed_answer(
+        &mut w,
+        6,
+        json!({"version": 1, "policy_version": 1, "incarnation": "inc-b"}),
+        T0 + 400,
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 40, post("/orders", &bystander), T0 + 410),
+        200
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 41, get("/items", Some(&revoked)), T0 + 410),
+        401
+    );
+    assert!(host.logged("revocation(s) kept"));
 }

@@ -1,5 +1,5 @@
 //! The HTTP context: one per request. Strips client-sent copies of the headers the filter
-//! sets, hands the request to the worker, and applies the result: continue with headers, a
+//! sets (named by `filter_core::read_request`), hands the request to the worker, and applies the result: continue with headers, a
 //! deny response, a pause while keys are fetched, or a pause while the ext_authz server is
 //! asked (its answer arrives here, in `on_grpc_call_response`).
 
@@ -29,51 +29,6 @@ impl AuthzHttp {
             worker,
             server_call: None,
         }
-    }
-}
-
-/// Reads method, path and `authorization` from the request's headers (as bytes) and removes
-/// every header `ours` names (client copies of the headers we set). A method or path that is
-/// not UTF-8, a path that is not origin-form ([`authz_core::routes::is_origin_form`]), or more
-/// than one `authorization` header, makes the request unreadable; an
-/// `authorization` value that is not UTF-8 is kept as an empty (never valid) credential.
-pub fn read_request(
-    headers: Vec<(Vec<u8>, Vec<u8>)>,
-    ours: impl Fn(&[u8]) -> bool,
-) -> Result<OwnedRequest, OwnedRequest> {
-    let mut request = OwnedRequest {
-        method: String::new(),
-        path: String::new(),
-        authorization: None,
-    };
-    let mut readable = true;
-    for (name, value) in headers {
-        match name.as_slice() {
-            b":method" if request.method.is_empty() => match String::from_utf8(value) {
-                Ok(m) => request.method = m,
-                Err(_) => readable = false,
-            },
-            b":path" if request.path.is_empty() => match String::from_utf8(value) {
-                Ok(p) => request.path = p,
-                Err(_) => readable = false,
-            },
-            b"authorization" => {
-                if request.authorization.is_some() {
-                    readable = false;
-                }
-                request.authorization = Some(String::from_utf8(value).unwrap_or_default());
-            }
-            other => {
-                if ours(other) {
-                    host::remove_request_header(other);
-                }
-            }
-        }
-    }
-    if readable && authz_core::routes::is_origin_form(&request.path) {
-        Ok(request)
-    } else {
-        Err(request)
     }
 }
 
@@ -190,18 +145,13 @@ impl HttpContext for AuthzHttp {
             return apply_final(&decision, false);
         };
         // One read of the header map, as bytes (a client may send any byte Envoy lets
-        // through): remove the client-sent copies of our headers that are there, and pick up
-        // the rest. Text is decoded only for the three values we read.
-        let read = {
-            let w = worker.borrow();
-            read_request(host::request_headers(), |name| {
-                w.policy
-                    .headers
-                    .all()
-                    .any(|ours| ours.as_bytes().eq_ignore_ascii_case(name))
-            })
-        };
-        let request = match read {
+        // through): the core picks up what it decides on and names the client-sent copies of
+        // our headers (and stripped override headers) to remove.
+        let read = filter_core::read_request(host::request_headers(), &worker.borrow().policy);
+        for name in &read.remove {
+            host::remove_request_header(name);
+        }
+        let request = match read.request {
             Ok(request) => request,
             Err(unreadable) => {
                 let decision = worker.borrow().unreadable(self.context_id, &unreadable);
