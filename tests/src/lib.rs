@@ -355,6 +355,81 @@ impl ExtAuthzStack {
     }
 }
 
+/// A stack built from what `authz-config render` derives from a policy file: dev IdP, echo
+/// upstream, the server with the rendered `server.yaml` and Envoy with the rendered routes and
+/// `filter.json` (`envoy/rendered.template.yaml`).
+pub struct RenderedStack {
+    pub envoy: Envoy,
+    pub idp: DevIdp,
+    pub server: AuthzServerProcess,
+    pub echo: Echo,
+    pub rendered: authz_config::Rendered,
+}
+
+/// The variables the rendered tests' policies use: the test secrets.
+pub fn test_env(name: &str) -> Option<String> {
+    match name {
+        "AUTHZ_EPOCHS_TOKEN" => Some(EPOCHS_TOKEN.into()),
+        "AUTHZ_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
+        "AUTHZ_CLIENT_SECRET" => Some(CLIENT_SECRET.into()),
+        _ => None,
+    }
+}
+
+impl RenderedStack {
+    /// `policy`: a policy file's text; `{IDP_PORT}` becomes the dev IdP's port. Secrets come
+    /// from [`test_env`].
+    pub fn start(policy: &str) -> RenderedStack {
+        let idp = DevIdp::start(&[]);
+        let echo = Echo::start();
+        let text = policy.replace("{IDP_PORT}", &idp.port.to_string());
+        let rendered = authz_config::render_with_env(&text, &test_env)
+            .unwrap_or_else(|problems| panic!("the policy renders: {problems:#?}"));
+        let server_yaml = rendered.server.as_deref().expect("a server");
+        let (server_yaml, unset) = ext_authz_server::config::expand_env(server_yaml, &test_env);
+        assert!(unset.is_empty(), "unset: {unset:?}");
+        let server = AuthzServerProcess::start(&server_yaml);
+        let mut vhost: serde_yaml::Value =
+            serde_yaml::from_str(&rendered.envoy_routes).expect("routes are YAML");
+        vhost["name"] = "all".into();
+        vhost["domains"] = serde_yaml::Value::Sequence(vec!["*".into()]);
+        // `filter` mode renders no ext_authz settings (its chain has no such filter); the
+        // template's chain has one, off unless a route turns it on.
+        if vhost.get("typed_per_filter_config").is_none() {
+            vhost["typed_per_filter_config"] = serde_yaml::from_str(
+                "envoy.filters.http.ext_authz: {'@type': type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute, disabled: true}",
+            )
+            .expect("yaml");
+        }
+        let template = std::fs::read_to_string(repo_root().join("envoy/rendered.template.yaml"))
+            .expect("read template")
+            .replace(
+                "{{VIRTUAL_HOST}}",
+                &serde_json::to_string(&vhost).expect("json"),
+            );
+        let config = render(
+            &template,
+            &Placeholders {
+                authz_port: server.grpc_port,
+                authz_admin_port: server.admin_port,
+                admin_port: 0,
+                listen_port: 0,
+                upstream_port: echo.port,
+                idp_port: idp.port,
+                plugin_config: rendered.filter.clone(),
+            },
+        );
+        let envoy = Envoy::start_rendered(&config);
+        RenderedStack {
+            envoy,
+            idp,
+            server,
+            echo,
+            rendered,
+        }
+    }
+}
+
 /// A server configuration (YAML) pointing at the dev IdP; `extra` is appended verbatim (with
 /// `{IDP_PORT}` replaced by the IdP's port) and may override the defaults' sections (`tiers`,
 /// `rate_limits`, `batching`, `introspection`, ...).

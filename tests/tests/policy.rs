@@ -118,7 +118,7 @@ fn example_policies() -> Vec<std::path::PathBuf> {
 fn every_example_policy_derives_a_filter_a_server_and_envoy_routes_that_agree() {
     for path in example_policies() {
         let text = std::fs::read_to_string(&path).expect("read");
-        let rendered = authz_config::render(&text)
+        let rendered = authz_config::render_with_env(&text, &test_env)
             .unwrap_or_else(|problems| panic!("{}: {problems:#?}", path.display()));
         let native = text.contains("mode: native");
         let filter = authz_core::Policy::from_json(rendered.filter.to_string().as_bytes())
@@ -248,7 +248,7 @@ fn bootstrap(rendered: &authz_config::Rendered, clusters: &[&str]) -> String {
 fn the_derived_envoy_routes_load_in_envoy() {
     for path in example_policies() {
         let text = std::fs::read_to_string(&path).expect("read");
-        let rendered = authz_config::render(&text).expect("renders");
+        let rendered = authz_config::render_with_env(&text, &test_env).expect("renders");
         let config = bootstrap(
             &rendered,
             &["upstream", "ext_authz", "ext_authz_admin", "dev_idp", "idp"],
@@ -283,6 +283,106 @@ filter: {routes: []}
         assert!(
             problems.iter().any(|p| p.starts_with(expected)),
             "missing {expected:?} in {problems:#?}"
+        );
+    }
+}
+
+/// The example native policy with its server entry replaced by `server`.
+fn native_policy_with(server: &str) -> String {
+    let text =
+        std::fs::read_to_string(repo_root().join("config/policy.example.yaml")).expect("read");
+    let head = text.split("\nserver:\n").next().expect("a server entry");
+    format!("{head}\nserver:\n{server}")
+}
+
+#[test]
+fn both_modes_render_the_change_feed_or_refuse_without_an_explicit_opt_out() {
+    let config = "  config:\n    admin_token: \"${AUTHZ_ADMIN_TOKEN}\"\n    introspection: {endpoint: http://127.0.0.1:9000/introspect, client_id: c, client_secret: \"${AUTHZ_CLIENT_SECRET}\"}\n";
+    for mode in ["native", "filter"] {
+        let with_feed = native_policy_with(&format!(
+            "  mode: {mode}\n  envoy_cluster: ext_authz\n  admin_envoy_cluster: ext_authz_admin\n  epochs_token: \"${{AUTHZ_EPOCHS_TOKEN}}\"\n{config}"
+        ));
+        let rendered = authz_config::render_with_env(&with_feed, &test_env)
+            .unwrap_or_else(|p| panic!("{mode}: {p:#?}"));
+        let link = &rendered.filter["server"];
+        assert_eq!(link["epochs_cluster"], "ext_authz_admin", "{mode}");
+        assert_eq!(
+            link["epochs_token"], EPOCHS_TOKEN,
+            "{mode}: the feed token is expanded for the filter, which cannot"
+        );
+        let filter =
+            authz_core::Policy::from_json(rendered.filter.to_string().as_bytes()).expect("loads");
+        assert!(filter.feed().is_some(), "{mode}: the filter reads the feed");
+        assert!(
+            rendered
+                .server
+                .as_deref()
+                .is_some_and(|s| s.contains("epochs_token: ${AUTHZ_EPOCHS_TOKEN}")),
+            "{mode}: the server keeps the reference: {:?}",
+            rendered.server
+        );
+        // The variable unset: refused, naming it.
+        let problems = authz_config::render_with_env(&with_feed, &|_| None).expect_err("refused");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("${AUTHZ_EPOCHS_TOKEN} is not set")),
+            "{mode}: {problems:#?}"
+        );
+        // No feed settings: refused unless opted out.
+        let without = native_policy_with(&format!(
+            "  mode: {mode}\n  envoy_cluster: ext_authz\n{config}"
+        ));
+        let problems = authz_config::render_with_env(&without, &test_env).expect_err("refused");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("server: admin_envoy_cluster and epochs_token are needed")),
+            "{mode}: {problems:#?}"
+        );
+        let opted_out = native_policy_with(&format!(
+            "  mode: {mode}\n  envoy_cluster: ext_authz\n  feed: false\n{config}"
+        ));
+        let rendered = authz_config::render_with_env(&opted_out, &test_env)
+            .unwrap_or_else(|p| panic!("{mode}: {p:#?}"));
+        let filter =
+            authz_core::Policy::from_json(rendered.filter.to_string().as_bytes()).expect("loads");
+        assert!(filter.feed().is_none(), "{mode}");
+    }
+}
+
+#[test]
+fn the_server_strips_every_header_name_the_filter_may_set() {
+    let text = std::fs::read_to_string(repo_root().join("config/policy.example.yaml"))
+        .expect("read")
+        .replace(
+            "headers: {claims: {tenant: x-auth-tenant}}",
+            "headers: {subject: x-user-id, scopes: x-user-scopes, claims: {tenant: x-tenant}}",
+        );
+    assert!(text.contains("x-user-id"));
+    let rendered = authz_config::render_with_env(&text, &test_env).expect("renders");
+    let server =
+        ServerConfig::from_yaml_with_env(rendered.server.as_deref().expect("server"), |n| {
+            Some(format!("test-secret-for-{n}-0123456789"))
+        })
+        .expect("loads");
+    let filter =
+        authz_core::Policy::from_json(rendered.filter.to_string().as_bytes()).expect("loads");
+    for name in filter
+        .headers
+        .all()
+        .chain(authz_core::config::STANDARD_CONTEXT_HEADERS)
+    {
+        assert!(
+            server.strip_headers.iter().any(|h| h == name),
+            "the server does not strip {name}: {:?}",
+            server.strip_headers
+        );
+    }
+    for name in ["x-user-id", "x-user-scopes", "x-tenant", "x-auth-subject"] {
+        assert!(
+            filter.headers.all().any(|h| h == name),
+            "the filter strips {name}"
         );
     }
 }
