@@ -890,4 +890,133 @@ policy:
         );
         assert_eq!(screen(&asked), Err(DenyReason::Revoked));
     }
+
+    #[test]
+    fn identify_refuses_method_overrides_and_paths_upstreams_read_differently() {
+        let config = config();
+        let with_header = |name: &str| {
+            let mut asked = request("GET", "/admin/users", None);
+            if let Some(http) = asked
+                .attributes
+                .as_mut()
+                .and_then(|a| a.request.as_mut())
+                .and_then(|r| r.http.as_mut())
+            {
+                http.headers.insert(name.into(), "DELETE".into());
+            }
+            asked
+        };
+        for name in authz_core::target::METHOD_OVERRIDE_HEADERS {
+            assert_eq!(
+                identify(&config, &with_header(name)).unwrap_err(),
+                DenyReason::BadRequest,
+                "{name}"
+            );
+        }
+        for path in [
+            "/healthz%2F..%2Fadmin",
+            "/x/%2e%2e/admin",
+            "/a%5cb",
+            "/a//b",
+        ] {
+            assert_eq!(
+                identify(&config, &request("GET", path, None)).unwrap_err(),
+                DenyReason::BadRequest,
+                "{path}"
+            );
+        }
+        // `strip`: decided on the request line's method, the headers removed on allow.
+        let lenient = ServerConfig::from_yaml(&format!(
+            "{CONFIG}requests: {{method_override: strip, encoded_paths: allow}}\n"
+        ))
+        .unwrap();
+        assert!(identify(&lenient, &with_header("x-http-method-override")).is_ok());
+        assert!(identify(&lenient, &request("GET", "/a%2fb", None)).is_ok());
+        for name in authz_core::target::METHOD_OVERRIDE_HEADERS {
+            assert!(lenient.strip_headers.iter().any(|h| h == name), "{name}");
+            assert!(!config.strip_headers.iter().any(|h| h == name), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_jws_is_refused_in_every_signature_encoding_and_after_phase_3() {
+        let clock = crate::clock::ManualClock::new();
+        let service = service(clock.clone());
+        let asked = request("GET", "/admin/users", None);
+        let id = identify(&service.config, &asked).unwrap();
+        let rules = service.config.tier_rules(id.tier);
+        let now = clock.now_seconds();
+        let good = introspection(json!({"active": true, "sub": "alice", "scope": "admin",
+            "iss": "https://idp.unit", "aud": "api", "iat": now - 10, "exp": now + 600}));
+        // Two encodings of one signed content (as an ECDSA (r, s) and (r, n - s) would be).
+        let (form_a, form_b) = (
+            "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+            "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2lo",
+        );
+        let screened = Screened {
+            token: form_b,
+            key: token_digest(form_b),
+        };
+        let mut trace = Trace::default();
+        assert_eq!(
+            service.authorize(&id, &screened, &good, &rules, &mut trace),
+            Ok(())
+        );
+        // Revoked while phase 3 was under way: phase 4 refuses it.
+        service.versions.apply(
+            &crate::versions::Change::RevokeToken(
+                authz_core::token_hash::revocation_digest(form_a),
+                None,
+            ),
+            None,
+        );
+        assert_eq!(
+            service.authorize(&id, &screened, &good, &rules, &mut trace),
+            Err(DenyReason::Revoked)
+        );
+        assert!(service.token_revoked(form_b, &token_digest(form_b)));
+        assert!(!service.token_revoked("opaque", &token_digest("opaque")));
+    }
+
+    #[tokio::test]
+    async fn refresh_tokens_and_answers_without_an_audience_are_refused() {
+        let clock = crate::clock::ManualClock::new();
+        let service = service(clock.clone());
+        let asked = request("GET", "/admin/users", None);
+        let id = identify(&service.config, &asked).unwrap();
+        let rules = service.config.tier_rules(id.tier);
+        let screened = Screened {
+            token: "opaque-token",
+            key: token_digest("opaque-token"),
+        };
+        let now = clock.now_seconds();
+        let good = json!({"active": true, "sub": "alice", "scope": "admin",
+            "iss": "https://idp.unit", "aud": "api", "iat": now - 10, "exp": now + 600});
+        let check = |body: serde_json::Value| {
+            let mut trace = Trace::default();
+            service.authorize(&id, &screened, &introspection(body), &rules, &mut trace)
+        };
+        assert_eq!(check(good.clone()), Ok(()));
+        for (key, value) in [
+            ("token_use", json!("refresh_token")),
+            ("token_type", json!("refresh_token")),
+        ] {
+            let mut body = good.clone();
+            body[key] = value;
+            assert_eq!(
+                check(body),
+                Err(DenyReason::Token(VerifyFailure::WrongType)),
+                "{key}"
+            );
+        }
+        for aud in [json!(null), json!([])] {
+            let mut body = good.clone();
+            body["aud"] = aud.clone();
+            assert_eq!(
+                check(body),
+                Err(DenyReason::Token(VerifyFailure::WrongAudience)),
+                "aud {aud}: require_audience is the default"
+            );
+        }
+    }
 }

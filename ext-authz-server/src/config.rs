@@ -1548,6 +1548,77 @@ policy:
     }
 
     #[test]
+    fn plaintext_idp_urls_are_refused_unless_loopback_or_allowed_and_a_ca_file_must_hold_a_certificate(
+    ) {
+        let remote = EXAMPLE
+            .replace("http://127.0.0.1:9000/introspect\n", "http://idp.internal/introspect\n")
+            .replace(
+                "http://127.0.0.1:9000/introspect/batch",
+                "http://idp.internal/introspect/batch",
+            )
+            .replace(
+                "token: {issuer: \"https://idp.example\", audiences: [demo-api]}",
+                "token: {issuer: \"https://idp.example\", audiences: [demo-api], jwks_uri: \"http://10.0.0.7/keys\"}",
+            );
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&remote) else {
+            panic!("accepted")
+        };
+        for key in [
+            "introspection.endpoint",
+            "introspection.batch_endpoint",
+            "token.jwks_uri",
+        ] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(key) && p.contains("plaintext http")),
+                "missing {key} in {problems:#?}"
+            );
+        }
+        let allowed = format!("{remote}allow_insecure_http: true\n");
+        assert!(
+            ServerConfig::from_yaml(&allowed)
+                .unwrap()
+                .allow_insecure_http
+        );
+        // Loopback (the dev stack, a sidecar) and https pass.
+        for url in [
+            "http://127.0.0.1:9000/x",
+            "http://localhost/x",
+            "http://[::1]:80/x",
+        ] {
+            assert!(loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://127.0.0.1.evil/x",
+            "http://10.0.0.7/x",
+            "http://[::2]/x",
+        ] {
+            assert!(!loopback_url(url), "{url}");
+        }
+        let by_issuer = EXAMPLE
+            .replace("  endpoint: http://127.0.0.1:9000/introspect\n", "")
+            .replace("https://idp.example", "http://idp.example");
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&by_issuer) else {
+            panic!("a plaintext issuer to discover from was accepted")
+        };
+        assert!(
+            problems.iter().any(|p| p.starts_with("token.issuer")),
+            "{problems:#?}"
+        );
+        let no_ca = format!("{EXAMPLE}idp_ca_file: /nonexistent/ca.pem\n");
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&no_ca) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("idp_ca_file: /nonexistent/ca.pem")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
     fn every_problem_is_named() {
         let bad = r#"
 listen: nowhere

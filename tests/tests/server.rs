@@ -343,6 +343,22 @@ async fn admin_revocation_and_versions_take_effect_at_once() {
         401,
         "admin needs the bearer secret"
     );
+    // The credential is checked before the body or query is read: a caller without it learns
+    // nothing of what an endpoint would parse (no 400/415/422 before the 401).
+    let base = format!("http://127.0.0.1:{}", server.admin_port);
+    for (method, path, content_type, body) in [
+        ("POST", "/admin/revoke", "text/plain", "not json"),
+        ("POST", "/admin/revoke", "application/json", "{\"nope\": 1}"),
+        ("POST", "/admin/revoke-subject", "application/xml", "<x/>"),
+        ("GET", "/admin/epochs?since=abc", "text/plain", ""),
+    ] {
+        for auth in [None, Some("Bearer wrong-token-0123456789")] {
+            let mut headers = vec![("content-type", content_type)];
+            headers.extend(auth.map(|a| ("authorization", a)));
+            let reply = request(method, &format!("{base}{path}"), &headers, Some(body));
+            assert_eq!(reply.status, 401, "{method} {path} {auth:?}: {}", reply.body);
+        }
+    }
     let mut client = server.client.clone();
     let (a, b) = (mint_opaque(&idp, "alice"), mint_opaque(&idp, "bob"));
     assert_eq!(check(&mut client, "/admin/x", Some(&a)).await.0, 200);
