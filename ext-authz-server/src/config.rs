@@ -117,8 +117,8 @@ pub struct ServerConfigFile {
     /// Client request headers removed on every allow, in addition to the standard context
     /// headers (`x-auth-subject`, `x-auth-subject-kind`, `x-auth-scopes`, `x-auth-tier`,
     /// `x-auth-issuer`, `x-authz-policy-version`, always removed): list every other header your filter sets
-    /// (its `headers.claims` mappings), so a client cannot smuggle them past a route this server
-    /// guards.
+    /// (renamed context headers, `headers.claims` mappings; `authz-config render` fills it),
+    /// so a client cannot smuggle them past a route this server guards (no filter runs there).
     pub strip_headers: Option<Vec<String>>,
     /// Keep `authorization` on allowed requests (as the filter).
     #[schemars(extend("default" = defaults::FORWARD_TOKEN))]

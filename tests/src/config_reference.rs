@@ -81,6 +81,18 @@ fn kind_of(node: &Value, defs: &Value) -> String {
             None => "list".into(),
         },
         Some(t) => t.into(),
+        // A string enum whose variants carry docs: `oneOf` of `const`s.
+        None if target
+            .get("oneOf")
+            .and_then(Value::as_array)
+            .is_some_and(|v| {
+                !v.is_empty()
+                    && v.iter()
+                        .all(|v| v.get("const").is_some_and(Value::is_string))
+            }) =>
+        {
+            "string".into()
+        }
         None => "any JSON value".into(),
     }
 }

@@ -356,7 +356,11 @@ async fn admin_revocation_and_versions_take_effect_at_once() {
             let mut headers = vec![("content-type", content_type)];
             headers.extend(auth.map(|a| ("authorization", a)));
             let reply = request(method, &format!("{base}{path}"), &headers, Some(body));
-            assert_eq!(reply.status, 401, "{method} {path} {auth:?}: {}", reply.body);
+            assert_eq!(
+                reply.status, 401,
+                "{method} {path} {auth:?}: {}",
+                reply.body
+            );
         }
     }
     let mut client = server.client.clone();
