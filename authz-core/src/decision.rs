@@ -382,7 +382,7 @@ pub fn decide_with(
         route: name.clone(),
         tier,
         upstream_headers: allow_headers(policy, tier, Some(&verified)),
-        subject: verified.claims.principal().map(|p| p.id.to_owned()),
+        subject: verified.claims.principal().map(|p| p.key()),
     }
 }
 

@@ -109,6 +109,11 @@ impl Changes {
             .get("policy_version")
             .and_then(Value::as_u64)
             .ok_or("epochs answer lacks policy_version")?;
+        // A counter no server reaches (one change per microsecond for 285 years): taking it
+        // would move the cursor past every change to come, and nothing would be read again.
+        if version > MAX_SANE_VERSION || policy_version > MAX_SANE_VERSION {
+            return Err("epochs answer has a version beyond 2^53");
+        }
         let subjects = rows(&v, "subjects")?
             .iter()
             .map(|row| {
@@ -159,6 +164,10 @@ impl Changes {
     }
 }
 
+/// The largest change or policy version an answer may carry (2^53: exact in every JSON
+/// reader).
+pub const MAX_SANE_VERSION: u64 = 1 << 53;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +199,12 @@ mod tests {
         assert!(!quiet.confirmed);
         assert_eq!(quiet.incarnation.as_deref(), Some("ab12"));
         assert!(Changes::parse(b"{}").is_err());
+        for insane in [
+            r#"{"format":2,"version":9007199254740993,"policy_version":2,"confirmed":true}"#,
+            r#"{"format":2,"version":7,"policy_version":18446744073709551615,"confirmed":true}"#,
+        ] {
+            assert!(Changes::parse(insane.as_bytes()).is_err(), "{insane}");
+        }
         assert!(
             Changes::parse(br#"{"version":1,"policy_version":0,"subjects":{}}"#).is_err(),
             "the first format is refused with a reason"

@@ -184,12 +184,16 @@ impl Introspection {
         answer
     }
 
-    /// Whether a user signed in for this token: it has a `sub` other than its `client_id`
-    /// (client-credentials tokens have none, or their client's id).
+    /// Whether a user signed in for this token: it names a `sub` (client-credentials tokens
+    /// without one are the client's). Never decided by comparing `sub` with `client_id`: a user
+    /// whose `sub` equals a client's id would skip step-up.
     pub fn is_user_token(&self) -> bool {
-        self.subject
-            .as_deref()
-            .is_some_and(|sub| !sub.is_empty() && Some(sub) != self.client_id.as_deref())
+        self.subject.as_deref().is_some_and(|sub| !sub.is_empty())
+    }
+
+    /// The keys whose revocation refuses this token ([`crate::principal::revocation_keys`]).
+    pub fn revocation_keys(&self) -> Vec<String> {
+        crate::principal::revocation_keys(self.subject.as_deref(), self.client_id.as_deref())
     }
 
     /// Who the token speaks for ([`crate::principal`]).

@@ -4,6 +4,14 @@
 //! revocation, per-subject limits, the decision cache and the `x-auth-subject` header see the
 //! same identity on every path; `x-auth-subject-kind` says which claim it came from.
 //!
+//! Users and clients are two namespaces: a client whose `client_id` equals a user's `sub` is
+//! not that user. Revocations, limits and cached decisions are keyed by [`Principal::key`]: a
+//! user's key is its `sub` as it is (what revocations by `sub` have always named), a client's
+//! is [`client_key`] (`client_id` + NUL + the id; a `sub` holding a NUL is refused as
+//! malformed by `verify::check_purpose`, so no user key can equal a client's). A revoked client
+//! also revokes the user tokens issued to it (their `client_id`/`azp`), see
+//! [`revocation_keys`].
+//!
 //! What this module does not do: decide whether a principal may do anything.
 
 /// Which claim named the principal.
@@ -30,6 +38,44 @@ impl PrincipalKind {
 pub struct Principal<'a> {
     pub id: &'a str,
     pub kind: PrincipalKind,
+}
+
+/// What every client principal's key starts with.
+const CLIENT_KEY_PREFIX: &str = "client_id\u{0}";
+
+/// The revocation, limit and cache key of client `id`.
+pub fn client_key(id: &str) -> String {
+    format!("{CLIENT_KEY_PREFIX}{id}")
+}
+
+/// Whether `key` names a client (see [`client_key`]).
+pub fn is_client_key(key: &str) -> bool {
+    key.starts_with(CLIENT_KEY_PREFIX)
+}
+
+impl Principal<'_> {
+    /// The key revocations, limits and cached decisions use for this principal.
+    pub fn key(&self) -> String {
+        match self.kind {
+            PrincipalKind::Subject => self.id.to_owned(),
+            PrincipalKind::Client => client_key(self.id),
+        }
+    }
+}
+
+/// The keys whose revocation refuses a token with these claims: its principal's, and for a
+/// user token the key of the client it was issued to (`client_id`, else `azp`).
+pub fn revocation_keys(subject: Option<&str>, client_id: Option<&str>) -> Vec<String> {
+    let Some(principal) = principal(subject, client_id) else {
+        return Vec::new();
+    };
+    let mut keys = vec![principal.key()];
+    if let (PrincipalKind::Subject, Some(client)) = (principal.kind, client_id) {
+        if !client.is_empty() {
+            keys.push(client_key(client));
+        }
+    }
+    keys
 }
 
 /// The principal of a token with these claims: `sub` when present and not empty, else the
@@ -77,5 +123,25 @@ mod tests {
         );
         assert_eq!(principal(None, None), None);
         assert_eq!(principal(Some(""), Some("")), None);
+    }
+
+    #[test]
+    fn users_and_clients_have_keys_of_their_own() {
+        let user = principal(Some("alice"), Some("app")).unwrap();
+        let client = principal(None, Some("alice")).unwrap();
+        assert_eq!(user.key(), "alice", "a user's key is its sub, as always");
+        assert_ne!(
+            client.key(),
+            user.key(),
+            "a client named like a user is not that user"
+        );
+        assert!(is_client_key(&client.key()) && !is_client_key(&user.key()));
+        assert_eq!(
+            revocation_keys(Some("alice"), Some("app")),
+            vec!["alice".to_owned(), client_key("app")],
+            "a user token falls with the client it was issued to"
+        );
+        assert_eq!(revocation_keys(None, Some("app")), vec![client_key("app")]);
+        assert!(revocation_keys(None, None).is_empty());
     }
 }

@@ -300,10 +300,18 @@ impl RevocationSet {
                 return Some(Revoked::Jti);
             }
         }
-        let principal = token.claims.principal()?;
-        let revoked_at = self.subjects.get(principal.id)?;
         let issued_ms = token.claims.issued_at.unwrap_or(0).max(0) as u64 * 1000;
-        (issued_ms <= *revoked_at).then_some(Revoked::Subject)
+        crate::principal::revocation_keys(
+            token.claims.subject.as_deref(),
+            token.claims.client_id.as_deref(),
+        )
+        .iter()
+        .any(|key| {
+            self.subjects
+                .get(key.as_str())
+                .is_some_and(|revoked_at| issued_ms <= *revoked_at)
+        })
+        .then_some(Revoked::Subject)
     }
 }
 

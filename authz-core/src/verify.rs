@@ -220,6 +220,10 @@ pub fn check_purpose(
     {
         return Err(VerifyFailure::UnknownIssuer);
     }
+    // A NUL in `sub` could spell a client's key (`principal::client_key`).
+    if claims.subject.as_deref().is_some_and(|s| s.contains('\0')) {
+        return Err(VerifyFailure::Malformed("sub holds a NUL"));
+    }
     let skew = provider.clock_skew_seconds;
     match claims.expires_at {
         None if provider.require_expiration => return Err(VerifyFailure::MissingExpiration),

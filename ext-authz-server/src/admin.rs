@@ -4,7 +4,7 @@
 //! | endpoint | body / query | effect |
 //! |---|---|---|
 //! | `POST /admin/revoke` | `{"token": "…"}`, `{"token_hash": "<sha256 hex>"}` or `{"jti": "…"}` | that token is refused from now on (a JWS `token`: in every encoding of its signed content; a `token_hash`: those exact bytes) |
-//! | `POST /admin/revoke-subject` | `{"sub": "…"}` | every token of the subject issued so far is refused; bumps its epoch |
+//! | `POST /admin/revoke-subject` | `{"sub": "…"}` or `{"client_id": "…"}` | every token of the user (or of the client, and every user token issued to that client) issued so far is refused; bumps its epoch |
 //! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
 //! | `GET /admin/epochs?since=N` | | policy version and what changed after change-version N, and whether this state is confirmed current (also readable with `epochs_token`) |
 //!
@@ -47,7 +47,8 @@ pub const MAX_FEED_WAIT_MS: u64 = 60_000;
 /// for the `authz_feed_streams` and `authz_feed_oldest_cursor` gauges.
 #[derive(Debug, Default)]
 pub struct FeedWatchers {
-    held: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// Held request id → (its cursor, the credential it came with).
+    held: std::sync::Mutex<std::collections::BTreeMap<u64, (u64, Credential)>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -60,21 +61,35 @@ struct Held<'a> {
 }
 
 impl FeedWatchers {
-    fn hold<'a>(&'a self, cursor: u64, metrics: &'a crate::metrics::Metrics) -> Held<'a> {
+    /// Holds a request unless `max` (all together) or `max_per_credential` are reached.
+    fn hold<'a>(
+        &'a self,
+        cursor: u64,
+        credential: Credential,
+        (max, max_per_credential): (usize, usize),
+        metrics: &'a crate::metrics::Metrics,
+    ) -> Option<Held<'a>> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        crate::lock(&self.held).insert(id, cursor);
+        {
+            let mut held = crate::lock(&self.held);
+            let same = held.values().filter(|(_, c)| *c == credential).count();
+            if held.len() >= max || same >= max_per_credential {
+                return None;
+            }
+            held.insert(id, (cursor, credential));
+        }
         self.report(metrics);
-        Held {
+        Some(Held {
             watchers: self,
             id,
             metrics,
-        }
+        })
     }
 
     fn report(&self, metrics: &crate::metrics::Metrics) {
         let held = crate::lock(&self.held);
         metrics.set_gauge("authz_feed_streams", &[], held.len() as f64);
-        let oldest = held.values().min().copied().unwrap_or(0);
+        let oldest = held.values().map(|(c, _)| *c).min().unwrap_or(0);
         metrics.set_gauge("authz_feed_oldest_cursor", &[], oldest as f64);
     }
 }
@@ -98,16 +113,27 @@ fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
         .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()))
 }
 
-/// Whether `headers` carry a credential for `path`: the admin token everywhere, or the feed
-/// token on the change feed.
-fn authorized(admin: &Admin, path: &str, headers: &HeaderMap) -> bool {
+/// Which secret a request presented: the admin token, or feed secret `n` (`epochs_token`
+/// first, then `epochs_tokens`). Held feed requests are counted per credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Credential {
+    Admin,
+    Feed(usize),
+}
+
+/// The credential `headers` carry for `path`: the admin token everywhere, a feed secret on the
+/// change feed only. Every secret is compared (in constant time), whichever matches.
+fn authorized(admin: &Admin, path: &str, headers: &HeaderMap) -> Option<Credential> {
     let config = &admin.service.config;
-    let feed_reader = path == FEED_PATH
-        && config
-            .epochs_token
-            .as_ref()
-            .is_some_and(|token| bearer_matches(headers, token));
-    feed_reader || bearer_matches(headers, &config.admin_token)
+    let mut found = bearer_matches(headers, &config.admin_token).then_some(Credential::Admin);
+    if path == FEED_PATH {
+        for (i, token) in config.epochs_tokens.iter().enumerate() {
+            if bearer_matches(headers, token) {
+                found = found.or(Some(Credential::Feed(i)));
+            }
+        }
+    }
+    found
 }
 
 /// The change feed's path (readable with the feed token too).
@@ -120,10 +146,13 @@ async fn require_credential(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if authorized(&admin, request.uri().path(), request.headers()) {
-        next.run(request).await
-    } else {
-        unauthorized()
+    let mut request = request;
+    match authorized(&admin, request.uri().path(), request.headers()) {
+        Some(credential) => {
+            request.extensions_mut().insert(credential);
+            next.run(request).await
+        }
+        None => unauthorized(),
     }
 }
 
@@ -171,6 +200,12 @@ async fn healthz() -> &'static str {
 async fn readyz(State(admin): State<Admin>) -> Response {
     if !admin.ready.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if admin.service.shared.as_ref().is_some_and(|s| !s.synced()) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shared state not read from redis yet\n",
+        )
+            .into_response()
     } else if let Some(why) = admin.service.idp.not_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
     } else if !admin.service.introspector.idp_confirmed() {
@@ -241,15 +276,35 @@ async fn revoke(State(admin): State<Admin>, Json(body): Json<RevokeBody>) -> Res
     Json(json!({"version": applied.stamp, "shared": delivery.as_str()})).into_response()
 }
 
+/// `{"sub": …}` (a user) or `{"client_id": …}` (a client, and the user tokens issued to it).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SubjectBody {
-    sub: String,
+    sub: Option<String>,
+    client_id: Option<String>,
 }
 
 async fn revoke_subject(State(admin): State<Admin>, Json(body): Json<SubjectBody>) -> Response {
+    let (subject, shown) = match (&body.sub, &body.client_id) {
+        (Some(sub), None) if !sub.is_empty() && !sub.contains('\0') => (sub.clone(), sub.clone()),
+        (None, Some(client)) if !client.is_empty() => {
+            (authz_core::principal::client_key(client), client.clone())
+        }
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "exactly one of sub, client_id (not empty)"})),
+            )
+                .into_response()
+        }
+    };
+    let kind = if body.sub.is_some() {
+        "sub"
+    } else {
+        "client_id"
+    };
     let change = Change::RevokeSubject {
-        subject: body.sub.clone(),
+        subject,
         revoked_at_ms: admin.service.clock.now_ms(),
         epoch: None,
     };
@@ -260,12 +315,13 @@ async fn revoke_subject(State(admin): State<Admin>, Json(body): Json<SubjectBody
     )
     .await;
     tracing::info!(
-        sub = %body.sub,
+        principal = %shown,
+        kind,
         epoch = applied.value,
         shared = delivery.as_str(),
         "admin_revoke_subject"
     );
-    Json(json!({"sub": body.sub, "epoch": applied.value, "version": applied.stamp, "shared": delivery.as_str()}))
+    Json(json!({kind: shown, "epoch": applied.value, "version": applied.stamp, "shared": delivery.as_str()}))
         .into_response()
 }
 
@@ -295,11 +351,24 @@ struct EpochsQuery {
     incarnation: Option<String>,
 }
 
-async fn epochs(State(admin): State<Admin>, Query(q): Query<EpochsQuery>) -> Response {
+async fn epochs(
+    State(admin): State<Admin>,
+    axum::Extension(credential): axum::Extension<Credential>,
+    Query(q): Query<EpochsQuery>,
+) -> Response {
     admin
         .service
         .metrics
         .inc("authz_epochs_requests_total", &[]);
+    // A replica that has not read the shared state yet would answer with a partial one (and
+    // its own incarnation): the filter keeps what it holds and asks again.
+    if admin.service.shared.as_ref().is_some_and(|s| !s.synced()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "shared state not read yet"})),
+        )
+            .into_response();
+    }
     let since = q.since.unwrap_or(0);
     let versions = &admin.service.versions;
     let format_2 = q.format == Some(2);
@@ -313,7 +382,23 @@ async fn epochs(State(admin): State<Admin>, Query(q): Query<EpochsQuery>) -> Res
         // Subscribed before the state is read: no change slips between the check and the wait.
         let mut changed = versions.subscribe();
         let mut stop = admin.stop.clone();
-        let _held = admin.feed.hold(since, &admin.service.metrics);
+        let config = &admin.service.config;
+        let limits = (config.feed_max_held, config.feed_max_held_per_token);
+        let Some(_held) = admin
+            .feed
+            .hold(since, credential, limits, &admin.service.metrics)
+        else {
+            admin
+                .service
+                .metrics
+                .inc("authz_feed_refused_total", &[("reason", "held_limit")]);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "1")],
+                Json(json!({"error": "too many held feed requests"})),
+            )
+                .into_response();
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         loop {
             let restarted = q

@@ -455,7 +455,7 @@ impl CheckService {
             audience,
         )
         .map_err(DenyReason::Token)?;
-        trace.subject = result.principal().map(|p| p.id.to_owned());
+        trace.subject = result.principal().map(|p| p.key());
         // Again after phase 3: a revocation applied while the IdP was asked (or the keys
         // fetched) must not let this answer through, nor into a proxy's cache.
         if self.token_revoked(screened.token, &screened.key) {
@@ -468,14 +468,19 @@ impl CheckService {
         {
             return Err(DenyReason::Revoked);
         }
-        if let Some(sub) = result.principal().map(|p| p.id) {
-            if let Some(revoked_at) = self.versions.subject_revoked_at_ms(sub) {
-                let issued_ms = result.issued_at.unwrap_or(0).max(0) as u64 * 1000;
-                if issued_ms <= revoked_at {
-                    return Err(DenyReason::Revoked);
-                }
-            }
-            if id.tier.requires_server() && !self.limiters.privileged_subject_allowed(sub) {
+        // The principal's revocation (users and clients apart), and for a user token its
+        // client's: a revoked client's users lose the tokens it obtained for them.
+        let issued_ms = result.issued_at.unwrap_or(0).max(0) as u64 * 1000;
+        let revoked = result.revocation_keys().iter().any(|key| {
+            self.versions
+                .subject_revoked_at_ms(key)
+                .is_some_and(|revoked_at| issued_ms <= revoked_at)
+        });
+        if revoked {
+            return Err(DenyReason::Revoked);
+        }
+        if let Some(key) = result.principal().map(|p| p.key()) {
+            if id.tier.requires_server() && !self.limiters.privileged_subject_allowed(&key) {
                 return Err(DenyReason::RateLimited);
             }
         }
@@ -836,18 +841,42 @@ policy:
             service.authorize(&id, &screened, &client_token, &rules, &mut trace),
             Ok(())
         );
-        assert_eq!(trace.subject.as_deref(), Some("batch-job"));
-        service.versions.apply(
-            &crate::versions::Change::RevokeSubject {
-                subject: "batch-job".into(),
-                revoked_at_ms: clock.now_ms(),
-                epoch: None,
-            },
-            None,
+        let client_key = authz_core::principal::client_key("batch-job");
+        assert_eq!(trace.subject.as_deref(), Some(client_key.as_str()));
+        let revoke = |subject: &str| {
+            service.versions.apply(
+                &crate::versions::Change::RevokeSubject {
+                    subject: subject.into(),
+                    revoked_at_ms: clock.now_ms(),
+                    epoch: None,
+                },
+                None,
+            );
+        };
+        // A user whose `sub` is the client's id is another principal: revoking the user
+        // leaves the client alone.
+        revoke("batch-job");
+        assert_eq!(
+            service.authorize(&id, &screened, &client_token, &rules, &mut trace),
+            Ok(())
         );
+        // A user token the client obtained (its `client_id`) passes until the client is revoked.
+        let user_token = introspection(json!({"active": true, "sub": "carol",
+            "client_id": "batch-job", "scope": "admin", "iss": "https://idp.unit",
+            "aud": "api", "iat": now - 10, "exp": now + 600}));
+        assert_eq!(
+            service.authorize(&id, &screened, &user_token, &rules, &mut trace),
+            Ok(())
+        );
+        revoke(&client_key);
         assert_eq!(
             service.authorize(&id, &screened, &client_token, &rules, &mut trace),
             Err(DenyReason::Revoked)
+        );
+        assert_eq!(
+            service.authorize(&id, &screened, &user_token, &rules, &mut trace),
+            Err(DenyReason::Revoked),
+            "the user tokens a revoked client obtained"
         );
     }
 

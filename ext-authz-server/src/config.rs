@@ -33,6 +33,8 @@ pub mod defaults {
     pub const MAX_IDLE_CONNECTIONS: usize = 32;
     pub const MAX_CALLS_PER_SECOND: u32 = 200;
     pub const REQUIRE_AUDIENCE: bool = true;
+    pub const FEED_MAX_HELD: usize = 16_384;
+    pub const FEED_MAX_HELD_PER_TOKEN: usize = 4_096;
     pub const CLOCK_SKEW_SECONDS: u64 = 60;
     pub const TOKEN_MAX_BYTES: usize = authz_core::verify::DEFAULT_MAX_TOKEN_BYTES;
     pub const CACHE_MAX_ENTRIES: u64 = 100_000;
@@ -68,6 +70,13 @@ pub struct ServerConfigFile {
     pub admin_token: Option<String>,
     /// A second, read-only bearer secret accepted by `GET /admin/epochs` (for the filter).
     pub epochs_token: Option<String>,
+    /// More feed secrets, each as `epochs_token` (one per proxy fleet, and two while one is
+    /// rotated); each is counted apart for `feed.max_held_per_token`.
+    #[serde(default)]
+    pub epochs_tokens: Vec<String>,
+    /// Limits of the change feed.
+    #[serde(default)]
+    pub feed: FeedFile,
     /// This instance's region, in decision logs.
     #[schemars(extend("default" = defaults::REGION))]
     pub region: Option<String>,
@@ -129,6 +138,22 @@ pub struct ServerConfigFile {
     pub requests: Option<authz_core::target::RequestRules>,
     /// The optional shared tier (several instances, one Redis).
     pub redis: Option<RedisFile>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: Mapping,
+}
+
+/// `feed:`: what held change-feed requests may cost.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+pub struct FeedFile {
+    /// Held (pushed) feed requests open at once, all credentials together; beyond it a
+    /// request to hold is answered 429 (the filter then polls).
+    #[schemars(extend("default" = defaults::FEED_MAX_HELD))]
+    pub max_held: Option<usize>,
+    /// Held feed requests open at once per feed secret (`epochs_token`, each of
+    /// `epochs_tokens`, the admin token): a leaked secret cannot take every place.
+    #[schemars(extend("default" = defaults::FEED_MAX_HELD_PER_TOKEN))]
+    pub max_held_per_token: Option<usize>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -335,9 +360,10 @@ pub struct StepUpFile {
     /// Accepted `acr` values (any one).
     #[serde(default)]
     pub acr_values: Vec<String>,
-    /// `user_tokens`: tokens a user signed in for (a `sub` other than the `client_id`); client
-    /// tokens (client credentials: no `sub`, or the client's own id) pass without `auth_time` or
-    /// `acr`. `all_tokens`: every token, so client tokens are refused on this tier.
+    /// `user_tokens`: tokens a user signed in for (any token with a `sub`); client tokens
+    /// (client credentials without a `sub`) pass without `auth_time` or `acr`. A `sub` equal to
+    /// the `client_id` does not make a client token (a user named like a client would skip
+    /// step-up). `all_tokens`: every token, so client tokens are refused on this tier.
     #[schemars(extend("default" = "user_tokens"))]
     pub applies_to: Option<String>,
     #[serde(flatten)]
@@ -509,7 +535,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub admin_token: String,
-    pub epochs_token: Option<String>,
+    /// Every feed secret: `epochs_token`, then `epochs_tokens`.
+    pub epochs_tokens: Vec<String>,
+    pub feed_max_held: usize,
+    pub feed_max_held_per_token: usize,
     pub region: String,
     pub zone: String,
     pub realm: String,
@@ -1279,13 +1308,36 @@ impl ServerConfig {
         if let Some(why) = weak_secret(&admin_token) {
             p.add("admin_token", format_args!("is required and {why}"));
         }
-        if let Some(token) = &f.epochs_token {
+        let epochs_tokens: Vec<String> = f
+            .epochs_token
+            .iter()
+            .chain(&f.epochs_tokens)
+            .cloned()
+            .collect();
+        for (i, token) in epochs_tokens.iter().enumerate() {
+            let at = match (i, f.epochs_token.is_some()) {
+                (0, true) => "epochs_token".to_owned(),
+                (i, true) => format!("epochs_tokens[{}]", i - 1),
+                (i, false) => format!("epochs_tokens[{i}]"),
+            };
             if let Some(why) = weak_secret(token) {
-                p.add("epochs_token", why);
+                p.add(&at, why);
             }
             if *token == admin_token {
-                p.add("epochs_token", "must differ from admin_token");
+                p.add(&at, "must differ from admin_token");
             }
+            if epochs_tokens.iter().take(i).any(|t| t == token) {
+                p.add(&at, "is listed twice");
+            }
+        }
+        p.unknown("feed", &f.feed.unknown);
+        let feed_max_held = f.feed.max_held.unwrap_or(defaults::FEED_MAX_HELD);
+        let feed_max_held_per_token = f
+            .feed
+            .max_held_per_token
+            .unwrap_or(defaults::FEED_MAX_HELD_PER_TOKEN);
+        if feed_max_held_per_token > feed_max_held {
+            p.add("feed.max_held_per_token", "must not exceed feed.max_held");
         }
         let allow_insecure_http = f.allow_insecure_http.unwrap_or(false);
         let idp_ca_pem = f
@@ -1342,7 +1394,9 @@ impl ServerConfig {
             listen,
             admin_listen,
             admin_token,
-            epochs_token: f.epochs_token.clone(),
+            epochs_tokens,
+            feed_max_held,
+            feed_max_held_per_token,
             region: f.region.clone().unwrap_or_else(|| defaults::REGION.into()),
             zone: f.zone.clone().unwrap_or_else(|| defaults::ZONE.into()),
             realm,

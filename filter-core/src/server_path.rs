@@ -321,7 +321,7 @@ impl<H: Host> Worker<H> {
             // A server whose state restarted answers at once instead of holding.
             if let Some(incarnation) = &self.versions.incarnation {
                 path.push_str("&incarnation=");
-                path.push_str(incarnation);
+                push_query_value(&mut path, incarnation);
             }
         }
         Some(PollOrder {
@@ -492,6 +492,12 @@ impl<H: Host> Worker<H> {
                 .revoke_jti(&jti.key, jti.expires_at_ms, now_ms);
         }
         for subject in &changes.subjects {
+            if authz_core::principal::is_client_key(&subject.subject) {
+                // A revoked client's users go too, and a cached decision does not know which
+                // client a user's token came from: every entry goes.
+                purged += self.decisions.len();
+                self.decisions.clear();
+            }
             purged += self.decisions.purge_subject(&subject.subject);
             self.revocations
                 .revoke_subject(&subject.subject, subject.revoked_at_ms, now_ms);
@@ -558,6 +564,18 @@ impl<H: Host> Worker<H> {
                 self.host
                     .log(LogLevel::Warn, "jwt_authz could not share server versions");
             }
+        }
+    }
+}
+
+/// Appends `value` percent-encoded for a query string (every byte but RFC 3986's unreserved
+/// characters): an incarnation is the server's text, never trusted to be URL-safe.
+fn push_query_value(path: &mut String, value: &str) {
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            path.push(char::from(byte));
+        } else {
+            path.push_str(&format!("%{byte:02X}"));
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct Shared {
     keys: Keys,
     manager: RwLock<Option<ConnectionManager>>,
     confirmed_at_ms: AtomicU64,
+    /// Set once the first resync from Redis completed: before it, this instance's state may
+    /// lack revocations every other instance holds.
+    synced: std::sync::atomic::AtomicBool,
     outbox: Mutex<Vec<Change>>,
     mac_key: [u8; 32],
     cipher: ChaCha20Poly1305,
@@ -156,6 +159,7 @@ impl Shared {
             client,
             manager: RwLock::new(None),
             confirmed_at_ms: AtomicU64::new(0),
+            synced: std::sync::atomic::AtomicBool::new(false),
             outbox: Mutex::new(Vec::new()),
             origin,
             publish: redis::Script::new(PUBLISH_LUA),
@@ -170,6 +174,16 @@ impl Shared {
     pub fn confirmed(&self) -> bool {
         let at = self.confirmed_at_ms.load(Ordering::Relaxed);
         at > 0 && self.clock.now_ms().saturating_sub(at) <= self.config.max_unconfirmed_ms
+    }
+
+    /// Whether the shared state was read from Redis at least once (a replica that just started
+    /// is not ready, and does not answer the change feed, until then).
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
     }
 
     /// Whether introspection results are shared.

@@ -226,6 +226,7 @@ impl Shared {
         let mut conn = self.reader().await?;
         self.ensure_manager().await?;
         self.resync(sink, &mut conn, cursor).await?;
+        self.mark_synced();
         tracing::info!(
             version = self.versions.change_version(),
             policy_version = self.versions.policy_version(),
