@@ -380,3 +380,49 @@ impl Idp {
         Ok(verified)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_http::{json_answer, serve};
+
+    /// An IdP at a loopback port whose metadata names `jwks_uri(its port)`.
+    async fn idp_whose_metadata_names(jwks_uri: fn(u16) -> String) -> Arc<Idp> {
+        let (port, _) = serve(move |port| {
+            json_answer(&format!(
+                r#"{{"issuer":"http://127.0.0.1:{port}","jwks_uri":"{}","introspection_endpoint":"http://127.0.0.1:{port}/introspect"}}"#,
+                jwks_uri(port)
+            ))
+        })
+        .await;
+        let yaml = crate::config::tests::EXAMPLE
+            .replace("  endpoint: http://127.0.0.1:9000/introspect\n", "")
+            .replace("https://idp.example", &format!("http://127.0.0.1:{port}"));
+        let config = ServerConfig::from_yaml(&yaml).unwrap();
+        Idp::new(
+            &config,
+            Arc::new(crate::clock::SystemClock),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn endpoints_discovered_on_another_origin_are_refused_and_readiness_says_why() {
+        // Keys on another port of the same host: another origin.
+        let idp =
+            idp_whose_metadata_names(|port| format!("http://127.0.0.1:{}/keys", port + 1)).await;
+        idp.discover(0, FetchReason::Initial).await;
+        let why = idp.not_ready().unwrap_or_default();
+        assert!(
+            why.contains("jwks_uri http://127.0.0.1:")
+                && why.contains("is not on the issuer's scheme, host and port"),
+            "{why}"
+        );
+        assert_eq!(idp.introspection_endpoint(), None, "nothing taken from it");
+        // Control: the same document with the keys on the issuer's origin is taken.
+        let idp = idp_whose_metadata_names(|port| format!("http://127.0.0.1:{port}/keys")).await;
+        idp.discover(0, FetchReason::Initial).await;
+        assert!(idp.introspection_endpoint().is_some());
+    }
+}

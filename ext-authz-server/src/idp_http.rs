@@ -32,3 +32,35 @@ pub fn client(
         .build()
         .map_err(|e| ServerError::HttpClient(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_http::serve;
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test]
+    async fn redirects_are_never_followed() {
+        let (elsewhere, hits) =
+            serve(|_| "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".into()).await;
+        let (redirecting, _) = serve(move |_| format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{elsewhere}/introspect\r\ncontent-length: 0\r\n\r\n"
+        ))
+        .await;
+        let config = ServerConfig::from_yaml(crate::config::tests::EXAMPLE).unwrap();
+        let client = client(&config, Duration::from_secs(2), None).unwrap();
+        let answer = client
+            .post(format!("http://127.0.0.1:{redirecting}/introspect"))
+            .header("authorization", "Basic c2VjcmV0")
+            .body("token=abc")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 307, "the redirect is the answer");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            0,
+            "nothing (no secret, no token) went to the redirect's target"
+        );
+    }
+}

@@ -22,6 +22,8 @@ pub mod limits;
 pub mod metrics;
 pub mod reply;
 pub mod shared;
+#[cfg(test)]
+mod test_http;
 pub mod versions;
 
 use crate::changes::ChangeSink;

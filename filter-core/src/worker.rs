@@ -92,7 +92,13 @@ pub struct Worker<H: Host> {
     pub(crate) versions: KnownVersions,
     /// Revocations from the change feed, for locally decided tiers that honour them.
     pub(crate) revocations: RevocationSet,
+    /// `kid`s a refetch just proved absent, per provider, until when (ms): a token naming one
+    /// is refused at once, without taking the refetch a real rotation may need.
+    absent_kids: HashMap<(usize, String), u64>,
 }
+
+/// At most this many absent `kid`s are remembered (junk with random ones cannot grow it).
+const MAX_ABSENT_KIDS: usize = 1_024;
 
 /// How often the root context wakes up to refresh keys and time out waiting requests.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -182,6 +188,7 @@ impl<H: Host> Worker<H> {
             keyer: TokenKeyer::new(token_cache_key),
             versions: KnownVersions::default(),
             revocations,
+            absent_kids: HashMap::new(),
         }
     }
 
@@ -401,10 +408,40 @@ impl<H: Host> Worker<H> {
             // Keys are inline (or HMAC): nothing to fetch.
             return RequestStep::Done(self.finish(context_id, &request, decision));
         };
+        let unknown_kid = match failure {
+            VerifyFailure::UnknownKey { kid, .. } => Some(kid.clone()),
+            _ => None,
+        };
+        if let Some(kid) = &unknown_kid {
+            let key = (provider, kid.clone());
+            if self
+                .absent_kids
+                .get(&key)
+                .is_some_and(|until| now_ms < *until)
+            {
+                // A refetch just proved it absent: refused, no refetch taken.
+                return RequestStep::Done(self.finish(context_id, &request, decision));
+            }
+        }
         let order = self.try_lease(provider, now_ms, refetch);
         if refetch {
             if order.is_none() && !status.fetch_in_flight(now_ms) {
                 self.host.count(Counter::UnknownKidRateLimited);
+                if unknown_kid.is_some() {
+                    // A `kid` nobody has looked for yet, and no refetch allowed now: it may be
+                    // a real rotation's, so "try again" (503 + Retry-After), not "invalid".
+                    let (tier, route) = match &decision {
+                        Decision::AwaitKeys { tier, route, .. } => (*tier, route.clone()),
+                        _ => (Tier::Authenticated, String::new()),
+                    };
+                    return RequestStep::Done(self.deny(
+                        context_id,
+                        &request,
+                        tier,
+                        &route,
+                        DenyReason::KeysUnavailable,
+                    ));
+                }
                 return RequestStep::Done(self.finish(context_id, &request, decision));
             }
             if order.is_some() {
@@ -845,6 +882,22 @@ impl<H: Host> Worker<H> {
         }
     }
 
+    /// A refetch concluded without `kid`: tokens naming it are refused at once for the
+    /// provider's `min_refetch_interval_seconds` (no refetch could be taken sooner anyway).
+    fn remember_absent(&mut self, provider: usize, kid: &str, now_ms: u64) {
+        let interval_ms = self
+            .sources
+            .get(provider)
+            .and_then(|s| s.remote.as_ref())
+            .map_or(0, |r| r.rules.min_refetch_interval_ms);
+        self.absent_kids.retain(|_, until| now_ms < *until);
+        if self.absent_kids.len() >= MAX_ABSENT_KIDS {
+            return;
+        }
+        self.absent_kids
+            .insert((provider, kid.to_owned()), now_ms + interval_ms);
+    }
+
     /// Decides again every waiting request that can now be decided.
     fn process_pending(&mut self, now_ms: u64) -> Vec<Final> {
         let mut finals = Vec::new();
@@ -860,6 +913,16 @@ impl<H: Host> Worker<H> {
                     s.completed_fetches > p.fetches_seen && !s.fetch_in_flight(now_ms)
                 });
             if now_ms >= p.deadline_ms || concluded {
+                if let (
+                    true,
+                    Decision::AwaitKeys {
+                        failure: VerifyFailure::UnknownKey { provider, kid },
+                        ..
+                    },
+                ) = (concluded, &decision)
+                {
+                    self.remember_absent(*provider, kid, now_ms);
+                }
                 finals.push(self.finish(p.context_id, &p.request, decision));
             } else {
                 still_waiting.push(p);

@@ -292,21 +292,38 @@ fn waiting_requests_end_at_their_deadline_and_a_failed_fetch_keeps_them_closed()
 fn an_unknown_kid_fetches_at_most_once_per_interval() {
     let store = Rc::new(RefCell::new(Store::default()));
     let old = Idp::new("k1");
-    let rotated = Idp::new("k2");
+    let junk = Idp::new("k2");
+    let rotated = Idp::new("k3");
     let (mut a, host) = worker(&store);
     let order = waits(a.on_request(1, get("/x", Some(&old.token("a"))), us(T0))).expect("lease");
     a.fetch_started(1, &order, 1);
     a.on_fetch_response(1, Some(200), Some(old.jwks()), T0 + 10);
     // A kid the keys lack: one fetch, then denials without fetches until the interval passes.
-    let order = waits(a.on_request(2, get("/x", Some(&rotated.token("b"))), us(T0 + 20)));
+    let order = waits(a.on_request(2, get("/x", Some(&junk.token("b"))), us(T0 + 20)));
     let order = order.expect("an unknown kid fetches");
     a.fetch_started(2, &order, 2);
     let finals = a.on_fetch_response(2, Some(200), Some(old.jwks()), T0 + 30);
     assert_eq!(status_of(&finals[0]), 401, "still unknown after the fetch");
-    let again = done(a.on_request(3, get("/x", Some(&rotated.token("c"))), us(T0 + 40)));
+    // That kid is proven absent: refused at once, without asking for a refetch.
+    let again = done(a.on_request(3, get("/x", Some(&junk.token("c"))), us(T0 + 40)));
     assert_eq!(status_of(&again), 401);
+    assert_eq!(host.count(Counter::UnknownKidRateLimited), 0);
+    // A kid nobody has looked for yet while no refetch is allowed (a rotation right after the
+    // junk): "try again" (503 + Retry-After), not "invalid token".
+    let rotated_token = rotated.token("d");
+    let later = done(a.on_request(4, get("/x", Some(&rotated_token)), us(T0 + 50)));
+    assert_eq!(status_of(&later), 503);
     assert_eq!(host.count(Counter::UnknownKidRateLimited), 1);
     assert_eq!(host.count(Counter::JwksFetchUnknownKid), 1);
+    // Once the interval (1 s) passed, the new kid is fetched and its token passes.
+    let order = waits(a.on_request(5, get("/x", Some(&rotated_token)), us(T0 + 1_100)));
+    let order = order.expect("fetched once allowed");
+    a.fetch_started(5, &order, 5);
+    let both = dev_keys::jwks(&[&old.key, &rotated.key])
+        .to_string()
+        .into_bytes();
+    let finals = a.on_fetch_response(5, Some(200), Some(both), T0 + 1_110);
+    assert_eq!(status_of(&finals[0]), 200);
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Route matching on any method and path: the canonical path is stable (matching it again
-//! changes nothing), and a privileged prefix is never escaped by case or `;` parameters.
+//! changes nothing), a privileged prefix is never escaped by case or `;` parameters, and a path
+//! the default `requests` rules accept keeps its structure when an upstream decodes it (no new
+//! separator, no dot segment, no backslash).
 #![no_main]
 
 use authz_core::routes::match_path;
@@ -42,4 +44,39 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(route.tier, Tier::Privileged, "{path} escaped the admin route");
     }
     let _ = authz_core::decision::bearer_token(text);
+    let strict = authz_core::target::RequestRules::default();
+    if strict.screen(path, false).is_ok() {
+        let raw = authz_core::routes::path_only(path);
+        let decoded = decode_once(raw.as_bytes());
+        let separators = |b: &[u8]| b.iter().filter(|c| **c == b'/').count();
+        assert_eq!(separators(&decoded), separators(raw.as_bytes()), "{path}: a new separator");
+        assert!(!decoded.contains(&b'\\'), "{path}: a backslash");
+        assert!(
+            !decoded.split(|c| *c == b'/').any(|s| s == b"." || s == b".."),
+            "{path}: a dot segment"
+        );
+    }
 });
+
+/// Percent-decodes every escape once, as an upstream that decodes before routing would.
+fn decode_once(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}

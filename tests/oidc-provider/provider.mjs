@@ -13,10 +13,14 @@
 // Environment: OP_PORT (0: any free port), OP_RSA_KID / OP_EC_KID (key ids; new key material
 // on every start, so a restart with the same kid is a rotation behind a reused kid),
 // OP_SERVER_SECRET, OP_AUDIENCE, OP_SERVER_JWKS (public JWKS of `authz-server-jwt`, JSON),
-// OP_TTL.
-// The first stdout line is JSON: {"issuer": ..., "port": ...}.
+// OP_TTL, OP_TLS_CERT / OP_TLS_KEY (PEM files: the provider's issuer is then
+// https://127.0.0.1:TLS_PORT, served over TLS with that certificate; the plain port still
+// answers, for the test harness to get and revoke tokens).
+// The first stdout line is JSON: {"issuer": ..., "port": ..., "tls_port": ...}.
 
 import { createServer } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import { readFileSync } from 'node:fs';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
 
@@ -73,9 +77,19 @@ if (env.OP_SERVER_JWKS) {
 }
 
 const server = createServer();
-server.listen(Number(env.OP_PORT || 0), '127.0.0.1', () => {
-  const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}`;
+const tls = env.OP_TLS_CERT
+  ? createTlsServer({ cert: readFileSync(env.OP_TLS_CERT), key: readFileSync(env.OP_TLS_KEY) })
+  : null;
+
+function listening(srv, port) {
+  return new Promise((resolve) => srv.listen(port, '127.0.0.1', () => resolve(srv.address().port)));
+}
+
+Promise.all([
+  listening(server, Number(env.OP_PORT || 0)),
+  tls ? listening(tls, Number(env.OP_TLS_PORT || 0)) : Promise.resolve(null),
+]).then(([port, tlsPort]) => {
+  const issuer = tlsPort ? `https://127.0.0.1:${tlsPort}` : `http://127.0.0.1:${port}`;
   const provider = new Provider(issuer, {
     clients,
     scopes: ['openid', 'read', 'write', 'admin'],
@@ -103,7 +117,8 @@ server.listen(Number(env.OP_PORT || 0), '127.0.0.1', () => {
   // Errors the provider answers with go to stderr, for the test's failure output.
   provider.on('server_error', (_ctx, err) => console.error('server_error', err));
   server.on('request', provider.callback());
-  console.log(JSON.stringify({ issuer, port }));
+  if (tls) tls.on('request', provider.callback());
+  console.log(JSON.stringify({ issuer, port, tls_port: tlsPort }));
 });
 
 process.on('SIGTERM', () => process.exit(0));

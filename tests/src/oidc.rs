@@ -42,9 +42,12 @@ impl TokenFormat {
 /// A running provider. Killed on drop.
 pub struct OidcProvider {
     process: Option<Process>,
+    /// The plain port (the harness gets and revokes tokens there).
     pub port: u16,
-    /// `http://127.0.0.1:PORT`, as its tokens' `iss`.
+    /// `http://127.0.0.1:PORT`, or with TLS `https://127.0.0.1:TLS_PORT`: its tokens' `iss`.
     pub issuer: String,
+    /// The TLS port, when started with a certificate.
+    pub tls_port: Option<u16>,
 }
 
 fn script() -> PathBuf {
@@ -93,7 +96,16 @@ impl OidcProvider {
             process: Some(process),
             port,
             issuer: announced["issuer"].as_str().unwrap_or_default().to_owned(),
+            tls_port: announced["tls_port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok()),
         }
+    }
+
+    /// Starts a provider whose issuer is served over TLS with `cert`/`key` (PEM files).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> OidcProvider {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        Self::start_on(0, &[("OP_TLS_CERT", &cert), ("OP_TLS_KEY", &key)])
     }
 
     /// Stops it and starts a new one on the same port (same issuer) with `env`: new key
@@ -118,8 +130,9 @@ impl OidcProvider {
         }
     }
 
+    /// `path` on the plain port (the harness's own calls).
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.issuer)
+        format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     /// A client-credentials access token for `app` in `format` with `scope`.

@@ -389,3 +389,76 @@ fn private_key_jwt_client_authentication_introspects() {
     let reader = op.token(TokenFormat::Opaque, "read");
     assert_eq!(native.get("/admin/users", Some(&reader), &[]).status, 403);
 }
+
+/// The decision-cache Envoy with its IdP cluster (`dev_idp`) speaking TLS to the provider's
+/// TLS port, checking the provider's certificate against `ca`.
+fn tls_envoy(
+    op: &OidcProvider,
+    ca: &std::path::Path,
+    echo: &Echo,
+    server: &AuthzServerProcess,
+) -> Envoy {
+    let tls_port = op.tls_port.expect("a TLS provider");
+    let config = render_template_full(
+        "decision-cache.template.yaml",
+        &plugin(op),
+        tls_port,
+        echo.port,
+        server.grpc_port,
+        server.admin_port,
+    );
+    let cluster = "  - name: dev_idp\n    type: STATIC\n";
+    assert!(config.contains(cluster), "the template's IdP cluster");
+    let tls = format!(
+        "{cluster}    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        common_tls_context:\n          validation_context:\n            trusted_ca: {{ filename: \"{}\" }}\n            match_typed_subject_alt_names: [{{ san_type: IP_ADDRESS, matcher: {{ exact: 127.0.0.1 }} }}]\n",
+        ca.display()
+    );
+    Envoy::start_rendered(&config.replace(cluster, &tls))
+}
+
+#[test]
+fn an_https_provider_is_trusted_through_the_ca_file_by_the_server_and_the_filter() {
+    let scratch = Scratch::new("idp-tls");
+    let (ca, cert, key) = make_tls_certificates(&scratch.0);
+    let op = OidcProvider::start_tls(&cert, &key);
+    assert!(op.issuer.starts_with("https://127.0.0.1:"), "{}", op.issuer);
+    // Without the CA the provider's certificate is refused: never ready, fail closed.
+    let untrusting = AuthzServerProcess::start(&server_config(&op, SERVER_CLIENT_SECRET));
+    let server = AuthzServerProcess::start(&format!(
+        "{}idp_ca_file: \"{}\"\n",
+        server_config(&op, SERVER_CLIENT_SECRET),
+        ca.display()
+    ));
+    assert!(
+        eventually(Duration::from_secs(15), || server.readyz() == 200),
+        "discovery, keys and the probe over https: {:?}",
+        server.log_lines("provider_metadata_failed")
+    );
+    assert_eq!(untrusting.readyz(), 503);
+    let reason = get(
+        &format!("http://127.0.0.1:{}/readyz", untrusting.admin_port),
+        &[],
+    )
+    .body;
+    assert!(
+        reason.contains("provider metadata not discovered yet"),
+        "{reason}"
+    );
+    let echo = Echo::start();
+    let envoy = tls_envoy(&op, &ca, &echo, &server);
+    // The filter found the keys over TLS (discovery through the https cluster).
+    let jwt = op.token(TokenFormat::Es256, "read");
+    assert_eq!(envoy.get("/api/items", Some(&jwt), &[]).status, 200);
+    // The server introspects over TLS.
+    let opaque = op.token(TokenFormat::Opaque, "admin");
+    let reply = envoy.get("/admin/users", Some(&opaque), &[]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let untrusting_envoy = tls_envoy(&op, &ca, &echo, &untrusting);
+    assert_eq!(
+        untrusting_envoy
+            .get("/admin/users", Some(&opaque), &[])
+            .status,
+        503,
+        "a server that cannot verify the IdP fails closed"
+    );
+}

@@ -395,7 +395,11 @@ fn every_yaml_under_envoy_validates() {
                 &format!("\"{}\"", wasm_path().display()),
             )
             .replace("{{FAILOVER_AUTHZ_PORT}}", "5")
-            .replace("{{FAILOVER_AUTHZ_ADMIN_PORT}}", "6");
+            .replace("{{FAILOVER_AUTHZ_ADMIN_PORT}}", "6")
+            .replace(
+                "{{VIRTUAL_HOST}}",
+                r#"{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}"#,
+            );
         let rendered = render(
             &text,
             &Placeholders {
