@@ -627,3 +627,72 @@ async fn without_a_batch_endpoint_a_batch_goes_out_as_concurrent_single_calls() 
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_feed_requests_are_capped_per_secret_and_in_all_and_several_secrets_read_the_feed() {
+    let idp = DevIdp::start(&[]);
+    let (fleet_a, fleet_b) = (
+        "fleet-a-feed-secret-0123456789",
+        "fleet-b-feed-secret-0123456789",
+    );
+    let server = start(&server_yaml(
+        idp.port,
+        &format!(
+            "epochs_tokens: [\"{fleet_a}\", \"{fleet_b}\"]\nfeed: {{max_held: 3, max_held_per_token: 2}}\n"
+        ),
+    ))
+    .await;
+    let base = format!("http://127.0.0.1:{}", server.admin_port);
+    let feed = move |secret: &'static str, wait_ms: u64| {
+        let url = format!("{base}/admin/epochs?since=0&format=2&wait_ms={wait_ms}&incarnation=x");
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let bearer = format!("Bearer {secret}");
+            let reply = get(&url, &[("authorization", bearer.as_str())]);
+            (reply.status, started.elapsed())
+        })
+    };
+    // Each secret reads the feed (a plain read).
+    for secret in [fleet_a, fleet_b] {
+        let (status, _) = feed(secret, 0).await.expect("join");
+        assert_eq!(status, 200, "{secret}");
+    }
+    // Held requests: the incarnation differs, so hold them by asking from the server's own.
+    let incarnation = get(
+        &format!("http://127.0.0.1:{}/admin/epochs?since=0&format=2", server.admin_port),
+        &[("authorization", &format!("Bearer {fleet_a}"))],
+    )
+    .json()["incarnation"]
+        .as_str()
+        .expect("an incarnation")
+        .to_owned();
+    let base = format!("http://127.0.0.1:{}", server.admin_port);
+    let held = move |secret: &'static str| {
+        let url = format!(
+            "{base}/admin/epochs?since=999999&format=2&wait_ms=1500&incarnation={incarnation}"
+        );
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let bearer = format!("Bearer {secret}");
+            let reply = get(&url, &[("authorization", bearer.as_str())]);
+            (reply.status, started.elapsed())
+        })
+    };
+    let a1 = held(fleet_a);
+    let a2 = held(fleet_a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third for fleet A: over its secret's cap, refused at once.
+    let (status, took) = held(fleet_a).await.expect("join");
+    assert_eq!(status, 429);
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    // Fleet B gets the last place in all; then the global cap refuses it too.
+    let b1 = held(fleet_b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = held(fleet_b).await.expect("join");
+    assert_eq!(status, 429, "the global cap");
+    for (status, took) in [a1.await, a2.await, b1.await].into_iter().map(|r| r.expect("join")) {
+        assert_eq!(status, 200);
+        assert!(took >= Duration::from_millis(1_000), "held: {took:?}");
+    }
+    let _ = feed;
+}
