@@ -84,7 +84,15 @@ impl Introspection {
                         || v.eq_ignore_ascii_case("urn:ietf:params:oauth:token-type:refresh_token")
                 })
         };
-        says("token_use") || says("token_type")
+        // Keycloak's introspection names its refresh tokens by `typ`.
+        let keycloak = self
+            .raw
+            .get("typ")
+            .and_then(Value::as_str)
+            .is_some_and(|t| {
+                t.eq_ignore_ascii_case("Refresh") || t.eq_ignore_ascii_case("Offline")
+            });
+        says("token_use") || says("token_type") || keycloak
     }
 
     /// Parses one response object.
@@ -124,7 +132,11 @@ impl Introspection {
             active,
             subject: string(&raw, "sub")?,
             scopes,
-            client_id: string(&raw, "client_id")?,
+            // As in a JWT's claims: `client_id`, else `azp` (IdPs that report only that).
+            client_id: match string(&raw, "client_id")? {
+                Some(id) => Some(id),
+                None => string(&raw, "azp")?,
+            },
             expires_at: number(&raw, "exp")?,
             issued_at: number(&raw, "iat")?,
             auth_time: number(&raw, "auth_time")?,
@@ -282,6 +294,8 @@ mod tests {
             r#"{"active":true,"token_use":"refresh_token"}"#,
             r#"{"active":true,"token_type":"refresh_token"}"#,
             r#"{"active":true,"token_type":"urn:ietf:params:oauth:token-type:refresh_token"}"#,
+            r#"{"active":true,"typ":"Refresh"}"#,
+            r#"{"active":true,"typ":"Offline"}"#,
         ] {
             assert!(
                 Introspection::parse(body.as_bytes())

@@ -168,6 +168,9 @@ impl RevocationSet {
     /// the set is incomplete until [`RevocationSet::resynced`].
     pub fn resync(&mut self) {
         self.resyncing = true;
+        // What the cap dropped is read again with the whole state (and dropped again, marking
+        // the set incomplete again, if there is still no room).
+        self.incomplete_until_ms = 0;
     }
 
     /// A confirmed read of the new incarnation's whole state was applied.

@@ -93,7 +93,7 @@ pub fn match_path(path: &str) -> String {
 
 /// Appends `text` with `%XX` decoded where XX is an unreserved character (RFC 3986 §2.3:
 /// decoding those never changes what a URI means); every other escape stays as written.
-fn decode_unreserved(text: &str, out: &mut String) {
+pub(crate) fn decode_unreserved(text: &str, out: &mut String) {
     let bytes = text.as_bytes();
     let mut copied = 0;
     let mut i = 0;

@@ -7,8 +7,10 @@
 //!   `HiddenHttpMethodFilter` for forms, ASP.NET) act on `X-HTTP-Method-Override`,
 //!   `X-HTTP-Method` or `X-Method-Override` instead of the request line's method. A read-only
 //!   token's `GET` carrying `X-HTTP-Method-Override: DELETE` would be decided as a read and
-//!   executed as a delete. By default such a request is refused (400); `strip` removes the
-//!   headers instead, so the upstream acts on the method that was decided.
+//!   executed as a delete. `X-Original-URL` / `X-Rewrite-URL` do the same for the path (IIS,
+//!   Symfony, Zend). By default such a request is refused (400); `strip` removes the headers
+//!   instead, so the upstream acts on the method and path that were decided. A `_method` query
+//!   parameter (Express, Laravel) is refused either way: a query cannot be stripped.
 //! - **Encoded reserved characters in the path.** Upstreams that decode a path before routing
 //!   see `/public/%2e%2e/admin` as `/admin`, `/admin%2Fusers` as `/admin/users`, `%5C` as a
 //!   separator, `%25` as a second round of escapes. The route table matches the path as Envoy
@@ -19,12 +21,20 @@
 
 use serde::Deserialize;
 
-/// The headers frameworks read as "the real method".
-pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+/// The headers frameworks read as "the real method" (the first three) or "the real path"
+/// (`X-Original-URL`, `X-Rewrite-URL`: IIS, Symfony, Zend).
+pub const METHOD_OVERRIDE_HEADERS: [&str; 5] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
 ];
+
+/// The query parameter frameworks read as "the real method" (Express' `method-override`
+/// with a query getter, Laravel and Rails for forms): a query cannot be stripped by a header
+/// rule, so it is refused in either mode.
+pub const METHOD_OVERRIDE_PARAMETER: &str = "_method";
 
 /// What to do with a request that carries a method-override header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -57,9 +67,10 @@ pub enum EncodedPath {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RequestRules {
-    /// `refuse` (default): a request with `X-HTTP-Method-Override`, `X-HTTP-Method` or
-    /// `X-Method-Override` is a 400. `strip`: those headers are removed and the request is
-    /// decided on its own method.
+    /// `refuse` (default): a request with `X-HTTP-Method-Override`, `X-HTTP-Method`,
+    /// `X-Method-Override`, `X-Original-URL` or `X-Rewrite-URL` is a 400. `strip`: those
+    /// headers are removed and the request is decided on its own method and path. A `_method`
+    /// query parameter is a 400 either way.
     #[serde(default)]
     pub method_override: MethodOverride,
     /// `refuse` (default): a path with an encoded `/`, `\`, `%`, `.` or `;`, an encoded control
@@ -109,9 +120,41 @@ fn reserved_escape(hex: &[u8]) -> bool {
 }
 
 /// The first thing in `path` (its path part: before `?` and `#`) an upstream may read
-/// differently than the route table does, if any.
+/// differently than the route table does, if any. Every layer of escapes is looked at, the
+/// way [`crate::routes::match_path`] decodes them (`%%32%65` is `%2e` once decoded, then `.`).
 pub fn path_ambiguity(path: &str) -> Option<Ambiguity> {
-    let path = crate::routes::path_only(path);
+    let mut layer = crate::routes::path_only(path).to_owned();
+    loop {
+        if let Some(found) = layer_ambiguity(&layer) {
+            return Some(found);
+        }
+        let mut next = String::with_capacity(layer.len());
+        crate::routes::decode_unreserved(&layer, &mut next);
+        // Each change shortens the text, so this ends.
+        if next == layer {
+            return None;
+        }
+        layer = next;
+    }
+}
+
+/// Whether the query names [`METHOD_OVERRIDE_PARAMETER`] (any case, escapes of unreserved
+/// characters decoded).
+fn query_overrides_method(path: &str) -> bool {
+    let Some((_, query)) = path.split_once('?') else {
+        return false;
+    };
+    let query = query.split('#').next().unwrap_or("");
+    query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or("");
+        let mut decoded = String::with_capacity(name.len());
+        crate::routes::decode_unreserved(name, &mut decoded);
+        decoded.eq_ignore_ascii_case(METHOD_OVERRIDE_PARAMETER)
+    })
+}
+
+/// [`path_ambiguity`] of one layer of escapes.
+fn layer_ambiguity(path: &str) -> Option<Ambiguity> {
     let bytes = path.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         match b {
@@ -139,6 +182,9 @@ impl RequestRules {
     /// it. `Err` is a 400 in every host.
     pub fn screen(&self, path: &str, overridden: bool) -> Result<(), Ambiguity> {
         if overridden && self.method_override == MethodOverride::Refuse {
+            return Err(Ambiguity::MethodOverride);
+        }
+        if query_overrides_method(path) {
             return Err(Ambiguity::MethodOverride);
         }
         match self.encoded_paths {
@@ -178,6 +224,45 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn escapes_inside_escapes_are_read_layer_by_layer() {
+        for path in [
+            "/x/%%32%65%%32%65/admin",
+            "/x/%2%65%2%65/admin",
+            "/a%%32%66b",
+            "/a/%%32%45%%32%45/b",
+        ] {
+            assert_eq!(
+                path_ambiguity(path),
+                Some(Ambiguity::EncodedReserved),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_method_in_the_query_is_refused_in_either_mode() {
+        let strip = RequestRules {
+            method_override: MethodOverride::Strip,
+            encoded_paths: EncodedPath::Refuse,
+        };
+        for path in [
+            "/api/items?_method=DELETE",
+            "/api/items?a=1&_METHOD=delete",
+            "/api/items?%5Fmethod=DELETE",
+        ] {
+            assert_eq!(
+                strip.screen(path, false),
+                Err(Ambiguity::MethodOverride),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            strip.screen("/api/items?x_method=1&method=2", false),
+            Ok(())
+        );
     }
 
     #[test]

@@ -878,6 +878,14 @@ policy:
             Err(DenyReason::Revoked),
             "the user tokens a revoked client obtained"
         );
+        // An IdP that names the client by `azp` only.
+        let by_azp = introspection(json!({"active": true, "sub": "dave",
+            "azp": "batch-job", "scope": "admin", "iss": "https://idp.unit",
+            "aud": "api", "iat": now - 10, "exp": now + 600}));
+        assert_eq!(
+            service.authorize(&id, &screened, &by_azp, &rules, &mut trace),
+            Err(DenyReason::Revoked)
+        );
     }
 
     #[tokio::test]

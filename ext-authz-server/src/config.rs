@@ -613,6 +613,10 @@ pub fn loopback_url(url: &str) -> bool {
     let Some((authority, _)) = authz_core::discovery::authority_and_path(url) else {
         return false;
     };
+    // `http://localhost:1@idp.internal/` connects to idp.internal.
+    if authority.contains('@') {
+        return false;
+    }
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
@@ -1647,6 +1651,7 @@ policy:
             "http://127.0.0.1.evil/x",
             "http://10.0.0.7/x",
             "http://[::2]/x",
+            "http://localhost:1@idp.internal/x",
         ] {
             assert!(!loopback_url(url), "{url}");
         }

@@ -246,7 +246,8 @@ impl Idp {
         let metadata = parse(&body, &self.issuer).map_err(|e| format!("{url}: {e}"))?;
         // What the server takes from the document must be on the issuer's origin, as the
         // filter requires of its keys: configured endpoints are the operator's word instead.
-        let mut taken = vec!["revocation_endpoint"];
+        // (`revocation_endpoint` is never called: nothing is sent there.)
+        let mut taken = Vec::new();
         if self.configured_jwks_uri.is_none() {
             taken.push("jwks_uri");
         }

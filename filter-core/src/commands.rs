@@ -103,6 +103,9 @@ pub struct ServerCall {
     pub policy_version: u64,
     /// A fresh route's cap on reusing the decision (ms).
     pub max_cache_ms: Option<u64>,
+    /// When the call was made (the worker's clock, ms): changes applied after it may be
+    /// missing from its reply.
+    pub started_ms: u64,
 }
 
 /// An epochs poll to dispatch; report back with `Worker::poll_started`, and its answer goes to

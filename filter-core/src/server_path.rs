@@ -26,7 +26,7 @@ const VERSIONS_KEY: &str = "jwt_authz/v1/server_versions";
 
 impl<H: Host> Worker<H> {
     /// The server call a request needs, if its tier is decided by the server.
-    pub fn server_call_for(&self, request: &OwnedRequest) -> Option<ServerCall> {
+    pub fn server_call_for(&self, request: &OwnedRequest, now_ms: u64) -> Option<ServerCall> {
         let link = self.policy.server.as_ref()?;
         let match_path = authz_core::routes::match_path(&request.path);
         let route = self
@@ -54,6 +54,7 @@ impl<H: Host> Worker<H> {
             timeout: Duration::from_millis(link.timeout_ms),
             policy_version,
             max_cache_ms: route.fresh_cache_ms,
+            started_ms: now_ms,
         })
     }
 
@@ -208,15 +209,24 @@ impl<H: Host> Worker<H> {
             .caps
             .lifetime_ms(call.tier, reply.directive.ttl_ms, reply.outcome.is_allow())
             .min(call.max_cache_ms.unwrap_or(u64::MAX));
-        // A reply decided before changes this worker has applied (a revocation pushed while
-        // the call was in flight) may have been purged already: it is used once, not kept,
-        // and an allow for a token revoked since is refused.
-        let older_than_applied = reply.directive.change_version < self.versions.change_version;
+        // A reply that may predate changes this worker has applied (decided at an older
+        // change version, or answering a call made before this worker applied a change: a
+        // replica stamps what it learns out of order at versions it may share with another
+        // replica's reply) is used once, never kept (the purge that would remove it may have
+        // run already), and an allow for a token or subject revoked since is refused.
+        let older_than_applied = reply.directive.change_version < self.versions.change_version
+            || self.versions.changes_applied_ms >= call.started_ms;
         if older_than_applied && reply.outcome.is_allow() {
             let token = request.bearer().unwrap_or("");
-            if self
-                .revocations
-                .names_token(&[token_digest(token), revocation_digest(token)])
+            let subject_revoked_since = reply.directive.subject.as_ref().is_some_and(|s| {
+                self.subjects_applied_ms
+                    .get(s)
+                    .is_some_and(|at| *at >= call.started_ms)
+            });
+            if subject_revoked_since
+                || self
+                    .revocations
+                    .names_token(&[token_digest(token), revocation_digest(token)])
             {
                 return self.deny(
                     context_id,
@@ -437,6 +447,7 @@ impl<H: Host> Worker<H> {
                 );
                 self.versions.change_version = 0;
                 self.versions.synced = false;
+                self.versions.changes_applied_ms = now_ms;
                 self.revocations.resync();
                 self.versions.poll_now = true;
                 self.start_over_at(changes.policy_version);
@@ -491,7 +502,15 @@ impl<H: Host> Worker<H> {
             self.revocations
                 .revoke_jti(&jti.key, jti.expires_at_ms, now_ms);
         }
+        if !changes.is_empty() {
+            self.versions.changes_applied_ms = now_ms;
+            // Kept as long as a Check call may be in flight (its timeout is at most 30 s).
+            self.subjects_applied_ms
+                .retain(|_, at| now_ms.saturating_sub(*at) <= 60_000);
+        }
         for subject in &changes.subjects {
+            self.subjects_applied_ms
+                .insert(subject.subject.clone(), now_ms);
             if authz_core::principal::is_client_key(&subject.subject) {
                 // A revoked client's users go too, and a cached decision does not know which
                 // client a user's token came from: every entry goes.

@@ -24,4 +24,7 @@ pub struct KnownVersions {
     /// Whether an answer came from the current incarnation before (so the next answer's
     /// changes are new ones, whose propagation lag is worth recording).
     pub synced: bool,
+    /// When this worker last applied a feed answer that changed something (ms): a Check call
+    /// made before it may carry a decision that predates those changes.
+    pub changes_applied_ms: u64,
 }

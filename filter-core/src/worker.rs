@@ -95,6 +95,9 @@ pub struct Worker<H: Host> {
     /// `kid`s a refetch just proved absent, per provider, until when (ms): a token naming one
     /// is refused at once, without taking the refetch a real rotation may need.
     absent_kids: HashMap<(usize, String), u64>,
+    /// Subjects (principal keys) revoked lately → when this worker applied it (ms): a Check
+    /// reply for a call made before that may predate the revocation.
+    pub(crate) subjects_applied_ms: HashMap<String, u64>,
 }
 
 /// At most this many absent `kid`s are remembered (junk with random ones cannot grow it).
@@ -189,6 +192,7 @@ impl<H: Host> Worker<H> {
             versions: KnownVersions::default(),
             revocations,
             absent_kids: HashMap::new(),
+            subjects_applied_ms: HashMap::new(),
         }
     }
 
@@ -379,7 +383,7 @@ impl<H: Host> Worker<H> {
         now_us: u64,
     ) -> RequestStep {
         let now_ms = now_us / 1000;
-        if let Some(call) = self.server_call_for(&request) {
+        if let Some(call) = self.server_call_for(&request, now_ms) {
             return match self.cached_server_decision(context_id, &request, &call, now_ms) {
                 Some(done) => RequestStep::Done(done),
                 None => RequestStep::CallServer(call, request),
@@ -913,13 +917,18 @@ impl<H: Host> Worker<H> {
                     s.completed_fetches > p.fetches_seen && !s.fetch_in_flight(now_ms)
                 });
             if now_ms >= p.deadline_ms || concluded {
+                // Proven absent only by keys that were fetched (not by a failed fetch).
+                let fetched = self
+                    .read_status(p.provider)
+                    .is_some_and(|s| s.consecutive_failures == 0);
                 if let (
+                    true,
                     true,
                     Decision::AwaitKeys {
                         failure: VerifyFailure::UnknownKey { provider, kid },
                         ..
                     },
-                ) = (concluded, &decision)
+                ) = (concluded, fetched, &decision)
                 {
                     self.remember_absent(*provider, kid, now_ms);
                 }

@@ -1407,3 +1407,117 @@ fn a_restarted_server_state_keeps_revocations_and_writes_fail_closed_until_it_is
     );
     assert!(host.logged("revocation(s) kept"));
 }
+
+#[test]
+fn a_reply_to_a_call_made_before_a_revocation_was_applied_is_not_kept_even_at_the_same_version() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = polled_worker(&store, T0);
+    let request = get("/admin/users", Some("opaque-token-1"));
+    let (call, request) = server_call(w.on_request(1, request, us(T0 + 5)));
+    // A replica stamps a revocation of alice it learned out of order at version 5; another
+    // replica, which has not read it, answers the call at version 5 too.
+    feed_answer(
+        &mut w,
+        2,
+        json!({"version": 5, "policy_version": 1, "incarnation": "inc-a",
+               "subjects": [["alice", T0 + 8, 1, T0 + 8]]}),
+        T0 + 10,
+    );
+    let late = w.on_server_reply(1, &request, &call, 0, Some(ok_reply_at(5_000, 5)), T0 + 20);
+    assert_eq!(
+        status_of(&late),
+        401,
+        "alice was revoked while the call was out"
+    );
+    // A call made after the revocation was applied: its reply is kept.
+    let (call, request) = server_call(w.on_request(3, request, us(T0 + 30)));
+    let fresh = w.on_server_reply(3, &request, &call, 0, Some(ok_reply_at(5_000, 5)), T0 + 40);
+    assert_eq!(status_of(&fresh), 200, "a login after the revocation");
+    assert_eq!(status_of(&done(w.on_request(4, request, us(T0 + 50)))), 200);
+    assert_eq!(
+        host.count(Counter::CacheHit(authz_core::Tier::Privileged)),
+        1
+    );
+}
+
+#[test]
+fn a_revoked_client_takes_its_users_tokens_with_it_and_a_user_named_like_it_stays() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, _host) = local_worker(&store, None, 1_000);
+    let idp = Idp::new("k1");
+    let client_token = token_with(&idp, json!({"client_id": "app"}));
+    let users_token = token_with(&idp, json!({"sub": "carol", "client_id": "app"}));
+    let namesake = token_with(&idp, json!({"sub": "app", "client_id": "other"}));
+    for (i, t) in [&client_token, &users_token, &namesake].iter().enumerate() {
+        assert_eq!(
+            decide_local(&mut w, &idp, i as u32 + 1, get("/items", Some(t)), T0),
+            200
+        );
+    }
+    // Revoking the user "app" leaves the client "app" alone.
+    feed_answer(
+        &mut w,
+        2,
+        json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
+               "subjects": [["app", T0, 1, T0 + 5]]}),
+        T0 + 10,
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 10, get("/items", Some(&namesake)), T0 + 20),
+        401
+    );
+    assert_eq!(
+        decide_local(
+            &mut w,
+            &idp,
+            11,
+            get("/items", Some(&client_token)),
+            T0 + 20
+        ),
+        200
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 12, get("/items", Some(&users_token)), T0 + 20),
+        200
+    );
+    // Revoking the client: its own tokens and the user tokens issued to it.
+    feed_answer(
+        &mut w,
+        3,
+        json!({"version": 3, "policy_version": 1, "incarnation": "inc-a",
+               "subjects": [[authz_core::principal::client_key("app"), T0, 2, T0 + 25]]}),
+        T0 + 30,
+    );
+    assert_eq!(
+        decide_local(
+            &mut w,
+            &idp,
+            13,
+            get("/items", Some(&client_token)),
+            T0 + 40
+        ),
+        401
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 14, get("/items", Some(&users_token)), T0 + 40),
+        401
+    );
+}
+
+#[test]
+fn the_incarnation_a_server_names_is_percent_encoded_in_the_next_request() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, _host) = local_worker(&store, None, 1_000);
+    let next = feed_answer(
+        &mut w,
+        2,
+        json!({"version": 1, "policy_version": 1, "incarnation": "a b&wait_ms=0#"}),
+        T0 + 10,
+    );
+    let poll = next.or_else(|| w.on_tick(T0 + 1_000).poll).expect("a poll");
+    assert!(
+        poll.path.ends_with("&incarnation=a%20b%26wait_ms%3D0%23"),
+        "{}",
+        poll.path
+    );
+}

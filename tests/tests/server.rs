@@ -659,7 +659,10 @@ async fn held_feed_requests_are_capped_per_secret_and_in_all_and_several_secrets
     }
     // Held requests: the incarnation differs, so hold them by asking from the server's own.
     let incarnation = get(
-        &format!("http://127.0.0.1:{}/admin/epochs?since=0&format=2", server.admin_port),
+        &format!(
+            "http://127.0.0.1:{}/admin/epochs?since=0&format=2",
+            server.admin_port
+        ),
         &[("authorization", &format!("Bearer {fleet_a}"))],
     )
     .json()["incarnation"]
@@ -690,7 +693,10 @@ async fn held_feed_requests_are_capped_per_secret_and_in_all_and_several_secrets
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, _) = held(fleet_b).await.expect("join");
     assert_eq!(status, 429, "the global cap");
-    for (status, took) in [a1.await, a2.await, b1.await].into_iter().map(|r| r.expect("join")) {
+    for (status, took) in [a1.await, a2.await, b1.await]
+        .into_iter()
+        .map(|r| r.expect("join"))
+    {
         assert_eq!(status, 200);
         assert!(took >= Duration::from_millis(1_000), "held: {took:?}");
     }
