@@ -112,13 +112,15 @@ fn requests_upstreams_read_differently_are_refused_on_every_route_or_stripped_wh
     for mode in MODES {
         let s = RenderedStack::start(&policy(mode, ""));
         let token = s.idp.mint(json!({"sub": "alice", "scope": "read admin"}));
-        for header in [
-            "X-HTTP-Method-Override",
-            "X-HTTP-Method",
-            "X-Method-Override",
+        for (header, value) in [
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X-HTTP-Method", "DELETE"),
+            ("X-Method-Override", "DELETE"),
+            ("X-Original-URL", "/admin/users"),
+            ("X-Rewrite-URL", "/admin/users"),
         ] {
             for path in ["/api/items", "/admin/users"] {
-                let reply = s.envoy.get(path, Some(&token), &[(header, "DELETE")]);
+                let reply = s.envoy.get(path, Some(&token), &[(header, value)]);
                 assert_eq!(reply.status, 400, "{mode} {path} {header}: {}", reply.body);
             }
         }
@@ -129,6 +131,8 @@ fn requests_upstreams_read_differently_are_refused_on_every_route_or_stripped_wh
             "/api/a%3Bb",
             "/admin/a%00b",
             "/api/a%0Db",
+            "/api/x/%%32%65%%32%65/secrets",
+            "/api/items?_method=DELETE",
         ] {
             let reply = s.envoy.get(path, Some(&token), &[]);
             assert_eq!(reply.status, 400, "{mode} {path}: {}", reply.body);

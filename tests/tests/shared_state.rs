@@ -385,3 +385,48 @@ fn after_an_outage_a_later_redis_blip_recovers_quickly() {
         "a blip after a healthy session took {took:?} to recover (backoff not reset)"
     );
 }
+
+/// A replica that starts while Redis does not answer has not read the shared state: it is not
+/// ready, and its change feed answers 503 (a filter keeps what it holds and asks again), until
+/// its first resync.
+#[test]
+fn a_replica_is_not_ready_and_serves_no_feed_until_it_has_read_the_shared_state() {
+    let redis = RedisServer::start();
+    let idp = DevIdp::start(&[]);
+    let first = shared_server(&idp, &redis, "zone-a");
+    assert!(eventually(Duration::from_secs(10), || first.readyz() == 200));
+    let revoked = first.admin(
+        "POST",
+        "/admin/revoke-subject",
+        Some(json!({"sub": "mallory"})),
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    redis.pause();
+    let late = shared_server(&idp, &redis, "zone-b");
+    let feed = |server: &AuthzServerProcess| {
+        get(
+            &format!(
+                "http://127.0.0.1:{}/admin/epochs?since=0&format=2",
+                server.admin_port
+            ),
+            &[("authorization", &format!("Bearer {EPOCHS_TOKEN}"))],
+        )
+    };
+    // Not a wait for something to happen: a check that it does not, for a while.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(late.readyz(), 503);
+    let reply = feed(&late);
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    redis.resume();
+    assert!(
+        eventually(Duration::from_secs(10), || late.readyz() == 200),
+        "ready once it has read the shared state"
+    );
+    let reply = feed(&late);
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.body.contains("mallory"),
+        "the state it serves holds what the other replica recorded: {}",
+        reply.body
+    );
+}
