@@ -471,6 +471,15 @@ impl HeaderNames {
     /// must not let a client's copy of the standard name through). All of them are removed
     /// from client requests first, on every route, by the filter and by the server.
     pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.configured().chain(
+            STANDARD_CONTEXT_HEADERS
+                .into_iter()
+                .filter(move |name| !self.configured().any(|h| h == *name)),
+        )
+    }
+
+    /// The names this configuration sets (context headers and claim mappings).
+    fn configured(&self) -> impl Iterator<Item = &str> {
         [
             &self.subject,
             &self.subject_kind,
@@ -481,24 +490,6 @@ impl HeaderNames {
         .into_iter()
         .map(String::as_str)
         .chain(self.claims.iter().map(|(_, h)| h.as_str()))
-        .chain(
-            STANDARD_CONTEXT_HEADERS
-                .into_iter()
-                .filter(move |name| !self.is_configured(name)),
-        )
-    }
-
-    fn is_configured(&self, name: &str) -> bool {
-        [
-            &self.subject,
-            &self.subject_kind,
-            &self.scopes,
-            &self.tier,
-            &self.issuer,
-        ]
-        .into_iter()
-        .chain(self.claims.iter().map(|(_, h)| h))
-        .any(|h| h == name)
     }
 }
 

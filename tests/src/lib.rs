@@ -366,6 +366,32 @@ pub struct RenderedStack {
     pub rendered: authz_config::Rendered,
 }
 
+/// `envoy/rendered.template.yaml` (the Wasm filter, then ext_authz) around `virtual_host`,
+/// with `plugin_config` as the filter's configuration and the clusters of this stack.
+pub fn render_filter_chain(
+    virtual_host: &Value,
+    plugin_config: &Value,
+    server: &AuthzServerProcess,
+    idp: &DevIdp,
+    echo: &Echo,
+) -> String {
+    let template = std::fs::read_to_string(repo_root().join("envoy/rendered.template.yaml"))
+        .expect("read template")
+        .replace("{{VIRTUAL_HOST}}", &virtual_host.to_string());
+    render(
+        &template,
+        &Placeholders {
+            authz_port: server.grpc_port,
+            authz_admin_port: server.admin_port,
+            admin_port: 0,
+            listen_port: 0,
+            upstream_port: echo.port,
+            idp_port: idp.port,
+            plugin_config: plugin_config.clone(),
+        },
+    )
+}
+
 /// The variables the rendered tests' policies use: the test secrets.
 pub fn test_env(name: &str) -> Option<String> {
     match name {
@@ -401,25 +427,14 @@ impl RenderedStack {
             )
             .expect("yaml");
         }
-        let template = std::fs::read_to_string(repo_root().join("envoy/rendered.template.yaml"))
-            .expect("read template")
-            .replace(
-                "{{VIRTUAL_HOST}}",
-                &serde_json::to_string(&vhost).expect("json"),
-            );
-        let config = render(
-            &template,
-            &Placeholders {
-                authz_port: server.grpc_port,
-                authz_admin_port: server.admin_port,
-                admin_port: 0,
-                listen_port: 0,
-                upstream_port: echo.port,
-                idp_port: idp.port,
-                plugin_config: rendered.filter.clone(),
-            },
-        );
-        let envoy = Envoy::start_rendered(&config);
+        let vhost = serde_json::to_value(&vhost).expect("json");
+        let envoy = Envoy::start_rendered(&render_filter_chain(
+            &vhost,
+            &rendered.filter,
+            &server,
+            &idp,
+            &echo,
+        ));
         RenderedStack {
             envoy,
             idp,

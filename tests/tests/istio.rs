@@ -91,23 +91,12 @@ fn the_istio_deployment_serves_every_tier_in_the_sidecars_filter_order() {
         idp.port,
         &format!("epochs_token: \"{EPOCHS_TOKEN}\"\n"),
     ));
-    let template = std::fs::read_to_string(repo_root().join("envoy/rendered.template.yaml"))
-        .expect("template")
-        .replace(
-            "{{VIRTUAL_HOST}}",
-            &serde_json::to_string(&virtual_host(&all)).expect("json"),
-        );
-    let config = render(
-        &template,
-        &Placeholders {
-            authz_port: server.grpc_port,
-            authz_admin_port: server.admin_port,
-            admin_port: 0,
-            listen_port: 0,
-            upstream_port: echo.port,
-            idp_port: idp.port,
-            plugin_config: local_plugin_config(&all),
-        },
+    let config = render_filter_chain(
+        &virtual_host(&all),
+        &local_plugin_config(&all),
+        &server,
+        &idp,
+        &echo,
     );
     let envoy = Envoy::start_rendered(&config);
     let admin = idp.mint(json!({"sub": "alice", "scope": "read admin", "opaque": true}));
