@@ -1109,7 +1109,7 @@ impl Policy {
             {
                 if providers
                     .iter()
-                    .any(|q: &Provider| q.issuer == provider.issuer)
+                    .any(|q: &Provider| crate::verify::same_issuer(&q.issuer, &provider.issuer))
                 {
                     p.add(
                         &format!("providers[{i}]"),

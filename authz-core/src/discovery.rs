@@ -88,7 +88,7 @@ pub fn parse(document: &[u8], expected_issuer: &str) -> Result<ProviderMetadata,
         .get("issuer")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if issuer != expected_issuer {
+    if !crate::verify::same_issuer(issuer, expected_issuer) {
         return Err(DiscoveryError::IssuerMismatch {
             expected: expected_issuer.to_owned(),
             found: issuer.to_owned(),
@@ -189,13 +189,17 @@ mod tests {
         let m = parse(&bytes, "https://idp.example").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(m.jwks_uri.as_deref(), Some("https://idp.example/jwks"));
         assert_eq!(m.auth_methods, ["client_secret_basic", "private_key_jwt"]);
+        assert!(
+            parse(&bytes, "https://idp.example/").is_ok(),
+            "one trailing slash either way names the same issuer"
+        );
         assert_eq!(
-            parse(&bytes, "https://idp.example/"),
+            parse(&bytes, "https://idp.example/realms"),
             Err(DiscoveryError::IssuerMismatch {
-                expected: "https://idp.example/".into(),
+                expected: "https://idp.example/realms".into(),
                 found: "https://idp.example".into()
             }),
-            "exact match, not a prefix or a normalisation"
+            "not a prefix or any other normalisation"
         );
         let mut bad = doc.clone();
         bad["jwks_uri"] = json!("file:///etc/passwd");

@@ -216,7 +216,7 @@ pub fn check_purpose(
     if claims
         .issuer
         .as_deref()
-        .is_some_and(|iss| iss != provider.issuer)
+        .is_some_and(|iss| !same_issuer(iss, &provider.issuer))
     {
         return Err(VerifyFailure::UnknownIssuer);
     }
@@ -252,6 +252,16 @@ pub fn check_purpose(
         return Err(VerifyFailure::WrongAudience);
     }
     Ok(())
+}
+
+/// Whether a token's (or a metadata document's) issuer names the configured one: equal, or
+/// equal but for one trailing `/` on either side (Ory Hydra and Auth0 put one in `iss`;
+/// operators often leave it out). Nothing else is normalised: scheme, host, port and path
+/// must be as configured.
+pub fn same_issuer(claimed: &str, configured: &str) -> bool {
+    claimed == configured
+        || claimed.strip_suffix('/').unwrap_or(claimed)
+            == configured.strip_suffix('/').unwrap_or(configured)
 }
 
 /// The JWS header `typ` of a JWT-shaped token (`Some("")` when the header has none), or `None`
@@ -326,7 +336,7 @@ pub fn verify<'k>(
     let (provider_index, provider) = providers
         .iter()
         .enumerate()
-        .find(|(_, p)| p.issuer == issuer)
+        .find(|(_, p)| same_issuer(&p.issuer, issuer))
         .ok_or(VerifyFailure::UnknownIssuer)?;
 
     let candidates: Vec<&VerificationKey> = if matches!(

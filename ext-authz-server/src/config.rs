@@ -260,13 +260,14 @@ pub struct IntrospectionFile {
     /// The batch endpoint (docs/batch-introspection.md); without it, batches go out as
     /// concurrent single calls.
     pub batch_endpoint: Option<String>,
-    /// Required: the server's client id at the IdP.
+    /// The server's client id at the IdP (required unless `auth_method: none`).
     pub client_id: Option<String>,
-    /// The server's client secret at the IdP (required unless `private_key_jwt`).
+    /// The server's client secret at the IdP (required unless `private_key_jwt` or `none`).
     pub client_secret: Option<String>,
     /// `client_secret_basic` (id and secret form-urlencoded, RFC 6749 §2.3.1),
-    /// `client_secret_post`, or `private_key_jwt` (RFC 7523: a short-lived assertion signed
-    /// with `private_key_file`).
+    /// `client_secret_post`, `private_key_jwt` (RFC 7523: a short-lived assertion signed
+    /// with `private_key_file`), or `none` (no client authentication: for an endpoint only this
+    /// server can reach, such as Ory Hydra's admin port; warned about at start).
     #[schemars(extend("default" = defaults::AUTH_METHOD))]
     pub auth_method: Option<String>,
     /// For `private_key_jwt`: a PEM file with the client's private key (PKCS#8 or PKCS#1
@@ -415,6 +416,9 @@ pub struct PolicyFile {
 pub enum ClientAuth {
     Basic,
     Post,
+    /// No client authentication: an introspection endpoint only the server can reach (Ory
+    /// Hydra's admin port, a sidecar). Warned about at start.
+    None,
     /// RFC 7523 client assertions signed with this key.
     PrivateKeyJwt(ClientKey),
 }
@@ -898,16 +902,18 @@ fn introspection_section(
             if let Some(b) = &i.batch_endpoint {
                 url(p, "introspection.batch_endpoint", b, allow_insecure_http);
             }
-            if i.client_id.as_deref().unwrap_or("").is_empty() {
+            let method = i.auth_method.as_deref().unwrap_or(defaults::AUTH_METHOD);
+            if i.client_id.as_deref().unwrap_or("").is_empty() && method != "none" {
                 p.add("introspection.client_id", "is required");
             }
-            let method = i.auth_method.as_deref().unwrap_or(defaults::AUTH_METHOD);
-            match i.client_secret.as_deref().unwrap_or("") {
-                "" if method != "private_key_jwt" => {
-                    p.add("introspection.client_secret", "is required")
-                }
-                "" => {}
-                secret => {
+            match (i.client_secret.as_deref().unwrap_or(""), method) {
+                ("", "private_key_jwt" | "none") => {}
+                ("", _) => p.add("introspection.client_secret", "is required"),
+                (_, "none") => p.add(
+                    "introspection.client_secret",
+                    "is not sent with auth_method: none (leave it out)",
+                ),
+                (secret, _) => {
                     if let Some(why) = weak_secret(secret).filter(|_| secret.len() >= 16) {
                         p.add("introspection.client_secret", why);
                     }
@@ -916,6 +922,7 @@ fn introspection_section(
             let auth = match method {
                 "client_secret_basic" => ClientAuth::Basic,
                 "client_secret_post" => ClientAuth::Post,
+                "none" => ClientAuth::None,
                 "private_key_jwt" => client_key(p, i)
                     .map(ClientAuth::PrivateKeyJwt)
                     .unwrap_or(ClientAuth::Basic),
@@ -923,7 +930,7 @@ fn introspection_section(
                     p.add(
                         "introspection.auth_method",
                         format_args!(
-                            "\"{other}\" is not client_secret_basic, client_secret_post or private_key_jwt"
+                            "\"{other}\" is not client_secret_basic, client_secret_post, private_key_jwt or none"
                         ),
                     );
                     ClientAuth::Basic
@@ -1673,6 +1680,30 @@ policy:
             problems
                 .iter()
                 .any(|p| p.starts_with("idp_ca_file: /nonexistent/ca.pem")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn introspection_without_client_authentication_needs_no_id_or_secret_and_refuses_one() {
+        let none = EXAMPLE.replace("  client_id: authz-server\n", "").replace(
+            "  client_secret: authz-server-secret\n",
+            "  auth_method: none\n",
+        );
+        let c = ServerConfig::from_yaml(&none).unwrap();
+        assert_eq!(c.introspection.auth, ClientAuth::None);
+        let with_secret = none.replace(
+            "  auth_method: none\n",
+            "  auth_method: none\n  client_secret: a-secret-not-sent-0123\n",
+        );
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&with_secret)
+        else {
+            panic!("accepted")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("introspection.client_secret: is not sent")),
             "{problems:#?}"
         );
     }

@@ -104,6 +104,7 @@ impl Idp {
             auth_method: match config.introspection.auth {
                 crate::config::ClientAuth::Basic => "client_secret_basic",
                 crate::config::ClientAuth::Post => "client_secret_post",
+                crate::config::ClientAuth::None => "none",
                 crate::config::ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
             },
         }))

@@ -227,6 +227,7 @@ impl IdpClient {
                 form.push(("client_id", &self.config.client_id));
                 form.push(("client_secret", &self.config.client_secret));
             }
+            ClientAuth::None => {}
             ClientAuth::PrivateKeyJwt(_) => {
                 assertion = self.client_assertion()?;
                 form.push(("client_id", &self.config.client_id));
@@ -276,14 +277,14 @@ impl IdpClient {
             return Err(IdpError::Transport("no batch endpoint configured".into()));
         };
         // The batch endpoint takes credentials in the Authorization header only (JSON body).
-        let request = self
-            .http
-            .post(endpoint)
-            .header(
+        let mut request = self.http.post(endpoint);
+        if self.config.auth != ClientAuth::None {
+            request = request.header(
                 "authorization",
                 basic_authorization(&self.config.client_id, &self.config.client_secret),
-            )
-            .json(tokens);
+            );
+        }
+        let request = request.json(tokens);
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         let body = response.bytes().await.map_err(transport)?;
@@ -297,6 +298,41 @@ impl IdpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_http::{json_answer, serve_recording};
+
+    #[tokio::test]
+    async fn without_client_authentication_nothing_but_the_token_is_sent() {
+        let (port, received) = serve_recording(|_| json_answer(r#"{"active":false}"#)).await;
+        let yaml = crate::config::tests::EXAMPLE
+            .replace(
+                "http://127.0.0.1:9000/introspect\n",
+                &format!("http://127.0.0.1:{port}/introspect\n"),
+            )
+            .replace("  client_id: authz-server\n", "")
+            .replace(
+                "  client_secret: authz-server-secret\n",
+                "  auth_method: none\n",
+            );
+        let config = crate::config::ServerConfig::from_yaml(&yaml).unwrap();
+        let idp = Idp::new(
+            &config,
+            Arc::new(crate::clock::SystemClock),
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap();
+        let http = crate::idp_http::client(&config, config.introspection.timeout, None).unwrap();
+        let client = IdpClient::new(config.introspection.clone(), idp, http).unwrap();
+        let answer = client.introspect("opaque-token-1").await.unwrap();
+        assert!(!answer.active);
+        let requests = received.lock().unwrap().clone();
+        let request = requests.first().expect("one request").to_ascii_lowercase();
+        assert!(request.contains("token=opaque-token-1"), "{request}");
+        assert!(!request.contains("authorization:"), "{request}");
+        assert!(
+            !request.contains("client_secret") && !request.contains("client_id"),
+            "{request}"
+        );
+    }
 
     #[test]
     fn refusals_of_a_token_are_told_from_idp_failures() {

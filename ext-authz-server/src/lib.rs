@@ -128,6 +128,16 @@ pub fn build_service_with_clock(
             "allow_insecure_http: IdP URLs may be plaintext http to hosts that are not loopback; the client secret, introspected tokens and keys can then be read and changed on the way"
         );
     }
+    if config.introspection.auth == config::ClientAuth::None {
+        tracing::warn!(
+            "introspection.auth_method: none: the IdP is asked without client authentication; the start-up probe proves the endpoint answers RFC 7662, not that it refuses other callers (keep it on a network only this server reaches)"
+        );
+    }
+    if !config.idp.discovery && config.idp.jwks_uri.is_none() {
+        tracing::warn!(
+            "no signing keys (token.jwks_uri, or token.discovery: true): every JWT access token is introspected"
+        );
+    }
     let idp = idp::Idp::new(&config, clock.clone(), metrics.clone())?;
     let http = idp_http::client(
         &config,

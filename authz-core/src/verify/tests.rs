@@ -234,6 +234,34 @@ fn issuer_and_audience_must_be_configured_ones() {
 }
 
 #[test]
+fn one_trailing_slash_either_way_names_the_same_issuer_and_nothing_else_does() {
+    let key = &fixture().es256;
+    let sign = |c: Value| key.sign(&c).unwrap();
+    let slashed = format!("{ISS}/");
+    assert!(check(&sign(with(claims(), "iss", json!(slashed)))).is_ok());
+    let mut configured_slashed = provider();
+    configured_slashed.issuer = slashed.clone();
+    assert!(check_with(&sign(claims()), configured_slashed.clone()).is_ok());
+    assert!(check_with(
+        &sign(with(claims(), "iss", json!(slashed))),
+        configured_slashed
+    )
+    .is_ok());
+    for other in [
+        format!("{ISS}//"),
+        format!("{ISS}/x"),
+        format!("{ISS}x"),
+        ISS.to_uppercase(),
+    ] {
+        assert_eq!(
+            check(&sign(with(claims(), "iss", json!(other)))).unwrap_err(),
+            VerifyFailure::UnknownIssuer,
+            "{other}"
+        );
+    }
+}
+
+#[test]
 fn typ_is_checked_when_required() {
     let key = &fixture().es256;
     let mut p = provider();
