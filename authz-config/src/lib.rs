@@ -67,6 +67,23 @@ pub struct ProviderEntry {
     pub jwks_path: Option<String>,
     /// Required JWS `typ` (e.g. `at+jwt`).
     pub typ: Option<String>,
+    /// How the filter and the server fetch the provider's keys.
+    #[serde(default)]
+    pub keys: KeyFetchEntry,
+    /// Refuse tokens with an ID token's markers, in the filter and the server.
+    pub refuse_id_tokens: Option<bool>,
+}
+
+/// Key-fetch settings of a provider, for the filter (`jwks.remote`) and the server (`token`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFetchEntry {
+    /// Scheduled refresh of the keys (and discovered metadata), seconds.
+    pub refresh_interval_seconds: Option<u64>,
+    /// At most one refetch per this many seconds for a token the keys fail.
+    pub min_refetch_interval_seconds: Option<u64>,
+    /// Deadline of one fetch by the filter, ms.
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,16 +177,31 @@ const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
 const WASM: &str = "envoy.filters.http.wasm";
 
 fn provider_json(p: &ProviderEntry) -> Value {
-    let remote = match &p.jwks_path {
+    let mut remote = match &p.jwks_path {
         Some(path) => json!({"cluster": p.envoy_cluster, "path": path}),
         None => json!({"cluster": p.envoy_cluster, "discovery": true}),
     };
+    for (key, value) in [
+        ("refresh_interval_seconds", p.keys.refresh_interval_seconds),
+        (
+            "min_refetch_interval_seconds",
+            p.keys.min_refetch_interval_seconds,
+        ),
+        ("timeout_ms", p.keys.timeout_ms),
+    ] {
+        if let (Some(value), Some(object)) = (value, remote.as_object_mut()) {
+            object.insert(key.into(), json!(value));
+        }
+    }
     let mut provider = json!({
         "name": p.name.clone().unwrap_or_else(|| p.issuer.clone()),
         "issuer": p.issuer,
         "audiences": p.audiences,
         "jwks": {"remote": remote},
     });
+    if let (Some(refuse), Some(object)) = (p.refuse_id_tokens, provider.as_object_mut()) {
+        object.insert("refuse_id_tokens".into(), json!(refuse));
+    }
     if let (Some(typ), Some(object)) = (&p.typ, provider.as_object_mut()) {
         object.insert("typ".into(), json!(typ));
     }
@@ -366,6 +398,23 @@ pub fn render_with_env(
                 .unwrap_or_default();
             token.insert("issuer".into(), json!(provider.issuer));
             token.insert("audiences".into(), json!(provider.audiences));
+            for (key, value) in [
+                (
+                    "jwks_refresh_interval_seconds",
+                    provider.keys.refresh_interval_seconds,
+                ),
+                (
+                    "jwks_min_refetch_interval_seconds",
+                    provider.keys.min_refetch_interval_seconds,
+                ),
+            ] {
+                if let Some(value) = value {
+                    token.insert(key.into(), json!(value));
+                }
+            }
+            if let Some(refuse) = provider.refuse_id_tokens {
+                token.insert("refuse_id_tokens".into(), json!(refuse));
+            }
             if let Some(typ) = &provider.typ {
                 token.insert("typ".into(), json!(typ));
             }

@@ -209,6 +209,11 @@ pub struct ProviderConfig {
     pub require_expiration: Option<bool>,
     /// Required header `typ`, e.g. `at+jwt` (RFC 9068; an `application/` prefix is accepted).
     pub typ: Option<String>,
+    /// Refuse tokens with an ID token's markers (`nonce`, `at_hash`, `c_hash`, `s_hash`): for
+    /// IdPs whose access tokens say `typ: JWT` like their ID tokens (Ory Hydra), where `typ`
+    /// cannot tell them apart.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
+    pub refuse_id_tokens: Option<bool>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -817,6 +822,7 @@ fn parse_provider(
         clock_skew_seconds: skew as i64,
         require_expiration: c.require_expiration.unwrap_or(defaults::REQUIRE_EXPIRATION),
         required_typ: c.typ.clone(),
+        refuse_id_tokens: c.refuse_id_tokens.unwrap_or(false),
         hmac_key,
     };
     Some((provider, source?))

@@ -37,6 +37,9 @@ pub struct Provider {
     pub require_expiration: bool,
     /// When set, the header `typ` must equal it (an `application/` prefix is allowed).
     pub required_typ: Option<String>,
+    /// Refuse tokens that carry an ID token's markers (`nonce`, `at_hash`, `c_hash`,
+    /// `s_hash`): for IdPs whose access tokens have `typ: JWT` like their ID tokens.
+    pub refuse_id_tokens: bool,
     /// HMAC key from an inline secret, the only way HS* tokens are accepted.
     pub hmac_key: Option<VerificationKey>,
 }
@@ -213,6 +216,9 @@ pub fn check_purpose(
             return Err(VerifyFailure::WrongType);
         }
     }
+    if provider.refuse_id_tokens && ID_TOKEN_MARKERS.iter().any(|m| claims.raw.contains_key(*m)) {
+        return Err(VerifyFailure::WrongType);
+    }
     if claims
         .issuer
         .as_deref()
@@ -253,6 +259,10 @@ pub fn check_purpose(
     }
     Ok(())
 }
+
+/// Claims only an ID token carries (OpenID Connect Core §2, §3.3.2.11): `azp` without
+/// `client_id` is left out, as Keycloak's access tokens look that way too.
+pub const ID_TOKEN_MARKERS: [&str; 4] = ["nonce", "at_hash", "c_hash", "s_hash"];
 
 /// Whether a token's (or a metadata document's) issuer names the configured one: equal, or
 /// equal but for one trailing `/` on either side (Ory Hydra and Auth0 put one in `iss`;

@@ -216,6 +216,11 @@ pub struct TokenFile {
     /// For JWT-shaped tokens: the JWS header `typ` must equal this (e.g. `at+jwt`, so ID
     /// tokens are refused). Opaque tokens have no header and are not affected.
     pub typ: Option<String>,
+    /// Refuse tokens (JWTs, and introspection answers) with an ID token's markers (`nonce`,
+    /// `at_hash`, `c_hash`, `s_hash`): for IdPs whose access tokens say `typ: JWT` like their
+    /// ID tokens.
+    #[schemars(extend("default" = false))]
+    pub refuse_id_tokens: Option<bool>,
     /// Leeway for `exp`/`nbf`/`iat`, seconds, at most 600.
     #[schemars(extend("default" = defaults::CLOCK_SKEW_SECONDS))]
     pub clock_skew_seconds: Option<u64>,
@@ -822,6 +827,7 @@ fn token_section(
             clock_skew_seconds: i64::try_from(skew).unwrap_or(600),
             require_expiration: false,
             required_typ: t.typ.clone(),
+            refuse_id_tokens: t.refuse_id_tokens.unwrap_or(false),
             hmac_key: None,
         },
         t.require_audience.unwrap_or(defaults::REQUIRE_AUDIENCE),

@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         clock_skew_seconds: 60,
         require_expiration: false,
         required_typ: Some("at+jwt".into()),
+        refuse_id_tokens: true,
         hmac_key: None,
     };
     if let Ok(answer) = Introspection::parse(data) {

@@ -386,3 +386,35 @@ fn the_server_strips_every_header_name_the_filter_may_set() {
         );
     }
 }
+
+#[test]
+fn the_policy_sets_the_key_fetch_settings_of_both_components() {
+    let text = std::fs::read_to_string(repo_root().join("config/policy.example.yaml"))
+        .expect("read")
+        .replace(
+            "    jwks_path: /.well-known/jwks.json  # leave out to find the keys by discovery\n",
+            "    jwks_path: /.well-known/jwks.json\n    keys: {refresh_interval_seconds: 120, min_refetch_interval_seconds: 3, timeout_ms: 700}\n",
+        );
+    assert!(text.contains("min_refetch_interval_seconds: 3"));
+    let rendered = authz_config::render_with_env(&text, &test_env).expect("renders");
+    let filter =
+        authz_core::Policy::from_json(rendered.filter.to_string().as_bytes()).expect("loads");
+    let Some(authz_core::config::JwksSource::Remote(remote)) = filter.jwks_sources.first() else {
+        panic!("a remote key source");
+    };
+    assert_eq!(
+        (
+            remote.refresh_interval_seconds,
+            remote.min_refetch_interval_seconds,
+            remote.timeout_ms
+        ),
+        (120, 3, 700)
+    );
+    let server =
+        ServerConfig::from_yaml_with_env(rendered.server.as_deref().expect("server"), |n| {
+            Some(format!("test-secret-for-{n}-0123456789"))
+        })
+        .expect("loads");
+    assert_eq!(server.idp.refresh.refresh_interval_ms, 120_000);
+    assert_eq!(server.idp.refresh.min_refetch_interval_ms, 3_000);
+}

@@ -41,6 +41,7 @@ fn provider() -> Provider {
         clock_skew_seconds: 60,
         require_expiration: true,
         required_typ: None,
+        refuse_id_tokens: false,
         hmac_key: None,
     }
 }
@@ -231,6 +232,24 @@ fn issuer_and_audience_must_be_configured_ones() {
         VerifyFailure::WrongAudience
     );
     assert!(check(&sign(with(claims(), "aud", json!(["x", "other-api"])))).is_ok());
+}
+
+#[test]
+fn id_tokens_are_refused_by_their_markers_when_asked() {
+    let key = &fixture().es256;
+    let sign = |c: Value| key.sign(&c).unwrap();
+    let mut strict = provider();
+    strict.refuse_id_tokens = true;
+    assert!(check_with(&sign(claims()), strict.clone()).is_ok());
+    for marker in ID_TOKEN_MARKERS {
+        let id_token = sign(with(claims(), marker, json!("x")));
+        assert_eq!(
+            check_with(&id_token, strict.clone()).unwrap_err(),
+            VerifyFailure::WrongType,
+            "{marker}"
+        );
+        assert!(check(&id_token).is_ok(), "off by default: {marker}");
+    }
 }
 
 #[test]
