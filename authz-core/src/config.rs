@@ -128,6 +128,11 @@ pub struct ServerLinkConfig {
     /// that honour revocations fail closed (503) until the dropped revocation's token expires.
     #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::MAX_REVOCATIONS)))]
     pub max_revocations: Option<usize>,
+    /// For providers that issue opaque access tokens (not JWTs): on `authenticated` and
+    /// `standard_write` routes such a token is decided by the server (introspection, its
+    /// revocations) through the decision cache, instead of being refused as malformed.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
+    pub opaque_tokens: Option<bool>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -165,6 +170,8 @@ pub struct ServerLink {
     /// Locally decided tiers that honour revocations (empty without an epochs feed).
     pub local_revocations: Vec<Tier>,
     pub max_revocations: usize,
+    /// Bearer tokens that are not JWTs go to the server on locally decided tiers too.
+    pub opaque_tokens: bool,
 }
 
 /// A validated epochs poll.
@@ -921,6 +928,7 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
         max_unreachable_ms,
         local_revocations,
         max_revocations,
+        opaque_tokens: s.opaque_tokens.unwrap_or(false),
     })
 }
 

@@ -33,10 +33,16 @@ impl<H: Host> Worker<H> {
             .policy
             .routes
             .find_matched(&request.method, &match_path);
-        if !route.tier.requires_server() && route.fresh_cache_ms.is_none() {
+        let token = request.bearer().unwrap_or("");
+        // An opaque token (not a compact JWS) on a local tier: the server's, when the link
+        // says the provider issues them.
+        let opaque = link.opaque_tokens
+            && route.tier != authz_core::Tier::Public
+            && !token.is_empty()
+            && token.split('.').count() != 3;
+        if !route.tier.requires_server() && route.fresh_cache_ms.is_none() && !opaque {
             return None;
         }
-        let token = request.bearer().unwrap_or("");
         let policy_version = self.versions.policy_version;
         Some(ServerCall {
             tier: route.tier,

@@ -1521,3 +1521,45 @@ fn the_incarnation_a_server_names_is_percent_encoded_in_the_next_request() {
         poll.path
     );
 }
+
+#[test]
+fn opaque_tokens_on_local_routes_go_to_the_server_when_the_provider_issues_them() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut plain, _) = local_worker(&store, None, 1_000);
+    let idp = Idp::new("k1");
+    let opaque = get("/items", Some("ory_at_Zm9vYmFy.c2lnbmF0dXJl"));
+    // Without the setting: not a JWT, refused locally (401).
+    assert_eq!(decide_local(&mut plain, &idp, 1, opaque.clone(), T0), 401);
+    let mut config = json!({
+        "realm": "test",
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
+                       "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}],
+        "routes": [{"name": "health", "match": {"exact": "/healthz"}, "tier": "public"}],
+        "default": {"tier": "authenticated"},
+        "server": {"cluster": "authz", "opaque_tokens": true}
+    });
+    config["server"]["timeout_ms"] = json!(500);
+    let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
+    let mut w = Worker::new(policy, FakeHost::sharing(&store), [1, 2]);
+    let (call, request) = server_call(w.on_request(2, opaque, us(T0)));
+    assert_eq!(call.tier, authz_core::Tier::Authenticated);
+    let allowed = w.on_server_reply(
+        2,
+        &request,
+        &call,
+        0,
+        Some(ok_reply(5_000, 1, false)),
+        T0 + 5,
+    );
+    assert_eq!(status_of(&allowed), 200);
+    // Cached for the route's tier, like a server tier's decision.
+    assert_eq!(status_of(&done(w.on_request(3, request, us(T0 + 10)))), 200);
+    // JWTs stay local; public routes stay public.
+    let jwt = idp.token("alice");
+    assert_eq!(
+        decide_local(&mut w, &idp, 4, get("/items", Some(&jwt)), T0 + 20),
+        200
+    );
+    let public = w.on_request(5, get("/healthz", Some("opaque")), us(T0 + 30));
+    assert!(matches!(public, RequestStep::Done(_)), "{public:?}");
+}

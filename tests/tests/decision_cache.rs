@@ -299,3 +299,28 @@ fn a_restarted_server_is_not_mistaken_for_the_old_one() {
         "the revoked token was still allowed {stale:?} after the revoke"
     );
 }
+
+#[test]
+fn opaque_tokens_on_local_routes_are_decided_by_the_server_when_the_provider_issues_them() {
+    let mut plugin = decision_cache_plugin_config(250, 1000);
+    plugin["server"]["opaque_tokens"] = serde_json::json!(true);
+    let s = CacheStack::start(&plugin, "");
+    let opaque = s
+        .idp
+        .mint(serde_json::json!({"sub": "olga", "scope": "read", "opaque": true}));
+    let reply = s.envoy.get("/api/items", Some(&opaque), &[]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["headers"]["x-auth-subject"], "olga");
+    // Revoked at the IdP and at the server: refused once the cached decision is purged.
+    let revoked = s
+        .server
+        .admin("POST", "/admin/revoke", Some(serde_json::json!({"token": opaque})));
+    assert_eq!(revoked.status, 200);
+    assert!(eventually(std::time::Duration::from_millis(1_500), || s
+        .envoy
+        .get("/api/items", Some(&opaque), &[])
+        .status
+        == 401));
+    // A junk token the server has never seen: refused.
+    assert_eq!(s.envoy.get("/api/items", Some("not-a-token"), &[]).status, 401);
+}
