@@ -419,12 +419,15 @@ async fn epochs(
         }
     }
     let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
-    let body = if format_2 {
-        versions.changes_since_v2(since, confirmed)
+    if format_2 {
+        (
+            [("content-type", "application/json")],
+            versions.changes_since_v2(since, confirmed).to_string(),
+        )
+            .into_response()
     } else {
-        versions.changes_since(since, confirmed)
-    };
-    Json(body).into_response()
+        Json(versions.changes_since(since, confirmed)).into_response()
+    }
 }
 
 /// The admin router.

@@ -177,16 +177,17 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
             .is_some_and(|(stamp, _)| *stamp > since)
     }
 
-    /// `[key, expiry | null, learned_at | null]` rows of the keys stamped after `since`.
-    fn rows_since(&self, since: u64, key: impl Fn(&K) -> Value) -> Vec<Value> {
+    /// (key, expiry, learned at) of the keys stamped after `since`: copied out, so the answer
+    /// is built after the state's lock is released.
+    fn raw_since(&self, since: u64) -> Vec<(K, Expiry, u64)> {
         self.since(since)
             .map(|k| {
                 let entry = self.entries.get(k);
-                json!([
-                    key(k),
+                (
+                    k.clone(),
                     entry.and_then(|e| e.expiry),
-                    entry.map(|e| e.learned_at_ms).filter(|at| *at > 0),
-                ])
+                    entry.map_or(0, |e| e.learned_at_ms),
+                )
             })
             .collect()
     }
@@ -236,6 +237,10 @@ pub struct Versions {
     shared: bool,
     /// Names the counter: random per process; with a shared tier, the shared store's.
     incarnation: Mutex<String>,
+    /// The last whole-state answer (`since=0`, format 2), with the change generation and the
+    /// confirmation it was built for: a client looping `since=0` costs one copy per change,
+    /// not one walk of the state under its lock per request.
+    full_answer: Mutex<Option<(u64, bool, std::sync::Arc<str>)>>,
     /// Bumped whenever anything a change-feed answer reports may have changed: held feed
     /// requests wait on it.
     changed: tokio::sync::watch::Sender<u64>,
@@ -247,6 +252,7 @@ impl Default for Versions {
             state: Mutex::default(),
             shared: false,
             incarnation: Mutex::new(random_incarnation()),
+            full_answer: Mutex::new(None),
             changed: tokio::sync::watch::channel(0).0,
         }
     }
@@ -427,7 +433,12 @@ impl Versions {
     /// Forgets revocations of tokens that expired (plus [`EXPIRY_GRACE_MS`]) before `now_ms`:
     /// refusing them costs nothing any more. Returns how many went.
     pub fn prune_expired(&self, now_ms: u64) -> usize {
-        self.with(|s| s.revoked_tokens.prune(now_ms) + s.revoked_jtis.prune(now_ms))
+        let pruned = self.with(|s| s.revoked_tokens.prune(now_ms) + s.revoked_jtis.prune(now_ms));
+        if pruned > 0 {
+            // What a whole-state answer holds changed.
+            self.wake();
+        }
+        pruned
     }
 
     /// Revocations held (token hashes, `jti`s).
@@ -473,29 +484,65 @@ impl Versions {
 
     /// Everything changed after `since`, in format 2 (see `authz_core::epochs`): the body of
     /// `GET /admin/epochs?since=N&format=2`, with when this instance learned each change.
-    pub fn changes_since_v2(&self, since: u64, confirmed: bool) -> Value {
+    /// The state's lock is held only to copy the rows out; the whole-state answer is kept
+    /// until the next change.
+    pub fn changes_since_v2(&self, since: u64, confirmed: bool) -> std::sync::Arc<str> {
+        let generation = *self.changed.borrow();
+        if since == 0 {
+            if let Some((_, _, body)) = lock(&self.full_answer)
+                .as_ref()
+                .filter(|(g, c, _)| *g == generation && *c == confirmed)
+            {
+                return body.clone();
+            }
+        }
         let incarnation = self.incarnation();
-        let learned = |at: u64| (at > 0).then_some(at);
-        self.with(|s| {
-            let subjects: Vec<Value> = s
+        let (head, subjects, tokens, jtis) = self.with(|s| {
+            let subjects: Vec<(String, u64, u64, u64)> = s
                 .subjects
                 .iter()
                 .filter(|(_, e)| e.changed_at_version > since)
-                .map(|(sub, e)| json!([sub, e.revoked_at_ms, e.epoch, learned(e.learned_at_ms)]))
+                .map(|(sub, e)| (sub.clone(), e.revoked_at_ms, e.epoch, e.learned_at_ms))
                 .collect();
-            json!({
-                "format": 2,
-                "version": s.version,
-                "policy_version": s.policy_version,
-                "policy_changed_at_ms": (s.policy_changed_at_version > since)
-                    .then(|| learned(s.policy_changed_at_ms).unwrap_or(0)),
-                "subjects": subjects,
-                "tokens": s.revoked_tokens.rows_since(since, |k| json!(hex(k))),
-                "jtis": s.revoked_jtis.rows_since(since, |k| json!(k)),
-                "confirmed": confirmed,
-                "incarnation": incarnation,
-            })
-        })
+            let head = (
+                s.version,
+                s.policy_version,
+                (s.policy_changed_at_version > since).then_some(s.policy_changed_at_ms),
+            );
+            (
+                head,
+                subjects,
+                s.revoked_tokens.raw_since(since),
+                s.revoked_jtis.raw_since(since),
+            )
+        });
+        let learned = |at: u64| (at > 0).then_some(at);
+        let (version, policy_version, policy_changed_at_ms) = head;
+        let answer = json!({
+            "format": 2,
+            "version": version,
+            "policy_version": policy_version,
+            "policy_changed_at_ms": policy_changed_at_ms.map(|at| learned(at).unwrap_or(0)),
+            "subjects": subjects
+                .iter()
+                .map(|(sub, at, epoch, learned_at)| json!([sub, at, epoch, learned(*learned_at)]))
+                .collect::<Vec<_>>(),
+            "tokens": tokens
+                .iter()
+                .map(|(k, expiry, at)| json!([hex(k), expiry, learned(*at)]))
+                .collect::<Vec<_>>(),
+            "jtis": jtis
+                .iter()
+                .map(|(k, expiry, at)| json!([k, expiry, learned(*at)]))
+                .collect::<Vec<_>>(),
+            "confirmed": confirmed,
+            "incarnation": incarnation,
+        });
+        let body: std::sync::Arc<str> = answer.to_string().into();
+        if since == 0 {
+            *lock(&self.full_answer) = Some((generation, confirmed, body.clone()));
+        }
+        body
     }
 
     /// Everything changed after `since`: the body of `GET /admin/epochs?since=N` (the first
@@ -705,7 +752,8 @@ mod tests {
         v.apply_at(&Change::RevokeJti("j".into(), None), None, 200);
         v.apply_at(&subject("alice", 250), None, 300);
         v.apply_at(&Change::BumpPolicy { version: None }, None, 400);
-        let all = v.changes_since_v2(0, true);
+        let parse = |body: std::sync::Arc<str>| -> Value { serde_json::from_str(&body).unwrap() };
+        let all = parse(v.changes_since_v2(0, true));
         assert_eq!(all["format"], 2);
         assert_eq!(all["tokens"], json!([[hex(&[7; 32]), 9_000, 100]]));
         assert_eq!(all["jtis"], json!([["j", null, 200]]));
@@ -714,12 +762,35 @@ mod tests {
         let now = all["version"].as_u64().unwrap();
         assert!(v.has_changes_since(now - 1));
         assert!(!v.has_changes_since(now));
-        let quiet = v.changes_since_v2(now, true);
+        let quiet = parse(v.changes_since_v2(now, true));
         assert_eq!(quiet["tokens"], json!([]));
         assert_eq!(quiet["policy_changed_at_ms"], Value::Null);
         // A change the stream reader advances past wakes held requests too.
         woken.mark_unchanged();
         v.advance_to(now + 1);
         assert!(woken.has_changed().unwrap());
+    }
+
+    #[test]
+    fn the_whole_state_answer_is_kept_until_the_next_change_and_never_stale() {
+        let v = Versions::default();
+        v.apply_at(&Change::RevokeToken([7; 32], Some(9_000)), None, 100);
+        let first = v.changes_since_v2(0, true);
+        let again = v.changes_since_v2(0, true);
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "kept, not rebuilt");
+        assert!(
+            !std::sync::Arc::ptr_eq(&first, &v.changes_since_v2(0, false)),
+            "per confirmation"
+        );
+        v.apply_at(&Change::RevokeJti("j".into(), None), None, 200);
+        let after = v.changes_since_v2(0, true);
+        assert!(
+            after.contains("\"j\""),
+            "a change is in the next answer: {after}"
+        );
+        // Forgetting expired revocations changes the answer too.
+        assert_eq!(v.prune_expired(9_000 + EXPIRY_GRACE_MS + 1), 1);
+        let pruned = v.changes_since_v2(0, true);
+        assert!(!pruned.contains(&hex(&[7; 32])), "{pruned}");
     }
 }

@@ -312,9 +312,11 @@ fn opaque_tokens_on_local_routes_are_decided_by_the_server_when_the_provider_iss
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["headers"]["x-auth-subject"], "olga");
     // Revoked at the IdP and at the server: refused once the cached decision is purged.
-    let revoked = s
-        .server
-        .admin("POST", "/admin/revoke", Some(serde_json::json!({"token": opaque})));
+    let revoked = s.server.admin(
+        "POST",
+        "/admin/revoke",
+        Some(serde_json::json!({"token": opaque})),
+    );
     assert_eq!(revoked.status, 200);
     assert!(eventually(std::time::Duration::from_millis(1_500), || s
         .envoy
@@ -322,5 +324,8 @@ fn opaque_tokens_on_local_routes_are_decided_by_the_server_when_the_provider_iss
         .status
         == 401));
     // A junk token the server has never seen: refused.
-    assert_eq!(s.envoy.get("/api/items", Some("not-a-token"), &[]).status, 401);
+    assert_eq!(
+        s.envoy.get("/api/items", Some("not-a-token"), &[]).status,
+        401
+    );
 }
