@@ -32,6 +32,22 @@ fn limiter(rate: Option<Rate>) -> Option<DefaultKeyedRateLimiter<String>> {
     ))
 }
 
+/// The key an address is limited under: an IPv6 client by its /64 (one host commonly holds a
+/// whole /64, and rotates addresses inside it), an IPv4-mapped one as IPv4, anything else as
+/// it is.
+pub fn address_key(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
+        _ => address.to_owned(),
+    }
+}
+
 fn allows(limiter: &Option<DefaultKeyedRateLimiter<String>>, key: &str) -> bool {
     limiter
         .as_ref()
@@ -58,12 +74,13 @@ impl Limiters {
     }
 
     pub fn privileged_address_allowed(&self, address: &str) -> bool {
-        allows(&self.privileged_per_address, address)
+        allows(&self.privileged_per_address, &address_key(address))
     }
 
     /// Counts one failed-token attempt; false when the address is over its budget, which also
     /// blocks the address's IdP-bound checks for a while ([`Limiters::address_blocked`]).
     pub fn failed_attempt_allowed(&self, address: &str, now_ms: u64) -> bool {
+        let address = &address_key(address);
         let allowed = allows(&self.failed_tokens_per_address, address);
         if !allowed {
             let mut blocked = self.blocked.write().unwrap_or_else(|p| p.into_inner());
@@ -83,7 +100,7 @@ impl Limiters {
         self.blocked
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(address)
+            .get(&address_key(address))
             .is_some_and(|until| *until > now_ms)
     }
 
@@ -133,6 +150,37 @@ mod tests {
             l.privileged_address_allowed("10.0.0.1"),
             "unconfigured limits allow"
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(address_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            address_key("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+            address_key("2001:db8:1:2::7")
+        );
+        assert_ne!(
+            address_key("2001:db8:1:3::1"),
+            address_key("2001:db8:1:2::1")
+        );
+        assert_eq!(address_key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(address_key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(address_key(""), "");
+        let limits = RateLimits {
+            privileged_per_address: Some(Rate {
+                per_period: 1,
+                period: std::time::Duration::from_secs(60),
+                burst: 1,
+            }),
+            ..RateLimits::default()
+        };
+        let l = Limiters::new(&limits);
+        assert!(l.privileged_address_allowed("2001:db8:1:2::1"));
+        assert!(
+            !l.privileged_address_allowed("2001:db8:1:2::2"),
+            "another address of the same /64 shares the budget"
+        );
+        assert!(l.privileged_address_allowed("2001:db8:1:3::1"));
     }
 
     #[test]

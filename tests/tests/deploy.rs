@@ -164,7 +164,22 @@ fn the_istio_resources_have_what_istio_requires_and_agree() {
     let (_, port, _, host) = (parts.next(), parts.next(), parts.next(), parts.next());
     let service_port: u64 = port.and_then(|p| p.parse().ok()).expect("a port");
     let service_host = host.expect("a host").to_owned();
+    // Only the mesh's proxies, with mTLS, reach the server.
+    let peer = find("PeerAuthentication");
+    assert_eq!(text(peer, "spec.mtls.mode"), "STRICT");
+    assert_eq!(
+        text(peer, "spec.selector.matchLabels.app"),
+        "ext-authz-server"
+    );
     let mesh = find("IstioOperator");
+    assert_eq!(
+        number(
+            mesh,
+            "spec.meshConfig.defaultConfig.gatewayTopology.numTrustedProxies"
+        ),
+        1,
+        "sidecars behind the gateway trust its one X-Forwarded-For hop"
+    );
     assert_eq!(
         text(mesh, "spec.meshConfig.pathNormalization.normalization"),
         "DECODE_AND_MERGE_SLASHES",
@@ -255,8 +270,26 @@ fn the_istio_resources_have_what_istio_requires_and_agree() {
             )
         })
     };
-    let server = ServerConfig::from_yaml_with_env(server_yaml, real)
+    // The Redis CA the Deployment mounts, made here (the server reads it at load).
+    let scratch = Scratch::new("istio-redis-ca");
+    let (ca, _, _) = make_tls_certificates(&scratch.0);
+    let mounted = server_yaml.replace("/etc/redis-tls/ca.pem", &ca.display().to_string());
+    let server = ServerConfig::from_yaml_with_env(&mounted, real)
         .unwrap_or_else(|e| panic!("the ConfigMap's server.yaml is refused: {e}"));
+    assert!(
+        server
+            .redis
+            .as_ref()
+            .is_some_and(|r| r.url.starts_with("rediss://")),
+        "Redis over TLS"
+    );
+    let mounts = container["volumeMounts"].as_sequence().expect("mounts");
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"].as_str() == Some("/etc/redis-tls")),
+        "the Redis CA is mounted where ca_file names it"
+    );
     assert!(
         server
             .redis
