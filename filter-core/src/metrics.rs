@@ -84,6 +84,8 @@ pub enum Counter {
     PollOk,
     PollFailed,
     PollHeld,
+    /// The server refused the feed credential (401/403).
+    PollUnauthorized,
     RevocationsDropped,
 }
 
@@ -106,7 +108,7 @@ pub enum Histogram {
 const TIERS: usize = Tier::ALL.len();
 
 /// The counters without a tier or reason, in index order.
-const PLAIN: [Counter; 15] = [
+const PLAIN: [Counter; 16] = [
     Counter::DecisionAllow,
     Counter::DecisionDeny,
     Counter::JwksFetchOk,
@@ -121,6 +123,7 @@ const PLAIN: [Counter; 15] = [
     Counter::PollOk,
     Counter::PollFailed,
     Counter::PollHeld,
+    Counter::PollUnauthorized,
     Counter::RevocationsDropped,
 ];
 
@@ -189,6 +192,7 @@ impl Counter {
             Counter::PollOk => "authz.epochs_polls.ok".into(),
             Counter::PollFailed => "authz.epochs_polls.failed".into(),
             Counter::PollHeld => "authz.epochs_polls.held".into(),
+            Counter::PollUnauthorized => "authz.epochs_polls.unauthorized".into(),
             Counter::RevocationsDropped => "authz.revocations_dropped".into(),
         }
     }

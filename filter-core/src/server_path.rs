@@ -389,6 +389,15 @@ impl<H: Host> Worker<H> {
         self.versions.poll_in_flight = None;
         let changes = match (status, body) {
             (Some(200), Some(body)) => Changes::parse(&body),
+            (Some(401 | 403), _) => {
+                // Not a passing fault: nothing will change until the configuration does.
+                self.host.count(Counter::PollUnauthorized);
+                self.host.log(
+                    LogLevel::Error,
+                    "jwt_authz change feed: the server refused server.epochs_token (401/403): no revocations reach the routes this filter decides, and cached decisions stop being trusted; set it to one of the server's epochs_token / epochs_tokens",
+                );
+                Err("the server refused the feed credential")
+            }
             (Some(_), _) => Err("epochs answered with an error status"),
             (None, _) => Err("epochs unreachable"),
         };

@@ -1563,3 +1563,20 @@ fn opaque_tokens_on_local_routes_go_to_the_server_when_the_provider_issues_them(
     let public = w.on_request(5, get("/healthz", Some("opaque")), us(T0 + 30));
     assert!(matches!(public, RequestStep::Done(_)), "{public:?}");
 }
+
+#[test]
+fn a_refused_feed_credential_is_an_error_naming_it_and_counted() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = worker(&store);
+    let poll = w.on_tick(T0).poll.expect("a poll is due");
+    assert!(poll.bearer.starts_with("Bearer "));
+    w.poll_started(7);
+    w.on_poll_response(Some(401), Some(b"{}".to_vec()), T0 + 5);
+    assert_eq!(host.count(Counter::PollUnauthorized), 1);
+    assert_eq!(host.count(Counter::PollFailed), 1);
+    assert!(host
+        .logs
+        .borrow()
+        .iter()
+        .any(|(level, line)| *level == LogLevel::Error && line.contains("server.epochs_token")));
+}

@@ -434,3 +434,25 @@ proptest! {
         prop_assert_eq!(result.is_ok(), expected, "offset {}", offset);
     }
 }
+
+#[test]
+fn a_signature_in_a_non_canonical_encoding_is_refused() {
+    // 64 signature bytes take 86 base64url characters: the last one carries 2 bits and 4
+    // unused ones. Setting an unused bit spells the same bytes another way: refused, so one
+    // signed content has one spelling per signature (revocations of its bytes hold).
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let token = fixture().es256.sign(&claims()).unwrap();
+    assert!(check(&token).is_ok());
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    assert_eq!(signature.len(), 86);
+    let last = signature.as_bytes()[85];
+    let index = ALPHABET.iter().position(|c| *c == last).unwrap();
+    let twin = ALPHABET[(index & !0x0f) | ((index + 1) & 0x0f)] as char;
+    let other = format!("{input}.{}{twin}", &signature[..85]);
+    assert_ne!(other, token);
+    assert!(
+        matches!(check(&other), Err(VerifyFailure::Malformed(_))),
+        "{:?}",
+        check(&other)
+    );
+}
