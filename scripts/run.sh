@@ -104,6 +104,10 @@ export ADMIN='$ADMIN'
   # are the privileged route (403 for a read-only token, never the upstream)
   curl -i -H "authorization: Bearer \$READ" -H 'x_auth_subject: root' http://127.0.0.1:10000/api/items
   curl -i -H "authorization: Bearer \$READ" 'http://127.0.0.1:10000/ADMIN;x/users'
+  # a read-only token asking the upstream to act as a DELETE, or a path an upstream would
+  # decode into another one: 400 (see "requests" in README)
+  curl -i -H "authorization: Bearer \$READ" -H 'X-HTTP-Method-Override: DELETE' http://127.0.0.1:10000/api/items
+  curl -i -H "authorization: Bearer \$READ" 'http://127.0.0.1:10000/api/x/%%32%65%%32%65/admin'
 
   # mint your own token, rotate keys, take the JWKS endpoint down / up
   curl 'http://127.0.0.1:9000/mint?sub=dave&scope=read%20write&ttl=600&alg=ES256'
