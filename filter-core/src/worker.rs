@@ -392,7 +392,7 @@ impl<H: Host> Worker<H> {
         let mut decision = self.decide(&request, now_us);
         if let Decision::AwaitKeys { provider, .. } = decision {
             // Another worker may have stored newer keys since this one last looked.
-            if self.sync_keys(provider) {
+            if self.sync_keys(provider, now_ms) {
                 decision = self.decide(&request, now_us);
             }
         }
@@ -493,7 +493,7 @@ impl<H: Host> Worker<H> {
     }
 
     /// Loads keys another worker stored, if they are newer than ours. True if keys changed.
-    fn sync_keys(&mut self, provider: usize) -> bool {
+    fn sync_keys(&mut self, provider: usize, now_ms: u64) -> bool {
         let Some(status) = self.read_status(provider) else {
             return false;
         };
@@ -511,9 +511,8 @@ impl<H: Host> Worker<H> {
         };
         match KeySet::from_jwks_json(&document) {
             Ok(set) => {
-                source.keys = Some(set);
-                self.keys_generation += 1;
                 remote.seen_version = status.keys_version;
+                self.install_keys(provider, set, now_ms);
                 true
             }
             Err(e) => {
@@ -826,13 +825,15 @@ impl<H: Host> Worker<H> {
                         set.keys.len()
                     ),
                 );
-                if let Some(source) = self.sources.get_mut(provider) {
-                    source.keys = Some(set);
-                    if let (Some(remote), Some(status)) = (source.remote.as_mut(), version) {
-                        remote.seen_version = status.keys_version;
-                    }
+                if let (Some(remote), Some(status)) = (
+                    self.sources
+                        .get_mut(provider)
+                        .and_then(|s| s.remote.as_mut()),
+                    version,
+                ) {
+                    remote.seen_version = status.keys_version;
                 }
-                self.keys_generation += 1;
+                self.install_keys(provider, set, now_ms);
             }
             Err(why) => {
                 self.host.count(Counter::JwksFetchFailed);
@@ -865,7 +866,7 @@ impl<H: Host> Worker<H> {
             {
                 continue;
             }
-            self.sync_keys(provider);
+            self.sync_keys(provider, now_ms);
             let order = if orphaned.contains(&provider) {
                 self.try_lease_again(provider, now_ms)
             } else {
@@ -883,6 +884,26 @@ impl<H: Host> Worker<H> {
             fetches: orders,
             finals,
             poll: self.poll_due(now_ms),
+        }
+    }
+
+    /// Uses `set` as `provider`'s keys from now on. A `kid` the old set had and this one lacks
+    /// was retired: its tokens are refused at once (401) rather than asked to retry.
+    fn install_keys(&mut self, provider: usize, set: KeySet, now_ms: u64) {
+        let Some(source) = self.sources.get_mut(provider) else {
+            return;
+        };
+        let retired: Vec<String> = source
+            .keys
+            .iter()
+            .flat_map(|old| old.keys.iter())
+            .filter_map(|k| k.kid.clone())
+            .filter(|kid| !set.keys.iter().any(|k| k.kid.as_ref() == Some(kid)))
+            .collect();
+        source.keys = Some(set);
+        self.keys_generation += 1;
+        for kid in retired {
+            self.remember_absent(provider, &kid, now_ms);
         }
     }
 
