@@ -165,12 +165,15 @@ fn layer_ambiguity(path: &str) -> Option<Ambiguity> {
             _ => {}
         }
     }
-    // Segments after the leading `/`: none may be empty (but the last, `/a/`), `.` or `..`.
-    let mut segments = path.split('/').skip(1).peekable();
-    while let Some(segment) = segments.next() {
+    // No segment may be `.` or `..` (the text before the first `/` included: a target that is
+    // not origin-form is refused anyway, but this answer must not depend on it), and none
+    // after the leading `/` may be empty but the last (`/a/`).
+    let mut segments = path.split('/').enumerate().peekable();
+    while let Some((i, segment)) = segments.next() {
         let segment = segment.split(';').next().unwrap_or("");
         let last = segments.peek().is_none();
-        if (segment.is_empty() && !last) || segment == "." || segment == ".." {
+        let empty_inside = segment.is_empty() && i > 0 && !last;
+        if empty_inside || segment == "." || segment == ".." {
             return Some(Ambiguity::NotNormalised);
         }
     }
@@ -275,6 +278,9 @@ mod tests {
             "/a//b",
             "/a/..",
             "/a/..;x/b",
+            // Found by the `routes` fuzz target: a dot segment before any `/`.
+            "./t`P",
+            "..",
         ] {
             assert_eq!(
                 path_ambiguity(path),
