@@ -80,11 +80,6 @@ impl<K: Clone + Ord + std::hash::Hash> Expiring<K> {
         }
         gone
     }
-
-    fn clear(&mut self) {
-        self.forget_at.clear();
-        self.by_time.clear();
-    }
 }
 
 /// Revoked tokens are held by the first 128 bits of their SHA-256: half the memory, and
@@ -258,7 +253,9 @@ impl RevocationSet {
     /// Tokens of `subject` issued at or before `revoked_at_ms` are refused. Subjects are not
     /// forgotten (nothing says when the subject's last old token expires): at the cap a token or
     /// `jti` revocation makes room; when there is none, the new subject is dropped and the set
-    /// stays incomplete until it is read again from the start ([`RevocationSet::clear`]).
+    /// stays incomplete until the server's state is read again from the start
+    /// ([`RevocationSet::resync`], which drops the dropped subject's incompleteness; the read
+    /// drops it again if there is still no room).
     pub fn revoke_subject(&mut self, subject: &str, revoked_at_ms: u64, now_ms: u64) {
         if let Some(at) = self.subjects.get_mut(subject) {
             *at = (*at).max(revoked_at_ms);
@@ -274,15 +271,6 @@ impl RevocationSet {
     pub fn prune(&mut self, now_ms: u64) -> usize {
         let now_s = seconds_down(now_ms);
         self.tokens.prune(now_s) + self.jtis.prune(now_s)
-    }
-
-    /// Forgets everything (the server's state restarted: its feed is read again from the
-    /// start).
-    pub fn clear(&mut self) {
-        self.tokens.clear();
-        self.jtis.clear();
-        self.subjects.clear();
-        self.incomplete_until_ms = 0;
     }
 
     /// Whether a revocation by token names one of `digests` (a token's bytes or signed part).

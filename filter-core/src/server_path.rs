@@ -222,18 +222,17 @@ impl<H: Host> Worker<H> {
         // run already), and an allow for a token or subject revoked since is refused.
         let older_than_applied = reply.directive.change_version < self.versions.change_version
             || self.versions.changes_applied_ms >= call.started_ms;
+        let token = request.bearer().unwrap_or("");
+        // Hashed only where used: an older allow is screened, or a current reply cached (never
+        // both).
+        let digests = || [token_digest(token), revocation_digest(token)];
         if older_than_applied && reply.outcome.is_allow() {
-            let token = request.bearer().unwrap_or("");
             let subject_revoked_since = reply.directive.subject.as_ref().is_some_and(|s| {
                 self.subjects_applied_ms
                     .get(s)
                     .is_some_and(|at| *at >= call.started_ms)
             });
-            if subject_revoked_since
-                || self
-                    .revocations
-                    .names_token(&[token_digest(token), revocation_digest(token)])
-            {
+            if subject_revoked_since || self.revocations.names_token(&digests()) {
                 return self.deny(
                     context_id,
                     request,
@@ -248,7 +247,6 @@ impl<H: Host> Worker<H> {
             && !older_than_applied
             && reply.directive.policy_version == self.versions.policy_version
         {
-            let token = request.bearer().unwrap_or("");
             let key = if call.policy_version == self.versions.policy_version {
                 call.key
             } else {
@@ -261,12 +259,13 @@ impl<H: Host> Worker<H> {
                     self.versions.policy_version,
                 )
             };
+            let [token_digest, revocation_digest] = digests();
             let entry = CachedDecision {
                 outcome: reply.outcome.clone(),
                 tier: call.tier,
                 subject: reply.directive.subject.clone(),
-                token_digest: token_digest(token),
-                revocation_digest: revocation_digest(token),
+                token_digest,
+                revocation_digest,
                 expires_at_ms: now_ms + lifetime,
             };
             if let Some(evicted_tier) = self.decisions.insert(key, entry) {
