@@ -72,6 +72,9 @@ pub struct ProviderEntry {
     pub keys: KeyFetchEntry,
     /// Refuse tokens with an ID token's markers, in the filter and the server.
     pub refuse_id_tokens: Option<bool>,
+    /// Longest accepted token lifetime, seconds, in the filter and the server (which also
+    /// keeps revocations whose token's expiry it does not know this long).
+    pub max_lifetime_seconds: Option<u64>,
 }
 
 /// Key-fetch settings of a provider, for the filter (`jwks.remote`) and the server (`token`).
@@ -201,6 +204,9 @@ fn provider_json(p: &ProviderEntry) -> Value {
     });
     if let (Some(refuse), Some(object)) = (p.refuse_id_tokens, provider.as_object_mut()) {
         object.insert("refuse_id_tokens".into(), json!(refuse));
+    }
+    if let (Some(max), Some(object)) = (p.max_lifetime_seconds, provider.as_object_mut()) {
+        object.insert("max_lifetime_seconds".into(), json!(max));
     }
     if let (Some(typ), Some(object)) = (&p.typ, provider.as_object_mut()) {
         object.insert("typ".into(), json!(typ));
@@ -414,6 +420,9 @@ pub fn render_with_env(
             }
             if let Some(refuse) = provider.refuse_id_tokens {
                 token.insert("refuse_id_tokens".into(), json!(refuse));
+            }
+            if let Some(max) = provider.max_lifetime_seconds {
+                token.insert("max_lifetime_seconds".into(), json!(max));
             }
             if let Some(typ) = &provider.typ {
                 token.insert("typ".into(), json!(typ));

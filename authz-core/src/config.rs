@@ -34,6 +34,7 @@ pub mod defaults {
     pub const PUSH_WAIT_MS: u64 = 20_000;
     pub const LOCAL_REVOCATION_TIERS: [&str; 2] = ["authenticated", "standard_write"];
     pub const MAX_REVOCATIONS: usize = crate::revocations::DEFAULT_MAX_ENTRIES;
+    pub const MAX_SUBJECT_REVOCATIONS: usize = crate::revocations::DEFAULT_MAX_SUBJECTS;
     pub const CACHE_MAX_ENTRIES: usize = 10_000;
     pub const DENY_TTL_MS: u64 = crate::decision_cache::DEFAULT_DENY_MS;
     pub const JWT_TTL_MS: u64 = 60_000;
@@ -128,6 +129,12 @@ pub struct ServerLinkConfig {
     /// that honour revocations fail closed (503) until the dropped revocation's token expires.
     #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::MAX_REVOCATIONS)))]
     pub max_revocations: Option<usize>,
+    /// Cap on subject revocations (`revoke-subject`) each worker holds, 1–10000000, apart
+    /// from `max_revocations`. A subject revocation is forgotten once every token it refuses
+    /// has expired (the server's `token.max_lifetime_seconds` after it); at the cap, writes
+    /// fail closed (503) until the dropped one would have been forgotten.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::MAX_SUBJECT_REVOCATIONS)))]
+    pub max_subject_revocations: Option<usize>,
     /// For providers that issue opaque access tokens (not JWTs): on `authenticated` and
     /// `standard_write` routes such a token is decided by the server (introspection, its
     /// revocations) through the decision cache, instead of being refused as malformed.
@@ -170,6 +177,7 @@ pub struct ServerLink {
     /// Locally decided tiers that honour revocations (empty without an epochs feed).
     pub local_revocations: Vec<Tier>,
     pub max_revocations: usize,
+    pub max_subject_revocations: usize,
     /// Bearer tokens that are not JWTs go to the server on locally decided tiers too.
     pub opaque_tokens: bool,
 }
@@ -221,6 +229,11 @@ pub struct ProviderConfig {
     /// cannot tell them apart.
     #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub refuse_id_tokens: Option<bool>,
+    /// Longest accepted token lifetime (`exp` − `iat`), seconds, 60–31536000: longer-lived
+    /// tokens, and tokens without `exp`, are refused (as `jwt_authn`'s `max_lifetime`). Give
+    /// the server the same value (`token.max_lifetime_seconds`): it bounds how long a
+    /// revocation must be kept. Default: no limit.
+    pub max_lifetime_seconds: Option<u64>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -819,6 +832,11 @@ fn parse_provider(
     if skew > 600 {
         p.add(at, "clock_skew_seconds above 600 defeats expiry");
     }
+    let max_lifetime_seconds = lifetime_seconds(
+        p,
+        &format!("{at}.max_lifetime_seconds"),
+        c.max_lifetime_seconds,
+    );
     let provider = Provider {
         name: c
             .name
@@ -830,6 +848,7 @@ fn parse_provider(
         require_expiration: c.require_expiration.unwrap_or(defaults::REQUIRE_EXPIRATION),
         required_typ: c.typ.clone(),
         refuse_id_tokens: c.refuse_id_tokens.unwrap_or(false),
+        max_lifetime_seconds,
         hmac_key,
     };
     Some((provider, source?))
@@ -895,6 +914,15 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
     if max_revocations == 0 || max_revocations > 10_000_000 {
         p.add("server.max_revocations", "must be between 1 and 10000000");
     }
+    let max_subject_revocations = s
+        .max_subject_revocations
+        .unwrap_or(defaults::MAX_SUBJECT_REVOCATIONS);
+    if max_subject_revocations == 0 || max_subject_revocations > 10_000_000 {
+        p.add(
+            "server.max_subject_revocations",
+            "must be between 1 and 10000000",
+        );
+    }
     let epochs = match (&s.epochs_cluster, &s.epochs_token) {
         (Some(cluster), Some(token)) if interval_ms > 0 => Some(EpochsPoll {
             authority: s
@@ -928,6 +956,7 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
         max_unreachable_ms,
         local_revocations,
         max_revocations,
+        max_subject_revocations,
         opaque_tokens: s.opaque_tokens.unwrap_or(false),
     })
 }
@@ -1206,6 +1235,16 @@ impl Policy {
                 JwksSource::Inline(_) => None,
             })
     }
+}
+
+/// A configured maximum token lifetime (seconds) checked against
+/// [`crate::verify::MAX_LIFETIME_RANGE`].
+fn lifetime_seconds(p: &mut Problems, at: &str, value: Option<u64>) -> Option<i64> {
+    let value = value?;
+    if !crate::verify::MAX_LIFETIME_RANGE.contains(&value) {
+        p.add(at, crate::verify::MAX_LIFETIME_RANGE_TEXT);
+    }
+    i64::try_from(value).ok()
 }
 
 #[cfg(test)]

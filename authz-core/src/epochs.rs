@@ -10,12 +10,14 @@
 //!  "confirmed": true, "incarnation": "ab12…",
 //!  "tokens": [["<sha256 hex>", 1700000360000, 1700000000123]],
 //!  "jtis": [["j-1", null, 1700000000456]],
-//!  "subjects": [["alice", 1700000000789, 3, 1700000000789]]}
+//!  "subjects": [["alice", 1700000000789, 3, 1700000000789, 1700003600789]]}
 //! ```
 //!
 //! `tokens` and `jtis` are `[key, expires_at_ms | null, learned_at_ms]`; `subjects` are
-//! `[subject, revoked_at_ms, epoch, learned_at_ms]`; `learned_at_ms` is when the answering
-//! server learned the change (its clock).
+//! `[subject, revoked_at_ms, epoch, learned_at_ms, expires_at_ms | null]`, the last being when
+//! every token the revocation refuses has expired (the server's maximum token lifetime after
+//! it; absent or `null` when not configured); `learned_at_ms` is when the answering server
+//! learned the change (its clock).
 
 use crate::token_hash::parse_digest_hex;
 use serde_json::Value;
@@ -36,6 +38,8 @@ pub struct SubjectRevocation {
     pub subject: String,
     pub revoked_at_ms: u64,
     pub learned_at_ms: Option<u64>,
+    /// When the last token the revocation refuses expires (ms), if the server knows.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// Changes since the version the filter asked about.
@@ -125,6 +129,7 @@ impl Changes {
                         .to_owned(),
                     revoked_at_ms: ms(row.get(1))?.ok_or("a subject revocation has no time")?,
                     learned_at_ms: ms(row.get(3))?,
+                    expires_at_ms: ms(row.get(4))?,
                 })
             })
             .collect::<Result<_, &'static str>>()?;
@@ -182,6 +187,10 @@ mod tests {
         assert_eq!((c.version, c.policy_version), (7, 2));
         assert_eq!(c.subjects[0].subject, "alice");
         assert_eq!(c.subjects[0].revoked_at_ms, 40);
+        assert_eq!(
+            c.subjects[0].expires_at_ms, None,
+            "an older server sends four"
+        );
         assert_eq!(c.tokens[0].key, [0xab; 32]);
         assert_eq!(c.tokens[0].expires_at_ms, Some(9000));
         assert_eq!(c.jtis[0].key, "j");
@@ -217,5 +226,10 @@ mod tests {
             br#"{"format":2,"version":1,"policy_version":0,"subjects":[["a","x",1,1]]}"#
         )
         .is_err());
+        let bounded = Changes::parse(
+            br#"{"format":2,"version":1,"policy_version":0,"subjects":[["a",5,1,6,3600005]]}"#,
+        )
+        .unwrap();
+        assert_eq!(bounded.subjects[0].expires_at_ms, Some(3_600_005));
     }
 }

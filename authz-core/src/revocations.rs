@@ -5,12 +5,15 @@
 //! before a local allow.
 //!
 //! Bounded. A token or `jti` revocation is forgotten once the token it names has expired (plus
-//! [`FORGET_GRACE_MS`]: past it, the verifier refuses the token anyway); a revocation whose
-//! expiry the server did not know is kept [`UNKNOWN_EXPIRY_KEEP_MS`]. Tokens are held by the
-//! first 128 bits of their SHA-256 and times in whole seconds (see the memory test in
-//! `tests/tests/revocation_memory.rs`). At the cap
-//! (`max_entries`), the entry that would be forgotten soonest makes room, and until that entry
-//! would have been forgotten anyway the set is *incomplete*: writes must fail closed
+//! [`FORGET_GRACE_MS`]: past it, the verifier refuses the token anyway). One whose expiry the
+//! server did not know is kept until it learns one (from a later check of the token, or its
+//! configured maximum token lifetime) and republishes it: nothing says the token is gone
+//! before. A subject revocation is forgotten once every token it refuses has expired (the
+//! server's maximum token lifetime after it), under its own cap. Tokens are held by the first
+//! 128 bits of their SHA-256 and times in whole seconds (see the memory test in
+//! `tests/tests/revocation_memory.rs`). At a cap (`max_entries` for tokens and `jti`s,
+//! `max_subjects` for subjects), the entry that would be forgotten soonest makes room, and until
+//! that entry would have been forgotten anyway the set is *incomplete*: writes must fail closed
 //! ([`RevocationSet::complete`]), reads keep honouring what is held.
 //!
 //! What it does not do: fetch, read a clock (every call takes `now_ms`) or decide anything
@@ -22,11 +25,12 @@ use std::collections::{BTreeSet, HashMap};
 /// Kept this long past the revoked token's expiry: longer than any clock skew a provider
 /// accepts (at most 300 s), so a revocation never leaves while its token could still pass.
 pub const FORGET_GRACE_MS: u64 = 10 * 60 * 1000;
-/// How long a revocation without a known expiry is kept (a token revoked by hash whose `exp`
-/// the server did not know).
-pub const UNKNOWN_EXPIRY_KEEP_MS: u64 = 24 * 60 * 60 * 1000;
-/// Default cap on held revocations (tokens, `jti`s and subjects together).
+/// Default cap on held token and `jti` revocations.
 pub const DEFAULT_MAX_ENTRIES: usize = 200_000;
+/// Default cap on held subject revocations.
+pub const DEFAULT_MAX_SUBJECTS: usize = 100_000;
+/// The forget time of a revocation whose expiry is not known: never, until one is learned.
+const UNKNOWN: u32 = u32::MAX;
 
 /// Keys that are forgotten at a time (whole seconds, rounded up), with an index by that time.
 #[derive(Debug)]
@@ -72,6 +76,22 @@ impl<K: Clone + Ord + std::hash::Hash> Expiring<K> {
         Some(at)
     }
 
+    /// Holds `key` until `at`: a later time wins, except that with `known_replaces_unknown` (a
+    /// token's expiry is a fact about that one token) a known time replaces [`UNKNOWN`] and
+    /// [`UNKNOWN`] never replaces a known time. Returns
+    /// whether the key was already held (and so needs no room).
+    fn hold(&mut self, key: K, at: u32, known_replaces_unknown: bool) -> bool {
+        match self.get(&key) {
+            Some(_) if known_replaces_unknown && at == UNKNOWN => return true,
+            Some(held) if held == UNKNOWN && known_replaces_unknown => {}
+            Some(held) if held >= at => return true,
+            Some(_) => {}
+            None => return false,
+        }
+        self.put(key, at);
+        true
+    }
+
     fn prune(&mut self, now_s: u32) -> usize {
         let mut gone = 0;
         while self.soonest().is_some_and(|at| at <= now_s) {
@@ -105,9 +125,12 @@ fn seconds_down(ms: u64) -> u32 {
 pub struct RevocationSet {
     tokens: Expiring<TokenPrefix>,
     jtis: Expiring<Box<str>>,
+    /// Subjects, by when they may be forgotten.
+    subjects: Expiring<Box<str>>,
     /// Subject → tokens issued (`iat`, ms) at or before this are refused.
-    subjects: HashMap<Box<str>, u64>,
+    subjects_revoked_at: HashMap<Box<str>, u64>,
     max_entries: usize,
+    max_subjects: usize,
     /// Set when the cap dropped a revocation that was still needed: until then the set is
     /// incomplete.
     incomplete_until_ms: u64,
@@ -126,12 +149,22 @@ pub enum Revoked {
 }
 
 impl RevocationSet {
+    /// A set holding at most `max_entries` token and `jti` revocations and
+    /// [`DEFAULT_MAX_SUBJECTS`] subjects.
     pub fn new(max_entries: usize) -> RevocationSet {
+        RevocationSet::with_caps(max_entries, DEFAULT_MAX_SUBJECTS)
+    }
+
+    /// A set holding at most `max_entries` token and `jti` revocations and `max_subjects`
+    /// subjects.
+    pub fn with_caps(max_entries: usize, max_subjects: usize) -> RevocationSet {
         RevocationSet {
             tokens: Expiring::new(),
             jtis: Expiring::new(),
-            subjects: HashMap::new(),
+            subjects: Expiring::new(),
+            subjects_revoked_at: HashMap::new(),
             max_entries: max_entries.max(1),
+            max_subjects: max_subjects.max(1),
             incomplete_until_ms: 0,
             resyncing: false,
             dropped: 0,
@@ -173,20 +206,21 @@ impl RevocationSet {
         self.resyncing = false;
     }
 
-    /// When a revocation may be forgotten (whole seconds, rounded up), unless that has passed.
+    /// When a revocation may be forgotten (whole seconds, rounded up; [`UNKNOWN`] when its
+    /// expiry is not known), unless that has passed.
     fn forget_at(expires_at_ms: Option<u64>, now_ms: u64) -> Option<u32> {
-        let at_ms = match expires_at_ms {
-            Some(exp) => exp.saturating_add(FORGET_GRACE_MS),
-            None => now_ms.saturating_add(UNKNOWN_EXPIRY_KEEP_MS),
+        let Some(exp) = expires_at_ms else {
+            return Some(UNKNOWN);
         };
-        (at_ms > now_ms).then(|| seconds_up(at_ms))
+        let at_ms = exp.saturating_add(FORGET_GRACE_MS);
+        (at_ms > now_ms).then(|| seconds_up(at_ms).min(UNKNOWN - 1))
     }
 
-    /// Whether a new entry forgotten at `at` may be held: true when there is room (made by
-    /// dropping the entry forgotten soonest, if that goes before `at`).
+    /// Whether a new token or `jti` entry forgotten at `at` may be held: true when there is
+    /// room (made by dropping the entry forgotten soonest, if that goes before `at`).
     fn room_for(&mut self, at: u32, now_ms: u64) -> bool {
         self.prune(now_ms);
-        if self.len() < self.max_entries {
+        if self.tokens.len() + self.jtis.len() < self.max_entries {
             return true;
         }
         let soonest = match (self.tokens.soonest(), self.jtis.soonest()) {
@@ -204,7 +238,28 @@ impl RevocationSet {
                 true
             }
             _ => {
-                // Every held entry outlives this one (or they are all subjects).
+                // Every held entry outlives this one.
+                self.drop_needed(u64::from(at) * 1000);
+                false
+            }
+        }
+    }
+
+    /// Whether a new subject forgotten at `at` may be held, as [`RevocationSet::room_for`]
+    /// under the subjects' own cap.
+    fn room_for_subject(&mut self, at: u32, now_ms: u64) -> bool {
+        self.prune(now_ms);
+        if self.subjects.len() < self.max_subjects {
+            return true;
+        }
+        match self.subjects.by_time.first().cloned() {
+            Some((first, subject)) if first < at => {
+                self.subjects.pop_soonest();
+                self.subjects_revoked_at.remove(&subject);
+                self.drop_needed(u64::from(first) * 1000);
+                true
+            }
+            _ => {
                 self.drop_needed(u64::from(at) * 1000);
                 false
             }
@@ -241,36 +296,51 @@ impl RevocationSet {
         let Some(at) = Self::forget_at(expires_at_ms, now_ms) else {
             return;
         };
-        match pick(self).get(&key) {
-            Some(held) if held >= at => return,
-            Some(_) => {}
-            None if !self.room_for(at, now_ms) => return,
-            None => {}
+        if !pick(self).hold(key.clone(), at, true) && self.room_for(at, now_ms) {
+            pick(self).put(key, at);
         }
-        pick(self).put(key, at);
     }
 
-    /// Tokens of `subject` issued at or before `revoked_at_ms` are refused. Subjects are not
-    /// forgotten (nothing says when the subject's last old token expires): at the cap a token or
-    /// `jti` revocation makes room; when there is none, the new subject is dropped and the set
-    /// stays incomplete until the server's state is read again from the start
-    /// ([`RevocationSet::resync`], which drops the dropped subject's incompleteness; the read
-    /// drops it again if there is still no room).
-    pub fn revoke_subject(&mut self, subject: &str, revoked_at_ms: u64, now_ms: u64) {
-        if let Some(at) = self.subjects.get_mut(subject) {
-            *at = (*at).max(revoked_at_ms);
+    /// Tokens of `subject` issued at or before `revoked_at_ms` are refused, until
+    /// `expires_at_ms` (when the last token the revocation refuses expires: the server's
+    /// maximum token lifetime after it; `None`: not known, kept until the cap). At the cap the
+    /// subject forgotten soonest makes room; when every held one outlives the new one, the
+    /// new one is dropped and the set stays incomplete until it would have gone, or until the
+    /// server's state is read again from the start ([`RevocationSet::resync`]; the read drops
+    /// it again if there is still no room).
+    pub fn revoke_subject(
+        &mut self,
+        subject: &str,
+        revoked_at_ms: u64,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) {
+        let Some(at) = Self::forget_at(expires_at_ms, now_ms) else {
             return;
+        };
+        // A later revocation refuses more tokens: the later time wins, and a subject whose
+        // tokens' lifetime was not known stays so.
+        let held = self.subjects.hold(subject.into(), at, false);
+        if !held {
+            if !self.room_for_subject(at, now_ms) {
+                return;
+            }
+            self.subjects.put(subject.into(), at);
         }
-        // Kept for good: any token or `jti` revocation makes room first.
-        if self.room_for(u32::MAX, now_ms) {
-            self.subjects.insert(subject.into(), revoked_at_ms);
-        }
+        let revoked_at = self.subjects_revoked_at.entry(subject.into()).or_insert(0);
+        *revoked_at = (*revoked_at).max(revoked_at_ms);
     }
 
     /// Forgets revocations whose tokens expired; returns how many went.
     pub fn prune(&mut self, now_ms: u64) -> usize {
         let now_s = seconds_down(now_ms);
-        self.tokens.prune(now_s) + self.jtis.prune(now_s)
+        let subjects_before = self.subjects.len();
+        let pruned = self.tokens.prune(now_s) + self.jtis.prune(now_s) + self.subjects.prune(now_s);
+        if self.subjects.len() != subjects_before {
+            let held = &self.subjects.forget_at;
+            self.subjects_revoked_at.retain(|s, _| held.contains_key(s));
+        }
+        pruned
     }
 
     /// Whether a revocation by token names one of `digests` (a token's bytes or signed part).
@@ -298,7 +368,7 @@ impl RevocationSet {
         )
         .iter()
         .any(|key| {
-            self.subjects
+            self.subjects_revoked_at
                 .get(key.as_str())
                 .is_some_and(|revoked_at| issued_ms <= *revoked_at)
         })
@@ -367,7 +437,7 @@ mod tests {
         assert_eq!(set.screen(&digested(&alice, 2)), Some(Revoked::Jti));
         let bob_old = token("bob", "j-b1", 100);
         let bob_new = token("bob", "j-b2", 300);
-        set.revoke_subject("bob", 200_000, 0);
+        set.revoke_subject("bob", 200_000, None, 0);
         assert_eq!(set.screen(&digested(&bob_old, 3)), Some(Revoked::Subject));
         assert_eq!(
             set.screen(&digested(&bob_new, 4)),
@@ -375,9 +445,9 @@ mod tests {
             "a later login passes"
         );
         // A later revocation of the subject moves its epoch forward, never back.
-        set.revoke_subject("bob", 100_000, 0);
+        set.revoke_subject("bob", 100_000, None, 0);
         assert_eq!(set.screen(&digested(&bob_old, 3)), Some(Revoked::Subject));
-        set.revoke_subject("bob", 300_000, 0);
+        set.revoke_subject("bob", 300_000, None, 0);
         assert_eq!(set.screen(&digested(&bob_new, 4)), Some(Revoked::Subject));
     }
 
@@ -389,11 +459,76 @@ mod tests {
         assert_eq!(set.prune(5_000 + FORGET_GRACE_MS - 1), 0, "grace");
         assert_eq!(set.prune(5_000 + FORGET_GRACE_MS), 1);
         assert_eq!(set.len(), 1);
-        assert_eq!(set.prune(UNKNOWN_EXPIRY_KEEP_MS), 1);
-        assert!(set.is_empty());
         // Already expired: never held.
         set.revoke_token([2; 32], Some(1), FORGET_GRACE_MS + 2);
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn a_revocation_whose_expiry_is_not_known_stays_until_one_is_learned() {
+        let year_ms = 365 * 24 * 3_600_000;
+        let mut set = RevocationSet::new(10);
+        set.revoke_jti("j", None, 0);
+        set.revoke_token([1; 32], None, 0);
+        assert_eq!(set.prune(year_ms), 0, "a 30-day token may still be valid");
+        let t = token("x", "j", 1);
+        assert_eq!(set.screen(&digested(&t, 9)), Some(Revoked::Jti));
+        // The server learned the token's expiry and republished it: a known expiry replaces
+        // the unknown one, even an earlier one.
+        set.revoke_token([1; 32], Some(year_ms + 1_000), year_ms);
+        set.revoke_jti("j", Some(year_ms + 2_000), year_ms);
+        // An unknown expiry arriving again does not undo what was learned.
+        set.revoke_token([1; 32], None, year_ms);
+        assert_eq!(set.prune(year_ms + 1_000 + FORGET_GRACE_MS), 1);
+        assert_eq!(set.prune(year_ms + 2_000 + FORGET_GRACE_MS), 1);
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn subject_revocations_leave_once_every_token_they_refuse_has_expired() {
+        let mut set = RevocationSet::new(10);
+        let old = token("bob", "j", 100);
+        set.revoke_subject("bob", 200_000, Some(3_800_000), 200_000);
+        assert_eq!(set.screen(&digested(&old, 1)), Some(Revoked::Subject));
+        assert_eq!(set.prune(3_800_000 + FORGET_GRACE_MS - 1), 0);
+        // A later revocation moves both times forward, never back.
+        set.revoke_subject("bob", 300_000, Some(3_900_000), 300_000);
+        set.revoke_subject("bob", 100_000, Some(3_700_000), 300_000);
+        assert_eq!(set.prune(3_800_000 + FORGET_GRACE_MS), 0);
+        assert_eq!(set.prune(3_900_000 + FORGET_GRACE_MS), 1);
+        assert_eq!(set.screen(&digested(&old, 1)), None);
+        // Without a known lifetime, kept.
+        set.revoke_subject("carol", 1, None, 0);
+        assert_eq!(set.prune(u64::from(u32::MAX - 1) * 1000), 0);
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn subjects_and_tokens_have_their_own_caps() {
+        let mut set = RevocationSet::with_caps(1, 2);
+        set.revoke_subject("a", 1, Some(10_000), 0);
+        set.revoke_subject("b", 1, Some(20_000), 0);
+        set.revoke_token([1; 32], Some(5_000), 0);
+        assert_eq!(set.len(), 3, "a token does not push out a subject");
+        assert!(set.complete(0));
+        // The subject forgotten soonest makes room; incomplete until it would have gone.
+        set.revoke_subject("c", 1, Some(30_000), 0);
+        assert_eq!(set.len(), 3);
+        let a = token("a", "j", 0);
+        assert_eq!(set.screen(&digested(&a, 9)), None);
+        assert_eq!(
+            set.screen(&digested(&token("c", "j", 0), 9)),
+            Some(Revoked::Subject)
+        );
+        assert!(!set.complete(10_000 + FORGET_GRACE_MS - 1));
+        assert!(set.complete(10_000 + FORGET_GRACE_MS));
+        // A token at its cap does not push out a subject either.
+        set.revoke_token([2; 32], Some(50_000), 0);
+        assert_eq!(set.len(), 3);
+        assert_eq!(
+            set.screen(&digested(&token("b", "j", 0), 9)),
+            Some(Revoked::Subject)
+        );
     }
 
     #[test]
@@ -415,9 +550,9 @@ mod tests {
         assert_eq!(set.screen(&digested(&t, 4)), None);
         assert_eq!(set.dropped(), 2);
         // A full set of subjects: a new subject is dropped and marks the set incomplete.
-        let mut subjects = RevocationSet::new(1);
-        subjects.revoke_subject("a", 1, 0);
-        subjects.revoke_subject("b", 1, 0);
+        let mut subjects = RevocationSet::with_caps(1, 1);
+        subjects.revoke_subject("a", 1, None, 0);
+        subjects.revoke_subject("b", 1, None, 0);
         assert_eq!(subjects.len(), 1);
         assert!(!subjects.complete(1_000));
     }

@@ -20,6 +20,10 @@ use serde_json::Value;
 /// `max_token_bytes` and the server's `token.max_bytes`): larger ones are refused before any
 /// parsing, verification or introspection.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+/// The limits a configured maximum token lifetime (seconds) must stay within.
+pub const MAX_LIFETIME_RANGE: std::ops::RangeInclusive<u64> = 60..=31_536_000;
+/// [`MAX_LIFETIME_RANGE`] as a configuration error says it.
+pub const MAX_LIFETIME_RANGE_TEXT: &str = "must be between 60 and 31536000 seconds";
 /// The limits a configured token size must stay within.
 pub const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=65_536;
 /// [`TOKEN_BYTES_RANGE`] as a configuration error says it.
@@ -40,6 +44,11 @@ pub struct Provider {
     /// Refuse tokens that carry an ID token's markers (`nonce`, `at_hash`, `c_hash`,
     /// `s_hash`): for IdPs whose access tokens have `typ: JWT` like their ID tokens.
     pub refuse_id_tokens: bool,
+    /// Longest accepted lifetime (`exp` − `iat`, or `exp` − now without `iat`), seconds: a
+    /// token living longer is refused, and one without `exp` too. It bounds how long a
+    /// revocation must be kept (a revocation whose token's expiry is not known, and a
+    /// subject's), as Envoy's `jwt_authn` `max_lifetime` bounds its tokens.
+    pub max_lifetime_seconds: Option<i64>,
     /// HMAC key from an inline secret, the only way HS* tokens are accepted.
     pub hmac_key: Option<VerificationKey>,
 }
@@ -88,6 +97,8 @@ pub enum VerifyFailure {
     },
     WrongType,
     MissingExpiration,
+    /// The token lives longer than the provider's `max_lifetime_seconds`.
+    LifetimeTooLong,
     Expired,
     NotYetValid,
     IssuedInFuture,
@@ -110,6 +121,7 @@ impl VerifyFailure {
             VerifyFailure::BadSignature { .. } => "bad_signature",
             VerifyFailure::WrongType => "wrong_typ",
             VerifyFailure::MissingExpiration => "missing_exp",
+            VerifyFailure::LifetimeTooLong => "lifetime_too_long",
             VerifyFailure::Expired => "expired",
             VerifyFailure::NotYetValid => "not_yet_valid",
             VerifyFailure::IssuedInFuture => "iat_in_future",
@@ -235,6 +247,13 @@ pub fn check_purpose(
         None if provider.require_expiration => return Err(VerifyFailure::MissingExpiration),
         Some(exp) if now >= exp.saturating_add(skew) => return Err(VerifyFailure::Expired),
         _ => {}
+    }
+    if let Some(max) = provider.max_lifetime_seconds {
+        let exp = claims.expires_at.ok_or(VerifyFailure::MissingExpiration)?;
+        let from = claims.issued_at.unwrap_or(now);
+        if exp.saturating_sub(from) > max {
+            return Err(VerifyFailure::LifetimeTooLong);
+        }
     }
     if let Some(nbf) = claims.not_before {
         if now.saturating_add(skew) < nbf {

@@ -304,6 +304,31 @@ impl CheckService {
             || signed_part_digest(token).is_some_and(|d| self.versions.is_token_revoked(&d))
     }
 
+    /// A revoked token was presented: a revocation that did not know when its token expires
+    /// learns it from the token (a JWT's `exp`, or what the IdP said of it). Read unverified:
+    /// a token a revocation names has that revocation's content (the same bytes, or the same
+    /// signed part), so its `exp` is the revoked token's.
+    fn learn_revoked_expiry(&self, token: &str, key: &TokenKey) {
+        let expiry_s =
+            authz_core::verify::jws_exp(token).or_else(|| self.introspector.cached_expiry(key));
+        let Some(expires_at_ms) = expiry_s.map(|s| (s.max(0) as u64).saturating_mul(1000)) else {
+            return;
+        };
+        let now_ms = self.clock.now_ms();
+        for digest in std::iter::once(*key).chain(signed_part_digest(token)) {
+            if self
+                .versions
+                .learn_token_expiry(&digest, expires_at_ms, now_ms)
+            {
+                tracing::info!(
+                    token = %authz_core::token_hash::digest_label(&digest),
+                    expires_at_ms,
+                    "revocation_expiry_learned"
+                );
+            }
+        }
+    }
+
     /// Phase 2: the token, before any cache or IdP is asked about it.
     fn screen<'a>(
         &self,
@@ -321,6 +346,7 @@ impl CheckService {
         let key = token_digest(token);
         trace.token_label = authz_core::token_hash::digest_label(&key);
         if self.token_revoked(token, &key) {
+            self.learn_revoked_expiry(token, &key);
             return Err(DenyReason::Revoked);
         }
         if id.tier.requires_server() && !self.limiters.privileged_address_allowed(&id.address) {
@@ -1013,6 +1039,57 @@ policy:
         );
         assert!(service.token_revoked(form_b, &token_digest(form_b)));
         assert!(!service.token_revoked("opaque", &token_digest("opaque")));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_presented_again_teaches_its_revocation_when_to_go() {
+        let clock = crate::clock::ManualClock::new();
+        let service = service(clock.clone());
+        let exp = clock.now_seconds() + 40 * 24 * 3600;
+        // A JWS whose payload says `{"exp": …}` (its signature is never checked: it is
+        // refused as revoked before anything else).
+        let token = format!(
+            "eyJhbGciOiJFUzI1NiJ9.{}.c2ln",
+            base64_url(&json!({"exp": exp}).to_string())
+        );
+        let mut asked = request("GET", "/admin/users", None);
+        if let Some(http) = asked
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+        {
+            http.headers
+                .insert("authorization".into(), format!("Bearer {token}"));
+        }
+        let key = token_digest(&token);
+        service
+            .versions
+            .apply(&crate::versions::Change::RevokeToken(key, None), None);
+        let cursor = service.versions.change_version();
+        let id = identify(&service.config, &asked).unwrap();
+        let rules = service.config.tier_rules(id.tier);
+        let mut trace = Trace::default();
+        assert_eq!(
+            service.screen(&id, &rules, &mut trace).err(),
+            Some(DenyReason::Revoked)
+        );
+        let update: serde_json::Value =
+            serde_json::from_str(&service.versions.changes_since_v2(cursor, true)).unwrap();
+        assert_eq!(
+            update["tokens"][0][0],
+            authz_core::token_hash::digest_hex(&key)
+        );
+        assert_eq!(
+            update["tokens"][0][1],
+            exp as u64 * 1000,
+            "republished with it"
+        );
+    }
+
+    fn base64_url(text: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
     }
 
     #[tokio::test]

@@ -221,6 +221,12 @@ pub struct TokenFile {
     /// ID tokens.
     #[schemars(extend("default" = false))]
     pub refuse_id_tokens: Option<bool>,
+    /// Longest accepted token lifetime (`exp` − `iat`), seconds, 60–31536000: longer-lived
+    /// tokens and tokens without `exp` are refused. It also bounds how long a revocation is
+    /// kept: a token revocation whose token's expiry is not known is kept this long (plus the
+    /// clock skew) after it is made, and a subject revocation too, instead of until the cap.
+    /// Give the filter's providers the same value. Default: no limit.
+    pub max_lifetime_seconds: Option<u64>,
     /// Leeway for `exp`/`nbf`/`iat`, seconds, at most 600.
     #[schemars(extend("default" = defaults::CLOCK_SKEW_SECONDS))]
     pub clock_skew_seconds: Option<u64>,
@@ -757,6 +763,14 @@ fn token_section(
     if skew > 600 {
         p.add("token.clock_skew_seconds", "above 600 defeats expiry");
     }
+    if t.max_lifetime_seconds
+        .is_some_and(|s| !authz_core::verify::MAX_LIFETIME_RANGE.contains(&s))
+    {
+        p.add(
+            "token.max_lifetime_seconds",
+            authz_core::verify::MAX_LIFETIME_RANGE_TEXT,
+        );
+    }
     if t.typ.as_deref().is_some_and(str::is_empty) {
         p.add(
             "token.typ",
@@ -828,6 +842,7 @@ fn token_section(
             require_expiration: false,
             required_typ: t.typ.clone(),
             refuse_id_tokens: t.refuse_id_tokens.unwrap_or(false),
+            max_lifetime_seconds: t.max_lifetime_seconds.and_then(|s| i64::try_from(s).ok()),
             hmac_key: None,
         },
         t.require_audience.unwrap_or(defaults::REQUIRE_AUDIENCE),
@@ -1760,6 +1775,27 @@ colour: blue
                 "missing {expected:?} in {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_maximum_token_lifetime_is_in_range_and_bounds_the_provider() {
+        let with = |seconds: u64| {
+            EXAMPLE.replace(
+                "audiences: [demo-api]}",
+                &format!("audiences: [demo-api], max_lifetime_seconds: {seconds}}}"),
+            )
+        };
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&with(5)) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("token.max_lifetime_seconds: must be between 60")),
+            "{problems:#?}"
+        );
+        let config = ServerConfig::from_yaml(&with(3_600)).unwrap();
+        assert_eq!(config.token.max_lifetime_seconds, Some(3_600));
     }
 
     #[test]

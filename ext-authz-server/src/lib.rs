@@ -149,6 +149,10 @@ pub fn build_service_with_clock(
         Some(_) => versions::Versions::shared(),
         None => versions::Versions::default(),
     });
+    versions.set_lifetime_bound_ms(config.token.max_lifetime_seconds.map(|max| {
+        let skew = config.token.clock_skew_seconds.max(0);
+        (max.saturating_add(skew).max(0) as u64).saturating_mul(1000)
+    }));
     let shared = match &config.redis {
         Some(redis) => Some(Arc::new(
             shared::Shared::new(

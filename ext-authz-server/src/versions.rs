@@ -14,8 +14,14 @@
 //! counter passes it, so no poller that already moved past the counter misses it. Facts only
 //! accumulate: nothing applied here is ever un-revoked.
 //!
-//! In memory. Revoked token hashes are kept up to a bound (oldest dropped first), which is
-//! safe as long as the bound covers the tokens' remaining lifetimes; `jti` revocations likewise.
+//! In memory. A token or `jti` revocation is kept until its token expires (plus
+//! [`EXPIRY_GRACE_MS`]). When that expiry is not known, it is learned: from the configured
+//! maximum token lifetime ([`Versions::set_lifetime_bound_ms`]: the token was valid when
+//! revoked, so it expires within that bound), or from the next check of the token
+//! ([`Versions::learn_token_expiry`]); learning it restamps the revocation, so every feed
+//! poller reads the expiry. A subject revocation is kept for that bound after it (its
+//! expiry is in the feed, for workers to forget it too); without a bound, revocations stay up
+//! to the cap on revoked keys (oldest dropped first).
 //! This module does no I/O and reads no clock.
 
 use crate::lock;
@@ -118,16 +124,23 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
     ) -> (bool, u64) {
         match self.entries.get_mut(&key) {
             Some(entry) => {
-                let restamped = entry.stamp.max(seq.unwrap_or(0));
+                // An expiry is a fact about the token (or a bound above it): a later one wins,
+                // and a known one replaces not knowing. A changed expiry is restamped like a
+                // new fact, so pollers already past the old stamp read it.
+                let merged = match (entry.expiry, expiry) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                let mut restamped = entry.stamp.max(seq.unwrap_or(0));
+                if merged != entry.expiry {
+                    entry.expiry = merged;
+                    restamped = restamped.max(stamp_if_new);
+                }
                 if restamped != entry.stamp {
                     self.by_stamp.remove(&(entry.stamp, key.clone()));
                     self.by_stamp.insert((restamped, key));
                     entry.stamp = restamped;
                 }
-                entry.expiry = match (entry.expiry, expiry) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    _ => None,
-                };
                 (false, entry.stamp)
             }
             None => {
@@ -228,6 +241,8 @@ struct State {
     subjects: HashMap<String, SubjectEpoch>,
     revoked_tokens: RevokedSet<TokenKey>,
     revoked_jtis: RevokedSet<String>,
+    /// The longest a token lives (the configured maximum lifetime plus clock skew), ms.
+    lifetime_bound_ms: Option<u64>,
 }
 
 /// Shared revocation and version state.
@@ -332,9 +347,14 @@ impl Versions {
                     s.version
                 }
             };
+            // Not knowing a token's expiry, the bound on every token's lifetime stands in.
+            let bounded = |expiry: &Expiry| {
+                expiry.or_else(|| s.lifetime_bound_ms.map(|b| now_ms.saturating_add(b)))
+            };
             match change {
                 Change::RevokeToken(key, expiry) => {
-                    let (new, stamp) = s.revoked_tokens.insert(*key, stamp, seq, *expiry, now_ms);
+                    let expiry = bounded(expiry);
+                    let (new, stamp) = s.revoked_tokens.insert(*key, stamp, seq, expiry, now_ms);
                     Applied {
                         new,
                         stamp,
@@ -342,9 +362,10 @@ impl Versions {
                     }
                 }
                 Change::RevokeJti(jti, expiry) => {
+                    let expiry = bounded(expiry);
                     let (new, stamp) =
                         s.revoked_jtis
-                            .insert(jti.clone(), stamp, seq, *expiry, now_ms);
+                            .insert(jti.clone(), stamp, seq, expiry, now_ms);
                     Applied {
                         new,
                         stamp,
@@ -394,6 +415,32 @@ impl Versions {
         })
     }
 
+    /// Every accepted token lives at most `bound_ms` (the configured maximum lifetime plus
+    /// skew): a revocation whose token's expiry is not known is kept that long after it is
+    /// applied here, and a subject revocation that long after it was made.
+    pub fn set_lifetime_bound_ms(&self, bound_ms: Option<u64>) {
+        self.with(|s| s.lifetime_bound_ms = bound_ms);
+    }
+
+    /// A check saw a token a revocation names (`key`) expire at `expires_at_ms`: a revocation
+    /// that did not know when to go learns it and is republished. Returns whether one did.
+    pub fn learn_token_expiry(&self, key: &TokenKey, expires_at_ms: u64, now_ms: u64) -> bool {
+        let unknown = self.with(|s| {
+            s.revoked_tokens
+                .entries
+                .get(key)
+                .is_some_and(|e| e.expiry.is_none())
+        });
+        if unknown {
+            self.apply_at(
+                &Change::RevokeToken(*key, Some(expires_at_ms)),
+                None,
+                now_ms,
+            );
+        }
+        unknown
+    }
+
     /// The shared stream has been read through `seq`.
     pub fn advance_to(&self, seq: u64) {
         self.with(|s| s.version = s.version.max(seq));
@@ -433,7 +480,21 @@ impl Versions {
     /// Forgets revocations of tokens that expired (plus [`EXPIRY_GRACE_MS`]) before `now_ms`:
     /// refusing them costs nothing any more. Returns how many went.
     pub fn prune_expired(&self, now_ms: u64) -> usize {
-        let pruned = self.with(|s| s.revoked_tokens.prune(now_ms) + s.revoked_jtis.prune(now_ms));
+        let pruned = self.with(|s| {
+            let subjects = s.subjects.len();
+            if let Some(bound) = s.lifetime_bound_ms {
+                // Every token a subject revocation refuses has expired.
+                s.subjects.retain(|_, e| {
+                    e.revoked_at_ms
+                        .saturating_add(bound)
+                        .saturating_add(EXPIRY_GRACE_MS)
+                        > now_ms
+                });
+            }
+            s.revoked_tokens.prune(now_ms)
+                + s.revoked_jtis.prune(now_ms)
+                + (subjects - s.subjects.len())
+        });
         if pruned > 0 {
             // What a whole-state answer holds changed.
             self.wake();
@@ -498,11 +559,21 @@ impl Versions {
         }
         let incarnation = self.incarnation();
         let (head, subjects, tokens, jtis) = self.with(|s| {
-            let subjects: Vec<(String, u64, u64, u64)> = s
+            let bound = s.lifetime_bound_ms;
+            let subjects: Vec<(String, u64, u64, u64, Option<u64>)> = s
                 .subjects
                 .iter()
                 .filter(|(_, e)| e.changed_at_version > since)
-                .map(|(sub, e)| (sub.clone(), e.revoked_at_ms, e.epoch, e.learned_at_ms))
+                .map(|(sub, e)| {
+                    let expires = bound.map(|b| e.revoked_at_ms.saturating_add(b));
+                    (
+                        sub.clone(),
+                        e.revoked_at_ms,
+                        e.epoch,
+                        e.learned_at_ms,
+                        expires,
+                    )
+                })
                 .collect();
             let head = (
                 s.version,
@@ -525,7 +596,9 @@ impl Versions {
             "policy_changed_at_ms": policy_changed_at_ms.map(|at| learned(at).unwrap_or(0)),
             "subjects": subjects
                 .iter()
-                .map(|(sub, at, epoch, learned_at)| json!([sub, at, epoch, learned(*learned_at)]))
+                .map(|(sub, at, epoch, learned_at, expires)| {
+                    json!([sub, at, epoch, learned(*learned_at), expires])
+                })
                 .collect::<Vec<_>>(),
             "tokens": tokens
                 .iter()
@@ -610,6 +683,62 @@ mod tests {
         );
     }
 
+    fn feed(v: &Versions, since: u64) -> Value {
+        serde_json::from_str(&v.changes_since_v2(since, true)).unwrap()
+    }
+
+    #[test]
+    fn the_maximum_token_lifetime_bounds_revocations_whose_expiry_is_not_known() {
+        let hour = 3_600_000;
+        let v = Versions::default();
+        v.set_lifetime_bound_ms(Some(hour));
+        v.apply_at(&Change::RevokeToken([1; 32], None), None, 10_000);
+        v.apply_at(&Change::RevokeJti("j".into(), None), None, 10_000);
+        v.apply_at(&subject("alice", 10_000), None, 10_000);
+        let all = feed(&v, 0);
+        assert_eq!(all["tokens"][0][1], 10_000 + hour);
+        assert_eq!(all["jtis"][0][1], 10_000 + hour);
+        assert_eq!(
+            all["subjects"][0][4],
+            10_000 + hour,
+            "workers forget it then too"
+        );
+        assert_eq!(v.prune_expired(10_000 + hour + EXPIRY_GRACE_MS - 1), 0);
+        assert_eq!(v.prune_expired(10_000 + hour + EXPIRY_GRACE_MS), 3);
+        assert!(v.subject_revoked_at_ms("alice").is_none());
+        // Without a bound, nothing says when: kept, and said so.
+        let unbounded = Versions::default();
+        unbounded.apply_at(&Change::RevokeToken([1; 32], None), None, 10_000);
+        unbounded.apply_at(&subject("alice", 10_000), None, 10_000);
+        let all = feed(&unbounded, 0);
+        assert!(all["tokens"][0][1].is_null());
+        assert!(all["subjects"][0][4].is_null());
+        assert_eq!(unbounded.prune_expired(u64::MAX / 2), 0);
+    }
+
+    #[test]
+    fn an_expiry_learned_later_is_republished_to_pollers_already_past_the_revocation() {
+        let v = Versions::default();
+        v.apply_at(&Change::RevokeToken([1; 32], None), None, 10_000);
+        let cursor = v.change_version();
+        assert!(
+            !v.learn_token_expiry(&[2; 32], 99_000, 20_000),
+            "not revoked"
+        );
+        assert!(v.learn_token_expiry(&[1; 32], 99_000, 20_000));
+        let update = feed(&v, cursor);
+        assert_eq!(update["tokens"][0][0], hex(&[1; 32]));
+        assert_eq!(update["tokens"][0][1], 99_000);
+        assert!(
+            !v.learn_token_expiry(&[1; 32], 50_000, 20_000),
+            "learned once"
+        );
+        // An unknown expiry arriving again (another replica, Redis) keeps what was learned.
+        v.apply_at(&Change::RevokeToken([1; 32], None), Some(1), 30_000);
+        assert_eq!(feed(&v, 0)["tokens"][0][1], 99_000);
+        assert_eq!(v.prune_expired(99_000 + EXPIRY_GRACE_MS), 1);
+    }
+
     #[test]
     fn revocations_of_expired_tokens_are_forgotten_and_polls_read_an_index() {
         let v = Versions::default();
@@ -623,13 +752,9 @@ mod tests {
         assert!(v.is_jti_revoked("j"));
         assert_eq!(v.prune_expired(5_000 + EXPIRY_GRACE_MS), 1);
         assert_eq!(v.revoked_counts(), (1, 0));
-        // A re-announced revocation with a later expiry keeps the later one.
+        // A re-announced revocation that knows the expiry: known replaces not knowing.
         v.apply(&Change::RevokeToken([2; 32], Some(9_000)), None);
-        assert_eq!(
-            v.prune_expired(9_000 + EXPIRY_GRACE_MS),
-            0,
-            "None (keep) wins"
-        );
+        assert_eq!(v.prune_expired(9_000 + EXPIRY_GRACE_MS), 1);
         // The poll answer comes from the index: newest stamps only.
         for i in 10..20u8 {
             v.apply(&Change::RevokeToken([i; 32], None), None);
@@ -757,7 +882,7 @@ mod tests {
         assert_eq!(all["format"], 2);
         assert_eq!(all["tokens"], json!([[hex(&[7; 32]), 9_000, 100]]));
         assert_eq!(all["jtis"], json!([["j", null, 200]]));
-        assert_eq!(all["subjects"], json!([["alice", 250, 1, 300]]));
+        assert_eq!(all["subjects"], json!([["alice", 250, 1, 300, null]]));
         assert_eq!(all["policy_changed_at_ms"], 400);
         let now = all["version"].as_u64().unwrap();
         assert!(v.has_changes_since(now - 1));

@@ -532,8 +532,12 @@ impl<H: Host> Worker<H> {
                 self.decisions.clear();
             }
             purged += self.decisions.purge_subject(&subject.subject);
-            self.revocations
-                .revoke_subject(&subject.subject, subject.revoked_at_ms, now_ms);
+            self.revocations.revoke_subject(
+                &subject.subject,
+                subject.revoked_at_ms,
+                subject.expires_at_ms,
+                now_ms,
+            );
         }
         for token in &changes.tokens {
             purged += self.decisions.purge_token(&token.key);

@@ -169,13 +169,10 @@ impl<H: Host> Worker<H> {
             policy.cache.jwt_ttl_ms,
             policy.cache.caps.deny_ms,
         );
-        let revocations = RevocationSet::new(
-            policy
-                .server
-                .as_ref()
-                .map(|s| s.max_revocations)
-                .unwrap_or(authz_core::revocations::DEFAULT_MAX_ENTRIES),
-        );
+        let revocations = match policy.server.as_ref() {
+            Some(s) => RevocationSet::with_caps(s.max_revocations, s.max_subject_revocations),
+            None => RevocationSet::new(authz_core::revocations::DEFAULT_MAX_ENTRIES),
+        };
         Worker {
             policy,
             debug_logs: host.debug_enabled(),

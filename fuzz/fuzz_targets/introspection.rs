@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         require_expiration: false,
         required_typ: Some("at+jwt".into()),
         refuse_id_tokens: true,
+        max_lifetime_seconds: Some(86_400),
         hmac_key: None,
     };
     if let Ok(answer) = Introspection::parse(data) {

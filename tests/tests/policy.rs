@@ -418,3 +418,24 @@ fn the_policy_sets_the_key_fetch_settings_of_both_components() {
     assert_eq!(server.idp.refresh.refresh_interval_ms, 120_000);
     assert_eq!(server.idp.refresh.min_refetch_interval_ms, 3_000);
 }
+
+#[test]
+fn the_policy_gives_both_components_the_maximum_token_lifetime() {
+    let text = std::fs::read_to_string(repo_root().join("config/policy.example.yaml"))
+        .expect("read")
+        .replace(
+            "    audiences: [demo-api]\n",
+            "    audiences: [demo-api]\n    max_lifetime_seconds: 3600\n",
+        );
+    assert!(text.contains("max_lifetime_seconds: 3600"));
+    let rendered = authz_config::render_with_env(&text, &test_env).expect("renders");
+    let filter =
+        authz_core::Policy::from_json(rendered.filter.to_string().as_bytes()).expect("loads");
+    assert_eq!(filter.providers[0].max_lifetime_seconds, Some(3_600));
+    let server =
+        ServerConfig::from_yaml_with_env(rendered.server.as_deref().expect("server"), |n| {
+            Some(format!("test-secret-for-{n}-0123456789"))
+        })
+        .expect("loads");
+    assert_eq!(server.token.max_lifetime_seconds, Some(3_600));
+}

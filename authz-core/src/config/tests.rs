@@ -57,7 +57,7 @@ fn the_example_loads_with_defaults_filled_in() {
 #[test]
 fn every_problem_is_reported_at_once() {
     let bad = json!({
-        "providers": [{"audiences": [], "jwks": {}, "clock_skew_seconds": 9999, "audience": "typo"}],
+        "providers": [{"audiences": [], "jwks": {}, "clock_skew_seconds": 9999, "audience": "typo", "max_lifetime_seconds": 5}],
         "routes": [
             {"match": {"prefix": "/a", "exact": "/b"}, "tier": "gold"},
             {"match": {"regex": "(unclosed"}, "tier": "public", "require": {"scopes": ["x"]}},
@@ -75,6 +75,7 @@ fn every_problem_is_reported_at_once() {
         "providers[0]: \"audiences\" must list",
         "providers[0].jwks: exactly one of",
         "providers[0]: clock_skew_seconds above 600",
+        "providers[0].max_lifetime_seconds: must be between 60 and",
         "routes[0]: unknown tier \"gold\"",
         "routes[0].match: exactly one of",
         "routes[1].match: invalid regex",

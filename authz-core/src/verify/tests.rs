@@ -42,6 +42,7 @@ fn provider() -> Provider {
         require_expiration: true,
         required_typ: None,
         refuse_id_tokens: false,
+        max_lifetime_seconds: None,
         hmac_key: None,
     }
 }
@@ -250,6 +251,33 @@ fn id_tokens_are_refused_by_their_markers_when_asked() {
         );
         assert!(check(&id_token).is_ok(), "off by default: {marker}");
     }
+}
+
+#[test]
+fn a_maximum_lifetime_refuses_longer_lived_tokens_and_tokens_without_exp() {
+    let key = &fixture().es256;
+    let sign = |c: Value| key.sign(&c).unwrap();
+    let mut bounded = provider();
+    bounded.max_lifetime_seconds = Some(3_600);
+    bounded.require_expiration = false;
+    let exactly = with(claims(), "exp", json!(NOW - 10 + 3_600));
+    assert!(check_with(&sign(exactly.clone()), bounded.clone()).is_ok());
+    let longer = with(claims(), "exp", json!(NOW - 10 + 3_601));
+    assert_eq!(
+        check_with(&sign(longer.clone()), bounded.clone()).unwrap_err(),
+        VerifyFailure::LifetimeTooLong
+    );
+    assert!(check(&sign(longer)).is_ok(), "no limit by default");
+    // Without `iat`, the lifetime left from now counts.
+    let no_iat = without(with(claims(), "exp", json!(NOW + 3_601)), "iat");
+    assert_eq!(
+        check_with(&sign(no_iat), bounded.clone()).unwrap_err(),
+        VerifyFailure::LifetimeTooLong
+    );
+    assert_eq!(
+        check_with(&sign(without(claims(), "exp")), bounded).unwrap_err(),
+        VerifyFailure::MissingExpiration
+    );
 }
 
 #[test]
