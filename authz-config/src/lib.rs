@@ -75,6 +75,8 @@ pub struct ProviderEntry {
     /// Longest accepted token lifetime, seconds, in the filter and the server (which also
     /// keeps revocations whose token's expiry it does not know this long).
     pub max_lifetime_seconds: Option<u64>,
+    /// Marks client-credentials tokens that carry a `sub`, in the filter and the server.
+    pub client_grant: Option<Value>,
 }
 
 /// Key-fetch settings of a provider, for the filter (`jwks.remote`) and the server (`token`).
@@ -207,6 +209,9 @@ fn provider_json(p: &ProviderEntry) -> Value {
     }
     if let (Some(max), Some(object)) = (p.max_lifetime_seconds, provider.as_object_mut()) {
         object.insert("max_lifetime_seconds".into(), json!(max));
+    }
+    if let (Some(grant), Some(object)) = (&p.client_grant, provider.as_object_mut()) {
+        object.insert("client_grant".into(), grant.clone());
     }
     if let (Some(typ), Some(object)) = (&p.typ, provider.as_object_mut()) {
         object.insert("typ".into(), json!(typ));
@@ -423,6 +428,9 @@ pub fn render_with_env(
             }
             if let Some(max) = provider.max_lifetime_seconds {
                 token.insert("max_lifetime_seconds".into(), json!(max));
+            }
+            if let Some(grant) = &provider.client_grant {
+                token.insert("client_grant".into(), grant.clone());
             }
             if let Some(typ) = &provider.typ {
                 token.insert("typ".into(), json!(typ));

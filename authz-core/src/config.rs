@@ -234,6 +234,10 @@ pub struct ProviderConfig {
     /// the server the same value (`token.max_lifetime_seconds`): it bounds how long a
     /// revocation must be kept. Default: no limit.
     pub max_lifetime_seconds: Option<u64>,
+    /// A claim whose value marks client-credentials tokens that carry a `sub` (`{claim: gty,
+    /// values: [client-credentials]}` for Auth0): such a token's principal is the client,
+    /// as for tokens without `sub`. Without it, only a missing `sub` makes a client token.
+    pub client_grant: Option<crate::principal::ClientGrant>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -832,6 +836,13 @@ fn parse_provider(
     if skew > 600 {
         p.add(at, "clock_skew_seconds above 600 defeats expiry");
     }
+    for problem in c
+        .client_grant
+        .iter()
+        .flat_map(|g| g.problems(&format!("{at}.client_grant")))
+    {
+        p.0.push(problem);
+    }
     let max_lifetime_seconds = lifetime_seconds(
         p,
         &format!("{at}.max_lifetime_seconds"),
@@ -849,6 +860,7 @@ fn parse_provider(
         required_typ: c.typ.clone(),
         refuse_id_tokens: c.refuse_id_tokens.unwrap_or(false),
         max_lifetime_seconds,
+        client_grant: c.client_grant.clone(),
         hmac_key,
     };
     Some((provider, source?))

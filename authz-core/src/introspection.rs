@@ -196,6 +196,15 @@ impl Introspection {
         answer
     }
 
+    /// Applies the provider's client-credentials marker: a marked answer's principal is the
+    /// client ([`crate::principal::ClientGrant::apply`]).
+    pub fn with_client_grant(mut self, grant: Option<&crate::principal::ClientGrant>) -> Self {
+        if let Some(grant) = grant {
+            grant.apply(&self.raw, &mut self.subject, &mut self.client_id);
+        }
+        self
+    }
+
     /// Whether a user signed in for this token: it names a `sub` (client-credentials tokens
     /// without one are the client's). Never decided by comparing `sub` with `client_id`: a user
     /// whose `sub` equals a client's id would skip step-up.

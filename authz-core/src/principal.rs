@@ -12,7 +12,15 @@
 //! also revokes the user tokens issued to it (their `client_id`/`azp`), see
 //! [`revocation_keys`].
 //!
+//! A token is a client's when it has no `sub`, or when the provider's [`ClientGrant`] marker
+//! says so (IdPs such as Auth0, Okta, Ory Hydra and Keycloak put a `sub` in client-credentials
+//! tokens too: `gty: client-credentials`, a service account's `sub`, …); never because `sub`
+//! equals `client_id`.
+//!
 //! What this module does not do: decide whether a principal may do anything.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
 /// Which claim named the principal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +86,65 @@ pub fn revocation_keys(subject: Option<&str>, client_id: Option<&str>) -> Vec<St
     keys
 }
 
+/// A claim whose value marks a client-credentials token that carries a `sub`
+/// (`client_grant: {claim: gty, values: [client-credentials]}` for Auth0).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ClientGrant {
+    /// The claim (a string, or a list of strings).
+    pub claim: String,
+    /// Values that mark a client token; at least one.
+    pub values: Vec<String>,
+}
+
+impl ClientGrant {
+    /// Whether claims `raw` carry the marker: the claim is one of the values, or a list
+    /// holding one.
+    pub fn marks(&self, raw: &Map<String, Value>) -> bool {
+        let named = |v: &Value| {
+            v.as_str()
+                .is_some_and(|s| self.values.iter().any(|x| x == s))
+        };
+        match raw.get(&self.claim) {
+            Some(Value::Array(items)) => items.iter().any(named),
+            Some(value) => named(value),
+            None => false,
+        }
+    }
+
+    /// Makes a marked token a client's: its `sub` stops naming a user, and names the client
+    /// when the token names no `client_id`/`azp`.
+    pub fn apply(
+        &self,
+        raw: &Map<String, Value>,
+        subject: &mut Option<String>,
+        client_id: &mut Option<String>,
+    ) {
+        if !self.marks(raw) {
+            return;
+        }
+        let sub = subject.take();
+        if client_id.as_deref().is_none_or(str::is_empty) {
+            *client_id = sub;
+        }
+    }
+
+    /// Configuration problems, each with its key under `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.claim.is_empty() {
+            problems.push(format!("{at}.claim: must name a claim"));
+        }
+        if self.values.is_empty() || self.values.iter().any(String::is_empty) {
+            problems.push(format!(
+                "{at}.values: must list at least one non-empty value"
+            ));
+        }
+        problems
+    }
+}
+
 /// The principal of a token with these claims: `sub` when present and not empty, else the
 /// client id, else none.
 pub fn principal<'a>(
@@ -123,6 +190,55 @@ mod tests {
         );
         assert_eq!(principal(None, None), None);
         assert_eq!(principal(Some(""), Some("")), None);
+    }
+
+    #[test]
+    fn a_client_grant_marker_makes_a_token_with_a_sub_a_clients() {
+        let grant = ClientGrant {
+            claim: "gty".into(),
+            values: vec!["client-credentials".into()],
+        };
+        let raw = |v: Value| v.as_object().cloned().unwrap();
+        // Auth0's client-credentials token: `sub` is "<client>@clients", `azp` the client.
+        let (mut sub, mut client) = (Some("app@clients".to_owned()), Some("app".to_owned()));
+        grant.apply(
+            &raw(serde_json::json!({"gty": "client-credentials"})),
+            &mut sub,
+            &mut client,
+        );
+        assert_eq!((sub.as_deref(), client.as_deref()), (None, Some("app")));
+        // Without a client claim, the `sub` names the client.
+        let (mut sub, mut client) = (Some("svc".to_owned()), None);
+        grant.apply(
+            &raw(serde_json::json!({"gty": ["x", "client-credentials"]})),
+            &mut sub,
+            &mut client,
+        );
+        assert_eq!(
+            principal(sub.as_deref(), client.as_deref()).map(|p| p.key()),
+            Some(client_key("svc"))
+        );
+        // Unmarked (another value, or equality of sub and client_id): a user's.
+        for claims in [
+            serde_json::json!({"gty": "password"}),
+            serde_json::json!({}),
+        ] {
+            let (mut sub, mut client) = (Some("app".to_owned()), Some("app".to_owned()));
+            grant.apply(&raw(claims), &mut sub, &mut client);
+            assert_eq!(
+                principal(sub.as_deref(), client.as_deref()).map(|p| p.kind),
+                Some(PrincipalKind::Subject)
+            );
+        }
+        assert_eq!(
+            ClientGrant {
+                claim: String::new(),
+                values: vec![]
+            }
+            .problems("token.client_grant")
+            .len(),
+            2
+        );
     }
 
     #[test]

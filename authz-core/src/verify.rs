@@ -49,6 +49,8 @@ pub struct Provider {
     /// revocation must be kept (a revocation whose token's expiry is not known, and a
     /// subject's), as Envoy's `jwt_authn` `max_lifetime` bounds its tokens.
     pub max_lifetime_seconds: Option<i64>,
+    /// Marks client-credentials tokens that carry a `sub` ([`crate::principal::ClientGrant`]).
+    pub client_grant: Option<crate::principal::ClientGrant>,
     /// HMAC key from an inline secret, the only way HS* tokens are accepted.
     pub hmac_key: Option<VerificationKey>,
 }
@@ -357,7 +359,8 @@ pub fn verify<'k>(
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(VerifyFailure::Malformed("kid is not a string")),
     };
-    let claims = Claims::from_json(&parts.payload).map_err(|e| VerifyFailure::Malformed(e.0))?;
+    let mut claims =
+        Claims::from_json(&parts.payload).map_err(|e| VerifyFailure::Malformed(e.0))?;
     let issuer = claims
         .issuer
         .as_deref()
@@ -434,6 +437,9 @@ pub fn verify<'k>(
         .and_then(Value::as_str)
         .unwrap_or("");
     check_purpose(provider, &claims, Some(typ), now, Presence::Required)?;
+    if let Some(grant) = &provider.client_grant {
+        grant.apply(&claims.raw, &mut claims.subject, &mut claims.client_id);
+    }
     Ok(VerifiedToken {
         provider: provider_index,
         algorithm,

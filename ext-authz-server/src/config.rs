@@ -227,6 +227,10 @@ pub struct TokenFile {
     /// clock skew) after it is made, and a subject revocation too, instead of until the cap.
     /// Give the filter's providers the same value. Default: no limit.
     pub max_lifetime_seconds: Option<u64>,
+    /// A claim whose value marks client-credentials tokens that carry a `sub` (`{claim: gty,
+    /// values: [client-credentials]}` for Auth0), in JWTs and introspection answers: such a
+    /// token's principal is the client. Give the filter's providers the same.
+    pub client_grant: Option<authz_core::principal::ClientGrant>,
     /// Leeway for `exp`/`nbf`/`iat`, seconds, at most 600.
     #[schemars(extend("default" = defaults::CLOCK_SKEW_SECONDS))]
     pub clock_skew_seconds: Option<u64>,
@@ -771,6 +775,13 @@ fn token_section(
             authz_core::verify::MAX_LIFETIME_RANGE_TEXT,
         );
     }
+    for problem in t
+        .client_grant
+        .iter()
+        .flat_map(|g| g.problems("token.client_grant"))
+    {
+        p.0.push(problem);
+    }
     if t.typ.as_deref().is_some_and(str::is_empty) {
         p.add(
             "token.typ",
@@ -843,6 +854,7 @@ fn token_section(
             required_typ: t.typ.clone(),
             refuse_id_tokens: t.refuse_id_tokens.unwrap_or(false),
             max_lifetime_seconds: t.max_lifetime_seconds.and_then(|s| i64::try_from(s).ok()),
+            client_grant: t.client_grant.clone(),
             hmac_key: None,
         },
         t.require_audience.unwrap_or(defaults::REQUIRE_AUDIENCE),

@@ -128,6 +128,8 @@ pub struct IdpClient {
     idp: Arc<Idp>,
     /// `private_key_jwt`'s signing key, parsed once.
     assertion_key: Option<Arc<jsonwebtoken::EncodingKey>>,
+    /// Marks client-credentials answers that carry a `sub` (`token.client_grant`).
+    client_grant: Option<authz_core::principal::ClientGrant>,
 }
 
 fn transport(e: reqwest::Error) -> IdpError {
@@ -156,7 +158,17 @@ impl IdpClient {
             config,
             idp,
             assertion_key,
+            client_grant: None,
         })
+    }
+
+    /// Answers this marker names are a client's ([`authz_core::principal::ClientGrant`]).
+    pub fn with_client_grant(
+        mut self,
+        grant: Option<authz_core::principal::ClientGrant>,
+    ) -> IdpClient {
+        self.client_grant = grant;
+        self
     }
 
     /// The single-token endpoint (for logs): configured or discovered.
@@ -245,7 +257,7 @@ impl IdpClient {
         if status != reqwest::StatusCode::OK {
             return Err(classify_status(status.as_u16(), &body));
         }
-        Ok(Introspection::parse(&body)?)
+        Ok(Introspection::parse(&body)?.with_client_grant(self.client_grant.as_ref()))
     }
 
     /// Checks endpoint and credentials: the introspection of a token no IdP issued (random) must
@@ -291,7 +303,11 @@ impl IdpClient {
         if status != reqwest::StatusCode::OK {
             return Err(classify_status(status.as_u16(), &body));
         }
-        Ok(parse_batch(&body, tokens.len())?)
+        let grant = self.client_grant.as_ref();
+        Ok(parse_batch(&body, tokens.len())?
+            .into_iter()
+            .map(|answer| answer.with_client_grant(grant))
+            .collect())
     }
 }
 
@@ -299,6 +315,45 @@ impl IdpClient {
 mod tests {
     use super::*;
     use crate::test_http::{json_answer, serve_recording};
+
+    #[tokio::test]
+    async fn a_marked_client_credentials_answer_names_the_client_not_a_user() {
+        let (port, _) = serve_recording(|_| {
+            json_answer(
+                r#"{"active":true,"sub":"app@clients","azp":"app","gty":"client-credentials"}"#,
+            )
+        })
+        .await;
+        let yaml = crate::config::tests::EXAMPLE
+            .replace(
+                "http://127.0.0.1:9000/introspect\n",
+                &format!("http://127.0.0.1:{port}/introspect\n"),
+            )
+            .replace(
+                "audiences: [demo-api]}",
+                "audiences: [demo-api], client_grant: {claim: gty, values: [client-credentials]}}",
+            );
+        let config = crate::config::ServerConfig::from_yaml(&yaml).unwrap();
+        let idp = Idp::new(
+            &config,
+            Arc::new(crate::clock::SystemClock),
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap();
+        let http = crate::idp_http::client(&config, config.introspection.timeout, None).unwrap();
+        let plain =
+            IdpClient::new(config.introspection.clone(), idp.clone(), http.clone()).unwrap();
+        assert!(plain.introspect("t").await.unwrap().is_user_token());
+        let marked = IdpClient::new(config.introspection.clone(), idp, http)
+            .unwrap()
+            .with_client_grant(config.token.client_grant.clone());
+        let answer = marked.introspect("t").await.unwrap();
+        assert!(!answer.is_user_token(), "step-up for users does not apply");
+        assert_eq!(
+            answer.principal().map(|p| p.key()),
+            Some(authz_core::principal::client_key("app"))
+        );
+    }
 
     #[tokio::test]
     async fn without_client_authentication_nothing_but_the_token_is_sent() {

@@ -144,7 +144,8 @@ pub fn build_service_with_clock(
         config.introspection.timeout,
         Some(config.introspection.max_idle_connections),
     )?;
-    let client = idp_client::IdpClient::new(config.introspection.clone(), idp.clone(), http)?;
+    let client = idp_client::IdpClient::new(config.introspection.clone(), idp.clone(), http)?
+        .with_client_grant(config.token.client_grant.clone());
     let versions = Arc::new(match config.redis {
         Some(_) => versions::Versions::shared(),
         None => versions::Versions::default(),

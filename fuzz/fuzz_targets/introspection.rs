@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         required_typ: Some("at+jwt".into()),
         refuse_id_tokens: true,
         max_lifetime_seconds: Some(86_400),
+        client_grant: None,
         hmac_key: None,
     };
     if let Ok(answer) = Introspection::parse(data) {

@@ -420,22 +420,33 @@ fn the_policy_sets_the_key_fetch_settings_of_both_components() {
 }
 
 #[test]
-fn the_policy_gives_both_components_the_maximum_token_lifetime() {
+fn the_policy_gives_both_components_the_maximum_token_lifetime_and_client_grant() {
     let text = std::fs::read_to_string(repo_root().join("config/policy.example.yaml"))
         .expect("read")
         .replace(
             "    audiences: [demo-api]\n",
-            "    audiences: [demo-api]\n    max_lifetime_seconds: 3600\n",
+            "    audiences: [demo-api]\n    max_lifetime_seconds: 3600\n    client_grant: {claim: gty, values: [client-credentials]}\n",
         );
     assert!(text.contains("max_lifetime_seconds: 3600"));
     let rendered = authz_config::render_with_env(&text, &test_env).expect("renders");
     let filter =
         authz_core::Policy::from_json(rendered.filter.to_string().as_bytes()).expect("loads");
     assert_eq!(filter.providers[0].max_lifetime_seconds, Some(3_600));
+    assert_eq!(
+        filter.providers[0]
+            .client_grant
+            .as_ref()
+            .map(|g| g.claim.as_str()),
+        Some("gty")
+    );
     let server =
         ServerConfig::from_yaml_with_env(rendered.server.as_deref().expect("server"), |n| {
             Some(format!("test-secret-for-{n}-0123456789"))
         })
         .expect("loads");
     assert_eq!(server.token.max_lifetime_seconds, Some(3_600));
+    assert_eq!(
+        server.token.client_grant.as_ref().map(|g| g.values.clone()),
+        Some(vec!["client-credentials".to_owned()])
+    );
 }

@@ -43,6 +43,7 @@ fn provider() -> Provider {
         required_typ: None,
         refuse_id_tokens: false,
         max_lifetime_seconds: None,
+        client_grant: None,
         hmac_key: None,
     }
 }
@@ -251,6 +252,34 @@ fn id_tokens_are_refused_by_their_markers_when_asked() {
         );
         assert!(check(&id_token).is_ok(), "off by default: {marker}");
     }
+}
+
+#[test]
+fn a_client_grant_marker_makes_a_verified_token_with_a_sub_the_clients() {
+    let key = &fixture().es256;
+    let token = key
+        .sign(&with(
+            with(claims(), "gty", json!("client-credentials")),
+            "azp",
+            json!("app"),
+        ))
+        .unwrap();
+    let user = check(&token).unwrap();
+    assert_eq!(
+        user.claims.principal().map(|p| p.key()),
+        Some("alice".into())
+    );
+    let mut marked = provider();
+    marked.client_grant = Some(crate::principal::ClientGrant {
+        claim: "gty".into(),
+        values: vec!["client-credentials".into()],
+    });
+    let client = check_with(&token, marked).unwrap();
+    assert_eq!(
+        client.claims.principal().map(|p| p.key()),
+        Some(crate::principal::client_key("app"))
+    );
+    assert_eq!(client.claims.subject, None, "no user is named");
 }
 
 #[test]
