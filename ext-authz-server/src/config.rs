@@ -241,8 +241,11 @@ pub struct TokenFile {
     /// Read the provider's metadata from `issuer` (`/.well-known/openid-configuration`, else
     /// `/.well-known/oauth-authorization-server`): `jwks_uri`, `introspection_endpoint` and
     /// the auth methods it supports; refreshed like the keys; a document naming another
-    /// `issuer` is refused. Explicit `introspection.endpoint` / `token.jwks_uri` win over it.
-    /// Default: on when `introspection.endpoint` is not given.
+    /// `issuer` is refused. Explicit `introspection.endpoint` / `token.jwks_uri` win over it;
+    /// beside an explicit `introspection.endpoint` it finds the keys only, and does not hold
+    /// up readiness: until the keys load, JWTs are introspected (logged as
+    /// `provider_keys_missing`). Default: on when `issuer` is an http(s) URL, or when
+    /// `introspection.endpoint` is not given.
     pub discovery: Option<bool>,
     /// Where the provider's signing keys are (JWKS): JWT access tokens are then verified by the
     /// server itself (the filter's rules), without an IdP call. Else from discovery, if on.
@@ -792,7 +795,12 @@ fn token_section(
     if !TOKEN_BYTES_RANGE.contains(&max_bytes) {
         p.add("token.max_bytes", TOKEN_BYTES_RANGE_TEXT);
     }
-    let discovery = t.discovery.unwrap_or(!introspection_endpoint_given);
+    // Discovery finds the keys even beside a configured introspection endpoint (which then
+    // wins): JWTs are verified here, not sent to the IdP one by one.
+    let issuer_is_url = issuer.starts_with("https://") || issuer.starts_with("http://");
+    let discovery = t
+        .discovery
+        .unwrap_or(issuer_is_url || !introspection_endpoint_given);
     if !discovery && !introspection_endpoint_given {
         p.add(
             "introspection.endpoint",
@@ -1599,8 +1607,13 @@ policy:
         assert!(c.idp.discovery);
         assert_eq!(c.introspection.endpoint, None);
         assert_eq!(c.idp.jwt_access_tokens, JwtAccessTokens::Verify);
-        // Explicit endpoints keep today's behaviour: no discovery.
-        assert!(!ServerConfig::from_yaml(EXAMPLE).unwrap().idp.discovery);
+        // An explicit introspection endpoint combines with discovery (for the keys).
+        assert!(ServerConfig::from_yaml(EXAMPLE).unwrap().idp.discovery);
+        let opted_out = EXAMPLE.replace(
+            "audiences: [demo-api]}",
+            "audiences: [demo-api], discovery: false}",
+        );
+        assert!(!ServerConfig::from_yaml(&opted_out).unwrap().idp.discovery);
 
         let bad = by_issuer
             .replace(

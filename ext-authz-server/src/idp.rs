@@ -127,16 +127,31 @@ impl Idp {
             .or_else(|| read(&self.metadata).and_then(|m| m.jwks_uri))
     }
 
-    /// Whether JWT access tokens are verified here rather than introspected: configured so,
-    /// and the keys have a source (an explicit `jwks_uri`, or discovery).
-    pub fn verifies_jwts(&self) -> bool {
+    /// Whether the provider's keys are fetched: JWTs are to be verified here, and the keys
+    /// have a source (an explicit `jwks_uri`, or discovery).
+    fn wants_keys(&self) -> bool {
         self.jwt_access_tokens == JwtAccessTokens::Verify
             && (self.configured_jwks_uri.is_some() || self.discovery)
     }
 
+    /// Whether discovery is only for the keys: the introspection endpoint is configured, so
+    /// the server decides without the metadata (JWTs are introspected until keys load).
+    fn discovers_keys_only(&self) -> bool {
+        self.discovery
+            && self.configured_introspection.is_some()
+            && self.configured_jwks_uri.is_none()
+    }
+
+    /// Whether JWT access tokens are verified here rather than introspected: configured so,
+    /// and the keys have a source. When discovery only finds the keys beside a configured
+    /// introspection endpoint, JWTs are introspected until the keys are loaded.
+    pub fn verifies_jwts(&self) -> bool {
+        self.wants_keys() && (!self.discovers_keys_only() || read(&self.keys).is_some())
+    }
+
     /// What still keeps the server from deciding with this provider, if anything.
     pub fn not_ready(&self) -> Option<String> {
-        if self.discovery && read(&self.metadata).is_none() {
+        if self.discovery && !self.discovers_keys_only() && read(&self.metadata).is_none() {
             return Some(match lock(&self.metadata_error).as_deref() {
                 Some(why) => format!("provider metadata not discovered yet: {why}"),
                 None => "provider metadata not discovered yet".to_owned(),
@@ -162,7 +177,7 @@ impl Idp {
                     self.discover(now_ms, reason).await;
                 }
             }
-            if self.verifies_jwts() && self.jwks_uri().is_some() {
+            if self.wants_keys() && self.jwks_uri().is_some() {
                 self.fetch_keys_if_due(now_ms, false).await;
             }
             tokio::time::sleep(TICK).await;
@@ -212,6 +227,12 @@ impl Idp {
             }
             Err(why) => {
                 tracing::warn!(issuer = %self.issuer, error = %why, "provider_metadata_failed: keeping what we had");
+                if self.discovers_keys_only() && read(&self.keys).is_none() {
+                    tracing::warn!(
+                        issuer = %self.issuer,
+                        "provider_keys_missing: JWT access tokens are introspected (one IdP call each) until the keys are discovered; set token.jwks_uri, or token.discovery: false to say so"
+                    );
+                }
                 *lock(&self.metadata_error) = Some(why);
                 *status = status.failed();
                 self.metrics.inc(

@@ -359,6 +359,39 @@ fn jwt_access_tokens_on_privileged_routes_are_verified_by_the_server_itself() {
 }
 
 #[test]
+fn an_explicit_introspection_endpoint_combines_with_discovery_of_the_keys() {
+    let op = OidcProvider::start(&[]);
+    let echo = Echo::start();
+    let config = server_config(&op, SERVER_CLIENT_SECRET).replace(
+        "introspection:\n",
+        &format!(
+            "introspection:\n  endpoint: {}\n",
+            op.url("/token/introspection")
+        ),
+    );
+    assert!(config.contains("/token/introspection"), "{config}");
+    let server = AuthzServerProcess::start(&config);
+    let native = native_envoy(&op, &echo, &server);
+    assert!(
+        eventually(Duration::from_secs(5), || server.readyz() == 200),
+        "{:?}",
+        server.log_lines("")
+    );
+    // The provider will not vouch for its JWTs by introspection: a 200 means the server
+    // verified it against the discovered keys.
+    let token = op.token(TokenFormat::Rs256, "read admin");
+    let reply = native.get("/admin/users", Some(&token), &[]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        server.metric("authz_jwt_verifications_total{result=\"ok\"}"),
+        1.0
+    );
+    // Opaque tokens go to the configured endpoint.
+    let opaque = op.token(TokenFormat::Opaque, "read admin");
+    assert_eq!(native.get("/admin/users", Some(&opaque), &[]).status, 200);
+}
+
+#[test]
 fn private_key_jwt_client_authentication_introspects() {
     let key =
         dev_keys::SigningKey::generate(dev_keys::KeyAlgorithm::Rsa, "server-key-1").expect("key");

@@ -137,3 +137,30 @@ async fn metadata_naming_another_issuer_is_refused_and_keeps_the_server_not_read
         "no endpoint from a refused document: fail closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_cannot_be_discovered_beside_an_explicit_endpoint_are_logged_and_jwts_introspected(
+) {
+    // The dev IdP's issuer (`https://dev-idp.local`) is a name, not an address: discovery of
+    // the keys fails. With the introspection endpoint configured the server still decides, and
+    // says JWTs now cost an IdP call each.
+    let idp = DevIdp::start(&[]);
+    let server = AuthzServerProcess::start(&server_yaml(idp.port, ""));
+    assert!(
+        eventually(Duration::from_secs(5), || server.readyz() == 200),
+        "ready without the metadata: {:?}",
+        server.log_lines("")
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !server
+            .log_lines("provider_keys_missing")
+            .is_empty()),
+        "{:?}",
+        server.log_lines("provider_metadata")
+    );
+    let jwt = idp.mint(json!({"sub": "alice", "scope": "read admin", "acr": "mfa"}));
+    let before = idp.stat("introspection_calls");
+    let mut client = connect(server.grpc_port).await;
+    assert_eq!(check(&mut client, "/admin/users", Some(&jwt)).await.0, 200);
+    assert!(idp.stat("introspection_calls") > before, "introspected");
+}
