@@ -4,8 +4,10 @@
 //! shared data and updates it with compare-and-swap). A worker fetches only after it has won
 //! the record's lease, so one fetch serves every worker. [`next_fetch`] says whether a fetch
 //! is due: the first load (with backoff after failures), the periodic refresh, or an unknown
-//! `kid`, which is allowed at most once per `min_refetch_interval` so that a flood of tokens
-//! with random `kid`s cannot become a flood of fetches. Failed refreshes keep the last good keys
+//! `kid`. Unknown-`kid` fetches draw on a small budget ([`UNKNOWN_KID_BURST`] at once, one more
+//! per `min_refetch_interval`): a flood of tokens with random `kid`s cannot become a flood of
+//! fetches, and one junk token just before a rotation (or two rotations close together) does
+//! not keep the new key out for a whole interval. Failed refreshes keep the last good keys
 //! (the filter simply does not replace them); the status only records the failure.
 //!
 //! Pure: the clock is the `now_ms` parameter; the record is (de)serialised here, stored by the
@@ -28,6 +30,22 @@ pub const FIRST_BACKOFF_MS: u64 = 500;
 /// Longest delay between retries after failures.
 pub const MAX_BACKOFF_MS: u64 = 30_000;
 
+/// How a token failed the current keys, when a refetch might change that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMiss {
+    /// No key carries the token's `kid`: a rotation may have added it.
+    UnknownKid,
+    /// The key behind the token's `kid` rejects it (signature or key type): the IdP may have
+    /// rotated the key under the same `kid`. Any client can forge such a token from a real
+    /// one, so it refetches at most once per `min_refetch_interval` after the last refetch a
+    /// token caused, without a burst.
+    Rejected,
+}
+
+/// Unknown-`kid` fetches that may follow each other at once; the budget refills by one per
+/// `min_refetch_interval`.
+pub const UNKNOWN_KID_BURST: u64 = 3;
+
 /// The shared record of one key source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchStatus {
@@ -39,6 +57,10 @@ pub struct FetchStatus {
     /// client can cause) never push back the scheduled refresh or its retries.
     #[serde(default)]
     pub last_unknown_kid_ms: Option<u64>,
+    /// The unknown-`kid` budget as a theoretical arrival time (GCRA): a fetch is allowed while
+    /// it is at most `(UNKNOWN_KID_BURST - 1) * min_refetch_interval` ahead of now.
+    #[serde(default)]
+    pub unknown_kid_budget_ms: Option<u64>,
     /// `None` until the first successful fetch.
     pub last_success_ms: Option<u64>,
     pub consecutive_failures: u32,
@@ -102,6 +124,12 @@ impl FetchStatus {
         };
         if reason == FetchReason::UnknownKid {
             next.last_unknown_kid_ms = Some(now_ms);
+            next.unknown_kid_budget_ms = Some(
+                self.unknown_kid_budget_ms
+                    .unwrap_or(0)
+                    .max(now_ms)
+                    .saturating_add(rules.min_refetch_interval_ms),
+            );
         } else {
             next.last_attempt_ms = Some(now_ms);
         }
@@ -140,13 +168,13 @@ impl FetchStatus {
     }
 }
 
-/// Whether a fetch should start now. `unknown_kid` is true when a request carries a `kid` the
-/// current keys lack.
+/// Whether a fetch should start now. `miss` says how a request's token failed the current
+/// keys, if it did.
 pub fn next_fetch(
     rules: &RefreshRules,
     status: &FetchStatus,
     now_ms: u64,
-    unknown_kid: bool,
+    miss: Option<KeyMiss>,
 ) -> Option<FetchReason> {
     if status.fetch_in_flight(now_ms) {
         return None;
@@ -166,10 +194,19 @@ pub fn next_fetch(
             FetchReason::Refresh
         });
     }
-    let since_unknown_kid = status
+    let slack = (UNKNOWN_KID_BURST - 1).saturating_mul(rules.min_refetch_interval_ms);
+    let budget_left = status
+        .unknown_kid_budget_ms
+        .is_none_or(|at| now_ms.saturating_add(slack) >= at);
+    let since_token_refetch = status
         .last_unknown_kid_ms
         .map_or(u64::MAX, |t| now_ms.saturating_sub(t));
-    if unknown_kid && since_unknown_kid >= rules.min_refetch_interval_ms && backoff_over {
+    let allowed = match miss {
+        None => false,
+        Some(KeyMiss::UnknownKid) => budget_left,
+        Some(KeyMiss::Rejected) => since_token_refetch >= rules.min_refetch_interval_ms,
+    };
+    if allowed && backoff_over {
         return Some(FetchReason::UnknownKid);
     }
     None
@@ -190,16 +227,16 @@ mod tests {
     fn first_load_then_refresh_on_schedule() {
         let s = FetchStatus::default();
         assert_eq!(
-            next_fetch(&RULES, &s, 1_000, false),
+            next_fetch(&RULES, &s, 1_000, None),
             Some(FetchReason::Initial)
         );
         let s = s.leased(&RULES, 1_000, FetchReason::Initial);
-        assert_eq!(next_fetch(&RULES, &s, 1_500, false), None, "in flight");
+        assert_eq!(next_fetch(&RULES, &s, 1_500, None), None, "in flight");
         let s = s.succeeded(1_200);
         assert_eq!(s.keys_version, 1);
-        assert_eq!(next_fetch(&RULES, &s, 30_000, false), None);
+        assert_eq!(next_fetch(&RULES, &s, 30_000, None), None);
         assert_eq!(
-            next_fetch(&RULES, &s, 61_200, false),
+            next_fetch(&RULES, &s, 61_200, None),
             Some(FetchReason::Refresh)
         );
     }
@@ -213,7 +250,7 @@ mod tests {
         let mut gaps = Vec::new();
         for _ in 0..8 {
             let start = now;
-            while next_fetch(&RULES, &s, now, false).is_none() {
+            while next_fetch(&RULES, &s, now, None).is_none() {
                 now += 100;
             }
             gaps.push(now - start);
@@ -225,9 +262,9 @@ mod tests {
     #[test]
     fn a_lease_that_is_never_released_expires() {
         let s = FetchStatus::default().leased(&RULES, 0, FetchReason::Initial);
-        assert_eq!(next_fetch(&RULES, &s, 2_999, false), None);
+        assert_eq!(next_fetch(&RULES, &s, 2_999, None), None);
         assert_eq!(
-            next_fetch(&RULES, &s, 3_000, false),
+            next_fetch(&RULES, &s, 3_000, None),
             Some(FetchReason::Retry)
         );
     }
@@ -238,13 +275,70 @@ mod tests {
             .leased(&RULES, 0, FetchReason::Initial)
             .succeeded(0);
         assert_eq!(
-            next_fetch(&RULES, &s, 10, true),
+            next_fetch(&RULES, &s, 10, Some(KeyMiss::UnknownKid)),
+            Some(FetchReason::UnknownKid)
+        );
+        // A burst of three (a junk `kid` and two rotations close together), then one per
+        // interval.
+        let mut s = s;
+        for at in [10, 20, 30] {
+            assert_eq!(
+                next_fetch(&RULES, &s, at, Some(KeyMiss::UnknownKid)),
+                Some(FetchReason::UnknownKid)
+            );
+            s = s
+                .leased(&RULES, at, FetchReason::UnknownKid)
+                .succeeded(at + 5);
+        }
+        assert_eq!(next_fetch(&RULES, &s, 40, Some(KeyMiss::UnknownKid)), None);
+        assert_eq!(
+            next_fetch(&RULES, &s, 5_009, Some(KeyMiss::UnknownKid)),
+            None
+        );
+        assert_eq!(
+            next_fetch(&RULES, &s, 5_010, Some(KeyMiss::UnknownKid)),
+            Some(FetchReason::UnknownKid)
+        );
+        let s = s
+            .leased(&RULES, 5_010, FetchReason::UnknownKid)
+            .succeeded(5_020);
+        assert_eq!(
+            next_fetch(&RULES, &s, 10_009, Some(KeyMiss::UnknownKid)),
+            None
+        );
+        // Quiet for a while: the whole burst is back.
+        let mut s = s;
+        for at in [60_000, 60_001, 60_002] {
+            assert_eq!(
+                next_fetch(&RULES, &s, at, Some(KeyMiss::UnknownKid)),
+                Some(FetchReason::UnknownKid)
+            );
+            s = s.leased(&RULES, at, FetchReason::UnknownKid).released();
+        }
+        assert_eq!(
+            next_fetch(&RULES, &s, 60_003, Some(KeyMiss::UnknownKid)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_rejected_signature_refetches_once_per_interval_without_a_burst() {
+        let s = FetchStatus::default()
+            .leased(&RULES, 0, FetchReason::Initial)
+            .succeeded(0);
+        assert_eq!(
+            next_fetch(&RULES, &s, 10, Some(KeyMiss::Rejected)),
             Some(FetchReason::UnknownKid)
         );
         let s = s.leased(&RULES, 10, FetchReason::UnknownKid).succeeded(20);
-        assert_eq!(next_fetch(&RULES, &s, 5_009, true), None);
+        assert_eq!(next_fetch(&RULES, &s, 5_009, Some(KeyMiss::Rejected)), None);
         assert_eq!(
-            next_fetch(&RULES, &s, 5_010, true),
+            next_fetch(&RULES, &s, 30, Some(KeyMiss::UnknownKid)),
+            Some(FetchReason::UnknownKid),
+            "an unknown kid still has its budget"
+        );
+        assert_eq!(
+            next_fetch(&RULES, &s, 5_010, Some(KeyMiss::Rejected)),
             Some(FetchReason::UnknownKid)
         );
     }
@@ -258,13 +352,15 @@ mod tests {
         let mut now = 0;
         while now < RULES.refresh_interval_ms {
             now += 5_000;
-            if next_fetch(&RULES, &s, now, true) == Some(FetchReason::UnknownKid) {
+            if next_fetch(&RULES, &s, now, Some(KeyMiss::UnknownKid))
+                == Some(FetchReason::UnknownKid)
+            {
                 s = s.leased(&RULES, now, FetchReason::UnknownKid).released();
             }
         }
         // The scheduled refresh is due on time, whatever the unknown kids did.
         assert_eq!(
-            next_fetch(&RULES, &s, RULES.refresh_interval_ms, false),
+            next_fetch(&RULES, &s, RULES.refresh_interval_ms, None),
             Some(FetchReason::Refresh)
         );
     }
@@ -276,7 +372,7 @@ mod tests {
         assert_eq!(r.consecutive_failures, 0);
         assert!(!r.fetch_in_flight(1));
         assert_eq!(
-            next_fetch(&RULES, &r, 1, false),
+            next_fetch(&RULES, &r, 1, None),
             Some(FetchReason::Retry),
             "fetched again at once, without backoff"
         );
@@ -296,7 +392,7 @@ mod tests {
 
     proptest! {
         /// A flood of unknown-kid requests, at any arrival pattern, causes at most one fetch per
-        /// `min_refetch_interval` (plus scheduled refreshes).
+        /// `min_refetch_interval` after the first burst (plus scheduled refreshes).
         #[test]
         fn unknown_kid_flood_is_bounded(arrivals in proptest::collection::vec(0u64..200, 1..500)) {
             let mut s = FetchStatus::default().leased(&RULES, 0, FetchReason::Initial).succeeded(0);
@@ -304,12 +400,12 @@ mod tests {
             let mut fetches = 0u64;
             for gap in arrivals {
                 now += gap;
-                if let Some(reason) = next_fetch(&RULES, &s, now, true) {
+                if let Some(reason) = next_fetch(&RULES, &s, now, Some(KeyMiss::UnknownKid)) {
                     fetches += 1;
                     s = s.leased(&RULES, now, reason).succeeded(now + 10);
                 }
             }
-            let bound = now / RULES.min_refetch_interval_ms + 1;
+            let bound = now / RULES.min_refetch_interval_ms + UNKNOWN_KID_BURST;
             prop_assert!(fetches <= bound, "{} fetches in {} ms", fetches, now);
         }
 
@@ -317,7 +413,7 @@ mod tests {
         #[test]
         fn no_fetch_while_leased(at in 0u64..3_000, kid in any::<bool>(), failures in 0u32..10) {
             let s = FetchStatus { consecutive_failures: failures, ..FetchStatus::default() }.leased(&RULES, 0, FetchReason::Initial);
-            prop_assert_eq!(next_fetch(&RULES, &s, at, kid), None);
+            prop_assert_eq!(next_fetch(&RULES, &s, at, kid.then_some(KeyMiss::Rejected)), None);
         }
     }
 }

@@ -131,6 +131,19 @@ impl VerifyFailure {
         }
     }
 
+    /// How the token failed the provider's keys, when a refetch might change that (none for
+    /// keys not loaded yet: their first load is scheduled anyway).
+    pub fn key_miss(&self) -> Option<crate::jwks_refresh::KeyMiss> {
+        use crate::jwks_refresh::KeyMiss;
+        match self {
+            VerifyFailure::UnknownKey { .. } => Some(KeyMiss::UnknownKid),
+            VerifyFailure::AlgorithmKeyMismatch { .. } | VerifyFailure::BadSignature { .. } => {
+                Some(KeyMiss::Rejected)
+            }
+            _ => None,
+        }
+    }
+
     /// The provider whose keys a fresh fetch might change this outcome for: none loaded yet, an
     /// unknown `kid`, or a signature or key type that no longer matches (keys rotated behind a
     /// known `kid`). Any client can cause these, so the refetches they lead to are rate-limited

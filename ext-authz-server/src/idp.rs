@@ -5,7 +5,8 @@
 //! verification of JWT access tokens with the filter's rules (`authz_core::verify`).
 //!
 //! Fetch timing is the filter's (`authz_core::jwks_refresh::next_fetch`): a token any client
-//! can send causes at most one refetch per `jwks_min_refetch_interval_seconds`; concurrent
+//! can send causes at most three refetches at once, then one per
+//! `jwks_min_refetch_interval_seconds`; concurrent
 //! checks wait for one fetch (single flight) and verify again against what it brought. Failed
 //! fetches keep the last good keys. Verified signatures are cached by token hash with the keys
 //! version they were checked against: new keys make every cached verification stale, so when a
@@ -21,7 +22,7 @@ use crate::lock;
 use crate::metrics::Metrics;
 use crate::versions::TokenKey;
 use authz_core::discovery::{metadata_url, parse, ProviderMetadata};
-use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, RefreshRules};
+use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, KeyMiss, RefreshRules};
 use authz_core::verify::{verify, VerifiedToken, VerifyFailure};
 use authz_core::KeySet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -172,13 +173,13 @@ impl Idp {
         loop {
             let now_ms = self.clock.now_ms();
             if self.discovery {
-                let due = next_fetch(&self.rules, &lock(&self.metadata_status), now_ms, false);
+                let due = next_fetch(&self.rules, &lock(&self.metadata_status), now_ms, None);
                 if let Some(reason) = due {
                     self.discover(now_ms, reason).await;
                 }
             }
             if self.wants_keys() && self.jwks_uri().is_some() {
-                self.fetch_keys_if_due(now_ms, false).await;
+                self.fetch_keys_if_due(now_ms, None).await;
             }
             tokio::time::sleep(TICK).await;
         }
@@ -288,10 +289,10 @@ impl Idp {
         lock(&self.keys_status).keys_version
     }
 
-    /// Fetches the keys when due (`token_failed`: a token failed the current keys, which
-    /// allows one rate-limited refetch). True when the keys changed since the caller looked,
-    /// by this fetch or by one it waited for.
-    async fn fetch_keys_if_due(&self, now_ms: u64, token_failed: bool) -> bool {
+    /// Fetches the keys when due (`miss`: how a token failed the current keys, which allows a
+    /// rate-limited refetch). True when the keys changed since the caller looked, by this
+    /// fetch or by one it waited for.
+    async fn fetch_keys_if_due(&self, now_ms: u64, miss: Option<KeyMiss>) -> bool {
         let seen = self.keys_version();
         let _one_at_a_time = self.keys_fetch.lock().await;
         if self.keys_version() != seen {
@@ -299,8 +300,8 @@ impl Idp {
         }
         let reason = {
             let mut status = lock(&self.keys_status);
-            let Some(reason) = next_fetch(&self.rules, &status, now_ms, token_failed) else {
-                if token_failed {
+            let Some(reason) = next_fetch(&self.rules, &status, now_ms, miss) else {
+                if miss.is_some() {
                     self.metrics
                         .inc("authz_jwks_refetches_rate_limited_total", &[]);
                 }
@@ -382,7 +383,10 @@ impl Idp {
         let first = self.verify_now(token);
         let (outcome, verified_with) = match first {
             Err(failure) if failure.keys_may_have_changed().is_some() => {
-                if self.fetch_keys_if_due(self.clock.now_ms(), true).await {
+                if self
+                    .fetch_keys_if_due(self.clock.now_ms(), failure.key_miss())
+                    .await
+                {
                     let refetched = self.keys_version();
                     (self.verify_now(token), refetched)
                 } else {

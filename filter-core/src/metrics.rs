@@ -10,7 +10,7 @@
 //! | `authz.decisions.reason.<reason>` | counter | denials per reason |
 //! | `authz.jwks_fetches.ok` / `.failed` | counter | JWKS fetches this worker made |
 //! | `authz.jwks_fetches.unknown_kid` | counter | fetches caused by a token the loaded keys fail (unknown `kid`, or a signature or key type no key with its `kid` matches: a rotation) |
-//! | `authz.jwks_unknown_kids_rate_limited` | counter | such tokens denied without a fetch (one per `min_refetch_interval`) |
+//! | `authz.jwks_unknown_kids_rate_limited` | counter | such tokens denied without a fetch (the budget: 3 at once, then one per `min_refetch_interval`) |
 //! | `authz.requests_waited_for_keys` | counter | requests paused until keys arrived |
 //! | `authz.verify_microseconds` | histogram | time of a JWT verification (token cache miss), microseconds |
 //! | `authz.token_cache_lookups.hit` / `.miss` | counter | local JWT verifications reused / done |

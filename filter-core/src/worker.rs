@@ -21,7 +21,7 @@ use crate::versions::KnownVersions;
 use authz_core::config::{JwksSource, RemoteJwks};
 use authz_core::decision::decide_with;
 use authz_core::decision_cache::{DecisionCache, TokenCache};
-use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, RefreshRules};
+use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, KeyMiss, RefreshRules};
 use authz_core::revocations::RevocationSet;
 use authz_core::token_hash::TokenKeyer;
 use authz_core::verify::verify;
@@ -401,10 +401,8 @@ impl<H: Host> Worker<H> {
         };
         // Keys were loaded but fail this token (unknown or rotated `kid`): a refetch any client
         // can cause, so it is rate-limited.
-        let (provider, refetch) = (
-            *provider,
-            !matches!(failure, VerifyFailure::KeysUnavailable { .. }),
-        );
+        let (provider, miss) = (*provider, failure.key_miss());
+        let refetch = miss.is_some();
         let Some(status) = self.read_status(provider) else {
             // Keys are inline (or HMAC): nothing to fetch.
             return RequestStep::Done(self.finish(context_id, &request, decision));
@@ -424,7 +422,7 @@ impl<H: Host> Worker<H> {
                 return RequestStep::Done(self.finish(context_id, &request, decision));
             }
         }
-        let order = self.try_lease(provider, now_ms, refetch);
+        let order = self.try_lease(provider, now_ms, miss);
         if refetch {
             if order.is_none() && !status.fetch_in_flight(now_ms) {
                 self.host.count(Counter::UnknownKidRateLimited);
@@ -527,10 +525,10 @@ impl<H: Host> Worker<H> {
 
     /// Wins the fetch lease for `provider` if a fetch is due. The caller must dispatch the
     /// order and report back with [`Worker::fetch_started`] or [`Worker::fetch_not_started`].
-    fn try_lease(&self, provider: usize, now_ms: u64, unknown_kid: bool) -> Option<FetchOrder> {
+    fn try_lease(&self, provider: usize, now_ms: u64, miss: Option<KeyMiss>) -> Option<FetchOrder> {
         let rules = self.sources.get(provider)?.remote.as_ref()?.rules;
         self.lease_with(provider, now_ms, |status| {
-            next_fetch(&rules, status, now_ms, unknown_kid)
+            next_fetch(&rules, status, now_ms, miss)
         })
     }
 
@@ -540,7 +538,7 @@ impl<H: Host> Worker<H> {
         let rules = self.sources.get(provider)?.remote.as_ref()?.rules;
         self.lease_with(provider, now_ms, |status| {
             (!status.fetch_in_flight(now_ms))
-                .then(|| next_fetch(&rules, status, now_ms, false).unwrap_or(FetchReason::Retry))
+                .then(|| next_fetch(&rules, status, now_ms, None).unwrap_or(FetchReason::Retry))
         })
     }
 
@@ -867,7 +865,7 @@ impl<H: Host> Worker<H> {
             let order = if orphaned.contains(&provider) {
                 self.try_lease_again(provider, now_ms)
             } else {
-                self.try_lease(provider, now_ms, false)
+                self.try_lease(provider, now_ms, None)
             };
             if let Some(order) = order {
                 orders.push(order);

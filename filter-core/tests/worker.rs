@@ -289,16 +289,18 @@ fn waiting_requests_end_at_their_deadline_and_a_failed_fetch_keeps_them_closed()
 }
 
 #[test]
-fn an_unknown_kid_fetches_at_most_once_per_interval() {
+fn unknown_kids_draw_on_a_small_refetch_budget_so_junk_does_not_starve_a_rotation() {
     let store = Rc::new(RefCell::new(Store::default()));
     let old = Idp::new("k1");
     let junk = Idp::new("k2");
     let rotated = Idp::new("k3");
+    let more_junk = Idp::new("k4");
+    let flood = Idp::new("k5");
     let (mut a, host) = worker(&store);
     let order = waits(a.on_request(1, get("/x", Some(&old.token("a"))), us(T0))).expect("lease");
     a.fetch_started(1, &order, 1);
     a.on_fetch_response(1, Some(200), Some(old.jwks()), T0 + 10);
-    // A kid the keys lack: one fetch, then denials without fetches until the interval passes.
+    // A kid the keys lack: one fetch.
     let order = waits(a.on_request(2, get("/x", Some(&junk.token("b"))), us(T0 + 20)));
     let order = order.expect("an unknown kid fetches");
     a.fetch_started(2, &order, 2);
@@ -308,22 +310,28 @@ fn an_unknown_kid_fetches_at_most_once_per_interval() {
     let again = done(a.on_request(3, get("/x", Some(&junk.token("c"))), us(T0 + 40)));
     assert_eq!(status_of(&again), 401);
     assert_eq!(host.count(Counter::UnknownKidRateLimited), 0);
-    // A kid nobody has looked for yet while no refetch is allowed (a rotation right after the
-    // junk): "try again" (503 + Retry-After), not "invalid token".
+    // A rotation right after the junk: its new kid is fetched at once, and its token passes.
     let rotated_token = rotated.token("d");
-    let later = done(a.on_request(4, get("/x", Some(&rotated_token)), us(T0 + 50)));
-    assert_eq!(status_of(&later), 503);
-    assert_eq!(host.count(Counter::UnknownKidRateLimited), 1);
-    assert_eq!(host.count(Counter::JwksFetchUnknownKid), 1);
-    // Once the interval (1 s) passed, the new kid is fetched and its token passes.
-    let order = waits(a.on_request(5, get("/x", Some(&rotated_token)), us(T0 + 1_100)));
-    let order = order.expect("fetched once allowed");
-    a.fetch_started(5, &order, 5);
+    let order = waits(a.on_request(4, get("/x", Some(&rotated_token)), us(T0 + 50)));
+    let order = order.expect("the budget still has room");
+    a.fetch_started(3, &order, 4);
     let both = dev_keys::jwks(&[&old.key, &rotated.key])
         .to_string()
         .into_bytes();
-    let finals = a.on_fetch_response(5, Some(200), Some(both), T0 + 1_110);
+    let finals = a.on_fetch_response(3, Some(200), Some(both.clone()), T0 + 60);
     assert_eq!(status_of(&finals[0]), 200);
+    // The third and last of the burst.
+    let order = waits(a.on_request(5, get("/x", Some(&more_junk.token("e"))), us(T0 + 70)));
+    a.fetch_started(4, &order.expect("third"), 5);
+    a.on_fetch_response(4, Some(200), Some(both), T0 + 80);
+    // Spent: a kid nobody has looked for yet is "try again" (503 + Retry-After), no fetch.
+    let later = done(a.on_request(6, get("/x", Some(&flood.token("f"))), us(T0 + 90)));
+    assert_eq!(status_of(&later), 503);
+    assert_eq!(host.count(Counter::UnknownKidRateLimited), 1);
+    assert_eq!(host.count(Counter::JwksFetchUnknownKid), 3);
+    // One more per interval (1 s).
+    let order = waits(a.on_request(7, get("/x", Some(&flood.token("g"))), us(T0 + 1_100)));
+    assert!(order.is_some(), "refilled");
 }
 
 #[test]
