@@ -13,6 +13,9 @@
 //!  "subjects": [["alice", 1700000000789, 3, 1700000000789, 1700003600789]]}
 //! ```
 //!
+//! A large state comes in pages: an answer with `"more": true` holds the oldest changes, its
+//! `version` is the next page's `since`, and it is never `confirmed`.
+//!
 //! `tokens` and `jtis` are `[key, expires_at_ms | null, learned_at_ms]`; `subjects` are
 //! `[subject, revoked_at_ms, epoch, learned_at_ms, expires_at_ms | null]`, the last being when
 //! every token the revocation refuses has expired (the server's maximum token lifetime after
@@ -56,6 +59,9 @@ pub struct Changes {
     /// Whether the server vouches that its state is current (false while its shared tier is
     /// unreachable): purges still apply, but the answer does not renew trust in the cache.
     pub confirmed: bool,
+    /// The answer is one page of a larger state: `version` is where the next page starts
+    /// (ask again at once), and the state has not been read whole yet.
+    pub more: bool,
     /// Which counter `version` belongs to: a different value means the server's state was
     /// restarted (or another server without shared state answered), so versions learned
     /// before say nothing about this one.
@@ -142,6 +148,7 @@ impl Changes {
             jtis: key_rows(&v, "jtis", |s| Some(s.to_owned()))?,
             // Only an explicit `true` renews trust: an answer that does not say is unconfirmed.
             confirmed: v.get("confirmed").and_then(Value::as_bool).unwrap_or(false),
+            more: v.get("more").and_then(Value::as_bool).unwrap_or(false),
             incarnation: v
                 .get("incarnation")
                 .and_then(Value::as_str)

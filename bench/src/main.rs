@@ -9,9 +9,11 @@
 //! `ext_authz` filter to the same server (with an opaque token the server introspects, cached,
 //! and with a JWT access token the server verifies itself against the IdP's keys). Then the
 //! server alone under gRPC load, a fixed-rate
-//! open-loop run, and the introspection amplification run.
+//! open-loop run, and the introspection amplification run. Then, on stacks of their own,
+//! revocation propagation and the change feed under hostile use (`feed_load`).
 
 mod envoy_config;
+mod feed_load;
 mod load;
 mod propagation;
 mod report;
@@ -183,6 +185,21 @@ async fn main() {
                 );
             }
         }
+        if only
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "feed_load"))
+        {
+            let f = feed_load::measure(
+                env_u64("BENCH_FEED_REVOCATIONS", 200_000) as usize,
+                50,
+                run_seconds,
+            )
+            .await;
+            println!(
+                "feed load: {} revocations (filled in {:.1} s); check p99 idle {} µs; {:?}; ratios {:?}",
+                f.revocations, f.fill_seconds, f.idle_p99_us, f.loaded, f.ratios()
+            );
+        }
         for name in &names {
             let row = report::row_of(&results, name);
             println!(
@@ -255,6 +272,22 @@ async fn main() {
         );
     }
 
+    // The change feed looped on by 50 clients, on a 200k-revocation state.
+    let feed_load = feed_load::measure(
+        env_u64("BENCH_FEED_REVOCATIONS", 200_000) as usize,
+        50,
+        run_seconds,
+    )
+    .await;
+    eprintln!(
+        "feed load: {} revocations filled in {:.1} s; check p99 idle {} µs, loaded {:?} (ratios {:?})",
+        feed_load.revocations,
+        feed_load.fill_seconds,
+        feed_load.idle_p99_us,
+        feed_load.loaded,
+        feed_load.ratios()
+    );
+
     let memory = vec![
         ("envoy".to_owned(), peak_rss_kb(envoy_pid)),
         ("ext-authz-server".to_owned(), peak_rss_kb(server_pid)),
@@ -268,6 +301,7 @@ async fn main() {
         memory,
         flood,
         propagation,
+        feed_load,
         run_seconds,
         repetitions,
         connections,

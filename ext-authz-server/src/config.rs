@@ -154,6 +154,11 @@ pub struct FeedFile {
     /// `epochs_tokens`, the admin token): a leaked secret cannot take every place.
     #[schemars(extend("default" = defaults::FEED_MAX_HELD_PER_TOKEN))]
     pub max_held_per_token: Option<usize>,
+    /// Rows (revocations) per feed answer, 100–1000000: a large state is read in pages of
+    /// about this many (about 100 bytes each), so no answer is one huge body for the filter
+    /// to parse, and the state's lock is held for one page at a time.
+    #[schemars(extend("default" = crate::versions::FEED_PAGE_ROWS))]
+    pub page_rows: Option<usize>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -561,6 +566,7 @@ pub struct ServerConfig {
     pub epochs_tokens: Vec<String>,
     pub feed_max_held: usize,
     pub feed_max_held_per_token: usize,
+    pub feed_page_rows: usize,
     pub region: String,
     pub zone: String,
     pub realm: String,
@@ -1391,6 +1397,10 @@ impl ServerConfig {
         if feed_max_held_per_token > feed_max_held {
             p.add("feed.max_held_per_token", "must not exceed feed.max_held");
         }
+        let feed_page_rows = f.feed.page_rows.unwrap_or(crate::versions::FEED_PAGE_ROWS);
+        if !(100..=1_000_000).contains(&feed_page_rows) {
+            p.add("feed.page_rows", "must be between 100 and 1000000");
+        }
         let allow_insecure_http = f.allow_insecure_http.unwrap_or(false);
         let idp_ca_pem = f
             .idp_ca_file
@@ -1449,6 +1459,7 @@ impl ServerConfig {
             epochs_tokens,
             feed_max_held,
             feed_max_held_per_token,
+            feed_page_rows,
             region: f.region.clone().unwrap_or_else(|| defaults::REGION.into()),
             zone: f.zone.clone().unwrap_or_else(|| defaults::ZONE.into()),
             realm,

@@ -20,6 +20,7 @@ pub mod idp_http;
 pub mod introspector;
 pub mod limits;
 pub mod metrics;
+pub mod os_thread;
 pub mod reply;
 pub mod shared;
 #[cfg(test)]
@@ -150,6 +151,7 @@ pub fn build_service_with_clock(
         Some(_) => versions::Versions::shared(),
         None => versions::Versions::default(),
     });
+    versions.set_page_rows(config.feed_page_rows);
     versions.set_lifetime_bound_ms(config.token.max_lifetime_seconds.map(|max| {
         let skew = config.token.clock_skew_seconds.max(0);
         (max.saturating_add(skew).max(0) as u64).saturating_mul(1000)
@@ -233,13 +235,35 @@ pub async fn serve_with_clock(
         stop: stop_rx.clone(),
     });
     let mut admin_stop = stop_rx.clone();
-    let admin_task = tokio::spawn(async move {
-        let _ = axum::serve(listeners.admin, admin_app)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|stop| *stop).await;
-            })
-            .await;
-    });
+    // The admin API and the change feed on a thread and runtime of their own, at a lower
+    // priority: a flood of feed reads cannot take the checks' CPU (see `os_thread`).
+    let admin_listener = listeners.admin.into_std().map_err(ServerError::Io)?;
+    let (admin_done, admin_task) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("authz-admin".into())
+        .spawn(move || {
+            os_thread::lower_priority_of_this_thread();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(async move {
+                    match TcpListener::from_std(admin_listener) {
+                        Ok(listener) => {
+                            let _ = axum::serve(listener, admin_app)
+                                .with_graceful_shutdown(async move {
+                                    let _ = admin_stop.wait_for(|stop| *stop).await;
+                                })
+                                .await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "admin_listener_failed"),
+                    }
+                }),
+                Err(e) => tracing::error!(error = %e, "admin_runtime_failed"),
+            }
+            let _ = admin_done.send(());
+        })
+        .map_err(ServerError::Io)?;
     let shared_task = service
         .shared
         .clone()

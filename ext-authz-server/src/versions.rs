@@ -183,18 +183,26 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
             .map(|(_, k)| k)
     }
 
-    /// Whether any key is stamped after `since`.
-    fn any_since(&self, since: u64) -> bool {
+    /// The stamps after `since`, oldest first (reads only those).
+    fn stamps_after(&self, since: u64) -> impl Iterator<Item = u64> + '_
+    where
+        K: Default,
+    {
         self.by_stamp
-            .last()
-            .is_some_and(|(stamp, _)| *stamp > since)
+            .range((since.saturating_add(1), K::default())..)
+            .map(|(stamp, _)| *stamp)
     }
 
-    /// (key, expiry, learned at) of the keys stamped after `since`: copied out, so the answer
-    /// is built after the state's lock is released.
-    fn raw_since(&self, since: u64) -> Vec<(K, Expiry, u64)> {
-        self.since(since)
-            .map(|k| {
+    /// (key, expiry, learned at) of the keys stamped after `since` and at most `upto`, copied
+    /// out (the answer is built after the state's lock is released).
+    fn raw_between(&self, since: u64, upto: u64) -> Vec<(K, Expiry, u64)>
+    where
+        K: Default,
+    {
+        self.by_stamp
+            .range((since.saturating_add(1), K::default())..)
+            .take_while(|(stamp, _)| *stamp <= upto)
+            .map(|(_, k)| {
                 let entry = self.entries.get(k);
                 (
                     k.clone(),
@@ -203,6 +211,13 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
                 )
             })
             .collect()
+    }
+
+    /// Whether any key is stamped after `since`.
+    fn any_since(&self, since: u64) -> bool {
+        self.by_stamp
+            .last()
+            .is_some_and(|(stamp, _)| *stamp > since)
     }
 
     /// Drops revocations whose tokens expired (plus grace) before `now_ms`; returns how many.
@@ -243,19 +258,109 @@ struct State {
     revoked_jtis: RevokedSet<String>,
     /// The longest a token lives (the configured maximum lifetime plus clock skew), ms.
     lifetime_bound_ms: Option<u64>,
+    /// Rows per change-feed answer; 0: [`FEED_PAGE_ROWS`].
+    page_rows: usize,
+}
+
+/// Default rows per change-feed answer: about 1 MB of JSON.
+pub const FEED_PAGE_ROWS: usize = 10_000;
+
+/// Built feed answers by (`since`, confirmed).
+type KeptAnswers = HashMap<(u64, bool), std::sync::Arc<str>>;
+
+/// Feed answers kept per change generation (the pages of a first read, and the cursors
+/// pollers are at).
+const ANSWERS_KEPT: usize = 256;
+
+/// A subject row of a feed answer: subject, revoked at, epoch, learned at, expires at.
+type SubjectRow = (String, u64, u64, u64, Option<u64>);
+
+/// One change-feed answer's rows, copied out of the state.
+struct Page {
+    version: u64,
+    more: bool,
+    policy_version: u64,
+    policy_changed_at_ms: Option<u64>,
+    subjects: Vec<SubjectRow>,
+    tokens: Vec<(TokenKey, Expiry, u64)>,
+    jtis: Vec<(String, Expiry, u64)>,
+}
+
+impl State {
+    /// The changes stamped after `since`, at most about one page of them: the page ends at
+    /// the stamp of its last row (every row of that stamp included), and only below the
+    /// counter (a page never moves a poller past changes still to come).
+    fn page_since(&self, since: u64) -> Page {
+        let rows = if self.page_rows == 0 {
+            FEED_PAGE_ROWS
+        } else {
+            self.page_rows
+        };
+        let mut stamps: Vec<u64> = self
+            .revoked_tokens
+            .stamps_after(since)
+            .take(rows + 1)
+            .chain(self.revoked_jtis.stamps_after(since).take(rows + 1))
+            .chain(
+                self.subjects
+                    .values()
+                    .map(|e| e.changed_at_version)
+                    .filter(|stamp| *stamp > since),
+            )
+            .collect();
+        let mut upto = u64::MAX;
+        if stamps.len() > rows {
+            stamps.sort_unstable();
+            let cut = stamps.get(rows - 1).copied().unwrap_or(u64::MAX);
+            let beyond = self.revoked_tokens.stamps_after(cut).next().is_some()
+                || self.revoked_jtis.stamps_after(cut).next().is_some()
+                || self.subjects.values().any(|e| e.changed_at_version > cut)
+                || self.policy_changed_at_version > cut;
+            if cut < self.version && beyond {
+                upto = cut;
+            }
+        }
+        let more = upto != u64::MAX;
+        let bound = self.lifetime_bound_ms;
+        Page {
+            version: if more { upto } else { self.version },
+            more,
+            policy_version: self.policy_version,
+            policy_changed_at_ms: (self.policy_changed_at_version > since
+                && self.policy_changed_at_version <= upto)
+                .then_some(self.policy_changed_at_ms),
+            subjects: self
+                .subjects
+                .iter()
+                .filter(|(_, e)| e.changed_at_version > since && e.changed_at_version <= upto)
+                .map(|(sub, e)| {
+                    let expires = bound.map(|b| e.revoked_at_ms.saturating_add(b));
+                    (
+                        sub.clone(),
+                        e.revoked_at_ms,
+                        e.epoch,
+                        e.learned_at_ms,
+                        expires,
+                    )
+                })
+                .collect(),
+            tokens: self.revoked_tokens.raw_between(since, upto),
+            jtis: self.revoked_jtis.raw_between(since, upto),
+        }
+    }
 }
 
 /// Shared revocation and version state.
 #[derive(Debug)]
 pub struct Versions {
-    state: Mutex<State>,
+    state: std::sync::RwLock<State>,
     shared: bool,
     /// Names the counter: random per process; with a shared tier, the shared store's.
     incarnation: Mutex<String>,
-    /// The last whole-state answer (`since=0`, format 2), with the change generation and the
-    /// confirmation it was built for: a client looping `since=0` costs one copy per change,
-    /// not one walk of the state under its lock per request.
-    full_answer: Mutex<Option<(u64, bool, std::sync::Arc<str>)>>,
+    /// Feed answers built for the current change generation, by (`since`, confirmed): a
+    /// client looping on one page costs one build per change, not one walk of the state per
+    /// request. At most [`ANSWERS_KEPT`]; emptied by every change.
+    answers: Mutex<(u64, KeptAnswers)>,
     /// Bumped whenever anything a change-feed answer reports may have changed: held feed
     /// requests wait on it.
     changed: tokio::sync::watch::Sender<u64>,
@@ -264,10 +369,10 @@ pub struct Versions {
 impl Default for Versions {
     fn default() -> Versions {
         Versions {
-            state: Mutex::default(),
+            state: std::sync::RwLock::default(),
             shared: false,
             incarnation: Mutex::new(random_incarnation()),
-            full_answer: Mutex::new(None),
+            answers: Mutex::new((0, HashMap::new())),
             changed: tokio::sync::watch::channel(0).0,
         }
     }
@@ -317,8 +422,15 @@ impl Versions {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        let mut guard = lock(&self.state);
+        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
+    }
+
+    /// Reads the state: readers (every check, every feed page) never wait for each other,
+    /// only for a change being applied.
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
     }
 
     /// Records `change` without saying when it was learned (see [`Versions::apply_at`]).
@@ -425,7 +537,7 @@ impl Versions {
     /// A check saw a token a revocation names (`key`) expire at `expires_at_ms`: a revocation
     /// that did not know when to go learns it and is republished. Returns whether one did.
     pub fn learn_token_expiry(&self, key: &TokenKey, expires_at_ms: u64, now_ms: u64) -> bool {
-        let unknown = self.with(|s| {
+        let unknown = self.read(|s| {
             s.revoked_tokens
                 .entries
                 .get(key)
@@ -449,7 +561,7 @@ impl Versions {
 
     /// Everything known, as changes (to republish after the shared store lost its data).
     pub fn export(&self) -> Vec<Change> {
-        self.with(|s| {
+        self.read(|s| {
             let mut all: Vec<Change> = Vec::new();
             if s.policy_version > 0 {
                 all.push(Change::BumpPolicy {
@@ -504,38 +616,38 @@ impl Versions {
 
     /// Revocations held (token hashes, `jti`s).
     pub fn revoked_counts(&self) -> (usize, usize) {
-        self.with(|s| (s.revoked_tokens.entries.len(), s.revoked_jtis.entries.len()))
+        self.read(|s| (s.revoked_tokens.entries.len(), s.revoked_jtis.entries.len()))
     }
 
     /// The change counter: bumped by every revocation and policy change.
     pub fn change_version(&self) -> u64 {
-        self.with(|s| s.version)
+        self.read(|s| s.version)
     }
 
     pub fn policy_version(&self) -> u64 {
-        self.with(|s| s.policy_version)
+        self.read(|s| s.policy_version)
     }
 
     pub fn is_token_revoked(&self, key: &TokenKey) -> bool {
-        self.with(|s| s.revoked_tokens.contains(key))
+        self.read(|s| s.revoked_tokens.contains(key))
     }
 
     pub fn is_jti_revoked(&self, jti: &str) -> bool {
-        self.with(|s| s.revoked_jtis.contains(&jti.to_owned()))
+        self.read(|s| s.revoked_jtis.contains(&jti.to_owned()))
     }
 
     /// When the subject was last revoked (ms), if ever.
     pub fn subject_revoked_at_ms(&self, subject: &str) -> Option<u64> {
-        self.with(|s| s.subjects.get(subject).map(|e| e.revoked_at_ms))
+        self.read(|s| s.subjects.get(subject).map(|e| e.revoked_at_ms))
     }
 
     pub fn subject_epoch(&self, subject: &str) -> u64 {
-        self.with(|s| s.subjects.get(subject).map(|e| e.epoch).unwrap_or(0))
+        self.read(|s| s.subjects.get(subject).map(|e| e.epoch).unwrap_or(0))
     }
 
     /// Whether anything is stamped after `since` (a held feed request answers once there is).
     pub fn has_changes_since(&self, since: u64) -> bool {
-        self.with(|s| {
+        self.read(|s| {
             s.policy_changed_at_version > since
                 || s.revoked_tokens.any_since(since)
                 || s.revoked_jtis.any_since(since)
@@ -545,77 +657,63 @@ impl Versions {
 
     /// Everything changed after `since`, in format 2 (see `authz_core::epochs`): the body of
     /// `GET /admin/epochs?since=N&format=2`, with when this instance learned each change.
-    /// The state's lock is held only to copy the rows out; the whole-state answer is kept
-    /// until the next change.
+    ///
+    /// Paged: an answer holds the changes of about [`Versions::set_page_rows`] rows (never
+    /// splitting one stamp), oldest first; when more follow it says `"more": true`, its
+    /// `version` is the last stamp it holds (the poller's next `since`) and it is not
+    /// `confirmed` (the poller has not read the whole state yet). The state's lock is held
+    /// only to read one page of rows out (a read lock: checks are not held up); an answer
+    /// is kept until the next change, so a client looping on it costs one build per change.
     pub fn changes_since_v2(&self, since: u64, confirmed: bool) -> std::sync::Arc<str> {
         let generation = *self.changed.borrow();
-        if since == 0 {
-            if let Some((_, _, body)) = lock(&self.full_answer)
-                .as_ref()
-                .filter(|(g, c, _)| *g == generation && *c == confirmed)
-            {
-                return body.clone();
+        {
+            let answers = lock(&self.answers);
+            if answers.0 == generation {
+                if let Some(body) = answers.1.get(&(since, confirmed)) {
+                    return body.clone();
+                }
             }
         }
         let incarnation = self.incarnation();
-        let (head, subjects, tokens, jtis) = self.with(|s| {
-            let bound = s.lifetime_bound_ms;
-            let subjects: Vec<(String, u64, u64, u64, Option<u64>)> = s
-                .subjects
-                .iter()
-                .filter(|(_, e)| e.changed_at_version > since)
-                .map(|(sub, e)| {
-                    let expires = bound.map(|b| e.revoked_at_ms.saturating_add(b));
-                    (
-                        sub.clone(),
-                        e.revoked_at_ms,
-                        e.epoch,
-                        e.learned_at_ms,
-                        expires,
-                    )
-                })
-                .collect();
-            let head = (
-                s.version,
-                s.policy_version,
-                (s.policy_changed_at_version > since).then_some(s.policy_changed_at_ms),
-            );
-            (
-                head,
-                subjects,
-                s.revoked_tokens.raw_since(since),
-                s.revoked_jtis.raw_since(since),
-            )
-        });
+        let page = self.read(|s| s.page_since(since));
         let learned = |at: u64| (at > 0).then_some(at);
-        let (version, policy_version, policy_changed_at_ms) = head;
         let answer = json!({
             "format": 2,
-            "version": version,
-            "policy_version": policy_version,
-            "policy_changed_at_ms": policy_changed_at_ms.map(|at| learned(at).unwrap_or(0)),
-            "subjects": subjects
+            "version": page.version,
+            "policy_version": page.policy_version,
+            "policy_changed_at_ms": page.policy_changed_at_ms.map(|at| learned(at).unwrap_or(0)),
+            "subjects": page.subjects
                 .iter()
                 .map(|(sub, at, epoch, learned_at, expires)| {
                     json!([sub, at, epoch, learned(*learned_at), expires])
                 })
                 .collect::<Vec<_>>(),
-            "tokens": tokens
+            "tokens": page.tokens
                 .iter()
                 .map(|(k, expiry, at)| json!([hex(k), expiry, learned(*at)]))
                 .collect::<Vec<_>>(),
-            "jtis": jtis
+            "jtis": page.jtis
                 .iter()
                 .map(|(k, expiry, at)| json!([k, expiry, learned(*at)]))
                 .collect::<Vec<_>>(),
-            "confirmed": confirmed,
+            "more": page.more,
+            "confirmed": confirmed && !page.more,
             "incarnation": incarnation,
         });
         let body: std::sync::Arc<str> = answer.to_string().into();
-        if since == 0 {
-            *lock(&self.full_answer) = Some((generation, confirmed, body.clone()));
+        let mut answers = lock(&self.answers);
+        if answers.0 != generation {
+            *answers = (generation, HashMap::new());
+        }
+        if answers.1.len() < ANSWERS_KEPT {
+            answers.1.insert((since, confirmed), body.clone());
         }
         body
+    }
+
+    /// Rows per change-feed answer (at least 1; default [`FEED_PAGE_ROWS`]).
+    pub fn set_page_rows(&self, rows: usize) {
+        self.with(|s| s.page_rows = rows.max(1));
     }
 
     /// Everything changed after `since`: the body of `GET /admin/epochs?since=N` (the first
@@ -685,6 +783,77 @@ mod tests {
 
     fn feed(v: &Versions, since: u64) -> Value {
         serde_json::from_str(&v.changes_since_v2(since, true)).unwrap()
+    }
+
+    #[test]
+    fn a_large_state_is_read_in_pages_that_miss_nothing() {
+        let v = Versions::default();
+        v.set_page_rows(3);
+        for i in 0..7u8 {
+            v.apply(&Change::RevokeToken([i; 32], None), None);
+        }
+        v.apply(&Change::RevokeJti("j".into(), None), None);
+        v.apply(&subject("alice", 1), None);
+        v.apply(&Change::BumpPolicy { version: None }, None);
+        let mut since = 0;
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = feed(&v, since);
+            pages += 1;
+            let rows = page["tokens"].as_array().unwrap().len()
+                + page["jtis"].as_array().unwrap().len()
+                + page["subjects"].as_array().unwrap().len();
+            assert!(rows <= 3, "{page}");
+            for t in page["tokens"].as_array().unwrap() {
+                seen.push(t[0].as_str().unwrap().to_owned());
+            }
+            let more = page["more"] == true;
+            assert_eq!(
+                page["confirmed"], !more,
+                "a part of the state vouches for nothing"
+            );
+            since = page["version"].as_u64().unwrap();
+            if pages == 2 {
+                // A change made while the pages are read comes in a later page.
+                v.apply(&Change::RevokeToken([9; 32], None), None);
+            }
+            if !more {
+                assert_eq!(since, v.change_version());
+                break;
+            }
+        }
+        assert!(pages >= 3);
+        // Any page asked again before the next change is the answer already built.
+        let again = v.changes_since_v2(3, true);
+        assert!(std::sync::Arc::ptr_eq(&again, &v.changes_since_v2(3, true)));
+        v.apply(&Change::RevokeToken([10; 32], None), None);
+        assert!(!std::sync::Arc::ptr_eq(
+            &again,
+            &v.changes_since_v2(3, true)
+        ));
+        seen.sort();
+        let mut expected: Vec<String> = (0..7u8).chain([9]).map(|i| hex(&[i; 32])).collect();
+        expected.sort();
+        assert_eq!(seen, expected);
+        // One stamp is never split (changes learned out of order share one in shared mode).
+        let shared = Versions::shared();
+        shared.set_page_rows(2);
+        shared.advance_to(10);
+        for i in 0..5u8 {
+            shared.apply(&Change::RevokeToken([i; 32], None), None);
+        }
+        shared.advance_to(20);
+        shared.apply(&Change::RevokeToken([7; 32], None), Some(15));
+        let page = feed(&shared, 0);
+        assert_eq!(page["tokens"].as_array().unwrap().len(), 5, "{page}");
+        assert_eq!(
+            (page["more"].clone(), page["version"].clone()),
+            (json!(true), json!(11))
+        );
+        let last = feed(&shared, 11);
+        assert_eq!(last["tokens"].as_array().unwrap().len(), 1, "{last}");
+        assert_eq!(last["more"], false);
     }
 
     #[test]

@@ -470,11 +470,16 @@ impl<H: Host> Worker<H> {
             }
             self.versions.incarnation = Some(incarnation.clone());
         }
-        if changes.confirmed {
+        // A page of a larger state vouches for nothing yet: the rest is read at once.
+        let whole = !changes.more;
+        if changes.more {
+            self.versions.poll_now = true;
+        }
+        if changes.confirmed && whole {
             self.versions.last_ok_ms = now_ms;
         }
         self.apply_revocations(&changes, now_ms);
-        if changes.confirmed {
+        if changes.confirmed && whole {
             self.revocations.resynced();
         } else {
             self.host.log(
@@ -492,7 +497,7 @@ impl<H: Host> Worker<H> {
                     .record(Histogram::RevocationLagMs, now_ms.saturating_sub(learned));
             }
         }
-        self.versions.synced = true;
+        self.versions.synced |= whole;
         self.versions.change_version = self.versions.change_version.max(changes.version);
         self.share_versions();
         if self.versions.poll_now {

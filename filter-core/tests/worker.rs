@@ -1417,6 +1417,82 @@ fn a_restarted_server_state_keeps_revocations_and_writes_fail_closed_until_it_is
 }
 
 #[test]
+fn a_state_read_in_pages_is_asked_for_at_once_and_vouches_for_nothing_until_the_last() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, _host) = local_worker(&store, None, 1_000);
+    let idp = Idp::new("k1");
+    let (first, second, bystander) = (idp.token("alice"), idp.token("bob"), idp.token("dave"));
+    let row = |token: &str| {
+        let digest = authz_core::token_hash::revocation_digest(token);
+        json!([
+            authz_core::token_hash::digest_hex(&digest),
+            (T0 / 1000 + 3600) * 1000,
+            T0
+        ])
+    };
+    // A restarted server state, read from 0 in two pages.
+    feed_answer(
+        &mut w,
+        2,
+        json!({"version": 1, "policy_version": 1, "incarnation": "inc-a"}),
+        T0 + 10,
+    );
+    w.on_poll_response(
+        Some(200),
+        Some(feed(
+            json!({"version": 1, "policy_version": 1, "incarnation": "inc-b"}),
+        )),
+        T0 + 20,
+    );
+    let next = feed_answer(
+        &mut w,
+        3,
+        json!({"version": 7, "policy_version": 1, "incarnation": "inc-b", "more": true,
+               "confirmed": false, "tokens": [row(&first)]}),
+        T0 + 30,
+    )
+    .expect("the next page is asked for at once");
+    assert!(next.path.contains("since=7"), "{}", next.path);
+    assert_eq!(
+        decide_local(&mut w, &idp, 1, get("/items", Some(&first)), T0 + 31),
+        401,
+        "a page's revocations apply at once"
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 2, post("/orders", &bystander), T0 + 31),
+        503,
+        "writes fail closed until the last page"
+    );
+    // A server that says `confirmed` on a page it marks `more` is not believed either.
+    feed_answer(
+        &mut w,
+        4,
+        json!({"version": 8, "policy_version": 1, "incarnation": "inc-b", "more": true,
+               "tokens": []}),
+        T0 + 40,
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 3, post("/orders", &bystander), T0 + 41),
+        503
+    );
+    feed_answer(
+        &mut w,
+        5,
+        json!({"version": 9, "policy_version": 1, "incarnation": "inc-b",
+               "tokens": [row(&second)]}),
+        T0 + 50,
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 4, post("/orders", &bystander), T0 + 51),
+        200
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 5, get("/items", Some(&second)), T0 + 51),
+        401
+    );
+}
+
+#[test]
 fn a_reply_to_a_call_made_before_a_revocation_was_applied_is_not_kept_even_at_the_same_version() {
     let store = Rc::new(RefCell::new(Store::default()));
     let (mut w, host) = polled_worker(&store, T0);

@@ -294,18 +294,32 @@ pub struct CacheStack {
     pub envoy: Envoy,
     pub idp: DevIdp,
     pub server: AuthzServerProcess,
+    /// More server replicas behind the same Envoy clusters (round robin with `server`).
+    pub replicas: Vec<AuthzServerProcess>,
     pub echo: Echo,
 }
 
 impl CacheStack {
     pub fn start(plugin: &Value, server_extra: &str) -> CacheStack {
+        CacheStack::start_replicas(plugin, &[server_extra])
+    }
+
+    /// One server per entry of `server_extras` (its extra configuration), all behind Envoy's
+    /// Check and feed clusters: the first is `server`, the others `replicas`.
+    pub fn start_replicas(plugin: &Value, server_extras: &[&str]) -> CacheStack {
         let idp = DevIdp::start(&[]);
         let echo = Echo::start();
-        let server = AuthzServerProcess::start(&server_yaml(
-            idp.port,
-            &format!("epochs_token: \"{EPOCHS_TOKEN}\"\n{server_extra}"),
-        ));
-        let config = render_template_full(
+        let mut servers = server_extras.iter().map(|extra| {
+            AuthzServerProcess::start(&server_yaml(
+                idp.port,
+                &format!("epochs_token: \"{EPOCHS_TOKEN}\"\n{extra}"),
+            ))
+        });
+        let Some(server) = servers.next() else {
+            panic!("at least one server");
+        };
+        let replicas: Vec<AuthzServerProcess> = servers.collect();
+        let mut config = render_template_full(
             "decision-cache.template.yaml",
             plugin,
             idp.port,
@@ -313,11 +327,29 @@ impl CacheStack {
             server.grpc_port,
             server.admin_port,
         );
+        for port_of in [
+            |s: &AuthzServerProcess| s.grpc_port,
+            |s: &AuthzServerProcess| s.admin_port,
+        ] {
+            let endpoint = |port: u16| {
+                format!("- endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}")
+            };
+            let first = endpoint(port_of(&server));
+            let indent = "        ";
+            let all = std::iter::once(&server)
+                .chain(&replicas)
+                .map(|s| endpoint(port_of(s)))
+                .collect::<Vec<_>>()
+                .join(&format!("\n{indent}"));
+            assert!(config.contains(&first), "the template names {first}");
+            config = config.replace(&first, &all);
+        }
         let envoy = Envoy::start_rendered(&config);
         CacheStack {
             envoy,
             idp,
             server,
+            replicas,
             echo,
         }
     }

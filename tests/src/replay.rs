@@ -5,7 +5,10 @@
 //!
 //! The server keeps its state in Redis (the shared tier), so it can restart mid-run: the
 //! filter's held change-feed request (push) drops, it polls until the server is back, and holds
-//! requests again.
+//! requests again. With a second replica behind the same Envoy clusters (Check and the feed
+//! round robin over both), the second one restarts instead, and a revocation is issued at the
+//! first while it is down: the restarted replica must not answer with a state that lacks it.
+//! The negative control runs the second replica without the shared tier.
 //!
 //! Invariants checked (bounds are the documented ones, plus a small processing margin):
 //! - a token revoked at the server: no allow later than the revocation + poll interval + RTT;
@@ -40,6 +43,18 @@ pub struct ReplayPlan {
     pub local_revocations: bool,
     /// When the server restarts (its state survives in Redis), if at all.
     pub restart_server_at: Option<Duration>,
+    /// A second server replica, if any.
+    pub second_replica: SecondReplica,
+}
+
+/// A second ext-authz-server behind the same Envoy clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondReplica {
+    None,
+    /// Sharing the first one's Redis (the supported deployment).
+    Shared,
+    /// With a state of its own (the negative control: replicas must share a tier).
+    Unshared,
 }
 
 /// The outcome of a run.
@@ -125,7 +140,15 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
         "tiers:\n  privileged: {{max_staleness_ms: {PRIVILEGED_STALENESS_MS}}}\n  regulated: {{max_staleness_ms: {REGULATED_STALENESS_MS}}}\nredis:\n  url: \"{}\"\n  secret: \"replay-shared-secret-0123456789abcdef\"\n  block_ms: 200\n",
         redis.url()
     );
-    let stack = Arc::new(Mutex::new(CacheStack::start(&plugin, &server_extra)));
+    let tiers_only = format!(
+        "tiers:\n  privileged: {{max_staleness_ms: {PRIVILEGED_STALENESS_MS}}}\n  regulated: {{max_staleness_ms: {REGULATED_STALENESS_MS}}}\n"
+    );
+    let extras: Vec<&str> = match plan.second_replica {
+        SecondReplica::None => vec![&server_extra],
+        SecondReplica::Shared => vec![&server_extra, &server_extra],
+        SecondReplica::Unshared => vec![&server_extra, &tiers_only],
+    };
+    let stack = Arc::new(Mutex::new(CacheStack::start_replicas(&plugin, &extras)));
     let locked = || stack.lock().unwrap_or_else(|p| p.into_inner());
     let idp_port = locked().idp.port;
     let envoy_port = locked().envoy.port;
@@ -281,14 +304,28 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
             }
             if let Some(restart) = restart_at {
                 at(restart.as_millis() as u64);
-                restart_server(&stack);
-                done("server-restarted");
-                at(restart.as_millis() as u64 + 1_000);
-                assert_eq!(
-                    admin(&stack, "/admin/revoke", Some(json!({"token": jack}))),
-                    200
-                );
-                done("local-revoked-after-restart");
+                if lock_stack(&stack).replicas.is_empty() {
+                    restart_server(&stack);
+                    done("server-restarted");
+                    at(restart.as_millis() as u64 + 1_000);
+                    assert_eq!(
+                        admin(&stack, "/admin/revoke", Some(json!({"token": jack}))),
+                        200
+                    );
+                    done("local-revoked-after-restart");
+                } else {
+                    // The second replica goes down; the revocation is made at the first
+                    // meanwhile; the second comes back (and must read it before it answers).
+                    let config = stop_replica(&stack);
+                    assert_eq!(
+                        admin(&stack, "/admin/revoke", Some(json!({"token": jack}))),
+                        200
+                    );
+                    done("local-revoked-after-restart");
+                    std::thread::sleep(Duration::from_millis(300));
+                    start_replica(&stack, &config);
+                    done("server-restarted");
+                }
             }
             if let Some(down) = idp_down_at {
                 at(down.as_millis() as u64 + 5_000);
@@ -451,9 +488,34 @@ fn check(
 /// back from Redis.
 fn restart_server(stack: &Mutex<CacheStack>) {
     let mut s = lock_stack(stack);
-    let (grpc, admin) = (s.server.grpc_port, s.server.admin_port);
-    let config: String = s
-        .server
+    let config = pinned_config(&s.server);
+    s.server.kill();
+    s.server = AuthzServerProcess::start(&config);
+}
+
+/// Stops the second replica; returns its configuration with its ports pinned.
+fn stop_replica(stack: &Mutex<CacheStack>) -> String {
+    let mut s = lock_stack(stack);
+    let Some(replica) = s.replicas.first_mut() else {
+        return String::new();
+    };
+    let config = pinned_config(replica);
+    replica.kill();
+    config
+}
+
+/// Starts the second replica again with `config`.
+fn start_replica(stack: &Mutex<CacheStack>, config: &str) {
+    let replica = AuthzServerProcess::start(config);
+    if let Some(slot) = lock_stack(stack).replicas.first_mut() {
+        *slot = replica;
+    }
+}
+
+/// A server's configuration with the ports it listens on now written in.
+fn pinned_config(server: &AuthzServerProcess) -> String {
+    let (grpc, admin) = (server.grpc_port, server.admin_port);
+    server
         .config
         .lines()
         .map(|line| {
@@ -465,9 +527,7 @@ fn restart_server(stack: &Mutex<CacheStack>) {
                 format!("{line}\n")
             }
         })
-        .collect();
-    s.server.kill();
-    s.server = AuthzServerProcess::start(&config);
+        .collect()
 }
 
 fn lock_stack(stack: &Mutex<CacheStack>) -> std::sync::MutexGuard<'_, CacheStack> {

@@ -345,3 +345,56 @@ fn a_fresh_write_route_asks_the_server_so_a_revocation_applies_to_the_next_write
     // Without a token the fresh route answers locally, like any server route.
     assert_eq!(s.envoy.send("POST", "/api/items", None, &[]).status, 401);
 }
+
+#[test]
+fn a_large_revocation_state_reaches_a_new_envoy_in_pages() {
+    let plugin = decision_cache_plugin_config(250, 1000);
+    let s = CacheStack::start(&plugin, "feed: {page_rows: 100}\n");
+    // 250 revocations of other tokens, then the one that matters: a new Envoy reads the
+    // state from 0 in at least three pages, and the last page's revocation is honoured.
+    for i in 0..250u32 {
+        let hash = authz_core::token_hash::digest_hex(&authz_core::token_hash::token_digest(
+            &format!("junk-{i}"),
+        ));
+        revoke(&s, "/admin/revoke", json!({"token_hash": hash}));
+    }
+    let revoked = jwt(&s, "alice", json!({}));
+    let bystander = jwt(&s, "dave", json!({}));
+    revoke(&s, "/admin/revoke", json!({"token": revoked}));
+    let first_page = get(
+        &format!(
+            "http://127.0.0.1:{}/admin/epochs?since=0&format=2",
+            s.server.admin_port
+        ),
+        &[("authorization", &format!("Bearer {EPOCHS_TOKEN}"))],
+    );
+    let first_page: Value = serde_json::from_str(&first_page.body).expect("json");
+    assert_eq!(first_page["more"], true);
+    assert!(first_page["tokens"].as_array().expect("rows").len() <= 100);
+    let fresh = Envoy::start_rendered(&render_template_full(
+        "decision-cache.template.yaml",
+        &plugin,
+        s.idp.port,
+        s.echo.port,
+        s.server.grpc_port,
+        s.server.admin_port,
+    ));
+    let read = eventually(Duration::from_secs(5), || {
+        fresh.stat("wasmcustom.authz.revocations") >= 251
+    });
+    assert!(read, "{}", fresh.stats_matching("revocations"));
+    for _ in 0..10 {
+        let send = |token: &str| {
+            fresh
+                .send(
+                    "POST",
+                    "/api/items",
+                    Some(token),
+                    &[("connection", "close")],
+                )
+                .status
+        };
+        assert_eq!(send(&revoked), 401);
+        assert_eq!(send(&bystander), 200, "writes pass once every page is read");
+    }
+}

@@ -1,10 +1,11 @@
-//! The replay harness (see `tests::replay`): a bounded run with the change feed pushed (and
-//! the server restarted mid-run) must show no violation; the same traffic with the feed off
-//! (neither pushed nor polled), or with locally decided tiers ignoring revocations, must show
-//! violations, which proves the checker can fail.
+//! The replay harness (see `tests::replay`): a bounded run with the change feed pushed, two
+//! server replicas sharing Redis and one of them restarted while a revocation is issued, must
+//! show no violation; the same traffic with the feed off (neither pushed nor polled), with
+//! locally decided tiers ignoring revocations, or with replicas that do not share a state,
+//! must show violations, which proves the checker can fail.
 
 use std::time::Duration;
-use tests::replay::{run_replay, ReplayPlan, Report};
+use tests::replay::{run_replay, ReplayPlan, Report, SecondReplica};
 
 fn caught(report: &Report, name: &str) -> bool {
     report
@@ -23,6 +24,7 @@ fn mixed_traffic_never_sees_a_stale_allow_past_the_documented_bounds() {
         push_wait_ms: 1_000,
         local_revocations: true,
         restart_server_at: Some(Duration::from_millis(5_000)),
+        second_replica: SecondReplica::Shared,
     });
     report.print();
     assert!(
@@ -43,6 +45,7 @@ fn the_checker_catches_stale_allows_when_the_feed_is_neither_pushed_nor_polled()
         push_wait_ms: 0,
         local_revocations: true,
         restart_server_at: None,
+        second_replica: SecondReplica::None,
     });
     report.print();
     for name in [
@@ -69,6 +72,7 @@ fn the_checker_catches_stale_allows_when_local_tiers_ignore_revocations() {
         push_wait_ms: 1_000,
         local_revocations: false,
         restart_server_at: None,
+        second_replica: SecondReplica::None,
     });
     report.print();
     assert!(
@@ -79,6 +83,26 @@ fn the_checker_catches_stale_allows_when_local_tiers_ignore_revocations() {
     assert!(
         !caught(&report, "revoked-token"),
         "server tiers honour revocations either way: {:#?}",
+        report.violations
+    );
+}
+
+#[test]
+fn the_checker_catches_stale_allows_when_replicas_do_not_share_a_state() {
+    let report = run_replay(&ReplayPlan {
+        poll_interval_ms: 250,
+        duration: Duration::from_millis(4_000),
+        idp_down_at: None,
+        max_unreachable_ms: 2_000,
+        push_wait_ms: 1_000,
+        local_revocations: true,
+        restart_server_at: None,
+        second_replica: SecondReplica::Unshared,
+    });
+    report.print();
+    assert!(
+        caught(&report, "revoked-token") || caught(&report, "revoked-subject"),
+        "a replica that never heard of a revocation answers: {:#?}",
         report.violations
     );
 }
