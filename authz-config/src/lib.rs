@@ -19,6 +19,13 @@
 //! can only land on a stricter path: the Wasm filter on a local route refuses a request its own
 //! table puts on a server tier, and the server takes the stricter of Envoy's tier and its own.
 //!
+//! With an `istio:` section it also writes the Istio resources: the WasmPlugin (phase AUTHN,
+//! `FAIL_RELOAD`, the filter's configuration as `pluginConfig`, the feed secret a `${NAME}`
+//! reference the filter reads from its VM's environment, `vmConfig.env` with `valueFrom:
+//! HOST`, so the secret comes from a Kubernetes Secret in the proxy's environment and never
+//! sits in the WasmPlugin) and the server's ConfigMap. Under Istio the filter decides every
+//! tier (`mode: filter`): a CUSTOM ext_authz check behind a WasmPlugin never sees a token.
+//!
 //! Every output is validated with the component's own loader before it is returned; all
 //! problems are reported at once.
 
@@ -52,6 +59,22 @@ pub struct PolicyFile {
     /// Envoy: the upstream cluster of the generated routes.
     #[serde(default)]
     pub envoy: EnvoyEntry,
+    /// Istio: where the WasmPlugin and the server's ConfigMap go.
+    pub istio: Option<IstioEntry>,
+}
+
+/// The Istio resources' placement.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IstioEntry {
+    /// The workload's namespace (the WasmPlugin's).
+    pub namespace: String,
+    /// The workload's pod labels (the WasmPlugin's `selector.matchLabels`).
+    pub selector: Map<String, Value>,
+    /// The filter's image (`oci://…`, see deploy/docker/filter.Dockerfile).
+    pub image: String,
+    /// The server's namespace (its ConfigMap's); default `authz-system`.
+    pub server_namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +127,7 @@ pub struct EnvoyEntry {
 fn filter_link(
     server: &ServerEntry,
     env: &impl Fn(&str) -> Option<String>,
+    keep_references: bool,
     problems: &mut Vec<String>,
 ) -> Value {
     let mut link = Map::new();
@@ -113,6 +137,20 @@ fn filter_link(
         return Value::Object(link);
     }
     match (&server.admin_envoy_cluster, &server.epochs_token) {
+        (Some(admin), Some(token)) if keep_references => {
+            // Read by the filter from its VM's environment (Istio: `vmConfig.env`).
+            if !authz_core::env_refs::has_reference(token) {
+                problems.push(
+                    "server.epochs_token: under Istio it must be a ${NAME} reference (the filter reads it from the proxy's environment, filled from a Secret): a literal would sit in the WasmPlugin, readable by everyone who can read the namespace"
+                        .to_owned(),
+                );
+            }
+            link.insert("epochs_cluster".into(), json!(admin));
+            if let Some(host) = istio_host(admin) {
+                link.insert("epochs_authority".into(), json!(host));
+            }
+            link.insert("epochs_token".into(), json!(token));
+        }
         (Some(admin), Some(token)) => {
             let (token, unset) = ext_authz_server::config::expand_env(token, env);
             for name in unset {
@@ -121,6 +159,9 @@ fn filter_link(
                 ));
             }
             link.insert("epochs_cluster".into(), json!(admin));
+            if let Some(host) = istio_host(admin) {
+                link.insert("epochs_authority".into(), json!(host));
+            }
             link.insert("epochs_token".into(), json!(token));
         }
         _ => problems.push(
@@ -176,16 +217,37 @@ pub struct Rendered {
     pub server: Option<String>,
     /// Envoy's virtual-host routes (YAML text: `typed_per_filter_config` and `routes`).
     pub envoy_routes: String,
+    /// The Istio resources (YAML documents), when the policy has an `istio:` section.
+    pub istio: Option<String>,
 }
 
 const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
 const WASM: &str = "envoy.filters.http.wasm";
+
+/// The host an Istio cluster name (`outbound|PORT|SUBSET|HOST`) sends to: the `:authority`
+/// its requests need (the filter's default, the cluster's name, is no host).
+fn istio_host(cluster: &str) -> Option<&str> {
+    let mut parts = cluster.split('|');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("outbound"), Some(_), Some(_), Some(host), None) if !host.is_empty() => Some(host),
+        _ => None,
+    }
+}
 
 fn provider_json(p: &ProviderEntry) -> Value {
     let mut remote = match &p.jwks_path {
         Some(path) => json!({"cluster": p.envoy_cluster, "path": path}),
         None => json!({"cluster": p.envoy_cluster, "discovery": true}),
     };
+    if let (Some(host), Some(object)) = (istio_host(&p.envoy_cluster), remote.as_object_mut()) {
+        object.insert("authority".into(), json!(host));
+    }
     for (key, value) in [
         ("refresh_interval_seconds", p.keys.refresh_interval_seconds),
         (
@@ -370,7 +432,11 @@ pub fn render_with_env(
             object.insert("requests".into(), requests.clone());
         }
         if let Some(server) = &policy.server {
-            object.insert("server".into(), filter_link(server, env, &mut problems));
+            let keep = policy.istio.is_some();
+            object.insert(
+                "server".into(),
+                filter_link(server, env, keep, &mut problems),
+            );
         }
         for (key, value) in &policy.filter {
             if object.contains_key(key) {
@@ -382,13 +448,17 @@ pub fn render_with_env(
             }
         }
     }
-    let filter_policy = match authz_core::Policy::from_json(filter.to_string().as_bytes()) {
-        Ok(policy) => Some(policy),
-        Err(e) => {
-            problems.push(format!("the derived filter configuration: {e}"));
-            None
-        }
-    };
+    // Under Istio the feed secret stays a reference the filter resolves where it runs; a
+    // strong stand-in checks the rest here.
+    let stand_in = |name: &str| Some(format!("rendered-stand-in-{name}-0123456789"));
+    let filter_policy =
+        match authz_core::Policy::from_json_with_env(filter.to_string().as_bytes(), &stand_in) {
+            Ok(policy) => Some(policy),
+            Err(e) => {
+                problems.push(format!("the derived filter configuration: {e}"));
+                None
+            }
+        };
 
     // The server.
     let server = match (&policy.server, policy.providers.first()) {
@@ -464,10 +534,22 @@ pub fn render_with_env(
                     // runs; here they stand in as strong placeholders.
                     let stand_in =
                         |name: &str| Some(format!("rendered-stand-in-{name}-0123456789"));
-                    if let Err(e) =
-                        ext_authz_server::config::ServerConfig::from_yaml_with_env(&text, stand_in)
-                    {
-                        problems.push(format!("the derived server configuration: {e}"));
+                    match ext_authz_server::config::ServerConfig::from_yaml_with_env(
+                        &text, stand_in,
+                    ) {
+                        Ok(_) => {}
+                        Err(ext_authz_server::error::ServerError::InvalidConfig(found)) => {
+                            // Files the configuration names (CA bundles, keys) are where the
+                            // server runs, not where it is rendered: the server checks them
+                            // at start.
+                            problems.extend(
+                                found
+                                    .into_iter()
+                                    .filter(|p| !is_unreadable_file(p))
+                                    .map(|p| format!("the derived server configuration: {p}")),
+                            );
+                        }
+                        Err(e) => problems.push(format!("the derived server configuration: {e}")),
                     }
                     Some(text)
                 }
@@ -526,6 +608,9 @@ pub fn render_with_env(
         problems.push(format!("envoy: {e}"));
         String::new()
     });
+    let istio = policy.istio.as_ref().and_then(|entry| {
+        istio_resources(entry, &policy, &filter, server.as_deref(), &mut problems)
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -533,5 +618,106 @@ pub fn render_with_env(
         filter,
         server,
         envoy_routes,
+        istio,
     })
+}
+
+/// Whether a server configuration problem is only that a file it names (`…_file: cannot read
+/// PATH`) is not on this machine.
+fn is_unreadable_file(problem: &str) -> bool {
+    problem
+        .split_once(": ")
+        .is_some_and(|(key, what)| key.ends_with("_file") && what.starts_with("cannot read "))
+}
+
+/// The WasmPlugin and the server's ConfigMap, as YAML documents.
+fn istio_resources(
+    entry: &IstioEntry,
+    policy: &PolicyFile,
+    filter: &Value,
+    server: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    if policy
+        .server
+        .as_ref()
+        .is_some_and(|s| s.mode != Mode::Filter)
+    {
+        problems.push(
+            "istio: server.mode must be filter (the WasmPlugin decides every tier; a CUSTOM ext_authz check behind it never sees a token)"
+                .to_owned(),
+        );
+    }
+    if !entry.image.starts_with("oci://") && !entry.image.starts_with("https://") {
+        problems.push("istio.image: an oci:// or https:// URL of the filter's image".to_owned());
+    }
+    if entry.selector.is_empty() {
+        problems.push(
+            "istio.selector: the workload's labels (an empty selector is every workload of the namespace)"
+                .to_owned(),
+        );
+    }
+    // Every variable the plugin's configuration names, from the proxy's environment.
+    let text = filter.to_string();
+    let (_, referenced) = authz_core::env_refs::expand(&text, &|_| None);
+    let env: Vec<Value> = referenced
+        .iter()
+        .map(|name| json!({"name": name, "valueFrom": "HOST"}))
+        .collect();
+    let mut spec = json!({
+        "selector": {"matchLabels": entry.selector},
+        "url": entry.image,
+        "imagePullPolicy": "IfNotPresent",
+        "phase": "AUTHN",
+        "priority": 100,
+        "failStrategy": "FAIL_RELOAD",
+        "pluginName": "jwt_authz",
+        "pluginConfig": filter,
+    });
+    if let (false, Some(object)) = (env.is_empty(), spec.as_object_mut()) {
+        object.insert("vmConfig".into(), json!({"env": env}));
+    }
+    let plugin = json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "jwt-authz", "namespace": entry.namespace},
+        "spec": spec,
+    });
+    let mut documents = vec![yaml(
+        &plugin,
+        "# Generated by authz-config from the policy file: edit the policy, not this.
+# The proxy's environment must hold every vmConfig.env variable, from a Secret: in the
+# workload's pod template, a container named istio-proxy (merged into the injected sidecar)
+# with env: [{name: AUTHZ_EPOCHS_TOKEN, valueFrom: {secretKeyRef: {name: …, key: …}}}].
+",
+    )];
+    if let Some(server) = server {
+        let map = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "ext-authz-server",
+                "namespace": entry.server_namespace.as_deref().unwrap_or("authz-system"),
+            },
+            "data": {"server.yaml": server},
+        });
+        documents.push(yaml(
+            &map,
+            "# The server's configuration; its ${NAME} secrets come from its environment.
+",
+        ));
+    }
+    match documents
+        .into_iter()
+        .collect::<Result<Vec<String>, String>>()
+    {
+        Ok(texts) => Some(texts.join(
+            "---
+",
+        )),
+        Err(e) => {
+            problems.push(format!("istio: {e}"));
+            None
+        }
+    }
 }

@@ -51,6 +51,9 @@ fn main() -> ExitCode {
                 println!("# server.yaml\n{server}");
             }
             println!("# envoy-routes.yaml\n{}", rendered.envoy_routes);
+            if let Some(istio) = &rendered.istio {
+                println!("# istio.yaml\n{istio}");
+            }
             ExitCode::SUCCESS
         }
         ("render", Some(dir)) => {
@@ -60,6 +63,9 @@ fn main() -> ExitCode {
             ];
             if let Some(server) = rendered.server {
                 files.push(("server.yaml", server));
+            }
+            if let Some(istio) = rendered.istio {
+                files.push(("istio.yaml", istio));
             }
             for (name, content) in files {
                 let file = dir.join(name);

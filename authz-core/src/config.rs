@@ -1144,10 +1144,43 @@ impl Policy {
 
     /// Parses and validates a JSON configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Policy, Error> {
-        let config: FilterConfig = serde_json::from_slice(bytes).map_err(|e| {
+        Policy::from_json_with_env(bytes, &|_| None)
+    }
+
+    /// [`Policy::from_json`], with `${NAME}` references in `server.epochs_token` taken from
+    /// `env` (the filter passes its Wasm VM's environment): the feed secret can come from a
+    /// Kubernetes Secret through the proxy's environment. A reference `env` cannot resolve is a
+    /// configuration problem, named.
+    pub fn from_json_with_env(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Policy, Error> {
+        let mut config: FilterConfig = serde_json::from_slice(bytes).map_err(|e| {
             Error::InvalidConfig(vec![format!("not a valid configuration document: {e}")])
         })?;
-        Policy::from_config(&config)
+        let mut unset = Vec::new();
+        if let Some(token) = config.server.as_mut().and_then(|s| s.epochs_token.as_mut()) {
+            let (expanded, missing) = crate::env_refs::expand(token, env);
+            *token = expanded;
+            unset = missing;
+        }
+        match Policy::from_config(&config) {
+            Ok(policy) if unset.is_empty() => Ok(policy),
+            result => {
+                let mut problems: Vec<String> = unset
+                    .iter()
+                    .map(|name| {
+                        format!(
+                            "server.epochs_token: ${{{name}}} is not set in the filter's environment (Envoy: vm_config.environment_variables.host_env_keys; Istio: WasmPlugin vmConfig.env with valueFrom: HOST)"
+                        )
+                    })
+                    .collect();
+                if let Err(Error::InvalidConfig(more)) = result {
+                    problems.extend(more);
+                }
+                Err(Error::InvalidConfig(problems))
+            }
+        }
     }
 
     /// Validates a parsed configuration, reporting every problem.

@@ -17,6 +17,7 @@ pub mod config;
 pub mod decision;
 pub mod decision_cache;
 pub mod discovery;
+pub mod env_refs;
 pub mod epochs;
 pub mod error;
 pub mod ext_authz_proto;

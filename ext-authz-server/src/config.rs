@@ -714,37 +714,7 @@ fn expand_values(
 /// Replaces every `${NAME}` whose NAME is `[A-Z_][A-Z0-9_]*` with `env(NAME)`; returns the
 /// text and the names that had no value (replaced by nothing). Anything else is left as is.
 pub fn expand_env(text: &str, env: &impl Fn(&str) -> Option<String>) -> (String, Vec<String>) {
-    let mut out = String::with_capacity(text.len());
-    let mut unset = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let name_len = after.find('}').filter(|&end| {
-            let name = &after[..end];
-            !name.is_empty()
-                && !name.starts_with(|c: char| c.is_ascii_digit())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-        });
-        match name_len {
-            Some(end) => {
-                let name = &after[..end];
-                match env(name) {
-                    Some(value) => out.push_str(&value),
-                    None => unset.push(name.to_owned()),
-                }
-                rest = &after[end + 1..];
-            }
-            None => {
-                out.push_str("${");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    (out, unset)
+    authz_core::env_refs::expand(text, env)
 }
 
 /// The `token` section: the filter's provider rules for introspection results.
@@ -1419,7 +1389,7 @@ impl ServerConfig {
                     None
                 }
                 Err(e) => {
-                    p.add("idp_ca_file", format_args!("{path}: {e}"));
+                    p.add("idp_ca_file", format_args!("cannot read {path}: {e}"));
                     None
                 }
             });

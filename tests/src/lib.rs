@@ -1190,6 +1190,12 @@ impl Envoy {
     }
 
     pub fn start_rendered(config: &str) -> Envoy {
+        Envoy::start_rendered_with_env(config, &[])
+    }
+
+    /// [`Envoy::start_rendered`] with `env` added to Envoy's environment (what a Wasm VM's
+    /// `environment_variables.host_env_keys` reads, as Istio's `vmConfig.env` `HOST`).
+    pub fn start_rendered_with_env(config: &str, env: &[(&str, &str)]) -> Envoy {
         let scratch = Scratch::new("envoy");
         let config_path = scratch.0.join("envoy.yaml");
         std::fs::write(&config_path, config).expect("write config");
@@ -1208,6 +1214,7 @@ impl Envoy {
                 "--admin-address-path",
             ])
             .arg(&admin_path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -131,17 +131,21 @@ fn the_istio_resources_have_what_istio_requires_and_agree() {
     assert!(wasm["spec"]["selector"]["matchLabels"].is_mapping());
     let plugin_json =
         serde_json::to_vec(&wasm["spec"]["pluginConfig"]).expect("pluginConfig as json");
-    // As shipped, the epochs token is a placeholder the filter refuses; with a real one the
-    // configuration is accepted.
+    // The feed secret is not in the resource: a reference the filter resolves from the proxy's
+    // environment (refused, naming it, when unset), filled from the Secret shipped beside it.
+    let missing = authz_core::config::Policy::from_json(&plugin_json).expect_err("unset");
     assert!(
-        authz_core::config::Policy::from_json(&plugin_json).is_err(),
-        "the placeholder epochs token was accepted"
+        missing.to_string().contains("${AUTHZ_EPOCHS_TOKEN}"),
+        "{missing}"
     );
-    let plugin_json = String::from_utf8(plugin_json).expect("utf-8").replace(
-        "replace-with-the-servers-epochs-token",
-        "a-real-epochs-token-4f2a9c",
-    );
-    let plugin = authz_core::config::Policy::from_json(plugin_json.as_bytes())
+    assert!(wasm["spec"]["vmConfig"]["env"][0]["valueFrom"].as_str() == Some("HOST"));
+    assert!(all.iter().any(|d| d["kind"].as_str() == Some("Secret")
+        && d["metadata"]["name"].as_str() == Some("authz-feed")
+        && d["metadata"]["namespace"] == wasm["metadata"]["namespace"]));
+    let proxy_env = |name: &str| {
+        (name == "AUTHZ_EPOCHS_TOKEN").then(|| "a-real-epochs-token-4f2a9c".to_owned())
+    };
+    let plugin = authz_core::config::Policy::from_json_with_env(&plugin_json, &proxy_env)
         .unwrap_or_else(|e| panic!("the WasmPlugin's pluginConfig is refused by the filter: {e}"));
     // The filter decides every tier itself: no CUSTOM policy behind it (it would run after the
     // filter removed the credential; `istio_sidecar_order` runs that order).
@@ -236,7 +240,13 @@ fn the_istio_resources_have_what_istio_requires_and_agree() {
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     // The container's environment, resolved from the Secret it names: every `${VAR}` of the
     // configuration must come from there (the parser reports any that does not).
-    let secret = find("Secret");
+    let secret = all
+        .iter()
+        .find(|d| {
+            d["kind"].as_str() == Some("Secret")
+                && d["metadata"]["name"].as_str() == Some("ext-authz-server")
+        })
+        .expect("the server's Secret");
     let environment: std::collections::HashMap<String, String> = container["env"]
         .as_sequence()
         .expect("env")

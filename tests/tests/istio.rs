@@ -44,9 +44,10 @@ fn local_plugin_config(all: &[Yaml]) -> Value {
         .replace(&format!("outbound|9191||{server_host}"), "ext_authz")
         .replace(&format!("outbound|9192||{server_host}"), "ext_authz_admin")
         .replace("outbound|443||idp.example.com", "dev_idp")
-        .replace("https://idp.example.com", ISSUER)
-        .replace("replace-with-the-servers-epochs-token", EPOCHS_TOKEN);
+        .replace("https://idp.example.com", ISSUER);
     assert!(!text.contains("outbound|"), "an unmapped cluster: {text}");
+    // The feed secret is not in the resource: the filter reads it from the proxy's environment.
+    assert!(text.contains("${AUTHZ_EPOCHS_TOKEN}"), "{text}");
     serde_json::from_str(&text).expect("json")
 }
 
@@ -98,7 +99,29 @@ fn the_istio_deployment_serves_every_tier_in_the_sidecars_filter_order() {
         &idp,
         &echo,
     );
-    let envoy = Envoy::start_rendered(&config);
+    // The WasmPlugin's vmConfig.env (valueFrom: HOST) is Envoy's host_env_keys; the proxy's
+    // environment holds the Secret's value.
+    let plugin = all
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("WasmPlugin"))
+        .expect("a WasmPlugin");
+    let keys: Vec<String> = plugin["spec"]["vmConfig"]["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["valueFrom"].as_str() == Some("HOST"))
+        .filter_map(|e| e["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(keys, vec!["AUTHZ_EPOCHS_TOKEN".to_owned()]);
+    let runtime = "                  runtime: envoy.wasm.runtime.v8\n";
+    assert!(config.contains(runtime));
+    let config = config.replace(
+        runtime,
+        &format!(
+            "{runtime}                  environment_variables: {{ host_env_keys: {keys:?} }}\n"
+        ),
+    );
+    let envoy = Envoy::start_rendered_with_env(&config, &[("AUTHZ_EPOCHS_TOKEN", EPOCHS_TOKEN)]);
     let admin = idp.mint(json!({"sub": "alice", "scope": "read admin", "opaque": true}));
     let reply = envoy.get("/admin/users", Some(&admin), &[]);
     assert_eq!(
@@ -114,4 +137,17 @@ fn the_istio_deployment_serves_every_tier_in_the_sidecars_filter_order() {
     let jwt = idp.mint(json!({"sub": "carol", "scope": "read"}));
     assert_eq!(envoy.get("/api/items", Some(&jwt), &[]).status, 200);
     assert_eq!(envoy.get("/api/items", None, &[]).status, 401);
+    // The feed works with the secret from the environment: a revocation reaches the route the
+    // filter decides locally.
+    let reply = server.admin("POST", "/admin/revoke", Some(json!({"token": jwt})));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        eventually(std::time::Duration::from_secs(3), || envoy
+            .get("/api/items", Some(&jwt), &[("connection", "close")])
+            .status
+            == 401),
+        "{}",
+        envoy.stats_matching("epochs")
+    );
+    assert_eq!(envoy.stat("wasmcustom.authz.epochs_polls.unauthorized"), 0);
 }

@@ -121,9 +121,22 @@ fn every_example_policy_derives_a_filter_a_server_and_envoy_routes_that_agree() 
         let rendered = authz_config::render_with_env(&text, &test_env)
             .unwrap_or_else(|problems| panic!("{}: {problems:#?}", path.display()));
         let native = text.contains("mode: native");
-        let filter = authz_core::Policy::from_json(rendered.filter.to_string().as_bytes())
-            .expect("the filter loads its configuration");
-        let server_yaml = rendered.server.as_deref().expect("a server");
+        // Under Istio the feed secret stays a reference the filter reads where it runs.
+        let filter = authz_core::Policy::from_json_with_env(
+            rendered.filter.to_string().as_bytes(),
+            &test_env,
+        )
+        .expect("the filter loads its configuration");
+        // Files the server names (a CA bundle) exist where it runs: one made here instead.
+        let scratch = std::env::temp_dir().join(format!("policy-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).expect("scratch dir");
+        let (ca, _, _) = make_tls_certificates(&scratch);
+        let server_yaml = rendered
+            .server
+            .as_deref()
+            .expect("a server")
+            .replace("/etc/redis-tls/ca.pem", &ca.display().to_string());
+        let server_yaml = server_yaml.as_str();
         let server = ServerConfig::from_yaml_with_env(server_yaml, |name| {
             Some(format!("test-secret-for-{name}-0123456789"))
         })
@@ -448,5 +461,103 @@ fn the_policy_gives_both_components_the_maximum_token_lifetime_and_client_grant(
     assert_eq!(
         server.token.client_grant.as_ref().map(|g| g.values.clone()),
         Some(vec!["client-credentials".to_owned()])
+    );
+}
+
+/// The documents of a YAML text.
+fn documents(text: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn of_kind<'a>(all: &'a [serde_yaml::Value], kind: &str) -> &'a serde_yaml::Value {
+    all.iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("a {kind}"))
+}
+
+#[test]
+fn the_istio_resources_are_rendered_from_the_policy_and_ship_as_rendered() {
+    let text = std::fs::read_to_string(repo_root().join("config/policy.istio.yaml")).expect("read");
+    let rendered = authz_config::render_with_env(&text, &|_| None).expect("renders");
+    let istio = documents(rendered.istio.as_deref().expect("istio resources"));
+    let plugin = of_kind(&istio, "WasmPlugin");
+    assert_eq!(plugin["spec"]["failStrategy"].as_str(), Some("FAIL_RELOAD"));
+    assert_eq!(plugin["spec"]["phase"].as_str(), Some("AUTHN"));
+    // The plugin's configuration is the filter's, with the feed secret a reference the
+    // filter resolves from the proxy's environment, named in vmConfig.env.
+    let config: Value = serde_json::to_value(&plugin["spec"]["pluginConfig"]).expect("json");
+    assert_eq!(config, rendered.filter);
+    assert_eq!(config["server"]["epochs_token"], "${AUTHZ_EPOCHS_TOKEN}");
+    assert_eq!(
+        config["server"]["epochs_authority"],
+        "ext-authz-server.authz-system.svc.cluster.local"
+    );
+    assert_eq!(
+        config["providers"][0]["jwks"]["remote"]["authority"],
+        "idp.example.com"
+    );
+    let env = &plugin["spec"]["vmConfig"]["env"][0];
+    assert_eq!(
+        (env["name"].as_str(), env["valueFrom"].as_str()),
+        (Some("AUTHZ_EPOCHS_TOKEN"), Some("HOST"))
+    );
+    let bytes = config.to_string().into_bytes();
+    let loaded = authz_core::Policy::from_json_with_env(&bytes, &test_env).expect("loads");
+    assert_eq!(
+        loaded.server.and_then(|s| s.epochs).map(|e| e.token),
+        Some(EPOCHS_TOKEN.to_owned())
+    );
+    let refused = authz_core::Policy::from_json_with_env(&bytes, &|_| None).expect_err("unset");
+    assert!(
+        refused
+            .to_string()
+            .contains("${AUTHZ_EPOCHS_TOKEN} is not set"),
+        "{refused}"
+    );
+    // What deploy/istio ships is what the policy renders.
+    let shipped: Vec<serde_yaml::Value> = ["wasm-plugin.yaml", "ext-authz-server.yaml"]
+        .iter()
+        .flat_map(|name| {
+            documents(
+                &std::fs::read_to_string(repo_root().join("deploy/istio").join(name))
+                    .expect("read"),
+            )
+        })
+        .collect();
+    assert_eq!(of_kind(&shipped, "WasmPlugin")["spec"], plugin["spec"]);
+    let server_of = |all: &[serde_yaml::Value]| -> serde_yaml::Value {
+        let map = all
+            .iter()
+            .find(|d| {
+                d["kind"].as_str() == Some("ConfigMap")
+                    && d["metadata"]["name"].as_str() == Some("ext-authz-server")
+            })
+            .expect("the server's ConfigMap");
+        serde_yaml::from_str(map["data"]["server.yaml"].as_str().expect("server.yaml"))
+            .expect("yaml")
+    };
+    assert_eq!(server_of(&shipped), server_of(&istio));
+    // Refused: a literal feed secret (it would sit in the WasmPlugin), and native mode.
+    let literal = text.replace(
+        "\"${AUTHZ_EPOCHS_TOKEN}\"",
+        "a-literal-feed-secret-0123456789",
+    );
+    let problems = authz_config::render_with_env(&literal, &|_| None).expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("must be a ${NAME} reference")),
+        "{problems:#?}"
+    );
+    let native = text.replace("mode: filter", "mode: native");
+    let problems = authz_config::render_with_env(&native, &|_| None).expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("istio: server.mode must be filter")),
+        "{problems:#?}"
     );
 }

@@ -99,7 +99,10 @@ impl Context for AuthzRoot {
 impl RootContext for AuthzRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = host::plugin_configuration().unwrap_or_default();
-        let policy = match Policy::from_json(&bytes) {
+        // The feed secret may be a `${NAME}` reference to the VM's environment (a Secret
+        // through the proxy's environment; see `authz_core::env_refs`).
+        let environment = |name: &str| std::env::var(name).ok();
+        let policy = match Policy::from_json_with_env(&bytes, &environment) {
             Ok(policy) => policy,
             Err(Error::InvalidConfig(problems)) => {
                 host::error(&format!(
