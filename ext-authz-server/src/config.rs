@@ -1706,7 +1706,7 @@ policy:
         assert!(
             problems
                 .iter()
-                .any(|p| p.starts_with("idp_ca_file: /nonexistent/ca.pem")),
+                .any(|p| p.starts_with("idp_ca_file: cannot read /nonexistent/ca.pem")),
             "{problems:#?}"
         );
     }
