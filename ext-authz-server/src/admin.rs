@@ -219,6 +219,16 @@ async fn readyz(State(admin): State<Admin>) -> Response {
     }
 }
 
+/// A feed answer kept by [`crate::versions::Versions`], lent to a response body without a
+/// copy.
+struct KeptAnswer(Arc<str>);
+
+impl AsRef<[u8]> for KeptAnswer {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
@@ -420,9 +430,12 @@ async fn epochs(
     }
     let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
     if format_2 {
+        // The answer is shared, not copied: a page is about 1 MB, and a cached one is served
+        // to every poller at its cursor until the next change.
+        let answer = KeptAnswer(versions.changes_since_v2(since, confirmed));
         (
             [("content-type", "application/json")],
-            versions.changes_since_v2(since, confirmed).to_string(),
+            axum::body::Bytes::from_owner(answer),
         )
             .into_response()
     } else {
