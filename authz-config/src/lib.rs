@@ -138,8 +138,13 @@ fn filter_link(
     }
     match (&server.admin_envoy_cluster, &server.epochs_token) {
         (Some(admin), Some(token)) if keep_references => {
-            // Read by the filter from its VM's environment (Istio: `vmConfig.env`).
-            if !authz_core::env_refs::has_reference(token) {
+            // Read by the filter from its VM's environment (Istio: `vmConfig.env`): the whole
+            // value, so no part of the secret sits in the resource.
+            let whole_reference = token
+                .strip_prefix("${")
+                .and_then(|rest| rest.strip_suffix('}'))
+                .is_some_and(|name| authz_core::env_refs::has_reference(&format!("${{{name}}}")) && !name.contains('}'));
+            if !whole_reference {
                 problems.push(
                     "server.epochs_token: under Istio it must be a ${NAME} reference (the filter reads it from the proxy's environment, filled from a Secret): a literal would sit in the WasmPlugin, readable by everyone who can read the namespace"
                         .to_owned(),
@@ -496,7 +501,19 @@ pub fn render_with_env(
             if let Some(refuse) = provider.refuse_id_tokens {
                 token.insert("refuse_id_tokens".into(), json!(refuse));
             }
-            if let Some(max) = provider.max_lifetime_seconds {
+            // The server keeps revocations of every issuer's tokens for one bound: the
+            // longest lifetime of all (each provider must set one for there to be a bound).
+            let lifetimes: Vec<Option<u64>> = policy
+                .providers
+                .iter()
+                .map(|p| p.max_lifetime_seconds)
+                .collect();
+            if lifetimes.iter().any(Option::is_some) && lifetimes.iter().any(Option::is_none) {
+                problems.push(
+                    "providers: max_lifetime_seconds is set on every provider or on none (the server keeps revocations of every issuer's tokens for the longest of them)"
+                        .to_owned(),
+                );
+            } else if let Some(max) = lifetimes.into_iter().flatten().max() {
                 token.insert("max_lifetime_seconds".into(), json!(max));
             }
             if let Some(grant) = &provider.client_grant {

@@ -70,6 +70,12 @@ impl<K: Clone + Ord + std::hash::Hash> Expiring<K> {
         self.by_time.first().map(|(at, _)| *at)
     }
 
+    fn remove(&mut self, key: &K) {
+        if let Some(at) = self.forget_at.remove(key) {
+            self.by_time.remove(&(at, key.clone()));
+        }
+    }
+
     fn pop_soonest(&mut self) -> Option<u32> {
         let (at, key) = self.by_time.pop_first()?;
         self.forget_at.remove(&key);
@@ -294,6 +300,8 @@ impl RevocationSet {
         now_ms: u64,
     ) {
         let Some(at) = Self::forget_at(expires_at_ms, now_ms) else {
+            // Its token has expired (plus grace): held until its expiry was known, it goes.
+            pick(self).remove(&key);
             return;
         };
         if !pick(self).hold(key.clone(), at, true) && self.room_for(at, now_ms) {
@@ -481,6 +489,10 @@ mod tests {
         set.revoke_token([1; 32], None, year_ms);
         assert_eq!(set.prune(year_ms + 1_000 + FORGET_GRACE_MS), 1);
         assert_eq!(set.prune(year_ms + 2_000 + FORGET_GRACE_MS), 1);
+        assert!(set.is_empty());
+        // An expiry learned after it passed: the revocation held as unknown goes at once.
+        set.revoke_jti("late", None, year_ms);
+        set.revoke_jti("late", Some(1_000), year_ms);
         assert!(set.is_empty());
     }
 

@@ -1,6 +1,8 @@
 //! Hashes of tokens: the SHA-256 digest (revocations, shared caches, log labels: tokens
 //! themselves are never logged) and a keyed fast hash for per-process cache keys.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use sha2::{Digest, Sha256};
 use siphasher::sip128::{Hasher128, SipHasher13};
 use std::hash::Hasher;
@@ -57,7 +59,10 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 }
 
 /// The SHA-256 of what a compact JWS's signature covers (`header.payload`, domain-separated),
-/// or `None` for a token that is not three `.`-separated parts.
+/// or `None` for a token that is not a compact JWS: three `.`-separated parts whose first is a
+/// base64url JSON object with an `alg` (a dotted opaque token such as PASETO's
+/// `v4.local.…` is not one: keyed on its signed part, a revocation of one would name them
+/// all).
 ///
 /// A revocation by token is keyed on this, not on the token's bytes: one signed content can
 /// have several encodings that all verify (an ECDSA signature `(r, s)` and `(r, n−s)`), so a
@@ -69,6 +74,13 @@ pub fn signed_part_digest(token: &str) -> Option<[u8; 32]> {
     let mut parts = token.split('.');
     let (header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || header.is_empty() || payload.is_empty() {
+        return None;
+    }
+    let decoded = URL_SAFE_NO_PAD.decode(header).ok()?;
+    let is_jws_header = serde_json::from_slice::<serde_json::Value>(&decoded)
+        .ok()
+        .is_some_and(|h| h.get("alg").is_some_and(serde_json::Value::is_string));
+    if !is_jws_header {
         return None;
     }
     let mut hasher = Sha256::new();
@@ -132,12 +144,22 @@ mod tests {
 
     #[test]
     fn a_revocation_covers_every_signature_of_the_same_signed_part() {
-        let a = revocation_digest("eyJh.eyJw.c2lnLTE");
-        assert_eq!(a, revocation_digest("eyJh.eyJw.c2lnLTI"));
-        assert_ne!(a, revocation_digest("eyJh.eyJx.c2lnLTE"));
-        assert_ne!(a, token_digest("eyJh.eyJw.c2lnLTE"));
-        // Not a JWS: the whole token.
-        for opaque in ["ory_at_abc.def", "opaque", "a.b.c.d", ".b.c", "a..c"] {
+        // {"alg":"ES256"}
+        let h = "eyJhbGciOiJFUzI1NiJ9";
+        let a = revocation_digest(&format!("{h}.eyJw.c2lnLTE"));
+        assert_eq!(a, revocation_digest(&format!("{h}.eyJw.c2lnLTI")));
+        assert_ne!(a, revocation_digest(&format!("{h}.eyJx.c2lnLTE")));
+        assert_ne!(a, token_digest(&format!("{h}.eyJw.c2lnLTE")));
+        // Not a JWS: the whole token (PASETO's `v4.local.…` shares its first two parts).
+        for opaque in [
+            "ory_at_abc.def",
+            "opaque",
+            "a.b.c.d",
+            ".b.c",
+            "a..c",
+            "v4.local.c2VjcmV0",
+            "eyJh.eyJw.c2ln",
+        ] {
             assert_eq!(signed_part_digest(opaque), None, "{opaque}");
             assert_eq!(revocation_digest(opaque), token_digest(opaque));
         }

@@ -44,8 +44,8 @@ pub struct Provider {
     /// Refuse tokens that carry an ID token's markers (`nonce`, `at_hash`, `c_hash`,
     /// `s_hash`): for IdPs whose access tokens have `typ: JWT` like their ID tokens.
     pub refuse_id_tokens: bool,
-    /// Longest accepted lifetime (`exp` − `iat`, or `exp` − now without `iat`), seconds: a
-    /// token living longer is refused, and one without `exp` too. It bounds how long a
+    /// Longest accepted lifetime (`exp` − `iat`), seconds: a token living longer is refused,
+    /// and one without `exp` or `iat` too. It bounds how long a
     /// revocation must be kept (a revocation whose token's expiry is not known, and a
     /// subject's), as Envoy's `jwt_authn` `max_lifetime` bounds its tokens.
     pub max_lifetime_seconds: Option<i64>,
@@ -99,7 +99,8 @@ pub enum VerifyFailure {
     },
     WrongType,
     MissingExpiration,
-    /// The token lives longer than the provider's `max_lifetime_seconds`.
+    /// The token lives longer than the provider's `max_lifetime_seconds` (or does not say
+    /// since when: no `iat`).
     LifetimeTooLong,
     Expired,
     NotYetValid,
@@ -264,9 +265,11 @@ pub fn check_purpose(
         _ => {}
     }
     if let Some(max) = provider.max_lifetime_seconds {
+        // Both ends are needed: without `iat` only the life left could be bounded, and a
+        // token revoked today could outlive the bound a revocation is kept for.
         let exp = claims.expires_at.ok_or(VerifyFailure::MissingExpiration)?;
-        let from = claims.issued_at.unwrap_or(now);
-        if exp.saturating_sub(from) > max {
+        let iat = claims.issued_at.ok_or(VerifyFailure::LifetimeTooLong)?;
+        if exp.saturating_sub(iat) > max {
             return Err(VerifyFailure::LifetimeTooLong);
         }
     }

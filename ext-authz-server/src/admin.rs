@@ -38,6 +38,27 @@ pub struct Admin {
     pub feed: Arc<FeedWatchers>,
     /// Turns true when the server stops: held requests answer at once.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The checks' runtime. The admin API runs on a runtime of its own; its Redis calls run
+    /// on this one, so a connection they reopen is driven with the checks' priority.
+    pub main: tokio::runtime::Handle,
+}
+
+impl Admin {
+    /// Records a change made here (published through the shared tier when there is one), on
+    /// the checks' runtime.
+    async fn record(&self, change: Change) -> (crate::versions::Applied, shared::Delivery) {
+        let (changes, shared) = (self.changes.clone(), self.service.shared.clone());
+        let fallback = change.clone();
+        let recorded = self.main.spawn(async move {
+            shared::record(changes.as_ref(), shared.as_deref(), change).await
+        });
+        match recorded.await {
+            Ok(done) => done,
+            // Only when the checks' runtime is going away: applied here (facts are applied
+            // any number of times), unpublished.
+            Err(_) => (self.changes.apply(&fallback, None), shared::Delivery::Local),
+        }
+    }
 }
 
 /// Longest a client may ask a change-feed request to be held.
@@ -276,8 +297,7 @@ async fn revoke(State(admin): State<Admin>, Json(body): Json<RevokeBody>) -> Res
                 .into_response()
         }
     };
-    let (applied, delivery) =
-        shared::record(admin.changes.as_ref(), service.shared.as_deref(), change).await;
+    let (applied, delivery) = admin.record(change).await;
     tracing::info!(
         version = applied.stamp,
         shared = delivery.as_str(),
@@ -318,12 +338,7 @@ async fn revoke_subject(State(admin): State<Admin>, Json(body): Json<SubjectBody
         revoked_at_ms: admin.service.clock.now_ms(),
         epoch: None,
     };
-    let (applied, delivery) = shared::record(
-        admin.changes.as_ref(),
-        admin.service.shared.as_deref(),
-        change,
-    )
-    .await;
+    let (applied, delivery) = admin.record(change).await;
     tracing::info!(
         principal = %shown,
         kind,
@@ -336,12 +351,7 @@ async fn revoke_subject(State(admin): State<Admin>, Json(body): Json<SubjectBody
 }
 
 async fn bump_policy(State(admin): State<Admin>) -> Response {
-    let (applied, delivery) = shared::record(
-        admin.changes.as_ref(),
-        admin.service.shared.as_deref(),
-        Change::BumpPolicy { version: None },
-    )
-    .await;
+    let (applied, delivery) = admin.record(Change::BumpPolicy { version: None }).await;
     tracing::info!(
         policy_version = applied.value,
         shared = delivery.as_str(),

@@ -305,17 +305,22 @@ impl CheckService {
     }
 
     /// A revoked token was presented: a revocation that did not know when its token expires
-    /// learns it from the token (a JWT's `exp`, or what the IdP said of it). Read unverified:
-    /// a token a revocation names has that revocation's content (the same bytes, or the same
-    /// signed part), so its `exp` is the revoked token's.
+    /// learns it from the token. Read unverified, and only from what the revocation names: a
+    /// revocation of these bytes (`key`) from the token itself (a JWS's `exp`, or what the
+    /// IdP said of these bytes); a revocation of a JWS's signed part only from the `exp` in
+    /// that signed part, which every token it names shares (a dotted token that is no JWS has
+    /// no signed part to speak for).
     fn learn_revoked_expiry(&self, token: &str, key: &TokenKey) {
-        let expiry_s =
-            authz_core::verify::jws_exp(token).or_else(|| self.introspector.cached_expiry(key));
-        let Some(expires_at_ms) = expiry_s.map(|s| (s.max(0) as u64).saturating_mul(1000)) else {
-            return;
-        };
+        let ms = |s: i64| (s.max(0) as u64).saturating_mul(1000);
+        let jws_exp = jws_typ(token)
+            .and(authz_core::verify::jws_exp(token))
+            .map(ms);
+        let by_bytes = jws_exp
+            .or_else(|| self.introspector.cached_expiry(key).map(ms))
+            .map(|at| (*key, at));
+        let by_signed_part = signed_part_digest(token).zip(jws_exp);
         let now_ms = self.clock.now_ms();
-        for digest in std::iter::once(*key).chain(signed_part_digest(token)) {
+        for (digest, expires_at_ms) in by_bytes.into_iter().chain(by_signed_part) {
             if self
                 .versions
                 .learn_token_expiry(&digest, expires_at_ms, now_ms)

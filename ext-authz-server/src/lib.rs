@@ -233,6 +233,7 @@ pub async fn serve_with_clock(
         ready: ready.clone(),
         feed: Arc::new(admin::FeedWatchers::default()),
         stop: stop_rx.clone(),
+        main: tokio::runtime::Handle::current(),
     });
     let mut admin_stop = stop_rx.clone();
     // The admin API and the change feed on a thread and runtime of their own, at a lower

@@ -269,8 +269,9 @@ pub const FEED_PAGE_ROWS: usize = 10_000;
 type KeptAnswers = HashMap<(u64, bool), std::sync::Arc<str>>;
 
 /// Feed answers kept per change generation (the pages of a first read, and the cursors
-/// pollers are at).
-const ANSWERS_KEPT: usize = 256;
+/// pollers are at), at most this many bytes together: a holder of a feed secret asking for
+/// many cursors pins no more.
+const ANSWERS_KEPT_BYTES: usize = 32 << 20;
 
 /// A subject row of a feed answer: subject, revoked at, epoch, learned at, expires at.
 type SubjectRow = (String, u64, u64, u64, Option<u64>);
@@ -359,7 +360,7 @@ pub struct Versions {
     incarnation: Mutex<String>,
     /// Feed answers built for the current change generation, by (`since`, confirmed): a
     /// client looping on one page costs one build per change, not one walk of the state per
-    /// request. At most [`ANSWERS_KEPT`]; emptied by every change.
+    /// request. At most [`ANSWERS_KEPT_BYTES`]; emptied by every change.
     answers: Mutex<(u64, KeptAnswers)>,
     /// Bumped whenever anything a change-feed answer reports may have changed: held feed
     /// requests wait on it.
@@ -705,7 +706,8 @@ impl Versions {
         if answers.0 != generation {
             *answers = (generation, HashMap::new());
         }
-        if answers.1.len() < ANSWERS_KEPT {
+        let kept: usize = answers.1.values().map(|a| a.len()).sum();
+        if kept + body.len() <= ANSWERS_KEPT_BYTES {
             answers.1.insert((since, confirmed), body.clone());
         }
         body

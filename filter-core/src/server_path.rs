@@ -314,7 +314,9 @@ impl<H: Host> Worker<H> {
             self.poll_failed("no answer");
         }
         let epochs = self.policy.feed()?;
-        let hold = epochs.push_wait_ms > 0 && !self.versions.push_down;
+        // The first read of a state (at start, after a server restart) is answered at once:
+        // writes fail closed until it is read.
+        let hold = epochs.push_wait_ms > 0 && !self.versions.push_down && self.versions.synced;
         // Polls run on the worker's timer, whose period is the interval: a tick that fires a
         // little early must not push the poll to the next tick (a doubled interval).
         let slack = (epochs.interval_ms / 5).min(50);
@@ -496,6 +498,10 @@ impl<H: Host> Worker<H> {
                 self.host
                     .record(Histogram::RevocationLagMs, now_ms.saturating_sub(learned));
             }
+        }
+        if whole && !self.versions.synced && wait_ms > 0 && !self.versions.push_down {
+            // The state is read: from now on the server holds the request (push).
+            self.versions.poll_now = true;
         }
         self.versions.synced |= whole;
         self.versions.change_version = self.versions.change_version.max(changes.version);

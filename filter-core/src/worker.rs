@@ -169,10 +169,15 @@ impl<H: Host> Worker<H> {
             policy.cache.jwt_ttl_ms,
             policy.cache.caps.deny_ms,
         );
-        let revocations = match policy.server.as_ref() {
+        let mut revocations = match policy.server.as_ref() {
             Some(s) => RevocationSet::with_caps(s.max_revocations, s.max_subject_revocations),
             None => RevocationSet::new(authz_core::revocations::DEFAULT_MAX_ENTRIES),
         };
+        if policy.feed().is_some() {
+            // Nothing read yet: writes that honour revocations fail closed until the server's
+            // state has been read whole once (every page of it, confirmed).
+            revocations.resync();
+        }
         Worker {
             policy,
             debug_logs: host.debug_enabled(),

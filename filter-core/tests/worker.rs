@@ -499,7 +499,8 @@ fn ok_reply_with(directive: CacheDirective) -> Vec<u8> {
 fn polled_worker(store: &Rc<RefCell<Store>>, now: u64) -> (Worker<FakeHost>, FakeHost) {
     let (mut w, host) = worker(store);
     let poll = w.on_tick(now).poll.expect("a poll is due");
-    assert_eq!(poll.path, "/admin/epochs?since=0&format=2&wait_ms=500");
+    // The first read is answered at once (not held): writes fail closed until it is read.
+    assert_eq!(poll.path, "/admin/epochs?since=0&format=2");
     assert_eq!(poll.bearer, "Bearer test-epochs-token-4f2a9c7e");
     w.poll_started(7);
     w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), now);
@@ -814,6 +815,57 @@ fn local_worker(
     w.poll_started(1);
     w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
     (w, host)
+}
+
+#[test]
+fn a_new_worker_fails_writes_closed_until_it_has_read_the_whole_state_once() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let config = json!({
+        "realm": "test",
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
+                       "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}],
+        "routes": [{"name": "orders", "match": {"prefix": "/orders", "methods": ["POST"]},
+                    "tier": "standard_write"}],
+        "default": {"tier": "authenticated"},
+        "server": {"cluster": "authz", "epochs_cluster": "authz_admin",
+                   "epochs_token": "test-epochs-token-4f2a9c7e", "poll_interval_ms": 250,
+                   "max_unreachable_ms": 1000}
+    });
+    let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
+    let mut w = Worker::new(policy, FakeHost::sharing(&store), [1, 2]);
+    let idp = Idp::new("k1");
+    let writer = idp.token("dave");
+    assert_eq!(
+        decide_local(&mut w, &idp, 1, post("/orders", &writer), T0),
+        503,
+        "no revocation read yet"
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 2, get("/x", Some(&writer)), T0),
+        200
+    );
+    feed_answer(
+        &mut w,
+        1,
+        json!({"version": 4, "policy_version": 1, "incarnation": "inc-a", "more": true,
+               "confirmed": false}),
+        T0 + 10,
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 3, post("/orders", &writer), T0 + 11),
+        503,
+        "a first page is not the state"
+    );
+    feed_answer(
+        &mut w,
+        2,
+        json!({"version": 9, "policy_version": 1, "incarnation": "inc-a"}),
+        T0 + 20,
+    );
+    assert_eq!(
+        decide_local(&mut w, &idp, 4, post("/orders", &writer), T0 + 21),
+        200
+    );
 }
 
 fn post(path: &str, token: &str) -> OwnedRequest {
@@ -1592,12 +1644,12 @@ fn a_revoked_client_takes_its_users_tokens_with_it_and_a_user_named_like_it_stay
 fn the_incarnation_a_server_names_is_percent_encoded_in_the_next_request() {
     let store = Rc::new(RefCell::new(Store::default()));
     let (mut w, _host) = local_worker(&store, None, 1_000);
-    let next = feed_answer(
-        &mut w,
-        2,
-        json!({"version": 1, "policy_version": 1, "incarnation": "a b&wait_ms=0#"}),
-        T0 + 10,
-    );
+    let odd = json!({"version": 1, "policy_version": 1, "incarnation": "a b&wait_ms=0#"});
+    // A new incarnation: its state is read again at once (not held), then held requests name
+    // it.
+    let reread = feed_answer(&mut w, 2, odd.clone(), T0 + 10).expect("read again at once");
+    assert!(!reread.path.contains("incarnation="), "{}", reread.path);
+    let next = feed_answer(&mut w, 3, odd, T0 + 20);
     let poll = next.or_else(|| w.on_tick(T0 + 1_000).poll).expect("a poll");
     assert!(
         poll.path.ends_with("&incarnation=a%20b%26wait_ms%3D0%23"),

@@ -1245,12 +1245,31 @@ impl Envoy {
             std::thread::sleep(Duration::from_millis(50));
         }
         let port = listener_port(admin_port, "ingress").unwrap_or(0);
-        Envoy {
+        let envoy = Envoy {
             process: Some(process),
             admin_port,
             port,
             log_path,
             _scratch: scratch,
+        };
+        if config.contains("epochs_cluster") {
+            envoy.wait_for_first_feed_reads();
+        }
+        envoy
+    }
+
+    /// A filter with a change feed fails writes closed until each VM (the main thread's and
+    /// every worker's) has read the server's state once: wait for those reads (or for them to
+    /// fail: some tests start without a reachable feed), at most 3 s.
+    fn wait_for_first_feed_reads(&self) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let answered = self.stat("wasmcustom.authz.epochs_polls.ok")
+                + self.stat("wasmcustom.authz.epochs_polls.failed");
+            if answered >= 3 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -237,6 +237,7 @@ fn bootstrap(rendered: &authz_config::Rendered, clusters: &[&str]) -> String {
                   vm_id: jwt_authz
                   runtime: envoy.wasm.runtime.v8
                   code: {{ local: {{ filename: "{wasm}" }} }}
+                  environment_variables: {{ key_values: {{ AUTHZ_EPOCHS_TOKEN: "{EPOCHS_TOKEN}" }} }}
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {filter}
@@ -462,6 +463,28 @@ fn the_policy_gives_both_components_the_maximum_token_lifetime_and_client_grant(
         server.token.client_grant.as_ref().map(|g| g.values.clone()),
         Some(vec!["client-credentials".to_owned()])
     );
+    // A second issuer: the server keeps every issuer's revocations for one bound, so each
+    // provider sets one (the longest is the server's), or none does.
+    let second = |lifetime: &str| {
+        text.replace(
+            "routes:\n",
+            &format!("  - {{name: other, issuer: https://other.example, audiences: [demo-api], envoy_cluster: other_idp{lifetime}}}\nroutes:\n"),
+        )
+    };
+    let problems = authz_config::render_with_env(&second(""), &test_env).expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("providers: max_lifetime_seconds is set on every provider")),
+        "{problems:#?}"
+    );
+    let both = authz_config::render_with_env(&second(", max_lifetime_seconds: 7200"), &test_env)
+        .expect("renders");
+    let server = ServerConfig::from_yaml_with_env(both.server.as_deref().expect("server"), |n| {
+        Some(format!("test-secret-for-{n}-0123456789"))
+    })
+    .expect("loads");
+    assert_eq!(server.token.max_lifetime_seconds, Some(7_200));
 }
 
 /// The documents of a YAML text.
@@ -541,17 +564,19 @@ fn the_istio_resources_are_rendered_from_the_policy_and_ship_as_rendered() {
     };
     assert_eq!(server_of(&shipped), server_of(&istio));
     // Refused: a literal feed secret (it would sit in the WasmPlugin), and native mode.
-    let literal = text.replace(
-        "\"${AUTHZ_EPOCHS_TOKEN}\"",
+    for literal in [
         "a-literal-feed-secret-0123456789",
-    );
-    let problems = authz_config::render_with_env(&literal, &|_| None).expect_err("refused");
-    assert!(
-        problems
-            .iter()
-            .any(|p| p.contains("must be a ${NAME} reference")),
-        "{problems:#?}"
-    );
+        "\"part-of-the-secret-${AUTHZ_EPOCHS_TOKEN}\"",
+    ] {
+        let literal = text.replace("\"${AUTHZ_EPOCHS_TOKEN}\"", literal);
+        let problems = authz_config::render_with_env(&literal, &|_| None).expect_err("refused");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("must be a ${NAME} reference")),
+            "{problems:#?}"
+        );
+    }
     let native = text.replace("mode: filter", "mode: native");
     let problems = authz_config::render_with_env(&native, &|_| None).expect_err("refused");
     assert!(

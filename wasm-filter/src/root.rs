@@ -25,9 +25,16 @@ fn worker_tick(worker: &Option<Rc<RefCell<FilterWorker>>>) -> Duration {
     }
 }
 
+/// The first tick comes this soon after configuration: it starts the first key fetch and the
+/// first change-feed read, and until the feed has been read writes that honour revocations
+/// fail closed. Later ticks come every [`worker_tick`].
+const FIRST_TICK: Duration = Duration::from_millis(20);
+
 pub struct AuthzRoot {
     context_id: u32,
     worker: Option<Rc<RefCell<FilterWorker>>>,
+    /// Whether the timer runs at its regular period yet (after the first tick).
+    regular_ticks: bool,
 }
 
 impl AuthzRoot {
@@ -35,6 +42,7 @@ impl AuthzRoot {
         AuthzRoot {
             context_id,
             worker: None,
+            regular_ticks: false,
         }
     }
 
@@ -131,17 +139,21 @@ impl RootContext for AuthzRoot {
             random_key(),
         )));
         self.worker = Some(worker);
-        let tick = worker_tick(&self.worker);
-        if !host::set_tick_period(tick) {
+        self.regular_ticks = false;
+        if !host::set_tick_period(FIRST_TICK) {
             host::error("jwt_authz could not start its timer");
             return false;
         }
-        // The first fetch starts on the first tick: during on_configure Envoy's clusters may
-        // not be initialised yet, and a call dispatched then can be lost until its lease ends.
+        // The first fetch starts on the first tick (soon): during on_configure Envoy's clusters
+        // may not be initialised yet, and a call dispatched then can be lost until its lease
+        // ends.
         true
     }
 
     fn on_tick(&mut self) {
+        if !self.regular_ticks {
+            self.regular_ticks = host::set_tick_period(worker_tick(&self.worker));
+        }
         self.tick();
     }
 
