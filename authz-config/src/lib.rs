@@ -136,44 +136,37 @@ fn filter_link(
         link.insert("local_revocations".into(), json!([]));
         return Value::Object(link);
     }
-    match (&server.admin_envoy_cluster, &server.epochs_token) {
-        (Some(admin), Some(token)) if keep_references => {
-            // Read by the filter from its VM's environment (Istio: `vmConfig.env`): the whole
-            // value, so no part of the secret sits in the resource.
-            let whole_reference = token
-                .strip_prefix("${")
-                .and_then(|rest| rest.strip_suffix('}'))
-                .is_some_and(|name| authz_core::env_refs::has_reference(&format!("${{{name}}}")) && !name.contains('}'));
-            if !whole_reference {
-                problems.push(
-                    "server.epochs_token: under Istio it must be a ${NAME} reference (the filter reads it from the proxy's environment, filled from a Secret): a literal would sit in the WasmPlugin, readable by everyone who can read the namespace"
-                        .to_owned(),
-                );
-            }
-            link.insert("epochs_cluster".into(), json!(admin));
-            if let Some(host) = istio_host(admin) {
-                link.insert("epochs_authority".into(), json!(host));
-            }
-            link.insert("epochs_token".into(), json!(token));
-        }
-        (Some(admin), Some(token)) => {
-            let (token, unset) = ext_authz_server::config::expand_env(token, env);
-            for name in unset {
-                problems.push(format!(
-                    "server.epochs_token: ${{{name}}} is not set in the environment (the filter reads its configuration inside Envoy and cannot expand it; set it when rendering)"
-                ));
-            }
-            link.insert("epochs_cluster".into(), json!(admin));
-            if let Some(host) = istio_host(admin) {
-                link.insert("epochs_authority".into(), json!(host));
-            }
-            link.insert("epochs_token".into(), json!(token));
-        }
-        _ => problems.push(
+    let (Some(admin), Some(token)) = (&server.admin_envoy_cluster, &server.epochs_token) else {
+        problems.push(
             "server: admin_envoy_cluster and epochs_token are needed so revocations reach the routes the filter decides locally (the change feed); set feed: false to go without (revocations then reach server-decided routes only)"
                 .to_owned(),
-        ),
+        );
+        return Value::Object(link);
+    };
+    let token = if keep_references {
+        // Read by the filter from its VM's environment (Istio: `vmConfig.env`): the whole
+        // value, so no part of the secret sits in the resource.
+        if authz_core::env_refs::whole_reference(token).is_none() {
+            problems.push(
+                "server.epochs_token: under Istio it must be a ${NAME} reference (the filter reads it from the proxy's environment, filled from a Secret): a literal would sit in the WasmPlugin, readable by everyone who can read the namespace"
+                    .to_owned(),
+            );
+        }
+        token.clone()
+    } else {
+        let (token, unset) = ext_authz_server::config::expand_env(token, env);
+        for name in unset {
+            problems.push(format!(
+                "server.epochs_token: ${{{name}}} is not set in the environment (the filter reads its configuration inside Envoy and cannot expand it; set it when rendering)"
+            ));
+        }
+        token
+    };
+    link.insert("epochs_cluster".into(), json!(admin));
+    if let Some(host) = istio_host(admin) {
+        link.insert("epochs_authority".into(), json!(host));
     }
+    link.insert("epochs_token".into(), json!(token));
     Value::Object(link)
 }
 

@@ -41,10 +41,11 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> (String, Vec<
     (out, unset)
 }
 
-/// Whether `text` holds a reference [`expand`] would replace.
-pub fn has_reference(text: &str) -> bool {
-    let (_, unset) = expand(text, &|_| None);
-    !unset.is_empty()
+/// The variable `text` names when it is one whole reference (`${NAME}` and nothing else).
+pub fn whole_reference(text: &str) -> Option<&str> {
+    text.strip_prefix("${")?
+        .strip_suffix('}')
+        .filter(|name| is_name(name))
 }
 
 #[cfg(test)]
@@ -61,7 +62,15 @@ mod tests {
                 vec!["UNSET".to_owned()]
             )
         );
-        assert!(has_reference("Bearer ${TOKEN}"));
-        assert!(!has_reference("${lower} and $PLAIN"));
+        assert_eq!(whole_reference("${TOKEN}"), Some("TOKEN"));
+        for partial in [
+            "Bearer ${TOKEN}",
+            "${TOKEN}x",
+            "${lower}",
+            "${A}${B}",
+            "plain",
+        ] {
+            assert_eq!(whole_reference(partial), None, "{partial}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! and while they loop `since=1` (another page). Reported: Check p99 in each run and the ratio
 //! to idle (target ≤ 2×), and the feed answers served.
 
+use crate::load::RunStats;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -20,37 +21,13 @@ use tests::*;
 /// Checks per second in every run.
 pub const CHECK_RATE: u64 = 500;
 
-/// Check at `rate` per second for `duration`, open loop; returns each call's latency (µs)
-/// from its intended start.
-async fn checks_at_rate(port: u16, token: &str, rate: u64, duration: Duration) -> Vec<u64> {
-    use envoy_types::ext_authz::v3::pb::CheckRequest;
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-        HttpRequest, Request as AttrRequest,
+/// Check at `rate` per second for `duration`, open loop; the run's latencies are from each
+/// call's intended start.
+async fn checks_at_rate(port: u16, token: &str, rate: u64, duration: Duration) -> RunStats {
+    let Some(client) = crate::check_client(port).await else {
+        return RunStats::default();
     };
-    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-    let Ok(client) = AuthorizationClient::connect(format!("http://127.0.0.1:{port}")).await else {
-        return Vec::new();
-    };
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/admin/users".into(),
-                    headers: [("authorization".to_owned(), format!("Bearer {token}"))]
-                        .into_iter()
-                        .collect(),
-                    ..HttpRequest::default()
-                }),
-                ..AttrRequest::default()
-            }),
-            context_extensions: [("tier".to_owned(), "privileged".to_owned())]
-                .into_iter()
-                .collect(),
-            ..AttributeContext::default()
-        }),
-    };
+    let request = crate::privileged_check_request(token);
     let started = Instant::now();
     let gap = Duration::from_micros(1_000_000 / rate.max(1));
     let count = (duration.as_micros() / gap.as_micros().max(1)) as u32;
@@ -65,21 +42,18 @@ async fn checks_at_rate(port: u16, token: &str, rate: u64, duration: Duration) -
             })
         })
         .collect();
-    let mut latencies = Vec::new();
+    let mut run = RunStats::default();
     for call in calls {
-        if let Ok(Some(us)) = call.await {
-            latencies.push(us);
+        match call.await {
+            Ok(Some(us)) => {
+                run.requests += 1;
+                run.latencies_us.push(us);
+            }
+            _ => run.errors += 1,
         }
     }
-    latencies
-}
-
-fn p99(latencies: &[u64]) -> u64 {
-    let mut v = latencies.to_vec();
-    v.sort_unstable();
-    v.get(((v.len() as f64 - 1.0) * 0.99).round() as usize)
-        .copied()
-        .unwrap_or(0)
+    run.elapsed = started.elapsed();
+    run
 }
 
 /// One loaded run: which feed cursor the clients looped on, Check p99, answers served.
@@ -202,6 +176,22 @@ async fn loop_feed(
     total
 }
 
+/// The measurement as `make bench` runs it (`BENCH_FEED_REVOCATIONS`, default 200,000, and
+/// 50 clients), with its summary on stderr.
+pub async fn run(seconds: u64) -> FeedLoad {
+    let revocations = crate::env_u64("BENCH_FEED_REVOCATIONS", 200_000) as usize;
+    let measured = measure(revocations, 50, seconds).await;
+    eprintln!(
+        "feed load: {} revocations filled in {:.1} s; check p99 idle {} µs, loaded {:?} (ratios {:?})",
+        measured.revocations,
+        measured.fill_seconds,
+        measured.idle_p99_us,
+        measured.loaded,
+        measured.ratios()
+    );
+    measured
+}
+
 /// Runs the measurement with a stack of its own.
 pub async fn measure(revocations: usize, clients: usize, seconds: u64) -> FeedLoad {
     let idp = DevIdp::start(&[]);
@@ -239,7 +229,7 @@ pub async fn measure(revocations: usize, clients: usize, seconds: u64) -> FeedLo
         let (answers, bytes) = feed.join().unwrap_or((0, 0));
         loaded.push(LoadedRun {
             cursor,
-            check_p99_us: p99(&run),
+            check_p99_us: run.percentile_us(0.99),
             feed_answers: answers,
             feed_mb: bytes as f64 / 1e6,
         });
@@ -248,7 +238,7 @@ pub async fn measure(revocations: usize, clients: usize, seconds: u64) -> FeedLo
         revocations,
         clients,
         fill_seconds,
-        idle_p99_us: p99(&idle),
+        idle_p99_us: idle.percentile_us(0.99),
         loaded,
     }
 }

@@ -189,16 +189,7 @@ async fn main() {
             .as_ref()
             .is_some_and(|o| o.iter().any(|x| x == "feed_load"))
         {
-            let f = feed_load::measure(
-                env_u64("BENCH_FEED_REVOCATIONS", 200_000) as usize,
-                50,
-                run_seconds,
-            )
-            .await;
-            println!(
-                "feed load: {} revocations (filled in {:.1} s); check p99 idle {} µs; {:?}; ratios {:?}",
-                f.revocations, f.fill_seconds, f.idle_p99_us, f.loaded, f.ratios()
-            );
+            feed_load::run(run_seconds).await;
         }
         for name in &names {
             let row = report::row_of(&results, name);
@@ -273,20 +264,7 @@ async fn main() {
     }
 
     // The change feed looped on by 50 clients, on a 200k-revocation state.
-    let feed_load = feed_load::measure(
-        env_u64("BENCH_FEED_REVOCATIONS", 200_000) as usize,
-        50,
-        run_seconds,
-    )
-    .await;
-    eprintln!(
-        "feed load: {} revocations filled in {:.1} s; check p99 idle {} µs, loaded {:?} (ratios {:?})",
-        feed_load.revocations,
-        feed_load.fill_seconds,
-        feed_load.idle_p99_us,
-        feed_load.loaded,
-        feed_load.ratios()
-    );
+    let feed_load = feed_load::run(run_seconds).await;
 
     let memory = vec![
         ("envoy".to_owned(), peak_rss_kb(envoy_pid)),
@@ -311,25 +289,14 @@ async fn main() {
     println!("{}", report.summary());
 }
 
-/// Drives the server's Check directly with `connections` concurrent callers; returns the run
-/// and the server's CPU µs per check.
-async fn server_grpc_load(
-    port: u16,
-    token: &str,
-    connections: usize,
-    duration: Duration,
-    server_pid: u32,
-) -> (RunStats, f64) {
+/// A Check of `GET /admin/users` on the privileged tier with `token`, as Envoy sends it.
+fn privileged_check_request(token: &str) -> envoy_types::ext_authz::v3::pb::CheckRequest {
     use envoy_types::ext_authz::v3::pb::CheckRequest;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
         HttpRequest, Request as AttrRequest,
     };
-    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-    let Ok(client) = AuthorizationClient::connect(format!("http://127.0.0.1:{port}")).await else {
-        return (RunStats::default(), 0.0);
-    };
-    let request = CheckRequest {
+    CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(AttrRequest {
                 http: Some(HttpRequest {
@@ -347,7 +314,36 @@ async fn server_grpc_load(
                 .collect(),
             ..AttributeContext::default()
         }),
+    }
+}
+
+/// A gRPC client of the server's Check, if it connects.
+async fn check_client(
+    port: u16,
+) -> Option<
+    envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<
+        tonic::transport::Channel,
+    >,
+> {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    AuthorizationClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .ok()
+}
+
+/// Drives the server's Check directly with `connections` concurrent callers; returns the run
+/// and the server's CPU µs per check.
+async fn server_grpc_load(
+    port: u16,
+    token: &str,
+    connections: usize,
+    duration: Duration,
+    server_pid: u32,
+) -> (RunStats, f64) {
+    let Some(client) = check_client(port).await else {
+        return (RunStats::default(), 0.0);
     };
+    let request = privileged_check_request(token);
     let cpu0 = cpu_seconds(server_pid);
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)

@@ -185,6 +185,19 @@ pub struct Screened<'a> {
     pub token: &'a str,
     /// SHA-256 of the token: the key of every cache and revocation.
     pub key: TokenKey,
+    /// What a revocation by token names, for a JWS ([`signed_part_digest`]): computed once,
+    /// read before and after phase 3.
+    pub signed: Option<TokenKey>,
+}
+
+impl<'a> Screened<'a> {
+    pub fn of(token: &'a str) -> Screened<'a> {
+        Screened {
+            token,
+            key: token_digest(token),
+            signed: signed_part_digest(token),
+        }
+    }
 }
 
 /// Whether a denial is about the credential itself (a missing, malformed, inactive, revoked
@@ -297,11 +310,13 @@ impl CheckService {
         }
     }
 
-    /// Whether `token` (whose SHA-256 is `key`) was revoked: by its bytes (`token_hash`), or
-    /// by what its signature covers (`token`: every encoding of the same signed content).
-    fn token_revoked(&self, token: &str, key: &TokenKey) -> bool {
-        self.versions.is_token_revoked(key)
-            || signed_part_digest(token).is_some_and(|d| self.versions.is_token_revoked(&d))
+    /// Whether the token was revoked: by its bytes (`token_hash`), or by what its signature
+    /// covers (`token`: every encoding of the same signed content).
+    fn token_revoked(&self, screened: &Screened) -> bool {
+        self.versions.is_token_revoked(&screened.key)
+            || screened
+                .signed
+                .is_some_and(|d| self.versions.is_token_revoked(&d))
     }
 
     /// A revoked token was presented: a revocation that did not know when its token expires
@@ -310,7 +325,8 @@ impl CheckService {
     /// IdP said of these bytes); a revocation of a JWS's signed part only from the `exp` in
     /// that signed part, which every token it names shares (a dotted token that is no JWS has
     /// no signed part to speak for).
-    fn learn_revoked_expiry(&self, token: &str, key: &TokenKey) {
+    fn learn_revoked_expiry(&self, screened: &Screened) {
+        let (token, key) = (screened.token, &screened.key);
         let ms = |s: i64| (s.max(0) as u64).saturating_mul(1000);
         let jws_exp = jws_typ(token)
             .and(authz_core::verify::jws_exp(token))
@@ -318,7 +334,7 @@ impl CheckService {
         let by_bytes = jws_exp
             .or_else(|| self.introspector.cached_expiry(key).map(ms))
             .map(|at| (*key, at));
-        let by_signed_part = signed_part_digest(token).zip(jws_exp);
+        let by_signed_part = screened.signed.zip(jws_exp);
         let now_ms = self.clock.now_ms();
         for (digest, expires_at_ms) in by_bytes.into_iter().chain(by_signed_part) {
             if self
@@ -348,10 +364,10 @@ impl CheckService {
         if token.len() > self.config.max_token_bytes {
             return Err(DenyReason::Token(VerifyFailure::TooLarge));
         }
-        let key = token_digest(token);
-        trace.token_label = authz_core::token_hash::digest_label(&key);
-        if self.token_revoked(token, &key) {
-            self.learn_revoked_expiry(token, &key);
+        let screened = Screened::of(token);
+        trace.token_label = authz_core::token_hash::digest_label(&screened.key);
+        if self.token_revoked(&screened) {
+            self.learn_revoked_expiry(&screened);
             return Err(DenyReason::Revoked);
         }
         if id.tier.requires_server() && !self.limiters.privileged_address_allowed(&id.address) {
@@ -371,11 +387,11 @@ impl CheckService {
         if self
             .limiters
             .address_blocked(&id.address, self.clock.now_ms())
-            && !self.introspector.holds(&key)
+            && !self.introspector.holds(&screened.key)
         {
             return Err(DenyReason::RateLimited);
         }
-        Ok(Screened { token, key })
+        Ok(screened)
     }
 
     /// Phase 3 for a JWT access token: its signature and claims against the provider's keys
@@ -489,7 +505,7 @@ impl CheckService {
         trace.subject = result.principal().map(|p| p.key());
         // Again after phase 3: a revocation applied while the IdP was asked (or the keys
         // fetched) must not let this answer through, nor into a proxy's cache.
-        if self.token_revoked(screened.token, &screened.key) {
+        if self.token_revoked(screened) {
             return Err(DenyReason::Revoked);
         }
         if result
@@ -695,6 +711,18 @@ policy:
         }
     }
 
+    /// Sets header `name` of a Check request to `value`.
+    fn set_header(asked: &mut CheckRequest, name: &str, value: &str) {
+        if let Some(http) = asked
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+        {
+            http.headers.insert(name.into(), value.into());
+        }
+    }
+
     #[test]
     fn identify_finds_route_tier_and_credential() {
         let config = config();
@@ -792,10 +820,7 @@ policy:
         let now = clock.now_seconds();
         let asked = request("GET", "/tenants/acme/x", None);
         let id = identify(&service.config, &asked).unwrap();
-        let screened = Screened {
-            token: "opaque-token",
-            key: token_digest("opaque-token"),
-        };
+        let screened = Screened::of("opaque-token");
         let rules = service.config.tier_rules(id.tier);
         let check = |body: serde_json::Value| {
             let mut trace = Trace::default();
@@ -862,10 +887,7 @@ policy:
         // Subject revocation and the decision trace reach the client principal too.
         let asked = request("GET", "/admin/jobs", None);
         let id = identify(&service.config, &asked).unwrap();
-        let screened = Screened {
-            token: "opaque-token",
-            key: token_digest("opaque-token"),
-        };
+        let screened = Screened::of("opaque-token");
         let rules = service.config.tier_rules(id.tier);
         let mut trace = Trace::default();
         assert_eq!(
@@ -933,16 +955,8 @@ policy:
                 .map(|s| s.token.len())
         };
         assert_eq!(screen(&asked), Ok(3));
-        let set_authorization = |asked: &mut CheckRequest, value: &str| {
-            if let Some(http) = asked
-                .attributes
-                .as_mut()
-                .and_then(|a| a.request.as_mut())
-                .and_then(|r| r.http.as_mut())
-            {
-                http.headers.insert("authorization".into(), value.into());
-            }
-        };
+        let set_authorization =
+            |asked: &mut CheckRequest, value: &str| set_header(asked, "authorization", value);
         set_authorization(&mut asked, &long);
         assert_eq!(
             screen(&asked),
@@ -964,14 +978,7 @@ policy:
         let config = config();
         let with_header = |name: &str| {
             let mut asked = request("GET", "/admin/users", None);
-            if let Some(http) = asked
-                .attributes
-                .as_mut()
-                .and_then(|a| a.request.as_mut())
-                .and_then(|r| r.http.as_mut())
-            {
-                http.headers.insert(name.into(), "DELETE".into());
-            }
+            set_header(&mut asked, name, "DELETE");
             asked
         };
         for name in authz_core::target::METHOD_OVERRIDE_HEADERS {
@@ -1021,10 +1028,7 @@ policy:
             "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
             "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2lo",
         );
-        let screened = Screened {
-            token: form_b,
-            key: token_digest(form_b),
-        };
+        let screened = Screened::of(form_b);
         let mut trace = Trace::default();
         assert_eq!(
             service.authorize(&id, &screened, &good, &rules, &mut trace),
@@ -1042,8 +1046,8 @@ policy:
             service.authorize(&id, &screened, &good, &rules, &mut trace),
             Err(DenyReason::Revoked)
         );
-        assert!(service.token_revoked(form_b, &token_digest(form_b)));
-        assert!(!service.token_revoked("opaque", &token_digest("opaque")));
+        assert!(service.token_revoked(&Screened::of(form_b)));
+        assert!(!service.token_revoked(&Screened::of("opaque")));
     }
 
     #[tokio::test]
@@ -1058,15 +1062,7 @@ policy:
             base64_url(&json!({"exp": exp}).to_string())
         );
         let mut asked = request("GET", "/admin/users", None);
-        if let Some(http) = asked
-            .attributes
-            .as_mut()
-            .and_then(|a| a.request.as_mut())
-            .and_then(|r| r.http.as_mut())
-        {
-            http.headers
-                .insert("authorization".into(), format!("Bearer {token}"));
-        }
+        set_header(&mut asked, "authorization", &format!("Bearer {token}"));
         let key = token_digest(&token);
         service
             .versions
@@ -1104,10 +1100,7 @@ policy:
         let asked = request("GET", "/admin/users", None);
         let id = identify(&service.config, &asked).unwrap();
         let rules = service.config.tier_rules(id.tier);
-        let screened = Screened {
-            token: "opaque-token",
-            key: token_digest("opaque-token"),
-        };
+        let screened = Screened::of("opaque-token");
         let now = clock.now_seconds();
         let good = json!({"active": true, "sub": "alice", "scope": "admin",
             "iss": "https://idp.unit", "aud": "api", "iat": now - 10, "exp": now + 600});

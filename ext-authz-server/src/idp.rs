@@ -146,8 +146,15 @@ impl Idp {
     /// Whether JWT access tokens are verified here rather than introspected: configured so,
     /// and the keys have a source. When discovery only finds the keys beside a configured
     /// introspection endpoint, JWTs are introspected until the keys are loaded.
+    /// Whether a key set is loaded (read on every check: no copy of it is taken).
+    fn keys_loaded(&self) -> bool {
+        self.keys
+            .read()
+            .map_or_else(|p| p.get_ref().is_some(), |k| k.is_some())
+    }
+
     pub fn verifies_jwts(&self) -> bool {
-        self.wants_keys() && (!self.discovers_keys_only() || read(&self.keys).is_some())
+        self.wants_keys() && (!self.discovers_keys_only() || self.keys_loaded())
     }
 
     /// What still keeps the server from deciding with this provider, if anything.
@@ -161,7 +168,7 @@ impl Idp {
         if self.introspection_endpoint().is_none() {
             return Some("the provider's metadata has no introspection_endpoint".to_owned());
         }
-        if self.verifies_jwts() && read(&self.keys).is_none() {
+        if self.verifies_jwts() && !self.keys_loaded() {
             return Some("signing keys not loaded yet".to_owned());
         }
         None
@@ -228,7 +235,7 @@ impl Idp {
             }
             Err(why) => {
                 tracing::warn!(issuer = %self.issuer, error = %why, "provider_metadata_failed: keeping what we had");
-                if self.discovers_keys_only() && read(&self.keys).is_none() {
+                if self.discovers_keys_only() && !self.keys_loaded() {
                     tracing::warn!(
                         issuer = %self.issuer,
                         "provider_keys_missing: JWT access tokens are introspected (one IdP call each) until the keys are discovered; set token.jwks_uri, or token.discovery: false to say so"

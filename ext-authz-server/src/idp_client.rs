@@ -316,23 +316,16 @@ mod tests {
     use super::*;
     use crate::test_http::{json_answer, serve_recording};
 
-    #[tokio::test]
-    async fn a_marked_client_credentials_answer_names_the_client_not_a_user() {
-        let (port, _) = serve_recording(|_| {
-            json_answer(
-                r#"{"active":true,"sub":"app@clients","azp":"app","gty":"client-credentials"}"#,
-            )
-        })
-        .await;
-        let yaml = crate::config::tests::EXAMPLE
-            .replace(
-                "http://127.0.0.1:9000/introspect\n",
-                &format!("http://127.0.0.1:{port}/introspect\n"),
-            )
-            .replace(
-                "audiences: [demo-api]}",
-                "audiences: [demo-api], client_grant: {claim: gty, values: [client-credentials]}}",
-            );
+    /// The example configuration, introspecting at a local server's `port`, edited by `edit`;
+    /// its parsed form and what an [`IdpClient`] needs besides.
+    fn local_parts(
+        port: u16,
+        edit: impl Fn(String) -> String,
+    ) -> (crate::config::ServerConfig, Arc<Idp>, reqwest::Client) {
+        let yaml = edit(crate::config::tests::EXAMPLE.replace(
+            "http://127.0.0.1:9000/introspect\n",
+            &format!("http://127.0.0.1:{port}/introspect\n"),
+        ));
         let config = crate::config::ServerConfig::from_yaml(&yaml).unwrap();
         let idp = Idp::new(
             &config,
@@ -341,6 +334,23 @@ mod tests {
         )
         .unwrap();
         let http = crate::idp_http::client(&config, config.introspection.timeout, None).unwrap();
+        (config, idp, http)
+    }
+
+    #[tokio::test]
+    async fn a_marked_client_credentials_answer_names_the_client_not_a_user() {
+        let (port, _) = serve_recording(|_| {
+            json_answer(
+                r#"{"active":true,"sub":"app@clients","azp":"app","gty":"client-credentials"}"#,
+            )
+        })
+        .await;
+        let (config, idp, http) = local_parts(port, |yaml| {
+            yaml.replace(
+                "audiences: [demo-api]}",
+                "audiences: [demo-api], client_grant: {claim: gty, values: [client-credentials]}}",
+            )
+        });
         let plain =
             IdpClient::new(config.introspection.clone(), idp.clone(), http.clone()).unwrap();
         assert!(plain.introspect("t").await.unwrap().is_user_token());
@@ -358,24 +368,12 @@ mod tests {
     #[tokio::test]
     async fn without_client_authentication_nothing_but_the_token_is_sent() {
         let (port, received) = serve_recording(|_| json_answer(r#"{"active":false}"#)).await;
-        let yaml = crate::config::tests::EXAMPLE
-            .replace(
-                "http://127.0.0.1:9000/introspect\n",
-                &format!("http://127.0.0.1:{port}/introspect\n"),
-            )
-            .replace("  client_id: authz-server\n", "")
-            .replace(
+        let (config, idp, http) = local_parts(port, |yaml| {
+            yaml.replace("  client_id: authz-server\n", "").replace(
                 "  client_secret: authz-server-secret\n",
                 "  auth_method: none\n",
-            );
-        let config = crate::config::ServerConfig::from_yaml(&yaml).unwrap();
-        let idp = Idp::new(
-            &config,
-            Arc::new(crate::clock::SystemClock),
-            Arc::new(crate::metrics::Metrics::default()),
-        )
-        .unwrap();
-        let http = crate::idp_http::client(&config, config.introspection.timeout, None).unwrap();
+            )
+        });
         let client = IdpClient::new(config.introspection.clone(), idp, http).unwrap();
         let answer = client.introspect("opaque-token-1").await.unwrap();
         assert!(!answer.active);

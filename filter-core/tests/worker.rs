@@ -794,6 +794,16 @@ fn local_worker(
     local_revocations: Option<Value>,
     cap: usize,
 ) -> (Worker<FakeHost>, FakeHost) {
+    let host = FakeHost::sharing(store);
+    let mut w = Worker::new(local_policy(local_revocations, cap), host.clone(), [1, 2]);
+    w.poll_due(T0).expect("a first poll");
+    w.poll_started(1);
+    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
+    (w, host)
+}
+
+/// The policy of [`local_worker`].
+fn local_policy(local_revocations: Option<Value>, cap: usize) -> Policy {
     let mut config = json!({
         "realm": "test",
         "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
@@ -808,31 +818,13 @@ fn local_worker(
     if let Some(tiers) = local_revocations {
         config["server"]["local_revocations"] = tiers;
     }
-    let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
-    let host = FakeHost::sharing(store);
-    let mut w = Worker::new(policy, host.clone(), [1, 2]);
-    w.poll_due(T0).expect("a first poll");
-    w.poll_started(1);
-    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
-    (w, host)
+    Policy::from_json(config.to_string().as_bytes()).expect("policy")
 }
 
 #[test]
 fn a_new_worker_fails_writes_closed_until_it_has_read_the_whole_state_once() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let config = json!({
-        "realm": "test",
-        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
-                       "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}],
-        "routes": [{"name": "orders", "match": {"prefix": "/orders", "methods": ["POST"]},
-                    "tier": "standard_write"}],
-        "default": {"tier": "authenticated"},
-        "server": {"cluster": "authz", "epochs_cluster": "authz_admin",
-                   "epochs_token": "test-epochs-token-4f2a9c7e", "poll_interval_ms": 250,
-                   "max_unreachable_ms": 1000}
-    });
-    let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
-    let mut w = Worker::new(policy, FakeHost::sharing(&store), [1, 2]);
+    let mut w = Worker::new(local_policy(None, 1_000), FakeHost::sharing(&store), [1, 2]);
     let idp = Idp::new("k1");
     let writer = idp.token("dave");
     assert_eq!(

@@ -114,6 +114,14 @@ fn example_policies() -> Vec<std::path::PathBuf> {
     found
 }
 
+/// The server's loader on a rendered configuration, its `${NAME}` secrets strong stand-ins.
+fn load_server(yaml: &str, what: &str) -> ServerConfig {
+    ServerConfig::from_yaml_with_env(yaml, |name| {
+        Some(format!("test-secret-for-{name}-0123456789"))
+    })
+    .expect(what)
+}
+
 #[test]
 fn every_example_policy_derives_a_filter_a_server_and_envoy_routes_that_agree() {
     for path in example_policies() {
@@ -137,10 +145,7 @@ fn every_example_policy_derives_a_filter_a_server_and_envoy_routes_that_agree() 
             .expect("a server")
             .replace("/etc/redis-tls/ca.pem", &ca.display().to_string());
         let server_yaml = server_yaml.as_str();
-        let server = ServerConfig::from_yaml_with_env(server_yaml, |name| {
-            Some(format!("test-secret-for-{name}-0123456789"))
-        })
-        .expect("the server loads its configuration");
+        let server = load_server(server_yaml, "the server loads its configuration");
         let vhost: serde_yaml::Value =
             serde_yaml::from_str(&rendered.envoy_routes).expect("envoy routes are YAML");
         let envoy_routes = vhost["routes"].as_sequence().expect("routes");
@@ -375,11 +380,7 @@ fn the_server_strips_every_header_name_the_filter_may_set() {
         );
     assert!(text.contains("x-user-id"));
     let rendered = authz_config::render_with_env(&text, &test_env).expect("renders");
-    let server =
-        ServerConfig::from_yaml_with_env(rendered.server.as_deref().expect("server"), |n| {
-            Some(format!("test-secret-for-{n}-0123456789"))
-        })
-        .expect("loads");
+    let server = load_server(rendered.server.as_deref().expect("server"), "loads");
     let filter =
         authz_core::Policy::from_json(rendered.filter.to_string().as_bytes()).expect("loads");
     for name in filter
@@ -424,11 +425,7 @@ fn the_policy_sets_the_key_fetch_settings_of_both_components() {
         ),
         (120, 3, 700)
     );
-    let server =
-        ServerConfig::from_yaml_with_env(rendered.server.as_deref().expect("server"), |n| {
-            Some(format!("test-secret-for-{n}-0123456789"))
-        })
-        .expect("loads");
+    let server = load_server(rendered.server.as_deref().expect("server"), "loads");
     assert_eq!(server.idp.refresh.refresh_interval_ms, 120_000);
     assert_eq!(server.idp.refresh.min_refetch_interval_ms, 3_000);
 }
@@ -453,11 +450,7 @@ fn the_policy_gives_both_components_the_maximum_token_lifetime_and_client_grant(
             .map(|g| g.claim.as_str()),
         Some("gty")
     );
-    let server =
-        ServerConfig::from_yaml_with_env(rendered.server.as_deref().expect("server"), |n| {
-            Some(format!("test-secret-for-{n}-0123456789"))
-        })
-        .expect("loads");
+    let server = load_server(rendered.server.as_deref().expect("server"), "loads");
     assert_eq!(server.token.max_lifetime_seconds, Some(3_600));
     assert_eq!(
         server.token.client_grant.as_ref().map(|g| g.values.clone()),
@@ -480,10 +473,7 @@ fn the_policy_gives_both_components_the_maximum_token_lifetime_and_client_grant(
     );
     let both = authz_config::render_with_env(&second(", max_lifetime_seconds: 7200"), &test_env)
         .expect("renders");
-    let server = ServerConfig::from_yaml_with_env(both.server.as_deref().expect("server"), |n| {
-        Some(format!("test-secret-for-{n}-0123456789"))
-    })
-    .expect("loads");
+    let server = load_server(both.server.as_deref().expect("server"), "loads");
     assert_eq!(server.token.max_lifetime_seconds, Some(7_200));
 }
 
