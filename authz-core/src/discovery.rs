@@ -55,12 +55,8 @@ pub enum DiscoveryError {
 fn url_field(doc: &Value, name: &'static str) -> Result<Option<String>, DiscoveryError> {
     match doc.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(url))
-            if (url.starts_with("https://") || url.starts_with("http://"))
-                && url.len() > "https://".len() =>
-        {
-            Ok(Some(url.clone()))
-        }
+        // An http(s) URL with a host: `https:///path` names none.
+        Some(Value::String(url)) if authority_and_path(url).is_some() => Ok(Some(url.clone())),
         Some(_) => Err(DiscoveryError::BadUrl(name)),
     }
 }
@@ -201,12 +197,16 @@ mod tests {
             }),
             "not a prefix or any other normalisation"
         );
-        let mut bad = doc.clone();
-        bad["jwks_uri"] = json!("file:///etc/passwd");
-        assert_eq!(
-            parse(bad.to_string().as_bytes(), "https://idp.example"),
-            Err(DiscoveryError::BadUrl("jwks_uri"))
-        );
+        // Found by the fuzz smoke run: `https:///…` names no host.
+        for url in ["file:///etc/passwd", "https:///idp.example/keys", "http://"] {
+            let mut bad = doc.clone();
+            bad["jwks_uri"] = json!(url);
+            assert_eq!(
+                parse(bad.to_string().as_bytes(), "https://idp.example"),
+                Err(DiscoveryError::BadUrl("jwks_uri")),
+                "{url}"
+            );
+        }
         assert_eq!(
             parse(b"[1]", "https://idp.example"),
             Err(DiscoveryError::NotObject)
