@@ -96,7 +96,7 @@ export ADMIN='$ADMIN'
   curl -X POST -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' http://127.0.0.1:9192/admin/policy-version
   # a revoke at the server reaches the proxy's cache at once (pushed; one 250 ms poll if not)
   curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' -H 'content-type: application/json' -d "{\"token\":\"\$ADMIN\"}" http://127.0.0.1:9192/admin/revoke
-  curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' 'http://127.0.0.1:9192/admin/epochs?since=0'
+  curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' 'http://127.0.0.1:9192/admin/epochs?since=0&format=2'
 
   # a spoofed context header never reaches the upstream (look at x-auth-subject)
   curl -s -H "authorization: Bearer \$READ" -H 'x-auth-subject: root' http://127.0.0.1:10000/api/items

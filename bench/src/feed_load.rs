@@ -63,6 +63,8 @@ pub struct LoadedRun {
     pub check_p99_us: u64,
     pub feed_answers: u64,
     pub feed_mb: f64,
+    /// Answers refused (429: over the secret's catch-up rate).
+    pub feed_refused: u64,
 }
 
 /// The measurement.
@@ -142,35 +144,41 @@ async fn fill(admin_port: u16, count: usize) {
     }
 }
 
-/// `clients` callers loop on the feed at `cursor` until `stop`; returns answers and bytes.
+/// `clients` callers loop on the feed at `cursor` until `stop`; returns answers, bytes and
+/// refusals (429).
 async fn loop_feed(
     admin_port: u16,
     clients: usize,
     cursor: u64,
     stop: Arc<AtomicBool>,
-) -> (u64, u64) {
+) -> (u64, u64, u64) {
     let client = client(clients);
     let url = format!("http://127.0.0.1:{admin_port}/admin/epochs?since={cursor}&format=2");
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
             tokio::spawn(async move {
-                let (mut answers, mut bytes) = (0u64, 0u64);
+                let (mut answers, mut bytes, mut refused) = (0u64, 0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some((200, len)) = send(&client, "GET", &url, EPOCHS_TOKEN, None).await {
-                        answers += 1;
-                        bytes += len as u64;
+                    match send(&client, "GET", &url, EPOCHS_TOKEN, None).await {
+                        Some((200, len)) => {
+                            answers += 1;
+                            bytes += len as u64;
+                        }
+                        Some((429, _)) => refused += 1,
+                        _ => {}
                     }
                 }
-                (answers, bytes)
+                (answers, bytes, refused)
             })
         })
         .collect();
-    let mut total = (0, 0);
+    let mut total = (0, 0, 0);
     for task in tasks {
-        if let Ok((a, b)) = task.await {
+        if let Ok((a, b, r)) = task.await {
             total.0 += a;
             total.1 += b;
+            total.2 += r;
         }
     }
     total
@@ -220,18 +228,19 @@ pub async fn measure(revocations: usize, clients: usize, seconds: u64) -> FeedLo
                 .enable_all()
                 .build()
                 .map(|rt| rt.block_on(loop_feed(admin_port, clients, cursor, looping)))
-                .unwrap_or((0, 0))
+                .unwrap_or((0, 0, 0))
         });
         // Let the loopers reach their pace before measuring.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let run = checks_at_rate(server.grpc_port, &opaque, CHECK_RATE, duration).await;
         stop.store(true, Ordering::Relaxed);
-        let (answers, bytes) = feed.join().unwrap_or((0, 0));
+        let (answers, bytes, refused) = feed.join().unwrap_or((0, 0, 0));
         loaded.push(LoadedRun {
             cursor,
             check_p99_us: run.percentile_us(0.99),
             feed_answers: answers,
             feed_mb: bytes as f64 / 1e6,
+            feed_refused: refused,
         });
     }
     FeedLoad {

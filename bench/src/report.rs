@@ -383,12 +383,17 @@ impl Report {
         }
         let _ = writeln!(md);
         let fl = &self.feed_load;
-        let _ = writeln!(md, "## The change feed under hostile use\n\nA server of its own (no shared tier) holding {} token revocations (filled through the admin API in {:.1} s). Check on a privileged route (opaque token, cached introspection; 8 callers) idle, then while {} clients loop on the feed with the feed token: on `since=0` (the first page, kept until the next change) and on `since=1` (a page built from the state under its lock each time). Pages hold 10,000 rows (`feed.page_rows`).\n\n| feed clients loop on | Check p99 µs | × idle | feed answers | feed MB |\n|---|---|---|---|---|\n| (idle) | {} | 1.00 | 0 | 0 |", fl.revocations, fl.fill_seconds, fl.clients, fl.idle_p99_us);
+        let _ = writeln!(md, "## The change feed under hostile use\n\nA server of its own (no shared tier) holding {} token revocations (filled through the admin API in {:.1} s). Check on a privileged route (opaque token, cached introspection; 8 callers) idle, then while {} clients loop on the feed with the feed token: on `since=0` (the first page) and on `since=1` (another page), as fast as the server answers (a refused request is asked again at once). Pages hold 10,000 rows (`feed.page_rows`), each kept until the next change; answers not woken by a change are paced per feed secret at the default `feed.catch_up_bytes_per_second` (64 MiB/s, 429 beyond 1 s of waiting).\n\n| feed clients loop on | Check p99 µs | × idle | feed answers | feed MB | refused (429) |\n|---|---|---|---|---|---|\n| (idle) | {} | 1.00 | 0 | 0 | 0 |", fl.revocations, fl.fill_seconds, fl.clients, fl.idle_p99_us);
         for (run, ratio) in fl.loaded.iter().zip(fl.ratios()) {
             let _ = writeln!(
                 md,
-                "| `since={}` | {} | {:.2} | {} | {:.0} |",
-                run.cursor, run.check_p99_us, ratio, run.feed_answers, run.feed_mb
+                "| `since={}` | {} | {:.2} | {} | {:.0} | {} |",
+                run.cursor,
+                run.check_p99_us,
+                ratio,
+                run.feed_answers,
+                run.feed_mb,
+                run.feed_refused
             );
         }
         let _ = writeln!(md);

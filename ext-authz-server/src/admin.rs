@@ -6,7 +6,7 @@
 //! | `POST /admin/revoke` | `{"token": "…"}`, `{"token_hash": "<sha256 hex>"}` or `{"jti": "…"}` | that token is refused from now on (a JWS `token`: in every encoding of its signed content; a `token_hash`: those exact bytes) |
 //! | `POST /admin/revoke-subject` | `{"sub": "…"}` or `{"client_id": "…"}` | every token of the user (or of the client, and every user token issued to that client) issued so far is refused; bumps its epoch |
 //! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
-//! | `GET /admin/epochs?since=N` | | policy version and what changed after change-version N, and whether this state is confirmed current (also readable with `epochs_token`) |
+//! | `GET /admin/epochs?since=N` | `wait_ms`, `incarnation` | the change feed (format 2): policy version and what changed after change-version N, in pages, and whether this state is confirmed current (also readable with `epochs_token`); held until a change with `wait_ms`; answers not woken by a change paced per credential (see `feed_pacing`) |
 //!
 //! Each change takes effect here for the next check; the cache is invalidated at once. With a
 //! shared tier the change is published to every instance (`"shared": "published"`), or, when
@@ -14,6 +14,7 @@
 
 use crate::changes::ChangeSink;
 use crate::check::CheckService;
+use crate::feed_pacing::{FeedPacer, Pace};
 use crate::shared;
 use crate::versions::{parse_token_hash, Change};
 use axum::extract::{Query, State};
@@ -65,13 +66,21 @@ impl Admin {
 pub const MAX_FEED_WAIT_MS: u64 = 60_000;
 
 /// The held change-feed requests (each a filter worker waiting for changes after its cursor),
-/// for the `authz_feed_streams` and `authz_feed_oldest_cursor` gauges.
-#[derive(Debug, Default)]
+/// for the `authz_feed_streams` and `authz_feed_oldest_cursor` gauges, and the pace of
+/// catch-up answers per credential.
+#[derive(Debug)]
 pub struct FeedWatchers {
     /// Held request id → (its cursor, the credential it came with).
     held: std::sync::Mutex<std::collections::BTreeMap<u64, (u64, Credential)>>,
     next_id: std::sync::atomic::AtomicU64,
+    pacer: FeedPacer<Credential>,
+    /// The pacer's clock (monotonic).
+    started: tokio::time::Instant,
 }
+
+/// The longest a catch-up answer waits for its credential's budget; beyond it the answer is
+/// a 429. Below the filter's 2 s timeout for requests it does not ask to be held.
+pub const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 /// One held request; leaving the map when dropped (also when the client goes away and axum
 /// drops the handler's future).
@@ -82,6 +91,25 @@ struct Held<'a> {
 }
 
 impl FeedWatchers {
+    /// No request held; catch-up answers paced at `catch_up_bytes_per_second` per credential
+    /// (one second of it at once).
+    pub fn new(catch_up_bytes_per_second: u64) -> FeedWatchers {
+        FeedWatchers {
+            held: Default::default(),
+            next_id: Default::default(),
+            pacer: FeedPacer::new(
+                catch_up_bytes_per_second,
+                catch_up_bytes_per_second,
+                MAX_CATCH_UP_WAIT,
+            ),
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now_ns(&self) -> u128 {
+        self.started.elapsed().as_nanos()
+    }
+
     /// Holds a request unless `max` (all together) or `max_per_credential` are reached.
     fn hold<'a>(
         &'a self,
@@ -136,7 +164,7 @@ fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
 
 /// Which secret a request presented: the admin token, or feed secret `n` (`epochs_token`
 /// first, then `epochs_tokens`). Held feed requests are counted per credential.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Credential {
     Admin,
     Feed(usize),
@@ -363,7 +391,7 @@ async fn bump_policy(State(admin): State<Admin>) -> Response {
 #[derive(Debug, Deserialize)]
 struct EpochsQuery {
     since: Option<u64>,
-    /// 2: the format with revocation details and times (see `authz_core::epochs`).
+    /// The answer's format: 2, the only one served (see `authz_core::epochs`); absent means 2.
     format: Option<u32>,
     /// Hold the request until something changes after `since`, at most this long (push).
     wait_ms: Option<u64>,
@@ -371,85 +399,141 @@ struct EpochsQuery {
     incarnation: Option<String>,
 }
 
+fn feed_refused(status: StatusCode, retry_after: Option<Duration>, error: &str) -> Response {
+    let mut response = (status, Json(json!({ "error": error }))).into_response();
+    if let Some(after) = retry_after {
+        // Whole seconds, at least one.
+        let seconds = after.as_millis().div_ceil(1000).max(1);
+        if let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert("retry-after", value);
+        }
+    }
+    response
+}
+
+/// `GET /admin/epochs`: what changed after `since` (a page of it), held until something
+/// changes when `wait_ms` asks for it. Answers the client did not wait for (catch-ups) are
+/// paced per credential; answers to held requests woken by a change are not.
 async fn epochs(
     State(admin): State<Admin>,
     axum::Extension(credential): axum::Extension<Credential>,
     Query(q): Query<EpochsQuery>,
 ) -> Response {
-    admin
-        .service
-        .metrics
-        .inc("authz_epochs_requests_total", &[]);
+    let metrics = &admin.service.metrics;
+    metrics.inc("authz_epochs_requests_total", &[]);
     // A replica that has not read the shared state yet would answer with a partial one (and
     // its own incarnation): the filter keeps what it holds and asks again.
     if admin.service.shared.as_ref().is_some_and(|s| !s.synced()) {
-        return (
+        return feed_refused(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "shared state not read yet"})),
-        )
-            .into_response();
+            None,
+            "shared state not read yet",
+        );
+    }
+    if q.format.is_some_and(|f| f != 2) {
+        return feed_refused(
+            StatusCode::BAD_REQUEST,
+            None,
+            "only format=2 is served (the first format was removed: see README's upgrade notes)",
+        );
     }
     let since = q.since.unwrap_or(0);
-    let versions = &admin.service.versions;
-    let format_2 = q.format == Some(2);
-    // Only the second format is ever held (the first is for filters that poll).
-    let wait_ms = if format_2 {
-        q.wait_ms.unwrap_or(0).min(MAX_FEED_WAIT_MS)
+    let wait_ms = q.wait_ms.unwrap_or(0).min(MAX_FEED_WAIT_MS);
+    let catch_up = if wait_ms > 0 {
+        match hold_until_change(&admin, credential, since, wait_ms, q.incarnation.as_deref()).await
+        {
+            Ok(catch_up) => catch_up,
+            Err(refused) => return refused,
+        }
     } else {
-        0
+        true
     };
-    if wait_ms > 0 {
-        // Subscribed before the state is read: no change slips between the check and the wait.
-        let mut changed = versions.subscribe();
-        let mut stop = admin.stop.clone();
-        let config = &admin.service.config;
-        let limits = (config.feed_max_held, config.feed_max_held_per_token);
-        let Some(_held) = admin
-            .feed
-            .hold(since, credential, limits, &admin.service.metrics)
-        else {
-            admin
-                .service
-                .metrics
-                .inc("authz_feed_refused_total", &[("reason", "held_limit")]);
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                [("retry-after", "1")],
-                Json(json!({"error": "too many held feed requests"})),
-            )
-                .into_response();
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-        loop {
-            let restarted = q
-                .incarnation
-                .as_deref()
-                .is_some_and(|i| i != versions.incarnation());
-            if restarted || versions.has_changes_since(since) || *stop.borrow() {
-                break;
-            }
-            tokio::select! {
-                woke = tokio::time::timeout_at(deadline, changed.changed()) => {
-                    if !matches!(woke, Ok(Ok(()))) {
-                        break;
-                    }
-                }
-                _ = stop.changed() => break,
-            }
+    let feed = &admin.feed;
+    if catch_up {
+        if let Some(retry_after) = feed.pacer.over_budget(credential, feed.now_ns()) {
+            return catch_up_refused(metrics, retry_after);
         }
     }
     let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
-    if format_2 {
-        // The answer is shared, not copied: a page is about 1 MB, and a cached one is served
-        // to every poller at its cursor until the next change.
-        let answer = KeptAnswer(versions.changes_since_v2(since, confirmed));
-        (
-            [("content-type", "application/json")],
-            axum::body::Bytes::from_owner(answer),
-        )
-            .into_response()
-    } else {
-        Json(versions.changes_since(since, confirmed)).into_response()
+    // The answer is shared, not copied: a page is about 1 MB, and a kept one is served to
+    // every poller at its cursor until the next change.
+    let answer = admin.service.versions.changes_since_v2(since, confirmed);
+    if catch_up {
+        match feed
+            .pacer
+            .reserve(credential, answer.len() as u64, feed.now_ns())
+        {
+            Pace::Now => {}
+            Pace::After(wait) => {
+                metrics.inc("authz_feed_paced_total", &[]);
+                tokio::time::sleep(wait).await;
+            }
+            Pace::Refused { retry_after } => return catch_up_refused(metrics, retry_after),
+        }
+    }
+    (
+        [("content-type", "application/json")],
+        axum::body::Bytes::from_owner(KeptAnswer(answer)),
+    )
+        .into_response()
+}
+
+fn catch_up_refused(metrics: &crate::metrics::Metrics, retry_after: Duration) -> Response {
+    metrics.inc("authz_feed_refused_total", &[("reason", "catch_up_rate")]);
+    feed_refused(
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(retry_after),
+        "feed answers over this credential's rate (feed.catch_up_bytes_per_second)",
+    )
+}
+
+/// Holds a feed request until something changes after `since` (or the incarnation differs,
+/// the server stops, `wait_ms` runs out). `Ok(true)`: its answer is a catch-up, to be paced
+/// (the changes were there before it waited, or the state restarted: a whole read follows);
+/// `Ok(false)`: a push woken by a change, or an empty answer; `Err`: refused (held
+/// requests' limits).
+async fn hold_until_change(
+    admin: &Admin,
+    credential: Credential,
+    since: u64,
+    wait_ms: u64,
+    incarnation: Option<&str>,
+) -> Result<bool, Response> {
+    let versions = &admin.service.versions;
+    // Subscribed before the state is read: no change slips between the check and the wait.
+    let mut changed = versions.subscribe();
+    let mut stop = admin.stop.clone();
+    let config = &admin.service.config;
+    let limits = (config.feed_max_held, config.feed_max_held_per_token);
+    let metrics = &admin.service.metrics;
+    let Some(_held) = admin.feed.hold(since, credential, limits, metrics) else {
+        metrics.inc("authz_feed_refused_total", &[("reason", "held_limit")]);
+        return Err(feed_refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(1)),
+            "too many held feed requests",
+        ));
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    let mut waited = false;
+    loop {
+        let restarted = incarnation.is_some_and(|i| i != versions.incarnation());
+        if restarted || versions.has_changes_since(since) {
+            return Ok(restarted || !waited);
+        }
+        if *stop.borrow() {
+            return Ok(false);
+        }
+        tokio::select! {
+            woke = tokio::time::timeout_at(deadline, changed.changed()) => {
+                if !matches!(woke, Ok(Ok(()))) {
+                    // Its wait ran out: an empty answer.
+                    return Ok(false);
+                }
+            }
+            _ = stop.changed() => return Ok(false),
+        }
+        waited = true;
     }
 }
 

@@ -35,6 +35,9 @@ pub mod defaults {
     pub const REQUIRE_AUDIENCE: bool = true;
     pub const FEED_MAX_HELD: usize = 16_384;
     pub const FEED_MAX_HELD_PER_TOKEN: usize = 4_096;
+    /// 64 MiB/s per feed secret: a 200,000-revocation state (about 20 MB) read whole by
+    /// three workers a second.
+    pub const FEED_CATCH_UP_BYTES_PER_SECOND: u64 = 64 << 20;
     pub const CLOCK_SKEW_SECONDS: u64 = 60;
     pub const TOKEN_MAX_BYTES: usize = authz_core::verify::DEFAULT_MAX_TOKEN_BYTES;
     pub const CACHE_MAX_ENTRIES: u64 = 100_000;
@@ -159,6 +162,15 @@ pub struct FeedFile {
     /// to parse, and the state's lock is held for one page at a time.
     #[schemars(extend("default" = crate::versions::FEED_PAGE_ROWS))]
     pub page_rows: Option<usize>,
+    /// Bytes per second of feed answers each feed secret may be sent without having waited
+    /// for a change (first reads, pages of a large state, cursors behind), at least 65536;
+    /// one second of it goes at once. An answer that would wait more than 1 s is a 429 with
+    /// `Retry-After` (the filter asks again at its poll interval). Pushed answers (a held
+    /// request woken by a change) are never paced. Bounds what a client looping on
+    /// `since=0` with a leaked feed secret costs; raise it when a large fleet must read a
+    /// large state quickly after a restart (about 100 bytes per revocation, per worker).
+    #[schemars(extend("default" = defaults::FEED_CATCH_UP_BYTES_PER_SECOND))]
+    pub catch_up_bytes_per_second: Option<u64>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -567,6 +579,7 @@ pub struct ServerConfig {
     pub feed_max_held: usize,
     pub feed_max_held_per_token: usize,
     pub feed_page_rows: usize,
+    pub feed_catch_up_bytes_per_second: u64,
     pub region: String,
     pub zone: String,
     pub realm: String,
@@ -1371,6 +1384,16 @@ impl ServerConfig {
         if !(100..=1_000_000).contains(&feed_page_rows) {
             p.add("feed.page_rows", "must be between 100 and 1000000");
         }
+        let feed_catch_up_bytes_per_second = f
+            .feed
+            .catch_up_bytes_per_second
+            .unwrap_or(defaults::FEED_CATCH_UP_BYTES_PER_SECOND);
+        if !(65_536..=10 << 30).contains(&feed_catch_up_bytes_per_second) {
+            p.add(
+                "feed.catch_up_bytes_per_second",
+                "must be between 65536 and 10737418240",
+            );
+        }
         let allow_insecure_http = f.allow_insecure_http.unwrap_or(false);
         let idp_ca_pem = f
             .idp_ca_file
@@ -1430,6 +1453,7 @@ impl ServerConfig {
             feed_max_held,
             feed_max_held_per_token,
             feed_page_rows,
+            feed_catch_up_bytes_per_second,
             region: f.region.clone().unwrap_or_else(|| defaults::REGION.into()),
             zone: f.zone.clone().unwrap_or_else(|| defaults::ZONE.into()),
             realm,

@@ -14,6 +14,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod feed_pacing;
 pub mod idp;
 pub mod idp_client;
 pub mod idp_http;
@@ -231,7 +232,9 @@ pub async fn serve_with_clock(
         service: service.clone(),
         changes: changes.clone(),
         ready: ready.clone(),
-        feed: Arc::new(admin::FeedWatchers::default()),
+        feed: Arc::new(admin::FeedWatchers::new(
+            service.config.feed_catch_up_bytes_per_second,
+        )),
         stop: stop_rx.clone(),
         main: tokio::runtime::Handle::current(),
     });

@@ -25,7 +25,7 @@
 //! This module does no I/O and reads no clock.
 
 use crate::lock;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Mutex;
@@ -172,15 +172,6 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
 
     fn contains(&self, key: &K) -> bool {
         self.entries.contains_key(key)
-    }
-
-    /// Keys stamped after `since`, newest first; reads only those.
-    fn since(&self, since: u64) -> impl Iterator<Item = &K> {
-        self.by_stamp
-            .iter()
-            .rev()
-            .take_while(move |(stamp, _)| *stamp > since)
-            .map(|(_, k)| k)
     }
 
     /// The stamps after `since`, oldest first (reads only those).
@@ -717,39 +708,12 @@ impl Versions {
     pub fn set_page_rows(&self, rows: usize) {
         self.with(|s| s.page_rows = rows.max(1));
     }
-
-    /// Everything changed after `since`: the body of `GET /admin/epochs?since=N` (the first
-    /// format, for filters older than format 2).
-    /// `confirmed` says whether this state is known to be current (always, without a shared
-    /// tier); a poller must not extend its trust on an unconfirmed answer.
-    pub fn changes_since(&self, since: u64, confirmed: bool) -> Value {
-        let incarnation = self.incarnation();
-        self.with(|s| {
-            let subjects: serde_json::Map<String, Value> = s
-                .subjects
-                .iter()
-                .filter(|(_, e)| e.changed_at_version > since)
-                .map(|(sub, e)| (sub.clone(), json!(e.epoch)))
-                .collect();
-            let tokens: Vec<String> = s.revoked_tokens.since(since).map(hex).collect();
-            let jtis: Vec<&String> = s.revoked_jtis.since(since).collect();
-            json!({
-                "version": s.version,
-                "policy_version": s.policy_version,
-                "policy_changed": s.policy_changed_at_version > since,
-                "subjects": subjects,
-                "revoked_token_hashes": tokens,
-                "revoked_jtis": jtis,
-                "confirmed": confirmed,
-                "incarnation": incarnation,
-            })
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn subject(name: &str, at: u64) -> Change {
         Change::RevokeSubject {
@@ -763,24 +727,44 @@ mod tests {
     fn changes_since_returns_only_newer_changes() {
         let v = Versions::default();
         v.apply(&subject("alice", 1_000), None);
-        let after_alice = v.changes_since(0, true)["version"].as_u64().unwrap();
+        let after_alice = feed(&v, 0)["version"].as_u64().unwrap();
         v.apply(&subject("bob", 2_000), None);
         v.apply(&Change::RevokeToken([7u8; 32], None), None);
         v.apply(&Change::BumpPolicy { version: None }, None);
-        let changes = v.changes_since(after_alice, true);
-        assert!(changes["subjects"].get("alice").is_none());
-        assert_eq!(changes["subjects"]["bob"], 1);
-        assert_eq!(changes["revoked_token_hashes"][0], hex(&[7u8; 32]));
+        let changes = feed(&v, after_alice);
+        assert_eq!(subjects(&v, after_alice), vec![("bob".to_owned(), 1)]);
+        assert_eq!(tokens(&v, after_alice), vec![hex(&[7u8; 32])]);
         assert_eq!(changes["policy_version"], 1);
-        assert_eq!(changes["policy_changed"], true);
+        assert!(changes["policy_changed_at_ms"].is_u64());
         let now = changes["version"].as_u64().unwrap();
-        assert_eq!(
-            v.changes_since(now, true)["subjects"]
-                .as_object()
-                .unwrap()
-                .len(),
-            0
-        );
+        assert!(subjects(&v, now).is_empty());
+        assert!(feed(&v, now)["policy_changed_at_ms"].is_null());
+    }
+
+    /// The subjects (name, epoch) of a feed answer.
+    fn subjects(v: &Versions, since: u64) -> Vec<(String, u64)> {
+        let answer = feed(v, since);
+        answer["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s[0].as_str().unwrap().to_owned(), s[2].as_u64().unwrap()))
+            .collect()
+    }
+
+    /// The first column (token hash, jti) of a feed answer's `list`.
+    fn keys(v: &Versions, since: u64, list: &str) -> Vec<String> {
+        let answer = feed(v, since);
+        answer[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t[0].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn tokens(v: &Versions, since: u64) -> Vec<String> {
+        keys(v, since, "tokens")
     }
 
     fn feed(v: &Versions, since: u64) -> Value {
@@ -931,12 +915,8 @@ mod tests {
             v.apply(&Change::RevokeToken([i; 32], None), None);
         }
         let version = v.change_version();
-        let recent = v.changes_since(version - 2, true);
-        assert_eq!(recent["revoked_token_hashes"].as_array().unwrap().len(), 2);
-        assert_eq!(
-            v.changes_since(version, true)["revoked_token_hashes"],
-            json!([])
-        );
+        assert_eq!(tokens(&v, version - 2).len(), 2);
+        assert!(tokens(&v, version).is_empty());
     }
 
     #[test]
@@ -956,15 +936,13 @@ mod tests {
         assert_eq!(ours.stamp, 3);
         assert_eq!(v.change_version(), 1, "3 is not reported before 2 is read");
         // A poller at 1 sees event 3 now, and again until the counter passes it.
-        let at_1 = v.changes_since(1, true);
-        assert_eq!(at_1["revoked_token_hashes"][0], hex(&[3; 32]));
+        assert_eq!(tokens(&v, 1), vec![hex(&[3; 32])]);
         v.apply(&Change::RevokeToken([2; 32], None), Some(2));
         v.advance_to(2);
-        let at_2 = v.changes_since(2, true);
-        assert_eq!(at_2["revoked_token_hashes"].as_array().unwrap().len(), 1);
+        assert_eq!(tokens(&v, 2).len(), 1);
         v.apply(&Change::RevokeToken([3; 32], None), Some(3));
         v.advance_to(3);
-        assert_eq!(v.changes_since(3, true)["revoked_token_hashes"], json!([]));
+        assert!(tokens(&v, 3).is_empty());
     }
 
     #[test]
@@ -975,7 +953,7 @@ mod tests {
         let pending = v.apply(&Change::RevokeJti("j1".into(), None), None);
         assert!(pending.new);
         assert_eq!(pending.stamp, 51);
-        assert_eq!(v.changes_since(50, true)["revoked_jtis"], json!(["j1"]));
+        assert_eq!(keys(&v, 50, "jtis"), vec!["j1".to_owned()]);
         // Republished after the shared store lost its data, at a sequence below ours.
         let replayed = v.apply(&Change::RevokeToken([9; 32], None), Some(12));
         assert_eq!(replayed.stamp, 51, "a poller at 50 still gets it");

@@ -404,14 +404,18 @@ async fn admin_revocation_and_versions_take_effect_at_once() {
     assert_eq!(bumped["policy_version"], 1);
     let epochs = admin("GET", "/admin/epochs?since=0", None, true).json();
     assert_eq!(epochs["policy_version"], 1);
-    assert_eq!(epochs["subjects"]["bob"], 1);
-    assert_eq!(
-        epochs["revoked_token_hashes"].as_array().map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(epochs["format"], 2, "the only format, asked for or not");
+    assert_eq!(epochs["subjects"][0][0], "bob");
+    assert_eq!(epochs["subjects"][0][2], 1, "bob's epoch");
+    assert_eq!(epochs["tokens"].as_array().map(Vec::len), Some(1));
     let since = epochs["version"].as_u64().unwrap_or(0);
     let nothing = admin("GET", &format!("/admin/epochs?since={since}"), None, true).json();
-    assert_eq!(nothing["subjects"].as_object().map(|o| o.len()), Some(0));
+    assert_eq!(nothing["subjects"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        admin("GET", "/admin/epochs?since=0&format=1", None, true).status,
+        400,
+        "the first format (one unpaged answer) is not served"
+    );
     let (_, headers) = check(&mut client, "/admin/x", Some(&fresh_bob)).await;
     assert_eq!(
         headers.get("x-authz-policy-version").map(String::as_str),
@@ -628,20 +632,24 @@ async fn without_a_batch_endpoint_a_batch_goes_out_as_concurrent_single_calls() 
     );
 }
 
+/// Two proxy fleets' feed secrets.
+const FLEET_A: &str = "fleet-a-feed-secret-0123456789";
+const FLEET_B: &str = "fleet-b-feed-secret-0123456789";
+
+/// A server taking [`FLEET_A`] and [`FLEET_B`] as feed secrets, with `feed` (YAML flow map)
+/// as its `feed:` section.
+async fn start_with_two_fleets(idp: &DevIdp, feed: &str) -> Server {
+    start(&server_yaml(
+        idp.port,
+        &format!("epochs_tokens: [\"{FLEET_A}\", \"{FLEET_B}\"]\nfeed: {feed}\n"),
+    ))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_feed_requests_are_capped_per_secret_and_in_all_and_several_secrets_read_the_feed() {
     let idp = DevIdp::start(&[]);
-    let (fleet_a, fleet_b) = (
-        "fleet-a-feed-secret-0123456789",
-        "fleet-b-feed-secret-0123456789",
-    );
-    let server = start(&server_yaml(
-        idp.port,
-        &format!(
-            "epochs_tokens: [\"{fleet_a}\", \"{fleet_b}\"]\nfeed: {{max_held: 3, max_held_per_token: 2}}\n"
-        ),
-    ))
-    .await;
+    let server = start_with_two_fleets(&idp, "{max_held: 3, max_held_per_token: 2}").await;
     let base = format!("http://127.0.0.1:{}", server.admin_port);
     let feed = move |secret: &'static str, wait_ms: u64| {
         let url = format!("{base}/admin/epochs?since=0&format=2&wait_ms={wait_ms}&incarnation=x");
@@ -653,7 +661,7 @@ async fn held_feed_requests_are_capped_per_secret_and_in_all_and_several_secrets
         })
     };
     // Each secret reads the feed (a plain read).
-    for secret in [fleet_a, fleet_b] {
+    for secret in [FLEET_A, FLEET_B] {
         let (status, _) = feed(secret, 0).await.expect("join");
         assert_eq!(status, 200, "{secret}");
     }
@@ -663,7 +671,7 @@ async fn held_feed_requests_are_capped_per_secret_and_in_all_and_several_secrets
             "http://127.0.0.1:{}/admin/epochs?since=0&format=2",
             server.admin_port
         ),
-        &[("authorization", &format!("Bearer {fleet_a}"))],
+        &[("authorization", &format!("Bearer {FLEET_A}"))],
     )
     .json()["incarnation"]
         .as_str()
@@ -681,17 +689,17 @@ async fn held_feed_requests_are_capped_per_secret_and_in_all_and_several_secrets
             (reply.status, started.elapsed())
         })
     };
-    let a1 = held(fleet_a);
-    let a2 = held(fleet_a);
+    let a1 = held(FLEET_A);
+    let a2 = held(FLEET_A);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A third for fleet A: over its secret's cap, refused at once.
-    let (status, took) = held(fleet_a).await.expect("join");
+    let (status, took) = held(FLEET_A).await.expect("join");
     assert_eq!(status, 429);
     assert!(took < Duration::from_millis(500), "{took:?}");
     // Fleet B gets the last place in all; then the global cap refuses it too.
-    let b1 = held(fleet_b);
+    let b1 = held(FLEET_B);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _) = held(fleet_b).await.expect("join");
+    let (status, _) = held(FLEET_B).await.expect("join");
     assert_eq!(status, 429, "the global cap");
     for (status, took) in [a1.await, a2.await, b1.await]
         .into_iter()
@@ -701,4 +709,125 @@ async fn held_feed_requests_are_capped_per_secret_and_in_all_and_several_secrets
         assert!(took >= Duration::from_millis(1_000), "held: {took:?}");
     }
     let _ = feed;
+}
+
+/// Reads the feed from 0 with `secret`, `count` at once; each read's status and
+/// `Retry-After`, and how long all took.
+async fn read_feed_at_once(
+    admin_port: u16,
+    secret: &'static str,
+    count: usize,
+) -> (Vec<(u16, Option<String>)>, Duration) {
+    let started = Instant::now();
+    let reads: Vec<_> = (0..count)
+        .map(|_| {
+            let url = format!("http://127.0.0.1:{admin_port}/admin/epochs?since=0&format=2");
+            tokio::task::spawn_blocking(move || {
+                let reply = get(&url, &[("authorization", &format!("Bearer {secret}"))]);
+                (reply.status, reply.header("retry-after").map(str::to_owned))
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for read in reads {
+        answers.push(read.await.expect("join"));
+    }
+    (answers, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn catch_up_reads_are_paced_per_secret_and_pushed_answers_never_are() {
+    let idp = DevIdp::start(&[]);
+    // 64 KiB/s per secret; pages of 100 revocations (about 11 KB each).
+    let server =
+        start_with_two_fleets(&idp, "{page_rows: 100, catch_up_bytes_per_second: 65536}").await;
+    let admin_port = server.admin_port;
+    let revoke = move |i: usize| {
+        let hash = authz_core::token_hash::digest_hex(&authz_core::token_hash::token_digest(
+            &format!("paced-{i}"),
+        ));
+        let reply = request(
+            "POST",
+            &format!("http://127.0.0.1:{admin_port}/admin/revoke"),
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+            Some(&json!({ "token_hash": hash }).to_string()),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        hash
+    };
+    tokio::task::spawn_blocking(move || (0..300).for_each(|i| drop(revoke(i))))
+        .await
+        .expect("join");
+
+    // Fleet A asks for the first page 24 times at once (about 260 KB): one second's worth
+    // goes at once, the next second's waits its turn, the rest is refused with Retry-After.
+    let (answers, took) = read_feed_at_once(admin_port, FLEET_A, 24).await;
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert!((6..=16).contains(&ok), "{answers:?}");
+    assert_eq!(ok + refused.len(), answers.len(), "{answers:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|(_, after)| after.as_deref().and_then(|a| a.parse::<u64>().ok()) >= Some(1)),
+        "{answers:?}"
+    );
+    assert!(took >= Duration::from_millis(500), "paced: {took:?}");
+    assert!(took < Duration::from_secs(3), "waits are bounded: {took:?}");
+    assert!(
+        server_metric(
+            admin_port,
+            "authz_feed_refused_total{reason=\"catch_up_rate\"}"
+        ) >= 1.0
+    );
+
+    // Fleet B's budget is its own.
+    let (answers, took) = read_feed_at_once(admin_port, FLEET_B, 3).await;
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    assert!(took < Duration::from_millis(800), "{took:?}");
+
+    // A held request of fleet A, woken by a change while fleet A is over its budget, is
+    // answered at once with the change (revocations are pushed within the bound whatever a
+    // looping client does).
+    let state = get(
+        &format!("http://127.0.0.1:{admin_port}/admin/epochs?since=999999&format=2"),
+        &[("authorization", &format!("Bearer {FLEET_B}"))],
+    )
+    .json();
+    let (version, incarnation) = (
+        state["version"].as_u64().expect("version"),
+        state["incarnation"]
+            .as_str()
+            .expect("incarnation")
+            .to_owned(),
+    );
+    let held = tokio::task::spawn_blocking(move || {
+        let reply = get(
+            &format!(
+                "http://127.0.0.1:{admin_port}/admin/epochs?since={version}&format=2&wait_ms=10000&incarnation={incarnation}"
+            ),
+            &[("authorization", &format!("Bearer {FLEET_A}"))],
+        );
+        (reply.status, reply.json_or_null(), Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let flood = tokio::spawn(read_feed_at_once(admin_port, FLEET_A, 24));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let revoked_at = Instant::now();
+    let hash = tokio::task::spawn_blocking(move || revoke(1_000))
+        .await
+        .expect("join");
+    let (status, pushed, answered_at) = held.await.expect("join");
+    assert_eq!(status, 200, "{pushed}");
+    assert_eq!(pushed["tokens"][0][0], hash.as_str(), "{pushed}");
+    let push_took = answered_at.duration_since(revoked_at);
+    assert!(
+        push_took < Duration::from_millis(300),
+        "a push is not paced: {push_took:?}"
+    );
+    let (answers, _) = flood.await.expect("join");
+    assert!(answers.iter().any(|(s, _)| *s == 429), "{answers:?}");
 }
