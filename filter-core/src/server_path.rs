@@ -313,6 +313,9 @@ impl<H: Host> Worker<H> {
             self.versions.poll_in_flight = None;
             self.poll_failed("no answer");
         }
+        if now_ms < self.versions.slow_down_until_ms {
+            return None;
+        }
         let epochs = self.policy.feed()?;
         // The first read of a state (at start, after a server restart) is answered at once:
         // writes fail closed until it is read.
@@ -398,6 +401,12 @@ impl<H: Host> Worker<H> {
                     "jwt_authz change feed: the server refused server.epochs_token (401/403): no revocations reach the routes this filter decides, and cached decisions stop being trusted; set it to one of the server's epochs_token / epochs_tokens",
                 );
                 Err("the server refused the feed credential")
+            }
+            (Some(429), _) => {
+                // The server sheds feed load (its Retry-After is at least 1 s): asking again
+                // every interval from every worker would only add to it.
+                self.versions.slow_down_until_ms = now_ms + SLOW_DOWN_MS;
+                Err("the server asked to slow down (429)")
             }
             (Some(_), _) => Err("epochs answered with an error status"),
             (None, _) => Err("epochs unreachable"),
@@ -629,6 +638,10 @@ fn push_query_value(path: &mut String, value: &str) {
 }
 
 /// How long a change-feed request may take: a held one its wait plus a margin.
+/// How long a worker waits before asking the change feed again after a 429 (the server's
+/// shortest `Retry-After`).
+pub const SLOW_DOWN_MS: u64 = 1_000;
+
 fn poll_timeout(push_wait_ms: u64, held: bool) -> Duration {
     Duration::from_millis(if held { push_wait_ms + 2_000 } else { 2_000 })
 }

@@ -1708,3 +1708,23 @@ fn a_refused_feed_credential_is_an_error_naming_it_and_counted() {
         .iter()
         .any(|(level, line)| *level == LogLevel::Error && line.contains("server.epochs_token")));
 }
+
+#[test]
+fn a_feed_answered_429_is_asked_again_after_a_second_not_every_interval() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = worker(&store);
+    let first = w.on_tick(T0).poll.expect("a poll is due");
+    w.poll_started(1);
+    // The first read of the state is over this feed secret's catch-up rate.
+    assert!(w.on_poll_response(Some(429), None, T0 + 5).is_none());
+    assert_eq!(host.count(Counter::PollFailed), 1);
+    for at in [T0 + 255, T0 + 505, T0 + 1_000] {
+        assert!(w.poll_due(at).is_none(), "asked again at {at}");
+    }
+    let again = w.poll_due(T0 + 1_005).expect("asked again after a second");
+    assert_eq!(again.path, first.path, "the same read");
+    // Another failure (not a 429) is retried at the interval, as before.
+    w.poll_started(2);
+    w.on_poll_response(Some(503), None, T0 + 1_010);
+    assert!(w.poll_due(T0 + 1_260).is_some());
+}
