@@ -3,7 +3,7 @@
 //! revocations to hold for the routes it decides locally, which versions to remember, and when
 //! the server learned each change (to measure propagation). Pure parsing; the filter polls.
 //!
-//! Format 2 (the one this crate reads; a server answers it when asked with `format=2`):
+//! Format 2 (the only one a server answers, asked for with `format=2` or not):
 //!
 //! ```json
 //! {"format": 2, "version": 9, "policy_version": 2, "policy_changed_at_ms": 1700000000000,
@@ -105,6 +105,15 @@ fn key_rows<K>(
         .collect()
 }
 
+/// How long a refusal (429) of the change feed asks the reader to wait: its body's
+/// `retry_after_ms` (the filter's host passes it the body, not the `Retry-After` header).
+pub fn refusal_retry_after_ms(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Value>(body)
+        .ok()?
+        .get("retry_after_ms")?
+        .as_u64()
+}
+
 impl Changes {
     pub fn parse(body: &[u8]) -> Result<Changes, &'static str> {
         let v: Value = serde_json::from_slice(body).map_err(|_| "epochs answer is not json")?;
@@ -183,6 +192,17 @@ pub const MAX_SANE_VERSION: u64 = 1 << 53;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_says_how_long_to_wait() {
+        assert_eq!(
+            refusal_retry_after_ms(br#"{"error": "x", "retry_after_ms": 2500}"#),
+            Some(2_500)
+        );
+        assert_eq!(refusal_retry_after_ms(br#"{"error": "x"}"#), None);
+        assert_eq!(refusal_retry_after_ms(br#"{"retry_after_ms": -1}"#), None);
+        assert_eq!(refusal_retry_after_ms(b"not json"), None);
+    }
 
     #[test]
     fn parses_the_servers_answer() {

@@ -6,7 +6,7 @@
 //! | `POST /admin/revoke` | `{"token": "…"}`, `{"token_hash": "<sha256 hex>"}` or `{"jti": "…"}` | that token is refused from now on (a JWS `token`: in every encoding of its signed content; a `token_hash`: those exact bytes) |
 //! | `POST /admin/revoke-subject` | `{"sub": "…"}` or `{"client_id": "…"}` | every token of the user (or of the client, and every user token issued to that client) issued so far is refused; bumps its epoch |
 //! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
-//! | `GET /admin/epochs?since=N` | `wait_ms`, `incarnation` | the change feed (format 2): policy version and what changed after change-version N, in pages, and whether this state is confirmed current (also readable with `epochs_token`); held until a change with `wait_ms`; answers not woken by a change paced per credential (see `feed_pacing`) |
+//! | `GET /admin/epochs?since=N` | `wait_ms`, `incarnation` | the change feed (format 2): policy version and what changed after change-version N, in pages, and whether this state is confirmed current (also readable with `epochs_token`); held until a change with `wait_ms`; answers to cursors far behind the state not woken by a change paced per credential (see `feed_pacing`) |
 //!
 //! Each change takes effect here for the next check; the cache is invalidated at once. With a
 //! shared tier the change is published to every instance (`"shared": "published"`), or, when
@@ -79,8 +79,9 @@ pub struct FeedWatchers {
 }
 
 /// The longest a catch-up answer waits for its credential's budget; beyond it the answer is
-/// a 429. Below the filter's 2 s timeout for requests it does not ask to be held.
-pub const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
+/// a 429. Well below the filter's 2 s timeout for requests it does not ask to be held (the
+/// answer still has to be written after its wait).
+pub const MAX_CATCH_UP_WAIT: Duration = Duration::from_millis(500);
 
 /// One held request; leaving the map when dropped (also when the client goes away and axum
 /// drops the handler's future).
@@ -399,10 +400,16 @@ struct EpochsQuery {
     incarnation: Option<String>,
 }
 
+/// A refused feed request; with `retry_after`, a `Retry-After` header (whole seconds, at
+/// least one) and `retry_after_ms` in the body (which the filter reads: its host passes it the
+/// body, not the headers).
 fn feed_refused(status: StatusCode, retry_after: Option<Duration>, error: &str) -> Response {
-    let mut response = (status, Json(json!({ "error": error }))).into_response();
+    let mut body = json!({ "error": error });
     if let Some(after) = retry_after {
-        // Whole seconds, at least one.
+        body["retry_after_ms"] = json!(after.as_millis().max(1) as u64);
+    }
+    let mut response = (status, Json(body)).into_response();
+    if let Some(after) = retry_after {
         let seconds = after.as_millis().div_ceil(1000).max(1);
         if let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string()) {
             response.headers_mut().insert("retry-after", value);
@@ -411,9 +418,19 @@ fn feed_refused(status: StatusCode, retry_after: Option<Duration>, error: &str) 
     response
 }
 
+/// A cursor this close to the state's counter (or ahead of it) reads a small answer: the
+/// changes after a push, a poll, a worker that fell out of push. Never paced, so a client
+/// looping with the same feed secret cannot keep a worker from the changes.
+pub const NEAR_CURSOR_STAMPS: u64 = 256;
+
+/// About the bytes of one feed row, to estimate an answer before it is built.
+const ROW_BYTES_ESTIMATE: u64 = 110;
+
 /// `GET /admin/epochs`: what changed after `since` (a page of it), held until something
-/// changes when `wait_ms` asks for it. Answers the client did not wait for (catch-ups) are
-/// paced per credential; answers to held requests woken by a change are not.
+/// changes when `wait_ms` asks for it. Answers the client did not wait for (catch-ups) from
+/// a cursor far behind the state (first reads, pages, re-reads) are paced per credential;
+/// answers to held requests woken by a change, and answers to cursors near the state, are
+/// not.
 async fn epochs(
     State(admin): State<Admin>,
     axum::Extension(credential): axum::Extension<Credential>,
@@ -449,16 +466,21 @@ async fn epochs(
         true
     };
     let feed = &admin.feed;
-    if catch_up {
-        if let Some(retry_after) = feed.pacer.over_budget(credential, feed.now_ns()) {
-            return catch_up_refused(metrics, retry_after);
+    let versions = &admin.service.versions;
+    let behind = versions.change_version().saturating_sub(since);
+    let paced = catch_up && behind > NEAR_CURSOR_STAMPS;
+    if paced {
+        let rows = behind.min(admin.service.config.feed_page_rows as u64);
+        let estimate = rows.saturating_mul(ROW_BYTES_ESTIMATE);
+        if let Some(retry_after) = feed.pacer.would_refuse(credential, estimate, feed.now_ns()) {
+            return catch_up_refused(metrics, retry_after).await;
         }
     }
     let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
     // The answer is shared, not copied: a page is about 1 MB, and a kept one is served to
     // every poller at its cursor until the next change.
-    let answer = admin.service.versions.changes_since_v2(since, confirmed);
-    if catch_up {
+    let answer = versions.changes_since_v2(since, confirmed);
+    if paced {
         match feed
             .pacer
             .reserve(credential, answer.len() as u64, feed.now_ns())
@@ -468,7 +490,7 @@ async fn epochs(
                 metrics.inc("authz_feed_paced_total", &[]);
                 tokio::time::sleep(wait).await;
             }
-            Pace::Refused { retry_after } => return catch_up_refused(metrics, retry_after),
+            Pace::Refused { retry_after } => return catch_up_refused(metrics, retry_after).await,
         }
     }
     (
@@ -478,11 +500,18 @@ async fn epochs(
         .into_response()
 }
 
-fn catch_up_refused(metrics: &crate::metrics::Metrics, retry_after: Duration) -> Response {
+/// A catch-up answer over its credential's rate: a 429, sent after a delay (its wait, at
+/// most [`MAX_CATCH_UP_WAIT`]) so a client that asks again at once, on any number of
+/// connections, is refused at most a few times a second per connection instead of tens of
+/// thousands of times (each refusal costs the server a request); a filter waits longer than
+/// that before asking again anyway.
+async fn catch_up_refused(metrics: &crate::metrics::Metrics, retry_after: Duration) -> Response {
     metrics.inc("authz_feed_refused_total", &[("reason", "catch_up_rate")]);
+    let delay = retry_after.min(MAX_CATCH_UP_WAIT);
+    tokio::time::sleep(delay).await;
     feed_refused(
         StatusCode::TOO_MANY_REQUESTS,
-        Some(retry_after),
+        Some(retry_after.saturating_sub(delay)),
         "feed answers over this credential's rate (feed.catch_up_bytes_per_second)",
     )
 }

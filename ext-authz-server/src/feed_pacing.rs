@@ -1,16 +1,19 @@
 //! Paces the change feed's catch-up answers (issue 18 §3): the bytes a feed credential may
-//! be sent in answers it did not wait for (a first read, the pages of a large state, a
-//! cursor behind the state) per second, so a holder of a feed secret looping on `since=0`
-//! takes a bounded share of the server's CPU and network instead of all of it.
+//! be sent per second in answers it did not wait for to cursors far behind the state (a
+//! first read, the pages of a large state, a re-read), so a holder of a feed secret looping
+//! on `since=0` takes a bounded share of the server's CPU and network instead of all of it.
 //!
-//! An answer to a held request woken by a change (the push) is never paced: revocations
-//! reach workers within the freshness bound whatever a looping client does.
+//! Which answers are paced is the admin API's call (`admin::epochs`): never an answer to a
+//! held request woken by a change (the push), nor one to a cursor near the state, so
+//! revocations reach running workers within the freshness bound whatever a looping client
+//! does.
 //!
 //! The pacer is a GCRA over bytes, per credential, with time as a parameter: each answer
 //! reserves its size at the credential's rate; up to `burst` bytes go at once; an answer
 //! that would have to wait longer than `max_wait` is refused (429 with `Retry-After`) and
 //! reserves nothing, so the bytes a credential can have queued are bounded whatever the
-//! number of its connections.
+//! number of its connections; an answer goes at once when nothing is queued, whatever its
+//! size (so none is refused for ever).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -56,39 +59,58 @@ impl<K: Hash + Eq + Copy> FeedPacer<K> {
         u128::from(bytes) * 1_000_000_000 / u128::from(self.bytes_per_second)
     }
 
-    /// How `credential` may be sent an answer of `bytes` at `now_ns`; reserves them unless
-    /// refused.
-    pub fn reserve(&self, credential: K, bytes: u64, now_ns: u128) -> Pace {
-        let mut arrivals = crate::lock(&self.arrival_ns);
-        let arrival = arrivals.get(&credential).copied().unwrap_or(0).max(now_ns);
-        let next_arrival = arrival + self.ns_for(bytes);
+    /// How an answer of `bytes` is paced at `now_ns` for a credential whose next byte was due
+    /// at `arrival_ns`, and the arrival time to keep when it is not refused.
+    fn pace(&self, arrival_ns: u128, bytes: u64, now_ns: u128) -> (Pace, Option<u128>) {
+        let next_arrival = arrival_ns.max(now_ns) + self.ns_for(bytes);
+        if arrival_ns <= now_ns {
+            // Nothing queued: it goes now, whatever its size (one answer larger than the
+            // burst and the longest wait together would otherwise never go), and what it
+            // costs beyond the burst delays the next ones.
+            return (Pace::Now, Some(next_arrival));
+        }
         let send_at = next_arrival.saturating_sub(self.ns_for(self.burst_bytes));
         let wait =
             Duration::from_nanos(u64::try_from(send_at.saturating_sub(now_ns)).unwrap_or(u64::MAX));
         if wait > self.max_wait {
-            // Its budget allows an answer this size again once the queue ahead has drained
-            // to `max_wait`.
-            return Pace::Refused {
-                retry_after: wait.saturating_sub(self.max_wait),
-            };
+            // An answer this size is taken again once the queue ahead has drained to
+            // `max_wait`.
+            let retry_after = wait.saturating_sub(self.max_wait);
+            return (Pace::Refused { retry_after }, None);
         }
-        arrivals.insert(credential, next_arrival);
-        if wait.is_zero() {
+        let pace = if wait.is_zero() {
             Pace::Now
         } else {
             Pace::After(wait)
-        }
+        };
+        (pace, Some(next_arrival))
     }
 
-    /// Whether any answer to `credential` would be refused now: checked before an answer is
-    /// built, so a refused client costs no page build either.
-    pub fn over_budget(&self, credential: K, now_ns: u128) -> Option<Duration> {
+    fn arrival_of(arrivals: &HashMap<K, u128>, credential: K) -> u128 {
+        arrivals.get(&credential).copied().unwrap_or(0)
+    }
+
+    /// How `credential` may be sent an answer of `bytes` at `now_ns`; reserves them unless
+    /// refused.
+    pub fn reserve(&self, credential: K, bytes: u64, now_ns: u128) -> Pace {
+        let mut arrivals = crate::lock(&self.arrival_ns);
+        let (pace, next_arrival) =
+            self.pace(Self::arrival_of(&arrivals, credential), bytes, now_ns);
+        if let Some(next_arrival) = next_arrival {
+            arrivals.insert(credential, next_arrival);
+        }
+        pace
+    }
+
+    /// Whether an answer of about `estimate` bytes to `credential` would be refused now, and
+    /// for how long; reserves nothing. Checked before an answer is built, so a refused client
+    /// costs no page build.
+    pub fn would_refuse(&self, credential: K, estimate: u64, now_ns: u128) -> Option<Duration> {
         let arrivals = crate::lock(&self.arrival_ns);
-        let arrival = arrivals.get(&credential).copied().unwrap_or(0).max(now_ns);
-        let send_at = arrival.saturating_sub(self.ns_for(self.burst_bytes));
-        let wait =
-            Duration::from_nanos(u64::try_from(send_at.saturating_sub(now_ns)).unwrap_or(u64::MAX));
-        (wait > self.max_wait).then(|| wait.saturating_sub(self.max_wait))
+        match self.pace(Self::arrival_of(&arrivals, credential), estimate, now_ns) {
+            (Pace::Refused { retry_after }, _) => Some(retry_after),
+            _ => None,
+        }
     }
 }
 
@@ -103,53 +125,48 @@ mod tests {
         FeedPacer::new(1_000, 1_000, Duration::from_secs(1))
     }
 
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
     #[test]
     fn a_burst_goes_at_once_then_answers_wait_their_turn_then_are_refused() {
         let p = pacer();
         let now = 100 * SECOND;
-        assert_eq!(p.reserve(1, 1_000, now), Pace::Now, "the burst");
+        assert_eq!(p.reserve(1, 600, now), Pace::Now, "the burst");
+        assert_eq!(p.reserve(1, 400, now), Pace::Now, "the rest of the burst");
+        assert_eq!(p.reserve(1, 500, now), Pace::After(ms(500)));
+        assert_eq!(p.reserve(1, 500, now), Pace::After(ms(1_000)));
         assert_eq!(
-            p.reserve(1, 500, now),
-            Pace::After(Duration::from_millis(500))
+            p.would_refuse(1, 500, now),
+            Some(ms(500)),
+            "checked before building: refused in forward time"
         );
-        assert_eq!(p.reserve(1, 500, now), Pace::After(Duration::from_secs(1)));
         assert_eq!(
             p.reserve(1, 500, now),
             Pace::Refused {
-                retry_after: Duration::from_millis(500)
+                retry_after: ms(500)
             },
             "beyond the longest wait"
         );
         assert_eq!(
-            p.over_budget(1, now),
+            p.would_refuse(1, 0, now),
             None,
-            "a refused answer reserved nothing: an empty one could still wait its turn"
+            "a refusal reserved nothing"
         );
         assert_eq!(p.reserve(2, 1_000, now), Pace::Now, "per credential");
-        // Half a second later the queue has drained by 500 bytes.
+        // Half a second later the queue has drained by 500 bytes: one more waits its turn.
+        let later = now + SECOND / 2;
+        assert_eq!(p.would_refuse(1, 500, later), None);
+        assert_eq!(p.reserve(1, 500, later), Pace::After(ms(1_000)));
         assert_eq!(
-            p.reserve(1, 500, now + SECOND / 2),
-            Pace::After(Duration::from_secs(1))
-        );
-        assert_eq!(
-            p.reserve(1, 500, now + SECOND / 2),
+            p.reserve(1, 500, later),
             Pace::Refused {
-                retry_after: Duration::from_millis(500)
+                retry_after: ms(500)
             }
         );
-        assert_eq!(
-            p.over_budget(1, now + 2 * SECOND),
-            None,
-            "drained to one second of queue"
-        );
-        assert!(p.reserve(1, 1_000, now).eq(&Pace::Refused {
-            retry_after: Duration::from_millis(1_500)
-        }));
-        assert_eq!(
-            p.over_budget(1, now),
-            Some(Duration::from_millis(500)),
-            "even an empty answer would wait 1.5 s"
-        );
+        // Once the queue is empty, the next answer goes at once.
+        assert_eq!(p.reserve(1, 500, now + 3 * SECOND), Pace::Now);
     }
 
     #[test]
@@ -160,23 +177,28 @@ mod tests {
         assert_eq!(p.reserve(1, 1_000, now + 60 * SECOND), Pace::Now);
         assert_eq!(
             p.reserve(1, 1_000, now + 60 * SECOND),
-            Pace::After(Duration::from_secs(1)),
+            Pace::After(ms(1_000)),
             "idle time does not pile up beyond the burst"
         );
     }
 
     #[test]
-    fn an_answer_larger_than_the_burst_waits_for_its_excess() {
+    fn an_answer_larger_than_the_burst_and_the_wait_goes_when_nothing_is_queued() {
         let p = pacer();
+        let now = 5 * SECOND;
         assert_eq!(
-            p.reserve(1, 1_800, 5 * SECOND),
-            Pace::After(Duration::from_millis(800))
+            p.reserve(1, 5_000, now),
+            Pace::Now,
+            "never refused for ever for its size"
         );
+        // It cost 5 s of budget: the next answer waits until 4 s of it have drained.
         assert_eq!(
-            p.reserve(1, 5_000, 5 * SECOND),
+            p.reserve(1, 100, now),
             Pace::Refused {
-                retry_after: Duration::from_millis(4_800)
+                retry_after: ms(3_100)
             }
         );
+        assert_eq!(p.would_refuse(1, 100, now + 3_100_000_000), None);
+        assert_eq!(p.reserve(1, 100, now + 5 * SECOND), Pace::Now);
     }
 }

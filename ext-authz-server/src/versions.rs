@@ -82,6 +82,74 @@ struct SubjectEpoch {
     learned_at_ms: u64,
 }
 
+/// The revoked subjects, indexed by the stamp of their last change too: a feed answer or a
+/// held request's check reads only the subjects changed after its cursor, not all of them.
+#[derive(Debug, Default)]
+struct Subjects {
+    by_name: HashMap<String, SubjectEpoch>,
+    by_stamp: BTreeSet<(u64, String)>,
+}
+
+impl Subjects {
+    fn get(&self, subject: &str) -> Option<&SubjectEpoch> {
+        self.by_name.get(subject)
+    }
+
+    fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &SubjectEpoch)> {
+        self.by_name.iter()
+    }
+
+    /// Changes `subject`'s entry (made when missing) with `change`, keeping the index.
+    fn update<T>(&mut self, subject: &str, change: impl FnOnce(&mut SubjectEpoch) -> T) -> T {
+        let entry = self.by_name.entry(subject.to_owned()).or_default();
+        let before = entry.changed_at_version;
+        let out = change(entry);
+        let after = entry.changed_at_version;
+        if before != after || !self.by_stamp.contains(&(after, subject.to_owned())) {
+            self.by_stamp.remove(&(before, subject.to_owned()));
+            self.by_stamp.insert((after, subject.to_owned()));
+        }
+        out
+    }
+
+    /// Keeps the subjects `keep` says to keep.
+    fn retain(&mut self, mut keep: impl FnMut(&SubjectEpoch) -> bool) {
+        let by_stamp = &mut self.by_stamp;
+        self.by_name.retain(|name, e| {
+            let kept = keep(e);
+            if !kept {
+                by_stamp.remove(&(e.changed_at_version, name.clone()));
+            }
+            kept
+        });
+    }
+
+    /// The stamps after `since`, oldest first (reads only those).
+    fn stamps_after(&self, since: u64) -> impl Iterator<Item = u64> + '_ {
+        self.by_stamp
+            .range((since.saturating_add(1), String::new())..)
+            .map(|(stamp, _)| *stamp)
+    }
+
+    fn any_after(&self, since: u64) -> bool {
+        self.by_stamp
+            .last()
+            .is_some_and(|(stamp, _)| *stamp > since)
+    }
+
+    /// The subjects last changed after `since` and at or before `upto`, oldest first.
+    fn between(&self, since: u64, upto: u64) -> impl Iterator<Item = (&String, &SubjectEpoch)> {
+        self.by_stamp
+            .range((since.saturating_add(1), String::new())..)
+            .take_while(move |(stamp, _)| *stamp <= upto)
+            .filter_map(|(_, name)| self.by_name.get_key_value(name))
+    }
+}
+
 /// One revoked key: the version it was (last) stamped with, when it may be forgotten, and
 /// when this instance learned it (ms; 0: unknown).
 #[derive(Debug, Clone, Copy)]
@@ -244,7 +312,7 @@ struct State {
     policy_version: u64,
     policy_changed_at_version: u64,
     policy_changed_at_ms: u64,
-    subjects: HashMap<String, SubjectEpoch>,
+    subjects: Subjects,
     revoked_tokens: RevokedSet<TokenKey>,
     revoked_jtis: RevokedSet<String>,
     /// The longest a token lives (the configured maximum lifetime plus clock skew), ms.
@@ -293,12 +361,7 @@ impl State {
             .stamps_after(since)
             .take(rows + 1)
             .chain(self.revoked_jtis.stamps_after(since).take(rows + 1))
-            .chain(
-                self.subjects
-                    .values()
-                    .map(|e| e.changed_at_version)
-                    .filter(|stamp| *stamp > since),
-            )
+            .chain(self.subjects.stamps_after(since).take(rows + 1))
             .collect();
         let mut upto = u64::MAX;
         if stamps.len() > rows {
@@ -306,7 +369,7 @@ impl State {
             let cut = stamps.get(rows - 1).copied().unwrap_or(u64::MAX);
             let beyond = self.revoked_tokens.stamps_after(cut).next().is_some()
                 || self.revoked_jtis.stamps_after(cut).next().is_some()
-                || self.subjects.values().any(|e| e.changed_at_version > cut)
+                || self.subjects.any_after(cut)
                 || self.policy_changed_at_version > cut;
             if cut < self.version && beyond {
                 upto = cut;
@@ -323,8 +386,7 @@ impl State {
                 .then_some(self.policy_changed_at_ms),
             subjects: self
                 .subjects
-                .iter()
-                .filter(|(_, e)| e.changed_at_version > since && e.changed_at_version <= upto)
+                .between(since, upto)
                 .map(|(sub, e)| {
                     let expires = bound.map(|b| e.revoked_at_ms.saturating_add(b));
                     (
@@ -481,25 +543,26 @@ impl Versions {
                     revoked_at_ms,
                     epoch,
                 } => {
-                    let e = s.subjects.entry(subject.clone()).or_default();
-                    // Without a sequence number this is a fresh local revocation.
-                    let new = seq.is_none()
-                        || *revoked_at_ms > e.revoked_at_ms
-                        || epoch.is_some_and(|n| n > e.epoch);
-                    let next_epoch = epoch.unwrap_or(e.epoch + u64::from(new));
-                    if new || next_epoch > e.epoch {
-                        e.changed_at_version = e.changed_at_version.max(stamp);
-                        e.learned_at_ms = now_ms;
-                    } else if let Some(seq) = seq {
-                        e.changed_at_version = e.changed_at_version.max(seq);
-                    }
-                    e.revoked_at_ms = e.revoked_at_ms.max(*revoked_at_ms);
-                    e.epoch = e.epoch.max(next_epoch);
-                    Applied {
-                        new,
-                        stamp: e.changed_at_version,
-                        value: e.epoch,
-                    }
+                    s.subjects.update(subject, |e| {
+                        // Without a sequence number this is a fresh local revocation.
+                        let new = seq.is_none()
+                            || *revoked_at_ms > e.revoked_at_ms
+                            || epoch.is_some_and(|n| n > e.epoch);
+                        let next_epoch = epoch.unwrap_or(e.epoch + u64::from(new));
+                        if new || next_epoch > e.epoch {
+                            e.changed_at_version = e.changed_at_version.max(stamp);
+                            e.learned_at_ms = now_ms;
+                        } else if let Some(seq) = seq {
+                            e.changed_at_version = e.changed_at_version.max(seq);
+                        }
+                        e.revoked_at_ms = e.revoked_at_ms.max(*revoked_at_ms);
+                        e.epoch = e.epoch.max(next_epoch);
+                        Applied {
+                            new,
+                            stamp: e.changed_at_version,
+                            value: e.epoch,
+                        }
+                    })
                 }
                 Change::BumpPolicy { version } => {
                     let next = version.unwrap_or(s.policy_version + 1);
@@ -588,7 +651,7 @@ impl Versions {
             let subjects = s.subjects.len();
             if let Some(bound) = s.lifetime_bound_ms {
                 // Every token a subject revocation refuses has expired.
-                s.subjects.retain(|_, e| {
+                s.subjects.retain(|e| {
                     e.revoked_at_ms
                         .saturating_add(bound)
                         .saturating_add(EXPIRY_GRACE_MS)
@@ -643,7 +706,7 @@ impl Versions {
             s.policy_changed_at_version > since
                 || s.revoked_tokens.any_since(since)
                 || s.revoked_jtis.any_since(since)
-                || s.subjects.values().any(|e| e.changed_at_version > since)
+                || s.subjects.any_after(since)
         })
     }
 
@@ -739,6 +802,44 @@ mod tests {
         let now = changes["version"].as_u64().unwrap();
         assert!(subjects(&v, now).is_empty());
         assert!(feed(&v, now)["policy_changed_at_ms"].is_null());
+    }
+
+    #[test]
+    fn subjects_are_read_by_the_stamp_of_their_last_change() {
+        let v = Versions::default();
+        v.set_lifetime_bound_ms(Some(1_000));
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            v.apply_at(&subject(name, 1_000 * i as u64), None, 10);
+        }
+        let before = v.change_version();
+        // b revoked again: restamped, read once, after the others.
+        v.apply_at(&subject("b", 9_000), None, 10);
+        assert_eq!(subjects(&v, before), vec![("b".to_owned(), 2)]);
+        assert_eq!(subjects(&v, 0).len(), 4, "once each");
+        assert_eq!(subjects(&v, 0).last(), Some(&("b".to_owned(), 2)));
+        // Pages of 2 rows cut between stamps and miss none.
+        v.set_page_rows(2);
+        let (mut since, mut seen) = (0, Vec::new());
+        loop {
+            let page = feed(&v, since);
+            seen.extend(subjects(&v, since).into_iter().map(|(n, _)| n));
+            since = page["version"].as_u64().unwrap();
+            if page["more"] != true {
+                break;
+            }
+        }
+        assert_eq!(seen, ["a", "c", "d", "b"]);
+        // Forgotten subjects leave the index too.
+        assert_eq!(v.prune_expired(3_000 + EXPIRY_GRACE_MS), 2, "a and c");
+        assert_eq!(
+            subjects(&v, 0)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>(),
+            ["d", "b"]
+        );
+        assert!(v.has_changes_since(before));
+        assert!(!v.has_changes_since(v.change_version()));
     }
 
     /// The subjects (name, epoch) of a feed answer.

@@ -402,10 +402,16 @@ impl<H: Host> Worker<H> {
                 );
                 Err("the server refused the feed credential")
             }
-            (Some(429), _) => {
-                // The server sheds feed load (its Retry-After is at least 1 s): asking again
-                // every interval from every worker would only add to it.
-                self.versions.slow_down_until_ms = now_ms + SLOW_DOWN_MS;
+            (Some(429), body) => {
+                // The server sheds feed load: asking again every interval from every worker
+                // would only add to it. It says how long to wait (bounded here: a wrong
+                // answer must not silence the feed for long).
+                let after = body
+                    .as_deref()
+                    .and_then(authz_core::epochs::refusal_retry_after_ms)
+                    .unwrap_or(SLOW_DOWN_MS)
+                    .clamp(SLOW_DOWN_MS, MAX_SLOW_DOWN_MS);
+                self.versions.slow_down_until_ms = now_ms + after;
                 Err("the server asked to slow down (429)")
             }
             (Some(_), _) => Err("epochs answered with an error status"),
@@ -637,11 +643,13 @@ fn push_query_value(path: &mut String, value: &str) {
     }
 }
 
-/// How long a change-feed request may take: a held one its wait plus a margin.
-/// How long a worker waits before asking the change feed again after a 429 (the server's
-/// shortest `Retry-After`).
+/// How long a worker waits at least before asking the change feed again after a 429.
 pub const SLOW_DOWN_MS: u64 = 1_000;
 
+/// And at most, whatever the server's `retry_after_ms` says.
+pub const MAX_SLOW_DOWN_MS: u64 = 10_000;
+
+/// How long a change-feed request may take: a held one its wait plus a margin.
 fn poll_timeout(push_wait_ms: u64, held: bool) -> Duration {
     Duration::from_millis(if held { push_wait_ms + 2_000 } else { 2_000 })
 }

@@ -1723,8 +1723,18 @@ fn a_feed_answered_429_is_asked_again_after_a_second_not_every_interval() {
     }
     let again = w.poll_due(T0 + 1_005).expect("asked again after a second");
     assert_eq!(again.path, first.path, "the same read");
-    // Another failure (not a 429) is retried at the interval, as before.
+    // The server says how long to wait (bounded to 10 s).
     w.poll_started(2);
-    w.on_poll_response(Some(503), None, T0 + 1_010);
-    assert!(w.poll_due(T0 + 1_260).is_some());
+    let refusal = br#"{"error": "over rate", "retry_after_ms": 3000}"#.to_vec();
+    w.on_poll_response(Some(429), Some(refusal), T0 + 1_010);
+    assert!(w.poll_due(T0 + 4_000).is_none());
+    assert!(w.poll_due(T0 + 4_010).is_some());
+    w.poll_started(3);
+    let refusal = br#"{"retry_after_ms": 3600000}"#.to_vec();
+    w.on_poll_response(Some(429), Some(refusal), T0 + 5_000);
+    assert!(w.poll_due(T0 + 15_000).is_some(), "at most 10 s");
+    // Another failure (not a 429) is retried at the interval, as before.
+    w.poll_started(4);
+    w.on_poll_response(Some(503), None, T0 + 15_010);
+    assert!(w.poll_due(T0 + 15_260).is_some());
 }
