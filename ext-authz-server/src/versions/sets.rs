@@ -1,0 +1,252 @@
+//! The containers of the revocation state: revoked keys (token hashes, `jti`s) and revoked
+//! subjects, each indexed by the stamp of its last change, so that "what changed since N"
+//! reads only the answer, not the whole set. No versions, no feed, no clock: `versions` owns
+//! those.
+
+use super::{Expiry, EXPIRY_GRACE_MS};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::Hash;
+
+/// At most this many revoked keys of each kind are held (oldest dropped first).
+pub(super) const MAX_REVOKED: usize = 1_000_000;
+
+#[derive(Debug, Default)]
+pub(super) struct SubjectEpoch {
+    pub(super) epoch: u64,
+    pub(super) changed_at_version: u64,
+    pub(super) revoked_at_ms: u64,
+    /// When this instance learned its last revocation (ms; 0: unknown).
+    pub(super) learned_at_ms: u64,
+}
+
+/// The revoked subjects, indexed by the stamp of their last change too: a feed answer or a
+/// held request's check reads only the subjects changed after its cursor, not all of them.
+#[derive(Debug, Default)]
+pub(super) struct Subjects {
+    pub(super) by_name: HashMap<String, SubjectEpoch>,
+    pub(super) by_stamp: BTreeSet<(u64, String)>,
+}
+
+impl Subjects {
+    pub(super) fn get(&self, subject: &str) -> Option<&SubjectEpoch> {
+        self.by_name.get(subject)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &SubjectEpoch)> {
+        self.by_name.iter()
+    }
+
+    /// Changes `subject`'s entry (made when missing) with `change`, keeping the index.
+    pub(super) fn update<T>(
+        &mut self,
+        subject: &str,
+        change: impl FnOnce(&mut SubjectEpoch) -> T,
+    ) -> T {
+        let entry = self.by_name.entry(subject.to_owned()).or_default();
+        let before = entry.changed_at_version;
+        let out = change(entry);
+        let after = entry.changed_at_version;
+        if before != after || !self.by_stamp.contains(&(after, subject.to_owned())) {
+            self.by_stamp.remove(&(before, subject.to_owned()));
+            self.by_stamp.insert((after, subject.to_owned()));
+        }
+        out
+    }
+
+    /// Keeps the subjects `keep` says to keep.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&SubjectEpoch) -> bool) {
+        let by_stamp = &mut self.by_stamp;
+        self.by_name.retain(|name, e| {
+            let kept = keep(e);
+            if !kept {
+                by_stamp.remove(&(e.changed_at_version, name.clone()));
+            }
+            kept
+        });
+    }
+
+    /// The stamps after `since`, oldest first (reads only those).
+    pub(super) fn stamps_after(&self, since: u64) -> impl Iterator<Item = u64> + '_ {
+        self.by_stamp
+            .range((since.saturating_add(1), String::new())..)
+            .map(|(stamp, _)| *stamp)
+    }
+
+    pub(super) fn any_after(&self, since: u64) -> bool {
+        self.by_stamp
+            .last()
+            .is_some_and(|(stamp, _)| *stamp > since)
+    }
+
+    /// The subjects last changed after `since` and at or before `upto`, oldest first.
+    pub(super) fn between(
+        &self,
+        since: u64,
+        upto: u64,
+    ) -> impl Iterator<Item = (&String, &SubjectEpoch)> {
+        self.by_stamp
+            .range((since.saturating_add(1), String::new())..)
+            .take_while(move |(stamp, _)| *stamp <= upto)
+            .filter_map(|(_, name)| self.by_name.get_key_value(name))
+    }
+}
+
+/// One revoked key: the version it was (last) stamped with, when it may be forgotten, and
+/// when this instance learned it (ms; 0: unknown).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Revoked {
+    pub(super) stamp: u64,
+    pub(super) expiry: Expiry,
+    pub(super) learned_at_ms: u64,
+}
+
+/// A bounded set of revoked keys, indexed by stamp so that "what changed since N" reads only
+/// the answer, not the whole set.
+#[derive(Debug)]
+pub(super) struct RevokedSet<K> {
+    pub(super) entries: HashMap<K, Revoked>,
+    /// (stamp, key) for every entry: the poll index.
+    pub(super) by_stamp: BTreeSet<(u64, K)>,
+    /// Insertion order, for the bound (oldest dropped first).
+    pub(super) order: VecDeque<K>,
+}
+
+impl<K> Default for RevokedSet<K> {
+    fn default() -> Self {
+        RevokedSet {
+            entries: HashMap::new(),
+            by_stamp: BTreeSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
+    /// Inserts or re-stamps `key`; returns whether it was new. A later expiry wins.
+    pub(super) fn insert(
+        &mut self,
+        key: K,
+        stamp_if_new: u64,
+        seq: Option<u64>,
+        expiry: Expiry,
+        learned_at_ms: u64,
+    ) -> (bool, u64) {
+        match self.entries.get_mut(&key) {
+            Some(entry) => {
+                // An expiry is a fact about the token (or a bound above it): a later one wins,
+                // and a known one replaces not knowing. A changed expiry is restamped like a
+                // new fact, so pollers already past the old stamp read it.
+                let merged = match (entry.expiry, expiry) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                let mut restamped = entry.stamp.max(seq.unwrap_or(0));
+                if merged != entry.expiry {
+                    entry.expiry = merged;
+                    restamped = restamped.max(stamp_if_new);
+                }
+                if restamped != entry.stamp {
+                    self.by_stamp.remove(&(entry.stamp, key.clone()));
+                    self.by_stamp.insert((restamped, key));
+                    entry.stamp = restamped;
+                }
+                (false, entry.stamp)
+            }
+            None => {
+                self.entries.insert(
+                    key.clone(),
+                    Revoked {
+                        stamp: stamp_if_new,
+                        expiry,
+                        learned_at_ms,
+                    },
+                );
+                self.by_stamp.insert((stamp_if_new, key.clone()));
+                self.order.push_back(key);
+                while self.order.len() > MAX_REVOKED {
+                    if let Some(old) = self.order.pop_front() {
+                        self.forget(&old);
+                    }
+                }
+                (true, stamp_if_new)
+            }
+        }
+    }
+
+    pub(super) fn forget(&mut self, key: &K) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.by_stamp.remove(&(entry.stamp, key.clone()));
+        }
+    }
+
+    pub(super) fn contains(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// The stamps after `since`, oldest first (reads only those).
+    pub(super) fn stamps_after(&self, since: u64) -> impl Iterator<Item = u64> + '_
+    where
+        K: Default,
+    {
+        self.by_stamp
+            .range((since.saturating_add(1), K::default())..)
+            .map(|(stamp, _)| *stamp)
+    }
+
+    /// (key, expiry, learned at) of the keys stamped after `since` and at most `upto`, copied
+    /// out (the answer is built after the state's lock is released).
+    pub(super) fn raw_between(&self, since: u64, upto: u64) -> Vec<(K, Expiry, u64)>
+    where
+        K: Default,
+    {
+        self.by_stamp
+            .range((since.saturating_add(1), K::default())..)
+            .take_while(|(stamp, _)| *stamp <= upto)
+            .map(|(_, k)| {
+                let entry = self.entries.get(k);
+                (
+                    k.clone(),
+                    entry.and_then(|e| e.expiry),
+                    entry.map_or(0, |e| e.learned_at_ms),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether any key is stamped after `since`.
+    pub(super) fn any_since(&self, since: u64) -> bool {
+        self.by_stamp
+            .last()
+            .is_some_and(|(stamp, _)| *stamp > since)
+    }
+
+    /// Drops revocations whose tokens expired (plus grace) before `now_ms`; returns how many.
+    pub(super) fn prune(&mut self, now_ms: u64) -> usize {
+        let expired: Vec<K> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.expiry
+                    .is_some_and(|at| at.saturating_add(EXPIRY_GRACE_MS) <= now_ms)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if expired.is_empty() {
+            return 0;
+        }
+        for key in &expired {
+            self.forget(key);
+        }
+        let entries = &self.entries;
+        self.order.retain(|k| entries.contains_key(k));
+        expired.len()
+    }
+
+    pub(super) fn expiry_of(&self, key: &K) -> Expiry {
+        self.entries.get(key).and_then(|e| e.expiry)
+    }
+}
