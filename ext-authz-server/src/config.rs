@@ -162,13 +162,13 @@ pub struct FeedFile {
     /// to parse, and the state's lock is held for one page at a time.
     #[schemars(extend("default" = crate::versions::FEED_PAGE_ROWS))]
     pub page_rows: Option<usize>,
-    /// Bytes per second of feed answers each feed secret may be sent for cursors more than
-    /// 256 changes behind the state without having waited for a change (first reads, pages
-    /// of a large state, re-reads after a restart), at least 65536; one second of it goes at
-    /// once. An answer that would wait more than 0.5 s is a 429 with `Retry-After` (the
-    /// filter waits what it says, 1–10 s). Pushed answers (a held request woken by a change)
-    /// and answers to cursors near the state are never paced. Bounds what a client looping
-    /// on `since=0` with a leaked feed secret costs; raise it when a large fleet must read a
+    /// Bytes per second of far reads each feed secret may be sent without having waited for
+    /// a change (`since=0`, pages of a large state, re-reads after a restart: cursors more
+    /// than 256 changes behind that were behind the state of 90 s ago), at least 65536; one
+    /// second of it goes at once. An answer that would wait more than 0.5 s is a 429, sent
+    /// after 0.5 s, with `Retry-After` (the filter waits what it says, 1–10 s). Pushed
+    /// answers and a running worker's reads are never paced. Bounds what a client looping on
+    /// `since=0` with a leaked feed secret costs; raise it when a large fleet must read a
     /// large state quickly after a restart (about 100 bytes per revocation, per worker).
     #[schemars(extend("default" = defaults::FEED_CATCH_UP_BYTES_PER_SECOND))]
     pub catch_up_bytes_per_second: Option<u64>,

@@ -114,6 +114,48 @@ impl<K: Hash + Eq + Copy> FeedPacer<K> {
     }
 }
 
+/// The state's change version over the last `window`, sampled (at most once a second) as the
+/// feed is read: a cursor at or above the version of `window` ago belongs to a worker that
+/// was current then (a running worker's next read, however many changes came since), and is
+/// never paced. Time is a parameter (ns on the caller's monotonic clock).
+#[derive(Debug)]
+pub struct RecentVersions {
+    window_ns: u128,
+    /// (when, version), oldest first; exactly one sample at or before `now - window` once the
+    /// server has been read that long.
+    samples: Mutex<std::collections::VecDeque<(u128, u64)>>,
+}
+
+/// One sample per this long, at most.
+const SAMPLE_EVERY_NS: u128 = 1_000_000_000;
+
+impl RecentVersions {
+    pub fn new(window: Duration) -> RecentVersions {
+        RecentVersions {
+            window_ns: window.as_nanos(),
+            samples: Mutex::default(),
+        }
+    }
+
+    /// Records `version` at `now_ns` and returns the version as of `window` ago (the first
+    /// one recorded, while the server has not been read that long). Never above the version
+    /// of that moment: samples are taken at or before it, and versions only grow.
+    pub fn floor(&self, version: u64, now_ns: u128) -> u64 {
+        let mut samples = crate::lock(&self.samples);
+        if samples
+            .back()
+            .is_none_or(|(at, _)| now_ns.saturating_sub(*at) >= SAMPLE_EVERY_NS)
+        {
+            samples.push_back((now_ns, version));
+        }
+        let horizon = now_ns.saturating_sub(self.window_ns);
+        while samples.get(1).is_some_and(|(at, _)| *at <= horizon) {
+            samples.pop_front();
+        }
+        samples.front().map_or(version, |(_, v)| *v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +209,18 @@ mod tests {
         );
         // Once the queue is empty, the next answer goes at once.
         assert_eq!(p.reserve(1, 500, now + 3 * SECOND), Pace::Now);
+    }
+
+    #[test]
+    fn the_floor_is_the_version_of_a_window_ago() {
+        let recent = RecentVersions::new(Duration::from_secs(60));
+        assert_eq!(recent.floor(100, 0), 100, "the first version read");
+        assert_eq!(recent.floor(150, SECOND / 2), 100, "one sample a second");
+        assert_eq!(recent.floor(200, 30 * SECOND), 100);
+        assert_eq!(recent.floor(300, 61 * SECOND), 100, "30 s was not 60 s ago");
+        assert_eq!(recent.floor(400, 90 * SECOND), 200, "the version 60 s ago");
+        assert_eq!(recent.floor(400, 1_000 * SECOND), 400, "quiet since");
+        assert!(recent.samples.lock().map(|s| s.len()).unwrap_or(0) <= 2);
     }
 
     #[test]

@@ -91,8 +91,16 @@ struct State {
 /// Default rows per change-feed answer: about 1 MB of JSON.
 pub const FEED_PAGE_ROWS: usize = 10_000;
 
-/// Built feed answers by (`since`, confirmed).
-type KeptAnswers = HashMap<(u64, bool), std::sync::Arc<str>>;
+/// Feed answers built for one change generation, by (`since`, confirmed), and their size.
+#[derive(Debug, Default)]
+struct KeptAnswers {
+    generation: u64,
+    bytes: usize,
+    by_cursor: HashMap<(u64, bool), std::sync::Arc<str>>,
+}
+
+/// At most this many feed answers are kept per change generation.
+const ANSWERS_KEPT_ENTRIES: usize = 4_096;
 
 /// Feed answers kept per change generation (the pages of a first read, and the cursors
 /// pollers are at), at most this many bytes together: a holder of a feed secret asking for
@@ -114,6 +122,15 @@ struct Page {
 }
 
 impl State {
+    /// The latest stamp anything carries (the counter, or a change stamped above it).
+    fn top_stamp(&self) -> u64 {
+        self.version
+            .max(self.policy_changed_at_version)
+            .max(self.revoked_tokens.last_stamp())
+            .max(self.revoked_jtis.last_stamp())
+            .max(self.subjects.last_stamp())
+    }
+
     /// The changes stamped after `since`, at most about one page of them: the page ends at
     /// the stamp of its last row (every row of that stamp included), and only below the
     /// counter (a page never moves a poller past changes still to come).
@@ -181,7 +198,7 @@ pub struct Versions {
     /// Feed answers built for the current change generation, by (`since`, confirmed): a
     /// client looping on one page costs one build per change, not one walk of the state per
     /// request. At most [`ANSWERS_KEPT_BYTES`]; emptied by every change.
-    answers: Mutex<(u64, KeptAnswers)>,
+    answers: Mutex<KeptAnswers>,
     /// Bumped whenever anything a change-feed answer reports may have changed: held feed
     /// requests wait on it.
     changed: tokio::sync::watch::Sender<u64>,
@@ -193,7 +210,7 @@ impl Default for Versions {
             state: std::sync::RwLock::default(),
             shared: false,
             incarnation: Mutex::new(random_incarnation()),
-            answers: Mutex::new((0, HashMap::new())),
+            answers: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
         }
     }
@@ -488,10 +505,13 @@ impl Versions {
     /// is kept until the next change, so a client looping on it costs one build per change.
     pub fn changes_since_v2(&self, since: u64, confirmed: bool) -> std::sync::Arc<str> {
         let generation = *self.changed.borrow();
+        // Every cursor at or past the latest stamp reads the same (empty) answer: one kept
+        // answer for all of them, however many such cursors clients ask for.
+        let since = since.min(self.read(State::top_stamp));
         {
             let answers = lock(&self.answers);
-            if answers.0 == generation {
-                if let Some(body) = answers.1.get(&(since, confirmed)) {
+            if answers.generation == generation {
+                if let Some(body) = answers.by_cursor.get(&(since, confirmed)) {
                     return body.clone();
                 }
             }
@@ -524,12 +544,19 @@ impl Versions {
         });
         let body: std::sync::Arc<str> = answer.to_string().into();
         let mut answers = lock(&self.answers);
-        if answers.0 != generation {
-            *answers = (generation, HashMap::new());
+        if answers.generation != generation {
+            *answers = KeptAnswers {
+                generation,
+                ..KeptAnswers::default()
+            };
         }
-        let kept: usize = answers.1.values().map(|a| a.len()).sum();
-        if kept + body.len() <= ANSWERS_KEPT_BYTES {
-            answers.1.insert((since, confirmed), body.clone());
+        if answers.bytes + body.len() <= ANSWERS_KEPT_BYTES
+            && answers.by_cursor.len() < ANSWERS_KEPT_ENTRIES
+        {
+            answers.bytes += body.len();
+            if let Some(replaced) = answers.by_cursor.insert((since, confirmed), body.clone()) {
+                answers.bytes = answers.bytes.saturating_sub(replaced.len());
+            }
         }
         body
     }

@@ -403,16 +403,18 @@ impl<H: Host> Worker<H> {
                 Err("the server refused the feed credential")
             }
             (Some(429), body) => {
-                // The server sheds feed load: asking again every interval from every worker
-                // would only add to it. It says how long to wait (bounded here: a wrong
-                // answer must not silence the feed for long).
-                let after = body
+                // A read over its secret's rate: the server says how long to wait (bounded
+                // here: a wrong answer must not silence the feed for long); asking again every
+                // interval from every worker would only add to its load. Without that (too
+                // many held requests), polling plainly goes on at the interval.
+                if let Some(after) = body
                     .as_deref()
                     .and_then(authz_core::epochs::refusal_retry_after_ms)
-                    .unwrap_or(SLOW_DOWN_MS)
-                    .clamp(SLOW_DOWN_MS, MAX_SLOW_DOWN_MS);
-                self.versions.slow_down_until_ms = now_ms + after;
-                Err("the server asked to slow down (429)")
+                {
+                    let after = after.clamp(SLOW_DOWN_MS, MAX_SLOW_DOWN_MS);
+                    self.versions.slow_down_until_ms = now_ms + after;
+                }
+                Err("the server refused the feed request (429)")
             }
             (Some(_), _) => Err("epochs answered with an error status"),
             (None, _) => Err("epochs unreachable"),
@@ -643,7 +645,8 @@ fn push_query_value(path: &mut String, value: &str) {
     }
 }
 
-/// How long a worker waits at least before asking the change feed again after a 429.
+/// How long a worker waits at least before asking the change feed again after a 429 that
+/// says how long to wait.
 pub const SLOW_DOWN_MS: u64 = 1_000;
 
 /// And at most, whatever the server's `retry_after_ms` says.

@@ -1710,13 +1710,16 @@ fn a_refused_feed_credential_is_an_error_naming_it_and_counted() {
 }
 
 #[test]
-fn a_feed_answered_429_is_asked_again_after_a_second_not_every_interval() {
+fn a_feed_read_over_its_rate_waits_what_the_server_says_and_other_refusals_poll_on() {
     let store = Rc::new(RefCell::new(Store::default()));
     let (mut w, host) = worker(&store);
     let first = w.on_tick(T0).poll.expect("a poll is due");
     w.poll_started(1);
     // The first read of the state is over this feed secret's catch-up rate.
-    assert!(w.on_poll_response(Some(429), None, T0 + 5).is_none());
+    let refusal = br#"{"error": "over rate", "retry_after_ms": 0}"#.to_vec();
+    assert!(w
+        .on_poll_response(Some(429), Some(refusal), T0 + 5)
+        .is_none());
     assert_eq!(host.count(Counter::PollFailed), 1);
     for at in [T0 + 255, T0 + 505, T0 + 1_000] {
         assert!(w.poll_due(at).is_none(), "asked again at {at}");
@@ -1733,8 +1736,13 @@ fn a_feed_answered_429_is_asked_again_after_a_second_not_every_interval() {
     let refusal = br#"{"retry_after_ms": 3600000}"#.to_vec();
     w.on_poll_response(Some(429), Some(refusal), T0 + 5_000);
     assert!(w.poll_due(T0 + 15_000).is_some(), "at most 10 s");
-    // Another failure (not a 429) is retried at the interval, as before.
+    // Another failure, or a 429 that names no wait (too many held requests: polling plainly
+    // is never refused for that), is retried at the interval, as before.
     w.poll_started(4);
     w.on_poll_response(Some(503), None, T0 + 15_010);
     assert!(w.poll_due(T0 + 15_260).is_some());
+    w.poll_started(5);
+    let held_limit = br#"{"error": "too many held feed requests"}"#.to_vec();
+    w.on_poll_response(Some(429), Some(held_limit), T0 + 15_270);
+    assert!(w.poll_due(T0 + 15_520).is_some());
 }

@@ -711,6 +711,20 @@ async fn held_feed_requests_are_capped_per_secret_and_in_all_and_several_secrets
     let _ = feed;
 }
 
+/// Reads the feed from `since` with `secret`: the reply and how long it took.
+async fn read_feed_timed(admin_port: u16, secret: &'static str, since: u64) -> (Reply, Duration) {
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let reply = get(
+            &format!("http://127.0.0.1:{admin_port}/admin/epochs?since={since}&format=2"),
+            &[("authorization", &format!("Bearer {secret}"))],
+        );
+        (reply, started.elapsed())
+    })
+    .await
+    .expect("join")
+}
+
 /// Reads the feed from 0 with `secret`, `count` at once; each read's status, `Retry-After`
 /// and the body's `retry_after_ms`, and how long all took.
 async fn read_feed_at_once(
@@ -831,16 +845,7 @@ async fn catch_up_reads_are_paced_per_secret_and_pushed_answers_never_are() {
     // A cursor near the state (a worker's next read after a push, or its polls once out of
     // push) is never paced or refused: its answer is small, and a client looping with the
     // same secret must not keep workers from the changes.
-    let near = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let reply = get(
-            &format!("http://127.0.0.1:{admin_port}/admin/epochs?since=290&format=2"),
-            &[("authorization", &format!("Bearer {FLEET_A}"))],
-        );
-        (reply, started.elapsed())
-    })
-    .await
-    .expect("join");
+    let near = read_feed_timed(admin_port, FLEET_A, 290).await;
     assert_eq!(near.0.status, 200, "{}", near.0.body);
     assert_eq!(near.0.json()["tokens"].as_array().map(Vec::len), Some(10));
     assert!(
@@ -860,6 +865,24 @@ async fn catch_up_reads_are_paced_per_secret_and_pushed_answers_never_are() {
         push_took < Duration::from_millis(300),
         "a push is not paced: {push_took:?}"
     );
+    let (answers, _) = flood.await.expect("join");
+    assert!(answers.iter().any(|(s, ..)| *s == 429), "{answers:?}");
+
+    // A worker that fell more than 256 changes behind (a mass revocation between two of its
+    // reads) but read the state within the last 90 s is a running worker: its read is not
+    // paced either, whatever fleet A's looping client does.
+    tokio::task::spawn_blocking(move || (2_000..2_300).for_each(|i| drop(revoke(i))))
+        .await
+        .expect("join");
+    let flood = tokio::spawn(read_feed_at_once(admin_port, FLEET_A, 32));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let (behind, took) = read_feed_timed(admin_port, FLEET_A, version).await;
+    assert_eq!(behind.status, 200, "{}", behind.body);
+    assert!(
+        behind.json()["tokens"].as_array().map(Vec::len) >= Some(50),
+        "a page of what it missed"
+    );
+    assert!(took < Duration::from_millis(150), "not paced: {took:?}");
     let (answers, _) = flood.await.expect("join");
     assert!(answers.iter().any(|(s, ..)| *s == 429), "{answers:?}");
 }

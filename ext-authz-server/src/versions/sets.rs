@@ -76,6 +76,11 @@ impl Subjects {
             .map(|(stamp, _)| *stamp)
     }
 
+    /// The stamp of the latest change (0: none).
+    pub(super) fn last_stamp(&self) -> u64 {
+        self.by_stamp.last().map_or(0, |(stamp, _)| *stamp)
+    }
+
     pub(super) fn any_after(&self, since: u64) -> bool {
         self.by_stamp
             .last()
@@ -126,6 +131,11 @@ impl<K> Default for RevokedSet<K> {
 }
 
 impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
+    /// The stamp of the latest change (0: none).
+    pub(super) fn last_stamp(&self) -> u64 {
+        self.by_stamp.last().map_or(0, |(stamp, _)| *stamp)
+    }
+
     /// Inserts or re-stamps `key`; returns whether it was new. A later expiry wins.
     pub(super) fn insert(
         &mut self,
@@ -248,5 +258,27 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
 
     pub(super) fn expiry_of(&self, key: &K) -> Expiry {
         self.entries.get(key).and_then(|e| e.expiry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subject_index_follows_every_change_and_removal() {
+        let mut subjects = Subjects::default();
+        for (name, stamp) in [("a", 1), ("b", 2), ("c", 3)] {
+            subjects.update(name, |e| e.changed_at_version = stamp);
+        }
+        subjects.update("a", |e| e.changed_at_version = 9);
+        subjects.update("b", |e| e.epoch += 1);
+        assert_eq!(subjects.by_stamp.len(), 3, "one entry per subject");
+        assert_eq!(subjects.last_stamp(), 9);
+        subjects.retain(|e| e.changed_at_version != 9);
+        assert_eq!(subjects.by_stamp.len(), subjects.len(), "removed from both");
+        assert_eq!(subjects.last_stamp(), 3);
+        assert_eq!(subjects.stamps_after(1).collect::<Vec<_>>(), [2, 3]);
+        assert!(!subjects.any_after(3));
     }
 }
