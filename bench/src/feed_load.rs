@@ -22,8 +22,8 @@ use tests::*;
 /// Checks per second in every run.
 pub const CHECK_RATE: u64 = 500;
 
-/// A cursor past the state: the small answer a running worker reads, never paced (the
-/// third loaded run measures a client looping on reads the server does not pace).
+/// A cursor past the state: the small answer at its top, as a held request reads it, never
+/// paced (the third loaded run measures a client looping on reads the server does not pace).
 pub const AHEAD_OF_THE_STATE: u64 = 1_000_000_000_000;
 
 /// Check at `rate` per second for `duration`, open loop; the run's latencies are from each

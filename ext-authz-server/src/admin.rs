@@ -101,7 +101,9 @@ struct Held<'a> {
 impl FeedWatchers {
     /// No request held; catch-up answers paced at `catch_up_bytes_per_second` per credential
     /// (one second of it at once).
-    pub fn new(catch_up_bytes_per_second: u64) -> FeedWatchers {
+    /// `cursors_outlive_process`: a shared tier (workers keep their cursors across this
+    /// replica's restart; see [`RecentVersions`]).
+    pub fn new(catch_up_bytes_per_second: u64, cursors_outlive_process: bool) -> FeedWatchers {
         FeedWatchers {
             held: Default::default(),
             next_id: Default::default(),
@@ -110,7 +112,7 @@ impl FeedWatchers {
                 catch_up_bytes_per_second,
                 MAX_CATCH_UP_WAIT,
             ),
-            recent: RecentVersions::new(RECENT_WINDOW),
+            recent: RecentVersions::new(RECENT_WINDOW, cursors_outlive_process),
             started: tokio::time::Instant::now(),
         }
     }
@@ -431,6 +433,9 @@ fn feed_refused(status: StatusCode, retry_after: Option<Duration>, error: &str) 
 /// looping with the same feed secret cannot keep a worker from the changes.
 pub const NEAR_CURSOR_STAMPS: u64 = 256;
 
+/// Rows at most in an unpaced answer to a cursor more than [`NEAR_CURSOR_STAMPS`] behind.
+pub const UNPACED_PAGE_ROWS: usize = 512;
+
 /// About the bytes of one feed row, to estimate an answer before it is built.
 const ROW_BYTES_ESTIMATE: u64 = 110;
 
@@ -475,13 +480,8 @@ async fn epochs(
     };
     let feed = &admin.feed;
     let versions = &admin.service.versions;
-    let paced = catch_up
-        && is_far(
-            since,
-            versions.change_version(),
-            &feed.recent,
-            feed.now_ns(),
-        );
+    let version = versions.change_version();
+    let paced = catch_up && is_far(since, version, &feed.recent, feed.now_ns());
     if paced {
         // Every far read is estimated at a whole page: a client asking for small ones must
         // not get the places a worker's page is waiting for.
@@ -494,7 +494,15 @@ async fn epochs(
     let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
     // The answer is shared, not copied: a page is about 1 MB, and a kept one is served to
     // every poller at its cursor until the next change.
-    let answer = versions.changes_since_v2(since, confirmed);
+    // An unpaced answer to a cursor that is recent but not near (a worker catching up on a
+    // mass revocation) comes in small pages: the worker asks for the next at once, and a
+    // client looping on such a cursor gets no more than that per request.
+    let max_rows = if paced || version.saturating_sub(since) <= NEAR_CURSOR_STAMPS {
+        usize::MAX
+    } else {
+        UNPACED_PAGE_ROWS
+    };
+    let answer = versions.changes_since_v2_at_most(since, confirmed, max_rows);
     if paced {
         match feed
             .pacer

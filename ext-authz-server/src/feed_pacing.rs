@@ -121,6 +121,10 @@ impl<K: Hash + Eq + Copy> FeedPacer<K> {
 #[derive(Debug)]
 pub struct RecentVersions {
     window_ns: u128,
+    /// Whether a worker's cursor outlives this process (a shared tier keeps the incarnation
+    /// across replica restarts): until this process has watched a whole window, any cursor
+    /// may be a running worker's.
+    cursors_outlive_process: bool,
     /// (when, version), oldest first; exactly one sample at or before `now - window` once the
     /// server has been read that long.
     samples: Mutex<std::collections::VecDeque<(u128, u64)>>,
@@ -130,16 +134,19 @@ pub struct RecentVersions {
 const SAMPLE_EVERY_NS: u128 = 1_000_000_000;
 
 impl RecentVersions {
-    pub fn new(window: Duration) -> RecentVersions {
+    pub fn new(window: Duration, cursors_outlive_process: bool) -> RecentVersions {
         RecentVersions {
             window_ns: window.as_nanos(),
+            cursors_outlive_process,
             samples: Mutex::default(),
         }
     }
 
-    /// Records `version` at `now_ns` and returns the version as of `window` ago (the first
-    /// one recorded, while the server has not been read that long). Never above the version
-    /// of that moment: samples are taken at or before it, and versions only grow.
+    /// Records `version` at `now_ns` and returns the version as of `window` ago. Never above
+    /// the version of that moment: samples are taken at or before it, and versions only grow.
+    /// Until the samples cover a whole window: the first version recorded (every cursor of
+    /// this process's state was read from it at or after that), or, when cursors outlive the
+    /// process, 1 (a worker current at another replica a moment ago may hold any cursor).
     pub fn floor(&self, version: u64, now_ns: u128) -> u64 {
         let mut samples = crate::lock(&self.samples);
         if samples
@@ -152,7 +159,12 @@ impl RecentVersions {
         while samples.get(1).is_some_and(|(at, _)| *at <= horizon) {
             samples.pop_front();
         }
-        samples.front().map_or(version, |(_, v)| *v)
+        let covered =
+            now_ns >= self.window_ns && samples.front().is_some_and(|(at, _)| *at <= horizon);
+        match samples.front() {
+            Some((_, oldest)) if covered || !self.cursors_outlive_process => *oldest,
+            _ => version.min(1),
+        }
     }
 }
 
@@ -213,7 +225,7 @@ mod tests {
 
     #[test]
     fn the_floor_is_the_version_of_a_window_ago() {
-        let recent = RecentVersions::new(Duration::from_secs(60));
+        let recent = RecentVersions::new(Duration::from_secs(60), false);
         assert_eq!(recent.floor(100, 0), 100, "the first version read");
         assert_eq!(recent.floor(150, SECOND / 2), 100, "one sample a second");
         assert_eq!(recent.floor(200, 30 * SECOND), 100);
@@ -221,6 +233,25 @@ mod tests {
         assert_eq!(recent.floor(400, 90 * SECOND), 200, "the version 60 s ago");
         assert_eq!(recent.floor(400, 1_000 * SECOND), 400, "quiet since");
         assert!(recent.samples.lock().map(|s| s.len()).unwrap_or(0) <= 2);
+    }
+
+    #[test]
+    fn where_cursors_outlive_the_process_every_cursor_is_recent_until_a_window_is_watched() {
+        // A replica of a shared tier, started amid a burst: a worker current at another
+        // replica a moment ago holds a cursor far below this replica's first version.
+        let recent = RecentVersions::new(Duration::from_secs(60), true);
+        let start = 5 * SECOND;
+        assert_eq!(recent.floor(10_300, start), 1);
+        assert_eq!(recent.floor(10_400, start + 30 * SECOND), 1);
+        assert_eq!(
+            recent.floor(10_500, start + 61 * SECOND),
+            10_300,
+            "a whole window watched"
+        );
+        assert_eq!(
+            RecentVersions::new(Duration::from_secs(60), true).floor(0, 0),
+            0
+        );
     }
 
     #[test]

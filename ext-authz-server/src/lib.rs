@@ -234,6 +234,7 @@ pub async fn serve_with_clock(
         ready: ready.clone(),
         feed: Arc::new(admin::FeedWatchers::new(
             service.config.feed_catch_up_bytes_per_second,
+            service.shared.is_some(),
         )),
         stop: stop_rx.clone(),
         main: tokio::runtime::Handle::current(),

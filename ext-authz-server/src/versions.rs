@@ -91,12 +91,13 @@ struct State {
 /// Default rows per change-feed answer: about 1 MB of JSON.
 pub const FEED_PAGE_ROWS: usize = 10_000;
 
-/// Feed answers built for one change generation, by (`since`, confirmed), and their size.
+/// Feed answers built for one change generation, by (`since`, confirmed, rows at most), and
+/// their size.
 #[derive(Debug, Default)]
 struct KeptAnswers {
     generation: u64,
     bytes: usize,
-    by_cursor: HashMap<(u64, bool), std::sync::Arc<str>>,
+    by_cursor: HashMap<(u64, bool, usize), std::sync::Arc<str>>,
 }
 
 /// At most this many feed answers are kept per change generation.
@@ -131,15 +132,18 @@ impl State {
             .max(self.subjects.last_stamp())
     }
 
-    /// The changes stamped after `since`, at most about one page of them: the page ends at
-    /// the stamp of its last row (every row of that stamp included), and only below the
-    /// counter (a page never moves a poller past changes still to come).
-    fn page_since(&self, since: u64) -> Page {
+    /// The changes stamped after `since`, at most about one page of them (of the configured
+    /// rows, or `max_rows` when fewer): the page ends at the stamp of its last row (every
+    /// row of that stamp included), and only below the counter (a page never moves a poller
+    /// past changes still to come).
+    fn page_since(&self, since: u64, max_rows: usize) -> Page {
         let rows = if self.page_rows == 0 {
             FEED_PAGE_ROWS
         } else {
             self.page_rows
-        };
+        }
+        .min(max_rows)
+        .max(1);
         let mut stamps: Vec<u64> = self
             .revoked_tokens
             .stamps_after(since)
@@ -504,6 +508,17 @@ impl Versions {
     /// only to read one page of rows out (a read lock: checks are not held up); an answer
     /// is kept until the next change, so a client looping on it costs one build per change.
     pub fn changes_since_v2(&self, since: u64, confirmed: bool) -> std::sync::Arc<str> {
+        self.changes_since_v2_at_most(since, confirmed, usize::MAX)
+    }
+
+    /// [`Versions::changes_since_v2`] in pages of at most `max_rows` rows (when fewer than
+    /// the configured ones): the answers the server does not pace are kept small.
+    pub fn changes_since_v2_at_most(
+        &self,
+        since: u64,
+        confirmed: bool,
+        max_rows: usize,
+    ) -> std::sync::Arc<str> {
         let generation = *self.changed.borrow();
         // Every cursor at or past the latest stamp reads the same (empty) answer: one kept
         // answer for all of them, however many such cursors clients ask for.
@@ -511,13 +526,13 @@ impl Versions {
         {
             let answers = lock(&self.answers);
             if answers.generation == generation {
-                if let Some(body) = answers.by_cursor.get(&(since, confirmed)) {
+                if let Some(body) = answers.by_cursor.get(&(since, confirmed, max_rows)) {
                     return body.clone();
                 }
             }
         }
         let incarnation = self.incarnation();
-        let page = self.read(|s| s.page_since(since));
+        let page = self.read(|s| s.page_since(since, max_rows));
         let learned = |at: u64| (at > 0).then_some(at);
         let answer = json!({
             "format": 2,
@@ -554,7 +569,10 @@ impl Versions {
             && answers.by_cursor.len() < ANSWERS_KEPT_ENTRIES
         {
             answers.bytes += body.len();
-            if let Some(replaced) = answers.by_cursor.insert((since, confirmed), body.clone()) {
+            if let Some(replaced) = answers
+                .by_cursor
+                .insert((since, confirmed, max_rows), body.clone())
+            {
                 answers.bytes = answers.bytes.saturating_sub(replaced.len());
             }
         }
@@ -634,6 +652,21 @@ mod tests {
         );
         assert!(v.has_changes_since(before));
         assert!(!v.has_changes_since(v.change_version()));
+    }
+
+    #[test]
+    fn an_answer_at_most_so_many_rows_is_a_page_of_its_own() {
+        let v = Versions::default();
+        for i in 0..20u8 {
+            v.apply(&Change::RevokeToken([i; 32], None), None);
+        }
+        let small: Value = serde_json::from_str(&v.changes_since_v2_at_most(0, true, 5)).unwrap();
+        assert_eq!(small["tokens"].as_array().map(Vec::len), Some(5));
+        assert_eq!(small["more"], true);
+        assert_eq!(small["version"], 5, "the next cursor");
+        assert_eq!(tokens(&v, 0).len(), 20, "kept apart from the capped answer");
+        let again: Value = serde_json::from_str(&v.changes_since_v2_at_most(0, true, 5)).unwrap();
+        assert_eq!(again, small);
     }
 
     /// The subjects (name, epoch) of a feed answer.
