@@ -414,18 +414,13 @@ struct EpochsQuery {
 /// least one) and `retry_after_ms` in the body (which the filter reads: its host passes it the
 /// body, not the headers).
 fn feed_refused(status: StatusCode, retry_after: Option<Duration>, error: &str) -> Response {
-    let mut body = json!({ "error": error });
-    if let Some(after) = retry_after {
-        body["retry_after_ms"] = json!(after.as_millis().max(1) as u64);
-    }
-    let mut response = (status, Json(body)).into_response();
-    if let Some(after) = retry_after {
-        let seconds = after.as_millis().div_ceil(1000).max(1);
-        if let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert("retry-after", value);
-        }
-    }
-    response
+    let Some(after) = retry_after else {
+        return (status, Json(json!({ "error": error }))).into_response();
+    };
+    let ms = after.as_millis().max(1) as u64;
+    let body = json!({ "error": error, "retry_after_ms": ms });
+    let seconds = axum::http::HeaderValue::from(ms.div_ceil(1000));
+    (status, [("retry-after", seconds)], Json(body)).into_response()
 }
 
 /// A cursor this close to the state's counter (or ahead of it) reads a small answer: the
@@ -481,7 +476,8 @@ async fn epochs(
     let feed = &admin.feed;
     let versions = &admin.service.versions;
     let version = versions.change_version();
-    let paced = catch_up && is_far(since, version, &feed.recent, feed.now_ns());
+    let near = version.saturating_sub(since) <= NEAR_CURSOR_STAMPS;
+    let paced = catch_up && is_far(since, near, version, &feed.recent, feed.now_ns());
     if paced {
         // Every far read is estimated at a whole page: a client asking for small ones must
         // not get the places a worker's page is waiting for.
@@ -497,7 +493,7 @@ async fn epochs(
     // An unpaced answer to a cursor that is recent but not near (a worker catching up on a
     // mass revocation) comes in small pages: the worker asks for the next at once, and a
     // client looping on such a cursor gets no more than that per request.
-    let max_rows = if paced || version.saturating_sub(since) <= NEAR_CURSOR_STAMPS {
+    let max_rows = if paced || near {
         usize::MAX
     } else {
         UNPACED_PAGE_ROWS
@@ -543,11 +539,12 @@ async fn catch_up_refused(metrics: &crate::metrics::Metrics, retry_after: Durati
 }
 
 /// Whether a read at cursor `since` is far behind the state (`version`): a first read, or a
-/// cursor more than [`NEAR_CURSOR_STAMPS`] behind that no worker held within
+/// cursor not `near` (more than [`NEAR_CURSOR_STAMPS`] behind) that no worker held within
 /// [`RECENT_WINDOW`]. Only far reads are paced.
-fn is_far(since: u64, version: u64, recent: &RecentVersions, now_ns: u128) -> bool {
+fn is_far(since: u64, near: bool, version: u64, recent: &RecentVersions, now_ns: u128) -> bool {
+    // Sampled on every catch-up read (near ones too), so the window's samples stay fresh.
     let floor = recent.floor(version, now_ns);
-    since == 0 || (version.saturating_sub(since) > NEAR_CURSOR_STAMPS && since < floor)
+    since == 0 || (!near && since < floor)
 }
 
 /// Holds a feed request until something changes after `since` (or the incarnation differs,

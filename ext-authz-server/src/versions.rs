@@ -127,9 +127,9 @@ impl State {
     fn top_stamp(&self) -> u64 {
         self.version
             .max(self.policy_changed_at_version)
-            .max(self.revoked_tokens.last_stamp())
-            .max(self.revoked_jtis.last_stamp())
-            .max(self.subjects.last_stamp())
+            .max(self.revoked_tokens.by_stamp.last_stamp())
+            .max(self.revoked_jtis.by_stamp.last_stamp())
+            .max(self.subjects.by_stamp.last_stamp())
     }
 
     /// The changes stamped after `since`, at most about one page of them (of the configured
@@ -146,18 +146,24 @@ impl State {
         .max(1);
         let mut stamps: Vec<u64> = self
             .revoked_tokens
+            .by_stamp
             .stamps_after(since)
             .take(rows + 1)
-            .chain(self.revoked_jtis.stamps_after(since).take(rows + 1))
-            .chain(self.subjects.stamps_after(since).take(rows + 1))
+            .chain(
+                self.revoked_jtis
+                    .by_stamp
+                    .stamps_after(since)
+                    .take(rows + 1),
+            )
+            .chain(self.subjects.by_stamp.stamps_after(since).take(rows + 1))
             .collect();
         let mut upto = u64::MAX;
         if stamps.len() > rows {
             stamps.sort_unstable();
             let cut = stamps.get(rows - 1).copied().unwrap_or(u64::MAX);
-            let beyond = self.revoked_tokens.stamps_after(cut).next().is_some()
-                || self.revoked_jtis.stamps_after(cut).next().is_some()
-                || self.subjects.any_after(cut)
+            let beyond = self.revoked_tokens.by_stamp.any_after(cut)
+                || self.revoked_jtis.by_stamp.any_after(cut)
+                || self.subjects.by_stamp.any_after(cut)
                 || self.policy_changed_at_version > cut;
             if cut < self.version && beyond {
                 upto = cut;
@@ -492,9 +498,9 @@ impl Versions {
     pub fn has_changes_since(&self, since: u64) -> bool {
         self.read(|s| {
             s.policy_changed_at_version > since
-                || s.revoked_tokens.any_since(since)
-                || s.revoked_jtis.any_since(since)
-                || s.subjects.any_after(since)
+                || s.revoked_tokens.by_stamp.any_after(since)
+                || s.revoked_jtis.by_stamp.any_after(since)
+                || s.subjects.by_stamp.any_after(since)
         })
     }
 

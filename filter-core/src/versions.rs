@@ -27,7 +27,7 @@ pub struct KnownVersions {
     /// When this worker last applied a feed answer that changed something (ms): a Check call
     /// made before it may carry a decision that predates those changes.
     pub changes_applied_ms: u64,
-    /// The server answered 429 (too many held requests, or this feed secret over its
-    /// catch-up rate): no feed request before this time (ms).
+    /// The server refused a read over this feed secret's catch-up rate (429 with
+    /// `retry_after_ms`): no feed request before this time (ms).
     pub slow_down_until_ms: u64,
 }

@@ -734,21 +734,16 @@ async fn read_feed_at_once(
 ) -> (Vec<(u16, Option<String>, Option<u64>)>, Duration) {
     let started = Instant::now();
     let reads: Vec<_> = (0..count)
-        .map(|_| {
-            let url = format!("http://127.0.0.1:{admin_port}/admin/epochs?since=0&format=2");
-            tokio::task::spawn_blocking(move || {
-                let reply = get(&url, &[("authorization", &format!("Bearer {secret}"))]);
-                (
-                    reply.status,
-                    reply.header("retry-after").map(str::to_owned),
-                    reply.json_or_null()["retry_after_ms"].as_u64(),
-                )
-            })
-        })
+        .map(|_| tokio::spawn(read_feed_timed(admin_port, secret, 0)))
         .collect();
     let mut answers = Vec::new();
     for read in reads {
-        answers.push(read.await.expect("join"));
+        let (reply, _) = read.await.expect("join");
+        answers.push((
+            reply.status,
+            reply.header("retry-after").map(str::to_owned),
+            reply.json_or_null()["retry_after_ms"].as_u64(),
+        ));
     }
     (answers, started.elapsed())
 }

@@ -10,6 +10,63 @@ use std::hash::Hash;
 /// At most this many revoked keys of each kind are held (oldest dropped first).
 pub(super) const MAX_REVOKED: usize = 1_000_000;
 
+/// (stamp, key) for every entry of a set, the stamp of the entry's last change: "what changed
+/// after N" reads only the entries stamped after N.
+#[derive(Debug)]
+pub(super) struct StampIndex<K>(BTreeSet<(u64, K)>);
+
+impl<K> Default for StampIndex<K> {
+    fn default() -> Self {
+        StampIndex(BTreeSet::new())
+    }
+}
+
+impl<K: Ord + Clone + Default> StampIndex<K> {
+    fn insert(&mut self, stamp: u64, key: K) {
+        self.0.insert((stamp, key));
+    }
+
+    fn remove(&mut self, stamp: u64, key: &K) {
+        self.0.remove(&(stamp, key.clone()));
+    }
+
+    fn contains(&self, stamp: u64, key: &K) -> bool {
+        self.0.contains(&(stamp, key.clone()))
+    }
+
+    /// The entries stamped after `since`, oldest first (reads only those).
+    fn after(&self, since: u64) -> impl Iterator<Item = &(u64, K)> {
+        self.0.range((since.saturating_add(1), K::default())..)
+    }
+
+    /// The stamps after `since`, oldest first.
+    pub(super) fn stamps_after(&self, since: u64) -> impl Iterator<Item = u64> + '_ {
+        self.after(since).map(|(stamp, _)| *stamp)
+    }
+
+    /// The keys stamped after `since` and at most `upto`, oldest first.
+    fn keys_between(&self, since: u64, upto: u64) -> impl Iterator<Item = &K> {
+        self.after(since)
+            .take_while(move |(stamp, _)| *stamp <= upto)
+            .map(|(_, key)| key)
+    }
+
+    /// Whether any entry is stamped after `since`.
+    pub(super) fn any_after(&self, since: u64) -> bool {
+        self.last_stamp() > since
+    }
+
+    /// The stamp of the latest change (0: none).
+    pub(super) fn last_stamp(&self) -> u64 {
+        self.0.last().map_or(0, |(stamp, _)| *stamp)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct SubjectEpoch {
     pub(super) epoch: u64,
@@ -23,8 +80,8 @@ pub(super) struct SubjectEpoch {
 /// held request's check reads only the subjects changed after its cursor, not all of them.
 #[derive(Debug, Default)]
 pub(super) struct Subjects {
-    pub(super) by_name: HashMap<String, SubjectEpoch>,
-    pub(super) by_stamp: BTreeSet<(u64, String)>,
+    by_name: HashMap<String, SubjectEpoch>,
+    pub(super) by_stamp: StampIndex<String>,
 }
 
 impl Subjects {
@@ -46,13 +103,14 @@ impl Subjects {
         subject: &str,
         change: impl FnOnce(&mut SubjectEpoch) -> T,
     ) -> T {
-        let entry = self.by_name.entry(subject.to_owned()).or_default();
+        let name = subject.to_owned();
+        let entry = self.by_name.entry(name.clone()).or_default();
         let before = entry.changed_at_version;
         let out = change(entry);
         let after = entry.changed_at_version;
-        if before != after || !self.by_stamp.contains(&(after, subject.to_owned())) {
-            self.by_stamp.remove(&(before, subject.to_owned()));
-            self.by_stamp.insert((after, subject.to_owned()));
+        if before != after || !self.by_stamp.contains(after, &name) {
+            self.by_stamp.remove(before, &name);
+            self.by_stamp.insert(after, name);
         }
         out
     }
@@ -63,28 +121,10 @@ impl Subjects {
         self.by_name.retain(|name, e| {
             let kept = keep(e);
             if !kept {
-                by_stamp.remove(&(e.changed_at_version, name.clone()));
+                by_stamp.remove(e.changed_at_version, name);
             }
             kept
         });
-    }
-
-    /// The stamps after `since`, oldest first (reads only those).
-    pub(super) fn stamps_after(&self, since: u64) -> impl Iterator<Item = u64> + '_ {
-        self.by_stamp
-            .range((since.saturating_add(1), String::new())..)
-            .map(|(stamp, _)| *stamp)
-    }
-
-    /// The stamp of the latest change (0: none).
-    pub(super) fn last_stamp(&self) -> u64 {
-        self.by_stamp.last().map_or(0, |(stamp, _)| *stamp)
-    }
-
-    pub(super) fn any_after(&self, since: u64) -> bool {
-        self.by_stamp
-            .last()
-            .is_some_and(|(stamp, _)| *stamp > since)
     }
 
     /// The subjects last changed after `since` and at or before `upto`, oldest first.
@@ -94,9 +134,8 @@ impl Subjects {
         upto: u64,
     ) -> impl Iterator<Item = (&String, &SubjectEpoch)> {
         self.by_stamp
-            .range((since.saturating_add(1), String::new())..)
-            .take_while(move |(stamp, _)| *stamp <= upto)
-            .filter_map(|(_, name)| self.by_name.get_key_value(name))
+            .keys_between(since, upto)
+            .filter_map(|name| self.by_name.get_key_value(name))
     }
 }
 
@@ -114,8 +153,7 @@ pub(super) struct Revoked {
 #[derive(Debug)]
 pub(super) struct RevokedSet<K> {
     pub(super) entries: HashMap<K, Revoked>,
-    /// (stamp, key) for every entry: the poll index.
-    pub(super) by_stamp: BTreeSet<(u64, K)>,
+    pub(super) by_stamp: StampIndex<K>,
     /// Insertion order, for the bound (oldest dropped first).
     pub(super) order: VecDeque<K>,
 }
@@ -124,18 +162,13 @@ impl<K> Default for RevokedSet<K> {
     fn default() -> Self {
         RevokedSet {
             entries: HashMap::new(),
-            by_stamp: BTreeSet::new(),
+            by_stamp: StampIndex::default(),
             order: VecDeque::new(),
         }
     }
 }
 
-impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
-    /// The stamp of the latest change (0: none).
-    pub(super) fn last_stamp(&self) -> u64 {
-        self.by_stamp.last().map_or(0, |(stamp, _)| *stamp)
-    }
-
+impl<K: Hash + Eq + Ord + Clone + Default> RevokedSet<K> {
     /// Inserts or re-stamps `key`; returns whether it was new. A later expiry wins.
     pub(super) fn insert(
         &mut self,
@@ -160,8 +193,8 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
                     restamped = restamped.max(stamp_if_new);
                 }
                 if restamped != entry.stamp {
-                    self.by_stamp.remove(&(entry.stamp, key.clone()));
-                    self.by_stamp.insert((restamped, key));
+                    self.by_stamp.remove(entry.stamp, &key);
+                    self.by_stamp.insert(restamped, key);
                     entry.stamp = restamped;
                 }
                 (false, entry.stamp)
@@ -175,7 +208,7 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
                         learned_at_ms,
                     },
                 );
-                self.by_stamp.insert((stamp_if_new, key.clone()));
+                self.by_stamp.insert(stamp_if_new, key.clone());
                 self.order.push_back(key);
                 while self.order.len() > MAX_REVOKED {
                     if let Some(old) = self.order.pop_front() {
@@ -189,7 +222,7 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
 
     pub(super) fn forget(&mut self, key: &K) {
         if let Some(entry) = self.entries.remove(key) {
-            self.by_stamp.remove(&(entry.stamp, key.clone()));
+            self.by_stamp.remove(entry.stamp, key);
         }
     }
 
@@ -197,26 +230,12 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
         self.entries.contains_key(key)
     }
 
-    /// The stamps after `since`, oldest first (reads only those).
-    pub(super) fn stamps_after(&self, since: u64) -> impl Iterator<Item = u64> + '_
-    where
-        K: Default,
-    {
-        self.by_stamp
-            .range((since.saturating_add(1), K::default())..)
-            .map(|(stamp, _)| *stamp)
-    }
-
     /// (key, expiry, learned at) of the keys stamped after `since` and at most `upto`, copied
     /// out (the answer is built after the state's lock is released).
-    pub(super) fn raw_between(&self, since: u64, upto: u64) -> Vec<(K, Expiry, u64)>
-    where
-        K: Default,
-    {
+    pub(super) fn raw_between(&self, since: u64, upto: u64) -> Vec<(K, Expiry, u64)> {
         self.by_stamp
-            .range((since.saturating_add(1), K::default())..)
-            .take_while(|(stamp, _)| *stamp <= upto)
-            .map(|(_, k)| {
+            .keys_between(since, upto)
+            .map(|k| {
                 let entry = self.entries.get(k);
                 (
                     k.clone(),
@@ -225,13 +244,6 @@ impl<K: Hash + Eq + Ord + Clone> RevokedSet<K> {
                 )
             })
             .collect()
-    }
-
-    /// Whether any key is stamped after `since`.
-    pub(super) fn any_since(&self, since: u64) -> bool {
-        self.by_stamp
-            .last()
-            .is_some_and(|(stamp, _)| *stamp > since)
     }
 
     /// Drops revocations whose tokens expired (plus grace) before `now_ms`; returns how many.
@@ -274,11 +286,14 @@ mod tests {
         subjects.update("a", |e| e.changed_at_version = 9);
         subjects.update("b", |e| e.epoch += 1);
         assert_eq!(subjects.by_stamp.len(), 3, "one entry per subject");
-        assert_eq!(subjects.last_stamp(), 9);
+        assert_eq!(subjects.by_stamp.last_stamp(), 9);
         subjects.retain(|e| e.changed_at_version != 9);
         assert_eq!(subjects.by_stamp.len(), subjects.len(), "removed from both");
-        assert_eq!(subjects.last_stamp(), 3);
-        assert_eq!(subjects.stamps_after(1).collect::<Vec<_>>(), [2, 3]);
-        assert!(!subjects.any_after(3));
+        assert_eq!(subjects.by_stamp.last_stamp(), 3);
+        assert_eq!(
+            subjects.by_stamp.stamps_after(1).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        assert!(!subjects.by_stamp.any_after(3));
     }
 }
