@@ -379,21 +379,30 @@ fn a_large_revocation_state_reaches_a_new_envoy_in_pages() {
         s.server.grpc_port,
         s.server.admin_port,
     ));
-    let read = eventually(Duration::from_secs(5), || {
+    let send = |token: &str| {
+        fresh
+            .send(
+                "POST",
+                "/api/items",
+                Some(token),
+                &[("connection", "close")],
+            )
+            .status
+    };
+    // Each worker reads the pages on its own; the revocations gauge is the last writer's, so
+    // wait until writes pass on new connections (spread over both workers), which they do
+    // only on a worker that has read every page.
+    let read = eventually(Duration::from_secs(10), || {
         fresh.stat("wasmcustom.authz.revocations") >= 251
+            && (0..10).all(|_| send(&bystander) == 200)
     });
-    assert!(read, "{}", fresh.stats_matching("revocations"));
+    assert!(
+        read,
+        "{}\n{}",
+        fresh.stats_matching("revocations"),
+        fresh.stats_matching("epochs_polls")
+    );
     for _ in 0..10 {
-        let send = |token: &str| {
-            fresh
-                .send(
-                    "POST",
-                    "/api/items",
-                    Some(token),
-                    &[("connection", "close")],
-                )
-                .status
-        };
         assert_eq!(send(&revoked), 401);
         assert_eq!(send(&bystander), 200, "writes pass once every page is read");
     }
