@@ -86,6 +86,9 @@ pub struct FilterConfig {
     /// Requests upstreams may read differently than the route table does (method-override
     /// headers, encoded reserved characters in the path): refused by default.
     pub requests: Option<crate::target::RequestRules>,
+    /// A signed verification context on allowed requests (see README, "Signed verification
+    /// context"); its signing keys come from the server with the change feed.
+    pub context: Option<crate::context::ContextConfig>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -485,13 +488,14 @@ pub const POLICY_VERSION_HEADER: &str = "x-authz-policy-version";
 
 /// The context headers' default names (`headers.*`), plus [`POLICY_VERSION_HEADER`]: what the
 /// filter and the server set unless configured otherwise, and strip from every client request.
-pub const STANDARD_CONTEXT_HEADERS: [&str; 6] = [
+pub const STANDARD_CONTEXT_HEADERS: [&str; 7] = [
     defaults::SUBJECT_HEADER,
     defaults::SUBJECT_KIND_HEADER,
     defaults::SCOPES_HEADER,
     defaults::TIER_HEADER,
     defaults::ISSUER_HEADER,
     POLICY_VERSION_HEADER,
+    authz_context::DEFAULT_HEADER,
 ];
 
 impl HeaderNames {
@@ -537,6 +541,7 @@ pub struct Policy {
     pub server: Option<ServerLink>,
     pub cache: CacheSettings,
     pub requests: crate::target::RequestRules,
+    pub context: Option<crate::context::ContextSettings>,
 }
 
 struct Problems(Vec<String>);
@@ -575,6 +580,50 @@ fn valid_header_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && !RESERVED_HEADERS.contains(&name)
+}
+
+/// `context:`: its settings, a header name no other header of ours uses, and a change feed to
+/// bring the signing keys.
+fn parse_context(
+    p: &mut Problems,
+    c: &FilterConfig,
+    headers: &HeaderNames,
+    server: Option<&ServerLink>,
+) -> Option<crate::context::ContextSettings> {
+    let config = c.context.as_ref()?;
+    if config.signing_seed_file.is_some() || config.rotate_every_seconds.is_some() {
+        p.add(
+            "context",
+            "signing_seed_file and rotate_every_seconds are the server's: the filter's keys come from the change feed",
+        );
+    }
+    let settings = config.settings("context", &mut p.0)?;
+    let ours = [
+        &headers.subject,
+        &headers.subject_kind,
+        &headers.scopes,
+        &headers.tier,
+        &headers.issuer,
+    ];
+    if !valid_header_name(&settings.header)
+        || ours.contains(&&settings.header)
+        || headers.claims.iter().any(|(_, h)| *h == settings.header)
+    {
+        p.add(
+            "context.header",
+            format_args!(
+                "\"{}\" is reserved or already one of the context headers",
+                settings.header
+            ),
+        );
+    }
+    if server.is_none_or(|s| s.epochs.is_none()) {
+        p.add(
+            "context",
+            "needs the change feed (server.epochs_cluster): the signing keys come with it",
+        );
+    }
+    Some(settings)
 }
 
 fn parse_tier(p: &mut Problems, at: &str, tier: &Option<String>) -> Tier {
@@ -1243,6 +1292,7 @@ impl Policy {
             }
         }
         let cache = parse_cache(&mut p, &c.cache);
+        let context = parse_context(&mut p, c, &headers, server.as_ref());
         if !p.0.is_empty() {
             return Err(Error::InvalidConfig(p.0));
         }
@@ -1259,6 +1309,7 @@ impl Policy {
             server,
             cache,
             requests: c.requests.unwrap_or_default(),
+            context,
         })
     }
 

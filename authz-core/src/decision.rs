@@ -230,6 +230,8 @@ pub enum Decision {
         tier: Tier,
         upstream_headers: Vec<(String, String)>,
         subject: Option<String>,
+        /// The verified token (none on routes that need no token).
+        token: Option<Arc<VerifiedToken>>,
     },
     /// Answer with [`deny_response`] for `reason`.
     Deny {
@@ -347,6 +349,7 @@ pub fn decide_with(
             tier,
             upstream_headers: allow_headers(policy, tier, None),
             subject: None,
+            token: None,
         };
     }
     let Some(authorization) = request.authorization else {
@@ -383,6 +386,7 @@ pub fn decide_with(
         tier,
         upstream_headers: allow_headers(policy, tier, Some(&verified)),
         subject: verified.claims.principal().map(|p| p.key()),
+        token: Some(verified),
     }
 }
 

@@ -116,7 +116,17 @@ pub fn refusal_retry_after_ms(body: &[u8]) -> Option<u64> {
 
 impl Changes {
     pub fn parse(body: &[u8]) -> Result<Changes, &'static str> {
-        let v: Value = serde_json::from_slice(body).map_err(|_| "epochs answer is not json")?;
+        Changes::parse_value(&Self::read(body)?)
+    }
+
+    /// The JSON of a feed answer (what [`Changes::parse_value`] and
+    /// `context::read_feed_keys` read).
+    pub fn read(body: &[u8]) -> Result<Value, &'static str> {
+        serde_json::from_slice(body).map_err(|_| "epochs answer is not json")
+    }
+
+    /// [`Changes::parse`] of an answer already read as JSON.
+    pub fn parse_value(v: &Value) -> Result<Changes, &'static str> {
         if v.get("format").and_then(Value::as_u64) != Some(2) {
             return Err("epochs answer is not format 2 (is the server older than the filter?)");
         }
@@ -133,7 +143,7 @@ impl Changes {
         if version > MAX_SANE_VERSION || policy_version > MAX_SANE_VERSION {
             return Err("epochs answer has a version beyond 2^53");
         }
-        let subjects = rows(&v, "subjects")?
+        let subjects = rows(v, "subjects")?
             .iter()
             .map(|row| {
                 Ok(SubjectRevocation {
@@ -153,8 +163,8 @@ impl Changes {
             policy_version,
             policy_changed_at_ms: ms(v.get("policy_changed_at_ms"))?,
             subjects,
-            tokens: key_rows(&v, "tokens", parse_digest_hex)?,
-            jtis: key_rows(&v, "jtis", |s| Some(s.to_owned()))?,
+            tokens: key_rows(v, "tokens", parse_digest_hex)?,
+            jtis: key_rows(v, "jtis", |s| Some(s.to_owned()))?,
             // Only an explicit `true` renews trust: an answer that does not say is unconfirmed.
             confirmed: v.get("confirmed").and_then(Value::as_bool).unwrap_or(false),
             more: v.get("more").and_then(Value::as_bool).unwrap_or(false),

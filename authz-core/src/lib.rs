@@ -14,6 +14,7 @@
 pub mod circuit;
 pub mod claims;
 pub mod config;
+pub mod context;
 pub mod decision;
 pub mod decision_cache;
 pub mod discovery;

@@ -146,12 +146,15 @@ pub struct TenantRule {
 }
 
 impl TenantRule {
-    fn holds(&self, claims: &Claims, path: &str) -> bool {
-        let Some(tenant) = path
-            .split('/')
+    /// The tenant `path` (a [`match_path`]) names.
+    pub fn tenant_of<'p>(&self, path: &'p str) -> Option<&'p str> {
+        path.split('/')
             .filter(|s| !s.is_empty())
             .nth(self.path_segment.saturating_sub(1))
-        else {
+    }
+
+    fn holds(&self, claims: &Claims, path: &str) -> bool {
+        let Some(tenant) = self.tenant_of(path) else {
             return false;
         };
         match claims.raw.get(&self.claim) {

@@ -5,6 +5,7 @@
 //! token it is asked for, and lets anyone rotate keys or inject faults.
 
 pub mod echo;
+pub mod echo_context;
 pub mod idp;
 
 use std::net::SocketAddr;

@@ -6,6 +6,7 @@
 //! | `POST /admin/revoke` | `{"token": "…"}`, `{"token_hash": "<sha256 hex>"}` or `{"jti": "…"}` | that token is refused from now on (a JWS `token`: in every encoding of its signed content; a `token_hash`: those exact bytes) |
 //! | `POST /admin/revoke-subject` | `{"sub": "…"}` or `{"client_id": "…"}` | every token of the user (or of the client, and every user token issued to that client) issued so far is refused; bumps its epoch |
 //! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
+//! | `GET /context/jwks.json` | | the public keys of signed verification contexts (no credential; 404 without `context`) |
 //! | `GET /admin/epochs?since=N` | `wait_ms`, `incarnation` | the change feed (format 2): policy version and what changed after change-version N, in pages, and whether this state is confirmed current (also readable with `epochs_token`); held until a change with `wait_ms`; answers to cursors far behind the state not woken by a change paced per credential (see `feed_pacing`) |
 //!
 //! Each change takes effect here for the next check; the cache is invalidated at once. With a
@@ -463,7 +464,11 @@ async fn epochs(
         );
     }
     let since = q.since.unwrap_or(0);
-    let wait_ms = q.wait_ms.unwrap_or(0).min(MAX_FEED_WAIT_MS);
+    let wait_ms = q
+        .wait_ms
+        .unwrap_or(0)
+        .min(MAX_FEED_WAIT_MS)
+        .min(until_next_signing_key_ms(&admin));
     let catch_up = if wait_ms > 0 {
         match hold_until_change(&admin, credential, since, wait_ms, q.incarnation.as_deref()).await
         {
@@ -516,9 +521,62 @@ async fn epochs(
             }
         }
     }
+    let body = axum::body::Bytes::from_owner(KeptAnswer(answer));
     (
         [("content-type", "application/json")],
-        axum::body::Bytes::from_owner(KeptAnswer(answer)),
+        with_signing_keys(&admin, body),
+    )
+        .into_response()
+}
+
+/// A held feed request is answered at the next signing-key boundary at the latest, so every
+/// filter learns the key after next a whole period before it signs.
+fn until_next_signing_key_ms(admin: &Admin) -> u64 {
+    admin
+        .service
+        .config
+        .context
+        .as_ref()
+        .map_or(u64::MAX, |ring| {
+            let now_ms = admin.service.clock.now_ms();
+            let period_ms = ring.rotate_every_seconds.saturating_mul(1000);
+            period_ms - now_ms % period_ms.max(1) + 1
+        })
+}
+
+/// The feed answer with the context's signing keys (current and next) in front of the kept
+/// answer's members, when this server signs contexts: `{"context_keys":[…],` + the answer
+/// after its `{` (the kept answer is shared, never copied).
+fn with_signing_keys(admin: &Admin, answer: axum::body::Bytes) -> axum::body::Body {
+    let Some(ring) = &admin.service.config.context else {
+        return axum::body::Body::from(answer);
+    };
+    let now_seconds = admin.service.clock.now_ms() / 1000;
+    let keys = authz_core::context::feed_keys_json(&ring.feed_keys(now_seconds));
+    let head = axum::body::Bytes::from(format!("{{\"context_keys\":{keys},"));
+    let rest = answer.slice(1.min(answer.len())..);
+    axum::body::Body::from_stream(futures::stream::iter([
+        Ok::<_, std::convert::Infallible>(head),
+        Ok(rest),
+    ]))
+}
+
+/// `GET /context/jwks.json`: the public keys of signed contexts (no credential: they are
+/// public), for services to verify with; 404 when this server signs none.
+async fn context_jwks(State(admin): State<Admin>) -> Response {
+    let Some(ring) = &admin.service.config.context else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let now_seconds = admin.service.clock.now_ms() / 1000;
+    (
+        [
+            ("content-type", "application/json".to_owned()),
+            (
+                "cache-control",
+                format!("max-age={}", ring.jwks_max_age_seconds()),
+            ),
+        ],
+        ring.jwks(now_seconds).to_string(),
     )
         .into_response()
 }
@@ -614,6 +672,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/context/jwks.json", get(context_jwks))
         .merge(protected)
         .with_state(admin)
 }

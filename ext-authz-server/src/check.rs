@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::reply::to_envoy;
 use crate::shared::Shared;
 use crate::versions::{TokenKey, Versions};
+use authz_core::context::Decided;
 use authz_core::decision::bearer_token;
 use authz_core::ext_authz_proto::{CacheDirective, CLIENT_LOCALITY_EXTENSION};
 use authz_core::fallback::{check_step_up, TierRules};
@@ -115,6 +116,7 @@ pub fn trace_id(headers: &std::collections::HashMap<String, String>) -> Option<S
 #[derive(Debug)]
 pub struct Identified<'a> {
     pub route: &'a Route,
+    pub method: &'a str,
     pub tier: Tier,
     /// The path routes and requirements see ([`match_path`]).
     pub match_path: String,
@@ -165,6 +167,7 @@ pub fn identify<'a>(
     };
     Ok(Identified {
         route,
+        method: &http.method,
         tier,
         match_path,
         authorization: http.headers.get("authorization").map(String::as_str),
@@ -305,7 +308,7 @@ impl CheckService {
             Err(reason) => return Verdict::Deny(reason),
         };
         match self.authorize(&id, &screened, &entry.result, &rules, trace) {
-            Ok(()) => self.allow(id.tier, Some(&entry.result)),
+            Ok(()) => self.allow_with_context(&id, &entry.result),
             Err(reason) => Verdict::Deny(reason),
         }
     }
@@ -575,10 +578,57 @@ impl CheckService {
         Verdict::Allow { set, remove }
     }
 
+    /// [`CheckService::allow`] of a token, with the signed verification context when the
+    /// policy attaches one.
+    fn allow_with_context(&self, id: &Identified<'_>, result: &Introspection) -> Verdict {
+        let mut verdict = self.allow(id.tier, Some(result));
+        let (Some(ring), Some(principal), Verdict::Allow { set, .. }) =
+            (&self.config.context, result.principal(), &mut verdict)
+        else {
+            return verdict;
+        };
+        let idp = result
+            .raw
+            .get("iss")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(&self.config.token.issuer);
+        let decided = Decided {
+            subject: principal.id,
+            subject_kind: principal.kind.as_str(),
+            idp,
+            scopes: &result.scopes,
+            tier: id.tier,
+            tenant: id
+                .route
+                .require
+                .tenant
+                .as_ref()
+                .and_then(|rule| rule.tenant_of(&id.match_path)),
+            policy_version: self.versions.policy_version(),
+            method: id.method,
+            route: &id.route.name,
+            token_claims: Some(&result.raw),
+        };
+        let now_seconds = self.clock.now_ms() / 1000;
+        set.push((
+            ring.settings.header.clone(),
+            ring.sign(&decided, now_seconds),
+        ));
+        verdict
+    }
+
     /// What a caching client (the Wasm filter) may do with this verdict.
     fn cache_directive(&self, verdict: &Verdict, trace: &Trace, seen: Seen) -> CacheDirective {
+        // A filter reuses an allow with its signed context: at most half the context's life.
+        let context_cap_ms = self
+            .config
+            .context
+            .as_ref()
+            .map_or(u64::MAX, |ring| ring.settings.lifetime_seconds * 500);
         let ttl_ms = match verdict {
-            Verdict::Allow { .. } if trace.subject.is_some() => trace.fresh_for_ms,
+            Verdict::Allow { .. } if trace.subject.is_some() => {
+                trace.fresh_for_ms.min(context_cap_ms)
+            }
             Verdict::Deny(DenyReason::Inactive | DenyReason::Revoked) => DENY_CACHE_TTL_MS,
             Verdict::Deny(
                 DenyReason::InsufficientScope

@@ -141,6 +141,8 @@ pub struct ServerConfigFile {
     pub requests: Option<authz_core::target::RequestRules>,
     /// The optional shared tier (several instances, one Redis).
     pub redis: Option<RedisFile>,
+    /// A signed verification context on allowed requests, and its signing keys.
+    pub context: Option<authz_core::context::ContextConfig>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -287,7 +289,7 @@ pub struct TokenFile {
 
 /// Headers always removed from allowed requests (the standard context headers), to which
 /// `strip_headers` adds: whatever a client sends under these names never reaches an upstream.
-pub const DEFAULT_STRIP_HEADERS: [&str; 6] = authz_core::config::STANDARD_CONTEXT_HEADERS;
+pub const DEFAULT_STRIP_HEADERS: [&str; 7] = authz_core::config::STANDARD_CONTEXT_HEADERS;
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct IntrospectionFile {
@@ -609,6 +611,7 @@ pub struct ServerConfig {
     pub idp_ca_pem: Option<Vec<u8>>,
     pub allow_insecure_http: bool,
     pub redis: Option<RedisConfig>,
+    pub context: Option<crate::context_keys::ContextKeyRing>,
 }
 
 struct Problems(Vec<String>);
@@ -1157,6 +1160,52 @@ fn policy_section(p: &mut Problems, section: &Option<PolicyFile>) -> Option<Rout
 
 /// `strip_headers`: the standard context headers plus these (and the method-override headers
 /// when `requests` strips them), removed from allowed requests.
+/// `context:`: the settings, and the key ring from the seed file (read at load).
+fn context_section(
+    p: &mut Problems,
+    c: &authz_core::context::ContextConfig,
+) -> Option<crate::context_keys::ContextKeyRing> {
+    let settings = c.settings("context", &mut p.0)?;
+    let rotate_every_seconds = c
+        .rotate_every_seconds
+        .unwrap_or(authz_core::context::defaults::ROTATE_EVERY_SECONDS);
+    if !(2..=86_400).contains(&rotate_every_seconds) {
+        p.add(
+            "context.rotate_every_seconds",
+            format_args!("{rotate_every_seconds} is outside 2–86400"),
+        );
+    }
+    let Some(path) = c.signing_seed_file.as_deref() else {
+        p.add(
+            "context",
+            "\"signing_seed_file\" is required (at least 32 random bytes; e.g. `head -c 32 /dev/urandom > seed`)",
+        );
+        return None;
+    };
+    let seed = match std::fs::read(path) {
+        Ok(seed) if seed.len() >= crate::context_keys::MIN_SEED_BYTES => seed,
+        Ok(seed) => {
+            p.add(
+                "context.signing_seed_file",
+                format_args!("{path} holds {} bytes; at least 32 are needed", seed.len()),
+            );
+            return None;
+        }
+        Err(e) => {
+            p.add(
+                "context.signing_seed_file",
+                format_args!("{path}: cannot read: {e}"),
+            );
+            return None;
+        }
+    };
+    Some(crate::context_keys::ContextKeyRing::new(
+        settings,
+        seed,
+        rotate_every_seconds,
+    ))
+}
+
 fn strip_headers_section(
     p: &mut Problems,
     extra: &Option<Vec<String>>,
@@ -1431,7 +1480,13 @@ impl ServerConfig {
         let routes = policy_section(&mut p, &f.policy);
         let realm = f.realm.clone().unwrap_or_else(|| defaults::REALM.into());
         let requests = f.requests.unwrap_or_default();
-        let strip_headers = strip_headers_section(&mut p, &f.strip_headers, &requests);
+        let mut strip_headers = strip_headers_section(&mut p, &f.strip_headers, &requests);
+        let context = f.context.as_ref().and_then(|c| context_section(&mut p, c));
+        if let Some(ring) = &context {
+            if !strip_headers.contains(&ring.settings.header) {
+                strip_headers.push(ring.settings.header.clone());
+            }
+        }
         let redis = f.redis.as_ref().map(|r| redis_section(&mut p, r));
         if !p.0.is_empty() {
             return Err(ServerError::InvalidConfig(p.0));
@@ -1484,6 +1539,7 @@ impl ServerConfig {
             forward_token: f.forward_token.unwrap_or(defaults::FORWARD_TOKEN),
             requests,
             idp_ca_pem,
+            context,
             allow_insecure_http,
             redis,
         })

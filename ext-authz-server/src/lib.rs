@@ -13,6 +13,7 @@ pub mod changes;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod context_keys;
 pub mod error;
 pub mod feed_pacing;
 pub mod idp;

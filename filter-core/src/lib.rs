@@ -14,6 +14,7 @@
 //! `expect`, `panic` and unchecked indexing).
 
 pub mod commands;
+pub mod context;
 pub mod host;
 pub mod metrics;
 pub mod read;

@@ -24,6 +24,7 @@
 //! | `authz.revocations` | gauge | revocations this worker holds for locally decided routes (last writer wins) |
 //! | `authz.revocations_dropped` | counter | revocations dropped at `server.max_revocations` (writes fail closed until they would have expired) |
 //! | `authz.push_connected` | gauge | 1 while this worker's change feed is pushed (a held request succeeded last), 0 while it polls (last writer wins) |
+//! | `authz.contexts.signed` / `.reused` | counter | signed verification contexts this worker made / reused for a token, method and route |
 //! | `authz.revocation_lag_ms` | histogram | from the server learning a change to this worker applying it, ms (one sample per change; same clock only on one machine) |
 
 use authz_core::Tier;
@@ -87,6 +88,9 @@ pub enum Counter {
     /// The server refused the feed credential (401/403).
     PollUnauthorized,
     RevocationsDropped,
+    /// A verification context signed / one reused.
+    ContextSigned,
+    ContextReused,
 }
 
 /// A value the core sets.
@@ -108,7 +112,7 @@ pub enum Histogram {
 const TIERS: usize = Tier::ALL.len();
 
 /// The counters without a tier or reason, in index order.
-const PLAIN: [Counter; 16] = [
+const PLAIN: [Counter; 18] = [
     Counter::DecisionAllow,
     Counter::DecisionDeny,
     Counter::JwksFetchOk,
@@ -125,6 +129,8 @@ const PLAIN: [Counter; 16] = [
     Counter::PollHeld,
     Counter::PollUnauthorized,
     Counter::RevocationsDropped,
+    Counter::ContextSigned,
+    Counter::ContextReused,
 ];
 
 /// The per-tier counter families, in index order.
@@ -194,6 +200,8 @@ impl Counter {
             Counter::PollHeld => "authz.epochs_polls.held".into(),
             Counter::PollUnauthorized => "authz.epochs_polls.unauthorized".into(),
             Counter::RevocationsDropped => "authz.revocations_dropped".into(),
+            Counter::ContextSigned => "authz.contexts.signed".into(),
+            Counter::ContextReused => "authz.contexts.reused".into(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! today, a native module next) calls [`read_request`] once with the whole header map.
 //!
 //! Removed: client copies of every header the filter or the server sets (the configured
-//! names and the standard ones, `HeaderNames::all`), and method-override headers when the
+//! names and the standard ones, `HeaderNames::all`, and the signed context's header), and method-override headers when the
 //! policy strips them. Unreadable (a 400 from [`crate::Worker::unreadable`]): a method or path
 //! that is not UTF-8, a path that is not origin-form, more than one `authorization` header,
 //! and whatever `requests` refuses (`authz_core::target`: method overrides, encoded reserved
@@ -63,6 +63,7 @@ pub fn read_request(
                 let ours = policy
                     .headers
                     .all()
+                    .chain(policy.context.as_ref().map(|c| c.header.as_str()))
                     .any(|ours| ours.as_bytes().eq_ignore_ascii_case(other));
                 if ours || policy.requests.strips(other) {
                     remove.push(name);

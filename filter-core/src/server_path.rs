@@ -382,6 +382,17 @@ impl<H: Host> Worker<H> {
         }
     }
 
+    /// The signing keys of a feed answer (a malformed set is logged; the keys held stay).
+    fn take_context_keys(&mut self, answer: &serde_json::Value) {
+        match authz_core::context::read_feed_keys(answer) {
+            Ok(keys) => self.context.set_keys(keys),
+            Err(why) => self.host.log(
+                LogLevel::Error,
+                &format!("jwt_authz change feed: signing keys refused: {why}"),
+            ),
+        }
+    }
+
     /// Applies a change-feed answer; returns the next request when it is due at once (a held
     /// request answered: the host dispatches the next one now).
     pub fn on_poll_response(
@@ -392,7 +403,12 @@ impl<H: Host> Worker<H> {
     ) -> Option<PollOrder> {
         self.versions.poll_in_flight = None;
         let changes = match (status, body) {
-            (Some(200), Some(body)) => Changes::parse(&body),
+            (Some(200), Some(body)) => Changes::read(&body).and_then(|answer| {
+                if self.policy.context.is_some() {
+                    self.take_context_keys(&answer);
+                }
+                Changes::parse_value(&answer)
+            }),
             (Some(401 | 403), _) => {
                 // Not a passing fault: nothing will change until the configuration does.
                 self.host.count(Counter::PollUnauthorized);

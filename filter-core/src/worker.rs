@@ -14,18 +14,22 @@
 use crate::commands::{
     FetchOrder, FetchStage, Final, FinalAction, OwnedRequest, RequestStep, TickWork,
 };
+use crate::context::ContextSigning;
 use crate::host::{Host, LogLevel, SharedWrite};
 use crate::metrics::{Counter, Histogram};
 use crate::read::Unreadable;
 use crate::versions::KnownVersions;
 use authz_core::config::{JwksSource, RemoteJwks};
+use authz_core::context::Decided;
 use authz_core::decision::decide_with;
 use authz_core::decision_cache::{DecisionCache, TokenCache};
 use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, KeyMiss, RefreshRules};
 use authz_core::revocations::RevocationSet;
 use authz_core::token_hash::TokenKeyer;
 use authz_core::verify::verify;
-use authz_core::{deny_response, Decision, DenyReason, KeySet, Policy, Tier, VerifyFailure};
+use authz_core::{
+    deny_response, Decision, DenyReason, KeySet, Policy, Tier, VerifiedToken, VerifyFailure,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +102,8 @@ pub struct Worker<H: Host> {
     /// Subjects (principal keys) revoked lately → when this worker applied it (ms): a Check
     /// reply for a call made before that may predate the revocation.
     pub(crate) subjects_applied_ms: HashMap<String, u64>,
+    /// Signing keys from the change feed and signed contexts reused.
+    pub(crate) context: ContextSigning,
 }
 
 /// At most this many absent `kid`s are remembered (junk with random ones cannot grow it).
@@ -195,6 +201,7 @@ impl<H: Host> Worker<H> {
             revocations,
             absent_kids: HashMap::new(),
             subjects_applied_ms: HashMap::new(),
+            context: ContextSigning::default(),
         }
     }
 
@@ -275,14 +282,28 @@ impl<H: Host> Worker<H> {
     }
 
     /// Turns a final decision into an action, counting and logging it.
-    fn finish(&self, context_id: u32, request: &OwnedRequest, decision: Decision) -> Final {
+    fn finish(
+        &mut self,
+        context_id: u32,
+        request: &OwnedRequest,
+        decision: Decision,
+        now_ms: u64,
+    ) -> Final {
         match decision {
             Decision::Allow {
                 tier,
-                upstream_headers,
+                mut upstream_headers,
                 route,
+                token,
                 ..
             } => {
+                if let Some(token) = token {
+                    match self.signed_context(request, &route, tier, &token, now_ms / 1000) {
+                        Ok(Some(header)) => upstream_headers.push(header),
+                        Ok(None) => {}
+                        Err(reason) => return self.deny(context_id, request, tier, &route, reason),
+                    }
+                }
                 self.count_allow(tier);
                 if self.debug_logs {
                     self.host.log(
@@ -323,6 +344,64 @@ impl<H: Host> Worker<H> {
                 };
                 self.deny(context_id, request, tier, &route, reason)
             }
+        }
+    }
+
+    /// The signed context header for a local allow of `token`, when the policy attaches one:
+    /// without a signing key yet (the change feed brings it) the request fails closed.
+    fn signed_context(
+        &mut self,
+        request: &OwnedRequest,
+        route: &str,
+        tier: Tier,
+        token: &VerifiedToken,
+        now_seconds: u64,
+    ) -> Result<Option<(String, String)>, DenyReason> {
+        let (Some(settings), Some(bearer)) = (&self.policy.context, request.bearer()) else {
+            return Ok(None);
+        };
+        let Some(principal) = token.claims.principal() else {
+            return Ok(None);
+        };
+        let match_path = authz_core::routes::match_path(&request.path);
+        let tenant = self
+            .policy
+            .routes
+            .find_matched(&request.method, &match_path)
+            .require
+            .tenant
+            .as_ref()
+            .and_then(|rule| rule.tenant_of(&match_path));
+        let decided = Decided {
+            subject: principal.id,
+            subject_kind: principal.kind.as_str(),
+            idp: self
+                .policy
+                .providers
+                .get(token.provider)
+                .map_or("", |p| p.issuer.as_str()),
+            scopes: &token.claims.scopes,
+            tier,
+            tenant,
+            policy_version: self.versions.policy_version,
+            method: &request.method,
+            route,
+            token_claims: Some(&token.claims.raw),
+        };
+        let key = self.keyer.key(bearer);
+        match self
+            .context
+            .context_for(settings, key, &decided, now_seconds)
+        {
+            Some((context, reused)) => {
+                self.host.count(if reused {
+                    Counter::ContextReused
+                } else {
+                    Counter::ContextSigned
+                });
+                Ok(Some((settings.header.clone(), context)))
+            }
+            None => Err(DenyReason::KeysUnavailable),
         }
     }
 
@@ -402,7 +481,7 @@ impl<H: Host> Worker<H> {
             provider, failure, ..
         } = &decision
         else {
-            return RequestStep::Done(self.finish(context_id, &request, decision));
+            return RequestStep::Done(self.finish(context_id, &request, decision, now_ms));
         };
         // Keys were loaded but fail this token (unknown or rotated `kid`): a refetch any client
         // can cause, so it is rate-limited.
@@ -410,7 +489,7 @@ impl<H: Host> Worker<H> {
         let refetch = miss.is_some();
         let Some(status) = self.read_status(provider) else {
             // Keys are inline (or HMAC): nothing to fetch.
-            return RequestStep::Done(self.finish(context_id, &request, decision));
+            return RequestStep::Done(self.finish(context_id, &request, decision, now_ms));
         };
         let unknown_kid = match failure {
             VerifyFailure::UnknownKey { kid, .. } => Some(kid.clone()),
@@ -424,7 +503,7 @@ impl<H: Host> Worker<H> {
                 .is_some_and(|until| now_ms < *until)
             {
                 // A refetch just proved it absent: refused, no refetch taken.
-                return RequestStep::Done(self.finish(context_id, &request, decision));
+                return RequestStep::Done(self.finish(context_id, &request, decision, now_ms));
             }
         }
         let order = self.try_lease(provider, now_ms, miss);
@@ -446,7 +525,7 @@ impl<H: Host> Worker<H> {
                         DenyReason::KeysUnavailable,
                     ));
                 }
-                return RequestStep::Done(self.finish(context_id, &request, decision));
+                return RequestStep::Done(self.finish(context_id, &request, decision, now_ms));
             }
             if order.is_some() {
                 self.host.count(Counter::JwksFetchUnknownKid);
@@ -930,7 +1009,7 @@ impl<H: Host> Worker<H> {
         for p in std::mem::take(&mut self.pending) {
             let decision = self.decide(&p.request, now_ms * 1000);
             let Decision::AwaitKeys { .. } = decision else {
-                finals.push(self.finish(p.context_id, &p.request, decision));
+                finals.push(self.finish(p.context_id, &p.request, decision, now_ms));
                 continue;
             };
             let concluded = p.refetch
@@ -953,7 +1032,7 @@ impl<H: Host> Worker<H> {
                 {
                     self.remember_absent(*provider, kid, now_ms);
                 }
-                finals.push(self.finish(p.context_id, &p.request, decision));
+                finals.push(self.finish(p.context_id, &p.request, decision, now_ms));
             } else {
                 still_waiting.push(p);
             }

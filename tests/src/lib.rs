@@ -307,8 +307,23 @@ impl CacheStack {
     /// One server per entry of `server_extras` (its extra configuration), all behind Envoy's
     /// Check and feed clusters: the first is `server`, the others `replicas`.
     pub fn start_replicas(plugin: &Value, server_extras: &[&str]) -> CacheStack {
+        CacheStack::start_replicas_with_echo(plugin, server_extras, |_| Echo::start())
+    }
+
+    /// [`CacheStack::start`] with an echo upstream that trusts only signed contexts from the
+    /// server (`echo-upstream --context-*`), reading routes from `plugin` as the filter does.
+    pub fn start_guarded(plugin: &Value, server_extra: &str, audience: &str) -> CacheStack {
+        CacheStack::start_replicas_with_echo(plugin, &[server_extra], |server| {
+            Echo::start_guarded(plugin, server.admin_port, audience)
+        })
+    }
+
+    fn start_replicas_with_echo(
+        plugin: &Value,
+        server_extras: &[&str],
+        echo: impl FnOnce(&AuthzServerProcess) -> Echo,
+    ) -> CacheStack {
         let idp = DevIdp::start(&[]);
-        let echo = Echo::start();
         let mut servers = server_extras.iter().map(|extra| {
             AuthzServerProcess::start(&server_yaml(
                 idp.port,
@@ -319,6 +334,7 @@ impl CacheStack {
             panic!("at least one server");
         };
         let replicas: Vec<AuthzServerProcess> = servers.collect();
+        let echo = echo(&server);
         let mut config = render_template_full(
             "decision-cache.template.yaml",
             plugin,
@@ -1035,6 +1051,7 @@ impl DevIdp {
 pub struct Echo {
     _process: Process,
     pub port: u16,
+    _scratch: Option<Scratch>,
 }
 
 impl Echo {
@@ -1043,6 +1060,35 @@ impl Echo {
         Echo {
             _process: process,
             port,
+            _scratch: None,
+        }
+    }
+
+    /// An echo that refuses requests on token routes of `plugin` without a valid signed
+    /// context for `audience` (keys from the server's admin port; no clock leeway).
+    pub fn start_guarded(plugin: &Value, server_admin_port: u16, audience: &str) -> Echo {
+        let scratch = Scratch::new("echo");
+        let policy = scratch.0.join("filter.json");
+        std::fs::write(&policy, plugin.to_string()).expect("write filter config");
+        let jwks = format!("http://127.0.0.1:{server_admin_port}/context/jwks.json");
+        let policy = policy.display().to_string();
+        let (process, port) = start_dev(
+            "echo-upstream",
+            &[
+                "--context-jwks",
+                &jwks,
+                "--context-policy",
+                &policy,
+                "--context-audience",
+                audience,
+                "--context-leeway",
+                "0",
+            ],
+        );
+        Echo {
+            _process: process,
+            port,
+            _scratch: Some(scratch),
         }
     }
 }

@@ -1,13 +1,37 @@
-//! `echo-upstream [--port N] [--bind IP]`: the demo upstream; echoes every request as JSON. Prints
+//! `echo-upstream [--port N] [--bind IP] [--context-jwks URL --context-policy FILE
+//! --context-audience NAME [--context-issuer NAME] [--context-header NAME]
+//! [--context-leeway SECONDS]]`: the demo upstream;
+//! echoes every request as JSON. With `--context-jwks` it is a service that trusts only signed
+//! verification contexts (see `dev_tools::echo_context`). Prints
 //! `echo-upstream listening on http://ADDR` first.
 
-use dev_tools::{bind, port_arg, shutdown_signal, DevError};
+use dev_tools::echo_context::{guarded_router, ContextOptions};
+use dev_tools::{arg, bind, port_arg, shutdown_signal, DevError};
 
 #[tokio::main]
 async fn main() -> Result<(), DevError> {
     let port = port_arg()?;
+    let router = match arg("--context-jwks") {
+        None => dev_tools::echo::router(),
+        Some(jwks_url) => guarded_router(ContextOptions {
+            jwks_url,
+            policy_file: arg("--context-policy")
+                .ok_or_else(|| DevError::Argument("--context-policy is required".into()))?,
+            audience: arg("--context-audience")
+                .ok_or_else(|| DevError::Argument("--context-audience is required".into()))?,
+            issuer: arg("--context-issuer").unwrap_or_else(|| "authz".into()),
+            header: arg("--context-header").unwrap_or_else(|| authz_context::DEFAULT_HEADER.into()),
+            leeway_seconds: match arg("--context-leeway") {
+                None => 5,
+                Some(s) => s
+                    .parse()
+                    .map_err(|_| DevError::Argument(format!("--context-leeway {s}")))?,
+            },
+        })
+        .map_err(DevError::Argument)?,
+    };
     let (listener, _) = bind("echo-upstream", port).await?;
-    axum::serve(listener, dev_tools::echo::router())
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())

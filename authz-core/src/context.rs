@@ -1,0 +1,345 @@
+//! The signed verification context as the policy configures it: the settings both hosts read
+//! (`context:`), the claims of an allowed request ([`context_claims`], one function for the
+//! filter's local decisions and the server's), and the signing keys as the change feed carries
+//! them from the server to the filter ([`FeedKey`]: the server writes them, the filter reads
+//! them). The wire format of the context itself lives in the `authz-context` crate, which
+//! services use to verify it.
+//!
+//! What it does not do: hold a clock, derive keys (the server does, from its seed) or cache
+//! signed contexts (the filter does, per token, method and route).
+
+use crate::tier::Tier;
+use authz_context::{Binding, Claims, ContextSigner};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+pub mod defaults {
+    pub const HEADER: &str = authz_context::DEFAULT_HEADER;
+    pub const LIFETIME_SECONDS: u64 = 60;
+    pub const ISSUER: &str = "authz";
+    pub const ROTATE_EVERY_SECONDS: u64 = 3_600;
+}
+
+/// `context:` as written (filter JSON and server YAML share it).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ContextConfig {
+    /// Attach a signed context to allowed requests (default true when the section exists).
+    pub enabled: Option<bool>,
+    /// The header it travels in (always stripped from clients).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::HEADER)))]
+    pub header: Option<String>,
+    /// `iss`: the authorization layer's name, as services expect it.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::ISSUER)))]
+    pub issuer: Option<String>,
+    /// Required: `aud`, the service the contexts are for.
+    pub audience: Option<String>,
+    /// Lifetime of a context, 1–300 seconds. A context is reused for one token, method and
+    /// route while at least half of it is left.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::LIFETIME_SECONDS)))]
+    pub lifetime_seconds: Option<u64>,
+    /// Claims of the caller's token copied into the context's `ext` (string, number, boolean
+    /// or array values).
+    #[serde(default)]
+    pub claims: Vec<String>,
+    /// The server's (the filter's keys come from the change feed): a file of at least 32
+    /// random bytes the signing keys are derived from; every replica reads the same one.
+    pub signing_seed_file: Option<String>,
+    /// The server's: how often the signing key changes, 2–86400 seconds.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::ROTATE_EVERY_SECONDS)))]
+    pub rotate_every_seconds: Option<u64>,
+    #[serde(flatten)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    pub unknown: Map<String, Value>,
+}
+
+/// `context:`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextSettings {
+    pub header: String,
+    pub issuer: String,
+    pub audience: String,
+    pub lifetime_seconds: u64,
+    pub claims: Vec<String>,
+}
+
+impl ContextConfig {
+    /// The settings, or `None` when switched off; every problem is added to `problems` with
+    /// `at` before it.
+    pub fn settings(&self, at: &str, problems: &mut Vec<String>) -> Option<ContextSettings> {
+        for name in self.unknown.keys() {
+            problems.push(format!("{at}: unknown field \"{name}\""));
+        }
+        if self.enabled == Some(false) {
+            return None;
+        }
+        let header = self
+            .header
+            .clone()
+            .unwrap_or_else(|| defaults::HEADER.into())
+            .to_ascii_lowercase();
+        if header.is_empty()
+            || !header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            problems.push(format!(
+                "{at}.header: \"{header}\" is not a header name (letters, digits and '-')"
+            ));
+        }
+        let lifetime_seconds = self.lifetime_seconds.unwrap_or(defaults::LIFETIME_SECONDS);
+        if !(1..=300).contains(&lifetime_seconds) {
+            problems.push(format!(
+                "{at}.lifetime_seconds: {lifetime_seconds} is outside 1–300"
+            ));
+        }
+        let audience = self.audience.clone().unwrap_or_default();
+        if audience.is_empty() {
+            problems.push(format!(
+                "{at}: \"audience\" is required (the service the contexts are for)"
+            ));
+        }
+        let issuer = self
+            .issuer
+            .clone()
+            .unwrap_or_else(|| defaults::ISSUER.into());
+        if issuer.is_empty() {
+            problems.push(format!("{at}.issuer: empty"));
+        }
+        Some(ContextSettings {
+            header,
+            issuer,
+            audience,
+            lifetime_seconds,
+            claims: self.claims.clone(),
+        })
+    }
+}
+
+/// What was decided for an allowed request, as a context states it.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided<'a> {
+    pub subject: &'a str,
+    /// `sub` or `client_id`.
+    pub subject_kind: &'a str,
+    /// The caller's token issuer.
+    pub idp: &'a str,
+    pub scopes: &'a [String],
+    pub tier: Tier,
+    /// The tenant the route's tenant rule checked.
+    pub tenant: Option<&'a str>,
+    pub policy_version: u64,
+    pub method: &'a str,
+    pub route: &'a str,
+    /// The caller's token claims, for the configured copies.
+    pub token_claims: Option<&'a Map<String, Value>>,
+}
+
+/// The claims of the context for `decided`, made at `now_seconds`.
+pub fn context_claims(
+    settings: &ContextSettings,
+    decided: &Decided<'_>,
+    now_seconds: u64,
+) -> Claims {
+    let mut ext = Map::new();
+    if let Some(token_claims) = decided.token_claims {
+        for name in &settings.claims {
+            if let Some(
+                value @ (Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Array(_)),
+            ) = token_claims.get(name)
+            {
+                ext.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    Claims {
+        iss: settings.issuer.clone(),
+        aud: settings.audience.clone(),
+        sub: decided.subject.to_owned(),
+        sub_kind: decided.subject_kind.to_owned(),
+        idp: decided.idp.to_owned(),
+        scope: decided.scopes.join(" "),
+        tier: decided.tier.as_str().to_owned(),
+        tenant: decided.tenant.map(str::to_owned),
+        pv: decided.policy_version,
+        iat: now_seconds,
+        exp: now_seconds.saturating_add(settings.lifetime_seconds),
+        req: Binding {
+            m: decided.method.to_ascii_uppercase(),
+            r: decided.route.to_owned(),
+        },
+        ext,
+    }
+}
+
+/// A signing key as the change feed carries it (`context_keys` in a feed answer): its secret,
+/// and the time window in which it signs (seconds since the epoch, `from` inclusive).
+#[derive(Debug, Clone)]
+pub struct FeedKey {
+    pub signer: ContextSigner,
+    pub from: u64,
+    pub until: u64,
+}
+
+/// The `context_keys` member of a feed answer.
+pub fn feed_keys_json(keys: &[FeedKey]) -> Value {
+    Value::Array(
+        keys.iter()
+            .map(|k| {
+                json!({
+                    "kid": k.signer.kid(),
+                    "secret": k.signer.secret_base64(),
+                    "from": k.from,
+                    "until": k.until,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The keys in a feed answer's `context_keys` (absent: none). A malformed entry is an error:
+/// the filter keeps the keys it has.
+pub fn read_feed_keys(answer: &Value) -> Result<Vec<FeedKey>, String> {
+    let Some(entries) = answer.get("context_keys") else {
+        return Ok(Vec::new());
+    };
+    let entries = entries.as_array().ok_or("context_keys: not an array")?;
+    entries
+        .iter()
+        .map(|entry| {
+            let text = |name: &str| {
+                entry
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("context_keys: no \"{name}\""))
+            };
+            let number = |name: &str| {
+                entry
+                    .get(name)
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| format!("context_keys: no \"{name}\""))
+            };
+            let signer = ContextSigner::from_base64(text("kid")?, text("secret")?)
+                .map_err(|e| e.to_string())?;
+            Ok(FeedKey {
+                signer,
+                from: number("from")?,
+                until: number("until")?,
+            })
+        })
+        .collect()
+}
+
+/// The key that signs at `now_seconds`: the latest whose window holds it.
+pub fn signing_key(keys: &[FeedKey], now_seconds: u64) -> Option<&ContextSigner> {
+    keys.iter()
+        .filter(|k| k.from <= now_seconds && now_seconds < k.until)
+        .max_by_key(|k| k.from)
+        .map(|k| &k.signer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use authz_context::{KeySet, Verifier};
+
+    fn settings() -> ContextSettings {
+        let config: ContextConfig = serde_json::from_value(
+            json!({"audience": "orders", "claims": ["email", "roles", "obj"]}),
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        let settings = config.settings("context", &mut problems).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        settings
+    }
+
+    #[test]
+    fn claims_state_the_decision_and_copy_only_configured_plain_claims() {
+        let token = json!({"email": "a@x", "roles": ["r1"], "obj": {"a": 1}, "secret": "s"});
+        let scopes = vec!["read".to_owned(), "write".to_owned()];
+        let decided = Decided {
+            subject: "alice",
+            subject_kind: "sub",
+            idp: "https://idp",
+            scopes: &scopes,
+            tier: Tier::StandardWrite,
+            tenant: Some("acme"),
+            policy_version: 4,
+            method: "post",
+            route: "items",
+            token_claims: token.as_object(),
+        };
+        let claims = context_claims(&settings(), &decided, 1000);
+        assert_eq!((claims.iat, claims.exp), (1000, 1060));
+        assert_eq!(claims.req.m, "POST");
+        assert_eq!(claims.scope, "read write");
+        assert_eq!(claims.tier, "standard_write");
+        assert_eq!(claims.tenant.as_deref(), Some("acme"));
+        assert_eq!(
+            Value::Object(claims.ext),
+            json!({"email": "a@x", "roles": ["r1"]})
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_all_named() {
+        let config: ContextConfig = serde_json::from_value(
+            json!({"header": "x auth", "lifetime_seconds": 0, "issuer": "", "extra": 1}),
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        config.settings("context", &mut problems);
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        let off: ContextConfig = serde_json::from_value(json!({"enabled": false})).unwrap();
+        assert!(off.settings("context", &mut Vec::new()).is_none());
+    }
+
+    #[test]
+    fn feed_keys_round_trip_and_the_current_window_signs() {
+        let keys = vec![
+            FeedKey {
+                signer: ContextSigner::new("e1", &[1; 32]),
+                from: 100,
+                until: 200,
+            },
+            FeedKey {
+                signer: ContextSigner::new("e2", &[2; 32]),
+                from: 200,
+                until: 300,
+            },
+        ];
+        let read = read_feed_keys(&json!({"context_keys": feed_keys_json(&keys)})).unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(signing_key(&read, 150).map(|s| s.kid()), Some("e1"));
+        assert_eq!(signing_key(&read, 200).map(|s| s.kid()), Some("e2"));
+        assert!(signing_key(&read, 300).is_none());
+        assert!(signing_key(&read, 99).is_none());
+        let signed = signing_key(&read, 250).unwrap().sign(&context_claims(
+            &settings(),
+            &Decided {
+                subject: "a",
+                subject_kind: "sub",
+                idp: "i",
+                scopes: &[],
+                tier: Tier::Authenticated,
+                tenant: None,
+                policy_version: 0,
+                method: "GET",
+                route: "r",
+                token_claims: None,
+            },
+            250,
+        ));
+        let public = KeySet::from_keys([("e2".to_owned(), keys[1].signer.verifying_key())]);
+        assert!(Verifier::new("authz", "orders")
+            .verify(&signed, &public, "GET", "r", 251)
+            .is_ok());
+        assert!(read_feed_keys(&json!({})).unwrap().is_empty());
+        assert!(read_feed_keys(
+            &json!({"context_keys": [{"kid": "x", "secret": "AA", "from": 1, "until": 2}]})
+        )
+        .is_err());
+        assert!(read_feed_keys(&json!({"context_keys": 3})).is_err());
+    }
+}

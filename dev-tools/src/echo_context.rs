@@ -1,0 +1,101 @@
+//! The echo upstream as a service that trusts only signed verification contexts
+//! (`echo-upstream --context-jwks URL --context-policy FILE --context-audience NAME`): every
+//! request on a route whose tier needs a token must carry a valid context for its method and
+//! route (`authz_context::layer::ContextLayer`), or it gets an empty 401 and the reason is
+//! printed on stderr. Routes come from the filter's own configuration (the JSON the Wasm filter
+//! loads), so the echo names a request's route as the filter did. The JWKS is fetched from the
+//! authorization server's admin port every second (a dev tool: loopback, plain HTTP).
+
+use authz_context::layer::{ContextKeys, ContextLayer, Guard};
+use authz_context::{KeySet, Verifier};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What `--context-*` configured.
+pub struct ContextOptions {
+    pub jwks_url: String,
+    pub policy_file: String,
+    pub audience: String,
+    pub issuer: String,
+    pub header: String,
+    /// Clock skew allowed on `iat` and `exp`, seconds.
+    pub leeway_seconds: u64,
+}
+
+/// The echo router behind a [`ContextLayer`], and the task that keeps its keys fresh.
+pub fn guarded_router(options: ContextOptions) -> Result<axum::Router, String> {
+    let policy_bytes = std::fs::read(&options.policy_file)
+        .map_err(|e| format!("--context-policy {}: {e}", options.policy_file))?;
+    let policy = authz_core::Policy::from_json(&policy_bytes)
+        .map_err(|e| format!("--context-policy {}: {e}", options.policy_file))?;
+    let header = axum::http::HeaderName::try_from(options.header.as_str())
+        .map_err(|_| format!("--context-header {}", options.header))?;
+    let keys = ContextKeys::default();
+    tokio::spawn(refresh_keys(options.jwks_url.clone(), keys.clone()));
+    let mut verifier = Verifier::new(&options.issuer, &options.audience);
+    verifier.leeway_seconds = options.leeway_seconds;
+    let layer = ContextLayer::new(
+        verifier,
+        keys,
+        header,
+        move |method, path| {
+            let route = policy.routes.find(method.as_str(), path);
+            if route.tier.requires_token() {
+                Guard::Route(route.name.clone())
+            } else {
+                Guard::Open
+            }
+        },
+        |refusal, method, path| {
+            eprintln!("echo-upstream: context refused ({refusal}) for {method} {path}");
+        },
+    );
+    Ok(crate::echo::router().layer(layer))
+}
+
+/// Fetches the JWKS every second, keeping the last good one.
+async fn refresh_keys(url: String, keys: ContextKeys) {
+    loop {
+        match fetch(&url)
+            .await
+            .and_then(|body| KeySet::from_jwks(&body).map_err(|e| e.to_string()))
+        {
+            Ok(set) => keys.replace(set),
+            Err(e) => eprintln!("echo-upstream: context JWKS {url}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET of `url` (`http://host:port/path`); the body of a 200.
+async fn fetch(url: &str) -> Result<Vec<u8>, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs (a dev tool on loopback)")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n",
+        if path.is_empty() { "/" } else { path }
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no header end")?;
+    let head = String::from_utf8_lossy(response.get(..split).unwrap_or_default());
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or("").to_owned());
+    }
+    Ok(response.get(split + 4..).unwrap_or_default().to_vec())
+}
