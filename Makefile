@@ -88,7 +88,7 @@ run: tools build
 	@ENVOY=$(ENVOY) scripts/run.sh
 
 bench: tools
-	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter -p noop-filter
+	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter -p noop-filter -p sign-cost
 	$(CARGO) build --release -p dev-tools -p ext-authz-server -p bench
 	AUTHZ_PROFILE=release target/release/authz-bench
 

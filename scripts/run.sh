@@ -24,7 +24,13 @@ done
 
 target/debug/dev-idp --port 9000 --issuer https://dev-idp.local --audience demo-api >.run/dev-idp.log 2>&1 &
 pids+=($!)
-target/debug/echo-upstream --port 9001 >.run/echo-upstream.log 2>&1 &
+# The echo upstream trusts only signed verification contexts: it names a request's route from
+# the filter's own configuration (the JSON inside envoy/dev.yaml) and verifies with the server's
+# published keys.
+sed -n '/configuration:/,/- name: envoy.filters.http.ext_authz/p' envoy/dev.yaml \
+  | sed -n '/^ *{$/,/^ *}$/p' >.run/filter.json
+target/debug/echo-upstream --port 9001 --context-jwks http://127.0.0.1:9192/context/jwks.json \
+  --context-policy .run/filter.json --context-audience echo >.run/echo-upstream.log 2>&1 &
 pids+=($!)
 target/debug/ext-authz-server --config config/ext-authz-server.dev.yaml >.run/ext-authz-server.log 2>&1 &
 pids+=($!)
@@ -97,6 +103,21 @@ export ADMIN='$ADMIN'
   # a revoke at the server reaches the proxy's cache at once (pushed; one 250 ms poll if not)
   curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' -H 'content-type: application/json' -d "{\"token\":\"\$ADMIN\"}" http://127.0.0.1:9192/admin/revoke
   curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' 'http://127.0.0.1:9192/admin/epochs?since=0&format=2'
+
+  # the signed verification context: the echo upstream (a service behind the proxy) trusts
+  # only this header, verified with the keys the server publishes; read its claims
+  curl -s http://127.0.0.1:9192/context/jwks.json
+  CTX=\$(curl -s -H "authorization: Bearer \$READ" http://127.0.0.1:10000/api/items | sed 's/.*"x-auth-context":"\([^"]*\)".*/\1/')
+  echo "\$CTX" | cut -d. -f2 | tr '_-' '/+' | base64 -d 2>/dev/null; echo
+  # straight to the service: 200 for the request it was made for; 401 replayed as a write, on
+  # another route, tampered with (one character of its claims changed), or without one; 401 once expired (60 s)
+  curl -s -o /dev/null -w '%{http_code}\n' -H "x-auth-context: \$CTX" http://127.0.0.1:9001/api/items
+  curl -s -o /dev/null -w '%{http_code}\n' -X POST -H "x-auth-context: \$CTX" http://127.0.0.1:9001/api/items
+  curl -s -o /dev/null -w '%{http_code}\n' -H "x-auth-context: \$CTX" http://127.0.0.1:9001/admin/users
+  curl -s -o /dev/null -w '%{http_code}\n' -H "x-auth-context: \${CTX/.eyJ/.eyK}" http://127.0.0.1:9001/api/items
+  curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:9001/api/items
+  sleep 61; curl -s -o /dev/null -w '%{http_code}\n' -H "x-auth-context: \$CTX" http://127.0.0.1:9001/api/items
+  # (the echo logs why in .run/echo-upstream.log; a client's own x-auth-context is stripped)
 
   # a spoofed context header never reaches the upstream (look at x-auth-subject)
   curl -s -H "authorization: Bearer \$READ" -H 'x-auth-subject: root' http://127.0.0.1:10000/api/items

@@ -6,7 +6,9 @@
 //!   default, headers, and in `filter` mode the link to the server);
 //! - the ext_authz server's YAML (its own sections from `server.config`, plus the provider's
 //!   `token` rules, the same `policy` routes and `requests` rules, and `strip_headers` for
-//!   every header name the filter sets: on the routes the server decides no filter runs);
+//!   every header name the filter sets: on the routes the server decides no filter runs), and
+//!   the signed verification context (`context`: the filter's part without the server's signing
+//!   seed and rotation);
 //! - Envoy's routes for one virtual host: in `native` mode each route of a server-decided tier
 //!   turns Envoy's ext_authz filter on with its tier and turns the Wasm filter off, the others
 //!   leave the Wasm filter deciding (ext_authz is off at the virtual host); in `filter` mode the
@@ -53,6 +55,9 @@ pub struct PolicyFile {
     /// Requests upstreams may read differently (method overrides, encoded reserved characters
     /// in paths): the filter's and the server's `requests`, the same for both.
     pub requests: Option<Value>,
+    /// The signed verification context: the filter gets it without the server's keys
+    /// (`signing_seed_file`, `rotate_every_seconds`), the server whole.
+    pub context: Option<Value>,
     /// Further filter settings (`cache`, `key_wait_timeout_ms`, ...), copied as they are.
     #[serde(default)]
     pub filter: Map<String, Value>,
@@ -429,6 +434,15 @@ pub fn render_with_env(
         if let Some(requests) = &policy.requests {
             object.insert("requests".into(), requests.clone());
         }
+        if let Some(context) = &policy.context {
+            let mut filter_context = context.clone();
+            if let Some(fields) = filter_context.as_object_mut() {
+                for server_only in ["signing_seed_file", "signing_seed", "rotate_every_seconds"] {
+                    fields.remove(server_only);
+                }
+            }
+            object.insert("context".into(), filter_context);
+        }
         if let Some(server) = &policy.server {
             let keep = policy.istio.is_some();
             object.insert(
@@ -462,7 +476,7 @@ pub fn render_with_env(
     let server = match (&policy.server, policy.providers.first()) {
         (Some(entry), Some(provider)) => {
             let mut config = entry.config.clone();
-            for key in ["realm", "policy", "strip_headers", "requests"] {
+            for key in ["realm", "policy", "strip_headers", "requests", "context"] {
                 if config.contains_key(key) {
                     problems.push(format!(
                         "server.config.{key}: comes from the policy; set it there"
@@ -530,6 +544,9 @@ pub fn render_with_env(
             config.insert("strip_headers".into(), Value::Array(filter_headers));
             if let Some(requests) = &policy.requests {
                 config.insert("requests".into(), requests.clone());
+            }
+            if let Some(context) = &policy.context {
+                config.insert("context".into(), context.clone());
             }
             if let (Some(token), true) = (&entry.epochs_token, entry.feed) {
                 config.insert("epochs_token".into(), json!(token));

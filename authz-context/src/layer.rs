@@ -7,7 +7,7 @@
 //! authorization server publishes each key a rotation period before it signs, so refreshing
 //! once per period (its `cache-control: max-age` says how often) is enough.
 
-use crate::{Claims, KeySet, Refusal, Verifier};
+use crate::{Claims, Expected, KeySet, Refusal, Verifier};
 use http::{HeaderName, Method, Request, Response, StatusCode};
 use std::future::Future;
 use std::pin::Pin;
@@ -31,12 +31,11 @@ impl ContextKeys {
         &self,
         verifier: &Verifier,
         context: &str,
-        method: &str,
-        route: &str,
+        request: &Expected<'_>,
         now: u64,
     ) -> Result<Claims, Refusal> {
         let keys = self.0.read().map_err(|_| Refusal::UnknownKey)?;
-        verifier.verify(context, &keys, method, route, now)
+        verifier.verify(context, &keys, request, now)
     }
 }
 
@@ -45,8 +44,12 @@ impl ContextKeys {
 pub enum Guard {
     /// No context needed (a public endpoint): passes untouched.
     Open,
-    /// A context made for this route (the policy's route name) and the request's method.
-    Route(String),
+    /// A context made for this route (the policy's route name), the request's method and, on
+    /// a route with a tenant rule, this tenant.
+    Route {
+        route: String,
+        tenant: Option<String>,
+    },
 }
 
 type RouteOf = dyn Fn(&Method, &str) -> Guard + Send + Sync;
@@ -107,9 +110,9 @@ impl<S> ContextService<S> {
     /// `Ok(None)`: an open endpoint.
     fn check<B>(&self, request: &Request<B>) -> Result<Option<Claims>, Refusal> {
         let s = &self.settings;
-        let route = match (s.route_of)(request.method(), request.uri().path()) {
+        let (route, tenant) = match (s.route_of)(request.method(), request.uri().path()) {
             Guard::Open => return Ok(None),
-            Guard::Route(route) => route,
+            Guard::Route { route, tenant } => (route, tenant),
         };
         let values: Vec<_> = request.headers().get_all(&s.header).iter().collect();
         let context = match values.as_slice() {
@@ -121,8 +124,13 @@ impl<S> ContextService<S> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let expected = Expected {
+            method: request.method().as_str(),
+            route: &route,
+            tenant: tenant.as_deref(),
+        };
         s.keys
-            .verify(&s.verifier, context, request.method().as_str(), &route, now)
+            .verify(&s.verifier, context, &expected, now)
             .map(Some)
     }
 }

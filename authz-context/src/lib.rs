@@ -10,10 +10,10 @@
 //!
 //! # The binding
 //! A context names the request it was made for: its method and the name of the policy route
-//! that decided it (`req: {m, r}`). A context captured on one route is refused on any other
-//! route or method; on another path of the same route it asserts only what the policy decided
-//! for every path of that route (a route's tenant rule is carried as the `tenant` claim, for the
-//! service to compare with the tenant it serves). Binding the route rather than a hash of the
+//! that decided it (`req: {m, r}`), and on a route with a tenant rule the tenant it checked
+//! (`tenant`, which [`Expected::tenant`] compares with the tenant the request is for). A context
+//! captured on one route, method or tenant is refused on any other; on another path of the same
+//! route and tenant it asserts only what the policy decided for every such path. Binding the route rather than a hash of the
 //! path lets a hot token reuse one signed context across a route's paths (a list and its
 //! items), and survives Envoy rewriting the path after the filter ran (`prefix_rewrite`), which
 //! a path hash would not.
@@ -233,6 +233,36 @@ pub fn jwk(kid: &str, key: &VerifyingKey) -> Value {
     })
 }
 
+/// The request a service is serving, as a context must name it.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// The request's method (compared without ASCII case, as the policy's route table does).
+    pub method: &'a str,
+    /// The policy route this request is on.
+    pub route: &'a str,
+    /// On a route with a tenant rule: the tenant this request is for (`tenant` must name it).
+    pub tenant: Option<&'a str>,
+}
+
+impl<'a> Expected<'a> {
+    /// A request on `route` with no tenant to check.
+    pub fn new(method: &'a str, route: &'a str) -> Expected<'a> {
+        Expected {
+            method,
+            route,
+            tenant: None,
+        }
+    }
+
+    fn matches(&self, claims: &Claims) -> bool {
+        claims.req.m.eq_ignore_ascii_case(self.method)
+            && claims.req.r == self.route
+            && self
+                .tenant
+                .is_none_or(|tenant| claims.tenant.as_deref() == Some(tenant))
+    }
+}
+
 /// What a service expects of the contexts it accepts.
 #[derive(Debug, Clone)]
 pub struct Verifier {
@@ -259,17 +289,16 @@ impl Verifier {
     }
 
     /// The claims of `context` if it is signed by one of `keys`, made by this issuer for this
-    /// audience, valid at `now_seconds`, and made for `method` on `route`.
+    /// audience, valid at `now_seconds`, and made for `request`.
     pub fn verify(
         &self,
         context: &str,
         keys: &KeySet,
-        method: &str,
-        route: &str,
+        request: &Expected<'_>,
         now_seconds: u64,
     ) -> Result<Claims, Refusal> {
         let claims = self.verify_unbound(context, keys, now_seconds)?;
-        if claims.req.m != method || claims.req.r != route {
+        if !request.matches(&claims) {
             return Err(Refusal::WrongRequest);
         }
         Ok(claims)

@@ -43,7 +43,12 @@ fn a_signed_context_verifies_with_its_claims_and_binding() {
     let s = signer("k1", 7);
     let context = s.sign(&claims(NOW));
     let verified = Verifier::new("authz", "orders")
-        .verify(&context, &keys(&[&s]), "GET", "items", NOW + 1)
+        .verify(
+            &context,
+            &keys(&[&s]),
+            &Expected::new("GET", "items"),
+            NOW + 1,
+        )
         .unwrap();
     assert_eq!(verified, claims(NOW));
     assert!(verified.has_scope("write") && !verified.has_scope("wr"));
@@ -58,7 +63,7 @@ fn forged_tampered_or_unsigned_contexts_are_refused() {
     // Signed by another key under the same kid.
     let forged = signer("k1", 8).sign(&claims(NOW));
     assert_eq!(
-        v.verify(&forged, &ks, "GET", "items", NOW),
+        v.verify(&forged, &ks, &Expected::new("GET", "items"), NOW),
         Err(Refusal::BadSignature)
     );
     // Claims swapped under a valid signature.
@@ -69,7 +74,7 @@ fn forged_tampered_or_unsigned_contexts_are_refused() {
     let other_parts: Vec<&str> = other.split('.').collect();
     let swapped = format!("{}.{}.{}", parts[0], other_parts[1], parts[2]);
     assert_eq!(
-        v.verify(&swapped, &ks, "GET", "items", NOW),
+        v.verify(&swapped, &ks, &Expected::new("GET", "items"), NOW),
         Err(Refusal::BadSignature)
     );
     // alg none, another typ, an unknown kid, a crit header.
@@ -93,7 +98,7 @@ fn forged_tampered_or_unsigned_contexts_are_refused() {
         ),
     ] {
         assert_eq!(
-            v.verify(&header(h), &ks, "GET", "items", NOW),
+            v.verify(&header(h), &ks, &Expected::new("GET", "items"), NOW),
             Err(why),
             "{h}"
         );
@@ -106,12 +111,13 @@ fn forged_tampered_or_unsigned_contexts_are_refused() {
         &"a".repeat(MAX_CONTEXT_BYTES + 1),
     ] {
         assert!(
-            v.verify(junk, &ks, "GET", "items", NOW).is_err(),
+            v.verify(junk, &ks, &Expected::new("GET", "items"), NOW)
+                .is_err(),
             "{junk:.20}"
         );
     }
     assert_eq!(
-        v.verify("", &ks, "GET", "items", NOW),
+        v.verify("", &ks, &Expected::new("GET", "items"), NOW),
         Err(Refusal::Missing)
     );
 }
@@ -123,24 +129,40 @@ fn a_context_replayed_on_another_route_or_method_is_refused() {
     let context = s.sign(&claims(NOW));
     let ks = keys(&[&s]);
     assert_eq!(
-        v.verify(&context, &ks, "DELETE", "items", NOW),
+        v.verify(&context, &ks, &Expected::new("DELETE", "items"), NOW),
         Err(Refusal::WrongRequest)
     );
     assert_eq!(
-        v.verify(&context, &ks, "GET", "admin", NOW),
+        v.verify(&context, &ks, &Expected::new("GET", "admin"), NOW),
         Err(Refusal::WrongRequest)
     );
+    assert!(
+        v.verify(&context, &ks, &Expected::new("get", "items"), NOW)
+            .is_ok(),
+        "methods are compared without case, as the route table does"
+    );
+    let tenant = |t| Expected {
+        method: "GET",
+        route: "items",
+        tenant: Some(t),
+    };
+    assert!(v.verify(&context, &ks, &tenant("acme"), NOW).is_ok());
     assert_eq!(
-        v.verify(&context, &ks, "get", "items", NOW),
+        v.verify(&context, &ks, &tenant("beta"), NOW),
         Err(Refusal::WrongRequest),
-        "methods are compared as signed (upper-case)"
+        "made for another tenant"
     );
     assert_eq!(
-        Verifier::new("authz", "billing").verify(&context, &ks, "GET", "items", NOW),
+        Verifier::new("authz", "billing").verify(
+            &context,
+            &ks,
+            &Expected::new("GET", "items"),
+            NOW
+        ),
         Err(Refusal::WrongAudience)
     );
     assert_eq!(
-        Verifier::new("other", "orders").verify(&context, &ks, "GET", "items", NOW),
+        Verifier::new("other", "orders").verify(&context, &ks, &Expected::new("GET", "items"), NOW),
         Err(Refusal::WrongIssuer)
     );
 }
@@ -151,19 +173,21 @@ fn lifetimes_are_checked_with_leeway() {
     let v = Verifier::new("authz", "orders");
     let ks = keys(&[&s]);
     let context = s.sign(&claims(NOW));
-    assert!(v.verify(&context, &ks, "GET", "items", NOW + 34).is_ok());
+    assert!(v
+        .verify(&context, &ks, &Expected::new("GET", "items"), NOW + 34)
+        .is_ok());
     assert_eq!(
-        v.verify(&context, &ks, "GET", "items", NOW + 35),
+        v.verify(&context, &ks, &Expected::new("GET", "items"), NOW + 35),
         Err(Refusal::Expired)
     );
     assert_eq!(
-        v.verify(&context, &ks, "GET", "items", NOW - 6),
+        v.verify(&context, &ks, &Expected::new("GET", "items"), NOW - 6),
         Err(Refusal::NotYetValid)
     );
     let mut long = claims(NOW);
     long.exp = NOW + 301;
     assert_eq!(
-        v.verify(&s.sign(&long), &ks, "GET", "items", NOW),
+        v.verify(&s.sign(&long), &ks, &Expected::new("GET", "items"), NOW),
         Err(Refusal::TooLong)
     );
 }
@@ -175,10 +199,14 @@ fn after_a_rotation_both_keys_verify_until_the_old_one_is_unpublished() {
     let before = old.sign(&claims(NOW));
     let after = new.sign(&claims(NOW));
     let both = keys(&[&old, &new]);
-    assert!(v.verify(&before, &both, "GET", "items", NOW).is_ok());
-    assert!(v.verify(&after, &both, "GET", "items", NOW).is_ok());
+    assert!(v
+        .verify(&before, &both, &Expected::new("GET", "items"), NOW)
+        .is_ok());
+    assert!(v
+        .verify(&after, &both, &Expected::new("GET", "items"), NOW)
+        .is_ok());
     assert_eq!(
-        v.verify(&before, &keys(&[&new]), "GET", "items", NOW),
+        v.verify(&before, &keys(&[&new]), &Expected::new("GET", "items"), NOW),
         Err(Refusal::UnknownKey)
     );
 }
@@ -194,7 +222,7 @@ fn a_jwks_round_trips_and_bad_documents_are_errors() {
     assert_eq!(ks.len(), 1);
     let context = s.sign(&claims(NOW));
     assert!(Verifier::new("authz", "orders")
-        .verify(&context, &ks, "GET", "items", NOW)
+        .verify(&context, &ks, &Expected::new("GET", "items"), NOW)
         .is_ok());
     assert!(KeySet::from_jwks(b"[]").is_err());
     assert!(

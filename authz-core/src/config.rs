@@ -565,7 +565,7 @@ impl Problems {
     }
 }
 
-const RESERVED_HEADERS: [&str; 6] = [
+pub(crate) const RESERVED_HEADERS: [&str; 6] = [
     "authorization",
     "host",
     "content-length",
@@ -591,10 +591,13 @@ fn parse_context(
     server: Option<&ServerLink>,
 ) -> Option<crate::context::ContextSettings> {
     let config = c.context.as_ref()?;
-    if config.signing_seed_file.is_some() || config.rotate_every_seconds.is_some() {
+    if config.signing_seed_file.is_some()
+        || config.signing_seed.is_some()
+        || config.rotate_every_seconds.is_some()
+    {
         p.add(
             "context",
-            "signing_seed_file and rotate_every_seconds are the server's: the filter's keys come from the change feed",
+            "signing_seed(_file) and rotate_every_seconds are the server's: the filter's keys come from the change feed",
         );
     }
     let settings = config.settings("context", &mut p.0)?;

@@ -45,6 +45,9 @@ pub struct ContextConfig {
     /// The server's (the filter's keys come from the change feed): a file of at least 32
     /// random bytes the signing keys are derived from; every replica reads the same one.
     pub signing_seed_file: Option<String>,
+    /// The server's, instead of `signing_seed_file`: the seed itself, at least 32 characters
+    /// (e.g. `"${AUTHZ_CONTEXT_SEED}"` from a Secret).
+    pub signing_seed: Option<String>,
     /// The server's: how often the signing key changes, 2–86400 seconds.
     #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::ROTATE_EVERY_SECONDS)))]
     pub rotate_every_seconds: Option<u64>,
@@ -85,6 +88,15 @@ impl ContextConfig {
         {
             problems.push(format!(
                 "{at}.header: \"{header}\" is not a header name (letters, digits and '-')"
+            ));
+        }
+        let taken = crate::config::RESERVED_HEADERS.contains(&header.as_str())
+            || crate::config::STANDARD_CONTEXT_HEADERS
+                .iter()
+                .any(|h| *h == header && *h != defaults::HEADER);
+        if taken {
+            problems.push(format!(
+                "{at}.header: \"{header}\" is reserved or another header the filter and the server set"
             ));
         }
         let lifetime_seconds = self.lifetime_seconds.unwrap_or(defaults::LIFETIME_SECONDS);
@@ -133,7 +145,16 @@ pub struct Decided<'a> {
     pub route: &'a str,
     /// The caller's token claims, for the configured copies.
     pub token_claims: Option<&'a Map<String, Value>>,
+    /// When the caller's token expires (seconds): a context never outlives it.
+    pub token_expires_at: Option<i64>,
 }
+
+/// A copied claim larger than this (as JSON) is left out, and copies stop at
+/// [`MAX_COPIED_BYTES`] in all: a context stays far below what verifiers accept
+/// (`authz_context::MAX_CONTEXT_BYTES`).
+pub const MAX_COPIED_CLAIM_BYTES: usize = 1_024;
+/// See [`MAX_COPIED_CLAIM_BYTES`].
+pub const MAX_COPIED_BYTES: usize = 4_096;
 
 /// The claims of the context for `decided`, made at `now_seconds`.
 pub fn context_claims(
@@ -142,16 +163,26 @@ pub fn context_claims(
     now_seconds: u64,
 ) -> Claims {
     let mut ext = Map::new();
+    let mut copied_bytes = 0;
     if let Some(token_claims) = decided.token_claims {
         for name in &settings.claims {
             if let Some(
                 value @ (Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Array(_)),
             ) = token_claims.get(name)
             {
-                ext.insert(name.clone(), value.clone());
+                let size = name.len() + value.to_string().len();
+                if size <= MAX_COPIED_CLAIM_BYTES && copied_bytes + size <= MAX_COPIED_BYTES {
+                    copied_bytes += size;
+                    ext.insert(name.clone(), value.clone());
+                }
             }
         }
     }
+    let lifetime_end = now_seconds.saturating_add(settings.lifetime_seconds);
+    let exp = match decided.token_expires_at {
+        Some(token_exp) => lifetime_end.min(u64::try_from(token_exp).unwrap_or(0)),
+        None => lifetime_end,
+    };
     Claims {
         iss: settings.issuer.clone(),
         aud: settings.audience.clone(),
@@ -163,7 +194,7 @@ pub fn context_claims(
         tenant: decided.tenant.map(str::to_owned),
         pv: decided.policy_version,
         iat: now_seconds,
-        exp: now_seconds.saturating_add(settings.lifetime_seconds),
+        exp,
         req: Binding {
             m: decided.method.to_ascii_uppercase(),
             r: decided.route.to_owned(),
@@ -269,9 +300,19 @@ mod tests {
             method: "post",
             route: "items",
             token_claims: token.as_object(),
+            token_expires_at: Some(2000),
         };
         let claims = context_claims(&settings(), &decided, 1000);
         assert_eq!((claims.iat, claims.exp), (1000, 1060));
+        let ending = Decided {
+            token_expires_at: Some(1030),
+            ..decided
+        };
+        assert_eq!(
+            context_claims(&settings(), &ending, 1000).exp,
+            1030,
+            "never past the token's exp"
+        );
         assert_eq!(claims.req.m, "POST");
         assert_eq!(claims.scope, "read write");
         assert_eq!(claims.tier, "standard_write");
@@ -283,6 +324,42 @@ mod tests {
     }
 
     #[test]
+    fn copied_claims_stay_small() {
+        let big = "x".repeat(MAX_COPIED_CLAIM_BYTES);
+        let mid = "y".repeat(900);
+        let token = json!({"email": big, "roles": [mid], "obj": 1});
+        let mut settings = settings();
+        settings.claims = (0..6)
+            .map(|i| format!("c{i}"))
+            .chain(["email".into()])
+            .collect();
+        let mut token = token.as_object().unwrap().clone();
+        for i in 0..6 {
+            token.insert(format!("c{i}"), json!("z".repeat(900)));
+        }
+        let decided = Decided {
+            subject: "a",
+            subject_kind: "sub",
+            idp: "i",
+            scopes: &[],
+            tier: Tier::Authenticated,
+            tenant: None,
+            policy_version: 0,
+            method: "GET",
+            route: "r",
+            token_claims: Some(&token),
+            token_expires_at: None,
+        };
+        let claims = context_claims(&settings, &decided, 1);
+        assert!(
+            !claims.ext.contains_key("email"),
+            "larger than one claim may be"
+        );
+        assert_eq!(claims.ext.len(), 4, "copies stop at the total");
+        assert!(Value::Object(claims.ext).to_string().len() <= MAX_COPIED_BYTES);
+    }
+
+    #[test]
     fn bad_settings_are_all_named() {
         let config: ContextConfig = serde_json::from_value(
             json!({"header": "x auth", "lifetime_seconds": 0, "issuer": "", "extra": 1}),
@@ -291,6 +368,18 @@ mod tests {
         let mut problems = Vec::new();
         config.settings("context", &mut problems);
         assert_eq!(problems.len(), 5, "{problems:?}");
+        for taken in [
+            "Authorization",
+            "host",
+            "x-auth-subject",
+            "x-authz-policy-version",
+        ] {
+            let config: ContextConfig =
+                serde_json::from_value(json!({"header": taken, "audience": "a"})).unwrap();
+            let mut problems = Vec::new();
+            config.settings("context", &mut problems);
+            assert_eq!(problems.len(), 1, "{taken}: {problems:?}");
+        }
         let off: ContextConfig = serde_json::from_value(json!({"enabled": false})).unwrap();
         assert!(off.settings("context", &mut Vec::new()).is_none());
     }
@@ -328,12 +417,18 @@ mod tests {
                 method: "GET",
                 route: "r",
                 token_claims: None,
+                token_expires_at: None,
             },
             250,
         ));
         let public = KeySet::from_keys([("e2".to_owned(), keys[1].signer.verifying_key())]);
         assert!(Verifier::new("authz", "orders")
-            .verify(&signed, &public, "GET", "r", 251)
+            .verify(
+                &signed,
+                &public,
+                &authz_context::Expected::new("GET", "r"),
+                251
+            )
             .is_ok());
         assert!(read_feed_keys(&json!({})).unwrap().is_empty());
         assert!(read_feed_keys(

@@ -10,13 +10,15 @@
 //! and with a JWT access token the server verifies itself against the IdP's keys). Then the
 //! server alone under gRPC load, a fixed-rate
 //! open-loop run, and the introspection amplification run. Then, on stacks of their own,
-//! revocation propagation and the change feed under hostile use (`feed_load`).
+//! revocation propagation, the change feed under hostile use (`feed_load`) and the cost of
+//! signing a verification context in Wasm (`sign_cost`).
 
 mod envoy_config;
 mod feed_load;
 mod load;
 mod propagation;
 mod report;
+mod sign_cost;
 
 use load::{closed_loop, fixed_rate, RunStats, Target};
 use serde_json::json;
@@ -191,6 +193,12 @@ async fn main() {
         {
             feed_load::run(run_seconds).await;
         }
+        if only
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "sign_cost"))
+        {
+            sign_cost::run(&repo_root());
+        }
         for name in &names {
             let row = report::row_of(&results, name);
             println!(
@@ -265,6 +273,8 @@ async fn main() {
 
     // The change feed looped on by 50 clients, on a 200k-revocation state.
     let feed_load = feed_load::run(run_seconds).await;
+    // Signing a verification context in Wasm: the algorithm's cost.
+    let sign_cost = sign_cost::run(&repo_root());
 
     let memory = vec![
         ("envoy".to_owned(), peak_rss_kb(envoy_pid)),
@@ -280,6 +290,7 @@ async fn main() {
         flood,
         propagation,
         feed_load,
+        sign_cost,
         run_seconds,
         repetitions,
         connections,

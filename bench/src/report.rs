@@ -17,6 +17,7 @@ pub struct Report {
     pub flood: crate::Flood,
     pub propagation: Vec<crate::propagation::Propagation>,
     pub feed_load: crate::feed_load::FeedLoad,
+    pub sign_cost: Option<crate::sign_cost::SignCost>,
     pub run_seconds: u64,
     pub repetitions: u64,
     pub connections: usize,
@@ -406,6 +407,21 @@ impl Report {
             );
         }
         let _ = writeln!(md);
+        let _ = writeln!(md, "## Signing a verification context in Wasm\n\nThe same context signed 2,000 times inside a wasm32-wasip1 module run by Node's WASI (V8, the engine Envoy runs the filter in; `bench/sign-cost`). A context is signed once per token, method and route per half lifetime; the rest reuse it.\n");
+        match &self.sign_cost {
+            Some(cost) => {
+                let _ = writeln!(
+                    md,
+                    "| algorithm | µs per context | × Ed25519 |\n|---|---|---|\n| Ed25519 (`EdDSA`, used) | {:.1} | 1.00 |\n| ES256 (`p256`) | {:.1} | {:.1} |\n",
+                    cost.ed25519_us,
+                    cost.es256_us,
+                    cost.es256_us / cost.ed25519_us.max(f64::MIN_POSITIVE)
+                );
+            }
+            None => {
+                let _ = writeln!(md, "(not measured: Node or the module was missing)\n");
+            }
+        }
         let _ = writeln!(md, "## Memory\n");
         for (name, kb) in &self.memory {
             let _ = writeln!(md, "- {name}: peak RSS {:.1} MiB", *kb as f64 / 1024.0);

@@ -1,7 +1,7 @@
 //! The echo upstream as a service that trusts only signed verification contexts
 //! (`echo-upstream --context-jwks URL --context-policy FILE --context-audience NAME`): every
-//! request on a route whose tier needs a token must carry a valid context for its method and
-//! route (`authz_context::layer::ContextLayer`), or it gets an empty 401 and the reason is
+//! request on a route whose tier needs a token must carry a valid context for its method, route
+//! and (on a route with a tenant rule) tenant (`authz_context::layer::ContextLayer`), or it gets an empty 401 and the reason is
 //! printed on stderr. Routes come from the filter's own configuration (the JSON the Wasm filter
 //! loads), so the echo names a request's route as the filter did. The JWKS is fetched from the
 //! authorization server's admin port every second (a dev tool: loopback, plain HTTP).
@@ -39,11 +39,19 @@ pub fn guarded_router(options: ContextOptions) -> Result<axum::Router, String> {
         keys,
         header,
         move |method, path| {
-            let route = policy.routes.find(method.as_str(), path);
-            if route.tier.requires_token() {
-                Guard::Route(route.name.clone())
-            } else {
-                Guard::Open
+            let match_path = authz_core::routes::match_path(path);
+            let route = policy.routes.find_matched(method.as_str(), &match_path);
+            if !route.tier.requires_token() {
+                return Guard::Open;
+            }
+            let tenant = route
+                .require
+                .tenant
+                .as_ref()
+                .map(|rule| rule.tenant_of(&match_path).unwrap_or_default().to_owned());
+            Guard::Route {
+                route: route.name.clone(),
+                tenant,
             }
         },
         |refusal, method, path| {

@@ -523,7 +523,11 @@ async fn epochs(
     }
     let body = axum::body::Bytes::from_owner(KeptAnswer(answer));
     (
-        [("content-type", "application/json")],
+        [
+            ("content-type", "application/json"),
+            // It may carry signing keys: no cache on the way keeps it.
+            ("cache-control", "no-store"),
+        ],
         with_signing_keys(&admin, body),
     )
         .into_response()

@@ -579,14 +579,20 @@ impl CheckService {
     }
 
     /// [`CheckService::allow`] of a token, with the signed verification context when the
-    /// policy attaches one.
+    /// policy attaches one: an allow the context cannot state (no principal, no key) fails
+    /// closed rather than going out without one.
     fn allow_with_context(&self, id: &Identified<'_>, result: &Introspection) -> Verdict {
         let mut verdict = self.allow(id.tier, Some(result));
-        let (Some(ring), Some(principal), Verdict::Allow { set, .. }) =
-            (&self.config.context, result.principal(), &mut verdict)
-        else {
+        let Some(ring) = &self.config.context else {
             return verdict;
         };
+        let (Some(principal), Verdict::Allow { set, remove }) = (result.principal(), &mut verdict)
+        else {
+            tracing::warn!("an allowed token names no principal: no context can state it");
+            return Verdict::Deny(DenyReason::Internal);
+        };
+        // Set, so not removed (Envoy applies removals after what it sets).
+        remove.retain(|name| *name != ring.settings.header);
         let idp = result
             .raw
             .get("iss")
@@ -608,12 +614,13 @@ impl CheckService {
             method: id.method,
             route: &id.route.name,
             token_claims: Some(&result.raw),
+            token_expires_at: result.expires_at,
         };
         let now_seconds = self.clock.now_ms() / 1000;
-        set.push((
-            ring.settings.header.clone(),
-            ring.sign(&decided, now_seconds),
-        ));
+        let Some(context) = ring.sign(&decided, now_seconds) else {
+            return Verdict::Deny(DenyReason::Internal);
+        };
+        set.push((ring.settings.header.clone(), context));
         verdict
     }
 

@@ -71,7 +71,8 @@ pub struct ServerConfigFile {
     pub admin_listen: Option<String>,
     /// Required, at least 16 characters: bearer secret of the admin endpoints.
     pub admin_token: Option<String>,
-    /// A second, read-only bearer secret accepted by `GET /admin/epochs` (for the filter).
+    /// A second bearer secret, accepted only by `GET /admin/epochs` (for the filter). With
+    /// `context` its answers carry the signing keys: treat it as a signing secret.
     pub epochs_token: Option<String>,
     /// More feed secrets, each as `epochs_token` (one per proxy fleet, and two while one is
     /// rotated); each is counted apart for `feed.max_held_per_token`.
@@ -1158,9 +1159,7 @@ fn policy_section(p: &mut Problems, section: &Option<PolicyFile>) -> Option<Rout
     }
 }
 
-/// `strip_headers`: the standard context headers plus these (and the method-override headers
-/// when `requests` strips them), removed from allowed requests.
-/// `context:`: the settings, and the key ring from the seed file (read at load).
+/// `context:`: the settings, and the key ring from the seed (read at load).
 fn context_section(
     p: &mut Problems,
     c: &authz_core::context::ContextConfig,
@@ -1175,12 +1174,34 @@ fn context_section(
             format_args!("{rotate_every_seconds} is outside 2–86400"),
         );
     }
-    let Some(path) = c.signing_seed_file.as_deref() else {
-        p.add(
-            "context",
-            "\"signing_seed_file\" is required (at least 32 random bytes; e.g. `head -c 32 /dev/urandom > seed`)",
-        );
-        return None;
+    let path = match (&c.signing_seed, c.signing_seed_file.as_deref()) {
+        (Some(seed), None) => {
+            if seed.len() < crate::context_keys::MIN_SEED_BYTES {
+                p.add(
+                    "context.signing_seed",
+                    "at least 32 characters (or signing_seed_file with 32 random bytes)",
+                );
+            } else if let Some(why) = authz_core::config::weak_secret(seed) {
+                p.add("context.signing_seed", why);
+            }
+            return Some(crate::context_keys::ContextKeyRing::new(
+                settings,
+                seed.as_bytes().to_vec(),
+                rotate_every_seconds,
+            ));
+        }
+        (None, Some(path)) => path,
+        (Some(_), Some(_)) => {
+            p.add("context", "signing_seed or signing_seed_file, not both");
+            return None;
+        }
+        (None, None) => {
+            p.add(
+                "context",
+                "\"signing_seed_file\" (at least 32 random bytes; e.g. `head -c 32 /dev/urandom > seed`) or \"signing_seed\" is required",
+            );
+            return None;
+        }
     };
     let seed = match std::fs::read(path) {
         Ok(seed) if seed.len() >= crate::context_keys::MIN_SEED_BYTES => seed,
@@ -1194,7 +1215,7 @@ fn context_section(
         Err(e) => {
             p.add(
                 "context.signing_seed_file",
-                format_args!("{path}: cannot read: {e}"),
+                format_args!("cannot read {path}: {e}"),
             );
             return None;
         }
@@ -1206,6 +1227,8 @@ fn context_section(
     ))
 }
 
+/// `strip_headers`: the standard context headers plus these (and the method-override headers
+/// when `requests` strips them), removed from allowed requests.
 fn strip_headers_section(
     p: &mut Problems,
     extra: &Option<Vec<String>>,

@@ -1,6 +1,7 @@
 //! The signed verification context on this worker's local allows: the signing keys the change
 //! feed brought (never anything from the client path), and contexts already signed, reused for
-//! the same token, method, route and policy version while at least half their lifetime is left,
+//! the same token, method, route, tenant and policy version while at least half their lifetime
+//! is left,
 //! so a hot token does not pay a signature (about 45 µs in Wasm) per request.
 //!
 //! What it does not do: decide. It signs what the worker allowed, and says when it cannot (no
@@ -18,6 +19,9 @@ struct ReuseKey {
     token: u128,
     method: String,
     route: String,
+    /// The tenant a route's tenant rule read from the path: the one claim that depends on
+    /// more than the token, method and route.
+    tenant: Option<String>,
     policy_version: u64,
 }
 
@@ -27,15 +31,33 @@ pub struct ContextSigning {
     keys: Vec<FeedKey>,
     /// Signed contexts and their `exp` (seconds).
     reused: HashMap<ReuseKey, (String, u64)>,
+    /// Whether an answer without keys was reported (once, until keys arrive).
+    reported_keyless: bool,
 }
 
 impl ContextSigning {
     /// The keys of a feed answer: they replace the ones held (an answer without keys, from a
-    /// server that signs nothing, changes nothing).
-    pub fn set_keys(&mut self, keys: Vec<FeedKey>) {
-        if !keys.is_empty() {
-            self.keys = keys;
+    /// server that signs nothing, changes nothing). Returns whether they differ from the keys
+    /// held (a new period's).
+    pub fn set_keys(&mut self, keys: Vec<FeedKey>) -> bool {
+        if keys.is_empty() {
+            return false;
         }
+        let kids = |keys: &[FeedKey]| -> Vec<String> {
+            keys.iter().map(|k| k.signer.kid().to_owned()).collect()
+        };
+        let changed = kids(&keys) != kids(&self.keys);
+        self.keys = keys;
+        self.reported_keyless = false;
+        changed
+    }
+
+    /// An answer without keys came while none are held: true the first time (to report it
+    /// once, not on every answer).
+    pub fn keyless_answer(&mut self) -> bool {
+        let first = self.keys.is_empty() && !self.reported_keyless;
+        self.reported_keyless |= first;
+        first
     }
 
     /// Whether a key signs at `now_seconds`.
@@ -56,6 +78,7 @@ impl ContextSigning {
             token,
             method: decided.method.to_ascii_uppercase(),
             route: decided.route.to_owned(),
+            tenant: decided.tenant.map(str::to_owned),
             policy_version: decided.policy_version,
         };
         let half = settings.lifetime_seconds.div_ceil(2);
@@ -108,6 +131,7 @@ mod tests {
             method: "GET",
             route,
             token_claims: None,
+            token_expires_at: None,
         }
     }
 
@@ -122,6 +146,8 @@ mod tests {
     #[test]
     fn nothing_is_signed_without_a_key_for_now() {
         let mut signing = ContextSigning::default();
+        assert!(signing.keyless_answer(), "reported once");
+        assert!(!signing.keyless_answer());
         assert!(signing
             .context_for(&settings(), 1, &decided("items"), 100)
             .is_none());
@@ -133,8 +159,17 @@ mod tests {
         assert!(signing
             .context_for(&settings(), 1, &decided("items"), 200)
             .is_some());
-        signing.set_keys(Vec::new());
+        assert!(!signing.keyless_answer(), "keys are held");
+        assert!(!signing.set_keys(Vec::new()));
         assert!(signing.has_key(250), "an answer without keys keeps them");
+        assert!(
+            !signing.set_keys(vec![key("k1", 1, 200, 300)]),
+            "the same keys"
+        );
+        assert!(
+            signing.set_keys(vec![key("k2", 2, 300, 400)]),
+            "a new period's"
+        );
     }
 
     #[test]
@@ -174,11 +209,39 @@ mod tests {
         ]);
         let verifier = Verifier::new("authz", "orders");
         assert!(verifier
-            .verify(&other_route, &keys, "GET", "admin", 131)
+            .verify(
+                &other_route,
+                &keys,
+                &authz_context::Expected::new("GET", "admin"),
+                131
+            )
             .is_ok());
         assert!(verifier
-            .verify(&other_route, &keys, "GET", "items", 131)
+            .verify(
+                &other_route,
+                &keys,
+                &authz_context::Expected::new("GET", "items"),
+                131
+            )
             .is_err());
+        // Another tenant on the same route is another context.
+        let mut tenant_b = decided("items");
+        tenant_b.tenant = Some("b");
+        let for_b = signing.context_for(&settings(), 1, &tenant_b, 131).unwrap();
+        assert!(!for_b.1);
+        assert_eq!(
+            authz_context::Verifier::new("authz", "orders")
+                .verify(
+                    &for_b.0,
+                    &keys,
+                    &authz_context::Expected::new("GET", "items"),
+                    131
+                )
+                .unwrap()
+                .tenant
+                .as_deref(),
+            Some("b")
+        );
         // After the rotation, new contexts carry the new key.
         let rotated = signing
             .context_for(&settings(), 3, &decided("items"), 1000)
@@ -191,8 +254,7 @@ mod tests {
                     "k2".to_owned(),
                     ContextSigner::new("k2", &[2; 32]).verifying_key()
                 )]),
-                "GET",
-                "items",
+                &authz_context::Expected::new("GET", "items"),
                 1000
             )
             .is_ok());

@@ -382,14 +382,27 @@ impl<H: Host> Worker<H> {
         }
     }
 
-    /// The signing keys of a feed answer (a malformed set is logged; the keys held stay).
-    fn take_context_keys(&mut self, answer: &serde_json::Value) {
+    /// The signing keys of a feed answer (a malformed set is logged; the keys held stay);
+    /// whether they are new (a period ended: the server answered a held request for it).
+    fn take_context_keys(&mut self, answer: &serde_json::Value) -> bool {
         match authz_core::context::read_feed_keys(answer) {
+            Ok(keys) if keys.is_empty() => {
+                if self.context.keyless_answer() {
+                    self.host.log(
+                    LogLevel::Error,
+                    "jwt_authz change feed: the server sends no context signing keys (is `context` configured on the server?): routes that need a token fail closed (503)",
+                );
+                }
+                false
+            }
             Ok(keys) => self.context.set_keys(keys),
-            Err(why) => self.host.log(
-                LogLevel::Error,
-                &format!("jwt_authz change feed: signing keys refused: {why}"),
-            ),
+            Err(why) => {
+                self.host.log(
+                    LogLevel::Error,
+                    &format!("jwt_authz change feed: signing keys refused: {why}"),
+                );
+                false
+            }
         }
     }
 
@@ -402,10 +415,11 @@ impl<H: Host> Worker<H> {
         now_ms: u64,
     ) -> Option<PollOrder> {
         self.versions.poll_in_flight = None;
+        let mut new_keys = false;
         let changes = match (status, body) {
             (Some(200), Some(body)) => Changes::read(&body).and_then(|answer| {
                 if self.policy.context.is_some() {
-                    self.take_context_keys(&answer);
+                    new_keys = self.take_context_keys(&answer);
                 }
                 Changes::parse_value(&answer)
             }),
@@ -458,7 +472,8 @@ impl<H: Host> Worker<H> {
         if self.versions.poll_held {
             // Held until a change, or for most of its wait: the server pushes. Answered at once
             // with nothing (a server that does not hold): poll at the interval instead.
-            if !changes.is_empty() || held_for >= wait_ms / 2 {
+            // A held request the server answered at a key period's end is a push too.
+            if !changes.is_empty() || new_keys || held_for >= wait_ms / 2 {
                 self.host.count(Counter::PollHeld);
                 self.versions.poll_now = true;
                 self.host.set_gauge(Gauge::PushConnected, 1);

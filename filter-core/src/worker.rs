@@ -361,7 +361,8 @@ impl<H: Host> Worker<H> {
             return Ok(None);
         };
         let Some(principal) = token.claims.principal() else {
-            return Ok(None);
+            // No context can state who called: fail closed rather than allow without one.
+            return Err(DenyReason::Internal);
         };
         let match_path = authz_core::routes::match_path(&request.path);
         let tenant = self
@@ -387,6 +388,7 @@ impl<H: Host> Worker<H> {
             method: &request.method,
             route,
             token_claims: Some(&token.claims.raw),
+            token_expires_at: token.claims.expires_at,
         };
         let key = self.keyer.key(bearer);
         match self

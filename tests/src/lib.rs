@@ -269,6 +269,7 @@ pub const CLIENT_ID: &str = "authz-server";
 pub const CLIENT_SECRET: &str = "authz-server-secret";
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 pub const EPOCHS_TOKEN: &str = "e2e-epochs-token-0123456789";
+pub const CONTEXT_SEED: &str = "e2e-context-signing-seed-0123456789abcdef";
 
 /// The plugin configuration with the in-proxy decision cache: privileged and regulated tiers
 /// go to the server (cluster `ext_authz`), invalidated by polling `/admin/epochs`
@@ -446,6 +447,7 @@ pub fn test_env(name: &str) -> Option<String> {
         "AUTHZ_EPOCHS_TOKEN" => Some(EPOCHS_TOKEN.into()),
         "AUTHZ_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
         "AUTHZ_CLIENT_SECRET" => Some(CLIENT_SECRET.into()),
+        "AUTHZ_CONTEXT_SEED" => Some(CONTEXT_SEED.into()),
         _ => None,
     }
 }

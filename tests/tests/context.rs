@@ -165,6 +165,30 @@ fn services_accept_only_fresh_contexts_made_for_the_request_and_keys_rotate() {
     let (status, seen) = through_envoy(&s, "GET", "/healthz", None, &[("X-Auth-Context", &forged)]);
     assert_eq!((status, seen), (200, None), "stripped whatever its case");
 
+    // A route with a tenant rule: the context names the tenant it was made for, and the
+    // service refuses it for another tenant's path (even for a token of both tenants).
+    let both = s
+        .idp
+        .mint(json!({"sub": "erin", "scope": "orders", "ttl": 600,
+        "claims": {"tenant": ["acme", "beta"]}}));
+    let (status, acme) = through_envoy(&s, "POST", "/tenants/acme/orders", Some(&both), &[]);
+    assert_eq!(status, 200);
+    let acme = acme.expect("context");
+    assert_eq!(claims(&acme)["tenant"], "acme");
+    let (status, beta) = through_envoy(&s, "POST", "/tenants/beta/orders", Some(&both), &[]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        claims(&beta.expect("context"))["tenant"],
+        "beta",
+        "not acme's, reused"
+    );
+    assert_eq!(to_service(&s, "POST", "/tenants/acme/orders", &acme), 200);
+    assert_eq!(
+        to_service(&s, "POST", "/tenants/beta/orders", &acme),
+        401,
+        "another tenant"
+    );
+
     // A route the server decides: the server signs, the service verifies it the same way.
     let (status, admin_context) = through_envoy(&s, "POST", "/admin/users", Some(&reader), &[]);
     assert_eq!(status, 200);
@@ -250,4 +274,55 @@ fn a_hot_token_reuses_its_context_and_a_server_without_keys_fails_closed() {
         503
     );
     assert_eq!(through_envoy(&keyless, "GET", "/healthz", None, &[]).0, 200);
+}
+
+#[test]
+fn with_envoys_native_ext_authz_the_server_signs_and_its_context_reaches_the_service() {
+    let s = ExtAuthzStack::start(
+        "context: {audience: echo, signing_seed: \"e2e-native-context-seed-0123456789abcdef\"}\n",
+    );
+    let admin = s
+        .idp
+        .mint(json!({"sub": "root", "scope": "read admin", "ttl": 600, "claims": {}}));
+    let reply = s.envoy.send(
+        "POST",
+        "/admin/users",
+        Some(&admin),
+        &[("x-auth-context", "client-sent"), ("connection", "close")],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let echo: Value = serde_json::from_str(&reply.body).expect("echo json");
+    let context = echo["headers"]["x-auth-context"]
+        .as_str()
+        .expect("the server's context reaches the upstream (set, not removed)");
+    let jwks = get(
+        &format!("http://127.0.0.1:{}/context/jwks.json", s.server.admin_port),
+        &[],
+    );
+    let keys = authz_context::KeySet::from_jwks(jwks.body.as_bytes()).expect("jwks");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = authz_context::Verifier::new("authz", "echo")
+        .verify(
+            context,
+            &keys,
+            &authz_context::Expected::new("POST", "admin"),
+            now,
+        )
+        .expect("a valid context for the request");
+    assert_eq!(
+        (claims.sub.as_str(), claims.tier.as_str()),
+        ("root", "privileged")
+    );
+    // On a route the server decides with no token (public), a client's copy is removed.
+    let reply = s.envoy.send(
+        "GET",
+        "/healthz",
+        None,
+        &[("x-auth-context", "client-sent"), ("connection", "close")],
+    );
+    let echo: Value = serde_json::from_str(&reply.body).expect("echo json");
+    assert!(echo["headers"].get("x-auth-context").is_none(), "{echo}");
 }

@@ -314,6 +314,16 @@ fn native_policy_with(server: &str) -> String {
     format!("{head}\nserver:\n{server}")
 }
 
+/// A policy text without its `context:` section.
+fn without_context(text: &str) -> String {
+    let (head, rest) = text.split_once("\ncontext:\n").expect("a context section");
+    let tail = rest
+        .split_once("\nfilter:")
+        .map(|(_, tail)| format!("\nfilter:{tail}"))
+        .expect("filter after context");
+    format!("{head}{tail}")
+}
+
 #[test]
 fn both_modes_render_the_change_feed_or_refuse_without_an_explicit_opt_out() {
     let config = "  config:\n    admin_token: \"${AUTHZ_ADMIN_TOKEN}\"\n    introspection: {endpoint: http://127.0.0.1:9000/introspect, client_id: c, client_secret: \"${AUTHZ_CLIENT_SECRET}\"}\n";
@@ -362,6 +372,15 @@ fn both_modes_render_the_change_feed_or_refuse_without_an_explicit_opt_out() {
         let opted_out = native_policy_with(&format!(
             "  mode: {mode}\n  envoy_cluster: ext_authz\n  feed: false\n{config}"
         ));
+        // The signed context needs the feed (its keys come with it).
+        let problems = authz_config::render_with_env(&opted_out, &test_env).expect_err("refused");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("context: needs the change feed")),
+            "{mode}: {problems:#?}"
+        );
+        let opted_out = without_context(&opted_out);
         let rendered = authz_config::render_with_env(&opted_out, &test_env)
             .unwrap_or_else(|p| panic!("{mode}: {p:#?}"));
         let filter =
@@ -573,6 +592,46 @@ fn the_istio_resources_are_rendered_from_the_policy_and_ship_as_rendered() {
         problems
             .iter()
             .any(|p| p.starts_with("istio: server.mode must be filter")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn the_policy_gives_the_filter_the_context_without_the_servers_signing_seed() {
+    let text =
+        std::fs::read_to_string(repo_root().join("config/policy.example.yaml")).expect("read");
+    assert!(text.contains("signing_seed: \"${AUTHZ_CONTEXT_SEED}\""));
+    let rendered = authz_config::render_with_env(&text, &test_env).expect("renders");
+    let context = &rendered.filter["context"];
+    assert_eq!(context["audience"], "demo-api");
+    for server_only in ["signing_seed", "signing_seed_file", "rotate_every_seconds"] {
+        assert!(
+            context.get(server_only).is_none(),
+            "{server_only} in {context}"
+        );
+    }
+    let filter =
+        authz_core::Policy::from_json(rendered.filter.to_string().as_bytes()).expect("loads");
+    assert_eq!(
+        filter.context.as_ref().map(|c| c.lifetime_seconds),
+        Some(60)
+    );
+    let server_yaml = rendered.server.as_deref().expect("server");
+    assert!(
+        server_yaml.contains("${AUTHZ_CONTEXT_SEED}"),
+        "the seed stays a reference for the server to expand: {server_yaml}"
+    );
+    let server = load_server(server_yaml, "loads");
+    let ring = server.context.expect("the server signs");
+    assert_eq!(ring.rotate_every_seconds, 3_600);
+    assert_eq!(ring.settings.audience, "demo-api");
+    // Set under `filter` or `server.config`: refused, it comes from the policy.
+    let doubled = text.replace("  config:\n", "  config:\n    context: {audience: x}\n");
+    let problems = authz_config::render_with_env(&doubled, &test_env).expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("server.config.context: comes from the policy")),
         "{problems:#?}"
     );
 }
