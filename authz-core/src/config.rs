@@ -307,6 +307,13 @@ pub struct RouteConfig {
     /// server tiers) and reuses a decision at most this long, 0–60000 ms (0: never). Needs
     /// `server`. Unset: decided locally from the JWT.
     pub fresh_cache_ms: Option<u64>,
+    /// Checked in the background: on an `authenticated` route of reads only (`methods` of
+    /// `GET`, `HEAD`, `OPTIONS`), a request is answered from the local JWT verification at once
+    /// and the server checks the token behind it (introspection, revocations, the policy), at
+    /// most once per token in this many ms, 1000–3600000. A token the server refuses is revoked
+    /// through the change feed. Needs `server` with the feed, honouring revocations on
+    /// `authenticated` routes.
+    pub background_check_ms: Option<u64>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -627,6 +634,43 @@ fn parse_context(
         );
     }
     Some(settings)
+}
+
+/// `background_check_ms` only where a late refusal is acceptable: reads of `authenticated`
+/// routes (never writes, privileged or regulated ones), decided locally.
+fn check_background_route(
+    p: &mut Problems,
+    at: &str,
+    tier: Tier,
+    methods: &[String],
+    ms: u64,
+    fresh: bool,
+) {
+    let key = format!("{at}.background_check_ms");
+    if tier != Tier::Authenticated {
+        p.add(
+            &key,
+            format_args!(
+                "only authenticated reads may be checked after the answer; {tier} may not"
+            ),
+        );
+    }
+    let reads = ["GET", "HEAD", "OPTIONS"];
+    if methods.is_empty() || methods.iter().any(|m| !reads.contains(&m.as_str())) {
+        p.add(
+            &key,
+            "the route's match.methods must be reads only (GET, HEAD, OPTIONS): a write is never answered before it is checked",
+        );
+    }
+    if fresh {
+        p.add(
+            &key,
+            "the route asks the server first (fresh_cache_ms): nothing is left to check after the answer",
+        );
+    }
+    if !(1_000..=3_600_000).contains(&ms) {
+        p.add(&key, "must be between 1000 and 3600000");
+    }
 }
 
 fn parse_tier(p: &mut Problems, at: &str, tier: &Option<String>) -> Tier {
@@ -1119,6 +1163,9 @@ fn parse_routes(
                 );
             }
         }
+        if let Some(ms) = rc.background_check_ms {
+            check_background_route(p, &at, tier, &methods, ms, rc.fresh_cache_ms.is_some());
+        }
         let name = rc.name.clone().unwrap_or_else(|| at.clone());
         // Names key cached decisions and appear in logs: two routes must never share one.
         if name == "default" || routes.iter().any(|r: &Route| r.name == name) {
@@ -1142,6 +1189,7 @@ fn parse_routes(
                 tier,
                 require,
                 fresh_cache_ms: rc.fresh_cache_ms,
+                background_check_ms: rc.background_check_ms,
             });
         }
     }
@@ -1165,6 +1213,7 @@ fn parse_routes(
                 tier,
                 require,
                 fresh_cache_ms: None,
+                background_check_ms: None,
             })
         }
     };
@@ -1292,6 +1341,17 @@ impl Policy {
                         "asks the server, so it needs \"server\"",
                     );
                 }
+            }
+        }
+        let feed_revokes_reads = server.as_ref().is_some_and(|s| {
+            s.epochs.is_some() && s.local_revocations.contains(&Tier::Authenticated)
+        });
+        for (i, route) in c.routes.iter().enumerate() {
+            if route.background_check_ms.is_some() && !feed_revokes_reads {
+                p.add(
+                    &format!("routes[{i}].background_check_ms"),
+                    "needs \"server\" with the change feed (epochs_cluster) and authenticated in server.local_revocations: that is how a refusal reaches every worker",
+                );
             }
         }
         let cache = parse_cache(&mut p, &c.cache);

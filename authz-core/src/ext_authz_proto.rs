@@ -163,6 +163,9 @@ pub mod metadata_keys {
     pub const SUBJECT_EPOCH: &str = "authz_subject_epoch";
     /// Present and true when the server cannot confirm its revocation state is current.
     pub const STATE_UNCONFIRMED: &str = "authz_state_unconfirmed";
+    /// Present and true when a background check found the (verified) token inactive at the
+    /// IdP and the server revoked it: the filter revokes it too, at once.
+    pub const TOKEN_REVOKED: &str = "authz_token_revoked";
 }
 
 /// What a Check reply's dynamic metadata says about caching.
@@ -176,6 +179,15 @@ pub struct CacheDirective {
     /// The server could not confirm its revocation state is current (shared tier down): the
     /// reply must not renew a client's trust in what it cached before.
     pub state_unconfirmed: bool,
+    /// A background check revoked the token (see `metadata_keys::TOKEN_REVOKED`).
+    pub token_revoked: bool,
+}
+
+fn flag(s: &prost_types::Struct, key: &str) -> bool {
+    matches!(
+        s.fields.get(key).and_then(|v| v.kind.as_ref()),
+        Some(prost_types::value::Kind::BoolValue(true))
+    )
 }
 
 fn number(s: &prost_types::Struct, key: &str) -> Option<u64> {
@@ -204,12 +216,8 @@ impl CacheDirective {
                 _ => None,
             },
             subject_epoch: number(s, metadata_keys::SUBJECT_EPOCH).unwrap_or(0),
-            state_unconfirmed: matches!(
-                s.fields
-                    .get(metadata_keys::STATE_UNCONFIRMED)
-                    .and_then(|v| v.kind.as_ref()),
-                Some(prost_types::value::Kind::BoolValue(true))
-            ),
+            state_unconfirmed: flag(s, metadata_keys::STATE_UNCONFIRMED),
+            token_revoked: flag(s, metadata_keys::TOKEN_REVOKED),
         }
     }
 
@@ -233,13 +241,18 @@ impl CacheDirective {
             metadata_keys::SUBJECT_EPOCH.to_owned(),
             num(self.subject_epoch),
         );
-        if self.state_unconfirmed {
-            fields.insert(
-                metadata_keys::STATE_UNCONFIRMED.to_owned(),
-                prost_types::Value {
-                    kind: Some(Kind::BoolValue(true)),
-                },
-            );
+        for (set, key) in [
+            (self.state_unconfirmed, metadata_keys::STATE_UNCONFIRMED),
+            (self.token_revoked, metadata_keys::TOKEN_REVOKED),
+        ] {
+            if set {
+                fields.insert(
+                    key.to_owned(),
+                    prost_types::Value {
+                        kind: Some(Kind::BoolValue(true)),
+                    },
+                );
+            }
         }
         if let Some(sub) = &self.subject {
             fields.insert(
@@ -271,8 +284,17 @@ mod tests {
             subject: Some("alice".into()),
             subject_epoch: 2,
             state_unconfirmed: false,
+            token_revoked: false,
         };
         assert_eq!(CacheDirective::from_metadata(Some(&d.to_metadata())), d);
+        let revoked = CacheDirective {
+            token_revoked: true,
+            ..d.clone()
+        };
+        assert_eq!(
+            CacheDirective::from_metadata(Some(&revoked.to_metadata())),
+            revoked
+        );
         let unconfirmed = CacheDirective {
             state_unconfirmed: true,
             ..d
@@ -325,7 +347,13 @@ pub struct CheckFacts {
     pub tier: String,
     /// Where the calling proxy runs (`region/zone`), for the server's decision log.
     pub client_locality: Option<String>,
+    /// A check after the answer (`background_check_ms`): the request was already allowed.
+    pub background: bool,
 }
+
+/// The `context_extensions` key marking a background check (value `"1"`): the server asks
+/// the IdP about the token, and revokes it through the change feed when it refuses it.
+pub const BACKGROUND_EXTENSION: &str = "authz_background";
 
 /// The `context_extensions` key (and, lower-cased with an `x-authz-` prefix, the gRPC metadata
 /// key native ext_authz can send through `initial_metadata`) naming the caller's locality.
@@ -359,6 +387,10 @@ pub fn encode_check_request(facts: CheckFacts) -> Vec<u8> {
             context_extensions: [("tier".to_owned(), Some(facts.tier))]
                 .into_iter()
                 .chain([(CLIENT_LOCALITY_EXTENSION.to_owned(), facts.client_locality)])
+                .chain([(
+                    BACKGROUND_EXTENSION.to_owned(),
+                    facts.background.then(|| "1".to_owned()),
+                )])
                 .filter_map(|(k, v)| Some((k, v?)))
                 .collect(),
         }),
@@ -481,6 +513,16 @@ mod reply_tests {
         let extensions = decoded.attributes.unwrap().context_extensions;
         assert_eq!(extensions["tier"], "privileged");
         assert!(!extensions.contains_key(CLIENT_LOCALITY_EXTENSION));
+        assert!(!extensions.contains_key(BACKGROUND_EXTENSION));
+        let background = encode_check_request(CheckFacts {
+            background: true,
+            ..CheckFacts::default()
+        });
+        let decoded = CheckRequest::decode(background.as_slice()).unwrap();
+        assert_eq!(
+            decoded.attributes.unwrap().context_extensions[BACKGROUND_EXTENSION],
+            "1"
+        );
         let located = encode_check_request(CheckFacts {
             tier: "privileged".into(),
             client_locality: Some("eu-west-1/zone-a".into()),

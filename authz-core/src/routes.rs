@@ -216,6 +216,9 @@ pub struct Route {
     /// Set: the filter asks the server for this (locally decidable) route and reuses a
     /// decision at most this long (ms).
     pub fresh_cache_ms: Option<u64>,
+    /// Set: allowed from the local verification at once, then checked by the server in the
+    /// background, at most once per token in this long (ms).
+    pub background_check_ms: Option<u64>,
 }
 
 impl Route {
@@ -276,6 +279,7 @@ mod tests {
             tier,
             require: Requirements::default(),
             fresh_cache_ms: None,
+            background_check_ms: None,
         }
     }
 
@@ -315,6 +319,7 @@ mod tests {
                 tier: Tier::Authenticated,
                 require: Requirements::default(),
                 fresh_cache_ms: None,
+                background_check_ms: None,
             },
         }
     }

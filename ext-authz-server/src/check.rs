@@ -31,7 +31,9 @@ use crate::shared::Shared;
 use crate::versions::{TokenKey, Versions};
 use authz_core::context::Decided;
 use authz_core::decision::bearer_token;
-use authz_core::ext_authz_proto::{CacheDirective, CLIENT_LOCALITY_EXTENSION};
+use authz_core::ext_authz_proto::{
+    CacheDirective, BACKGROUND_EXTENSION, CLIENT_LOCALITY_EXTENSION,
+};
 use authz_core::fallback::{check_step_up, TierRules};
 use authz_core::introspection::Introspection;
 use authz_core::routes::{is_origin_form, match_path, Route};
@@ -67,11 +69,20 @@ pub struct CheckService {
     pub limiters: Arc<Limiters>,
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
+    /// Where the changes a check makes go (a background check's revocation).
+    pub changes: Arc<dyn crate::changes::ChangeSink>,
 }
 
 /// Facts of one check, gathered for the decision log.
 #[derive(Debug, Default)]
 struct Trace {
+    /// A background check (see [`Identified::background`]).
+    background: bool,
+    /// A background check whose token this server verified itself (signature, issuer,
+    /// audience, lifetime): its `exp`, the only case its refusal may revoke it.
+    background_verified_exp: Option<i64>,
+    /// The background check revoked the token (the reply says so).
+    token_revoked: bool,
     tier: Option<Tier>,
     route: String,
     address: String,
@@ -123,6 +134,25 @@ pub struct Identified<'a> {
     pub authorization: Option<&'a str>,
     /// The client's address, as Envoy reports it ("" when absent).
     pub address: String,
+    /// A filter's check after the answer (`context_extensions[authz_background]`) on a route
+    /// this server's policy opts in (`background_check_ms`, `authenticated`): the token is
+    /// verified here, then asked about at the IdP, and no per-address limit applies (the
+    /// caller is the filter, not the client, which was answered already; a token that fails
+    /// verification never reaches the IdP).
+    pub background: bool,
+}
+
+/// The oldest cached introspection a background check uses (the shortest window a route may
+/// set): the check asks whether the IdP still stands by the token.
+pub const BACKGROUND_MAX_STALENESS_MS: u64 = 1_000;
+
+/// Whether a Check is a filter's check after the answer (see [`Identified::background`]).
+fn is_background(request: &CheckRequest) -> bool {
+    request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.context_extensions.get(BACKGROUND_EXTENSION))
+        .is_some_and(|v| v == "1")
 }
 
 /// Phase 1: the route, tier and credential of a request. A request without HTTP attributes
@@ -172,6 +202,11 @@ pub fn identify<'a>(
         match_path,
         authorization: http.headers.get("authorization").map(String::as_str),
         address: request.get_client_address().cloned().unwrap_or_default(),
+        // Only where this server's policy opts the route in (the filter's does too): a marker
+        // on any other route is a plain check.
+        background: is_background(request)
+            && route.background_check_ms.is_some()
+            && tier == Tier::Authenticated,
     })
 }
 
@@ -259,12 +294,18 @@ impl CheckService {
         };
         if let Verdict::Deny(reason) = &verdict {
             if is_failed_token(reason)
+                && !trace.background
                 && !self
                     .limiters
                     .failed_attempt_allowed(&trace.address, self.clock.now_ms())
             {
                 verdict = Verdict::Deny(DenyReason::RateLimited);
             }
+        }
+        if let (Some(exp), Verdict::Deny(DenyReason::Inactive)) =
+            (trace.background_verified_exp, &verdict)
+        {
+            trace.token_revoked = self.revoke_refused_token(&request, exp);
         }
         trace
             .stages
@@ -287,7 +328,12 @@ impl CheckService {
         if !id.tier.requires_token() {
             return self.allow(id.tier, None);
         }
-        let rules = self.config.tier_rules(id.tier);
+        let mut rules = self.config.tier_rules(id.tier);
+        if id.background {
+            // The request was answered from the JWT already: this asks whether the IdP still
+            // stands by the token, so an answer cached for the tier's whole staleness will not do.
+            rules.max_staleness_ms = rules.max_staleness_ms.min(BACKGROUND_MAX_STALENESS_MS);
+        }
         let screened = match self.screen(&id, &rules, trace) {
             Ok(s) => s,
             Err(reason) => return Verdict::Deny(reason),
@@ -295,7 +341,10 @@ impl CheckService {
         trace
             .stages
             .push(("policy", policy_started.elapsed().as_secs_f64()));
-        let entry = if self.idp.verifies_jwts()
+        trace.background = id.background;
+        let entry = if id.background {
+            self.background_lookup(&screened, &rules, trace).await
+        } else if self.idp.verifies_jwts()
             && !id.route.require.introspect
             && jws_typ(screened.token).is_some()
         {
@@ -387,9 +436,10 @@ impl CheckService {
         }
         // An address that just went over its failed-token budget gets no IdP call: only
         // tokens this server already holds answers for are decided.
-        if self
-            .limiters
-            .address_blocked(&id.address, self.clock.now_ms())
+        if !id.background
+            && self
+                .limiters
+                .address_blocked(&id.address, self.clock.now_ms())
             && !self.introspector.holds(&screened.key)
         {
             return Err(DenyReason::RateLimited);
@@ -624,6 +674,64 @@ impl CheckService {
         verdict
     }
 
+    /// Phase 3 of a background check: the JWT verified here first (a token that does not
+    /// verify is refused without an IdP call, and only a verified one may be revoked), then the
+    /// IdP asked with an answer at most [`BACKGROUND_MAX_STALENESS_MS`] old. Without keys of
+    /// its own the server only asks the IdP (and revokes nothing).
+    async fn background_lookup(
+        &self,
+        screened: &Screened<'_>,
+        rules: &TierRules,
+        trace: &mut Trace,
+    ) -> Result<Arc<Cached>, DenyReason> {
+        if self.idp.verifies_jwts() && jws_typ(screened.token).is_some() {
+            let verified = self.verify_jwt(screened, rules, trace).await?;
+            trace.background_verified_exp = verified.result.expires_at;
+        }
+        self.introspect(screened, Tier::Authenticated, rules, trace)
+            .await
+    }
+
+    /// A background check found a token this server verified inactive at the IdP: it was
+    /// allowed already, on a route a filter decides from the JWT alone, so it is revoked here
+    /// and published through the change feed to every worker (by what its signature covers,
+    /// until its verified `exp`). The write goes on after the reply (which says so: the filter
+    /// revokes it at once itself). Returns whether it was revoked.
+    fn revoke_refused_token(&self, request: &CheckRequest, exp: i64) -> bool {
+        let Some(token) = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .and_then(|http| http.headers.get("authorization"))
+            .and_then(|value| bearer_token(value))
+        else {
+            return false;
+        };
+        let change = crate::versions::Change::RevokeToken(
+            authz_core::token_hash::revocation_digest(token),
+            Some(u64::try_from(exp).unwrap_or(0).saturating_mul(1000)),
+        );
+        let label = authz_core::token_hash::token_label(token);
+        let (changes, shared, metrics) = (
+            self.changes.clone(),
+            self.shared.clone(),
+            self.metrics.clone(),
+        );
+        tokio::spawn(async move {
+            let (applied, delivery) =
+                crate::shared::record(changes.as_ref(), shared.as_deref(), change).await;
+            metrics.inc("authz_background_revocations_total", &[]);
+            tracing::warn!(
+                token = %label,
+                version = applied.stamp,
+                shared = delivery.as_str(),
+                "allowed, then revoked: a background check found the token inactive at the IdP"
+            );
+        });
+        true
+    }
+
     /// What a caching client (the Wasm filter) may do with this verdict.
     fn cache_directive(&self, verdict: &Verdict, trace: &Trace, seen: Seen) -> CacheDirective {
         // A filter reuses an allow with its signed context: at most half the context's life.
@@ -655,6 +763,7 @@ impl CheckService {
                 .unwrap_or(0),
             subject,
             state_unconfirmed: self.shared.as_ref().is_some_and(|s| !s.confirmed()),
+            token_revoked: trace.token_revoked,
         }
     }
 
@@ -685,6 +794,7 @@ impl CheckService {
             reason = verdict.reason(),
             tier = tier.as_str(),
             route = trace.route.as_str(),
+            background = trace.background,
             policy_version = self.versions.policy_version(),
             cache = trace.cache,
             data_age_ms = trace.age_ms,

@@ -179,6 +179,11 @@ pub fn build_service_with_clock(
         clock.clone(),
     );
     let limiters = Arc::new(limits::Limiters::new(&config.rate_limits));
+    let changes: Arc<dyn ChangeSink> = Arc::new(LocalChanges {
+        versions: versions.clone(),
+        introspector: introspector.clone(),
+        clock: clock.clone(),
+    });
     Ok(Arc::new(CheckService {
         config: Arc::new(config),
         introspector,
@@ -188,16 +193,13 @@ pub fn build_service_with_clock(
         limiters,
         metrics,
         clock,
+        changes,
     }))
 }
 
 /// Where changes to `service`'s state go.
 pub fn change_sink(service: &CheckService) -> Arc<dyn ChangeSink> {
-    Arc::new(LocalChanges {
-        versions: service.versions.clone(),
-        introspector: service.introspector.clone(),
-        clock: service.clock.clone(),
-    })
+    service.changes.clone()
 }
 
 /// Serves Check, gRPC health and the admin port until `shutdown` resolves; then reports

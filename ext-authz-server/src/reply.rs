@@ -105,6 +105,7 @@ mod tests {
             subject: Some("alice".into()),
             subject_epoch: 2,
             state_unconfirmed: true,
+            token_revoked: false,
         };
         let mut verdicts = vec![Verdict::Allow {
             set: vec![("x-auth-subject".into(), "alice".into())],

@@ -85,6 +85,7 @@ fn envoys_check_responses_decode_as_ours() {
         subject: Some("alice".into()),
         subject_epoch: 1,
         state_unconfirmed: true,
+        token_revoked: false,
     };
     let metadata_bytes = metadata.to_metadata().encode_to_vec();
     let their_metadata =

@@ -12,7 +12,7 @@ use authz_core::{DenyResponse, RequestFacts, Tier};
 use std::time::Duration;
 
 /// A request's facts, owned so a paused request can be decided again later.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OwnedRequest {
     pub method: String,
     pub path: String,
@@ -131,11 +131,13 @@ pub enum RequestStep {
     CallServer(ServerCall, OwnedRequest),
 }
 
-/// What a tick asks of the host: fetches and a poll to dispatch, and waiting requests that are
-/// now decided.
+/// What a tick asks of the host: fetches, a poll and background checks to dispatch, and
+/// waiting requests that are now decided.
 #[derive(Debug, Default)]
 pub struct TickWork {
     pub fetches: Vec<FetchOrder>,
     pub finals: Vec<Final>,
     pub poll: Option<PollOrder>,
+    /// Checks after the answer to dispatch (report back with `Worker::background_started`).
+    pub background: Vec<crate::background::BackgroundOrder>,
 }

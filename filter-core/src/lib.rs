@@ -13,6 +13,7 @@
 //! What it does not do: any I/O, read a clock for a decision, or panic (lints deny `unwrap`,
 //! `expect`, `panic` and unchecked indexing).
 
+pub mod background;
 pub mod commands;
 pub mod context;
 pub mod host;
@@ -22,6 +23,7 @@ pub mod server_path;
 pub mod versions;
 pub mod worker;
 
+pub use background::{BackgroundCheck, BackgroundOrder};
 pub use commands::{
     FetchOrder, FetchStage, Final, FinalAction, OwnedRequest, PollOrder, RequestStep, ServerCall,
     TickWork,

@@ -25,6 +25,7 @@
 //! | `authz.revocations_dropped` | counter | revocations dropped at `server.max_revocations` (writes fail closed until they would have expired) |
 //! | `authz.push_connected` | gauge | 1 while this worker's change feed is pushed (a held request succeeded last), 0 while it polls (last writer wins) |
 //! | `authz.contexts.signed` / `.reused` | counter | signed verification contexts this worker made / reused for a token, method and route |
+//! | `authz.background_checks.sent` / `.revoked` / `.failed` / `.dropped` | counter | checks after the answer (`background_check_ms`) sent / whose token the server revoked ("allowed, then revoked") / that failed or answered otherwise (nothing changed) / due but dropped (queue full) |
 //! | `authz.revocation_lag_ms` | histogram | from the server learning a change to this worker applying it, ms (one sample per change; same clock only on one machine) |
 
 use authz_core::Tier;
@@ -91,6 +92,13 @@ pub enum Counter {
     /// A verification context signed / one reused.
     ContextSigned,
     ContextReused,
+    /// Background checks dispatched / that refused the token ("allowed, then revoked") /
+    /// that failed or answered otherwise (nothing changed).
+    BackgroundChecks,
+    BackgroundRevoked,
+    BackgroundFailed,
+    /// A due background check dropped: the queue was full.
+    BackgroundDropped,
 }
 
 /// A value the core sets.
@@ -112,7 +120,7 @@ pub enum Histogram {
 const TIERS: usize = Tier::ALL.len();
 
 /// The counters without a tier or reason, in index order.
-const PLAIN: [Counter; 18] = [
+const PLAIN: [Counter; 22] = [
     Counter::DecisionAllow,
     Counter::DecisionDeny,
     Counter::JwksFetchOk,
@@ -131,6 +139,10 @@ const PLAIN: [Counter; 18] = [
     Counter::RevocationsDropped,
     Counter::ContextSigned,
     Counter::ContextReused,
+    Counter::BackgroundChecks,
+    Counter::BackgroundRevoked,
+    Counter::BackgroundFailed,
+    Counter::BackgroundDropped,
 ];
 
 /// The per-tier counter families, in index order.
@@ -202,6 +214,10 @@ impl Counter {
             Counter::RevocationsDropped => "authz.revocations_dropped".into(),
             Counter::ContextSigned => "authz.contexts.signed".into(),
             Counter::ContextReused => "authz.contexts.reused".into(),
+            Counter::BackgroundChecks => "authz.background_checks.sent".into(),
+            Counter::BackgroundRevoked => "authz.background_checks.revoked".into(),
+            Counter::BackgroundFailed => "authz.background_checks.failed".into(),
+            Counter::BackgroundDropped => "authz.background_checks.dropped".into(),
         }
     }
 

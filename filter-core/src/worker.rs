@@ -11,6 +11,7 @@
 //! What it does not do: read a clock (every event carries `now`), or touch the server path
 //! (`server_path` adds those rules to the same worker).
 
+use crate::background::BackgroundChecks;
 use crate::commands::{
     FetchOrder, FetchStage, Final, FinalAction, OwnedRequest, RequestStep, TickWork,
 };
@@ -104,6 +105,10 @@ pub struct Worker<H: Host> {
     pub(crate) subjects_applied_ms: HashMap<String, u64>,
     /// Signing keys from the change feed and signed contexts reused.
     pub(crate) context: ContextSigning,
+    /// Checks after the answer, due and in flight.
+    pub(crate) background: BackgroundChecks,
+    /// Whether any route is checked after the answer (else allows skip that bookkeeping).
+    pub(crate) background_routes: bool,
 }
 
 /// At most this many absent `kid`s are remembered (junk with random ones cannot grow it).
@@ -116,6 +121,11 @@ impl<H: Host> Worker<H> {
     /// A worker for `policy` in `host`; `token_cache_key` keys the hash of cached tokens (a
     /// secret per VM: the host draws it from its random source).
     pub fn new(policy: Policy, host: H, token_cache_key: [u64; 2]) -> Worker<H> {
+        let policy_has_background_routes = policy
+            .routes
+            .routes
+            .iter()
+            .any(|r| r.background_check_ms.is_some());
         let sources: Vec<KeySource> = policy
             .jwks_sources
             .iter()
@@ -202,6 +212,8 @@ impl<H: Host> Worker<H> {
             absent_kids: HashMap::new(),
             subjects_applied_ms: HashMap::new(),
             context: ContextSigning::default(),
+            background: BackgroundChecks::default(),
+            background_routes: policy_has_background_routes,
         }
     }
 
@@ -304,6 +316,7 @@ impl<H: Host> Worker<H> {
                         Err(reason) => return self.deny(context_id, request, tier, &route, reason),
                     }
                 }
+                self.note_background(request, &route, tier, now_ms);
                 self.count_allow(tier);
                 if self.debug_logs {
                     self.host.log(
@@ -965,6 +978,7 @@ impl<H: Host> Worker<H> {
             fetches: orders,
             finals,
             poll: self.poll_due(now_ms),
+            background: self.background_orders(now_ms),
         }
     }
 

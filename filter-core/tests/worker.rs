@@ -1746,3 +1746,92 @@ fn a_feed_read_over_its_rate_waits_what_the_server_says_and_other_refusals_poll_
     w.on_poll_response(Some(429), Some(held_limit), T0 + 15_270);
     assert!(w.poll_due(T0 + 15_520).is_some());
 }
+
+/// A denial from the server, with `token_revoked` in its directive as given.
+fn denied_reply(status: i32, token_revoked: bool) -> Vec<u8> {
+    reply(CheckResponse {
+        status: Some(RpcStatus {
+            code: 16,
+            message: String::new(),
+        }),
+        denied_response: Some(DeniedHttpResponse {
+            status: Some(HttpStatus { code: status }),
+            headers: vec![],
+            body: String::new(),
+        }),
+        ok_response: None,
+        dynamic_metadata: Some(
+            CacheDirective {
+                token_revoked,
+                ..CacheDirective::default()
+            }
+            .to_metadata(),
+        ),
+    })
+}
+
+#[test]
+fn a_background_check_revokes_only_what_the_server_says_it_revoked_and_a_failure_nothing() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let host = FakeHost::sharing(&store);
+    let mut config = json!({
+        "realm": "test",
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
+                       "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}],
+        "routes": [{"name": "news", "match": {"prefix": "/news", "methods": ["GET"]},
+                    "tier": "authenticated", "background_check_ms": 1000}],
+        "default": {"tier": "authenticated"},
+        "server": {"cluster": "authz", "epochs_cluster": "authz_admin",
+                   "epochs_token": "test-epochs-token-4f2a9c7e", "poll_interval_ms": 250,
+                   "max_unreachable_ms": 1000}
+    });
+    let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
+    let mut w = Worker::new(policy, host.clone(), [1, 2]);
+    w.poll_due(T0).expect("a first poll");
+    w.poll_started(1);
+    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
+    let idp = Idp::new("k1");
+    let token = idp.token("alice");
+    let mut now = T0;
+    // Answered at once; one check per window, sent from the tick.
+    let ask = |w: &mut Worker<FakeHost>, id: u32, at: u64| {
+        decide_local(w, &idp, id, get("/news/1", Some(&token)), at)
+    };
+    assert_eq!(ask(&mut w, 1, now), 200);
+    assert_eq!(ask(&mut w, 2, now + 10), 200);
+    now += 250;
+    let orders = w.on_tick(now).background;
+    assert_eq!(orders.len(), 1, "one check for two requests in a window");
+    assert_eq!(orders[0].cluster, "authz");
+    w.background_started(7, orders[0].clone(), now);
+    // A failure, and a refusal the server did not revoke for: nothing changes.
+    w.on_background_reply(7, 14, None, now + 5);
+    assert_eq!(ask(&mut w, 3, now + 10), 200);
+    now += 1_000;
+    assert_eq!(ask(&mut w, 4, now), 200);
+    let orders = w.on_tick(now + 1).background;
+    assert_eq!(orders.len(), 1, "the next window");
+    w.background_started(8, orders[0].clone(), now + 1);
+    w.on_background_reply(8, 0, Some(denied_reply(401, false)), now + 5);
+    assert_eq!(ask(&mut w, 5, now + 10), 200, "a 401 alone revokes nothing");
+    assert_eq!(host.count(Counter::BackgroundFailed), 2);
+    // The server says it revoked the token: refused here at once.
+    now += 1_000;
+    assert_eq!(ask(&mut w, 6, now), 200);
+    let orders = w.on_tick(now + 1).background;
+    w.background_started(9, orders[0].clone(), now + 1);
+    w.on_background_reply(9, 0, Some(denied_reply(401, true)), now + 5);
+    assert_eq!(ask(&mut w, 10, now + 10), 401);
+    assert_eq!(host.count(Counter::BackgroundRevoked), 1);
+    assert!(host.logged("allowed, then revoked"));
+    assert!(host.logged("route=news method=GET path=/news/1"));
+    // A route without the option asks nothing.
+    config["routes"][0]["background_check_ms"] = Value::Null;
+    let plain = Policy::from_json(config.to_string().as_bytes()).expect("policy");
+    let mut w = Worker::new(plain, FakeHost::sharing(&store), [1, 2]);
+    w.poll_due(T0).expect("a first poll");
+    w.poll_started(1);
+    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
+    assert_eq!(ask(&mut w, 1, T0), 200);
+    assert!(w.on_tick(T0 + 250).background.is_empty());
+}

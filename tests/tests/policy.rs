@@ -635,3 +635,31 @@ fn the_policy_gives_the_filter_the_context_without_the_servers_signing_seed() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn a_route_checked_after_the_answer_is_opted_in_on_both_sides() {
+    let text = std::fs::read_to_string(repo_root().join("config/policy.example.yaml"))
+        .expect("read")
+        .replace(
+            "routes:\n",
+            "routes:\n  - {name: news, match: {prefix: /news/, methods: [GET]}, tier: authenticated, background_check_ms: 5000}\n",
+        );
+    let rendered = authz_config::render_with_env(&text, &test_env).expect("renders");
+    let filter =
+        authz_core::Policy::from_json(rendered.filter.to_string().as_bytes()).expect("loads");
+    assert_eq!(filter.routes.routes[0].background_check_ms, Some(5_000));
+    let server = load_server(rendered.server.as_deref().expect("server"), "loads");
+    assert_eq!(server.routes.routes[0].background_check_ms, Some(5_000));
+    // A write cannot opt in: refused, named.
+    let write = text.replace(
+        "methods: [GET]}, tier: authenticated, background_check_ms",
+        "methods: [POST]}, tier: authenticated, background_check_ms",
+    );
+    let problems = authz_config::render_with_env(&write, &test_env).expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("routes[0].background_check_ms")),
+        "{problems:#?}"
+    );
+}

@@ -881,3 +881,112 @@ async fn catch_up_reads_are_paced_per_secret_and_pushed_answers_never_are() {
     let (answers, _) = flood.await.expect("join");
     assert!(answers.iter().any(|(s, ..)| *s == 429), "{answers:?}");
 }
+
+/// A background Check (`context_extensions[authz_background]`) of `token` on `GET path`.
+fn background_check(path: &str, token: &str) -> CheckRequest {
+    let mut request = check_request(path, Some(token), Some("authenticated"));
+    if let Some(attributes) = request.attributes.as_mut() {
+        attributes
+            .context_extensions
+            .insert("authz_background".into(), "1".into());
+        if let Some(http) = attributes.request.as_mut().and_then(|r| r.http.as_mut()) {
+            http.method = "GET".into();
+        }
+    }
+    request
+}
+
+/// The token revocations in the server's change feed.
+fn fed_token_revocations(admin_port: u16) -> usize {
+    let feed = get(
+        &format!("http://127.0.0.1:{admin_port}/admin/epochs?since=0"),
+        &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+    );
+    let feed: serde_json::Value = serde_json::from_str(&feed.body).expect("json");
+    feed["tokens"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_background_check_revokes_only_a_token_it_verified_that_the_idp_disowns() {
+    let idp = DevIdp::start(&[]);
+    let extra = format!(
+        "token:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  discovery: false\n  jwks_uri: http://127.0.0.1:{{IDP_PORT}}/.well-known/jwks.json\npolicy:\n  routes:\n    - {{name: news, match: {{prefix: /news/, methods: [GET]}}, tier: authenticated, background_check_ms: 1000}}\n  default: {{tier: authenticated}}\n"
+    );
+    let server = start(&server_yaml(idp.port, &extra)).await;
+    let mut client = server.client.clone();
+    let victim = idp.mint(json!({"sub": "victim", "scope": "read", "ttl": 600}));
+    // Forged: the victim's signed part with a signature of garbage. The IdP does not know it
+    // (inactive), and its revocation key is the victim's: it must not be revoked.
+    let (signed_part, _) = victim.rsplit_once('.').expect("a JWS");
+    let forged = format!("{signed_part}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let before = introspections(&idp);
+    let reply = client
+        .check(background_check("/news/1", &forged))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(matches!(
+        reply.http_response,
+        Some(HttpResponse::DeniedResponse(_))
+    ));
+    assert_eq!(introspections(&idp), before, "refused before any IdP call");
+    // The victim's real token: active, allowed, nothing revoked.
+    let reply = client
+        .check(background_check("/news/1", &victim))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(matches!(
+        reply.http_response,
+        Some(HttpResponse::OkResponse(_))
+    ));
+    // Revoked at the IdP: a plain check, or the marker on a route the server does not opt in,
+    // revokes nothing; a background check on the opted-in route does, and says so.
+    idp.revoke(&victim);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let plain = check_request("/news/1", Some(&victim), Some("authenticated"));
+    client.check(plain).await.expect("check");
+    client
+        .check(background_check("/other", &victim))
+        .await
+        .expect("check");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let admin_port = server.admin_port;
+    let none = tokio::task::spawn_blocking(move || fed_token_revocations(admin_port))
+        .await
+        .expect("feed");
+    assert_eq!(
+        none, 0,
+        "only a background check on an opted-in route revokes"
+    );
+    let reply = client
+        .check(background_check("/news/1", &victim))
+        .await
+        .expect("check")
+        .into_inner();
+    let revoked_flag = reply
+        .dynamic_metadata
+        .as_ref()
+        .and_then(|m| {
+            m.fields
+                .get(authz_core::ext_authz_proto::metadata_keys::TOKEN_REVOKED)
+        })
+        .and_then(|v| v.kind.clone());
+    assert!(
+        matches!(
+            revoked_flag,
+            Some(envoy_types::pb::google::protobuf::value::Kind::BoolValue(
+                true
+            ))
+        ),
+        "the reply tells the filter: {revoked_flag:?}"
+    );
+    let fed = tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(3), || {
+            fed_token_revocations(admin_port) == 1
+        })
+    })
+    .await
+    .expect("feed");
+    assert!(fed, "published through the change feed");
+}

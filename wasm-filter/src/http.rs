@@ -65,12 +65,13 @@ fn check_facts(call: &ServerCall, request: &OwnedRequest) -> CheckFacts {
         source_port: port,
         tier: call.tier.as_str().to_owned(),
         client_locality: node_locality(),
+        background: false,
     }
 }
 
 /// `region/zone` of this Envoy's node (`xds.node.locality`), when configured; read once per
 /// VM (it cannot change while Envoy runs).
-fn node_locality() -> Option<String> {
+pub(crate) fn node_locality() -> Option<String> {
     thread_local! {
         static LOCALITY: std::cell::OnceCell<Option<String>> = const { std::cell::OnceCell::new() };
     }

@@ -1,13 +1,15 @@
 //! The root context: loads and validates the plugin configuration, owns the worker state,
-//! runs the timer, dispatches JWKS fetches and receives their answers, and applies the
-//! decisions of requests that waited for keys.
+//! runs the timer, dispatches JWKS fetches, change-feed requests and checks after the answer
+//! and receives their answers, and applies the decisions of requests that waited for keys.
 
 use crate::effects::{apply_finals, dispatch_fetch, on_fetch_answer};
 use crate::envoy_host::{random_key, EnvoyHost, FilterWorker};
 use crate::host;
+use crate::http::node_locality;
 use crate::http::AuthzHttp;
+use authz_core::ext_authz_proto::{encode_check_request, CheckFacts, CHECK_METHOD, CHECK_SERVICE};
 use authz_core::{Error, Policy};
-use filter_core::{PollOrder, TICK};
+use filter_core::{BackgroundOrder, PollOrder, TICK};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
@@ -58,6 +60,39 @@ impl AuthzRoot {
         if let Some(poll) = work.poll {
             dispatch_poll(worker, poll, now);
         }
+        for order in work.background {
+            dispatch_background(worker, order, now);
+        }
+    }
+}
+
+/// Dispatches a check after the answer from the root context (the request it concerns has
+/// been answered, and its context may be gone before the server answers).
+fn dispatch_background(worker: &Rc<RefCell<FilterWorker>>, order: BackgroundOrder, now: u64) {
+    let request = &order.check.request;
+    let headers = request
+        .authorization
+        .iter()
+        .map(|value| ("authorization".to_owned(), value.clone()))
+        .collect();
+    let message = encode_check_request(CheckFacts {
+        method: request.method.clone(),
+        path: request.path.clone(),
+        headers,
+        tier: order.check.tier.as_str().to_owned(),
+        client_locality: node_locality(),
+        background: true,
+        ..CheckFacts::default()
+    });
+    match host::dispatch_grpc(
+        &order.cluster,
+        CHECK_SERVICE,
+        CHECK_METHOD,
+        &message,
+        order.timeout,
+    ) {
+        Some(token) => worker.borrow_mut().background_started(token, order, now),
+        None => worker.borrow().background_not_started(&order),
     }
 }
 
@@ -101,6 +136,22 @@ impl Context for AuthzRoot {
             return;
         }
         on_fetch_answer(worker, token_id, body_size, self.context_id);
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(worker) = &self.worker else { return };
+        if !worker.borrow().owns_background(token_id) {
+            return;
+        }
+        let body = if status_code == 0 {
+            host::grpc_response_body(response_size)
+        } else {
+            None
+        };
+        let now = host::now_ms().unwrap_or(0);
+        worker
+            .borrow_mut()
+            .on_background_reply(token_id, status_code, body, now);
     }
 }
 

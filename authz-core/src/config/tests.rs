@@ -240,3 +240,63 @@ fn introspect_is_for_server_tiers_only() {
     c["routes"][3]["require"] = json!({"introspect": true});
     assert!(load(&c).is_ok());
 }
+
+#[test]
+fn background_checks_are_refused_where_a_late_refusal_is_not_acceptable() {
+    let route = |extra: Value| {
+        let mut r = json!({"name": "r", "match": {"prefix": "/r", "methods": ["GET"]},
+                           "tier": "authenticated", "background_check_ms": 5000});
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        r
+    };
+    let config = |routes: Vec<Value>, server: Value| {
+        let mut c = example();
+        c["routes"] = Value::Array(routes);
+        c["server"] = server;
+        c
+    };
+    let feed = json!({"cluster": "authz", "epochs_cluster": "authz_admin",
+                      "epochs_token": "test-epochs-token-4f2a9c7e"});
+    assert!(load(&config(vec![route(json!({}))], feed.clone())).is_ok());
+    let refused = [
+        (json!({"tier": "privileged"}), "only authenticated reads"),
+        (
+            json!({"tier": "standard_write"}),
+            "only authenticated reads",
+        ),
+        (json!({"match": {"prefix": "/r"}}), "reads only"),
+        (
+            json!({"match": {"prefix": "/r", "methods": ["GET", "POST"]}}),
+            "reads only",
+        ),
+        (json!({"fresh_cache_ms": 0}), "asks the server first"),
+        (
+            json!({"background_check_ms": 999}),
+            "between 1000 and 3600000",
+        ),
+    ];
+    for (change, why) in refused {
+        let found = problems(&config(vec![route(change.clone())], feed.clone()));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("routes[0].background_check_ms") && p.contains(why)),
+            "{change}: {found:?}"
+        );
+    }
+    for server in [
+        json!({"cluster": "authz"}),
+        json!({"cluster": "authz", "epochs_cluster": "authz_admin",
+               "epochs_token": "test-epochs-token-4f2a9c7e", "local_revocations": ["standard_write"]}),
+    ] {
+        let found = problems(&config(vec![route(json!({}))], server.clone()));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("needs \"server\" with the change feed")),
+            "{server}: {found:?}"
+        );
+    }
+}
