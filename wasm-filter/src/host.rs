@@ -132,7 +132,11 @@ pub fn dispatch_grpc(
     hostcalls::dispatch_grpc_call(cluster, service, method, vec![], Some(message), timeout).ok()
 }
 
-pub fn grpc_response_body(size: usize) -> Option<Vec<u8>> {
+/// The body of a gRPC call's answer: `None` unless the call succeeded (status 0).
+pub fn grpc_response_body(status_code: u32, size: usize) -> Option<Vec<u8>> {
+    if status_code != 0 {
+        return None;
+    }
     abi::buffer(BufferType::GrpcReceiveBuffer, 0, size)
         .ok()
         .flatten()

@@ -109,11 +109,7 @@ impl Context for AuthzHttp {
             self.server_call = Some((token, call, request));
             return;
         }
-        let body = if status_code == 0 {
-            host::grpc_response_body(response_size)
-        } else {
-            None
-        };
+        let body = host::grpc_response_body(status_code, response_size);
         let now = host::now_ms().unwrap_or(0);
         let decision = worker.borrow_mut().on_server_reply(
             self.context_id,

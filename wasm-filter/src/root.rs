@@ -143,11 +143,7 @@ impl Context for AuthzRoot {
         if !worker.borrow().owns_background(token_id) {
             return;
         }
-        let body = if status_code == 0 {
-            host::grpc_response_body(response_size)
-        } else {
-            None
-        };
+        let body = host::grpc_response_body(status_code, response_size);
         let now = host::now_ms().unwrap_or(0);
         worker
             .borrow_mut()
