@@ -109,6 +109,20 @@ fn write_plugin(epochs_token: &str, fresh_cache_ms: Option<u64>) -> Value {
     p
 }
 
+/// The plugin of the background scenario: `/news/` is an `authenticated` read answered from
+/// the JWT and checked by the server after the answer, once per token per second per worker.
+fn background_plugin(epochs_token: &str) -> Value {
+    let mut p = plugin(60_000, 5_000, epochs_token);
+    if let Some(routes) = p["routes"].as_array_mut() {
+        routes.push(
+            json!({"name": "news", "match": {"prefix": "/news/", "methods": ["GET"]},
+                           "tier": "authenticated", "require": {"scopes": ["read"]},
+                           "background_check_ms": 1000}),
+        );
+    }
+    p
+}
+
 /// The fresh write route's proxy cache in the benchmark (ms).
 pub const FRESH_CACHE_MS: u64 = 1_000;
 
@@ -154,6 +168,11 @@ pub fn listeners(wasm: &str, idp_port: u16, epochs_token: &str) -> Vec<Listener>
         plain(
             "filter_privileged_uncached",
             wasm_filter(wasm, &plugin(60_000, 0, epochs_token)),
+            false,
+        ),
+        plain(
+            "filter_background",
+            wasm_filter(wasm, &background_plugin(epochs_token)),
             false,
         ),
         plain(

@@ -112,6 +112,7 @@ async fn main() {
             "direct" | "proxy" => ("/api/items", None),
             "native_ext_authz_jwt" => ("/admin/users", Some(jwt.clone())),
             n if n.starts_with("filter_write") => ("/orders/1", Some(jwt.clone())),
+            "filter_background" => ("/news/1", Some(jwt.clone())),
             n if n.contains("privileged") || n == "native_ext_authz" => {
                 ("/admin/users", Some(opaque.clone()))
             }

@@ -42,7 +42,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const ORDER: [(&str, &str); 14] = [
+const ORDER: [(&str, &str); 15] = [
     ("direct", "1a. no auth, direct_response"),
     ("proxy", "1b. no auth, proxied (baseline)"),
     (
@@ -56,6 +56,10 @@ const ORDER: [(&str, &str); 14] = [
         "3a. filter, local JWT, cold (verify every request)",
     ),
     ("filter_hot", "3b. filter, local JWT, hot (token cache)"),
+    (
+        "filter_background",
+        "3c. filter, local JWT, hot, checked after the answer (`background_check_ms: 1000`)",
+    ),
     (
         "filter_privileged_cached",
         "4. privileged via filter, in-proxy cache hit",
