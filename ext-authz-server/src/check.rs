@@ -142,9 +142,10 @@ pub struct Identified<'a> {
     pub background: bool,
 }
 
-/// The oldest cached introspection a background check uses (the shortest window a route may
-/// set): the check asks whether the IdP still stands by the token.
-pub const BACKGROUND_MAX_STALENESS_MS: u64 = 1_000;
+/// The oldest cached introspection a background check uses: half the shortest window a route
+/// may set, so the answer behind a token's previous check is never the answer to its next one
+/// (checks of one token by several workers at once still share one IdP call).
+pub const BACKGROUND_MAX_STALENESS_MS: u64 = 500;
 
 /// Whether a Check is a filter's check after the answer (see [`Identified::background`]).
 fn is_background(request: &CheckRequest) -> bool {

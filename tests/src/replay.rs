@@ -16,6 +16,8 @@
 //! - the same for a JWT on a route the filter decides locally (read), a subject revoked while
 //!   it writes (`standard_write`), and a JWT revoked after the server restarted;
 //! - a role change (IdP scope change + policy version bump): same;
+//! - a JWT the IdP revoked, on a read checked after the answer (`background_check_ms`): no allow
+//!   later than the revocation + the window + a tick + the server's cached answer (0.5 s);
 //! - a JWT: no allow at or after `exp` + clock skew;
 //! - privileged: no allow later than the IdP going down + the tier's max staleness;
 //! - regulated (never cached in the proxy): no allow later than the IdP going down + its max staleness.
@@ -45,6 +47,9 @@ pub struct ReplayPlan {
     pub restart_server_at: Option<Duration>,
     /// A second server replica, if any.
     pub second_replica: SecondReplica,
+    /// Whether `/news/` is checked after the answer (`background_check_ms`); the negative
+    /// control answers it from the JWT alone.
+    pub background_checks: bool,
 }
 
 /// A second ext-authz-server behind the same Envoy clusters.
@@ -89,6 +94,8 @@ enum Route {
     Jwt,
     /// `POST /api/items`: `standard_write`, decided locally.
     JwtWrite,
+    /// `GET /news/items`: `authenticated`, decided locally, checked after the answer.
+    Background,
 }
 
 struct Actor {
@@ -111,6 +118,11 @@ const REGULATED_STALENESS_MS: u64 = 1_000;
 const SKEW_SECONDS: u64 = 1;
 /// Processing slack added to every bound (request in flight, timer phase).
 const MARGIN_MS: u64 = 400;
+/// The `/news/` route's `background_check_ms`.
+const BACKGROUND_WINDOW_MS: u64 = 1_000;
+/// The documented exposure of a token the IdP revoked on a route checked after the answer:
+/// the window, one tick to dispatch, the server's cached answer (at most 0.5 s old).
+const BACKGROUND_BOUND_MS: u64 = BACKGROUND_WINDOW_MS + 250 + 500 + MARGIN_MS;
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -135,13 +147,25 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
     if !plan.local_revocations {
         plugin["server"]["local_revocations"] = json!([]);
     }
+    let mut news = json!({"name": "news", "match": {"prefix": "/news/", "methods": ["GET"]},
+                          "tier": "authenticated"});
+    if plan.background_checks {
+        news["background_check_ms"] = json!(BACKGROUND_WINDOW_MS);
+    }
+    if let Some(routes) = plugin["routes"].as_array_mut() {
+        routes.insert(0, news);
+    }
     let redis = RedisServer::start();
+    // The server verifies JWTs with the IdP's keys and opts `/news/` in, as the filter does.
+    let checks_after = format!(
+        "token:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  discovery: false\n  jwks_uri: http://127.0.0.1:{{IDP_PORT}}/.well-known/jwks.json\npolicy:\n  routes:\n    - {{name: news, match: {{prefix: /news/, methods: [GET]}}, tier: authenticated, background_check_ms: {BACKGROUND_WINDOW_MS}}}\n    - {{name: admin, match: {{prefix: /admin/}}, tier: privileged, require: {{scopes: [admin]}}}}\n    - {{name: regulated, match: {{prefix: /regulated/}}, tier: regulated}}\n  default: {{tier: authenticated}}\n"
+    );
     let server_extra = format!(
-        "tiers:\n  privileged: {{max_staleness_ms: {PRIVILEGED_STALENESS_MS}}}\n  regulated: {{max_staleness_ms: {REGULATED_STALENESS_MS}}}\nredis:\n  url: \"{}\"\n  secret: \"replay-shared-secret-0123456789abcdef\"\n  block_ms: 200\n",
+        "tiers:\n  privileged: {{max_staleness_ms: {PRIVILEGED_STALENESS_MS}}}\n  regulated: {{max_staleness_ms: {REGULATED_STALENESS_MS}}}\nredis:\n  url: \"{}\"\n  secret: \"replay-shared-secret-0123456789abcdef\"\n  block_ms: 200\n{checks_after}",
         redis.url()
     );
     let tiers_only = format!(
-        "tiers:\n  privileged: {{max_staleness_ms: {PRIVILEGED_STALENESS_MS}}}\n  regulated: {{max_staleness_ms: {REGULATED_STALENESS_MS}}}\n"
+        "tiers:\n  privileged: {{max_staleness_ms: {PRIVILEGED_STALENESS_MS}}}\n  regulated: {{max_staleness_ms: {REGULATED_STALENESS_MS}}}\n{checks_after}"
     );
     let extras: Vec<&str> = match plan.second_replica {
         SecondReplica::None => vec![&server_extra],
@@ -213,6 +237,12 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
         route: Route::JwtWrite,
         exp: None,
     });
+    actors.push(Actor {
+        name: "idp-revoked-read",
+        token: local("lena"),
+        route: Route::Background,
+        exp: None,
+    });
     for ttl in [3, 4, 60] {
         let token = mint(json!({"sub": format!("jwt-{ttl}"), "scope": "read", "ttl": ttl}));
         let exp = jwt_exp(&token);
@@ -237,9 +267,10 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
                 .map(|a| a.token.clone())
                 .unwrap_or_default()
         };
-        let (henry, jack) = (
+        let (henry, jack, lena) = (
             token_of("local-revoked-token"),
             token_of("local-revoked-after-restart"),
+            token_of("idp-revoked-read"),
         );
         let restart_at = plan.restart_server_at;
         let admin = |stack: &Mutex<CacheStack>, path: &str, body: Option<serde_json::Value>| {
@@ -270,6 +301,10 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
                 200
             );
             done("revoked-subject");
+            at(1_600);
+            // At the IdP, not the server: only a check after the answer can learn it.
+            lock_stack(&stack).idp.revoke(&lena);
+            done("idp-revoked-read");
             at(2_000);
             assert_eq!(
                 admin(&stack, "/admin/revoke", Some(json!({"token": henry}))),
@@ -344,6 +379,7 @@ pub fn run_replay(plan: &ReplayPlan) -> Report {
             Route::Regulated => ("GET", "/regulated/records"),
             Route::Jwt => ("GET", "/api/items"),
             Route::JwtWrite => ("POST", "/api/items"),
+            Route::Background => ("GET", "/news/items"),
         };
         let (at, wall) = (start.elapsed(), wall_ms());
         let bearer = format!("Bearer {}", actor.token);
@@ -386,6 +422,7 @@ fn check(
         "local-revoked-token",
         "local-revoked-writer",
         "local-revoked-after-restart",
+        "idp-revoked-read",
     ];
     // A check of nothing: each actor must have been allowed before its event.
     for name in revocation_events {
@@ -421,7 +458,12 @@ fn check(
     for name in revocation_events {
         if let Some(t) = event(name) {
             let index = actors.iter().position(|a| a.name == name).unwrap_or(0);
-            window(name, t, invalidation_bound, &|s: &Sample| s.actor == index);
+            let bound = if name == "idp-revoked-read" {
+                Duration::from_millis(BACKGROUND_BOUND_MS)
+            } else {
+                invalidation_bound
+            };
+            window(name, t, bound, &|s: &Sample| s.actor == index);
         }
     }
     if let Some(down) = event("idp-down") {

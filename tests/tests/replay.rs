@@ -1,8 +1,9 @@
 //! The replay harness (see `tests::replay`): a bounded run with the change feed pushed, two
 //! server replicas sharing Redis and one of them restarted while a revocation is issued, must
 //! show no violation; the same traffic with the feed off (neither pushed nor polled), with
-//! locally decided tiers ignoring revocations, or with replicas that do not share a state,
-//! must show violations, which proves the checker can fail.
+//! locally decided tiers ignoring revocations, with replicas that do not share a state, or with
+//! reads not checked after the answer (a token the IdP revoked), must show violations, which
+//! proves the checker can fail.
 
 use std::time::Duration;
 use tests::replay::{run_replay, ReplayPlan, Report, SecondReplica};
@@ -25,6 +26,7 @@ fn mixed_traffic_never_sees_a_stale_allow_past_the_documented_bounds() {
         local_revocations: true,
         restart_server_at: Some(Duration::from_millis(5_000)),
         second_replica: SecondReplica::Shared,
+        background_checks: true,
     });
     report.print();
     assert!(
@@ -46,6 +48,7 @@ fn the_checker_catches_stale_allows_when_the_feed_is_neither_pushed_nor_polled()
         local_revocations: true,
         restart_server_at: None,
         second_replica: SecondReplica::None,
+        background_checks: false,
     });
     report.print();
     for name in [
@@ -63,6 +66,27 @@ fn the_checker_catches_stale_allows_when_the_feed_is_neither_pushed_nor_polled()
 }
 
 #[test]
+fn the_checker_catches_a_token_the_idp_revoked_when_reads_are_not_checked_after_the_answer() {
+    let report = run_replay(&ReplayPlan {
+        poll_interval_ms: 250,
+        duration: Duration::from_millis(4_500),
+        idp_down_at: None,
+        max_unreachable_ms: 2_000,
+        push_wait_ms: 1_000,
+        local_revocations: true,
+        restart_server_at: None,
+        second_replica: SecondReplica::None,
+        background_checks: false,
+    });
+    report.print();
+    assert!(
+        caught(&report, "idp-revoked-read"),
+        "the checker missed a token the IdP revoked: {:#?}",
+        report.violations
+    );
+}
+
+#[test]
 fn the_checker_catches_stale_allows_when_local_tiers_ignore_revocations() {
     let report = run_replay(&ReplayPlan {
         poll_interval_ms: 250,
@@ -73,6 +97,7 @@ fn the_checker_catches_stale_allows_when_local_tiers_ignore_revocations() {
         local_revocations: false,
         restart_server_at: None,
         second_replica: SecondReplica::None,
+        background_checks: false,
     });
     report.print();
     assert!(
@@ -98,6 +123,7 @@ fn the_checker_catches_stale_allows_when_replicas_do_not_share_a_state() {
         local_revocations: true,
         restart_server_at: None,
         second_replica: SecondReplica::Unshared,
+        background_checks: true,
     });
     report.print();
     assert!(
