@@ -519,7 +519,7 @@ impl HeaderNames {
     }
 
     /// The names this configuration sets (context headers and claim mappings).
-    fn configured(&self) -> impl Iterator<Item = &str> {
+    pub fn configured(&self) -> impl Iterator<Item = &str> {
         [
             &self.subject,
             &self.subject_kind,
@@ -572,7 +572,7 @@ impl Problems {
     }
 }
 
-pub(crate) const RESERVED_HEADERS: [&str; 6] = [
+const RESERVED_HEADERS: [&str; 6] = [
     "authorization",
     "host",
     "content-length",
@@ -607,26 +607,12 @@ fn parse_context(
             "signing_seed(_file) and rotate_every_seconds are the server's: the filter's keys come from the change feed",
         );
     }
-    let settings = config.settings("context", &mut p.0)?;
-    let ours = [
-        &headers.subject,
-        &headers.subject_kind,
-        &headers.scopes,
-        &headers.tier,
-        &headers.issuer,
-    ];
-    if !valid_header_name(&settings.header)
-        || ours.contains(&&settings.header)
-        || headers.claims.iter().any(|(_, h)| *h == settings.header)
-    {
-        p.add(
-            "context.header",
-            format_args!(
-                "\"{}\" is reserved or already one of the context headers",
-                settings.header
-            ),
-        );
-    }
+    // Besides the reserved and standard names: every header this filter sets.
+    let taken: Vec<&str> = context_header_taken()
+        .into_iter()
+        .chain(headers.configured())
+        .collect();
+    let settings = config.settings("context", &taken, &mut p.0)?;
     if server.is_none_or(|s| s.epochs.is_none()) {
         p.add(
             "context",
@@ -634,6 +620,17 @@ fn parse_context(
         );
     }
     Some(settings)
+}
+
+/// Names a signed context's header may not take: the reserved ones, and the standard headers
+/// the filter and the server set (its own default name aside). Shared by both components'
+/// configuration checks.
+pub fn context_header_taken() -> Vec<&'static str> {
+    RESERVED_HEADERS
+        .into_iter()
+        .chain(STANDARD_CONTEXT_HEADERS)
+        .filter(|name| *name != authz_context::DEFAULT_HEADER)
+        .collect()
 }
 
 /// `background_check_ms` only where a late refusal is acceptable: reads of `authenticated`

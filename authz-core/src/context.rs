@@ -68,8 +68,14 @@ pub struct ContextSettings {
 
 impl ContextConfig {
     /// The settings, or `None` when switched off; every problem is added to `problems` with
-    /// `at` before it.
-    pub fn settings(&self, at: &str, problems: &mut Vec<String>) -> Option<ContextSettings> {
+    /// `at` before it. `taken`: header names the context's may not be (lower-case; see
+    /// `config::context_header_taken`).
+    pub fn settings(
+        &self,
+        at: &str,
+        taken: &[&str],
+        problems: &mut Vec<String>,
+    ) -> Option<ContextSettings> {
         for name in self.unknown.keys() {
             problems.push(format!("{at}: unknown field \"{name}\""));
         }
@@ -90,13 +96,9 @@ impl ContextConfig {
                 "{at}.header: \"{header}\" is not a header name (letters, digits and '-')"
             ));
         }
-        let taken = crate::config::RESERVED_HEADERS.contains(&header.as_str())
-            || crate::config::STANDARD_CONTEXT_HEADERS
-                .iter()
-                .any(|h| *h == header && *h != defaults::HEADER);
-        if taken {
+        if taken.contains(&header.as_str()) {
             problems.push(format!(
-                "{at}.header: \"{header}\" is reserved or another header the filter and the server set"
+                "{at}.header: \"{header}\" is reserved or another header the filter or the server sets"
             ));
         }
         let lifetime_seconds = self.lifetime_seconds.unwrap_or(defaults::LIFETIME_SECONDS);
@@ -280,9 +282,26 @@ mod tests {
         )
         .unwrap();
         let mut problems = Vec::new();
-        let settings = config.settings("context", &mut problems).unwrap();
+        let settings = config.settings("context", &[], &mut problems).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         settings
+    }
+
+    /// A decision with nothing but its route: `GET r` for `a`.
+    fn plain(token_claims: Option<&Map<String, Value>>) -> Decided<'_> {
+        Decided {
+            subject: "a",
+            subject_kind: "sub",
+            idp: "i",
+            scopes: &[],
+            tier: Tier::Authenticated,
+            tenant: None,
+            policy_version: 0,
+            method: "GET",
+            route: "r",
+            token_claims,
+            token_expires_at: None,
+        }
     }
 
     #[test]
@@ -337,20 +356,7 @@ mod tests {
         for i in 0..6 {
             token.insert(format!("c{i}"), json!("z".repeat(900)));
         }
-        let decided = Decided {
-            subject: "a",
-            subject_kind: "sub",
-            idp: "i",
-            scopes: &[],
-            tier: Tier::Authenticated,
-            tenant: None,
-            policy_version: 0,
-            method: "GET",
-            route: "r",
-            token_claims: Some(&token),
-            token_expires_at: None,
-        };
-        let claims = context_claims(&settings, &decided, 1);
+        let claims = context_claims(&settings, &plain(Some(&token)), 1);
         assert!(
             !claims.ext.contains_key("email"),
             "larger than one claim may be"
@@ -366,7 +372,7 @@ mod tests {
         )
         .unwrap();
         let mut problems = Vec::new();
-        config.settings("context", &mut problems);
+        config.settings("context", &[], &mut problems);
         assert_eq!(problems.len(), 5, "{problems:?}");
         for taken in [
             "Authorization",
@@ -377,11 +383,20 @@ mod tests {
             let config: ContextConfig =
                 serde_json::from_value(json!({"header": taken, "audience": "a"})).unwrap();
             let mut problems = Vec::new();
-            config.settings("context", &mut problems);
+            config.settings(
+                "context",
+                &[
+                    "authorization",
+                    "host",
+                    "x-auth-subject",
+                    "x-authz-policy-version",
+                ],
+                &mut problems,
+            );
             assert_eq!(problems.len(), 1, "{taken}: {problems:?}");
         }
         let off: ContextConfig = serde_json::from_value(json!({"enabled": false})).unwrap();
-        assert!(off.settings("context", &mut Vec::new()).is_none());
+        assert!(off.settings("context", &[], &mut Vec::new()).is_none());
     }
 
     #[test]
@@ -404,23 +419,10 @@ mod tests {
         assert_eq!(signing_key(&read, 200).map(|s| s.kid()), Some("e2"));
         assert!(signing_key(&read, 300).is_none());
         assert!(signing_key(&read, 99).is_none());
-        let signed = signing_key(&read, 250).unwrap().sign(&context_claims(
-            &settings(),
-            &Decided {
-                subject: "a",
-                subject_kind: "sub",
-                idp: "i",
-                scopes: &[],
-                tier: Tier::Authenticated,
-                tenant: None,
-                policy_version: 0,
-                method: "GET",
-                route: "r",
-                token_claims: None,
-                token_expires_at: None,
-            },
-            250,
-        ));
+        let signed =
+            signing_key(&read, 250)
+                .unwrap()
+                .sign(&context_claims(&settings(), &plain(None), 250));
         let public = KeySet::from_keys([("e2".to_owned(), keys[1].signer.verifying_key())]);
         assert!(Verifier::new("authz", "orders")
             .verify(

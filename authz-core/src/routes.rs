@@ -255,6 +255,14 @@ impl RouteTable {
         self.find_matched(method, &match_path(path))
     }
 
+    /// The route named `name` (the default's is `default`), as a decision names it.
+    pub fn named(&self, name: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .chain(std::iter::once(&self.default))
+            .find(|r| r.name == name)
+    }
+
     /// [`RouteTable::find`] for a path already turned into its [`match_path`].
     pub fn find_matched(&self, method: &str, match_path: &str) -> &Route {
         self.routes
@@ -327,6 +335,12 @@ mod tests {
     #[test]
     fn first_match_wins_and_methods_narrow() {
         let t = table();
+        assert_eq!(t.named("write").map(|r| r.tier), Some(Tier::StandardWrite));
+        assert_eq!(
+            t.named("default").map(|r| r.tier),
+            Some(Tier::Authenticated)
+        );
+        assert!(t.named("nothing").is_none());
         assert_eq!(t.find("GET", "/api/items?x=1").name, "read");
         assert_eq!(t.find("POST", "/api/items").name, "write");
         assert_eq!(t.find("GET", "/healthz").name, "health");

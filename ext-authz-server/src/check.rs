@@ -79,8 +79,9 @@ struct Trace {
     /// A background check (see [`Identified::background`]).
     background: bool,
     /// A background check whose token this server verified itself (signature, issuer,
-    /// audience, lifetime): its `exp`, the only case its refusal may revoke it.
-    background_verified_exp: Option<i64>,
+    /// audience, lifetime), the only case its refusal may revoke it: what a revocation of it
+    /// names and its `exp`.
+    background_verified: Option<(TokenKey, i64)>,
     /// The background check revoked the token (the reply says so).
     token_revoked: bool,
     tier: Option<Tier>,
@@ -303,10 +304,11 @@ impl CheckService {
                 verdict = Verdict::Deny(DenyReason::RateLimited);
             }
         }
-        if let (Some(exp), Verdict::Deny(DenyReason::Inactive)) =
-            (trace.background_verified_exp, &verdict)
+        if let (Some((key, exp)), Verdict::Deny(DenyReason::Inactive)) =
+            (trace.background_verified, &verdict)
         {
-            trace.token_revoked = self.revoke_refused_token(&request, exp);
+            self.revoke_refused_token(key, exp, trace.token_label.clone());
+            trace.token_revoked = true;
         }
         trace
             .stages
@@ -687,7 +689,10 @@ impl CheckService {
     ) -> Result<Arc<Cached>, DenyReason> {
         if self.idp.verifies_jwts() && jws_typ(screened.token).is_some() {
             let verified = self.verify_jwt(screened, rules, trace).await?;
-            trace.background_verified_exp = verified.result.expires_at;
+            trace.background_verified = verified
+                .result
+                .expires_at
+                .map(|exp| (screened.signed.unwrap_or(screened.key), exp));
         }
         self.introspect(screened, Tier::Authenticated, rules, trace)
             .await
@@ -697,23 +702,13 @@ impl CheckService {
     /// allowed already, on a route a filter decides from the JWT alone, so it is revoked here
     /// and published through the change feed to every worker (by what its signature covers,
     /// until its verified `exp`). The write goes on after the reply (which says so: the filter
-    /// revokes it at once itself). Returns whether it was revoked.
-    fn revoke_refused_token(&self, request: &CheckRequest, exp: i64) -> bool {
-        let Some(token) = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .and_then(|http| http.headers.get("authorization"))
-            .and_then(|value| bearer_token(value))
-        else {
-            return false;
-        };
+    /// revokes it at once itself). `key` is what the revocation names
+    /// ([`authz_core::token_hash::revocation_digest`]), `label` the token's log label.
+    fn revoke_refused_token(&self, key: TokenKey, exp: i64, label: String) {
         let change = crate::versions::Change::RevokeToken(
-            authz_core::token_hash::revocation_digest(token),
+            key,
             Some(u64::try_from(exp).unwrap_or(0).saturating_mul(1000)),
         );
-        let label = authz_core::token_hash::token_label(token);
         let (changes, shared, metrics) = (
             self.changes.clone(),
             self.shared.clone(),
@@ -730,7 +725,6 @@ impl CheckService {
                 "allowed, then revoked: a background check found the token inactive at the IdP"
             );
         });
-        true
     }
 
     /// What a caching client (the Wasm filter) may do with this verdict.

@@ -1164,7 +1164,11 @@ fn context_section(
     p: &mut Problems,
     c: &authz_core::context::ContextConfig,
 ) -> Option<crate::context_keys::ContextKeyRing> {
-    let settings = c.settings("context", &mut p.0)?;
+    let settings = c.settings(
+        "context",
+        &authz_core::config::context_header_taken(),
+        &mut p.0,
+    )?;
     let rotate_every_seconds = c
         .rotate_every_seconds
         .unwrap_or(authz_core::context::defaults::ROTATE_EVERY_SECONDS);

@@ -11,7 +11,7 @@
 //!
 //! [`take`]: BackgroundChecks::take
 
-use crate::commands::OwnedRequest;
+use crate::commands::{BackgroundCheck, BackgroundOrder, OwnedRequest};
 use authz_core::Tier;
 use std::collections::{HashMap, VecDeque};
 
@@ -29,17 +29,6 @@ const MAX_PATH_BYTES: usize = 4_096;
 /// A call not answered this long after it left is forgotten (Envoy answers every call, with
 /// a timeout status if need be: this bounds the map whatever happens).
 const FORGET_CALL_MS: u64 = 60_000;
-
-/// One check to make.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BackgroundCheck {
-    /// The request it concerns (method, path, the credential).
-    pub request: OwnedRequest,
-    pub route: String,
-    pub tier: Tier,
-    /// When the request was answered (ms).
-    pub answered_ms: u64,
-}
 
 /// What became of an allowed request of a checked route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,92 +126,6 @@ impl BackgroundChecks {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(path: &str) -> BackgroundCheck {
-        BackgroundCheck {
-            request: OwnedRequest {
-                method: "GET".into(),
-                path: path.into(),
-                authorization: Some("Bearer t".into()),
-            },
-            route: "read".into(),
-            tier: Tier::Authenticated,
-            answered_ms: 0,
-        }
-    }
-
-    #[test]
-    fn a_hot_token_is_checked_once_per_window() {
-        let mut checks = BackgroundChecks::default();
-        assert_eq!(checks.note(1, check("/a?q=1"), 1000, 0), Noted::Queued);
-        assert_eq!(checks.note(1, check("/b"), 1000, 999), Noted::NotDue);
-        assert_eq!(
-            checks.note(2, check("/c"), 1000, 999),
-            Noted::Queued,
-            "another token"
-        );
-        assert_eq!(checks.note(1, check("/d"), 1000, 1000), Noted::Queued);
-        let taken = checks.take(10_000);
-        assert_eq!(taken.len(), 3);
-        assert_eq!(taken[0].request.path, "/a", "kept without its query");
-        assert!(checks.take(10_000).is_empty());
-    }
-
-    #[test]
-    fn the_queue_the_rate_and_what_is_kept_are_bounded() {
-        let mut checks = BackgroundChecks::default();
-        for token in 0..MAX_QUEUED as u128 {
-            assert_eq!(checks.note(token, check("/x"), 1000, 0), Noted::Queued);
-        }
-        let turned_away = MAX_QUEUED as u128 + 5;
-        assert_eq!(
-            checks.note(turned_away, check("/y"), 1000, 0),
-            Noted::Dropped
-        );
-        assert_eq!(checks.take(100_000).len() as u64, MAX_BURST);
-        assert!(checks.take(100_000).is_empty(), "the budget is spent");
-        assert_eq!(checks.take(100_250).len(), 16, "64 a second: 16 in 250 ms");
-        assert_eq!(checks.take(100_300).len(), 3);
-        // A token turned away by a full queue was not marked: it is noted again later.
-        assert_eq!(
-            checks.note(turned_away, check("/y"), 1000, 1),
-            Noted::Queued
-        );
-        let long = format!("/{}", "é".repeat(MAX_PATH_BYTES));
-        checks.note(9_999, check(&long), 1000, 0);
-        let kept = checks.queue.back().unwrap();
-        assert!(kept.request.path.len() <= MAX_PATH_BYTES);
-    }
-
-    #[test]
-    fn answers_are_matched_to_their_call_and_lost_calls_forgotten() {
-        let mut checks = BackgroundChecks::default();
-        checks.note(1, check("/a"), 1000, 0);
-        checks.note(2, check("/b"), 1000, 0);
-        let mut taken = checks.take(10_000);
-        let (first, second) = (taken.remove(0), taken.remove(0));
-        checks.started(7, first.clone(), 10_000);
-        checks.started(8, second, 10_000);
-        assert!(checks.owns(7) && !checks.owns(9));
-        assert_eq!(checks.finished(7), Some(first));
-        assert!(checks.finished(7).is_none());
-        checks.take(10_000 + FORGET_CALL_MS);
-        assert!(!checks.owns(8), "never answered: forgotten");
-    }
-}
-
-/// A background check for the host to dispatch from its root context: the Check call's
-/// cluster and deadline, and what it asks about.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BackgroundOrder {
-    pub check: BackgroundCheck,
-    pub cluster: String,
-    pub timeout: std::time::Duration,
-}
-
 impl<H: crate::host::Host> crate::worker::Worker<H> {
     /// An allowed request of `route`: when the route is checked in the background and the
     /// token is due, its check is queued.
@@ -239,9 +142,7 @@ impl<H: crate::host::Host> crate::worker::Worker<H> {
         let Some(window_ms) = self
             .policy
             .routes
-            .routes
-            .iter()
-            .find(|r| r.name == route)
+            .named(route)
             .and_then(|r| r.background_check_ms)
         else {
             return;
@@ -369,5 +270,82 @@ impl<H: crate::host::Host> crate::worker::Worker<H> {
             LogLevel::Warn,
             &format!("jwt_authz allowed, then revoked: the server found the token disowned by the IdP and revoked it; refused from now on in every worker {where_}"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(path: &str) -> BackgroundCheck {
+        BackgroundCheck {
+            request: OwnedRequest {
+                method: "GET".into(),
+                path: path.into(),
+                authorization: Some("Bearer t".into()),
+            },
+            route: "read".into(),
+            tier: Tier::Authenticated,
+            answered_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_hot_token_is_checked_once_per_window() {
+        let mut checks = BackgroundChecks::default();
+        assert_eq!(checks.note(1, check("/a?q=1"), 1000, 0), Noted::Queued);
+        assert_eq!(checks.note(1, check("/b"), 1000, 999), Noted::NotDue);
+        assert_eq!(
+            checks.note(2, check("/c"), 1000, 999),
+            Noted::Queued,
+            "another token"
+        );
+        assert_eq!(checks.note(1, check("/d"), 1000, 1000), Noted::Queued);
+        let taken = checks.take(10_000);
+        assert_eq!(taken.len(), 3);
+        assert_eq!(taken[0].request.path, "/a", "kept without its query");
+        assert!(checks.take(10_000).is_empty());
+    }
+
+    #[test]
+    fn the_queue_the_rate_and_what_is_kept_are_bounded() {
+        let mut checks = BackgroundChecks::default();
+        for token in 0..MAX_QUEUED as u128 {
+            assert_eq!(checks.note(token, check("/x"), 1000, 0), Noted::Queued);
+        }
+        let turned_away = MAX_QUEUED as u128 + 5;
+        assert_eq!(
+            checks.note(turned_away, check("/y"), 1000, 0),
+            Noted::Dropped
+        );
+        assert_eq!(checks.take(100_000).len() as u64, MAX_BURST);
+        assert!(checks.take(100_000).is_empty(), "the budget is spent");
+        assert_eq!(checks.take(100_250).len(), 16, "64 a second: 16 in 250 ms");
+        assert_eq!(checks.take(100_300).len(), 3);
+        // A token turned away by a full queue was not marked: it is noted again later.
+        assert_eq!(
+            checks.note(turned_away, check("/y"), 1000, 1),
+            Noted::Queued
+        );
+        let long = format!("/{}", "é".repeat(MAX_PATH_BYTES));
+        checks.note(9_999, check(&long), 1000, 0);
+        let kept = checks.queue.back().unwrap();
+        assert!(kept.request.path.len() <= MAX_PATH_BYTES);
+    }
+
+    #[test]
+    fn answers_are_matched_to_their_call_and_lost_calls_forgotten() {
+        let mut checks = BackgroundChecks::default();
+        checks.note(1, check("/a"), 1000, 0);
+        checks.note(2, check("/b"), 1000, 0);
+        let mut taken = checks.take(10_000);
+        let (first, second) = (taken.remove(0), taken.remove(0));
+        checks.started(7, first.clone(), 10_000);
+        checks.started(8, second, 10_000);
+        assert!(checks.owns(7) && !checks.owns(9));
+        assert_eq!(checks.finished(7), Some(first));
+        assert!(checks.finished(7).is_none());
+        checks.take(10_000 + FORGET_CALL_MS);
+        assert!(!checks.owns(8), "never answered: forgotten");
     }
 }

@@ -2,7 +2,8 @@
 //! fetch, an epochs poll or a Check call to dispatch. The host carries these out after the core
 //! returned (they may re-enter the filter), then reports back with the next event.
 //!
-//! What it does not do: carry anything out. These are plain values.
+//! What it does not do: carry anything out. These are plain values (checks after the answer
+//! included: `background` decides when they are due).
 
 use authz_core::decision::bearer_token;
 use authz_core::decision_cache::DecisionKey;
@@ -139,5 +140,25 @@ pub struct TickWork {
     pub finals: Vec<Final>,
     pub poll: Option<PollOrder>,
     /// Checks after the answer to dispatch (report back with `Worker::background_started`).
-    pub background: Vec<crate::background::BackgroundOrder>,
+    pub background: Vec<BackgroundOrder>,
+}
+
+/// One check to make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackgroundCheck {
+    /// The request it concerns (method, path, the credential).
+    pub request: OwnedRequest,
+    pub route: String,
+    pub tier: Tier,
+    /// When the request was answered (ms).
+    pub answered_ms: u64,
+}
+
+/// A background check for the host to dispatch from its root context: the Check call's
+/// cluster and deadline, and what it asks about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackgroundOrder {
+    pub check: BackgroundCheck,
+    pub cluster: String,
+    pub timeout: Duration,
 }

@@ -8,29 +8,20 @@
 //! key yet), which the worker turns into a fail-closed 503.
 
 use authz_core::context::{context_claims, signing_key, ContextSettings, Decided, FeedKey};
+use authz_core::token_hash::TokenKeyer;
 use std::collections::HashMap;
 
 /// At most this many signed contexts are kept for reuse (a bounded, cleared-when-full map:
 /// junk cannot grow it, and a cleared one costs a signature per token again).
 const MAX_REUSED: usize = 4_096;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ReuseKey {
-    token: u128,
-    method: String,
-    route: String,
-    /// The tenant a route's tenant rule read from the path: the one claim that depends on
-    /// more than the token, method and route.
-    tenant: Option<String>,
-    policy_version: u64,
-}
-
 /// The worker's signing state.
 #[derive(Debug, Default)]
 pub struct ContextSigning {
     keys: Vec<FeedKey>,
-    /// Signed contexts and their `exp` (seconds).
-    reused: HashMap<ReuseKey, (String, u64)>,
+    /// Signed contexts and their `exp` (seconds), under a keyed hash of the token, method,
+    /// route, tenant and policy version (as the decision cache keys its entries).
+    reused: HashMap<u128, (String, u64)>,
     /// Whether an answer without keys was reported (once, until keys arrive).
     reported_keyless: bool,
 }
@@ -65,22 +56,30 @@ impl ContextSigning {
         signing_key(&self.keys, now_seconds).is_some()
     }
 
-    /// The context for `decided` (of the token keyed `token`), and whether it was reused
-    /// rather than signed now; `None` without a key for `now_seconds`.
+    /// The context for `decided` of `bearer` (`keyer` keys what it is reused for), and
+    /// whether it was reused rather than signed now; `None` without a key for `now_seconds`.
     pub fn context_for(
         &mut self,
         settings: &ContextSettings,
-        token: u128,
+        keyer: &TokenKeyer,
+        bearer: &str,
         decided: &Decided<'_>,
         now_seconds: u64,
     ) -> Option<(String, bool)> {
-        let key = ReuseKey {
-            token,
-            method: decided.method.to_ascii_uppercase(),
-            route: decided.route.to_owned(),
-            tenant: decided.tenant.map(str::to_owned),
-            policy_version: decided.policy_version,
+        // The tenant a route's tenant rule read from the path is the one claim that depends
+        // on more than the token, method and route.
+        let (has_tenant, tenant) = match decided.tenant {
+            Some(tenant) => (&[1u8][..], tenant.as_bytes()),
+            None => (&[0u8][..], &[][..]),
         };
+        let key = keyer.key_of(&[
+            bearer.as_bytes(),
+            decided.method.to_ascii_uppercase().as_bytes(),
+            decided.route.as_bytes(),
+            has_tenant,
+            tenant,
+            &decided.policy_version.to_be_bytes(),
+        ]);
         let half = settings.lifetime_seconds.div_ceil(2);
         if let Some((context, exp)) = self.reused.get(&key) {
             if exp.saturating_sub(now_seconds) >= half {
@@ -108,6 +107,10 @@ mod tests {
     use super::*;
     use authz_context::{ContextSigner, KeySet, Verifier};
     use authz_core::Tier;
+
+    fn keyer() -> TokenKeyer {
+        TokenKeyer::new([1, 2])
+    }
 
     fn settings() -> ContextSettings {
         ContextSettings {
@@ -149,15 +152,15 @@ mod tests {
         assert!(signing.keyless_answer(), "reported once");
         assert!(!signing.keyless_answer());
         assert!(signing
-            .context_for(&settings(), 1, &decided("items"), 100)
+            .context_for(&settings(), &keyer(), "token-1", &decided("items"), 100)
             .is_none());
         signing.set_keys(vec![key("k1", 1, 200, 300)]);
         assert!(!signing.has_key(100));
         assert!(signing
-            .context_for(&settings(), 1, &decided("items"), 100)
+            .context_for(&settings(), &keyer(), "token-1", &decided("items"), 100)
             .is_none());
         assert!(signing
-            .context_for(&settings(), 1, &decided("items"), 200)
+            .context_for(&settings(), &keyer(), "token-1", &decided("items"), 200)
             .is_some());
         assert!(!signing.keyless_answer(), "keys are held");
         assert!(!signing.set_keys(Vec::new()));
@@ -177,13 +180,13 @@ mod tests {
         let mut signing = ContextSigning::default();
         signing.set_keys(vec![key("k1", 1, 0, 1000), key("k2", 2, 1000, 2000)]);
         let first = signing
-            .context_for(&settings(), 1, &decided("items"), 100)
+            .context_for(&settings(), &keyer(), "token-1", &decided("items"), 100)
             .map(|(c, _)| c);
         assert_eq!(
-            signing.context_for(&settings(), 1, &decided("items"), 130),
+            signing.context_for(&settings(), &keyer(), "token-1", &decided("items"), 130),
             first.clone().map(|c| (c, true))
         );
-        let again = signing.context_for(&settings(), 1, &decided("items"), 131);
+        let again = signing.context_for(&settings(), &keyer(), "token-1", &decided("items"), 131);
         assert!(
             again
                 .as_ref()
@@ -191,10 +194,10 @@ mod tests {
             "less than half its lifetime left: signed again"
         );
         assert!(signing
-            .context_for(&settings(), 2, &decided("items"), 131)
+            .context_for(&settings(), &keyer(), "token-2", &decided("items"), 131)
             .is_some_and(|(_, reused)| !reused));
         let other_route = signing
-            .context_for(&settings(), 1, &decided("admin"), 131)
+            .context_for(&settings(), &keyer(), "token-1", &decided("admin"), 131)
             .unwrap()
             .0;
         let keys = KeySet::from_keys([
@@ -227,7 +230,9 @@ mod tests {
         // Another tenant on the same route is another context.
         let mut tenant_b = decided("items");
         tenant_b.tenant = Some("b");
-        let for_b = signing.context_for(&settings(), 1, &tenant_b, 131).unwrap();
+        let for_b = signing
+            .context_for(&settings(), &keyer(), "token-1", &tenant_b, 131)
+            .unwrap();
         assert!(!for_b.1);
         assert_eq!(
             authz_context::Verifier::new("authz", "orders")
@@ -244,7 +249,7 @@ mod tests {
         );
         // After the rotation, new contexts carry the new key.
         let rotated = signing
-            .context_for(&settings(), 3, &decided("items"), 1000)
+            .context_for(&settings(), &keyer(), "token-3", &decided("items"), 1000)
             .unwrap()
             .0;
         assert!(verifier

@@ -23,10 +23,9 @@ pub mod server_path;
 pub mod versions;
 pub mod worker;
 
-pub use background::{BackgroundCheck, BackgroundOrder};
 pub use commands::{
-    FetchOrder, FetchStage, Final, FinalAction, OwnedRequest, PollOrder, RequestStep, ServerCall,
-    TickWork,
+    BackgroundCheck, BackgroundOrder, FetchOrder, FetchStage, Final, FinalAction, OwnedRequest,
+    PollOrder, RequestStep, ServerCall, TickWork,
 };
 pub use host::{Host, LogLevel, SharedWrite};
 pub use metrics::{Counter, Gauge, Histogram};

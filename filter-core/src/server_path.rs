@@ -388,10 +388,7 @@ impl<H: Host> Worker<H> {
         match authz_core::context::read_feed_keys(answer) {
             Ok(keys) if keys.is_empty() => {
                 if self.context.keyless_answer() {
-                    self.host.log(
-                    LogLevel::Error,
-                    "jwt_authz change feed: the server sends no context signing keys (is `context` configured on the server?): routes that need a token fail closed (503)",
-                );
+                    self.host.log(LogLevel::Error, KEYLESS_FEED);
                 }
                 false
             }
@@ -675,6 +672,9 @@ fn push_query_value(path: &mut String, value: &str) {
         }
     }
 }
+
+/// Logged once when the feed brings no signing keys to a filter that signs contexts.
+const KEYLESS_FEED: &str = "jwt_authz change feed: the server sends no context signing keys (is `context` configured on the server?): routes that need a token fail closed (503)";
 
 /// How long a worker waits at least before asking the change feed again after a 429 that
 /// says how long to wait.

@@ -377,15 +377,16 @@ impl<H: Host> Worker<H> {
             // No context can state who called: fail closed rather than allow without one.
             return Err(DenyReason::Internal);
         };
-        let match_path = authz_core::routes::match_path(&request.path);
-        let tenant = self
+        // The route the decision named; its path is read again only for a tenant rule.
+        let tenant_rule = self
             .policy
             .routes
-            .find_matched(&request.method, &match_path)
-            .require
-            .tenant
-            .as_ref()
-            .and_then(|rule| rule.tenant_of(&match_path));
+            .named(route)
+            .and_then(|r| r.require.tenant.as_ref());
+        let match_path = tenant_rule.map(|_| authz_core::routes::match_path(&request.path));
+        let tenant = tenant_rule
+            .zip(match_path.as_deref())
+            .and_then(|(rule, path)| rule.tenant_of(path));
         let decided = Decided {
             subject: principal.id,
             subject_kind: principal.kind.as_str(),
@@ -403,10 +404,9 @@ impl<H: Host> Worker<H> {
             token_claims: Some(&token.claims.raw),
             token_expires_at: token.claims.expires_at,
         };
-        let key = self.keyer.key(bearer);
         match self
             .context
-            .context_for(settings, key, &decided, now_seconds)
+            .context_for(settings, &self.keyer, bearer, &decided, now_seconds)
         {
             Some((context, reused)) => {
                 self.host.count(if reused {

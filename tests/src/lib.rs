@@ -1330,6 +1330,13 @@ impl Envoy {
         self.send("GET", path, token, extra)
     }
 
+    /// The status of `method path` with `token`, on a new connection (successive calls land on
+    /// either worker).
+    pub fn status_on_new_connection(&self, method: &str, path: &str, token: &str) -> u16 {
+        self.send(method, path, Some(token), &[("connection", "close")])
+            .status
+    }
+
     pub fn send(
         &self,
         method: &str,

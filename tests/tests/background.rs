@@ -37,9 +37,7 @@ fn plugin() -> Value {
 }
 
 fn status(s: &CacheStack, path: &str, token: &str) -> u16 {
-    s.envoy
-        .send("GET", path, Some(token), &[("connection", "close")])
-        .status
+    s.envoy.status_on_new_connection("GET", path, token)
 }
 
 #[test]
@@ -93,13 +91,7 @@ fn a_token_the_idp_revoked_is_refused_everywhere_soon_after_its_answer_and_a_pla
         (0..10).all(|_| status(&s, "/news/3", &token) == 401)
             && (0..10).all(|_| {
                 s.envoy
-                    .send(
-                        "POST",
-                        "/api/items",
-                        Some(&token),
-                        &[("connection", "close")],
-                    )
-                    .status
+                    .status_on_new_connection("POST", "/api/items", &token)
                     == 401
             })
     });

@@ -23,9 +23,7 @@ fn jwt(s: &CacheStack, sub: &str, extra: Value) -> String {
 }
 
 fn status(s: &CacheStack, method: &str, path: &str, token: &str) -> u16 {
-    s.envoy
-        .send(method, path, Some(token), &[("connection", "close")])
-        .status
+    s.envoy.status_on_new_connection(method, path, token)
 }
 
 /// How long after `since` the token was first refused on `count` requests in a row (new
@@ -274,16 +272,7 @@ fn a_revocation_at_one_shared_server_is_pushed_by_another() {
         b.admin_port,
     ));
     let token = idp.mint(json!({"sub": "frank", "scope": "read write", "ttl": 600}));
-    let status = || {
-        envoy
-            .send(
-                "POST",
-                "/api/items",
-                Some(&token),
-                &[("connection", "close")],
-            )
-            .status
-    };
+    let status = || envoy.status_on_new_connection("POST", "/api/items", &token);
     assert_eq!(status(), 200);
     assert!(
         eventually(Duration::from_secs(5), || b.metric("authz_feed_streams")
@@ -379,16 +368,7 @@ fn a_large_revocation_state_reaches_a_new_envoy_in_pages() {
         s.server.grpc_port,
         s.server.admin_port,
     ));
-    let send = |token: &str| {
-        fresh
-            .send(
-                "POST",
-                "/api/items",
-                Some(token),
-                &[("connection", "close")],
-            )
-            .status
-    };
+    let send = |token: &str| fresh.status_on_new_connection("POST", "/api/items", token);
     // Each worker reads the pages on its own; the revocations gauge is the last writer's, so
     // wait until writes pass on new connections (spread over both workers), which they do
     // only on a worker that has read every page.

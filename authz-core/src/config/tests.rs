@@ -300,3 +300,40 @@ fn background_checks_are_refused_where_a_late_refusal_is_not_acceptable() {
         );
     }
 }
+
+#[test]
+fn a_context_header_may_not_take_a_reserved_standard_or_configured_name() {
+    let with_header = |header: &str| {
+        let mut c = example();
+        c["server"] = json!({"cluster": "authz", "epochs_cluster": "authz_admin",
+                             "epochs_token": "test-epochs-token-4f2a9c7e"});
+        c["context"] = json!({"audience": "orders", "header": header});
+        c
+    };
+    assert!(load(&with_header("x-auth-context")).is_ok());
+    assert!(load(&with_header("x-orders-context")).is_ok());
+    for taken in [
+        "authorization",
+        "Host",
+        "x-auth-subject",
+        "x-authz-policy-version",
+        "x-auth-tenant",
+    ] {
+        let found = problems(&with_header(taken));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("context.header:") && p.contains("reserved")),
+            "{taken}: {found:?}"
+        );
+        assert_eq!(found.len(), 1, "named once: {found:?}");
+    }
+    let without_feed = {
+        let mut c = with_header("x-auth-context");
+        c["server"] = json!({"cluster": "authz"});
+        c
+    };
+    assert!(problems(&without_feed)
+        .iter()
+        .any(|p| p.starts_with("context: needs the change feed")));
+}
