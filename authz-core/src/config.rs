@@ -89,6 +89,11 @@ pub struct FilterConfig {
     /// A signed verification context on allowed requests (see README, "Signed verification
     /// context"); its signing keys come from the server with the change feed.
     pub context: Option<crate::context::ContextConfig>,
+    /// Token Status Lists (see README, "Revocation published by the IdP"): the lists tokens
+    /// may name. The server fetches them and its change feed brings the entries found set;
+    /// routes the filter decides refuse those tokens on the tiers of
+    /// `server.local_revocations`, and a token naming another list.
+    pub status_lists: Option<crate::status_list::StatusListsConfig>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -549,6 +554,8 @@ pub struct Policy {
     pub cache: CacheSettings,
     pub requests: crate::target::RequestRules,
     pub context: Option<crate::context::ContextSettings>,
+    /// The Status Lists tokens may name (`status_lists.uris`); empty: not configured.
+    pub status_lists: Vec<String>,
 }
 
 struct Problems(Vec<String>);
@@ -587,6 +594,25 @@ fn valid_header_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && !RESERVED_HEADERS.contains(&name)
+}
+
+/// `status_lists:`: the lists tokens may name, and a change feed to bring the entries the
+/// server finds set (the filter reads no list itself).
+fn parse_status_lists(
+    p: &mut Problems,
+    c: &FilterConfig,
+    server: Option<&ServerLink>,
+) -> Vec<String> {
+    let Some(config) = c.status_lists.as_ref() else {
+        return Vec::new();
+    };
+    if server.is_none_or(|s| s.epochs.is_none()) {
+        p.add(
+            "status_lists",
+            "needs \"server\" with the change feed (epochs_cluster): the server reads the lists and the feed brings what they revoke",
+        );
+    }
+    config.settings("status_lists", |_| true, &mut p.0).uris
 }
 
 /// `context:`: its settings, a header name no other header of ours uses, and a change feed to
@@ -1353,6 +1379,7 @@ impl Policy {
         }
         let cache = parse_cache(&mut p, &c.cache);
         let context = parse_context(&mut p, c, &headers, server.as_ref());
+        let status_lists = parse_status_lists(&mut p, c, server.as_ref());
         if !p.0.is_empty() {
             return Err(Error::InvalidConfig(p.0));
         }
@@ -1370,6 +1397,7 @@ impl Policy {
             cache,
             requests: c.requests.unwrap_or_default(),
             context,
+            status_lists,
         })
     }
 

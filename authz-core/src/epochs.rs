@@ -10,7 +10,8 @@
 //!  "confirmed": true, "incarnation": "ab12…",
 //!  "tokens": [["<sha256 hex>", 1700000360000, 1700000000123]],
 //!  "jtis": [["j-1", null, 1700000000456]],
-//!  "subjects": [["alice", 1700000000789, 3, 1700000000789, 1700003600789]]}
+//!  "subjects": [["alice", 1700000000789, 3, 1700000000789, 1700003600789]],
+//!  "statuses": [["https://idp/statuslists/1", 17, 1700003600789, 1700000000789]]}
 //! ```
 //!
 //! A large state comes in pages: an answer with `"more": true` holds the oldest changes, its
@@ -19,8 +20,10 @@
 //! `tokens` and `jtis` are `[key, expires_at_ms | null, learned_at_ms]`; `subjects` are
 //! `[subject, revoked_at_ms, epoch, learned_at_ms, expires_at_ms | null]`, the last being when
 //! every token the revocation refuses has expired (the server's maximum token lifetime after
-//! it; absent or `null` when not configured); `learned_at_ms` is when the answering server
-//! learned the change (its clock).
+//! it; absent or `null` when not configured); `statuses` are Status List entries the server
+//! found set (`[list uri, index, expires_at_ms | null, learned_at_ms]`, the expiry being when
+//! every token that may name the entry has expired); `learned_at_ms` is when the answering
+//! server learned the change (its clock).
 
 use crate::token_hash::parse_digest_hex;
 use serde_json::Value;
@@ -45,6 +48,15 @@ pub struct SubjectRevocation {
     pub expires_at_ms: Option<u64>,
 }
 
+/// A Status List entry the server found set: tokens naming it are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRevocation {
+    pub entry: crate::status_list::StatusRef,
+    /// When every token that may name the entry has expired (ms), if the server knows.
+    pub expires_at_ms: Option<u64>,
+    pub learned_at_ms: Option<u64>,
+}
+
 /// Changes since the version the filter asked about.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -56,6 +68,7 @@ pub struct Changes {
     pub subjects: Vec<SubjectRevocation>,
     pub tokens: Vec<KeyRevocation<[u8; 32]>>,
     pub jtis: Vec<KeyRevocation<String>>,
+    pub statuses: Vec<StatusRevocation>,
     /// Whether the server vouches that its state is current (false while its shared tier is
     /// unreachable): purges still apply, but the answer does not renew trust in the cache.
     pub confirmed: bool,
@@ -165,6 +178,28 @@ impl Changes {
             subjects,
             tokens: key_rows(v, "tokens", parse_digest_hex)?,
             jtis: key_rows(v, "jtis", |s| Some(s.to_owned()))?,
+            statuses: rows(v, "statuses")?
+                .iter()
+                .map(|row| {
+                    Ok(StatusRevocation {
+                        entry: crate::status_list::StatusRef {
+                            uri: row
+                                .get(0)
+                                .and_then(Value::as_str)
+                                .filter(|uri| !uri.is_empty())
+                                .ok_or("a status revocation names no list")?
+                                .to_owned(),
+                            index: row
+                                .get(1)
+                                .and_then(Value::as_u64)
+                                .filter(|i| *i <= crate::status_list::MAX_INDEX)
+                                .ok_or("a status revocation names no entry")?,
+                        },
+                        expires_at_ms: ms(row.get(2))?,
+                        learned_at_ms: ms(row.get(3))?,
+                    })
+                })
+                .collect::<Result<_, &'static str>>()?,
             // Only an explicit `true` renews trust: an answer that does not say is unconfirmed.
             confirmed: v.get("confirmed").and_then(Value::as_bool).unwrap_or(false),
             more: v.get("more").and_then(Value::as_bool).unwrap_or(false),
@@ -180,6 +215,7 @@ impl Changes {
         self.subjects.is_empty()
             && self.tokens.is_empty()
             && self.jtis.is_empty()
+            && self.statuses.is_empty()
             && self.policy_changed_at_ms.is_none()
     }
 
@@ -190,6 +226,7 @@ impl Changes {
             .filter_map(|t| t.learned_at_ms)
             .chain(self.jtis.iter().filter_map(|j| j.learned_at_ms))
             .chain(self.subjects.iter().filter_map(|s| s.learned_at_ms))
+            .chain(self.statuses.iter().filter_map(|s| s.learned_at_ms))
             .chain(self.policy_changed_at_ms)
             .filter(|at| *at > 0)
     }

@@ -30,6 +30,7 @@ pub mod principal;
 pub mod revocations;
 pub mod routes;
 pub mod rsa_verify;
+pub mod status_list;
 pub mod target;
 pub mod tier;
 pub mod token_hash;

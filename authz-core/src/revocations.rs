@@ -19,6 +19,7 @@
 //! What it does not do: fetch, read a clock (every call takes `now_ms`) or decide anything
 //! but "this token was revoked".
 
+use crate::status_list::StatusRef;
 use crate::verify::VerifiedToken;
 use std::collections::{BTreeSet, HashMap};
 
@@ -131,6 +132,9 @@ fn seconds_down(ms: u64) -> u32 {
 pub struct RevocationSet {
     tokens: Expiring<TokenPrefix>,
     jtis: Expiring<Box<str>>,
+    /// Status List entries the server found set ([`crate::status_list`]), under the same cap
+    /// as tokens and `jti`s.
+    statuses: Expiring<StatusRef>,
     /// Subjects, by when they may be forgotten.
     subjects: Expiring<Box<str>>,
     /// Subject → tokens issued (`iat`, ms) at or before this are refused.
@@ -152,6 +156,8 @@ pub enum Revoked {
     Token,
     Jti,
     Subject,
+    /// Its Status List entry is set (revoked or suspended at the IdP).
+    Status,
 }
 
 impl RevocationSet {
@@ -167,6 +173,7 @@ impl RevocationSet {
         RevocationSet {
             tokens: Expiring::new(),
             jtis: Expiring::new(),
+            statuses: Expiring::new(),
             subjects: Expiring::new(),
             subjects_revoked_at: HashMap::new(),
             max_entries: max_entries.max(1),
@@ -177,9 +184,14 @@ impl RevocationSet {
         }
     }
 
-    /// Revocations held (tokens, `jti`s and subjects).
+    /// Revocations held (tokens, `jti`s, Status List entries and subjects).
     pub fn len(&self) -> usize {
-        self.tokens.len() + self.jtis.len() + self.subjects.len()
+        self.keyed_len() + self.subjects.len()
+    }
+
+    /// Revocations under `max_entries`: tokens, `jti`s and Status List entries.
+    fn keyed_len(&self) -> usize {
+        self.tokens.len() + self.jtis.len() + self.statuses.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -226,19 +238,25 @@ impl RevocationSet {
     /// room (made by dropping the entry forgotten soonest, if that goes before `at`).
     fn room_for(&mut self, at: u32, now_ms: u64) -> bool {
         self.prune(now_ms);
-        if self.tokens.len() + self.jtis.len() < self.max_entries {
+        if self.keyed_len() < self.max_entries {
             return true;
         }
-        let soonest = match (self.tokens.soonest(), self.jtis.soonest()) {
-            (Some(t), Some(j)) => Some(t.min(j)),
-            (t, j) => t.or(j),
-        };
+        let soonest = [
+            self.tokens.soonest(),
+            self.jtis.soonest(),
+            self.statuses.soonest(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match soonest {
             Some(first) if first < at => {
                 let dropped = if self.tokens.soonest() == Some(first) {
                     self.tokens.pop_soonest()
-                } else {
+                } else if self.jtis.soonest() == Some(first) {
                     self.jtis.pop_soonest()
+                } else {
+                    self.statuses.pop_soonest()
                 };
                 self.drop_needed(u64::from(dropped.unwrap_or(first)) * 1000);
                 true
@@ -288,6 +306,18 @@ impl RevocationSet {
 
     pub fn revoke_jti(&mut self, jti: &str, expires_at_ms: Option<u64>, now_ms: u64) {
         self.revoke(|set| &mut set.jtis, jti.into(), expires_at_ms, now_ms);
+    }
+
+    /// The Status List entry `entry` is set: tokens naming it are refused until
+    /// `expires_at_ms` (when every token that may name it has expired: the server's maximum
+    /// token lifetime after it found the entry set; `None`: not known, kept until the cap).
+    pub fn revoke_status(&mut self, entry: StatusRef, expires_at_ms: Option<u64>, now_ms: u64) {
+        self.revoke(|set| &mut set.statuses, entry, expires_at_ms, now_ms);
+    }
+
+    /// Whether the Status List entry is held as set.
+    pub fn status_is_set(&self, entry: &StatusRef) -> bool {
+        self.statuses.contains(entry)
     }
 
     /// Holds `key` in the set `pick` chooses until its token's expiry (a later expiry wins),
@@ -343,7 +373,10 @@ impl RevocationSet {
     pub fn prune(&mut self, now_ms: u64) -> usize {
         let now_s = seconds_down(now_ms);
         let subjects_before = self.subjects.len();
-        let pruned = self.tokens.prune(now_s) + self.jtis.prune(now_s) + self.subjects.prune(now_s);
+        let pruned = self.tokens.prune(now_s)
+            + self.jtis.prune(now_s)
+            + self.statuses.prune(now_s)
+            + self.subjects.prune(now_s);
         if self.subjects.len() != subjects_before {
             let held = &self.subjects.forget_at;
             self.subjects_revoked_at.retain(|s, _| held.contains_key(s));
@@ -367,6 +400,13 @@ impl RevocationSet {
         if let Some(jti) = token.claims.raw.get("jti").and_then(|v| v.as_str()) {
             if self.jtis.contains(&Box::from(jti)) {
                 return Some(Revoked::Jti);
+            }
+        }
+        if self.statuses.len() > 0 {
+            if let Ok(Some(entry)) = StatusRef::of(&token.claims) {
+                if self.statuses.contains(&entry) {
+                    return Some(Revoked::Status);
+                }
             }
         }
         let issued_ms = token.claims.issued_at.unwrap_or(0).max(0) as u64 * 1000;

@@ -344,20 +344,9 @@ pub fn jws_exp(token: &str) -> Option<i64> {
         .as_i64()
 }
 
-/// Verifies `token` against the providers. `keys(i)` returns provider `i`'s current key set,
-/// or `None` while it has not been loaded. `max_bytes` bounds the token length; `now` is the
-/// current Unix time in seconds.
-pub fn verify<'k>(
-    token: &str,
-    providers: &[Provider],
-    keys: impl Fn(usize) -> Option<&'k KeySet>,
-    max_bytes: usize,
-    now: i64,
-) -> Result<VerifiedToken, VerifyFailure> {
-    if token.len() > max_bytes {
-        return Err(VerifyFailure::TooLarge);
-    }
-    let parts = split(token)?;
+/// A JWS header's algorithm and `kid`: `none`, an unknown algorithm, `crit` and a `kid` that
+/// is not a string are refused.
+fn signing_facts(parts: &Parts<'_>) -> Result<(Algorithm, Option<String>), VerifyFailure> {
     let alg_name = parts
         .header
         .get("alg")
@@ -375,6 +364,114 @@ pub fn verify<'k>(
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(VerifyFailure::Malformed("kid is not a string")),
     };
+    Ok((algorithm, kid))
+}
+
+/// The keys of `set` a JWS with `kid` may be signed with: those with that `kid` (none is an
+/// unknown key), or every key when the JWS names none.
+fn keys_with_kid<'k>(
+    set: &'k KeySet,
+    kid: Option<&str>,
+    provider: usize,
+) -> Result<Vec<&'k VerificationKey>, VerifyFailure> {
+    match kid {
+        Some(kid) => {
+            let with_kid: Vec<_> = set
+                .keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .collect();
+            if with_kid.is_empty() {
+                return Err(VerifyFailure::UnknownKey {
+                    provider,
+                    kid: kid.to_owned(),
+                });
+            }
+            Ok(with_kid)
+        }
+        None => Ok(set.keys.iter().collect()),
+    }
+}
+
+/// Whether one of `candidates` that accepts `algorithm` signed the JWS.
+fn check_signature(
+    parts: &Parts<'_>,
+    algorithm: Algorithm,
+    candidates: Vec<&VerificationKey>,
+    provider: usize,
+) -> Result<(), VerifyFailure> {
+    let usable: Vec<_> = candidates
+        .into_iter()
+        .filter(|k| k.accepts(algorithm))
+        .collect();
+    if usable.is_empty() {
+        return Err(VerifyFailure::AlgorithmKeyMismatch { provider });
+    }
+    let rs_hash = match algorithm {
+        Algorithm::RS256 => Some(RsaHash::Sha256),
+        Algorithm::RS384 => Some(RsaHash::Sha384),
+        Algorithm::RS512 => Some(RsaHash::Sha512),
+        _ => None,
+    };
+    let signed = usable.iter().any(|k| match (&k.rsa, rs_hash) {
+        (Some(rsa), Some(hash)) => URL_SAFE_NO_PAD
+            .decode(parts.signature)
+            .is_ok_and(|sig| rsa.verify_pkcs1(hash, parts.signing_input.as_bytes(), &sig)),
+        _ => jsonwebtoken::crypto::verify(
+            parts.signature,
+            parts.signing_input.as_bytes(),
+            &k.key,
+            algorithm,
+        )
+        .unwrap_or(false),
+    });
+    if signed {
+        Ok(())
+    } else {
+        Err(VerifyFailure::BadSignature { provider })
+    }
+}
+
+/// A JWS signed with an asymmetric key of `set` (a provider's published keys: HMAC is never
+/// accepted here), checked as [`verify`] checks an access token's signature but with no claim
+/// checked: its header and payload, for the caller to judge (a Status List Token's `typ`,
+/// `iss`, `sub` and lifetime). `max_bytes` bounds its length.
+pub fn verify_signed_by(
+    jws: &str,
+    set: &KeySet,
+    max_bytes: usize,
+) -> Result<(Value, Vec<u8>), VerifyFailure> {
+    if jws.len() > max_bytes {
+        return Err(VerifyFailure::TooLarge);
+    }
+    let parts = split(jws)?;
+    let (algorithm, kid) = signing_facts(&parts)?;
+    if matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    ) {
+        return Err(VerifyFailure::AlgorithmKeyMismatch { provider: 0 });
+    }
+    let candidates = keys_with_kid(set, kid.as_deref(), 0)?;
+    check_signature(&parts, algorithm, candidates, 0)?;
+    Ok((parts.header, parts.payload))
+}
+
+/// Verifies `token` against the providers. `keys(i)` returns provider `i`'s current key set,
+/// or `None` while it has not been loaded. `max_bytes` bounds the token length; `now` is the
+/// current Unix time in seconds.
+pub fn verify<'k>(
+    token: &str,
+    providers: &[Provider],
+    keys: impl Fn(usize) -> Option<&'k KeySet>,
+    max_bytes: usize,
+    now: i64,
+) -> Result<VerifiedToken, VerifyFailure> {
+    if token.len() > max_bytes {
+        return Err(VerifyFailure::TooLarge);
+    }
+    let parts = split(token)?;
+    let (algorithm, kid) = signing_facts(&parts)?;
     let mut claims =
         Claims::from_json(&parts.payload).map_err(|e| VerifyFailure::Malformed(e.0))?;
     let issuer = claims
@@ -396,56 +493,9 @@ pub fn verify<'k>(
         let set = keys(provider_index).ok_or(VerifyFailure::KeysUnavailable {
             provider: provider_index,
         })?;
-        match &kid {
-            Some(kid) => {
-                let with_kid: Vec<_> = set
-                    .keys
-                    .iter()
-                    .filter(|k| k.kid.as_deref() == Some(kid))
-                    .collect();
-                if with_kid.is_empty() {
-                    return Err(VerifyFailure::UnknownKey {
-                        provider: provider_index,
-                        kid: kid.clone(),
-                    });
-                }
-                with_kid
-            }
-            None => set.keys.iter().collect(),
-        }
+        keys_with_kid(set, kid.as_deref(), provider_index)?
     };
-    let usable: Vec<_> = candidates
-        .into_iter()
-        .filter(|k| k.accepts(algorithm))
-        .collect();
-    if usable.is_empty() {
-        return Err(VerifyFailure::AlgorithmKeyMismatch {
-            provider: provider_index,
-        });
-    }
-    let rs_hash = match algorithm {
-        Algorithm::RS256 => Some(RsaHash::Sha256),
-        Algorithm::RS384 => Some(RsaHash::Sha384),
-        Algorithm::RS512 => Some(RsaHash::Sha512),
-        _ => None,
-    };
-    let signed = usable.iter().any(|k| match (&k.rsa, rs_hash) {
-        (Some(rsa), Some(hash)) => URL_SAFE_NO_PAD
-            .decode(parts.signature)
-            .is_ok_and(|sig| rsa.verify_pkcs1(hash, parts.signing_input.as_bytes(), &sig)),
-        _ => jsonwebtoken::crypto::verify(
-            parts.signature,
-            parts.signing_input.as_bytes(),
-            &k.key,
-            algorithm,
-        )
-        .unwrap_or(false),
-    });
-    if !signed {
-        return Err(VerifyFailure::BadSignature {
-            provider: provider_index,
-        });
-    }
+    check_signature(&parts, algorithm, candidates, provider_index)?;
 
     let typ = parts
         .header

@@ -13,6 +13,9 @@
 //! | `POST /revoke` | RFC 7009 revocation (form `token=`), client auth as above |
 //! | `POST /admin/fault` | also `{"introspection": "ok"|"error"|"nonjson"|"missing_active"|"down"|"refuse_unknown", "introspection_latency_ms": n}` |
 //! | `POST /admin/subject-scope` | `{"sub", "scope"}`: every token of the subject introspects with this scope from now on |
+//! | `GET /statuslists/1` | the Token Status List (`statuslist+jwt`, 2 bits per entry) every minted JWT names, when started with `--status-list` |
+//! | `POST /admin/status` | `{"token": "...", "status": "revoked"|"suspended"|"valid"}`: sets the token's entry in the status list |
+//! | `POST /admin/fault` | also `{"status_list": "ok"|"down"|"bad_signature"|"wrong_issuer"}` |
 //! | `GET /admin/stats` | counters: `jwks_requests`, `tokens_minted`, `introspection_calls`, `batch_calls`, `introspected_tokens`, `last_batch_size` |
 //!
 //! Every minted token (JWT or opaque) is remembered so it can be introspected and revoked. Keys
@@ -42,6 +45,9 @@ pub struct IdpSettings {
     /// Client credentials the introspection and revocation endpoints accept.
     pub client_id: String,
     pub client_secret: String,
+    /// Where the Token Status List is served (this IdP's `/statuslists/1`): when set, every
+    /// minted JWT names an entry of it (`status.status_list`).
+    pub status_list_uri: Option<String>,
 }
 
 #[derive(Default)]
@@ -50,6 +56,20 @@ struct Faults {
     jwks_latency_ms: u64,
     introspection: IntrospectionFault,
     introspection_latency_ms: u64,
+    status_list: StatusListFault,
+}
+
+/// How the status list endpoint misbehaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum StatusListFault {
+    #[default]
+    Ok,
+    /// HTTP 503.
+    Down,
+    /// A list whose signature does not verify.
+    BadSignature,
+    /// A list signed by this IdP's key but naming another issuer.
+    WrongIssuer,
 }
 
 /// How the introspection endpoints misbehave, for tests and demos.
@@ -89,6 +109,9 @@ pub struct Idp {
     keys: Mutex<Keys>,
     faults: Mutex<Faults>,
     tokens: Mutex<HashMap<String, TokenRecord>>,
+    /// The status of each status list entry (0 valid, 1 revoked, 2 suspended), by index.
+    statuses: Mutex<Vec<u8>>,
+    status_list_requests: AtomicU64,
     jwks_requests: AtomicU64,
     tokens_minted: AtomicU64,
     introspection_calls: AtomicU64,
@@ -118,6 +141,8 @@ impl Idp {
             keys: Mutex::new(keys),
             faults: Mutex::new(Faults::default()),
             tokens: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(Vec::new()),
+            status_list_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
             tokens_minted: AtomicU64::new(0),
             introspection_calls: AtomicU64::new(0),
@@ -204,6 +229,19 @@ impl Idp {
                 self.tokens_minted.fetch_add(1, Ordering::Relaxed) + 1
             )),
         );
+        if let Some(uri) = self
+            .settings
+            .status_list_uri
+            .as_ref()
+            .filter(|_| request.status != Some(false))
+        {
+            let mut statuses = lock(&self.statuses);
+            claims.insert(
+                "status".into(),
+                json!({"status_list": {"idx": statuses.len(), "uri": uri}}),
+            );
+            statuses.push(0);
+        }
         if let Some(Value::Object(extra)) = &request.claims {
             for (k, v) in extra {
                 claims.insert(k.clone(), v.clone());
@@ -270,6 +308,49 @@ impl Idp {
         }
     }
 
+    /// The Status List Token now: 2 bits per entry, zlib-compressed, signed with the current
+    /// RSA key (or misbehaving as the fault says).
+    fn status_list_token(&self, uri: &str) -> Result<String, String> {
+        let fault = lock(&self.faults).status_list;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let packed = pack_two_bit_entries(&lock(&self.statuses));
+        let mut encoder =
+            flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut encoder, &packed).map_err(|e| e.to_string())?;
+        let compressed = encoder.finish().map_err(|e| e.to_string())?;
+        let issuer = match fault {
+            StatusListFault::WrongIssuer => "https://evil.example".to_owned(),
+            _ => self.settings.issuer.clone(),
+        };
+        let claims = json!({
+            "iss": issuer, "sub": uri, "iat": now, "exp": now + 3600, "ttl": 300,
+            "status_list": {"bits": 2, "lst": URL_SAFE_NO_PAD.encode(compressed)},
+        });
+        let keys = lock(&self.keys);
+        let key = &keys.published[keys.rsa_signer];
+        let mut jws = key
+            .sign_with(
+                key.algorithm.default_alg(),
+                &json!({"kid": key.kid, "typ": "statuslist+jwt"}),
+                &claims,
+            )
+            .map_err(|e| e.to_string())?;
+        if fault == StatusListFault::BadSignature {
+            // Another signature of the same length: the first byte of it changed.
+            let signature_at = jws.rfind('.').map_or(0, |dot| dot + 1);
+            let flipped = if jws[signature_at..].starts_with('A') {
+                "B"
+            } else {
+                "A"
+            };
+            jws.replace_range(signature_at..signature_at + 1, flipped);
+        }
+        Ok(jws)
+    }
+
     fn client_authenticated(&self, headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
         let basic = headers
             .get(header::AUTHORIZATION)
@@ -330,6 +411,17 @@ impl Idp {
     }
 }
 
+/// Status list entries of 2 bits, the first in the least significant bits of the first byte.
+fn pack_two_bit_entries(statuses: &[u8]) -> Vec<u8> {
+    let mut packed = vec![0u8; statuses.len().div_ceil(4).max(16)];
+    for (index, status) in statuses.iter().enumerate() {
+        if let Some(byte) = packed.get_mut(index / 4) {
+            *byte |= (status & 0b11) << ((index % 4) * 2);
+        }
+    }
+    packed
+}
+
 /// Parameters of `/mint`.
 #[derive(Debug, Default, Deserialize)]
 pub struct MintRequest {
@@ -355,6 +447,8 @@ pub struct MintRequest {
     pub auth_age: Option<i64>,
     /// `acr` claim.
     pub acr: Option<String>,
+    /// `false`: no `status` claim, though the IdP serves a status list.
+    pub status: Option<bool>,
 }
 
 async fn jwks(State(idp): State<Arc<Idp>>) -> Response {
@@ -430,6 +524,7 @@ struct FaultRequest {
     jwks_latency_ms: Option<u64>,
     introspection: Option<String>,
     introspection_latency_ms: Option<u64>,
+    status_list: Option<String>,
 }
 
 async fn introspect(
@@ -552,11 +647,27 @@ async fn fault(State(idp): State<Arc<Idp>>, Json(f): Json<FaultRequest>) -> Resp
     if let Some(ms) = f.introspection_latency_ms {
         faults.introspection_latency_ms = ms;
     }
+    if let Some(mode) = f.status_list.as_deref() {
+        faults.status_list = match mode {
+            "ok" => StatusListFault::Ok,
+            "down" => StatusListFault::Down,
+            "bad_signature" => StatusListFault::BadSignature,
+            "wrong_issuer" => StatusListFault::WrongIssuer,
+            other => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown status_list fault {other}"),
+                )
+                    .into_response()
+            }
+        };
+    }
     Json(json!({
         "jwks_down": faults.jwks_down,
         "jwks_latency_ms": faults.jwks_latency_ms,
         "introspection": format!("{:?}", faults.introspection),
         "introspection_latency_ms": faults.introspection_latency_ms,
+        "status_list": format!("{:?}", faults.status_list),
     }))
     .into_response()
 }
@@ -582,8 +693,62 @@ async fn subject_scope(
     Json(json!({"changed": changed}))
 }
 
+async fn status_list(State(idp): State<Arc<Idp>>) -> Response {
+    idp.status_list_requests.fetch_add(1, Ordering::Relaxed);
+    let Some(uri) = idp.settings.status_list_uri.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if lock(&idp.faults).status_list == StatusListFault::Down {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down (fault injected)").into_response();
+    }
+    match idp.status_list_token(&uri) {
+        Ok(jws) => ([(header::CONTENT_TYPE, "application/statuslist+jwt")], jws).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusChange {
+    token: String,
+    status: String,
+}
+
+/// Sets a token's entry in the status list (revoked, suspended or valid again).
+async fn set_status(State(idp): State<Arc<Idp>>, Json(change): Json<StatusChange>) -> Response {
+    let value = match change.status.as_str() {
+        "valid" => 0,
+        "revoked" => 1,
+        "suspended" => 2,
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("status must be valid, revoked or suspended, not {other}"),
+            )
+                .into_response()
+        }
+    };
+    let index = lock(&idp.tokens).get(&change.token).and_then(|r| {
+        r.claims
+            .get("status")?
+            .get("status_list")?
+            .get("idx")?
+            .as_u64()
+    });
+    let Some(index) = index.and_then(|i| usize::try_from(i).ok()) else {
+        return (StatusCode::NOT_FOUND, "no status list entry for that token").into_response();
+    };
+    match lock(&idp.statuses).get_mut(index) {
+        Some(entry) => {
+            *entry = value;
+            Json(json!({"idx": index, "status": change.status})).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no such entry").into_response(),
+    }
+}
+
 async fn stats(State(idp): State<Arc<Idp>>) -> Json<Value> {
     Json(json!({
+        "status_list_requests": idp.status_list_requests.load(Ordering::Relaxed),
         "jwks_requests": idp.jwks_requests.load(Ordering::Relaxed),
         "tokens_minted": idp.tokens_minted.load(Ordering::Relaxed),
         "introspection_calls": idp.introspection_calls.load(Ordering::Relaxed),
@@ -606,6 +771,8 @@ pub fn router(idp: Arc<Idp>) -> Router {
         .route("/admin/fault", post(fault))
         .route("/admin/subject-scope", post(subject_scope))
         .route("/admin/stats", get(stats))
+        .route("/statuslists/1", get(status_list))
+        .route("/admin/status", post(set_status))
         .with_state(idp)
 }
 

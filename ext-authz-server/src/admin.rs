@@ -492,7 +492,13 @@ async fn epochs(
             return catch_up_refused(metrics, retry_after).await;
         }
     }
-    let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed());
+    // Current: the shared tier answers, and every Status List was verified recently.
+    let confirmed = admin.service.shared.as_ref().is_none_or(|s| s.confirmed())
+        && admin
+            .service
+            .status_lists
+            .as_ref()
+            .is_none_or(|l| l.current());
     // The answer is shared, not copied: a page is about 1 MB, and a kept one is served to
     // every poller at its cursor until the next change.
     // An unpaced answer to a cursor that is recent but not near (a worker catching up on a

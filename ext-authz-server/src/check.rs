@@ -71,6 +71,8 @@ pub struct CheckService {
     pub clock: SharedClock,
     /// Where the changes a check makes go (a background check's revocation).
     pub changes: Arc<dyn crate::changes::ChangeSink>,
+    /// The Token Status Lists tokens may name, when configured.
+    pub status_lists: Option<Arc<crate::status_lists::StatusLists>>,
 }
 
 /// Facts of one check, gathered for the decision log.
@@ -359,10 +361,20 @@ impl CheckService {
             Ok(entry) => entry,
             Err(reason) => return Verdict::Deny(reason),
         };
-        match self.authorize(&id, &screened, &entry.result, &rules, trace) {
-            Ok(()) => self.allow_with_context(&id, &entry.result),
-            Err(reason) => Verdict::Deny(reason),
+        if let Err(reason) = self.authorize(&id, &screened, &entry.result, &rules, trace) {
+            return Verdict::Deny(reason);
         }
+        if let Some(lists) = &self.status_lists {
+            let started = Instant::now();
+            let judged = lists.judge(&entry.result.raw, screened.token, &rules).await;
+            trace
+                .stages
+                .push(("status_list", started.elapsed().as_secs_f64()));
+            if let Err(reason) = judged {
+                return Verdict::Deny(reason);
+            }
+        }
+        self.allow_with_context(&id, &entry.result)
     }
 
     /// Whether the token was revoked: by its bytes (`token_hash`), or by what its signature

@@ -144,6 +144,11 @@ pub struct ServerConfigFile {
     pub redis: Option<RedisFile>,
     /// A signed verification context on allowed requests, and its signing keys.
     pub context: Option<authz_core::context::ContextConfig>,
+    /// Token Status Lists (draft-ietf-oauth-status-list) the provider's tokens may name: this
+    /// server fetches and verifies each (signed by the provider's keys, `typ:
+    /// statuslist+jwt`, `iss` the token issuer, `sub` the list's URI), refuses tokens whose
+    /// entry is set, and publishes those entries through the change feed.
+    pub status_lists: Option<authz_core::status_list::StatusListsConfig>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -613,6 +618,7 @@ pub struct ServerConfig {
     pub allow_insecure_http: bool,
     pub redis: Option<RedisConfig>,
     pub context: Option<crate::context_keys::ContextKeyRing>,
+    pub status_lists: Option<authz_core::status_list::StatusListsSettings>,
 }
 
 struct Problems(Vec<String>);
@@ -1515,6 +1521,13 @@ impl ServerConfig {
             }
         }
         let redis = f.redis.as_ref().map(|r| redis_section(&mut p, r));
+        let status_lists = f.status_lists.as_ref().map(|c| {
+            c.settings(
+                "status_lists",
+                |uri| allow_insecure_http || loopback_url(uri),
+                &mut p.0,
+            )
+        });
         if !p.0.is_empty() {
             return Err(ServerError::InvalidConfig(p.0));
         }
@@ -1569,6 +1582,7 @@ impl ServerConfig {
             context,
             allow_insecure_http,
             redis,
+            status_lists,
         })
     }
 

@@ -368,6 +368,34 @@ impl Idp {
         )
     }
 
+    /// Verifies a JWS signed with one of the provider's published keys (not an access token:
+    /// no claim is checked; see [`authz_core::verify::verify_signed_by`]), fetching the keys
+    /// when none are loaded or a fresh fetch might change the outcome (rate-limited as for
+    /// tokens). Its header and payload.
+    pub async fn verify_signed(
+        &self,
+        jws: &str,
+        max_bytes: usize,
+    ) -> Result<(serde_json::Value, Vec<u8>), VerifyFailure> {
+        let attempt = || match read(&self.keys).as_deref() {
+            Some(set) => authz_core::verify::verify_signed_by(jws, set, max_bytes),
+            None => Err(VerifyFailure::KeysUnavailable { provider: 0 }),
+        };
+        match attempt() {
+            Err(failure) if failure.keys_may_have_changed().is_some() => {
+                if self
+                    .fetch_keys_if_due(self.clock.now_ms(), failure.key_miss())
+                    .await
+                {
+                    attempt()
+                } else {
+                    Err(failure)
+                }
+            }
+            outcome => outcome,
+        }
+    }
+
     /// Verifies a JWT access token (`key`: its hash) against the provider's keys, reusing a
     /// verification made with the current keys; a failure fresh keys might change (see
     /// [`VerifyFailure::keys_may_have_changed`]) refetches them once, rate-limited, and verifies

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod os_thread;
 pub mod reply;
 pub mod shared;
+pub mod status_lists;
 #[cfg(test)]
 mod test_http;
 pub mod versions;
@@ -108,7 +109,8 @@ impl ChangeSink for LocalChanges {
             match change {
                 Change::RevokeToken(key, _) => self.introspector.invalidate(key),
                 Change::BumpPolicy { .. } => self.introspector.invalidate_all(),
-                Change::RevokeJti(..) | Change::RevokeSubject { .. } => {}
+                Change::RevokeJti(..) | Change::RevokeSubject { .. } | Change::RevokeStatus(..) => {
+                }
             }
         }
         applied
@@ -149,15 +151,16 @@ pub fn build_service_with_clock(
     )?;
     let client = idp_client::IdpClient::new(config.introspection.clone(), idp.clone(), http)?
         .with_client_grant(config.token.client_grant.clone());
+    let lifetime_bound_ms = config.token.max_lifetime_seconds.map(|max| {
+        let skew = config.token.clock_skew_seconds.max(0);
+        (max.saturating_add(skew).max(0) as u64).saturating_mul(1000)
+    });
     let versions = Arc::new(match config.redis {
         Some(_) => versions::Versions::shared(),
         None => versions::Versions::default(),
     });
     versions.set_page_rows(config.feed_page_rows);
-    versions.set_lifetime_bound_ms(config.token.max_lifetime_seconds.map(|max| {
-        let skew = config.token.clock_skew_seconds.max(0);
-        (max.saturating_add(skew).max(0) as u64).saturating_mul(1000)
-    }));
+    versions.set_lifetime_bound_ms(lifetime_bound_ms);
     let shared = match &config.redis {
         Some(redis) => Some(Arc::new(
             shared::Shared::new(
@@ -184,6 +187,26 @@ pub fn build_service_with_clock(
         introspector: introspector.clone(),
         clock: clock.clone(),
     });
+    let status_lists = match &config.status_lists {
+        Some(settings) => {
+            let write_rules = config.tier_rules(authz_core::Tier::StandardWrite);
+            Some(status_lists::StatusLists::new(status_lists::Parts {
+                settings: settings.clone(),
+                issuer: config.token.issuer.clone(),
+                skew_seconds: config.token.clock_skew_seconds,
+                lifetime_bound_ms,
+                current_within_ms: write_rules.max_staleness_ms + write_rules.stale_if_error_ms,
+                http: idp_http::client(&config, config.idp.fetch_timeout, None)?,
+                idp: idp.clone(),
+                clock: clock.clone(),
+                metrics: metrics.clone(),
+                versions: versions.clone(),
+                changes: changes.clone(),
+                shared: shared.clone(),
+            }))
+        }
+        None => None,
+    };
     Ok(Arc::new(CheckService {
         config: Arc::new(config),
         introspector,
@@ -194,6 +217,7 @@ pub fn build_service_with_clock(
         metrics,
         clock,
         changes,
+        status_lists,
     }))
 }
 
@@ -278,6 +302,10 @@ pub async fn serve_with_clock(
         .map(|shared| tokio::spawn(shared::run(shared, changes.clone())));
     let probe_task = tokio::spawn(service.introspector.clone().confirm_idp());
     let idp_task = tokio::spawn(service.idp.clone().run());
+    let lists_task = service
+        .status_lists
+        .as_ref()
+        .map(|lists| lists.spawn_refresh());
     let limiters = service.limiters.clone();
     let versions = service.versions.clone();
     let metrics = service.metrics.clone();
@@ -329,6 +357,9 @@ pub async fn serve_with_clock(
     prune_task.abort();
     probe_task.abort();
     idp_task.abort();
+    if let Some(task) = lists_task {
+        task.abort();
+    }
     if let Some(task) = shared_task {
         task.abort();
     }

@@ -27,6 +27,7 @@
 mod sets;
 
 use crate::lock;
+use authz_core::status_list::StatusRef;
 use serde_json::json;
 use sets::{RevokedSet, Subjects};
 use std::collections::HashMap;
@@ -48,6 +49,9 @@ pub const EXPIRY_GRACE_MS: u64 = 10 * 60 * 1000;
 pub enum Change {
     RevokeToken(TokenKey, Expiry),
     RevokeJti(String, Expiry),
+    /// A Status List entry the IdP set (revoked or suspended): tokens naming it are refused.
+    /// The expiry is when every token that may name it has expired.
+    RevokeStatus(StatusRef, Expiry),
     /// Tokens of `subject` issued at or before `revoked_at_ms` are refused. `epoch` is the
     /// shared count of the subject's revocations when known (from Redis).
     RevokeSubject {
@@ -82,6 +86,7 @@ struct State {
     subjects: Subjects,
     revoked_tokens: RevokedSet<TokenKey>,
     revoked_jtis: RevokedSet<String>,
+    revoked_statuses: RevokedSet<StatusRef>,
     /// The longest a token lives (the configured maximum lifetime plus clock skew), ms.
     lifetime_bound_ms: Option<u64>,
     /// Rows per change-feed answer; 0: [`FEED_PAGE_ROWS`].
@@ -120,6 +125,7 @@ struct Page {
     subjects: Vec<SubjectRow>,
     tokens: Vec<(TokenKey, Expiry, u64)>,
     jtis: Vec<(String, Expiry, u64)>,
+    statuses: Vec<(StatusRef, Expiry, u64)>,
 }
 
 impl State {
@@ -129,6 +135,7 @@ impl State {
             .max(self.policy_changed_at_version)
             .max(self.revoked_tokens.by_stamp.last_stamp())
             .max(self.revoked_jtis.by_stamp.last_stamp())
+            .max(self.revoked_statuses.by_stamp.last_stamp())
             .max(self.subjects.by_stamp.last_stamp())
     }
 
@@ -155,6 +162,12 @@ impl State {
                     .stamps_after(since)
                     .take(rows + 1),
             )
+            .chain(
+                self.revoked_statuses
+                    .by_stamp
+                    .stamps_after(since)
+                    .take(rows + 1),
+            )
             .chain(self.subjects.by_stamp.stamps_after(since).take(rows + 1))
             .collect();
         let mut upto = u64::MAX;
@@ -163,6 +176,7 @@ impl State {
             let cut = stamps.get(rows - 1).copied().unwrap_or(u64::MAX);
             let beyond = self.revoked_tokens.by_stamp.any_after(cut)
                 || self.revoked_jtis.by_stamp.any_after(cut)
+                || self.revoked_statuses.by_stamp.any_after(cut)
                 || self.subjects.by_stamp.any_after(cut)
                 || self.policy_changed_at_version > cut;
             if cut < self.version && beyond {
@@ -194,6 +208,7 @@ impl State {
                 .collect(),
             tokens: self.revoked_tokens.raw_between(since, upto),
             jtis: self.revoked_jtis.raw_between(since, upto),
+            statuses: self.revoked_statuses.raw_between(since, upto),
         }
     }
 }
@@ -332,6 +347,17 @@ impl Versions {
                         value: 0,
                     }
                 }
+                Change::RevokeStatus(entry, expiry) => {
+                    let expiry = bounded(expiry);
+                    let (new, stamp) =
+                        s.revoked_statuses
+                            .insert(entry.clone(), stamp, seq, expiry, now_ms);
+                    Applied {
+                        new,
+                        stamp,
+                        value: 0,
+                    }
+                }
                 Change::RevokeSubject {
                     subject,
                     revoked_at_ms,
@@ -434,6 +460,12 @@ impl Versions {
                     .iter()
                     .map(|k| Change::RevokeJti(k.clone(), s.revoked_jtis.expiry_of(k))),
             );
+            all.extend(
+                s.revoked_statuses
+                    .order
+                    .iter()
+                    .map(|k| Change::RevokeStatus(k.clone(), s.revoked_statuses.expiry_of(k))),
+            );
             all
         })
     }
@@ -454,6 +486,7 @@ impl Versions {
             }
             s.revoked_tokens.prune(now_ms)
                 + s.revoked_jtis.prune(now_ms)
+                + s.revoked_statuses.prune(now_ms)
                 + (subjects - s.subjects.len())
         });
         if pruned > 0 {
@@ -481,6 +514,11 @@ impl Versions {
         self.read(|s| s.revoked_tokens.contains(key))
     }
 
+    /// Whether a Status List entry was found set.
+    pub fn is_status_revoked(&self, entry: &StatusRef) -> bool {
+        self.read(|s| s.revoked_statuses.contains(entry))
+    }
+
     pub fn is_jti_revoked(&self, jti: &str) -> bool {
         self.read(|s| s.revoked_jtis.contains(&jti.to_owned()))
     }
@@ -500,6 +538,7 @@ impl Versions {
             s.policy_changed_at_version > since
                 || s.revoked_tokens.by_stamp.any_after(since)
                 || s.revoked_jtis.by_stamp.any_after(since)
+                || s.revoked_statuses.by_stamp.any_after(since)
                 || s.subjects.by_stamp.any_after(since)
         })
     }
@@ -558,6 +597,10 @@ impl Versions {
             "jtis": page.jtis
                 .iter()
                 .map(|(k, expiry, at)| json!([k, expiry, learned(*at)]))
+                .collect::<Vec<_>>(),
+            "statuses": page.statuses
+                .iter()
+                .map(|(k, expiry, at)| json!([k.uri, k.index, expiry, learned(*at)]))
                 .collect::<Vec<_>>(),
             "more": page.more,
             "confirmed": confirmed && !page.more,

@@ -562,8 +562,9 @@ impl<H: Host> Worker<H> {
     /// locally decided routes.
     fn apply_revocations(&mut self, changes: &Changes, now_ms: u64) {
         let mut purged = 0;
-        if !changes.jtis.is_empty() {
-            // A decision cache entry does not know its token's `jti`: every entry goes.
+        if !changes.jtis.is_empty() || !changes.statuses.is_empty() {
+            // A decision cache entry does not know its token's `jti` or Status List entry:
+            // every entry goes.
             purged += self.decisions.len();
             self.decisions.clear();
         }
@@ -571,6 +572,10 @@ impl<H: Host> Worker<H> {
         for jti in &changes.jtis {
             self.revocations
                 .revoke_jti(&jti.key, jti.expires_at_ms, now_ms);
+        }
+        for status in &changes.statuses {
+            self.revocations
+                .revoke_status(status.entry.clone(), status.expires_at_ms, now_ms);
         }
         if !changes.is_empty() {
             self.versions.changes_applied_ms = now_ms;

@@ -26,6 +26,7 @@ use authz_core::decision::decide_with;
 use authz_core::decision_cache::{DecisionCache, TokenCache};
 use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, KeyMiss, RefreshRules};
 use authz_core::revocations::RevocationSet;
+use authz_core::status_list::StatusRefusal;
 use authz_core::token_hash::TokenKeyer;
 use authz_core::verify::verify;
 use authz_core::{
@@ -245,6 +246,26 @@ impl<H: Host> Worker<H> {
             }
             if revocations.screen(token).is_some() {
                 return Some(DenyReason::Revoked);
+            }
+            if !policy.status_lists.is_empty() {
+                if let Err(refusal) =
+                    authz_core::status_list::screen(&token.claims, &policy.status_lists, |entry| {
+                        revocations.status_is_set(entry)
+                    })
+                {
+                    if refusal != StatusRefusal::Set {
+                        // Signed by the provider, so a configuration matter, not an attack:
+                        // a list missing from `status_lists.uris`, or an IdP's odd claim.
+                        host.log(
+                            LogLevel::Warn,
+                            &format!(
+                                "jwt_authz: token refused: {} (is the list in status_lists.uris?)",
+                                refusal.as_str()
+                            ),
+                        );
+                    }
+                    return Some(DenyReason::Revoked);
+                }
             }
             // Past the cap a revocation may be missing: writes fail closed.
             (tier == Tier::StandardWrite && !revocations.complete(now_ms))

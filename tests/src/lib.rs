@@ -308,13 +308,19 @@ impl CacheStack {
     /// One server per entry of `server_extras` (its extra configuration), all behind Envoy's
     /// Check and feed clusters: the first is `server`, the others `replicas`.
     pub fn start_replicas(plugin: &Value, server_extras: &[&str]) -> CacheStack {
-        CacheStack::start_replicas_with_echo(plugin, server_extras, |_| Echo::start())
+        CacheStack::start_replicas_with_echo(plugin, server_extras, &[], |_| Echo::start())
+    }
+
+    /// [`CacheStack::start`] with a dev IdP started with `idp_args` (e.g. `--status-list`);
+    /// `{IDP_PORT}` in `plugin` becomes its port, as in `server_extra`.
+    pub fn start_with_idp(plugin: &Value, server_extra: &str, idp_args: &[&str]) -> CacheStack {
+        CacheStack::start_replicas_with_echo(plugin, &[server_extra], idp_args, |_| Echo::start())
     }
 
     /// [`CacheStack::start`] with an echo upstream that trusts only signed contexts from the
     /// server (`echo-upstream --context-*`), reading routes from `plugin` as the filter does.
     pub fn start_guarded(plugin: &Value, server_extra: &str, audience: &str) -> CacheStack {
-        CacheStack::start_replicas_with_echo(plugin, &[server_extra], |server| {
+        CacheStack::start_replicas_with_echo(plugin, &[server_extra], &[], |server| {
             Echo::start_guarded(plugin, server.admin_port, audience)
         })
     }
@@ -322,9 +328,16 @@ impl CacheStack {
     fn start_replicas_with_echo(
         plugin: &Value,
         server_extras: &[&str],
+        idp_args: &[&str],
         echo: impl FnOnce(&AuthzServerProcess) -> Echo,
     ) -> CacheStack {
-        let idp = DevIdp::start(&[]);
+        let idp = DevIdp::start(idp_args);
+        let plugin: &Value = &serde_json::from_str(
+            &plugin
+                .to_string()
+                .replace("{IDP_PORT}", &idp.port.to_string()),
+        )
+        .expect("the plugin configuration stays JSON");
         let mut servers = server_extras.iter().map(|extra| {
             AuthzServerProcess::start(&server_yaml(
                 idp.port,
@@ -994,6 +1007,22 @@ impl DevIdp {
         );
         assert_eq!(reply.status, 200, "{}", reply.body);
         reply.json()["kid"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Sets a token's entry in the IdP's status list: `status` is revoked, suspended or valid.
+    pub fn set_status(&self, token: &str, status: &str) {
+        let reply = request(
+            "POST",
+            &self.url("/admin/status"),
+            &[("content-type", "application/json")],
+            Some(&json!({"token": token, "status": status}).to_string()),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+
+    /// Makes the status list endpoint misbehave: ok, down, bad_signature or wrong_issuer.
+    pub fn set_status_list_fault(&self, mode: &str) {
+        self.fault(json!({"status_list": mode}));
     }
 
     /// Sets introspection faults: `mode` is ok, error, nonjson, missing_active or down.

@@ -45,6 +45,12 @@ pub(super) fn encode(change: &Change) -> (&'static str, String, u64) {
         // For tokens and jtis, `at` carries the expiry (0: none).
         Change::RevokeToken(key, expiry) => ("token", digest_hex(key), expiry.unwrap_or(0)),
         Change::RevokeJti(jti, expiry) => ("jti", jti.clone(), expiry.unwrap_or(0)),
+        // A Status List entry: `<index> <uri>` (a uri has no space).
+        Change::RevokeStatus(entry, expiry) => (
+            "status",
+            format!("{} {}", entry.index, entry.uri),
+            expiry.unwrap_or(0),
+        ),
         Change::RevokeSubject {
             subject,
             revoked_at_ms,
@@ -89,6 +95,16 @@ pub(super) fn decode(entry: &StreamId) -> Option<(u64, Change)> {
     let change = match field(entry, "kind")?.as_str() {
         "token" => Change::RevokeToken(parse_digest_hex(&value)?, (at > 0).then_some(at)),
         "jti" => Change::RevokeJti(value, (at > 0).then_some(at)),
+        "status" => {
+            let (index, uri) = value.split_once(' ')?;
+            Change::RevokeStatus(
+                authz_core::status_list::StatusRef {
+                    uri: uri.to_owned(),
+                    index: index.parse().ok()?,
+                },
+                (at > 0).then_some(at),
+            )
+        }
         "subject" => Change::RevokeSubject {
             subject: value,
             revoked_at_ms: at,
