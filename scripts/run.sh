@@ -22,7 +22,7 @@ for port in 9000 9001 9191 9192 9901 10000; do
   fi
 done
 
-target/debug/dev-idp --port 9000 --issuer https://dev-idp.local --audience demo-api >.run/dev-idp.log 2>&1 &
+target/debug/dev-idp --port 9000 --issuer https://dev-idp.local --audience demo-api --status-list >.run/dev-idp.log 2>&1 &
 pids+=($!)
 # The echo upstream trusts only signed verification contexts: it names a request's route from
 # the filter's own configuration (the JSON inside envoy/dev.yaml) and verifies with the server's
@@ -98,6 +98,21 @@ export ADMIN='$ADMIN'
   curl -u authz-server:authz-server-secret -d "token=\$NEWS" http://127.0.0.1:9000/revoke
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code} ' -H "authorization: Bearer \$NEWS" http://127.0.0.1:10000/news/today; sleep 0.5; done; echo
   curl -s http://127.0.0.1:9901/stats | grep background_checks
+
+  # revocation published by the IdP as a Token Status List (every minted JWT names an entry
+  # of http://127.0.0.1:9000/statuslists/1): set this token's entry, and within one refresh
+  # (5 s) plus the push it is refused on the read and write the filter decides and on the
+  # privileged route the server decides ("status list: entries newly set" in the server log)
+  LISTED=\$(curl -s 'http://127.0.0.1:9000/mint?sub=frank&scope=read%20write%20admin')
+  curl -s http://127.0.0.1:9000/statuslists/1 | cut -d. -f2 | tr '_-' '/+' | base64 -d 2>/dev/null; echo
+  curl -X POST -H 'content-type: application/json' -d "{\"token\":\"\$LISTED\",\"status\":\"revoked\"}" http://127.0.0.1:9000/admin/status
+  sleep 6
+  curl -s -o /dev/null -w '%{http_code} ' -H "authorization: Bearer \$LISTED" http://127.0.0.1:10000/api/items
+  curl -s -o /dev/null -w '%{http_code} ' -X POST -H "authorization: Bearer \$LISTED" http://127.0.0.1:10000/api/items
+  curl -s -o /dev/null -w '%{http_code}\n' -X POST -H "authorization: Bearer \$LISTED" http://127.0.0.1:10000/payments/transfer
+  # a list that does not verify is refused and logged (status_list_refused), the last good one kept
+  curl -X POST -H 'content-type: application/json' -d '{"status_list":"bad_signature"}' http://127.0.0.1:9000/admin/fault
+  curl -X POST -H 'content-type: application/json' -d '{"status_list":"ok"}' http://127.0.0.1:9000/admin/fault
 
   # take introspection down: privileged fails closed (503); opaque tokens on /account/ get the
   # tier's grace window (JWTs are verified with the server's own copy of the keys)

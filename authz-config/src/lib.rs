@@ -58,6 +58,9 @@ pub struct PolicyFile {
     /// The signed verification context: the filter gets it without the server's keys
     /// (`signing_seed_file`, `rotate_every_seconds`), the server whole.
     pub context: Option<Value>,
+    /// Token Status Lists the provider's tokens may name: the filter gets `uris` (its change
+    /// feed brings what the lists revoke), the server the whole section (it fetches them).
+    pub status_lists: Option<Value>,
     /// Further filter settings (`cache`, `key_wait_timeout_ms`, ...), copied as they are.
     #[serde(default)]
     pub filter: Map<String, Value>,
@@ -443,6 +446,12 @@ pub fn render_with_env(
             }
             object.insert("context".into(), filter_context);
         }
+        if let Some(lists) = &policy.status_lists {
+            object.insert(
+                "status_lists".into(),
+                json!({"uris": lists.get("uris").cloned().unwrap_or(Value::Null)}),
+            );
+        }
         if let Some(server) = &policy.server {
             let keep = policy.istio.is_some();
             object.insert(
@@ -476,7 +485,14 @@ pub fn render_with_env(
     let server = match (&policy.server, policy.providers.first()) {
         (Some(entry), Some(provider)) => {
             let mut config = entry.config.clone();
-            for key in ["realm", "policy", "strip_headers", "requests", "context"] {
+            for key in [
+                "realm",
+                "policy",
+                "strip_headers",
+                "requests",
+                "context",
+                "status_lists",
+            ] {
                 if config.contains_key(key) {
                     problems.push(format!(
                         "server.config.{key}: comes from the policy; set it there"
@@ -547,6 +563,9 @@ pub fn render_with_env(
             }
             if let Some(context) = &policy.context {
                 config.insert("context".into(), context.clone());
+            }
+            if let Some(lists) = &policy.status_lists {
+                config.insert("status_lists".into(), lists.clone());
             }
             if let (Some(token), true) = (&entry.epochs_token, entry.feed) {
                 config.insert("epochs_token".into(), json!(token));

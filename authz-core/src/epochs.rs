@@ -252,6 +252,32 @@ mod tests {
     }
 
     #[test]
+    fn status_list_entries_name_a_list_and_an_index() {
+        let c = Changes::parse(
+            br#"{"format":2,"version":3,"policy_version":1,"statuses":[["https://idp/l",17,9000,44],["https://idp/l",4294967295,null,null]]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.statuses.len(), 2);
+        assert_eq!(c.statuses[0].entry.uri, "https://idp/l");
+        assert_eq!(c.statuses[0].entry.index, 17);
+        assert_eq!(c.statuses[0].expires_at_ms, Some(9000));
+        assert_eq!(c.statuses[1].expires_at_ms, None);
+        assert!(!c.is_empty());
+        assert_eq!(c.learned_at().collect::<Vec<_>>(), vec![44]);
+        for bad in [
+            r#"[["",1,null,null]]"#,
+            r#"[["https://idp/l",-1,null,null]]"#,
+            r#"[["https://idp/l",4294967296,null,null]]"#,
+            r#"[["https://idp/l","1",null,null]]"#,
+            r#"[[5,1,null,null]]"#,
+            r#"[["https://idp/l",1,"soon",null]]"#,
+        ] {
+            let body = format!(r#"{{"format":2,"version":3,"policy_version":1,"statuses":{bad}}}"#);
+            assert!(Changes::parse(body.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn parses_the_servers_answer() {
         let body = format!(
             r#"{{"format":2,"version":7,"policy_version":2,"policy_changed_at_ms":50,"subjects":[["alice",40,1,41]],"tokens":[["{}",9000,42]],"jtis":[["j",null,43]]}}"#,

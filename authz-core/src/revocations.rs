@@ -457,6 +457,36 @@ mod tests {
     }
 
     #[test]
+    fn a_status_list_entry_refuses_the_tokens_naming_it_until_it_expires() {
+        let named = |idx: u64| {
+            let mut t = token("alice", "j", 0);
+            t.claims.raw.insert(
+                "status".into(),
+                serde_json::json!({"status_list": {"idx": idx, "uri": "https://idp/l"}}),
+            );
+            t
+        };
+        let entry = |index| StatusRef {
+            uri: "https://idp/l".into(),
+            index,
+        };
+        let mut set = RevocationSet::new(2);
+        set.revoke_status(entry(3), Some(60_000), 0);
+        assert_eq!(set.screen(&named(3)), Some(Revoked::Status));
+        assert_eq!(set.screen(&named(4)), None);
+        assert!(set.status_is_set(&entry(3)));
+        // Under the same cap as tokens and `jti`s: the one forgotten soonest makes room.
+        set.revoke_jti("x", Some(120_000), 0);
+        set.revoke_status(entry(5), Some(180_000), 0);
+        assert_eq!(set.len(), 2);
+        assert!(!set.status_is_set(&entry(3)));
+        assert!(!set.complete(0), "a needed entry was dropped");
+        // Forgotten once every token naming it has expired (plus grace).
+        set.prune(180_000 + FORGET_GRACE_MS + 1_000);
+        assert!(!set.status_is_set(&entry(5)));
+    }
+
+    #[test]
     fn a_token_revocation_names_its_signed_part_or_its_bytes() {
         let mut set = RevocationSet::new(10);
         let alice = token_with("alice", "j-a", 100, [1; 32]);

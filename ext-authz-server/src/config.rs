@@ -1528,6 +1528,14 @@ impl ServerConfig {
                 &mut p.0,
             )
         });
+        if let (Some(_), Some((_, _, _, idp))) = (&status_lists, &token) {
+            if !idp.discovery && idp.jwks_uri.is_none() {
+                p.add(
+                    "status_lists",
+                    "needs the provider's keys to verify the lists with (token.jwks_uri, or token.discovery: true)",
+                );
+            }
+        }
         if !p.0.is_empty() {
             return Err(ServerError::InvalidConfig(p.0));
         }

@@ -469,7 +469,12 @@ impl RenderedStack {
     /// `policy`: a policy file's text; `{IDP_PORT}` becomes the dev IdP's port. Secrets come
     /// from [`test_env`].
     pub fn start(policy: &str) -> RenderedStack {
-        let idp = DevIdp::start(&[]);
+        RenderedStack::start_with_idp(policy, &[])
+    }
+
+    /// [`RenderedStack::start`] with a dev IdP started with `idp_args` (e.g. `--status-list`).
+    pub fn start_with_idp(policy: &str, idp_args: &[&str]) -> RenderedStack {
+        let idp = DevIdp::start(idp_args);
         let echo = Echo::start();
         let text = policy.replace("{IDP_PORT}", &idp.port.to_string());
         let rendered = authz_config::render_with_env(&text, &test_env)

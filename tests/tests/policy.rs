@@ -5,7 +5,7 @@
 //! server, and the Wasm filter off there only), and the derived Envoy routes load in Envoy.
 
 use ext_authz_server::config::ServerConfig;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tests::*;
 
 const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "DELETE"];
@@ -660,6 +660,53 @@ fn a_route_checked_after_the_answer_is_opted_in_on_both_sides() {
         problems
             .iter()
             .any(|p| p.contains("routes[0].background_check_ms")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn the_policy_gives_the_filter_the_status_lists_it_may_name_and_the_server_the_whole_section() {
+    let text =
+        std::fs::read_to_string(repo_root().join("config/policy.example.yaml")).expect("read");
+    assert!(text.contains("\nstatus_lists:\n"));
+    let rendered = authz_config::render_with_env(&text, &test_env).expect("renders");
+    assert_eq!(
+        rendered.filter["status_lists"],
+        json!({"uris": ["http://127.0.0.1:9000/statuslists/1"]}),
+        "the filter reads no list: only which ones exist"
+    );
+    let filter =
+        authz_core::Policy::from_json(rendered.filter.to_string().as_bytes()).expect("loads");
+    assert_eq!(
+        filter.status_lists,
+        vec!["http://127.0.0.1:9000/statuslists/1"]
+    );
+    let server = load_server(rendered.server.as_deref().expect("server"), "loads");
+    let lists = server.status_lists.expect("the server reads the lists");
+    assert_eq!(lists.refresh_seconds, 30);
+    assert_eq!(lists.uris, filter.status_lists);
+    // Set under `server.config`: refused, it comes from the policy.
+    let doubled = text.replace(
+        "  config:\n",
+        "  config:\n    status_lists: {uris: [\"https://x.example/l\"]}\n",
+    );
+    let problems = authz_config::render_with_env(&doubled, &test_env).expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("server.config.status_lists: comes from the policy")),
+        "{problems:#?}"
+    );
+    // A server with no keys to verify a list with is refused at load, named.
+    let keyless = text.replace(
+        "    admin_token:",
+        "    token: {discovery: false}\n    admin_token:",
+    );
+    let problems = authz_config::render_with_env(&keyless, &test_env).expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("status_lists: needs the provider's keys")),
         "{problems:#?}"
     );
 }

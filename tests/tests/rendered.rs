@@ -163,3 +163,42 @@ fn requests_upstreams_read_differently_are_refused_on_every_route_or_stripped_wh
         }
     }
 }
+
+/// Token Status Lists as `authz-config` renders them, in both modes: a token the IdP revokes in
+/// its list is refused on the read the filter decides and on the privileged route (decided by
+/// Envoy's native ext_authz and the server in `native` mode, by the filter asking the server in
+/// `filter` mode).
+#[test]
+fn a_token_the_idp_revokes_in_its_status_list_is_refused_in_either_mode() {
+    let lists = "status_lists:\n  uris: [\"http://127.0.0.1:{IDP_PORT}/statuslists/1\"]\n  refresh_seconds: 1\n";
+    for mode in MODES {
+        let text = policy(mode, lists).replace(
+            "    drain_ms: 100\n",
+            "    drain_ms: 100\n    token: {discovery: false, jwks_uri: \"http://127.0.0.1:{IDP_PORT}/.well-known/jwks.json\"}\n",
+        );
+        let s = RenderedStack::start_with_idp(&text, &["--status-list"]);
+        let token = s
+            .idp
+            .mint(json!({"sub": "alice", "scope": "read write admin", "ttl": 600, "claims": {}}));
+        let statuses = || {
+            [
+                s.envoy
+                    .status_on_new_connection("GET", "/api/items", &token),
+                s.envoy
+                    .status_on_new_connection("GET", "/admin/users", &token),
+            ]
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || statuses() == [200, 200]),
+            "{mode}: {:?}",
+            statuses()
+        );
+        s.idp.set_status(&token, "revoked");
+        assert!(
+            eventually(Duration::from_secs(10), || (0..4)
+                .all(|_| statuses() == [401, 401])),
+            "{mode}: {:?}",
+            statuses()
+        );
+    }
+}

@@ -159,3 +159,38 @@ fn a_list_with_a_bad_signature_or_another_issuer_is_refused_and_without_a_good_l
     let other = mint(&s, "bob");
     assert_eq!(statuses(&s, &other), [200; 3]);
 }
+
+/// The change feed vouches for its state only once every list was verified: before that (here,
+/// a list that cannot be fetched) answers are unconfirmed, so no filter renews trust from them
+/// and a filter starting now keeps its locally decided writes closed.
+#[test]
+fn the_feed_is_unconfirmed_until_every_list_was_verified() {
+    let idp = DevIdp::start(&["--status-list"]);
+    let epochs = |server: &AuthzServerProcess| -> Value {
+        let reply = get(
+            &format!(
+                "http://127.0.0.1:{}/admin/epochs?since=0&format=2",
+                server.admin_port
+            ),
+            &[("authorization", &format!("Bearer {EPOCHS_TOKEN}"))],
+        );
+        serde_json::from_str(&reply.body).expect("json")
+    };
+    let with_list = |uri: &str| {
+        server_yaml(
+            idp.port,
+            &format!(
+                "epochs_token: \"{EPOCHS_TOKEN}\"\n{}",
+                server_extra().replace(&list_uri(), uri)
+            ),
+        )
+    };
+    let unreachable = AuthzServerProcess::start(&with_list("http://127.0.0.1:9/statuslists/1"));
+    let served = AuthzServerProcess::start(&with_list(&list_uri()));
+    assert!(eventually(Duration::from_secs(5), || epochs(&served)
+        ["confirmed"]
+        == true));
+    std::thread::sleep(Duration::from_millis(REFRESH_SECONDS * 1000 + 500));
+    assert_eq!(epochs(&unreachable)["confirmed"], false);
+    assert!(!unreachable.log_lines("status_list_refused").is_empty());
+}
