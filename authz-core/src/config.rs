@@ -558,20 +558,26 @@ pub struct Policy {
     pub status_lists: Vec<String>,
 }
 
-struct Problems(Vec<String>);
+/// Problems found so far, each "where: what" (every one is reported at once).
+pub(crate) struct Problems(pub(crate) Vec<String>);
 
 impl Problems {
-    fn add(&mut self, at: &str, what: impl std::fmt::Display) {
+    pub(crate) fn add(&mut self, at: &str, what: impl std::fmt::Display) {
         self.0.push(format!("{at}: {what}"));
     }
 
-    fn unknown(&mut self, at: &str, fields: &Map<String, Value>) {
+    pub(crate) fn unknown(&mut self, at: &str, fields: &Map<String, Value>) {
         for name in fields.keys() {
             self.add(at, format_args!("unknown field \"{name}\""));
         }
     }
 
-    fn required<'a, T>(&mut self, at: &str, field: &str, value: &'a Option<T>) -> Option<&'a T> {
+    pub(crate) fn required<'a, T>(
+        &mut self,
+        at: &str,
+        field: &str,
+        value: &'a Option<T>,
+    ) -> Option<&'a T> {
         if value.is_none() {
             self.add(at, format_args!("\"{field}\" is required"));
         }
@@ -696,7 +702,7 @@ fn check_background_route(
     }
 }
 
-fn parse_tier(p: &mut Problems, at: &str, tier: &Option<String>) -> Tier {
+pub(crate) fn parse_tier(p: &mut Problems, at: &str, tier: &Option<String>) -> Tier {
     match tier.as_deref() {
         None => {
             p.add(at, "\"tier\" is required");
@@ -709,7 +715,7 @@ fn parse_tier(p: &mut Problems, at: &str, tier: &Option<String>) -> Tier {
     }
 }
 
-fn parse_requirements(
+pub(crate) fn parse_requirements(
     p: &mut Problems,
     at: &str,
     tier: Tier,

@@ -27,6 +27,7 @@ pub mod introspection;
 pub mod jwks_refresh;
 pub mod keys;
 pub mod principal;
+pub mod resources;
 pub mod revocations;
 pub mod routes;
 pub mod rsa_verify;

@@ -125,7 +125,8 @@ pub enum ClaimRule {
 }
 
 impl ClaimRule {
-    fn holds(&self, claims: &Claims) -> bool {
+    /// Whether the token's claims satisfy the rule.
+    pub fn holds(&self, claims: &Claims) -> bool {
         match self {
             ClaimRule::Equals { claim, value } => claims.raw.get(claim) == Some(value),
             ClaimRule::Contains { claim, value } => match claims.raw.get(claim) {

@@ -19,6 +19,8 @@ pub mod defaults {
     pub const REFRESH_SECONDS: u64 = 30;
     /// The largest Status List Token the server takes (bytes, as fetched).
     pub const MAX_LIST_BYTES: u64 = 1 << 20;
+    /// The most entries a list may have set: each is a revocation every worker holds.
+    pub const MAX_SET_ENTRIES: usize = 100_000;
 }
 
 /// The largest entry index a token may name: 2^32 − 1 (a list of that many 8-bit entries is
@@ -87,6 +89,11 @@ pub struct StatusListsConfig {
     /// decompressed list may be at most 16 times that.
     #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::MAX_LIST_BYTES)))]
     pub max_list_bytes: Option<u64>,
+    /// The server's: the most entries one list may have set (1–1000000). Each is a
+    /// revocation the change feed carries and every filter worker holds (under its
+    /// `max_revocations`): a list with more is refused, the last good one kept.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::MAX_SET_ENTRIES)))]
+    pub max_set_entries: Option<usize>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -98,6 +105,7 @@ pub struct StatusListsSettings {
     pub uris: Vec<String>,
     pub refresh_seconds: u64,
     pub max_list_bytes: u64,
+    pub max_set_entries: usize,
 }
 
 impl StatusListsConfig {
@@ -144,10 +152,17 @@ impl StatusListsConfig {
                 "{at}.max_list_bytes: {max_list_bytes} is outside 1024–67108864"
             ));
         }
+        let max_set_entries = self.max_set_entries.unwrap_or(defaults::MAX_SET_ENTRIES);
+        if !(1..=1_000_000).contains(&max_set_entries) {
+            problems.push(format!(
+                "{at}.max_set_entries: {max_set_entries} is outside 1–1000000"
+            ));
+        }
         StatusListsSettings {
             uris: self.uris.clone(),
             refresh_seconds,
             max_list_bytes,
+            max_set_entries,
         }
     }
 }

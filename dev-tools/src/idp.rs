@@ -15,7 +15,7 @@
 //! | `POST /admin/subject-scope` | `{"sub", "scope"}`: every token of the subject introspects with this scope from now on |
 //! | `GET /statuslists/1` | the Token Status List (`statuslist+jwt`, 2 bits per entry) every minted JWT names, when started with `--status-list` |
 //! | `POST /admin/status` | `{"token": "...", "status": "revoked"|"suspended"|"valid"}`: sets the token's entry in the status list |
-//! | `POST /admin/fault` | also `{"status_list": "ok"|"down"|"bad_signature"|"wrong_issuer"}` |
+//! | `POST /admin/fault` | also `{"status_list": "ok"|"down"|"bad_signature"|"wrong_issuer"|"stale", "status_list_latency_ms": n}` |
 //! | `GET /admin/stats` | counters: `jwks_requests`, `tokens_minted`, `introspection_calls`, `batch_calls`, `introspected_tokens`, `last_batch_size` |
 //!
 //! Every minted token (JWT or opaque) is remembered so it can be introspected and revoked. Keys
@@ -57,6 +57,7 @@ struct Faults {
     introspection: IntrospectionFault,
     introspection_latency_ms: u64,
     status_list: StatusListFault,
+    status_list_latency_ms: u64,
 }
 
 /// How the status list endpoint misbehaves.
@@ -70,6 +71,8 @@ enum StatusListFault {
     BadSignature,
     /// A list signed by this IdP's key but naming another issuer.
     WrongIssuer,
+    /// A list issued ten minutes ago, as a cache or a replay would serve it.
+    Stale,
 }
 
 /// How the introspection endpoints misbehave, for tests and demos.
@@ -112,6 +115,9 @@ pub struct Idp {
     /// The status of each status list entry (0 valid, 1 revoked, 2 suspended), by index.
     statuses: Mutex<Vec<u8>>,
     status_list_requests: AtomicU64,
+    /// Status list requests being answered now, and the most at once so far.
+    status_list_in_flight: AtomicU64,
+    status_list_most_in_flight: AtomicU64,
     jwks_requests: AtomicU64,
     tokens_minted: AtomicU64,
     introspection_calls: AtomicU64,
@@ -143,6 +149,8 @@ impl Idp {
             tokens: Mutex::new(HashMap::new()),
             statuses: Mutex::new(Vec::new()),
             status_list_requests: AtomicU64::new(0),
+            status_list_in_flight: AtomicU64::new(0),
+            status_list_most_in_flight: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
             tokens_minted: AtomicU64::new(0),
             introspection_calls: AtomicU64::new(0),
@@ -325,8 +333,12 @@ impl Idp {
             StatusListFault::WrongIssuer => "https://evil.example".to_owned(),
             _ => self.settings.issuer.clone(),
         };
+        let iat = match fault {
+            StatusListFault::Stale => now - 600,
+            _ => now,
+        };
         let claims = json!({
-            "iss": issuer, "sub": uri, "iat": now, "exp": now + 3600, "ttl": 300,
+            "iss": issuer, "sub": uri, "iat": iat, "exp": now + 3600, "ttl": 300,
             "status_list": {"bits": 2, "lst": URL_SAFE_NO_PAD.encode(compressed)},
         });
         let keys = lock(&self.keys);
@@ -525,6 +537,7 @@ struct FaultRequest {
     introspection: Option<String>,
     introspection_latency_ms: Option<u64>,
     status_list: Option<String>,
+    status_list_latency_ms: Option<u64>,
 }
 
 async fn introspect(
@@ -647,12 +660,16 @@ async fn fault(State(idp): State<Arc<Idp>>, Json(f): Json<FaultRequest>) -> Resp
     if let Some(ms) = f.introspection_latency_ms {
         faults.introspection_latency_ms = ms;
     }
+    if let Some(ms) = f.status_list_latency_ms {
+        faults.status_list_latency_ms = ms;
+    }
     if let Some(mode) = f.status_list.as_deref() {
         faults.status_list = match mode {
             "ok" => StatusListFault::Ok,
             "down" => StatusListFault::Down,
             "bad_signature" => StatusListFault::BadSignature,
             "wrong_issuer" => StatusListFault::WrongIssuer,
+            "stale" => StatusListFault::Stale,
             other => {
                 return (
                     StatusCode::BAD_REQUEST,
@@ -695,6 +712,19 @@ async fn subject_scope(
 
 async fn status_list(State(idp): State<Arc<Idp>>) -> Response {
     idp.status_list_requests.fetch_add(1, Ordering::Relaxed);
+    let now = idp.status_list_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    idp.status_list_most_in_flight
+        .fetch_max(now, Ordering::SeqCst);
+    let latency = lock(&idp.faults).status_list_latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let response = status_list_response(&idp);
+    idp.status_list_in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+fn status_list_response(idp: &Idp) -> Response {
     let Some(uri) = idp.settings.status_list_uri.clone() else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -749,6 +779,7 @@ async fn set_status(State(idp): State<Arc<Idp>>, Json(change): Json<StatusChange
 async fn stats(State(idp): State<Arc<Idp>>) -> Json<Value> {
     Json(json!({
         "status_list_requests": idp.status_list_requests.load(Ordering::Relaxed),
+        "status_list_most_in_flight": idp.status_list_most_in_flight.load(Ordering::Relaxed),
         "jwks_requests": idp.jwks_requests.load(Ordering::Relaxed),
         "tokens_minted": idp.tokens_minted.load(Ordering::Relaxed),
         "introspection_calls": idp.introspection_calls.load(Ordering::Relaxed),

@@ -77,31 +77,31 @@ pub struct CheckService {
 
 /// Facts of one check, gathered for the decision log.
 #[derive(Debug, Default)]
-struct Trace {
+pub(crate) struct Trace {
     /// A background check (see [`Identified::background`]).
-    background: bool,
+    pub(crate) background: bool,
     /// A background check whose token this server verified itself (signature, issuer,
     /// audience, lifetime), the only case its refusal may revoke it: what a revocation of it
     /// names and its `exp`.
-    background_verified: Option<(TokenKey, i64)>,
+    pub(crate) background_verified: Option<(TokenKey, i64)>,
     /// The background check revoked the token (the reply says so).
-    token_revoked: bool,
-    tier: Option<Tier>,
-    route: String,
-    address: String,
-    token_label: String,
-    cache: &'static str,
-    age_ms: u64,
+    pub(crate) token_revoked: bool,
+    pub(crate) tier: Option<Tier>,
+    pub(crate) route: String,
+    pub(crate) address: String,
+    pub(crate) token_label: String,
+    pub(crate) cache: &'static str,
+    pub(crate) age_ms: u64,
     /// The token's principal (`sub`, else `client_id`: see `authz_core::principal`).
-    subject: Option<String>,
+    pub(crate) subject: Option<String>,
     /// How long the introspection data behind this decision stays fresh enough for its tier
     /// (0 when stale or none).
-    fresh_for_ms: u64,
-    stages: Vec<(&'static str, f64)>,
+    pub(crate) fresh_for_ms: u64,
+    pub(crate) stages: Vec<(&'static str, f64)>,
     /// The trace the request belongs to, when one came in (W3C `traceparent`, else B3).
-    trace_id: Option<String>,
+    pub(crate) trace_id: Option<String>,
     /// Envoy's `x-request-id`.
-    request_id: Option<String>,
+    pub(crate) request_id: Option<String>,
 }
 
 /// The trace id of a request's headers: W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
@@ -333,16 +333,31 @@ impl CheckService {
         if !id.tier.requires_token() {
             return self.allow(id.tier, None);
         }
+        let entry = match self.establish(&id, policy_started, trace).await {
+            Ok(entry) => entry,
+            Err(reason) => return Verdict::Deny(reason),
+        };
+        self.allow_with_context(&id, &entry.result)
+    }
+
+    /// Phases 2 to 4 for a request that needs a token: who the caller is, by the tier's rules
+    /// (screened, verified or introspected, authorized, its Status List entry judged). Also
+    /// the token step of a batch (`crate::batch`), once per batch.
+    /// `policy_started`: when the request's own phase 1 began (the `policy` stage ends once
+    /// the token is screened).
+    pub(crate) async fn establish(
+        &self,
+        id: &Identified<'_>,
+        policy_started: Instant,
+        trace: &mut Trace,
+    ) -> Result<Arc<Cached>, DenyReason> {
         let mut rules = self.config.tier_rules(id.tier);
         if id.background {
             // The request was answered from the JWT already: this asks whether the IdP still
             // stands by the token, so an answer cached for the tier's whole staleness will not do.
             rules.max_staleness_ms = rules.max_staleness_ms.min(BACKGROUND_MAX_STALENESS_MS);
         }
-        let screened = match self.screen(&id, &rules, trace) {
-            Ok(s) => s,
-            Err(reason) => return Verdict::Deny(reason),
-        };
+        let screened = self.screen(id, &rules, trace)?;
         trace
             .stages
             .push(("policy", policy_started.elapsed().as_secs_f64()));
@@ -357,24 +372,17 @@ impl CheckService {
         } else {
             self.introspect(&screened, id.tier, &rules, trace).await
         };
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(reason) => return Verdict::Deny(reason),
-        };
-        if let Err(reason) = self.authorize(&id, &screened, &entry.result, &rules, trace) {
-            return Verdict::Deny(reason);
-        }
+        let entry = entry?;
+        self.authorize(id, &screened, &entry.result, &rules, trace)?;
         if let Some(lists) = &self.status_lists {
             let started = Instant::now();
             let judged = lists.judge(&entry.result.raw, screened.token, &rules).await;
             trace
                 .stages
                 .push(("status_list", started.elapsed().as_secs_f64()));
-            if let Err(reason) = judged {
-                return Verdict::Deny(reason);
-            }
+            judged?;
         }
-        self.allow_with_context(&id, &entry.result)
+        Ok(entry)
     }
 
     /// Whether the token was revoked: by its bytes (`token_hash`), or by what its signature
@@ -769,7 +777,9 @@ impl CheckService {
                 .map(|s| self.versions.subject_epoch(s))
                 .unwrap_or(0),
             subject,
-            state_unconfirmed: self.shared.as_ref().is_some_and(|s| !s.confirmed()),
+            // Stale Status Lists too: a filter renews no trust from this server meanwhile.
+            state_unconfirmed: self.shared.as_ref().is_some_and(|s| !s.confirmed())
+                || self.status_lists.as_ref().is_some_and(|l| !l.current()),
             token_revoked: trace.token_revoked,
         }
     }

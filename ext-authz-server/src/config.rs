@@ -149,6 +149,14 @@ pub struct ServerConfigFile {
     /// statuslist+jwt`, `iss` the token issuer, `sub` the list's URI), refuses tokens whose
     /// entry is set, and publishes those entries through the change feed.
     pub status_lists: Option<authz_core::status_list::StatusListsConfig>,
+    /// Resource rules for batch authorization (`POST /authorize/batch` on the admin port, and
+    /// the `authz.batch.v1.BatchAuthorization/Check` gRPC method): which resource types and
+    /// actions a caller may have, and what must hold between them.
+    pub resources: Option<authz_core::resources::ResourcesConfig>,
+    /// Required with `resources`, at least 16 characters, unlike every other secret: the
+    /// bearer secret of the batch API (the services behind the proxy that ask it hold it; it
+    /// grants nothing else).
+    pub batch_token: Option<String>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -619,6 +627,15 @@ pub struct ServerConfig {
     pub redis: Option<RedisConfig>,
     pub context: Option<crate::context_keys::ContextKeyRing>,
     pub status_lists: Option<authz_core::status_list::StatusListsSettings>,
+    /// The batch API: its rules and its secret, when configured.
+    pub batch: Option<BatchSettings>,
+}
+
+/// `resources` and `batch_token`, validated.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    pub rules: authz_core::resources::ResourceRules,
+    pub token: String,
 }
 
 struct Problems(Vec<String>);
@@ -1528,6 +1545,32 @@ impl ServerConfig {
                 &mut p.0,
             )
         });
+        let batch = match (&f.resources, &f.batch_token) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                p.add("batch_token", "is for the batch API: set resources too");
+                None
+            }
+            (Some(resources), token) => {
+                let token = token.clone().unwrap_or_default();
+                if let Some(why) = weak_secret(&token) {
+                    p.add(
+                        "batch_token",
+                        format_args!("is required with resources and {why}"),
+                    );
+                }
+                if token == admin_token || epochs_tokens.contains(&token) {
+                    p.add(
+                        "batch_token",
+                        "must differ from admin_token and the feed secrets",
+                    );
+                }
+                Some(BatchSettings {
+                    rules: resources.settings("resources", &mut p.0),
+                    token,
+                })
+            }
+        };
         if let (Some(_), Some((_, _, _, idp))) = (&status_lists, &token) {
             if !idp.discovery && idp.jwks_uri.is_none() {
                 p.add(
@@ -1591,6 +1634,7 @@ impl ServerConfig {
             allow_insecure_http,
             redis,
             status_lists,
+            batch,
         })
     }
 

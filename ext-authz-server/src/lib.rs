@@ -8,6 +8,7 @@
 //! rules) live in `authz-core`; this crate moves bytes and holds state.
 
 pub mod admin;
+pub mod batch;
 pub mod cached;
 pub mod changes;
 pub mod check;
@@ -196,6 +197,7 @@ pub fn build_service_with_clock(
                 skew_seconds: config.token.clock_skew_seconds,
                 lifetime_bound_ms,
                 current_within_ms: write_rules.max_staleness_ms + write_rules.stale_if_error_ms,
+                fetch_wait: config.check_timeout / 2,
                 http: idp_http::client(&config, config.idp.fetch_timeout, None)?,
                 idp: idp.clone(),
                 clock: clock.clone(),

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::versions::{Change, Versions};
 use authz_core::fallback::TierRules;
-use authz_core::status_list::{StatusListsSettings, StatusRef, StatusRefusal};
+use authz_core::status_list::{StatusListsSettings, StatusRef, StatusRefusal, MAX_INDEX};
 use authz_core::verify::same_issuer;
 use authz_core::{DenyReason, VerifyFailure};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,6 +29,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::io::Read as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -36,7 +37,8 @@ use std::time::Duration;
 pub const STATUS_LIST_TYP: &str = "statuslist+jwt";
 /// A decompressed list may be at most this many times the token's size.
 pub const MAX_INFLATION: u64 = 16;
-/// After a failed fetch, a check does not fetch that list again for this long.
+/// After a failed fetch, none is started again for at least this long (at most 5 s, or the
+/// refresh period when shorter).
 const RETRY_AFTER_FAILURE_MS: u64 = 1_000;
 /// How often the refresh task looks at what is due.
 const TICK: Duration = Duration::from_millis(250);
@@ -67,7 +69,8 @@ impl DecodedList {
         Some((byte >> (first_bit % 8)) & mask)
     }
 
-    /// Every entry whose status is not valid (0).
+    /// Every entry whose status is not valid (0), up to [`MAX_INDEX`] (no token can name one
+    /// past it).
     pub fn set_entries(&self) -> impl Iterator<Item = u64> + '_ {
         let per_byte = 8 / u64::from(self.bits);
         self.bytes
@@ -75,6 +78,7 @@ impl DecodedList {
             .enumerate()
             .filter(|(_, b)| **b != 0)
             .flat_map(move |(i, _)| (0..per_byte).map(move |k| i as u64 * per_byte + k))
+            .take_while(|index| *index <= MAX_INDEX)
             .filter(|index| self.status(*index).is_some_and(|s| s != 0))
     }
 }
@@ -91,6 +95,10 @@ pub enum ListError {
     /// `sub` is not the URI it was fetched from.
     WrongSubject,
     Expired,
+    /// Issued before the list already held (a cache or a replay serving an old one).
+    Older,
+    /// More entries set than `status_lists.max_set_entries`.
+    TooManySet,
     Malformed(&'static str),
 }
 
@@ -105,6 +113,8 @@ impl ListError {
             ListError::WrongIssuer => "wrong_issuer",
             ListError::WrongSubject => "wrong_sub",
             ListError::Expired => "expired",
+            ListError::Older => "older_than_held",
+            ListError::TooManySet => "too_many_set",
             ListError::Malformed(_) => "malformed",
         }
     }
@@ -122,6 +132,10 @@ impl std::fmt::Display for ListError {
             ListError::WrongIssuer => f.write_str("iss is not the token issuer"),
             ListError::WrongSubject => f.write_str("sub is not the list's URI"),
             ListError::Expired => f.write_str("past its exp"),
+            ListError::Older => f.write_str("issued before the list already held"),
+            ListError::TooManySet => {
+                f.write_str("more entries set than status_lists.max_set_entries")
+            }
             ListError::Malformed(why) => f.write_str(why),
         }
     }
@@ -131,10 +145,19 @@ impl std::fmt::Display for ListError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedList {
     pub list: DecodedList,
+    /// `iat`, ms: the list's age is counted from it.
+    pub issued_at_ms: u64,
     /// `exp`, ms: never used after it.
     pub expires_at_ms: Option<u64>,
     /// `ttl`, ms: fetched again after it at the latest.
     pub ttl_ms: Option<u64>,
+}
+
+/// What a list must stay within.
+#[derive(Debug, Clone, Copy)]
+pub struct ListBounds {
+    pub max_decoded_bytes: u64,
+    pub max_set_entries: usize,
 }
 
 /// The claims of a Status List Token whose signature was verified (`header`, `payload`):
@@ -146,7 +169,7 @@ pub fn read_list_token(
     uri: &str,
     now_seconds: i64,
     skew_seconds: i64,
-    max_decoded_bytes: u64,
+    bounds: ListBounds,
 ) -> Result<VerifiedList, ListError> {
     let typ = header.get("typ").and_then(Value::as_str).unwrap_or("");
     let typ = typ.strip_prefix("application/").unwrap_or(typ);
@@ -162,10 +185,13 @@ pub fn read_list_token(
     if claims.get("sub").and_then(Value::as_str) != Some(uri) {
         return Err(ListError::WrongSubject);
     }
-    claims
+    let iat = claims
         .get("iat")
         .and_then(Value::as_i64)
         .ok_or(ListError::Malformed("iat missing or not a number"))?;
+    if iat > now_seconds.saturating_add(skew_seconds) {
+        return Err(ListError::Malformed("iat in the future"));
+    }
     let exp = match claims.get("exp") {
         None => None,
         Some(v) => Some(
@@ -173,7 +199,9 @@ pub fn read_list_token(
                 .ok_or(ListError::Malformed("exp is not a number"))?,
         ),
     };
-    if exp.is_some_and(|exp| exp.saturating_add(skew_seconds) <= now_seconds) {
+    // The server fetched it just now: no skew is granted past `exp` (the same rule decides
+    // when a held list stops serving).
+    if exp.is_some_and(|exp| exp <= now_seconds) {
         return Err(ListError::Expired);
     }
     let ttl = match claims.get("ttl") {
@@ -199,38 +227,62 @@ pub fn read_list_token(
         .ok_or(ListError::Malformed("status_list.lst is not base64url"))?;
     let mut bytes = Vec::new();
     flate2::read::ZlibDecoder::new(compressed.as_slice())
-        .take(max_decoded_bytes.saturating_add(1))
+        .take(bounds.max_decoded_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|_| ListError::Malformed("status_list.lst is not zlib"))?;
-    if bytes.len() as u64 > max_decoded_bytes {
+    if bytes.len() as u64 > bounds.max_decoded_bytes {
         return Err(ListError::TooLarge);
+    }
+    let list = DecodedList {
+        bits: bits as u8,
+        bytes,
+    };
+    if list.set_entries().nth(bounds.max_set_entries).is_some() {
+        return Err(ListError::TooManySet);
     }
     let to_ms = |s: i64| (s.max(0) as u64).saturating_mul(1000);
     Ok(VerifiedList {
-        list: DecodedList {
-            bits: bits as u8,
-            bytes,
-        },
+        list,
+        issued_at_ms: to_ms(iat),
         expires_at_ms: exp.map(to_ms),
         ttl_ms: ttl.map(|t| t.saturating_mul(1000)),
     })
 }
 
-/// The list held for one URI, and when it was verified.
+/// The list held for one URI.
 #[derive(Debug, Clone)]
 struct Held {
     verified: Arc<VerifiedList>,
-    verified_at_ms: u64,
+    /// When it was fetched (the refresh schedule counts from it; its age from its `iat`).
+    fetched_at_ms: u64,
 }
 
 /// One watched list.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Watched {
     held: RwLock<Option<Held>>,
+    /// The last list whose set entries were all published: what the next one is compared
+    /// with (not `held`, which a check reads at once, before publishing ends).
+    published: Mutex<Option<Arc<VerifiedList>>>,
     /// When the last fetch failed (0: it did not).
     failed_at_ms: Mutex<u64>,
-    /// Held for the length of a fetch: one at a time, the others wait for it.
-    fetch: tokio::sync::Mutex<()>,
+    /// A fetch is under way (one at a time, in a task of its own: no check waits on more than
+    /// one, and a check that gives up does not cancel it).
+    fetching: AtomicBool,
+    /// Counts finished fetches, good or not: a check waiting for one watches it.
+    attempts: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Watched {
+    fn default() -> Watched {
+        Watched {
+            held: RwLock::new(None),
+            published: Mutex::new(None),
+            failed_at_ms: Mutex::new(0),
+            fetching: AtomicBool::new(false),
+            attempts: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 /// The lists, and what a check and the feed need of them.
@@ -244,6 +296,9 @@ pub struct StatusLists {
     /// The write tier's window (ms): the feed vouches for its state only while every list is
     /// at most `refresh + this` old.
     current_within_ms: u64,
+    /// How long a check waits for a fetch it needs (the rest of its deadline is for the
+    /// check itself).
+    fetch_wait: Duration,
     http: reqwest::Client,
     idp: Arc<Idp>,
     clock: SharedClock,
@@ -261,6 +316,7 @@ pub struct Parts {
     pub skew_seconds: i64,
     pub lifetime_bound_ms: Option<u64>,
     pub current_within_ms: u64,
+    pub fetch_wait: Duration,
     pub http: reqwest::Client,
     pub idp: Arc<Idp>,
     pub clock: SharedClock,
@@ -292,6 +348,7 @@ impl StatusLists {
             skew_seconds: parts.skew_seconds,
             lifetime_bound_ms: parts.lifetime_bound_ms,
             current_within_ms: parts.current_within_ms,
+            fetch_wait: parts.fetch_wait,
             http: parts.http,
             idp: parts.idp,
             clock: parts.clock,
@@ -307,33 +364,50 @@ impl StatusLists {
         self.settings.refresh_seconds.saturating_mul(1000)
     }
 
-    /// Whether every list was verified recently enough for the change feed to vouch that the
-    /// entries it carries are current (see [`StatusLists`]'s `current_within_ms`).
-    pub fn current(&self) -> bool {
-        let now_ms = self.clock.now_ms();
-        let within = self.refresh_ms().saturating_add(self.current_within_ms);
-        self.lists.values().all(|w| {
-            read(&w.held).is_some_and(|h| {
-                now_ms.saturating_sub(h.verified_at_ms) <= within && Self::usable(&h, now_ms)
-            })
-        })
+    /// How old a held list is: since its `iat` (a list served late by a cache is as old as
+    /// it says).
+    fn age_ms(held: &Held, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(held.verified.issued_at_ms)
     }
 
+    /// Whether a held list may serve at all: not past its `exp`.
     fn usable(held: &Held, now_ms: u64) -> bool {
         held.verified.expires_at_ms.is_none_or(|exp| now_ms < exp)
     }
 
-    /// When `uri`'s list is next due for a fetch: its refresh period after it was verified,
-    /// sooner when its `ttl` or `exp` says so.
+    /// Whether every list is recent enough for the change feed (and a Check reply) to vouch
+    /// that the entries this server publishes are current: usable and at most
+    /// `refresh_seconds` plus the write tier's window old.
+    pub fn current(&self) -> bool {
+        let now_ms = self.clock.now_ms();
+        let within = self.refresh_ms().saturating_add(self.current_within_ms);
+        self.lists.values().all(|w| {
+            read(&w.held)
+                .is_some_and(|h| Self::age_ms(&h, now_ms) <= within && Self::usable(&h, now_ms))
+        })
+    }
+
+    /// When a held list is next due for a fetch: its refresh period after it was fetched,
+    /// sooner when its `ttl` or `exp` says so, and never sooner than a second after.
     fn due_at_ms(&self, held: &Held) -> u64 {
-        let mut due = held.verified_at_ms.saturating_add(self.refresh_ms());
+        let mut due = held.fetched_at_ms.saturating_add(self.refresh_ms());
         if let Some(ttl) = held.verified.ttl_ms {
-            due = due.min(held.verified_at_ms.saturating_add(ttl.max(1_000)));
+            due = due.min(held.fetched_at_ms.saturating_add(ttl));
         }
         if let Some(exp) = held.verified.expires_at_ms {
             due = due.min(exp);
         }
-        due
+        due.max(held.fetched_at_ms.saturating_add(1_000))
+    }
+
+    /// After a failed fetch, none is started for this long (by the schedule or by a check).
+    fn retry_ms(&self) -> u64 {
+        self.refresh_ms().clamp(RETRY_AFTER_FAILURE_MS, 5_000)
+    }
+
+    fn backing_off(&self, watched: &Watched, now_ms: u64) -> bool {
+        let failed_at = *lock(&watched.failed_at_ms);
+        failed_at > 0 && now_ms < failed_at.saturating_add(self.retry_ms())
     }
 
     /// Fetches every list that is due, for as long as the server runs.
@@ -343,15 +417,10 @@ impl StatusLists {
             loop {
                 let now_ms = lists.clock.now_ms();
                 for (uri, watched) in &lists.lists {
-                    let failed_at = *lock(&watched.failed_at_ms);
-                    let due = match read(&watched.held) {
-                        None => true,
-                        Some(held) => now_ms >= lists.due_at_ms(&held),
-                    };
-                    let backing_off =
-                        failed_at > 0 && now_ms < failed_at.saturating_add(lists.retry_ms());
-                    if due && !backing_off {
-                        lists.refresh(uri, watched).await;
+                    let due =
+                        read(&watched.held).is_none_or(|held| now_ms >= lists.due_at_ms(&held));
+                    if due && !lists.backing_off(watched, now_ms) {
+                        lists.start_fetch(uri);
                     }
                 }
                 tokio::time::sleep(TICK).await;
@@ -359,70 +428,83 @@ impl StatusLists {
         })
     }
 
-    /// After a failed fetch, the refresh task tries again after this long (a check may sooner,
-    /// at most every [`RETRY_AFTER_FAILURE_MS`]).
-    fn retry_ms(&self) -> u64 {
-        self.refresh_ms().clamp(RETRY_AFTER_FAILURE_MS, 5_000)
+    /// Starts fetching `uri`'s list in a task of its own, unless a fetch of it is under way.
+    fn start_fetch(self: &Arc<Self>, uri: &str) {
+        let Some(watched) = self.lists.get(uri) else {
+            return;
+        };
+        if watched.fetching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (lists, uri) = (self.clone(), uri.to_owned());
+        tokio::spawn(async move {
+            if let Some(watched) = lists.lists.get(&uri) {
+                lists.refresh(&uri, watched).await;
+                watched.fetching.store(false, Ordering::Release);
+                watched.attempts.send_modify(|n| *n += 1);
+            }
+        });
     }
 
-    /// Fetches and verifies `uri`'s list; on success holds it and publishes the entries newly
-    /// found set. Returns whether it succeeded.
-    async fn refresh(&self, uri: &str, watched: &Watched) -> bool {
-        let started_ms = self.clock.now_ms();
-        let _one_at_a_time = watched.fetch.lock().await;
-        // Another fetch finished while this one waited: that one is as good.
-        if read(&watched.held).is_some_and(|h| h.verified_at_ms >= started_ms) {
-            return true;
-        }
-        match self.fetch_and_verify(uri).await {
-            Ok(verified) => {
-                let now_ms = self.clock.now_ms();
-                let before = read(&watched.held);
-                let newly_set: Vec<u64> = verified
-                    .list
-                    .set_entries()
-                    .filter(|i| {
-                        before
-                            .as_ref()
-                            .and_then(|h| h.verified.list.status(*i))
-                            .is_none_or(|s| s == 0)
-                    })
-                    .collect();
-                *watched.held.write().unwrap_or_else(|p| p.into_inner()) = Some(Held {
-                    verified: Arc::new(verified),
-                    verified_at_ms: now_ms,
-                });
-                *lock(&watched.failed_at_ms) = 0;
-                self.metrics
-                    .inc("authz_status_list_fetches_total", &[("result", "ok")]);
-                if !newly_set.is_empty() {
-                    tracing::info!(
-                        list = %uri,
-                        entries = newly_set.len(),
-                        "status list: entries newly set (revoked or suspended at the IdP); publishing"
-                    );
-                }
-                self.publish(uri, newly_set, now_ms).await;
-                true
+    /// Fetches and verifies `uri`'s list; on success holds it and publishes the entries set
+    /// since the last list published.
+    async fn refresh(&self, uri: &str, watched: &Watched) {
+        let fetched = self.fetch_and_verify(uri).await.and_then(|verified| {
+            let held_iat = read(&watched.held).map(|h| h.verified.issued_at_ms);
+            if held_iat.is_some_and(|held| verified.issued_at_ms < held) {
+                return Err(ListError::Older);
             }
-            Err(error) => {
-                *lock(&watched.failed_at_ms) = self.clock.now_ms().max(1);
-                self.metrics.inc(
-                    "authz_status_list_fetches_total",
-                    &[("result", error.kind())],
-                );
-                let age_s = read(&watched.held)
-                    .map(|h| self.clock.now_ms().saturating_sub(h.verified_at_ms) / 1000);
-                tracing::warn!(
-                    list = %uri,
-                    error = error.kind(),
-                    detail = %error,
-                    held_age_seconds = ?age_s,
-                    "status_list_refused: keeping the last good list"
-                );
-                false
-            }
+            Ok(Arc::new(verified))
+        });
+        let verified = match fetched {
+            Ok(verified) => verified,
+            Err(error) => return self.refused(uri, watched, &error),
+        };
+        let now_ms = self.clock.now_ms();
+        *watched.held.write().unwrap_or_else(|p| p.into_inner()) = Some(Held {
+            verified: verified.clone(),
+            fetched_at_ms: now_ms,
+        });
+        *lock(&watched.failed_at_ms) = 0;
+        self.metrics
+            .inc("authz_status_list_fetches_total", &[("result", "ok")]);
+        let published = lock(&watched.published).clone();
+        let newly_set: Vec<u64> = verified
+            .list
+            .set_entries()
+            .filter(|i| {
+                published
+                    .as_ref()
+                    .and_then(|p| p.list.status(*i))
+                    .is_none_or(|s| s == 0)
+            })
+            .collect();
+        if !newly_set.is_empty() {
+            tracing::info!(
+                list = %uri,
+                entries = newly_set.len(),
+                "status list: entries newly set (revoked or suspended at the IdP); publishing"
+            );
         }
+        self.publish(uri, newly_set, now_ms).await;
+        *lock(&watched.published) = Some(verified);
+    }
+
+    fn refused(&self, uri: &str, watched: &Watched, error: &ListError) {
+        let now_ms = self.clock.now_ms();
+        *lock(&watched.failed_at_ms) = now_ms.max(1);
+        self.metrics.inc(
+            "authz_status_list_fetches_total",
+            &[("result", error.kind())],
+        );
+        let age_s = read(&watched.held).map(|h| Self::age_ms(&h, now_ms) / 1000);
+        tracing::warn!(
+            list = %uri,
+            error = error.kind(),
+            detail = %error,
+            held_age_seconds = ?age_s,
+            "status_list_refused: keeping the last good list"
+        );
     }
 
     /// Records each newly set entry (published through the shared tier when there is one).
@@ -457,7 +539,10 @@ impl StatusLists {
             uri,
             self.clock.now_seconds(),
             self.skew_seconds,
-            (self.max_list_bytes() as u64).saturating_mul(MAX_INFLATION),
+            ListBounds {
+                max_decoded_bytes: (self.max_list_bytes() as u64).saturating_mul(MAX_INFLATION),
+                max_set_entries: self.settings.max_set_entries,
+            },
         )
     }
 
@@ -492,25 +577,23 @@ impl StatusLists {
     }
 
     /// A token's status on a check: `claims` are what the check knows of the token (its
-    /// verified claims, or the IdP's introspection answer), `token` the token itself (an
-    /// introspected JWT's `status` is read from it: the IdP vouched for these bytes). A token
-    /// naming no list passes; one naming a list the policy does not name, or an entry that
-    /// is set, is refused (401); one whose list cannot be had fresh enough for `rules` fails
-    /// closed (503).
+    /// verified claims, or the IdP's introspection answer), `token` the token itself (a JWS's
+    /// own `status` claim comes first: what the IdP signed). A token naming no list passes;
+    /// one naming a list the policy does not name, or an entry that is set (or past the
+    /// list's end), is refused (401); one whose list cannot be had fresh enough for `rules`
+    /// fails closed (503).
     pub async fn judge(
-        &self,
+        self: &Arc<Self>,
         claims: &Map<String, Value>,
         token: &str,
         rules: &TierRules,
     ) -> Result<(), DenyReason> {
-        let from_token;
-        let claims = if claims.contains_key("status") {
-            claims
-        } else {
-            from_token = jws_payload(token).unwrap_or_default();
-            &from_token
+        let named = match jws_payload(token).map(|own| StatusRef::of_raw(&own)) {
+            Some(Ok(Some(entry))) => Ok(Some(entry)),
+            Some(Err(why)) => Err(why),
+            _ => StatusRef::of_raw(claims),
         };
-        let entry = match StatusRef::of_raw(claims) {
+        let entry = match named {
             Ok(Some(entry)) => entry,
             Ok(None) => return Ok(()),
             Err(why) => {
@@ -543,45 +626,39 @@ impl StatusLists {
         Ok(())
     }
 
-    /// The held list when it is fresh enough for `rules`, fetching it first when it is older
-    /// than `max_staleness_ms` (or none is held); `IdpUnavailable` when none newer than
-    /// `max_staleness_ms + stale_if_error_ms` can be had.
+    /// The held list when it is fresh enough for `rules`: one older than `max_staleness_ms`
+    /// (or none) is fetched first, waiting at most `fetch_wait`; when that fails, one no older
+    /// than `max_staleness_ms + stale_if_error_ms` serves; else `IdpUnavailable`.
     async fn fresh_enough(
-        &self,
+        self: &Arc<Self>,
         uri: &str,
         watched: &Watched,
         rules: &TierRules,
     ) -> Result<Held, DenyReason> {
-        let age_ok = |held: &Option<Held>, within: u64| {
+        let young = |held: &Option<Held>, within: u64| {
             let now_ms = self.clock.now_ms();
-            held.as_ref().is_some_and(|h| {
-                Self::usable(h, now_ms) && now_ms.saturating_sub(h.verified_at_ms) <= within
-            })
+            held.as_ref()
+                .is_some_and(|h| Self::usable(h, now_ms) && Self::age_ms(h, now_ms) <= within)
         };
         let mut held = read(&watched.held);
-        if !age_ok(&held, rules.max_staleness_ms) {
-            let failed_at = *lock(&watched.failed_at_ms);
-            let recently_failed = failed_at > 0
-                && self.clock.now_ms() < failed_at.saturating_add(RETRY_AFTER_FAILURE_MS);
-            if !recently_failed {
-                self.refresh(uri, watched).await;
-                held = read(&watched.held);
+        if !young(&held, rules.max_staleness_ms) && !self.backing_off(watched, self.clock.now_ms())
+        {
+            let mut finished = watched.attempts.subscribe();
+            self.start_fetch(uri);
+            let _ = tokio::time::timeout(self.fetch_wait, finished.changed()).await;
+            held = read(&watched.held);
+        }
+        let grace = rules
+            .max_staleness_ms
+            .saturating_add(rules.stale_if_error_ms);
+        match held {
+            Some(held) if young(&Some(held.clone()), grace) => Ok(held),
+            _ => {
+                self.metrics.inc("authz_status_list_unavailable_total", &[]);
+                tracing::warn!(list = %uri, "status list not fresh enough for the tier: failing closed");
+                Err(DenyReason::IdpUnavailable)
             }
         }
-        // Fresh, or (the fetch failed) within the tier's stale-if-error grace.
-        if age_ok(
-            &held,
-            rules
-                .max_staleness_ms
-                .saturating_add(rules.stale_if_error_ms),
-        ) {
-            if let Some(held) = held {
-                return Ok(held);
-            }
-        }
-        self.metrics.inc("authz_status_list_unavailable_total", &[]);
-        tracing::warn!(list = %uri, "status list not fresh enough for the tier: failing closed");
-        Err(DenyReason::IdpUnavailable)
     }
 }
 

@@ -1035,6 +1035,11 @@ impl DevIdp {
         self.fault(json!({"introspection": mode, "introspection_latency_ms": latency_ms}));
     }
 
+    /// Posts any fault setting to `/admin/fault`.
+    pub fn fault_json(&self, setting: Value) {
+        self.fault(setting);
+    }
+
     /// Posts a fault setting to `/admin/fault`.
     fn fault(&self, setting: Value) {
         let body = setting.to_string();

@@ -114,13 +114,14 @@ fn a_list_with_a_bad_signature_or_another_issuer_is_refused_and_without_a_good_l
     let s = start();
     let token = mint(&s, "alice");
     assert!(eventually(Duration::from_secs(10), || statuses(&s, &token) == [200; 3]));
-    for fault in ["bad_signature", "wrong_issuer", "down"] {
+    for (fault, logged) in [
+        ("bad_signature", "bad_signature"),
+        ("wrong_issuer", "wrong_issuer"),
+        ("down", "fetch_failed"),
+        // Validly signed but issued before the list held: a cache or a replay.
+        ("stale", "older_than_held"),
+    ] {
         s.idp.set_status_list_fault(fault);
-        let logged = if fault == "down" {
-            "fetch_failed"
-        } else {
-            fault
-        };
         assert!(
             eventually(Duration::from_secs(5), || s
                 .server
@@ -149,6 +150,30 @@ fn a_list_with_a_bad_signature_or_another_issuer_is_refused_and_without_a_good_l
         200
     );
     assert!(s.server.metric("authz_status_list_unavailable_total") >= 1.0);
+    // Many checks needing the list at once while it fails slowly: they share one fetch at a
+    // time (a failing IdP is not stormed; no check waits on a queue of fetches).
+    s.idp
+        .fault_json(json!({"status_list": "down", "status_list_latency_ms": 400}));
+    for _ in 0..5 {
+        std::thread::scope(|scope| {
+            for _ in 0..12 {
+                scope.spawn(|| {
+                    assert_eq!(
+                        s.envoy
+                            .status_on_new_connection("GET", "/admin/users", &token),
+                        503
+                    )
+                });
+            }
+        });
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let most = get(&s.idp.url("/admin/stats"), &[]).json()["status_list_most_in_flight"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(most, 1, "list fetches at once");
+    s.idp
+        .fault_json(json!({"status_list": "bad_signature", "status_list_latency_ms": 0}));
     // A good list again: the revocation it carries is applied everywhere.
     s.idp.set_status_list_fault("ok");
     assert!(
@@ -192,5 +217,28 @@ fn the_feed_is_unconfirmed_until_every_list_was_verified() {
         == true));
     std::thread::sleep(Duration::from_millis(REFRESH_SECONDS * 1000 + 500));
     assert_eq!(epochs(&unreachable)["confirmed"], false);
+    // Nor does a Check reply vouch for it (a filter renews no cache trust from it).
+    let unconfirmed = |server: &AuthzServerProcess| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut client = tests::grpc::connect(server.grpc_port).await;
+            let reply = client
+                .check(tests::grpc::check_request("/account/x", None, None))
+                .await
+                .expect("check")
+                .into_inner();
+            let flag = reply
+                .dynamic_metadata
+                .as_ref()
+                .and_then(|m| m.fields.get("authz_state_unconfirmed"))
+                .and_then(|v| v.kind.clone());
+            format!("{flag:?}").contains("BoolValue(true)")
+        })
+    };
+    assert!(unconfirmed(&unreachable));
+    assert!(!unconfirmed(&served));
     assert!(!unreachable.log_lines("status_list_refused").is_empty());
 }

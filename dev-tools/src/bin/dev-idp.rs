@@ -15,9 +15,14 @@ async fn main() -> Result<(), DevError> {
         audience: arg("--audience").unwrap_or_else(|| "demo-api".into()),
         client_id: arg("--client-id").unwrap_or_else(|| "authz-server".into()),
         client_secret: arg("--client-secret").unwrap_or_else(|| "authz-server-secret".into()),
-        status_list_uri: std::env::args()
-            .any(|a| a == "--status-list")
-            .then(|| format!("http://{addr}/statuslists/1")),
+        status_list_uri: std::env::args().any(|a| a == "--status-list").then(|| {
+            // Bound to every address: the list is named by the loopback one.
+            let mut named = addr;
+            if named.ip().is_unspecified() {
+                named.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{named}/statuslists/1")
+        }),
     };
     let idp = Idp::new(settings)?;
     initial_faults(&idp, std::env::args().any(|a| a == "--jwks-down"));

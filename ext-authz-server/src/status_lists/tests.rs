@@ -24,6 +24,11 @@ fn payload(bits: u64, bytes: &[u8]) -> Value {
                        "status_list": {"bits": bits, "lst": lst(bytes)}})
 }
 
+const BOUNDS: ListBounds = ListBounds {
+    max_decoded_bytes: 1 << 20,
+    max_set_entries: 100,
+};
+
 fn read(header: &Value, payload: &Value) -> Result<VerifiedList, ListError> {
     read_list_token(
         header,
@@ -32,7 +37,7 @@ fn read(header: &Value, payload: &Value) -> Result<VerifiedList, ListError> {
         URI,
         NOW,
         60,
-        1 << 20,
+        BOUNDS,
     )
 }
 
@@ -90,12 +95,21 @@ fn a_list_of_another_type_issuer_subject_or_past_its_exp_is_refused() {
         ),
         Err(ListError::WrongSubject)
     );
+    // Fetched just now: no skew past `exp`, the rule a held list stops serving by.
     assert_eq!(
-        read(&header(), &with("exp", serde_json::json!(NOW - 61))),
+        read(&header(), &with("exp", serde_json::json!(NOW))),
         Err(ListError::Expired)
     );
-    // Within the clock skew it still serves.
-    assert!(read(&header(), &with("exp", serde_json::json!(NOW - 30))).is_ok());
+    assert!(read(&header(), &with("exp", serde_json::json!(NOW + 1))).is_ok());
+    assert_eq!(
+        read(&header(), &good).map(|l| l.issued_at_ms),
+        Ok((NOW as u64 - 5) * 1000),
+        "its age counts from its iat"
+    );
+    assert!(matches!(
+        read(&header(), &with("iat", serde_json::json!(NOW + 120))),
+        Err(ListError::Malformed("iat in the future"))
+    ));
     for (key, value) in [
         ("iat", serde_json::json!("yesterday")),
         ("ttl", serde_json::json!(-1)),
@@ -126,7 +140,7 @@ fn a_list_of_another_type_issuer_subject_or_past_its_exp_is_refused() {
 fn a_list_that_inflates_past_its_bound_is_refused() {
     let bomb = vec![0u8; 10 << 20];
     let p = payload(1, &bomb);
-    let read_with = |max| {
+    let read_with = |max_decoded_bytes| {
         read_list_token(
             &header(),
             p.to_string().as_bytes(),
@@ -134,11 +148,31 @@ fn a_list_that_inflates_past_its_bound_is_refused() {
             URI,
             NOW,
             60,
-            max,
+            ListBounds {
+                max_decoded_bytes,
+                max_set_entries: 100,
+            },
         )
     };
     assert_eq!(read_with(1 << 20), Err(ListError::TooLarge));
     assert!(read_with(16 << 20).is_ok());
+}
+
+#[test]
+fn a_list_with_more_entries_set_than_allowed_is_refused() {
+    // 101 entries set (bits 1): one more than BOUNDS allows; 100 pass.
+    let mut bytes = vec![0xffu8; 12];
+    bytes.push(0b0001_1111);
+    assert_eq!(
+        read(&header(), &payload(1, &bytes)).map(|_| ()),
+        Err(ListError::TooManySet)
+    );
+    let mut fewer = vec![0xffu8; 12];
+    fewer.push(0b0000_1111);
+    assert_eq!(
+        read(&header(), &payload(1, &fewer)).map(|l| l.list.set_entries().count()),
+        Ok(100)
+    );
 }
 
 #[test]
