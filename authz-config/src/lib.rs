@@ -61,6 +61,9 @@ pub struct PolicyFile {
     /// Token Status Lists the provider's tokens may name: the filter gets `uris` (its change
     /// feed brings what the lists revoke), the server the whole section (it fetches them).
     pub status_lists: Option<Value>,
+    /// Resource rules for batch authorization (list endpoints): the server's (its batch API
+    /// decides them; `batch_token` goes in `server.config`).
+    pub resources: Option<Value>,
     /// Further filter settings (`cache`, `key_wait_timeout_ms`, ...), copied as they are.
     #[serde(default)]
     pub filter: Map<String, Value>,
@@ -492,6 +495,7 @@ pub fn render_with_env(
                 "requests",
                 "context",
                 "status_lists",
+                "resources",
             ] {
                 if config.contains_key(key) {
                     problems.push(format!(
@@ -566,6 +570,9 @@ pub fn render_with_env(
             }
             if let Some(lists) = &policy.status_lists {
                 config.insert("status_lists".into(), lists.clone());
+            }
+            if let Some(resources) = &policy.resources {
+                config.insert("resources".into(), resources.clone());
             }
             if let (Some(token), true) = (&entry.epochs_token, entry.feed) {
                 config.insert("epochs_token".into(), json!(token));

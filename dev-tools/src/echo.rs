@@ -21,7 +21,19 @@ pub async fn echo(request: Request) -> Json<Value> {
     }))
 }
 
-/// The router: everything goes to [`echo`].
-pub fn router() -> axum::Router {
-    axum::Router::new().fallback(echo)
+/// The router: everything goes to [`echo`], but `GET /api/orders` when `batch` is given (the
+/// list endpoint, `crate::echo_list`).
+pub fn router(batch: Option<crate::echo_list::BatchOptions>) -> axum::Router {
+    let echo_all = axum::Router::new().fallback(echo);
+    match batch {
+        None => echo_all,
+        Some(options) => echo_all.merge(
+            axum::Router::new()
+                .route(
+                    "/api/orders",
+                    axum::routing::get(crate::echo_list::list_orders),
+                )
+                .with_state(std::sync::Arc::new(options)),
+        ),
+    }
 }

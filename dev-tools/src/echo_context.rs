@@ -9,7 +9,6 @@
 use authz_context::layer::{ContextKeys, ContextLayer, Guard};
 use authz_context::{KeySet, Verifier};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What `--context-*` configured.
 pub struct ContextOptions {
@@ -22,8 +21,12 @@ pub struct ContextOptions {
     pub leeway_seconds: u64,
 }
 
-/// The echo router behind a [`ContextLayer`], and the task that keeps its keys fresh.
-pub fn guarded_router(options: ContextOptions) -> Result<axum::Router, String> {
+/// The echo router (with the list endpoint when `batch` is given) behind a [`ContextLayer`],
+/// and the task that keeps its keys fresh.
+pub fn guarded_router(
+    options: ContextOptions,
+    batch: Option<crate::echo_list::BatchOptions>,
+) -> Result<axum::Router, String> {
     let policy_bytes = std::fs::read(&options.policy_file)
         .map_err(|e| format!("--context-policy {}: {e}", options.policy_file))?;
     let policy = authz_core::Policy::from_json(&policy_bytes)
@@ -58,7 +61,7 @@ pub fn guarded_router(options: ContextOptions) -> Result<axum::Router, String> {
             eprintln!("echo-upstream: context refused ({refusal}) for {method} {path}");
         },
     );
-    Ok(crate::echo::router().layer(layer))
+    Ok(crate::echo::router(batch).layer(layer))
 }
 
 /// Fetches the JWKS every second, keeping the last good one.
@@ -75,35 +78,10 @@ async fn refresh_keys(url: String, keys: ContextKeys) {
     }
 }
 
-/// A plain HTTP/1.1 GET of `url` (`http://host:port/path`); the body of a 200.
+/// A GET of `url`; the body of a 200.
 async fn fetch(url: &str) -> Result<Vec<u8>, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs (a dev tool on loopback)")?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n",
-        if path.is_empty() { "/" } else { path }
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no header end")?;
-    let head = String::from_utf8_lossy(response.get(..split).unwrap_or_default());
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(head.lines().next().unwrap_or("").to_owned());
+    match crate::http1::request("GET", url, &[], b"").await? {
+        (200, body) => Ok(body),
+        (status, _) => Err(format!("status {status}")),
     }
-    Ok(response.get(split + 4..).unwrap_or_default().to_vec())
 }

@@ -6,6 +6,8 @@
 
 pub mod echo;
 pub mod echo_context;
+pub mod echo_list;
+pub mod http1;
 pub mod idp;
 
 use std::net::SocketAddr;

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod batch;
+pub mod batch_api;
 pub mod cached;
 pub mod changes;
 pub mod check;
@@ -351,6 +352,7 @@ pub async fn serve_with_clock(
     );
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(batch_api::BatchServer::new(service.clone()))
         .add_service(AuthorizationServer::new(Grpc(service)))
         .serve_with_incoming_shutdown(incoming, drained)
         .await;

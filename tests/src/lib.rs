@@ -174,7 +174,7 @@ fn start_command(name: &str, mut command: Command) -> (Process, String) {
 }
 
 /// An HTTP answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -322,6 +322,25 @@ impl CacheStack {
     pub fn start_guarded(plugin: &Value, server_extra: &str, audience: &str) -> CacheStack {
         CacheStack::start_replicas_with_echo(plugin, &[server_extra], &[], |server| {
             Echo::start_guarded(plugin, server.admin_port, audience)
+        })
+    }
+
+    /// [`CacheStack::start_guarded`] with the echo's list endpoint asking the server's batch
+    /// API (`echo-upstream --batch-url … --batch-token batch_token`).
+    pub fn start_guarded_with_batch(
+        plugin: &Value,
+        server_extra: &str,
+        audience: &str,
+        batch_token: &str,
+    ) -> CacheStack {
+        CacheStack::start_replicas_with_echo(plugin, &[server_extra], &[], |server| {
+            let url = format!("http://127.0.0.1:{}/authorize/batch", server.admin_port);
+            Echo::start_guarded_with(
+                plugin,
+                server.admin_port,
+                audience,
+                &["--batch-url", &url, "--batch-token", batch_token],
+            )
         })
     }
 
@@ -1108,24 +1127,33 @@ impl Echo {
     /// An echo that refuses requests on token routes of `plugin` without a valid signed
     /// context for `audience` (keys from the server's admin port; no clock leeway).
     pub fn start_guarded(plugin: &Value, server_admin_port: u16, audience: &str) -> Echo {
+        Echo::start_guarded_with(plugin, server_admin_port, audience, &[])
+    }
+
+    /// [`Echo::start_guarded`] with more `echo-upstream` arguments.
+    pub fn start_guarded_with(
+        plugin: &Value,
+        server_admin_port: u16,
+        audience: &str,
+        extra: &[&str],
+    ) -> Echo {
         let scratch = Scratch::new("echo");
         let policy = scratch.0.join("filter.json");
         std::fs::write(&policy, plugin.to_string()).expect("write filter config");
         let jwks = format!("http://127.0.0.1:{server_admin_port}/context/jwks.json");
         let policy = policy.display().to_string();
-        let (process, port) = start_dev(
-            "echo-upstream",
-            &[
-                "--context-jwks",
-                &jwks,
-                "--context-policy",
-                &policy,
-                "--context-audience",
-                audience,
-                "--context-leeway",
-                "0",
-            ],
-        );
+        let mut args = vec![
+            "--context-jwks",
+            &jwks,
+            "--context-policy",
+            &policy,
+            "--context-audience",
+            audience,
+            "--context-leeway",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let (process, port) = start_dev("echo-upstream", &args);
         Echo {
             _process: process,
             port,
