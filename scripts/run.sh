@@ -30,7 +30,9 @@ pids+=($!)
 sed -n '/configuration:/,/- name: envoy.filters.http.ext_authz/p' envoy/dev.yaml \
   | sed -n '/^ *{$/,/^ *}$/p' >.run/filter.json
 target/debug/echo-upstream --port 9001 --context-jwks http://127.0.0.1:9192/context/jwks.json \
-  --context-policy .run/filter.json --context-audience echo >.run/echo-upstream.log 2>&1 &
+  --context-policy .run/filter.json --context-audience echo \
+  --batch-url http://127.0.0.1:9192/authorize/batch --batch-token dev-batch-token-local-5c2e8a1d \
+  >.run/echo-upstream.log 2>&1 &
 pids+=($!)
 target/debug/ext-authz-server --config config/ext-authz-server.dev.yaml >.run/ext-authz-server.log 2>&1 &
 pids+=($!)
@@ -113,6 +115,18 @@ export ADMIN='$ADMIN'
   # a list that does not verify is refused and logged (status_list_refused), the last good one kept
   curl -X POST -H 'content-type: application/json' -d '{"status_list":"bad_signature"}' http://127.0.0.1:9000/admin/fault
   curl -X POST -H 'content-type: application/json' -d '{"status_list":"ok"}' http://127.0.0.1:9000/admin/fault
+
+  # batch authorization for a list endpoint: the echo upstream's GET /api/orders asks the
+  # server's batch API once for its six orders (with the signed context the proxy attached) and
+  # returns only those in the caller's tenants; "computed" counts the rule evaluations (one per
+  # tenant, not one per order)
+  LISTER=\$(curl -s -H 'content-type: application/json' -d '{"sub":"gina","scope":"read","claims":{"tenant":["acme","globex"]}}' http://127.0.0.1:9000/mint)
+  curl -s -H "authorization: Bearer \$LISTER" http://127.0.0.1:10000/api/orders; echo
+  # the batch API itself (a service's call: its own secret, a token or context, an action, up
+  # to resources.max_items resources; a decision and reason per resource, in order)
+  curl -s -H 'authorization: Bearer dev-batch-token-local-5c2e8a1d' -H 'content-type: application/json' \
+    -d "{\"token\":\"\$LISTER\",\"action\":\"read\",\"resources\":[{\"type\":\"order\",\"id\":\"a\",\"tenant\":\"acme\"},{\"type\":\"order\",\"id\":\"b\",\"tenant\":\"initech\"},{\"type\":\"invoice\",\"id\":\"c\"}]}" \
+    http://127.0.0.1:9192/authorize/batch; echo
 
   # take introspection down: privileged fails closed (503); opaque tokens on /account/ get the
   # tier's grace window (JWTs are verified with the server's own copy of the keys)

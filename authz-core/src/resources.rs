@@ -61,14 +61,15 @@ pub struct ResourceRuleConfig {
     /// Required: the tier the caller's token is checked at (freshness and fallback as for a
     /// route of that tier): `authenticated`, `standard_write`, `privileged` or `regulated`.
     pub tier: Option<String>,
-    /// Scopes and claim rules the caller's token must satisfy, as on a route (`tenant` and
-    /// `introspect` are route matters: use this rule's `tenant`).
+    /// Scopes and claim rules the caller's token must satisfy, as on a route (`tenant` is a
+    /// route matter: use `tenant_claim`); `introspect` (privileged and regulated rules): the
+    /// IdP is asked even about a JWT the server could verify, for the whole batch.
     pub require: Option<RequireConfig>,
     /// The resource's `tenant` must be one the caller's token carries in this claim (a string,
     /// or an array of them); a resource without a tenant is denied.
     pub tenant_claim: Option<String>,
-    /// The resource's `owner` must be the caller (`sub`, or `client_id` for a client's own
-    /// token).
+    /// The resource's `owner` must be the caller: a user (`sub`); a client's own token owns
+    /// nothing (a client id equal to a user's `sub` is not that user).
     #[serde(default)]
     pub owner: bool,
     /// A role for this resource type: the caller's token must carry one of `any_of` in
@@ -173,10 +174,10 @@ fn parse_rule(p: &mut Problems, at: &str, rule: &ResourceRuleConfig) -> Option<R
         p.add(at, "\"actions\" is required (at least one)");
     }
     let require = parse_requirements(p, &format!("{at}.require"), tier, &rule.require);
-    if require.tenant.is_some() || require.introspect {
+    if require.tenant.is_some() {
         p.add(
             &format!("{at}.require"),
-            "tenant and introspect are route settings: use tenant_claim here",
+            "tenant is a route setting: use tenant_claim here",
         );
     }
     let roles = rule.roles.as_ref().and_then(|r| {
@@ -272,8 +273,9 @@ impl ItemReason {
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub claims: &'a Claims,
-    /// `sub`, or `client_id` for a client's own token.
-    pub principal: Option<&'a str>,
+    /// The user the token speaks for (`sub`), what an `owner` rule compares; `None` for a
+    /// client's own token.
+    pub user: Option<&'a str>,
     /// The tier the caller's token was checked at.
     pub tier: Tier,
 }
@@ -315,6 +317,15 @@ impl ResourceRules {
             .filter_map(|r| self.rule_for(&r.resource_type, action))
             .map(|(_, rule)| rule.tier)
             .max()
+    }
+
+    /// Whether a rule the batch's resources fall under asks the IdP even about a JWT
+    /// (`require.introspect`).
+    pub fn batch_introspects(&self, action: &str, resources: &[Resource]) -> bool {
+        resources
+            .iter()
+            .filter_map(|r| self.rule_for(&r.resource_type, action))
+            .any(|(_, rule)| rule.require.introspect)
     }
 
     /// One decision per resource, in input order.
@@ -378,7 +389,7 @@ fn valid(resource: &Resource) -> bool {
 }
 
 fn owns(caller: &Caller<'_>, resource: &Resource) -> bool {
-    matches!((caller.principal, resource.owner.as_deref()), (Some(p), Some(o)) if p == o)
+    matches!((caller.user, resource.owner.as_deref()), (Some(user), Some(o)) if user == o)
 }
 
 /// What a rule demands of the caller and the resource's tenant and attributes (the part of a

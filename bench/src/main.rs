@@ -13,6 +13,7 @@
 //! revocation propagation, the change feed under hostile use (`feed_load`) and the cost of
 //! signing a verification context in Wasm (`sign_cost`).
 
+mod batch_cost;
 mod envoy_config;
 mod feed_load;
 mod load;
@@ -85,7 +86,8 @@ async fn main() {
     let server = AuthzServerProcess::start(&server_yaml(
         idp.port,
         &format!(
-            "epochs_token: \"{EPOCHS_TOKEN}\"\ncache: {{max_entries: {SERVER_FLOOD_CAP}}}\ntoken:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  jwks_uri: http://127.0.0.1:{{IDP_PORT}}/.well-known/jwks.json\n"
+            "epochs_token: \"{EPOCHS_TOKEN}\"\ncache: {{max_entries: {SERVER_FLOOD_CAP}}}\ntoken:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  jwks_uri: http://127.0.0.1:{{IDP_PORT}}/.well-known/jwks.json\n{}",
+            batch_cost::server_yaml()
         ),
     ));
     let wasm = wasm_path().display().to_string();
@@ -103,6 +105,21 @@ async fn main() {
 
     let jwt = idp.mint(json!({"sub": "bench", "scope": "read admin"}));
     let opaque = idp.mint(json!({"sub": "bench-admin", "scope": "read admin", "opaque": true}));
+    // The batch's caller: the same kind of token, with two of the four tenants its list spans.
+    let lister = idp.mint(
+        json!({"sub": "bench-lister", "scope": "read admin", "opaque": true,
+        "claims": {"tenant": ["acme", "globex"]}}),
+    );
+    let batch_cost_run = || {
+        batch_cost::run(
+            server.grpc_port,
+            server.admin_port,
+            server.pid().unwrap_or(0),
+            &lister,
+            connections,
+            Duration::from_secs(run_seconds),
+        )
+    };
     let scenario_target = |name: &str| -> Target {
         // `native_ext_authz_jwt` is the native ext_authz listener with a JWT access token.
         let listener = name.strip_suffix("_jwt").unwrap_or(name);
@@ -200,6 +217,13 @@ async fn main() {
         {
             sign_cost::run(&repo_root());
         }
+        if only
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "batch_cost"))
+        {
+            let cost = batch_cost_run().await;
+            println!("batch_cost ({} items): {cost:?}", cost.items);
+        }
         for name in &names {
             let row = report::row_of(&results, name);
             println!(
@@ -242,6 +266,10 @@ async fn main() {
         server_alone.0.rps(),
         server_alone.1
     );
+
+    // A list of 100 resources in one batch, against the same decisions as single checks.
+    let batch_cost = batch_cost_run().await;
+    eprintln!("batch: {batch_cost:?}");
 
     // Introspection amplification: N requests over K tokens with the IdP adding 20 ms.
     let amplification = amplification_run(
@@ -292,6 +320,7 @@ async fn main() {
         propagation,
         feed_load,
         sign_cost,
+        batch_cost,
         run_seconds,
         repetitions,
         connections,

@@ -5,9 +5,12 @@
 //! Phases: the batch is read and bounded ([`CheckService::authorize_batch`]: too many resources
 //! is refused whole, 400); the caller is established **once** — a token by the same phases as a
 //! single check (screened, verified or introspected, authorized, its Status List entry judged,
-//! at the strictest tier of the rules the resources fall under), or a signed verification
-//! context this server issued (signature, issuer, audience, lifetime; its subject's
-//! revocation) — and a caller that fails is refused whole through the one deny table; then
+//! at the strictest tier of the rules the resources fall under, introspected when one of them
+//! says `require.introspect`), or a signed verification context this server issued
+//! (signature, issuer, audience, lifetime; made under the current policy version, no older
+//! than its tier's `max_staleness_ms`, its subject not revoked since; good for rules up to
+//! `standard_write` only: a context is not a fresh answer from the IdP) — and a caller that
+//! fails is refused whole through the one deny table; then
 //! `authz_core::resources` decides every resource, computing each distinct (rule, tenant,
 //! attributes) once. One log line per batch (`authz_batch`); the token never appears in it.
 //!
@@ -15,6 +18,7 @@
 //! method `authz.batch.v1.BatchAuthorization/Check` beside `Check` (see `batch_grpc.rs`).
 
 use crate::check::{CheckService, Identified, Trace};
+use authz_core::principal::PrincipalKind;
 use authz_core::resources::{Caller, ItemReason, Resource, MAX_FIELD_BYTES};
 use authz_core::routes::Route;
 use authz_core::{Claims, DenyReason, Tier, VerifyFailure};
@@ -43,6 +47,8 @@ pub struct BatchRequest {
 pub struct BatchAnswer {
     /// The caller's principal, if any.
     pub subject: Option<String>,
+    /// `sub` (a user) or `client_id` (a client's own token).
+    pub subject_kind: Option<&'static str>,
     /// The tier the caller was established at.
     pub tier: Tier,
     /// Resource id and decision, in input order.
@@ -55,6 +61,7 @@ impl BatchAnswer {
     pub fn to_json(&self) -> Value {
         json!({
             "subject": self.subject,
+            "subject_kind": self.subject_kind,
             "tier": self.tier.as_str(),
             "decisions": self.decisions.iter().map(|(id, reason)| json!({
                 "id": id, "allowed": reason.allowed(), "reason": reason.as_str()
@@ -89,24 +96,32 @@ impl BatchError {
     }
 }
 
-/// The claims of a context as rules read them: its subject, scopes, tenant and the token claims
-/// it copied (`ext`).
+/// The claims of a context as rules read them: the token claims it copied (`ext`,
+/// `context.claims` in the policy) and its scopes, nothing else (a rule reading a claim the
+/// context does not carry is not met; the route's checked tenant is not a claim).
 fn context_caller_claims(context: &authz_context::Claims) -> Option<Claims> {
     let mut raw = context.ext.clone();
-    raw.insert("sub".into(), json!(context.sub));
     raw.insert("scope".into(), json!(context.scope));
-    if let Some(tenant) = &context.tenant {
-        raw.entry("tenant").or_insert_with(|| json!(tenant));
-    }
     Claims::from_json(Value::Object(raw).to_string().as_bytes()).ok()
 }
 
 /// Who asks, established once.
 struct Established {
     claims: Claims,
-    principal: Option<String>,
+    /// The principal's id and kind.
+    principal: Option<(String, PrincipalKind)>,
     tier: Tier,
     label: String,
+}
+
+impl Established {
+    /// The user an `owner` rule compares: a client's own token owns nothing.
+    fn user(&self) -> Option<&str> {
+        match &self.principal {
+            Some((id, PrincipalKind::Subject)) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 impl CheckService {
@@ -162,15 +177,21 @@ impl CheckService {
             .rules
             .batch_tier(&request.action, &request.resources)
             .unwrap_or(Tier::Authenticated);
+        let introspect = batch
+            .rules
+            .batch_introspects(&request.action, &request.resources);
         let caller = match (&request.token, &request.context) {
-            (Some(token), None) => self.establish_token(token, tier, address).await?,
+            (Some(token), None) => {
+                self.establish_token(token, tier, introspect, address)
+                    .await?
+            }
             (None, Some(context)) => self.establish_context(context)?,
             _ => return Err(BatchError::BadRequest("exactly one of token or context")),
         };
         let decided = batch.rules.decide_all(
             &Caller {
                 claims: &caller.claims,
-                principal: caller.principal.as_deref(),
+                user: caller.user(),
                 tier: caller.tier,
             },
             &request.action,
@@ -189,7 +210,7 @@ impl CheckService {
         );
         tracing::info!(
             token = %caller.label,
-            subject = caller.principal.as_deref().unwrap_or("-"),
+            subject = caller.principal.as_ref().map_or("-", |(id, _)| id.as_str()),
             action = request.action.as_str(),
             tier = caller.tier.as_str(),
             resources = got,
@@ -198,7 +219,8 @@ impl CheckService {
             "authz_batch"
         );
         Ok(BatchAnswer {
-            subject: caller.principal,
+            subject_kind: caller.principal.as_ref().map(|(_, kind)| kind.as_str()),
+            subject: caller.principal.map(|(id, _)| id),
             tier: caller.tier,
             decisions: request
                 .resources
@@ -210,11 +232,13 @@ impl CheckService {
         })
     }
 
-    /// The token's caller, by the phases of a single check at `tier`.
+    /// The token's caller, by the phases of a single check at `tier` (asking the IdP even
+    /// about a JWT when `introspect`).
     async fn establish_token(
         &self,
         token: &str,
         tier: Tier,
+        introspect: bool,
         address: &str,
     ) -> Result<Established, BatchError> {
         let route = Route {
@@ -223,7 +247,10 @@ impl CheckService {
             methods: Vec::new(),
             ignore_case: true,
             tier,
-            require: Default::default(),
+            require: authz_core::routes::Requirements {
+                introspect,
+                ..Default::default()
+            },
             fresh_cache_ms: None,
             background_check_ms: None,
         };
@@ -235,6 +262,7 @@ impl CheckService {
             match_path: "/".into(),
             authorization: Some(&authorization),
             address: address.to_owned(),
+            limit_by_address: false,
             background: false,
         };
         let mut trace = Trace::default();
@@ -244,14 +272,16 @@ impl CheckService {
             .map_err(BatchError::Denied)?;
         Ok(Established {
             claims: entry.result.as_claims(),
-            principal: entry.result.principal().map(|p| p.id.to_owned()),
+            principal: entry.result.principal().map(|p| (p.id.to_owned(), p.kind)),
             tier,
             label: trace.token_label,
         })
     }
 
     /// A signed context's caller: issued by this server's keys for its audience, within its
-    /// lifetime, its subject not revoked since it was made. Its tier is the one it was made at.
+    /// lifetime, under the current policy version, no older than its tier's
+    /// `max_staleness_ms`, its subject not revoked since it was made. Good for rules up to
+    /// `standard_write` (a context from a privileged decision counts as `standard_write`).
     fn establish_context(&self, context: &str) -> Result<Established, BatchError> {
         let refused = BatchError::Denied(DenyReason::Token(VerifyFailure::Malformed(
             "context refused",
@@ -267,10 +297,26 @@ impl CheckService {
                 tracing::info!(why = why.as_str(), "batch: signed context refused");
                 refused.clone()
             })?;
-        let (subject, client) = if claims.sub_kind == "client_id" {
-            (None, Some(claims.sub.as_str()))
+        let made_tier = claims.tier.parse::<Tier>().map_err(|_| refused.clone())?;
+        let age_ms = now.saturating_sub(claims.iat).saturating_mul(1000);
+        if claims.pv != self.versions.policy_version()
+            || age_ms > self.config.tier_rules(made_tier).max_staleness_ms
+        {
+            tracing::info!(
+                policy_version = claims.pv,
+                age_ms,
+                "batch: signed context refused (made under another policy version, or too old for its tier)"
+            );
+            return Err(refused);
+        }
+        let kind = if claims.sub_kind == "client_id" {
+            PrincipalKind::Client
         } else {
-            (Some(claims.sub.as_str()), None)
+            PrincipalKind::Subject
+        };
+        let (subject, client) = match kind {
+            PrincipalKind::Client => (None, Some(claims.sub.as_str())),
+            PrincipalKind::Subject => (Some(claims.sub.as_str()), None),
         };
         let made_ms = claims.iat.saturating_mul(1000);
         let revoked = authz_core::principal::revocation_keys(subject, client)
@@ -283,11 +329,10 @@ impl CheckService {
         if revoked {
             return Err(BatchError::Denied(DenyReason::Revoked));
         }
-        let tier = claims.tier.parse::<Tier>().map_err(|_| refused.clone())?;
         Ok(Established {
             claims: context_caller_claims(&claims).ok_or(refused)?,
-            principal: Some(claims.sub.clone()),
-            tier,
+            principal: Some((claims.sub.clone(), kind)),
+            tier: made_tier.min(Tier::StandardWrite),
             label: "context".into(),
         })
     }

@@ -137,6 +137,9 @@ pub struct Identified<'a> {
     pub authorization: Option<&'a str>,
     /// The client's address, as Envoy reports it ("" when absent).
     pub address: String,
+    /// Whether the per-address limits apply (not to a batch: its caller is a service passing
+    /// on its clients' tokens, one address for all of them).
+    pub limit_by_address: bool,
     /// A filter's check after the answer (`context_extensions[authz_background]`) on a route
     /// this server's policy opts in (`background_check_ms`, `authenticated`): the token is
     /// verified here, then asked about at the IdP, and no per-address limit applies (the
@@ -206,6 +209,7 @@ pub fn identify<'a>(
         match_path,
         authorization: http.headers.get("authorization").map(String::as_str),
         address: request.get_client_address().cloned().unwrap_or_default(),
+        limit_by_address: true,
         // Only where this server's policy opts the route in (the filter's does too): a marker
         // on any other route is a plain check.
         background: is_background(request)
@@ -445,7 +449,10 @@ impl CheckService {
             self.learn_revoked_expiry(&screened);
             return Err(DenyReason::Revoked);
         }
-        if id.tier.requires_server() && !self.limiters.privileged_address_allowed(&id.address) {
+        if id.limit_by_address
+            && id.tier.requires_server()
+            && !self.limiters.privileged_address_allowed(&id.address)
+        {
             return Err(DenyReason::RateLimited);
         }
         // Above `authenticated`, shared data counts only while it is confirmed current; a tier
@@ -460,6 +467,7 @@ impl CheckService {
         // An address that just went over its failed-token budget gets no IdP call: only
         // tokens this server already holds answers for are decided.
         if !id.background
+            && id.limit_by_address
             && self
                 .limiters
                 .address_blocked(&id.address, self.clock.now_ms())

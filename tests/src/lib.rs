@@ -480,6 +480,7 @@ pub fn test_env(name: &str) -> Option<String> {
         "AUTHZ_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
         "AUTHZ_CLIENT_SECRET" => Some(CLIENT_SECRET.into()),
         "AUTHZ_CONTEXT_SEED" => Some(CONTEXT_SEED.into()),
+        "AUTHZ_BATCH_TOKEN" => Some("rendered-batch-token-0123456789".into()),
         _ => None,
     }
 }

@@ -294,6 +294,35 @@ fn a_list_endpoint_behind_envoy_returns_only_the_permitted_items() {
     assert_eq!(alice["computed"], 3);
     let bob = listed("bob", json!("acme"));
     assert_eq!(ids(&bob), vec!["o-1", "o-2", "o-6"]);
+    // The batch API takes a context straight from a service too: made under the current
+    // policy version, for rules up to standard_write (a context is no fresh IdP answer).
+    let token = s.idp.mint(
+        json!({"sub": "alice", "scope": "read write", "ttl": 600, "claims": {"tenant": ["acme"]}}),
+    );
+    let echoed = s.envoy.send("GET", "/api/items", Some(&token), &[]);
+    let context = echoed.json()["headers"]["x-auth-context"]
+        .as_str()
+        .expect("a context")
+        .to_owned();
+    let by_context = |action: &str| {
+        batch(
+            &s.server,
+            BATCH_TOKEN,
+            &json!({"context": context, "action": action,
+                    "resources": [{"type": "order", "id": "o-1", "tenant": "acme", "owner": "alice"}]}),
+        )
+    };
+    let read = by_context("read");
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json()["decisions"][0]["reason"], "allowed");
+    assert_eq!(read.json()["subject_kind"], "sub");
+    assert_eq!(
+        by_context("update").json()["decisions"][0]["reason"],
+        "tier_too_low",
+        "a privileged rule needs a token checked now"
+    );
+    s.server.admin("POST", "/admin/policy-version", None);
+    assert_eq!(by_context("read").status, 401, "made under an older policy");
     // One batch per list, each naming the caller by its signed context.
     let lines = s.server.log_lines("authz_batch");
     assert!(lines.len() >= 2, "{lines:?}");

@@ -314,19 +314,33 @@ fn native_policy_with(server: &str) -> String {
     format!("{head}\nserver:\n{server}")
 }
 
-/// A policy text without its `context:` section.
+/// A policy text without its top-level `name:` section (its indented lines).
+fn without_section(text: &str, name: &str) -> String {
+    let mut kept = Vec::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.starts_with(&format!("{name}:")) {
+            skipping = true;
+            continue;
+        }
+        if skipping && (line.starts_with(' ') || line.is_empty()) {
+            continue;
+        }
+        skipping = false;
+        kept.push(line);
+    }
+    kept.join("\n") + "\n"
+}
+
+/// A policy text without what needs the change feed (the signed context, Status Lists).
 fn without_context(text: &str) -> String {
-    let (head, rest) = text.split_once("\ncontext:\n").expect("a context section");
-    let tail = rest
-        .split_once("\nfilter:")
-        .map(|(_, tail)| format!("\nfilter:{tail}"))
-        .expect("filter after context");
-    format!("{head}{tail}")
+    assert!(text.contains("\ncontext:\n"), "a context section");
+    without_section(&without_section(text, "context"), "status_lists")
 }
 
 #[test]
 fn both_modes_render_the_change_feed_or_refuse_without_an_explicit_opt_out() {
-    let config = "  config:\n    admin_token: \"${AUTHZ_ADMIN_TOKEN}\"\n    introspection: {endpoint: http://127.0.0.1:9000/introspect, client_id: c, client_secret: \"${AUTHZ_CLIENT_SECRET}\"}\n";
+    let config = "  config:\n    admin_token: \"${AUTHZ_ADMIN_TOKEN}\"\n    batch_token: \"${AUTHZ_BATCH_TOKEN}\"\n    introspection: {endpoint: http://127.0.0.1:9000/introspect, client_id: c, client_secret: \"${AUTHZ_CLIENT_SECRET}\"}\n";
     for mode in ["native", "filter"] {
         let with_feed = native_policy_with(&format!(
             "  mode: {mode}\n  envoy_cluster: ext_authz\n  admin_envoy_cluster: ext_authz_admin\n  epochs_token: \"${{AUTHZ_EPOCHS_TOKEN}}\"\n{config}"
@@ -707,6 +721,48 @@ fn the_policy_gives_the_filter_the_status_lists_it_may_name_and_the_server_the_w
         problems
             .iter()
             .any(|p| p.contains("status_lists: needs the provider's keys")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn the_policy_gives_the_server_its_resource_rules_and_the_filter_none() {
+    let text =
+        std::fs::read_to_string(repo_root().join("config/policy.example.yaml")).expect("read");
+    let rendered = authz_config::render_with_env(&text, &test_env).expect("renders");
+    assert!(
+        rendered.filter.get("resources").is_none(),
+        "the filter decides no batch"
+    );
+    let server_yaml = rendered.server.as_deref().expect("server");
+    assert!(
+        server_yaml.contains("${AUTHZ_BATCH_TOKEN}"),
+        "the secret stays a reference"
+    );
+    let server = load_server(server_yaml, "loads");
+    let batch = server.batch.expect("the batch API");
+    assert_eq!(batch.rules.max_items, 1_000);
+    assert_eq!(batch.rules.rules.len(), 2);
+    assert!(batch
+        .rules
+        .rule_for("order", "cancel")
+        .is_some_and(|(_, r)| r.owner));
+    // Set under `server.config`: refused, it comes from the policy; a batch API without its
+    // secret is refused at load.
+    let doubled = text.replace("  config:\n", "  config:\n    resources: {rules: []}\n");
+    let problems = authz_config::render_with_env(&doubled, &test_env).expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("server.config.resources: comes from the policy")),
+        "{problems:#?}"
+    );
+    let secretless = text.replace("    batch_token: \"${AUTHZ_BATCH_TOKEN}\"\n", "");
+    let problems = authz_config::render_with_env(&secretless, &test_env).expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("batch_token: is required with resources")),
         "{problems:#?}"
     );
 }

@@ -47,7 +47,7 @@ fn each_rule_kind_decides_and_reasons_come_in_input_order() {
         "tenant": ["acme", "globex"], "roles": ["analyst"], "regions": "eu"}));
     let caller = Caller {
         claims: &c,
-        principal: Some("alice"),
+        user: Some("alice"),
         tier: Tier::StandardWrite,
     };
     let mut report_eu = item("report", "r1", None, None);
@@ -100,7 +100,7 @@ fn each_rule_kind_decides_and_reasons_come_in_input_order() {
     let plain = claims(serde_json::json!({"sub": "bob", "scope": "read", "tenant": "acme"}));
     let bob = Caller {
         claims: &plain,
-        principal: Some("bob"),
+        user: Some("bob"),
         tier: Tier::Regulated,
     };
     let mut report = item("report", "r1", None, None);
@@ -125,7 +125,7 @@ fn identical_sub_decisions_are_computed_once_per_batch() {
     let c = claims(serde_json::json!({"sub": "alice", "scope": "orders", "tenant": "acme"}));
     let caller = Caller {
         claims: &c,
-        principal: Some("alice"),
+        user: Some("alice"),
         tier: Tier::Authenticated,
     };
     let items: Vec<Resource> = (0..100)
@@ -145,7 +145,7 @@ fn oversized_items_are_denied_not_evaluated() {
     let c = claims(serde_json::json!({"sub": "alice", "scope": "orders", "tenant": "acme"}));
     let caller = Caller {
         claims: &c,
-        principal: Some("alice"),
+        user: Some("alice"),
         tier: Tier::Regulated,
     };
     let long = "x".repeat(MAX_FIELD_BYTES + 1);
@@ -184,11 +184,53 @@ fn a_bad_section_is_refused_with_every_problem_named() {
         "resources.rules[1]: a resource rule needs a token",
         "resources.rules[2]: unknown tier",
         "resources.rules[2]: \"actions\" is required",
-        "resources.rules[3].require: tenant and introspect are route settings",
+        "resources.rules[3].require: tenant is a route setting",
         "resources.rules[3].roles: \"any_of\" is required",
         "resources.rules[4]: type \"doc\" action \"read\" is covered by an earlier rule",
     ] {
         assert!(problems.contains(expected), "{expected} not in\n{problems}");
     }
     assert!(rules(serde_json::json!({"rules": []})).is_err());
+}
+
+#[test]
+fn a_clients_own_token_owns_nothing_and_introspection_is_asked_for_by_a_rule() {
+    let r = rules(serde_json::json!({"rules": [
+        {"type": "order", "actions": ["update"], "tier": "privileged", "owner": true,
+         "require": {"introspect": true}},
+        {"type": "order", "actions": ["read"], "tier": "authenticated"}
+    ]}))
+    .unwrap();
+    let c = claims(serde_json::json!({"client_id": "alice"}));
+    // A client whose id is a user's `sub`: not that user.
+    let client = Caller {
+        claims: &c,
+        user: None,
+        tier: Tier::Regulated,
+    };
+    let owned = [item("order", "o1", None, Some("alice"))];
+    assert_eq!(
+        r.decide_all(&client, "update", &owned).reasons,
+        vec![ItemReason::OwnerMismatch]
+    );
+    let user = Caller {
+        user: Some("alice"),
+        ..client
+    };
+    assert_eq!(
+        r.decide_all(&user, "update", &owned).reasons,
+        vec![ItemReason::Allowed]
+    );
+    assert!(r.batch_introspects("update", &owned));
+    assert!(!r.batch_introspects("read", &owned));
+    // `introspect` needs a server tier, as on routes.
+    let problems = rules(serde_json::json!({"rules": [
+        {"type": "order", "actions": ["read"], "tier": "authenticated", "require": {"introspect": true}}
+    ]}))
+    .unwrap_err()
+    .join("\n");
+    assert!(
+        problems.contains("introspect: needs a server-decided tier"),
+        "{problems}"
+    );
 }
