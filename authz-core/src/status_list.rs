@@ -5,8 +5,8 @@
 //! not name is refused; one whose entry the server found set is refused).
 //!
 //! The server fetches and verifies the lists (`ext-authz-server/src/status_lists.rs`) and
-//! publishes the entries found set through the change feed ([`crate::epochs`]); a filter holds
-//! them with its other revocations ([`crate::revocations`]).
+//! publishes the entries found set through the change feed (`statuses` rows); a filter holds
+//! them with its other revocations.
 //!
 //! What it does not do: fetch, decompress or verify a list, or read a clock.
 

@@ -8,12 +8,13 @@
 //! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
 //! | `GET /context/jwks.json` | | the public keys of signed verification contexts (no credential; 404 without `context`) |
 //! | `GET /admin/epochs?since=N` | `wait_ms`, `incarnation` | the change feed (format 2): policy version and what changed after change-version N, in pages, and whether this state is confirmed current (also readable with `epochs_token`); held until a change with `wait_ms`; answers to cursors far behind the state not woken by a change paced per credential (see `feed_pacing`) |
-//! | `POST /authorize/batch` | `batch_token` (not the admin token) | batch authorization for list endpoints: a token or signed context, an action and resources in, a decision per resource out (see `batch_api`) |
+//! | `POST /authorize/batch` | `batch_token` (not the admin token) | batch authorization for list endpoints: a token or signed context, an action and resources in, a decision per resource out (served beside these by the batch API's own router, merged into this port's app by the composition root) |
 //!
 //! Each change takes effect here for the next check; the cache is invalidated at once. With a
 //! shared tier the change is published to every instance (`"shared": "published"`), or, when
 //! Redis cannot take it, kept and published when it returns (`"shared": "pending"`).
 
+use crate::bearer::matches as bearer_matches;
 use crate::changes::ChangeSink;
 use crate::check::CheckService;
 use crate::feed_pacing::{FeedPacer, Pace, RecentVersions};
@@ -161,18 +162,6 @@ impl Drop for Held<'_> {
         crate::lock(&self.watchers.held).remove(&self.id);
         self.watchers.report(self.metrics);
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-pub(crate) fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
-    let expected = format!("Bearer {secret}");
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()))
 }
 
 /// Which secret a request presented: the admin token, or feed secret `n` (`epochs_token`
@@ -684,8 +673,6 @@ pub fn router(admin: Admin) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/context/jwks.json", get(context_jwks))
-        // Its own credential (`batch_token`), checked by the handler.
-        .route("/authorize/batch", post(crate::batch_api::http))
         .merge(protected)
         .with_state(admin)
 }

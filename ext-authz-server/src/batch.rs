@@ -288,8 +288,7 @@ impl CheckService {
         )));
         let ring = self.config.context.as_ref().ok_or(refused.clone())?;
         let now = u64::try_from(self.clock.now_seconds()).unwrap_or(0);
-        let keys = authz_context::KeySet::from_jwks(ring.jwks(now).to_string().as_bytes())
-            .map_err(|_| refused.clone())?;
+        let keys = ring.key_set(now);
         let verifier = authz_context::Verifier::new(&ring.settings.issuer, &ring.settings.audience);
         let claims = verifier
             .verify_unbound(context, &keys, now)

@@ -11,8 +11,8 @@
 //!   protobuf ([`pb`]); a refused batch is a gRPC status (`INVALID_ARGUMENT`,
 //!   `UNAUTHENTICATED`, `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED`, `UNAVAILABLE`).
 
-use crate::admin::{bearer_matches, Admin};
 use crate::batch::{BatchAnswer, BatchError, BatchRequest};
+use crate::bearer;
 use crate::check::CheckService;
 use authz_core::resources::Resource;
 use axum::body::Bytes;
@@ -27,12 +27,27 @@ use std::sync::Arc;
 /// clients whose tokens they pass on.
 pub const BATCH_ADDRESS: &str = "batch-api";
 
+/// What the JSON endpoint needs: the service, and the checks' runtime (a batch runs there,
+/// not on the admin port's own runtime).
+#[derive(Clone)]
+struct BatchHttp {
+    service: Arc<CheckService>,
+    main: tokio::runtime::Handle,
+}
+
+/// The admin port's `POST /authorize/batch`, to merge into its app.
+pub fn router(service: Arc<CheckService>, main: tokio::runtime::Handle) -> axum::Router {
+    axum::Router::new()
+        .route("/authorize/batch", axum::routing::post(http))
+        .with_state(BatchHttp { service, main })
+}
+
 /// `POST /authorize/batch`.
-pub async fn http(State(admin): State<Admin>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(batch) = &admin.service.config.batch else {
+async fn http(State(state): State<BatchHttp>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(batch) = &state.service.config.batch else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if !bearer_matches(&headers, &batch.token) {
+    if !bearer::matches(&headers, &batch.token) {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"error": "batch token required"})),
@@ -49,14 +64,14 @@ pub async fn http(State(admin): State<Admin>, headers: HeaderMap, body: Bytes) -
                 .into_response()
         }
     };
-    let service = admin.service.clone();
-    let decided = admin
+    let service = state.service.clone();
+    let decided = state
         .main
         .spawn(async move { service.authorize_batch(&request, BATCH_ADDRESS).await })
         .await;
     match decided {
         Ok(Ok(answer)) => Json(answer.to_json()).into_response(),
-        Ok(Err(error)) => http_refusal(&error, &admin.service.config.realm),
+        Ok(Err(error)) => http_refusal(&error, &state.service.config.realm),
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
@@ -239,15 +254,11 @@ impl tonic::server::UnaryService<pb::BatchCheckRequest> for CheckMethod {
             let Some(batch) = &service.config.batch else {
                 return Err(grpc_refusal(&BatchError::NotConfigured));
             };
-            let mut headers = HeaderMap::new();
-            if let Some(value) = request.metadata().get("authorization") {
-                if let Ok(value) = value.to_str() {
-                    if let Ok(value) = value.parse() {
-                        headers.insert("authorization", value);
-                    }
-                }
-            }
-            if !bearer_matches(&headers, &batch.token) {
+            let authorization = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if !bearer::value_matches(authorization, &batch.token) {
                 return Err(tonic::Status::unauthenticated("batch token required"));
             }
             let request = BatchRequest::from(request.into_inner());

@@ -346,7 +346,7 @@ impl CheckService {
 
     /// Phases 2 to 4 for a request that needs a token: who the caller is, by the tier's rules
     /// (screened, verified or introspected, authorized, its Status List entry judged). Also
-    /// the token step of a batch (`crate::batch`), once per batch.
+    /// the token step of a batch, once per batch.
     /// `policy_started`: when the request's own phase 1 began (the `policy` stage ends once
     /// the token is screened).
     pub(crate) async fn establish(

@@ -121,19 +121,34 @@ impl ContextKeyRing {
             .collect()
     }
 
-    /// The public JWKS: the next key, the current one, and past ones whose contexts may still
-    /// be valid.
-    pub fn jwks(&self, now_seconds: u64) -> Value {
+    /// The published keys: the next one, the current one, and past ones whose contexts may
+    /// still be valid.
+    fn published(&self, now_seconds: u64) -> impl Iterator<Item = FeedKey> + '_ {
         let oldest_valid = now_seconds
             .saturating_sub(LONGEST_LIFETIME_SECONDS)
             .saturating_sub(PUBLISHED_SKEW_SECONDS);
         let newest = self.period(now_seconds).saturating_add(1);
-        let keys: Vec<Value> = (self.period(oldest_valid)..=newest)
+        (self.period(oldest_valid)..=newest)
             .rev()
             .filter_map(|period| self.key(period))
+    }
+
+    /// The public JWKS of the [published](Self::published) keys.
+    pub fn jwks(&self, now_seconds: u64) -> Value {
+        let keys: Vec<Value> = self
+            .published(now_seconds)
             .map(|key| jwk(key.signer.kid(), &key.signer.verifying_key()))
             .collect();
         json!({ "keys": keys })
+    }
+
+    /// The [published](Self::published) keys as a verifier reads them (what the JWKS says,
+    /// without writing and parsing it).
+    pub fn key_set(&self, now_seconds: u64) -> authz_context::KeySet {
+        authz_context::KeySet::from_keys(
+            self.published(now_seconds)
+                .map(|key| (key.signer.kid().to_owned(), key.signer.verifying_key())),
+        )
     }
 
     /// The signed context for `decided` at `now_seconds` (`None`: no key could be derived).

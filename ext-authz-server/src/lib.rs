@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod batch;
 pub mod batch_api;
+pub mod bearer;
 pub mod cached;
 pub mod changes;
 pub mod check;
@@ -268,7 +269,11 @@ pub async fn serve_with_clock(
         )),
         stop: stop_rx.clone(),
         main: tokio::runtime::Handle::current(),
-    });
+    })
+    .merge(batch_api::router(
+        service.clone(),
+        tokio::runtime::Handle::current(),
+    ));
     let mut admin_stop = stop_rx.clone();
     // The admin API and the change feed on a thread and runtime of their own, at a lower
     // priority: a flood of feed reads cannot take the checks' CPU (see `os_thread`).
