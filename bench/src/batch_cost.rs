@@ -10,14 +10,14 @@
 //! other).
 
 use crate::cpu_seconds;
-use crate::load::RunStats;
+use crate::load::closed_loop_calls;
 use ext_authz_server::batch_api::pb;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Resources per batch.
 pub const ITEMS: usize = 100;
@@ -130,31 +130,17 @@ where
         call(0).await;
     }
     let cpu0 = cpu_seconds(server_pid);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|i| {
-            let call = call.clone();
-            tokio::spawn(async move {
-                let mut stats = RunStats::default();
-                while started.elapsed() < duration {
-                    let sent = Instant::now();
-                    if call(i).await {
-                        stats.requests += 1;
-                        stats.latencies_us.push(sent.elapsed().as_micros() as u64);
-                    } else {
-                        stats.errors += 1;
-                    }
-                }
-                stats
-            })
-        })
-        .collect();
-    let mut total = RunStats::default();
-    for t in tasks {
-        if let Ok(s) = t.await {
-            total.merge(s);
+    let total = closed_loop_calls(connections, duration, move |i| {
+        let answered = call(i);
+        async move {
+            if answered.await {
+                Ok(200)
+            } else {
+                Err(())
+            }
         }
-    }
+    })
+    .await;
     let cpu_us = (cpu_seconds(server_pid) - cpu0) * 1e6;
     BatchRun {
         batches: total.requests,

@@ -78,16 +78,33 @@ async fn one(client: &HttpClient, target: &Target, index: usize) -> Result<u16, 
 pub async fn closed_loop(target: &Target, connections: usize, duration: Duration) -> RunStats {
     let client = client(connections);
     let counter = Arc::new(AtomicUsize::new(0));
+    // Shared, not copied per request: the load generator stays out of the measurement.
+    let target = Arc::new(target.clone());
+    closed_loop_calls(connections, duration, move |_| {
+        let (client, target) = (client.clone(), target.clone());
+        let index = counter.fetch_add(1, Ordering::Relaxed);
+        async move { one(&client, &target, index).await }
+    })
+    .await
+}
+
+/// Closed loop of any call: `connections` tasks call back to back for `duration`; `call`
+/// (given the task's number) answers an HTTP status (anything but 2xx counts as `non_2xx`),
+/// or `Err` when it failed (an error).
+pub async fn closed_loop_calls<F, Fut>(connections: usize, duration: Duration, call: F) -> RunStats
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<u16, ()>> + Send,
+{
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (client, target, counter) = (client.clone(), target.clone(), counter.clone());
+        .map(|i| {
+            let call = call.clone();
             tokio::spawn(async move {
                 let mut stats = RunStats::default();
                 while started.elapsed() < duration {
-                    let index = counter.fetch_add(1, Ordering::Relaxed);
                     let sent = Instant::now();
-                    match one(&client, &target, index).await {
+                    match call(i).await {
                         Ok(status) => {
                             stats.requests += 1;
                             if !(200..300).contains(&status) {

@@ -386,33 +386,11 @@ async fn server_grpc_load(
     };
     let request = privileged_check_request(token);
     let cpu0 = cpu_seconds(server_pid);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (mut client, request) = (client.clone(), request.clone());
-            tokio::spawn(async move {
-                let mut stats = RunStats::default();
-                while started.elapsed() < duration {
-                    let sent = Instant::now();
-                    match client.check(request.clone()).await {
-                        Ok(_) => {
-                            stats.requests += 1;
-                            stats.latencies_us.push(sent.elapsed().as_micros() as u64);
-                        }
-                        Err(_) => stats.errors += 1,
-                    }
-                }
-                stats
-            })
-        })
-        .collect();
-    let mut total = RunStats::default();
-    for t in tasks {
-        if let Ok(s) = t.await {
-            total.merge(s);
-        }
-    }
-    total.elapsed = started.elapsed();
+    let total = load::closed_loop_calls(connections, duration, move |_| {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.check(request).await.map(|_| 200).map_err(|_| ()) }
+    })
+    .await;
     let cpu = (cpu_seconds(server_pid) - cpu0) * 1e6 / total.requests.max(1) as f64;
     (total, cpu)
 }
