@@ -11,7 +11,7 @@
 use crate::tier::Tier;
 use authz_context::{Binding, Claims, ContextSigner};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 pub mod defaults {
     pub const HEADER: &str = authz_context::DEFAULT_HEADER;
@@ -215,49 +215,33 @@ pub struct FeedKey {
 }
 
 /// The `context_keys` member of a feed answer.
-pub fn feed_keys_json(keys: &[FeedKey]) -> Value {
-    Value::Array(
-        keys.iter()
-            .map(|k| {
-                json!({
-                    "kid": k.signer.kid(),
-                    "secret": k.signer.secret_base64(),
-                    "from": k.from,
-                    "until": k.until,
-                })
-            })
-            .collect(),
-    )
+pub fn feed_keys_wire(keys: &[FeedKey]) -> Vec<crate::feed::WireKey> {
+    keys.iter()
+        .map(|k| crate::feed::WireKey {
+            kid: k.signer.kid().to_owned(),
+            secret: k.signer.secret_base64(),
+            from: k.from,
+            until: k.until,
+        })
+        .collect()
 }
 
-/// The keys in a feed answer's `context_keys` (absent: none). A malformed entry is an error:
+/// The keys of a feed answer's `context_keys` (absent: none). A malformed set is an error:
 /// the filter keeps the keys it has.
-pub fn read_feed_keys(answer: &Value) -> Result<Vec<FeedKey>, String> {
-    let Some(entries) = answer.get("context_keys") else {
-        return Ok(Vec::new());
+pub fn read_feed_keys(keys: &crate::feed::ContextKeys) -> Result<Vec<FeedKey>, String> {
+    use crate::feed::ContextKeys;
+    let keys = match keys {
+        ContextKeys::Absent => return Ok(Vec::new()),
+        ContextKeys::Malformed(why) => return Err(why.clone()),
+        ContextKeys::Keys(keys) => keys,
     };
-    let entries = entries.as_array().ok_or("context_keys: not an array")?;
-    entries
-        .iter()
-        .map(|entry| {
-            let text = |name: &str| {
-                entry
-                    .get(name)
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| format!("context_keys: no \"{name}\""))
-            };
-            let number = |name: &str| {
-                entry
-                    .get(name)
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| format!("context_keys: no \"{name}\""))
-            };
-            let signer = ContextSigner::from_base64(text("kid")?, text("secret")?)
-                .map_err(|e| e.to_string())?;
+    keys.iter()
+        .map(|key| {
             Ok(FeedKey {
-                signer,
-                from: number("from")?,
-                until: number("until")?,
+                signer: ContextSigner::from_base64(&key.kid, &key.secret)
+                    .map_err(|e| e.to_string())?,
+                from: key.from,
+                until: key.until,
             })
         })
         .collect()
@@ -275,6 +259,7 @@ pub fn signing_key(keys: &[FeedKey], now_seconds: u64) -> Option<&ContextSigner>
 mod tests {
     use super::*;
     use authz_context::{KeySet, Verifier};
+    use serde_json::json;
 
     fn settings() -> ContextSettings {
         let config: ContextConfig = serde_json::from_value(
@@ -413,7 +398,13 @@ mod tests {
                 until: 300,
             },
         ];
-        let read = read_feed_keys(&json!({"context_keys": feed_keys_json(&keys)})).unwrap();
+        // Through the wire: what the server writes in front of an answer, as the filter reads it.
+        let body = format!(
+            "{}\"format\":2,\"version\":1,\"policy_version\":0}}",
+            crate::feed::FeedAnswer::keys_prefix(&feed_keys_wire(&keys))
+        );
+        let answer = crate::feed::FeedAnswer::from_slice(body.as_bytes()).unwrap();
+        let read = read_feed_keys(&answer.context_keys).unwrap();
         assert_eq!(read.len(), 2);
         assert_eq!(signing_key(&read, 150).map(|s| s.kid()), Some("e1"));
         assert_eq!(signing_key(&read, 200).map(|s| s.kid()), Some("e2"));
@@ -432,11 +423,20 @@ mod tests {
                 251
             )
             .is_ok());
-        assert!(read_feed_keys(&json!({})).unwrap().is_empty());
-        assert!(read_feed_keys(
-            &json!({"context_keys": [{"kid": "x", "secret": "AA", "from": 1, "until": 2}]})
+        let keys_of = |body: &str| {
+            read_feed_keys(
+                &crate::feed::FeedAnswer::from_slice(body.as_bytes())
+                    .unwrap()
+                    .context_keys,
+            )
+        };
+        assert!(keys_of(r#"{"version":1,"policy_version":0}"#)
+            .unwrap()
+            .is_empty());
+        assert!(keys_of(
+            r#"{"version":1,"policy_version":0,"context_keys":[{"kid":"x","secret":"AA","from":1,"until":2}]}"#
         )
         .is_err());
-        assert!(read_feed_keys(&json!({"context_keys": 3})).is_err());
+        assert!(keys_of(r#"{"version":1,"policy_version":0,"context_keys":3}"#).is_err());
     }
 }

@@ -1,32 +1,15 @@
 //! The server's change feed (`GET /admin/epochs?since=N&format=2`, optionally held open with
 //! `wait_ms`) as the filter applies it: what to purge from its decision cache, which
 //! revocations to hold for the routes it decides locally, which versions to remember, and when
-//! the server learned each change (to measure propagation). Pure parsing; the filter polls.
-//!
-//! Format 2 (the only one a server answers, asked for with `format=2` or not):
-//!
-//! ```json
-//! {"format": 2, "version": 9, "policy_version": 2, "policy_changed_at_ms": 1700000000000,
-//!  "confirmed": true, "incarnation": "ab12…",
-//!  "tokens": [["<sha256 hex>", 1700000360000, 1700000000123]],
-//!  "jtis": [["j-1", null, 1700000000456]],
-//!  "subjects": [["alice", 1700000000789, 3, 1700000000789, 1700003600789]],
-//!  "statuses": [["https://idp/statuslists/1", 17, 1700003600789, 1700000000789]]}
-//! ```
+//! the server learned each change (to measure propagation). Pure; the wire format, and what
+//! each row's columns are, is `crate::feed`.
 //!
 //! A large state comes in pages: an answer with `"more": true` holds the oldest changes, its
-//! `version` is the next page's `since`, and it is never `confirmed`.
-//!
-//! `tokens` and `jtis` are `[key, expires_at_ms | null, learned_at_ms]`; `subjects` are
-//! `[subject, revoked_at_ms, epoch, learned_at_ms, expires_at_ms | null]`, the last being when
-//! every token the revocation refuses has expired (the server's maximum token lifetime after
-//! it; absent or `null` when not configured); `statuses` are Status List entries the server
-//! found set (`[list uri, index, expires_at_ms | null, learned_at_ms]`, the expiry being when
-//! every token that may name the entry has expired); `learned_at_ms` is when the answering
-//! server learned the change (its clock).
+//! `version` is the next page's `since`, and it is never `confirmed`. `learned_at_ms` is when
+//! the answering server learned a change (its clock).
 
+use crate::feed::{FeedAnswer, KeyRow, StatusRow, FEED_FORMAT};
 use crate::token_hash::parse_digest_hex;
-use serde_json::Value;
 
 /// A revoked token (by the SHA-256 of its compact form) or `jti`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,132 +64,85 @@ pub struct Changes {
     pub incarnation: Option<String>,
 }
 
-fn ms(v: Option<&Value>) -> Result<Option<u64>, &'static str> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or("a time is not a number of ms"),
-    }
-}
-
-fn rows<'a>(v: &'a Value, name: &'static str) -> Result<&'a [Value], &'static str> {
-    match v.get(name) {
-        Some(Value::Array(items)) => Ok(items),
-        None => Ok(&[]),
-        Some(_) => Err("a revocation list is not an array"),
-    }
-}
-
-fn key_rows<K>(
-    v: &Value,
-    name: &'static str,
+/// Checks a token or `jti` row; `key` reads its key.
+fn key_revocation<K>(
+    row: &KeyRow,
     key: impl Fn(&str) -> Option<K>,
-) -> Result<Vec<KeyRevocation<K>>, &'static str> {
-    rows(v, name)?
-        .iter()
-        .map(|row| {
-            let key = row
-                .get(0)
-                .and_then(Value::as_str)
-                .and_then(&key)
-                .ok_or("a revocation names no valid key")?;
-            Ok(KeyRevocation {
-                key,
-                expires_at_ms: ms(row.get(1))?,
-                learned_at_ms: ms(row.get(2))?,
-            })
-        })
-        .collect()
+) -> Result<KeyRevocation<K>, &'static str> {
+    Ok(KeyRevocation {
+        key: key(&row.0).ok_or("a revocation names no valid key")?,
+        expires_at_ms: row.1,
+        learned_at_ms: row.2,
+    })
 }
 
-/// How long a refusal (429) of the change feed asks the reader to wait: its body's
-/// `retry_after_ms` (the filter's host passes it the body, not the `Retry-After` header).
-pub fn refusal_retry_after_ms(body: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<Value>(body)
-        .ok()?
-        .get("retry_after_ms")?
-        .as_u64()
+fn status_revocation(row: &StatusRow) -> Result<StatusRevocation, &'static str> {
+    if row.0.is_empty() {
+        return Err("a status revocation names no list");
+    }
+    if row.1 > crate::status_list::MAX_INDEX {
+        return Err("a status revocation names no entry");
+    }
+    Ok(StatusRevocation {
+        entry: crate::status_list::StatusRef {
+            uri: row.0.clone(),
+            index: row.1,
+        },
+        expires_at_ms: row.2,
+        learned_at_ms: row.3,
+    })
 }
 
 impl Changes {
-    pub fn parse(body: &[u8]) -> Result<Changes, &'static str> {
-        Changes::parse_value(&Self::read(body)?)
+    /// Reads and checks a feed answer (the keys it may carry aside).
+    pub fn parse(body: &[u8]) -> Result<Changes, String> {
+        Changes::from_answer(&FeedAnswer::from_slice(body)?).map_err(str::to_owned)
     }
 
-    /// The JSON of a feed answer (what [`Changes::parse_value`] and
-    /// `context::read_feed_keys` read).
-    pub fn read(body: &[u8]) -> Result<Value, &'static str> {
-        serde_json::from_slice(body).map_err(|_| "epochs answer is not json")
-    }
-
-    /// [`Changes::parse`] of an answer already read as JSON.
-    pub fn parse_value(v: &Value) -> Result<Changes, &'static str> {
-        if v.get("format").and_then(Value::as_u64) != Some(2) {
+    /// What the filter applies from an answer: every row checked, an answer with one bad row
+    /// refused whole (the cursor does not move past changes not applied).
+    pub fn from_answer(answer: &FeedAnswer) -> Result<Changes, &'static str> {
+        if answer.format != FEED_FORMAT {
             return Err("epochs answer is not format 2 (is the server older than the filter?)");
         }
-        let version = v
-            .get("version")
-            .and_then(Value::as_u64)
-            .ok_or("epochs answer lacks version")?;
-        let policy_version = v
-            .get("policy_version")
-            .and_then(Value::as_u64)
-            .ok_or("epochs answer lacks policy_version")?;
         // A counter no server reaches (one change per microsecond for 285 years): taking it
         // would move the cursor past every change to come, and nothing would be read again.
-        if version > MAX_SANE_VERSION || policy_version > MAX_SANE_VERSION {
+        if answer.version > MAX_SANE_VERSION || answer.policy_version > MAX_SANE_VERSION {
             return Err("epochs answer has a version beyond 2^53");
         }
-        let subjects = rows(v, "subjects")?
+        let subjects = answer
+            .subjects
             .iter()
-            .map(|row| {
-                Ok(SubjectRevocation {
-                    subject: row
-                        .get(0)
-                        .and_then(Value::as_str)
-                        .ok_or("a subject revocation names no subject")?
-                        .to_owned(),
-                    revoked_at_ms: ms(row.get(1))?.ok_or("a subject revocation has no time")?,
-                    learned_at_ms: ms(row.get(3))?,
-                    expires_at_ms: ms(row.get(4))?,
-                })
+            .map(|row| SubjectRevocation {
+                subject: row.0.clone(),
+                revoked_at_ms: row.1,
+                learned_at_ms: row.3,
+                expires_at_ms: row.4,
             })
-            .collect::<Result<_, &'static str>>()?;
+            .collect();
         Ok(Changes {
-            version,
-            policy_version,
-            policy_changed_at_ms: ms(v.get("policy_changed_at_ms"))?,
+            version: answer.version,
+            policy_version: answer.policy_version,
+            policy_changed_at_ms: answer.policy_changed_at_ms,
             subjects,
-            tokens: key_rows(v, "tokens", parse_digest_hex)?,
-            jtis: key_rows(v, "jtis", |s| Some(s.to_owned()))?,
-            statuses: rows(v, "statuses")?
+            tokens: answer
+                .tokens
                 .iter()
-                .map(|row| {
-                    Ok(StatusRevocation {
-                        entry: crate::status_list::StatusRef {
-                            uri: row
-                                .get(0)
-                                .and_then(Value::as_str)
-                                .filter(|uri| !uri.is_empty())
-                                .ok_or("a status revocation names no list")?
-                                .to_owned(),
-                            index: row
-                                .get(1)
-                                .and_then(Value::as_u64)
-                                .filter(|i| *i <= crate::status_list::MAX_INDEX)
-                                .ok_or("a status revocation names no entry")?,
-                        },
-                        expires_at_ms: ms(row.get(2))?,
-                        learned_at_ms: ms(row.get(3))?,
-                    })
-                })
-                .collect::<Result<_, &'static str>>()?,
-            // Only an explicit `true` renews trust: an answer that does not say is unconfirmed.
-            confirmed: v.get("confirmed").and_then(Value::as_bool).unwrap_or(false),
-            more: v.get("more").and_then(Value::as_bool).unwrap_or(false),
-            incarnation: v
-                .get("incarnation")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+                .map(|row| key_revocation(row, parse_digest_hex))
+                .collect::<Result<_, _>>()?,
+            jtis: answer
+                .jtis
+                .iter()
+                .map(|row| key_revocation(row, |s| Some(s.to_owned())))
+                .collect::<Result<_, _>>()?,
+            statuses: answer
+                .statuses
+                .iter()
+                .map(status_revocation)
+                .collect::<Result<_, _>>()?,
+            confirmed: answer.confirmed,
+            more: answer.more,
+            incarnation: answer.incarnation.clone(),
         })
     }
 
@@ -239,17 +175,6 @@ pub const MAX_SANE_VERSION: u64 = 1 << 53;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_refusal_says_how_long_to_wait() {
-        assert_eq!(
-            refusal_retry_after_ms(br#"{"error": "x", "retry_after_ms": 2500}"#),
-            Some(2_500)
-        );
-        assert_eq!(refusal_retry_after_ms(br#"{"error": "x"}"#), None);
-        assert_eq!(refusal_retry_after_ms(br#"{"retry_after_ms": -1}"#), None);
-        assert_eq!(refusal_retry_after_ms(b"not json"), None);
-    }
 
     #[test]
     fn status_list_entries_name_a_list_and_an_index() {

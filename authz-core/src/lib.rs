@@ -23,6 +23,7 @@ pub mod epochs;
 pub mod error;
 pub mod ext_authz_proto;
 pub mod fallback;
+pub mod feed;
 pub mod introspection;
 pub mod jwks_refresh;
 pub mod keys;

@@ -16,6 +16,7 @@
 mod batch_cost;
 mod envoy_config;
 mod feed_load;
+mod fleet;
 mod load;
 mod propagation;
 mod report;
@@ -213,6 +214,12 @@ async fn main() {
         }
         if only
             .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "fleet"))
+        {
+            tokio::task::spawn_blocking(fleet::run_default).await.ok();
+        }
+        if only
+            .as_ref()
             .is_some_and(|o| o.iter().any(|x| x == "sign_cost"))
         {
             sign_cost::run(&repo_root());
@@ -302,6 +309,10 @@ async fn main() {
 
     // The change feed looped on by 50 clients, on a 200k-revocation state.
     let feed_load = feed_load::run(run_seconds).await;
+    // The feed at fleet scale: held requests from a simulated fleet, a revocation every 100 ms.
+    let fleet = tokio::task::spawn_blocking(fleet::run_default)
+        .await
+        .unwrap_or_default();
     // Signing a verification context in Wasm: the algorithm's cost.
     let sign_cost = sign_cost::run(&repo_root());
 
@@ -319,6 +330,7 @@ async fn main() {
         flood,
         propagation,
         feed_load,
+        fleet,
         sign_cost,
         batch_cost,
         run_seconds,

@@ -3,7 +3,7 @@
 //! first read, the pages of a large state, a re-read), so a holder of a feed secret looping
 //! on `since=0` takes a bounded share of the server's CPU and network instead of all of it.
 //!
-//! Which answers are paced is the admin API's call (`admin::epochs`): never an answer to a
+//! Which answers are paced is the feed's call (`feed::reply`): never an answer to a
 //! held request woken by a change (the push), nor one to a cursor near the state, so
 //! revocations reach running workers within the freshness bound whatever a looping client
 //! does.

@@ -8,6 +8,7 @@
 //! rules) live in `authz-core`; this crate moves bytes and holds state.
 
 pub mod admin;
+pub mod admin_port;
 pub mod batch;
 pub mod batch_api;
 pub mod bearer;
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod context_keys;
 pub mod error;
+pub mod feed;
 pub mod feed_pacing;
 pub mod idp;
 pub mod idp_client;
@@ -259,23 +261,27 @@ pub async fn serve_with_clock(
         .await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin_app = admin::router(admin::Admin {
+    let admin = admin::Admin {
         service: service.clone(),
         changes: changes.clone(),
         ready: ready.clone(),
-        feed: Arc::new(admin::FeedWatchers::new(
-            service.config.feed_catch_up_bytes_per_second,
-            service.shared.is_some(),
-        )),
+        feed: Arc::new(feed::Feed {
+            service: service.clone(),
+            watchers: feed::FeedWatchers::new(
+                service.config.feed_catch_up_bytes_per_second,
+                service.shared.is_some(),
+            ),
+            stop: stop_rx.clone(),
+        }),
         stop: stop_rx.clone(),
         main: tokio::runtime::Handle::current(),
-    })
-    .merge(batch_api::router(
+    };
+    let admin_app = admin::router(admin.clone()).merge(batch_api::router(
         service.clone(),
         tokio::runtime::Handle::current(),
     ));
-    let mut admin_stop = stop_rx.clone();
-    // The admin API and the change feed on a thread and runtime of their own, at a lower
+    // The admin API and the change feed on a runtime of their own (two threads, so a push
+    // to thousands of held requests uses both cores when they are idle), at a lower
     // priority: a flood of feed reads cannot take the checks' CPU (see `os_thread`).
     let admin_listener = listeners.admin.into_std().map_err(ServerError::Io)?;
     let (admin_done, admin_task) = tokio::sync::oneshot::channel::<()>();
@@ -283,19 +289,16 @@ pub async fn serve_with_clock(
         .name("authz-admin".into())
         .spawn(move || {
             os_thread::lower_priority_of_this_thread();
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("authz-admin")
+                .on_thread_start(os_thread::lower_priority_of_this_thread)
                 .enable_all()
                 .build();
             match runtime {
                 Ok(runtime) => runtime.block_on(async move {
                     match TcpListener::from_std(admin_listener) {
-                        Ok(listener) => {
-                            let _ = axum::serve(listener, admin_app)
-                                .with_graceful_shutdown(async move {
-                                    let _ = admin_stop.wait_for(|stop| *stop).await;
-                                })
-                                .await;
-                        }
+                        Ok(listener) => admin_port::serve(listener, admin_app, admin).await,
                         Err(e) => tracing::error!(error = %e, "admin_listener_failed"),
                     }
                 }),

@@ -18,6 +18,7 @@
 //! | `authz_circuit_state` | gauge | `state` (1 for the current state) |
 //! | `authz_rate_limited_total` | counter | `limit` |
 //! | `authz_epochs_requests_total` | counter | |
+//! | `authz_feed_push_seconds` | histogram | (a push: the change → its answer written) |
 //! | `authz_policy_version` | gauge | |
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! The admin API (and the change feed on it) runs on a thread of its own at a lower CPU
+//! The admin API (and the change feed on it) runs on threads of their own at a lower CPU
 //! priority than the checks: a flood of feed reads (any holder of a feed token can send one)
 //! then takes CPU from idle time, not from privileged checks. This module owns the one OS call
 //! that needs: lowering the calling thread's priority.

@@ -27,8 +27,8 @@
 mod sets;
 
 use crate::lock;
+use authz_core::feed::{ContextKeys, FeedAnswer, KeyRow, StatusRow, SubjectRow, FEED_FORMAT};
 use authz_core::status_list::StatusRef;
-use serde_json::json;
 use sets::{RevokedSet, Subjects};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -114,7 +114,7 @@ const ANSWERS_KEPT_ENTRIES: usize = 4_096;
 const ANSWERS_KEPT_BYTES: usize = 32 << 20;
 
 /// A subject row of a feed answer: subject, revoked at, epoch, learned at, expires at.
-type SubjectRow = (String, u64, u64, u64, Option<u64>);
+type PageSubject = (String, u64, u64, u64, Option<u64>);
 
 /// One change-feed answer's rows, copied out of the state.
 struct Page {
@@ -122,10 +122,50 @@ struct Page {
     more: bool,
     policy_version: u64,
     policy_changed_at_ms: Option<u64>,
-    subjects: Vec<SubjectRow>,
+    subjects: Vec<PageSubject>,
     tokens: Vec<(TokenKey, Expiry, u64)>,
     jtis: Vec<(String, Expiry, u64)>,
     statuses: Vec<(StatusRef, Expiry, u64)>,
+}
+
+impl Page {
+    /// The page as a feed answer (`authz_core::feed`): a time of 0 (not known) is sent as
+    /// absent, and a page with more to come is never confirmed.
+    fn into_answer(self, confirmed: bool, incarnation: String) -> FeedAnswer {
+        let learned = |at: u64| (at > 0).then_some(at);
+        FeedAnswer {
+            context_keys: ContextKeys::Absent,
+            format: FEED_FORMAT,
+            version: self.version,
+            policy_version: self.policy_version,
+            policy_changed_at_ms: self.policy_changed_at_ms,
+            subjects: self
+                .subjects
+                .into_iter()
+                .map(|(sub, at, epoch, learned_at, expires)| {
+                    SubjectRow(sub, at, epoch, learned(learned_at), expires)
+                })
+                .collect(),
+            tokens: self
+                .tokens
+                .iter()
+                .map(|(k, expiry, at)| KeyRow(hex(k), *expiry, learned(*at)))
+                .collect(),
+            jtis: self
+                .jtis
+                .into_iter()
+                .map(|(k, expiry, at)| KeyRow(k, expiry, learned(at)))
+                .collect(),
+            statuses: self
+                .statuses
+                .into_iter()
+                .map(|(k, expiry, at)| StatusRow(k.uri, k.index, expiry, learned(at)))
+                .collect(),
+            more: self.more,
+            confirmed: confirmed && !self.more,
+            incarnation: Some(incarnation),
+        }
+    }
 }
 
 impl State {
@@ -226,7 +266,56 @@ pub struct Versions {
     answers: Mutex<KeptAnswers>,
     /// Bumped whenever anything a change-feed answer reports may have changed: held feed
     /// requests wait on it.
-    changed: tokio::sync::watch::Sender<u64>,
+    changed: tokio::sync::watch::Sender<Wake>,
+}
+
+/// A wake-up of the held feed requests: how many so far, and when the last [`RECENT_WAKES`]
+/// were sent (a held request's push is timed from the wake after it was held, even when later
+/// wakes came before it ran: `authz_feed_push_seconds`).
+#[derive(Debug, Clone)]
+pub struct Wake {
+    pub count: u64,
+    /// (count, when), at `count % RECENT_WAKES`.
+    recent: [(u64, std::time::Instant); RECENT_WAKES],
+}
+
+/// Wakes whose time is kept.
+pub const RECENT_WAKES: usize = 16;
+
+impl Default for Wake {
+    fn default() -> Wake {
+        let now = std::time::Instant::now();
+        Wake {
+            count: 0,
+            recent: [(0, now); RECENT_WAKES],
+        }
+    }
+}
+
+impl Wake {
+    fn next(&mut self) {
+        self.count = self.count.wrapping_add(1);
+        if let Some(slot) = self.recent.get_mut(self.count as usize % RECENT_WAKES) {
+            *slot = (self.count, std::time::Instant::now());
+        }
+    }
+
+    /// When wake `count` was sent; when it is no longer kept, the oldest kept (so a push
+    /// timed from it is timed short, never long).
+    pub fn time_of(&self, count: u64) -> std::time::Instant {
+        let kept = self
+            .recent
+            .get(count as usize % RECENT_WAKES)
+            .filter(|(c, _)| *c == count);
+        match kept {
+            Some((_, at)) => *at,
+            None => self
+                .recent
+                .iter()
+                .min_by_key(|(c, _)| *c)
+                .map_or_else(std::time::Instant::now, |(_, at)| *at),
+        }
+    }
 }
 
 impl Default for Versions {
@@ -236,7 +325,7 @@ impl Default for Versions {
             shared: false,
             incarnation: Mutex::new(random_incarnation()),
             answers: Mutex::default(),
-            changed: tokio::sync::watch::channel(0).0,
+            changed: tokio::sync::watch::channel(Wake::default()).0,
         }
     }
 }
@@ -272,12 +361,12 @@ impl Versions {
     }
 
     /// A receiver that sees every later change (subscribe before reading the state).
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Wake> {
         self.changed.subscribe()
     }
 
     fn wake(&self) {
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        self.changed.send_modify(Wake::next);
     }
 
     pub fn incarnation(&self) -> String {
@@ -564,7 +653,7 @@ impl Versions {
         confirmed: bool,
         max_rows: usize,
     ) -> std::sync::Arc<str> {
-        let generation = *self.changed.borrow();
+        let generation = self.changed.borrow().count;
         // Every cursor at or past the latest stamp reads the same (empty) answer: one kept
         // answer for all of them, however many such cursors clients ask for.
         let since = since.min(self.read(State::top_stamp));
@@ -578,35 +667,7 @@ impl Versions {
         }
         let incarnation = self.incarnation();
         let page = self.read(|s| s.page_since(since, max_rows));
-        let learned = |at: u64| (at > 0).then_some(at);
-        let answer = json!({
-            "format": 2,
-            "version": page.version,
-            "policy_version": page.policy_version,
-            "policy_changed_at_ms": page.policy_changed_at_ms.map(|at| learned(at).unwrap_or(0)),
-            "subjects": page.subjects
-                .iter()
-                .map(|(sub, at, epoch, learned_at, expires)| {
-                    json!([sub, at, epoch, learned(*learned_at), expires])
-                })
-                .collect::<Vec<_>>(),
-            "tokens": page.tokens
-                .iter()
-                .map(|(k, expiry, at)| json!([hex(k), expiry, learned(*at)]))
-                .collect::<Vec<_>>(),
-            "jtis": page.jtis
-                .iter()
-                .map(|(k, expiry, at)| json!([k, expiry, learned(*at)]))
-                .collect::<Vec<_>>(),
-            "statuses": page.statuses
-                .iter()
-                .map(|(k, expiry, at)| json!([k.uri, k.index, expiry, learned(*at)]))
-                .collect::<Vec<_>>(),
-            "more": page.more,
-            "confirmed": confirmed && !page.more,
-            "incarnation": incarnation,
-        });
-        let body: std::sync::Arc<str> = answer.to_string().into();
+        let body: std::sync::Arc<str> = page.into_answer(confirmed, incarnation).to_json().into();
         let mut answers = lock(&self.answers);
         if answers.generation != generation {
             *answers = KeptAnswers {
@@ -637,7 +698,7 @@ impl Versions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
     fn subject(name: &str, at: u64) -> Change {
         Change::RevokeSubject {
@@ -991,6 +1052,28 @@ mod tests {
         assert!(again.is_jti_revoked("j"));
         assert_eq!(again.subject_revoked_at_ms("alice"), Some(1));
         assert_eq!(again.policy_version(), 1);
+    }
+
+    #[test]
+    fn a_push_is_timed_from_the_wake_after_it_was_held_even_when_more_came_before_it_ran() {
+        let v = Versions::default();
+        let woken = v.subscribe();
+        let held_at = woken.borrow().count;
+        // Each wake's time, by count.
+        let mut times = std::collections::HashMap::new();
+        for i in 0..(RECENT_WAKES as u64 + 4) {
+            v.apply_at(&Change::RevokeJti(format!("j{i}"), None), None, 100 + i);
+            let wake = woken.borrow();
+            times.insert(wake.count, wake.time_of(wake.count));
+            if i == 1 {
+                // Two wakes before the held request ran: timed from the first.
+                assert_eq!(wake.time_of(held_at + 1), times[&(held_at + 1)]);
+            }
+        }
+        // No longer kept: the oldest kept, so timed short, never long.
+        let wake = woken.borrow();
+        let oldest_kept = wake.count - RECENT_WAKES as u64 + 1;
+        assert_eq!(wake.time_of(held_at + 1), times[&oldest_kept]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod background;
 pub mod commands;
 pub mod context;
 pub mod host;
+mod keys;
 pub mod metrics;
 pub mod read;
 pub mod server_path;

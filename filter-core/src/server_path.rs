@@ -16,6 +16,7 @@ use crate::worker::Worker;
 use authz_core::decision_cache::{decision_key, CachedDecision, CachedOutcome, LookupResult};
 use authz_core::epochs::Changes;
 use authz_core::ext_authz_proto::decode_reply;
+use authz_core::feed::{FeedAnswer, FeedRefusal};
 use authz_core::token_hash::{revocation_digest, token_digest};
 use authz_core::DenyReason;
 use serde_json::json;
@@ -384,8 +385,8 @@ impl<H: Host> Worker<H> {
 
     /// The signing keys of a feed answer (a malformed set is logged; the keys held stay);
     /// whether they are new (a period ended: the server answered a held request for it).
-    fn take_context_keys(&mut self, answer: &serde_json::Value) -> bool {
-        match authz_core::context::read_feed_keys(answer) {
+    fn take_context_keys(&mut self, keys: &authz_core::feed::ContextKeys) -> bool {
+        match authz_core::context::read_feed_keys(keys) {
             Ok(keys) if keys.is_empty() => {
                 if self.context.keyless_answer() {
                     self.host.log(LogLevel::Error, KEYLESS_FEED);
@@ -414,11 +415,11 @@ impl<H: Host> Worker<H> {
         self.versions.poll_in_flight = None;
         let mut new_keys = false;
         let changes = match (status, body) {
-            (Some(200), Some(body)) => Changes::read(&body).and_then(|answer| {
+            (Some(200), Some(body)) => FeedAnswer::from_slice(&body).and_then(|answer| {
                 if self.policy.context.is_some() {
-                    new_keys = self.take_context_keys(&answer);
+                    new_keys = self.take_context_keys(&answer.context_keys);
                 }
-                Changes::parse_value(&answer)
+                Changes::from_answer(&answer).map_err(str::to_owned)
             }),
             (Some(401 | 403), _) => {
                 // Not a passing fault: nothing will change until the configuration does.
@@ -427,29 +428,26 @@ impl<H: Host> Worker<H> {
                     LogLevel::Error,
                     "jwt_authz change feed: the server refused server.epochs_token (401/403): no revocations reach the routes this filter decides, and cached decisions stop being trusted; set it to one of the server's epochs_token / epochs_tokens",
                 );
-                Err("the server refused the feed credential")
+                Err("the server refused the feed credential".to_owned())
             }
             (Some(429), body) => {
                 // A read over its secret's rate: the server says how long to wait (bounded
                 // here: a wrong answer must not silence the feed for long); asking again every
                 // interval from every worker would only add to its load. Without that (too
                 // many held requests), polling plainly goes on at the interval.
-                if let Some(after) = body
-                    .as_deref()
-                    .and_then(authz_core::epochs::refusal_retry_after_ms)
-                {
+                if let Some(after) = body.as_deref().and_then(FeedRefusal::retry_after_ms) {
                     let after = after.clamp(SLOW_DOWN_MS, MAX_SLOW_DOWN_MS);
                     self.versions.slow_down_until_ms = now_ms + after;
                 }
-                Err("the server refused the feed request (429)")
+                Err("the server refused the feed request (429)".to_owned())
             }
-            (Some(_), _) => Err("epochs answered with an error status"),
-            (None, _) => Err("epochs unreachable"),
+            (Some(_), _) => Err("epochs answered with an error status".to_owned()),
+            (None, _) => Err("epochs unreachable".to_owned()),
         };
         let changes = match changes {
             Ok(c) => c,
             Err(why) => {
-                self.poll_failed(why);
+                self.poll_failed(&why);
                 return None;
             }
         };

@@ -9,6 +9,7 @@ use base64::Engine;
 
 pub mod config_reference;
 pub mod grpc;
+pub mod in_process;
 pub mod oidc;
 pub mod replay;
 use serde_json::{json, Value};

@@ -2,66 +2,13 @@
 //! against the real dev IdP process. Envoy is not involved here (see `ext_authz.rs`).
 
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use ext_authz_server::clock::{ManualClock, SharedClock, SystemClock};
+use ext_authz_server::clock::ManualClock;
 use ext_authz_server::config::ServerConfig;
-use ext_authz_server::{serve_with_clock, Listeners};
 use serde_json::json;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::grpc::{check, check_request};
+use tests::in_process::{start, start_with_clock, Server};
 use tests::*;
-use tonic::transport::Channel;
-
-struct Server {
-    client: AuthorizationClient<Channel>,
-    grpc_addr: std::net::SocketAddr,
-    admin_port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-async fn start(yaml: &str) -> Server {
-    start_with_clock(yaml, Arc::new(SystemClock)).await
-}
-
-/// A server on `clock` (a [`ManualClock`] lets a test move the server's time instead of
-/// sleeping).
-async fn start_with_clock(yaml: &str, clock: SharedClock) -> Server {
-    let config = ServerConfig::from_yaml(yaml).expect("valid config");
-    let listeners = Listeners::bind(&config).await.expect("bind");
-    let grpc = listeners.grpc.local_addr().expect("addr");
-    let admin_port = listeners.admin.local_addr().expect("addr").port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        let _ = stopped.await;
-    };
-    tokio::spawn(serve_with_clock(config, listeners, shutdown, clock));
-    // Ready once its start-up probe of the IdP passed (one introspection call, which
-    // [`introspections`] leaves out of the counts tests assert on).
-    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
-    tokio::task::spawn_blocking(move || {
-        eventually(Duration::from_secs(5), || get(&readyz, &[]).status == 200)
-    })
-    .await
-    .expect("readiness wait");
-    let client = AuthorizationClient::connect(format!("http://{grpc}"))
-        .await
-        .expect("connect");
-    Server {
-        client,
-        grpc_addr: grpc,
-        admin_port,
-        stop: Some(stop),
-    }
-}
 
 /// Sends one concurrent Check per token (all at once) and asserts every one is allowed.
 async fn all_allowed(server: &Server, tokens: &[String]) {
@@ -554,9 +501,7 @@ async fn shutdown_reports_not_serving_and_drains() {
         .into_inner()
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
-    if let Some(stop) = server.stop.take() {
-        let _ = stop.send(());
-    }
+    server.stop();
     // Real time: the drain is a tokio timer, not the server's clock.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = health
