@@ -6,13 +6,13 @@
 //! [`MAX_PER_TICK`] leave per tick: past that, checks wait or are dropped (never a denial). The
 //! worker turns a refusal into a revocation; a failure changes nothing.
 //!
-//! What it does not do: decide, or dispatch. The root context dispatches what [`take`] hands
-//! out (it outlives the request, which has been answered already).
+//! What it does not do: decide, or send anything (the worker's `after_answer` sends what
+//! [`take`] hands out, on wake-ups, so the host makes the calls from where it wakes, which
+//! outlives the request: that one has been answered already).
 //!
 //! [`take`]: BackgroundChecks::take
 
-use crate::commands::{BackgroundCheck, BackgroundOrder, OwnedRequest};
-use authz_core::Tier;
+use crate::commands::{BackgroundCheck, CallId};
 use std::collections::{HashMap, VecDeque};
 
 /// Checks waiting to be dispatched, at most (past it a due check is dropped and counted).
@@ -47,15 +47,30 @@ pub struct BackgroundChecks {
     /// Token key → when it may be checked again (ms).
     next_due: HashMap<u128, u64>,
     queue: VecDeque<BackgroundCheck>,
-    /// Dispatched: call token → the check and when it left (ms).
-    in_flight: HashMap<u32, (BackgroundCheck, u64)>,
+    /// Sent: call → the check and when it left (ms).
+    in_flight: HashMap<CallId, (BackgroundCheck, u64)>,
     /// Checks that may leave now (a budget refilled at [`MAX_PER_SECOND`], up to
     /// [`MAX_BURST`]), in thousandths of a check.
     budget_millis: u64,
     budget_at_ms: u64,
+    /// Whether any route is checked after the answer (else allows skip the bookkeeping).
+    enabled: bool,
 }
 
 impl BackgroundChecks {
+    /// The checks of a policy where some route is checked after the answer (`enabled`), or
+    /// none is.
+    pub fn new(enabled: bool) -> BackgroundChecks {
+        BackgroundChecks {
+            enabled,
+            ..BackgroundChecks::default()
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Whether a check of `token` would be queued now (its window passed, room in the queue).
     pub fn is_due(&self, token: u128, now_ms: u64) -> bool {
         self.next_due.get(&token).is_none_or(|due| now_ms >= *due)
@@ -110,172 +125,36 @@ impl BackgroundChecks {
         self.queue.drain(..n).collect()
     }
 
-    /// The host dispatched `check` as call `token` at `now_ms`.
-    pub fn started(&mut self, token: u32, check: BackgroundCheck, now_ms: u64) {
-        self.in_flight.insert(token, (check, now_ms));
-    }
-
-    /// Whether `token` is a background check's call.
-    pub fn owns(&self, token: u32) -> bool {
-        self.in_flight.contains_key(&token)
-    }
-
-    /// The check call `token` answered (or failed).
-    pub fn finished(&mut self, token: u32) -> Option<BackgroundCheck> {
-        self.in_flight.remove(&token).map(|(check, _)| check)
-    }
-}
-
-impl<H: crate::host::Host> crate::worker::Worker<H> {
-    /// An allowed request of `route`: when the route is checked in the background and the
-    /// token is due, its check is queued.
-    pub(crate) fn note_background(
-        &mut self,
-        request: &OwnedRequest,
-        route: &str,
-        tier: Tier,
-        now_ms: u64,
-    ) {
-        if !self.background_routes {
-            return;
+    /// When the next queued check may leave (ms): `None` with none queued.
+    pub fn due_at(&self) -> Option<u64> {
+        if self.queue.is_empty() {
+            return None;
         }
-        let Some(window_ms) = self
-            .policy
-            .routes
-            .named(route)
-            .and_then(|r| r.background_check_ms)
-        else {
-            return;
-        };
-        let Some(bearer) = request.bearer() else {
-            return;
-        };
-        let token = self.keyer.key(bearer);
-        if !self.background.is_due(token, now_ms) {
-            return;
-        }
-        let check = BackgroundCheck {
-            request: request.clone(),
-            route: route.to_owned(),
-            tier,
-            answered_ms: now_ms,
-        };
-        if self.background.note(token, check, window_ms, now_ms) == Noted::Dropped {
-            self.host.count(crate::metrics::Counter::BackgroundDropped);
-        }
+        let missing = 1000u64.saturating_sub(self.budget_millis);
+        Some(self.budget_at_ms + missing.div_ceil(MAX_PER_SECOND))
     }
 
-    /// The checks to dispatch on this tick.
-    pub(crate) fn background_orders(&mut self, now_ms: u64) -> Vec<BackgroundOrder> {
-        let Some(link) = &self.policy.server else {
-            return Vec::new();
-        };
-        let (cluster, timeout) = (
-            link.cluster.clone(),
-            std::time::Duration::from_millis(link.timeout_ms),
-        );
-        self.background
-            .take(now_ms)
-            .into_iter()
-            .map(|check| BackgroundOrder {
-                check,
-                cluster: cluster.clone(),
-                timeout,
-            })
-            .collect()
+    /// `check` left as `call` at `now_ms`.
+    pub fn started(&mut self, call: CallId, check: BackgroundCheck, now_ms: u64) {
+        self.in_flight.insert(call, (check, now_ms));
     }
 
-    /// The host dispatched `order` as call `token`.
-    pub fn background_started(&mut self, token: u32, order: BackgroundOrder, now_ms: u64) {
-        self.host.count(crate::metrics::Counter::BackgroundChecks);
-        self.background.started(token, order.check, now_ms);
+    /// Whether `call` is a background check's.
+    pub fn owns(&self, call: CallId) -> bool {
+        self.in_flight.contains_key(&call)
     }
 
-    /// The host could not dispatch `order`: nothing changes (a failed check never denies).
-    pub fn background_not_started(&self, _order: &BackgroundOrder) {
-        self.host.count(crate::metrics::Counter::BackgroundFailed);
-    }
-
-    /// Whether call `token` is a background check's.
-    pub fn owns_background(&self, token: u32) -> bool {
-        self.background.owns(token)
-    }
-
-    /// The server answered background check `token` (`grpc_status` 0) or the call failed. A
-    /// token the server says it revoked (`CacheDirective::token_revoked`: it verified it and
-    /// the IdP disowns it) is revoked in this worker at once, and the server has revoked it for
-    /// every other through the change feed; anything else (a failure, another refusal) changes
-    /// nothing: the route's answers stay as they were.
-    pub fn on_background_reply(
-        &mut self,
-        token: u32,
-        grpc_status: u32,
-        body: Option<Vec<u8>>,
-        now_ms: u64,
-    ) {
-        use crate::host::LogLevel;
-        use crate::metrics::{Counter, Gauge};
-        use authz_core::decision_cache::CachedOutcome;
-        let Some(check) = self.background.finished(token) else {
-            return;
-        };
-        let reply = match (grpc_status, body) {
-            (0, Some(body)) => authz_core::ext_authz_proto::decode_reply(&body).ok(),
-            _ => None,
-        };
-        let (status, revoked) = match reply {
-            Some(reply) => match reply.outcome {
-                CachedOutcome::Allow { .. } => return,
-                CachedOutcome::Deny { status, .. } => (status, reply.directive.token_revoked),
-            },
-            None => {
-                self.host.count(Counter::BackgroundFailed);
-                return;
-            }
-        };
-        let where_ = format!(
-            "route={} method={} path={} token={} answered_ms_ago={}",
-            check.route,
-            check.request.method,
-            authz_core::routes::path_only(&check.request.path),
-            check.request.token_label(),
-            now_ms.saturating_sub(check.answered_ms)
-        );
-        if !revoked {
-            // Only the server's word that it revoked the token (it verified it, and the IdP
-            // disowns it) revokes it here: a refusal for any other reason (a policy or a
-            // configuration that disagrees, a step-up, the server unable to decide) leaves the
-            // answers as they were, and the next window asks again.
-            self.host.count(Counter::BackgroundFailed);
-            self.host.log(
-                LogLevel::Info,
-                &format!("jwt_authz background check answered {status}; nothing revoked {where_}"),
-            );
-            return;
-        }
-        let Some(bearer) = check.request.bearer() else {
-            return;
-        };
-        let expires_at_ms = authz_core::verify::jws_exp(bearer)
-            .map(|s| u64::try_from(s).unwrap_or(0).saturating_mul(1000));
-        self.revocations.revoke_token(
-            authz_core::token_hash::revocation_digest(bearer),
-            expires_at_ms,
-            now_ms,
-        );
-        self.host
-            .set_gauge(Gauge::Revocations, self.revocations.len() as u64);
-        self.host.count(Counter::BackgroundRevoked);
-        self.host.log(
-            LogLevel::Warn,
-            &format!("jwt_authz allowed, then revoked: the server found the token disowned by the IdP and revoked it; refused from now on in every worker {where_}"),
-        );
+    /// Check `call` answered (or failed).
+    pub fn finished(&mut self, call: CallId) -> Option<BackgroundCheck> {
+        self.in_flight.remove(&call).map(|(check, _)| check)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::OwnedRequest;
+    use authz_core::Tier;
 
     fn check(path: &str) -> BackgroundCheck {
         BackgroundCheck {
@@ -322,6 +201,11 @@ mod tests {
         assert!(checks.take(100_000).is_empty(), "the budget is spent");
         assert_eq!(checks.take(100_250).len(), 16, "64 a second: 16 in 250 ms");
         assert_eq!(checks.take(100_300).len(), 3);
+        // The next may leave when the budget holds one check again: 0.8 of one at 64 a second.
+        assert_eq!(checks.due_at(), Some(100_313));
+        assert!(checks.take(100_312).is_empty());
+        assert_eq!(checks.take(100_313).len(), 1);
+        assert_eq!(BackgroundChecks::default().due_at(), None, "none queued");
         // A token turned away by a full queue was not marked: it is noted again later.
         assert_eq!(
             checks.note(turned_away, check("/y"), 1000, 1),
@@ -340,12 +224,12 @@ mod tests {
         checks.note(2, check("/b"), 1000, 0);
         let mut taken = checks.take(10_000);
         let (first, second) = (taken.remove(0), taken.remove(0));
-        checks.started(7, first.clone(), 10_000);
-        checks.started(8, second, 10_000);
-        assert!(checks.owns(7) && !checks.owns(9));
-        assert_eq!(checks.finished(7), Some(first));
-        assert!(checks.finished(7).is_none());
+        checks.started(CallId(7), first.clone(), 10_000);
+        checks.started(CallId(8), second, 10_000);
+        assert!(checks.owns(CallId(7)) && !checks.owns(CallId(9)));
+        assert_eq!(checks.finished(CallId(7)), Some(first));
+        assert!(checks.finished(CallId(7)).is_none());
         checks.take(10_000 + FORGET_CALL_MS);
-        assert!(!checks.owns(8), "never answered: forgotten");
+        assert!(!checks.owns(CallId(8)), "never answered: forgotten");
     }
 }

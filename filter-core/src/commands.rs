@@ -1,6 +1,8 @@
-//! What the core hands back to its host after an event: a decided request ([`Final`]), a JWKS
-//! fetch, an epochs poll or a Check call to dispatch. The host carries these out after the core
-//! returned (they may re-enter the filter), then reports back with the next event.
+//! What goes into the core and what comes out of it: [`Event`]s the host reports (a request, a
+//! request that ended, a call that ended, a wake-up), and [`Command`]s the core queues for the
+//! host (a decided request to apply, a JWKS fetch, a change-feed request or a Check call to
+//! make). Every call the core asks for has a [`CallId`]; the event that ends the call carries it
+//! back, so no call needs acknowledging when it starts.
 //!
 //! What it does not do: carry anything out. These are plain values (checks after the answer
 //! included: `background` decides when they are due).
@@ -77,8 +79,7 @@ pub enum FetchStage {
     Keys,
 }
 
-/// A JWKS (or metadata) fetch to dispatch; report back with `Worker::fetch_started` or
-/// `Worker::fetch_not_started`.
+/// A JWKS (or metadata) fetch: an HTTP GET of `path` at `authority` through `cluster`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchOrder {
     pub provider: usize,
@@ -90,9 +91,9 @@ pub struct FetchOrder {
     pub reason: FetchReason,
 }
 
-/// A Check call to make for a request; its answer goes to `Worker::on_server_reply`.
+/// A Check call the worker makes for a request (kept while the call is out).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServerCall {
+pub(crate) struct ServerCall {
     pub tier: Tier,
     pub route: String,
     pub cluster: String,
@@ -109,8 +110,8 @@ pub struct ServerCall {
     pub started_ms: u64,
 }
 
-/// An epochs poll to dispatch; report back with `Worker::poll_started`, and its answer goes to
-/// `Worker::on_poll_response`.
+/// A change-feed request: an HTTP GET of `path` at `authority` through `cluster`, with the
+/// `authorization` header `bearer`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollOrder {
     pub cluster: String,
@@ -120,27 +121,6 @@ pub struct PollOrder {
     pub bearer: String,
     /// The call's timeout (a held request's wait plus a margin).
     pub timeout: Duration,
-}
-
-/// The outcome of a new request.
-#[derive(Debug)]
-pub enum RequestStep {
-    Done(Final),
-    /// Paused until keys arrive; dispatch the fetch if one is given.
-    Wait(Option<FetchOrder>),
-    /// Ask the ext_authz server (no usable cached decision).
-    CallServer(ServerCall, OwnedRequest),
-}
-
-/// What a tick asks of the host: fetches, a poll and background checks to dispatch, and
-/// waiting requests that are now decided.
-#[derive(Debug, Default)]
-pub struct TickWork {
-    pub fetches: Vec<FetchOrder>,
-    pub finals: Vec<Final>,
-    pub poll: Option<PollOrder>,
-    /// Checks after the answer to dispatch (report back with `Worker::background_started`).
-    pub background: Vec<BackgroundOrder>,
 }
 
 /// One check to make.
@@ -154,11 +134,89 @@ pub struct BackgroundCheck {
     pub answered_ms: u64,
 }
 
-/// A background check for the host to dispatch from its root context: the Check call's
-/// cluster and deadline, and what it asks about.
+/// A Check call to the ext_authz server.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BackgroundOrder {
-    pub check: BackgroundCheck,
+pub struct CheckOrder {
     pub cluster: String,
     pub timeout: Duration,
+    /// The tier the server is asked to decide at.
+    pub tier: Tier,
+    /// The request it concerns (method, path, the credential).
+    pub request: OwnedRequest,
+    /// What the answer is for.
+    pub purpose: CheckPurpose,
+}
+
+/// Why a Check call is made, which says what the host builds it from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckPurpose {
+    /// To decide the paused request `context_id`: the host sends what Envoy's ext_authz
+    /// filter would (the request's live headers, its source address).
+    Decide { context_id: u32 },
+    /// A check after the answer (the request was answered already and may be gone): built
+    /// from `request` alone and marked as such.
+    AfterAnswer,
+}
+
+/// Names one call the core asked for; unique per worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub u64);
+
+/// What the core asks of its host, in the order [`crate::Worker::poll_output`] hands it out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Apply `action` to request `context_id`: at once if it is the request whose event is
+    /// being handled, else resuming it (it was paused).
+    Decide(Final),
+    /// Make a JWKS or metadata fetch.
+    Fetch { call: CallId, order: FetchOrder },
+    /// Make a change-feed request.
+    Poll { call: CallId, order: PollOrder },
+    /// Make a Check call.
+    Check { call: CallId, order: CheckOrder },
+}
+
+/// How a call ended, as the host saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// An HTTP call's answer: its `:status` (`None` when the call failed: reset, timeout, no
+    /// status) and body.
+    Http {
+        status: Option<u16>,
+        body: Option<Vec<u8>>,
+    },
+    /// A gRPC call's answer: its status (0 is OK) and message.
+    Grpc { status: u32, body: Option<Vec<u8>> },
+    /// The host could not make the call (e.g. no such cluster).
+    NotStarted,
+    /// The call's answer cannot arrive any more (the request it was made from went away, and
+    /// the proxy delivers answers only there). Not a failure of the far side.
+    Abandoned,
+}
+
+/// What the host reports to [`crate::Worker::handle`], with the time it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A request's headers were read (see [`crate::read_request`]).
+    Request {
+        context_id: u32,
+        request: OwnedRequest,
+    },
+    /// A request the filter cannot read: refused (400).
+    Unreadable {
+        context_id: u32,
+        unreadable: crate::read::Unreadable,
+    },
+    /// A request arrived while the host could read no clock: refused (500). The `now` given
+    /// with it is not read.
+    NoClock {
+        context_id: u32,
+        request: OwnedRequest,
+    },
+    /// A request ended (answered, reset or done): nothing more is applied to it.
+    RequestEnded { context_id: u32 },
+    /// A call the core asked for ended.
+    CallEnded { call: CallId, outcome: CallOutcome },
+    /// The time [`crate::Worker::poll_timeout`] named has come (or any later time).
+    Wake,
 }

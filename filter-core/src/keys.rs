@@ -9,7 +9,7 @@
 //! read a clock (every call carries `now`), or own the host (each call that reads or writes
 //! shared data, logs or counts is given it).
 
-use crate::commands::{FetchOrder, FetchStage};
+use crate::commands::{CallId, FetchOrder, FetchStage};
 use crate::host::{Host, LogLevel, SharedWrite};
 use crate::metrics::Counter;
 use authz_core::config::{JwksSource, RemoteJwks};
@@ -29,11 +29,10 @@ struct RemoteSource {
     seen_version: u64,
 }
 
-/// A fetch this worker dispatched.
+/// A fetch this worker asked for.
 struct InFlight {
     provider: usize,
-    /// The context whose `on_http_call_response` receives the answer.
-    owner: u32,
+    cluster: String,
     stage: FetchStage,
     reason: FetchReason,
 }
@@ -51,11 +50,11 @@ const MAX_ABSENT_KIDS: usize = 1_024;
 /// The key sources of one worker.
 pub(crate) struct KeySources {
     sources: Vec<KeySource>,
-    /// Fetch token → the fetch.
-    in_flight: HashMap<u32, InFlight>,
+    /// The fetches out, by call.
+    in_flight: HashMap<CallId, InFlight>,
     /// Keys fetches that follow a metadata fetch, for the host to dispatch.
     follow_ups: Vec<FetchOrder>,
-    /// Providers whose fetch lost its dispatching request: the root fetches them again.
+    /// Providers whose fetch was abandoned: fetched again on the next wake-up.
     orphaned: Vec<usize>,
     /// Bumped whenever any key set changes; cached verifications of older keys are dropped.
     generation: u64,
@@ -157,22 +156,21 @@ impl KeySources {
             .is_some_and(|until| now_ms < *until)
     }
 
-    /// A request went away: the fetches it dispatched can no longer be answered (answers go
-    /// to the dispatching context), but they belong to the worker, not to the request: their
-    /// leases are released without counting a failure, and the next tick fetches again.
-    pub fn forget_owner(&mut self, host: &impl Host, context_id: u32) {
-        let orphaned: Vec<(u32, usize)> = self
-            .in_flight
-            .iter()
-            .filter(|(_, fetch)| fetch.owner == context_id)
-            .map(|(token, fetch)| (*token, fetch.provider))
-            .collect();
-        for (token, provider) in orphaned {
-            self.in_flight.remove(&token);
-            self.update_status(host, provider, FetchStatus::released);
-            if !self.orphaned.contains(&provider) {
-                self.orphaned.push(provider);
-            }
+    /// Whether any key source is fetched (and so looked after on wake-ups).
+    pub fn has_remote(&self) -> bool {
+        self.sources.iter().any(|s| s.remote.is_some())
+    }
+
+    /// A fetch's answer can no longer arrive (the request it was made from went away). The
+    /// fetch belongs to the worker, not to that request: its lease is released without
+    /// counting a failure, and the next wake-up fetches again.
+    pub fn abandoned(&mut self, host: &impl Host, call: CallId) {
+        let Some(fetch) = self.in_flight.remove(&call) else {
+            return;
+        };
+        self.update_status(host, fetch.provider, FetchStatus::released);
+        if !self.orphaned.contains(&fetch.provider) {
+            self.orphaned.push(fetch.provider);
         }
     }
 
@@ -348,8 +346,7 @@ impl KeySources {
         Some((authority.to_owned(), path.to_owned()))
     }
 
-    /// Keys fetches that follow metadata fetches, to dispatch now (from the context that got
-    /// the metadata answer).
+    /// Keys fetches that follow metadata fetches, to make now.
     pub fn take_follow_ups(&mut self) -> Vec<FetchOrder> {
         std::mem::take(&mut self.follow_ups)
     }
@@ -435,14 +432,8 @@ impl KeySources {
         }
     }
 
-    /// Records a dispatched fetch; its answer will reach `context_id`.
-    pub fn fetch_started(
-        &mut self,
-        host: &impl Host,
-        token: u32,
-        order: &FetchOrder,
-        context_id: u32,
-    ) {
+    /// Records a fetch asked for as `call`.
+    pub fn fetch_started(&mut self, host: &impl Host, call: CallId, order: &FetchOrder) {
         host.log(
             LogLevel::Debug,
             &format!(
@@ -452,26 +443,30 @@ impl KeySources {
             ),
         );
         self.in_flight.insert(
-            token,
+            call,
             InFlight {
                 provider: order.provider,
-                owner: context_id,
+                cluster: order.cluster.clone(),
                 stage: order.stage,
                 reason: order.reason,
             },
         );
     }
 
-    pub fn fetch_not_started(&mut self, host: &impl Host, order: &FetchOrder) {
+    /// The host could not make fetch `call`: a failed fetch.
+    pub fn fetch_not_started(&mut self, host: &impl Host, call: CallId) {
+        let Some(fetch) = self.in_flight.remove(&call) else {
+            return;
+        };
         host.log(
             LogLevel::Warn,
             &format!(
                 "jwt_authz jwks fetch could not be dispatched to cluster {}",
-                order.cluster
+                fetch.cluster
             ),
         );
         host.count(Counter::JwksFetchFailed);
-        self.update_status(host, order.provider, FetchStatus::failed);
+        self.update_status(host, fetch.provider, FetchStatus::failed);
     }
 
     fn update_status(
@@ -493,9 +488,9 @@ impl KeySources {
         None
     }
 
-    /// Whether `token` is one of this worker's JWKS fetches.
-    pub fn owns_fetch(&self, token: u32) -> bool {
-        self.in_flight.contains_key(&token)
+    /// Whether `call` is one of this worker's JWKS fetches.
+    pub fn owns_fetch(&self, call: CallId) -> bool {
+        self.in_flight.contains_key(&call)
     }
 
     /// A JWKS (or metadata) fetch answered (`status` is `None` when the call itself failed):
@@ -504,12 +499,12 @@ impl KeySources {
     pub fn on_fetch_response(
         &mut self,
         host: &impl Host,
-        token: u32,
+        call: CallId,
         status: Option<u16>,
         body: Option<Vec<u8>>,
         now_ms: u64,
     ) -> bool {
-        let Some(fetch) = self.in_flight.remove(&token) else {
+        let Some(fetch) = self.in_flight.remove(&call) else {
             return false;
         };
         if fetch.stage == FetchStage::Metadata {

@@ -1,9 +1,10 @@
 //! The filter's protocol rules with no proxy attached: a [`Worker`] state machine per proxy
-//! worker. Events go in (a request's headers, a JWKS fetch answer, a Check reply, an epochs
-//! answer, a tick, a request that ended), each with the time it happened; commands come out
-//! ([`commands`]: decided requests, fetches, polls and Check calls to dispatch). The few calls
-//! that need an answer at once (shared data with compare-and-swap, logs, metrics) go through the
-//! small [`Host`] trait.
+//! worker, sans-IO in the style of `quinn-proto`. [`Event`]s go in through [`Worker::handle`]
+//! with the time they happened (a request's headers, a request that ended, a call that ended,
+//! a wake-up); [`Command`]s come out of [`Worker::poll_output`] (a decided request to apply, a
+//! fetch, a change-feed request or a Check call to make); [`Worker::poll_timeout`] says when to
+//! wake it next. The call order is in [`worker`]'s doc. The few calls that need an answer at
+//! once (shared data with compare-and-swap, logs, metrics) go through the small [`Host`] trait.
 //!
 //! Hosts: `wasm-filter` (proxy-wasm, for Envoy and Istio) turns its callbacks into these events;
 //! a native Envoy module can do the same. Every decision rule comes from `authz-core`; this
@@ -13,20 +14,22 @@
 //! What it does not do: any I/O, read a clock for a decision, or panic (lints deny `unwrap`,
 //! `expect`, `panic` and unchecked indexing).
 
+mod after_answer;
 pub mod background;
 pub mod commands;
 pub mod context;
 pub mod host;
 mod keys;
 pub mod metrics;
+mod outbox;
 pub mod read;
 pub mod server_path;
 pub mod versions;
 pub mod worker;
 
 pub use commands::{
-    BackgroundCheck, BackgroundOrder, FetchOrder, FetchStage, Final, FinalAction, OwnedRequest,
-    PollOrder, RequestStep, ServerCall, TickWork,
+    BackgroundCheck, CallId, CallOutcome, CheckOrder, CheckPurpose, Command, Event, FetchOrder,
+    FetchStage, Final, FinalAction, OwnedRequest, PollOrder,
 };
 pub use host::{Host, LogLevel, SharedWrite};
 pub use metrics::{Counter, Gauge, Histogram};

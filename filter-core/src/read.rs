@@ -24,7 +24,7 @@ pub struct ReadRequest {
 }
 
 /// A request the filter refuses to read, with why.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Unreadable {
     pub request: OwnedRequest,
     /// `None`: not UTF-8, not origin-form, or two credentials.

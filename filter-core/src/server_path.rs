@@ -9,7 +9,7 @@
 //! once). Without a successful poll for `max_unreachable_ms`, cached decisions of tiers above
 //! `authenticated` are not used.
 
-use crate::commands::{Final, FinalAction, OwnedRequest, PollOrder, ServerCall};
+use crate::commands::{Command, Final, FinalAction, OwnedRequest, PollOrder, ServerCall};
 use crate::host::{Host, LogLevel, SharedWrite};
 use crate::metrics::{Counter, Gauge, Histogram};
 use crate::worker::Worker;
@@ -27,7 +27,11 @@ const VERSIONS_KEY: &str = "jwt_authz/v1/server_versions";
 
 impl<H: Host> Worker<H> {
     /// The server call a request needs, if its tier is decided by the server.
-    pub fn server_call_for(&self, request: &OwnedRequest, now_ms: u64) -> Option<ServerCall> {
+    pub(crate) fn server_call_for(
+        &self,
+        request: &OwnedRequest,
+        now_ms: u64,
+    ) -> Option<ServerCall> {
         let link = self.policy.server.as_ref()?;
         let match_path = authz_core::routes::match_path(&request.path);
         let route = self
@@ -44,11 +48,11 @@ impl<H: Host> Worker<H> {
         if !route.tier.requires_server() && route.fresh_cache_ms.is_none() && !opaque {
             return None;
         }
-        let policy_version = self.versions.policy_version;
+        let policy_version = self.link.versions.policy_version;
         Some(ServerCall {
             tier: route.tier,
             key: decision_key(
-                &self.keyer,
+                &self.caches.keyer,
                 token,
                 &request.method,
                 &match_path,
@@ -69,12 +73,12 @@ impl<H: Host> Worker<H> {
         let Some(link) = &self.policy.server else {
             return false;
         };
-        now_ms.saturating_sub(self.versions.last_ok_ms) <= link.max_unreachable_ms
+        now_ms.saturating_sub(self.link.versions.last_ok_ms) <= link.max_unreachable_ms
     }
 
     /// A decision for a server-tier request without calling the server: a local 401 for a
     /// missing token, or a cached decision.
-    pub fn cached_server_decision(
+    pub(crate) fn cached_server_decision(
         &mut self,
         context_id: u32,
         request: &OwnedRequest,
@@ -90,7 +94,7 @@ impl<H: Host> Worker<H> {
             return Some(self.deny(context_id, request, call.tier, &call.route, reason));
         }
         let reachable = self.server_reachable(now_ms);
-        let (result, entry) = self.decisions.lookup(&call.key, now_ms, reachable);
+        let (result, entry) = self.caches.decisions.lookup(&call.key, now_ms, reachable);
         self.host.count(match result {
             LookupResult::Hit => Counter::CacheHit(call.tier),
             LookupResult::Miss => Counter::CacheMiss(call.tier),
@@ -142,13 +146,8 @@ impl<H: Host> Worker<H> {
         }
     }
 
-    /// The host dispatched the Check call of [`Worker::server_call_for`].
-    pub fn server_call_started(&self) {
-        self.host.count(Counter::ServerCalls);
-    }
-
     /// The host could not dispatch the Check call (e.g. no such cluster): fail closed.
-    pub fn server_call_not_started(
+    pub(crate) fn server_call_not_started(
         &self,
         context_id: u32,
         request: &OwnedRequest,
@@ -172,7 +171,7 @@ impl<H: Host> Worker<H> {
     }
 
     /// The server answered a Check (`grpc_status` 0) or the call failed.
-    pub fn on_server_reply(
+    pub(crate) fn on_server_reply(
         &mut self,
         context_id: u32,
         request: &OwnedRequest,
@@ -204,14 +203,15 @@ impl<H: Host> Worker<H> {
         // once polls fail, it says nothing about revocations this worker has not polled for,
         // and only a successful poll renews trust again.
         // (Polls, and so failed polls, exist only when an epochs feed is configured.)
-        let polls_failing = self.versions.failed_polls > 0;
+        let polls_failing = self.link.versions.failed_polls > 0;
         if !reply.directive.state_unconfirmed && !polls_failing {
-            self.versions.last_ok_ms = now_ms;
+            self.link.versions.last_ok_ms = now_ms;
         }
-        if reply.directive.policy_version > self.versions.policy_version {
+        if reply.directive.policy_version > self.link.versions.policy_version {
             self.apply_policy_version(reply.directive.policy_version);
         }
         let lifetime = self
+            .caches
             .decisions
             .caps
             .lifetime_ms(call.tier, reply.directive.ttl_ms, reply.outcome.is_allow())
@@ -221,19 +221,20 @@ impl<H: Host> Worker<H> {
         // replica stamps what it learns out of order at versions it may share with another
         // replica's reply) is used once, never kept (the purge that would remove it may have
         // run already), and an allow for a token or subject revoked since is refused.
-        let older_than_applied = reply.directive.change_version < self.versions.change_version
-            || self.versions.changes_applied_ms >= call.started_ms;
+        let older_than_applied = reply.directive.change_version < self.link.versions.change_version
+            || self.link.versions.changes_applied_ms >= call.started_ms;
         let token = request.bearer().unwrap_or("");
         // Hashed only where used: an older allow is screened, or a current reply cached (never
         // both).
         let digests = || [token_digest(token), revocation_digest(token)];
         if older_than_applied && reply.outcome.is_allow() {
             let subject_revoked_since = reply.directive.subject.as_ref().is_some_and(|s| {
-                self.subjects_applied_ms
+                self.link
+                    .subjects_applied_ms
                     .get(s)
                     .is_some_and(|at| *at >= call.started_ms)
             });
-            if subject_revoked_since || self.revocations.names_token(&digests()) {
+            if subject_revoked_since || self.link.revocations.names_token(&digests()) {
                 return self.deny(
                     context_id,
                     request,
@@ -246,18 +247,18 @@ impl<H: Host> Worker<H> {
         // A reply decided under an older policy than we now enforce is used once, not kept.
         if lifetime > 0
             && !older_than_applied
-            && reply.directive.policy_version == self.versions.policy_version
+            && reply.directive.policy_version == self.link.versions.policy_version
         {
-            let key = if call.policy_version == self.versions.policy_version {
+            let key = if call.policy_version == self.link.versions.policy_version {
                 call.key
             } else {
                 decision_key(
-                    &self.keyer,
+                    &self.caches.keyer,
                     token,
                     &request.method,
                     &call.match_path,
                     &call.route,
-                    self.versions.policy_version,
+                    self.link.versions.policy_version,
                 )
             };
             let [token_digest, revocation_digest] = digests();
@@ -269,11 +270,11 @@ impl<H: Host> Worker<H> {
                 revocation_digest,
                 expires_at_ms: now_ms + lifetime,
             };
-            if let Some(evicted_tier) = self.decisions.insert(key, entry) {
+            if let Some(evicted_tier) = self.caches.decisions.insert(key, entry) {
                 self.host.count(Counter::CacheEvict(evicted_tier));
             }
             self.host
-                .set_gauge(Gauge::CacheEntries, self.decisions.len() as u64);
+                .set_gauge(Gauge::CacheEntries, self.caches.decisions.len() as u64);
         }
         self.replay(context_id, request, call, reply.outcome, "server")
     }
@@ -283,7 +284,7 @@ impl<H: Host> Worker<H> {
             LogLevel::Info,
             &format!(
                 "jwt_authz policy version {} → {version}: cached decisions dropped",
-                self.versions.policy_version
+                self.link.versions.policy_version
             ),
         );
         self.start_over_at(version);
@@ -292,9 +293,9 @@ impl<H: Host> Worker<H> {
     /// Enforces `policy_version` from now on: no decision cached before counts, and no cached
     /// verification either (each token is verified and screened again).
     fn start_over_at(&mut self, policy_version: u64) {
-        self.versions.policy_version = policy_version;
-        self.decisions.clear();
-        self.tokens.clear();
+        self.link.versions.policy_version = policy_version;
+        self.caches.decisions.clear();
+        self.caches.tokens.clear();
         self.host.set_gauge(Gauge::PolicyVersion, policy_version);
         self.host.set_gauge(Gauge::CacheEntries, 0);
     }
@@ -302,45 +303,42 @@ impl<H: Host> Worker<H> {
     /// Whether a change-feed request is due now; marks it started. With push on and working,
     /// a request is always out (the server holds it until something changes or its wait runs
     /// out, and the next goes out when it answers); otherwise one every poll interval.
-    pub fn poll_due(&mut self, now_ms: u64) -> Option<PollOrder> {
+    pub(crate) fn poll_due(&mut self, now_ms: u64) -> Option<PollOrder> {
         let push_wait_ms = self.policy.feed()?.push_wait_ms;
-        if self.versions.poll_in_flight.is_some() {
+        if self.link.versions.poll_in_flight.is_some() {
             // An answer that never came (the host lost the call): give up on it after its
             // timeout and a margin.
-            let limit = poll_timeout(push_wait_ms, self.versions.poll_held).as_millis() as u64;
-            if now_ms.saturating_sub(self.versions.last_poll_started_ms) < limit + 3_000 {
+            let limit = poll_timeout(push_wait_ms, self.link.versions.poll_held).as_millis() as u64;
+            if now_ms.saturating_sub(self.link.versions.last_poll_started_ms) < limit + 3_000 {
                 return None;
             }
-            self.versions.poll_in_flight = None;
+            self.link.versions.poll_in_flight = None;
             self.poll_failed("no answer");
         }
-        if now_ms < self.versions.slow_down_until_ms {
+        if now_ms < self.link.versions.slow_down_until_ms {
             return None;
         }
         let epochs = self.policy.feed()?;
         // The first read of a state (at start, after a server restart) is answered at once:
         // writes fail closed until it is read.
-        let hold = epochs.push_wait_ms > 0 && !self.versions.push_down && self.versions.synced;
-        // Polls run on the worker's timer, whose period is the interval: a tick that fires a
-        // little early must not push the poll to the next tick (a doubled interval).
-        let slack = (epochs.interval_ms / 5).min(50);
-        if !self.versions.poll_now
-            && now_ms.saturating_sub(self.versions.last_poll_started_ms) + slack
-                < epochs.interval_ms
+        let hold =
+            epochs.push_wait_ms > 0 && !self.link.versions.push_down && self.link.versions.synced;
+        if !self.link.versions.poll_now
+            && now_ms.saturating_sub(self.link.versions.last_poll_started_ms) < epochs.interval_ms
         {
             return None;
         }
-        self.versions.poll_now = false;
-        self.versions.last_poll_started_ms = now_ms;
-        self.versions.poll_held = hold;
+        self.link.versions.poll_now = false;
+        self.link.versions.last_poll_started_ms = now_ms;
+        self.link.versions.poll_held = hold;
         let mut path = format!(
             "/admin/epochs?since={}&format=2",
-            self.versions.change_version
+            self.link.versions.change_version
         );
         if hold {
             path.push_str(&format!("&wait_ms={}", epochs.push_wait_ms));
             // A server whose state restarted answers at once instead of holding.
-            if let Some(incarnation) = &self.versions.incarnation {
+            if let Some(incarnation) = &self.link.versions.incarnation {
                 path.push_str("&incarnation=");
                 push_query_value(&mut path, incarnation);
             }
@@ -354,19 +352,36 @@ impl<H: Host> Worker<H> {
         })
     }
 
-    pub fn poll_started(&mut self, token: u32) {
-        self.versions.poll_in_flight = Some(token);
+    /// When the next change-feed request is due (ms), as [`Worker::poll_due`] judges it:
+    /// `None` without a feed.
+    pub(crate) fn feed_due_at(&self) -> Option<u64> {
+        let feed = self.policy.feed()?;
+        let started = self.link.versions.last_poll_started_ms;
+        if self.link.versions.poll_in_flight.is_some() {
+            let limit =
+                poll_timeout(feed.push_wait_ms, self.link.versions.poll_held).as_millis() as u64;
+            return Some(started + limit + 3_000);
+        }
+        let next = if self.link.versions.poll_now {
+            0
+        } else {
+            started + feed.interval_ms
+        };
+        Some(next.max(self.link.versions.slow_down_until_ms))
     }
 
-    pub fn owns_poll(&self, token: u32) -> bool {
-        self.versions.poll_in_flight == Some(token)
+    /// Queues a change-feed request, named, as the one in flight.
+    pub(crate) fn send_poll(&mut self, order: PollOrder) {
+        let call = self.outbox.call_id();
+        self.link.versions.poll_in_flight = Some(call);
+        self.outbox.push(Command::Poll { call, order });
     }
 
     fn poll_failed(&mut self, why: &str) {
         self.host.count(Counter::PollFailed);
-        self.versions.failed_polls += 1;
-        if self.versions.poll_held && !self.versions.push_down {
-            self.versions.push_down = true;
+        self.link.versions.failed_polls += 1;
+        if self.link.versions.poll_held && !self.link.versions.push_down {
+            self.link.versions.push_down = true;
             self.host.set_gauge(Gauge::PushConnected, 0);
             self.host.log(LogLevel::Warn, &format!(
                 "jwt_authz change feed: held request failed ({why}); polling every {} ms until the server answers",
@@ -374,10 +389,10 @@ impl<H: Host> Worker<H> {
             ));
         }
         // Visible, without a line every poll: the first failure and every 40th.
-        if self.versions.failed_polls % 40 == 1 {
+        if self.link.versions.failed_polls % 40 == 1 {
             self.host.log(LogLevel::Warn, &format!(
                 "jwt_authz epochs poll failed ({why}; {} in a row): cached decisions above authenticated stop being trusted {} ms after the last good poll",
-                self.versions.failed_polls,
+                self.link.versions.failed_polls,
                 self.policy.server.as_ref().map(|s| s.max_unreachable_ms).unwrap_or(0)
             ));
         }
@@ -406,13 +421,13 @@ impl<H: Host> Worker<H> {
 
     /// Applies a change-feed answer; returns the next request when it is due at once (a held
     /// request answered: the host dispatches the next one now).
-    pub fn on_poll_response(
+    pub(crate) fn on_poll_response(
         &mut self,
         status: Option<u16>,
         body: Option<Vec<u8>>,
         now_ms: u64,
     ) -> Option<PollOrder> {
-        self.versions.poll_in_flight = None;
+        self.link.versions.poll_in_flight = None;
         let mut new_keys = false;
         let changes = match (status, body) {
             (Some(200), Some(body)) => FeedAnswer::from_slice(&body).and_then(|answer| {
@@ -437,7 +452,7 @@ impl<H: Host> Worker<H> {
                 // many held requests), polling plainly goes on at the interval.
                 if let Some(after) = body.as_deref().and_then(FeedRefusal::retry_after_ms) {
                     let after = after.clamp(SLOW_DOWN_MS, MAX_SLOW_DOWN_MS);
-                    self.versions.slow_down_until_ms = now_ms + after;
+                    self.link.versions.slow_down_until_ms = now_ms + after;
                 }
                 Err("the server refused the feed request (429)".to_owned())
             }
@@ -452,38 +467,39 @@ impl<H: Host> Worker<H> {
             }
         };
         self.host.count(Counter::PollOk);
-        if self.versions.failed_polls > 0 {
+        if self.link.versions.failed_polls > 0 {
             self.host.log(
                 LogLevel::Info,
                 &format!(
                     "jwt_authz epochs poll recovered after {} failure(s)",
-                    self.versions.failed_polls
+                    self.link.versions.failed_polls
                 ),
             );
-            self.versions.failed_polls = 0;
+            self.link.versions.failed_polls = 0;
         }
-        let held_for = now_ms.saturating_sub(self.versions.last_poll_started_ms);
+        let held_for = now_ms.saturating_sub(self.link.versions.last_poll_started_ms);
         let wait_ms = self.policy.feed().map(|e| e.push_wait_ms).unwrap_or(0);
-        if self.versions.poll_held {
+        if self.link.versions.poll_held {
             // Held until a change, or for most of its wait: the server pushes. Answered at once
             // with nothing (a server that does not hold): poll at the interval instead.
             // A held request the server answered at a key period's end is a push too.
             if !changes.is_empty() || new_keys || held_for >= wait_ms / 2 {
                 self.host.count(Counter::PollHeld);
-                self.versions.poll_now = true;
+                self.link.versions.poll_now = true;
                 self.host.set_gauge(Gauge::PushConnected, 1);
             }
-        } else if self.versions.push_down && wait_ms > 0 {
+        } else if self.link.versions.push_down && wait_ms > 0 {
             // The server answers again: try holding at once.
             self.host.log(
                 LogLevel::Info,
                 "jwt_authz change feed: server answers again; back to held requests",
             );
-            self.versions.push_down = false;
-            self.versions.poll_now = true;
+            self.link.versions.push_down = false;
+            self.link.versions.poll_now = true;
         }
         if let Some(incarnation) = &changes.incarnation {
             if self
+                .link
                 .versions
                 .incarnation
                 .as_ref()
@@ -500,56 +516,56 @@ impl<H: Host> Worker<H> {
                     LogLevel::Info,
                     &format!(
                         "jwt_authz epochs: server state restarted; {} cached decision(s) dropped, {} revocation(s) kept; reading its state again",
-                        self.decisions.len(),
-                        self.revocations.len()
+                        self.caches.decisions.len(),
+                        self.link.revocations.len()
                     ),
                 );
-                self.versions.change_version = 0;
-                self.versions.synced = false;
-                self.versions.changes_applied_ms = now_ms;
-                self.revocations.resync();
-                self.versions.poll_now = true;
+                self.link.versions.change_version = 0;
+                self.link.versions.synced = false;
+                self.link.versions.changes_applied_ms = now_ms;
+                self.link.revocations.resync();
+                self.link.versions.poll_now = true;
                 self.start_over_at(changes.policy_version);
-                self.versions.incarnation = Some(incarnation.clone());
+                self.link.versions.incarnation = Some(incarnation.clone());
                 return self.poll_due(now_ms);
             }
-            self.versions.incarnation = Some(incarnation.clone());
+            self.link.versions.incarnation = Some(incarnation.clone());
         }
         // A page of a larger state vouches for nothing yet: the rest is read at once.
         let whole = !changes.more;
         if changes.more {
-            self.versions.poll_now = true;
+            self.link.versions.poll_now = true;
         }
         if changes.confirmed && whole {
-            self.versions.last_ok_ms = now_ms;
+            self.link.versions.last_ok_ms = now_ms;
         }
         self.apply_revocations(&changes, now_ms);
         if changes.confirmed && whole {
-            self.revocations.resynced();
+            self.link.revocations.resynced();
         } else {
             self.host.log(
                 LogLevel::Debug,
                 "jwt_authz epochs: server state unconfirmed; cache trust not renewed",
             );
         }
-        if changes.policy_version > self.versions.policy_version {
+        if changes.policy_version > self.link.versions.policy_version {
             self.apply_policy_version(changes.policy_version);
         }
-        if self.versions.synced {
+        if self.link.versions.synced {
             // One sample per change, bounded per answer.
             for learned in changes.learned_at().take(1_000) {
                 self.host
                     .record(Histogram::RevocationLagMs, now_ms.saturating_sub(learned));
             }
         }
-        if whole && !self.versions.synced && wait_ms > 0 && !self.versions.push_down {
+        if whole && !self.link.versions.synced && wait_ms > 0 && !self.link.versions.push_down {
             // The state is read: from now on the server holds the request (push).
-            self.versions.poll_now = true;
+            self.link.versions.poll_now = true;
         }
-        self.versions.synced |= whole;
-        self.versions.change_version = self.versions.change_version.max(changes.version);
+        self.link.versions.synced |= whole;
+        self.link.versions.change_version = self.link.versions.change_version.max(changes.version);
         self.share_versions();
-        if self.versions.poll_now {
+        if self.link.versions.poll_now {
             self.poll_due(now_ms)
         } else {
             None
@@ -563,35 +579,39 @@ impl<H: Host> Worker<H> {
         if !changes.jtis.is_empty() || !changes.statuses.is_empty() {
             // A decision cache entry does not know its token's `jti` or Status List entry:
             // every entry goes.
-            purged += self.decisions.len();
-            self.decisions.clear();
+            purged += self.caches.decisions.len();
+            self.caches.decisions.clear();
         }
-        let dropped_before = self.revocations.dropped();
+        let dropped_before = self.link.revocations.dropped();
         for jti in &changes.jtis {
-            self.revocations
+            self.link
+                .revocations
                 .revoke_jti(&jti.key, jti.expires_at_ms, now_ms);
         }
         for status in &changes.statuses {
-            self.revocations
+            self.link
+                .revocations
                 .revoke_status(status.entry.clone(), status.expires_at_ms, now_ms);
         }
         if !changes.is_empty() {
-            self.versions.changes_applied_ms = now_ms;
+            self.link.versions.changes_applied_ms = now_ms;
             // Kept as long as a Check call may be in flight (its timeout is at most 30 s).
-            self.subjects_applied_ms
+            self.link
+                .subjects_applied_ms
                 .retain(|_, at| now_ms.saturating_sub(*at) <= 60_000);
         }
         for subject in &changes.subjects {
-            self.subjects_applied_ms
+            self.link
+                .subjects_applied_ms
                 .insert(subject.subject.clone(), now_ms);
             if authz_core::principal::is_client_key(&subject.subject) {
                 // A revoked client's users go too, and a cached decision does not know which
                 // client a user's token came from: every entry goes.
-                purged += self.decisions.len();
-                self.decisions.clear();
+                purged += self.caches.decisions.len();
+                self.caches.decisions.clear();
             }
-            purged += self.decisions.purge_subject(&subject.subject);
-            self.revocations.revoke_subject(
+            purged += self.caches.decisions.purge_subject(&subject.subject);
+            self.link.revocations.revoke_subject(
                 &subject.subject,
                 subject.revoked_at_ms,
                 subject.expires_at_ms,
@@ -599,16 +619,17 @@ impl<H: Host> Worker<H> {
             );
         }
         for token in &changes.tokens {
-            purged += self.decisions.purge_token(&token.key);
-            self.revocations
+            purged += self.caches.decisions.purge_token(&token.key);
+            self.link
+                .revocations
                 .revoke_token(token.key, token.expires_at_ms, now_ms);
         }
-        for _ in dropped_before..self.revocations.dropped() {
+        for _ in dropped_before..self.link.revocations.dropped() {
             self.host.count(Counter::RevocationsDropped);
         }
         if !changes.is_empty() {
             self.host
-                .set_gauge(Gauge::Revocations, self.revocations.len() as u64);
+                .set_gauge(Gauge::Revocations, self.link.revocations.len() as u64);
         }
         if purged > 0 {
             self.host.log(
@@ -616,20 +637,20 @@ impl<H: Host> Worker<H> {
                 &format!("jwt_authz epochs: {purged} cached decision(s) dropped"),
             );
             self.host
-                .set_gauge(Gauge::CacheEntries, self.decisions.len() as u64);
+                .set_gauge(Gauge::CacheEntries, self.caches.decisions.len() as u64);
         }
     }
 
     /// Forgets revocations whose tokens have expired.
     pub(crate) fn prune_revocations(&mut self, now_ms: u64) {
-        if self.revocations.prune(now_ms) > 0 {
+        if self.link.revocations.prune(now_ms) > 0 {
             self.host
-                .set_gauge(Gauge::Revocations, self.revocations.len() as u64);
+                .set_gauge(Gauge::Revocations, self.link.revocations.len() as u64);
         }
     }
 
     /// Publishes what this worker knows, and adopts a newer policy version another worker saw.
-    pub fn share_versions(&mut self) {
+    pub(crate) fn share_versions(&mut self) {
         let (bytes, cas) = self.host.shared_get(VERSIONS_KEY);
         let shared: serde_json::Value = bytes
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -640,17 +661,17 @@ impl<H: Host> Worker<H> {
             .unwrap_or(0);
         // Another worker's policy version counts only if it is about the same server state.
         let same_state = shared.get("incarnation").and_then(|v| v.as_str())
-            == self.versions.incarnation.as_deref();
-        if same_state && shared_policy > self.versions.policy_version {
+            == self.link.versions.incarnation.as_deref();
+        if same_state && shared_policy > self.link.versions.policy_version {
             self.apply_policy_version(shared_policy);
         }
         // Trust is not adopted from another worker: its good poll says nothing about which
         // revocations this worker has applied.
         let mine = json!({
-            "incarnation": self.versions.incarnation,
-            "policy_version": self.versions.policy_version,
-            "change_version": self.versions.change_version.max(shared.get("change_version").and_then(|v| v.as_u64()).unwrap_or(0)),
-            "last_ok_ms": self.versions.last_ok_ms,
+            "incarnation": self.link.versions.incarnation,
+            "policy_version": self.link.versions.policy_version,
+            "change_version": self.link.versions.change_version.max(shared.get("change_version").and_then(|v| v.as_u64()).unwrap_or(0)),
+            "last_ok_ms": self.link.versions.last_ok_ms,
         });
         if mine != shared {
             let written = self

@@ -12,7 +12,7 @@ pub struct KnownVersions {
     /// Last time the server answered a poll or a Check in a way that renews cache trust (ms).
     pub last_ok_ms: u64,
     pub last_poll_started_ms: u64,
-    pub poll_in_flight: Option<u32>,
+    pub poll_in_flight: Option<crate::commands::CallId>,
     /// Polls failed in a row.
     pub failed_polls: u64,
     /// Whether the poll in flight asked the server to hold it (push).

@@ -1,22 +1,36 @@
-//! The state one proxy worker's requests share, and the rules of its local path: the policy,
-//! the key sources (`keys`: key sets, fetches, the lease through which the workers of one
-//! proxy agree on who fetches), the requests waiting for keys, and the caches.
+//! The state one proxy worker's requests share, and the one way in and out of it: events go
+//! in through [`Worker::handle`] with the time they happened, commands come out of
+//! [`Worker::poll_output`], and [`Worker::poll_timeout`] says when the worker next needs a
+//! [`Event::Wake`]. A host keeps to this order:
 //!
-//! It turns events (a request, a tick, a fetch answer) into commands for the host:
-//! [`FetchOrder`]s to dispatch and [`Final`] actions to apply to requests. Key-fetch timing
-//! comes from `authz_core::jwks_refresh`; the shared-data records it coordinates through are
-//! read and written through [`Host`]. It never applies an action itself, so a host can release
-//! its borrow of the worker before making calls that may re-enter the filter.
+//! 1. `handle(event, now)` for each thing that happened (a request's headers, a request that
+//!    ended, a call that ended, the wake-up time reached);
+//! 2. then `poll_output()` until it returns `None`, carrying out each command (the worker is
+//!    not borrowed meanwhile: carrying one out may re-enter the filter). A call that cannot
+//!    start is reported by a later `handle(CallEnded { outcome: NotStarted })`, never from
+//!    inside the loop's borrow;
+//! 3. then `poll_timeout()`, arming its timer for that time (a time in the past: at once).
 //!
-//! What it does not do: read a clock (every event carries `now`), or touch the server path
-//! (`server_path` adds those rules to the same worker).
+//! A request's event that leaves no [`Command::Decide`] for it pauses it: the decision comes
+//! with a later event. `RequestEnded` and an `Abandoned` call queue nothing, so a host may
+//! report them from a callback that runs inside step 2.
+//!
+//! The parts: the policy, the key sources (`keys`: key sets, fetches, the lease through which
+//! the workers of one proxy agree on who fetches), the requests waiting for keys, the Check
+//! calls out for requests, the caches, and the server path (`server_path`, `background`).
+//!
+//! What it does not do: read a clock (every event carries `now`), or carry out a command.
 
 use crate::background::BackgroundChecks;
-use crate::commands::{FetchOrder, Final, FinalAction, OwnedRequest, RequestStep, TickWork};
+use crate::commands::{
+    CallId, CallOutcome, CheckOrder, CheckPurpose, Command, Event, FetchOrder, Final, FinalAction,
+    OwnedRequest, ServerCall,
+};
 use crate::context::ContextSigning;
 use crate::host::{Host, LogLevel};
 use crate::keys::KeySources;
 use crate::metrics::{Counter, Histogram};
+use crate::outbox::Outbox;
 use crate::read::Unreadable;
 use crate::versions::KnownVersions;
 use authz_core::context::Decided;
@@ -51,28 +65,64 @@ pub struct Worker<H: Host> {
     pending: Vec<Pending>,
     /// Whether Envoy's wasm log level lets debug lines through (checked once).
     debug_logs: bool,
-    /// Server decisions (tiers that need the server).
-    pub(crate) decisions: DecisionCache,
-    /// Local JWT verification results.
-    pub(crate) tokens: TokenCache,
-    /// Keys of `tokens` (a keyed fast hash; SHA-256 per request cost more than the rest).
-    pub(crate) keyer: TokenKeyer,
-    /// What this worker knows of the server's versions.
-    pub(crate) versions: KnownVersions,
-    /// Revocations from the change feed, for locally decided tiers that honour them.
-    pub(crate) revocations: RevocationSet,
-    /// Subjects (principal keys) revoked lately → when this worker applied it (ms): a Check
-    /// reply for a call made before that may predate the revocation.
-    pub(crate) subjects_applied_ms: HashMap<String, u64>,
+    /// Server decisions and local verifications.
+    pub(crate) caches: Caches,
+    /// What this worker knows of the server and has learned from its feed.
+    pub(crate) link: ServerLink,
     /// Signing keys from the change feed and signed contexts reused.
     pub(crate) context: ContextSigning,
     /// Checks after the answer, due and in flight.
     pub(crate) background: BackgroundChecks,
-    /// Whether any route is checked after the answer (else allows skip that bookkeeping).
-    pub(crate) background_routes: bool,
+    /// Commands for the host, and call names.
+    pub(crate) outbox: Outbox,
+    /// When the worker last woke (ms): shared data (keys and versions other workers stored) is
+    /// looked at again within [`TICK`].
+    last_wake_ms: Option<u64>,
 }
 
-/// How often the root context wakes up to refresh keys and time out waiting requests.
+/// The worker's caches: keyed by the same secret-keyed hash of the token.
+pub(crate) struct Caches {
+    /// Server decisions (tiers that need the server).
+    pub decisions: DecisionCache,
+    /// Local JWT verification results.
+    pub tokens: TokenCache,
+    /// Keys of both (a keyed fast hash; SHA-256 per request cost more than the rest).
+    pub keyer: TokenKeyer,
+}
+
+/// What the worker holds of the ext_authz server: its versions, its reachability, the
+/// revocations its change feed brought.
+pub(crate) struct ServerLink {
+    /// What this worker knows of the server's versions.
+    pub versions: KnownVersions,
+    /// Revocations from the change feed, for locally decided tiers that honour them.
+    pub revocations: RevocationSet,
+    /// Subjects (principal keys) revoked lately → when this worker applied it (ms): a Check
+    /// reply for a call made before that may predate the revocation.
+    pub subjects_applied_ms: HashMap<String, u64>,
+    /// Check calls out for paused requests.
+    checks: HashMap<CallId, WaitingCheck>,
+}
+
+/// A paused request whose Check call is out.
+struct WaitingCheck {
+    context_id: u32,
+    call: ServerCall,
+    request: OwnedRequest,
+}
+
+/// What a new request comes to, before it is turned into commands.
+enum Step {
+    Done(Final),
+    /// Paused until keys arrive; with the fetch to make, if this request is to make it.
+    Wait(Option<FetchOrder>),
+    /// Ask the ext_authz server (no usable cached decision).
+    CallServer(ServerCall, OwnedRequest),
+}
+
+/// The longest a worker with fetched keys or a change feed sleeps: what the other workers of
+/// the proxy stored in shared data (keys, leases, versions) is read on wake-ups, so this bounds
+/// how late one worker sees another's.
 pub const TICK: Duration = Duration::from_millis(250);
 
 impl<H: Host> Worker<H> {
@@ -116,16 +166,196 @@ impl<H: Host> Worker<H> {
             host,
             keys,
             pending: Vec::new(),
-            decisions,
-            tokens,
-            keyer: TokenKeyer::new(token_cache_key),
-            versions: KnownVersions::default(),
-            revocations,
-            subjects_applied_ms: HashMap::new(),
+            caches: Caches {
+                decisions,
+                tokens,
+                keyer: TokenKeyer::new(token_cache_key),
+            },
+            link: ServerLink {
+                versions: KnownVersions::default(),
+                revocations,
+                subjects_applied_ms: HashMap::new(),
+                checks: HashMap::new(),
+            },
             context: ContextSigning::default(),
-            background: BackgroundChecks::default(),
-            background_routes: policy_has_background_routes,
+            background: BackgroundChecks::new(policy_has_background_routes),
+            outbox: Outbox::default(),
+            last_wake_ms: None,
         }
+    }
+
+    /// Takes in one event that happened at `now_us` (microseconds; the clock only has to be
+    /// the same for every event of this worker). See the module doc for the call order.
+    pub fn handle(&mut self, event: Event, now_us: u64) {
+        let now_ms = now_us / 1000;
+        match event {
+            Event::Request {
+                context_id,
+                request,
+            } => self.on_request(context_id, request, now_us),
+            Event::Unreadable {
+                context_id,
+                unreadable,
+            } => {
+                let decided = self.unreadable(context_id, &unreadable);
+                self.outbox.push(Command::Decide(decided));
+            }
+            Event::NoClock {
+                context_id,
+                request,
+            } => {
+                let tier = self.policy.routes.find(&request.method, &request.path).tier;
+                let decided = self.deny(context_id, &request, tier, "-", DenyReason::Internal);
+                self.outbox.push(Command::Decide(decided));
+            }
+            Event::RequestEnded { context_id } => self.forget(context_id),
+            Event::CallEnded { call, outcome } => self.on_call_ended(call, outcome, now_ms),
+            Event::Wake => self.on_wake(now_ms),
+        }
+    }
+
+    /// The next command for the host, oldest first; `None` once all were handed out.
+    pub fn poll_output(&mut self) -> Option<Command> {
+        self.outbox.pop()
+    }
+
+    /// When the worker next needs an [`Event::Wake`] (ms, the events' clock; possibly past:
+    /// at once), or `None` when nothing is due until the next event: a waiting request's
+    /// deadline, the change feed's next request, a check after the answer the rate lets go,
+    /// and within [`TICK`] of the last wake-up while there are fetched keys or a feed to look
+    /// after.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let periodic = (self.keys.has_remote() || self.policy.feed().is_some()).then(|| {
+            self.last_wake_ms
+                .map_or(0, |at| at + TICK.as_millis() as u64)
+        });
+        let deadline = self.pending.iter().map(|p| p.deadline_ms).min();
+        [
+            periodic,
+            deadline,
+            self.feed_due_at(),
+            self.background.due_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// A call ended: its answer goes to the part that asked for it (a late answer to a call
+    /// nobody waits for any more is dropped).
+    fn on_call_ended(&mut self, call: CallId, outcome: CallOutcome, now_ms: u64) {
+        if self.keys.owns_fetch(call) {
+            self.on_fetch_ended(call, outcome, now_ms);
+        } else if self.link.versions.poll_in_flight == Some(call) {
+            let (status, body) = match outcome {
+                CallOutcome::Http { status, body } => (status, body),
+                _ => (None, None),
+            };
+            if let Some(order) = self.on_poll_response(status, body, now_ms) {
+                // A held request answered: the next one goes out at once (push).
+                self.send_poll(order);
+            }
+        } else if let Some(waiting) = self.link.checks.remove(&call) {
+            let WaitingCheck {
+                context_id,
+                call,
+                request,
+            } = waiting;
+            let decided = match outcome {
+                CallOutcome::Grpc { status, body } => {
+                    self.on_server_reply(context_id, &request, &call, status, body, now_ms)
+                }
+                CallOutcome::NotStarted => {
+                    self.server_call_not_started(context_id, &request, &call)
+                }
+                // The request went away: nothing to apply.
+                CallOutcome::Abandoned => return,
+                CallOutcome::Http { .. } => {
+                    self.on_server_reply(context_id, &request, &call, u32::MAX, None, now_ms)
+                }
+            };
+            self.outbox.push(Command::Decide(decided));
+        } else if self.background.owns(call) {
+            match outcome {
+                CallOutcome::Grpc { status, body } => {
+                    self.on_background_reply(call, status, body, now_ms)
+                }
+                _ => self.background_lost(call),
+            }
+        }
+    }
+
+    /// A key fetch ended: the requests it settles are decided, and a keys fetch that follows
+    /// a metadata answer goes out.
+    fn on_fetch_ended(&mut self, call: CallId, outcome: CallOutcome, now_ms: u64) {
+        let concluded = match outcome {
+            CallOutcome::Http { status, body } => self
+                .keys
+                .on_fetch_response(&self.host, call, status, body, now_ms),
+            CallOutcome::Grpc { .. } => self
+                .keys
+                .on_fetch_response(&self.host, call, None, None, now_ms),
+            CallOutcome::NotStarted => {
+                self.keys.fetch_not_started(&self.host, call);
+                false
+            }
+            CallOutcome::Abandoned => {
+                self.keys.abandoned(&self.host, call);
+                false
+            }
+        };
+        if concluded {
+            self.process_pending(now_ms);
+        }
+        for order in self.keys.take_follow_ups() {
+            self.send_fetch(order);
+        }
+    }
+
+    /// Queues a fetch, named, and records it as this worker's.
+    fn send_fetch(&mut self, order: FetchOrder) {
+        let call = self.outbox.call_id();
+        self.keys.fetch_started(&self.host, call, &order);
+        self.outbox.push(Command::Fetch { call, order });
+    }
+
+    /// Queues a Check call for the paused request `context_id`.
+    fn send_check(&mut self, context_id: u32, call: ServerCall, request: OwnedRequest) {
+        self.host.count(Counter::ServerCalls);
+        let id = self.outbox.call_id();
+        let order = CheckOrder {
+            cluster: call.cluster.clone(),
+            timeout: call.timeout,
+            tier: call.tier,
+            request: request.clone(),
+            purpose: CheckPurpose::Decide { context_id },
+        };
+        self.link.checks.insert(
+            id,
+            WaitingCheck {
+                context_id,
+                call,
+                request,
+            },
+        );
+        self.outbox.push(Command::Check { call: id, order });
+    }
+
+    /// Periodic work: pick up keys other workers stored, start due fetches, settle waiting
+    /// requests, merge server versions with the other workers, and send the change-feed
+    /// request and checks after the answer that are due.
+    fn on_wake(&mut self, now_ms: u64) {
+        self.last_wake_ms = Some(now_ms);
+        for order in self.keys.on_tick(&self.host, now_ms) {
+            self.send_fetch(order);
+        }
+        self.process_pending(now_ms);
+        self.share_versions();
+        self.prune_revocations(now_ms);
+        if let Some(order) = self.poll_due(now_ms) {
+            self.send_poll(order);
+        }
+        self.send_background(now_ms);
     }
 
     /// Decides a request on the local path, reusing cached verifications of hot tokens. Only
@@ -136,10 +366,9 @@ impl<H: Host> Worker<H> {
         let Worker {
             policy,
             keys,
-            tokens,
-            keyer,
+            caches: Caches { tokens, keyer, .. },
             host,
-            revocations,
+            link: ServerLink { revocations, .. },
             ..
         } = self;
         let generation = keys.generation();
@@ -328,7 +557,7 @@ impl<H: Host> Worker<H> {
             scopes: &token.claims.scopes,
             tier,
             tenant,
-            policy_version: self.versions.policy_version,
+            policy_version: self.link.versions.policy_version,
             method: &request.method,
             route,
             token_claims: Some(&token.claims.raw),
@@ -336,7 +565,7 @@ impl<H: Host> Worker<H> {
         };
         match self
             .context
-            .context_for(settings, &self.keyer, bearer, &decided, now_seconds)
+            .context_for(settings, &self.caches.keyer, bearer, &decided, now_seconds)
         {
             Some((context, reused)) => {
                 self.host.count(if reused {
@@ -375,7 +604,7 @@ impl<H: Host> Worker<H> {
     }
 
     /// A 400 for a request the filter cannot read (see [`crate::read_request`]).
-    pub fn unreadable(&self, context_id: u32, unreadable: &Unreadable) -> Final {
+    fn unreadable(&self, context_id: u32, unreadable: &Unreadable) -> Final {
         if let Some(ambiguity) = unreadable.ambiguity {
             self.host.log(
                 LogLevel::Info,
@@ -395,24 +624,26 @@ impl<H: Host> Worker<H> {
         )
     }
 
-    /// A deny for a request that cannot even be decided (e.g. no clock).
-    pub fn internal_deny(&self, context_id: u32, request: &OwnedRequest) -> Final {
-        let tier = self.policy.routes.find(&request.method, &request.path).tier;
-        self.deny(context_id, request, tier, "-", DenyReason::Internal)
+    /// A new request: decided at once, paused for keys (with the fetch it makes), or paused
+    /// for a Check call.
+    fn on_request(&mut self, context_id: u32, request: OwnedRequest, now_us: u64) {
+        match self.request_step(context_id, request, now_us) {
+            Step::Done(decided) => self.outbox.push(Command::Decide(decided)),
+            Step::Wait(order) => {
+                if let Some(order) = order {
+                    self.send_fetch(order);
+                }
+            }
+            Step::CallServer(call, request) => self.send_check(context_id, call, request),
+        }
     }
 
-    /// Decides a new request.
-    pub fn on_request(
-        &mut self,
-        context_id: u32,
-        request: OwnedRequest,
-        now_us: u64,
-    ) -> RequestStep {
+    fn request_step(&mut self, context_id: u32, request: OwnedRequest, now_us: u64) -> Step {
         let now_ms = now_us / 1000;
         if let Some(call) = self.server_call_for(&request, now_ms) {
             return match self.cached_server_decision(context_id, &request, &call, now_ms) {
-                Some(done) => RequestStep::Done(done),
-                None => RequestStep::CallServer(call, request),
+                Some(done) => Step::Done(done),
+                None => Step::CallServer(call, request),
             };
         }
         let mut decision = self.decide(&request, now_us);
@@ -426,7 +657,7 @@ impl<H: Host> Worker<H> {
             provider, failure, ..
         } = &decision
         else {
-            return RequestStep::Done(self.finish(context_id, &request, decision, now_ms));
+            return Step::Done(self.finish(context_id, &request, decision, now_ms));
         };
         // Keys were loaded but fail this token (unknown or rotated `kid`): a refetch any client
         // can cause, so it is rate-limited.
@@ -434,7 +665,7 @@ impl<H: Host> Worker<H> {
         let refetch = miss.is_some();
         let Some(status) = self.keys.read_status(&self.host, provider) else {
             // Keys are inline (or HMAC): nothing to fetch.
-            return RequestStep::Done(self.finish(context_id, &request, decision, now_ms));
+            return Step::Done(self.finish(context_id, &request, decision, now_ms));
         };
         let unknown_kid = match failure {
             VerifyFailure::UnknownKey { kid, .. } => Some(kid.clone()),
@@ -443,7 +674,7 @@ impl<H: Host> Worker<H> {
         if let Some(kid) = &unknown_kid {
             if self.keys.proven_absent(provider, kid, now_ms) {
                 // A refetch just proved it absent: refused, no refetch taken.
-                return RequestStep::Done(self.finish(context_id, &request, decision, now_ms));
+                return Step::Done(self.finish(context_id, &request, decision, now_ms));
             }
         }
         let order = self.keys.try_lease(&self.host, provider, now_ms, miss);
@@ -457,7 +688,7 @@ impl<H: Host> Worker<H> {
                         Decision::AwaitKeys { tier, route, .. } => (*tier, route.clone()),
                         _ => (Tier::Authenticated, String::new()),
                     };
-                    return RequestStep::Done(self.deny(
+                    return Step::Done(self.deny(
                         context_id,
                         &request,
                         tier,
@@ -465,7 +696,7 @@ impl<H: Host> Worker<H> {
                         DenyReason::KeysUnavailable,
                     ));
                 }
-                return RequestStep::Done(self.finish(context_id, &request, decision, now_ms));
+                return Step::Done(self.finish(context_id, &request, decision, now_ms));
             }
             if order.is_some() {
                 self.host.count(Counter::JwksFetchUnknownKid);
@@ -480,76 +711,18 @@ impl<H: Host> Worker<H> {
             deadline_ms: now_ms + self.policy.key_wait_timeout_ms,
             fetches_seen: status.completed_fetches,
         });
-        RequestStep::Wait(order)
+        Step::Wait(order)
     }
 
-    /// A request ended (or was reset). Its waiting entry goes. A fetch it dispatched can no
-    /// longer be answered (answers go to the dispatching context), but the fetch belongs to the
-    /// worker, not to the request: its lease is released without counting a failure, and the
-    /// root context dispatches it again on its next tick.
-    pub fn forget(&mut self, context_id: u32) {
+    /// A request ended (or was reset): its waiting entry and its Check call go. A fetch it
+    /// made is the host's to report `Abandoned` (its answer can no longer arrive).
+    fn forget(&mut self, context_id: u32) {
         self.pending.retain(|p| p.context_id != context_id);
-        self.keys.forget_owner(&self.host, context_id);
-    }
-
-    /// Keys fetches that follow metadata fetches, to dispatch now (from the context that got
-    /// the metadata answer).
-    pub fn take_follow_ups(&mut self) -> Vec<FetchOrder> {
-        self.keys.take_follow_ups()
-    }
-
-    /// Records a dispatched fetch; its answer will reach `context_id`.
-    pub fn fetch_started(&mut self, token: u32, order: &FetchOrder, context_id: u32) {
-        self.keys
-            .fetch_started(&self.host, token, order, context_id);
-    }
-
-    pub fn fetch_not_started(&mut self, order: &FetchOrder) {
-        self.keys.fetch_not_started(&self.host, order);
-    }
-
-    /// Whether `token` is one of this worker's JWKS fetches.
-    pub fn owns_fetch(&self, token: u32) -> bool {
-        self.keys.owns_fetch(token)
-    }
-
-    /// A JWKS fetch answered (`status` is `None` when the call itself failed): the waiting
-    /// requests it settles.
-    pub fn on_fetch_response(
-        &mut self,
-        token: u32,
-        status: Option<u16>,
-        body: Option<Vec<u8>>,
-        now_ms: u64,
-    ) -> Vec<Final> {
-        if self
-            .keys
-            .on_fetch_response(&self.host, token, status, body, now_ms)
-        {
-            self.process_pending(now_ms)
-        } else {
-            Vec::new()
-        }
-    }
-
-    /// Periodic work: pick up keys other workers stored, start due fetches, settle waiting
-    /// requests, merge server versions with the other workers, and poll the epochs feed when
-    /// due (the host reports a dispatched poll with [`Worker::poll_started`]).
-    pub fn on_tick(&mut self, now_ms: u64) -> TickWork {
-        let orders = self.keys.on_tick(&self.host, now_ms);
-        let finals = self.process_pending(now_ms);
-        self.share_versions();
-        self.prune_revocations(now_ms);
-        TickWork {
-            fetches: orders,
-            finals,
-            poll: self.poll_due(now_ms),
-            background: self.background_orders(now_ms),
-        }
+        self.link.checks.retain(|_, c| c.context_id != context_id);
     }
 
     /// Decides again every waiting request that can now be decided.
-    fn process_pending(&mut self, now_ms: u64) -> Vec<Final> {
+    fn process_pending(&mut self, now_ms: u64) {
         let mut finals = Vec::new();
         let mut still_waiting = Vec::new();
         for p in std::mem::take(&mut self.pending) {
@@ -588,6 +761,8 @@ impl<H: Host> Worker<H> {
             }
         }
         self.pending = still_waiting;
-        finals
+        for decided in finals {
+            self.outbox.push(Command::Decide(decided));
+        }
     }
 }

@@ -17,8 +17,8 @@ use authz_core::ext_authz_proto::{
 use authz_core::Policy;
 use dev_keys::{KeyAlgorithm, SigningKey};
 use filter_core::{
-    Counter, FetchOrder, Final, FinalAction, Gauge, Histogram, Host, LogLevel, OwnedRequest,
-    PollOrder, RequestStep, ServerCall, SharedWrite, Worker,
+    CallId, CallOutcome, CheckOrder, CheckPurpose, Command, Counter, Event, FetchOrder, Final,
+    FinalAction, Gauge, Histogram, Host, LogLevel, OwnedRequest, PollOrder, SharedWrite, Worker,
 };
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -182,22 +182,120 @@ fn status_of(step: &Final) -> u16 {
     }
 }
 
-fn done(step: RequestStep) -> Final {
-    match step {
-        RequestStep::Done(f) => f,
-        other => panic!("expected a decision, got {other:?}"),
+/// What the commands one event left in the queue asked for, by kind, in queue order.
+#[derive(Debug, Default)]
+struct Out {
+    finals: Vec<Final>,
+    fetches: Vec<(CallId, FetchOrder)>,
+    polls: Vec<(CallId, PollOrder)>,
+    checks: Vec<(CallId, CheckOrder)>,
+}
+
+impl Out {
+    fn is_empty(&self) -> bool {
+        self.finals.is_empty()
+            && self.fetches.is_empty()
+            && self.polls.is_empty()
+            && self.checks.is_empty()
+    }
+
+    /// The one decision of a request decided at once (and nothing else asked for).
+    fn done(self) -> Final {
+        assert!(
+            self.finals.len() == 1 && self.fetches.is_empty() && self.checks.is_empty(),
+            "expected a decision, got {self:?}"
+        );
+        self.finals.into_iter().next().unwrap()
+    }
+
+    /// A request paused for keys: the fetch it makes, if it is the one to make it.
+    fn waits(self) -> Option<(CallId, FetchOrder)> {
+        assert!(
+            self.finals.is_empty() && self.checks.is_empty() && self.fetches.len() <= 1,
+            "expected a wait, got {self:?}"
+        );
+        self.fetches.into_iter().next()
+    }
+
+    /// A request paused for a Check call: the call and what it asks.
+    fn check(self) -> (CallId, CheckOrder) {
+        assert!(
+            self.finals.is_empty() && self.checks.len() == 1,
+            "expected a Check call, got {self:?}"
+        );
+        self.checks.into_iter().next().unwrap()
+    }
+
+    /// The change-feed request this asked for, if any.
+    fn poll(&self) -> Option<(CallId, PollOrder)> {
+        assert!(
+            self.polls.len() <= 1,
+            "one feed request at a time: {self:?}"
+        );
+        self.polls.first().cloned()
     }
 }
 
-fn waits(step: RequestStep) -> Option<FetchOrder> {
-    match step {
-        RequestStep::Wait(order) => order,
-        other => panic!("expected a wait, got {other:?}"),
+/// Driving a worker as a host does: one event, then every command it queued.
+trait Drive {
+    fn event(&mut self, event: Event, now_ms: u64) -> Out;
+
+    fn request(&mut self, context_id: u32, request: OwnedRequest, now_ms: u64) -> Out {
+        self.event(
+            Event::Request {
+                context_id,
+                request,
+            },
+            now_ms,
+        )
+    }
+
+    fn wake(&mut self, now_ms: u64) -> Out {
+        self.event(Event::Wake, now_ms)
+    }
+
+    /// An HTTP call's answer (`status` `None`: the call failed).
+    fn answer(
+        &mut self,
+        call: CallId,
+        status: Option<u16>,
+        body: Option<Vec<u8>>,
+        now_ms: u64,
+    ) -> Out {
+        let outcome = CallOutcome::Http { status, body };
+        self.event(Event::CallEnded { call, outcome }, now_ms)
+    }
+
+    /// A gRPC call's answer.
+    fn grpc(&mut self, call: CallId, status: u32, body: Option<Vec<u8>>, now_ms: u64) -> Out {
+        let outcome = CallOutcome::Grpc { status, body };
+        self.event(Event::CallEnded { call, outcome }, now_ms)
+    }
+
+    /// A call ended without an answer (`NotStarted`, `Abandoned`).
+    fn lost(&mut self, call: CallId, outcome: CallOutcome, now_ms: u64) -> Out {
+        self.event(Event::CallEnded { call, outcome }, now_ms)
+    }
+
+    fn ended(&mut self, context_id: u32, now_ms: u64) -> Out {
+        self.event(Event::RequestEnded { context_id }, now_ms)
     }
 }
 
-fn us(ms: u64) -> u64 {
-    ms * 1000
+impl<H: Host> Drive for Worker<H> {
+    fn event(&mut self, event: Event, now_ms: u64) -> Out {
+        self.handle(event, now_ms * 1000);
+        let mut out = Out::default();
+        while let Some(command) = self.poll_output() {
+            match command {
+                Command::Decide(decided) => out.finals.push(decided),
+                Command::Fetch { call, order } => out.fetches.push((call, order)),
+                Command::Poll { call, order } => out.polls.push((call, order)),
+                Command::Check { call, order } => out.checks.push((call, order)),
+            }
+        }
+        out
+    }
 }
 
 #[test]
@@ -208,28 +306,29 @@ fn two_workers_contend_for_one_fetch_and_both_get_the_keys() {
     let (mut b, b_host) = worker(&store);
     let token = idp.token("alice");
 
-    let order = waits(a.on_request(10, get("/things", Some(&token)), us(T0)));
-    let order = order.expect("the first worker wins the lease");
-    a.fetch_started(1, &order, 10);
+    let (fetch, _) = a
+        .request(10, get("/things", Some(&token)), T0)
+        .waits()
+        .expect("the first worker wins the lease");
     // The second worker sees the lease in flight: it waits without fetching.
-    assert_eq!(
-        waits(b.on_request(20, get("/things", Some(&token)), us(T0))),
-        None
-    );
+    assert!(b
+        .request(20, get("/things", Some(&token)), T0)
+        .waits()
+        .is_none());
     assert!(
-        b.on_tick(T0 + 10).fetches.is_empty(),
+        b.wake(T0 + 10).fetches.is_empty(),
         "no second fetch while leased"
     );
 
-    let finals = a.on_fetch_response(1, Some(200), Some(idp.jwks()), T0 + 50);
+    let finals = a.answer(fetch, Some(200), Some(idp.jwks()), T0 + 50).finals;
     assert_eq!(finals.len(), 1);
     assert_eq!((finals[0].context_id, status_of(&finals[0])), (10, 200));
-    // The other worker picks the stored keys up on its next tick, without fetching.
-    let tick = b.on_tick(T0 + 250);
-    assert!(tick.fetches.is_empty());
-    assert_eq!(tick.finals.len(), 1);
+    // The other worker picks the stored keys up on its next wake-up, without fetching.
+    let woke = b.wake(T0 + 250);
+    assert!(woke.fetches.is_empty());
+    assert_eq!(woke.finals.len(), 1);
     assert_eq!(
-        (tick.finals[0].context_id, status_of(&tick.finals[0])),
+        (woke.finals[0].context_id, status_of(&woke.finals[0])),
         (20, 200)
     );
     assert_eq!(b_host.count(Counter::JwksFetchOk), 0);
@@ -242,26 +341,36 @@ fn a_fetch_whose_request_went_away_is_dispatched_again_and_serves_the_others() {
     let old = Idp::new("k1");
     let rotated = Idp::new("k2");
     let (mut a, _) = worker(&store);
-    let order = waits(a.on_request(1, get("/x", Some(&old.token("a"))), us(T0))).expect("lease");
-    a.fetch_started(1, &order, 1);
-    a.on_fetch_response(1, Some(200), Some(old.jwks()), T0 + 10);
+    let (fetch, _) = a
+        .request(1, get("/x", Some(&old.token("a"))), T0)
+        .waits()
+        .expect("lease");
+    a.answer(fetch, Some(200), Some(old.jwks()), T0 + 10);
 
-    // Keys rotate: a request with the new kid dispatches a fetch, another waits on it.
+    // Keys rotate: a request with the new kid makes a fetch, another waits on it.
     let token = rotated.token("b");
-    let order = waits(a.on_request(10, get("/x", Some(&token)), us(T0 + 100))).expect("lease");
-    a.fetch_started(2, &order, 10);
-    assert_eq!(
-        waits(a.on_request(11, get("/x", Some(&token)), us(T0 + 101))),
-        None
-    );
-    // The request that dispatched the fetch ends: its answer can no longer arrive. No
-    // scheduled fetch is due, but the worker fetches again at once for the one still waiting.
-    a.forget(10);
-    assert!(!a.owns_fetch(2));
-    let tick = a.on_tick(T0 + 200);
-    assert_eq!(tick.fetches.len(), 1, "the root fetches again");
-    a.fetch_started(3, &tick.fetches[0], 1);
-    let finals = a.on_fetch_response(3, Some(200), Some(rotated.jwks()), T0 + 250);
+    let (fetch, _) = a
+        .request(10, get("/x", Some(&token)), T0 + 100)
+        .waits()
+        .expect("lease");
+    assert!(a
+        .request(11, get("/x", Some(&token)), T0 + 101)
+        .waits()
+        .is_none());
+    // The request that made the fetch ends: its answer can no longer arrive (the host says
+    // so). No scheduled fetch is due, but the worker fetches again at once for the one still
+    // waiting, and a late answer to the abandoned call counts for nothing.
+    assert!(a.ended(10, T0 + 150).is_empty());
+    assert!(a.lost(fetch, CallOutcome::Abandoned, T0 + 150).is_empty());
+    let woke = a.wake(T0 + 200);
+    assert_eq!(woke.fetches.len(), 1, "fetched again on the next wake-up");
+    assert!(a
+        .answer(fetch, Some(200), Some(rotated.jwks()), T0 + 210)
+        .is_empty());
+    let (again, _) = woke.fetches[0].clone();
+    let finals = a
+        .answer(again, Some(200), Some(rotated.jwks()), T0 + 250)
+        .finals;
     assert_eq!(finals.len(), 1);
     assert_eq!((finals[0].context_id, status_of(&finals[0])), (11, 200));
 }
@@ -272,20 +381,25 @@ fn waiting_requests_end_at_their_deadline_and_a_failed_fetch_keeps_them_closed()
     let idp = Idp::new("k1");
     let (mut a, _) = worker(&store);
     let token = idp.token("alice");
-    let order = waits(a.on_request(10, get("/things", Some(&token)), us(T0))).expect("lease");
-    a.fetch_started(1, &order, 10);
+    let (fetch, _) = a
+        .request(10, get("/things", Some(&token)), T0)
+        .waits()
+        .expect("lease");
     // Nothing for 1.9 s: still waiting.
-    assert!(a.on_tick(T0 + 1_900).finals.is_empty());
+    assert!(a.wake(T0 + 1_900).finals.is_empty());
     // At the 2 s deadline: fail closed (no keys at all: 503, not the client's fault).
-    let finals = a.on_tick(T0 + 2_000).finals;
+    let finals = a.wake(T0 + 2_000).finals;
     assert_eq!(finals.len(), 1);
     assert_eq!(status_of(&finals[0]), 503);
-    // A late failure answer decides nothing and leaves no keys.
+    // A late failure answer decides nothing and leaves no keys: the next request waits too
+    // (`waits` fails on a decision).
     assert!(a
-        .on_fetch_response(1, Some(500), Some(b"oops".to_vec()), T0 + 2_100)
+        .answer(fetch, Some(500), Some(b"oops".to_vec()), T0 + 2_100)
+        .finals
         .is_empty());
-    let next = a.on_request(12, get("/things", Some(&token)), us(T0 + 2_200));
-    assert!(matches!(next, RequestStep::Wait(_)), "{next:?}");
+    let _next = a
+        .request(12, get("/things", Some(&token)), T0 + 2_200)
+        .waits();
 }
 
 #[test]
@@ -297,40 +411,54 @@ fn unknown_kids_draw_on_a_small_refetch_budget_so_junk_does_not_starve_a_rotatio
     let more_junk = Idp::new("k4");
     let flood = Idp::new("k5");
     let (mut a, host) = worker(&store);
-    let order = waits(a.on_request(1, get("/x", Some(&old.token("a"))), us(T0))).expect("lease");
-    a.fetch_started(1, &order, 1);
-    a.on_fetch_response(1, Some(200), Some(old.jwks()), T0 + 10);
+    let (fetch, _) = a
+        .request(1, get("/x", Some(&old.token("a"))), T0)
+        .waits()
+        .expect("lease");
+    a.answer(fetch, Some(200), Some(old.jwks()), T0 + 10);
     // A kid the keys lack: one fetch.
-    let order = waits(a.on_request(2, get("/x", Some(&junk.token("b"))), us(T0 + 20)));
-    let order = order.expect("an unknown kid fetches");
-    a.fetch_started(2, &order, 2);
-    let finals = a.on_fetch_response(2, Some(200), Some(old.jwks()), T0 + 30);
+    let (fetch, _) = a
+        .request(2, get("/x", Some(&junk.token("b"))), T0 + 20)
+        .waits()
+        .expect("an unknown kid fetches");
+    let finals = a.answer(fetch, Some(200), Some(old.jwks()), T0 + 30).finals;
     assert_eq!(status_of(&finals[0]), 401, "still unknown after the fetch");
     // That kid is proven absent: refused at once, without asking for a refetch.
-    let again = done(a.on_request(3, get("/x", Some(&junk.token("c"))), us(T0 + 40)));
+    let again = a
+        .request(3, get("/x", Some(&junk.token("c"))), T0 + 40)
+        .done();
     assert_eq!(status_of(&again), 401);
     assert_eq!(host.count(Counter::UnknownKidRateLimited), 0);
     // A rotation right after the junk: its new kid is fetched at once, and its token passes.
     let rotated_token = rotated.token("d");
-    let order = waits(a.on_request(4, get("/x", Some(&rotated_token)), us(T0 + 50)));
-    let order = order.expect("the budget still has room");
-    a.fetch_started(3, &order, 4);
+    let (fetch, _) = a
+        .request(4, get("/x", Some(&rotated_token)), T0 + 50)
+        .waits()
+        .expect("the budget still has room");
     let both = dev_keys::jwks(&[&old.key, &rotated.key])
         .to_string()
         .into_bytes();
-    let finals = a.on_fetch_response(3, Some(200), Some(both.clone()), T0 + 60);
+    let finals = a
+        .answer(fetch, Some(200), Some(both.clone()), T0 + 60)
+        .finals;
     assert_eq!(status_of(&finals[0]), 200);
     // The third and last of the burst.
-    let order = waits(a.on_request(5, get("/x", Some(&more_junk.token("e"))), us(T0 + 70)));
-    a.fetch_started(4, &order.expect("third"), 5);
-    a.on_fetch_response(4, Some(200), Some(both), T0 + 80);
+    let (fetch, _) = a
+        .request(5, get("/x", Some(&more_junk.token("e"))), T0 + 70)
+        .waits()
+        .expect("third");
+    a.answer(fetch, Some(200), Some(both), T0 + 80);
     // Spent: a kid nobody has looked for yet is "try again" (503 + Retry-After), no fetch.
-    let later = done(a.on_request(6, get("/x", Some(&flood.token("f"))), us(T0 + 90)));
+    let later = a
+        .request(6, get("/x", Some(&flood.token("f"))), T0 + 90)
+        .done();
     assert_eq!(status_of(&later), 503);
     assert_eq!(host.count(Counter::UnknownKidRateLimited), 1);
     assert_eq!(host.count(Counter::JwksFetchUnknownKid), 3);
     // One more per interval (1 s).
-    let order = waits(a.on_request(7, get("/x", Some(&flood.token("g"))), us(T0 + 1_100)));
+    let order = a
+        .request(7, get("/x", Some(&flood.token("g"))), T0 + 1_100)
+        .waits();
     assert!(order.is_some(), "refilled");
 }
 
@@ -341,28 +469,33 @@ fn a_key_rotated_behind_the_same_kid_is_refetched_and_the_retired_key_refused_at
     let current = Idp::new("k1");
     let (mut a, host) = worker(&store);
     let old_token = retired.token("a");
-    let order = waits(a.on_request(1, get("/x", Some(&old_token)), us(T0))).expect("lease");
-    a.fetch_started(1, &order, 1);
-    a.on_fetch_response(1, Some(200), Some(retired.jwks()), T0 + 10);
+    let (fetch, _) = a
+        .request(1, get("/x", Some(&old_token)), T0)
+        .waits()
+        .expect("lease");
+    a.answer(fetch, Some(200), Some(retired.jwks()), T0 + 10);
     // The retired key's token is allowed, and its verification is now cached.
-    let allowed = done(a.on_request(2, get("/x", Some(&old_token)), us(T0 + 20)));
+    let allowed = a.request(2, get("/x", Some(&old_token)), T0 + 20).done();
     assert_eq!(status_of(&allowed), 200);
 
     // The IdP restarts with a new key under the same kid. Its tokens fail the loaded key: one
     // refetch (rate-limited like an unknown kid), then they pass.
     let new_token = current.token("b");
-    let order = waits(a.on_request(3, get("/x", Some(&new_token)), us(T0 + 30)))
+    let (fetch, _) = a
+        .request(3, get("/x", Some(&new_token)), T0 + 30)
+        .waits()
         .expect("a signature the loaded key for its kid rejects refetches");
-    a.fetch_started(2, &order, 3);
-    let finals = a.on_fetch_response(2, Some(200), Some(current.jwks()), T0 + 40);
+    let finals = a
+        .answer(fetch, Some(200), Some(current.jwks()), T0 + 40)
+        .finals;
     assert_eq!((finals[0].context_id, status_of(&finals[0])), (3, 200));
     // The refetched set no longer holds the retired key: its token is refused at once,
     // although its verification was cached.
-    let refused = done(a.on_request(4, get("/x", Some(&old_token)), us(T0 + 50)));
+    let refused = a.request(4, get("/x", Some(&old_token)), T0 + 50).done();
     assert_eq!(status_of(&refused), 401);
     // Forged signatures cannot turn into a fetch flood: within the interval, denied at once.
     let forged = dev_keys::with_flipped_signature(&new_token);
-    let denied = done(a.on_request(5, get("/x", Some(&forged)), us(T0 + 60)));
+    let denied = a.request(5, get("/x", Some(&forged)), T0 + 60).done();
     assert_eq!(status_of(&denied), 401);
     assert_eq!(host.count(Counter::JwksFetchUnknownKid), 1);
     assert_eq!(host.count(Counter::UnknownKidRateLimited), 2);
@@ -390,33 +523,38 @@ fn discovery_reads_the_metadata_then_the_keys_it_names() {
     let idp = Idp::new("k1");
     let (mut a, host) = discovery_worker(&store);
     let token = idp.token("alice");
-    let order = waits(a.on_request(1, get("/x", Some(&token)), us(T0))).expect("lease");
+    let (fetch, order) = a
+        .request(1, get("/x", Some(&token)), T0)
+        .waits()
+        .expect("lease");
     assert_eq!(order.stage, filter_core::FetchStage::Metadata);
     assert_eq!(
         (order.authority.as_str(), order.path.as_str()),
         ("idp.test", "/.well-known/openid-configuration")
     );
-    a.fetch_started(1, &order, 1);
     let metadata = json!({"issuer": ISSUER, "jwks_uri": "https://idp.test/oauth/keys"});
-    assert!(a
-        .on_fetch_response(
-            1,
-            Some(200),
-            Some(metadata.to_string().into_bytes()),
-            T0 + 5
-        )
-        .is_empty());
-    let follow_ups = a.take_follow_ups();
+    let answered = a.answer(
+        fetch,
+        Some(200),
+        Some(metadata.to_string().into_bytes()),
+        T0 + 5,
+    );
+    assert!(answered.finals.is_empty());
+    // The keys fetch that follows comes out of the same answer.
+    let follow_ups = answered.fetches;
     assert_eq!(follow_ups.len(), 1);
-    assert_eq!(follow_ups[0].stage, filter_core::FetchStage::Keys);
-    assert_eq!(follow_ups[0].path, "/oauth/keys");
-    a.fetch_started(2, &follow_ups[0], 1);
-    let finals = a.on_fetch_response(2, Some(200), Some(idp.jwks()), T0 + 10);
+    assert_eq!(follow_ups[0].1.stage, filter_core::FetchStage::Keys);
+    assert_eq!(follow_ups[0].1.path, "/oauth/keys");
+    let finals = a
+        .answer(follow_ups[0].0, Some(200), Some(idp.jwks()), T0 + 10)
+        .finals;
     assert_eq!((finals[0].context_id, status_of(&finals[0])), (1, 200));
 
     // A token the keys fail refetches the keys where the metadata said, without rereading it.
     let rotated = Idp::new("k2");
-    let order = waits(a.on_request(3, get("/x", Some(&rotated.token("b"))), us(T0 + 2_000)))
+    let (_, order) = a
+        .request(3, get("/x", Some(&rotated.token("b"))), T0 + 2_000)
+        .waits()
         .expect("refetch");
     assert_eq!(order.stage, filter_core::FetchStage::Keys);
     assert_eq!(order.path, "/oauth/keys");
@@ -433,27 +571,22 @@ fn discovery_refuses_metadata_of_another_issuer_or_keys_on_another_host() {
         let store = Rc::new(RefCell::new(Store::default()));
         let (mut a, host) = discovery_worker(&store);
         let token = Idp::new("k1").token("alice");
-        let order = waits(a.on_request(1, get("/x", Some(&token)), us(T0))).expect("lease");
-        a.fetch_started(1, &order, 1);
-        a.on_fetch_response(
-            1,
+        let (fetch, _) = a
+            .request(1, get("/x", Some(&token)), T0)
+            .waits()
+            .expect("lease");
+        let answered = a.answer(
+            fetch,
             Some(200),
             Some(metadata.to_string().into_bytes()),
             T0 + 5,
         );
-        assert!(a.take_follow_ups().is_empty(), "{metadata}");
+        assert!(answered.fetches.is_empty(), "{metadata}");
         assert_eq!(host.count(Counter::JwksFetchFailed), 1);
         assert!(host.logged("metadata for https://idp.test"), "{metadata}");
         // No keys: the waiting request fails closed at its deadline.
-        let finals = a.on_tick(T0 + 2_000).finals;
+        let finals = a.wake(T0 + 2_000).finals;
         assert_eq!(status_of(&finals[0]), 503, "{metadata}");
-    }
-}
-
-fn server_call(step: RequestStep) -> (ServerCall, OwnedRequest) {
-    match step {
-        RequestStep::CallServer(call, request) => (call, request),
-        other => panic!("expected a Check call, got {other:?}"),
     }
 }
 
@@ -495,16 +628,25 @@ fn ok_reply_with(directive: CacheDirective) -> Vec<u8> {
     })
 }
 
-/// A worker with an epochs feed that has answered once (so cached decisions are trusted).
-fn polled_worker(store: &Rc<RefCell<Store>>, now: u64) -> (Worker<FakeHost>, FakeHost) {
+/// A worker with an epochs feed that has answered once (so cached decisions are trusted), and
+/// the held feed request that answer sent at once (still out).
+fn polled_worker(store: &Rc<RefCell<Store>>, now: u64) -> (Worker<FakeHost>, FakeHost, CallId) {
     let (mut w, host) = worker(store);
-    let poll = w.on_tick(now).poll.expect("a poll is due");
+    let (poll, order) = w.wake(now).poll().expect("a poll is due");
     // The first read is answered at once (not held): writes fail closed until it is read.
-    assert_eq!(poll.path, "/admin/epochs?since=0&format=2");
-    assert_eq!(poll.bearer, "Bearer test-epochs-token-4f2a9c7e");
-    w.poll_started(7);
-    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), now);
-    (w, host)
+    assert_eq!(order.path, "/admin/epochs?since=0&format=2");
+    assert_eq!(order.bearer, "Bearer test-epochs-token-4f2a9c7e");
+    let (held, _) = w
+        .answer(poll, Some(200), Some(epochs(1, 1, "inc-a", &[])), now)
+        .poll()
+        .expect("the state is read: a held request goes out at once");
+    (w, host, held)
+}
+
+/// The policy version a worker enforces, which its Check calls are made and cached under (its
+/// gauge: set whenever the version changes).
+fn policy_version(host: &FakeHost) -> Option<u64> {
+    host.gauges.borrow().get(&Gauge::PolicyVersion).copied()
 }
 
 fn epochs(version: u64, policy_version: u64, incarnation: &str, subjects: &[&str]) -> Vec<u8> {
@@ -518,10 +660,15 @@ fn epochs(version: u64, policy_version: u64, incarnation: &str, subjects: &[&str
     )
 }
 
-/// The feed answers the worker's request `token` with `fields` (format 2) at `at`.
-fn feed_answer(w: &mut Worker<FakeHost>, token: u32, fields: Value, at: u64) -> Option<PollOrder> {
-    w.poll_started(token);
-    w.on_poll_response(Some(200), Some(feed(fields)), at)
+/// The feed answers the worker's request `poll` with `fields` (format 2) at `at`: the next
+/// request, when it is due at once.
+fn feed_answer(
+    w: &mut Worker<FakeHost>,
+    poll: CallId,
+    fields: Value,
+    at: u64,
+) -> Option<(CallId, PollOrder)> {
+    w.answer(poll, Some(200), Some(feed(fields)), at).poll()
 }
 
 /// A format-2 feed answer from the fields given (confirmed unless they say otherwise).
@@ -536,9 +683,8 @@ fn feed(mut fields: Value) -> Vec<u8> {
 #[test]
 fn every_check_reply_shape_maps_to_one_action() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = polled_worker(&store, T0);
+    let (mut w, host, _) = polled_worker(&store, T0);
     let request = get("/admin/users", Some("opaque-token-1"));
-    let (call, request) = server_call(w.on_request(1, request, us(T0)));
     let denied = |code: i32, http: Option<i32>| {
         reply(CheckResponse {
             status: Some(RpcStatus {
@@ -593,9 +739,15 @@ fn every_check_reply_shape_maps_to_one_action() {
         ("a gRPC error", 14, None, 503),
         ("a gRPC deadline", 4, Some(ok_reply(0, 1, false)), 503),
     ];
-    for (name, grpc, body, want) in cases {
-        let result = w.on_server_reply(1, &request, &call, grpc, body, T0);
-        assert_eq!(status_of(&result), want, "{name}");
+    // One Check call per shape (none of these replies is cached: the next goes out too).
+    for (i, (name, grpc, body, want)) in cases.into_iter().enumerate() {
+        let id = 10 + i as u32;
+        let (call, _) = w.request(id, request.clone(), T0).check();
+        let finals = w.grpc(call, grpc, body, T0).finals;
+        assert_eq!(finals.len(), 1, "{name}");
+        let result = &finals[0];
+        assert_eq!(result.context_id, id, "{name}");
+        assert_eq!(status_of(result), want, "{name}");
         if let FinalAction::Allow { headers, remove } = &result.action {
             assert_eq!(headers, &vec![("x-auth-subject".into(), "alice".into())]);
             assert_eq!(remove, &vec!["authorization".to_owned()]);
@@ -609,197 +761,207 @@ fn every_check_reply_shape_maps_to_one_action() {
     }
     assert_eq!(host.count(Counter::ServerErrors), 5);
     // No token: decided locally, the server is never asked.
-    let local = done(w.on_request(2, get("/admin/users", None), us(T0)));
+    let local = w.request(2, get("/admin/users", None), T0).done();
     assert_eq!(status_of(&local), 401);
 }
 
 #[test]
 fn cached_server_decisions_are_trusted_only_while_polls_succeed() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = polled_worker(&store, T0);
+    let (mut w, host, held) = polled_worker(&store, T0);
     let request = get("/admin/users", Some("opaque-token-1"));
-    let (call, request) = server_call(w.on_request(1, request.clone(), us(T0)));
-    w.on_server_reply(1, &request, &call, 0, Some(ok_reply(5_000, 1, false)), T0);
-    let hit = done(w.on_request(2, request.clone(), us(T0 + 100)));
+    let (call, _) = w.request(1, request.clone(), T0).check();
+    w.grpc(call, 0, Some(ok_reply(5_000, 1, false)), T0);
+    let hit = w.request(2, request.clone(), T0 + 100).done();
     assert_eq!(status_of(&hit), 200);
     assert_eq!(
         host.count(Counter::CacheHit(authz_core::Tier::Privileged)),
         1
     );
 
-    // Polls fail from now on; a Check reply (for another token) does not renew trust while
-    // they do.
-    for at in [T0 + 300, T0 + 600, T0 + 900] {
-        w.on_poll_response(None, None, at);
+    // Polls fail from now on (the held request, then one per interval); a Check reply (for
+    // another token) does not renew trust while they do.
+    w.answer(held, None, None, T0 + 300);
+    for at in [T0 + 600, T0 + 900] {
+        let (poll, _) = w.wake(at).poll().expect("polled every interval");
+        w.answer(poll, None, None, at);
     }
     let other = get("/admin/users", Some("opaque-token-2"));
-    let (other_call, other) = server_call(w.on_request(3, other, us(T0 + 950)));
-    let fresh = w.on_server_reply(
-        3,
-        &other,
-        &other_call,
-        0,
-        Some(ok_reply(5_000, 1, false)),
-        T0 + 950,
-    );
-    assert_eq!(status_of(&fresh), 200);
+    let (other_call, _) = w.request(3, other, T0 + 950).check();
+    let fresh = w
+        .grpc(other_call, 0, Some(ok_reply(5_000, 1, false)), T0 + 950)
+        .finals;
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(status_of(&fresh[0]), 200);
     // Past max_unreachable_ms (1 s) after the last good poll: the cache is not used.
-    let (call, _) = server_call(w.on_request(4, request.clone(), us(T0 + 1_100)));
+    let (call, _) = w.request(4, request.clone(), T0 + 1_100).check();
     assert_eq!(
         host.count(Counter::CacheUntrusted(authz_core::Tier::Privileged)),
         1
     );
     // One good poll renews trust, and the entry is served again.
-    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0 + 1_200);
+    let (poll, _) = w.wake(T0 + 1_200).poll().expect("polled every interval");
+    w.answer(
+        poll,
+        Some(200),
+        Some(epochs(1, 1, "inc-a", &[])),
+        T0 + 1_200,
+    );
     assert_eq!(
-        status_of(&done(w.on_request(5, request.clone(), us(T0 + 1_250)))),
+        status_of(&w.request(5, request.clone(), T0 + 1_250).done()),
         200
     );
     // A reply whose server cannot confirm its state does not renew trust either.
-    w.on_server_reply(
-        4,
-        &request,
-        &call,
-        0,
-        Some(ok_reply(5_000, 1, true)),
-        T0 + 2_000,
-    );
-    let step = w.on_request(6, request, us(T0 + 2_300));
-    assert!(matches!(step, RequestStep::CallServer(..)), "{step:?}");
+    w.grpc(call, 0, Some(ok_reply(5_000, 1, true)), T0 + 2_000);
+    w.request(6, request, T0 + 2_300).check();
     assert!(host.logged("epochs poll failed"));
 }
 
 #[test]
 fn a_restarted_server_state_drops_what_was_learned_from_the_old_one() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = polled_worker(&store, T0);
-    w.on_poll_response(Some(200), Some(epochs(40, 6, "inc-a", &[])), T0 + 250);
+    let (mut w, host, held) = polled_worker(&store, T0);
+    let (held, _) = w
+        .answer(held, Some(200), Some(epochs(40, 6, "inc-a", &[])), T0 + 250)
+        .poll()
+        .expect("held for its wait: the next held request at once");
     let request = get("/admin/users", Some("opaque-token-1"));
-    let (call, request) = server_call(w.on_request(1, request, us(T0 + 260)));
-    assert_eq!(call.policy_version, 6);
-    w.on_server_reply(
-        1,
-        &request,
-        &call,
-        0,
-        Some(ok_reply(5_000, 6, false)),
-        T0 + 260,
-    );
+    let (call, _) = w.request(1, request.clone(), T0 + 260).check();
+    assert_eq!(policy_version(&host), Some(6));
+    w.grpc(call, 0, Some(ok_reply(5_000, 6, false)), T0 + 260);
     assert_eq!(
-        status_of(&done(w.on_request(2, request.clone(), us(T0 + 270)))),
+        status_of(&w.request(2, request.clone(), T0 + 270).done()),
         200
     );
 
     // The server's counters restart: versions fall back, and nothing cached survives.
-    let again = w.on_poll_response(Some(200), Some(epochs(2, 1, "inc-b", &[])), T0 + 500);
+    let again = w
+        .answer(held, Some(200), Some(epochs(2, 1, "inc-b", &[])), T0 + 500)
+        .poll();
     // That answer was about the old cursor: the new counter's whole state is asked at once.
+    let (again, order) = again.expect("asks the new counter from its start");
     assert!(
-        again.is_some_and(|p| p.path.starts_with("/admin/epochs?since=0&format=2")),
-        "asks the new counter from its start"
+        order.path.starts_with("/admin/epochs?since=0&format=2"),
+        "asks the new counter from its start: {}",
+        order.path
     );
-    let (call, _) = server_call(w.on_request(3, request.clone(), us(T0 + 510)));
-    assert_eq!(call.policy_version, 1);
+    let (call, _) = w.request(3, request.clone(), T0 + 510).check();
+    assert_eq!(policy_version(&host), Some(1));
     assert_eq!(host.gauges.borrow().get(&Gauge::PolicyVersion), Some(&1));
-    let poll = w.on_tick(T0 + 800).poll.expect("next poll");
-    assert!(
-        poll.path.starts_with("/admin/epochs?since=0&format=2"),
-        "{}",
-        poll.path
-    );
+    // Until it answers, that request (from 0) is the feed's only one: a wake-up sends no other.
+    assert!(w.wake(T0 + 800).poll().is_none(), "the read from 0 is out");
 
     // A subject's epoch change purges that subject's decisions.
-    w.on_server_reply(
-        3,
-        &request,
-        &call,
-        0,
-        Some(ok_reply(5_000, 1, false)),
-        T0 + 810,
-    );
+    w.grpc(call, 0, Some(ok_reply(5_000, 1, false)), T0 + 810);
     assert_eq!(
-        status_of(&done(w.on_request(4, request.clone(), us(T0 + 820)))),
+        status_of(&w.request(4, request.clone(), T0 + 820).done()),
         200
     );
-    w.poll_started(8);
-    w.on_poll_response(Some(200), Some(epochs(3, 1, "inc-b", &["alice"])), T0 + 900);
-    let step = w.on_request(5, request, us(T0 + 910));
-    assert!(matches!(step, RequestStep::CallServer(..)), "{step:?}");
+    w.answer(
+        again,
+        Some(200),
+        Some(epochs(3, 1, "inc-b", &["alice"])),
+        T0 + 900,
+    );
+    w.request(5, request, T0 + 910).check();
 }
 
 #[test]
 fn workers_merge_policy_versions_of_the_same_server_state_only() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut a, _) = polled_worker(&store, T0);
-    let (mut b, b_host) = polled_worker(&store, T0);
+    let (mut a, _, a_held) = polled_worker(&store, T0);
+    let (mut b, b_host, _) = polled_worker(&store, T0);
     let request = get("/admin/users", Some("opaque-token-1"));
-    let (call, request) = server_call(b.on_request(1, request, us(T0)));
-    b.on_server_reply(1, &request, &call, 0, Some(ok_reply(5_000, 1, false)), T0);
+    let (call, _) = b.request(1, request.clone(), T0).check();
+    b.grpc(call, 0, Some(ok_reply(5_000, 1, false)), T0);
 
-    // A learns policy 3 of the same state and publishes it; B adopts it on its tick and
+    // A learns policy 3 of the same state and publishes it; B adopts it on its wake-up and
     // drops what it cached under policy 1.
-    a.on_poll_response(Some(200), Some(epochs(5, 3, "inc-a", &[])), T0 + 250);
-    b.on_tick(T0 + 260);
-    let (call, _) = server_call(b.on_request(2, request.clone(), us(T0 + 270)));
-    assert_eq!(call.policy_version, 3);
+    let (a_held, _) = a
+        .answer(
+            a_held,
+            Some(200),
+            Some(epochs(5, 3, "inc-a", &[])),
+            T0 + 250,
+        )
+        .poll()
+        .expect("held for its wait: the next held request at once");
+    b.wake(T0 + 260);
+    b.request(2, request.clone(), T0 + 270).check();
+    assert_eq!(policy_version(&b_host), Some(3));
     assert_eq!(b_host.gauges.borrow().get(&Gauge::PolicyVersion), Some(&3));
 
     // A version published about another incarnation is not adopted.
-    a.on_poll_response(Some(200), Some(epochs(1, 9, "inc-z", &[])), T0 + 500);
-    b.on_tick(T0 + 510);
-    let (call, _) = server_call(b.on_request(3, request, us(T0 + 520)));
-    assert_eq!(call.policy_version, 3);
+    a.answer(
+        a_held,
+        Some(200),
+        Some(epochs(1, 9, "inc-z", &[])),
+        T0 + 500,
+    );
+    // (A publishes what it knows on its wake-up.)
+    a.wake(T0 + 505);
+    b.wake(T0 + 510);
+    b.request(3, request, T0 + 520).check();
+    assert_eq!(policy_version(&b_host), Some(3));
 }
 
 #[test]
 fn replies_under_another_policy_version_flush_or_are_used_once() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = polled_worker(&store, T0);
+    let (mut w, host, _) = polled_worker(&store, T0);
     let request = get("/admin/users", Some("opaque-token-1"));
-    let (call, request) = server_call(w.on_request(1, request, us(T0)));
-    w.on_server_reply(1, &request, &call, 0, Some(ok_reply(5_000, 1, false)), T0);
+    let (call, _) = w.request(1, request.clone(), T0).check();
+    w.grpc(call, 0, Some(ok_reply(5_000, 1, false)), T0);
     // A reply decided under a newer policy: everything cached before goes, the reply is kept
     // under the new version.
     let other = get("/admin/other", Some("opaque-token-2"));
-    let (call, other) = server_call(w.on_request(2, other, us(T0 + 10)));
-    w.on_server_reply(
-        2,
-        &other,
-        &call,
-        0,
-        Some(ok_reply(5_000, 2, false)),
-        T0 + 10,
-    );
+    let (call, _) = w.request(2, other.clone(), T0 + 10).check();
+    w.grpc(call, 0, Some(ok_reply(5_000, 2, false)), T0 + 10);
     assert_eq!(host.gauges.borrow().get(&Gauge::PolicyVersion), Some(&2));
-    let (call, _) = server_call(w.on_request(3, request.clone(), us(T0 + 20)));
-    assert_eq!(call.policy_version, 2, "the entry of policy 1 was flushed");
-    assert_eq!(status_of(&done(w.on_request(4, other, us(T0 + 30)))), 200);
-    // A reply decided under an older policy than enforced is used once, not kept.
-    let result = w.on_server_reply(
-        3,
-        &request,
-        &call,
-        0,
-        Some(ok_reply(5_000, 1, false)),
-        T0 + 40,
+    let (call, _) = w.request(3, request.clone(), T0 + 20).check();
+    assert_eq!(
+        policy_version(&host),
+        Some(2),
+        "the entry of policy 1 was flushed"
     );
-    assert_eq!(status_of(&result), 200);
-    let step = w.on_request(5, request, us(T0 + 50));
-    assert!(matches!(step, RequestStep::CallServer(..)), "{step:?}");
+    assert_eq!(status_of(&w.request(4, other, T0 + 30).done()), 200);
+    // A reply decided under an older policy than enforced is used once, not kept.
+    let result = w
+        .grpc(call, 0, Some(ok_reply(5_000, 1, false)), T0 + 40)
+        .finals;
+    assert_eq!(result.len(), 1);
+    assert_eq!(status_of(&result[0]), 200);
+    w.request(5, request, T0 + 50).check();
 }
 
 /// A worker whose `/orders` writes are `standard_write` and whose feed holds at most `cap`
-/// revocations, with `local_revocations` as given (`None`: the default).
+/// revocations, with `local_revocations` as given (`None`: the default), started as
+/// [`start_feed`] does; with the held feed request out.
 fn local_worker(
     store: &Rc<RefCell<Store>>,
+    idp: &Idp,
     local_revocations: Option<Value>,
     cap: usize,
-) -> (Worker<FakeHost>, FakeHost) {
+) -> (Worker<FakeHost>, FakeHost, (CallId, PollOrder)) {
     let host = FakeHost::sharing(store);
     let mut w = Worker::new(local_policy(local_revocations, cap), host.clone(), [1, 2]);
-    w.poll_due(T0).expect("a first poll");
-    w.poll_started(1);
-    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
-    (w, host)
+    let held = start_feed(&mut w, idp, T0);
+    (w, host, held)
+}
+
+/// Wakes a new worker with a feed at `at` and answers what it asks for: the feed's first
+/// request with the whole state (version 1 of `inc-a`), and the keys fetch the same wake-up
+/// makes with `idp`'s keys (none when the keys are in the store already). The held request
+/// the feed's answer sends at once (out).
+fn start_feed(w: &mut Worker<FakeHost>, idp: &Idp, at: u64) -> (CallId, PollOrder) {
+    let woke = w.wake(at);
+    let (poll, _) = woke.poll().expect("a first poll");
+    for (fetch, _) in &woke.fetches {
+        w.answer(*fetch, Some(200), Some(idp.jwks()), at);
+    }
+    w.answer(poll, Some(200), Some(epochs(1, 1, "inc-a", &[])), at)
+        .poll()
+        .expect("the state is read: a held request goes out at once")
 }
 
 /// The policy of [`local_worker`].
@@ -836,13 +998,15 @@ fn a_new_worker_fails_writes_closed_until_it_has_read_the_whole_state_once() {
         decide_local(&mut w, &idp, 2, get("/x", Some(&writer)), T0),
         200
     );
-    feed_answer(
+    let (poll, _) = w.wake(T0 + 10).poll().expect("a first poll");
+    let (poll, _) = feed_answer(
         &mut w,
-        1,
+        poll,
         json!({"version": 4, "policy_version": 1, "incarnation": "inc-a", "more": true,
                "confirmed": false}),
         T0 + 10,
-    );
+    )
+    .expect("the next page at once");
     assert_eq!(
         decide_local(&mut w, &idp, 3, post("/orders", &writer), T0 + 11),
         503,
@@ -850,7 +1014,7 @@ fn a_new_worker_fails_writes_closed_until_it_has_read_the_whole_state_once() {
     );
     feed_answer(
         &mut w,
-        2,
+        poll,
         json!({"version": 9, "policy_version": 1, "incarnation": "inc-a"}),
         T0 + 20,
     );
@@ -876,19 +1040,20 @@ fn decide_local(
     request: OwnedRequest,
     at_ms: u64,
 ) -> u16 {
-    match w.on_request(id, request, us(at_ms)) {
-        RequestStep::Done(f) => status_of(&f),
-        RequestStep::Wait(order) => {
-            let order = order.expect("a keys fetch");
-            w.fetch_started(90 + id, &order, id);
-            let finals = w.on_fetch_response(90 + id, Some(200), Some(idp.jwks()), at_ms);
-            finals
-                .first()
-                .map(status_of)
-                .expect("decided with the keys")
-        }
-        other => panic!("a local route called the server: {other:?}"),
+    let out = w.request(id, request, at_ms);
+    assert!(
+        out.checks.is_empty(),
+        "a local route called the server: {out:?}"
+    );
+    if !out.finals.is_empty() {
+        return status_of(&out.done());
     }
+    let (fetch, _) = out.waits().expect("a keys fetch");
+    let finals = w.answer(fetch, Some(200), Some(idp.jwks()), at_ms).finals;
+    finals
+        .first()
+        .map(status_of)
+        .expect("decided with the keys")
 }
 
 fn token_with(idp: &Idp, claims: Value) -> String {
@@ -903,8 +1068,8 @@ fn token_with(idp: &Idp, claims: Value) -> String {
 #[test]
 fn local_routes_refuse_tokens_revoked_by_hash_jti_or_subject_including_cached_ones() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = local_worker(&store, None, 1_000);
     let idp = Idp::new("k1");
+    let (mut w, host, (held, _)) = local_worker(&store, &idp, None, 1_000);
     let by_hash = idp.token("alice");
     let by_jti = token_with(&idp, json!({"sub": "bob", "jti": "j-bob"}));
     let by_subject = token_with(&idp, json!({"sub": "carol"}));
@@ -936,8 +1101,7 @@ fn local_routes_refuse_tokens_revoked_by_hash_jti_or_subject_including_cached_on
         "jtis": [["j-bob", null, T0 + 100]],
         "subjects": [["carol", T0, 1, T0 + 100]],
     }));
-    w.poll_started(2);
-    w.on_poll_response(Some(200), Some(answer), T0 + 130);
+    w.answer(held, Some(200), Some(answer), T0 + 130);
     for (i, t) in [&by_hash, &by_jti, &by_subject].iter().enumerate() {
         let id = i as u32 + 20;
         assert_eq!(
@@ -971,19 +1135,19 @@ fn local_routes_refuse_tokens_revoked_by_hash_jti_or_subject_including_cached_on
         .collect();
     assert_eq!(lags, vec![30, 30, 30]);
     // Revocations leave when their tokens would have expired (plus the grace).
-    w.on_tick((T0 / 1000 + 3600) * 1000 + authz_core::revocations::FORGET_GRACE_MS);
+    w.wake((T0 / 1000 + 3600) * 1000 + authz_core::revocations::FORGET_GRACE_MS);
     assert_eq!(host.gauges.borrow().get(&Gauge::Revocations), Some(&2));
 }
 
 #[test]
 fn a_tier_left_out_of_local_revocations_ignores_them() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, _) = local_worker(&store, Some(json!(["standard_write"])), 1_000);
     let idp = Idp::new("k1");
+    let (mut w, _, (held, _)) = local_worker(&store, &idp, Some(json!(["standard_write"])), 1_000);
     let token = idp.token("alice");
     feed_answer(
         &mut w,
-        2,
+        held,
         json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
                          "subjects": [["alice", T0, 1, T0]]}),
         T0 + 10,
@@ -997,10 +1161,10 @@ fn a_tier_left_out_of_local_revocations_ignores_them() {
         401
     );
     // And with none listed, nothing local is refused.
-    let (mut off, _) = local_worker(&store, Some(json!([])), 1_000);
+    let (mut off, _, (held, _)) = local_worker(&store, &idp, Some(json!([])), 1_000);
     feed_answer(
         &mut off,
-        2,
+        held,
         json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
                          "subjects": [["alice", T0, 1, T0]]}),
         T0 + 10,
@@ -1014,8 +1178,8 @@ fn a_tier_left_out_of_local_revocations_ignores_them() {
 #[test]
 fn past_the_revocation_cap_writes_fail_closed_and_reads_keep_what_is_held() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = local_worker(&store, None, 2);
     let idp = Idp::new("k1");
+    let (mut w, host, (held, _)) = local_worker(&store, &idp, None, 2);
     let token = idp.token("alice");
     let tokens: Vec<Value> = (1..=3u8)
         .map(|i| {
@@ -1028,7 +1192,7 @@ fn past_the_revocation_cap_writes_fail_closed_and_reads_keep_what_is_held() {
         .collect();
     feed_answer(
         &mut w,
-        2,
+        held,
         json!({"version": 3, "policy_version": 1, "incarnation": "inc-a",
                          "tokens": tokens}),
         T0,
@@ -1054,8 +1218,8 @@ fn past_the_revocation_cap_writes_fail_closed_and_reads_keep_what_is_held() {
 #[test]
 fn a_policy_bump_drops_cached_verifications_of_local_routes() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = local_worker(&store, None, 100);
     let idp = Idp::new("k1");
+    let (mut w, host, (held, _)) = local_worker(&store, &idp, None, 100);
     let token = idp.token("alice");
     assert_eq!(
         decide_local(&mut w, &idp, 1, get("/items", Some(&token)), T0),
@@ -1069,7 +1233,7 @@ fn a_policy_bump_drops_cached_verifications_of_local_routes() {
     assert_eq!(host.count(Counter::TokenCacheMiss), misses, "cached");
     feed_answer(
         &mut w,
-        2,
+        held,
         json!({"version": 2, "policy_version": 2, "incarnation": "inc-a",
                          "policy_changed_at_ms": T0}),
         T0 + 10,
@@ -1088,72 +1252,74 @@ fn a_policy_bump_drops_cached_verifications_of_local_routes() {
 #[test]
 fn held_requests_follow_each_other_and_a_failure_falls_back_to_polling_until_one_answers() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = local_worker(&store, None, 100);
-    // The first answer came back at once (it carried the whole state): nothing due early.
-    // A held request that answers with a change: the next one is due at once.
-    let poll = w.on_tick(T0 + 300).poll.expect("due");
+    let (mut w, host, (held, poll)) = local_worker(&store, &Idp::new("k1"), None, 100);
+    // The first answer came back at once (it carried the whole state): the first held request
+    // went out with it, and no other is sent while it is out.
     assert!(
         poll.path.contains("&wait_ms=500&incarnation=inc-a"),
         "{}",
         poll.path
     );
     assert_eq!(poll.timeout.as_millis(), 2_500);
+    assert!(w.wake(T0 + 300).poll().is_none(), "one at a time");
+    // A held request that answers with a change: the next one is due at once.
     let next = feed_answer(
         &mut w,
-        3,
+        held,
         json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
                          "subjects": [["x", T0, 1, T0 + 310]]}),
         T0 + 320,
     );
-    let next = next.expect("the next held request goes out at once");
-    assert!(next
+    let (next, order) = next.expect("the next held request goes out at once");
+    assert!(order
         .path
         .starts_with("/admin/epochs?since=2&format=2&wait_ms=500"));
-    w.poll_started(4);
     // Held for its whole wait with nothing: again at once.
-    assert!(w
-        .on_poll_response(
+    let (held, _) = w
+        .answer(
+            next,
             Some(200),
             Some(feed(
-                json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"})
+                json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}),
             )),
             T0 + 820,
         )
-        .is_some());
+        .poll()
+        .expect("again at once");
     assert_eq!(host.count(Counter::PollHeld), 2);
     assert_eq!(host.gauges.borrow().get(&Gauge::PushConnected), Some(&1));
-    // While a request is held, ticks start none.
-    w.poll_started(5);
-    assert!(w.on_tick(T0 + 1_300).poll.is_none());
+    // While a request is held, wake-ups start none.
+    assert!(w.wake(T0 + 1_300).poll().is_none());
     // It fails: the feed is polled plainly, every interval, until an answer.
-    assert!(w.on_poll_response(None, None, T0 + 1_400).is_none());
+    assert!(w.answer(held, None, None, T0 + 1_400).poll().is_none());
     assert_eq!(host.gauges.borrow().get(&Gauge::PushConnected), Some(&0));
-    let plain = w.on_tick(T0 + 1_500).poll.expect("a plain poll");
-    assert!(!plain.path.contains("wait_ms"), "{}", plain.path);
-    assert_eq!(plain.timeout.as_millis(), 2_000);
-    w.poll_started(6);
+    let (plain, order) = w.wake(T0 + 1_500).poll().expect("a plain poll");
+    assert!(!order.path.contains("wait_ms"), "{}", order.path);
+    assert_eq!(order.timeout.as_millis(), 2_000);
     // It fails too (the server is down): the next waits for the interval.
-    assert!(w.on_poll_response(None, None, T0 + 1_510).is_none());
+    assert!(w.answer(plain, None, None, T0 + 1_510).poll().is_none());
     assert!(
-        w.on_tick(T0 + 1_600).poll.is_none(),
+        w.wake(T0 + 1_600).poll().is_none(),
         "not before the interval"
     );
-    let plain = w.on_tick(T0 + 1_750).poll.expect("a plain poll");
-    assert!(!plain.path.contains("wait_ms"), "{}", plain.path);
+    let (plain, order) = w.wake(T0 + 1_750).poll().expect("a plain poll");
+    assert!(!order.path.contains("wait_ms"), "{}", order.path);
     let back = feed_answer(
         &mut w,
-        6,
+        plain,
         json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}),
         T0 + 1_760,
     );
     assert!(
-        back.is_some_and(|p| p.path.contains("wait_ms=500")),
+        back.as_ref()
+            .is_some_and(|(_, p)| p.path.contains("wait_ms=500")),
         "back to held requests at once"
     );
     // A server that answers held requests at once with nothing is polled at the interval.
+    let (back, _) = back.unwrap();
     assert!(feed_answer(
         &mut w,
-        7,
+        back,
         json!({"version": 2, "policy_version": 1, "incarnation": "inc-a"}),
         T0 + 1_770
     )
@@ -1179,10 +1345,8 @@ fn a_fresh_route_asks_the_server_and_keeps_its_decision_only_briefly() {
     let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
     let host = FakeHost::sharing(&store);
     let mut w = Worker::new(policy, host.clone(), [1, 2]);
-    w.poll_due(T0);
-    w.poll_started(1);
-    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
     let idp = Idp::new("k1");
+    start_feed(&mut w, &idp, T0);
     let token = idp.token("alice");
     // The same tier without the option is decided locally.
     assert_eq!(
@@ -1190,26 +1354,22 @@ fn a_fresh_route_asks_the_server_and_keeps_its_decision_only_briefly() {
         200
     );
     assert_eq!(host.count(Counter::ServerCalls), 0);
-    let (call, request) = server_call(w.on_request(2, post("/orders/1", &token), us(T0)));
-    assert_eq!(call.tier, authz_core::Tier::StandardWrite);
-    assert_eq!(call.max_cache_ms, Some(500));
-    // The server allows for 10 s; the route keeps it 500 ms.
-    let allowed = w.on_server_reply(2, &request, &call, 0, Some(ok_reply(10_000, 1, false)), T0);
-    assert_eq!(status_of(&allowed), 200);
+    let (call, order) = w.request(2, post("/orders/1", &token), T0).check();
+    assert_eq!(order.tier, authz_core::Tier::StandardWrite);
+    assert_eq!(order.purpose, CheckPurpose::Decide { context_id: 2 });
+    // The server allows for 10 s; the route keeps it 500 ms (its `fresh_cache_ms`).
+    let allowed = w.grpc(call, 0, Some(ok_reply(10_000, 1, false)), T0).finals;
+    assert_eq!(allowed.len(), 1);
+    assert_eq!(status_of(&allowed[0]), 200);
     assert_eq!(
-        status_of(&done(w.on_request(
-            3,
-            post("/orders/1", &token),
-            us(T0 + 400)
-        ))),
+        status_of(&w.request(3, post("/orders/1", &token), T0 + 400).done()),
         200
     );
-    let step = w.on_request(4, post("/orders/1", &token), us(T0 + 600));
-    assert!(matches!(step, RequestStep::CallServer(..)), "{step:?}");
+    let (call, _) = w.request(4, post("/orders/1", &token), T0 + 600).check();
     // The server unreachable: the write fails closed, it is not decided locally.
-    let (call, request) = server_call(step);
-    let failed = w.on_server_reply(4, &request, &call, 14, None, T0 + 600);
-    assert_eq!(status_of(&failed), 503);
+    let failed = w.grpc(call, 14, None, T0 + 600).finals;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(status_of(&failed[0]), 503);
 }
 
 #[test]
@@ -1244,7 +1404,8 @@ fn fresh_routes_are_refused_where_they_cannot_mean_anything() {
 }
 
 #[test]
-fn a_poll_due_by_a_tick_that_fires_a_little_early_is_not_put_off_a_whole_interval() {
+fn a_feed_request_is_due_when_poll_timeout_says_so_so_an_early_wake_does_not_put_it_off_an_interval(
+) {
     let store = Rc::new(RefCell::new(Store::default()));
     let config = json!({
         "providers": [{"issuer": ISSUER, "audiences": ["api"],
@@ -1256,13 +1417,16 @@ fn a_poll_due_by_a_tick_that_fires_a_little_early_is_not_put_off_a_whole_interva
     });
     let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
     let mut w = Worker::new(policy, FakeHost::sharing(&store), [1, 2]);
-    let first = w.poll_due(T0).expect("a first poll");
-    assert!(!first.path.contains("wait_ms"), "push off: {}", first.path);
-    w.poll_started(1);
-    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0 + 5);
-    assert!(w.poll_due(T0 + 150).is_none(), "not before the interval");
-    // The 250 ms timer fires 2 ms early: the poll goes now, not at the next tick (500 ms).
-    assert!(w.poll_due(T0 + 248).is_some());
+    let (first, order) = w.wake(T0).poll().expect("a first poll");
+    assert!(!order.path.contains("wait_ms"), "push off: {}", order.path);
+    w.answer(first, Some(200), Some(epochs(1, 1, "inc-a", &[])), T0 + 5);
+    assert!(w.wake(T0 + 150).poll().is_none(), "not before the interval");
+    // A wake-up 2 ms early sends nothing, but the worker names the exact time the request is
+    // due (the last one's start plus the interval), and a wake-up then sends it: it is not put
+    // off to a later wake-up (a doubled interval).
+    assert!(w.wake(T0 + 248).poll().is_none(), "not before it is due");
+    assert_eq!(w.poll_timeout(), Some(T0 + 250));
+    assert!(w.wake(T0 + 250).poll().is_some());
 }
 
 /// An allow from the server decided at `change_version`.
@@ -1279,57 +1443,42 @@ fn ok_reply_at(ttl_ms: u64, change_version: u64) -> Vec<u8> {
 #[test]
 fn a_reply_decided_before_changes_this_worker_applied_is_not_kept_and_revoked_tokens_are_refused() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = polled_worker(&store, T0);
+    let (mut w, host, held) = polled_worker(&store, T0);
     let revoked = get("/admin/users", Some("opaque-token-1"));
     let bystander = get("/admin/users", Some("opaque-token-2"));
     // Both Check calls go out; then the feed pushes a revocation of the first token.
-    let (revoked_call, revoked) = server_call(w.on_request(1, revoked, us(T0)));
-    let (bystander_call, bystander) = server_call(w.on_request(2, bystander, us(T0)));
+    let (revoked_call, _) = w.request(1, revoked, T0).check();
+    let (bystander_call, _) = w.request(2, bystander.clone(), T0).check();
     let digest = authz_core::token_hash::digest_hex(&authz_core::token_hash::revocation_digest(
         "opaque-token-1",
     ));
     feed_answer(
         &mut w,
-        3,
+        held,
         json!({"version": 5, "policy_version": 1, "incarnation": "inc-a",
                "tokens": [[digest, (T0 / 1000 + 3600) * 1000, T0 + 5]]}),
         T0 + 10,
     );
     // The replies were decided at change version 1, before the revocation.
-    let late = w.on_server_reply(
-        1,
-        &revoked,
-        &revoked_call,
-        0,
-        Some(ok_reply_at(5_000, 1)),
-        T0 + 20,
-    );
+    let late = w
+        .grpc(revoked_call, 0, Some(ok_reply_at(5_000, 1)), T0 + 20)
+        .finals;
+    assert_eq!(late.len(), 1);
     assert_eq!(
-        status_of(&late),
+        status_of(&late[0]),
         401,
         "an in-flight allow of a revoked token"
     );
-    let used_once = w.on_server_reply(
-        2,
-        &bystander,
-        &bystander_call,
-        0,
-        Some(ok_reply_at(5_000, 1)),
-        T0 + 20,
-    );
-    assert_eq!(status_of(&used_once), 200);
-    let step = w.on_request(4, bystander.clone(), us(T0 + 30));
-    assert!(
-        matches!(step, RequestStep::CallServer(..)),
-        "an old reply is not kept: {step:?}"
-    );
+    let used_once = w
+        .grpc(bystander_call, 0, Some(ok_reply_at(5_000, 1)), T0 + 20)
+        .finals;
+    assert_eq!(used_once.len(), 1);
+    assert_eq!(status_of(&used_once[0]), 200);
+    // An old reply is not kept: asked again.
+    let (call, _) = w.request(4, bystander.clone(), T0 + 30).check();
     // Control: a reply that saw the changes is kept.
-    let (call, request) = server_call(step);
-    w.on_server_reply(4, &request, &call, 0, Some(ok_reply_at(5_000, 5)), T0 + 40);
-    assert_eq!(
-        status_of(&done(w.on_request(5, bystander, us(T0 + 50)))),
-        200
-    );
+    w.grpc(call, 0, Some(ok_reply_at(5_000, 5)), T0 + 40);
+    assert_eq!(status_of(&w.request(5, bystander, T0 + 50).done()), 200);
     assert_eq!(
         host.count(Counter::CacheHit(authz_core::Tier::Privileged)),
         1
@@ -1339,8 +1488,8 @@ fn a_reply_decided_before_changes_this_worker_applied_is_not_kept_and_revoked_to
 #[test]
 fn a_token_revoked_by_its_signed_part_is_refused_in_every_signature_encoding() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, _host) = local_worker(&store, None, 1_000);
     let idp = Idp::new("k1");
+    let (mut w, _host, (held, _)) = local_worker(&store, &idp, None, 1_000);
     let token = idp.token("alice");
     let other_form = dev_keys::with_malleated_ecdsa_signature(&token).expect("ES256");
     assert_ne!(token, other_form);
@@ -1356,13 +1505,14 @@ fn a_token_revoked_by_its_signed_part_is_refused_in_every_signature_encoding() {
     // Revoked by its token's bytes only (`token_hash`): that form alone is refused.
     let by_bytes =
         authz_core::token_hash::digest_hex(&authz_core::token_hash::token_digest(&token));
-    feed_answer(
+    let (next, _) = feed_answer(
         &mut w,
-        2,
+        held,
         json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
                "tokens": [[by_bytes, (T0 / 1000 + 3600) * 1000, T0 + 5]]}),
         T0 + 10,
-    );
+    )
+    .expect("a change pushed: the next held request at once");
     assert_eq!(
         decide_local(&mut w, &idp, 3, get("/items", Some(&token)), T0 + 20),
         401
@@ -1376,7 +1526,7 @@ fn a_token_revoked_by_its_signed_part_is_refused_in_every_signature_encoding() {
         authz_core::token_hash::digest_hex(&authz_core::token_hash::revocation_digest(&token));
     feed_answer(
         &mut w,
-        3,
+        next,
         json!({"version": 3, "policy_version": 1, "incarnation": "inc-a",
                "tokens": [[signed, (T0 / 1000 + 3600) * 1000, T0 + 25]]}),
         T0 + 30,
@@ -1397,19 +1547,20 @@ fn a_token_revoked_by_its_signed_part_is_refused_in_every_signature_encoding() {
 #[test]
 fn a_restarted_server_state_keeps_revocations_and_writes_fail_closed_until_it_is_read_confirmed() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = local_worker(&store, None, 1_000);
     let idp = Idp::new("k1");
+    let (mut w, host, (held, _)) = local_worker(&store, &idp, None, 1_000);
     let revoked = idp.token("alice");
     let bystander = idp.token("dave");
     let digest =
         authz_core::token_hash::digest_hex(&authz_core::token_hash::revocation_digest(&revoked));
-    feed_answer(
+    let (mut poll, _) = feed_answer(
         &mut w,
-        2,
+        held,
         json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
                "tokens": [[digest, (T0 / 1000 + 3600) * 1000, T0 + 5]]}),
         T0 + 10,
-    );
+    )
+    .expect("a change pushed: the next held request at once");
     assert_eq!(
         decide_local(&mut w, &idp, 1, get("/items", Some(&revoked)), T0 + 20),
         401
@@ -1425,8 +1576,10 @@ fn a_restarted_server_state_keeps_revocations_and_writes_fail_closed_until_it_is
     {
         let at = T0 + 100 + i as u64 * 100;
         let body = answer.to_string().into_bytes();
-        w.poll_started(3 + i as u32);
-        w.on_poll_response(Some(200), Some(body), at);
+        (poll, _) = w
+            .answer(poll, Some(200), Some(body), at)
+            .poll()
+            .expect("the new state is read on at once");
         assert_eq!(
             decide_local(&mut w, &idp, 10 + i as u32, get("/items", Some(&revoked)), at + 1),
             401,
@@ -1445,7 +1598,7 @@ fn a_restarted_server_state_keeps_revocations_and_writes_fail_closed_until_it_is
     }
     feed_answer(
         &mut w,
-        6,
+        poll,
         json!({"version": 1, "policy_version": 1, "incarnation": "inc-b"}),
         T0 + 400,
     );
@@ -1463,8 +1616,8 @@ fn a_restarted_server_state_keeps_revocations_and_writes_fail_closed_until_it_is
 #[test]
 fn a_state_read_in_pages_is_asked_for_at_once_and_vouches_for_nothing_until_the_last() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, _host) = local_worker(&store, None, 1_000);
     let idp = Idp::new("k1");
+    let (mut w, _host, (held, _)) = local_worker(&store, &idp, None, 1_000);
     let (first, second, bystander) = (idp.token("alice"), idp.token("bob"), idp.token("dave"));
     let row = |token: &str| {
         let digest = authz_core::token_hash::revocation_digest(token);
@@ -1477,61 +1630,70 @@ fn a_state_read_in_pages_is_asked_for_at_once_and_vouches_for_nothing_until_the_
     // A restarted server state, read from 0 in two pages.
     feed_answer(
         &mut w,
-        2,
+        held,
         json!({"version": 1, "policy_version": 1, "incarnation": "inc-a"}),
         T0 + 10,
     );
-    w.on_poll_response(
-        Some(200),
-        Some(feed(
-            json!({"version": 1, "policy_version": 1, "incarnation": "inc-b"}),
-        )),
-        T0 + 20,
-    );
-    let next = feed_answer(
+    let (poll, _) = w
+        .wake(T0 + 250)
+        .poll()
+        .expect("the next request at the interval");
+    let (poll, _) = w
+        .answer(
+            poll,
+            Some(200),
+            Some(feed(
+                json!({"version": 1, "policy_version": 1, "incarnation": "inc-b"}),
+            )),
+            T0 + 260,
+        )
+        .poll()
+        .expect("the new state is asked for from 0 at once");
+    let (poll, next) = feed_answer(
         &mut w,
-        3,
+        poll,
         json!({"version": 7, "policy_version": 1, "incarnation": "inc-b", "more": true,
                "confirmed": false, "tokens": [row(&first)]}),
-        T0 + 30,
+        T0 + 270,
     )
     .expect("the next page is asked for at once");
     assert!(next.path.contains("since=7"), "{}", next.path);
     assert_eq!(
-        decide_local(&mut w, &idp, 1, get("/items", Some(&first)), T0 + 31),
+        decide_local(&mut w, &idp, 1, get("/items", Some(&first)), T0 + 271),
         401,
         "a page's revocations apply at once"
     );
     assert_eq!(
-        decide_local(&mut w, &idp, 2, post("/orders", &bystander), T0 + 31),
+        decide_local(&mut w, &idp, 2, post("/orders", &bystander), T0 + 271),
         503,
         "writes fail closed until the last page"
     );
     // A server that says `confirmed` on a page it marks `more` is not believed either.
-    feed_answer(
+    let (poll, _) = feed_answer(
         &mut w,
-        4,
+        poll,
         json!({"version": 8, "policy_version": 1, "incarnation": "inc-b", "more": true,
                "tokens": []}),
-        T0 + 40,
-    );
+        T0 + 280,
+    )
+    .expect("the next page is asked for at once");
     assert_eq!(
-        decide_local(&mut w, &idp, 3, post("/orders", &bystander), T0 + 41),
+        decide_local(&mut w, &idp, 3, post("/orders", &bystander), T0 + 281),
         503
     );
     feed_answer(
         &mut w,
-        5,
+        poll,
         json!({"version": 9, "policy_version": 1, "incarnation": "inc-b",
                "tokens": [row(&second)]}),
-        T0 + 50,
+        T0 + 290,
     );
     assert_eq!(
-        decide_local(&mut w, &idp, 4, post("/orders", &bystander), T0 + 51),
+        decide_local(&mut w, &idp, 4, post("/orders", &bystander), T0 + 291),
         200
     );
     assert_eq!(
-        decide_local(&mut w, &idp, 5, get("/items", Some(&second)), T0 + 51),
+        decide_local(&mut w, &idp, 5, get("/items", Some(&second)), T0 + 291),
         401
     );
 }
@@ -1539,29 +1701,31 @@ fn a_state_read_in_pages_is_asked_for_at_once_and_vouches_for_nothing_until_the_
 #[test]
 fn a_reply_to_a_call_made_before_a_revocation_was_applied_is_not_kept_even_at_the_same_version() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, host) = polled_worker(&store, T0);
+    let (mut w, host, held) = polled_worker(&store, T0);
     let request = get("/admin/users", Some("opaque-token-1"));
-    let (call, request) = server_call(w.on_request(1, request, us(T0 + 5)));
+    let (call, _) = w.request(1, request.clone(), T0 + 5).check();
     // A replica stamps a revocation of alice it learned out of order at version 5; another
     // replica, which has not read it, answers the call at version 5 too.
     feed_answer(
         &mut w,
-        2,
+        held,
         json!({"version": 5, "policy_version": 1, "incarnation": "inc-a",
                "subjects": [["alice", T0 + 8, 1, T0 + 8]]}),
         T0 + 10,
     );
-    let late = w.on_server_reply(1, &request, &call, 0, Some(ok_reply_at(5_000, 5)), T0 + 20);
+    let late = w.grpc(call, 0, Some(ok_reply_at(5_000, 5)), T0 + 20).finals;
+    assert_eq!(late.len(), 1);
     assert_eq!(
-        status_of(&late),
+        status_of(&late[0]),
         401,
         "alice was revoked while the call was out"
     );
     // A call made after the revocation was applied: its reply is kept.
-    let (call, request) = server_call(w.on_request(3, request, us(T0 + 30)));
-    let fresh = w.on_server_reply(3, &request, &call, 0, Some(ok_reply_at(5_000, 5)), T0 + 40);
-    assert_eq!(status_of(&fresh), 200, "a login after the revocation");
-    assert_eq!(status_of(&done(w.on_request(4, request, us(T0 + 50)))), 200);
+    let (call, _) = w.request(3, request.clone(), T0 + 30).check();
+    let fresh = w.grpc(call, 0, Some(ok_reply_at(5_000, 5)), T0 + 40).finals;
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(status_of(&fresh[0]), 200, "a login after the revocation");
+    assert_eq!(status_of(&w.request(4, request, T0 + 50).done()), 200);
     assert_eq!(
         host.count(Counter::CacheHit(authz_core::Tier::Privileged)),
         1
@@ -1571,8 +1735,8 @@ fn a_reply_to_a_call_made_before_a_revocation_was_applied_is_not_kept_even_at_th
 #[test]
 fn a_revoked_client_takes_its_users_tokens_with_it_and_a_user_named_like_it_stays() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, _host) = local_worker(&store, None, 1_000);
     let idp = Idp::new("k1");
+    let (mut w, _host, (held, _)) = local_worker(&store, &idp, None, 1_000);
     let client_token = token_with(&idp, json!({"client_id": "app"}));
     let users_token = token_with(&idp, json!({"sub": "carol", "client_id": "app"}));
     let namesake = token_with(&idp, json!({"sub": "app", "client_id": "other"}));
@@ -1583,13 +1747,14 @@ fn a_revoked_client_takes_its_users_tokens_with_it_and_a_user_named_like_it_stay
         );
     }
     // Revoking the user "app" leaves the client "app" alone.
-    feed_answer(
+    let (next, _) = feed_answer(
         &mut w,
-        2,
+        held,
         json!({"version": 2, "policy_version": 1, "incarnation": "inc-a",
                "subjects": [["app", T0, 1, T0 + 5]]}),
         T0 + 10,
-    );
+    )
+    .expect("a change pushed: the next held request at once");
     assert_eq!(
         decide_local(&mut w, &idp, 10, get("/items", Some(&namesake)), T0 + 20),
         401
@@ -1611,7 +1776,7 @@ fn a_revoked_client_takes_its_users_tokens_with_it_and_a_user_named_like_it_stay
     // Revoking the client: its own tokens and the user tokens issued to it.
     feed_answer(
         &mut w,
-        3,
+        next,
         json!({"version": 3, "policy_version": 1, "incarnation": "inc-a",
                "subjects": [[authz_core::principal::client_key("app"), T0, 2, T0 + 25]]}),
         T0 + 30,
@@ -1635,14 +1800,15 @@ fn a_revoked_client_takes_its_users_tokens_with_it_and_a_user_named_like_it_stay
 #[test]
 fn the_incarnation_a_server_names_is_percent_encoded_in_the_next_request() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut w, _host) = local_worker(&store, None, 1_000);
+    let (mut w, _host, (held, _)) = local_worker(&store, &Idp::new("k1"), None, 1_000);
     let odd = json!({"version": 1, "policy_version": 1, "incarnation": "a b&wait_ms=0#"});
     // A new incarnation: its state is read again at once (not held), then held requests name
     // it.
-    let reread = feed_answer(&mut w, 2, odd.clone(), T0 + 10).expect("read again at once");
-    assert!(!reread.path.contains("incarnation="), "{}", reread.path);
-    let next = feed_answer(&mut w, 3, odd, T0 + 20);
-    let poll = next.or_else(|| w.on_tick(T0 + 1_000).poll).expect("a poll");
+    let (reread, order) =
+        feed_answer(&mut w, held, odd.clone(), T0 + 10).expect("read again at once");
+    assert!(!order.path.contains("incarnation="), "{}", order.path);
+    let next = feed_answer(&mut w, reread, odd, T0 + 20);
+    let (_, poll) = next.or_else(|| w.wake(T0 + 1_000).poll()).expect("a poll");
     assert!(
         poll.path.ends_with("&incarnation=a%20b%26wait_ms%3D0%23"),
         "{}",
@@ -1653,8 +1819,8 @@ fn the_incarnation_a_server_names_is_percent_encoded_in_the_next_request() {
 #[test]
 fn opaque_tokens_on_local_routes_go_to_the_server_when_the_provider_issues_them() {
     let store = Rc::new(RefCell::new(Store::default()));
-    let (mut plain, _) = local_worker(&store, None, 1_000);
     let idp = Idp::new("k1");
+    let (mut plain, _, _) = local_worker(&store, &idp, None, 1_000);
     let opaque = get("/items", Some("ory_at_Zm9vYmFy.c2lnbmF0dXJl"));
     // Without the setting: not a JWT, refused locally (401).
     assert_eq!(decide_local(&mut plain, &idp, 1, opaque.clone(), T0), 401);
@@ -1669,37 +1835,34 @@ fn opaque_tokens_on_local_routes_go_to_the_server_when_the_provider_issues_them(
     config["server"]["timeout_ms"] = json!(500);
     let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
     let mut w = Worker::new(policy, FakeHost::sharing(&store), [1, 2]);
-    let (call, request) = server_call(w.on_request(2, opaque, us(T0)));
-    assert_eq!(call.tier, authz_core::Tier::Authenticated);
-    let allowed = w.on_server_reply(
-        2,
-        &request,
-        &call,
-        0,
-        Some(ok_reply(5_000, 1, false)),
-        T0 + 5,
-    );
-    assert_eq!(status_of(&allowed), 200);
+    let (call, order) = w.request(2, opaque.clone(), T0).check();
+    assert_eq!(order.tier, authz_core::Tier::Authenticated);
+    let allowed = w
+        .grpc(call, 0, Some(ok_reply(5_000, 1, false)), T0 + 5)
+        .finals;
+    assert_eq!(allowed.len(), 1);
+    assert_eq!(status_of(&allowed[0]), 200);
     // Cached for the route's tier, like a server tier's decision.
-    assert_eq!(status_of(&done(w.on_request(3, request, us(T0 + 10)))), 200);
+    assert_eq!(status_of(&w.request(3, opaque, T0 + 10).done()), 200);
     // JWTs stay local; public routes stay public.
     let jwt = idp.token("alice");
     assert_eq!(
         decide_local(&mut w, &idp, 4, get("/items", Some(&jwt)), T0 + 20),
         200
     );
-    let public = w.on_request(5, get("/healthz", Some("opaque")), us(T0 + 30));
-    assert!(matches!(public, RequestStep::Done(_)), "{public:?}");
+    let public = w
+        .request(5, get("/healthz", Some("opaque")), T0 + 30)
+        .done();
+    assert_eq!(status_of(&public), 200);
 }
 
 #[test]
 fn a_refused_feed_credential_is_an_error_naming_it_and_counted() {
     let store = Rc::new(RefCell::new(Store::default()));
     let (mut w, host) = worker(&store);
-    let poll = w.on_tick(T0).poll.expect("a poll is due");
-    assert!(poll.bearer.starts_with("Bearer "));
-    w.poll_started(7);
-    w.on_poll_response(Some(401), Some(b"{}".to_vec()), T0 + 5);
+    let (poll, order) = w.wake(T0).poll().expect("a poll is due");
+    assert!(order.bearer.starts_with("Bearer "));
+    w.answer(poll, Some(401), Some(b"{}".to_vec()), T0 + 5);
     assert_eq!(host.count(Counter::PollUnauthorized), 1);
     assert_eq!(host.count(Counter::PollFailed), 1);
     assert!(host
@@ -1713,38 +1876,40 @@ fn a_refused_feed_credential_is_an_error_naming_it_and_counted() {
 fn a_feed_read_over_its_rate_waits_what_the_server_says_and_other_refusals_poll_on() {
     let store = Rc::new(RefCell::new(Store::default()));
     let (mut w, host) = worker(&store);
-    let first = w.on_tick(T0).poll.expect("a poll is due");
-    w.poll_started(1);
+    let (poll, first) = w.wake(T0).poll().expect("a poll is due");
     // The first read of the state is over this feed secret's catch-up rate.
     let refusal = br#"{"error": "over rate", "retry_after_ms": 0}"#.to_vec();
     assert!(w
-        .on_poll_response(Some(429), Some(refusal), T0 + 5)
+        .answer(poll, Some(429), Some(refusal), T0 + 5)
+        .poll()
         .is_none());
     assert_eq!(host.count(Counter::PollFailed), 1);
     for at in [T0 + 255, T0 + 505, T0 + 1_000] {
-        assert!(w.poll_due(at).is_none(), "asked again at {at}");
+        assert!(w.wake(at).poll().is_none(), "asked again at {at}");
     }
-    let again = w.poll_due(T0 + 1_005).expect("asked again after a second");
+    let (poll, again) = w
+        .wake(T0 + 1_005)
+        .poll()
+        .expect("asked again after a second");
     assert_eq!(again.path, first.path, "the same read");
     // The server says how long to wait (bounded to 10 s).
-    w.poll_started(2);
     let refusal = br#"{"error": "over rate", "retry_after_ms": 3000}"#.to_vec();
-    w.on_poll_response(Some(429), Some(refusal), T0 + 1_010);
-    assert!(w.poll_due(T0 + 4_000).is_none());
-    assert!(w.poll_due(T0 + 4_010).is_some());
-    w.poll_started(3);
+    w.answer(poll, Some(429), Some(refusal), T0 + 1_010);
+    assert!(w.wake(T0 + 4_000).poll().is_none());
+    let (poll, _) = w.wake(T0 + 4_010).poll().expect("asked again after 3 s");
     let refusal = br#"{"retry_after_ms": 3600000}"#.to_vec();
-    w.on_poll_response(Some(429), Some(refusal), T0 + 5_000);
-    assert!(w.poll_due(T0 + 15_000).is_some(), "at most 10 s");
+    w.answer(poll, Some(429), Some(refusal), T0 + 5_000);
+    let (poll, _) = w.wake(T0 + 15_000).poll().expect("at most 10 s");
     // Another failure, or a 429 that names no wait (too many held requests: polling plainly
     // is never refused for that), is retried at the interval, as before.
-    w.poll_started(4);
-    w.on_poll_response(Some(503), None, T0 + 15_010);
-    assert!(w.poll_due(T0 + 15_260).is_some());
-    w.poll_started(5);
+    w.answer(poll, Some(503), None, T0 + 15_010);
+    let (poll, _) = w
+        .wake(T0 + 15_260)
+        .poll()
+        .expect("asked again at the interval");
     let held_limit = br#"{"error": "too many held feed requests"}"#.to_vec();
-    w.on_poll_response(Some(429), Some(held_limit), T0 + 15_270);
-    assert!(w.poll_due(T0 + 15_520).is_some());
+    w.answer(poll, Some(429), Some(held_limit), T0 + 15_270);
+    assert!(w.wake(T0 + 15_520).poll().is_some());
 }
 
 /// A denial from the server, with `token_revoked` in its directive as given.
@@ -1787,40 +1952,41 @@ fn a_background_check_revokes_only_what_the_server_says_it_revoked_and_a_failure
     });
     let policy = Policy::from_json(config.to_string().as_bytes()).expect("policy");
     let mut w = Worker::new(policy, host.clone(), [1, 2]);
-    w.poll_due(T0).expect("a first poll");
-    w.poll_started(1);
-    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
     let idp = Idp::new("k1");
+    start_feed(&mut w, &idp, T0);
     let token = idp.token("alice");
     let mut now = T0;
-    // Answered at once; one check per window, sent from the tick.
+    // Answered at once; one check per window, sent from a wake-up.
     let ask = |w: &mut Worker<FakeHost>, id: u32, at: u64| {
         decide_local(w, &idp, id, get("/news/1", Some(&token)), at)
     };
     assert_eq!(ask(&mut w, 1, now), 200);
+    assert!(
+        w.poll_timeout().is_some_and(|at| at <= now),
+        "a queued check asks for a wake-up at once"
+    );
     assert_eq!(ask(&mut w, 2, now + 10), 200);
     now += 250;
-    let orders = w.on_tick(now).background;
-    assert_eq!(orders.len(), 1, "one check for two requests in a window");
-    assert_eq!(orders[0].cluster, "authz");
-    w.background_started(7, orders[0].clone(), now);
+    let checks = w.wake(now).checks;
+    assert_eq!(checks.len(), 1, "one check for two requests in a window");
+    let (call, order) = &checks[0];
+    assert_eq!(order.cluster, "authz");
+    assert_eq!(order.purpose, CheckPurpose::AfterAnswer);
     // A failure, and a refusal the server did not revoke for: nothing changes.
-    w.on_background_reply(7, 14, None, now + 5);
+    w.grpc(*call, 14, None, now + 5);
     assert_eq!(ask(&mut w, 3, now + 10), 200);
     now += 1_000;
     assert_eq!(ask(&mut w, 4, now), 200);
-    let orders = w.on_tick(now + 1).background;
-    assert_eq!(orders.len(), 1, "the next window");
-    w.background_started(8, orders[0].clone(), now + 1);
-    w.on_background_reply(8, 0, Some(denied_reply(401, false)), now + 5);
+    let checks = w.wake(now + 1).checks;
+    assert_eq!(checks.len(), 1, "the next window");
+    w.grpc(checks[0].0, 0, Some(denied_reply(401, false)), now + 5);
     assert_eq!(ask(&mut w, 5, now + 10), 200, "a 401 alone revokes nothing");
     assert_eq!(host.count(Counter::BackgroundFailed), 2);
     // The server says it revoked the token: refused here at once.
     now += 1_000;
     assert_eq!(ask(&mut w, 6, now), 200);
-    let orders = w.on_tick(now + 1).background;
-    w.background_started(9, orders[0].clone(), now + 1);
-    w.on_background_reply(9, 0, Some(denied_reply(401, true)), now + 5);
+    let checks = w.wake(now + 1).checks;
+    w.grpc(checks[0].0, 0, Some(denied_reply(401, true)), now + 5);
     assert_eq!(ask(&mut w, 10, now + 10), 401);
     assert_eq!(host.count(Counter::BackgroundRevoked), 1);
     assert!(host.logged("allowed, then revoked"));
@@ -1829,9 +1995,66 @@ fn a_background_check_revokes_only_what_the_server_says_it_revoked_and_a_failure
     config["routes"][0]["background_check_ms"] = Value::Null;
     let plain = Policy::from_json(config.to_string().as_bytes()).expect("policy");
     let mut w = Worker::new(plain, FakeHost::sharing(&store), [1, 2]);
-    w.poll_due(T0).expect("a first poll");
-    w.poll_started(1);
-    w.on_poll_response(Some(200), Some(epochs(1, 1, "inc-a", &[])), T0);
+    start_feed(&mut w, &idp, T0);
     assert_eq!(ask(&mut w, 1, T0), 200);
-    assert!(w.on_tick(T0 + 250).background.is_empty());
+    assert!(w.wake(T0 + 250).checks.is_empty());
+}
+
+#[test]
+fn a_request_waits_for_its_check_and_a_check_that_cannot_start_fails_closed() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = worker(&store);
+    let token = Idp::new("k1").token("alice");
+    let (call, order) = w.request(7, get("/admin/x", Some(&token)), T0).check();
+    assert_eq!(order.purpose, CheckPurpose::Decide { context_id: 7 });
+    assert_eq!(
+        (order.cluster.as_str(), order.tier.as_str()),
+        ("authz", "privileged")
+    );
+    assert_eq!(order.request.path, "/admin/x");
+    // The host could not make the call: the request is refused, as when the call fails.
+    let finals = w.lost(call, CallOutcome::NotStarted, T0 + 1).finals;
+    assert_eq!(finals.len(), 1);
+    assert_eq!((finals[0].context_id, status_of(&finals[0])), (7, 503));
+    assert_eq!(host.count(Counter::ServerErrors), 1);
+    // An answer to a call the worker does not have out (answered already, or never asked)
+    // does nothing.
+    assert!(w
+        .grpc(call, 0, Some(ok_reply(1_000, 1, false)), T0 + 2)
+        .is_empty());
+    assert!(w.grpc(CallId(999), 0, None, T0 + 2).is_empty());
+    // A request that ends while its call is out: the late answer decides nothing.
+    let (call, _) = w.request(8, get("/admin/x", Some(&token)), T0 + 3).check();
+    assert!(w.ended(8, T0 + 4).is_empty());
+    assert!(w
+        .grpc(call, 0, Some(ok_reply(1_000, 1, false)), T0 + 5)
+        .is_empty());
+}
+
+#[test]
+fn poll_timeout_names_a_waiting_request_s_deadline_and_a_wake_then_settles_it() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, _) = worker(&store);
+    assert_eq!(w.poll_timeout(), Some(0), "never woken: at once");
+    assert_eq!(w.wake(T0).fetches.len(), 1, "the first keys are fetched");
+    assert_eq!(
+        w.poll_timeout(),
+        Some(T0 + 250),
+        "other workers' shared data is read again within the tick"
+    );
+    let token = Idp::new("k1").token("alice");
+    let fetch = w
+        .request(10, get("/things", Some(&token)), T0 + 100)
+        .waits();
+    assert!(fetch.is_none(), "it waits on the fetch out");
+    w.wake(T0 + 1_900);
+    // The key wait is 2 s: the request's deadline comes before the next periodic wake-up.
+    assert_eq!(w.poll_timeout(), Some(T0 + 2_100));
+    assert!(
+        w.wake(T0 + 2_099).finals.is_empty(),
+        "a wake before it decides nothing"
+    );
+    let finals = w.wake(T0 + 2_100).finals;
+    assert_eq!(finals.len(), 1);
+    assert_eq!((finals[0].context_id, status_of(&finals[0])), (10, 503));
 }

@@ -1,40 +1,60 @@
 //! The HTTP context: one per request. Strips client-sent copies of the headers the filter
-//! sets (named by `filter_core::read_request`), hands the request to the worker, and applies the result: continue with headers, a
-//! deny response, a pause while keys are fetched, or a pause while the ext_authz server is
-//! asked (its answer arrives here, in `on_grpc_call_response`).
+//! sets (named by `filter_core::read_request`), hands the request to the core as an event, and
+//! returns what the core decided: continue with headers, a deny response, or a pause (for keys,
+//! or for the ext_authz server, whose answer arrives here, in `on_grpc_call_response`). Builds
+//! the Check messages the core asks for.
 
-use crate::effects::{apply_final, dispatch_fetch, on_fetch_answer};
-use crate::envoy_host::FilterWorker;
+use crate::driver::{apply_final, Driver};
 use crate::host;
-use authz_core::ext_authz_proto::{encode_check_request, CheckFacts, CHECK_METHOD, CHECK_SERVICE};
+use authz_core::ext_authz_proto::{encode_check_request, CheckFacts};
 use authz_core::{deny_response, DenyReason};
-use filter_core::{Final, FinalAction, OwnedRequest, RequestStep, ServerCall};
+use filter_core::{CallOutcome, CheckOrder, CheckPurpose, Event, Final, FinalAction};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 pub struct AuthzHttp {
     context_id: u32,
-    worker: Option<Rc<RefCell<FilterWorker>>>,
-    /// The Check call in flight for this request, if any.
-    server_call: Option<(u32, ServerCall, OwnedRequest)>,
+    driver: Option<Rc<Driver>>,
 }
 
 impl AuthzHttp {
-    pub fn new(context_id: u32, worker: Option<Rc<RefCell<FilterWorker>>>) -> AuthzHttp {
-        AuthzHttp {
-            context_id,
-            worker,
-            server_call: None,
-        }
+    pub fn new(context_id: u32, driver: Option<Rc<Driver>>) -> AuthzHttp {
+        AuthzHttp { context_id, driver }
     }
+}
+
+/// The Check message for `order`: for a request being decided (it must be `current`, the
+/// request whose headers are being handled: its live headers are read), what Envoy's native
+/// ext_authz filter would send; for a check after the answer, its method, path and credential.
+/// `None` when a request's check is asked for outside its own headers' handling.
+pub(crate) fn check_message(order: &CheckOrder, current: Option<u32>) -> Option<Vec<u8>> {
+    let facts = match order.purpose {
+        CheckPurpose::Decide { context_id } if Some(context_id) == current => check_facts(order),
+        CheckPurpose::Decide { .. } => return None,
+        CheckPurpose::AfterAnswer => CheckFacts {
+            method: order.request.method.clone(),
+            path: order.request.path.clone(),
+            headers: order
+                .request
+                .authorization
+                .iter()
+                .map(|value| ("authorization".to_owned(), value.clone()))
+                .collect(),
+            tier: order.tier.as_str().to_owned(),
+            client_locality: node_locality(),
+            background: true,
+            ..CheckFacts::default()
+        },
+    };
+    Some(encode_check_request(facts))
 }
 
 /// The Check request Envoy's native ext_authz filter would send for this request (read after
 /// our headers were stripped; values that are not UTF-8 are passed on lossily).
-fn check_facts(call: &ServerCall, request: &OwnedRequest) -> CheckFacts {
+fn check_facts(order: &CheckOrder) -> CheckFacts {
+    let request = &order.request;
     let headers: HashMap<String, String> = host::request_headers()
         .into_iter()
         .filter(|(k, _)| !k.starts_with(b":"))
@@ -63,7 +83,7 @@ fn check_facts(call: &ServerCall, request: &OwnedRequest) -> CheckFacts {
         headers,
         source_address: (!address.is_empty()).then_some(address),
         source_port: port,
-        tier: call.tier.as_str().to_owned(),
+        tier: order.tier.as_str().to_owned(),
         client_locality: node_locality(),
         background: false,
     }
@@ -93,38 +113,28 @@ impl Context for AuthzHttp {
         body_size: usize,
         _trailers: usize,
     ) {
-        if let Some(worker) = self.worker.clone() {
-            on_fetch_answer(&worker, token_id, body_size, self.context_id);
+        if let Some(driver) = &self.driver {
+            let outcome = CallOutcome::Http {
+                status: host::call_response_status(),
+                body: host::call_response_body(body_size),
+            };
+            driver.call_ended(token_id, outcome, self.context_id);
         }
     }
 
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        let Some((token, call, request)) = self.server_call.take() else {
-            return;
-        };
-        if token != token_id {
-            self.server_call = Some((token, call, request));
-            return;
+        if let Some(driver) = &self.driver {
+            let outcome = CallOutcome::Grpc {
+                status: status_code,
+                body: host::grpc_response_body(status_code, response_size),
+            };
+            driver.call_ended(token_id, outcome, self.context_id);
         }
-        let body = host::grpc_response_body(status_code, response_size);
-        let now = host::now_ms().unwrap_or(0);
-        let decision = worker.borrow_mut().on_server_reply(
-            self.context_id,
-            &request,
-            &call,
-            status_code,
-            body,
-            now,
-        );
-        apply_final(&decision, true);
     }
 
     fn on_done(&mut self) -> bool {
-        if let Some(worker) = &self.worker {
-            worker.borrow_mut().forget(self.context_id);
+        if let Some(driver) = &self.driver {
+            driver.request_ended(self.context_id);
         }
         true
     }
@@ -132,7 +142,7 @@ impl Context for AuthzHttp {
 
 impl HttpContext for AuthzHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(worker) = self.worker.clone() else {
+        let Some(driver) = self.driver.clone() else {
             // No valid configuration: fail closed.
             let response = deny_response(&DenyReason::Internal, "api");
             let decision = Final {
@@ -144,63 +154,40 @@ impl HttpContext for AuthzHttp {
         // One read of the header map, as bytes (a client may send any byte Envoy lets
         // through): the core picks up what it decides on and names the client-sent copies of
         // our headers (and stripped override headers) to remove.
-        let read = filter_core::read_request(host::request_headers(), &worker.borrow().policy);
+        let read =
+            filter_core::read_request(host::request_headers(), &driver.worker.borrow().policy);
         for name in &read.remove {
             host::remove_request_header(name);
         }
-        let request = match read.request {
-            Ok(request) => request,
-            Err(unreadable) => {
-                let decision = worker.borrow().unreadable(self.context_id, &unreadable);
-                return apply_final(&decision, false);
-            }
+        let context_id = self.context_id;
+        let now_us = host::now_us();
+        let event = match (read.request, now_us) {
+            (Err(unreadable), _) => Event::Unreadable {
+                context_id,
+                unreadable,
+            },
+            (Ok(request), Some(_)) => Event::Request {
+                context_id,
+                request,
+            },
+            (Ok(request), None) => Event::NoClock {
+                context_id,
+                request,
+            },
         };
-        let step = match host::now_us() {
-            Some(now_us) => worker
-                .borrow_mut()
-                .on_request(self.context_id, request, now_us),
-            None => RequestStep::Done(worker.borrow().internal_deny(self.context_id, &request)),
-        };
-        match step {
-            RequestStep::Done(decision) => apply_final(&decision, false),
-            RequestStep::Wait(order) => {
-                // The answer comes back to this context, which then wakes every request
-                // waiting on it (this one included).
-                if let Some(order) = order {
-                    dispatch_fetch(&worker, &order, self.context_id);
-                }
-                Action::Pause
-            }
-            RequestStep::CallServer(call, request) => {
-                let message = encode_check_request(check_facts(&call, &request));
-                match host::dispatch_grpc(
-                    &call.cluster,
-                    CHECK_SERVICE,
-                    CHECK_METHOD,
-                    &message,
-                    call.timeout,
-                ) {
-                    Some(token) => {
-                        worker.borrow().server_call_started();
-                        self.server_call = Some((token, call, request));
-                        Action::Pause
-                    }
-                    None => {
-                        let decision = worker.borrow().server_call_not_started(
-                            self.context_id,
-                            &request,
-                            &call,
-                        );
-                        apply_final(&decision, false)
-                    }
-                }
-            }
-        }
+        let now_us = now_us.unwrap_or(0);
+        driver.handle(event, now_us);
+        // No decision yet: paused until keys arrive or the server answers.
+        let action = driver
+            .run(context_id, Some(context_id), now_us)
+            .unwrap_or(Action::Pause);
+        driver.arm_timer(now_us / 1000);
+        action
     }
 
     fn on_log(&mut self) {
-        if let Some(worker) = &self.worker {
-            worker.borrow_mut().forget(self.context_id);
+        if let Some(driver) = &self.driver {
+            driver.request_ended(self.context_id);
         }
     }
 }

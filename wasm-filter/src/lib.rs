@@ -1,10 +1,10 @@
 //! The proxy-wasm HTTP filter: Envoy's (and Istio's) host of the filter core.
 //!
 //! It turns proxy-wasm callbacks into `filter_core::Worker` events and carries out the
-//! commands that come back: the root context ([`root`]) loads the configuration, runs the
-//! timer and receives JWKS and epochs answers; the HTTP context ([`http`]) reads a request's
-//! headers as bytes, strips client copies of the headers we set, and makes the Check call;
-//! [`effects`] applies decided requests and dispatches fetches; [`envoy_host`] is the core's
+//! commands that come back: the root context ([`root`]) loads the configuration and turns the
+//! timer into wake-ups; the HTTP context ([`http`]) reads a request's headers as bytes, strips
+//! client copies of the headers we set, and builds Check messages; [`driver`] runs the core in
+//! the documented order (event, commands, timer) and keeps the calls out; [`envoy_host`] is the core's
 //! `Host` (shared data, logs, metrics); [`abi`] binds the host calls by hand and [`host`] wraps
 //! them so that none of them can panic the filter.
 //!
@@ -13,7 +13,7 @@
 //! and its trust) from `filter-core`; both are tested on the host without Envoy.
 
 pub mod abi;
-pub mod effects;
+pub mod driver;
 pub mod envoy_host;
 pub mod host;
 pub mod http;
