@@ -24,6 +24,7 @@ pub mod metrics;
 mod outbox;
 pub mod read;
 pub mod server_path;
+pub mod timer;
 pub mod versions;
 pub mod worker;
 
@@ -34,5 +35,6 @@ pub use commands::{
 pub use host::{Host, LogLevel, SharedWrite};
 pub use metrics::{Counter, Gauge, Histogram};
 pub use read::{read_request, ReadRequest, Unreadable};
+pub use timer::WakeTimer;
 pub use versions::KnownVersions;
 pub use worker::{Worker, TICK};

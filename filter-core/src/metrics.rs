@@ -17,7 +17,7 @@
 //! | `authz.cache_lookups.<tier>.hit` / `.miss` / `.untrusted` | counter | decision cache lookups by tier |
 //! | `authz.cache_evictions.<tier>` | counter | decision cache entries evicted by tier |
 //! | `authz.cache_entries` | gauge | decision cache entries (this worker; last writer wins) |
-//! | `authz.check_calls` / `authz.check_call_errors` | counter | Check calls to the ext_authz server / failed ones |
+//! | `authz.check_calls` / `authz.check_call_errors` | counter | Check calls to the ext_authz server asked for / failed or not started |
 //! | `authz.epochs_polls.ok` / `.failed` | counter | `/admin/epochs` polls |
 //! | `authz.epochs_polls.held` | counter | change-feed requests the server held open until a change or its wait ran out (push) |
 //! | `authz.policy_version` | gauge | policy version this worker enforces |
@@ -25,7 +25,7 @@
 //! | `authz.revocations_dropped` | counter | revocations dropped at `server.max_revocations` (writes fail closed until they would have expired) |
 //! | `authz.push_connected` | gauge | 1 while this worker's change feed is pushed (a held request succeeded last), 0 while it polls (last writer wins) |
 //! | `authz.contexts.signed` / `.reused` | counter | signed verification contexts this worker made / reused for a token, method and route |
-//! | `authz.background_checks.sent` / `.revoked` / `.failed` / `.dropped` | counter | checks after the answer (`background_check_ms`) sent / whose token the server revoked ("allowed, then revoked") / that failed or answered otherwise (nothing changed) / due but dropped (queue full) |
+//! | `authz.background_checks.sent` / `.revoked` / `.failed` / `.dropped` | counter | checks after the answer (`background_check_ms`) asked for / whose token the server revoked ("allowed, then revoked") / that failed or answered otherwise (nothing changed) / due but dropped (queue full) |
 //! | `authz.revocation_lag_ms` | histogram | from the server learning a change to this worker applying it, ms (one sample per change; same clock only on one machine) |
 
 use authz_core::Tier;

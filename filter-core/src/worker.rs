@@ -288,6 +288,7 @@ impl<H: Host> Worker<H> {
     /// A key fetch ended: the requests it settles are decided, and a keys fetch that follows
     /// a metadata answer goes out.
     fn on_fetch_ended(&mut self, call: CallId, outcome: CallOutcome, now_ms: u64) {
+        let answered = matches!(outcome, CallOutcome::Http { .. } | CallOutcome::Grpc { .. });
         let concluded = match outcome {
             CallOutcome::Http { status, body } => self
                 .keys
@@ -307,8 +308,12 @@ impl<H: Host> Worker<H> {
         if concluded {
             self.process_pending(now_ms);
         }
-        for order in self.keys.take_follow_ups() {
-            self.send_fetch(order);
+        // Only an answer queues anything (a keys fetch may follow a metadata answer): a call
+        // that did not start or was abandoned must not, see the module doc.
+        if answered {
+            for order in self.keys.take_follow_ups() {
+                self.send_fetch(order);
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use crate::envoy_host::FilterWorker;
 use crate::host;
 use crate::http::check_message;
 use authz_core::ext_authz_proto::{CHECK_METHOD, CHECK_SERVICE};
-use filter_core::{CallId, CallOutcome, Command, Event, Final, FinalAction};
+use filter_core::{CallId, CallOutcome, Command, Event, Final, FinalAction, WakeTimer};
 use proxy_wasm::types::Action;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -22,13 +22,22 @@ use std::time::Duration;
 /// (see `envoy_host`).
 pub const FLUSH_PERIOD: Duration = Duration::from_millis(250);
 
+/// Which of the proxy's two call kinds a token belongs to (each has its own callback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    Http,
+    Grpc,
+}
+
 /// The core and what Envoy needs around it.
 pub struct Driver {
     pub worker: RefCell<FilterWorker>,
-    /// The proxy's call token → the core's call and the context whose callbacks get the answer.
-    calls: RefCell<HashMap<u32, (CallId, u32)>>,
-    /// When the timer is armed to fire (ms), if it is.
-    timer_at: Cell<Option<u64>>,
+    /// The proxy's call (kind, token) → the core's call and the context whose callbacks get
+    /// the answer.
+    calls: RefCell<HashMap<(CallKind, u32), (CallId, u32)>>,
+    timer: Cell<WakeTimer>,
+    /// The last time read (µs): an event when the clock cannot be read carries it.
+    last_now_us: Cell<u64>,
 }
 
 impl Driver {
@@ -36,8 +45,27 @@ impl Driver {
         Driver {
             worker: RefCell::new(worker),
             calls: RefCell::new(HashMap::new()),
-            timer_at: Cell::new(None),
+            timer: Cell::new(WakeTimer::default()),
+            last_now_us: Cell::new(0),
         }
+    }
+
+    /// The time now (µs), or the last time read when the clock cannot be read.
+    pub fn now_us(&self) -> u64 {
+        match host::now_us() {
+            Some(now) => {
+                self.last_now_us.set(now);
+                now
+            }
+            None => self.last_now_us.get(),
+        }
+    }
+
+    /// The timer was set outside [`Driver::arm_timer`] (the first wake-up), to fire at `at_ms`.
+    pub fn timer_armed(&self, at_ms: u64) {
+        let mut timer = self.timer.get();
+        timer.armed(at_ms);
+        self.timer.set(timer);
     }
 
     /// Hands `event` to the core (the worker is borrowed only meanwhile).
@@ -68,7 +96,7 @@ impl Driver {
                             &order.path,
                             order.timeout,
                         );
-                        self.started(token, call, home, &mut not_started);
+                        self.started(CallKind::Http, token, call, home, &mut not_started);
                     }
                     Command::Poll { call, order } => {
                         let token = host::dispatch_get_with(
@@ -78,7 +106,7 @@ impl Driver {
                             &[("authorization", order.bearer.as_str())],
                             order.timeout,
                         );
-                        self.started(token, call, home, &mut not_started);
+                        self.started(CallKind::Http, token, call, home, &mut not_started);
                     }
                     Command::Check { call, order } => {
                         let token = check_message(&order, request).and_then(|message| {
@@ -90,7 +118,7 @@ impl Driver {
                                 order.timeout,
                             )
                         });
-                        self.started(token, call, home, &mut not_started);
+                        self.started(CallKind::Grpc, token, call, home, &mut not_started);
                     }
                 }
             }
@@ -104,10 +132,17 @@ impl Driver {
         }
     }
 
-    fn started(&self, token: Option<u32>, call: CallId, home: u32, failed: &mut Vec<CallId>) {
+    fn started(
+        &self,
+        kind: CallKind,
+        token: Option<u32>,
+        call: CallId,
+        home: u32,
+        failed: &mut Vec<CallId>,
+    ) {
         match token {
             Some(token) => {
-                self.calls.borrow_mut().insert(token, (call, home));
+                self.calls.borrow_mut().insert((kind, token), (call, home));
             }
             None => failed.push(call),
         }
@@ -115,11 +150,11 @@ impl Driver {
 
     /// A call's answer reached context `home`: the core gets it, and what it queues is
     /// carried out. A token that is not ours (or no longer) is ignored.
-    pub fn call_ended(&self, token: u32, outcome: CallOutcome, home: u32) {
-        let Some((call, _)) = self.calls.borrow_mut().remove(&token) else {
+    pub fn call_ended(&self, kind: CallKind, token: u32, outcome: CallOutcome, home: u32) {
+        let Some((call, _)) = self.calls.borrow_mut().remove(&(kind, token)) else {
             return;
         };
-        let now_us = host::now_us().unwrap_or(0);
+        let now_us = self.now_us();
         self.handle(Event::CallEnded { call, outcome }, now_us);
         self.run(home, None, now_us);
         self.arm_timer(now_us / 1000);
@@ -129,10 +164,10 @@ impl Driver {
     /// are abandoned (their answers would have come to it). Queues nothing, so this is safe
     /// from a callback that runs while commands are carried out.
     pub fn request_ended(&self, context_id: u32) {
-        let now_us = host::now_us().unwrap_or(0);
+        let now_us = self.now_us();
         let abandoned: Vec<CallId> = {
             let mut calls = self.calls.borrow_mut();
-            let tokens: Vec<u32> = calls
+            let tokens: Vec<(CallKind, u32)> = calls
                 .iter()
                 .filter(|(_, (_, owner))| *owner == context_id)
                 .map(|(token, _)| *token)
@@ -153,28 +188,27 @@ impl Driver {
     /// and the timer is set for the next wake-up.
     pub fn wake(&self, root: u32) {
         let Some(now_us) = host::now_us() else { return };
+        self.last_now_us.set(now_us);
         self.worker.borrow().host.flush();
-        self.timer_at.set(None);
+        let mut timer = self.timer.get();
+        timer.fired();
+        self.timer.set(timer);
         self.handle(Event::Wake, now_us);
         self.run(root, None, now_us);
         self.arm_timer(now_us / 1000);
     }
 
-    /// Sets the timer for the core's next wake-up, when that is sooner than the timer is set
-    /// for (or after it fired); at the latest [`FLUSH_PERIOD`] from now, for the counters
-    /// counted in the VM. Envoy's timer is periodic: a period set now runs from now.
+    /// Sets the timer for the core's next wake-up when it is not set to fire by then; at the
+    /// latest [`FLUSH_PERIOD`] from now, for the counters counted in the VM (see
+    /// `filter_core::timer`). Envoy's timer is periodic: a period set now runs from now.
     pub fn arm_timer(&self, now_ms: u64) {
-        let flush_at = now_ms + FLUSH_PERIOD.as_millis() as u64;
-        let at = match self.worker.borrow().poll_timeout() {
-            Some(at) => at.min(flush_at),
-            None => flush_at,
-        };
-        if self.timer_at.get().is_some_and(|armed| armed <= at) {
+        let wanted = self.worker.borrow().poll_timeout();
+        let mut timer = self.timer.get();
+        let Some(period) = timer.period_for(now_ms, wanted, FLUSH_PERIOD) else {
             return;
-        }
-        let period = at.saturating_sub(now_ms).max(1);
-        if host::set_tick_period(Duration::from_millis(period)) {
-            self.timer_at.set(Some(now_ms + period));
+        };
+        if host::set_tick_period(period) {
+            self.timer.set(timer);
         }
     }
 }

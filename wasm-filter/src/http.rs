@@ -4,7 +4,7 @@
 //! or for the ext_authz server, whose answer arrives here, in `on_grpc_call_response`). Builds
 //! the Check messages the core asks for.
 
-use crate::driver::{apply_final, Driver};
+use crate::driver::{apply_final, CallKind, Driver};
 use crate::host;
 use authz_core::ext_authz_proto::{encode_check_request, CheckFacts};
 use authz_core::{deny_response, DenyReason};
@@ -118,7 +118,7 @@ impl Context for AuthzHttp {
                 status: host::call_response_status(),
                 body: host::call_response_body(body_size),
             };
-            driver.call_ended(token_id, outcome, self.context_id);
+            driver.call_ended(CallKind::Http, token_id, outcome, self.context_id);
         }
     }
 
@@ -128,7 +128,7 @@ impl Context for AuthzHttp {
                 status: status_code,
                 body: host::grpc_response_body(status_code, response_size),
             };
-            driver.call_ended(token_id, outcome, self.context_id);
+            driver.call_ended(CallKind::Grpc, token_id, outcome, self.context_id);
         }
     }
 
@@ -175,7 +175,7 @@ impl HttpContext for AuthzHttp {
                 request,
             },
         };
-        let now_us = now_us.unwrap_or(0);
+        let now_us = now_us.unwrap_or_else(|| driver.now_us());
         driver.handle(event, now_us);
         // No decision yet: paused until keys arrive or the server answers.
         let action = driver

@@ -2,7 +2,7 @@
 //! driver, and turns the timer and the answers to calls made from here (wake-ups make the
 //! change-feed requests, checks after the answer and scheduled key fetches) into events.
 
-use crate::driver::Driver;
+use crate::driver::{CallKind, Driver};
 use crate::envoy_host::{random_key, EnvoyHost, FilterWorker};
 use crate::host;
 use crate::http::AuthzHttp;
@@ -45,7 +45,7 @@ impl Context for AuthzRoot {
             status: host::call_response_status(),
             body: host::call_response_body(body_size),
         };
-        driver.call_ended(token_id, outcome, self.context_id);
+        driver.call_ended(CallKind::Http, token_id, outcome, self.context_id);
     }
 
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
@@ -54,7 +54,7 @@ impl Context for AuthzRoot {
             status: status_code,
             body: host::grpc_response_body(status_code, response_size),
         };
-        driver.call_ended(token_id, outcome, self.context_id);
+        driver.call_ended(CallKind::Grpc, token_id, outcome, self.context_id);
     }
 }
 
@@ -88,7 +88,9 @@ impl RootContext for AuthzRoot {
             policy.routes.default.tier
         ));
         let worker = FilterWorker::new(policy, EnvoyHost::define(), random_key());
-        self.driver = Some(Rc::new(Driver::new(worker)));
+        let driver = Rc::new(Driver::new(worker));
+        driver.timer_armed(driver.now_us() / 1000 + FIRST_TICK.as_millis() as u64);
+        self.driver = Some(driver);
         if !host::set_tick_period(FIRST_TICK) {
             host::error("jwt_authz could not start its timer");
             return false;
