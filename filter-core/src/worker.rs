@@ -75,9 +75,8 @@ pub struct Worker<H: Host> {
     pub(crate) background: BackgroundChecks,
     /// Commands for the host, and call names.
     pub(crate) outbox: Outbox,
-    /// When the worker last woke (ms): shared data (keys and versions other workers stored) is
-    /// looked at again within [`TICK`].
-    last_wake_ms: Option<u64>,
+    /// When the worker last read what other workers stored (ms): again within [`TICK`].
+    last_look_ms: Option<u64>,
 }
 
 /// The worker's caches: keyed by the same secret-keyed hash of the token.
@@ -180,7 +179,7 @@ impl<H: Host> Worker<H> {
             context: ContextSigning::default(),
             background: BackgroundChecks::new(policy_has_background_routes),
             outbox: Outbox::default(),
-            last_wake_ms: None,
+            last_look_ms: None,
         }
     }
 
@@ -222,11 +221,11 @@ impl<H: Host> Worker<H> {
     /// When the worker next needs an [`Event::Wake`] (ms, the events' clock; possibly past:
     /// at once), or `None` when nothing is due until the next event: a waiting request's
     /// deadline, the change feed's next request, a check after the answer the rate lets go,
-    /// and within [`TICK`] of the last wake-up while there are fetched keys or a feed to look
-    /// after.
+    /// and [`TICK`] after it last read what other workers stored, while there are fetched keys
+    /// or a feed to look after.
     pub fn poll_timeout(&self) -> Option<u64> {
         let periodic = (self.keys.has_remote() || self.policy.feed().is_some()).then(|| {
-            self.last_wake_ms
+            self.last_look_ms
                 .map_or(0, |at| at + TICK.as_millis() as u64)
         });
         let deadline = self.pending.iter().map(|p| p.deadline_ms).min();
@@ -349,14 +348,24 @@ impl<H: Host> Worker<H> {
     /// Periodic work: pick up keys other workers stored, start due fetches, settle waiting
     /// requests, merge server versions with the other workers, and send the change-feed
     /// request and checks after the answer that are due.
+    /// What other workers stored (keys, leases, versions) is read at most once per [`TICK`]:
+    /// wake-ups for deadlines and checks after the answer come more often.
     fn on_wake(&mut self, now_ms: u64) {
-        self.last_wake_ms = Some(now_ms);
-        for order in self.keys.on_tick(&self.host, now_ms) {
-            self.send_fetch(order);
+        let tick = TICK.as_millis() as u64;
+        let look_around = self
+            .last_look_ms
+            .is_none_or(|at| now_ms >= at.saturating_add(tick));
+        if look_around {
+            self.last_look_ms = Some(now_ms);
+            for order in self.keys.on_tick(&self.host, now_ms) {
+                self.send_fetch(order);
+            }
         }
         self.process_pending(now_ms);
-        self.share_versions();
-        self.prune_revocations(now_ms);
+        if look_around {
+            self.share_versions();
+            self.prune_revocations(now_ms);
+        }
         if let Some(order) = self.poll_due(now_ms) {
             self.send_poll(order);
         }

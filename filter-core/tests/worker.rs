@@ -323,8 +323,12 @@ fn two_workers_contend_for_one_fetch_and_both_get_the_keys() {
     let finals = a.answer(fetch, Some(200), Some(idp.jwks()), T0 + 50).finals;
     assert_eq!(finals.len(), 1);
     assert_eq!((finals[0].context_id, status_of(&finals[0])), (10, 200));
-    // The other worker picks the stored keys up on its next wake-up, without fetching.
-    let woke = b.wake(T0 + 250);
+    // The other worker reads what the others stored at most once a tick (it did at +10), so
+    // it picks the stored keys up at +260, without fetching: a wake-up before that (for a
+    // deadline, say) does not read them.
+    assert_eq!(b.poll_timeout(), Some(T0 + 260));
+    assert!(b.wake(T0 + 250).is_empty());
+    let woke = b.wake(T0 + 260);
     assert!(woke.fetches.is_empty());
     assert_eq!(woke.finals.len(), 1);
     assert_eq!(
