@@ -1,8 +1,7 @@
-//! What goes into the core and what comes out of it: [`Event`]s the host reports (a request, a
-//! request that ended, a call that ended, a wake-up), and [`Command`]s the core queues for the
-//! host (a decided request to apply, a JWKS fetch, a change-feed request or a Check call to
-//! make). Every call the core asks for has a [`CallId`]; the event that ends the call carries it
-//! back, so no call needs acknowledging when it starts.
+//! What comes out of the core: [`Command`]s it queues for the host (a decided request to
+//! apply, a JWKS fetch, a change-feed request or a Check call to make), and what they carry.
+//! Every call the core asks for has a [`CallId`]; the event that ends the call
+//! (`crate::events`) carries it back, so no call needs acknowledging when it starts.
 //!
 //! What it does not do: carry anything out. These are plain values (checks after the answer
 //! included: `background` decides when they are due).
@@ -174,49 +173,4 @@ pub enum Command {
     Poll { call: CallId, order: PollOrder },
     /// Make a Check call.
     Check { call: CallId, order: CheckOrder },
-}
-
-/// How a call ended, as the host saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallOutcome {
-    /// An HTTP call's answer: its `:status` (`None` when the call failed: reset, timeout, no
-    /// status) and body.
-    Http {
-        status: Option<u16>,
-        body: Option<Vec<u8>>,
-    },
-    /// A gRPC call's answer: its status (0 is OK) and message.
-    Grpc { status: u32, body: Option<Vec<u8>> },
-    /// The host could not make the call (e.g. no such cluster).
-    NotStarted,
-    /// The call's answer cannot arrive any more (the request it was made from went away, and
-    /// the proxy delivers answers only there). Not a failure of the far side.
-    Abandoned,
-}
-
-/// What the host reports to [`crate::Worker::handle`], with the time it happened.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// A request's headers were read (see [`crate::read_request`]).
-    Request {
-        context_id: u32,
-        request: OwnedRequest,
-    },
-    /// A request the filter cannot read: refused (400).
-    Unreadable {
-        context_id: u32,
-        unreadable: crate::read::Unreadable,
-    },
-    /// A request arrived while the host could read no clock: refused (500). The `now` given
-    /// with it is not read.
-    NoClock {
-        context_id: u32,
-        request: OwnedRequest,
-    },
-    /// A request ended (answered, reset or done): nothing more is applied to it.
-    RequestEnded { context_id: u32 },
-    /// A call the core asked for ended.
-    CallEnded { call: CallId, outcome: CallOutcome },
-    /// The time [`crate::Worker::poll_timeout`] named has come (or any later time).
-    Wake,
 }

@@ -18,6 +18,7 @@ mod after_answer;
 pub mod background;
 pub mod commands;
 pub mod context;
+pub mod events;
 pub mod host;
 mod keys;
 pub mod metrics;
@@ -29,9 +30,10 @@ pub mod versions;
 pub mod worker;
 
 pub use commands::{
-    BackgroundCheck, CallId, CallOutcome, CheckOrder, CheckPurpose, Command, Event, FetchOrder,
-    FetchStage, Final, FinalAction, OwnedRequest, PollOrder,
+    BackgroundCheck, CallId, CheckOrder, CheckPurpose, Command, FetchOrder, FetchStage, Final,
+    FinalAction, OwnedRequest, PollOrder,
 };
+pub use events::{CallOutcome, Event};
 pub use host::{Host, LogLevel, SharedWrite};
 pub use metrics::{Counter, Gauge, Histogram};
 pub use read::{read_request, ReadRequest, Unreadable};

@@ -23,10 +23,11 @@
 
 use crate::background::BackgroundChecks;
 use crate::commands::{
-    CallId, CallOutcome, CheckOrder, CheckPurpose, Command, Event, FetchOrder, Final, FinalAction,
-    OwnedRequest, ServerCall,
+    CallId, CheckOrder, CheckPurpose, Command, FetchOrder, Final, FinalAction, OwnedRequest,
+    ServerCall,
 };
 use crate::context::ContextSigning;
+use crate::events::{CallOutcome, Event};
 use crate::host::{Host, LogLevel};
 use crate::keys::KeySources;
 use crate::metrics::{Counter, Histogram};

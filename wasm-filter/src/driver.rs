@@ -8,9 +8,9 @@
 //! local response ends its request at once), so the worker is never borrowed while a host call
 //! runs.
 
+use crate::check::check_message;
 use crate::envoy_host::FilterWorker;
 use crate::host;
-use crate::http::check_message;
 use authz_core::ext_authz_proto::{CHECK_METHOD, CHECK_SERVICE};
 use filter_core::{CallId, CallOutcome, Command, Event, Final, FinalAction, WakeTimer};
 use proxy_wasm::types::Action;
