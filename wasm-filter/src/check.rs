@@ -1,75 +1,31 @@
-//! The Check messages the core asks for (`filter_core::CheckOrder`), as Envoy's native ext_authz
-//! filter would send them: read from the live request while its headers are handled, or from
-//! what the core kept for a check after the answer.
+//! The Check messages the core asks for (`filter_core::CheckOrder`): what this host reads of
+//! the live request (its headers, source address and protocol) and of the node (its
+//! locality), handed to `filter_core::check_message`, which builds them alike for every host.
 //!
-//! What it does not do: send them (the driver does), or decide anything.
+//! What it does not do: build the message itself, send it (the driver does), or decide
+//! anything.
 
 use crate::host;
-use authz_core::ext_authz_proto::{encode_check_request, CheckFacts};
-use filter_core::{CheckOrder, CheckPurpose};
-use std::collections::HashMap;
+use filter_core::{CheckOrder, CheckPurpose, LiveRequest};
 
-/// The Check message for `order`: for a request being decided (it must be `current`, the
-/// request whose headers are being handled: its live headers are read), what Envoy's native
-/// ext_authz filter would send; for a check after the answer, its method, path and credential.
-/// `None` when a request's check is asked for outside its own headers' handling.
+/// The Check message for `order`: for a request being decided it must be `current`, the
+/// request whose headers are being handled (its live headers are read); `None` when a
+/// request's check is asked for outside its own headers' handling.
 pub(crate) fn check_message(order: &CheckOrder, current: Option<u32>) -> Option<Vec<u8>> {
-    let facts = match order.purpose {
-        CheckPurpose::Decide { context_id } if Some(context_id) == current => check_facts(order),
-        CheckPurpose::Decide { .. } => return None,
-        CheckPurpose::AfterAnswer => CheckFacts {
-            method: order.request.method.clone(),
-            path: order.request.path.clone(),
-            headers: order
-                .request
-                .authorization
-                .iter()
-                .map(|value| ("authorization".to_owned(), value.clone()))
-                .collect(),
-            tier: order.tier.as_str().to_owned(),
-            client_locality: node_locality(),
-            background: true,
-            ..CheckFacts::default()
-        },
-    };
-    Some(encode_check_request(facts))
-}
-
-/// The Check request Envoy's native ext_authz filter would send for this request (read after
-/// our headers were stripped; values that are not UTF-8 are passed on lossily).
-fn check_facts(order: &CheckOrder) -> CheckFacts {
-    let request = &order.request;
-    let headers: HashMap<String, String> = host::request_headers()
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with(b":"))
-        .map(|(k, v)| {
-            (
-                String::from_utf8_lossy(&k).into_owned(),
-                String::from_utf8_lossy(&v).into_owned(),
-            )
-        })
-        .collect();
-    let source = host::property(&["source", "address"]).unwrap_or_default();
-    let (address, port) = match source.rsplit_once(':') {
-        Some((ip, port)) => (
-            ip.trim_matches(['[', ']']).to_owned(),
-            port.parse().unwrap_or(0),
-        ),
-        None => (source, 0),
-    };
-    CheckFacts {
-        id: headers.get("x-request-id").cloned().unwrap_or_default(),
-        method: request.method.clone(),
-        path: request.path.clone(),
-        host: host::request_header(":authority").unwrap_or_default(),
-        scheme: host::request_header(":scheme").unwrap_or_default(),
-        protocol: host::property(&["request", "protocol"]).unwrap_or_default(),
-        headers,
-        source_address: (!address.is_empty()).then_some(address),
-        source_port: port,
-        tier: order.tier.as_str().to_owned(),
-        client_locality: node_locality(),
-        background: false,
+    match order.purpose {
+        CheckPurpose::Decide { context_id } if Some(context_id) == current => {
+            let headers = host::request_headers();
+            let source = host::property(&["source", "address"]);
+            let protocol = host::property(&["request", "protocol"]);
+            let live = LiveRequest {
+                headers: &headers,
+                source: source.as_deref(),
+                protocol: protocol.as_deref(),
+            };
+            filter_core::check_message(order, Some(live), node_locality())
+        }
+        CheckPurpose::Decide { .. } => None,
+        CheckPurpose::AfterAnswer => filter_core::check_message(order, None, node_locality()),
     }
 }
 

@@ -229,25 +229,10 @@ pub fn apply_final(decision: &Final, resume: bool) -> Action {
             }
             Action::Continue
         }
-        FinalAction::Deny(response) => {
-            let headers: Vec<(&str, &str)> = response
-                .headers
-                .iter()
-                .map(|(k, v)| (*k, v.as_str()))
-                .collect();
-            host::send_response(response.status, &headers, response.body.as_bytes());
-            Action::Pause
-        }
-        FinalAction::Respond {
-            status,
-            headers,
-            body,
-        } => {
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            host::send_response(*status, &headers, body.as_bytes());
+        action => {
+            if let Some((status, headers, body)) = action.local_reply() {
+                host::send_response(status, &headers, body);
+            }
             Action::Pause
         }
     }

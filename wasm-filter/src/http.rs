@@ -78,20 +78,7 @@ impl HttpContext for AuthzHttp {
         }
         let context_id = self.context_id;
         let now_us = host::now_us();
-        let event = match (read.request, now_us) {
-            (Err(unreadable), _) => Event::Unreadable {
-                context_id,
-                unreadable,
-            },
-            (Ok(request), Some(_)) => Event::Request {
-                context_id,
-                request,
-            },
-            (Ok(request), None) => Event::NoClock {
-                context_id,
-                request,
-            },
-        };
+        let event = Event::for_request(context_id, read.request, now_us.is_some());
         let now_us = now_us.unwrap_or_else(|| driver.now_us());
         driver.handle(event, now_us);
         // No decision yet: paused until keys arrive or the server answers.

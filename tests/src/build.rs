@@ -1,0 +1,194 @@
+//! Which filter build the end-to-end tests run against: the Wasm filter (the default) or the
+//! native dynamic module (`FILTER=native`). Every Envoy config the tests render is written for
+//! the Wasm filter (the templates under `envoy/`, `authz-config`'s output); for the native
+//! build it is rewritten here the way an operator would: the `envoy.filters.http.wasm` entry
+//! that loads our `.wasm` becomes an `envoy.filters.http.dynamic_modules` entry with the same
+//! configuration string, and routes that switch the filter off name the new entry. Other Wasm
+//! filters (the test-only crash filter) are left alone.
+//!
+//! Metric names follow: a Wasm filter's are `wasmcustom.authz.*`, the module's are under the
+//! prefix [`FilterBuild::stat_prefix`].
+
+use serde_yaml::{Mapping, Value};
+use std::path::PathBuf;
+
+/// The two builds of the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterBuild {
+    Wasm,
+    Native,
+}
+
+/// The name of the native filter's Envoy HTTP filter entry.
+pub const NATIVE_FILTER: &str = "envoy.filters.http.dynamic_modules";
+const WASM_FILTER: &str = "envoy.filters.http.wasm";
+/// The module's name (`libauthz_native.so`).
+pub const NATIVE_MODULE: &str = "authz_native";
+
+static FORCED: std::sync::OnceLock<FilterBuild> = std::sync::OnceLock::new();
+
+/// Makes every stack of this test binary use `build`, whatever `FILTER` says (for a test file
+/// about one build only). The first call wins.
+pub fn force(build: FilterBuild) {
+    let _ = FORCED.set(build);
+}
+
+impl FilterBuild {
+    /// The build forced for this test binary, else from `FILTER` (`wasm`, the default, or
+    /// `native`).
+    pub fn current() -> FilterBuild {
+        if let Some(build) = FORCED.get() {
+            return *build;
+        }
+        match std::env::var("FILTER").as_deref() {
+            Ok("native") => FilterBuild::Native,
+            _ => FilterBuild::Wasm,
+        }
+    }
+
+    /// The prefix Envoy gives the filter's metrics.
+    pub fn stat_prefix(self) -> &'static str {
+        match self {
+            FilterBuild::Wasm => "wasmcustom.",
+            FilterBuild::Native => "dynamicmodulescustom.",
+        }
+    }
+
+    /// `name` (written with the Wasm prefix, as the tests do) for this build.
+    pub fn stat_name(self, name: &str) -> String {
+        match name.strip_prefix("wasmcustom.") {
+            Some(rest) => format!("{}{rest}", self.stat_prefix()),
+            None => name.to_owned(),
+        }
+    }
+
+    /// How many readers of the change feed an Envoy with 2 workers has: a VM per worker and
+    /// the main thread's for Wasm, one per process for native.
+    pub fn feed_readers(self) -> u64 {
+        match self {
+            FilterBuild::Wasm => 3,
+            FilterBuild::Native => 1,
+        }
+    }
+}
+
+/// Where the native module is built (`cargo build --release -p native-filter`), for
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub fn native_module_dir() -> PathBuf {
+    crate::target_dir().join("release")
+}
+
+/// `config` (an Envoy YAML written for the Wasm filter) for `build`.
+pub fn for_build(config: &str, build: FilterBuild) -> String {
+    if build == FilterBuild::Wasm {
+        return config.to_owned();
+    }
+    let Ok(mut document) = serde_yaml::from_str::<Value>(config) else {
+        return config.to_owned();
+    };
+    if !rewrite(&mut document) {
+        return config.to_owned();
+    }
+    serde_yaml::to_string(&document).unwrap_or_else(|_| config.to_owned())
+}
+
+/// Rewrites every filter entry loading our `.wasm`, and every per-route key naming the Wasm
+/// filter; whether any filter entry was rewritten.
+fn rewrite(value: &mut Value) -> bool {
+    let mut changed = false;
+    match value {
+        Value::Mapping(map) => {
+            if let Some(native) = native_entry(map) {
+                *map = native;
+                return true;
+            }
+            if let Some(Value::Mapping(per_filter)) = map.get_mut("typed_per_filter_config") {
+                if let Some(setting) = per_filter.remove(WASM_FILTER) {
+                    per_filter.insert(Value::from(NATIVE_FILTER), setting);
+                }
+            }
+            for (_, child) in map.iter_mut() {
+                changed |= rewrite(child);
+            }
+        }
+        Value::Sequence(items) => {
+            for item in items {
+                changed |= rewrite(item);
+            }
+        }
+        _ => {}
+    }
+    changed
+}
+
+/// The native entry replacing `map`, when `map` is an HTTP filter entry loading our `.wasm`.
+fn native_entry(map: &Mapping) -> Option<Mapping> {
+    if map.get("name")?.as_str()? != WASM_FILTER {
+        return None;
+    }
+    let config = map.get("typed_config")?.get("config")?;
+    let file = config
+        .get("vm_config")?
+        .get("code")?
+        .get("local")?
+        .get("filename")?
+        .as_str()?;
+    if !file.ends_with("wasm_filter.wasm") {
+        return None;
+    }
+    let configuration = config.get("configuration")?.get("value")?.as_str()?;
+    let entry = serde_yaml::from_str::<Value>(&format!(
+        r#"
+name: {NATIVE_FILTER}
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+  dynamic_module_config: {{ name: {NATIVE_MODULE} }}
+  filter_name: jwt_authz
+  filter_config:
+    "@type": type.googleapis.com/google.protobuf.StringValue
+    value: {}
+"#,
+        serde_json::to_string(configuration).ok()?
+    ))
+    .ok()?;
+    entry.as_mapping().cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wasm_entry_and_route_keys_become_native_and_others_stay() {
+        let wasm = r#"
+routes:
+- typed_per_filter_config:
+    envoy.filters.http.wasm: { "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true }
+http_filters:
+- name: envoy.filters.http.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      vm_config: { code: { local: { filename: "/x/crash_filter.wasm" } } }
+      configuration: { value: "{}" }
+- name: envoy.filters.http.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      vm_config: { code: { local: { filename: "/x/wasm_filter.wasm" } } }
+      configuration: { "@type": type.googleapis.com/google.protobuf.StringValue, value: "{\"realm\": \"x\"}" }
+"#;
+        let native: Value = serde_yaml::from_str(&for_build(wasm, FilterBuild::Native)).unwrap();
+        let filters = native["http_filters"].as_sequence().unwrap();
+        assert_eq!(filters[0]["name"], WASM_FILTER, "the crash filter stays");
+        assert_eq!(filters[1]["name"], NATIVE_FILTER);
+        assert_eq!(
+            filters[1]["typed_config"]["filter_config"]["value"],
+            "{\"realm\": \"x\"}"
+        );
+        let per_route = &native["routes"][0]["typed_per_filter_config"];
+        assert!(per_route.get(WASM_FILTER).is_none());
+        assert_eq!(per_route[NATIVE_FILTER]["disabled"], true);
+        assert_eq!(for_build(wasm, FilterBuild::Wasm), wasm);
+    }
+}

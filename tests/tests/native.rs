@@ -1,0 +1,73 @@
+//! End-to-end tests of what only the native filter (the Envoy dynamic module) does: one core
+//! per Envoy process, so one JWKS fetch, one token cache and one change-feed request serve
+//! every worker thread. The rest of the filter's behaviour is tested for both builds by the
+//! other suites (`FILTER=native`).
+
+use serde_json::json;
+use std::time::Duration;
+use tests::build::{force, FilterBuild};
+use tests::*;
+
+fn native() {
+    force(FilterBuild::Native);
+}
+
+/// How many downstream connections each of Envoy's workers accepted on the ingress listener.
+fn connections_per_worker(envoy: &Envoy) -> Vec<u64> {
+    let stats = envoy.stats_matching("downstream_cx_total");
+    let mut per_worker: Vec<u64> = stats
+        .lines()
+        .filter(|line| line.starts_with("listener.127.0.0.1_") && line.contains(".worker_"))
+        .filter_map(|line| line.rsplit(": ").next()?.trim().parse().ok())
+        .collect();
+    per_worker.sort_unstable();
+    per_worker
+}
+
+#[test]
+fn the_module_reports_its_abi_and_one_process_fetches_keys_once_and_verifies_a_token_once() {
+    native();
+    let idp = DevIdp::start(&[]);
+    let echo = Echo::start();
+    let envoy = Envoy::start(&plugin_config(), &idp, &echo);
+    let log = envoy.log();
+    assert!(
+        log.contains("Dynamic module ABI version v0.2.0 matched"),
+        "{log}"
+    );
+    assert!(
+        log.contains("jwt_authz (native, ABI v0.2.0) configured"),
+        "{log}"
+    );
+    let token = idp.mint(json!({"scope": "read"}));
+    for _ in 0..40 {
+        // New connections, spread over both workers.
+        let reply = envoy.get("/api/items", Some(&token), &[("connection", "close")]);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let per_worker = connections_per_worker(&envoy);
+    assert!(
+        per_worker.len() == 2 && per_worker.iter().all(|n| *n > 0),
+        "both workers served: {per_worker:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(idp.jwks_requests(), 1, "one key fetch for the process");
+    // One verification: the other 39 requests (on both workers) hit the process's cache.
+    assert_eq!(envoy.stat("wasmcustom.authz.token_cache_lookups.miss"), 1);
+    assert_eq!(envoy.stat("wasmcustom.authz.token_cache_lookups.hit"), 39);
+}
+
+#[test]
+fn one_change_feed_request_per_process() {
+    native();
+    let stack = CacheStack::start(&decision_cache_plugin_config(200, 1000), "");
+    let held = || stack.server.metric("authz_feed_streams");
+    assert!(
+        eventually(Duration::from_secs(5), || held() == 1.0),
+        "held feed requests: {}",
+        held()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(held(), 1.0, "still one, for 2 workers and the main thread");
+    assert!(stack.envoy.stat("wasmcustom.authz.epochs_polls.ok") >= 1);
+}
