@@ -75,8 +75,12 @@ build: wasm-target
 	$(CARGO) build --release -p native-filter
 	$(CARGO) build -p dev-tools -p ext-authz-server
 
+# Every test, then the end-to-end suites again against the native filter (FILTER=native: each
+# Envoy the suites start loads the dynamic module instead of the .wasm).
 test: tools build
-	@scripts/test-summary.sh $(CARGO) test --workspace
+	@scripts/test-summary.sh bash -c '$(CARGO) test --workspace; wasm=$$?; \
+	  echo "== the end-to-end suites against the native filter (FILTER=native)"; \
+	  FILTER=native $(CARGO) test -p tests; native=$$?; exit $$((wasm | native))'
 
 lint: wasm-target
 	$(CARGO) fmt --all -- --check

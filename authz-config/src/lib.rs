@@ -129,6 +129,32 @@ pub struct KeyFetchEntry {
 #[serde(deny_unknown_fields)]
 pub struct EnvoyEntry {
     pub upstream_cluster: Option<String>,
+    /// Which build of the filter Envoy loads: the routes' per-filter settings name its HTTP
+    /// filter entry.
+    #[serde(default)]
+    pub filter: FilterBuild,
+}
+
+/// The two builds of the filter. Their configuration (`filter.json`) is the same; Envoy's
+/// HTTP filter entry differs, and so does the name routes use to switch the filter off.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterBuild {
+    /// `envoy.filters.http.wasm` (Envoy or Istio).
+    #[default]
+    Wasm,
+    /// `envoy.filters.http.dynamic_modules` (plain Envoy of the version it was built for).
+    Native,
+}
+
+impl FilterBuild {
+    /// The name of the filter's HTTP filter entry (and the key of its per-route settings).
+    pub fn envoy_filter_name(self) -> &'static str {
+        match self {
+            FilterBuild::Wasm => WASM,
+            FilterBuild::Native => NATIVE,
+        }
+    }
 }
 
 /// The filter's link to the server, in both modes: in `filter` mode it calls the server for
@@ -232,6 +258,7 @@ pub struct Rendered {
 
 const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
 const WASM: &str = "envoy.filters.http.wasm";
+const NATIVE: &str = "envoy.filters.http.dynamic_modules";
 
 /// The host an Istio cluster name (`outbound|PORT|SUBSET|HOST`) sends to: the `:authority`
 /// its requests need (the filter's default, the cluster's name, is no host).
@@ -345,13 +372,14 @@ fn tier_of(route: &Value) -> Option<authz_core::Tier> {
 }
 
 /// One Envoy route: in `native` mode a server tier turns ext_authz on (with the tier) and the
-/// Wasm filter off.
+/// filter (`build`) off.
 fn envoy_route(
     name: &str,
     matcher: Value,
     tier: Option<authz_core::Tier>,
     mode: Option<Mode>,
     upstream: &str,
+    build: FilterBuild,
 ) -> Value {
     let mut route = json!({"name": name, "match": matcher, "route": {"cluster": upstream}});
     let server_tier = tier.filter(|t| t.requires_server());
@@ -365,7 +393,7 @@ fn envoy_route(
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
                     "check_settings": {"context_extensions": {"tier": tier.as_str()}}
                 },
-                WASM: {
+                build.envoy_filter_name(): {
                     "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
                     "disabled": true
                 }
@@ -629,9 +657,14 @@ pub fn render_with_env(
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             match envoy_match(route) {
-                Ok(matcher) => {
-                    routes.push(envoy_route(name, matcher, tier_of(route), mode, &upstream))
-                }
+                Ok(matcher) => routes.push(envoy_route(
+                    name,
+                    matcher,
+                    tier_of(route),
+                    mode,
+                    &upstream,
+                    policy.envoy.filter,
+                )),
                 Err(e) => problems.push(format!("routes[{i}]: {e}")),
             }
         }
@@ -642,6 +675,7 @@ pub fn render_with_env(
         tier_of(&field(&filter, "default")),
         mode,
         &upstream,
+        policy.envoy.filter,
     ));
     let mut vhost = json!({"routes": routes});
     if let (Some(Mode::Native), Some(object)) = (mode, vhost.as_object_mut()) {
@@ -661,6 +695,11 @@ pub fn render_with_env(
         problems.push(format!("envoy: {e}"));
         String::new()
     });
+    if policy.istio.is_some() && policy.envoy.filter == FilterBuild::Native {
+        problems.push(
+            "istio: needs envoy.filter wasm (Istio loads filters as WasmPlugins; the native build is for plain Envoy)".into(),
+        );
+    }
     let istio = policy.istio.as_ref().and_then(|entry| {
         istio_resources(entry, &policy, &filter, server.as_deref(), &mut problems)
     });

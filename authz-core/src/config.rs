@@ -148,6 +148,10 @@ pub struct ServerLinkConfig {
     /// revocations) through the decision cache, instead of being refused as malformed.
     #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub opaque_tokens: Option<bool>,
+    /// This proxy's `region/zone`, sent with the filter's Check calls for the server's
+    /// decision log (`client_locality`). The Wasm filter reads Envoy's `node.locality` when
+    /// this is unset; the native module cannot (its ABI exposes no node), so set it there.
+    pub client_locality: Option<String>,
     #[serde(flatten)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub unknown: Map<String, Value>,
@@ -188,6 +192,8 @@ pub struct ServerLink {
     pub max_subject_revocations: usize,
     /// Bearer tokens that are not JWTs go to the server on locally decided tiers too.
     pub opaque_tokens: bool,
+    /// This proxy's `region/zone`, when configured.
+    pub client_locality: Option<String>,
 }
 
 /// A validated epochs poll.
@@ -1086,6 +1092,22 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
     if epochs.is_none() {
         local_revocations.clear();
     }
+    let client_locality = s.client_locality.clone();
+    if let Some(locality) = &client_locality {
+        let well_formed = locality.len() <= 128
+            && locality
+                .split_once('/')
+                .is_some_and(|(region, zone)| !region.is_empty() && !zone.is_empty())
+            && locality
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        if !well_formed {
+            p.add(
+                "server.client_locality",
+                "must be region/zone (letters, digits, - _ . only; at most 128 characters)",
+            );
+        }
+    }
     Some(ServerLink {
         cluster: cluster?,
         timeout_ms,
@@ -1095,6 +1117,7 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
         max_revocations,
         max_subject_revocations,
         opaque_tokens: s.opaque_tokens.unwrap_or(false),
+        client_locality,
     })
 }
 

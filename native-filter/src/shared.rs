@@ -128,7 +128,8 @@ pub struct Shared {
     main_work: Mutex<Vec<Command>>,
     calls: Mutex<ConfigCalls>,
     next_context: AtomicU32,
-    /// `region/zone` of the node, when configured.
+    /// This proxy's `region/zone` (the policy's `server.client_locality`: the ABI exposes no
+    /// node to read it from).
     pub locality: Option<String>,
 }
 
@@ -136,6 +137,10 @@ impl Shared {
     /// The configuration's state, on the main thread while Envoy creates the configuration.
     pub fn new(policy: Policy, envoy: EnvoyConfig) -> Option<Arc<Shared>> {
         let scheduler = Arc::new(envoy.new_scheduler()?);
+        let locality = policy
+            .server
+            .as_ref()
+            .and_then(|link| link.client_locality.clone());
         let worker = NativeWorker::new(
             policy.clone(),
             NativeHost::define(envoy.clone()),
@@ -151,7 +156,7 @@ impl Shared {
             main_work: Mutex::new(Vec::new()),
             calls: Mutex::new(ConfigCalls::default()),
             next_context: AtomicU32::new(1),
-            locality: None,
+            locality,
         });
         let poster = Arc::clone(&scheduler);
         let thread = WakeThread::start(move || poster.commit(EVENT_WAKE)).ok()?;

@@ -62,6 +62,16 @@ impl FilterBuild {
         }
     }
 
+    /// How many change-feed requests an Envoy with 2 workers holds at the server once settled:
+    /// (at least, at most). Wasm: one per worker and one from the main thread (a worker
+    /// between two requests may be missing); native: one per process.
+    pub fn feed_holds(self) -> (f64, f64) {
+        match self {
+            FilterBuild::Wasm => (2.0, 3.0),
+            FilterBuild::Native => (1.0, 1.0),
+        }
+    }
+
     /// How many readers of the change feed an Envoy with 2 workers has: a VM per worker and
     /// the main thread's for Wasm, one per process for native.
     pub fn feed_readers(self) -> u64 {
@@ -86,19 +96,47 @@ pub fn for_build(config: &str, build: FilterBuild) -> String {
     let Ok(mut document) = serde_yaml::from_str::<Value>(config) else {
         return config.to_owned();
     };
-    if !rewrite(&mut document) {
+    // The module cannot read the node's locality: an operator moving to it names the zone in
+    // the filter's configuration (`server.client_locality`), as done here.
+    let locality = document.get("node").and_then(|node| {
+        let locality = node.get("locality")?;
+        let region = locality.get("region")?.as_str()?;
+        let zone = locality.get("zone")?.as_str()?;
+        Some(format!("{region}/{zone}"))
+    });
+    if !rewrite(&mut document, locality.as_deref()) {
         return config.to_owned();
     }
     serde_yaml::to_string(&document).unwrap_or_else(|_| config.to_owned())
 }
 
+/// A policy file's text (`authz-config`'s input) rendering for `build` (`envoy.filter`).
+pub fn policy_for(policy: &str, build: FilterBuild) -> String {
+    if build == FilterBuild::Wasm {
+        return policy.to_owned();
+    }
+    let Ok(mut document) = serde_yaml::from_str::<Value>(policy) else {
+        return policy.to_owned();
+    };
+    let Some(root) = document.as_mapping_mut() else {
+        return policy.to_owned();
+    };
+    let envoy = root
+        .entry(Value::from("envoy"))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if let Some(envoy) = envoy.as_mapping_mut() {
+        envoy.insert(Value::from("filter"), Value::from("native"));
+    }
+    serde_yaml::to_string(&document).unwrap_or_else(|_| policy.to_owned())
+}
+
 /// Rewrites every filter entry loading our `.wasm`, and every per-route key naming the Wasm
 /// filter; whether any filter entry was rewritten.
-fn rewrite(value: &mut Value) -> bool {
+fn rewrite(value: &mut Value, locality: Option<&str>) -> bool {
     let mut changed = false;
     match value {
         Value::Mapping(map) => {
-            if let Some(native) = native_entry(map) {
+            if let Some(native) = native_entry(map, locality) {
                 *map = native;
                 return true;
             }
@@ -108,12 +146,12 @@ fn rewrite(value: &mut Value) -> bool {
                 }
             }
             for (_, child) in map.iter_mut() {
-                changed |= rewrite(child);
+                changed |= rewrite(child, locality);
             }
         }
         Value::Sequence(items) => {
             for item in items {
-                changed |= rewrite(item);
+                changed |= rewrite(item, locality);
             }
         }
         _ => {}
@@ -121,8 +159,9 @@ fn rewrite(value: &mut Value) -> bool {
     changed
 }
 
-/// The native entry replacing `map`, when `map` is an HTTP filter entry loading our `.wasm`.
-fn native_entry(map: &Mapping) -> Option<Mapping> {
+/// The native entry replacing `map`, when `map` is an HTTP filter entry loading our `.wasm`;
+/// the node's `locality` goes into its configuration.
+fn native_entry(map: &Mapping, locality: Option<&str>) -> Option<Mapping> {
     if map.get("name")?.as_str()? != WASM_FILTER {
         return None;
     }
@@ -136,7 +175,19 @@ fn native_entry(map: &Mapping) -> Option<Mapping> {
     if !file.ends_with("wasm_filter.wasm") {
         return None;
     }
-    let configuration = config.get("configuration")?.get("value")?.as_str()?;
+    let mut configuration: serde_json::Value =
+        serde_json::from_str(config.get("configuration")?.get("value")?.as_str()?).ok()?;
+    if let (Some(locality), Some(server)) = (
+        locality,
+        configuration
+            .get_mut("server")
+            .and_then(serde_json::Value::as_object_mut),
+    ) {
+        server
+            .entry("client_locality")
+            .or_insert_with(|| locality.into());
+    }
+    let configuration = configuration.to_string();
     let entry = serde_yaml::from_str::<Value>(&format!(
         r#"
 name: {NATIVE_FILTER}
@@ -148,7 +199,7 @@ typed_config:
     "@type": type.googleapis.com/google.protobuf.StringValue
     value: {}
 "#,
-        serde_json::to_string(configuration).ok()?
+        serde_json::to_string(&configuration).ok()?
     ))
     .ok()?;
     entry.as_mapping().cloned()
@@ -161,6 +212,7 @@ mod tests {
     #[test]
     fn the_wasm_entry_and_route_keys_become_native_and_others_stay() {
         let wasm = r#"
+node: { locality: { region: r, zone: z } }
 routes:
 - typed_per_filter_config:
     envoy.filters.http.wasm: { "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true }
@@ -176,15 +228,22 @@ http_filters:
     "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
     config:
       vm_config: { code: { local: { filename: "/x/wasm_filter.wasm" } } }
-      configuration: { "@type": type.googleapis.com/google.protobuf.StringValue, value: "{\"realm\": \"x\"}" }
+      configuration: { "@type": type.googleapis.com/google.protobuf.StringValue, value: "{\"realm\": \"x\", \"server\": {}}" }
 "#;
         let native: Value = serde_yaml::from_str(&for_build(wasm, FilterBuild::Native)).unwrap();
         let filters = native["http_filters"].as_sequence().unwrap();
         assert_eq!(filters[0]["name"], WASM_FILTER, "the crash filter stays");
         assert_eq!(filters[1]["name"], NATIVE_FILTER);
+        let configuration: serde_json::Value = serde_json::from_str(
+            filters[1]["typed_config"]["filter_config"]["value"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(
-            filters[1]["typed_config"]["filter_config"]["value"],
-            "{\"realm\": \"x\"}"
+            configuration,
+            serde_json::json!({"realm": "x", "server": {"client_locality": "r/z"}}),
+            "the node's locality moves into the configuration"
         );
         let per_route = &native["routes"][0]["typed_per_filter_config"];
         assert!(per_route.get(WASM_FILTER).is_none());

@@ -499,6 +499,7 @@ impl RenderedStack {
         let idp = DevIdp::start(idp_args);
         let echo = Echo::start();
         let text = policy.replace("{IDP_PORT}", &idp.port.to_string());
+        let text = build::policy_for(&text, build::FilterBuild::current());
         let rendered = authz_config::render_with_env(&text, &test_env)
             .unwrap_or_else(|problems| panic!("the policy renders: {problems:#?}"));
         let server_yaml = rendered.server.as_deref().expect("a server");

@@ -766,3 +766,44 @@ fn the_policy_gives_the_server_its_resource_rules_and_the_filter_none() {
         "{problems:#?}"
     );
 }
+
+/// `text` with `envoy.filter` set to `build` (its `envoy:` section replaced).
+fn for_filter_build(text: &str, build: &str) -> String {
+    format!(
+        "{}envoy:\n  upstream_cluster: upstream\n  filter: {build}\n",
+        without_section(text, "envoy")
+    )
+}
+
+#[test]
+fn the_policy_renders_for_either_build_and_istio_only_for_wasm() {
+    let text =
+        std::fs::read_to_string(repo_root().join("config/policy.example.yaml")).expect("read");
+    let env = |name: &str| test_env(name);
+    let wasm = authz_config::render_with_env(&for_filter_build(&text, "wasm"), &env)
+        .expect("renders for wasm");
+    let native = authz_config::render_with_env(&for_filter_build(&text, "native"), &env)
+        .expect("renders for native");
+    // The filter's configuration is the same; the routes that switch it off name its entry.
+    assert_eq!(wasm.filter, native.filter);
+    assert!(wasm.envoy_routes.contains("envoy.filters.http.wasm:"));
+    assert!(!native.envoy_routes.contains("envoy.filters.http.wasm"));
+    let parse = |text: &str| serde_yaml::from_str::<serde_yaml::Value>(text).expect("yaml");
+    assert_eq!(
+        parse(&native.envoy_routes),
+        parse(&wasm.envoy_routes.replace(
+            "envoy.filters.http.wasm:",
+            "envoy.filters.http.dynamic_modules:"
+        ))
+    );
+    let istio =
+        std::fs::read_to_string(repo_root().join("config/policy.istio.yaml")).expect("read");
+    let problems = authz_config::render_with_env(&for_filter_build(&istio, "native"), &env)
+        .expect_err("istio loads WasmPlugins");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("istio: needs envoy.filter wasm")),
+        "{problems:#?}"
+    );
+}

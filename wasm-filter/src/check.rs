@@ -10,8 +10,14 @@ use filter_core::{CheckOrder, CheckPurpose, LiveRequest};
 
 /// The Check message for `order`: for a request being decided it must be `current`, the
 /// request whose headers are being handled (its live headers are read); `None` when a
-/// request's check is asked for outside its own headers' handling.
-pub(crate) fn check_message(order: &CheckOrder, current: Option<u32>) -> Option<Vec<u8>> {
+/// request's check is asked for outside its own headers' handling. `configured` is the
+/// policy's `server.client_locality`, which wins over the node's.
+pub(crate) fn check_message(
+    order: &CheckOrder,
+    current: Option<u32>,
+    configured: Option<&str>,
+) -> Option<Vec<u8>> {
+    let locality = || configured.map(str::to_owned).or_else(node_locality);
     match order.purpose {
         CheckPurpose::Decide { context_id } if Some(context_id) == current => {
             let headers = host::request_headers();
@@ -22,10 +28,10 @@ pub(crate) fn check_message(order: &CheckOrder, current: Option<u32>) -> Option<
                 source: source.as_deref(),
                 protocol: protocol.as_deref(),
             };
-            filter_core::check_message(order, Some(live), node_locality())
+            filter_core::check_message(order, Some(live), locality())
         }
         CheckPurpose::Decide { .. } => None,
-        CheckPurpose::AfterAnswer => filter_core::check_message(order, None, node_locality()),
+        CheckPurpose::AfterAnswer => filter_core::check_message(order, None, locality()),
     }
 }
 

@@ -38,11 +38,19 @@ pub struct Driver {
     timer: Cell<WakeTimer>,
     /// The last time read (µs): an event when the clock cannot be read carries it.
     last_now_us: Cell<u64>,
+    /// The policy's `server.client_locality`.
+    locality: Option<String>,
 }
 
 impl Driver {
     pub fn new(worker: FilterWorker) -> Driver {
+        let locality = worker
+            .policy
+            .server
+            .as_ref()
+            .and_then(|link| link.client_locality.clone());
         Driver {
+            locality,
             worker: RefCell::new(worker),
             calls: RefCell::new(HashMap::new()),
             timer: Cell::new(WakeTimer::default()),
@@ -109,15 +117,16 @@ impl Driver {
                         self.started(CallKind::Http, token, call, home, &mut not_started);
                     }
                     Command::Check { call, order } => {
-                        let token = check_message(&order, request).and_then(|message| {
-                            host::dispatch_grpc(
-                                &order.cluster,
-                                CHECK_SERVICE,
-                                CHECK_METHOD,
-                                &message,
-                                order.timeout,
-                            )
-                        });
+                        let token = check_message(&order, request, self.locality.as_deref())
+                            .and_then(|message| {
+                                host::dispatch_grpc(
+                                    &order.cluster,
+                                    CHECK_SERVICE,
+                                    CHECK_METHOD,
+                                    &message,
+                                    order.timeout,
+                                )
+                            });
                         self.started(CallKind::Grpc, token, call, home, &mut not_started);
                     }
                 }
