@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY=${ENVOY:-.venv/bin/envoy}
+# FILTER=native runs the native filter (the Envoy dynamic module) instead of the Wasm one.
+FILTER=${FILTER:-wasm}
+case "$FILTER" in
+  wasm) ENVOY_CONFIG=envoy/dev.yaml; STATS_PREFIX=wasmcustom ;;
+  native) ENVOY_CONFIG=envoy/dev.native.yaml; STATS_PREFIX=dynamicmodulescustom ;;
+  *) echo "FILTER must be wasm or native, not $FILTER" >&2; exit 1 ;;
+esac
+export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$PWD/target/release
 mkdir -p .run
 pids=()
 stop() {
@@ -36,7 +44,7 @@ target/debug/echo-upstream --port 9001 --context-jwks http://127.0.0.1:9192/cont
 pids+=($!)
 target/debug/ext-authz-server --config config/ext-authz-server.dev.yaml >.run/ext-authz-server.log 2>&1 &
 pids+=($!)
-"$ENVOY" -c envoy/dev.yaml --concurrency 2 --disable-hot-restart --log-level info >.run/envoy.log 2>&1 &
+"$ENVOY" -c "$ENVOY_CONFIG" --concurrency 2 --disable-hot-restart --log-level info >.run/envoy.log 2>&1 &
 pids+=($!)
 
 wait_for() { # url
@@ -56,7 +64,7 @@ ADMIN=$(mint "sub=root&scope=read%20admin&opaque=true")
 
 cat <<TXT
 
-Envoy + jwt_authz filter + ext-authz-server are up on http://127.0.0.1:10000 (logs in .run/,
+Envoy + jwt_authz filter ($FILTER build) + ext-authz-server are up on http://127.0.0.1:10000 (logs in .run/,
 one JSON decision line per ext_authz check in .run/ext-authz-server.log; Ctrl-C stops all).
 Paste these into another shell (tokens live 5 minutes; mint more with the last commands):
 
@@ -84,8 +92,8 @@ export ADMIN='$ADMIN'
   # privileged route through Envoy's ext_authz → ext-authz-server → introspection (opaque token)
   curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/admin/users
 
-  # the same privileged check, made by the Wasm filter itself and cached in the proxy
-  # (watch wasmcustom.authz.cache_lookups.privileged.hit grow on the Envoy admin /stats)
+  # the same privileged check, made by the filter itself and cached in the proxy
+  # (watch $STATS_PREFIX.authz.cache_lookups.privileged.hit grow on the Envoy admin /stats)
   curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/payments/transfer
 
   # revoke it at the IdP (RFC 7009): denied once the privileged freshness window (5 s) passes
@@ -175,7 +183,7 @@ export ADMIN='$ADMIN'
   curl -X POST -H 'content-type: application/json' -d '{"jwks":"down"}' http://127.0.0.1:9000/admin/fault
 
   # the filter's metrics
-  curl -s http://127.0.0.1:9901/stats | grep wasmcustom.authz
+  curl -s http://127.0.0.1:9901/stats | grep $STATS_PREFIX.authz
 
 TXT
 wait -n "${pids[@]}" || true

@@ -1230,6 +1230,10 @@ pub fn validate(config_path: &Path) -> (bool, String) {
     let output = Command::new(envoy_bin())
         .args(["--mode", "validate", "--disable-hot-restart", "-c"])
         .arg(config_path)
+        .env(
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+            build::native_module_dir(),
+        )
         .output()
         .expect("run envoy --mode validate");
     let text = format!(

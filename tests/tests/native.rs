@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use std::time::Duration;
-use tests::build::{force, FilterBuild};
+use tests::build::{self, force, FilterBuild};
 use tests::*;
 
 fn native() {
@@ -70,4 +70,31 @@ fn one_change_feed_request_per_process() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(held(), 1.0, "still one, for 2 workers and the main thread");
     assert!(stack.envoy.stat("wasmcustom.authz.epochs_polls.ok") >= 1);
+}
+
+/// The header of `envoy/dev.native.yaml`, which is `envoy/dev.yaml` rewritten for the module.
+const DEV_NATIVE_HEADER: &str = "\
+# Envoy config for `FILTER=native make run`: envoy/dev.yaml with the native filter (the Envoy
+# dynamic module libauthz_native.so, found through ENVOY_DYNAMIC_MODULES_SEARCH_PATH, which
+# `make run` sets to target/release) in place of the Wasm filter, the same configuration string,
+# and the routes that switch the filter off naming its entry. Generated from envoy/dev.yaml by
+# `UPDATE_DEV_NATIVE=1 cargo test -p tests --test native`; edit dev.yaml, not this file.
+";
+
+#[test]
+fn the_native_dev_config_is_dev_yaml_for_the_module() {
+    let root = repo_root().join("envoy");
+    let dev = std::fs::read_to_string(root.join("dev.yaml")).expect("read dev.yaml");
+    let derived = build::for_build(&dev, FilterBuild::Native);
+    let expected = format!("{DEV_NATIVE_HEADER}{derived}");
+    let path = root.join("dev.native.yaml");
+    if std::env::var_os("UPDATE_DEV_NATIVE").is_some() {
+        std::fs::write(&path, &expected).expect("write dev.native.yaml");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == expected,
+        "envoy/dev.native.yaml is not envoy/dev.yaml for the module: run UPDATE_DEV_NATIVE=1 cargo test -p tests --test native"
+    );
+    assert!(derived.contains("authz_native") && !derived.contains("wasm_filter.wasm"));
 }
