@@ -95,7 +95,7 @@ run: tools build
 
 bench: tools
 	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter -p noop-filter -p sign-cost
-	$(CARGO) build --release -p dev-tools -p ext-authz-server -p bench
+	$(CARGO) build --release -p dev-tools -p ext-authz-server -p bench -p native-filter
 	AUTHZ_PROFILE=release target/release/authz-bench
 
 ## fuzzing: cargo-fuzz targets under fuzz/ (nightly + cargo-fuzz, installed when missing). The

@@ -19,6 +19,23 @@ fn wasm_filter(wasm: &str, config: &Value) -> String {
     wasm_module("jwt_authz", wasm, config)
 }
 
+/// The native filter (`libauthz_native.so`, found through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`)
+/// with `config`: one core per listener's filter configuration, shared by both workers.
+fn native_filter(config: &Value) -> String {
+    let value = serde_json::to_string(&config.to_string()).unwrap_or_default();
+    format!(
+        r#"
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{ name: authz_native }}
+              filter_name: jwt_authz
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: {value}"#
+    )
+}
+
 /// The empty filter (`bench/noop-filter`), next to the authorization filter's `.wasm`.
 pub fn noop_filter(wasm: &str) -> String {
     let noop = wasm.replace("wasm_filter.wasm", "noop_filter.wasm");
@@ -163,6 +180,21 @@ pub fn listeners(wasm: &str, idp_port: u16, epochs_token: &str) -> Vec<Listener>
         plain(
             "filter_privileged_cached",
             wasm_filter(wasm, &plugin(60_000, 5_000, epochs_token)),
+            false,
+        ),
+        plain(
+            "native_hot",
+            native_filter(&plugin(60_000, 5_000, epochs_token)),
+            false,
+        ),
+        plain(
+            "native_cold",
+            native_filter(&plugin(0, 5_000, epochs_token)),
+            false,
+        ),
+        plain(
+            "native_privileged_cached",
+            native_filter(&plugin(60_000, 5_000, epochs_token)),
             false,
         ),
         plain(

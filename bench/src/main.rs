@@ -79,6 +79,9 @@ async fn main() {
     let repetitions = env_u64("BENCH_REPS", 3);
     let connections = env_u64("BENCH_CONNECTIONS", 16) as usize;
     let started = Instant::now();
+    // The bench's Envoy has Wasm and native listeners side by side: its config is not rewritten
+    // for `FILTER`.
+    tests::build::force(tests::build::FilterBuild::Wasm);
 
     let idp = DevIdp::start(&[]);
     let echo = Echo::start();

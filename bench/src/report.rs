@@ -44,7 +44,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const ORDER: [(&str, &str); 15] = [
+const ORDER: [(&str, &str); 18] = [
     ("direct", "1a. no auth, direct_response"),
     ("proxy", "1b. no auth, proxied (baseline)"),
     (
@@ -65,6 +65,18 @@ const ORDER: [(&str, &str); 15] = [
     (
         "filter_privileged_cached",
         "4. privileged via filter, in-proxy cache hit",
+    ),
+    (
+        "native_cold",
+        "9a. native filter (dynamic module), local JWT, cold (verify every request, ring)",
+    ),
+    (
+        "native_hot",
+        "9b. native filter, local JWT, hot (the process's token cache)",
+    ),
+    (
+        "native_privileged_cached",
+        "9c. native filter, privileged, in-proxy cache hit",
     ),
     (
         "filter_privileged_uncached",
@@ -129,6 +141,10 @@ impl Report {
         let priv_hit = self.row("filter_privileged_cached");
         let priv_miss = self.row("filter_privileged_uncached");
         let ext = self.row("native_ext_authz");
+        let noop = self.row("wasm_noop");
+        let native_hot = self.row("native_hot");
+        let native_cold = self.row("native_cold");
+        let native_priv = self.row("native_privileged_cached");
         let a = &self.amplification;
         let refreshes_allowed = (a.seconds as f64 / 2.5).ceil() as u64 + 1; // privileged window 5 s, refresh at half
         let pushed = self.propagation.first();
@@ -267,6 +283,65 @@ impl Report {
                 ),
                 priv_miss.envoy_cpu_us + priv_miss.server_cpu_us
                     <= 0.5 * (ext.envoy_cpu_us + ext.server_cpu_us),
+            ),
+            (
+                "native hot path: Envoy CPU/request ≤ 1.0× jwt_authn with cache, throughput ≥ 1.0×"
+                    .into(),
+                format!(
+                    "{:.1} vs {:.1} µs ({:.2}×); {:.0} vs {:.0} rps ({:.2}×)",
+                    native_hot.envoy_cpu_us,
+                    native_cached.envoy_cpu_us,
+                    native_hot.envoy_cpu_us / native_cached.envoy_cpu_us.max(0.01),
+                    native_hot.rps,
+                    native_cached.rps,
+                    native_hot.rps / native_cached.rps.max(1.0)
+                ),
+                native_hot.envoy_cpu_us <= native_cached.envoy_cpu_us
+                    && native_hot.rps >= native_cached.rps,
+            ),
+            (
+                "native cold path (signature verified every request): Envoy CPU/request ≤ 1.0× jwt_authn without cache".into(),
+                format!(
+                    "{:.1} vs {:.1} µs ({:.2}×)",
+                    native_cold.envoy_cpu_us,
+                    native.envoy_cpu_us,
+                    native_cold.envoy_cpu_us / native.envoy_cpu_us.max(0.01)
+                ),
+                native_cold.envoy_cpu_us <= native.envoy_cpu_us,
+            ),
+            (
+                "native privileged with an in-proxy hit: within 10% of the native hot path".into(),
+                format!(
+                    "{:.1} vs {:.1} µs ({:.2}×)",
+                    native_priv.envoy_cpu_us,
+                    native_hot.envoy_cpu_us,
+                    native_priv.envoy_cpu_us / native_hot.envoy_cpu_us.max(0.01)
+                ),
+                native_priv.envoy_cpu_us <= 1.1 * native_hot.envoy_cpu_us,
+            ),
+            (
+                "Wasm hot path above the empty Wasm filter ≤ jwt_authn-cached above the baseline"
+                    .into(),
+                format!(
+                    "{:.1} vs {:.1} µs",
+                    hot.envoy_cpu_us - noop.envoy_cpu_us,
+                    native_cached.envoy_cpu_us - base.envoy_cpu_us
+                ),
+                hot.envoy_cpu_us - noop.envoy_cpu_us
+                    <= native_cached.envoy_cpu_us - base.envoy_cpu_us,
+            ),
+            (
+                "Wasm cold path above the empty Wasm filter ≤ 1.5× jwt_authn-uncached above the baseline"
+                    .into(),
+                format!(
+                    "{:.1} vs {:.1} µs ({:.2}×)",
+                    cold.envoy_cpu_us - noop.envoy_cpu_us,
+                    native.envoy_cpu_us - base.envoy_cpu_us,
+                    (cold.envoy_cpu_us - noop.envoy_cpu_us)
+                        / (native.envoy_cpu_us - base.envoy_cpu_us).max(0.01)
+                ),
+                cold.envoy_cpu_us - noop.envoy_cpu_us
+                    <= 1.5 * (native.envoy_cpu_us - base.envoy_cpu_us),
             ),
             (
                 format!(

@@ -58,18 +58,20 @@ impl RequestFilter {
     pub fn on_request_headers(&self) -> HeadersStatus {
         let Some(shared) = self.shared.clone() else {
             // No valid configuration: fail closed.
-            let decided = Final {
-                context_id: self.context_id,
-                action: FinalAction::Deny(deny_response(&DenyReason::Internal, "api")),
-            };
-            return self.apply(&decided, false);
+            return self.fail_closed();
         };
         // One read of the header map, as bytes (a client may send any byte Envoy lets
         // through): the core picks up what it decides on and names the client-sent copies of
         // our headers (and stripped override headers) to remove.
         let read = filter_core::read_request(self.envoy.request_headers(), &shared.policy);
-        for name in &read.remove {
-            self.envoy.remove_request_header(name);
+        // A client's copy of a header we set that cannot be removed must not reach the
+        // upstream: fail closed (the core never sees the request).
+        let removed = read
+            .remove
+            .iter()
+            .all(|name| self.envoy.remove_request_header(name));
+        if !removed {
+            return self.fail_closed();
         }
         let context_id = self.context_id;
         let clock = now_us();
@@ -87,7 +89,7 @@ impl RequestFilter {
                 // It waits: the decision may come up on another thread, which must find it.
                 let Some(scheduler) = self.envoy.new_scheduler() else {
                     drop(core);
-                    return self.fail_closed();
+                    return self.cannot_wait(&shared, commands);
                 };
                 let mailbox = Arc::new(Mailbox::new(scheduler));
                 shared.register(&core, context_id, Arc::clone(&mailbox));
@@ -266,11 +268,19 @@ impl RequestFilter {
     fn apply(&self, decided: &Final, resume: bool) -> HeadersStatus {
         match &decided.action {
             FinalAction::Allow { headers, remove } => {
-                for name in remove {
-                    self.envoy.remove_request_header(name.as_bytes());
-                }
-                for (name, value) in headers {
-                    self.envoy.set_request_header(name, value);
+                let removed = remove
+                    .iter()
+                    .all(|name| self.envoy.remove_request_header(name.as_bytes()));
+                let set = headers
+                    .iter()
+                    .all(|(name, value)| self.envoy.set_request_header(name, value));
+                if !(removed && set) {
+                    // The upstream would not get what the decision says: refused.
+                    let refused = Final {
+                        context_id: decided.context_id,
+                        action: self.internal_error(),
+                    };
+                    return self.apply(&refused, resume);
                 }
                 self.allowed.set(true);
                 if resume {
@@ -287,11 +297,40 @@ impl RequestFilter {
         }
     }
 
+    /// The request cannot wait (no scheduler to resume it): the other requests' commands are
+    /// carried out, its own calls are reported as not started, and it is refused.
+    fn cannot_wait(&self, shared: &Shared, commands: Vec<Command>) -> HeadersStatus {
+        let (mine, others): (Vec<Command>, Vec<Command>) = commands
+            .into_iter()
+            .partition(|c| command_owner(c) == Some(self.context_id));
+        shared.dispatch(others, false);
+        let not_started = mine
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Check { call, .. } => Some((call, CallOutcome::NotStarted)),
+                _ => None,
+            })
+            .collect();
+        let follow_ups = shared.report_ended(not_started);
+        shared.dispatch(follow_ups, false);
+        self.fail_closed()
+    }
+
     fn fail_closed(&self) -> HeadersStatus {
         let decided = Final {
             context_id: self.context_id,
-            action: FinalAction::Deny(deny_response(&DenyReason::Internal, "api")),
+            action: self.internal_error(),
         };
         self.apply(&decided, false)
+    }
+
+    /// The refusal of a request the filter cannot carry out (the configuration's realm, as
+    /// every other denial).
+    fn internal_error(&self) -> FinalAction {
+        let realm = self
+            .shared
+            .as_ref()
+            .map_or("api", |s| s.policy.realm.as_str());
+        FinalAction::Deny(deny_response(&DenyReason::Internal, realm))
     }
 }

@@ -39,6 +39,10 @@ fn the_module_reports_its_abi_and_one_process_fetches_keys_once_and_verifies_a_t
         log.contains("jwt_authz (native, ABI v0.2.0) configured"),
         "{log}"
     );
+    // Keys first (a request that waits for them looks its token up once more when they come).
+    assert!(eventually(Duration::from_secs(5), || envoy
+        .stat("wasmcustom.authz.jwks_fetches.ok")
+        >= 1));
     let token = idp.mint(json!({"scope": "read"}));
     for _ in 0..40 {
         // New connections, spread over both workers.

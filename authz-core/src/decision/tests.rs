@@ -235,3 +235,20 @@ fn header_values_with_control_characters_are_dropped() {
     };
     assert!(upstream_headers.iter().all(|(h, _)| h != "x-auth-tenant"));
 }
+
+#[test]
+fn a_bearer_credential_is_b64token_bytes_only() {
+    for byte in 0u8..=255 {
+        let expected = byte.is_ascii_alphanumeric() || b"-._~+/".contains(&byte);
+        let credential = format!("Bearer a{}b", char::from(byte));
+        let accepted = bearer_token(&credential).is_some();
+        // A space splits the credential (trimmed) and is accepted only at its edges.
+        if byte != b' ' {
+            assert_eq!(accepted, expected, "byte {byte:#04x}");
+        }
+    }
+    assert_eq!(bearer_token("Bearer abc=="), Some("abc=="));
+    assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+    assert_eq!(bearer_token("Bearer ==="), None);
+    assert_eq!(bearer_token("Basic abc"), None);
+}

@@ -368,8 +368,8 @@ impl EnvoyFilter {
         unsafe { copy_headers(raw.as_ptr(), raw.len()) }
     }
 
-    /// Removes every value of request header `name`.
-    pub fn remove_request_header(&self, name: &[u8]) {
+    /// Removes every value of request header `name`; false when Envoy could not.
+    pub fn remove_request_header(&self, name: &[u8]) -> bool {
         let nothing = ModuleBuffer {
             ptr: std::ptr::null(),
             length: 0,
@@ -381,13 +381,13 @@ impl EnvoyFilter {
                 HEADER_TYPE_REQUEST,
                 module_buffer(name),
                 nothing,
-            );
+            )
         }
     }
 
-    /// Sets request header `name` to `value` (replacing every value). An empty value removes
-    /// the header (the ABI cannot set an empty value).
-    pub fn set_request_header(&self, name: &str, value: &str) {
+    /// Sets request header `name` to `value` (replacing every value); false when Envoy could
+    /// not. An empty value removes the header (the ABI cannot set an empty value).
+    pub fn set_request_header(&self, name: &str, value: &str) -> bool {
         // SAFETY: both buffers outlive the call; Envoy copies them.
         unsafe {
             envoy_dynamic_module_callback_http_set_header(
@@ -395,7 +395,7 @@ impl EnvoyFilter {
                 HEADER_TYPE_REQUEST,
                 module_buffer(name.as_bytes()),
                 module_buffer(value.as_bytes()),
-            );
+            )
         }
     }
 
