@@ -4,7 +4,8 @@
 //!
 //! Scenarios (one Envoy, one listener each): no auth (`direct_response`, proxied), native
 //! `jwt_authn` with and without its cache, the Wasm filter's local JWT path hot (token cache)
-//! and cold (signature verified on every request), a privileged route through the filter with
+//! and cold (signature verified on every request), the same for the native filter (the Envoy
+//! dynamic module, one core per process) and its privileged in-proxy hit, a privileged route through the filter with
 //! an in-proxy cache hit and with a miss (server cache hit), and through Envoy's native
 //! `ext_authz` filter to the same server (with an opaque token the server introspects, cached,
 //! and with a JWT access token the server verifies itself against the IdP's keys). Then the
