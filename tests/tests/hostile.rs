@@ -658,3 +658,58 @@ fn calls_to_missing_clusters_fail_closed_without_a_crash() {
     assert_eq!(envoy.get("/api/items", Some(&jwt), &[]).status, 200);
     assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
 }
+
+/// The status of `GET path` with `token`, sent from `source` (a loopback address the test
+/// binds, so Envoy sees another client).
+fn status_from(source: &str, port: u16, path: &str, token: &str) -> u16 {
+    use std::io::{Read, Write};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{source}:0").parse().expect("address"))
+            .expect("bind the source address");
+        let target = format!("127.0.0.1:{port}").parse().expect("address");
+        socket.connect(target).await.expect("connect")
+    });
+    let mut stream = stream.into_std().expect("std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_filters_check_carries_the_client_address_so_one_client_cannot_exhaust_anothers_limit() {
+    let s = CacheStack::start(
+        &decision_cache_plugin_config(250, 1000),
+        "rate_limits:\n  failed_tokens_per_address: {per_minute: 5, burst: 5}\n",
+    );
+    let port = s.envoy.port;
+    // One client (127.0.0.2) spends its budget of failed tokens and is limited.
+    let limited = (0..15)
+        .filter(|i| status_from("127.0.0.2", port, "/admin/users", &junk(100 + i)) == 429)
+        .count();
+    assert!(limited >= 5, "only {limited} of 15 were limited");
+    // Another client (127.0.0.1) still has its own: the Check named who asked. Without the
+    // address every client would share one budget, and this would be 429.
+    assert_eq!(
+        status_from("127.0.0.1", port, "/admin/users", &junk(200)),
+        401
+    );
+}
