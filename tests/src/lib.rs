@@ -1319,6 +1319,11 @@ impl Envoy {
     /// [`Envoy::start_rendered`] with `env` added to Envoy's environment (what a Wasm VM's
     /// `environment_variables.host_env_keys` reads, as Istio's `vmConfig.env` `HOST`).
     pub fn start_rendered_with_env(config: &str, env: &[(&str, &str)]) -> Envoy {
+        Envoy::start_rendered_with(config, env, 2)
+    }
+
+    /// [`Envoy::start_rendered_with_env`] with `workers` worker threads.
+    pub fn start_rendered_with(config: &str, env: &[(&str, &str)], workers: u32) -> Envoy {
         let build = build::FilterBuild::current();
         let config = &build::for_build(config, build);
         let scratch = Scratch::new("envoy");
@@ -1332,7 +1337,7 @@ impl Envoy {
             .arg(&config_path)
             .args([
                 "--concurrency",
-                "2",
+                &workers.to_string(),
                 "--disable-hot-restart",
                 "--log-level",
                 "info",
