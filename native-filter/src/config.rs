@@ -58,7 +58,7 @@ pub fn create(envoy: EnvoyConfig, name: &[u8], config: &[u8]) -> Option<Arc<Shar
         LogLevel::Info,
         &format!(
             "jwt_authz (native, ABI {}) configured: {} provider(s), {} route(s), default tier {}",
-            abi::ABI_VERSION,
+            abi::ABI_VERSION.to_string_lossy(),
             policy.providers.len(),
             policy.routes.routes.len(),
             policy.routes.default.tier

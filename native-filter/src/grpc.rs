@@ -6,7 +6,35 @@
 //! What it does not do: compression (the request says `grpc-encoding` is not used; a
 //! compressed answer is a failure), streaming, or retries.
 
-use filter_core::CallOutcome;
+use crate::abi::Outgoing;
+use authz_core::ext_authz_proto::{CHECK_METHOD, CHECK_SERVICE};
+use filter_core::{CallOutcome, CheckOrder};
+
+/// The Check call of `order` carrying `message`: the stream request's headers and framed body
+/// (kept for as long as the request borrowing them is started).
+pub struct CheckCall {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl CheckCall {
+    pub fn new(order: &CheckOrder, message: &[u8]) -> CheckCall {
+        CheckCall {
+            headers: request_headers(&order.cluster, CHECK_SERVICE, CHECK_METHOD),
+            body: frame(message),
+        }
+    }
+
+    /// The request to start through `order`'s cluster, within its timeout.
+    pub fn outgoing<'a>(&'a self, order: &'a CheckOrder) -> Outgoing<'a> {
+        Outgoing {
+            cluster: &order.cluster,
+            headers: &self.headers,
+            body: &self.body,
+            timeout: order.timeout,
+        }
+    }
+}
 
 /// The request headers of a unary call of `service/method` to `authority`.
 pub fn request_headers(authority: &str, service: &str, method: &str) -> Vec<(String, String)> {

@@ -4,8 +4,8 @@
 //! decision caches shared by every worker thread, one change-feed request), RSA verified with
 //! `ring`, and no VM to cross on each request.
 //!
-//! The parts: [`abi`] binds the hooks Envoy calls and the callbacks this module makes, by hand
-//! (all the `unsafe` is there); [`config`] validates the configuration; [`shared`] is the
+//! The parts: [`abi`] binds the callbacks this module makes and [`hooks`] exports the hooks
+//! Envoy calls, both by hand (all the `unsafe` is in these two); [`config`] validates the configuration; [`shared`] is the
 //! process's core and where each command is carried out; [`request`] is one request on its
 //! worker thread; [`host`] is the core's `Host`; [`wake`] turns `poll_timeout` into wake-ups
 //! (the ABI has no timer); [`grpc`] frames the Check call over an HTTP callout.
@@ -17,6 +17,7 @@ pub mod abi;
 pub mod calls;
 pub mod config;
 pub mod grpc;
+pub mod hooks;
 pub mod host;
 pub mod request;
 pub mod shared;

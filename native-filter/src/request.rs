@@ -7,12 +7,11 @@
 //!
 //! What it does not do: decide anything, or touch another request.
 
-use crate::abi::{EnvoyFilter, HeadersStatus, Outgoing, RawHeaders};
+use crate::abi::{EnvoyFilter, HeadersStatus, RawHeaders};
 use crate::calls::CallTable;
-use crate::grpc::{self, GrpcReply};
+use crate::grpc::{CheckCall, GrpcReply};
 use crate::host::now_us;
 use crate::shared::{command_owner, Mailbox, Shared};
-use authz_core::ext_authz_proto::{CHECK_METHOD, CHECK_SERVICE};
 use authz_core::{deny_response, DenyReason};
 use filter_core::{
     CallId, CallOutcome, CheckOrder, Command, Event, Final, FinalAction, LiveRequest,
@@ -247,15 +246,8 @@ impl RequestFilter {
         else {
             return Some((call, CallOutcome::NotStarted));
         };
-        let headers = grpc::request_headers(&order.cluster, CHECK_SERVICE, CHECK_METHOD);
-        let body = grpc::frame(&message);
-        let request = Outgoing {
-            cluster: &order.cluster,
-            headers: &headers,
-            body: &body,
-            timeout: order.timeout,
-        };
-        match self.envoy.start_stream(&request) {
+        let check = CheckCall::new(order, &message);
+        match self.envoy.start_stream(&check.outgoing(order)) {
             Some(id) => {
                 let finished = self.calls.borrow_mut().started(id, call);
                 finished.map(|(call, reply, completed)| (call, reply.outcome(completed)))

@@ -23,10 +23,9 @@ use crate::abi::{
     CalloutAnswer, ConfigScheduler, EnvoyConfig, FilterScheduler, Outgoing, RawHeaders,
 };
 use crate::calls::CallTable;
-use crate::grpc::{self, GrpcReply};
+use crate::grpc::{CheckCall, GrpcReply};
 use crate::host::{now_us, random_key, NativeHost, NativeWorker};
 use crate::wake::WakeThread;
-use authz_core::ext_authz_proto::{CHECK_METHOD, CHECK_SERVICE};
 use authz_core::Policy;
 use filter_core::{CallId, CallOutcome, CheckOrder, CheckPurpose, Command, Event};
 use std::collections::HashMap;
@@ -347,15 +346,8 @@ impl Shared {
         let Some(message) = filter_core::check_message(order, None, self.locality.clone()) else {
             return Some((call, CallOutcome::NotStarted));
         };
-        let headers = grpc::request_headers(&order.cluster, CHECK_SERVICE, CHECK_METHOD);
-        let body = grpc::frame(&message);
-        let request = Outgoing {
-            cluster: &order.cluster,
-            headers: &headers,
-            body: &body,
-            timeout: order.timeout,
-        };
-        let Some(id) = self.envoy.start_stream(&request) else {
+        let check = CheckCall::new(order, &message);
+        let Some(id) = self.envoy.start_stream(&check.outgoing(order)) else {
             return Some((call, CallOutcome::NotStarted));
         };
         let finished = self

@@ -1,9 +1,9 @@
-//! The binding to Envoy's dynamic-module ABI, written by hand for exactly the hooks and
-//! callbacks this module uses; all of the crate's `unsafe` is here, each block with a
+//! The binding to Envoy's dynamic-module ABI, written by hand for exactly the callbacks this
+//! module makes; with `crate::hooks` (the exported event hooks, which turn raw pointers back
+//! into the module's objects) it holds all of the crate's `unsafe`, each block with a
 //! `SAFETY:` comment. [`ffi`] declares the C side; this module wraps it in handles whose
-//! methods cannot misuse it ([`EnvoyConfig`], [`EnvoyFilter`], the schedulers), and [`hooks`]
-//! exports the event hooks Envoy resolves by name, turning raw pointers back into the
-//! module's objects.
+//! methods cannot misuse it ([`EnvoyConfig`], [`EnvoyFilter`], the schedulers). It imports
+//! nothing of the module's own: the hooks depend on it, not it on them.
 //!
 //! Ownership, from the ABI's documentation: a buffer Envoy hands out is valid until the hook
 //! that handed it out returns (everything read is copied before that); a buffer the module
@@ -14,14 +14,14 @@
 #![allow(unsafe_code)]
 
 pub mod ffi;
-pub mod hooks;
 
 use ffi::*;
 use std::time::Duration;
 
-/// The ABI version this module was built for (Envoy 1.40). Envoy logs a mismatch and loads
-/// the module anyway, so the version is also in the module's start-up log line.
-pub const ABI_VERSION: &str = "v0.2.0";
+/// The ABI version this module was built for (Envoy 1.40), NUL-terminated as
+/// `on_program_init` returns it. Envoy logs a mismatch and loads the module anyway, so the
+/// version is also in the module's start-up log line.
+pub const ABI_VERSION: &std::ffi::CStr = c"v0.2.0";
 
 /// Header pairs as bytes.
 pub type RawHeaders = Vec<(Vec<u8>, Vec<u8>)>;
@@ -72,7 +72,7 @@ pub enum HeadersStatus {
 }
 
 impl HeadersStatus {
-    fn raw(self) -> u32 {
+    pub(crate) fn raw(self) -> u32 {
         match self {
             HeadersStatus::Continue => HEADERS_CONTINUE,
             HeadersStatus::Replied => HEADERS_STOP_ITERATION,
@@ -109,7 +109,7 @@ impl CalloutAnswer {
 
 /// The filter configuration, as Envoy hands it to the module (process-wide).
 #[derive(Debug, Clone)]
-pub struct EnvoyConfig(ConfigEnvoyPtr);
+pub struct EnvoyConfig(pub(crate) ConfigEnvoyPtr);
 
 // SAFETY: Envoy keeps the configuration object alive from `config_new` until
 // `config_destroy`, and every filter (the only other holders of this handle, through
@@ -332,7 +332,7 @@ impl Drop for FilterScheduler {
 /// One request's filter as Envoy sees it. Used only on the request's worker thread (the
 /// handle is not `Send`).
 #[derive(Debug, Clone, Copy)]
-pub struct EnvoyFilter(FilterEnvoyPtr);
+pub struct EnvoyFilter(pub(crate) FilterEnvoyPtr);
 
 impl EnvoyFilter {
     /// Every request header, pseudo-headers included, as bytes (copied).
@@ -510,7 +510,7 @@ fn module_headers(headers: &[(String, String)]) -> Vec<ModuleHeader> {
 ///
 /// # Safety
 /// `ptr` must be null or point to `length` readable bytes.
-unsafe fn copy_buffer(ptr: *const u8, length: usize) -> Vec<u8> {
+pub(crate) unsafe fn copy_buffer(ptr: *const u8, length: usize) -> Vec<u8> {
     if ptr.is_null() || length == 0 {
         return Vec::new();
     }
@@ -522,7 +522,7 @@ unsafe fn copy_buffer(ptr: *const u8, length: usize) -> Vec<u8> {
 ///
 /// # Safety
 /// `headers` must be null or point to `count` headers whose buffers are readable.
-unsafe fn copy_headers(headers: *const EnvoyHeader, count: usize) -> RawHeaders {
+pub(crate) unsafe fn copy_headers(headers: *const EnvoyHeader, count: usize) -> RawHeaders {
     if headers.is_null() || count == 0 {
         return Vec::new();
     }
@@ -546,7 +546,7 @@ unsafe fn copy_headers(headers: *const EnvoyHeader, count: usize) -> RawHeaders 
 ///
 /// # Safety
 /// `chunks` must be null or point to `count` buffers that are readable.
-unsafe fn copy_chunks(chunks: *const EnvoyBuffer, count: usize) -> Vec<u8> {
+pub(crate) unsafe fn copy_chunks(chunks: *const EnvoyBuffer, count: usize) -> Vec<u8> {
     if chunks.is_null() || count == 0 {
         return Vec::new();
     }

@@ -1,4 +1,5 @@
-//! The event hooks Envoy resolves by name (`envoy_dynamic_module_on_*`). Each turns the raw
+//! The event hooks Envoy resolves by name (`envoy_dynamic_module_on_*`): with `crate::abi`,
+//! the binding, and the only other place `unsafe` is allowed. Each turns the raw
 //! pointers it gets back into the module's objects and calls their safe methods:
 //! the configuration's module pointer is a leaked `Box<Arc<Shared>>` (taken back in
 //! `config_destroy`), a filter's is a leaked `Box<RequestFilter>` (taken back in
@@ -9,15 +10,16 @@
 //! Envoy requires every per-filter hook to exist; the ones this filter has no use for
 //! (response side, watermarks, one-shot per-filter callouts) answer "continue" or do nothing.
 
-use super::ffi::*;
-use super::{copy_chunks, copy_headers, CalloutAnswer, EnvoyConfig, EnvoyFilter};
+#![allow(unsafe_code)]
+
+use crate::abi::ffi::*;
+use crate::abi::{
+    copy_buffer, copy_chunks, copy_headers, CalloutAnswer, EnvoyConfig, EnvoyFilter, ABI_VERSION,
+};
 use crate::request::RequestFilter;
 use crate::shared::Shared;
 use std::ffi::c_char;
 use std::sync::Arc;
-
-/// The NUL-terminated ABI version.
-static ABI_VERSION_C: &[u8] = b"v0.2.0\0";
 
 /// The configuration behind a module pointer.
 ///
@@ -39,7 +41,7 @@ unsafe fn filter<'a>(filter: FilterModulePtr) -> Option<&'a RequestFilter> {
 
 #[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
-    ABI_VERSION_C.as_ptr().cast()
+    ABI_VERSION.as_ptr()
 }
 
 /// # Safety
@@ -54,8 +56,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     // SAFETY: Envoy's buffers are valid during this hook; copied now.
     let (name, config) = unsafe {
         (
-            super::copy_buffer(name.ptr, name.length),
-            super::copy_buffer(config.ptr, config.length),
+            copy_buffer(name.ptr, name.length),
+            copy_buffer(config.ptr, config.length),
         )
     };
     match crate::config::create(EnvoyConfig(config_envoy), &name, &config) {
