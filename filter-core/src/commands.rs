@@ -1,7 +1,7 @@
 //! What comes out of the core: [`Command`]s it queues for the host (a decided request to
 //! apply, a JWKS fetch, a change-feed request or a Check call to make), and what they carry.
 //! Every call the core asks for has a [`CallId`]; the event that ends the call
-//! (`crate::events`) carries it back, so no call needs acknowledging when it starts.
+//! (`CallEnded`) carries it back, so no call needs acknowledging when it starts.
 //!
 //! What it does not do: carry anything out. These are plain values (checks after the answer
 //! included: `background` decides when they are due).
