@@ -688,6 +688,25 @@ impl AuthzServerProcess {
             .collect()
     }
 
+    /// Its log lines starting with `message` once there are at least `count`, waiting up to
+    /// 5 s: a line written before or after an answer reaches the test's reader thread a little
+    /// later than the answer reaches the test. Fewer lines after the wait are returned as they
+    /// are (the caller's assertion names them).
+    pub fn logged_at_least(&self, message: &str, count: usize) -> Vec<Value> {
+        let mut lines = Vec::new();
+        eventually(Duration::from_secs(5), || {
+            lines = self.log_lines(message);
+            lines.len() >= count
+        });
+        lines
+    }
+
+    /// Whether a line starting with `message` was logged (waiting as
+    /// [`AuthzServerProcess::logged_at_least`] does).
+    pub fn logged(&self, message: &str) -> bool {
+        !self.logged_at_least(message, 1).is_empty()
+    }
+
     /// `/readyz`'s status.
     pub fn readyz(&self) -> u16 {
         get(&format!("http://127.0.0.1:{}/readyz", self.admin_port), &[]).status
