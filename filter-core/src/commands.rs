@@ -206,4 +206,8 @@ pub enum Command {
     Poll { call: CallId, order: PollOrder },
     /// Make a Check call.
     Check { call: CallId, order: CheckOrder },
+    /// Hand `message` (a [`crate::feed_share::SharedAnswer`]) to each of the proxy's workers
+    /// named in `to` (their queues): they report it as [`crate::Event::SharedFeedAnswer`]. A
+    /// name the host cannot find is skipped.
+    ShareFeed { to: Vec<String>, message: Vec<u8> },
 }

@@ -49,6 +49,9 @@ pub enum Event {
     CallEnded { call: CallId, outcome: CallOutcome },
     /// The time [`crate::Worker::poll_timeout`] named has come (or any later time).
     Wake,
+    /// A change-feed answer another worker of the proxy shared (see
+    /// [`crate::Worker::join_feed`]), as its bytes arrived.
+    SharedFeedAnswer { message: Vec<u8> },
 }
 
 impl Event {

@@ -20,6 +20,7 @@ pub mod check;
 pub mod commands;
 pub mod context;
 pub mod events;
+pub mod feed_share;
 pub mod host;
 mod keys;
 pub mod metrics;
@@ -36,6 +37,7 @@ pub use commands::{
     FinalAction, LocalReply, OwnedRequest, PollOrder,
 };
 pub use events::{CallOutcome, Event};
+pub use feed_share::SharedAnswer;
 pub use host::{Host, LogLevel, SharedWrite};
 pub use metrics::{Counter, Gauge, Histogram};
 pub use read::{read_request, ReadRequest, Unreadable};

@@ -203,7 +203,8 @@ impl<H: Host> Worker<H> {
         // once polls fail, it says nothing about revocations this worker has not polled for,
         // and only a successful poll renews trust again.
         // (Polls, and so failed polls, exist only when an epochs feed is configured.)
-        let polls_failing = self.link.versions.failed_polls > 0;
+        // A follower that has not heard from its reader lately counts as failing too.
+        let polls_failing = self.link.versions.failed_polls > 0 || self.feed_silent(now_ms);
         if !reply.directive.state_unconfirmed && !polls_failing {
             self.link.versions.last_ok_ms = now_ms;
         }
@@ -303,8 +304,12 @@ impl<H: Host> Worker<H> {
     /// Whether a change-feed request is due now; marks it started. With push on and working,
     /// a request is always out (the server holds it until something changes or its wait runs
     /// out, and the next goes out when it answers); otherwise one every poll interval.
+    ///
+    /// In a feed group (see `feed_share`) only the reader asks so; a follower asks only to
+    /// catch up, with a request answered at once.
     pub(crate) fn poll_due(&mut self, now_ms: u64) -> Option<PollOrder> {
         let push_wait_ms = self.policy.feed()?.push_wait_ms;
+        let reading = self.reads_feed(now_ms);
         if self.link.versions.poll_in_flight.is_some() {
             // An answer that never came (the host lost the call): give up on it after its
             // timeout and a margin.
@@ -318,12 +323,18 @@ impl<H: Host> Worker<H> {
         if now_ms < self.link.versions.slow_down_until_ms {
             return None;
         }
+        if !reading && !self.share.catch_up {
+            return None;
+        }
         let epochs = self.policy.feed()?;
         // The first read of a state (at start, after a server restart) is answered at once:
-        // writes fail closed until it is read.
-        let hold =
-            epochs.push_wait_ms > 0 && !self.link.versions.push_down && self.link.versions.synced;
-        if !self.link.versions.poll_now
+        // writes fail closed until it is read. A follower's catch-up is never held.
+        let hold = reading
+            && epochs.push_wait_ms > 0
+            && !self.link.versions.push_down
+            && self.link.versions.synced;
+        if reading
+            && !self.link.versions.poll_now
             && now_ms.saturating_sub(self.link.versions.last_poll_started_ms) < epochs.interval_ms
         {
             return None;
@@ -343,13 +354,15 @@ impl<H: Host> Worker<H> {
                 push_query_value(&mut path, incarnation);
             }
         }
-        Some(PollOrder {
+        let order = PollOrder {
             cluster: epochs.cluster.clone(),
             authority: epochs.authority.clone(),
             path,
             bearer: format!("Bearer {}", epochs.token),
             timeout: poll_timeout(epochs.push_wait_ms, hold),
-        })
+        };
+        self.poll_sent(self.link.versions.change_version, reading);
+        Some(order)
     }
 
     /// When the next change-feed request is due (ms), as [`Worker::poll_due`] judges it:
@@ -361,6 +374,13 @@ impl<H: Host> Worker<H> {
             let limit =
                 poll_timeout(feed.push_wait_ms, self.link.versions.poll_held).as_millis() as u64;
             return Some(started + limit + 3_000);
+        }
+        if !self.share.reading {
+            // A follower: only a catch-up is ever due (at once).
+            return self
+                .share
+                .catch_up
+                .then_some(self.link.versions.slow_down_until_ms);
         }
         let next = if self.link.versions.poll_now {
             0
@@ -428,6 +448,18 @@ impl<H: Host> Worker<H> {
         now_ms: u64,
     ) -> Option<PollOrder> {
         self.link.versions.poll_in_flight = None;
+        self.apply_feed_answer(status, body, now_ms, true)
+    }
+
+    /// Applies a change-feed answer: to this worker's own request (`own`), or one the group's
+    /// reader shared. Returns the next request when it is due at once.
+    pub(crate) fn apply_feed_answer(
+        &mut self,
+        status: Option<u16>,
+        body: Option<Vec<u8>>,
+        now_ms: u64,
+        own: bool,
+    ) -> Option<PollOrder> {
         let mut new_keys = false;
         let changes = match (status, body) {
             (Some(200), Some(body)) => FeedAnswer::from_slice(&body).and_then(|answer| {
@@ -436,7 +468,7 @@ impl<H: Host> Worker<H> {
                 }
                 Changes::from_answer(&answer).map_err(str::to_owned)
             }),
-            (Some(401 | 403), _) => {
+            (Some(401 | 403), _) if own => {
                 // Not a passing fault: nothing will change until the configuration does.
                 self.host.count(Counter::PollUnauthorized);
                 self.host.log(
@@ -461,25 +493,36 @@ impl<H: Host> Worker<H> {
         };
         let changes = match changes {
             Ok(c) => c,
-            Err(why) => {
+            Err(why) if own => {
                 self.poll_failed(&why);
                 return None;
             }
+            Err(_) => {
+                // The reader counted and logged it.
+                self.link.versions.failed_polls += 1;
+                return None;
+            }
         };
-        self.host.count(Counter::PollOk);
+        if own {
+            self.host.count(Counter::PollOk);
+        }
         if self.link.versions.failed_polls > 0 {
-            self.host.log(
-                LogLevel::Info,
-                &format!(
-                    "jwt_authz epochs poll recovered after {} failure(s)",
-                    self.link.versions.failed_polls
-                ),
-            );
+            if own {
+                self.host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "jwt_authz epochs poll recovered after {} failure(s)",
+                        self.link.versions.failed_polls
+                    ),
+                );
+            }
             self.link.versions.failed_polls = 0;
         }
         let held_for = now_ms.saturating_sub(self.link.versions.last_poll_started_ms);
         let wait_ms = self.policy.feed().map(|e| e.push_wait_ms).unwrap_or(0);
-        if self.link.versions.poll_held {
+        if !own {
+            // Another worker's request: how it was held is its reader's business.
+        } else if self.link.versions.poll_held {
             // Held until a change, or for most of its wait: the server pushes. Answered at once
             // with nothing (a server that does not hold): poll at the interval instead.
             // A held request the server answered at a key period's end is a push too.
@@ -525,6 +568,7 @@ impl<H: Host> Worker<H> {
                 self.link.versions.changes_applied_ms = now_ms;
                 self.link.revocations.resync();
                 self.link.versions.poll_now = true;
+                self.share.catch_up = true;
                 self.start_over_at(changes.policy_version);
                 self.link.versions.incarnation = Some(incarnation.clone());
                 return self.poll_due(now_ms);
@@ -542,6 +586,9 @@ impl<H: Host> Worker<H> {
         self.apply_revocations(&changes, now_ms);
         if changes.confirmed && whole {
             self.link.revocations.resynced();
+            if own {
+                self.caught_up(now_ms);
+            }
         } else {
             self.host.log(
                 LogLevel::Debug,
@@ -565,7 +612,7 @@ impl<H: Host> Worker<H> {
         self.link.versions.synced |= whole;
         self.link.versions.change_version = self.link.versions.change_version.max(changes.version);
         self.share_versions();
-        if self.link.versions.poll_now {
+        if self.link.versions.poll_now || self.share.catch_up {
             self.poll_due(now_ms)
         } else {
             None

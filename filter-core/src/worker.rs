@@ -17,7 +17,9 @@
 //!
 //! The parts: the policy, the key sources (`keys`: key sets, fetches, the lease through which
 //! the workers of one proxy agree on who fetches), the requests waiting for keys, the Check
-//! calls out for requests, the caches, and the server path (`server_path`, `background`).
+//! calls out for requests, the caches, the server path (`server_path`, `background`), and the
+//! feed group through which one worker of the proxy reads the change feed for all
+//! (`feed_share`).
 //!
 //! What it does not do: read a clock (every event carries `now`), or carry out a command.
 
@@ -28,6 +30,7 @@ use crate::commands::{
 };
 use crate::context::ContextSigning;
 use crate::events::{CallOutcome, Event};
+use crate::feed_share::FeedShare;
 use crate::host::{Host, LogLevel};
 use crate::keys::KeySources;
 use crate::metrics::{Counter, Histogram};
@@ -76,6 +79,8 @@ pub struct Worker<H: Host> {
     pub(crate) background: BackgroundChecks,
     /// Commands for the host, and call names.
     pub(crate) outbox: Outbox,
+    /// The proxy's feed group: who reads the change feed for the others.
+    pub(crate) share: FeedShare,
     /// When the worker last read what other workers stored (ms): again within [`TICK`].
     last_look_ms: Option<u64>,
 }
@@ -180,6 +185,7 @@ impl<H: Host> Worker<H> {
             context: ContextSigning::default(),
             background: BackgroundChecks::new(policy_has_background_routes),
             outbox: Outbox::default(),
+            share: FeedShare::default(),
             last_look_ms: None,
         }
     }
@@ -211,6 +217,7 @@ impl<H: Host> Worker<H> {
             Event::RequestEnded { context_id } => self.forget(context_id),
             Event::CallEnded { call, outcome } => self.on_call_ended(call, outcome, now_ms),
             Event::Wake => self.on_wake(now_ms),
+            Event::SharedFeedAnswer { message } => self.on_shared_answer(&message, now_ms),
         }
     }
 
@@ -251,6 +258,7 @@ impl<H: Host> Worker<H> {
                 CallOutcome::Http { status, body } => (status, body),
                 _ => (None, None),
             };
+            self.share_answer(status, body.as_deref(), now_ms);
             if let Some(order) = self.on_poll_response(status, body, now_ms) {
                 // A held request answered: the next one goes out at once (push).
                 self.send_poll(order);
@@ -366,6 +374,7 @@ impl<H: Host> Worker<H> {
         if look_around {
             self.share_versions();
             self.prune_revocations(now_ms);
+            self.feed_heartbeat(now_ms);
         }
         if let Some(order) = self.poll_due(now_ms) {
             self.send_poll(order);

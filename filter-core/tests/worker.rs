@@ -11,105 +11,21 @@
 )]
 
 use authz_core::ext_authz_proto::{
-    encode, CacheDirective, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption,
-    HttpStatus, OkHttpResponse, RpcStatus,
+    CacheDirective, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpStatus,
+    OkHttpResponse, RpcStatus,
 };
 use authz_core::Policy;
 use dev_keys::{KeyAlgorithm, SigningKey};
 use filter_core::{
-    CallId, CallOutcome, CheckOrder, CheckPurpose, Command, Counter, Event, FetchOrder, Final,
-    FinalAction, Gauge, Histogram, Host, LogLevel, OwnedRequest, PollOrder, SharedWrite, Worker,
+    CallId, CallOutcome, CheckPurpose, Counter, Final, FinalAction, Gauge, Histogram, LogLevel,
+    OwnedRequest, PollOrder, Worker,
 };
 use serde_json::{json, Value};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
-/// One proxy's shared data, with Envoy's rules: every write gets a new token; a write with a
-/// token succeeds only if the key still has it; a write without one (or to an absent key)
-/// always succeeds.
-#[derive(Default)]
-struct Store {
-    data: HashMap<String, (Vec<u8>, u32)>,
-    next_cas: u32,
-}
-
-/// A host for one worker: the proxy's store, plus this worker's logs and metrics.
-#[derive(Clone, Default)]
-struct FakeHost {
-    store: Rc<RefCell<Store>>,
-    logs: Rc<RefCell<Vec<(LogLevel, String)>>>,
-    counts: Rc<RefCell<HashMap<Counter, u64>>>,
-    gauges: Rc<RefCell<HashMap<Gauge, u64>>>,
-    samples: Rc<RefCell<Vec<(Histogram, u64)>>>,
-}
-
-impl FakeHost {
-    fn sharing(store: &Rc<RefCell<Store>>) -> FakeHost {
-        FakeHost {
-            store: store.clone(),
-            ..FakeHost::default()
-        }
-    }
-
-    fn count(&self, counter: Counter) -> u64 {
-        self.counts.borrow().get(&counter).copied().unwrap_or(0)
-    }
-
-    fn logged(&self, part: &str) -> bool {
-        self.logs
-            .borrow()
-            .iter()
-            .any(|(_, line)| line.contains(part))
-    }
-}
-
-impl Host for FakeHost {
-    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.store.borrow().data.get(key) {
-            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
-            None => (None, None),
-        }
-    }
-
-    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> SharedWrite {
-        let mut store = self.store.borrow_mut();
-        let current = store.data.get(key).map(|(_, c)| *c);
-        if let (Some(asked), Some(current)) = (cas, current) {
-            if asked != current {
-                return SharedWrite::CasMismatch;
-            }
-        }
-        store.next_cas += 1;
-        let next = store.next_cas;
-        store.data.insert(key.to_owned(), (value.to_vec(), next));
-        SharedWrite::Written
-    }
-
-    fn log(&self, level: LogLevel, message: &str) {
-        self.logs.borrow_mut().push((level, message.to_owned()));
-    }
-
-    fn debug_enabled(&self) -> bool {
-        true
-    }
-
-    fn count(&self, counter: Counter) {
-        *self.counts.borrow_mut().entry(counter).or_default() += 1;
-    }
-
-    fn set_gauge(&self, gauge: Gauge, value: u64) {
-        self.gauges.borrow_mut().insert(gauge, value);
-    }
-
-    fn record(&self, histogram: Histogram, value: u64) {
-        self.samples.borrow_mut().push((histogram, value));
-    }
-
-    fn now_us(&self) -> Option<u64> {
-        None
-    }
-}
+mod support;
+use support::{feed, ok_reply, ok_reply_with, reply, Drive, FakeHost, Store};
 
 const ISSUER: &str = "https://idp.test";
 /// A time well after the tokens' `iat` (ms).
@@ -179,122 +95,6 @@ fn status_of(step: &Final) -> u16 {
         FinalAction::Allow { .. } => 200,
         FinalAction::Deny(response) => response.status,
         FinalAction::Respond { status, .. } => *status,
-    }
-}
-
-/// What the commands one event left in the queue asked for, by kind, in queue order.
-#[derive(Debug, Default)]
-struct Out {
-    finals: Vec<Final>,
-    fetches: Vec<(CallId, FetchOrder)>,
-    polls: Vec<(CallId, PollOrder)>,
-    checks: Vec<(CallId, CheckOrder)>,
-}
-
-impl Out {
-    fn is_empty(&self) -> bool {
-        self.finals.is_empty()
-            && self.fetches.is_empty()
-            && self.polls.is_empty()
-            && self.checks.is_empty()
-    }
-
-    /// The one decision of a request decided at once (and nothing else asked for).
-    fn done(self) -> Final {
-        assert!(
-            self.finals.len() == 1 && self.fetches.is_empty() && self.checks.is_empty(),
-            "expected a decision, got {self:?}"
-        );
-        self.finals.into_iter().next().unwrap()
-    }
-
-    /// A request paused for keys: the fetch it makes, if it is the one to make it.
-    fn waits(self) -> Option<(CallId, FetchOrder)> {
-        assert!(
-            self.finals.is_empty() && self.checks.is_empty() && self.fetches.len() <= 1,
-            "expected a wait, got {self:?}"
-        );
-        self.fetches.into_iter().next()
-    }
-
-    /// A request paused for a Check call: the call and what it asks.
-    fn check(self) -> (CallId, CheckOrder) {
-        assert!(
-            self.finals.is_empty() && self.checks.len() == 1,
-            "expected a Check call, got {self:?}"
-        );
-        self.checks.into_iter().next().unwrap()
-    }
-
-    /// The change-feed request this asked for, if any.
-    fn poll(&self) -> Option<(CallId, PollOrder)> {
-        assert!(
-            self.polls.len() <= 1,
-            "one feed request at a time: {self:?}"
-        );
-        self.polls.first().cloned()
-    }
-}
-
-/// Driving a worker as a host does: one event, then every command it queued.
-trait Drive {
-    fn event(&mut self, event: Event, now_ms: u64) -> Out;
-
-    fn request(&mut self, context_id: u32, request: OwnedRequest, now_ms: u64) -> Out {
-        self.event(
-            Event::Request {
-                context_id,
-                request,
-            },
-            now_ms,
-        )
-    }
-
-    fn wake(&mut self, now_ms: u64) -> Out {
-        self.event(Event::Wake, now_ms)
-    }
-
-    /// An HTTP call's answer (`status` `None`: the call failed).
-    fn answer(
-        &mut self,
-        call: CallId,
-        status: Option<u16>,
-        body: Option<Vec<u8>>,
-        now_ms: u64,
-    ) -> Out {
-        let outcome = CallOutcome::Http { status, body };
-        self.event(Event::CallEnded { call, outcome }, now_ms)
-    }
-
-    /// A gRPC call's answer.
-    fn grpc(&mut self, call: CallId, status: u32, body: Option<Vec<u8>>, now_ms: u64) -> Out {
-        let outcome = CallOutcome::Grpc { status, body };
-        self.event(Event::CallEnded { call, outcome }, now_ms)
-    }
-
-    /// A call ended without an answer (`NotStarted`, `Abandoned`).
-    fn lost(&mut self, call: CallId, outcome: CallOutcome, now_ms: u64) -> Out {
-        self.event(Event::CallEnded { call, outcome }, now_ms)
-    }
-
-    fn ended(&mut self, context_id: u32, now_ms: u64) -> Out {
-        self.event(Event::RequestEnded { context_id }, now_ms)
-    }
-}
-
-impl<H: Host> Drive for Worker<H> {
-    fn event(&mut self, event: Event, now_ms: u64) -> Out {
-        self.handle(event, now_ms * 1000);
-        let mut out = Out::default();
-        while let Some(command) = self.poll_output() {
-            match command {
-                Command::Decide(decided) => out.finals.push(decided),
-                Command::Fetch { call, order } => out.fetches.push((call, order)),
-                Command::Poll { call, order } => out.polls.push((call, order)),
-                Command::Check { call, order } => out.checks.push((call, order)),
-            }
-        }
-        out
     }
 }
 
@@ -594,44 +394,6 @@ fn discovery_refuses_metadata_of_another_issuer_or_keys_on_another_host() {
     }
 }
 
-fn reply(response: CheckResponse) -> Vec<u8> {
-    encode(&response)
-}
-
-/// An allow for `alice`, decided after every change these specs feed (change version 1000).
-fn ok_reply(ttl_ms: u64, policy_version: u64, unconfirmed: bool) -> Vec<u8> {
-    ok_reply_with(CacheDirective {
-        ttl_ms,
-        policy_version,
-        change_version: 1_000,
-        subject: Some("alice".into()),
-        state_unconfirmed: unconfirmed,
-        ..CacheDirective::default()
-    })
-}
-
-/// An allow for `alice` with this cache directive.
-fn ok_reply_with(directive: CacheDirective) -> Vec<u8> {
-    reply(CheckResponse {
-        status: Some(RpcStatus {
-            code: 0,
-            message: String::new(),
-        }),
-        ok_response: Some(OkHttpResponse {
-            headers: vec![HeaderValueOption {
-                header: Some(HeaderValue {
-                    key: "X-Auth-Subject".into(),
-                    value: "alice".into(),
-                }),
-                append_action: 0,
-            }],
-            headers_to_remove: vec!["authorization".into()],
-        }),
-        denied_response: None,
-        dynamic_metadata: Some(directive.to_metadata()),
-    })
-}
-
 /// A worker with an epochs feed that has answered once (so cached decisions are trusted), and
 /// the held feed request that answer sent at once (still out).
 fn polled_worker(store: &Rc<RefCell<Store>>, now: u64) -> (Worker<FakeHost>, FakeHost, CallId) {
@@ -673,15 +435,6 @@ fn feed_answer(
     at: u64,
 ) -> Option<(CallId, PollOrder)> {
     w.answer(poll, Some(200), Some(feed(fields)), at).poll()
-}
-
-/// A format-2 feed answer from the fields given (confirmed unless they say otherwise).
-fn feed(mut fields: Value) -> Vec<u8> {
-    fields["format"] = json!(2);
-    if fields.get("confirmed").is_none() {
-        fields["confirmed"] = json!(true);
-    }
-    fields.to_string().into_bytes()
 }
 
 #[test]

@@ -317,7 +317,8 @@ impl Shared {
                 order.timeout,
             ),
             Command::Check { call, order } => return self.check_after_answer(call, &order),
-            Command::Decide(_) => return None,
+            // One core per process joins no feed group: it reads the feed itself.
+            Command::Decide(_) | Command::ShareFeed { .. } => return None,
         };
         let request = Outgoing {
             cluster: &cluster,
@@ -446,7 +447,7 @@ pub fn command_owner(command: &Command) -> Option<u32> {
             CheckPurpose::Decide { context_id } => Some(context_id),
             CheckPurpose::AfterAnswer => None,
         },
-        Command::Fetch { .. } | Command::Poll { .. } => None,
+        Command::Fetch { .. } | Command::Poll { .. } | Command::ShareFeed { .. } => None,
     }
 }
 

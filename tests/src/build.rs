@@ -62,23 +62,16 @@ impl FilterBuild {
         }
     }
 
-    /// How many change-feed requests an Envoy with 2 workers holds at the server once settled:
-    /// (at least, at most). Wasm: one per worker and one from the main thread (a worker
-    /// between two requests may be missing); native: one per process.
+    /// How many change-feed requests an Envoy holds at the server once settled: (at least, at
+    /// most). One, whatever the worker count: the Wasm VMs elect one reader that shares what
+    /// it reads (`filter_core::feed_share`); the native module has one core per process.
     pub fn feed_holds(self) -> (f64, f64) {
-        match self {
-            FilterBuild::Wasm => (2.0, 3.0),
-            FilterBuild::Native => (1.0, 1.0),
-        }
+        (1.0, 1.0)
     }
 
-    /// How many readers of the change feed an Envoy with 2 workers has: a VM per worker and
-    /// the main thread's for Wasm, one per process for native.
+    /// How many readers of the change feed an Envoy has: one, for either build.
     pub fn feed_readers(self) -> u64 {
-        match self {
-            FilterBuild::Wasm => 3,
-            FilterBuild::Native => 1,
-        }
+        1
     }
 }
 

@@ -307,22 +307,31 @@ impl CacheStack {
         CacheStack::start_replicas(plugin, &[server_extra])
     }
 
+    /// [`CacheStack::start`] with an Envoy of `workers` worker threads.
+    pub fn start_with_workers(plugin: &Value, server_extra: &str, workers: u32) -> CacheStack {
+        CacheStack::start_replicas_with_echo(plugin, &[server_extra], &[], workers, |_| {
+            Echo::start()
+        })
+    }
+
     /// One server per entry of `server_extras` (its extra configuration), all behind Envoy's
     /// Check and feed clusters: the first is `server`, the others `replicas`.
     pub fn start_replicas(plugin: &Value, server_extras: &[&str]) -> CacheStack {
-        CacheStack::start_replicas_with_echo(plugin, server_extras, &[], |_| Echo::start())
+        CacheStack::start_replicas_with_echo(plugin, server_extras, &[], 2, |_| Echo::start())
     }
 
     /// [`CacheStack::start`] with a dev IdP started with `idp_args` (e.g. `--status-list`);
     /// `{IDP_PORT}` in `plugin` becomes its port, as in `server_extra`.
     pub fn start_with_idp(plugin: &Value, server_extra: &str, idp_args: &[&str]) -> CacheStack {
-        CacheStack::start_replicas_with_echo(plugin, &[server_extra], idp_args, |_| Echo::start())
+        CacheStack::start_replicas_with_echo(plugin, &[server_extra], idp_args, 2, |_| {
+            Echo::start()
+        })
     }
 
     /// [`CacheStack::start`] with an echo upstream that trusts only signed contexts from the
     /// server (`echo-upstream --context-*`), reading routes from `plugin` as the filter does.
     pub fn start_guarded(plugin: &Value, server_extra: &str, audience: &str) -> CacheStack {
-        CacheStack::start_replicas_with_echo(plugin, &[server_extra], &[], |server| {
+        CacheStack::start_replicas_with_echo(plugin, &[server_extra], &[], 2, |server| {
             Echo::start_guarded(plugin, server.admin_port, audience)
         })
     }
@@ -335,7 +344,7 @@ impl CacheStack {
         audience: &str,
         batch_token: &str,
     ) -> CacheStack {
-        CacheStack::start_replicas_with_echo(plugin, &[server_extra], &[], |server| {
+        CacheStack::start_replicas_with_echo(plugin, &[server_extra], &[], 2, |server| {
             let url = format!("http://127.0.0.1:{}/authorize/batch", server.admin_port);
             Echo::start_guarded_with(
                 plugin,
@@ -350,6 +359,7 @@ impl CacheStack {
         plugin: &Value,
         server_extras: &[&str],
         idp_args: &[&str],
+        workers: u32,
         echo: impl FnOnce(&AuthzServerProcess) -> Echo,
     ) -> CacheStack {
         let idp = DevIdp::start(idp_args);
@@ -395,7 +405,7 @@ impl CacheStack {
             assert!(config.contains(&first), "the template names {first}");
             config = config.replace(&first, &all);
         }
-        let envoy = Envoy::start_rendered(&config);
+        let envoy = Envoy::start_rendered_with(&config, &[], workers);
         CacheStack {
             envoy,
             idp,

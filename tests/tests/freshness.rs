@@ -60,6 +60,43 @@ fn revoke(s: &CacheStack, path: &str, body: Value) {
 }
 
 #[test]
+fn one_feed_request_per_envoy_whatever_its_workers_and_every_worker_applies_it() {
+    // Polling every 4 s: only the push, shared with every worker, delivers within a second.
+    let mut plugin = decision_cache_plugin_config(4_000, 1000);
+    plugin["server"]["push_wait_ms"] = json!(4_000);
+    plugin["server"]["max_unreachable_ms"] = json!(10_000);
+    let s = CacheStack::start_with_workers(&plugin, "", 4);
+    let held = || server_metric(s.server.admin_port, "authz_feed_streams");
+    assert!(
+        eventually(Duration::from_secs(5), || held() == 1.0),
+        "held feed requests: {}",
+        held()
+    );
+    // Four workers and the main thread: still one, past a held request's wait.
+    let settled = Instant::now();
+    while settled.elapsed() < Duration::from_millis(4_500) {
+        assert!(held() <= 1.0, "{} held feed requests", held());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let token = jwt(&s, "grace", json!({}));
+    for _ in 0..8 {
+        assert_eq!(status(&s, "POST", "/api/items", &token), 200);
+    }
+    let at = Instant::now();
+    revoke(&s, "/admin/revoke", json!({"token": token}));
+    let took = refused_after(
+        &s,
+        "POST",
+        "/api/items",
+        &token,
+        at,
+        Duration::from_millis(1_500),
+    );
+    assert!(took.is_some(), "a revocation did not reach every worker");
+    eprintln!("revocation refused by every worker after {took:?}");
+}
+
+#[test]
 fn revocations_reach_locally_decided_reads_and_writes_pushed_before_the_poll_interval() {
     // Polling every 4 s: only the push can deliver within a second.
     let s = stack(4_000, 4_000, 10_000);

@@ -100,6 +100,24 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_register_shared_queue(
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_resolve_shared_queue(
+        vm_id_data: *const u8,
+        vm_id_size: usize,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_dequeue_shared_queue(
+        queue_id: u32,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
 }
 
 fn ok(status: u32) -> Result<(), HostStatus> {
@@ -240,6 +258,47 @@ pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostS
             cas.unwrap_or(0),
         )
     })
+}
+
+/// Registers (or opens again) this VM's queue `name`; its root context is told when something
+/// arrives (`on_queue_ready`).
+pub fn register_queue(name: &str) -> Result<u32, HostStatus> {
+    let mut id: u32 = 0;
+    // SAFETY: `name` outlives the call; the out-pointer is a writable local.
+    ok(unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+/// The queue `name` some VM of this VM's id registered; `None` when there is none.
+pub fn resolve_queue(name: &str) -> Result<Option<u32>, HostStatus> {
+    let mut id: u32 = 0;
+    // SAFETY: both slices outlive the call (an empty VM id means this VM's); the out-pointer
+    // is a writable local.
+    let status =
+        unsafe { proxy_resolve_shared_queue(b"".as_ptr(), 0, name.as_ptr(), name.len(), &mut id) };
+    match status {
+        STATUS_OK => Ok(Some(id)),
+        STATUS_NOT_FOUND => Ok(None),
+        other => Err(other),
+    }
+}
+
+/// The oldest message of queue `id`; `None` when it is empty (`Empty`, status 7) or gone.
+pub fn dequeue(id: u32) -> Result<Option<Vec<u8>>, HostStatus> {
+    const STATUS_EMPTY: u32 = 7;
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the out-pointers are writable locals; a returned buffer is taken over once.
+    match unsafe { proxy_dequeue_shared_queue(id, &mut data, &mut size) } {
+        STATUS_OK => Ok(Some(take_buffer(data, size).unwrap_or_default())),
+        STATUS_EMPTY | STATUS_NOT_FOUND => Ok(None),
+        other => Err(other),
+    }
+}
+
+pub fn enqueue(id: u32, message: &[u8]) -> Result<(), HostStatus> {
+    // SAFETY: `message` outlives the call.
+    ok(unsafe { proxy_enqueue_shared_queue(id, message.as_ptr(), message.len()) })
 }
 
 pub fn send_local_response(

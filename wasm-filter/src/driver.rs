@@ -116,6 +116,12 @@ impl Driver {
                         );
                         self.started(CallKind::Http, token, call, home, &mut not_started);
                     }
+                    Command::ShareFeed { to, message } => {
+                        for name in &to {
+                            // A member gone since it last refreshed its entry: skipped.
+                            let _ = host::enqueue_to(name, &message);
+                        }
+                    }
                     Command::Check { call, order } => {
                         let token = check_message(&order, request, self.locality.as_deref())
                             .and_then(|message| {
@@ -191,6 +197,20 @@ impl Driver {
             let outcome = CallOutcome::Abandoned;
             self.handle(Event::CallEnded { call, outcome }, now_us);
         }
+    }
+
+    /// Answers other VMs shared arrived on this VM's queue: the core applies them in order,
+    /// and what that queues is carried out from the root context.
+    pub fn shared_answers(&self, root: u32, messages: Vec<Vec<u8>>) {
+        if messages.is_empty() {
+            return;
+        }
+        let now_us = self.now_us();
+        for message in messages {
+            self.handle(Event::SharedFeedAnswer { message }, now_us);
+        }
+        self.run(root, None, now_us);
+        self.arm_timer(now_us / 1000);
     }
 
     /// The timer fired: the core wakes, its commands are carried out from the root context,

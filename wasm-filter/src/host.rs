@@ -95,6 +95,33 @@ pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> SharedWrite {
     }
 }
 
+/// Registers this VM's queue `name` (answers other VMs share arrive there); `None` when the
+/// proxy refuses.
+pub fn register_queue(name: &str) -> Option<u32> {
+    abi::register_queue(name).ok()
+}
+
+/// Enqueues `message` on the queue another VM registered as `name`; false when there is no
+/// such queue (its VM went away) or the proxy refuses.
+pub fn enqueue_to(name: &str, message: &[u8]) -> bool {
+    match abi::resolve_queue(name) {
+        Ok(Some(id)) => abi::enqueue(id, message).is_ok(),
+        _ => false,
+    }
+}
+
+/// The messages waiting on queue `id`, oldest first, at most `max`.
+pub fn dequeue_all(id: u32, max: usize) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    while messages.len() < max {
+        match abi::dequeue(id) {
+            Ok(Some(message)) => messages.push(message),
+            _ => break,
+        }
+    }
+    messages
+}
+
 pub fn dispatch_get(cluster: &str, authority: &str, path: &str, timeout: Duration) -> Option<u32> {
     dispatch_get_with(cluster, authority, path, &[], timeout)
 }

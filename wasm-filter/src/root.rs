@@ -1,6 +1,8 @@
 //! The root context: loads and validates the plugin configuration, creates the worker and its
-//! driver, and turns the timer and the answers to calls made from here (wake-ups make the
-//! change-feed requests, checks after the answer and scheduled key fetches) into events.
+//! driver, joins the proxy's feed group with a shared queue of its own, and turns the timer,
+//! the answers to calls made from here (wake-ups make the change-feed requests, checks after
+//! the answer and scheduled key fetches) and the feed answers other VMs share on its queue into
+//! events.
 
 use crate::driver::{CallKind, Driver};
 use crate::envoy_host::{random_key, EnvoyHost, FilterWorker};
@@ -21,13 +23,20 @@ const FIRST_TICK: Duration = Duration::from_millis(20);
 pub struct AuthzRoot {
     context_id: u32,
     driver: Option<Rc<Driver>>,
+    /// This VM's queue, where answers the proxy's feed reader shares arrive.
+    feed_queue: Option<u32>,
 }
+
+/// The most shared answers taken off the queue per notification or timer wake-up (more wait for
+/// the next).
+const MAX_SHARED_PER_WAKE: usize = 64;
 
 impl AuthzRoot {
     pub fn new(context_id: u32) -> AuthzRoot {
         AuthzRoot {
             context_id,
             driver: None,
+            feed_queue: None,
         }
     }
 }
@@ -87,7 +96,22 @@ impl RootContext for AuthzRoot {
             policy.routes.routes.len(),
             policy.routes.default.tier
         ));
-        let worker = FilterWorker::new(policy, EnvoyHost::define(), random_key());
+        let mut worker = FilterWorker::new(policy, EnvoyHost::define(), random_key());
+        if worker.policy.feed().is_some() {
+            // One VM of the proxy reads the change feed and shares its answers through each
+            // VM's queue; a VM without a queue reads on its own.
+            let [high, low] = random_key();
+            let name = format!("jwt_authz/v1/feed_member/{high:016x}{low:016x}");
+            match host::register_queue(&name) {
+                Some(queue) => {
+                    self.feed_queue = Some(queue);
+                    worker.join_feed(name);
+                }
+                None => host::warn(
+                    "jwt_authz could not register a shared queue: this VM reads the change feed on its own",
+                ),
+            }
+        }
         let driver = Rc::new(Driver::new(worker));
         driver.timer_armed(driver.now_us() / 1000 + FIRST_TICK.as_millis() as u64);
         self.driver = Some(driver);
@@ -101,8 +125,27 @@ impl RootContext for AuthzRoot {
         true
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        let (Some(driver), Some(queue)) = (&self.driver, self.feed_queue) else {
+            return;
+        };
+        if queue_id == queue {
+            driver.shared_answers(
+                self.context_id,
+                host::dequeue_all(queue, MAX_SHARED_PER_WAKE),
+            );
+        }
+    }
+
     fn on_tick(&mut self) {
         if let Some(driver) = &self.driver {
+            // Whatever one notification left on the queue is taken now.
+            if let Some(queue) = self.feed_queue {
+                driver.shared_answers(
+                    self.context_id,
+                    host::dequeue_all(queue, MAX_SHARED_PER_WAKE),
+                );
+            }
             driver.wake(self.context_id);
         }
     }
