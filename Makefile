@@ -76,11 +76,14 @@ build: wasm-target
 	$(CARGO) build -p dev-tools -p ext-authz-server
 
 # Every test, then the end-to-end suites again against the native filter (FILTER=native: each
-# Envoy the suites start loads the dynamic module instead of the .wasm).
+# Envoy the suites start loads the dynamic module instead of the .wasm). The second pass names
+# the workspace's integration tests (`--workspace --test '*'`: the e2e suites and a few fast
+# specs) rather than `-p tests`, so cargo resolves the same features and reuses the first pass's
+# build instead of compiling authz-core and everything above it again.
 test: tools build
 	@scripts/test-summary.sh bash -c '$(CARGO) test --workspace; wasm=$$?; \
 	  echo "== the end-to-end suites against the native filter (FILTER=native)"; \
-	  FILTER=native $(CARGO) test -p tests; native=$$?; exit $$((wasm | native))'
+	  FILTER=native $(CARGO) test --workspace --test "*"; native=$$?; exit $$((wasm | native))'
 
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
