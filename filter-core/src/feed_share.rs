@@ -240,7 +240,7 @@ impl<H: Host> Worker<H> {
             let mut members = read_members(bytes.as_deref());
             members.retain(|_, seen| {
                 seen.as_u64()
-                    .is_some_and(|at| now_ms.saturating_sub(at) <= MEMBER_EXPIRY_MS)
+                    .is_some_and(|at| at.abs_diff(now_ms) <= MEMBER_EXPIRY_MS)
             });
             members.insert(member.clone(), Value::from(now_ms));
             let record = Value::Object(members).to_string();
@@ -285,7 +285,7 @@ impl<H: Host> Worker<H> {
                     name != me
                         && seen
                             .as_u64()
-                            .is_some_and(|at| now_ms.saturating_sub(at) <= MEMBER_EXPIRY_MS)
+                            .is_some_and(|at| at.abs_diff(now_ms) <= MEMBER_EXPIRY_MS)
                 })
                 .map(|(name, _)| name)
                 .collect();
@@ -312,10 +312,9 @@ impl<H: Host> Worker<H> {
             );
             return;
         };
-        if self.share.member.is_none() || self.share.reading {
+        if self.share.member.is_none() || self.reads_feed(now_ms) {
             return;
         }
-        self.share.last_heard_ms = now_ms;
         let versions = &self.link.versions;
         let follows = answer.since == 0
             || (answer.incarnation == versions.incarnation
@@ -323,12 +322,14 @@ impl<H: Host> Worker<H> {
         if !follows {
             self.share.catch_up = true;
             self.share.skipped = true;
+            self.link.versions.poll_now = true;
             // At once, unless a catch-up is out already.
             if let Some(order) = self.poll_due(now_ms) {
                 self.send_poll(order);
             }
             return;
         }
+        self.share.last_heard_ms = now_ms;
         if let Some(order) = self.apply_feed_answer(answer.status, answer.body, now_ms, false) {
             self.send_poll(order);
         }
@@ -340,12 +341,20 @@ impl<H: Host> Worker<H> {
         if !self.share.reading {
             self.share.last_heard_ms = now_ms;
             self.share.catch_up = self.share.skipped;
+            // Skipped one meanwhile: again at once.
+            self.link.versions.poll_now |= self.share.skipped;
             self.share.skipped = false;
         }
     }
 
+    /// Whether this worker follows a reader and knows it is behind it (a catch-up is due): its
+    /// feed does not count as working.
+    pub(crate) fn feed_behind(&self) -> bool {
+        self.share.member.is_some() && !self.share.reading && self.share.catch_up
+    }
+
     /// Whether this worker follows a reader it has not heard from for longer than an answer
-    /// can take: its feed does not count as working.
+    /// can take: its feed does not count as working, and it reads on its own.
     pub(crate) fn feed_silent(&self, now_ms: u64) -> bool {
         let Some(feed) = self.policy.feed() else {
             return false;

@@ -3,10 +3,11 @@
 //! front of Check calls, the handling of Check replies, and the `/admin/epochs` poll
 //! that invalidates cached decisions when the server revokes something or the policy changes.
 //!
-//! Bounds (see docs/decision-cache.md): a revocation or policy bump at the server stops every
-//! worker from serving an old decision within one poll interval plus one round trip (each
-//! worker polls on its own timer; a Check reply carrying a newer policy version also flushes at
-//! once). Without a successful poll for `max_unreachable_ms`, cached decisions of tiers above
+//! Bounds (see docs/decision-cache.md, docs/freshness.md): a revocation or policy bump at the
+//! server stops every worker from serving an old decision within one push (or one poll
+//! interval) plus one round trip; in a feed group the reader's answer reaches the others
+//! through the host's queues (`feed_share`), and a Check reply carrying a newer policy version
+//! also flushes at once. Without a successful poll for `max_unreachable_ms`, cached decisions of tiers above
 //! `authenticated` are not used.
 
 use crate::commands::{Command, Final, FinalAction, OwnedRequest, PollOrder, ServerCall};
@@ -203,8 +204,10 @@ impl<H: Host> Worker<H> {
         // once polls fail, it says nothing about revocations this worker has not polled for,
         // and only a successful poll renews trust again.
         // (Polls, and so failed polls, exist only when an epochs feed is configured.)
-        // A follower that has not heard from its reader lately counts as failing too.
-        let polls_failing = self.link.versions.failed_polls > 0 || self.feed_silent(now_ms);
+        // A follower behind its reader, or that has not heard from it lately, counts as failing
+        // too.
+        let polls_failing =
+            self.link.versions.failed_polls > 0 || self.feed_silent(now_ms) || self.feed_behind();
         if !reply.directive.state_unconfirmed && !polls_failing {
             self.link.versions.last_ok_ms = now_ms;
         }
@@ -323,6 +326,10 @@ impl<H: Host> Worker<H> {
         if now_ms < self.link.versions.slow_down_until_ms {
             return None;
         }
+        if !reading && self.feed_silent(now_ms) {
+            // Nothing from the reader for too long: read on our own, at the interval.
+            self.share.catch_up = true;
+        }
         if !reading && !self.share.catch_up {
             return None;
         }
@@ -333,8 +340,9 @@ impl<H: Host> Worker<H> {
             && epochs.push_wait_ms > 0
             && !self.link.versions.push_down
             && self.link.versions.synced;
-        if reading
-            && !self.link.versions.poll_now
+        // A follower's catch-up after a gap goes at once (`poll_now`); after a failed or
+        // unconfirmed one, at the interval, as a reader's polls.
+        if !self.link.versions.poll_now
             && now_ms.saturating_sub(self.link.versions.last_poll_started_ms) < epochs.interval_ms
         {
             return None;

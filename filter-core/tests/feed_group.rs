@@ -132,11 +132,20 @@ fn one_member_reads_and_the_others_apply_what_it_shares() {
         assert!(applied.poll().is_none(), "it follows: nothing to catch up");
         assert_eq!(revocations(host), Some(1));
     }
-    // Followers never ask while the reader renews its lease, however long.
+    // Followers never ask while the reader renews its lease and shares its answers (held
+    // requests the server answers with nothing when their wait runs out), however long.
+    let (mut held, _, _) = asked(&out);
     for at in (T0 + 400..T0 + 10_000).step_by(250) {
         assert!(b.wake(at).poll().is_none());
         assert!(c.wake(at).poll().is_none());
         a.wake(at);
+        if (at - T0) % 500 == 400 {
+            let out = a.answer(held, Some(200), Some(state(2, &["mallory"])), at);
+            held = asked(&out).0;
+            let (_, message) = shared(&out);
+            assert!(deliver(&mut b, &message, at).poll().is_none());
+            assert!(deliver(&mut c, &message, at).poll().is_none());
+        }
     }
     assert_eq!(b_host.count(Counter::PollOk), 1, "its one catch-up read");
     // A shared answer in an unknown format is refused, not misread.
@@ -187,6 +196,18 @@ fn a_follower_that_missed_an_answer_catches_up_and_again_if_it_misses_one_meanwh
     assert_eq!(revocations(&b_host), Some(1));
     let (_, since, held) = asked(&out);
     assert_eq!((since, held), (6, false), "caught up again at once");
+    // A catch-up that fails (the server is down) is tried again at the poll interval, not in
+    // a loop.
+    let (again, _, _) = asked(&out);
+    assert!(b.answer(again, None, None, T0 + 130).poll().is_none());
+    for at in [T0 + 131, T0 + 200, T0 + 300] {
+        assert!(b.wake(at).poll().is_none(), "at +{}", at - T0);
+    }
+    let (again, since, _) = asked(&b.wake(T0 + 120 + 250));
+    assert_eq!(since, 6);
+    // So is one the server refuses or cannot confirm.
+    assert!(b.answer(again, Some(503), None, T0 + 380).poll().is_none());
+    assert!(b.wake(T0 + 400).poll().is_none());
     // Of another server state, or from the start: never mistaken for a continuation.
     let other = SharedAnswer {
         since: 1,
@@ -229,7 +250,7 @@ fn shared_failures_or_silence_keep_check_replies_from_renewing_trust() {
     // The same with silence: a follower that hears nothing from its reader for longer than an
     // answer can take does not count its feed as working.
     let store = Rc::new(RefCell::new(Store::default()));
-    let ([_, (mut b, b_host), _], _) = group(&store);
+    let ([(mut a, _), (mut b, b_host), _], _) = group(&store);
     let (call, _) = b.request(1, request.clone(), T0 + 20).check();
     b.grpc(call, 0, Some(ok_reply(60_000, 1, false)), T0 + 20);
     // Silent for longer than a held request (0.5 s), its margin (2 s) and a lease (2 s), and
@@ -241,6 +262,32 @@ fn shared_failures_or_silence_keep_check_replies_from_renewing_trust() {
     };
     let (call, _) = b.request(3, other, late).check();
     b.grpc(call, 0, Some(ok_reply(60_000, 1, false)), late);
-    b.request(4, request, late + 10).check();
+    b.request(4, request.clone(), late + 10).check();
+    assert_eq!(b_host.count(Counter::CacheUntrusted(Tier::Privileged)), 1);
+    // And it reads on its own (at the interval), never holding a request, while the reader
+    // (alive: it renews its lease, it just shares nothing) holds its own.
+    a.wake(late + 15);
+    let (_, since, held) = asked(&b.wake(late + 20));
+    assert_eq!((since, held), (1, false));
+
+    // The same while it knows it is behind: a gap seen, its catch-up out.
+    let store = Rc::new(RefCell::new(Store::default()));
+    let ([_, (mut b, b_host), _], _) = group(&store);
+    let (call, _) = b.request(1, request.clone(), T0 + 20).check();
+    b.grpc(call, 0, Some(ok_reply(60_000, 1, false)), T0 + 20);
+    let ahead = SharedAnswer {
+        since: 7,
+        incarnation: Some("inc-a".into()),
+        status: Some(200),
+        body: Some(state(8, &[])),
+    };
+    asked(&deliver(&mut b, &ahead.encode(), T0 + 30));
+    let other = OwnedRequest {
+        authorization: Some("Bearer opaque-token-2".into()),
+        ..request.clone()
+    };
+    let (call, _) = b.request(3, other, T0 + 900).check();
+    b.grpc(call, 0, Some(ok_reply(60_000, 1, false)), T0 + 900);
+    b.request(4, request, T0 + 1_100).check();
     assert_eq!(b_host.count(Counter::CacheUntrusted(Tier::Privileged)), 1);
 }
