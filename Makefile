@@ -98,7 +98,7 @@ run: tools build
 
 bench: tools
 	$(CARGO) build --release --target wasm32-wasip1 -p wasm-filter -p noop-filter -p sign-cost
-	$(CARGO) build --release -p dev-tools -p ext-authz-server -p bench -p native-filter
+	$(CARGO) build --release -p dev-tools -p ext-authz-server -p bench -p native-filter -p noop-native
 	AUTHZ_PROFILE=release target/release/authz-bench
 
 ## fuzzing: cargo-fuzz targets under fuzz/ (nightly + cargo-fuzz, installed when missing). The

@@ -36,6 +36,18 @@ fn native_filter(config: &Value) -> String {
     )
 }
 
+/// The empty dynamic module (`bench/noop-native`, `libnoop_native.so`, beside the native
+/// filter's).
+fn noop_native() -> String {
+    r#"
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: { name: noop_native }
+              filter_name: noop"#
+        .to_owned()
+}
+
 /// The empty filter (`bench/noop-filter`), next to the authorization filter's `.wasm`.
 pub fn noop_filter(wasm: &str) -> String {
     let noop = wasm.replace("wasm_filter.wasm", "noop_filter.wasm");
@@ -165,6 +177,7 @@ pub fn listeners(wasm: &str, idp_port: u16, epochs_token: &str) -> Vec<Listener>
         plain("direct", String::new(), true),
         plain("proxy", String::new(), false),
         plain("wasm_noop", noop_filter(wasm), false),
+        plain("native_noop", noop_native(), false),
         plain("jwt_authn", jwt_authn(idp_port, false), false),
         plain("jwt_authn_cached", jwt_authn(idp_port, true), false),
         plain(

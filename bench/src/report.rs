@@ -44,12 +44,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const ORDER: [(&str, &str); 18] = [
+const ORDER: [(&str, &str); 19] = [
     ("direct", "1a. no auth, direct_response"),
     ("proxy", "1b. no auth, proxied (baseline)"),
     (
         "wasm_noop",
         "0. empty Wasm filter, proxied (the runtime's floor)",
+    ),
+    (
+        "native_noop",
+        "0b. empty dynamic module, proxied (the extension's floor)",
     ),
     ("jwt_authn", "2a. native jwt_authn, no cache"),
     ("jwt_authn_cached", "2b. native jwt_authn, jwt_cache_config"),
@@ -398,6 +402,24 @@ impl Report {
             over(&cold, &noop),
             over(&native, &base),
             self.floor_verdict(&base, &noop, &native_cached),
+        ) + &self.native_floor_analysis()
+    }
+
+    /// What an empty dynamic module costs, and what the native filter adds on top.
+    fn native_floor_analysis(&self) -> String {
+        let base = self.row("proxy");
+        let floor = self.row("native_noop");
+        let hot = self.row("native_hot");
+        let cold = self.row("native_cold");
+        let over = |r: &Row, under: &Row| r.envoy_cpu_us - under.envoy_cpu_us;
+        format!(
+            "- An empty dynamic module (`bench/noop-native`: every hook returns `Continue`) costs {:.1} µs over the proxied baseline and serves {:.2}× of its throughput: the dynamic-modules extension's floor. The native filter's hot path adds {:.1} µs above it, its cold path {:.1} µs; `jwt_authn` with its cache adds {:.1} µs over the baseline, without it {:.1} µs.\n",
+            over(&floor, &base),
+            floor.rps / base.rps.max(1.0),
+            over(&hot, &floor),
+            over(&cold, &floor),
+            over(&self.row("jwt_authn_cached"), &base),
+            over(&self.row("jwt_authn"), &base),
         )
     }
 
