@@ -283,6 +283,14 @@ impl TokenCache {
         Some(entry.result.clone())
     }
 
+    /// Whether [`TokenCache::get`] would answer, without touching the entry's recency or
+    /// dropping a stale one.
+    pub fn contains(&self, key: &TokenKey, now_ms: u64, keys_version: u64) -> bool {
+        self.entries
+            .peek(key)
+            .is_some_and(|e| now_ms < e.expires_at_ms && e.keys_version == keys_version)
+    }
+
     /// Keeps a result. Key-dependent failures (keys missing, unknown `kid`) are not kept: the
     /// next request must be able to trigger a fetch. `skew_ms` extends nothing; positive
     /// entries end at `exp` + skew at the latest, because after that verification would fail.

@@ -16,6 +16,7 @@ use authz_core::config::{JwksSource, RemoteJwks};
 use authz_core::jwks_refresh::{next_fetch, FetchReason, FetchStatus, KeyMiss, RefreshRules};
 use authz_core::KeySet;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 struct RemoteSource {
@@ -38,7 +39,7 @@ struct InFlight {
 }
 
 struct KeySource {
-    keys: Option<KeySet>,
+    keys: Option<Arc<KeySet>>,
     remote: Option<RemoteSource>,
     /// The provider's issuer (a discovery document must name it).
     issuer: String,
@@ -78,7 +79,7 @@ impl KeySources {
             .map(|(i, source)| (source, issuer_of(i)))
             .map(|(source, issuer)| match source {
                 JwksSource::Inline(set) => KeySource {
-                    keys: Some(set.clone()),
+                    keys: Some(Arc::new(set.clone())),
                     remote: None,
                     issuer,
                 },
@@ -141,7 +142,12 @@ impl KeySources {
 
     /// Provider `provider`'s keys, when it has any.
     pub fn keys(&self, provider: usize) -> Option<&KeySet> {
-        self.sources.get(provider).and_then(|s| s.keys.as_ref())
+        self.sources.get(provider).and_then(|s| s.keys.as_deref())
+    }
+
+    /// Every provider's key set as it is now, shared (for a verification made elsewhere).
+    pub fn snapshot(&self) -> Vec<Option<Arc<KeySet>>> {
+        self.sources.iter().map(|s| s.keys.clone()).collect()
     }
 
     /// Bumped whenever any key set changes.
@@ -594,7 +600,7 @@ impl KeySources {
             .filter_map(|k| k.kid.clone())
             .filter(|kid| !set.keys.iter().any(|k| k.kid.as_ref() == Some(kid)))
             .collect();
-        source.keys = Some(set);
+        source.keys = Some(Arc::new(set));
         self.generation += 1;
         for kid in retired {
             self.remember_absent(provider, &kid, now_ms);

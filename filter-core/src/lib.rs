@@ -28,6 +28,7 @@ mod outbox;
 pub mod read;
 pub mod server_path;
 pub mod timer;
+pub mod verify_outside;
 pub mod versions;
 pub mod worker;
 
@@ -42,5 +43,6 @@ pub use host::{Host, LogLevel, SharedWrite};
 pub use metrics::{Counter, Gauge, Histogram};
 pub use read::{read_request, ReadRequest, Unreadable};
 pub use timer::WakeTimer;
+pub use verify_outside::{Verified, VerifyOutside};
 pub use versions::KnownVersions;
 pub use worker::{Worker, TICK};

@@ -36,6 +36,7 @@ use crate::keys::KeySources;
 use crate::metrics::{Counter, Histogram};
 use crate::outbox::Outbox;
 use crate::read::Unreadable;
+use crate::verify_outside::Offered;
 use crate::versions::KnownVersions;
 use authz_core::context::Decided;
 use authz_core::decision::decide_with;
@@ -45,6 +46,7 @@ use authz_core::status_list::StatusRefusal;
 use authz_core::token_hash::TokenKeyer;
 use authz_core::verify::verify;
 use authz_core::{deny_response, Decision, DenyReason, Policy, Tier, VerifiedToken, VerifyFailure};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +67,7 @@ pub struct Worker<H: Host> {
     pub policy: Policy,
     pub host: H,
     /// Key sets, their fetches and the lease the workers share.
-    keys: KeySources,
+    pub(crate) keys: KeySources,
     pending: Vec<Pending>,
     /// Whether Envoy's wasm log level lets debug lines through (checked once).
     debug_logs: bool,
@@ -81,6 +83,10 @@ pub struct Worker<H: Host> {
     pub(crate) outbox: Outbox,
     /// The proxy's feed group: who reads the change feed for the others.
     pub(crate) share: FeedShare,
+    /// The providers, shared with verifications made outside (`verify_outside`).
+    pub(crate) providers: Arc<[authz_core::Provider]>,
+    /// A verification the host made outside, for the request event that follows.
+    pub(crate) offered: Option<Offered>,
     /// When the worker last read what other workers stored (ms): again within [`TICK`].
     last_look_ms: Option<u64>,
 }
@@ -165,6 +171,7 @@ impl<H: Host> Worker<H> {
             // state has been read whole once (every page of it, confirmed).
             revocations.resync();
         }
+        let providers = Arc::from(policy.providers.clone());
         Worker {
             policy,
             debug_logs: host.debug_enabled(),
@@ -186,6 +193,8 @@ impl<H: Host> Worker<H> {
             background: BackgroundChecks::new(policy_has_background_routes),
             outbox: Outbox::default(),
             share: FeedShare::default(),
+            providers,
+            offered: None,
             last_look_ms: None,
         }
     }
@@ -219,6 +228,8 @@ impl<H: Host> Worker<H> {
             Event::Wake => self.on_wake(now_ms),
             Event::SharedFeedAnswer { message } => self.on_shared_answer(&message, now_ms),
         }
+        // An offered verification serves the event right after it, or none.
+        self.offered = None;
     }
 
     /// The next command for the host, oldest first; `None` once all were handed out.
@@ -393,9 +404,12 @@ impl<H: Host> Worker<H> {
             caches: Caches { tokens, keyer, .. },
             host,
             link: ServerLink { revocations, .. },
+            offered,
             ..
         } = self;
         let generation = keys.generation();
+        // A verification the host made outside, used if it is for this token under these keys.
+        let offered = Cell::new(offered.take());
         let honours = |tier: Tier| {
             policy
                 .server
@@ -440,14 +454,24 @@ impl<H: Host> Worker<H> {
                 return cached;
             }
             host.count(Counter::TokenCacheMiss);
-            let result = verify(
-                token,
-                &policy.providers,
-                |i| keys.keys(i),
-                policy.max_token_bytes,
-                now,
-            )
-            .map(Arc::new);
+            let made_outside = offered
+                .take()
+                .and_then(|o| o.take_for(key, generation, now));
+            let (result, micros) = match made_outside {
+                Some(made) => made,
+                None => {
+                    let result = verify(
+                        token,
+                        &policy.providers,
+                        |i| keys.keys(i),
+                        policy.max_token_bytes,
+                        now,
+                    )
+                    .map(Arc::new);
+                    let micros = host.now_us().map(|end| end.saturating_sub(now_us));
+                    (result, micros)
+                }
+            };
             let skew_ms = result
                 .as_ref()
                 .ok()
@@ -457,8 +481,8 @@ impl<H: Host> Worker<H> {
             if policy.cache.jwt_ttl_ms > 0 {
                 tokens.put(key, result.clone(), now_ms, generation, skew_ms);
             }
-            if let Some(end) = host.now_us() {
-                host.record(Histogram::VerifyMicros, end.saturating_sub(now_us));
+            if let Some(micros) = micros {
+                host.record(Histogram::VerifyMicros, micros);
             }
             result
         };

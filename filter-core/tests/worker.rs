@@ -305,6 +305,99 @@ fn a_key_rotated_behind_the_same_kid_is_refetched_and_the_retired_key_refused_at
     assert_eq!(host.count(Counter::UnknownKidRateLimited), 2);
 }
 
+#[test]
+fn a_verification_made_outside_serves_its_token_under_the_same_keys_only() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let retired = Idp::new("k1");
+    let current = Idp::new("k1");
+    let (mut a, host) = worker(&store);
+    let (fetch, _) = a
+        .request(1, get("/x", Some(&retired.token("a"))), T0)
+        .waits()
+        .expect("lease");
+    a.answer(fetch, Some(200), Some(retired.jwks()), T0 + 10);
+    let outside_sample = |micros: u64| {
+        host.samples
+            .borrow()
+            .contains(&(Histogram::VerifyMicros, micros))
+    };
+    let at_us = |ms: u64| ms * 1000;
+
+    // Made outside, offered, used: the host's timing is the one recorded.
+    let token = retired.token("b");
+    let job = a
+        .verification_outside(&get("/x", Some(&token)), at_us(T0 + 20))
+        .expect("not cached: to verify");
+    a.offer_verified(job.run(), Some(777));
+    assert_eq!(
+        status_of(&a.request(2, get("/x", Some(&token)), T0 + 20).done()),
+        200
+    );
+    assert!(outside_sample(777));
+    // Now cached: nothing to verify outside; nor for a public route or one the server decides.
+    assert!(a
+        .verification_outside(&get("/x", Some(&token)), at_us(T0 + 21))
+        .is_none());
+    assert!(a
+        .verification_outside(&get("/healthz", Some(&retired.token("c"))), at_us(T0 + 21))
+        .is_none());
+    assert!(a
+        .verification_outside(&get("/admin/x", Some(&retired.token("c"))), at_us(T0 + 21))
+        .is_none());
+
+    // Offered for another token: not used (the worker verifies its own).
+    let other = retired.token("d");
+    let job = a
+        .verification_outside(&get("/x", Some(&retired.token("e"))), at_us(T0 + 22))
+        .expect("to verify");
+    a.offer_verified(job.run(), Some(778));
+    assert_eq!(
+        status_of(&a.request(3, get("/x", Some(&other)), T0 + 22).done()),
+        200
+    );
+    assert!(!outside_sample(778));
+
+    // Made under keys that changed before it was offered: not used. The IdP rotated its key
+    // under the same kid; the retired key's token is refused, whatever was verified outside.
+    let stale = retired.token("f");
+    let job = a
+        .verification_outside(&get("/x", Some(&stale)), at_us(T0 + 30))
+        .expect("to verify");
+    let verified = job.run();
+    let (fetch, _) = a
+        .request(4, get("/x", Some(&current.token("g"))), T0 + 31)
+        .waits()
+        .expect("a signature the loaded key rejects refetches");
+    a.answer(fetch, Some(200), Some(current.jwks()), T0 + 32);
+    a.offer_verified(verified, Some(779));
+    assert_eq!(
+        status_of(&a.request(5, get("/x", Some(&stale)), T0 + 33).done()),
+        401
+    );
+    assert!(!outside_sample(779));
+
+    // Made in another second than the request's: not used.
+    let late = current.token("h");
+    let job = a
+        .verification_outside(&get("/x", Some(&late)), at_us(T0 + 40))
+        .expect("to verify");
+    a.offer_verified(job.run(), Some(780));
+    assert_eq!(
+        status_of(&a.request(6, get("/x", Some(&late)), T0 + 1_040).done()),
+        200
+    );
+    assert!(!outside_sample(780));
+    // And an offer serves only the event right after it.
+    let job = a
+        .verification_outside(&get("/x", Some(&current.token("i"))), at_us(T0 + 1_050))
+        .expect("to verify");
+    a.offer_verified(job.run(), Some(781));
+    a.wake(T0 + 1_050);
+    a.request(7, get("/x", Some(&current.token("i"))), T0 + 1_050)
+        .done();
+    assert!(!outside_sample(781));
+}
+
 fn discovery_worker(store: &Rc<RefCell<Store>>) -> (Worker<FakeHost>, FakeHost) {
     let config = json!({
         "realm": "test",

@@ -80,6 +80,22 @@ impl RequestFilter {
             let Some(mut core) = shared.lock() else {
                 return self.fail_closed();
             };
+            // A signature check runs without the lock: the other threads' requests go on.
+            let outside = match &event {
+                Event::Request { request, .. } => core.worker.verification_outside(request, now),
+                _ => None,
+            };
+            if let Some(job) = outside {
+                drop(core);
+                let started = now_us();
+                let verified = job.run();
+                let micros = started.zip(now_us()).map(|(a, b)| b.saturating_sub(a));
+                let Some(relocked) = shared.lock() else {
+                    return self.fail_closed();
+                };
+                core = relocked;
+                core.worker.offer_verified(verified, micros);
+            }
             let commands = Shared::handle_locked(&mut core, event, now);
             let decided_now = commands
                 .iter()
