@@ -97,16 +97,21 @@ impl<H: Host> Worker<H> {
     ) -> Option<VerifyOutside> {
         let now_ms = now_us / 1000;
         let token = request.bearer()?;
+        // Refused by size under the lock, as cheaply as before; never copied.
+        if token.len() > self.policy.max_token_bytes {
+            return None;
+        }
+        // The hot path's question first: one keyed hash, one lookup.
+        let key = self.caches.keyer.key(token);
+        let generation = self.keys.generation();
+        if self.caches.tokens.contains(&key, now_ms, generation) {
+            return None;
+        }
         if self.server_call_for(request, now_ms).is_some() {
             return None;
         }
         let route = self.policy.routes.find(&request.method, &request.path);
         if route.tier == Tier::Public {
-            return None;
-        }
-        let key = self.caches.keyer.key(token);
-        let generation = self.keys.generation();
-        if self.caches.tokens.contains(&key, now_ms, generation) {
             return None;
         }
         Some(VerifyOutside {

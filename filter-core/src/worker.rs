@@ -405,6 +405,7 @@ impl<H: Host> Worker<H> {
             host,
             link: ServerLink { revocations, .. },
             offered,
+            providers,
             ..
         } = self;
         let generation = keys.generation();
@@ -462,7 +463,7 @@ impl<H: Host> Worker<H> {
                 None => {
                     let result = verify(
                         token,
-                        &policy.providers,
+                        providers,
                         |i| keys.keys(i),
                         policy.max_token_bytes,
                         now,
