@@ -154,6 +154,13 @@ fn read_members(bytes: Option<&[u8]>) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
+/// Whether a member entry's time (`seen`, ms) is within [`MEMBER_EXPIRY_MS`] of `now_ms`,
+/// either way (an entry dated ahead, after a clock step, expires too).
+fn seen_lately(seen: &Value, now_ms: u64) -> bool {
+    seen.as_u64()
+        .is_some_and(|at| at.abs_diff(now_ms) <= MEMBER_EXPIRY_MS)
+}
+
 impl<H: Host> Worker<H> {
     /// Joins the proxy's feed group as `member`: the host delivers answers other members
     /// share to this worker as [`crate::Event::SharedFeedAnswer`], and carries out
@@ -181,12 +188,14 @@ impl<H: Host> Worker<H> {
         };
         // A write without a compare-and-swap token always succeeds: the record is made once,
         // then every lease is a compare-and-swap on it.
-        if self.host.shared_get(&self.share.lease_key).0.is_none() {
+        let mut current = self.host.shared_get(&self.share.lease_key);
+        if current.0.is_none() {
             let _ = self
                 .host
                 .shared_set(&self.share.lease_key, &lease_record("", 0), None);
+            current = self.host.shared_get(&self.share.lease_key);
         }
-        let (bytes, cas) = self.host.shared_get(&self.share.lease_key);
+        let (bytes, cas) = current;
         let lease = read_lease(bytes.as_deref());
         let renew_before = now_ms + READER_LEASE_MS - crate::worker::TICK.as_millis() as u64;
         let reading = match lease {
@@ -238,10 +247,7 @@ impl<H: Host> Worker<H> {
         for _ in 0..4 {
             let (bytes, cas) = self.host.shared_get(&self.share.members_key);
             let mut members = read_members(bytes.as_deref());
-            members.retain(|_, seen| {
-                seen.as_u64()
-                    .is_some_and(|at| at.abs_diff(now_ms) <= MEMBER_EXPIRY_MS)
-            });
+            members.retain(|_, seen| seen_lately(seen, now_ms));
             members.insert(member.clone(), Value::from(now_ms));
             let record = Value::Object(members).to_string();
             match self
@@ -281,12 +287,7 @@ impl<H: Host> Worker<H> {
         let to: Vec<String> =
             read_members(self.host.shared_get(&self.share.members_key).0.as_deref())
                 .into_iter()
-                .filter(|(name, seen)| {
-                    name != me
-                        && seen
-                            .as_u64()
-                            .is_some_and(|at| at.abs_diff(now_ms) <= MEMBER_EXPIRY_MS)
-                })
+                .filter(|(name, seen)| name != me && seen_lately(seen, now_ms))
                 .map(|(name, _)| name)
                 .collect();
         if to.is_empty() {
