@@ -5,8 +5,8 @@
 //! equals the JWK's own `alg` when the JWK names one. `oct` (symmetric) keys in a JWKS are
 //! ignored: HMAC is accepted only from a secret configured inline for a provider
 //! ([`VerificationKey::hmac`]), so a public key can never be used as an HMAC secret.
-//! Keys with `use` other than `sig`, unknown key types and RSA moduli under 2048 bits are
-//! skipped and reported in [`KeySet::skipped`].
+//! Keys with `use` other than `sig`, unknown key types and RSA moduli under 2048 or over 8192
+//! bits are skipped and reported in [`KeySet::skipped`].
 //!
 //! This module does not fetch anything and does not decide when to refresh.
 
@@ -19,6 +19,11 @@ use serde_json::Value;
 
 /// The smallest RSA modulus accepted, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
+
+/// The largest RSA modulus accepted, in bits (`ring`'s largest too, so both builds take the
+/// same keys): preparing a key costs the square of its size, and a key set is read on every
+/// fetch, so a published 64 KiB "key" must not stall a worker.
+pub const MAX_RSA_BITS: usize = 8192;
 
 /// The family (and curve) of a key, which fixes the algorithms it may serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +202,9 @@ fn parse_jwk(jwk: &Value) -> Result<VerificationKey, String> {
             if significant * 8 < MIN_RSA_BITS {
                 return Err(format!("rsa modulus under {MIN_RSA_BITS} bits"));
             }
+            if significant * 8 > MAX_RSA_BITS {
+                return Err(format!("rsa modulus over {MAX_RSA_BITS} bits"));
+            }
             let exponent = URL_SAFE_NO_PAD
                 .decode(e)
                 .map_err(|_| "e is not base64url".to_string())?;
@@ -313,6 +321,33 @@ mod tests {
         let set = KeySet::from_jwks_value(&doc).unwrap();
         assert_eq!(set.keys.len(), 1);
         assert_eq!(set.skipped.len(), 3);
+    }
+
+    #[test]
+    fn rsa_moduli_past_8192_bits_are_skipped_before_any_arithmetic() {
+        // Preparing a key costs the square of its size: a 64 KiB modulus in a published key
+        // set would stall the worker reading it.
+        let odd = |bytes: usize| {
+            let mut n = vec![0xc5u8; bytes];
+            n[bytes - 1] |= 1;
+            URL_SAFE_NO_PAD.encode(n)
+        };
+        let doc = json!({"keys":[
+            {"kty":"RSA","kid":"huge","n":odd(65_536),"e":"AQAB"},
+            {"kty":"RSA","kid":"over","n":odd(1_025),"e":"AQAB"},
+            {"kty":"RSA","kid":"largest","n":odd(1_024),"e":"AQAB"}
+        ]});
+        let started = std::time::Instant::now();
+        let set = KeySet::from_jwks_value(&doc).unwrap();
+        assert_eq!(set.keys.len(), 1, "{:?}", set.skipped);
+        assert_eq!(set.keys[0].kid.as_deref(), Some("largest"));
+        assert_eq!(set.skipped.len(), 2);
+        assert!(
+            set.skipped.iter().all(|s| s.contains("over 8192 bits")),
+            "{:?}",
+            set.skipped
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -12,12 +12,13 @@
 //! products up in `u64` columns without a carry after each one, so the multiplications do not
 //! wait on each other (in V8 about a fifth faster than 32-bit limbs with a carry chain,
 //! natively about twice). The same code runs on the host, where the tests compare it with
-//! `jsonwebtoken` on real keys and with a bit-by-bit reference on moduli up to 4120 bits.
+//! `jsonwebtoken` on real keys and with a bit-by-bit reference on moduli up to 8192 bits.
 //!
 //! With the `native-crypto` feature (native hosts only: it does not build for wasm32), keys of
-//! 2048 to 8192 bits are verified with `ring` instead: the same answer (tests compare them),
-//! with 64-bit limbs and assembly, several times faster. Other sizes stay on the code here, so
-//! which keys are accepted does not depend on the build.
+//! 2048 to 8192 bits (every size a key set accepts: `keys::MAX_RSA_BITS`) are verified with
+//! `ring` instead: the same answer (tests compare them), with 64-bit limbs and assembly,
+//! several times faster. Keys `ring` refuses (an exponent of 2³³ or more) stay on the code
+//! here, so which keys are accepted does not depend on the build.
 
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
@@ -52,8 +53,8 @@ pub enum RsaHash {
 /// limbs cannot be wider than 32 bits anyway).
 #[derive(Clone)]
 pub struct RsaPublicKey {
-    /// Bits per limb, chosen for the modulus: a column sum of `2·limbs + 1` limb products and a
-    /// carry must fit in 64 bits.
+    /// Bits per limb, chosen for the modulus: a column sum of `2·limbs` limb products and a
+    /// carry must fit in 64 bits (the layout asks room for one more).
     limb_bits: u32,
     /// The modulus.
     n: Vec<u32>,
@@ -75,9 +76,9 @@ impl std::fmt::Debug for RsaPublicKey {
     }
 }
 
-/// The widest limbs (at most 28 bits) with which `2·limbs + 1` products of two limbs plus a
-/// carry out of a column fit in a `u64`, and the limb count for a `bits`-bit number; None
-/// for numbers too large for any limb width down to 16 bits.
+/// The widest limbs (at most 28 bits) with which `2·limbs` products of two limbs plus a carry
+/// out of a column fit in a `u64` (with room for one product more), and the limb count for a
+/// `bits`-bit number; None for numbers too large for any limb width down to 16 bits.
 fn limb_layout(bits: usize) -> Option<(u32, usize)> {
     (16..=28u32).rev().find_map(|w| {
         let limbs = bits.div_ceil(w as usize).max(1);
@@ -419,13 +420,17 @@ mod tests {
             (Algorithm::RS512, RsaHash::Sha512),
         ] {
             let (input, sig) = signed(alg, "alice");
+            // Both paths: with `native-crypto` (on in a workspace build) `verify_pkcs1` is
+            // `ring`'s for this key, and the portable code is what Wasm runs.
             assert!(public.verify_pkcs1(hash, input.as_bytes(), &sig), "{alg:?}");
+            assert!(public.verify_pkcs1_portable(hash, input.as_bytes(), &sig));
             let other = if hash == RsaHash::Sha256 {
                 RsaHash::Sha384
             } else {
                 RsaHash::Sha256
             };
             assert!(!public.verify_pkcs1(other, input.as_bytes(), &sig));
+            assert!(!public.verify_pkcs1_portable(other, input.as_bytes(), &sig));
         }
     }
 
@@ -512,6 +517,7 @@ mod tests {
             let theirs = jsonwebtoken::crypto::verify(&sig_b64, input.as_bytes(), &decoding, Algorithm::RS256)
                 .unwrap_or(false);
             prop_assert_eq!(public.verify_pkcs1(RsaHash::Sha256, input.as_bytes(), &sig), theirs);
+            prop_assert_eq!(public.verify_pkcs1_portable(RsaHash::Sha256, input.as_bytes(), &sig), theirs);
             prop_assert_eq!(theirs, flip >= 200);
         }
     }
@@ -584,26 +590,83 @@ mod tests {
     fn limb_layouts_leave_room_for_a_column_of_products() {
         assert_eq!(limb_layout(2048), Some((28, 74)));
         assert_eq!(limb_layout(3072), Some((28, 110)));
+        assert_eq!(limb_layout(3552), Some((28, 127)));
+        assert_eq!(limb_layout(3560), Some((27, 132)));
         assert_eq!(limb_layout(4096), Some((27, 152)));
+        assert_eq!(limb_layout(8192), Some((27, 304)));
         assert_eq!(limb_layout(16384), Some((26, 631)));
-        for bits in [8, 64, 2048, 4096, 8192, 65536, 1 << 20] {
+        for bits in [
+            8,
+            64,
+            2048,
+            3552,
+            3560,
+            4096,
+            8192,
+            13_792,
+            13_800,
+            65536,
+            1 << 20,
+        ] {
             let (w, limbs) = limb_layout(bits).unwrap();
-            assert!(w * limbs as u32 >= bits as u32);
-            let column = (2 * limbs as u128 + 1) * ((1u128 << w) - 1).pow(2) + (1 << (64 - w));
+            assert!(w as usize * limbs >= bits);
+            // From first principles: a column of a product and its reduction is at most `limbs`
+            // limb products of each, plus the carry out of the column before it.
+            let largest = (1u128 << w) - 1;
+            let column = 2 * limbs as u128 * largest * largest + (1u128 << (64 - w));
             assert!(column < 1 << 64, "{bits} bits");
         }
         assert_eq!(limb_layout(usize::MAX / 2), None);
     }
 
+    /// Moduli that fill their top limb exactly (8k a multiple of w: the only sizes where a
+    /// Montgomery product can carry out of its top limb, and R² mod n overflow a doubling),
+    /// and the sizes where the limb width changes: the edge signatures, whose powers are known
+    /// (0ᵉ = 0, 1ᵉ = 1, (n − 1)ᵉ = n − 1 for an odd e), and one other against the reference.
+    #[test]
+    fn moduli_that_fill_their_top_limb_agree_with_the_reference() {
+        // 7, 14, 441 bytes: 28-bit limbs, 2, 4 and 126 of them exactly full; 444/445: the last
+        // 28-bit layout and the first 27-bit one; 459 bytes: 136 full 27-bit limbs.
+        for bytes in [7usize, 14, 441, 444, 445, 459] {
+            for top in [0xffu8, 0x80, 0xc3] {
+                let mut modulus = vec![0xffu8; bytes];
+                modulus[0] = top;
+                modulus[bytes / 2] = 0x5a;
+                let zero = vec![0u8; bytes];
+                let mut one = zero.clone();
+                one[bytes - 1] = 1;
+                let mut n_minus_one = modulus.clone();
+                n_minus_one[bytes - 1] -= 1;
+                let mut other = n_minus_one.clone();
+                other[bytes - 1] -= 1;
+                other[1] ^= 0x3c;
+                for e in [3u64, 65537, (1 << 40) + 15] {
+                    let key = RsaPublicKey::new(&modulus, &e.to_be_bytes()).unwrap();
+                    let at = |s: &[u8]| key.public_op(s).unwrap();
+                    let case = format!("{bytes} bytes, top {top:#x}, e {e}");
+                    assert_eq!(at(&zero), zero, "{case}");
+                    assert_eq!(at(&one), one, "{case}");
+                    assert_eq!(at(&n_minus_one), n_minus_one, "{case}");
+                    if e == 3 || bytes < 64 {
+                        assert_eq!(at(&other), reference_modpow(&other, e, &modulus), "{case}");
+                    }
+                    assert!(
+                        key.public_op(&modulus).is_none(),
+                        "{case}: n itself is refused"
+                    );
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(12))]
 
-        /// Every limb width the layouts choose (28 bits for 2048 and 3072-bit keys, 27 for
-        /// 4096, narrower past it) and moduli whose top limb is partly used, against an
-        /// independent bit-by-bit reference.
+        /// Both limb widths accepted keys get (28 bits up to 3552-bit keys, 27 up to 8192) and
+        /// moduli whose top limb is partly used, against an independent bit-by-bit reference.
         #[test]
         fn large_moduli_agree_with_a_reference(
-            bytes in prop::sample::select(vec![9usize, 37, 256, 384, 512, 515]),
+            bytes in prop::sample::select(vec![9usize, 37, 256, 384, 444, 445, 512]),
             seed in any::<[u8; 32]>(),
             e in prop::sample::select(vec![3u64, 65537, (1 << 40) + 15]),
         ) {

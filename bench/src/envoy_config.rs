@@ -100,14 +100,92 @@ fn jwt_authn(idp_port: u16, cache: bool) -> String {
     )
 }
 
-const EXT_AUTHZ: &str = r#"
+/// Envoy's native ext_authz filter asking the gRPC cluster `cluster`, failing closed.
+fn ext_authz_filter(cluster: &str) -> String {
+    format!(
+        r#"
           - name: envoy.filters.http.ext_authz
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
-              grpc_service: { envoy_grpc: { cluster_name: ext_authz }, timeout: 2s }
+              grpc_service: {{ envoy_grpc: {{ cluster_name: {cluster} }}, timeout: 2s }}
               failure_mode_allow: false
-              status_on_error: { code: ServiceUnavailable }"#;
+              status_on_error: {{ code: ServiceUnavailable }}"#
+    )
+}
+
+/// An ext_authz gRPC server of the user's (OPA-Envoy, Authorino, …) measured beside ours:
+/// `BENCH_EXTERNAL_EXT_AUTHZ=host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct External {
+    pub host: String,
+    pub port: u16,
+}
+
+/// A gRPC (HTTP/2) cluster of one endpoint; `discovery` is `STATIC` or `STRICT_DNS` (IPv4
+/// first: `localhost` must not land on `::1` when the server listens on 127.0.0.1).
+fn grpc_cluster(name: &str, discovery: &str, host: &str, port: u16) -> String {
+    format!(
+        r#"  - name: {name}
+    type: {discovery}
+    dns_lookup_family: V4_PREFERRED
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }} }}] }}] }}
+"#
+    )
+}
+
+/// The listener (and scenario) that asks the external server.
+pub const EXTERNAL_LISTENER: &str = "external_ext_authz";
+
+impl External {
+    /// `host:port` (a name or an IPv4 address; Envoy resolves names).
+    pub fn parse(value: &str) -> Result<External, String> {
+        let (host, port) = value
+            .rsplit_once(':')
+            .ok_or_else(|| format!("BENCH_EXTERNAL_EXT_AUTHZ={value:?}: expected host:port"))?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("BENCH_EXTERNAL_EXT_AUTHZ={value:?}: bad port"))?;
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if host.is_empty() || !host.chars().all(plain) {
+            return Err(format!("BENCH_EXTERNAL_EXT_AUTHZ={value:?}: bad host"));
+        }
+        Ok(External {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// The external server from the environment: None when the variable is unset or empty.
+    pub fn from_env() -> Result<Option<External>, String> {
+        match std::env::var("BENCH_EXTERNAL_EXT_AUTHZ") {
+            Ok(v) if !v.trim().is_empty() => External::parse(v.trim()).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Its listener: native ext_authz to it, nothing of ours on the path.
+    pub fn listener(&self) -> Listener {
+        Listener {
+            name: EXTERNAL_LISTENER,
+            filters: ext_authz_filter(EXTERNAL_LISTENER),
+            direct: false,
+            ext_authz_tier: None,
+        }
+    }
+
+    /// Its cluster (resolved by DNS when a name).
+    fn cluster(&self) -> String {
+        grpc_cluster(EXTERNAL_LISTENER, "STRICT_DNS", &self.host, self.port)
+    }
+}
 
 /// The filter's plugin configuration for the benchmark: one provider, `/` is `authenticated`
 /// with scope `read`, `/admin/` is `privileged`.
@@ -237,7 +315,7 @@ pub fn listeners(wasm: &str, idp_port: u16, epochs_token: &str) -> Vec<Listener>
         ),
         Listener {
             name: "native_ext_authz",
-            filters: EXT_AUTHZ.to_owned(),
+            filters: ext_authz_filter("ext_authz"),
             direct: false,
             ext_authz_tier: Some("privileged"),
         },
@@ -256,6 +334,7 @@ pub fn render(
     upstream_port: u16,
     authz_port: u16,
     authz_admin_port: u16,
+    external: Option<&External>,
 ) -> String {
     let mut yaml = String::from("admin:\n  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }\nstatic_resources:\n  listeners:\n");
     for l in listeners {
@@ -307,19 +386,70 @@ pub fn render(
     type: STATIC
     connect_timeout: 1s
     load_assignment: {{ cluster_name: dev_idp, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {idp_port} }} }} }} }}] }}] }}
-  - name: ext_authz
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment: {{ cluster_name: ext_authz, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {authz_port} }} }} }} }}] }}] }}
-  - name: ext_authz_admin
+{ext_authz}  - name: ext_authz_admin
     type: STATIC
     connect_timeout: 1s
     load_assignment: {{ cluster_name: ext_authz_admin, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {authz_admin_port} }} }} }} }}] }}] }}
-"#
+"#,
+        ext_authz = grpc_cluster("ext_authz", "STATIC", "127.0.0.1", authz_port)
     ));
+    if let Some(external) = external {
+        yaml.push_str(&external.cluster());
+    }
     yaml
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use ::tests::{
+        get, listener_port, server_yaml, AuthzServerProcess, DevIdp, Echo, Envoy, AUDIENCE, ISSUER,
+    };
+    use serde_json::json;
+
+    #[test]
+    fn an_external_server_is_read_from_host_and_port_or_refused_with_a_reason() {
+        assert_eq!(
+            External::parse("opa.authz.svc:9191").unwrap(),
+            External {
+                host: "opa.authz.svc".into(),
+                port: 9191
+            }
+        );
+        for (bad, why) in [
+            ("9191", "expected host:port"),
+            ("opa:", "bad port"),
+            ("opa:0", "bad port"),
+            ("opa:70000", "bad port"),
+            (":9191", "bad host"),
+            ("opa }}:9191", "bad host"),
+        ] {
+            let err = External::parse(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    /// The external scenario's Envoy config, pointed at a real ext_authz gRPC server (ours,
+    /// standing in for OPA-Envoy or Authorino): a token it accepts passes, none is refused.
+    #[test]
+    fn the_external_listener_asks_the_external_server() {
+        let idp = DevIdp::start(&[]);
+        let echo = Echo::start();
+        let server = AuthzServerProcess::start(&server_yaml(
+            idp.port,
+            &format!("token:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  jwks_uri: http://127.0.0.1:{{IDP_PORT}}/.well-known/jwks.json\n"),
+        ));
+        let external = External::parse(&format!("localhost:{}", server.grpc_port)).unwrap();
+        // No cluster of ours is reachable: only the external one answers.
+        let yaml = render(&[external.listener()], 1, echo.port, 1, 1, Some(&external));
+        let envoy = Envoy::start_rendered(&yaml);
+        let port = listener_port(envoy.admin_port, EXTERNAL_LISTENER).unwrap();
+        let url = format!("http://127.0.0.1:{port}/admin/users");
+        let token = idp.mint(json!({"sub": "bench", "scope": "read admin"}));
+        let allowed = get(&url, &[("authorization", &format!("Bearer {token}"))]);
+        assert_eq!(allowed.status, 200, "{}", allowed.body);
+        assert_eq!(get(&url, &[]).status, 401);
+    }
 }

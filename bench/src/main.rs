@@ -25,6 +25,7 @@ mod sign_cost;
 
 use load::{closed_loop, fixed_rate, RunStats, Target};
 use serde_json::json;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tests::*;
 
@@ -75,7 +76,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+async fn main() -> ExitCode {
+    // A policy server of the user's, measured beside ours (`BENCH_EXTERNAL_EXT_AUTHZ`).
+    let external = match envoy_config::External::from_env() {
+        Ok(external) => external,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let external_pid = env_u64("BENCH_EXTERNAL_EXT_AUTHZ_PID", 0) as u32;
     let run_seconds = env_u64("BENCH_SECONDS", 3);
     let repetitions = env_u64("BENCH_REPS", 3);
     let connections = env_u64("BENCH_CONNECTIONS", 16) as usize;
@@ -96,13 +106,15 @@ async fn main() {
         ),
     ));
     let wasm = wasm_path().display().to_string();
-    let listeners = envoy_config::listeners(&wasm, idp.port, EPOCHS_TOKEN);
+    let mut listeners = envoy_config::listeners(&wasm, idp.port, EPOCHS_TOKEN);
+    listeners.extend(external.as_ref().map(envoy_config::External::listener));
     let yaml = envoy_config::render(
         &listeners,
         idp.port,
         echo.port,
         server.grpc_port,
         server.admin_port,
+        external.as_ref(),
     );
     let envoy = Envoy::start_rendered(&yaml);
     let envoy_pid = envoy.pid().unwrap_or(0);
@@ -133,6 +145,17 @@ async fn main() {
         let (path, token) = match name {
             "direct" | "proxy" => ("/api/items", None),
             "native_ext_authz_jwt" => ("/admin/users", Some(jwt.clone())),
+            envoy_config::EXTERNAL_LISTENER => (
+                "/admin/users",
+                // The token the user's server accepts, or a dev IdP JWT (a server that
+                // verifies against the dev IdP's keys).
+                Some(
+                    std::env::var("BENCH_EXTERNAL_EXT_AUTHZ_BEARER")
+                        .ok()
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| jwt.clone()),
+                ),
+            ),
             n if n.starts_with("filter_write") => ("/orders/1", Some(jwt.clone())),
             "filter_background" => ("/news/1", Some(jwt.clone())),
             n if n.contains("privileged") || n == "native_ext_authz" => {
@@ -160,6 +183,13 @@ async fn main() {
     // Warm every path (keys fetched, caches filled) and check it answers 200.
     for name in &names {
         let warm = closed_loop(&scenario_target(name), 2, Duration::from_millis(300)).await;
+        if *name == envoy_config::EXTERNAL_LISTENER && warm.non_2xx > 0 {
+            eprintln!(
+                "{name}: the external ext_authz server does not allow GET /admin/users with the bench's token (see README, \"Comparing with your policy server\"): {warm:?}"
+            );
+            // Returning (not exiting) stops Envoy, the server and the IdP on the way out.
+            return ExitCode::from(2);
+        }
         assert!(
             warm.requests > 0 && warm.non_2xx == 0 && warm.errors == 0,
             "{name} does not answer 200: {warm:?}"
@@ -173,6 +203,12 @@ async fn main() {
         order.rotate_left(rep as usize % names.len().max(1));
         for name in order {
             let target = scenario_target(name);
+            // The external scenario's server is the user's (its CPU only when its pid is given).
+            let server_pid = if name == envoy_config::EXTERNAL_LISTENER {
+                external_pid
+            } else {
+                server_pid
+            };
             let (e0, s0) = (cpu_seconds(envoy_pid), cpu_seconds(server_pid));
             let stats = closed_loop(&target, connections, Duration::from_secs(run_seconds)).await;
             let (e1, s1) = (cpu_seconds(envoy_pid), cpu_seconds(server_pid));
@@ -242,7 +278,7 @@ async fn main() {
                 row.rps, row.p50_us, row.envoy_cpu_us, row.server_cpu_us
             );
         }
-        return;
+        return ExitCode::SUCCESS;
     }
 
     // Fixed-rate (open loop) on the baseline and the two privileged paths.
@@ -337,6 +373,7 @@ async fn main() {
         fleet,
         sign_cost,
         batch_cost,
+        external: external.map(|e| (format!("{}:{}", e.host, e.port), external_pid)),
         run_seconds,
         repetitions,
         connections,
@@ -344,6 +381,7 @@ async fn main() {
     };
     report.write(&repo_root().join("docs"));
     println!("{}", report.summary());
+    ExitCode::SUCCESS
 }
 
 /// A Check of `GET /admin/users` on the privileged tier with `token`, as Envoy sends it.

@@ -20,6 +20,8 @@ pub struct Report {
     pub fleet: crate::fleet::Fleet,
     pub sign_cost: Option<crate::sign_cost::SignCost>,
     pub batch_cost: crate::batch_cost::BatchCost,
+    /// The external ext_authz server measured beside ours (`host:port`, its pid or 0).
+    pub external: Option<(String, u32)>,
     pub run_seconds: u64,
     pub repetitions: u64,
     pub connections: usize,
@@ -44,7 +46,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const ORDER: [(&str, &str); 19] = [
+const ORDER: [(&str, &str); 20] = [
     ("direct", "1a. no auth, direct_response"),
     ("proxy", "1b. no auth, proxied (baseline)"),
     (
@@ -95,6 +97,10 @@ const ORDER: [(&str, &str); 19] = [
         "7. privileged via native ext_authz, JWT verified by the server",
     ),
     (
+        crate::envoy_config::EXTERNAL_LISTENER,
+        "10. privileged via native ext_authz to an external server (`BENCH_EXTERNAL_EXT_AUTHZ`)",
+    ),
+    (
         "filter_write_local",
         "8a. standard write, decided locally (revocations from the feed)",
     ),
@@ -133,6 +139,11 @@ pub fn row_of(results: &[Measured], scenario: &str) -> Row {
 impl Report {
     pub fn row(&self, scenario: &str) -> Row {
         row_of(&self.results, scenario)
+    }
+
+    /// Whether the run measured `scenario` (the external one only runs when configured).
+    fn measured(&self, scenario: &str) -> bool {
+        self.results.iter().any(|m| m.scenario == scenario)
     }
 
     /// (target, measured, holds)
@@ -480,7 +491,7 @@ impl Report {
             cpus
         );
         let _ = writeln!(md, "## Results\n\n| scenario | req/s | p50 µs | p99 µs | Envoy CPU µs/req | server CPU µs/req | req/s vs baseline | Envoy CPU vs baseline |\n|---|---|---|---|---|---|---|---|");
-        for (key, label) in ORDER {
+        for (key, label) in ORDER.iter().filter(|(key, _)| self.measured(key)) {
             let r = self.row(key);
             let _ = writeln!(
                 md,
@@ -503,6 +514,22 @@ impl Report {
             alone.percentile_us(0.99),
             cpu
         );
+        match &self.external {
+            Some((address, pid)) => {
+                let server_cpu = if *pid > 0 {
+                    format!("its CPU read from pid {pid}")
+                } else {
+                    "its CPU not measured (`BENCH_EXTERNAL_EXT_AUTHZ_PID` unset)".to_owned()
+                };
+                let _ = writeln!(
+                    md,
+                    "\nRow 10 is the same privileged request through Envoy's native ext_authz to the external server at `{address}` ({server_cpu}): compare it with rows 6 and 7, ours on the same path, and with row 4, ours answered from the in-proxy cache. How to run it against OPA-Envoy or Authorino: README, \"Comparing with your policy server\"."
+                );
+            }
+            None => {
+                let _ = writeln!(md, "\nNo external ext_authz server in this run (`BENCH_EXTERNAL_EXT_AUTHZ=host:port` adds one, row 10; README, \"Comparing with your policy server\").");
+            }
+        }
         let _ = writeln!(md, "\n![CPU per request](benchmarks.svg)\n");
         let _ = writeln!(md, "## Fixed rate ({} req/s, open loop)\n\n| scenario | p50 µs | p99 µs | p99.9 µs | errors |\n|---|---|---|---|---|", self.rate);
         for (name, s) in &self.open_loop {
@@ -642,6 +669,7 @@ impl Report {
     fn svg(&self) -> String {
         let rows: Vec<(&str, Row)> = ORDER
             .iter()
+            .filter(|(k, _)| self.measured(k))
             .map(|(k, label)| (*label, self.row(k)))
             .collect();
         let max = rows

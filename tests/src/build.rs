@@ -73,6 +73,17 @@ impl FilterBuild {
     pub fn feed_readers(self) -> u64 {
         1
     }
+
+    /// How many of an Envoy's cores read the change feed once at start, each counting its
+    /// read (`authz.epochs_polls.ok` or `.failed`): for Wasm every VM (one per worker and the
+    /// main thread's), the elected reader and each follower's catch-up alike; for native the
+    /// process's one core.
+    pub fn feed_reads_at_start(self, workers: u32) -> u64 {
+        match self {
+            FilterBuild::Wasm => u64::from(workers) + 1,
+            FilterBuild::Native => 1,
+        }
+    }
 }
 
 /// Where the native module is built (`cargo build --release -p native-filter`), for

@@ -1416,20 +1416,22 @@ impl Envoy {
             _scratch: scratch,
         };
         if config.contains("epochs_cluster") {
-            envoy.wait_for_first_feed_reads();
+            envoy.wait_for_first_feed_reads(build.feed_reads_at_start(workers));
         }
         envoy
     }
 
     /// A filter with a change feed fails writes closed until each VM (the main thread's and
-    /// every worker's) has read the server's state once: wait for those reads (or for them to
-    /// fail: some tests start without a reachable feed), at most 3 s.
-    fn wait_for_first_feed_reads(&self) {
+    /// every worker's) has read the server's state once: wait for those `reads` (or for them
+    /// to fail: some tests start without a reachable feed), at most 3 s. The elected reader's
+    /// read and each follower's catch-up are all counted; waiting for the reader's alone let a
+    /// worker that had not caught up yet answer a test's first write with a 503.
+    fn wait_for_first_feed_reads(&self, reads: u64) {
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             let answered = self.stat("wasmcustom.authz.epochs_polls.ok")
                 + self.stat("wasmcustom.authz.epochs_polls.failed");
-            if answered >= build::FilterBuild::current().feed_readers() {
+            if answered >= reads {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
