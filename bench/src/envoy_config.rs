@@ -134,7 +134,7 @@ fn grpc_cluster(name: &str, discovery: &str, host: &str, port: u16) -> String {
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }} }}] }}] }}
+    load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{host}", port_value: {port} }} }} }} }}] }}] }}
 "#
     )
 }
@@ -145,17 +145,18 @@ pub const EXTERNAL_LISTENER: &str = "external_ext_authz";
 impl External {
     /// `host:port` (a name or an IPv4 address; Envoy resolves names).
     pub fn parse(value: &str) -> Result<External, String> {
-        let (host, port) = value
-            .rsplit_once(':')
-            .ok_or_else(|| format!("BENCH_EXTERNAL_EXT_AUTHZ={value:?}: expected host:port"))?;
-        let port = port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("BENCH_EXTERNAL_EXT_AUTHZ={value:?}: bad port"))?;
+        let (host, port) = value.rsplit_once(':').ok_or_else(|| {
+            format!("BENCH_EXTERNAL_EXT_AUTHZ={value:?}: expected host:port (e.g. 127.0.0.1:9191)")
+        })?;
+        let port =
+            port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                format!("BENCH_EXTERNAL_EXT_AUTHZ={value:?}: bad port (1 to 65535)")
+            })?;
         let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
         if host.is_empty() || !host.chars().all(plain) {
-            return Err(format!("BENCH_EXTERNAL_EXT_AUTHZ={value:?}: bad host"));
+            return Err(format!(
+                "BENCH_EXTERNAL_EXT_AUTHZ={value:?}: bad host (a name or an IPv4 address: letters, digits, '.', '-', '_'; no scheme, no IPv6)"
+            ));
         }
         Ok(External {
             host: host.to_owned(),

@@ -68,6 +68,22 @@ pub struct Measured {
     pub server_cpu_us: f64,
 }
 
+/// `BENCH_EXTERNAL_EXT_AUTHZ_PID`: 0 when unset; a value that is not a running process is
+/// refused (a wrong pid would report a server's CPU as zero).
+fn external_pid() -> Result<u32, String> {
+    let Ok(value) = std::env::var("BENCH_EXTERNAL_EXT_AUTHZ_PID") else {
+        return Ok(0);
+    };
+    match value.trim().parse::<u32>() {
+        Ok(pid) if pid > 0 && std::path::Path::new(&format!("/proc/{pid}/stat")).exists() => {
+            Ok(pid)
+        }
+        _ => Err(format!(
+            "BENCH_EXTERNAL_EXT_AUTHZ_PID={value:?}: not the id of a running process"
+        )),
+    }
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -85,7 +101,25 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let external_pid = env_u64("BENCH_EXTERNAL_EXT_AUTHZ_PID", 0) as u32;
+    let external_pid = match external_pid() {
+        Ok(pid) => pid,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let external_bearer = std::env::var("BENCH_EXTERNAL_EXT_AUTHZ_BEARER")
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    if let Some(token) = &external_bearer {
+        if hyper::header::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+            eprintln!(
+                "BENCH_EXTERNAL_EXT_AUTHZ_BEARER: not a valid header value (control characters?)"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let run_seconds = env_u64("BENCH_SECONDS", 3);
     let repetitions = env_u64("BENCH_REPS", 3);
     let connections = env_u64("BENCH_CONNECTIONS", 16) as usize;
@@ -149,12 +183,7 @@ async fn main() -> ExitCode {
                 "/admin/users",
                 // The token the user's server accepts, or a dev IdP JWT (a server that
                 // verifies against the dev IdP's keys).
-                Some(
-                    std::env::var("BENCH_EXTERNAL_EXT_AUTHZ_BEARER")
-                        .ok()
-                        .filter(|t| !t.is_empty())
-                        .unwrap_or_else(|| jwt.clone()),
-                ),
+                Some(external_bearer.clone().unwrap_or_else(|| jwt.clone())),
             ),
             n if n.starts_with("filter_write") => ("/orders/1", Some(jwt.clone())),
             "filter_background" => ("/news/1", Some(jwt.clone())),
@@ -183,9 +212,11 @@ async fn main() -> ExitCode {
     // Warm every path (keys fetched, caches filled) and check it answers 200.
     for name in &names {
         let warm = closed_loop(&scenario_target(name), 2, Duration::from_millis(300)).await;
-        if *name == envoy_config::EXTERNAL_LISTENER && warm.non_2xx > 0 {
+        let failed = warm.requests == 0 || warm.non_2xx > 0 || warm.errors > 0;
+        if *name == envoy_config::EXTERNAL_LISTENER && failed {
             eprintln!(
-                "{name}: the external ext_authz server does not allow GET /admin/users with the bench's token (see README, \"Comparing with your policy server\"): {warm:?}"
+                "{name}: {} of {} warm-up requests were not answered 200 ({} failed to send): the external ext_authz server denied GET /admin/users with the bench's token (403: its policy, or BENCH_EXTERNAL_EXT_AUTHZ_BEARER unset), or Envoy could not call it (503: address, DNS, or a TLS-only listener: the bench calls plaintext HTTP/2). See README, \"Comparing with your policy server\".",
+                warm.non_2xx, warm.requests, warm.errors
             );
             // Returning (not exiting) stops Envoy, the server and the IdP on the way out.
             return ExitCode::from(2);

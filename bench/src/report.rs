@@ -146,6 +146,13 @@ impl Report {
         self.results.iter().any(|m| m.scenario == scenario)
     }
 
+    /// Whether `scenario`'s server CPU was read: always ours; the external server's only with
+    /// its pid (`BENCH_EXTERNAL_EXT_AUTHZ_PID`), so an unread one never looks free.
+    fn server_cpu_read(&self, scenario: &str) -> bool {
+        scenario != crate::envoy_config::EXTERNAL_LISTENER
+            || self.external.as_ref().is_some_and(|(_, pid)| *pid > 0)
+    }
+
     /// (target, measured, holds)
     pub fn targets(&self) -> Vec<(String, String, bool)> {
         let base = self.row("proxy");
@@ -493,14 +500,18 @@ impl Report {
         let _ = writeln!(md, "## Results\n\n| scenario | req/s | p50 µs | p99 µs | Envoy CPU µs/req | server CPU µs/req | req/s vs baseline | Envoy CPU vs baseline |\n|---|---|---|---|---|---|---|---|");
         for (key, label) in ORDER.iter().filter(|(key, _)| self.measured(key)) {
             let r = self.row(key);
+            let server_cpu = if self.server_cpu_read(key) {
+                format!("{:.1}", r.server_cpu_us)
+            } else {
+                "–".to_owned()
+            };
             let _ = writeln!(
                 md,
-                "| {label} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2}× | {:.2}× |",
+                "| {label} | {:.0} | {:.0} | {:.0} | {:.1} | {server_cpu} | {:.2}× | {:.2}× |",
                 r.rps,
                 r.p50_us,
                 r.p99_us,
                 r.envoy_cpu_us,
-                r.server_cpu_us,
                 r.rps / base.rps.max(1.0),
                 r.envoy_cpu_us / base.envoy_cpu_us.max(0.01)
             );
@@ -667,10 +678,17 @@ impl Report {
     }
 
     fn svg(&self) -> String {
-        let rows: Vec<(&str, Row)> = ORDER
+        let rows: Vec<(String, Row)> = ORDER
             .iter()
             .filter(|(k, _)| self.measured(k))
-            .map(|(k, label)| (*label, self.row(k)))
+            .map(|(k, label)| {
+                let label = if self.server_cpu_read(k) {
+                    (*label).to_owned()
+                } else {
+                    format!("{label} (server CPU not read)")
+                };
+                (label, self.row(k))
+            })
             .collect();
         let max = rows
             .iter()
