@@ -222,19 +222,17 @@ impl RsaPublicKey {
     fn reduce(&self, t: &mut [u64]) -> Vec<u32> {
         let (s, w) = (self.n.len(), self.limb_bits);
         let mask = (1u64 << w) - 1;
-        let Some((n_low, n_rest)) = self.n.split_first() else {
-            return Vec::new();
-        };
         for i in 0..s {
-            let Some((low, rest)) = t.get_mut(i..=i + s).and_then(<[u64]>::split_first_mut) else {
+            // Columns i..=i+s: the multiple of n lands on the first s, the carry on the next.
+            let Some(window) = t.get_mut(i..=i + s) else {
                 break;
             };
-            let m = u64::from((*low as u32).wrapping_mul(self.n0_inv)) & mask;
-            *low += m * u64::from(*n_low);
-            add_multiple(rest, m, n_rest);
-            // The column is now a multiple of 2^w: only its carry is left.
-            if let Some(next) = rest.first_mut() {
-                *next += *low >> w;
+            let low = window.first().copied().unwrap_or(0);
+            let m = u64::from((low as u32).wrapping_mul(self.n0_inv)) & mask;
+            add_multiple(window, m, &self.n);
+            // Column i is now a multiple of 2^w: only its carry is left.
+            if let [column, next, ..] = window {
+                *next += *column >> w;
             }
         }
         let mut out = Vec::with_capacity(s);
