@@ -3,6 +3,7 @@
 //! only one scenario is loaded.
 
 use serde_json::{json, Value};
+use std::path::Path;
 
 /// A listener of the benchmark Envoy.
 pub struct Listener {
@@ -115,11 +116,16 @@ fn ext_authz_filter(cluster: &str) -> String {
 }
 
 /// An ext_authz gRPC server of the user's (OPA-Envoy, Authorino, …) measured beside ours:
-/// `BENCH_EXTERNAL_EXT_AUTHZ=host:port`.
+/// `BENCH_EXTERNAL_EXT_AUTHZ=host:port`, with `BENCH_EXTERNAL_EXT_AUTHZ_BEARER` and
+/// `BENCH_EXTERNAL_EXT_AUTHZ_PID`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct External {
     pub host: String,
     pub port: u16,
+    /// The bearer token it accepts (None: the bench's dev IdP JWT).
+    pub bearer: Option<String>,
+    /// Its process id, to read its CPU (0: not read).
+    pub pid: u32,
 }
 
 /// A gRPC (HTTP/2) cluster of one endpoint; `discovery` is `STATIC` or `STRICT_DNS` (IPv4
@@ -161,15 +167,50 @@ impl External {
         Ok(External {
             host: host.to_owned(),
             port,
+            bearer: None,
+            pid: 0,
         })
     }
 
-    /// The external server from the environment: None when the variable is unset or empty.
+    /// The external server from the environment, every setting checked before anything
+    /// starts: None when `BENCH_EXTERNAL_EXT_AUTHZ` is unset or empty.
     pub fn from_env() -> Result<Option<External>, String> {
-        match std::env::var("BENCH_EXTERNAL_EXT_AUTHZ") {
-            Ok(v) if !v.trim().is_empty() => External::parse(v.trim()).map(Some),
-            _ => Ok(None),
+        let address = match std::env::var("BENCH_EXTERNAL_EXT_AUTHZ") {
+            Ok(v) if !v.trim().is_empty() => v,
+            _ => return Ok(None),
+        };
+        let mut external = External::parse(address.trim())?;
+        external.bearer = std::env::var("BENCH_EXTERNAL_EXT_AUTHZ_BEARER")
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+        if let Some(token) = &external.bearer {
+            if hyper::header::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+                return Err(
+                    "BENCH_EXTERNAL_EXT_AUTHZ_BEARER: not a valid header value (control characters?)"
+                        .into(),
+                );
+            }
         }
+        if let Ok(value) = std::env::var("BENCH_EXTERNAL_EXT_AUTHZ_PID") {
+            // A wrong pid would report the server's CPU as zero.
+            external.pid = value
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|pid| *pid > 0 && Path::new(&format!("/proc/{pid}/stat")).exists())
+                .ok_or_else(|| {
+                    format!(
+                        "BENCH_EXTERNAL_EXT_AUTHZ_PID={value:?}: not the id of a running process"
+                    )
+                })?;
+        }
+        Ok(Some(external))
+    }
+
+    /// `host:port`, as the report names it.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 
     /// Its listener: native ext_authz to it, nothing of ours on the path.
@@ -416,7 +457,9 @@ mod tests {
             External::parse("opa.authz.svc:9191").unwrap(),
             External {
                 host: "opa.authz.svc".into(),
-                port: 9191
+                port: 9191,
+                bearer: None,
+                pid: 0,
             }
         );
         for (bad, why) in [

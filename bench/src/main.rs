@@ -68,22 +68,6 @@ pub struct Measured {
     pub server_cpu_us: f64,
 }
 
-/// `BENCH_EXTERNAL_EXT_AUTHZ_PID`: 0 when unset; a value that is not a running process is
-/// refused (a wrong pid would report a server's CPU as zero).
-fn external_pid() -> Result<u32, String> {
-    let Ok(value) = std::env::var("BENCH_EXTERNAL_EXT_AUTHZ_PID") else {
-        return Ok(0);
-    };
-    match value.trim().parse::<u32>() {
-        Ok(pid) if pid > 0 && std::path::Path::new(&format!("/proc/{pid}/stat")).exists() => {
-            Ok(pid)
-        }
-        _ => Err(format!(
-            "BENCH_EXTERNAL_EXT_AUTHZ_PID={value:?}: not the id of a running process"
-        )),
-    }
-}
-
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -101,25 +85,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let external_pid = match external_pid() {
-        Ok(pid) => pid,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let external_bearer = std::env::var("BENCH_EXTERNAL_EXT_AUTHZ_BEARER")
-        .ok()
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty());
-    if let Some(token) = &external_bearer {
-        if hyper::header::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
-            eprintln!(
-                "BENCH_EXTERNAL_EXT_AUTHZ_BEARER: not a valid header value (control characters?)"
-            );
-            return ExitCode::from(2);
-        }
-    }
+    let external_pid = external.as_ref().map_or(0, |e| e.pid);
     let run_seconds = env_u64("BENCH_SECONDS", 3);
     let repetitions = env_u64("BENCH_REPS", 3);
     let connections = env_u64("BENCH_CONNECTIONS", 16) as usize;
@@ -183,7 +149,12 @@ async fn main() -> ExitCode {
                 "/admin/users",
                 // The token the user's server accepts, or a dev IdP JWT (a server that
                 // verifies against the dev IdP's keys).
-                Some(external_bearer.clone().unwrap_or_else(|| jwt.clone())),
+                Some(
+                    external
+                        .as_ref()
+                        .and_then(|e| e.bearer.clone())
+                        .unwrap_or_else(|| jwt.clone()),
+                ),
             ),
             n if n.starts_with("filter_write") => ("/orders/1", Some(jwt.clone())),
             "filter_background" => ("/news/1", Some(jwt.clone())),
@@ -404,7 +375,7 @@ async fn main() -> ExitCode {
         fleet,
         sign_cost,
         batch_cost,
-        external: external.map(|e| (format!("{}:{}", e.host, e.port), external_pid)),
+        external,
         run_seconds,
         repetitions,
         connections,

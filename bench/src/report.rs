@@ -20,8 +20,8 @@ pub struct Report {
     pub fleet: crate::fleet::Fleet,
     pub sign_cost: Option<crate::sign_cost::SignCost>,
     pub batch_cost: crate::batch_cost::BatchCost,
-    /// The external ext_authz server measured beside ours (`host:port`, its pid or 0).
-    pub external: Option<(String, u32)>,
+    /// The external ext_authz server measured beside ours.
+    pub external: Option<crate::envoy_config::External>,
     pub run_seconds: u64,
     pub repetitions: u64,
     pub connections: usize,
@@ -150,7 +150,7 @@ impl Report {
     /// its pid (`BENCH_EXTERNAL_EXT_AUTHZ_PID`), so an unread one never looks free.
     fn server_cpu_read(&self, scenario: &str) -> bool {
         scenario != crate::envoy_config::EXTERNAL_LISTENER
-            || self.external.as_ref().is_some_and(|(_, pid)| *pid > 0)
+            || self.external.as_ref().is_some_and(|e| e.pid > 0)
     }
 
     /// (target, measured, holds)
@@ -526,9 +526,10 @@ impl Report {
             cpu
         );
         match &self.external {
-            Some((address, pid)) => {
-                let server_cpu = if *pid > 0 {
-                    format!("its CPU read from pid {pid}")
+            Some(external) => {
+                let address = external.address();
+                let server_cpu = if external.pid > 0 {
+                    format!("its CPU read from pid {}", external.pid)
                 } else {
                     "its CPU not measured (`BENCH_EXTERNAL_EXT_AUTHZ_PID` unset)".to_owned()
                 };

@@ -1,8 +1,9 @@
 //! Signs the same verification context many times with Ed25519 (the context signer) and with
 //! ES256 (p256, the alternative JOSE services verify as widely), and prints microseconds per
 //! signature as JSON, and what the RSA public-key operation of an `RS256` verification costs
-//! (2048-bit key: the part of the filter's cold path that is arithmetic). Built for wasm32-wasip1 and run under Node's WASI by `make bench`, so the
-//! numbers are V8's, the engine Envoy runs the filter in.
+//! (2048-bit key: the part of the filter's cold path that is arithmetic). Built for
+//! wasm32-wasip1 and run under Node's WASI by `make bench`, so the numbers are V8's, the engine
+//! Envoy runs the filter in.
 
 use authz_context::{Binding, Claims, ContextSigner};
 use p256::ecdsa::signature::Signer;
