@@ -162,17 +162,29 @@ fn an_idle_pushed_feed_costs_no_request_per_poll_interval() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let before = requests();
-    std::thread::sleep(Duration::from_millis(3_000));
+    // Over 3 s, the held requests sampled every 100 ms: the reader re-asks when its wait (1 s)
+    // ends, so a sample taken between two of its requests may see none; most must see it, and
+    // none more than the one reader.
+    let mut samples = Vec::new();
+    let idle = Instant::now();
+    while idle.elapsed() < Duration::from_millis(3_000) {
+        samples.push(server_metric(s.server.admin_port, "authz_feed_streams"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let during = requests() - before;
-    // Two workers and the main thread, 3 s: one held request each per second (its wait) is
-    // 9 (+ the ones in flight); polling every 250 ms would be 36.
-    assert!(during <= 14.0, "{during} feed requests in 3 s while idle");
-    let streams = server_metric(s.server.admin_port, "authz_feed_streams");
-    // Wasm: one per worker, and one from Envoy's main thread (it runs the plugin's root
-    // context too); a worker between two requests may be missing from the count.
+    // One reader, 3 s: one held request per second (its wait) is 3 (+ the one in flight);
+    // polling every 250 ms would be 12 per reader, and a reader per VM 3 times that.
+    assert!(during <= 8.0, "{during} feed requests in 3 s while idle");
     assert!(
-        (min_holds..=max_holds).contains(&streams),
-        "{streams} held requests"
+        samples.iter().all(|held| *held <= max_holds),
+        "more held requests than one reader's: {samples:?}"
+    );
+    let holding = samples.iter().filter(|held| **held >= min_holds).count();
+    assert!(
+        holding * 10 >= samples.len() * 8,
+        "the reader held no request in {} of {} samples: {samples:?}",
+        samples.len() - holding,
+        samples.len()
     );
 
     // The control: with the push off the same 3 s cost a request per worker per interval.
