@@ -9,10 +9,14 @@
 //! Both are LRU maps with a fixed entry cap, so a flood of unique tokens evicts old entries and
 //! never grows memory past the cap. Lifetimes never exceed the server's TTL, the tier's cap or
 //! the token's expiry. When the proxy has not heard from the server for too long, cached
-//! decisions of tiers above `authenticated` are not used ([`DecisionCache::lookup`]).
+//! decisions of tiers above `authenticated` are not used ([`DecisionCache::lookup`]). The
+//! incident switches (`crate::switches`) reach both caches at lookup: a tier's `cache_max`
+//! makes entries older than it misses (whenever they were stored), and `fail_closed` makes an
+//! `authenticated` entry untrusted too while the server is not heard from.
 //!
 //! What this module does not do: decide when to poll, or talk to anyone.
 
+use crate::switches::Known;
 use crate::tier::Tier;
 use crate::token_hash::TokenKeyer;
 use crate::verify::{VerifiedToken, VerifyFailure};
@@ -81,6 +85,8 @@ pub struct CachedDecision {
     pub token_digest: [u8; 32],
     /// `token_hash::revocation_digest` of the token (its signed part, for a JWS).
     pub revocation_digest: [u8; 32],
+    /// When it was stored (a `cache_max` switch measures its age from this).
+    pub stored_at_ms: u64,
     pub expires_at_ms: u64,
 }
 
@@ -166,22 +172,29 @@ impl DecisionCache {
         self.entries.is_empty()
     }
 
-    /// A usable entry for `key` at `now_ms`. Expired entries are dropped. When
-    /// `server_reachable` is false, entries of tiers above `authenticated` are not used.
+    /// A usable entry for `key` at `now_ms`. Expired entries, and entries older than their
+    /// tier's `cache_max` switch, are dropped. When `server_reachable` is false, entries of
+    /// tiers above `authenticated`, or of a tier switched to fail closed, are not used.
     pub fn lookup(
         &mut self,
         key: &DecisionKey,
         now_ms: u64,
         server_reachable: bool,
+        switches: &Known,
     ) -> (LookupResult, Option<CachedDecision>) {
         let Some(entry) = self.entries.get(key) else {
             return (LookupResult::Miss, None);
         };
-        if now_ms >= entry.expires_at_ms {
+        let too_old = switches
+            .cache_cap_ms(entry.tier, now_ms)
+            .is_some_and(|cap| now_ms.saturating_sub(entry.stored_at_ms) >= cap);
+        if now_ms >= entry.expires_at_ms || too_old {
             self.entries.pop(key);
             return (LookupResult::Miss, None);
         }
-        if !server_reachable && entry.tier > Tier::Authenticated {
+        if !server_reachable
+            && (entry.tier > Tier::Authenticated || switches.fails_closed(entry.tier, now_ms))
+        {
             return (LookupResult::Untrusted, None);
         }
         (LookupResult::Hit, Some(entry.clone()))
@@ -230,8 +243,17 @@ impl DecisionCache {
 #[derive(Debug, Clone)]
 struct TokenEntry {
     result: Result<Arc<VerifiedToken>, VerifyFailure>,
+    stored_at_ms: u64,
     expires_at_ms: u64,
     keys_version: u64,
+}
+
+impl TokenEntry {
+    fn usable(&self, now_ms: u64, keys_version: u64, max_age_ms: Option<u64>) -> bool {
+        now_ms < self.expires_at_ms
+            && self.keys_version == keys_version
+            && max_age_ms.is_none_or(|max| now_ms.saturating_sub(self.stored_at_ms) < max)
+    }
 }
 
 /// A token cache key: [`crate::token_hash::TokenKeyer::key`].
@@ -268,15 +290,17 @@ impl TokenCache {
         self.entries.is_empty()
     }
 
-    /// The cached result, if it is still valid at `now_ms` for key-set version `keys_version`.
+    /// The cached result, if it is still valid at `now_ms` for key-set version `keys_version`
+    /// and younger than `max_age_ms` (a `cache_max` switch on the request's tier).
     pub fn get(
         &mut self,
         key: &TokenKey,
         now_ms: u64,
         keys_version: u64,
+        max_age_ms: Option<u64>,
     ) -> Option<Result<Arc<VerifiedToken>, VerifyFailure>> {
         let entry = self.entries.get(key)?;
-        if now_ms >= entry.expires_at_ms || entry.keys_version != keys_version {
+        if !entry.usable(now_ms, keys_version, max_age_ms) {
             self.entries.pop(key);
             return None;
         }
@@ -285,10 +309,16 @@ impl TokenCache {
 
     /// Whether [`TokenCache::get`] would answer, without touching the entry's recency or
     /// dropping a stale one.
-    pub fn contains(&self, key: &TokenKey, now_ms: u64, keys_version: u64) -> bool {
+    pub fn contains(
+        &self,
+        key: &TokenKey,
+        now_ms: u64,
+        keys_version: u64,
+        max_age_ms: Option<u64>,
+    ) -> bool {
         self.entries
             .peek(key)
-            .is_some_and(|e| now_ms < e.expires_at_ms && e.keys_version == keys_version)
+            .is_some_and(|e| e.usable(now_ms, keys_version, max_age_ms))
     }
 
     /// Keeps a result. Key-dependent failures (keys missing, unknown `kid`) are not kept: the
@@ -328,6 +358,7 @@ impl TokenCache {
             key,
             TokenEntry {
                 result,
+                stored_at_ms: now_ms,
                 expires_at_ms,
                 keys_version,
             },
@@ -358,6 +389,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const NO_SWITCHES: Known = Known::Read(crate::switches::Switches::NONE);
+
     fn allow(tier: Tier, subject: &str, token: u8, expires_at_ms: u64) -> CachedDecision {
         CachedDecision {
             outcome: CachedOutcome::Allow {
@@ -368,6 +401,7 @@ mod tests {
             subject: Some(subject.into()),
             token_digest: [token; 32],
             revocation_digest: [token ^ 0xff; 32],
+            stored_at_ms: 0,
             expires_at_ms,
         }
     }
@@ -419,17 +453,74 @@ mod tests {
         let mut c = DecisionCache::new(10, TierCaps::default());
         let k: DecisionKey = 9;
         c.insert(k, allow(Tier::Privileged, "alice", 1, 1_000));
-        assert_eq!(c.lookup(&k, 500, true).0, LookupResult::Hit);
-        assert_eq!(c.lookup(&k, 500, false).0, LookupResult::Untrusted);
-        assert_eq!(c.lookup(&k, 1_000, true).0, LookupResult::Miss);
+        assert_eq!(c.lookup(&k, 500, true, &NO_SWITCHES).0, LookupResult::Hit);
+        assert_eq!(
+            c.lookup(&k, 500, false, &NO_SWITCHES).0,
+            LookupResult::Untrusted
+        );
+        assert_eq!(
+            c.lookup(&k, 1_000, true, &NO_SWITCHES).0,
+            LookupResult::Miss
+        );
         assert!(c.is_empty(), "expired entries are dropped");
         let a: DecisionKey = 8;
         c.insert(a, allow(Tier::Authenticated, "bob", 2, 1_000));
         assert_eq!(
-            c.lookup(&a, 10, false).0,
+            c.lookup(&a, 10, false, &NO_SWITCHES).0,
             LookupResult::Hit,
             "authenticated entries survive an unreachable server"
         );
+    }
+
+    #[test]
+    fn a_cache_max_switch_ages_entries_out_and_fail_closed_distrusts_authenticated_ones() {
+        let mut c = DecisionCache::new(10, TierCaps::default());
+        let mut on = crate::switches::Switches::default();
+        on.apply(
+            &crate::switches::Setting::CacheMax {
+                tier: Tier::Privileged,
+                max_ms: Some(100),
+                until_ms: Some(5_000),
+            },
+            0,
+        );
+        on.apply(
+            &crate::switches::Setting::FailClosed {
+                tier: Tier::Authenticated,
+                on: true,
+                until_ms: None,
+            },
+            0,
+        );
+        let on = Known::Read(on);
+        c.insert(1, allow(Tier::Privileged, "a", 1, 9_000));
+        assert_eq!(c.lookup(&1, 99, true, &on).0, LookupResult::Hit);
+        assert_eq!(c.lookup(&1, 100, true, &on).0, LookupResult::Miss);
+        assert!(c.is_empty(), "aged out and dropped");
+        // Past the switch's expiry the tier's own cap rules again.
+        c.insert(1, allow(Tier::Privileged, "a", 1, 9_000));
+        assert_eq!(c.lookup(&1, 5_000, true, &on).0, LookupResult::Hit);
+        c.insert(2, allow(Tier::Authenticated, "b", 2, 9_000));
+        assert_eq!(c.lookup(&2, 10, true, &on).0, LookupResult::Hit);
+        assert_eq!(c.lookup(&2, 10, false, &on).0, LookupResult::Untrusted);
+        assert_eq!(c.lookup(&2, 10, false, &NO_SWITCHES).0, LookupResult::Hit);
+        // Knowing no switches, an unreachable server's authenticated entries are not used.
+        assert_eq!(
+            c.lookup(&2, 10, false, &Known::Unknown).0,
+            LookupResult::Untrusted
+        );
+    }
+
+    #[test]
+    fn a_token_cache_entry_older_than_the_cap_is_a_miss() {
+        let mut c = TokenCache::new(4, 60_000, 1_000);
+        let verified = Err(VerifyFailure::Expired);
+        c.put(7, verified, 1_000, 1, 0);
+        assert!(c.contains(&7, 1_400, 1, Some(500)));
+        assert!(!c.contains(&7, 1_500, 1, Some(500)));
+        assert!(c.get(&7, 1_400, 1, Some(500)).is_some());
+        assert!(c.get(&7, 1_500, 1, Some(500)).is_none());
+        assert!(c.is_empty());
     }
 
     #[test]
@@ -461,14 +552,14 @@ mod tests {
     fn verified_tokens_live_until_exp_plus_skew_or_the_cap_and_only_for_their_key_set() {
         let mut c = TokenCache::new(10, 60_000, 2_000);
         c.put(1, Ok(Arc::new(verified(100, "a"))), 90_000, 7, 1_000);
-        assert!(c.get(&1, 100_999, 7).is_some(), "until exp + skew");
-        assert!(c.get(&1, 101_000, 7).is_none(), "not at exp + skew");
+        assert!(c.get(&1, 100_999, 7, None).is_some(), "until exp + skew");
+        assert!(c.get(&1, 101_000, 7, None).is_none(), "not at exp + skew");
         c.put(2, Ok(Arc::new(verified(10_000, "b"))), 0, 7, 0);
-        assert!(c.get(&2, 59_999, 7).is_some());
-        assert!(c.get(&2, 60_000, 7).is_none(), "capped by max_ms");
+        assert!(c.get(&2, 59_999, 7, None).is_some());
+        assert!(c.get(&2, 60_000, 7, None).is_none(), "capped by max_ms");
         c.put(3, Ok(Arc::new(verified(10_000, "c"))), 0, 7, 0);
         assert!(
-            c.get(&3, 1, 8).is_none(),
+            c.get(&3, 1, 8, None).is_none(),
             "a new key set drops old verifications"
         );
     }
@@ -478,10 +569,10 @@ mod tests {
         let mut c = TokenCache::new(10, 60_000, 2_000);
         c.put(1, Err(VerifyFailure::BadSignature { provider: 0 }), 0, 1, 0);
         assert!(matches!(
-            c.get(&1, 1_999, 1),
+            c.get(&1, 1_999, 1, None),
             Some(Err(VerifyFailure::BadSignature { provider: 0 }))
         ));
-        assert!(c.get(&1, 2_000, 1).is_none());
+        assert!(c.get(&1, 2_000, 1, None).is_none());
         c.put(
             2,
             Err(VerifyFailure::UnknownKey {
@@ -493,13 +584,13 @@ mod tests {
             0,
         );
         assert!(
-            c.get(&2, 1, 1).is_none(),
+            c.get(&2, 1, 1, None).is_none(),
             "an unknown kid must be able to trigger a fetch"
         );
         c.put(3, Err(VerifyFailure::Expired), 0, 1, 0);
         c.put(4, Ok(Arc::new(verified(10_000, "d"))), 0, 1, 0);
         c.drop_failures();
-        assert!(c.get(&3, 1, 1).is_none() && c.get(&4, 1, 1).is_some());
+        assert!(c.get(&3, 1, 1, None).is_none() && c.get(&4, 1, 1, None).is_some());
     }
 
     proptest! {
@@ -523,7 +614,7 @@ mod tests {
         fn never_served_after_expiry(expiry in 0u64..10_000, at in 0u64..20_000) {
             let mut c = DecisionCache::new(4, TierCaps::default());
             c.insert(1, allow(Tier::Authenticated, "a", 1, expiry));
-            let (result, entry) = c.lookup(&1, at, true);
+            let (result, entry) = c.lookup(&1, at, true, &NO_SWITCHES);
             prop_assert_eq!(result == LookupResult::Hit, at < expiry);
             prop_assert_eq!(entry.is_some(), at < expiry);
         }

@@ -62,6 +62,8 @@ pub struct Changes {
     /// restarted (or another server without shared state answered), so versions learned
     /// before say nothing about this one.
     pub incarnation: Option<String>,
+    /// The incident switches in force when the answer was built (`crate::switches`).
+    pub switches: crate::feed::FeedSwitches,
 }
 
 /// Checks a token or `jti` row; `key` reads its key.
@@ -143,6 +145,7 @@ impl Changes {
             confirmed: answer.confirmed,
             more: answer.more,
             incarnation: answer.incarnation.clone(),
+            switches: answer.switches.clone(),
         })
     }
 

@@ -19,8 +19,11 @@
 //! an older server does not send read as absent, so either side can be upgraded first.
 //! `context_keys` is only present when the server signs contexts; the server keeps one answer
 //! per cursor for every poller and puts the keys of the moment in front of it
-//! ([`FeedAnswer::keys_prefix`]).
+//! ([`FeedAnswer::keys_prefix`]). `switches` is the incident switches in force
+//! (`crate::switches`), on every answer of a server that has them: the state of the moment,
+//! not a change (a reader takes it whole from every answer it applies).
 
+use crate::switches::Switches;
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +106,47 @@ impl<'de> Deserialize<'de> for ContextKeys {
     }
 }
 
+/// An answer's `switches`: absent (a server older than switches), the switches in force, or a
+/// member the reader could not read (kept apart so that it never costs the answer's
+/// revocations; the reader then knows no switches: `crate::switches::Known::Unknown`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FeedSwitches {
+    #[default]
+    Absent,
+    Read(Switches),
+    Malformed(String),
+}
+
+impl FeedSwitches {
+    fn is_absent(&self) -> bool {
+        matches!(self, FeedSwitches::Absent)
+    }
+}
+
+impl Serialize for FeedSwitches {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FeedSwitches::Read(switches) => switches.serialize(serializer),
+            FeedSwitches::Absent | FeedSwitches::Malformed(_) => serializer.serialize_none(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FeedSwitches {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<FeedSwitches, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if !value.is_object() {
+            return Ok(FeedSwitches::Malformed(
+                "switches: not an object".to_owned(),
+            ));
+        }
+        Ok(match serde_json::from_value::<Switches>(value) {
+            Ok(switches) => FeedSwitches::Read(switches),
+            Err(e) => FeedSwitches::Malformed(format!("switches: {e}")),
+        })
+    }
+}
+
 /// One change-feed answer: what changed after the asked cursor (a page of it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedAnswer {
@@ -137,6 +181,9 @@ pub struct FeedAnswer {
     /// nothing about this one.
     #[serde(default)]
     pub incarnation: Option<String>,
+    /// The incident switches in force when the answer was built.
+    #[serde(default, skip_serializing_if = "FeedSwitches::is_absent")]
+    pub switches: FeedSwitches,
 }
 
 impl FeedAnswer {
@@ -195,6 +242,7 @@ mod tests {
             more: false,
             confirmed: true,
             incarnation: Some("ab12".into()),
+            switches: FeedSwitches::Read(Switches::default()),
         }
     }
 
@@ -234,6 +282,31 @@ mod tests {
         let read = FeedAnswer::from_slice(body).unwrap();
         assert!(matches!(read.context_keys, ContextKeys::Malformed(_)));
         assert_eq!(read.jtis.len(), 1);
+    }
+
+    #[test]
+    fn switches_are_read_and_a_malformed_set_is_kept_apart_from_the_revocations() {
+        let body = br#"{"format":2,"version":1,"policy_version":0,"switches":{"fail_closed":{"privileged":{"until_ms":null}}}}"#;
+        let read = FeedAnswer::from_slice(body).unwrap();
+        let FeedSwitches::Read(switches) = read.switches else {
+            panic!("{:?}", read.switches)
+        };
+        assert!(switches.fails_closed(crate::Tier::Privileged, 0));
+        for bad in [
+            r#"{"fail_closed":{"platinum":{}}}"#,
+            r#"{"cache_max_ms":{"privileged":{"until_ms":1}}}"#,
+            r#"[]"#,
+        ] {
+            let body = format!(
+                r#"{{"format":2,"version":1,"policy_version":0,"switches":{bad},"jtis":[["j",null,1]]}}"#
+            );
+            let read = FeedAnswer::from_slice(body.as_bytes()).unwrap();
+            assert!(matches!(read.switches, FeedSwitches::Malformed(_)), "{bad}");
+            assert_eq!(read.jtis.len(), 1);
+        }
+        let old =
+            FeedAnswer::from_slice(br#"{"format":2,"version":1,"policy_version":0}"#).unwrap();
+        assert_eq!(old.switches, FeedSwitches::Absent);
     }
 
     #[test]

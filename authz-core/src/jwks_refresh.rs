@@ -10,6 +10,12 @@
 //! not keep the new key out for a whole interval. Failed refreshes keep the last good keys
 //! (the filter simply does not replace them); the status only records the failure.
 //!
+//! An operator's refetch (the `jwks_refetch` incident switch, `crate::switches`) is a demand
+//! written into the record ([`FetchStatus::demand_refetch`]: the switch's time, the server's
+//! clock): a fetch is due at once (with the failure backoff) until one leased after the
+//! demand was known has succeeded ([`FetchStatus::refetch_pending`]). Only times from the
+//! switch are compared with each other, never with a local clock.
+//!
 //! Pure: the clock is the `now_ms` parameter; the record is (de)serialised here, stored by the
 //! caller.
 
@@ -68,6 +74,15 @@ pub struct FetchStatus {
     pub keys_version: u64,
     /// Bumped each time a fetch ends (success or failure), so waiters know a fetch concluded.
     pub completed_fetches: u64,
+    /// The latest refetch an operator asked for (its switch's time; 0: none).
+    #[serde(default)]
+    pub refetch_wanted_at_ms: u64,
+    /// The demand known when the fetch in flight (or the last one) was leased.
+    #[serde(default)]
+    pub lease_refetch_at_ms: u64,
+    /// The latest demand a successful fetch has met.
+    #[serde(default)]
+    pub refetched_at_ms: u64,
 }
 
 /// Why a fetch is due.
@@ -77,6 +92,8 @@ pub enum FetchReason {
     Retry,
     Refresh,
     UnknownKid,
+    /// An operator asked for it (the `jwks_refetch` switch).
+    Demanded,
 }
 
 impl FetchReason {
@@ -86,6 +103,7 @@ impl FetchReason {
             FetchReason::Retry => "retry",
             FetchReason::Refresh => "refresh",
             FetchReason::UnknownKid => "unknown_kid",
+            FetchReason::Demanded => "demanded",
         }
     }
 }
@@ -116,10 +134,25 @@ impl FetchStatus {
         }
     }
 
+    /// The record after an operator asked for a refetch at `at_ms` (the switch's time).
+    pub fn demand_refetch(&self, at_ms: u64) -> FetchStatus {
+        FetchStatus {
+            refetch_wanted_at_ms: self.refetch_wanted_at_ms.max(at_ms),
+            ..*self
+        }
+    }
+
+    /// Whether a refetch an operator asked for has not been met yet: the keys held are from
+    /// before it.
+    pub fn refetch_pending(&self) -> bool {
+        self.refetch_wanted_at_ms > self.refetched_at_ms
+    }
+
     /// The record after winning the lease for a fetch of this `reason`.
     pub fn leased(&self, rules: &RefreshRules, now_ms: u64, reason: FetchReason) -> FetchStatus {
         let mut next = FetchStatus {
             lease_until_ms: now_ms + rules.lease_ms,
+            lease_refetch_at_ms: self.refetch_wanted_at_ms,
             ..*self
         };
         if reason == FetchReason::UnknownKid {
@@ -153,6 +186,7 @@ impl FetchStatus {
             consecutive_failures: 0,
             keys_version: self.keys_version + 1,
             completed_fetches: self.completed_fetches + 1,
+            refetched_at_ms: self.refetched_at_ms.max(self.lease_refetch_at_ms),
             ..*self
         }
     }
@@ -187,6 +221,9 @@ pub fn next_fetch(
     let Some(last_success) = status.last_success_ms else {
         return backoff_over.then_some(FetchReason::Retry);
     };
+    if status.refetch_pending() && backoff_over {
+        return Some(FetchReason::Demanded);
+    }
     if now_ms.saturating_sub(last_success) >= rules.refresh_interval_ms && backoff_over {
         return Some(if status.consecutive_failures > 0 {
             FetchReason::Retry
@@ -363,6 +400,44 @@ mod tests {
             next_fetch(&RULES, &s, RULES.refresh_interval_ms, None),
             Some(FetchReason::Refresh)
         );
+    }
+
+    #[test]
+    fn a_demanded_refetch_is_due_until_a_fetch_leased_after_it_succeeds() {
+        let s = FetchStatus::default()
+            .leased(&RULES, 0, FetchReason::Initial)
+            .succeeded(10);
+        assert!(!s.refetch_pending());
+        assert_eq!(next_fetch(&RULES, &s, 20, None), None);
+        // Asked for while a fetch is in flight: that fetch does not meet it.
+        let flying = s.leased(&RULES, 20, FetchReason::UnknownKid);
+        let flying = flying.demand_refetch(5_000);
+        assert_eq!(next_fetch(&RULES, &flying, 21, None), None, "in flight");
+        let s = flying.succeeded(30);
+        assert!(s.refetch_pending());
+        assert_eq!(
+            next_fetch(&RULES, &s, 31, None),
+            Some(FetchReason::Demanded)
+        );
+        // A failure backs off, and the demand stays.
+        let s = s.leased(&RULES, 31, FetchReason::Demanded).failed();
+        assert!(s.refetch_pending());
+        assert_eq!(next_fetch(&RULES, &s, 100, None), None);
+        assert_eq!(
+            next_fetch(&RULES, &s, 31 + FIRST_BACKOFF_MS, None),
+            Some(FetchReason::Demanded)
+        );
+        let s = s
+            .leased(&RULES, 31 + FIRST_BACKOFF_MS, FetchReason::Demanded)
+            .succeeded(600);
+        assert!(!s.refetch_pending());
+        assert_eq!(next_fetch(&RULES, &s, 700, None), None);
+        // An older demand read late changes nothing; a newer one is due again.
+        assert!(!s.demand_refetch(4_000).refetch_pending());
+        assert!(s.demand_refetch(5_001).refetch_pending());
+        // Records written before demands existed read as none.
+        let old = FetchStatus::decode(Some(br#"{"lease_until_ms":0,"last_attempt_ms":1,"last_success_ms":1,"consecutive_failures":0,"keys_version":1,"completed_fetches":1}"#));
+        assert!(!old.refetch_pending());
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod revocations;
 pub mod routes;
 pub mod rsa_verify;
 pub mod status_list;
+pub mod switches;
 pub mod target;
 pub mod tier;
 pub mod token_hash;

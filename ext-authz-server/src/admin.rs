@@ -6,6 +6,8 @@
 //! | `POST /admin/revoke` | `{"token": "…"}`, `{"token_hash": "<sha256 hex>"}` or `{"jti": "…"}` | that token is refused from now on (a JWS `token`: in every encoding of its signed content; a `token_hash`: those exact bytes) |
 //! | `POST /admin/revoke-subject` | `{"sub": "…"}` or `{"client_id": "…"}` | every token of the user (or of the client, and every user token issued to that client) issued so far is refused; bumps its epoch |
 //! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
+//! | `GET /admin/switches` | | the incident switches in force, and each one's last change (who, when) |
+//! | `POST /admin/switches` | `{"switch": …, "by": …}` and per switch `tier`, `on`, `max_ms`, `for_seconds` (see [`switch_setting`]) | changes one incident switch (`authz_core::switches`); every filter applies it from its next feed answer |
 //! | `GET /context/jwks.json` | | the public keys of signed verification contexts (no credential; 404 without `context`) |
 //! | `GET /admin/epochs?since=N` | `wait_ms`, `incarnation` | the change feed (format 2): policy version and what changed after change-version N, in pages, and whether this state is confirmed current (also readable with `epochs_token`); held until a change with `wait_ms`; answers to cursors far behind the state not woken by a change paced per credential (see `feed_pacing`) |
 //! | `POST /authorize/batch` | `batch_token` (not the admin token) | batch authorization for list endpoints: a token or signed context, an action and resources in, a decision per resource out (served beside these by the batch API's own router, merged into this port's app by the composition root) |
@@ -19,7 +21,9 @@ use crate::changes::ChangeSink;
 use crate::check::CheckService;
 use crate::feed::{Feed, FeedQuery};
 use crate::shared;
-use crate::versions::{parse_token_hash, Change};
+use crate::versions::{parse_token_hash, Change, SwitchChange};
+use authz_core::switches::Setting;
+use authz_core::Tier;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -102,6 +106,7 @@ fn unauthorized() -> Response {
 async fn metrics(State(admin): State<Admin>) -> Response {
     let service = &admin.service;
     admin.feed.watchers.report(&service.metrics);
+    report_switches(&admin);
     service.metrics.set_gauge(
         "authz_policy_version",
         &[],
@@ -255,6 +260,215 @@ async fn revoke_subject(State(admin): State<Admin>, Json(body): Json<SubjectBody
         .into_response()
 }
 
+/// `POST /admin/switches`: one switch change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchBody {
+    switch: String,
+    tier: Option<String>,
+    on: Option<bool>,
+    max_ms: Option<u64>,
+    for_seconds: Option<u64>,
+    by: Option<String>,
+}
+
+/// The longest a switch may be set for (`for_seconds`).
+const MAX_SWITCH_SECONDS: u64 = 7 * 24 * 3600;
+/// The longest cache cap a switch may set (`max_ms`): a cap longer than a day is no emergency.
+const MAX_SWITCH_CAP_MS: u64 = 24 * 3600 * 1000;
+/// The longest `by`.
+const MAX_BY_CHARS: usize = 64;
+
+/// The setting a switch body asks for at `now_ms`, or every problem with it.
+fn switch_setting(body: &SwitchBody, now_ms: u64) -> Result<Setting, Vec<String>> {
+    let mut problems = Vec::new();
+    match body.by.as_deref() {
+        Some(by)
+            if !by.is_empty()
+                && by.len() <= MAX_BY_CHARS
+                && by
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c)) => {}
+        _ => problems.push(format!(
+            "by: who asks, 1 to {MAX_BY_CHARS} characters of A-Z a-z 0-9 . _ @ + -"
+        )),
+    }
+    let per_tier = matches!(body.switch.as_str(), "cache_max" | "fail_closed");
+    let tier = match (&body.tier, per_tier) {
+        (Some(name), true) => match name.parse::<Tier>() {
+            Ok(Tier::Public) | Err(_) => {
+                problems.push(format!(
+                    "tier: \"{name}\" is not one of authenticated, standard_write, privileged, regulated"
+                ));
+                None
+            }
+            Ok(tier) => Some(tier),
+        },
+        (None, true) => {
+            problems.push("tier: required for this switch".to_owned());
+            None
+        }
+        (Some(_), false) => {
+            problems.push("tier: only cache_max and fail_closed are per tier".to_owned());
+            None
+        }
+        (None, false) => None,
+    };
+    let on = match (body.switch.as_str(), body.on, body.max_ms) {
+        ("cache_max", on, _) => on.unwrap_or(true),
+        ("fail_closed" | "async_verification_off", Some(on), _) => on,
+        ("fail_closed" | "async_verification_off", None, _) => {
+            problems.push("on: required (true or false)".to_owned());
+            false
+        }
+        (_, _, _) => true,
+    };
+    let one_shot = matches!(body.switch.as_str(), "flush" | "jwks_refetch");
+    if one_shot && body.on.is_some() {
+        problems.push("on: a one-shot switch has no on or off".to_owned());
+    }
+    match (body.switch.as_str(), on, body.max_ms) {
+        ("cache_max", true, None) => {
+            problems.push("max_ms: required to cap (on: false lifts the cap)".to_owned())
+        }
+        ("cache_max", true, Some(ms)) if ms > MAX_SWITCH_CAP_MS => {
+            problems.push(format!("max_ms: at most {MAX_SWITCH_CAP_MS}"))
+        }
+        ("cache_max", false, Some(_)) => {
+            problems.push("max_ms: not with on: false (that lifts the cap)".to_owned())
+        }
+        ("cache_max", _, _) | (_, _, None) => {}
+        (_, _, Some(_)) => problems.push("max_ms: only for cache_max".to_owned()),
+    }
+    let until_ms = match body.for_seconds {
+        Some(seconds) if one_shot || !on => {
+            problems.push(format!(
+                "for_seconds: only when turning a switch on (got {seconds})"
+            ));
+            None
+        }
+        Some(seconds) if !(1..=MAX_SWITCH_SECONDS).contains(&seconds) => {
+            problems.push(format!("for_seconds: 1 to {MAX_SWITCH_SECONDS}"));
+            None
+        }
+        Some(seconds) => Some(now_ms.saturating_add(seconds * 1000)),
+        None => None,
+    };
+    let setting = match (body.switch.as_str(), tier) {
+        ("flush", _) => Some(Setting::Flush),
+        ("jwks_refetch", _) => Some(Setting::JwksRefetch),
+        ("cache_max", Some(tier)) => Some(Setting::CacheMax {
+            tier,
+            max_ms: body.max_ms.filter(|_| on),
+            until_ms,
+        }),
+        ("fail_closed", Some(tier)) => Some(Setting::FailClosed { tier, on, until_ms }),
+        ("async_verification_off", _) => Some(Setting::AsyncVerificationOff { on, until_ms }),
+        ("cache_max" | "fail_closed", None) => None,
+        (other, _) => {
+            problems.push(format!(
+                "switch: \"{other}\" is not one of flush, jwks_refetch, cache_max, fail_closed, async_verification_off"
+            ));
+            None
+        }
+    };
+    match setting {
+        Some(setting) if problems.is_empty() => Ok(setting),
+        _ => Err(problems),
+    }
+}
+
+async fn set_switch(State(admin): State<Admin>, body: Bytes) -> Response {
+    let body: SwitchBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("switch body: {e}")})),
+            )
+                .into_response()
+        }
+    };
+    let now_ms = admin.service.clock.now_ms();
+    let setting = match switch_setting(&body, now_ms) {
+        Ok(setting) => setting,
+        Err(problems) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "switch refused", "problems": problems})),
+            )
+                .into_response()
+        }
+    };
+    let change = SwitchChange {
+        setting,
+        at_ms: now_ms,
+        by: body.by.unwrap_or_default(),
+    };
+    let name = change.setting.name();
+    let (applied, delivery) = admin.record(Change::Switch(change)).await;
+    Json(json!({
+        "switch": name,
+        "version": applied.stamp,
+        "shared": delivery.as_str(),
+        "switches": admin.service.versions.switches(),
+    }))
+    .into_response()
+}
+
+/// `GET /admin/switches`: what is in force, what is on now, and each switch's last change.
+async fn get_switches(State(admin): State<Admin>) -> Response {
+    let versions = &admin.service.versions;
+    let now_ms = admin.service.clock.now_ms();
+    let switches = versions.switches();
+    let active: Vec<_> = switches
+        .active(now_ms)
+        .into_iter()
+        .map(|a| json!({"switch": a.switch, "tier": a.tier, "until_ms": a.until_ms}))
+        .collect();
+    let changes: Vec<_> = versions
+        .switch_changes()
+        .into_iter()
+        .map(|slot| json!({"change": slot.change, "seq": slot.seq}))
+        .collect();
+    Json(json!({
+        "now_ms": now_ms,
+        "switches": switches,
+        "active": active,
+        "changes": changes,
+    }))
+    .into_response()
+}
+
+/// Every switch that can be on, as `authz_switch_active` names it: 1 while on, else 0.
+fn report_switches(admin: &Admin) {
+    let service = &admin.service;
+    let switches = service.versions.switches();
+    let now_ms = service.clock.now_ms();
+    for tier in Tier::ALL.into_iter().filter(|t| *t != Tier::Public) {
+        let on = |yes: bool| if yes { 1.0 } else { 0.0 };
+        service.metrics.set_gauge(
+            "authz_switch_active",
+            &[("switch", "cache_max"), ("tier", tier.as_str())],
+            on(switches.cache_cap_ms(tier, now_ms).is_some()),
+        );
+        service.metrics.set_gauge(
+            "authz_switch_active",
+            &[("switch", "fail_closed"), ("tier", tier.as_str())],
+            on(switches.fails_closed(tier, now_ms)),
+        );
+    }
+    service.metrics.set_gauge(
+        "authz_switch_active",
+        &[("switch", "async_verification_off")],
+        if switches.async_verification_off(now_ms) {
+            1.0
+        } else {
+            0.0
+        },
+    );
+}
+
 async fn bump_policy(State(admin): State<Admin>) -> Response {
     let (applied, delivery) = admin.record(Change::BumpPolicy { version: None }).await;
     tracing::info!(
@@ -318,6 +532,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/admin/revoke", post(revoke))
         .route("/admin/revoke-subject", post(revoke_subject))
         .route("/admin/policy-version", post(bump_policy))
+        .route("/admin/switches", get(get_switches).post(set_switch))
         .route(FEED_PATH, get(epochs))
         .route_layer(axum::middleware::from_fn_with_state(
             admin.clone(),
@@ -330,4 +545,136 @@ pub fn router(admin: Admin) -> Router {
         .route("/context/jwks.json", get(context_jwks))
         .merge(protected)
         .with_state(admin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: serde_json::Value) -> SwitchBody {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn each_switch_is_read_with_its_expiry() {
+        let now = 1_000_000;
+        let setting = |j| switch_setting(&body(j), now);
+        assert_eq!(
+            setting(
+                json!({"switch": "fail_closed", "tier": "privileged", "on": true, "for_seconds": 60, "by": "oncall"})
+            ),
+            Ok(Setting::FailClosed {
+                tier: Tier::Privileged,
+                on: true,
+                until_ms: Some(now + 60_000)
+            })
+        );
+        assert_eq!(
+            setting(
+                json!({"switch": "cache_max", "tier": "authenticated", "max_ms": 0, "by": "a@b.c"})
+            ),
+            Ok(Setting::CacheMax {
+                tier: Tier::Authenticated,
+                max_ms: Some(0),
+                until_ms: None
+            })
+        );
+        assert_eq!(
+            setting(
+                json!({"switch": "cache_max", "tier": "authenticated", "on": false, "by": "x"})
+            ),
+            Ok(Setting::CacheMax {
+                tier: Tier::Authenticated,
+                max_ms: None,
+                until_ms: None
+            })
+        );
+        assert_eq!(
+            setting(json!({"switch": "async_verification_off", "on": true, "by": "x"})),
+            Ok(Setting::AsyncVerificationOff {
+                on: true,
+                until_ms: None
+            })
+        );
+        assert_eq!(
+            setting(json!({"switch": "flush", "by": "x"})),
+            Ok(Setting::Flush)
+        );
+        assert_eq!(
+            setting(json!({"switch": "jwks_refetch", "by": "x"})),
+            Ok(Setting::JwksRefetch)
+        );
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let problems = |j| switch_setting(&body(j), 0).unwrap_err();
+        let all = problems(
+            json!({"switch": "cache_max", "tier": "public", "max_ms": 1, "for_seconds": 0}),
+        );
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(
+            all[0].starts_with("by:")
+                && all[1].starts_with("tier:")
+                && all[2].starts_with("for_seconds:"),
+            "{all:?}"
+        );
+        for (j, starts) in [
+            (
+                json!({"switch": "fail_closed", "tier": "privileged", "by": "x"}),
+                "on:",
+            ),
+            (
+                json!({"switch": "fail_closed", "on": true, "by": "x"}),
+                "tier:",
+            ),
+            (
+                json!({"switch": "flush", "tier": "privileged", "by": "x"}),
+                "tier:",
+            ),
+            (json!({"switch": "flush", "on": true, "by": "x"}), "on:"),
+            (
+                json!({"switch": "flush", "for_seconds": 5, "by": "x"}),
+                "for_seconds:",
+            ),
+            (
+                json!({"switch": "cache_max", "tier": "regulated", "by": "x"}),
+                "max_ms:",
+            ),
+            (
+                json!({"switch": "cache_max", "tier": "regulated", "max_ms": 86_400_001, "by": "x"}),
+                "max_ms:",
+            ),
+            (
+                json!({"switch": "cache_max", "tier": "regulated", "on": false, "max_ms": 5, "by": "x"}),
+                "max_ms:",
+            ),
+            (
+                json!({"switch": "fail_closed", "tier": "regulated", "on": false, "for_seconds": 5, "by": "x"}),
+                "for_seconds:",
+            ),
+            (
+                json!({"switch": "fail_closed", "tier": "regulated", "on": true, "max_ms": 5, "by": "x"}),
+                "max_ms:",
+            ),
+            (
+                json!({"switch": "async_verification_off", "on": true, "for_seconds": 604_801, "by": "x"}),
+                "for_seconds:",
+            ),
+            (json!({"switch": "drop_tables", "by": "x"}), "switch:"),
+            (json!({"switch": "flush", "by": "x y"}), "by:"),
+            (json!({"switch": "flush", "by": "a".repeat(65)}), "by:"),
+            (json!({"switch": "flush", "by": ""}), "by:"),
+        ] {
+            let found = problems(j.clone());
+            assert!(
+                found.iter().any(|p| p.starts_with(starts)),
+                "{j}: {found:?}"
+            );
+        }
+        assert!(serde_json::from_value::<SwitchBody>(
+            json!({"switch": "flush", "by": "x", "colour": 1})
+        )
+        .is_err());
+    }
 }

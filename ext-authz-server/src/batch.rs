@@ -299,7 +299,7 @@ impl CheckService {
         let made_tier = claims.tier.parse::<Tier>().map_err(|_| refused.clone())?;
         let age_ms = now.saturating_sub(claims.iat).saturating_mul(1000);
         if claims.pv != self.versions.policy_version()
-            || age_ms > self.config.tier_rules(made_tier).max_staleness_ms
+            || age_ms > self.rules_for(made_tier).max_staleness_ms
         {
             tracing::info!(
                 policy_version = claims.pv,

@@ -253,6 +253,27 @@ fn is_failed_token(reason: &DenyReason) -> bool {
 }
 
 impl CheckService {
+    /// The rules of `tier` now: the configured ones, under the incident switches
+    /// (`authz_core::switches`). `cache_max` bounds every use of a cached result (its
+    /// freshness, and its stale-if-error window with it); `fail_closed` removes the
+    /// stale-if-error window.
+    pub(crate) fn rules_for(&self, tier: Tier) -> TierRules {
+        let mut rules = self.config.tier_rules(tier);
+        let (cap, fails_closed) = self.versions.tier_switches(tier, self.clock.now_ms());
+        if let Some(cap) = cap {
+            let window = rules
+                .max_staleness_ms
+                .saturating_add(rules.stale_if_error_ms)
+                .min(cap);
+            rules.max_staleness_ms = rules.max_staleness_ms.min(cap);
+            rules.stale_if_error_ms = window.saturating_sub(rules.max_staleness_ms);
+        }
+        if fails_closed {
+            rules.stale_if_error_ms = 0;
+        }
+        rules
+    }
+
     /// Decides a request, within the configured deadline, and answers it. `caller_locality`
     /// is the calling proxy's `region/zone` from the call's metadata, if it sent one (the
     /// request's `context_extensions["client_locality"]` wins).
@@ -355,7 +376,7 @@ impl CheckService {
         policy_started: Instant,
         trace: &mut Trace,
     ) -> Result<Arc<Cached>, DenyReason> {
-        let mut rules = self.config.tier_rules(id.tier);
+        let mut rules = self.rules_for(id.tier);
         if id.background {
             // The request was answered from the JWT already: this asks whether the IdP still
             // stands by the token, so an answer cached for the tier's whole staleness will not do.

@@ -157,6 +157,11 @@ pub struct ServerConfigFile {
     /// bearer secret of the batch API (the services behind the proxy that ask it hold it; it
     /// grants nothing else).
     pub batch_token: Option<String>,
+    /// A file where the incident switches (`/admin/switches`) are kept, so a restarted server
+    /// starts with them in force; written after every switch change, read at start. Without
+    /// it and without `redis`, switches do not survive a restart (logged at start). With
+    /// `redis`, Redis's state wins once read.
+    pub switches_file: Option<String>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -629,6 +634,8 @@ pub struct ServerConfig {
     pub status_lists: Option<authz_core::status_list::StatusListsSettings>,
     /// The batch API: its rules and its secret, when configured.
     pub batch: Option<BatchSettings>,
+    /// Where the incident switches are kept across restarts.
+    pub switches_file: Option<std::path::PathBuf>,
 }
 
 /// `resources` and `batch_token`, validated.
@@ -1635,6 +1642,7 @@ impl ServerConfig {
             redis,
             status_lists,
             batch,
+            switches_file: f.switches_file.as_ref().map(std::path::PathBuf::from),
         })
     }
 

@@ -357,8 +357,38 @@ impl Idp {
         KeySet::from_jwks_json(&body).map_err(|e| e.to_string())
     }
 
+    /// An operator asked for the keys to be fetched again (`jwks_refetch` switch, at `at_ms`
+    /// on the server's clock): until a fetch started after this succeeds, no token is verified
+    /// with the keys held (checks that need them wait for that fetch, or fail), and every
+    /// verification made so far is forgotten.
+    pub fn demand_refetch(&self, at_ms: u64) {
+        let mut status = lock(&self.keys_status);
+        *status = status.demand_refetch(at_ms);
+        if status.refetch_pending() {
+            tracing::warn!(
+                refetch_at_ms = at_ms,
+                "jwks_refetch_demanded: the keys held are not used until a new fetch succeeds"
+            );
+        }
+        drop(status);
+        self.verified.invalidate_all();
+    }
+
+    /// Forgets every cached verification (a flush).
+    pub fn forget_verifications(&self) {
+        self.verified.invalidate_all();
+    }
+
+    /// The keys to verify with: none while a demanded refetch is pending.
+    fn usable_keys(&self) -> Option<Arc<KeySet>> {
+        if lock(&self.keys_status).refetch_pending() {
+            return None;
+        }
+        read(&self.keys).clone()
+    }
+
     fn verify_now(&self, token: &str) -> Result<VerifiedToken, VerifyFailure> {
-        let keys = read(&self.keys);
+        let keys = self.usable_keys();
         verify(
             token,
             std::slice::from_ref(&self.provider),
@@ -377,7 +407,7 @@ impl Idp {
         jws: &str,
         max_bytes: usize,
     ) -> Result<(serde_json::Value, Vec<u8>), VerifyFailure> {
-        let attempt = || match read(&self.keys).as_deref() {
+        let attempt = || match self.usable_keys().as_deref() {
             Some(set) => authz_core::verify::verify_signed_by(jws, set, max_bytes),
             None => Err(VerifyFailure::KeysUnavailable { provider: 0 }),
         };
@@ -407,7 +437,7 @@ impl Idp {
     ) -> Result<Arc<VerifiedToken>, VerifyFailure> {
         let version = self.keys_version();
         if let Some((seen, verified)) = self.verified.get(key) {
-            if seen == version {
+            if seen == version && !lock(&self.keys_status).refetch_pending() {
                 self.metrics
                     .inc("authz_jwt_verifications_total", &[("result", "cached")]);
                 return Ok(verified);

@@ -31,6 +31,7 @@ pub mod os_thread;
 pub mod reply;
 pub mod shared;
 pub mod status_lists;
+pub mod switches_file;
 #[cfg(test)]
 mod test_http;
 pub mod versions;
@@ -103,7 +104,11 @@ impl Listeners {
 pub struct LocalChanges {
     versions: Arc<Versions>,
     introspector: Arc<Introspector>,
+    idp: Arc<idp::Idp>,
+    metrics: Arc<metrics::Metrics>,
     clock: SharedClock,
+    /// Where the switches are kept across restarts without a shared tier.
+    switches_file: Option<std::path::PathBuf>,
 }
 
 impl ChangeSink for LocalChanges {
@@ -114,11 +119,55 @@ impl ChangeSink for LocalChanges {
             match change {
                 Change::RevokeToken(key, _) => self.introspector.invalidate(key),
                 Change::BumpPolicy { .. } => self.introspector.invalidate_all(),
+                Change::Switch(switch) => self.switched(switch),
                 Change::RevokeJti(..) | Change::RevokeSubject { .. } | Change::RevokeStatus(..) => {
                 }
             }
         }
         applied
+    }
+}
+
+impl LocalChanges {
+    /// A switch changed (here or on another instance): its effects on this server's caches
+    /// and keys, logged (who, what, when) and counted.
+    fn switched(&self, switch: &versions::SwitchChange) {
+        use authz_core::switches::Setting;
+        match &switch.setting {
+            Setting::Flush => {
+                self.introspector.invalidate_all();
+                self.idp.forget_verifications();
+            }
+            Setting::JwksRefetch => self.idp.demand_refetch(switch.at_ms),
+            Setting::CacheMax { .. }
+            | Setting::FailClosed { .. }
+            | Setting::AsyncVerificationOff { .. } => {}
+        }
+        tracing::warn!(
+            switch = switch.setting.name(),
+            tier = switch.setting.tier().map(|t| t.as_str()),
+            setting = %switch.to_json(),
+            by = %switch.by,
+            at_ms = switch.at_ms,
+            "switch_changed"
+        );
+        self.metrics.inc(
+            "authz_switch_changes_total",
+            &[
+                ("switch", switch.setting.name()),
+                (
+                    "on",
+                    if switch.setting.turns_on() {
+                        "true"
+                    } else {
+                        "false"
+                    },
+                ),
+            ],
+        );
+        if let Some(path) = &self.switches_file {
+            switches_file::store(path, &self.versions.switch_changes());
+        }
     }
 }
 
@@ -190,8 +239,20 @@ pub fn build_service_with_clock(
     let changes: Arc<dyn ChangeSink> = Arc::new(LocalChanges {
         versions: versions.clone(),
         introspector: introspector.clone(),
+        idp: idp.clone(),
+        metrics: metrics.clone(),
         clock: clock.clone(),
+        switches_file: config.switches_file.clone(),
     });
+    if let Some(path) = &config.switches_file {
+        for change in switches_file::load(path) {
+            changes.apply(&Change::Switch(change), None);
+        }
+    } else if shared.is_none() {
+        tracing::warn!(
+            "no shared tier and no switches_file: incident switches set through the admin API do not survive a restart of this server"
+        );
+    }
     let status_lists = match &config.status_lists {
         Some(settings) => {
             let write_rules = config.tier_rules(authz_core::Tier::StandardWrite);

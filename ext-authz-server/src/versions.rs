@@ -25,13 +25,17 @@
 //! This module does no I/O and reads no clock.
 
 mod sets;
+mod switch_slots;
 
 use crate::lock;
+use authz_core::feed::FeedSwitches;
 use authz_core::feed::{ContextKeys, FeedAnswer, KeyRow, StatusRow, SubjectRow, FEED_FORMAT};
 use authz_core::status_list::StatusRef;
+use authz_core::switches::Switches;
 use sets::{RevokedSet, Subjects};
 use std::collections::HashMap;
 use std::sync::Mutex;
+pub use switch_slots::{SlotChange, SwitchChange};
 
 /// A SHA-256 of a token.
 pub type TokenKey = [u8; 32];
@@ -64,6 +68,9 @@ pub enum Change {
     BumpPolicy {
         version: Option<u64>,
     },
+    /// An incident switch changed (`authz_core::switches`): not a fact, a setting; the last
+    /// change of each switch wins.
+    Switch(SwitchChange),
 }
 
 /// What applying a change did.
@@ -91,6 +98,8 @@ struct State {
     lifetime_bound_ms: Option<u64>,
     /// Rows per change-feed answer; 0: [`FEED_PAGE_ROWS`].
     page_rows: usize,
+    /// The incident switches.
+    switches: switch_slots::SwitchSlots,
 }
 
 /// Default rows per change-feed answer: about 1 MB of JSON.
@@ -126,6 +135,8 @@ struct Page {
     tokens: Vec<(TokenKey, Expiry, u64)>,
     jtis: Vec<(String, Expiry, u64)>,
     statuses: Vec<(StatusRef, Expiry, u64)>,
+    /// The switches in force (on every answer: the state of the moment).
+    switches: Switches,
 }
 
 impl Page {
@@ -164,6 +175,7 @@ impl Page {
             more: self.more,
             confirmed: confirmed && !self.more,
             incarnation: Some(incarnation),
+            switches: FeedSwitches::Read(self.switches),
         }
     }
 }
@@ -177,6 +189,7 @@ impl State {
             .max(self.revoked_jtis.by_stamp.last_stamp())
             .max(self.revoked_statuses.by_stamp.last_stamp())
             .max(self.subjects.by_stamp.last_stamp())
+            .max(self.switches.changed_at_version)
     }
 
     /// The changes stamped after `since`, at most about one page of them (of the configured
@@ -218,7 +231,8 @@ impl State {
                 || self.revoked_jtis.by_stamp.any_after(cut)
                 || self.revoked_statuses.by_stamp.any_after(cut)
                 || self.subjects.by_stamp.any_after(cut)
-                || self.policy_changed_at_version > cut;
+                || self.policy_changed_at_version > cut
+                || self.switches.changed_at_version > cut;
             if cut < self.version && beyond {
                 upto = cut;
             }
@@ -249,6 +263,7 @@ impl State {
             tokens: self.revoked_tokens.raw_between(since, upto),
             jtis: self.revoked_jtis.raw_between(since, upto),
             statuses: self.revoked_statuses.raw_between(since, upto),
+            switches: self.switches.state().clone(),
         }
     }
 }
@@ -473,6 +488,14 @@ impl Versions {
                         }
                     })
                 }
+                Change::Switch(switch) => {
+                    let new = s.switches.set(switch, seq, stamp);
+                    Applied {
+                        new,
+                        stamp: s.switches.changed_at_version,
+                        value: 0,
+                    }
+                }
                 Change::BumpPolicy { version } => {
                     let next = version.unwrap_or(s.policy_version + 1);
                     let new = next > s.policy_version;
@@ -555,6 +578,11 @@ impl Versions {
                     .iter()
                     .map(|k| Change::RevokeStatus(k.clone(), s.revoked_statuses.expiry_of(k))),
             );
+            all.extend(
+                s.switches
+                    .changes()
+                    .map(|slot| Change::Switch(slot.change.clone())),
+            );
             all
         })
     }
@@ -629,7 +657,36 @@ impl Versions {
                 || s.revoked_jtis.by_stamp.any_after(since)
                 || s.revoked_statuses.by_stamp.any_after(since)
                 || s.subjects.by_stamp.any_after(since)
+                || s.switches.changed_at_version > since
         })
+    }
+
+    /// The incident switches in force.
+    pub fn switches(&self) -> Switches {
+        self.read(|s| s.switches.state().clone())
+    }
+
+    /// Each switch's last change (who asked, when).
+    pub fn switch_changes(&self) -> Vec<SlotChange> {
+        self.read(|s| s.switches.changes().cloned().collect())
+    }
+
+    /// What the switches say of `tier` at `now_ms`: its cache cap, and whether it fails
+    /// closed. (One read of the state per check.)
+    pub fn tier_switches(&self, tier: authz_core::Tier, now_ms: u64) -> (Option<u64>, bool) {
+        self.read(|s| {
+            let switches = s.switches.state();
+            (
+                switches.cache_cap_ms(tier, now_ms),
+                switches.fails_closed(tier, now_ms),
+            )
+        })
+    }
+
+    /// When the last flush was asked for (0: never): the shared cache's keys name it, so a
+    /// flush makes every entry stored before it unreachable.
+    pub fn flushed_at_ms(&self) -> u64 {
+        self.read(|s| s.switches.state().flushed_at_ms)
     }
 
     /// Everything changed after `since`, in format 2 (see `authz_core::epochs`): the body of

@@ -69,6 +69,7 @@ impl<H: Host> Worker<H> {
                 tier: check.tier,
                 request: check.request.clone(),
                 purpose: CheckPurpose::AfterAnswer,
+                as_after_answer: true,
             };
             self.background.started(call, check, now_ms);
             self.outbox.push(Command::Check { call, order });

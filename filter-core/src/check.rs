@@ -81,7 +81,7 @@ fn live_facts(order: &CheckOrder, live: LiveRequest<'_>, locality: Option<String
         source_port: port,
         tier: order.tier.as_str().to_owned(),
         client_locality: locality,
-        background: false,
+        background: order.as_after_answer,
     }
 }
 
@@ -114,6 +114,7 @@ mod tests {
                 authorization: Some("Bearer t".into()),
             },
             purpose,
+            as_after_answer: purpose == CheckPurpose::AfterAnswer,
         }
     }
 

@@ -140,6 +140,9 @@ pub(crate) struct ServerCall {
     /// When the call was made (the worker's clock, ms): changes applied after it may be
     /// missing from its reply.
     pub started_ms: u64,
+    /// A route checked after the answer, checked before it (asynchronous verification is
+    /// switched off): the server is asked as for a check after the answer.
+    pub checked_first: bool,
 }
 
 /// A change-feed request: an HTTP GET of `path` at `authority` through `cluster`, with the
@@ -177,6 +180,10 @@ pub struct CheckOrder {
     pub request: OwnedRequest,
     /// What the answer is for.
     pub purpose: CheckPurpose,
+    /// Ask as for a check after the answer (the server asks the IdP whether it still stands
+    /// by the token), though a request waits for it: asynchronous verification is switched
+    /// off.
+    pub as_after_answer: bool,
 }
 
 /// Why a Check call is made, which says what the host builds it from.

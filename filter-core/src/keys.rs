@@ -3,7 +3,10 @@
 //! those workers agree on who fetches (a lease on a status record), where the keys are (with
 //! discovery) and the keys themselves; the fetches this worker has in flight, keys fetches
 //! that follow a metadata answer, fetches whose request went away, and `kid`s a refetch just
-//! proved absent. Fetch timing comes from `authz_core::jwks_refresh`.
+//! proved absent. Fetch timing comes from `authz_core::jwks_refresh`. A refetch an operator
+//! demands (the `jwks_refetch` incident switch) is written into the shared status record; until
+//! a fetch leased after it succeeds, the worker holds its keys back (verifies nothing with
+//! them) however it learns of newer ones.
 //!
 //! What it does not do: decide or settle requests (the worker does, when a fetch concludes),
 //! read a clock (every call carries `now`), or own the host (each call that reads or writes
@@ -43,6 +46,10 @@ struct KeySource {
     remote: Option<RemoteSource>,
     /// The provider's issuer (a discovery document must name it).
     issuer: String,
+    /// The latest refetch demanded of this source (the switch's time; 0: none).
+    demanded_at_ms: u64,
+    /// The keys held are from before a demanded refetch that has not been met: not used.
+    held_back: bool,
 }
 
 /// At most this many absent `kid`s are remembered (junk with random ones cannot grow it).
@@ -82,6 +89,8 @@ impl KeySources {
                     keys: Some(Arc::new(set.clone())),
                     remote: None,
                     issuer,
+                    demanded_at_ms: 0,
+                    held_back: false,
                 },
                 JwksSource::Remote(config) => {
                     // One record set per cluster and path (the metadata path with discovery:
@@ -113,6 +122,8 @@ impl KeySources {
                             seen_version: 0,
                         }),
                         issuer,
+                        demanded_at_ms: 0,
+                        held_back: false,
                     }
                 }
             })
@@ -140,14 +151,59 @@ impl KeySources {
         }
     }
 
-    /// Provider `provider`'s keys, when it has any.
+    /// Provider `provider`'s keys, when it has any it may use.
     pub fn keys(&self, provider: usize) -> Option<&KeySet> {
-        self.sources.get(provider).and_then(|s| s.keys.as_deref())
+        self.sources
+            .get(provider)
+            .filter(|s| !s.held_back)
+            .and_then(|s| s.keys.as_deref())
     }
 
     /// Every provider's key set as it is now, shared (for a verification made elsewhere).
     pub fn snapshot(&self) -> Vec<Option<Arc<KeySet>>> {
-        self.sources.iter().map(|s| s.keys.clone()).collect()
+        self.sources
+            .iter()
+            .map(|s| s.keys.clone().filter(|_| !s.held_back))
+            .collect()
+    }
+
+    /// An operator demanded that every fetched key set be fetched again (at `at_ms`, the
+    /// switch's time): the demand goes into each source's shared status (a fetch is due at
+    /// once), and a source whose demand no fetch has met yet is held back. Returns how many.
+    pub fn demand_refetch(&mut self, host: &impl Host, at_ms: u64) -> usize {
+        let mut held_back = 0;
+        for provider in 0..self.sources.len() {
+            let Some(source) = self.sources.get_mut(provider) else {
+                continue;
+            };
+            if source.remote.is_none() {
+                continue;
+            }
+            source.demanded_at_ms = source.demanded_at_ms.max(at_ms);
+            let status = self
+                .update_status(host, provider, |s| s.demand_refetch(at_ms))
+                .or_else(|| self.read_status(host, provider))
+                .unwrap_or_default();
+            self.hold_back_unless_met(provider, &status);
+            if self.sources.get(provider).is_some_and(|s| s.held_back) {
+                held_back += 1;
+            }
+        }
+        held_back
+    }
+
+    /// Holds `provider`'s keys back while a refetch demanded of it has not been met
+    /// (`status`: its shared record, read now), and lets them be used again once one has.
+    fn hold_back_unless_met(&mut self, provider: usize, status: &FetchStatus) {
+        let Some(source) = self.sources.get_mut(provider) else {
+            return;
+        };
+        let held = source.demanded_at_ms > status.refetched_at_ms;
+        if held != source.held_back {
+            source.held_back = held;
+            // Verifications cached under the keys as they were go either way.
+            self.generation += 1;
+        }
     }
 
     /// Bumped whenever any key set changes.
@@ -219,6 +275,9 @@ impl KeySources {
         let Some(status) = self.read_status(host, provider) else {
             return false;
         };
+        let was_held = self.sources.get(provider).is_some_and(|s| s.held_back);
+        self.hold_back_unless_met(provider, &status);
+        let released = was_held && self.sources.get(provider).is_some_and(|s| !s.held_back);
         let Some(source) = self.sources.get_mut(provider) else {
             return false;
         };
@@ -226,7 +285,7 @@ impl KeySources {
             return false;
         };
         if status.keys_version <= remote.seen_version {
-            return false;
+            return released;
         }
         let Some(document) = host.shared_get(&remote.keys_key).0 else {
             return false;
@@ -569,6 +628,9 @@ impl KeySources {
                     remote.seen_version = status.keys_version;
                 }
                 self.install_keys(provider, set, now_ms);
+                if let Some(status) = version {
+                    self.hold_back_unless_met(provider, &status);
+                }
             }
             Err(why) => {
                 host.count(Counter::JwksFetchFailed);

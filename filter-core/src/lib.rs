@@ -27,6 +27,7 @@ pub mod metrics;
 mod outbox;
 pub mod read;
 pub mod server_path;
+mod switches;
 pub mod timer;
 pub mod verify_outside;
 pub mod versions;

@@ -26,6 +26,9 @@
 //! | `authz.push_connected` | gauge | 1 while this worker's change feed is pushed (a held request succeeded last), 0 while it polls (last writer wins) |
 //! | `authz.contexts.signed` / `.reused` | counter | signed verification contexts this worker made / reused for a token, method and route |
 //! | `authz.background_checks.sent` / `.revoked` / `.failed` / `.dropped` | counter | checks after the answer (`background_check_ms`) asked for / whose token the server revoked ("allowed, then revoked") / that failed or answered otherwise (nothing changed) / due but dropped (queue full) |
+//! | `authz.switches.flushes` / `.jwks_refetches` | counter | incident switches this worker acted on: caches dropped / key sets held back until fetched again |
+//! | `authz.switches.unreadable` | counter | feed answers whose switches could not be read (the worker then assumes every tier fails closed and checks after the answer are made before it) |
+//! | `authz.switches_on` | gauge | incident switches on (cache caps, fail-closed tiers, async verification off), as this worker last saw them (last writer wins) |
 //! | `authz.revocation_lag_ms` | histogram | from the server learning a change to this worker applying it, ms (one sample per change; same clock only on one machine) |
 
 use authz_core::Tier;
@@ -99,6 +102,10 @@ pub enum Counter {
     BackgroundFailed,
     /// A due background check dropped: the queue was full.
     BackgroundDropped,
+    /// Incident switches acted on: a flush, a key refetch; switches that could not be read.
+    SwitchFlush,
+    SwitchJwksRefetch,
+    SwitchesUnreadable,
 }
 
 /// A value the core sets.
@@ -108,6 +115,7 @@ pub enum Gauge {
     PolicyVersion,
     Revocations,
     PushConnected,
+    SwitchesOn,
 }
 
 /// A distribution the core records into.
@@ -120,7 +128,7 @@ pub enum Histogram {
 const TIERS: usize = Tier::ALL.len();
 
 /// The counters without a tier or reason, in index order.
-const PLAIN: [Counter; 22] = [
+const PLAIN: [Counter; 25] = [
     Counter::DecisionAllow,
     Counter::DecisionDeny,
     Counter::JwksFetchOk,
@@ -143,6 +151,9 @@ const PLAIN: [Counter; 22] = [
     Counter::BackgroundRevoked,
     Counter::BackgroundFailed,
     Counter::BackgroundDropped,
+    Counter::SwitchFlush,
+    Counter::SwitchJwksRefetch,
+    Counter::SwitchesUnreadable,
 ];
 
 /// The per-tier counter families, in index order.
@@ -218,6 +229,9 @@ impl Counter {
             Counter::BackgroundRevoked => "authz.background_checks.revoked".into(),
             Counter::BackgroundFailed => "authz.background_checks.failed".into(),
             Counter::BackgroundDropped => "authz.background_checks.dropped".into(),
+            Counter::SwitchFlush => "authz.switches.flushes".into(),
+            Counter::SwitchJwksRefetch => "authz.switches.jwks_refetches".into(),
+            Counter::SwitchesUnreadable => "authz.switches.unreadable".into(),
         }
     }
 
@@ -232,11 +246,12 @@ impl Counter {
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 4] = [
+    pub const ALL: [Gauge; 5] = [
         Gauge::CacheEntries,
         Gauge::PolicyVersion,
         Gauge::Revocations,
         Gauge::PushConnected,
+        Gauge::SwitchesOn,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -245,6 +260,7 @@ impl Gauge {
             Gauge::PolicyVersion => "authz.policy_version",
             Gauge::Revocations => "authz.revocations",
             Gauge::PushConnected => "authz.push_connected",
+            Gauge::SwitchesOn => "authz.switches_on",
         }
     }
 }

@@ -46,7 +46,16 @@ impl<H: Host> Worker<H> {
             && route.tier != authz_core::Tier::Public
             && !token.is_empty()
             && token.split('.').count() != 3;
-        if !route.tier.requires_server() && route.fresh_cache_ms.is_none() && !opaque {
+        // With asynchronous verification switched off (or not known to be on), a route
+        // checked after the answer is checked before it, and the decision is reused for the
+        // route's window, as its checks after the answer would have been.
+        let checked_first = route.background_check_ms.is_some()
+            && self.switches.known.async_verification_off(now_ms);
+        if !route.tier.requires_server()
+            && route.fresh_cache_ms.is_none()
+            && !opaque
+            && !checked_first
+        {
             return None;
         }
         let policy_version = self.link.versions.policy_version;
@@ -65,8 +74,13 @@ impl<H: Host> Worker<H> {
             cluster: link.cluster.clone(),
             timeout: Duration::from_millis(link.timeout_ms),
             policy_version,
-            max_cache_ms: route.fresh_cache_ms,
+            max_cache_ms: route.fresh_cache_ms.or(if checked_first {
+                route.background_check_ms
+            } else {
+                None
+            }),
             started_ms: now_ms,
+            checked_first,
         })
     }
 
@@ -95,7 +109,10 @@ impl<H: Host> Worker<H> {
             return Some(self.deny(context_id, request, call.tier, &call.route, reason));
         }
         let reachable = self.server_reachable(now_ms);
-        let (result, entry) = self.caches.decisions.lookup(&call.key, now_ms, reachable);
+        let (result, entry) =
+            self.caches
+                .decisions
+                .lookup(&call.key, now_ms, reachable, &self.switches.known);
         self.host.count(match result {
             LookupResult::Hit => Counter::CacheHit(call.tier),
             LookupResult::Miss => Counter::CacheMiss(call.tier),
@@ -219,7 +236,13 @@ impl<H: Host> Worker<H> {
             .decisions
             .caps
             .lifetime_ms(call.tier, reply.directive.ttl_ms, reply.outcome.is_allow())
-            .min(call.max_cache_ms.unwrap_or(u64::MAX));
+            .min(call.max_cache_ms.unwrap_or(u64::MAX))
+            .min(
+                self.switches
+                    .known
+                    .cache_cap_ms(call.tier, now_ms)
+                    .unwrap_or(u64::MAX),
+            );
         // A reply that may predate changes this worker has applied (decided at an older
         // change version, or answering a call made before this worker applied a change: a
         // replica stamps what it learns out of order at versions it may share with another
@@ -272,6 +295,7 @@ impl<H: Host> Worker<H> {
                 subject: reply.directive.subject.clone(),
                 token_digest,
                 revocation_digest,
+                stored_at_ms: now_ms,
                 expires_at_ms: now_ms + lifetime,
             };
             if let Some(evicted_tier) = self.caches.decisions.insert(key, entry) {
@@ -514,6 +538,7 @@ impl<H: Host> Worker<H> {
         if own {
             self.host.count(Counter::PollOk);
         }
+        self.take_switches(&changes.switches, now_ms);
         if self.link.versions.failed_polls > 0 {
             if own {
                 self.host.log(
@@ -533,8 +558,10 @@ impl<H: Host> Worker<H> {
         } else if self.link.versions.poll_held {
             // Held until a change, or for most of its wait: the server pushes. Answered at once
             // with nothing (a server that does not hold): poll at the interval instead.
-            // A held request the server answered at a key period's end is a push too.
-            if !changes.is_empty() || new_keys || held_for >= wait_ms / 2 {
+            // A held request the server answered at a key period's end is a push too, and one
+            // answered for a change with no rows (a switch: its version moved).
+            let moved = changes.version > self.link.versions.change_version;
+            if !changes.is_empty() || moved || new_keys || held_for >= wait_ms / 2 {
                 self.host.count(Counter::PollHeld);
                 self.link.versions.poll_now = true;
                 self.host.set_gauge(Gauge::PushConnected, 1);

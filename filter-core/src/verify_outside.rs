@@ -104,7 +104,7 @@ impl<H: Host> Worker<H> {
         // The hot path's question first: one keyed hash, one lookup.
         let key = self.caches.keyer.key(token);
         let generation = self.keys.generation();
-        if self.caches.tokens.contains(&key, now_ms, generation) {
+        if self.caches.tokens.contains(&key, now_ms, generation, None) {
             return None;
         }
         if self.server_call_for(request, now_ms).is_some() {

@@ -89,6 +89,8 @@ pub struct Worker<H: Host> {
     pub(crate) offered: Option<Offered>,
     /// When the worker last read what other workers stored (ms): again within [`TICK`].
     last_look_ms: Option<u64>,
+    /// The incident switches as this worker knows them.
+    pub(crate) switches: crate::switches::SwitchState,
 }
 
 /// The worker's caches: keyed by the same secret-keyed hash of the token.
@@ -172,6 +174,7 @@ impl<H: Host> Worker<H> {
             revocations.resync();
         }
         let providers = Arc::from(policy.providers.clone());
+        let policy_has_feed = policy.feed().is_some();
         Worker {
             policy,
             debug_logs: host.debug_enabled(),
@@ -196,7 +199,13 @@ impl<H: Host> Worker<H> {
             providers,
             offered: None,
             last_look_ms: None,
+            switches: crate::switches::SwitchState::new(policy_has_feed),
         }
+    }
+
+    /// The next wake-up looks at the key sources and what other workers stored (now).
+    pub(crate) fn look_again(&mut self) {
+        self.last_look_ms = None;
     }
 
     /// Takes in one event that happened at `now_us` (microseconds; the clock only has to be
@@ -353,6 +362,7 @@ impl<H: Host> Worker<H> {
             tier: call.tier,
             request: request.clone(),
             purpose: CheckPurpose::Decide { context_id },
+            as_after_answer: call.checked_first,
         };
         self.link.checks.insert(
             id,
@@ -384,6 +394,7 @@ impl<H: Host> Worker<H> {
         self.process_pending(now_ms);
         if look_around {
             self.share_versions();
+            self.report_switches(now_ms);
             self.prune_revocations(now_ms);
             self.feed_heartbeat(now_ms);
         }
@@ -398,6 +409,7 @@ impl<H: Host> Worker<H> {
     fn decide(&mut self, request: &OwnedRequest, now_us: u64) -> Decision {
         let now_ms = now_us / 1000;
         let now = (now_ms / 1000) as i64;
+        let max_age_ms = self.token_cache_max_age(request, now_ms);
         let Worker {
             policy,
             keys,
@@ -450,7 +462,7 @@ impl<H: Host> Worker<H> {
         };
         let check_token = |token: &str| {
             let key = keyer.key(token);
-            if let Some(cached) = tokens.get(&key, now_ms, generation) {
+            if let Some(cached) = tokens.get(&key, now_ms, generation, max_age_ms) {
                 host.count(Counter::TokenCacheHit);
                 return cached;
             }

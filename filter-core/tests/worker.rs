@@ -15,9 +15,8 @@ use authz_core::ext_authz_proto::{
     OkHttpResponse, RpcStatus,
 };
 use authz_core::Policy;
-use dev_keys::{KeyAlgorithm, SigningKey};
 use filter_core::{
-    CallId, CallOutcome, CheckPurpose, Counter, Final, FinalAction, Gauge, Histogram, LogLevel,
+    CallId, CallOutcome, CheckPurpose, Counter, FinalAction, Gauge, Histogram, LogLevel,
     OwnedRequest, PollOrder, Worker,
 };
 use serde_json::{json, Value};
@@ -25,11 +24,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 mod support;
-use support::{feed, ok_reply, ok_reply_with, reply, Drive, FakeHost, Store};
-
-const ISSUER: &str = "https://idp.test";
-/// A time well after the tokens' `iat` (ms).
-const T0: u64 = 1_900_000_000_000;
+use support::{
+    feed, ok_reply, ok_reply_with, reply, status_of, Drive, FakeHost, Idp, Store, ISSUER, T0,
+};
 
 fn policy() -> Policy {
     let config = json!({
@@ -55,28 +52,6 @@ fn policy() -> Policy {
     }
 }
 
-struct Idp {
-    key: SigningKey,
-}
-
-impl Idp {
-    fn new(kid: &str) -> Idp {
-        Idp {
-            key: SigningKey::generate(KeyAlgorithm::Es256, kid).expect("key"),
-        }
-    }
-
-    fn jwks(&self) -> Vec<u8> {
-        dev_keys::jwks(&[&self.key]).to_string().into_bytes()
-    }
-
-    fn token(&self, sub: &str) -> String {
-        let claims = json!({"iss": ISSUER, "aud": "api", "sub": sub,
-                            "iat": T0 / 1000 - 10, "exp": T0 / 1000 + 3600});
-        self.key.sign(&claims).expect("sign")
-    }
-}
-
 fn worker(store: &Rc<RefCell<Store>>) -> (Worker<FakeHost>, FakeHost) {
     let host = FakeHost::sharing(store);
     (Worker::new(policy(), host.clone(), [1, 2]), host)
@@ -87,14 +62,6 @@ fn get(path: &str, token: Option<&str>) -> OwnedRequest {
         method: "GET".into(),
         path: path.into(),
         authorization: token.map(|t| format!("Bearer {t}")),
-    }
-}
-
-fn status_of(step: &Final) -> u16 {
-    match &step.action {
-        FinalAction::Allow { .. } => 200,
-        FinalAction::Deny(response) => response.status,
-        FinalAction::Respond { status, .. } => *status,
     }
 }
 

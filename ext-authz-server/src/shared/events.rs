@@ -2,13 +2,15 @@
 //! sequence number, and the stream entries and snapshot values they write, decoded back into
 //! [`Change`]s.
 
-use crate::versions::Change;
+use crate::versions::{Change, SwitchChange};
 use authz_core::token_hash::{digest_hex, parse_digest_hex};
 use redis::streams::StreamId;
 use redis::Value as RedisValue;
 
-/// Publishes one change. KEYS: seq, events, subjects, policy. ARGV: kind, value, at_ms,
-/// stream max length, origin. Returns {seq, n} (n: the subject's epoch or policy version).
+/// Publishes one change. KEYS: seq, events, subjects, policy, switches. ARGV: kind, value,
+/// at_ms, stream max length, origin, the switch's slot (switches only). Returns {seq, n} (n:
+/// the subject's epoch or policy version). A switch change is kept in the switches hash under
+/// its slot as `<seq> <change>`: the last change of each switch, read back on (re)connect.
 pub(super) const PUBLISH_LUA: &str = r#"
 local seq = redis.call('INCR', KEYS[1])
 local n = 0
@@ -26,6 +28,8 @@ if ARGV[1] == 'subject' then
 elseif ARGV[1] == 'policy' then
   n = redis.call('HINCRBY', KEYS[4], 'version', 1)
   redis.call('HSET', KEYS[4], 'seq', seq)
+elseif ARGV[1] == 'switch' then
+  redis.call('HSET', KEYS[5], ARGV[6], string.format('%d ', seq) .. ARGV[2])
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], string.format('%d-1', seq),
   'kind', ARGV[1], 'value', ARGV[2], 'at', string.format('%d', at), 'n', n, 'origin', ARGV[5])
@@ -57,6 +61,7 @@ pub(super) fn encode(change: &Change) -> (&'static str, String, u64) {
             ..
         } => ("subject", subject.clone(), *revoked_at_ms),
         Change::BumpPolicy { .. } => ("policy", String::new(), 0),
+        Change::Switch(switch) => ("switch", switch.to_json(), switch.at_ms),
     }
 }
 
@@ -111,9 +116,19 @@ pub(super) fn decode(entry: &StreamId) -> Option<(u64, Change)> {
             epoch: Some(n),
         },
         "policy" => Change::BumpPolicy { version: Some(n) },
+        "switch" => Change::Switch(SwitchChange::from_json(&value)?),
         _ => return None,
     };
     Some((seq, change))
+}
+
+/// A switch's snapshot value: `<seq> <change>`.
+pub(super) fn decode_switch(value: &str) -> Option<(u64, Change)> {
+    let (seq, json) = value.split_once(' ')?;
+    Some((
+        seq.parse().ok()?,
+        Change::Switch(SwitchChange::from_json(json)?),
+    ))
 }
 
 /// A subject's snapshot value: `epoch:revoked_at_ms:seq`.
@@ -198,6 +213,26 @@ mod tests {
             )),
             None
         );
+        let switch = SwitchChange {
+            setting: authz_core::switches::Setting::JwksRefetch,
+            at_ms: 1_700,
+            by: "oncall".into(),
+        };
+        let w = entry(
+            "45-1",
+            &[
+                ("kind", "switch"),
+                ("value", &switch.to_json()),
+                ("at", "1700"),
+                ("n", "0"),
+            ],
+        );
+        assert_eq!(decode(&w), Some((45, Change::Switch(switch.clone()))));
+        assert_eq!(
+            decode_switch(&format!("46 {}", switch.to_json())),
+            Some((46, Change::Switch(switch)))
+        );
+        assert_eq!(decode_switch("46 {}"), None);
         assert_eq!(decode_subject("bob", "2:900:17").map(|(s, _)| s), Some(17));
         assert_eq!(decode_subject("bob", "2:900"), None);
     }

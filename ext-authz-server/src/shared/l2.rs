@@ -1,5 +1,5 @@
 //! The shared introspection cache (L2): results other instances fetched, under
-//! `HMAC(secret, sha256(token))` and the policy version, sealed with ChaCha20-Poly1305 (the
+//! `HMAC(secret, sha256(token))`, the policy version and the last flush, sealed with ChaCha20-Poly1305 (the
 //! Redis key bound as associated data). Redis never holds a token, a token hash, or a readable
 //! claim; an entry that does not open is a miss.
 
@@ -21,8 +21,14 @@ impl Shared {
             .unwrap_or_else(|_| unreachable!("hmac takes keys of any length"));
         mac.update(key);
         let tag: [u8; 32] = mac.finalize().into_bytes().into();
+        // After a flush (an incident switch) the key names it too: every entry stored before
+        // is out of reach, on every instance, without a scan of Redis.
+        let flushed = match self.versions.flushed_at_ms() {
+            0 => String::new(),
+            at => format!("f{at}"),
+        };
         format!(
-            "{}{}:{}",
+            "{}{}{flushed}:{}",
             self.keys.cache,
             self.versions.policy_version(),
             digest_hex(&tag)

@@ -58,6 +58,7 @@ struct Keys {
     events: String,
     subjects: String,
     policy: String,
+    switches: String,
     incarnation: String,
     cache: String,
 }
@@ -69,6 +70,7 @@ impl Keys {
             events: format!("{prefix}events"),
             subjects: format!("{prefix}subjects"),
             policy: format!("{prefix}policy"),
+            switches: format!("{prefix}switches"),
             incarnation: format!("{prefix}incarnation"),
             cache: format!("{prefix}intro:"),
         }

@@ -4,7 +4,7 @@
 //! instance's state is current.
 
 use super::connection::{next_reconnect_delay, FIRST_RECONNECT};
-use super::events::{decode, decode_subject, encode, with_shared_count};
+use super::events::{decode, decode_subject, decode_switch, encode, with_shared_count};
 use super::{Delivery, Shared};
 use crate::changes::ChangeSink;
 use crate::lock;
@@ -74,11 +74,16 @@ impl Shared {
             .key(&self.keys.events)
             .key(&self.keys.subjects)
             .key(&self.keys.policy)
+            .key(&self.keys.switches)
             .arg(kind)
             .arg(value)
             .arg(at)
             .arg(self.config.stream_max_len)
-            .arg(&self.origin);
+            .arg(&self.origin)
+            .arg(match change {
+                Change::Switch(switch) => switch.setting.slot(),
+                _ => String::new(),
+            });
         // Publishing is an admin action, not on the check path: allow more than op_timeout.
         Shared::with_timeout(
             self.config.op_timeout.max(Duration::from_secs(1)),
@@ -173,6 +178,19 @@ impl Shared {
         for (subject, value) in &subjects {
             if let Some((seq, change)) = decode_subject(subject, value) {
                 sink.apply(&change, Some(seq));
+            }
+        }
+        // The switches in force: the stream may have been trimmed past their changes.
+        let switches: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&self.keys.switches)
+            .query_async(conn)
+            .await?;
+        for (slot, value) in &switches {
+            match decode_switch(value) {
+                Some((seq, change)) => {
+                    sink.apply(&change, Some(seq));
+                }
+                None => self.error("decode", &format!("unreadable switch {slot}")),
             }
         }
         loop {

@@ -14,9 +14,10 @@ use authz_core::ext_authz_proto::{
     encode, CacheDirective, CheckResponse, HeaderValue, HeaderValueOption, OkHttpResponse,
     RpcStatus,
 };
+use dev_keys::{KeyAlgorithm, SigningKey};
 use filter_core::{
-    CallId, CallOutcome, CheckOrder, Command, Counter, Event, FetchOrder, Final, Gauge, Histogram,
-    Host, LogLevel, OwnedRequest, PollOrder, SharedWrite, Worker,
+    CallId, CallOutcome, CheckOrder, Command, Counter, Event, FetchOrder, Final, FinalAction,
+    Gauge, Histogram, Host, LogLevel, OwnedRequest, PollOrder, SharedWrite, Worker,
 };
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -274,4 +275,41 @@ pub fn feed(mut fields: Value) -> Vec<u8> {
         fields["confirmed"] = json!(true);
     }
     fields.to_string().into_bytes()
+}
+
+/// The issuer of the specs' provider.
+pub const ISSUER: &str = "https://idp.test";
+/// A time well after the tokens' `iat` (ms).
+pub const T0: u64 = 1_900_000_000_000;
+
+/// A provider signing with one ES256 key (`kid`), for tokens valid at [`T0`].
+pub struct Idp {
+    pub key: SigningKey,
+}
+
+impl Idp {
+    pub fn new(kid: &str) -> Idp {
+        Idp {
+            key: SigningKey::generate(KeyAlgorithm::Es256, kid).expect("key"),
+        }
+    }
+
+    pub fn jwks(&self) -> Vec<u8> {
+        dev_keys::jwks(&[&self.key]).to_string().into_bytes()
+    }
+
+    pub fn token(&self, sub: &str) -> String {
+        let claims = json!({"iss": ISSUER, "aud": "api", "sub": sub,
+                            "iat": T0 / 1000 - 10, "exp": T0 / 1000 + 3600});
+        self.key.sign(&claims).expect("sign")
+    }
+}
+
+/// The HTTP status a decision answers with.
+pub fn status_of(step: &Final) -> u16 {
+    match &step.action {
+        FinalAction::Allow { .. } => 200,
+        FinalAction::Deny(response) => response.status,
+        FinalAction::Respond { status, .. } => *status,
+    }
 }
