@@ -347,12 +347,48 @@ pub struct CheckFacts {
     pub tier: String,
     /// Where the calling proxy runs (`region/zone`), for the server's decision log.
     pub client_locality: Option<String>,
-    /// A check after the answer (`background_check_ms`): the request was already allowed.
-    pub background: bool,
+    /// A check of a route checked after the answer (`background_check_ms`).
+    pub background: Background,
 }
 
-/// The `context_extensions` key marking a background check (value `"1"`): the server asks
-/// the IdP about the token, and revokes it through the change feed when it refuses it.
+/// How a Check of a route checked after the answer (`background_check_ms`) is made: the server
+/// asks the IdP about the token either way, and revokes it through the change feed when the IdP
+/// refuses it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Background {
+    /// Not such a check.
+    #[default]
+    No,
+    /// After the answer: the request was allowed already; the caller is the proxy (no client
+    /// address, no per-address limit).
+    AfterAnswer,
+    /// Before the answer (asynchronous verification is switched off): a client waits, and the
+    /// server's per-address limits apply as to any check.
+    BeforeAnswer,
+}
+
+impl Background {
+    /// The `context_extensions` value ([`BACKGROUND_EXTENSION`]).
+    pub fn value(self) -> Option<&'static str> {
+        match self {
+            Background::No => None,
+            Background::AfterAnswer => Some("1"),
+            Background::BeforeAnswer => Some("before"),
+        }
+    }
+
+    /// Reads a `context_extensions` value (anything else: not such a check).
+    pub fn parse(value: Option<&str>) -> Background {
+        match value {
+            Some("1") => Background::AfterAnswer,
+            Some("before") => Background::BeforeAnswer,
+            _ => Background::No,
+        }
+    }
+}
+
+/// The `context_extensions` key marking a check of a route checked after the answer (see
+/// [`Background`]).
 pub const BACKGROUND_EXTENSION: &str = "authz_background";
 
 /// The `context_extensions` key (and, lower-cased with an `x-authz-` prefix, the gRPC metadata
@@ -389,7 +425,7 @@ pub fn encode_check_request(facts: CheckFacts) -> Vec<u8> {
                 .chain([(CLIENT_LOCALITY_EXTENSION.to_owned(), facts.client_locality)])
                 .chain([(
                     BACKGROUND_EXTENSION.to_owned(),
-                    facts.background.then(|| "1".to_owned()),
+                    facts.background.value().map(str::to_owned),
                 )])
                 .filter_map(|(k, v)| Some((k, v?)))
                 .collect(),
@@ -514,15 +550,17 @@ mod reply_tests {
         assert_eq!(extensions["tier"], "privileged");
         assert!(!extensions.contains_key(CLIENT_LOCALITY_EXTENSION));
         assert!(!extensions.contains_key(BACKGROUND_EXTENSION));
-        let background = encode_check_request(CheckFacts {
-            background: true,
-            ..CheckFacts::default()
-        });
-        let decoded = CheckRequest::decode(background.as_slice()).unwrap();
-        assert_eq!(
-            decoded.attributes.unwrap().context_extensions[BACKGROUND_EXTENSION],
-            "1"
-        );
+        for mark in [Background::AfterAnswer, Background::BeforeAnswer] {
+            let background = encode_check_request(CheckFacts {
+                background: mark,
+                ..CheckFacts::default()
+            });
+            let decoded = CheckRequest::decode(background.as_slice()).unwrap();
+            let value =
+                decoded.attributes.unwrap().context_extensions[BACKGROUND_EXTENSION].clone();
+            assert_eq!(Background::parse(Some(&value)), mark);
+        }
+        assert_eq!(Background::parse(Some("yes")), Background::No);
         let located = encode_check_request(CheckFacts {
             tier: "privileged".into(),
             client_locality: Some("eu-west-1/zone-a".into()),

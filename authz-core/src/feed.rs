@@ -294,6 +294,7 @@ mod tests {
         assert!(switches.fails_closed(crate::Tier::Privileged, 0));
         for bad in [
             r#"{"fail_closed":{"platinum":{}}}"#,
+            r#"{"rate_limits_off":{}}"#,
             r#"{"cache_max_ms":{"privileged":{"until_ms":1}}}"#,
             r#"[]"#,
         ] {

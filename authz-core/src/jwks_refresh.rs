@@ -77,9 +77,6 @@ pub struct FetchStatus {
     /// The latest refetch an operator asked for (its switch's time; 0: none).
     #[serde(default)]
     pub refetch_wanted_at_ms: u64,
-    /// The demand known when the fetch in flight (or the last one) was leased.
-    #[serde(default)]
-    pub lease_refetch_at_ms: u64,
     /// The latest demand a successful fetch has met.
     #[serde(default)]
     pub refetched_at_ms: u64,
@@ -152,7 +149,6 @@ impl FetchStatus {
     pub fn leased(&self, rules: &RefreshRules, now_ms: u64, reason: FetchReason) -> FetchStatus {
         let mut next = FetchStatus {
             lease_until_ms: now_ms + rules.lease_ms,
-            lease_refetch_at_ms: self.refetch_wanted_at_ms,
             ..*self
         };
         if reason == FetchReason::UnknownKid {
@@ -178,15 +174,18 @@ impl FetchStatus {
         }
     }
 
-    /// The record after a fetch that stored new keys.
-    pub fn succeeded(&self, now_ms: u64) -> FetchStatus {
+    /// The record after a fetch that stored new keys. `met_refetch_at_ms`: the demand the
+    /// record held when that fetch was leased (`refetch_wanted_at_ms` of what
+    /// [`FetchStatus::leased`] returned), the only one its keys can meet (a fetch leased
+    /// earlier may answer after a later lease was taken).
+    pub fn succeeded(&self, now_ms: u64, met_refetch_at_ms: u64) -> FetchStatus {
         FetchStatus {
             lease_until_ms: 0,
             last_success_ms: Some(now_ms),
             consecutive_failures: 0,
             keys_version: self.keys_version + 1,
             completed_fetches: self.completed_fetches + 1,
-            refetched_at_ms: self.refetched_at_ms.max(self.lease_refetch_at_ms),
+            refetched_at_ms: self.refetched_at_ms.max(met_refetch_at_ms),
             ..*self
         }
     }
@@ -269,7 +268,7 @@ mod tests {
         );
         let s = s.leased(&RULES, 1_000, FetchReason::Initial);
         assert_eq!(next_fetch(&RULES, &s, 1_500, None), None, "in flight");
-        let s = s.succeeded(1_200);
+        let s = s.succeeded(1_200, 0);
         assert_eq!(s.keys_version, 1);
         assert_eq!(next_fetch(&RULES, &s, 30_000, None), None);
         assert_eq!(
@@ -310,7 +309,7 @@ mod tests {
     fn unknown_kid_refetch_is_rate_limited() {
         let s = FetchStatus::default()
             .leased(&RULES, 0, FetchReason::Initial)
-            .succeeded(0);
+            .succeeded(0, 0);
         assert_eq!(
             next_fetch(&RULES, &s, 10, Some(KeyMiss::UnknownKid)),
             Some(FetchReason::UnknownKid)
@@ -325,7 +324,7 @@ mod tests {
             );
             s = s
                 .leased(&RULES, at, FetchReason::UnknownKid)
-                .succeeded(at + 5);
+                .succeeded(at + 5, 0);
         }
         assert_eq!(next_fetch(&RULES, &s, 40, Some(KeyMiss::UnknownKid)), None);
         assert_eq!(
@@ -338,7 +337,7 @@ mod tests {
         );
         let s = s
             .leased(&RULES, 5_010, FetchReason::UnknownKid)
-            .succeeded(5_020);
+            .succeeded(5_020, 0);
         assert_eq!(
             next_fetch(&RULES, &s, 10_009, Some(KeyMiss::UnknownKid)),
             None
@@ -362,12 +361,14 @@ mod tests {
     fn a_rejected_signature_refetches_once_per_interval_without_a_burst() {
         let s = FetchStatus::default()
             .leased(&RULES, 0, FetchReason::Initial)
-            .succeeded(0);
+            .succeeded(0, 0);
         assert_eq!(
             next_fetch(&RULES, &s, 10, Some(KeyMiss::Rejected)),
             Some(FetchReason::UnknownKid)
         );
-        let s = s.leased(&RULES, 10, FetchReason::UnknownKid).succeeded(20);
+        let s = s
+            .leased(&RULES, 10, FetchReason::UnknownKid)
+            .succeeded(20, 0);
         assert_eq!(next_fetch(&RULES, &s, 5_009, Some(KeyMiss::Rejected)), None);
         assert_eq!(
             next_fetch(&RULES, &s, 30, Some(KeyMiss::UnknownKid)),
@@ -385,7 +386,7 @@ mod tests {
         // Keys loaded at 0; unknown kids every 5 s keep failing (IdP down for them).
         let mut s = FetchStatus::default()
             .leased(&RULES, 0, FetchReason::Initial)
-            .succeeded(0);
+            .succeeded(0, 0);
         let mut now = 0;
         while now < RULES.refresh_interval_ms {
             now += 5_000;
@@ -406,14 +407,15 @@ mod tests {
     fn a_demanded_refetch_is_due_until_a_fetch_leased_after_it_succeeds() {
         let s = FetchStatus::default()
             .leased(&RULES, 0, FetchReason::Initial)
-            .succeeded(10);
+            .succeeded(10, 0);
         assert!(!s.refetch_pending());
         assert_eq!(next_fetch(&RULES, &s, 20, None), None);
         // Asked for while a fetch is in flight: that fetch does not meet it.
         let flying = s.leased(&RULES, 20, FetchReason::UnknownKid);
+        let met_by_flying = flying.refetch_wanted_at_ms;
         let flying = flying.demand_refetch(5_000);
         assert_eq!(next_fetch(&RULES, &flying, 21, None), None, "in flight");
-        let s = flying.succeeded(30);
+        let s = flying.succeeded(30, met_by_flying);
         assert!(s.refetch_pending());
         assert_eq!(
             next_fetch(&RULES, &s, 31, None),
@@ -423,13 +425,13 @@ mod tests {
         let s = s.leased(&RULES, 31, FetchReason::Demanded).failed();
         assert!(s.refetch_pending());
         assert_eq!(next_fetch(&RULES, &s, 100, None), None);
+        let at = 31 + FIRST_BACKOFF_MS;
         assert_eq!(
-            next_fetch(&RULES, &s, 31 + FIRST_BACKOFF_MS, None),
+            next_fetch(&RULES, &s, at, None),
             Some(FetchReason::Demanded)
         );
-        let s = s
-            .leased(&RULES, 31 + FIRST_BACKOFF_MS, FetchReason::Demanded)
-            .succeeded(600);
+        let leased = s.leased(&RULES, at, FetchReason::Demanded);
+        let s = leased.succeeded(600, leased.refetch_wanted_at_ms);
         assert!(!s.refetch_pending());
         assert_eq!(next_fetch(&RULES, &s, 700, None), None);
         // An older demand read late changes nothing; a newer one is due again.
@@ -438,6 +440,24 @@ mod tests {
         // Records written before demands existed read as none.
         let old = FetchStatus::decode(Some(br#"{"lease_until_ms":0,"last_attempt_ms":1,"last_success_ms":1,"consecutive_failures":0,"keys_version":1,"completed_fetches":1}"#));
         assert!(!old.refetch_pending());
+    }
+
+    #[test]
+    fn a_fetch_leased_before_a_demand_never_meets_it_even_answering_after_a_later_lease() {
+        let s = FetchStatus::default()
+            .leased(&RULES, 0, FetchReason::Initial)
+            .succeeded(10, 0);
+        // Worker 1 leases before the demand; its lease lapses; worker 2 leases after it.
+        let first = s.leased(&RULES, 20, FetchReason::Refresh);
+        let first_meets = first.refetch_wanted_at_ms;
+        let demanded = first.demand_refetch(9_000);
+        let second = demanded.leased(&RULES, 20 + RULES.lease_ms, FetchReason::Demanded);
+        let second_meets = second.refetch_wanted_at_ms;
+        // Worker 1's late answer lands first: it meets nothing.
+        let s = second.succeeded(5_000, first_meets);
+        assert!(s.refetch_pending(), "keys fetched before the demand");
+        let s = s.succeeded(5_010, second_meets);
+        assert!(!s.refetch_pending());
     }
 
     #[test]
@@ -470,14 +490,14 @@ mod tests {
         /// `min_refetch_interval` after the first burst (plus scheduled refreshes).
         #[test]
         fn unknown_kid_flood_is_bounded(arrivals in proptest::collection::vec(0u64..200, 1..500)) {
-            let mut s = FetchStatus::default().leased(&RULES, 0, FetchReason::Initial).succeeded(0);
+            let mut s = FetchStatus::default().leased(&RULES, 0, FetchReason::Initial).succeeded(0, 0);
             let mut now = 0u64;
             let mut fetches = 0u64;
             for gap in arrivals {
                 now += gap;
                 if let Some(reason) = next_fetch(&RULES, &s, now, Some(KeyMiss::UnknownKid)) {
                     fetches += 1;
-                    s = s.leased(&RULES, now, reason).succeeded(now + 10);
+                    s = s.leased(&RULES, now, reason).succeeded(now + 10, 0);
                 }
             }
             let bound = now / RULES.min_refetch_interval_ms + UNKNOWN_KID_BURST;

@@ -44,9 +44,16 @@ pub struct Cap {
     pub until_ms: Option<u64>,
 }
 
-/// The switches in force, as the change feed carries them.
+/// The switches in force, as the change feed carries them. A member this reader does not know
+/// (a switch of a newer server) makes the whole set unreadable: the reader then assumes the
+/// switches that refuse most ([`Known::Unknown`]) rather than ignore one it cannot apply.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Switches {
+    /// The change version at which the server's switches last changed: an answer carrying a
+    /// lower one than a reader holds (a lagging replica's) is older than what it holds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
     /// When the last flush was asked for (server clock, ms; 0: never).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub flushed_at_ms: u64,
@@ -64,6 +71,7 @@ pub struct Switches {
 impl Switches {
     /// No switch on.
     pub const NONE: Switches = Switches {
+        revision: 0,
         flushed_at_ms: 0,
         jwks_refetch_at_ms: 0,
         cache_max_ms: BTreeMap::new(),

@@ -400,9 +400,13 @@ async fn set_switch(State(admin): State<Admin>, body: Bytes) -> Response {
                 .into_response()
         }
     };
+    let at_ms = admin
+        .service
+        .versions
+        .switch_stamp_ms(&setting.slot(), now_ms);
     let change = SwitchChange {
         setting,
-        at_ms: now_ms,
+        at_ms,
         by: body.by.unwrap_or_default(),
     };
     let name = change.setting.name();

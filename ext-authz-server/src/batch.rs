@@ -264,6 +264,7 @@ impl CheckService {
             address: address.to_owned(),
             limit_by_address: false,
             background: false,
+            answered_already: false,
         };
         let mut trace = Trace::default();
         let entry = self

@@ -32,7 +32,7 @@ use crate::versions::{TokenKey, Versions};
 use authz_core::context::Decided;
 use authz_core::decision::bearer_token;
 use authz_core::ext_authz_proto::{
-    CacheDirective, BACKGROUND_EXTENSION, CLIENT_LOCALITY_EXTENSION,
+    Background, CacheDirective, BACKGROUND_EXTENSION, CLIENT_LOCALITY_EXTENSION,
 };
 use authz_core::fallback::{check_step_up, TierRules};
 use authz_core::introspection::Introspection;
@@ -80,6 +80,8 @@ pub struct CheckService {
 pub(crate) struct Trace {
     /// A background check (see [`Identified::background`]).
     pub(crate) background: bool,
+    /// One made after the answer (see [`Identified::answered_already`]).
+    pub(crate) answered_already: bool,
     /// A background check whose token this server verified itself (signature, issuer,
     /// audience, lifetime), the only case its refusal may revoke it: what a revocation of it
     /// names and its `exp`.
@@ -142,10 +144,13 @@ pub struct Identified<'a> {
     pub limit_by_address: bool,
     /// A filter's check after the answer (`context_extensions[authz_background]`) on a route
     /// this server's policy opts in (`background_check_ms`, `authenticated`): the token is
-    /// verified here, then asked about at the IdP, and no per-address limit applies (the
-    /// caller is the filter, not the client, which was answered already; a token that fails
-    /// verification never reaches the IdP).
+    /// verified here, then asked about at the IdP. Made after the answer, no per-address limit
+    /// applies (the caller is the filter, not the client, which was answered already; a token
+    /// that fails verification never reaches the IdP): see [`Identified::answered_already`].
     pub background: bool,
+    /// A check after the answer (not one made before it because asynchronous verification is
+    /// switched off: a client waits for that one, and the per-address limits apply).
+    pub answered_already: bool,
 }
 
 /// The oldest cached introspection a background check uses: half the shortest window a route
@@ -153,13 +158,15 @@ pub struct Identified<'a> {
 /// (checks of one token by several workers at once still share one IdP call).
 pub const BACKGROUND_MAX_STALENESS_MS: u64 = 500;
 
-/// Whether a Check is a filter's check after the answer (see [`Identified::background`]).
-fn is_background(request: &CheckRequest) -> bool {
-    request
-        .attributes
-        .as_ref()
-        .and_then(|a| a.context_extensions.get(BACKGROUND_EXTENSION))
-        .is_some_and(|v| v == "1")
+/// How a Check of a route checked after the answer was made (see [`Identified::background`]).
+fn background_mark(request: &CheckRequest) -> Background {
+    Background::parse(
+        request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.context_extensions.get(BACKGROUND_EXTENSION))
+            .map(String::as_str),
+    )
 }
 
 /// Phase 1: the route, tier and credential of a request. A request without HTTP attributes
@@ -202,6 +209,8 @@ pub fn identify<'a>(
             })?
             .max(route.tier),
     };
+    let mark = background_mark(request);
+    let opted_in = route.background_check_ms.is_some() && tier == Tier::Authenticated;
     Ok(Identified {
         route,
         method: &http.method,
@@ -212,9 +221,8 @@ pub fn identify<'a>(
         limit_by_address: true,
         // Only where this server's policy opts the route in (the filter's does too): a marker
         // on any other route is a plain check.
-        background: is_background(request)
-            && route.background_check_ms.is_some()
-            && tier == Tier::Authenticated,
+        background: opted_in && mark != Background::No,
+        answered_already: opted_in && mark == Background::AfterAnswer,
     })
 }
 
@@ -274,6 +282,13 @@ impl CheckService {
         rules
     }
 
+    /// Whether `tier` fails closed now: configured without stale-if-error, or switched to
+    /// (a `cache_max` switch that narrows the stale-if-error window does not make it so).
+    fn fails_closed(&self, tier: Tier) -> bool {
+        self.config.tier_rules(tier).fails_closed()
+            || self.versions.tier_switches(tier, self.clock.now_ms()).1
+    }
+
     /// Decides a request, within the configured deadline, and answers it. `caller_locality`
     /// is the calling proxy's `region/zone` from the call's metadata, if it sent one (the
     /// request's `context_extensions["client_locality"]` wins).
@@ -323,7 +338,7 @@ impl CheckService {
         };
         if let Verdict::Deny(reason) = &verdict {
             if is_failed_token(reason)
-                && !trace.background
+                && !trace.answered_already
                 && !self
                     .limiters
                     .failed_attempt_allowed(&trace.address, self.clock.now_ms())
@@ -382,11 +397,12 @@ impl CheckService {
             // stands by the token, so an answer cached for the tier's whole staleness will not do.
             rules.max_staleness_ms = rules.max_staleness_ms.min(BACKGROUND_MAX_STALENESS_MS);
         }
-        let screened = self.screen(id, &rules, trace)?;
+        let screened = self.screen(id, trace)?;
         trace
             .stages
             .push(("policy", policy_started.elapsed().as_secs_f64()));
         trace.background = id.background;
+        trace.answered_already = id.answered_already;
         let entry = if id.background {
             self.background_lookup(&screened, &rules, trace).await
         } else if self.idp.verifies_jwts()
@@ -454,7 +470,6 @@ impl CheckService {
     fn screen<'a>(
         &self,
         id: &Identified<'a>,
-        rules: &TierRules,
         trace: &mut Trace,
     ) -> Result<Screened<'a>, DenyReason> {
         let token = id
@@ -480,14 +495,14 @@ impl CheckService {
         // that fails closed refuses to decide without it (revocations made elsewhere could be
         // missing).
         if !trusts_unconfirmed_shared(id.tier)
-            && rules.fails_closed()
+            && self.fails_closed(id.tier)
             && self.shared.as_ref().is_some_and(|s| !s.confirmed())
         {
             return Err(DenyReason::SharedStateUnconfirmed);
         }
         // An address that just went over its failed-token budget gets no IdP call: only
         // tokens this server already holds answers for are decided.
-        if !id.background
+        if !id.answered_already
             && id.limit_by_address
             && self
                 .limiters
@@ -936,6 +951,68 @@ policy:
         }
     }
 
+    #[tokio::test]
+    async fn a_cache_cap_narrows_stale_if_error_without_making_a_tier_fail_closed() {
+        use crate::versions::{Change, SwitchChange};
+        use authz_core::switches::Setting;
+        let clock = crate::clock::ManualClock::new();
+        let service = service(clock.clone());
+        let switch = |setting: Setting| {
+            service.changes.apply(
+                &Change::Switch(SwitchChange {
+                    setting,
+                    at_ms: clock.now_ms(),
+                    by: "unit".into(),
+                }),
+                None,
+            );
+        };
+        assert!(!service.fails_closed(Tier::StandardWrite));
+        assert!(service.fails_closed(Tier::Privileged), "configured so");
+        switch(Setting::CacheMax {
+            tier: Tier::StandardWrite,
+            max_ms: Some(0),
+            until_ms: None,
+        });
+        let rules = service.rules_for(Tier::StandardWrite);
+        assert_eq!((rules.max_staleness_ms, rules.stale_if_error_ms), (0, 0));
+        assert!(!service.fails_closed(Tier::StandardWrite));
+        switch(Setting::FailClosed {
+            tier: Tier::StandardWrite,
+            on: true,
+            until_ms: None,
+        });
+        assert!(service.fails_closed(Tier::StandardWrite));
+    }
+
+    #[test]
+    fn only_a_check_after_the_answer_goes_without_per_address_limits() {
+        let yaml = CONFIG.replace(
+            "    - {name: health,",
+            "    - {name: news, match: {prefix: /news/, methods: [GET]}, tier: authenticated, background_check_ms: 1000}\n    - {name: health,",
+        );
+        let config = ServerConfig::from_yaml(&yaml).unwrap();
+        let marked = |path: &str, mark: Option<&str>| {
+            let mut asked = request("GET", path, None);
+            if let (Some(mark), Some(attributes)) = (mark, asked.attributes.as_mut()) {
+                attributes
+                    .context_extensions
+                    .insert(BACKGROUND_EXTENSION.into(), mark.into());
+            }
+            let id = identify(&config, &asked).unwrap();
+            (id.background, id.answered_already)
+        };
+        assert_eq!(marked("/news/1", Some("1")), (true, true));
+        assert_eq!(
+            marked("/news/1", Some("before")),
+            (true, false),
+            "a client waits: limited like any check"
+        );
+        assert_eq!(marked("/news/1", None), (false, false));
+        assert_eq!(marked("/news/1", Some("yes")), (false, false));
+        assert_eq!(marked("/other", Some("1")), (false, false), "not opted in");
+    }
+
     #[test]
     fn identify_finds_route_tier_and_credential() {
         let config = config();
@@ -1162,10 +1239,7 @@ policy:
         let screen = |asked: &CheckRequest| {
             let id = identify(&service.config, asked).unwrap();
             let mut trace = Trace::default();
-            let rules = service.config.tier_rules(id.tier);
-            service
-                .screen(&id, &rules, &mut trace)
-                .map(|s| s.token.len())
+            service.screen(&id, &mut trace).map(|s| s.token.len())
         };
         assert_eq!(screen(&asked), Ok(3));
         let set_authorization =
@@ -1282,10 +1356,9 @@ policy:
             .apply(&crate::versions::Change::RevokeToken(key, None), None);
         let cursor = service.versions.change_version();
         let id = identify(&service.config, &asked).unwrap();
-        let rules = service.config.tier_rules(id.tier);
         let mut trace = Trace::default();
         assert_eq!(
-            service.screen(&id, &rules, &mut trace).err(),
+            service.screen(&id, &mut trace).err(),
             Some(DenyReason::Revoked)
         );
         let update: serde_json::Value =

@@ -229,7 +229,7 @@ impl Idp {
                 );
                 write(&self.metadata, Some(metadata));
                 *lock(&self.metadata_error) = None;
-                *status = status.succeeded(self.clock.now_ms());
+                *status = status.succeeded(self.clock.now_ms(), 0);
                 self.metrics
                     .inc("authz_provider_metadata_fetches_total", &[("result", "ok")]);
             }
@@ -305,7 +305,7 @@ impl Idp {
         if self.keys_version() != seen {
             return true;
         }
-        let reason = {
+        let (reason, meets) = {
             let mut status = lock(&self.keys_status);
             let Some(reason) = next_fetch(&self.rules, &status, now_ms, miss) else {
                 if miss.is_some() {
@@ -315,7 +315,7 @@ impl Idp {
                 return false;
             };
             *status = status.leased(&self.rules, now_ms, reason);
-            reason
+            (reason, status.refetch_wanted_at_ms)
         };
         let Some(uri) = self.jwks_uri() else {
             let mut status = lock(&self.keys_status);
@@ -333,7 +333,7 @@ impl Idp {
                 self.metrics
                     .set_gauge("authz_jwks_keys", &[], set.keys.len() as f64);
                 write(&self.keys, Some(Arc::new(set)));
-                *status = status.succeeded(self.clock.now_ms());
+                *status = status.succeeded(self.clock.now_ms(), meets);
                 self.metrics.inc(
                     "authz_jwks_fetches_total",
                     &[("reason", reason.as_str()), ("result", "ok")],

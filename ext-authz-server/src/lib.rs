@@ -109,6 +109,7 @@ pub struct LocalChanges {
     clock: SharedClock,
     /// Where the switches are kept across restarts without a shared tier.
     switches_file: Option<std::path::PathBuf>,
+    switches_writer: switches_file::SwitchesFile,
 }
 
 impl ChangeSink for LocalChanges {
@@ -166,7 +167,8 @@ impl LocalChanges {
             ],
         );
         if let Some(path) = &self.switches_file {
-            switches_file::store(path, &self.versions.switch_changes());
+            self.switches_writer
+                .store(path, &self.versions.switch_changes());
         }
     }
 }
@@ -243,9 +245,12 @@ pub fn build_service_with_clock(
         metrics: metrics.clone(),
         clock: clock.clone(),
         switches_file: config.switches_file.clone(),
+        switches_writer: switches_file::SwitchesFile::default(),
     });
     if let Some(path) = &config.switches_file {
-        for change in switches_file::load(path) {
+        let kept =
+            switches_file::load(path).map_err(|why| ServerError::InvalidConfig(vec![why]))?;
+        for change in kept {
             changes.apply(&Change::Switch(change), None);
         }
     } else if shared.is_none() {

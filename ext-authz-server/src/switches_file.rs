@@ -1,47 +1,65 @@
 //! The incident switches kept in a file (`switches_file`), for a server without a shared tier:
-//! written whole (a temporary file renamed over the old one) after every switch change, read
-//! at start, so a restarted server starts with the switches in force. With a shared tier the
-//! switches live in Redis too, and Redis's newer state wins once it is read.
+//! written whole after every switch change (to a temporary file, synced, then renamed over the
+//! old one, one writer at a time), read at start, so a restarted server starts with the
+//! switches in force. With a shared tier the switches live in Redis too; the latest change of
+//! each switch wins, wherever it was read first.
 //!
-//! A file that cannot be read is logged and ignored at start (the switches start off, as
-//! without one); a write that fails is logged and leaves the old file.
+//! A file that exists but cannot be read is refused at start (the server does not start with
+//! its switches silently off); a write that fails is logged and leaves the old file.
 
 use crate::versions::{SlotChange, SwitchChange};
+use std::io::Write;
 use std::path::Path;
+use std::sync::Mutex;
 
-/// The switch changes a file holds (none when it is missing or unreadable).
-pub fn load(path: &Path) -> Vec<SwitchChange> {
+/// The switch changes a file holds: none when it is missing; an error naming the file when it
+/// cannot be read.
+pub fn load(path: &Path) -> Result<Vec<SwitchChange>, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "switches_file_unreadable: starting with no switches");
-            return Vec::new();
+            return Err(format!(
+                "switches_file: cannot read {}: {e}",
+                path.display()
+            ))
         }
     };
-    match serde_json::from_str::<Vec<SwitchChange>>(&text) {
-        Ok(changes) => {
-            tracing::info!(path = %path.display(), switches = changes.len(), "switches_file_loaded");
-            changes
-        }
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "switches_file_unreadable: starting with no switches");
-            Vec::new()
-        }
-    }
+    let changes: Vec<SwitchChange> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "switches_file: {} is not a list of switch changes ({e}); fix or remove it",
+            path.display()
+        )
+    })?;
+    tracing::info!(path = %path.display(), switches = changes.len(), "switches_file_loaded");
+    Ok(changes)
 }
 
-/// Writes every switch's last change to `path`.
-pub fn store(path: &Path, slots: &[SlotChange]) {
-    let changes: Vec<&SwitchChange> = slots.iter().map(|slot| &slot.change).collect();
-    let Ok(json) = serde_json::to_vec_pretty(&changes) else {
-        return;
-    };
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let written = std::fs::write(&temporary, json).and_then(|()| std::fs::rename(&temporary, path));
-    if let Err(e) = written {
-        tracing::error!(path = %path.display(), error = %e, "switches_file_not_written: a restart would lose the latest switch change");
+/// Writes the switches to one file, one write at a time.
+#[derive(Debug, Default)]
+pub struct SwitchesFile {
+    writing: Mutex<()>,
+}
+
+impl SwitchesFile {
+    /// Writes every switch's last change to `path`.
+    pub fn store(&self, path: &Path, slots: &[SlotChange]) {
+        let _one_writer = crate::lock(&self.writing);
+        let changes: Vec<&SwitchChange> = slots.iter().map(|slot| &slot.change).collect();
+        let Ok(json) = serde_json::to_vec_pretty(&changes) else {
+            return;
+        };
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(format!(".{}.tmp", std::process::id()));
+        let written = std::fs::File::create(&temporary)
+            .and_then(|mut file| {
+                file.write_all(&json)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), error = %e, "switches_file_not_written: a restart would lose the latest switch change");
+        }
     }
 }
 
@@ -51,14 +69,14 @@ mod tests {
     use authz_core::switches::Setting;
 
     #[test]
-    fn what_is_stored_is_loaded_and_a_bad_file_loads_nothing() {
+    fn what_is_stored_is_loaded_and_a_bad_file_is_refused() {
         let dir = std::env::temp_dir().join(format!(
             "switches-file-{}",
             crate::versions::random_incarnation()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("switches.json");
-        assert!(load(&path).is_empty(), "missing");
+        assert_eq!(load(&path), Ok(Vec::new()), "missing");
         let change = SwitchChange {
             setting: Setting::AsyncVerificationOff {
                 on: true,
@@ -67,7 +85,7 @@ mod tests {
             at_ms: 3,
             by: "oncall".into(),
         };
-        store(
+        SwitchesFile::default().store(
             &path,
             &[SlotChange {
                 change: change.clone(),
@@ -75,9 +93,10 @@ mod tests {
                 stamp: 1,
             }],
         );
-        assert_eq!(load(&path), vec![change]);
+        assert_eq!(load(&path), Ok(vec![change]));
         std::fs::write(&path, "not json").unwrap();
-        assert!(load(&path).is_empty());
+        let refused = load(&path).unwrap_err();
+        assert!(refused.contains("switches.json"), "{refused}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

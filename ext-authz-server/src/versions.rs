@@ -671,6 +671,17 @@ impl Versions {
         self.read(|s| s.switches.changes().cloned().collect())
     }
 
+    /// When a change of `slot` asked for at `now_ms` (this server's clock) is stamped: after
+    /// the slot's last change, whatever this clock says, so it is the slot's latest everywhere
+    /// (and a one-shot's time differs from the last one's).
+    pub fn switch_stamp_ms(&self, slot: &str, now_ms: u64) -> u64 {
+        self.read(|s| {
+            s.switches
+                .last_at_ms(slot)
+                .map_or(now_ms, |last| now_ms.max(last.saturating_add(1)))
+        })
+    }
+
     /// What the switches say of `tier` at `now_ms`: its cache cap, and whether it fails
     /// closed. (One read of the state per check.)
     pub fn tier_switches(&self, tier: authz_core::Tier, now_ms: u64) -> (Option<u64>, bool) {

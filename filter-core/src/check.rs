@@ -8,7 +8,7 @@
 //! the message.
 
 use crate::commands::{CheckOrder, CheckPurpose};
-use authz_core::ext_authz_proto::{encode_check_request, CheckFacts};
+use authz_core::ext_authz_proto::{encode_check_request, Background, CheckFacts};
 use std::collections::HashMap;
 
 /// What the host read of the request being decided, after our headers were stripped.
@@ -44,7 +44,7 @@ pub fn check_message(
                 .collect(),
             tier: order.tier.as_str().to_owned(),
             client_locality: locality,
-            background: true,
+            background: Background::AfterAnswer,
             ..CheckFacts::default()
         },
     };
@@ -81,7 +81,11 @@ fn live_facts(order: &CheckOrder, live: LiveRequest<'_>, locality: Option<String
         source_port: port,
         tier: order.tier.as_str().to_owned(),
         client_locality: locality,
-        background: order.as_after_answer,
+        background: if order.as_after_answer {
+            Background::BeforeAnswer
+        } else {
+            Background::No
+        },
     }
 }
 
@@ -151,6 +155,16 @@ mod tests {
             Some("\u{fffd}")
         );
         assert!(check_message(&decide, Some(live), None).is_some());
+        assert_eq!(facts.background, Background::No);
+        // Checked before the answer (asynchronous verification off): marked so, and carrying
+        // the client's address (the server's per-address limits apply).
+        let first = CheckOrder {
+            as_after_answer: true,
+            ..decide.clone()
+        };
+        let facts = live_facts(&first, live, None);
+        assert_eq!(facts.background, Background::BeforeAnswer);
+        assert_eq!(facts.source_address.as_deref(), Some("10.1.2.3"));
     }
 
     #[test]

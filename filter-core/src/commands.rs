@@ -121,6 +121,9 @@ pub struct FetchOrder {
     pub path: String,
     pub timeout: Duration,
     pub reason: FetchReason,
+    /// The refetch demand (`jwks_refetch` switch time) known when the fetch was leased: the
+    /// one its success meets (0: none).
+    pub meets_refetch_at_ms: u64,
 }
 
 /// A Check call the worker makes for a request (kept while the call is out).

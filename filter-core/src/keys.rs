@@ -39,6 +39,8 @@ struct InFlight {
     cluster: String,
     stage: FetchStage,
     reason: FetchReason,
+    /// The refetch demand its success meets ([`FetchOrder::meets_refetch_at_ms`]).
+    meets_refetch_at_ms: u64,
 }
 
 struct KeySource {
@@ -192,13 +194,14 @@ impl KeySources {
         held_back
     }
 
-    /// Holds `provider`'s keys back while a refetch demanded of it has not been met
-    /// (`status`: its shared record, read now), and lets them be used again once one has.
+    /// Holds `provider`'s keys back while a refetch demanded of it (by the switch this worker
+    /// read, or by another worker in the shared record) has not been met (`status`: that
+    /// record, read now), and lets them be used again once one has.
     fn hold_back_unless_met(&mut self, provider: usize, status: &FetchStatus) {
         let Some(source) = self.sources.get_mut(provider) else {
             return;
         };
-        let held = source.demanded_at_ms > status.refetched_at_ms;
+        let held = source.demanded_at_ms.max(status.refetch_wanted_at_ms) > status.refetched_at_ms;
         if held != source.held_back {
             source.held_back = held;
             // Verifications cached under the keys as they were go either way.
@@ -272,9 +275,18 @@ impl KeySources {
 
     /// Loads keys another worker stored, if they are newer than ours. True if keys changed.
     pub fn sync_keys(&mut self, host: &impl Host, provider: usize, now_ms: u64) -> bool {
-        let Some(status) = self.read_status(host, provider) else {
+        let Some(mut status) = self.read_status(host, provider) else {
             return false;
         };
+        let demanded = self.sources.get(provider).map_or(0, |s| s.demanded_at_ms);
+        if demanded > status.refetch_wanted_at_ms {
+            // Our demand did not reach the record (a failed write): again, so a fetch is due.
+            if let Some(written) =
+                self.update_status(host, provider, |s| s.demand_refetch(demanded))
+            {
+                status = written;
+            }
+        }
         let was_held = self.sources.get(provider).is_some_and(|s| s.held_back);
         self.hold_back_unless_met(provider, &status);
         let released = was_held && self.sources.get(provider).is_some_and(|s| !s.held_back);
@@ -356,18 +368,25 @@ impl KeySources {
         if written != SharedWrite::Written {
             return None;
         }
+        let meets = leased.refetch_wanted_at_ms;
         // With discovery, scheduled fetches read the metadata again first; a token the keys
         // fail refetches the keys where the metadata last said they are.
         let known = self.keys_location(host, provider);
         let metadata_path = remote.config.discovery_path.as_ref();
         Some(match (metadata_path, known) {
-            (Some(path), None) => self.order(provider, FetchStage::Metadata, reason, None, path),
+            (Some(path), None) => {
+                self.order(provider, FetchStage::Metadata, (reason, meets), None, path)
+            }
             (Some(path), Some(_)) if reason != FetchReason::UnknownKid => {
-                self.order(provider, FetchStage::Metadata, reason, None, path)
+                self.order(provider, FetchStage::Metadata, (reason, meets), None, path)
             }
-            (_, Some((authority, path))) => {
-                self.order(provider, FetchStage::Keys, reason, Some(authority), &path)
-            }
+            (_, Some((authority, path))) => self.order(
+                provider,
+                FetchStage::Keys,
+                (reason, meets),
+                Some(authority),
+                &path,
+            ),
             (None, None) => return None,
         })
     }
@@ -376,7 +395,7 @@ impl KeySources {
         &self,
         provider: usize,
         stage: FetchStage,
-        reason: FetchReason,
+        (reason, meets_refetch_at_ms): (FetchReason, u64),
         authority: Option<String>,
         path: &str,
     ) -> FetchOrder {
@@ -395,6 +414,7 @@ impl KeySources {
             path: path.to_owned(),
             timeout: Duration::from_millis(config.map(|c| c.timeout_ms).unwrap_or(1000)),
             reason,
+            meets_refetch_at_ms,
         }
     }
 
@@ -483,7 +503,7 @@ impl KeySources {
                 let order = self.order(
                     provider,
                     FetchStage::Keys,
-                    fetch.reason,
+                    (fetch.reason, fetch.meets_refetch_at_ms),
                     Some(authority),
                     &path,
                 );
@@ -514,6 +534,7 @@ impl KeySources {
                 cluster: order.cluster.clone(),
                 stage: order.stage,
                 reason: order.reason,
+                meets_refetch_at_ms: order.meets_refetch_at_ms,
             },
         );
     }
@@ -607,7 +628,9 @@ impl KeySources {
                 }
                 let stored = host.shared_set(&keys_key, &body, None) == SharedWrite::Written;
                 let version = if stored {
-                    self.update_status(host, provider, |s| s.succeeded(now_ms))
+                    self.update_status(host, provider, |s| {
+                        s.succeeded(now_ms, fetch.meets_refetch_at_ms)
+                    })
                 } else {
                     None
                 };

@@ -538,7 +538,6 @@ impl<H: Host> Worker<H> {
         if own {
             self.host.count(Counter::PollOk);
         }
-        self.take_switches(&changes.switches, now_ms);
         if self.link.versions.failed_polls > 0 {
             if own {
                 self.host.log(
@@ -606,10 +605,14 @@ impl<H: Host> Worker<H> {
                 self.share.catch_up = true;
                 self.start_over_at(changes.policy_version);
                 self.link.versions.incarnation = Some(incarnation.clone());
+                // The new counter's switch revisions say nothing against the old one's; the
+                // switches held stay until its state is read.
+                self.switches.revision = 0;
                 return self.poll_due(now_ms);
             }
             self.link.versions.incarnation = Some(incarnation.clone());
         }
+        self.take_switches(&changes.switches, now_ms);
         // A page of a larger state vouches for nothing yet: the rest is read at once.
         let whole = !changes.more;
         if changes.more {

@@ -29,6 +29,9 @@ use authz_core::switches::{Known, Switches};
 #[derive(Debug, Default)]
 pub(crate) struct SwitchState {
     pub known: Known,
+    /// The revision of the switches held: an answer with a lower one is older (a lagging
+    /// replica's) and not taken. Reset when the server's incarnation changes.
+    pub revision: u64,
     /// The flush time last acted on (`None`: no answer read yet).
     flushed_at_ms: Option<u64>,
     /// The refetch time last acted on.
@@ -53,8 +56,16 @@ impl<H: Host> Worker<H> {
     /// Takes the switches of a feed answer this worker applies.
     pub(crate) fn take_switches(&mut self, switches: &FeedSwitches, now_ms: u64) {
         let read = match switches {
-            // A server older than switches: none exist.
+            // A server older than switches: none exist, unless another server said otherwise.
+            FeedSwitches::Absent if self.switches.known.read().is_some() => return,
             FeedSwitches::Absent => Switches::NONE,
+            FeedSwitches::Read(read) if read.revision < self.switches.revision => {
+                self.host.log(
+                    LogLevel::Debug,
+                    "jwt_authz change feed: switches older than the ones held (a lagging server); kept",
+                );
+                return;
+            }
             FeedSwitches::Read(read) => read.clone(),
             FeedSwitches::Malformed(why) => {
                 self.host.count(Counter::SwitchesUnreadable);
@@ -88,6 +99,7 @@ impl<H: Host> Worker<H> {
                 );
             }
         }
+        self.switches.revision = read.revision;
         self.switches.known = Known::Read(read);
         self.report_switches(now_ms);
     }

@@ -293,3 +293,82 @@ fn switches_that_cannot_be_read_are_counted_and_the_refusing_ones_assumed() {
     let (_, order) = w.request(2, get("/news/1", &token), T0 + 3).check();
     assert!(order.as_after_answer);
 }
+
+#[test]
+fn an_answer_from_a_lagging_server_does_not_roll_the_switches_back() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let idp = Idp::new("k1");
+    let token = idp.token("alice");
+    let off = json!({"revision": 5, "async_verification_off": {"until_ms": null}});
+    let (mut w, _, held) = started(&store, &idp, off);
+    let checked_first = |w: &mut Worker<FakeHost>, id: u32, at: u64| {
+        !w.request(id, get("/news/1", &token), at).checks.is_empty()
+    };
+    assert!(checked_first(&mut w, 1, T0 + 1));
+    // A replica that has not read the change yet (a lower revision), then one older than
+    // switches (no member): neither undoes it.
+    let (held, _) = w
+        .answer(
+            held,
+            Some(200),
+            Some(feed(answer(2, json!({"revision": 3})))),
+            T0 + 2,
+        )
+        .poll()
+        .expect("held again");
+    assert!(checked_first(&mut w, 2, T0 + 3));
+    let old_server = json!({"version": 3, "policy_version": 1, "incarnation": "inc-a"});
+    let (held, _) = w
+        .answer(held, Some(200), Some(feed(old_server)), T0 + 4)
+        .poll()
+        .expect("held again");
+    assert!(checked_first(&mut w, 3, T0 + 5));
+    // The change that lifts it (a higher revision) does.
+    w.answer(
+        held,
+        Some(200),
+        Some(feed(answer(4, json!({"revision": 6})))),
+        T0 + 6,
+    );
+    assert!(!checked_first(&mut w, 4, T0 + 7));
+}
+
+#[test]
+fn a_new_server_state_is_read_whatever_its_revisions() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let idp = Idp::new("k1");
+    let token = idp.token("alice");
+    let off = json!({"revision": 50, "async_verification_off": {"until_ms": null}});
+    let (mut w, _, held) = started(&store, &idp, off);
+    // The server restarted without shared state: a new incarnation, revisions from 0.
+    let restarted = json!({"version": 1, "policy_version": 1, "incarnation": "inc-b",
+                           "switches": {"revision": 2}});
+    let (again, _) = w
+        .answer(held, Some(200), Some(feed(restarted.clone())), T0 + 1)
+        .poll()
+        .expect("read again from 0");
+    w.answer(again, Some(200), Some(feed(restarted)), T0 + 2);
+    assert_eq!(
+        status_of(&w.request(1, get("/news/1", &token), T0 + 3).done()),
+        200,
+        "the new state's switches are in force"
+    );
+}
+
+#[test]
+fn a_worker_that_has_not_read_the_switch_yet_holds_its_keys_back_once_it_sees_the_demand() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let idp = Idp::new("k1");
+    let token = idp.token("alice");
+    let (mut a, _, a_held) = started(&store, &idp, json!({}));
+    let (mut b, _, _) = started(&store, &idp, json!({}));
+    let refetch = json!({"jwks_refetch_at_ms": 5_000});
+    a.answer(a_held, Some(200), Some(feed(answer(2, refetch))), T0 + 10);
+    // B's feed has not brought the switch; its next look at the shared record does.
+    b.wake(T0 + 300);
+    let out = b.request(1, get("/x", &token), T0 + 301);
+    assert!(
+        out.finals.is_empty(),
+        "not verified with the old keys: {out:?}"
+    );
+}

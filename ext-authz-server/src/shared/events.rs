@@ -10,7 +10,8 @@ use redis::Value as RedisValue;
 /// Publishes one change. KEYS: seq, events, subjects, policy, switches. ARGV: kind, value,
 /// at_ms, stream max length, origin, the switch's slot (switches only). Returns {seq, n} (n:
 /// the subject's epoch or policy version). A switch change is kept in the switches hash under
-/// its slot as `<seq> <change>`: the last change of each switch, read back on (re)connect.
+/// its slot as `<seq> <at_ms> <change>` unless the hash holds a later one (by `at_ms`): the
+/// last change of each switch, read back on (re)connect.
 pub(super) const PUBLISH_LUA: &str = r#"
 local seq = redis.call('INCR', KEYS[1])
 local n = 0
@@ -29,7 +30,12 @@ elseif ARGV[1] == 'policy' then
   n = redis.call('HINCRBY', KEYS[4], 'version', 1)
   redis.call('HSET', KEYS[4], 'seq', seq)
 elseif ARGV[1] == 'switch' then
-  redis.call('HSET', KEYS[5], ARGV[6], string.format('%d ', seq) .. ARGV[2])
+  local prev = redis.call('HGET', KEYS[5], ARGV[6])
+  local prev_at = -1
+  if prev then prev_at = tonumber(string.match(prev, '^%d+ (%d+) ') or '-1') end
+  if at >= prev_at then
+    redis.call('HSET', KEYS[5], ARGV[6], string.format('%d %d ', seq, at) .. ARGV[2])
+  end
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], string.format('%d-1', seq),
   'kind', ARGV[1], 'value', ARGV[2], 'at', string.format('%d', at), 'n', n, 'origin', ARGV[5])
@@ -122,9 +128,10 @@ pub(super) fn decode(entry: &StreamId) -> Option<(u64, Change)> {
     Some((seq, change))
 }
 
-/// A switch's snapshot value: `<seq> <change>`.
+/// A switch's snapshot value: `<seq> <at_ms> <change>`.
 pub(super) fn decode_switch(value: &str) -> Option<(u64, Change)> {
-    let (seq, json) = value.split_once(' ')?;
+    let (seq, rest) = value.split_once(' ')?;
+    let (_at_ms, json) = rest.split_once(' ')?;
     Some((
         seq.parse().ok()?,
         Change::Switch(SwitchChange::from_json(json)?),
@@ -229,9 +236,10 @@ mod tests {
         );
         assert_eq!(decode(&w), Some((45, Change::Switch(switch.clone()))));
         assert_eq!(
-            decode_switch(&format!("46 {}", switch.to_json())),
+            decode_switch(&format!("46 1700 {}", switch.to_json())),
             Some((46, Change::Switch(switch)))
         );
+        assert_eq!(decode_switch("46 1700 {}"), None);
         assert_eq!(decode_switch("46 {}"), None);
         assert_eq!(decode_subject("bob", "2:900:17").map(|(s, _)| s), Some(17));
         assert_eq!(decode_subject("bob", "2:900"), None);

@@ -2,9 +2,12 @@
 //! its tier for a per-tier one: `authz_core::switches::Setting::slot`), who asked for it and
 //! when, and the state they make ([`Switches`]) that every feed answer carries.
 //!
-//! Last writer wins per slot, by the shared sequence when the change has a number (an older
-//! change read late, or replayed from the snapshot, does not undo a newer one); a change made
-//! here without one (no shared tier, or Redis away) always wins here.
+//! Last writer wins per slot, by when the change was made (`at_ms`, the asking server's clock;
+//! the admin API stamps a change after the slot's last one, whatever its own clock says): an
+//! older change read late, replayed from the snapshot, published from an outbox after Redis
+//! returns, or republished after Redis lost its data, never undoes a newer one, wherever and
+//! in whatever order it arrives. Two changes of one slot stamped alike are ordered by their
+//! wire form, so every server keeps the same one.
 
 use authz_core::switches::{Setting, Switches};
 use serde::{Deserialize, Serialize};
@@ -52,21 +55,17 @@ impl SwitchSlots {
     /// changed.
     pub(super) fn set(&mut self, change: &SwitchChange, seq: Option<u64>, stamp: u64) -> bool {
         let slot = change.setting.slot();
-        if let (Some(seq), Some(held)) = (seq, self.slots.get(&slot).and_then(|s| s.seq)) {
-            if seq < held {
+        if let Some(held) = self.slots.get_mut(&slot) {
+            if held.change == *change {
+                // The same change again (our own publish read back, a snapshot replay).
+                if seq.is_some() {
+                    held.seq = seq;
+                }
                 return false;
             }
-        }
-        if self
-            .slots
-            .get(&slot)
-            .is_some_and(|held| held.change == *change)
-        {
-            // The same change again (our own publish read back, a snapshot replay).
-            if let (Some(seq), Some(held)) = (seq, self.slots.get_mut(&slot)) {
-                held.seq = Some(seq);
+            if !is_later(change, &held.change) {
+                return false;
             }
-            return false;
         }
         self.slots.insert(
             slot,
@@ -78,9 +77,11 @@ impl SwitchSlots {
         );
         let before = std::mem::take(&mut self.state);
         self.state = self.rebuild();
+        self.state.revision = before.revision;
         let changed = self.state != before;
         if changed {
             self.changed_at_version = self.changed_at_version.max(stamp);
+            self.state.revision = self.changed_at_version;
         }
         changed
     }
@@ -104,6 +105,16 @@ impl SwitchSlots {
     pub(super) fn changes(&self) -> impl Iterator<Item = &SlotChange> {
         self.slots.values()
     }
+
+    /// When the last change of `slot` was made, if it has one.
+    pub(super) fn last_at_ms(&self, slot: &str) -> Option<u64> {
+        self.slots.get(slot).map(|s| s.change.at_ms)
+    }
+}
+
+/// Whether `change` comes after `held` (of the same slot).
+fn is_later(change: &SwitchChange, held: &SwitchChange) -> bool {
+    (change.at_ms, change.to_json()) > (held.at_ms, held.to_json())
 }
 
 #[cfg(test)]
@@ -124,23 +135,37 @@ mod tests {
     }
 
     #[test]
-    fn the_last_change_of_a_slot_wins_by_its_shared_number() {
+    fn the_last_change_of_a_slot_wins_by_when_it_was_made_whatever_the_order_it_arrives_in() {
         let mut slots = SwitchSlots::default();
         assert!(slots.set(&closed(true, 10), Some(5), 5));
         assert!(slots.state().fails_closed(Tier::Privileged, 11));
-        // An older change read late does not undo it.
-        assert!(!slots.set(&closed(false, 9), Some(4), 6));
+        // An older change read late (an outbox published after Redis returned, a republish
+        // after Redis lost its data: a higher number) does not undo it.
+        assert!(!slots.set(&closed(false, 9), Some(40), 40));
+        assert!(!slots.set(&closed(false, 9), None, 41));
         assert!(slots.state().fails_closed(Tier::Privileged, 11));
         // Our own change read back from the stream: nothing new.
-        assert!(!slots.set(&closed(true, 10), Some(5), 7));
+        assert!(!slots.set(&closed(true, 10), Some(5), 42));
         assert_eq!(slots.changed_at_version, 5);
-        // A newer one does.
-        assert!(slots.set(&closed(false, 20), Some(8), 8));
+        // A newer one does, with or without a number.
+        assert!(slots.set(&closed(false, 20), Some(8), 43));
         assert!(!slots.state().fails_closed(Tier::Privileged, 21));
-        assert_eq!(slots.changed_at_version, 8);
-        // A local change (no number) always wins here.
-        assert!(slots.set(&closed(true, 30), None, 9));
+        assert_eq!(slots.changed_at_version, 43);
+        assert!(slots.set(&closed(true, 30), None, 44));
         assert!(slots.state().fails_closed(Tier::Privileged, 31));
+        assert_eq!(slots.last_at_ms("fail_closed:privileged"), Some(30));
+        // Stamped alike: every server keeps the same one, whichever it read first.
+        let mut other = SwitchSlots::default();
+        let (a, b) = (closed(true, 50), closed(false, 50));
+        slots.set(&a, None, 45);
+        slots.set(&b, None, 46);
+        other.set(&b, None, 1);
+        other.set(&a, None, 2);
+        assert_eq!(
+            slots.last_at_ms("fail_closed:privileged"),
+            other.last_at_ms("fail_closed:privileged")
+        );
+        assert_eq!(slots.state().fail_closed, other.state().fail_closed);
     }
 
     #[test]
