@@ -1195,4 +1195,23 @@ mod tests {
         let pruned = v.changes_since_v2(0, true);
         assert!(!pruned.contains(&hex(&[7; 32])), "{pruned}");
     }
+
+    #[test]
+    fn a_switch_change_is_stamped_after_the_last_change_of_its_switch() {
+        let v = Versions::default();
+        let refetch = authz_core::switches::Setting::JwksRefetch;
+        assert_eq!(v.switch_stamp_ms(&refetch.slot(), 5_000), 5_000);
+        v.apply(
+            &Change::Switch(SwitchChange {
+                setting: refetch.clone(),
+                at_ms: 10_000,
+                by: "a".into(),
+            }),
+            None,
+        );
+        // A replica whose clock is behind still stamps it later: a second refetch is one.
+        assert_eq!(v.switch_stamp_ms(&refetch.slot(), 5_000), 10_001);
+        assert_eq!(v.switch_stamp_ms(&refetch.slot(), 20_000), 20_000);
+        assert_eq!(v.switch_stamp_ms("flush", 5_000), 5_000);
+    }
 }

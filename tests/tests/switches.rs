@@ -235,6 +235,32 @@ async fn a_switch_set_on_one_replica_reaches_the_others_and_survives_every_resta
     let d = shared_server(&idp, &redis, "zone-c");
     assert!(eventually(Duration::from_secs(5), || d.readyz() == 200));
     assert!(!closed(d.admin_port));
+    // The snapshot keeps a switch's latest change: a change stamped earlier than the one it
+    // holds (an outbox published late) does not replace it.
+    let slot = "fail_closed:standard_write";
+    // A bulk string reply: `$<length>\r\n<value>`.
+    let value_of = |reply: Option<String>| {
+        reply
+            .and_then(|r| r.split_once("\r\n").map(|(_, v)| v.to_owned()))
+            .expect("the snapshot holds the switch")
+    };
+    let held = value_of(redis.command(&["HGET", "authz:v1:switches", slot]));
+    let later = held.replacen(
+        held.split(' ').nth(1).expect("seq at change"),
+        "99999999999999",
+        1,
+    );
+    redis.command(&["HSET", "authz:v1:switches", slot, &later]);
+    switch(
+        d.admin_port,
+        json!({"switch": "fail_closed", "tier": "standard_write", "on": true, "by": "late"}),
+    );
+    assert_eq!(
+        value_of(redis.command(&["HGET", "authz:v1:switches", slot])),
+        later,
+        "an earlier change does not replace a later one"
+    );
+    redis.command(&["HSET", "authz:v1:switches", slot, &held]);
 
     // A flush reaches the shared cache too: what one replica introspected, another reads from
     // Redis until the flush, and asks the IdP after it.
