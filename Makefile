@@ -37,9 +37,9 @@ toolchain:
 	fi
 
 # Debian packages the tests use: a real redis-server (shared-tier tests, TLS ones made with
-# openssl), docker-compose and Node.js with npm
+# openssl), docker-compose, promtool (deploy/observability's alert rules) and Node.js with npm
 # (docker-compose.yaml checks; the certified OpenID provider). Installed with apt-get when missing (as root, or via sudo).
-SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose openssl:openssl node:nodejs npm:npm
+SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose openssl:openssl node:nodejs npm:npm promtool:prometheus
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
