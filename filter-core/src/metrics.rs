@@ -29,6 +29,8 @@
 //! | `authz.switches.flushes` / `.jwks_refetches` | counter | incident switches this worker acted on: caches dropped / key sets held back until fetched again |
 //! | `authz.switches.unreadable` | counter | feed answers whose switches could not be read (the worker then assumes every tier fails closed and checks after the answer are made before it) |
 //! | `authz.switches_on` | gauge | incident switches on (cache caps, fail-closed tiers, async verification off), as this worker last saw them (last writer wins) |
+//! | `authz.check_call_ms` | histogram | a Check call made for a request: asked → answered or failed, ms (the filter's clock: ms ticks) |
+//! | `authz.key_wait_ms` | histogram | a request paused for keys: paused → decided, ms |
 //! | `authz.revocation_lag_ms` | histogram | from the server learning a change to this worker applying it, ms (one sample per change; same clock only on one machine) |
 
 use authz_core::Tier;
@@ -123,6 +125,10 @@ pub enum Gauge {
 pub enum Histogram {
     VerifyMicros,
     RevocationLagMs,
+    /// A Check call the filter made for a request: asked → answered (or failed), ms.
+    CheckCallMs,
+    /// A request paused for keys: paused → decided, ms.
+    KeyWaitMs,
 }
 
 const TIERS: usize = Tier::ALL.len();
@@ -266,12 +272,19 @@ impl Gauge {
 }
 
 impl Histogram {
-    pub const ALL: [Histogram; 2] = [Histogram::VerifyMicros, Histogram::RevocationLagMs];
+    pub const ALL: [Histogram; 4] = [
+        Histogram::VerifyMicros,
+        Histogram::RevocationLagMs,
+        Histogram::CheckCallMs,
+        Histogram::KeyWaitMs,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             Histogram::VerifyMicros => "authz.verify_microseconds",
             Histogram::RevocationLagMs => "authz.revocation_lag_ms",
+            Histogram::CheckCallMs => "authz.check_call_ms",
+            Histogram::KeyWaitMs => "authz.key_wait_ms",
         }
     }
 }

@@ -198,6 +198,10 @@ impl<H: Host> Worker<H> {
         body: Option<Vec<u8>>,
         now_ms: u64,
     ) -> Final {
+        self.host.record(
+            Histogram::CheckCallMs,
+            now_ms.saturating_sub(call.started_ms),
+        );
         let reply = match (grpc_status, body) {
             (0, Some(body)) => decode_reply(&body),
             (0, None) => Err("empty reply"),

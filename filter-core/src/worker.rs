@@ -58,6 +58,8 @@ struct Pending {
     /// Waits for a refetch (keys were loaded but failed the token), so the first fetch that
     /// concludes settles it; otherwise it waits for the first keys or its deadline.
     refetch: bool,
+    /// When it began waiting (ms).
+    since_ms: u64,
     deadline_ms: u64,
     fetches_seen: u64,
 }
@@ -769,6 +771,7 @@ impl<H: Host> Worker<H> {
             request,
             provider,
             refetch,
+            since_ms: now_ms,
             deadline_ms: now_ms + self.policy.key_wait_timeout_ms,
             fetches_seen: status.completed_fetches,
         });
@@ -789,6 +792,8 @@ impl<H: Host> Worker<H> {
         for p in std::mem::take(&mut self.pending) {
             let decision = self.decide(&p.request, now_ms * 1000);
             let Decision::AwaitKeys { .. } = decision else {
+                self.host
+                    .record(Histogram::KeyWaitMs, now_ms.saturating_sub(p.since_ms));
                 finals.push(self.finish(p.context_id, &p.request, decision, now_ms));
                 continue;
             };
@@ -816,6 +821,8 @@ impl<H: Host> Worker<H> {
                 {
                     self.keys.remember_absent(*provider, kid, now_ms);
                 }
+                self.host
+                    .record(Histogram::KeyWaitMs, now_ms.saturating_sub(p.since_ms));
                 finals.push(self.finish(p.context_id, &p.request, decision, now_ms));
             } else {
                 still_waiting.push(p);

@@ -1875,3 +1875,27 @@ fn poll_timeout_names_a_waiting_request_s_deadline_and_a_wake_then_settles_it() 
     assert_eq!(finals.len(), 1);
     assert_eq!((finals[0].context_id, status_of(&finals[0])), (10, 503));
 }
+
+#[test]
+fn check_calls_and_waits_for_keys_are_timed() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let idp = Idp::new("k1");
+    let (mut w, host) = worker(&store);
+    let token = idp.token("alice");
+    let (fetch, _) = w
+        .request(1, get("/things", Some(&token)), T0)
+        .waits()
+        .expect("the first request fetches");
+    let settled = w.answer(fetch, Some(200), Some(idp.jwks()), T0 + 40);
+    assert_eq!(settled.finals.len(), 1);
+    let (call, _) = w
+        .request(2, get("/admin/users", Some("opaque-token-1")), T0 + 50)
+        .check();
+    w.grpc(call, 0, Some(ok_reply(0, 0, false)), T0 + 57);
+    let samples = host.samples.borrow();
+    assert!(samples.contains(&(Histogram::KeyWaitMs, 40)), "{samples:?}");
+    assert!(
+        samples.contains(&(Histogram::CheckCallMs, 7)),
+        "{samples:?}"
+    );
+}
