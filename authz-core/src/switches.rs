@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 
 /// A switch that is on until cleared, or until `until_ms` (exclusive).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Held {
     #[serde(default)]
     pub until_ms: Option<u64>,
@@ -38,6 +39,7 @@ impl Held {
 
 /// A cap on how long a tier's cached results are used, until `until_ms` (exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Cap {
     pub max_ms: u64,
     #[serde(default)]

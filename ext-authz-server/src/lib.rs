@@ -168,7 +168,7 @@ impl LocalChanges {
         );
         if let Some(path) = &self.switches_file {
             self.switches_writer
-                .store(path, &self.versions.switch_changes());
+                .store(path, || self.versions.switch_changes());
         }
     }
 }
@@ -251,7 +251,13 @@ pub fn build_service_with_clock(
         let kept =
             switches_file::load(path).map_err(|why| ServerError::InvalidConfig(vec![why]))?;
         for change in kept {
-            changes.apply(&Change::Switch(change), None);
+            let change = Change::Switch(change);
+            changes.apply(&change, None);
+            // With a shared tier, published on connect (the latest change of each switch wins
+            // wherever it was made).
+            if let Some(shared) = &shared {
+                shared.keep_for_publishing(change);
+            }
         }
     } else if shared.is_none() {
         tracing::warn!(

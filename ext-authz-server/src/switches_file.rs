@@ -42,9 +42,11 @@ pub struct SwitchesFile {
 }
 
 impl SwitchesFile {
-    /// Writes every switch's last change to `path`.
-    pub fn store(&self, path: &Path, slots: &[SlotChange]) {
+    /// Writes every switch's last change (`slots`, read once this writer's turn has come, so
+    /// a later state is never overwritten by an earlier one) to `path`.
+    pub fn store(&self, path: &Path, slots: impl FnOnce() -> Vec<SlotChange>) {
         let _one_writer = crate::lock(&self.writing);
+        let slots = slots();
         let changes: Vec<&SwitchChange> = slots.iter().map(|slot| &slot.change).collect();
         let Ok(json) = serde_json::to_vec_pretty(&changes) else {
             return;
@@ -85,14 +87,13 @@ mod tests {
             at_ms: 3,
             by: "oncall".into(),
         };
-        SwitchesFile::default().store(
-            &path,
-            &[SlotChange {
+        SwitchesFile::default().store(&path, || {
+            vec![SlotChange {
                 change: change.clone(),
                 seq: None,
                 stamp: 1,
-            }],
-        );
+            }]
+        });
         assert_eq!(load(&path), Ok(vec![change]));
         std::fs::write(&path, "not json").unwrap();
         let refused = load(&path).unwrap_err();

@@ -43,6 +43,7 @@ pub use feed_share::SharedAnswer;
 pub use host::{Host, LogLevel, SharedWrite};
 pub use metrics::{Counter, Gauge, Histogram};
 pub use read::{read_request, ReadRequest, Unreadable};
+pub use switches::ABSENT_SWITCHES_DROPPED_AFTER_MS;
 pub use timer::WakeTimer;
 pub use verify_outside::{Verified, VerifyOutside};
 pub use versions::KnownVersions;

@@ -36,7 +36,14 @@ pub(crate) struct SwitchState {
     flushed_at_ms: Option<u64>,
     /// The refetch time last acted on.
     refetch_at_ms: Option<u64>,
+    /// Since when the answers have carried no switches while some were held (a server
+    /// rolled back to a version without them).
+    absent_since_ms: Option<u64>,
 }
+
+/// Answers without switches for this long after some were held: the servers no longer have
+/// switches (rolled back), and the held ones are dropped.
+pub const ABSENT_SWITCHES_DROPPED_AFTER_MS: u64 = 60_000;
 
 impl SwitchState {
     /// Before any answer: nothing known when a feed will tell, none without one.
@@ -56,8 +63,21 @@ impl<H: Host> Worker<H> {
     /// Takes the switches of a feed answer this worker applies.
     pub(crate) fn take_switches(&mut self, switches: &FeedSwitches, now_ms: u64) {
         let read = match switches {
-            // A server older than switches: none exist, unless another server said otherwise.
-            FeedSwitches::Absent if self.switches.known.read().is_some() => return,
+            // A server older than switches: none exist, unless another server said otherwise
+            // lately (a replica not upgraded yet, beside upgraded ones).
+            FeedSwitches::Absent
+                if self
+                    .switches
+                    .known
+                    .read()
+                    .is_some_and(|held| *held != Switches::NONE) =>
+            {
+                let since = *self.switches.absent_since_ms.get_or_insert(now_ms);
+                if now_ms.saturating_sub(since) < ABSENT_SWITCHES_DROPPED_AFTER_MS {
+                    return;
+                }
+                Switches::NONE
+            }
             FeedSwitches::Absent => Switches::NONE,
             FeedSwitches::Read(read) if read.revision < self.switches.revision => {
                 self.host.log(
@@ -98,6 +118,9 @@ impl<H: Host> Worker<H> {
                     ),
                 );
             }
+        }
+        if !matches!(switches, FeedSwitches::Absent) {
+            self.switches.absent_since_ms = None;
         }
         self.switches.revision = read.revision;
         self.switches.known = Known::Read(read);

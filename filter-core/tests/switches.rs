@@ -372,3 +372,29 @@ fn a_worker_that_has_not_read_the_switch_yet_holds_its_keys_back_once_it_sees_th
         "not verified with the old keys: {out:?}"
     );
 }
+
+#[test]
+fn switches_are_dropped_once_the_servers_have_had_none_for_a_minute() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let idp = Idp::new("k1");
+    let token = idp.token("alice");
+    let off = json!({"revision": 5, "async_verification_off": {"until_ms": null}});
+    let (mut w, _, held) = started(&store, &idp, off);
+    let without =
+        |version: u64| json!({"version": version, "policy_version": 1, "incarnation": "inc-a"});
+    let (held, _) = w
+        .answer(held, Some(200), Some(feed(without(2))), T0 + 10)
+        .poll()
+        .expect("held again");
+    assert!(!w
+        .request(1, get("/news/1", &token), T0 + 11)
+        .checks
+        .is_empty());
+    let later = T0 + 10 + filter_core::ABSENT_SWITCHES_DROPPED_AFTER_MS;
+    w.answer(held, Some(200), Some(feed(without(3))), later);
+    assert_eq!(
+        status_of(&w.request(2, get("/news/1", &token), later + 1).done()),
+        200,
+        "rolled back: the held switches are gone"
+    );
+}

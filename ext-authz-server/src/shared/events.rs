@@ -31,9 +31,12 @@ elseif ARGV[1] == 'policy' then
   redis.call('HSET', KEYS[4], 'seq', seq)
 elseif ARGV[1] == 'switch' then
   local prev = redis.call('HGET', KEYS[5], ARGV[6])
-  local prev_at = -1
-  if prev then prev_at = tonumber(string.match(prev, '^%d+ (%d+) ') or '-1') end
-  if at >= prev_at then
+  local prev_at, prev_change = -1, ''
+  if prev then
+    local a, c = string.match(prev, '^%d+ (%d+) (.*)$')
+    prev_at, prev_change = tonumber(a or '-1'), c or ''
+  end
+  if at > prev_at or (at == prev_at and ARGV[2] > prev_change) then
     redis.call('HSET', KEYS[5], ARGV[6], string.format('%d %d ', seq, at) .. ARGV[2])
   end
 end
@@ -128,10 +131,14 @@ pub(super) fn decode(entry: &StreamId) -> Option<(u64, Change)> {
     Some((seq, change))
 }
 
-/// A switch's snapshot value: `<seq> <at_ms> <change>`.
+/// A switch's snapshot value: `<seq> <at_ms> <change>` (or `<seq> <change>`, as the first
+/// servers with switches wrote it).
 pub(super) fn decode_switch(value: &str) -> Option<(u64, Change)> {
     let (seq, rest) = value.split_once(' ')?;
-    let (_at_ms, json) = rest.split_once(' ')?;
+    let json = match rest.split_once(' ') {
+        Some((_at_ms, json)) if !rest.starts_with('{') => json,
+        _ => rest,
+    };
     Some((
         seq.parse().ok()?,
         Change::Switch(SwitchChange::from_json(json)?),
@@ -237,7 +244,12 @@ mod tests {
         assert_eq!(decode(&w), Some((45, Change::Switch(switch.clone()))));
         assert_eq!(
             decode_switch(&format!("46 1700 {}", switch.to_json())),
-            Some((46, Change::Switch(switch)))
+            Some((46, Change::Switch(switch.clone())))
+        );
+        assert_eq!(
+            decode_switch(&format!("46 {}", switch.to_json())).map(|(seq, _)| seq),
+            Some(46),
+            "the first format"
         );
         assert_eq!(decode_switch("46 1700 {}"), None);
         assert_eq!(decode_switch("46 {}"), None);

@@ -198,6 +198,12 @@ impl Shared {
         lock(&self.outbox).len()
     }
 
+    /// Keeps a change applied here to publish on the next connection (as one made while Redis
+    /// was away).
+    pub fn keep_for_publishing(&self, change: Change) {
+        lock(&self.outbox).push(change);
+    }
+
     fn confirm(&self) {
         self.confirmed_at_ms
             .store(self.clock.now_ms(), Ordering::Relaxed);

@@ -52,7 +52,8 @@ pub(super) struct SwitchSlots {
 
 impl SwitchSlots {
     /// Records `change` under `stamp` (`seq`: its shared number). Returns whether the state
-    /// changed.
+    /// changed. Every change taken raises the revision to its stamp, whether or not the state
+    /// changed: a replica that took a change never reports a revision below one that did not.
     pub(super) fn set(&mut self, change: &SwitchChange, seq: Option<u64>, stamp: u64) -> bool {
         let slot = change.setting.slot();
         if let Some(held) = self.slots.get_mut(&slot) {
@@ -79,10 +80,8 @@ impl SwitchSlots {
         self.state = self.rebuild();
         self.state.revision = before.revision;
         let changed = self.state != before;
-        if changed {
-            self.changed_at_version = self.changed_at_version.max(stamp);
-            self.state.revision = self.changed_at_version;
-        }
+        self.changed_at_version = self.changed_at_version.max(stamp);
+        self.state.revision = self.changed_at_version;
         changed
     }
 
@@ -151,6 +150,9 @@ mod tests {
         assert!(slots.set(&closed(false, 20), Some(8), 43));
         assert!(!slots.state().fails_closed(Tier::Privileged, 21));
         assert_eq!(slots.changed_at_version, 43);
+        // A newer change that leaves the state as it is still raises the revision.
+        assert!(!slots.set(&closed(false, 25), Some(9), 47));
+        assert_eq!(slots.state().revision, 47);
         assert!(slots.set(&closed(true, 30), None, 44));
         assert!(slots.state().fails_closed(Tier::Privileged, 31));
         assert_eq!(slots.last_at_ms("fail_closed:privileged"), Some(30));
