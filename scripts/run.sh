@@ -150,6 +150,11 @@ export ADMIN='$ADMIN'
   # a revoke at the server reaches the proxy's cache at once (pushed; one 250 ms poll if not)
   curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' -H 'content-type: application/json' -d "{\"token\":\"\$ADMIN\"}" http://127.0.0.1:9192/admin/revoke
   curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' 'http://127.0.0.1:9192/admin/epochs?since=0&format=2'
+  # incident switches (docs/runbook.md): no privileged decision reused for 10 minutes, in the
+  # server and in every Envoy at once; then what is in force, and who asked
+  curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' -H 'content-type: application/json' -d '{"switch":"cache_max","tier":"privileged","max_ms":0,"for_seconds":600,"by":"me"}' http://127.0.0.1:9192/admin/switches
+  curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' http://127.0.0.1:9192/admin/switches
+  curl -s http://127.0.0.1:9901/stats | grep -E "$STATS_PREFIX.authz.switches_on"
 
   # the signed verification context: the echo upstream (a service behind the proxy) trusts
   # only this header, verified with the keys the server publishes; read its claims
