@@ -1,7 +1,7 @@
 //! Incident switches: the settings an operator changes at runtime, during an incident, without
 //! a configuration edit or a restart. The server keeps them (and shares them through its shared
-//! tier), puts the state of the moment on every change-feed answer (`switches`, see
-//! `crate::feed`), and both the server and every filter read them with these rules.
+//! tier), puts the state of the moment on every change-feed answer (its `switches` member),
+//! and both the server and every filter read them with these rules.
 //!
 //! | switch | effect |
 //! |---|---|
@@ -31,9 +31,14 @@ pub struct Held {
     pub until_ms: Option<u64>,
 }
 
+/// Whether a switch expiring at `until_ms` (none: never) is on at `now_ms`.
+fn on_until(until_ms: Option<u64>, now_ms: u64) -> bool {
+    until_ms.is_none_or(|until| now_ms < until)
+}
+
 impl Held {
     fn on_at(&self, now_ms: u64) -> bool {
-        self.until_ms.is_none_or(|until| now_ms < until)
+        on_until(self.until_ms, now_ms)
     }
 }
 
@@ -44,6 +49,12 @@ pub struct Cap {
     pub max_ms: u64,
     #[serde(default)]
     pub until_ms: Option<u64>,
+}
+
+impl Cap {
+    fn on_at(&self, now_ms: u64) -> bool {
+        on_until(self.until_ms, now_ms)
+    }
 }
 
 /// The switches in force, as the change feed carries them. A member this reader does not know
@@ -161,12 +172,7 @@ impl Switches {
     /// The switches after `setting`, asked for at `at_ms` (server clock). Switches already
     /// past their expiry at `at_ms` are dropped.
     pub fn apply(&mut self, setting: &Setting, at_ms: u64) {
-        self.cache_max_ms.retain(|_, cap| {
-            Held {
-                until_ms: cap.until_ms,
-            }
-            .on_at(at_ms)
-        });
+        self.cache_max_ms.retain(|_, cap| cap.on_at(at_ms));
         self.fail_closed.retain(|_, held| held.on_at(at_ms));
         if self.async_verification_off.is_some_and(|h| !h.on_at(at_ms)) {
             self.async_verification_off = None;
@@ -216,15 +222,13 @@ impl Switches {
     pub fn cache_cap_ms(&self, tier: Tier, now_ms: u64) -> Option<u64> {
         self.cache_max_ms
             .get(&tier)
-            .filter(|cap| cap.until_ms.is_none_or(|until| now_ms < until))
+            .filter(|cap| cap.on_at(now_ms))
             .map(|cap| cap.max_ms)
     }
 
     /// Whether any tier's cache is capped at `now_ms`.
     pub fn any_cap(&self, now_ms: u64) -> bool {
-        self.cache_max_ms
-            .values()
-            .any(|cap| cap.until_ms.is_none_or(|until| now_ms < until))
+        self.cache_max_ms.values().any(|cap| cap.on_at(now_ms))
     }
 
     /// Whether `tier` serves nothing stale at `now_ms`.
@@ -242,7 +246,7 @@ impl Switches {
         let caps = self
             .cache_max_ms
             .iter()
-            .filter(|(tier, _)| self.cache_cap_ms(**tier, now_ms).is_some())
+            .filter(|(_, cap)| cap.on_at(now_ms))
             .map(|(tier, cap)| Active {
                 switch: "cache_max",
                 tier: Some(*tier),

@@ -449,8 +449,8 @@ fn report_switches(admin: &Admin) {
     let service = &admin.service;
     let switches = service.versions.switches();
     let now_ms = service.clock.now_ms();
+    let on = |yes: bool| if yes { 1.0 } else { 0.0 };
     for tier in Tier::ALL.into_iter().filter(|t| *t != Tier::Public) {
-        let on = |yes: bool| if yes { 1.0 } else { 0.0 };
         service.metrics.set_gauge(
             "authz_switch_active",
             &[("switch", "cache_max"), ("tier", tier.as_str())],
@@ -465,11 +465,7 @@ fn report_switches(admin: &Admin) {
     service.metrics.set_gauge(
         "authz_switch_active",
         &[("switch", "async_verification_off")],
-        if switches.async_verification_off(now_ms) {
-            1.0
-        } else {
-            0.0
-        },
+        on(switches.async_verification_off(now_ms)),
     );
 }
 

@@ -495,8 +495,8 @@ impl CheckService {
         // that fails closed refuses to decide without it (revocations made elsewhere could be
         // missing).
         if !trusts_unconfirmed_shared(id.tier)
-            && self.fails_closed(id.tier)
             && self.shared.as_ref().is_some_and(|s| !s.confirmed())
+            && self.fails_closed(id.tier)
         {
             return Err(DenyReason::SharedStateUnconfirmed);
         }

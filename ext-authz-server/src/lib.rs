@@ -108,8 +108,7 @@ pub struct LocalChanges {
     metrics: Arc<metrics::Metrics>,
     clock: SharedClock,
     /// Where the switches are kept across restarts without a shared tier.
-    switches_file: Option<std::path::PathBuf>,
-    switches_writer: switches_file::SwitchesFile,
+    switches_file: Option<switches_file::SwitchesFile>,
 }
 
 impl ChangeSink for LocalChanges {
@@ -166,9 +165,8 @@ impl LocalChanges {
                 ),
             ],
         );
-        if let Some(path) = &self.switches_file {
-            self.switches_writer
-                .store(path, || self.versions.switch_changes());
+        if let Some(file) = &self.switches_file {
+            file.store(|| self.versions.switch_changes());
         }
     }
 }
@@ -244,8 +242,10 @@ pub fn build_service_with_clock(
         idp: idp.clone(),
         metrics: metrics.clone(),
         clock: clock.clone(),
-        switches_file: config.switches_file.clone(),
-        switches_writer: switches_file::SwitchesFile::default(),
+        switches_file: config
+            .switches_file
+            .clone()
+            .map(switches_file::SwitchesFile::new),
     });
     if let Some(path) = &config.switches_file {
         let kept =

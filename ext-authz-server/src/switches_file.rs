@@ -9,7 +9,7 @@
 
 use crate::versions::{SlotChange, SwitchChange};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The switch changes a file holds: none when it is missing; an error naming the file when it
@@ -35,16 +35,25 @@ pub fn load(path: &Path) -> Result<Vec<SwitchChange>, String> {
     Ok(changes)
 }
 
-/// Writes the switches to one file, one write at a time.
-#[derive(Debug, Default)]
+/// The switches' file: written one write at a time.
+#[derive(Debug)]
 pub struct SwitchesFile {
+    path: PathBuf,
     writing: Mutex<()>,
 }
 
 impl SwitchesFile {
+    pub fn new(path: PathBuf) -> SwitchesFile {
+        SwitchesFile {
+            path,
+            writing: Mutex::new(()),
+        }
+    }
+
     /// Writes every switch's last change (`slots`, read once this writer's turn has come, so
-    /// a later state is never overwritten by an earlier one) to `path`.
-    pub fn store(&self, path: &Path, slots: impl FnOnce() -> Vec<SlotChange>) {
+    /// a later state is never overwritten by an earlier one).
+    pub fn store(&self, slots: impl FnOnce() -> Vec<SlotChange>) {
+        let path = self.path.as_path();
         let _one_writer = crate::lock(&self.writing);
         let slots = slots();
         let changes: Vec<&SwitchChange> = slots.iter().map(|slot| &slot.change).collect();
@@ -87,7 +96,7 @@ mod tests {
             at_ms: 3,
             by: "oncall".into(),
         };
-        SwitchesFile::default().store(&path, || {
+        SwitchesFile::new(path.clone()).store(|| {
             vec![SlotChange {
                 change: change.clone(),
                 seq: None,
