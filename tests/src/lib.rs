@@ -291,6 +291,25 @@ pub fn decision_cache_plugin_config(poll_interval_ms: u64, max_entries: usize) -
     config
 }
 
+/// A route checked after the answer (`background_check_ms: window_ms`), as the e2e suites use
+/// it: (the decision-cache plugin with `news` (`/news/`, GET and HEAD, `authenticated`) first,
+/// the server's policy with the same route opted in beside `admin`, and keys to verify tokens
+/// with: only a token the server verified may be revoked by a check after the answer).
+pub fn checked_after_answer_config(window_ms: u64) -> (Value, String) {
+    let mut plugin = decision_cache_plugin_config(250, 1000);
+    if let Some(routes) = plugin["routes"].as_array_mut() {
+        routes.insert(
+            0,
+            json!({"name": "news", "match": {"prefix": "/news/", "methods": ["GET", "HEAD"]},
+                   "tier": "authenticated", "background_check_ms": window_ms}),
+        );
+    }
+    let server_extra = format!(
+        "token:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  discovery: false\n  jwks_uri: http://127.0.0.1:{{IDP_PORT}}/.well-known/jwks.json\npolicy:\n  routes:\n    - {{name: news, match: {{prefix: /news/, methods: [GET, HEAD]}}, tier: authenticated, background_check_ms: {window_ms}}}\n    - {{name: admin, match: {{prefix: /admin/}}, tier: privileged, require: {{scopes: [admin]}}}}\n  default: {{tier: authenticated}}\n"
+    );
+    (plugin, server_extra)
+}
+
 /// A full stack for the decision cache: dev IdP, echo upstream, ext-authz-server (with an
 /// epochs token) and Envoy whose Wasm filter calls the server itself.
 pub struct CacheStack {
@@ -303,6 +322,39 @@ pub struct CacheStack {
 }
 
 impl CacheStack {
+    /// Sends `n` requests with `token` to the filter's privileged route (`/admin/users`, each
+    /// allowed): how many the server decided (its allow count moves before it answers).
+    pub fn privileged_decided_by_server(&self, token: &str, n: usize) -> u64 {
+        let allows = || {
+            self.server.metric(
+                "authz_decisions_total{outcome=\"allow\",reason=\"ok\",tier=\"privileged\"}",
+            ) as u64
+        };
+        let before = allows();
+        for _ in 0..n {
+            assert_eq!(
+                self.envoy
+                    .status_on_new_connection("GET", "/admin/users", token),
+                200
+            );
+        }
+        allows() - before
+    }
+
+    /// Whether privileged requests with `token` come to be answered from the filter's cache: a
+    /// batch of 8 with no server decision, within 5 batches (Wasm: every worker has its own
+    /// cache to fill first).
+    pub fn privileged_reused(&self, token: &str) -> bool {
+        (0..5).any(|_| self.privileged_decided_by_server(token, 8) == 0)
+    }
+
+    /// Whether the proxy counts `on` incident switches on within 3 s (`authz.switches_on`).
+    pub fn switches_on(&self, on: u64) -> bool {
+        eventually(Duration::from_secs(3), || {
+            self.envoy.stat("wasmcustom.authz.switches_on") == on
+        })
+    }
+
     pub fn start(plugin: &Value, server_extra: &str) -> CacheStack {
         CacheStack::start_replicas(plugin, &[server_extra])
     }

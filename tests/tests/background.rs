@@ -11,29 +11,25 @@ use tests::*;
 
 const WINDOW_MS: u64 = 1_000;
 
-/// The server's policy: the same news route, opted in (a background check on a route the
-/// server does not opt in is a plain check), and keys to verify tokens with (only a token it
-/// verified may be revoked).
+/// The plugin (the news route, and a plain route beside it) and the server's policy.
+fn stack_config() -> (Value, String) {
+    let (mut plugin, server_extra) = checked_after_answer_config(WINDOW_MS);
+    if let Some(routes) = plugin["routes"].as_array_mut() {
+        routes.insert(
+            1,
+            json!({"name": "plain", "match": {"prefix": "/plain/", "methods": ["GET"]},
+                   "tier": "authenticated"}),
+        );
+    }
+    (plugin, server_extra)
+}
+
 fn server_extra() -> String {
-    format!(
-        "token:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  discovery: false\n  jwks_uri: http://127.0.0.1:{{IDP_PORT}}/.well-known/jwks.json\npolicy:\n  routes:\n    - {{name: news, match: {{prefix: /news/, methods: [GET, HEAD]}}, tier: authenticated, background_check_ms: {WINDOW_MS}}}\n    - {{name: admin, match: {{prefix: /admin/}}, tier: privileged, require: {{scopes: [admin]}}}}\n  default: {{tier: authenticated}}\n"
-    )
+    stack_config().1
 }
 
 fn plugin() -> Value {
-    let mut plugin = decision_cache_plugin_config(250, 1000);
-    let routes = plugin["routes"].as_array_mut().expect("routes");
-    routes.insert(
-        0,
-        json!({"name": "news", "match": {"prefix": "/news/", "methods": ["GET", "HEAD"]},
-               "tier": "authenticated", "background_check_ms": WINDOW_MS}),
-    );
-    routes.insert(
-        1,
-        json!({"name": "plain", "match": {"prefix": "/plain/", "methods": ["GET"]},
-               "tier": "authenticated"}),
-    );
-    plugin
+    stack_config().0
 }
 
 fn status(s: &CacheStack, path: &str, token: &str) -> u16 {

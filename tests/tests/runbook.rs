@@ -45,30 +45,6 @@ fn admin_env(admin_port: u16) -> (&'static str, String) {
     ("AUTHZ_ADMIN", format!("http://127.0.0.1:{admin_port}"))
 }
 
-fn switches_on(s: &CacheStack, on: u64) -> bool {
-    eventually(Duration::from_secs(3), || {
-        s.envoy.stat("wasmcustom.authz.switches_on") == on
-    })
-}
-
-/// How many of `n` requests to the filter's privileged route the server decided.
-fn server_decided(s: &CacheStack, token: &str, n: usize) -> u64 {
-    let allows = || {
-        s.server
-            .metric("authz_decisions_total{outcome=\"allow\",reason=\"ok\",tier=\"privileged\"}")
-            as u64
-    };
-    let before = allows();
-    for _ in 0..n {
-        assert_eq!(
-            s.envoy
-                .status_on_new_connection("GET", "/admin/users", token),
-            200
-        );
-    }
-    allows() - before
-}
-
 #[test]
 fn key_compromise_retires_the_old_key_everywhere() {
     let s = CacheStack::start(&decision_cache_plugin_config(250, 1000), "");
@@ -81,7 +57,7 @@ fn key_compromise_retires_the_old_key_everywhere() {
         s.envoy.status_on_new_connection("GET", "/api/items", &old),
         200
     );
-    assert_eq!(server_decided(&s, &old, 1), 1);
+    assert_eq!(s.privileged_decided_by_server(&old, 1), 1);
     s.idp.rotate("RS256", true);
     let new = mint();
     assert_eq!(
@@ -99,26 +75,17 @@ fn key_compromise_retires_the_old_key_everywhere() {
     );
     // Decided by the server, asked again (the flush): the IdP that issued the token says
     // whether it stands (a forged token it never issued is inactive there).
-    assert_eq!(server_decided(&s, &old, 1), 1);
+    assert_eq!(s.privileged_decided_by_server(&old, 1), 1);
     assert_eq!(
         s.envoy.status_on_new_connection("GET", "/api/items", &new),
         200
     );
-    assert_eq!(server_decided(&s, &new, 1), 1);
+    assert_eq!(s.privileged_decided_by_server(&new, 1), 1);
 }
 
 #[test]
 fn cache_poisoning_mass_revocation_and_a_bad_policy_do_what_their_playbooks_say() {
-    let window_ms = 1_000;
-    let server_extra = format!(
-        "token:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  discovery: false\n  jwks_uri: http://127.0.0.1:{{IDP_PORT}}/.well-known/jwks.json\npolicy:\n  routes:\n    - {{name: news, match: {{prefix: /news/, methods: [GET, HEAD]}}, tier: authenticated, background_check_ms: {window_ms}}}\n    - {{name: admin, match: {{prefix: /admin/}}, tier: privileged, require: {{scopes: [admin]}}}}\n  default: {{tier: authenticated}}\n"
-    );
-    let mut plugin = decision_cache_plugin_config(250, 1000);
-    plugin["routes"].as_array_mut().expect("routes").insert(
-        0,
-        json!({"name": "news", "match": {"prefix": "/news/", "methods": ["GET", "HEAD"]},
-               "tier": "authenticated", "background_check_ms": window_ms}),
-    );
+    let (plugin, server_extra) = checked_after_answer_config(1_000);
     let s = CacheStack::start(&plugin, &server_extra);
     let env = [admin_env(s.server.admin_port)];
     let mint = |sub: &str| {
@@ -126,7 +93,7 @@ fn cache_poisoning_mass_revocation_and_a_bad_policy_do_what_their_playbooks_say(
             .mint(json!({"sub": sub, "scope": "read admin", "ttl": 600, "claims": {}}))
     };
     let alice = mint("alice");
-    assert_eq!(server_decided(&s, &alice, 1), 1);
+    assert_eq!(s.privileged_decided_by_server(&alice, 1), 1);
 
     // Cache poisoning: everything flushed, privileged decisions never reused for the hour.
     let shown = run("cache-poisoning", &env);
@@ -134,9 +101,9 @@ fn cache_poisoning_mass_revocation_and_a_bad_policy_do_what_their_playbooks_say(
         shown.contains("\"cache_max_ms\":{\"privileged\""),
         "{shown}"
     );
-    assert!(switches_on(&s, 2));
+    assert!(s.switches_on(2));
     assert!(s.envoy.stat("wasmcustom.authz.switches.flushes") >= 1);
-    assert_eq!(server_decided(&s, &alice, 4), 4);
+    assert_eq!(s.privileged_decided_by_server(&alice, 4), 4);
 
     // Mass revocation: the subjects refused everywhere, reads checked before the answer.
     let mallory = mint("mallory");
@@ -158,7 +125,7 @@ fn cache_poisoning_mass_revocation_and_a_bad_policy_do_what_their_playbooks_say(
             .status_on_new_connection("GET", "/admin/users", &trudy),
         401
     );
-    assert!(switches_on(&s, 3), "async off and two caps");
+    assert!(s.switches_on(3), "async off and two caps");
     let revoked_at_idp = mint("victor");
     s.idp.revoke(&revoked_at_idp);
     assert_eq!(
@@ -172,7 +139,7 @@ fn cache_poisoning_mass_revocation_and_a_bad_policy_do_what_their_playbooks_say(
         200
     );
     run("mass-revocation-return", &env);
-    assert!(switches_on(&s, 0));
+    assert!(s.switches_on(0));
     assert_eq!(
         s.envoy
             .status_on_new_connection("GET", "/api/items", &mallory),
@@ -186,17 +153,17 @@ fn cache_poisoning_mass_revocation_and_a_bad_policy_do_what_their_playbooks_say(
     );
 
     // A bad policy rolled back: every cached decision dropped.
-    assert!(
-        (0..5).any(|_| server_decided(&s, &alice, 8) == 0),
-        "cached again"
-    );
+    assert!(s.privileged_reused(&alice), "cached again");
     let version = s.envoy.stat("wasmcustom.authz.policy_version");
     run("bad-policy", &env);
     assert!(eventually(Duration::from_secs(3), || s
         .envoy
         .stat("wasmcustom.authz.policy_version")
         > version));
-    assert!(server_decided(&s, &alice, 8) >= 1, "asked again");
+    assert!(
+        s.privileged_decided_by_server(&alice, 8) >= 1,
+        "asked again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -283,46 +283,17 @@ async fn a_switch_set_on_one_replica_reaches_the_others_and_survives_every_resta
     assert_eq!(calls(), after_a + 1, "flushed everywhere: asked again");
 }
 
-/// Sends `n` requests to the filter's privileged route through Envoy (each allowed): how many
-/// the server decided (its allow count moves before it answers).
-fn server_decided(s: &CacheStack, token: &str, n: usize) -> u64 {
-    let allows = || {
-        s.server
-            .metric("authz_decisions_total{outcome=\"allow\",reason=\"ok\",tier=\"privileged\"}")
-            as u64
-    };
-    let before = allows();
-    for _ in 0..n {
-        assert_eq!(
-            s.envoy
-                .status_on_new_connection("GET", "/admin/users", token),
-            200
-        );
-    }
-    allows() - before
-}
-
-/// Whether the proxy counts `on` switches on within 3 s (its feed brought them).
-fn switches_on(s: &CacheStack, on: u64) -> bool {
-    eventually(Duration::from_secs(3), || {
-        s.envoy.stat("wasmcustom.authz.switches_on") == on
-    })
-}
-
-/// Whether requests come to be answered from the filter's cache: a batch of 8 with no server
-/// decision, within 5 batches (Wasm: every worker has its own cache to fill first).
-fn reused(s: &CacheStack, token: &str) -> bool {
-    (0..5).any(|_| server_decided(s, token, 8) == 0)
-}
-
 #[test]
 fn a_flush_and_a_cache_cap_reach_the_filter_through_its_feed() {
     let s = CacheStack::start(&decision_cache_plugin_config(250, 1000), "");
     let token = s
         .idp
         .mint(json!({"sub": "alice", "scope": "read admin", "ttl": 600, "claims": {}}));
-    assert!(server_decided(&s, &token, 1) == 1);
-    assert!(reused(&s, &token), "answered from the filter's cache");
+    assert!(s.privileged_decided_by_server(&token, 1) == 1);
+    assert!(
+        s.privileged_reused(&token),
+        "answered from the filter's cache"
+    );
 
     switch(
         s.server.admin_port,
@@ -336,35 +307,37 @@ fn a_flush_and_a_cache_cap_reach_the_filter_through_its_feed() {
         "{}",
         s.envoy.stats_matching("switches")
     );
-    assert!(server_decided(&s, &token, 8) >= 1, "flushed: asked again");
+    assert!(
+        s.privileged_decided_by_server(&token, 8) >= 1,
+        "flushed: asked again"
+    );
 
     switch(
         s.server.admin_port,
         json!({"switch": "cache_max", "tier": "privileged", "max_ms": 0, "for_seconds": 60, "by": "oncall"}),
     );
-    assert!(switches_on(&s, 1), "{}", s.envoy.stats_matching("switches"));
-    assert_eq!(server_decided(&s, &token, 6), 6, "no reuse under a 0 cap");
+    assert!(s.switches_on(1), "{}", s.envoy.stats_matching("switches"));
+    assert_eq!(
+        s.privileged_decided_by_server(&token, 6),
+        6,
+        "no reuse under a 0 cap"
+    );
     switch(
         s.server.admin_port,
         json!({"switch": "cache_max", "tier": "privileged", "on": false, "by": "oncall"}),
     );
-    assert!(switches_on(&s, 0), "{}", s.envoy.stats_matching("switches"));
-    assert!(reused(&s, &token), "reused again once the cap is lifted");
+    assert!(s.switches_on(0), "{}", s.envoy.stats_matching("switches"));
+    assert!(
+        s.privileged_reused(&token),
+        "reused again once the cap is lifted"
+    );
 }
 
 const WINDOW_MS: u64 = 1_000;
 
 #[test]
 fn with_asynchronous_verification_off_a_token_the_idp_revoked_is_refused_on_its_first_request() {
-    let server_extra = format!(
-        "token:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  discovery: false\n  jwks_uri: http://127.0.0.1:{{IDP_PORT}}/.well-known/jwks.json\npolicy:\n  routes:\n    - {{name: news, match: {{prefix: /news/, methods: [GET, HEAD]}}, tier: authenticated, background_check_ms: {WINDOW_MS}}}\n  default: {{tier: authenticated}}\n"
-    );
-    let mut plugin = decision_cache_plugin_config(250, 1000);
-    plugin["routes"].as_array_mut().expect("routes").insert(
-        0,
-        json!({"name": "news", "match": {"prefix": "/news/", "methods": ["GET", "HEAD"]},
-               "tier": "authenticated", "background_check_ms": WINDOW_MS}),
-    );
+    let (plugin, server_extra) = checked_after_answer_config(WINDOW_MS);
     let s = CacheStack::start(&plugin, &server_extra);
     let revoked = |sub: &str| {
         let token = s
@@ -383,7 +356,7 @@ fn with_asynchronous_verification_off_a_token_the_idp_revoked_is_refused_on_its_
         s.server.admin_port,
         json!({"switch": "async_verification_off", "on": true, "for_seconds": 60, "by": "oncall"}),
     );
-    assert!(switches_on(&s, 1), "{}", s.envoy.stats_matching("switches"));
+    assert!(s.switches_on(1), "{}", s.envoy.stats_matching("switches"));
     assert_eq!(
         first_answer(&revoked("frank")),
         401,
@@ -397,7 +370,7 @@ fn with_asynchronous_verification_off_a_token_the_idp_revoked_is_refused_on_its_
         s.server.admin_port,
         json!({"switch": "async_verification_off", "on": false, "by": "oncall"}),
     );
-    assert!(switches_on(&s, 0), "{}", s.envoy.stats_matching("switches"));
+    assert!(s.switches_on(0), "{}", s.envoy.stats_matching("switches"));
     assert_eq!(first_answer(&revoked("hank")), 200);
 }
 
