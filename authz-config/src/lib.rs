@@ -34,6 +34,9 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+mod candidate;
+pub use candidate::{candidate, Candidate, CandidateSettings};
+
 /// The policy file as written (YAML).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

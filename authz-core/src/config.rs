@@ -1275,6 +1275,33 @@ fn parse_routes(
     })
 }
 
+/// The route settings that need a link to the server: `fresh_cache_ms` asks it (so needs
+/// `server`), `background_check_ms` needs its change feed honouring revocations on
+/// `authenticated` routes.
+fn check_route_links(
+    p: &mut Problems,
+    routes: &[RouteConfig],
+    has_server: bool,
+    server: Option<&ServerLink>,
+) {
+    let feed_revokes_reads = server
+        .is_some_and(|s| s.epochs.is_some() && s.local_revocations.contains(&Tier::Authenticated));
+    for (i, route) in routes.iter().enumerate() {
+        if route.fresh_cache_ms.is_some() && !has_server {
+            p.add(
+                &format!("routes[{i}].fresh_cache_ms"),
+                "asks the server, so it needs \"server\"",
+            );
+        }
+        if route.background_check_ms.is_some() && !feed_revokes_reads {
+            p.add(
+                &format!("routes[{i}].background_check_ms"),
+                "needs \"server\" with the change feed (epochs_cluster) and authenticated in server.local_revocations: that is how a refusal reaches every worker",
+            );
+        }
+    }
+}
+
 /// Builds a route table from route rules and a default, as the filter does, naming every
 /// problem. The ext_authz server uses this so one policy drives both.
 pub fn route_table_from_config(
@@ -1385,27 +1412,7 @@ impl Policy {
             p.add("max_token_bytes", TOKEN_BYTES_RANGE_TEXT);
         }
         let server = c.server.as_ref().and_then(|s| parse_server_link(&mut p, s));
-        if c.server.is_none() {
-            for (i, route) in c.routes.iter().enumerate() {
-                if route.fresh_cache_ms.is_some() {
-                    p.add(
-                        &format!("routes[{i}].fresh_cache_ms"),
-                        "asks the server, so it needs \"server\"",
-                    );
-                }
-            }
-        }
-        let feed_revokes_reads = server.as_ref().is_some_and(|s| {
-            s.epochs.is_some() && s.local_revocations.contains(&Tier::Authenticated)
-        });
-        for (i, route) in c.routes.iter().enumerate() {
-            if route.background_check_ms.is_some() && !feed_revokes_reads {
-                p.add(
-                    &format!("routes[{i}].background_check_ms"),
-                    "needs \"server\" with the change feed (epochs_cluster) and authenticated in server.local_revocations: that is how a refusal reaches every worker",
-                );
-            }
-        }
+        check_route_links(&mut p, &c.routes, c.server.is_some(), server.as_ref());
         let cache = parse_cache(&mut p, &c.cache);
         let context = parse_context(&mut p, c, &headers, server.as_ref());
         let status_lists = parse_status_lists(&mut p, c, server.as_ref());
@@ -1428,6 +1435,23 @@ impl Policy {
             context,
             status_lists,
         })
+    }
+
+    /// The route table of `policy` (a candidate or a promoted route policy) for this
+    /// configuration: checked as the configuration's own routes are, the settings that need
+    /// the server link included, every problem named.
+    pub fn route_table_of(
+        &self,
+        policy: &crate::canary::RoutePolicy,
+    ) -> Result<RouteTable, Vec<String>> {
+        let (routes, default) = policy.configs()?;
+        let mut p = Problems(Vec::new());
+        let table = parse_routes(&mut p, &routes, &default);
+        check_route_links(&mut p, &routes, self.server.is_some(), self.server.as_ref());
+        match table {
+            Some(table) if p.0.is_empty() => Ok(table),
+            _ => Err(p.0),
+        }
     }
 
     /// Provider `index`'s inline key set, if its keys are configured inline.

@@ -11,6 +11,7 @@
 //! caller acts on. That is what lets the same code run inside Envoy (wasm32-wasip1) and in
 //! host tests, where it is unit- and property-tested.
 
+pub mod canary;
 pub mod circuit;
 pub mod claims;
 pub mod config;

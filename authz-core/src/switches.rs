@@ -10,6 +10,8 @@
 //! | `cache_max` | a tier's cached results are used only while younger than `max_ms` (0: never) |
 //! | `fail_closed` | a tier serves nothing stale when something fails: no stale-if-error at the server, no cached decision in the proxy while its feed is not current |
 //! | `async_verification_off` | routes with checks after the answer (`background_check_ms`) are checked before it |
+//! | `canary` | a candidate route policy is decided beside the active one on a share of traffic, enforced nowhere ([`crate::canary`]) |
+//! | `policy` | a promoted route policy: enforced instead of the configured routes and default, until reverted |
 //!
 //! Every switch but the two one-shots may carry an expiry (`until_ms`, the server's clock), so
 //! an emergency setting cannot be forgotten; a switch past its expiry is off. The one-shots
@@ -19,6 +21,7 @@
 //!
 //! Pure: the clock is a parameter.
 
+use crate::canary::{Canary, RoutePolicy};
 use crate::tier::Tier;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -79,6 +82,12 @@ pub struct Switches {
     pub fail_closed: BTreeMap<Tier, Held>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub async_verification_off: Option<Held>,
+    /// A candidate route policy in dry-run (boxed: most switch sets have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Box<Canary>>,
+    /// A promoted route policy, enforced instead of the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Box<RoutePolicy>>,
 }
 
 impl Switches {
@@ -90,6 +99,8 @@ impl Switches {
         cache_max_ms: BTreeMap::new(),
         fail_closed: BTreeMap::new(),
         async_verification_off: None,
+        canary: None,
+        policy: None,
     };
 }
 
@@ -118,6 +129,14 @@ pub enum Setting {
         on: bool,
         until_ms: Option<u64>,
     },
+    /// `canary: None` ends the dry run (abandoned, or promoted).
+    Canary {
+        canary: Option<Canary>,
+    },
+    /// `policy: None` reverts to the configured route policy.
+    Policy {
+        policy: Option<RoutePolicy>,
+    },
 }
 
 /// A switch that is on, as metrics and the admin API name it.
@@ -138,6 +157,8 @@ impl Setting {
             Setting::CacheMax { .. } => "cache_max",
             Setting::FailClosed { .. } => "fail_closed",
             Setting::AsyncVerificationOff { .. } => "async_verification_off",
+            Setting::Canary { .. } => "canary",
+            Setting::Policy { .. } => "policy",
         }
     }
 
@@ -164,6 +185,8 @@ impl Setting {
             Setting::Flush | Setting::JwksRefetch => true,
             Setting::CacheMax { max_ms, .. } => max_ms.is_some(),
             Setting::FailClosed { on, .. } | Setting::AsyncVerificationOff { on, .. } => *on,
+            Setting::Canary { canary } => canary.is_some(),
+            Setting::Policy { policy } => policy.is_some(),
         }
     }
 }
@@ -176,6 +199,9 @@ impl Switches {
         self.fail_closed.retain(|_, held| held.on_at(at_ms));
         if self.async_verification_off.is_some_and(|h| !h.on_at(at_ms)) {
             self.async_verification_off = None;
+        }
+        if self.canary.as_ref().is_some_and(|c| !c.on_at(at_ms)) {
+            self.canary = None;
         }
         match setting {
             Setting::Flush => self.flushed_at_ms = self.flushed_at_ms.max(at_ms),
@@ -215,7 +241,14 @@ impl Switches {
                     until_ms: *until_ms,
                 });
             }
+            Setting::Canary { canary } => self.canary = canary.clone().map(Box::new),
+            Setting::Policy { policy } => self.policy = policy.clone().map(Box::new),
         }
+    }
+
+    /// The candidate in dry-run at `now_ms`, if any.
+    pub fn canary_at(&self, now_ms: u64) -> Option<&Canary> {
+        self.canary.as_deref().filter(|c| c.on_at(now_ms))
     }
 
     /// How long a result of `tier` cached at most may be used at `now_ms`, when capped.

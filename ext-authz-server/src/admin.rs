@@ -8,6 +8,8 @@
 //! | `POST /admin/policy-version` | | bumps the policy version; drops every cached result |
 //! | `GET /admin/switches` | | the incident switches in force, and each one's last change (who, when) |
 //! | `POST /admin/switches` | `{"switch": …, "by": …}` and per switch `tier`, `on`, `max_ms`, `for_seconds` (see [`switch_setting`]) | changes one incident switch (`authz_core::switches`); every filter applies it from its next feed answer |
+//! | `GET /admin/canary` | | the candidate in dry-run and the promoted route policy, if any |
+//! | `POST /admin/canary` | `{"action": "start", "canary": {…}, "by": …}`, `{"action": "promote", "id": …, "by": …}`, `{"action": "abandon", "by": …}`, `{"action": "revert", "by": …}` (see `admin_canary`) | starts a candidate route policy in dry-run, promotes it (enforced everywhere), abandons it, or reverts a promotion |
 //! | `GET /context/jwks.json` | | the public keys of signed verification contexts (no credential; 404 without `context`) |
 //! | `GET /admin/epochs?since=N` | `wait_ms`, `incarnation` | the change feed (format 2): policy version and what changed after change-version N, in pages, and whether this state is confirmed current (also readable with `epochs_token`); held until a change with `wait_ms`; answers to cursors far behind the state not woken by a change paced per credential (see `feed_pacing`) |
 //! | `POST /authorize/batch` | `batch_token` (not the admin token) | batch authorization for list endpoints: a token or signed context, an action and resources in, a decision per resource out (served beside these by the batch API's own router, merged into this port's app by the composition root) |
@@ -54,7 +56,10 @@ pub struct Admin {
 impl Admin {
     /// Records a change made here (published through the shared tier when there is one), on
     /// the checks' runtime.
-    async fn record(&self, change: Change) -> (crate::versions::Applied, shared::Delivery) {
+    pub(crate) async fn record(
+        &self,
+        change: Change,
+    ) -> (crate::versions::Applied, shared::Delivery) {
         let (changes, shared) = (self.changes.clone(), self.service.shared.clone());
         let fallback = change.clone();
         let recorded = self.main.spawn(async move {
@@ -66,6 +71,24 @@ impl Admin {
             // any number of times), unpublished.
             Err(_) => (self.changes.apply(&fallback, None), shared::Delivery::Local),
         }
+    }
+}
+
+impl Admin {
+    /// Records one switch change asked for at `now_ms` by `by`, stamped after the switch's
+    /// last change (see `Versions::switch_stamp_ms`).
+    pub(crate) async fn record_switch(
+        &self,
+        setting: Setting,
+        by: String,
+        now_ms: u64,
+    ) -> (crate::versions::Applied, shared::Delivery) {
+        let at_ms = self
+            .service
+            .versions
+            .switch_stamp_ms(&setting.slot(), now_ms);
+        let change = SwitchChange { setting, at_ms, by };
+        self.record(Change::Switch(change)).await
     }
 }
 
@@ -273,26 +296,33 @@ struct SwitchBody {
 }
 
 /// The longest a switch may be set for (`for_seconds`).
-const MAX_SWITCH_SECONDS: u64 = 7 * 24 * 3600;
+pub(crate) const MAX_SWITCH_SECONDS: u64 = 7 * 24 * 3600;
 /// The longest cache cap a switch may set (`max_ms`): a cap longer than a day is no emergency.
 const MAX_SWITCH_CAP_MS: u64 = 24 * 3600 * 1000;
 /// The longest `by`.
 const MAX_BY_CHARS: usize = 64;
 
-/// The setting a switch body asks for at `now_ms`, or every problem with it.
-fn switch_setting(body: &SwitchBody, now_ms: u64) -> Result<Setting, Vec<String>> {
-    let mut problems = Vec::new();
-    match body.by.as_deref() {
+/// What is wrong with `by` (who asks for a change), if anything.
+pub(crate) fn by_problem(by: Option<&str>) -> Option<String> {
+    match by {
         Some(by)
             if !by.is_empty()
                 && by.len() <= MAX_BY_CHARS
                 && by
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c)) => {}
-        _ => problems.push(format!(
+                    .all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c)) =>
+        {
+            None
+        }
+        _ => Some(format!(
             "by: who asks, 1 to {MAX_BY_CHARS} characters of A-Z a-z 0-9 . _ @ + -"
         )),
     }
+}
+
+/// The setting a switch body asks for at `now_ms`, or every problem with it.
+fn switch_setting(body: &SwitchBody, now_ms: u64) -> Result<Setting, Vec<String>> {
+    let mut problems: Vec<String> = by_problem(body.by.as_deref()).into_iter().collect();
     let per_tier = matches!(body.switch.as_str(), "cache_max" | "fail_closed");
     let tier = match (&body.tier, per_tier) {
         (Some(name), true) => match name.parse::<Tier>() {
@@ -400,17 +430,10 @@ async fn set_switch(State(admin): State<Admin>, body: Bytes) -> Response {
                 .into_response()
         }
     };
-    let at_ms = admin
-        .service
-        .versions
-        .switch_stamp_ms(&setting.slot(), now_ms);
-    let change = SwitchChange {
-        setting,
-        at_ms,
-        by: body.by.unwrap_or_default(),
-    };
-    let name = change.setting.name();
-    let (applied, delivery) = admin.record(Change::Switch(change)).await;
+    let name = setting.name();
+    let (applied, delivery) = admin
+        .record_switch(setting, body.by.unwrap_or_default(), now_ms)
+        .await;
     Json(json!({
         "switch": name,
         "version": applied.stamp,
@@ -466,6 +489,16 @@ fn report_switches(admin: &Admin) {
         "authz_switch_active",
         &[("switch", "async_verification_off")],
         on(switches.async_verification_off(now_ms)),
+    );
+    service.metrics.set_gauge(
+        "authz_switch_active",
+        &[("switch", "canary")],
+        on(switches.canary_at(now_ms).is_some()),
+    );
+    service.metrics.set_gauge(
+        "authz_switch_active",
+        &[("switch", "policy")],
+        on(switches.policy.is_some()),
     );
 }
 
@@ -533,6 +566,10 @@ pub fn router(admin: Admin) -> Router {
         .route("/admin/revoke-subject", post(revoke_subject))
         .route("/admin/policy-version", post(bump_policy))
         .route("/admin/switches", get(get_switches).post(set_switch))
+        .route(
+            "/admin/canary",
+            get(crate::admin_canary::get_canary).post(crate::admin_canary::set_canary),
+        )
         .route(FEED_PATH, get(epochs))
         .route_layer(axum::middleware::from_fn_with_state(
             admin.clone(),

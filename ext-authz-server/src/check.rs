@@ -36,7 +36,7 @@ use authz_core::ext_authz_proto::{
 };
 use authz_core::fallback::{check_step_up, TierRules};
 use authz_core::introspection::Introspection;
-use authz_core::routes::{is_origin_form, match_path, Route};
+use authz_core::routes::{is_origin_form, match_path, Route, RouteTable};
 use authz_core::target::is_method_override;
 use authz_core::token_hash::{signed_part_digest, token_digest};
 use authz_core::verify::{check_purpose, jws_typ, Presence};
@@ -73,6 +73,8 @@ pub struct CheckService {
     pub changes: Arc<dyn crate::changes::ChangeSink>,
     /// The Token Status Lists tokens may name, when configured.
     pub status_lists: Option<Arc<crate::status_lists::StatusLists>>,
+    /// The route policy enforced (configured or promoted) and a candidate in dry-run.
+    pub route_policies: Arc<crate::route_policies::RoutePolicies>,
 }
 
 /// Facts of one check, gathered for the decision log.
@@ -96,6 +98,10 @@ pub(crate) struct Trace {
     pub(crate) age_ms: u64,
     /// The token's principal (`sub`, else `client_id`: see `authz_core::principal`).
     pub(crate) subject: Option<String>,
+    /// Keep the claims of an established token (a canary judges its candidate from them).
+    pub(crate) keep_claims: bool,
+    /// The claims of the token, once active, for this API and not revoked (`keep_claims`).
+    pub(crate) established: Option<authz_core::Claims>,
     /// How long the introspection data behind this decision stays fresh enough for its tier
     /// (0 when stale or none).
     pub(crate) fresh_for_ms: u64,
@@ -175,6 +181,16 @@ pub fn identify<'a>(
     config: &'a ServerConfig,
     request: &'a CheckRequest,
 ) -> Result<Identified<'a>, DenyReason> {
+    identify_in(config, &config.routes, request)
+}
+
+/// [`identify`] with `routes` (a promoted or a candidate route policy) instead of the
+/// configured ones.
+pub fn identify_in<'a>(
+    config: &'a ServerConfig,
+    routes: &'a RouteTable,
+    request: &'a CheckRequest,
+) -> Result<Identified<'a>, DenyReason> {
     let attributes = request.attributes.as_ref();
     let http = attributes
         .and_then(|a| a.request.as_ref())
@@ -195,7 +211,7 @@ pub fn identify<'a>(
         return Err(DenyReason::BadRequest);
     }
     let match_path = match_path(&http.path);
-    let route = config.routes.find_matched(&http.method, &match_path);
+    let route = routes.find_matched(&http.method, &match_path);
     // Envoy's route may name a tier (`context_extensions["tier"]`); the stricter of it and
     // this server's own route table wins, so an Envoy route table that drifted from the policy
     // (or matches paths differently) can only make a check stricter, never weaker.
@@ -360,24 +376,45 @@ impl CheckService {
         to_envoy(&verdict.check_response(&self.config.realm, &directive))
     }
 
-    /// Phases 1 to 4.
+    /// Phases 1 to 4, by the route policy enforced now; a check in a canary's sample is
+    /// judged by its candidate too (`crate::canary`).
     async fn evaluate(&self, request: &CheckRequest, trace: &mut Trace) -> Verdict {
         let policy_started = Instant::now();
-        let id = match identify(&self.config, request) {
+        let Some(routes) = self.route_policies.enforced() else {
+            // A promoted route policy this server cannot read (see `route_policies`).
+            return Verdict::Deny(DenyReason::Internal);
+        };
+        let id = match identify_in(&self.config, &routes, request) {
             Ok(id) => id,
             Err(reason) => return Verdict::Deny(reason),
         };
+        let canary = self.route_policies.canary(self.clock.now_ms());
+        trace.keep_claims = canary.is_some();
+        let verdict = self.evaluate_identified(&id, policy_started, trace).await;
+        if let Some(canary) = canary {
+            self.compare_with_candidate(&canary, request, &id, &verdict, trace);
+        }
+        verdict
+    }
+
+    /// Phases 2 to 4 of an identified request.
+    async fn evaluate_identified(
+        &self,
+        id: &Identified<'_>,
+        policy_started: Instant,
+        trace: &mut Trace,
+    ) -> Verdict {
         trace.route = id.route.name.clone();
         trace.tier = Some(id.tier);
         trace.address = id.address.clone();
         if !id.tier.requires_token() {
             return self.allow(id.tier, None);
         }
-        let entry = match self.establish(&id, policy_started, trace).await {
+        let entry = match self.establish(id, policy_started, trace).await {
             Ok(entry) => entry,
             Err(reason) => return Verdict::Deny(reason),
         };
-        self.allow_with_context(&id, &entry.result)
+        self.allow_with_context(id, &entry.result)
     }
 
     /// Phases 2 to 4 for a request that needs a token: who the caller is, by the tier's rules
@@ -650,6 +687,9 @@ impl CheckService {
             if id.tier.requires_server() && !self.limiters.privileged_subject_allowed(&key) {
                 return Err(DenyReason::RateLimited);
             }
+        }
+        if trace.keep_claims {
+            trace.established = Some(claims.clone());
         }
         id.route.require.check(&claims, &id.match_path)?;
         if let Some(step_up) = &rules.step_up {

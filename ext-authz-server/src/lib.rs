@@ -8,11 +8,13 @@
 //! rules) live in `authz-core`; this crate moves bytes and holds state.
 
 pub mod admin;
+pub mod admin_canary;
 pub mod admin_port;
 pub mod batch;
 pub mod batch_api;
 pub mod bearer;
 pub mod cached;
+pub mod canary;
 pub mod changes;
 pub mod check;
 pub mod clock;
@@ -29,6 +31,7 @@ pub mod limits;
 pub mod metrics;
 pub mod os_thread;
 pub mod reply;
+pub mod route_policies;
 pub mod shared;
 pub mod status_lists;
 pub mod switches_file;
@@ -109,6 +112,8 @@ pub struct LocalChanges {
     clock: SharedClock,
     /// Where the switches are kept across restarts without a shared tier.
     switches_file: Option<switches_file::SwitchesFile>,
+    /// Rebuilt when the `canary` or `policy` switch changes.
+    route_policies: Arc<route_policies::RoutePolicies>,
 }
 
 impl ChangeSink for LocalChanges {
@@ -139,6 +144,9 @@ impl LocalChanges {
                 self.idp.forget_verifications();
             }
             Setting::JwksRefetch => self.idp.demand_refetch(switch.at_ms),
+            Setting::Canary { .. } | Setting::Policy { .. } => {
+                self.route_policies.update(&self.versions.switches())
+            }
             Setting::CacheMax { .. }
             | Setting::FailClosed { .. }
             | Setting::AsyncVerificationOff { .. } => {}
@@ -236,7 +244,9 @@ pub fn build_service_with_clock(
         clock.clone(),
     );
     let limiters = Arc::new(limits::Limiters::new(&config.rate_limits));
+    let route_policies = Arc::new(route_policies::RoutePolicies::new(config.routes.clone()));
     let changes: Arc<dyn ChangeSink> = Arc::new(LocalChanges {
+        route_policies: route_policies.clone(),
         versions: versions.clone(),
         introspector: introspector.clone(),
         idp: idp.clone(),
@@ -296,6 +306,7 @@ pub fn build_service_with_clock(
         clock,
         changes,
         status_lists,
+        route_policies,
     }))
 }
 

@@ -67,6 +67,12 @@ impl BackgroundChecks {
         }
     }
 
+    /// Whether some route of the policy enforced now is checked after the answer (a promoted
+    /// route policy may add or remove such routes).
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled
     }

@@ -16,6 +16,7 @@
 
 mod after_answer;
 pub mod background;
+mod canary;
 pub mod check;
 pub mod commands;
 pub mod context;

@@ -31,8 +31,12 @@
 //! | `authz.switches_on` | gauge | incident switches on (cache caps, fail-closed tiers, async verification off), as this worker last saw them (last writer wins) |
 //! | `authz.check_call_ms` | histogram | a Check call made for a request: asked → answered or failed, ms (the filter's clock: ms ticks) |
 //! | `authz.key_wait_ms` | histogram | a request paused for keys: paused → decided, ms |
+//! | `authz.canary.compared` | counter | requests this worker decided by the active and the candidate route policy (a canary's sample of the requests it decides locally) |
+//! | `authz.canary.disagreements.<kind>` | counter | of those, where the candidate disagreed: `candidate_denies`, `candidate_allows`, `other_denial`, `tier` (see `authz_core::canary::Disagreement`) |
+//! | `authz.canary.refused` | counter | candidate or promoted route policies this worker could not apply (its log says why) |
 //! | `authz.revocation_lag_ms` | histogram | from the server learning a change to this worker applying it, ms (one sample per change; same clock only on one machine) |
 
+use authz_core::canary::Disagreement;
 use authz_core::Tier;
 
 /// Every deny reason label (`DenyReason::as_str`), so all counters exist from the start.
@@ -108,6 +112,11 @@ pub enum Counter {
     SwitchFlush,
     SwitchJwksRefetch,
     SwitchesUnreadable,
+    /// A request decided by both route policies of a canary; one where they disagreed; a
+    /// candidate or promoted route policy that could not be applied.
+    CanaryCompared,
+    CanaryDisagreement(Disagreement),
+    CanaryRefused,
 }
 
 /// A value the core sets.
@@ -134,7 +143,7 @@ pub enum Histogram {
 const TIERS: usize = Tier::ALL.len();
 
 /// The counters without a tier or reason, in index order.
-const PLAIN: [Counter; 25] = [
+const PLAIN: [Counter; 27] = [
     Counter::DecisionAllow,
     Counter::DecisionDeny,
     Counter::JwksFetchOk,
@@ -160,6 +169,8 @@ const PLAIN: [Counter; 25] = [
     Counter::SwitchFlush,
     Counter::SwitchJwksRefetch,
     Counter::SwitchesUnreadable,
+    Counter::CanaryCompared,
+    Counter::CanaryRefused,
 ];
 
 /// The per-tier counter families, in index order.
@@ -174,7 +185,8 @@ const PER_TIER: [fn(Tier) -> Counter; 6] = [
 
 impl Counter {
     /// How many counters there are ([`Counter::index`] is below this).
-    pub const COUNT: usize = PLAIN.len() + PER_TIER.len() * TIERS + DENY_REASONS.len();
+    pub const COUNT: usize =
+        PLAIN.len() + PER_TIER.len() * TIERS + DENY_REASONS.len() + Disagreement::ALL.len();
 
     /// Every counter, in [`Counter::index`] order.
     pub fn all() -> Vec<Counter> {
@@ -183,6 +195,7 @@ impl Counter {
             all.extend(Tier::ALL.iter().map(|t| family(*t)));
         }
         all.extend(DENY_REASONS.iter().map(|r| Counter::DenyReason(r)));
+        all.extend(Disagreement::ALL.map(Counter::CanaryDisagreement));
         all
     }
 
@@ -198,6 +211,12 @@ impl Counter {
             Counter::CacheEvict(t) => tiered(5, t),
             Counter::DenyReason(r) => {
                 PLAIN.len() + PER_TIER.len() * TIERS + DENY_REASONS.iter().position(|x| x == r)?
+            }
+            Counter::CanaryDisagreement(kind) => {
+                PLAIN.len()
+                    + PER_TIER.len() * TIERS
+                    + DENY_REASONS.len()
+                    + Disagreement::ALL.iter().position(|k| k == kind)?
             }
             plain => PLAIN.iter().position(|p| p == plain)?,
         })
@@ -238,6 +257,11 @@ impl Counter {
             Counter::SwitchFlush => "authz.switches.flushes".into(),
             Counter::SwitchJwksRefetch => "authz.switches.jwks_refetches".into(),
             Counter::SwitchesUnreadable => "authz.switches.unreadable".into(),
+            Counter::CanaryCompared => "authz.canary.compared".into(),
+            Counter::CanaryDisagreement(kind) => {
+                format!("authz.canary.disagreements.{}", kind.as_str())
+            }
+            Counter::CanaryRefused => "authz.canary.refused".into(),
         }
     }
 

@@ -119,6 +119,7 @@ impl<H: Host> Worker<H> {
                 );
             }
         }
+        self.take_route_policies(&read);
         if !matches!(switches, FeedSwitches::Absent) {
             self.switches.absent_since_ms = None;
         }

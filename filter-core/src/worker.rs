@@ -93,6 +93,8 @@ pub struct Worker<H: Host> {
     last_look_ms: Option<u64>,
     /// The incident switches as this worker knows them.
     pub(crate) switches: crate::switches::SwitchState,
+    /// A promoted route policy and a candidate in dry-run, from the switches.
+    pub(crate) route_policies: crate::canary::RoutePolicies,
 }
 
 /// The worker's caches: keyed by the same secret-keyed hash of the token.
@@ -178,7 +180,6 @@ impl<H: Host> Worker<H> {
         let providers = Arc::from(policy.providers.clone());
         let policy_has_feed = policy.feed().is_some();
         Worker {
-            policy,
             debug_logs: host.debug_enabled(),
             host,
             keys,
@@ -202,6 +203,8 @@ impl<H: Host> Worker<H> {
             offered: None,
             last_look_ms: None,
             switches: crate::switches::SwitchState::new(policy_has_feed),
+            route_policies: crate::canary::RoutePolicies::new(policy.routes.clone()),
+            policy,
         }
     }
 
@@ -420,6 +423,7 @@ impl<H: Host> Worker<H> {
             link: ServerLink { revocations, .. },
             offered,
             providers,
+            route_policies,
             ..
         } = self;
         let generation = keys.generation();
@@ -462,7 +466,7 @@ impl<H: Host> Worker<H> {
             (tier == Tier::StandardWrite && !revocations.complete(now_ms))
                 .then_some(DenyReason::RevocationsIncomplete)
         };
-        let check_token = |token: &str| {
+        let mut check_token = |token: &str| {
             let key = keyer.key(token);
             if let Some(cached) = tokens.get(&key, now_ms, generation, max_age_ms) {
                 host.count(Counter::TokenCacheHit);
@@ -501,7 +505,41 @@ impl<H: Host> Worker<H> {
             }
             result
         };
-        decide_with(policy, &request.facts(), check_token, screen)
+        let mut verified = None;
+        let decision = decide_with(
+            policy,
+            &request.facts(),
+            |token| {
+                let result = check_token(token);
+                verified = Some(result.clone());
+                result
+            },
+            screen,
+        );
+        if let Some(run) = route_policies.run.as_mut() {
+            let decided = !matches!(decision, Decision::AwaitKeys { .. });
+            if decided && run.canary.on_at(now_ms) {
+                if let Some(key) = run.takes(request, verified.as_ref()) {
+                    // The candidate sees the same verification (made at most once).
+                    let candidate = decide_with(
+                        &run.candidate,
+                        &request.facts(),
+                        |token| verified.take().unwrap_or_else(|| check_token(token)),
+                        screen,
+                    );
+                    crate::canary::compare_on_sample(
+                        host,
+                        run,
+                        policy,
+                        request,
+                        key.as_deref(),
+                        &decision,
+                        &candidate,
+                    );
+                }
+            }
+        }
+        decision
     }
 
     pub(crate) fn count_allow(&self, tier: Tier) {
@@ -703,6 +741,12 @@ impl<H: Host> Worker<H> {
 
     fn request_step(&mut self, context_id: u32, request: OwnedRequest, now_us: u64) -> Step {
         let now_ms = now_us / 1000;
+        if self.route_policies.refused_promotion {
+            // The promoted route policy could not be applied: the configured one may allow
+            // what it refuses (see `canary`).
+            let tier = self.policy.routes.find(&request.method, &request.path).tier;
+            return Step::Done(self.deny(context_id, &request, tier, "-", DenyReason::Internal));
+        }
         if let Some(call) = self.server_call_for(&request, now_ms) {
             return match self.cached_server_decision(context_id, &request, &call, now_ms) {
                 Some(done) => Step::Done(done),

@@ -16,16 +16,14 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 mod support;
-use support::{feed, ok_reply, status_of, Drive, FakeHost, Idp, Store, ISSUER, T0};
+use support::{
+    feed, ok_reply, remote_provider, started_with_feed, status_of, Drive, FakeHost, Idp, Store, T0,
+};
 
 fn policy() -> Policy {
     let config = json!({
         "realm": "test",
-        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
-                       "jwks": {"remote": {"cluster": "idp", "path": "/jwks",
-                                           "min_refetch_interval_seconds": 30,
-                                           "refresh_interval_seconds": 300,
-                                           "timeout_ms": 1000}}}],
+        "providers": remote_provider(),
         "routes": [
             {"name": "admin", "match": {"prefix": "/admin"}, "tier": "privileged"},
             {"name": "news", "match": {"prefix": "/news", "methods": ["GET"]},
@@ -61,18 +59,7 @@ fn started(
     idp: &Idp,
     switches: Value,
 ) -> (Worker<FakeHost>, FakeHost, CallId) {
-    let host = FakeHost::sharing(store);
-    let mut w = Worker::new(policy(), host.clone(), [1, 2]);
-    let woke = w.wake(T0);
-    let (poll, _) = woke.poll().expect("a first feed request");
-    for (fetch, _) in &woke.fetches {
-        w.answer(*fetch, Some(200), Some(idp.jwks()), T0);
-    }
-    let (held, _) = w
-        .answer(poll, Some(200), Some(feed(answer(1, switches))), T0)
-        .poll()
-        .expect("a held request next");
-    (w, host, held)
+    started_with_feed(policy(), store, idp, answer(1, switches))
 }
 
 /// Asks the server-tier route and answers the Check with an allow kept 5 s.

@@ -164,6 +164,37 @@ fn cache_poisoning_mass_revocation_and_a_bad_policy_do_what_their_playbooks_say(
         s.privileged_decided_by_server(&alice, 8) >= 1,
         "asked again"
     );
+
+    // A bad policy promoted from a canary: reverted, the configured routes again.
+    let mut routes = plugin["routes"].clone();
+    let read = routes
+        .as_array_mut()
+        .and_then(|all| all.iter_mut().find(|r| r["name"] == "read"))
+        .expect("the read route");
+    read["require"] = json!({"scopes": ["no-one-has-this"]});
+    let candidate = json!({"action": "start", "by": "oncall", "canary": {"per_million": 1,
+        "candidate": {"id": "bad", "routes": routes, "default": plugin["default"]}}});
+    let promote = json!({"action": "promote", "id": "bad", "by": "oncall"});
+    for body in [candidate, promote] {
+        let reply = request(
+            "POST",
+            &format!("http://127.0.0.1:{}/admin/canary", s.server.admin_port),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            ],
+            Some(&body.to_string()),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let walter = mint("walter");
+    let items = || {
+        s.envoy
+            .status_on_new_connection("GET", "/api/items", &walter)
+    };
+    assert!(eventually(Duration::from_secs(3), || items() == 403));
+    run("bad-policy-promoted", &env);
+    assert!(eventually(Duration::from_secs(3), || (0..8).all(|_| items() == 200)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -305,6 +305,37 @@ impl Idp {
     }
 }
 
+/// The specs' provider, its keys fetched from the `idp` cluster.
+pub fn remote_provider() -> Value {
+    json!([{"name": "idp", "issuer": ISSUER, "audiences": ["api"],
+            "jwks": {"remote": {"cluster": "idp", "path": "/jwks",
+                                "min_refetch_interval_seconds": 30,
+                                "refresh_interval_seconds": 300,
+                                "timeout_ms": 1000}}}])
+}
+
+/// A worker for `policy` (with a change feed) that has its keys and has read `first_answer`
+/// from its feed; the held request it sent next.
+pub fn started_with_feed(
+    policy: authz_core::Policy,
+    store: &Rc<RefCell<Store>>,
+    idp: &Idp,
+    first_answer: Value,
+) -> (Worker<FakeHost>, FakeHost, CallId) {
+    let host = FakeHost::sharing(store);
+    let mut w = Worker::new(policy, host.clone(), [1, 2]);
+    let woke = w.wake(T0);
+    let (poll, _) = woke.poll().expect("a first feed request");
+    for (fetch, _) in &woke.fetches {
+        w.answer(*fetch, Some(200), Some(idp.jwks()), T0);
+    }
+    let (held, _) = w
+        .answer(poll, Some(200), Some(feed(first_answer)), T0)
+        .poll()
+        .expect("a held request next");
+    (w, host, held)
+}
+
 /// The HTTP status a decision answers with.
 pub fn status_of(step: &Final) -> u16 {
     match &step.action {
