@@ -20,6 +20,8 @@
 //! | `authz_epochs_requests_total` | counter | |
 //! | `authz_feed_push_seconds` | histogram | (a push: the change → its answer written) |
 //! | `authz_policy_version` | gauge | |
+//! | `authz_canary_compared_total` | counter | (see `canary`) |
+//! | `authz_canary_disagreements_total` | counter | `route`, `kind`, `reason` (see `canary`) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
