@@ -179,9 +179,39 @@ async fn a_restarted_server_starts_with_the_switches_of_its_switches_file() {
         first.admin_port,
         json!({"switch": "jwks_refetch", "by": "oncall"}),
     );
+    // A promoted route policy too: the account route needs a scope nobody has.
+    let routes = json!([
+        {"name": "admin", "match": {"prefix": "/admin/"}, "tier": "privileged", "require": {"scopes": ["admin"]}},
+        {"name": "account", "match": {"prefix": "/account/"}, "tier": "authenticated", "require": {"scopes": ["account"]}}
+    ]);
+    for body in [
+        json!({"action": "start", "by": "oncall", "canary": {"per_million": 1,
+            "candidate": {"id": "v2", "routes": routes, "default": {"tier": "authenticated"}}}}),
+        json!({"action": "promote", "id": "v2", "by": "oncall"}),
+    ] {
+        let reply = request(
+            "POST",
+            &format!("http://127.0.0.1:{}/admin/canary", first.admin_port),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            ],
+            Some(&body.to_string()),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let token = mint_opaque(&idp, "alice");
+    let mut client = first.client.clone();
+    assert_eq!(check(&mut client, "/account/me", Some(&token)).await.0, 403);
     first.stop();
     drop(first);
     let second = start(&yaml).await;
+    let mut client = second.client.clone();
+    assert_eq!(
+        check(&mut client, "/account/me", Some(&token)).await.0,
+        403,
+        "the promoted policy is enforced after a restart"
+    );
     let state = switches(second.admin_port);
     assert!(
         state["switches"]["async_verification_off"]["until_ms"].as_u64() > Some(0),
