@@ -38,6 +38,10 @@ pub struct RoutePolicy {
 
 /// The longest policy id: it appears in every disagreement's log line.
 pub const MAX_ID_BYTES: usize = 64;
+/// The most routes a runtime route policy may have, and its largest JSON form: it travels on
+/// every change-feed answer while it is in force.
+pub const MAX_ROUTES: usize = 256;
+pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 
 impl RoutePolicy {
     /// The route rules as the filter's configuration types, every problem named.
@@ -51,6 +55,15 @@ impl RoutePolicy {
                 .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
         {
             problems.push(format!("id: 1 to {MAX_ID_BYTES} of A-Z a-z 0-9 - . _ :"));
+        }
+        if self.routes.len() > MAX_ROUTES {
+            problems.push(format!("routes: at most {MAX_ROUTES}"));
+        }
+        let bytes = serde_json::to_vec(self).map_or(usize::MAX, |json| json.len());
+        if bytes > MAX_POLICY_BYTES {
+            problems.push(format!(
+                "{bytes} bytes of JSON: at most {MAX_POLICY_BYTES} (it travels on every change-feed answer)"
+            ));
         }
         let mut routes = Vec::new();
         for (i, value) in self.routes.iter().enumerate() {
@@ -147,15 +160,26 @@ impl Canary {
     /// Whether the `n`-th request without a key (0-based, counted by the caller) is in the
     /// canary: exactly `per_million` in a million, spread evenly.
     pub fn samples_nth(&self, n: u64) -> bool {
-        let share = u64::from(self.per_million);
-        let million = u64::from(MILLION);
-        (n.saturating_add(1)).saturating_mul(share) / million > n.saturating_mul(share) / million
+        share_takes(self.per_million, n)
     }
 
     /// Whether a disagreement of the caller named by `key` is logged.
     pub fn logs(&self, key: &str) -> bool {
         bucket(&self.candidate.id, b"log", key) < self.log_per_million
     }
+
+    /// Whether the `n`-th disagreement without a key (0-based, counted by the caller) is
+    /// logged: `log_per_million` in a million.
+    pub fn logs_nth(&self, n: u64) -> bool {
+        share_takes(self.log_per_million, n)
+    }
+}
+
+/// Whether the `n`-th of a sequence is among `per_million` in a million, spread evenly.
+fn share_takes(per_million: u32, n: u64) -> bool {
+    let share = u64::from(per_million);
+    let million = u64::from(MILLION);
+    (n.saturating_add(1)).saturating_mul(share) / million > n.saturating_mul(share) / million
 }
 
 /// A number in `0..MILLION` from the candidate's id, a purpose and a key (SHA-256).

@@ -79,7 +79,20 @@ fn settings_for(
     if body.id.is_some() && body.action != "promote" {
         problems.push("id: only with action promote".to_owned());
     }
+    // Promotion names a candidate by id: one id, one set of routes.
+    let id_taken = match (&body.canary, running) {
+        (Some(asked), Some(running)) => {
+            asked.candidate.id == running.candidate.id && asked.candidate != running.candidate
+        }
+        _ => false,
+    };
     let settings = match body.action.as_str() {
+        "start" if id_taken => {
+            return Err((
+                StatusCode::CONFLICT,
+                vec!["canary.candidate.id: a candidate with this id and other routes is running; abandon it first, or use another id".into()],
+            ))
+        }
         "start" => match body.canary {
             None => {
                 problems.push("canary: required to start".to_owned());

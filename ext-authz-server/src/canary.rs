@@ -90,7 +90,7 @@ impl CheckService {
                 ("reason", reason),
             ],
         );
-        if key.as_deref().is_none_or(|key| canary.canary.logs(key)) {
+        if canary.logs(key.as_deref()) {
             tracing::info!(
                 candidate = %canary.canary.candidate.id,
                 kind = kind.as_str(),

@@ -23,6 +23,8 @@ pub struct CanaryTable {
     pub table: RouteTable,
     /// Checks without a sampling key seen (taken at the share by count).
     keyless: AtomicU64,
+    /// Disagreements without a sampling key (logged at the log share by count).
+    keyless_disagreements: AtomicU64,
 }
 
 impl CanaryTable {
@@ -34,6 +36,16 @@ impl CanaryTable {
             None => self
                 .canary
                 .samples_nth(self.keyless.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    /// Whether a disagreement of a check with `key` is logged.
+    pub fn logs(&self, key: Option<&str>) -> bool {
+        match key {
+            Some(key) => self.canary.logs(key),
+            None => self
+                .canary
+                .logs_nth(self.keyless_disagreements.fetch_add(1, Ordering::Relaxed)),
         }
     }
 }
@@ -123,6 +135,7 @@ impl RoutePolicies {
                             canary: (**canary).clone(),
                             table,
                             keyless: AtomicU64::new(0),
+                            keyless_disagreements: AtomicU64::new(0),
                         }))
                     }
                     Err(problems) => {

@@ -49,6 +49,8 @@ pub(crate) struct CanaryRun {
     pub candidate: Policy,
     /// Requests without a sampling key seen so far (taken at the share by count).
     keyless: u64,
+    /// Disagreements without a sampling key so far (logged at the log share by count).
+    keyless_disagreements: u64,
 }
 
 impl RoutePolicies {
@@ -103,7 +105,7 @@ impl CanaryRun {
 /// the active one for a sampled request.
 pub(crate) fn compare_on_sample<H: Host>(
     host: &H,
-    run: &CanaryRun,
+    run: &mut CanaryRun,
     active_policy: &Policy,
     request: &OwnedRequest,
     key: Option<&str>,
@@ -117,7 +119,15 @@ pub(crate) fn compare_on_sample<H: Host>(
         return;
     };
     host.count(Counter::CanaryDisagreement(kind));
-    if key.is_none_or(|key| run.canary.logs(key)) {
+    let logged = match key {
+        Some(key) => run.canary.logs(key),
+        None => {
+            let n = run.keyless_disagreements;
+            run.keyless_disagreements = n.wrapping_add(1);
+            run.canary.logs_nth(n)
+        }
+    };
+    if logged {
         host.log(
             LogLevel::Info,
             &format!(
@@ -229,6 +239,7 @@ impl<H: Host> Worker<H> {
                     canary: *canary,
                     candidate,
                     keyless: 0,
+                    keyless_disagreements: 0,
                 });
             }
             Err(problems) => {

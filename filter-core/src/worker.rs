@@ -466,7 +466,9 @@ impl<H: Host> Worker<H> {
             (tier == Tier::StandardWrite && !revocations.complete(now_ms))
                 .then_some(DenyReason::RevocationsIncomplete)
         };
-        let mut check_token = |token: &str| {
+        // `cache`: store the result (not for a verification only a canary's candidate asked
+        // for: a route the active policy leaves public must not fill the cache).
+        let mut check_token = |token: &str, cache: bool| {
             let key = keyer.key(token);
             if let Some(cached) = tokens.get(&key, now_ms, generation, max_age_ms) {
                 host.count(Counter::TokenCacheHit);
@@ -497,7 +499,7 @@ impl<H: Host> Worker<H> {
                 .and_then(|v| policy.providers.get(v.provider))
                 .map(|p| p.clock_skew_seconds.max(0) as u64 * 1000)
                 .unwrap_or(0);
-            if policy.cache.jwt_ttl_ms > 0 {
+            if cache && policy.cache.jwt_ttl_ms > 0 {
                 tokens.put(key, result.clone(), now_ms, generation, skew_ms);
             }
             if let Some(micros) = micros {
@@ -510,7 +512,7 @@ impl<H: Host> Worker<H> {
             policy,
             &request.facts(),
             |token| {
-                let result = check_token(token);
+                let result = check_token(token, true);
                 verified = Some(result.clone());
                 result
             },
@@ -524,7 +526,7 @@ impl<H: Host> Worker<H> {
                     let candidate = decide_with(
                         &run.candidate,
                         &request.facts(),
-                        |token| verified.take().unwrap_or_else(|| check_token(token)),
+                        |token| verified.take().unwrap_or_else(|| check_token(token, false)),
                         screen,
                     );
                     crate::canary::compare_on_sample(
@@ -834,6 +836,16 @@ impl<H: Host> Worker<H> {
         let mut finals = Vec::new();
         let mut still_waiting = Vec::new();
         for p in std::mem::take(&mut self.pending) {
+            if self.route_policies.refused_promotion {
+                // Decided under no routes this worker may use (see `canary`).
+                let tier = self
+                    .policy
+                    .routes
+                    .find(&p.request.method, &p.request.path)
+                    .tier;
+                finals.push(self.deny(p.context_id, &p.request, tier, "-", DenyReason::Internal));
+                continue;
+            }
             let decision = self.decide(&p.request, now_ms * 1000);
             let Decision::AwaitKeys { .. } = decision else {
                 self.host

@@ -18,7 +18,8 @@ use std::rc::Rc;
 
 mod support;
 use support::{
-    feed, remote_provider, started_with_feed, status_of, Drive, FakeHost, Idp, Store, ISSUER, T0,
+    feed, ok_reply, remote_provider, started_with_feed, status_of, Drive, FakeHost, Idp, Store,
+    ISSUER, T0,
 };
 
 fn routes(reports_scope: Option<&str>) -> Value {
@@ -231,4 +232,58 @@ fn a_policy_this_worker_cannot_apply_is_not_run_and_not_enforced_over_a_refusal(
         T0 + 30,
     );
     assert_eq!(status(&mut w, 4, "/news/today", &reader), 200);
+}
+
+#[test]
+fn a_promotion_drops_the_decisions_cached_under_the_other_routes() {
+    let idp = Idp::new("k1");
+    let (mut w, _, held) = started(&idp, json!({}));
+    let t = token(&idp, "alice", "admin");
+    let (call, _) = w.request(1, get("/admin/users", &t), T0 + 10).check();
+    let decided = w.grpc(call, 0, Some(ok_reply(5_000, 1, false)), T0 + 10);
+    assert_eq!(status_of(&decided.done()), 200);
+    assert!(
+        w.request(2, get("/admin/users", &t), T0 + 11)
+            .checks
+            .is_empty(),
+        "cached"
+    );
+    // The same policy version on the feed: only the promotion itself drops the decision.
+    w.answer(
+        held,
+        Some(200),
+        Some(feed(answer(2, 2, json!({"policy": candidate()})))),
+        T0 + 12,
+    );
+    assert!(
+        !w.request(3, get("/admin/users", &t), T0 + 13)
+            .checks
+            .is_empty(),
+        "decided under the other routes: asked again"
+    );
+}
+
+#[test]
+fn a_request_waiting_for_keys_is_refused_once_a_promotion_cannot_be_applied() {
+    let idp = Idp::new("k1");
+    let rotated = Idp::new("k2");
+    let (mut w, _, held) = started(&idp, json!({}));
+    // A new kid: the request waits for a refetch.
+    let (fetch, _) = w
+        .request(1, get("/news/today", &rotated.token("bob")), T0 + 10)
+        .waits()
+        .expect("a refetch");
+    let mut unusable = candidate();
+    unusable["routes"][2] = json!({"name": "news", "match": {"prefix": "/news", "methods": ["GET"]},
+                                  "tier": "authenticated", "background_check_ms": 5000});
+    w.answer(
+        held,
+        Some(200),
+        Some(feed(answer(2, 2, json!({"policy": unusable})))),
+        T0 + 20,
+    );
+    let decided = w
+        .answer(fetch, Some(200), Some(rotated.jwks()), T0 + 30)
+        .done();
+    assert_eq!(status_of(&decided), 503, "not decided by the older routes");
 }

@@ -139,7 +139,7 @@ fn a_tightened_rule_disagrees_only_on_its_route_and_share_until_promoted_everywh
         .all(|l| l.contains("kind=candidate_denies route=reports ")
             && l.contains("active=allow")
             && l.contains("candidate=deny:insufficient_scope")));
-    // The server decides admin with the same candidate: no disagreement there.
+    // The server decides admin with the same candidate: compared there, no disagreement.
     let admin = token(&s, sampled[0], "read admin");
     assert_eq!(
         s.envoy
@@ -147,10 +147,20 @@ fn a_tightened_rule_disagrees_only_on_its_route_and_share_until_promoted_everywh
         200
     );
     assert!(s.server.metric("authz_canary_compared_total") >= 1.0);
-    assert_eq!(
-        s.server.metric("authz_canary_disagreements_total{route=\"admin\",kind=\"candidate_denies\",reason=\"insufficient_scope\"}"),
-        0.0
+    let scraped = get(
+        &format!("http://127.0.0.1:{}/metrics", s.server.admin_port),
+        &[],
+    )
+    .body;
+    assert!(
+        scraped.contains("authz_canary_compared_total")
+            && !scraped.contains("authz_canary_disagreements_total{"),
+        "{scraped}"
     );
+    // One id, one set of routes: the id of the running candidate cannot be reused for others.
+    let mut other = start.clone();
+    other["canary"]["candidate"]["routes"] = routes(&["other"], &["admin"]);
+    assert_eq!(canary_call(&s, other).status, 409);
 
     // Promoted: enforced by every worker within the feed's bound.
     let outsider = token(&s, "user-out", "read");
