@@ -38,6 +38,7 @@ pub mod switches;
 pub mod target;
 pub mod tier;
 pub mod token_hash;
+pub mod trace_context;
 pub mod verdict;
 pub mod verify;
 

@@ -115,23 +115,10 @@ pub(crate) struct Trace {
 /// The trace id of a request's headers: W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
 /// else B3 `x-b3-traceid`; only well-formed hex ids are taken (they go into logs).
 pub fn trace_id(headers: &std::collections::HashMap<String, String>) -> Option<String> {
-    let hex = |s: &str, lengths: &[usize]| {
-        lengths.contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_hexdigit())
-            && s.bytes().any(|b| b != b'0')
-    };
-    if let Some(parent) = headers.get("traceparent") {
-        let mut parts = parent.split('-');
-        if let (Some(_version), Some(id)) = (parts.next(), parts.next()) {
-            if hex(id, &[32]) {
-                return Some(id.to_ascii_lowercase());
-            }
-        }
-    }
-    headers
-        .get("x-b3-traceid")
-        .filter(|id| hex(id, &[16, 32]))
-        .map(|id| id.to_ascii_lowercase())
+    authz_core::trace_context::trace_id(
+        headers.get("traceparent").map(String::as_str),
+        headers.get("x-b3-traceid").map(String::as_str),
+    )
 }
 
 /// What phase 1 found out about a request.

@@ -168,6 +168,7 @@ mod tests {
                 method: "GET".into(),
                 path: path.into(),
                 authorization: Some("Bearer t".into()),
+                trace_id: None,
             },
             route: "read".into(),
             tier: Tier::Authenticated,

@@ -116,6 +116,7 @@ mod tests {
                 method: "GET".into(),
                 path: "/admin/x".into(),
                 authorization: Some("Bearer t".into()),
+                trace_id: None,
             },
             purpose,
             as_after_answer: purpose == CheckPurpose::AfterAnswer,

@@ -19,6 +19,8 @@ pub struct OwnedRequest {
     pub method: String,
     pub path: String,
     pub authorization: Option<String>,
+    /// The trace it belongs to (`authz_core::trace_context`), for log lines.
+    pub trace_id: Option<String>,
 }
 
 impl OwnedRequest {

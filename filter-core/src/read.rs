@@ -40,6 +40,7 @@ pub fn read_request(
     let mut remove = Vec::new();
     let mut readable = true;
     let mut overridden = false;
+    let (mut traceparent, mut b3_trace_id) = (None, None);
     for (name, value) in headers {
         match name.as_slice() {
             b":method" if request.method.is_empty() => match String::from_utf8(value) {
@@ -56,6 +57,8 @@ pub fn read_request(
                 }
                 request.authorization = Some(String::from_utf8(value).unwrap_or_default());
             }
+            b"traceparent" => traceparent = String::from_utf8(value).ok(),
+            b"x-b3-traceid" => b3_trace_id = String::from_utf8(value).ok(),
             other => {
                 if is_method_override(other) {
                     overridden = true;
@@ -71,6 +74,8 @@ pub fn read_request(
             }
         }
     }
+    request.trace_id =
+        authz_core::trace_context::trace_id(traceparent.as_deref(), b3_trace_id.as_deref());
     let request = if !readable || !authz_core::routes::is_origin_form(&request.path) {
         Err(Unreadable {
             request,

@@ -693,12 +693,14 @@ impl<H: Host> Worker<H> {
         self.count_deny(tier, reason.as_str());
         let response = deny_response(&reason, &self.policy.realm);
         self.host.log(LogLevel::Info, &format!(
-            "jwt_authz deny status={} reason={} tier={tier} route={route} method={} path={} token={}",
+            "jwt_authz deny status={} reason={} tier={tier} route={route} method={} path={} token={} policy_version={} trace_id={}",
             response.status,
             reason.as_str(),
             request.method,
             authz_core::routes::path_only(&request.path),
-            request.token_label()
+            request.token_label(),
+            self.link.versions.policy_version,
+            request.trace_id.as_deref().unwrap_or("-")
         ));
         Final {
             context_id,

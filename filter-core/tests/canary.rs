@@ -64,6 +64,7 @@ fn get(path: &str, token: &str) -> OwnedRequest {
         method: "GET".into(),
         path: path.into(),
         authorization: Some(format!("Bearer {token}")),
+        trace_id: None,
     }
 }
 
@@ -125,6 +126,7 @@ fn a_candidate_is_decided_beside_the_active_policy_and_only_counted() {
         method: "GET".into(),
         path: "/reports/q3".into(),
         authorization: None,
+        trace_id: None,
     };
     assert_eq!(status_of(&w.request(5, anonymous, T0 + 10).done()), 401);
     assert_eq!(host.count(Counter::CanaryCompared), 4);

@@ -226,6 +226,7 @@ fn shared_failures_or_silence_keep_check_replies_from_renewing_trust() {
         method: "GET".into(),
         path: "/admin/users".into(),
         authorization: Some("Bearer opaque-token-1".into()),
+        trace_id: None,
     };
     let (call, _) = b.request(1, request.clone(), T0 + 20).check();
     b.grpc(call, 0, Some(ok_reply(60_000, 1, false)), T0 + 20);

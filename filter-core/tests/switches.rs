@@ -43,6 +43,7 @@ fn get(path: &str, token: &str) -> OwnedRequest {
         method: "GET".into(),
         path: path.into(),
         authorization: Some(format!("Bearer {token}")),
+        trace_id: None,
     }
 }
 

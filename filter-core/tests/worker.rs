@@ -62,6 +62,7 @@ fn get(path: &str, token: Option<&str>) -> OwnedRequest {
         method: "GET".into(),
         path: path.into(),
         authorization: token.map(|t| format!("Bearer {t}")),
+        trace_id: None,
     }
 }
 
@@ -846,6 +847,7 @@ fn post(path: &str, token: &str) -> OwnedRequest {
         method: "POST".into(),
         path: path.into(),
         authorization: Some(format!("Bearer {token}")),
+        trace_id: None,
     }
 }
 
@@ -1898,4 +1900,33 @@ fn check_calls_and_waits_for_keys_are_timed() {
         samples.contains(&(Histogram::CheckCallMs, 7)),
         "{samples:?}"
     );
+}
+
+#[test]
+fn a_denial_is_logged_with_the_requests_trace_and_the_policy_version() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host) = worker(&store);
+    let headers = [
+        (":method", "GET"),
+        (":path", "/x"),
+        (
+            "traceparent",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ),
+    ];
+    let read = filter_core::read_request(
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())),
+        &policy(),
+    );
+    let request = read.request.expect("readable");
+    assert_eq!(
+        request.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(status_of(&w.request(1, request, T0).done()), 401);
+    assert!(host.logged(
+        "reason=missing_token tier=authenticated route=default method=GET path=/x token=- policy_version=0 trace_id=4bf92f3577b34da6a3ce929d0e0e4736"
+    ));
 }
