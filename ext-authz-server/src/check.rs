@@ -869,6 +869,13 @@ impl CheckService {
         for (stage, seconds) in &trace.stages {
             self.metrics
                 .observe_seconds("authz_check_seconds", &[("stage", stage)], *seconds);
+            if *stage == "check" {
+                self.metrics.observe_seconds(
+                    "authz_decision_seconds",
+                    &[("outcome", verdict.outcome()), ("tier", tier.as_str())],
+                    *seconds,
+                );
+            }
         }
         let stage_ms = |name: &str| {
             trace

@@ -5,7 +5,8 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `authz_decisions_total` | counter | `outcome`, `reason`, `tier` |
-//! | `authz_check_seconds` | histogram | `stage` (`cache_lookup`, `introspection`, `policy`, `check`) |
+//! | `authz_check_seconds` | histogram | `stage` (`cache_lookup`, `introspection`, `jwt_verify`, `policy`, `check`, ...) |
+//! | `authz_decision_seconds` | histogram | `outcome` (`allow`, `deny`), `tier`: a whole check (its `check` stage) |
 //! | `authz_introspection_calls_total` | counter | `kind` (`single`, `batch`) |
 //! | `authz_introspection_errors_total` | counter | `kind` (`timeout`, `transport`, `status`, `malformed`, `circuit_open`, `throttled`, `refused`) |
 //! | `authz_introspection_batch_fallbacks_total` | counter | batch calls that failed and were made as single calls |

@@ -376,6 +376,8 @@ async fn admin_revocation_and_versions_take_effect_at_once() {
     for family in [
         "authz_decisions_total",
         "authz_check_seconds_bucket",
+        "authz_decision_seconds_bucket{outcome=\"allow\",tier=\"privileged\",le=",
+        "authz_decision_seconds_bucket{outcome=\"deny\",tier=",
         "authz_cache_lookups_total",
         "authz_circuit_state",
         "authz_introspection_calls_total",
