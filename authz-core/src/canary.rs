@@ -176,7 +176,7 @@ impl Canary {
 }
 
 /// Whether the `n`-th of a sequence is among `per_million` in a million, spread evenly.
-fn share_takes(per_million: u32, n: u64) -> bool {
+pub fn share_takes(per_million: u32, n: u64) -> bool {
     let share = u64::from(per_million);
     let million = u64::from(MILLION);
     (n.saturating_add(1)).saturating_mul(share) / million > n.saturating_mul(share) / million

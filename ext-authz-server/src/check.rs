@@ -75,6 +75,27 @@ pub struct CheckService {
     pub status_lists: Option<Arc<crate::status_lists::StatusLists>>,
     /// The route policy enforced (configured or promoted) and a candidate in dry-run.
     pub route_policies: Arc<crate::route_policies::RoutePolicies>,
+    /// Where the spans of checks go, when `otlp` is configured.
+    pub otlp: Option<Arc<crate::otlp::Exporter>>,
+}
+
+/// A stage a check went through: when it began and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub struct StageTime {
+    pub name: &'static str,
+    pub started: Instant,
+    pub seconds: f64,
+}
+
+impl Trace {
+    /// Records stage `name`, begun at `started`, as ending now.
+    pub(crate) fn stage(&mut self, name: &'static str, started: Instant) {
+        self.stages.push(StageTime {
+            name,
+            started,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
 }
 
 /// Facts of one check, gathered for the decision log.
@@ -105,7 +126,9 @@ pub(crate) struct Trace {
     /// How long the introspection data behind this decision stays fresh enough for its tier
     /// (0 when stale or none).
     pub(crate) fresh_for_ms: u64,
-    pub(crate) stages: Vec<(&'static str, f64)>,
+    pub(crate) stages: Vec<StageTime>,
+    /// The trace context Envoy passed (for the OTLP spans).
+    pub(crate) parent: Option<authz_core::trace_context::Parent>,
     /// The trace the request belongs to, when one came in (W3C `traceparent`, else B3).
     pub(crate) trace_id: Option<String>,
     /// Envoy's `x-request-id`.
@@ -324,6 +347,15 @@ impl CheckService {
             cache: "none",
             route: "-".into(),
             trace_id: headers.and_then(trace_id),
+            parent: headers.and_then(|h| {
+                let header = |name: &str| h.get(name).map(String::as_str);
+                authz_core::trace_context::parent(
+                    header("traceparent"),
+                    header("x-b3-traceid"),
+                    header("x-b3-spanid"),
+                    header("x-b3-sampled"),
+                )
+            }),
             request_id: headers
                 .and_then(|h| h.get("x-request-id"))
                 .filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
@@ -355,9 +387,7 @@ impl CheckService {
             self.revoke_refused_token(key, exp, trace.token_label.clone());
             trace.token_revoked = true;
         }
-        trace
-            .stages
-            .push(("check", started.elapsed().as_secs_f64()));
+        trace.stage("check", started);
         self.record(&verdict, &trace, client_locality);
         let directive = self.cache_directive(&verdict, &trace, seen);
         to_envoy(&verdict.check_response(&self.config.realm, &directive))
@@ -422,9 +452,7 @@ impl CheckService {
             rules.max_staleness_ms = rules.max_staleness_ms.min(BACKGROUND_MAX_STALENESS_MS);
         }
         let screened = self.screen(id, trace)?;
-        trace
-            .stages
-            .push(("policy", policy_started.elapsed().as_secs_f64()));
+        trace.stage("policy", policy_started);
         trace.background = id.background;
         trace.answered_already = id.answered_already;
         let entry = if id.background {
@@ -442,9 +470,7 @@ impl CheckService {
         if let Some(lists) = &self.status_lists {
             let started = Instant::now();
             let judged = lists.judge(&entry.result.raw, screened.token, &rules).await;
-            trace
-                .stages
-                .push(("status_list", started.elapsed().as_secs_f64()));
+            trace.stage("status_list", started);
             judged?;
         }
         Ok(entry)
@@ -549,9 +575,7 @@ impl CheckService {
     ) -> Result<Arc<Cached>, DenyReason> {
         let started = Instant::now();
         let verified = self.idp.verify(&screened.key, screened.token).await;
-        trace
-            .stages
-            .push(("jwt_verify", started.elapsed().as_secs_f64()));
+        trace.stage("jwt_verify", started);
         trace.cache = "jwt";
         let verified = verified.map_err(|failure| match failure {
             VerifyFailure::KeysUnavailable { .. } => DenyReason::KeysUnavailable,
@@ -584,9 +608,7 @@ impl CheckService {
                 trusts_unconfirmed_shared(tier),
             )
             .await;
-        trace
-            .stages
-            .push(("cache_lookup", started.elapsed().as_secs_f64()));
+        trace.stage("cache_lookup", started);
         let Lookup {
             entry,
             source,
@@ -866,23 +888,44 @@ impl CheckService {
                 ("tier", tier.as_str()),
             ],
         );
-        for (stage, seconds) in &trace.stages {
-            self.metrics
-                .observe_seconds("authz_check_seconds", &[("stage", stage)], *seconds);
-            if *stage == "check" {
+        for stage in &trace.stages {
+            self.metrics.observe_seconds(
+                "authz_check_seconds",
+                &[("stage", stage.name)],
+                stage.seconds,
+            );
+            if stage.name == "check" {
                 self.metrics.observe_seconds(
                     "authz_decision_seconds",
                     &[("outcome", verdict.outcome()), ("tier", tier.as_str())],
-                    *seconds,
+                    stage.seconds,
                 );
             }
+        }
+        if let Some(exporter) = &self.otlp {
+            exporter.record(crate::otlp::CheckSpan {
+                parent: trace.parent.as_ref(),
+                stages: &trace.stages,
+                attributes: vec![
+                    ("authz.route", trace.route.clone()),
+                    ("authz.tier", tier.as_str().to_owned()),
+                    ("authz.outcome", verdict.outcome().to_owned()),
+                    ("authz.reason", verdict.reason().to_owned()),
+                    ("authz.cache", trace.cache.to_owned()),
+                    (
+                        "authz.policy_version",
+                        self.versions.policy_version().to_string(),
+                    ),
+                ],
+                error: matches!(verdict, Verdict::Deny(reason) if reason.status() >= 500),
+            });
         }
         let stage_ms = |name: &str| {
             trace
                 .stages
                 .iter()
-                .find(|(stage, _)| *stage == name)
-                .map(|(_, seconds)| (seconds * 1e6).round() / 1e3)
+                .find(|stage| stage.name == name)
+                .map(|stage| (stage.seconds * 1e6).round() / 1e3)
         };
         tracing::info!(
             decision = verdict.outcome(),

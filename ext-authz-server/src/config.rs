@@ -162,6 +162,8 @@ pub struct ServerConfigFile {
     /// it and without `redis`, switches do not survive a restart (logged at start). With
     /// `redis`, Redis's state wins once read.
     pub switches_file: Option<String>,
+    /// OpenTelemetry traces of checks over OTLP/HTTP (JSON): off without it.
+    pub otlp: Option<crate::otlp::OtlpFile>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -636,6 +638,8 @@ pub struct ServerConfig {
     pub batch: Option<BatchSettings>,
     /// Where the incident switches are kept across restarts.
     pub switches_file: Option<std::path::PathBuf>,
+    /// Where the spans of checks go, when configured.
+    pub otlp: Option<crate::otlp::OtlpSettings>,
 }
 
 /// `resources` and `batch_token`, validated.
@@ -1502,6 +1506,16 @@ impl ServerConfig {
             );
         }
         let allow_insecure_http = f.allow_insecure_http.unwrap_or(false);
+        let otlp = f.otlp.as_ref().and_then(|o| {
+            o.settings(&mut p.0, |endpoint| {
+                let mut checked = Problems(Vec::new());
+                url(&mut checked, "", endpoint, allow_insecure_http);
+                checked
+                    .0
+                    .first()
+                    .map(|problem| problem.trim_start_matches(": ").to_owned())
+            })
+        });
         let idp_ca_pem = f
             .idp_ca_file
             .as_deref()
@@ -1643,6 +1657,7 @@ impl ServerConfig {
             status_lists,
             batch,
             switches_file: f.switches_file.as_ref().map(std::path::PathBuf::from),
+            otlp,
         })
     }
 

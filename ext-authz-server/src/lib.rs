@@ -30,6 +30,7 @@ pub mod introspector;
 pub mod limits;
 pub mod metrics;
 pub mod os_thread;
+pub mod otlp;
 pub mod reply;
 pub mod route_policies;
 pub mod shared;
@@ -295,7 +296,16 @@ pub fn build_service_with_clock(
         }
         None => None,
     };
+    let otlp = match &config.otlp {
+        Some(settings) => otlp::Exporter::start(
+            settings.clone(),
+            idp_http::client(&config, std::time::Duration::from_secs(5), None)?,
+            metrics.clone(),
+        ),
+        None => None,
+    };
     Ok(Arc::new(CheckService {
+        otlp,
         config: Arc::new(config),
         introspector,
         idp,

@@ -23,6 +23,8 @@
 //! | `authz_policy_version` | gauge | |
 //! | `authz_canary_compared_total` | counter | (see `canary`) |
 //! | `authz_canary_disagreements_total` | counter | `route`, `kind`, `reason` (see `canary`) |
+//! | `authz_otlp_exports_total` | counter | `result` (see `otlp`) |
+//! | `authz_otlp_spans_dropped_total` | counter | (see `otlp`) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
