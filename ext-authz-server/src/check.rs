@@ -144,6 +144,31 @@ pub fn trace_id(headers: &std::collections::HashMap<String, String>) -> Option<S
     )
 }
 
+/// The trace context in headers read through `header` (a request's, or a call's metadata).
+pub fn trace_parent<'a>(
+    header: impl Fn(&str) -> Option<&'a str>,
+) -> Option<authz_core::trace_context::Parent> {
+    authz_core::trace_context::parent(
+        header("traceparent"),
+        authz_core::trace_context::B3 {
+            trace_id: header("x-b3-traceid"),
+            span_id: header("x-b3-spanid"),
+            sampled: header("x-b3-sampled"),
+            flags: header("x-b3-flags"),
+        },
+    )
+}
+
+/// What a Check call's own gRPC metadata says: set by the calling proxy, not by its client.
+#[derive(Debug, Clone, Default)]
+pub struct CallMetadata {
+    /// The calling proxy's `region/zone` ([`crate::CLIENT_LOCALITY_METADATA`]).
+    pub locality: Option<String>,
+    /// The trace context of the call (Envoy's ext_authz call carries its span's, when Envoy
+    /// traces).
+    pub trace: Option<authz_core::trace_context::Parent>,
+}
+
 /// What phase 1 found out about a request.
 #[derive(Debug)]
 pub struct Identified<'a> {
@@ -315,20 +340,16 @@ impl CheckService {
             || self.versions.tier_switches(tier, self.clock.now_ms()).1
     }
 
-    /// Decides a request, within the configured deadline, and answers it. `caller_locality`
-    /// is the calling proxy's `region/zone` from the call's metadata, if it sent one (the
-    /// request's `context_extensions["client_locality"]` wins).
-    pub async fn decide(
-        &self,
-        request: CheckRequest,
-        caller_locality: Option<String>,
-    ) -> CheckResponse {
+    /// Decides a request, within the configured deadline, and answers it. `call` is what the
+    /// gRPC call's own metadata says (the calling proxy's, never the client's): its locality
+    /// (the request's `context_extensions["client_locality"]` wins) and its trace context.
+    pub async fn decide(&self, request: CheckRequest, call: CallMetadata) -> CheckResponse {
         let client_locality = request
             .attributes
             .as_ref()
             .and_then(|a| a.context_extensions.get(CLIENT_LOCALITY_EXTENSION))
             .cloned()
-            .or(caller_locality);
+            .or(call.locality);
         let started = Instant::now();
         // What this decision can have seen: read before it is made, so a change applied while
         // it is under way makes the reply older than the change (a caching client then does
@@ -343,19 +364,26 @@ impl CheckService {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref())
             .map(|http| &http.headers);
+        let parent = call.trace.or_else(|| {
+            // The request's own headers are the client's (or an upstream proxy's): they name
+            // the parent only where the configuration trusts them.
+            let trusted = self
+                .config
+                .otlp
+                .as_ref()
+                .is_some_and(|o| o.trust_request_headers);
+            headers
+                .filter(|_| trusted)
+                .and_then(|h| trace_parent(|name| h.get(name).map(String::as_str)))
+        });
         let mut trace = Trace {
             cache: "none",
             route: "-".into(),
-            trace_id: headers.and_then(trace_id),
-            parent: headers.and_then(|h| {
-                let header = |name: &str| h.get(name).map(String::as_str);
-                authz_core::trace_context::parent(
-                    header("traceparent"),
-                    header("x-b3-traceid"),
-                    header("x-b3-spanid"),
-                    header("x-b3-sampled"),
-                )
-            }),
+            parent: parent.clone(),
+            // The trace the spans name, else the one the request's headers name.
+            trace_id: parent
+                .map(|p| p.trace_id)
+                .or_else(|| headers.and_then(trace_id)),
             request_id: headers
                 .and_then(|h| h.get("x-request-id"))
                 .filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
@@ -902,7 +930,11 @@ impl CheckService {
                 );
             }
         }
-        if let Some(exporter) = &self.otlp {
+        if let Some(exporter) = self
+            .otlp
+            .as_ref()
+            .filter(|e| e.samples(trace.parent.as_ref()))
+        {
             exporter.record(crate::otlp::CheckSpan {
                 parent: trace.parent.as_ref(),
                 stages: &trace.stages,
@@ -1138,7 +1170,7 @@ policy:
         );
         assert_eq!(
             trace_id(&headers(&[("x-b3-traceid", "80f198ee56343ba8")])).as_deref(),
-            Some("80f198ee56343ba8")
+            Some("000000000000000080f198ee56343ba8")
         );
         for junk in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",

@@ -75,14 +75,16 @@ impl Authorization for Grpc {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        // Native ext_authz can name its locality through `initial_metadata`.
-        let locality = request
-            .metadata()
-            .get(CLIENT_LOCALITY_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        // Native ext_authz can name its locality through `initial_metadata`, and carries its
+        // span's trace context when Envoy traces.
+        let metadata = request.metadata();
+        let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        let call = check::CallMetadata {
+            locality: header(CLIENT_LOCALITY_METADATA).map(str::to_owned),
+            trace: check::trace_parent(header),
+        };
         Ok(Response::new(
-            self.0.decide(request.into_inner(), locality).await,
+            self.0.decide(request.into_inner(), call).await,
         ))
     }
 }

@@ -5,7 +5,10 @@
 //! exported in batches over OTLP/HTTP with the JSON encoding (`POST <endpoint>`, e.g. an
 //! OpenTelemetry Collector's `http://collector:4318/v1/traces`).
 //!
-//! A check whose context is not sampled is not exported; a check without one starts a trace at
+//! The parent is the Check call's own trace context (its gRPC metadata: Envoy's ext_authz call
+//! carries its span's when Envoy traces); the checked request's headers are the client's, and
+//! name the parent only with `trust_request_headers`. A check whose context is not sampled is
+//! not exported; a check without one (or with B3 and no decision) starts a trace at
 //! `root_per_million`. Exporting never delays a check: spans go to a bounded queue (full:
 //! dropped and counted, `authz_otlp_spans_dropped_total`), a background task posts them
 //! (`authz_otlp_exports_total{result}`). Span attributes carry the route, tier, outcome,
@@ -13,7 +16,7 @@
 
 use crate::check::StageTime;
 use crate::metrics::Metrics;
-use authz_core::trace_context::Parent;
+use authz_core::trace_context::{Parent, Sampled};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -35,6 +38,12 @@ pub struct OtlpFile {
     /// Spans waiting to be exported at most; beyond, new ones are dropped (counted).
     #[schemars(extend("default" = DEFAULT_MAX_QUEUE))]
     pub max_queue: Option<usize>,
+    /// Also take the trace context (parent and sampling) from the checked request's own
+    /// headers when the Check call carries none (the Wasm filter's calls carry none): only
+    /// where a trusted proxy in front sets them (a mesh sidecar, a gateway), since a client
+    /// can send any `traceparent`.
+    #[schemars(extend("default" = false))]
+    pub trust_request_headers: Option<bool>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: serde_yaml::Mapping,
@@ -54,6 +63,7 @@ pub struct OtlpSettings {
     pub service_name: String,
     pub root_per_million: u32,
     pub max_queue: usize,
+    pub trust_request_headers: bool,
 }
 
 impl OtlpFile {
@@ -95,6 +105,7 @@ impl OtlpFile {
                 .unwrap_or_else(|| DEFAULT_SERVICE_NAME.into()),
             root_per_million,
             max_queue,
+            trust_request_headers: self.trust_request_headers.unwrap_or(false),
         })
     }
 }
@@ -144,11 +155,13 @@ impl Exporter {
         Some(exporter)
     }
 
-    /// Whether a check with this context is exported.
-    fn samples(&self, parent: Option<&Parent>) -> bool {
-        match parent {
-            Some(parent) => parent.sampled,
-            None => {
+    /// Whether a check with this context is exported: as its sender decided, else (no
+    /// context, or B3 without a decision) at `root_per_million`.
+    pub fn samples(&self, parent: Option<&Parent>) -> bool {
+        match parent.map(|p| p.sampled) {
+            Some(Sampled::Yes) => true,
+            Some(Sampled::No) => false,
+            Some(Sampled::Undecided) | None => {
                 let n = self
                     .unparented
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -157,11 +170,9 @@ impl Exporter {
         }
     }
 
-    /// Queues the spans of one check (its `check` stage is the parent of the others).
+    /// Queues the spans of one check the caller found [`Exporter::samples`] (its `check`
+    /// stage is the parent of the others).
     pub fn record(&self, check: CheckSpan<'_>) {
-        if !self.samples(check.parent) {
-            return;
-        }
         let Some(root) = check.stages.iter().find(|s| s.name == "check") else {
             return;
         };
@@ -260,6 +271,7 @@ async fn export_loop(
     mut spans: tokio::sync::mpsc::Receiver<Value>,
     http: reqwest::Client,
 ) {
+    let mut failures = 0u64;
     while let Some(first) = spans.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + LINGER;
@@ -275,14 +287,25 @@ async fn export_loop(
             .json(&body)
             .send()
             .await;
+        // The first failure, then one in 100: a collector that is down must not flood the log.
+        failures += u64::from(!matches!(&sent, Ok(reply) if reply.status().is_success()));
+        let say = failures % 100 == 1;
         let result = match sent {
             Ok(reply) if reply.status().is_success() => "ok",
             Ok(reply) => {
-                tracing::warn!(status = reply.status().as_u16(), "otlp_export_refused");
+                if say {
+                    tracing::warn!(
+                        status = reply.status().as_u16(),
+                        failures,
+                        "otlp_export_refused"
+                    );
+                }
                 "refused"
             }
             Err(e) => {
-                tracing::warn!(error = %e, "otlp_export_failed");
+                if say {
+                    tracing::warn!(error = %e, failures, "otlp_export_failed");
+                }
                 "failed"
             }
         };

@@ -89,6 +89,45 @@ fn attribute(span: &Value, key: &str) -> Option<String> {
         .and_then(|a| a["value"]["stringValue"].as_str().map(str::to_owned))
 }
 
+/// A Check of `/admin/users` with `token`: `metadata` on the gRPC call (what Envoy's ext_authz
+/// call carries), `headers` on the checked request (what the client sent).
+fn traced_check(
+    token: &str,
+    metadata: Headers,
+    headers: Headers,
+) -> tonic::Request<envoy_types::ext_authz::v3::pb::CheckRequest> {
+    let mut request = check_request("/admin/users", Some(token), None);
+    if let Some(http) = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        for (name, value) in headers {
+            http.headers.insert((*name).to_owned(), (*value).to_owned());
+        }
+    }
+    let mut call = tonic::Request::new(request);
+    for (name, value) in metadata {
+        call.metadata_mut()
+            .insert(*name, value.parse().expect("metadata value"));
+    }
+    call
+}
+
+fn roots(receiver: &Receiver) -> Vec<Value> {
+    receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s["name"] == "authz.check")
+        .collect()
+}
+
+/// Header names and values (of the call's metadata, or of the checked request).
+type Headers<'a> = &'a [(&'static str, &'a str)];
+
+const W3C: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_check_continues_envoys_trace_with_a_span_per_stage() {
     let idp = DevIdp::start(&[]);
@@ -103,40 +142,37 @@ async fn a_check_continues_envoys_trace_with_a_span_per_stage() {
     .await;
     let mut client = server.client.clone();
     let token = idp.mint(serde_json::json!({"sub": "alice", "scope": "admin", "opaque": true}));
-    let traced = |headers: &[(&str, &str)]| {
-        let mut request = check_request("/admin/users", Some(&token), None);
-        if let Some(http) = request
-            .attributes
-            .as_mut()
-            .and_then(|a| a.request.as_mut())
-            .and_then(|r| r.http.as_mut())
-        {
-            for (name, value) in headers {
-                http.headers.insert((*name).to_owned(), (*value).to_owned());
-            }
-        }
-        request
-    };
-    let w3c = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let unsampled = "00-11111111111111111111111111111111-00f067aa0ba902b7-00";
-    for headers in [
-        vec![("traceparent", w3c)],
-        vec![("traceparent", unsampled)],
-        vec![],
-        vec![
-            ("x-b3-traceid", "463ac35c9f6413ad"),
-            ("x-b3-spanid", "a2fb4a1d1a96d312"),
-        ],
-    ] {
-        client.check(traced(&headers)).await.expect("check");
+    let client_sent = "00-22222222222222222222222222222222-00f067aa0ba902b7-01";
+    // The ones not to export first: spans are posted in the order they were queued, so once
+    // the last one is in, every earlier one would be too.
+    let calls: [(Headers, Headers); 6] = [
+        (&[("traceparent", unsampled)], &[]),
+        (&[], &[]),
+        // B3 without a sampling decision: the root share (0) decides.
+        (&[("x-b3-traceid", "563ac35c9f6413ad")], &[]),
+        // The client's own traceparent, on the request: not trusted by default.
+        (&[], &[("traceparent", client_sent)]),
+        (
+            &[
+                ("x-b3-traceid", "463ac35c9f6413ad"),
+                ("x-b3-spanid", "a2fb4a1d1a96d312"),
+                ("x-b3-sampled", "1"),
+            ],
+            &[],
+        ),
+        (&[("traceparent", W3C)], &[]),
+    ];
+    for (metadata, headers) in calls {
+        client
+            .check(traced_check(&token, metadata, headers))
+            .await
+            .expect("check");
     }
     assert!(
-        eventually(Duration::from_secs(5), || receiver
-            .spans()
+        eventually(Duration::from_secs(5), || roots(&receiver)
             .iter()
-            .filter(|s| s["name"] == "authz.check")
-            .count()
-            >= 2),
+            .any(|s| s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736")),
         "{:?}",
         receiver.spans()
     );
@@ -146,14 +182,12 @@ async fn a_check_continues_envoys_trace_with_a_span_per_stage() {
         bodies[0]["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
         "authz-e2e"
     );
-    let roots: Vec<&Value> = spans
-        .iter()
-        .filter(|s| s["name"] == "authz.check")
-        .collect();
+    let roots = roots(&receiver);
+    let traces: Vec<&str> = roots.iter().filter_map(|s| s["traceId"].as_str()).collect();
     assert_eq!(
-        roots.len(),
+        traces.len(),
         2,
-        "the unsampled and the untraced checks are not exported"
+        "only the sampled contexts of the call are exported: {traces:?}"
     );
     let root = roots
         .iter()
@@ -164,10 +198,11 @@ async fn a_check_continues_envoys_trace_with_a_span_per_stage() {
         "under Envoy's span"
     );
     assert_eq!(root["kind"], 2);
+    assert_eq!(root["status"]["code"], 0);
     assert_eq!(attribute(root, "authz.route").as_deref(), Some("admin"));
     assert_eq!(attribute(root, "authz.tier").as_deref(), Some("privileged"));
     assert_eq!(attribute(root, "authz.outcome").as_deref(), Some("allow"));
-    assert!(attribute(root, "authz.token").is_none() && !root.to_string().contains(&token));
+    assert!(!root.to_string().contains(&token) && !root.to_string().contains("alice"));
     let children: Vec<&Value> = spans
         .iter()
         .filter(|s| s["parentSpanId"] == root["spanId"])
@@ -175,11 +210,18 @@ async fn a_check_continues_envoys_trace_with_a_span_per_stage() {
     let names: Vec<&str> = children.iter().filter_map(|s| s["name"].as_str()).collect();
     assert!(names.contains(&"authz.policy"), "{names:?}");
     assert!(names.contains(&"authz.cache_lookup"), "{names:?}");
-    let time = |span: &Value, field: &str| span[field].as_str().and_then(|t| t.parse::<u64>().ok());
+    let time = |span: &Value, field: &str| -> u64 {
+        span[field]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{field} as a string of nanoseconds: {span}"))
+    };
     for child in &children {
         assert_eq!(child["traceId"], root["traceId"]);
+        assert_eq!(child["kind"], 1);
         assert!(time(child, "startTimeUnixNano") >= time(root, "startTimeUnixNano"));
         assert!(time(child, "endTimeUnixNano") <= time(root, "endTimeUnixNano"));
+        assert!(time(child, "startTimeUnixNano") <= time(child, "endTimeUnixNano"));
     }
     let b3 = roots
         .iter()
@@ -187,6 +229,30 @@ async fn a_check_continues_envoys_trace_with_a_span_per_stage() {
         .expect("the B3 trace continued");
     assert_eq!(b3["parentSpanId"], "a2fb4a1d1a96d312");
     assert!(server_metric(server.admin_port, "authz_otlp_exports_total{result=\"ok\"}") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_requests_own_trace_context_is_used_only_where_it_is_trusted() {
+    let idp = DevIdp::start(&[]);
+    let receiver = Receiver::start();
+    let server = start(&server_yaml(
+        idp.port,
+        &format!(
+            "otlp:\n  endpoint: http://127.0.0.1:{}/v1/traces\n  trust_request_headers: true\n",
+            receiver.port
+        ),
+    ))
+    .await;
+    let mut client = server.client.clone();
+    let token = idp.mint(serde_json::json!({"sub": "bob", "scope": "admin", "opaque": true}));
+    client
+        .check(traced_check(&token, &[], &[("traceparent", W3C)]))
+        .await
+        .expect("check");
+    assert!(eventually(Duration::from_secs(5), || !roots(&receiver).is_empty()));
+    let root = roots(&receiver).remove(0);
+    assert_eq!(root["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(root["parentSpanId"], "00f067aa0ba902b7");
 }
 
 #[test]
