@@ -78,6 +78,10 @@ pub struct FilterConfig {
     /// verified context headers, not the credential (as Envoy `jwt_authn` `forward: false`).
     #[cfg_attr(feature = "schema", schemars(extend("default" = defaults::FORWARD_TOKEN)))]
     pub forward_token: Option<bool>,
+    /// Allowed requests logged (an info line each, like every denial), per million, spread
+    /// evenly (0: allows are debug lines only).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 0)))]
+    pub log_allows_per_million: Option<u32>,
     /// The companion ext_authz server, for tiers that need it. Without it those tiers fail
     /// closed in the filter.
     pub server: Option<ServerLinkConfig>,
@@ -556,6 +560,8 @@ pub struct Policy {
     pub key_wait_timeout_ms: u64,
     pub max_token_bytes: usize,
     pub forward_token: bool,
+    /// Allowed requests logged at info, per million.
+    pub log_allows_per_million: u32,
     pub server: Option<ServerLink>,
     pub cache: CacheSettings,
     pub requests: crate::target::RequestRules,
@@ -1411,6 +1417,10 @@ impl Policy {
         if !TOKEN_BYTES_RANGE.contains(&max_token_bytes) {
             p.add("max_token_bytes", TOKEN_BYTES_RANGE_TEXT);
         }
+        let log_allows_per_million = c.log_allows_per_million.unwrap_or(0);
+        if log_allows_per_million > 1_000_000 {
+            p.add("log_allows_per_million", "must be at most 1000000");
+        }
         let server = c.server.as_ref().and_then(|s| parse_server_link(&mut p, s));
         check_route_links(&mut p, &c.routes, c.server.is_some(), server.as_ref());
         let cache = parse_cache(&mut p, &c.cache);
@@ -1429,6 +1439,7 @@ impl Policy {
             key_wait_timeout_ms,
             max_token_bytes,
             forward_token: c.forward_token.unwrap_or(defaults::FORWARD_TOKEN),
+            log_allows_per_million,
             server,
             cache,
             requests: c.requests.unwrap_or_default(),

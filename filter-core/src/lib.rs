@@ -20,6 +20,7 @@ mod canary;
 pub mod check;
 pub mod commands;
 pub mod context;
+mod decision_log;
 pub mod events;
 pub mod feed_share;
 pub mod host;

@@ -11,6 +11,7 @@
 //! `authenticated` are not used.
 
 use crate::commands::{Command, Final, FinalAction, OwnedRequest, PollOrder, ServerCall};
+use crate::decision_log::{Logged, Source};
 use crate::host::{Host, LogLevel, SharedWrite};
 use crate::metrics::{Counter, Gauge, Histogram};
 use crate::worker::Worker;
@@ -119,7 +120,7 @@ impl<H: Host> Worker<H> {
             LookupResult::Untrusted => Counter::CacheUntrusted(call.tier),
         });
         let entry = entry?;
-        Some(self.replay(context_id, request, call, entry.outcome, "hit"))
+        Some(self.replay(context_id, request, call, entry.outcome, Source::Hit))
     }
 
     /// Turns a server outcome (fresh or cached) into an action, counting and logging it.
@@ -129,11 +130,20 @@ impl<H: Host> Worker<H> {
         request: &OwnedRequest,
         call: &ServerCall,
         outcome: CachedOutcome,
-        source: &str,
+        source: Source,
     ) -> Final {
+        let logged = |status| Logged {
+            request,
+            status,
+            reason: if status == 200 { "ok" } else { "server_deny" },
+            source,
+            tier: call.tier,
+            route: &call.route,
+        };
         match outcome {
             CachedOutcome::Allow { headers, remove } => {
                 self.count_allow(call.tier);
+                self.log_allow(&logged(200));
                 Final {
                     context_id,
                     action: FinalAction::Allow { headers, remove },
@@ -145,13 +155,7 @@ impl<H: Host> Worker<H> {
                 body,
             } => {
                 self.count_deny(call.tier, "server_deny");
-                self.host.log(LogLevel::Info, &format!(
-                    "jwt_authz deny status={status} reason=server_deny source={source} tier={} route={} method={} path={}",
-                    call.tier,
-                    call.route,
-                    request.method,
-                    authz_core::routes::path_only(&request.path)
-                ));
+                self.log_denial(&logged(status));
                 Final {
                     context_id,
                     action: FinalAction::Respond {
@@ -308,7 +312,7 @@ impl<H: Host> Worker<H> {
             self.host
                 .set_gauge(Gauge::CacheEntries, self.caches.decisions.len() as u64);
         }
-        self.replay(context_id, request, call, reply.outcome, "server")
+        self.replay(context_id, request, call, reply.outcome, Source::Server)
     }
 
     fn apply_policy_version(&mut self, version: u64) {

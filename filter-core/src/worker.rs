@@ -29,6 +29,7 @@ use crate::commands::{
     ServerCall,
 };
 use crate::context::ContextSigning;
+use crate::decision_log::{Logged, Source};
 use crate::events::{CallOutcome, Event};
 use crate::feed_share::FeedShare;
 use crate::host::{Host, LogLevel};
@@ -72,7 +73,9 @@ pub struct Worker<H: Host> {
     pub(crate) keys: KeySources,
     pending: Vec<Pending>,
     /// Whether Envoy's wasm log level lets debug lines through (checked once).
-    debug_logs: bool,
+    pub(crate) debug_logs: bool,
+    /// Allows decided so far (the decision log takes its share by count).
+    pub(crate) allows_seen: Cell<u64>,
     /// Server decisions and local verifications.
     pub(crate) caches: Caches,
     /// What this worker knows of the server and has learned from its feed.
@@ -181,6 +184,7 @@ impl<H: Host> Worker<H> {
         let policy_has_feed = policy.feed().is_some();
         Worker {
             debug_logs: host.debug_enabled(),
+            allows_seen: Cell::new(0),
             host,
             keys,
             pending: Vec::new(),
@@ -580,15 +584,14 @@ impl<H: Host> Worker<H> {
                 }
                 self.note_background(request, &route, tier, now_ms);
                 self.count_allow(tier);
-                if self.debug_logs {
-                    self.host.log(
-                        LogLevel::Debug,
-                        &format!(
-                            "jwt_authz allow tier={tier} route={route} token={}",
-                            request.token_label()
-                        ),
-                    );
-                }
+                self.log_allow(&Logged {
+                    request,
+                    status: 200,
+                    reason: "ok",
+                    source: Source::Local,
+                    tier,
+                    route: &route,
+                });
                 let remove = if self.policy.forward_token {
                     Vec::new()
                 } else {
@@ -692,16 +695,14 @@ impl<H: Host> Worker<H> {
     ) -> Final {
         self.count_deny(tier, reason.as_str());
         let response = deny_response(&reason, &self.policy.realm);
-        self.host.log(LogLevel::Info, &format!(
-            "jwt_authz deny status={} reason={} tier={tier} route={route} method={} path={} token={} policy_version={} trace_id={}",
-            response.status,
-            reason.as_str(),
-            request.method,
-            authz_core::routes::path_only(&request.path),
-            request.token_label(),
-            self.link.versions.policy_version,
-            request.trace_id.as_deref().unwrap_or("-")
-        ));
+        self.log_denial(&Logged {
+            request,
+            status: response.status,
+            reason: reason.as_str(),
+            source: Source::Local,
+            tier,
+            route,
+        });
         Final {
             context_id,
             action: FinalAction::Deny(response),

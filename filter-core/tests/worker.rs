@@ -1927,6 +1927,58 @@ fn a_denial_is_logged_with_the_requests_trace_and_the_policy_version() {
     );
     assert_eq!(status_of(&w.request(1, request, T0).done()), 401);
     assert!(host.logged(
-        "reason=missing_token tier=authenticated route=default method=GET path=/x token=- policy_version=0 trace_id=4bf92f3577b34da6a3ce929d0e0e4736"
+        "jwt_authz deny status=401 reason=missing_token source=local tier=authenticated route=default method=GET path=/x token=- policy_version=0 trace_id=4bf92f3577b34da6a3ce929d0e0e4736"
     ));
+}
+
+#[test]
+fn allows_are_logged_at_the_policys_share_and_denials_always() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let idp = Idp::new("k1");
+    let host = FakeHost::sharing(&store);
+    let mut logging = policy();
+    logging.log_allows_per_million = 250_000;
+    let mut w = Worker::new(logging, host.clone(), [1, 2]);
+    let (fetch, _) = w
+        .request(1, get("/x", Some(&idp.token("a"))), T0)
+        .waits()
+        .expect("keys");
+    w.answer(fetch, Some(200), Some(idp.jwks()), T0 + 1);
+    for id in 2..10 {
+        assert_eq!(
+            status_of(
+                &w.request(id, get("/x", Some(&idp.token("a"))), T0 + 2)
+                    .done()
+            ),
+            200
+        );
+    }
+    let allow_lines = |host: &FakeHost| {
+        host.logs
+            .borrow()
+            .iter()
+            .filter(|(level, line)| {
+                *level == LogLevel::Info && line.starts_with("jwt_authz allow status=200 reason=ok source=local tier=authenticated route=default")
+            })
+            .count()
+    };
+    // Nine allows (the one that waited for keys included), a quarter of them logged.
+    assert_eq!(allow_lines(&host), 2);
+    assert_eq!(
+        status_of(&w.request(20, get("/x", None), T0 + 3).done()),
+        401
+    );
+    assert!(host.logged("jwt_authz deny status=401 reason=missing_token source=local"));
+    // The default: no allow at info.
+    let (mut quiet, quiet_host) = worker(&store);
+    quiet.wake(T0 + 4);
+    assert_eq!(
+        status_of(
+            &quiet
+                .request(1, get("/x", Some(&idp.token("a"))), T0 + 5)
+                .done()
+        ),
+        200
+    );
+    assert_eq!(allow_lines(&quiet_host), 0);
 }
