@@ -250,7 +250,7 @@ fn privileged_routes_fail_closed_without_the_authorization_server() {
     assert!(s
         .envoy
         .log()
-        .contains("reason=server_required tier=privileged"));
+        .contains("reason=server_required source=local tier=privileged"));
     assert_eq!(s.envoy.send("POST", "/admin/users", None, &[]).status, 401);
 }
 
