@@ -696,13 +696,25 @@ impl AuthzServerProcess {
                 .and_then(|p| p.parse().ok())
                 .unwrap_or_else(|| panic!("no {key} in {line:?}"))
         };
-        AuthzServerProcess {
+        let server = AuthzServerProcess {
             grpc_port: port_of("grpc"),
             admin_port: port_of("admin"),
             config: yaml.to_owned(),
             process: Some(process),
             _scratch: scratch,
-        }
+        };
+        server.await_first_idp_probe();
+        server
+    }
+
+    /// Waits (up to 5 s) until the start-up probe of the IdP has had its first answer, passed
+    /// or not: the probe is one introspection call of its own, made in the background, and a
+    /// test counting the IdP's introspections from here on must not see it arrive late.
+    fn await_first_idp_probe(&self) {
+        eventually(Duration::from_secs(5), || {
+            !self.log_lines("idp_confirmed").is_empty()
+                || !self.log_lines("idp_not_confirmed").is_empty()
+        });
     }
 
     pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {

@@ -164,3 +164,23 @@ async fn keys_that_cannot_be_discovered_beside_an_explicit_endpoint_are_logged_a
     assert_eq!(check(&mut client, "/admin/users", Some(&jwt)).await.0, 200);
     assert!(idp.stat("introspection_calls") > before, "introspected");
 }
+
+/// The harness's promise that counting tests rely on (hostile.rs, shared_state.rs): when
+/// `AuthzServerProcess::start` returns, the start-up probe (one introspection of its own, made
+/// in the background) has been answered, so it never lands inside a test's count. Here the
+/// IdP takes 400 ms per introspection; CI once saw the probe arrive after a test's baseline.
+#[test]
+fn a_started_server_has_had_its_idp_probe_answered() {
+    let idp = DevIdp::start(&[]);
+    idp.fault_json(json!({"introspection_latency_ms": 400}));
+    let server = AuthzServerProcess::start(&server_yaml(idp.port, ""));
+    let probed = idp.stat("introspected_tokens");
+    assert_eq!(probed, 1, "the probe was answered before start returned");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        idp.stat("introspected_tokens"),
+        probed,
+        "nothing arrives late"
+    );
+    assert!(server.logged("idp_confirmed"));
+}
