@@ -93,7 +93,7 @@ export ADMIN='$ADMIN'
   curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/admin/users
 
   # the same privileged check, made by the filter itself and cached in the proxy
-  # (watch $STATS_PREFIX.authz.cache_lookups.privileged.hit grow on the Envoy admin /stats)
+  # (watch $STATS_PREFIX.authz_proxy.cache_lookups_total.tier.privileged.result.hit grow on the Envoy admin /stats)
   curl -i -X POST -H "authorization: Bearer \$ADMIN" http://127.0.0.1:10000/payments/transfer
 
   # revoke it at the IdP (RFC 7009): denied once the privileged freshness window (5 s) passes
@@ -154,7 +154,7 @@ export ADMIN='$ADMIN'
   # server and in every Envoy at once; then what is in force, and who asked
   curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' -H 'content-type: application/json' -d '{"switch":"cache_max","tier":"privileged","max_ms":0,"for_seconds":600,"by":"me"}' http://127.0.0.1:9192/admin/switches
   curl -H 'authorization: Bearer dev-admin-token-local-7f3a9c1e' http://127.0.0.1:9192/admin/switches
-  curl -s http://127.0.0.1:9901/stats | grep -E "$STATS_PREFIX.authz.switches_on"
+  curl -s http://127.0.0.1:9901/stats | grep -E "$STATS_PREFIX.authz_proxy.switches_on"
 
   # the signed verification context: the echo upstream (a service behind the proxy) trusts
   # only this header, verified with the keys the server publishes; read its claims

@@ -1,6 +1,7 @@
 //! `authz-config render POLICY [--out DIR]`: derives the Wasm filter's JSON (`filter.json`),
-//! the ext_authz server's YAML (`server.yaml`) and Envoy's virtual-host routes
-//! (`envoy-routes.yaml`) from one policy file, validating each (see the library). Without
+//! the ext_authz server's YAML (`server.yaml`), Envoy's virtual-host routes
+//! (`envoy-routes.yaml`) and the bootstrap's `stats_config` (`envoy-stats.yaml`: the filter's
+//! metrics as Prometheus labels) from one policy file, validating each (see the library). Without
 //! `--out` it prints them. `authz-config check POLICY` validates only. `authz-config candidate
 //! POLICY --id ID --by NAME [--per-million N] [--sticky subject|token]` prints the body of the
 //! server's `POST /admin/canary` that runs the policy's routes in dry-run beside the active
@@ -112,6 +113,7 @@ fn main() -> ExitCode {
                 println!("# server.yaml\n{server}");
             }
             println!("# envoy-routes.yaml\n{}", rendered.envoy_routes);
+            println!("# envoy-stats.yaml\n{}", rendered.envoy_stats);
             if let Some(istio) = &rendered.istio {
                 println!("# istio.yaml\n{istio}");
             }
@@ -121,6 +123,7 @@ fn main() -> ExitCode {
             let mut files = vec![
                 ("filter.json", filter + "\n"),
                 ("envoy-routes.yaml", rendered.envoy_routes),
+                ("envoy-stats.yaml", rendered.envoy_stats),
             ];
             if let Some(server) = rendered.server {
                 files.push(("server.yaml", server));

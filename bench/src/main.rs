@@ -562,7 +562,7 @@ async fn memory_flood(
         requests,
         envoy_rss_before_kb: before,
         envoy_rss_after_kb: rss_kb(envoy_pid),
-        filter_cache_entries: envoy.stat("wasmcustom.authz.cache_entries"),
+        filter_cache_entries: envoy.stat("wasmcustom.authz_proxy.cache_entries"),
         filter_cap: envoy_config::FLOOD_CAP,
         server_cache_entries: server_entries,
         server_cap: SERVER_FLOOD_CAP,

@@ -5,7 +5,7 @@
 //! [`REFUSED_IN_A_ROW`] refusals in a row on new connections (which land on either worker).
 //! Run once with the change feed pushed (held requests) and once with it polled every 250 ms
 //! (push off: the documented fallback bound), and the filter's own lag histogram
-//! (`authz.revocation_lag_ms`) from Envoy's stats beside it.
+//! (`authz_proxy_revocation_lag_microseconds`) from Envoy's stats beside it.
 //!
 //! Also measured: the standard-write route with `fresh` (asks the server, short proxy cache)
 //! against the same route decided locally, closed loop, CPU per request.
@@ -116,14 +116,14 @@ pub fn measure(mode: &'static str, push: bool, count: usize) -> Propagation {
     std::thread::sleep(Duration::from_millis(5_500));
     let filter_histogram = get(
         &format!(
-            "http://127.0.0.1:{}/stats?filter=revocation_lag_ms",
+            "http://127.0.0.1:{}/stats?filter=revocation_lag_microseconds",
             stack.envoy.admin_port
         ),
         &[],
     )
     .body
     .lines()
-    .find(|l| l.contains("revocation_lag_ms") && l.contains("P50"))
+    .find(|l| l.contains("revocation_lag_microseconds") && l.contains("P50"))
     .unwrap_or("")
     .trim()
     .to_owned();

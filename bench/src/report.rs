@@ -564,7 +564,7 @@ impl Report {
             f.filter_cache_entries, f.filter_cap, f.server_cache_entries, f.server_cap,
             f.envoy_rss_before_kb as f64 / 1024.0, f.envoy_rss_after_kb as f64 / 1024.0
         );
-        let _ = writeln!(md, "## Revocation propagation\n\nFrom the admin call at the server to every Envoy worker refusing the token on a locally decided route (the first of 8 refusals in a row on new connections, which land on either worker); revocations alternate token, `jti` and subject. Separate stack (one server, one Envoy with 2 workers). The filter's own `authz.revocation_lag_ms` histogram (server learned → worker applied) beside it.\n\n| feed | revocations | p50 ms | p99 ms | max ms | filter histogram |\n|---|---|---|---|---|---|");
+        let _ = writeln!(md, "## Revocation propagation\n\nFrom the admin call at the server to every Envoy worker refusing the token on a locally decided route (the first of 8 refusals in a row on new connections, which land on either worker); revocations alternate token, `jti` and subject. Separate stack (one server, one Envoy with 2 workers). The filter's own `authz_proxy_revocation_lag_microseconds` histogram (server learned → worker applied, µs) beside it.\n\n| feed | revocations | p50 ms | p99 ms | max ms | filter histogram |\n|---|---|---|---|---|---|");
         for p in &self.propagation {
             let _ = writeln!(
                 md,

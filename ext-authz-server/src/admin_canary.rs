@@ -14,7 +14,7 @@
 //!
 //! Every action needs `by` (who asks). A candidate is checked with the filter's route rules
 //! before it is accepted; a filter whose own configuration cannot apply it does not run it and
-//! counts `authz.canary.refused`.
+//! counts `authz_proxy_canary_refused_total`.
 
 use crate::admin::{by_problem, Admin, MAX_SWITCH_SECONDS};
 use crate::versions::Change;

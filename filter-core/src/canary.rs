@@ -9,7 +9,7 @@
 //!   (503) until one it can apply arrives: enforcing the older policy instead could allow what
 //!   the promoted one refuses. Reverted (`policy: null`): the configured routes again. Cached
 //!   server decisions are dropped on every change (they were made under the other routes).
-//! - Candidate: one this worker cannot apply is not run (counted in `authz.canary.refused`,
+//! - Candidate: one this worker cannot apply is not run (counted in `authz_proxy_canary_refused_total`,
 //!   logged): a dry run that cannot start here shows before it is promoted. Requests the
 //!   active policy sends to the server are compared by the server, not here.
 //!

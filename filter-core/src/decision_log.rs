@@ -3,11 +3,17 @@
 //! Every line has the same fields after its outcome:
 //!
 //! `jwt_authz <allow|deny> status=… reason=… source=<local|server|hit> tier=… route=… method=…
-//! path=… token=… policy_version=… trace_id=…`
+//! path=… token=… policy_version=… data_age_ms=… zone=… trace_id=…`
 //!
 //! `source`: decided here from the JWT (`local`), by the server now (`server`), or from a server
-//! decision this worker cached (`hit`). The path has no query string; the token is a hash
-//! prefix, never the token; the trace is the request's (`authz_core::trace_context`).
+//! decision this worker cached (`hit`). `data_age_ms`: how old the data behind the decision is:
+//! the cached decision's age (`hit`), 0 for the server's own answer, and for a local decision
+//! how long ago this worker last heard from the server (a feed answer, or a Check reply that
+//! confirmed the server's state): the revocations and switches it decided with are at least
+//! that fresh (`-` without a feed, or before the first answer). `zone`: this proxy's
+//! `region/zone` (the policy's `server.client_locality`, else the Envoy node's locality; `-`
+//! when neither is set). The path has no query string; the token is a hash prefix, never the
+//! token; the trace is the request's (`authz_core::trace_context`).
 //!
 //! What it does not do: count (the metrics are counted where decisions are made).
 
@@ -21,7 +27,10 @@ use authz_core::Tier;
 pub(crate) enum Source {
     Local,
     Server,
-    Hit,
+    /// A cached server decision, stored `age_ms` ago.
+    Hit {
+        age_ms: u64,
+    },
 }
 
 impl Source {
@@ -29,7 +38,7 @@ impl Source {
         match self {
             Source::Local => "local",
             Source::Server => "server",
-            Source::Hit => "hit",
+            Source::Hit { .. } => "hit",
         }
     }
 }
@@ -47,8 +56,17 @@ pub(crate) struct Logged<'a> {
 impl<H: Host> Worker<H> {
     /// The line of a decision (`allow` when `status` is 200).
     fn decision_line(&self, d: &Logged<'_>) -> String {
+        let data_age_ms = match d.source {
+            Source::Hit { age_ms } => Some(age_ms),
+            Source::Server => Some(0),
+            Source::Local => {
+                let heard = self.link.versions.last_ok_ms;
+                (self.policy.feed().is_some() && heard > 0)
+                    .then(|| self.event_ms.saturating_sub(heard))
+            }
+        };
         format!(
-            "jwt_authz {} status={} reason={} source={} tier={} route={} method={} path={} token={} policy_version={} trace_id={}",
+            "jwt_authz {} status={} reason={} source={} tier={} route={} method={} path={} token={} policy_version={} data_age_ms={} zone={} trace_id={}",
             if d.status == 200 { "allow" } else { "deny" },
             d.status,
             d.reason,
@@ -59,6 +77,8 @@ impl<H: Host> Worker<H> {
             authz_core::routes::path_only(&d.request.path),
             d.request.token_label(),
             self.link.versions.policy_version,
+            data_age_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
+            self.locality.as_deref().unwrap_or("-"),
             d.request.trace_id.as_deref().unwrap_or("-")
         )
     }

@@ -31,6 +31,7 @@ pub mod read;
 pub mod server_path;
 mod switches;
 pub mod timer;
+mod timing;
 pub mod verify_outside;
 pub mod versions;
 pub mod worker;
@@ -43,7 +44,7 @@ pub use commands::{
 pub use events::{CallOutcome, Event};
 pub use feed_share::SharedAnswer;
 pub use host::{Host, LogLevel, SharedWrite};
-pub use metrics::{Counter, Gauge, Histogram};
+pub use metrics::{Counter, Gauge, Histogram, Stage};
 pub use read::{read_request, ReadRequest, Unreadable};
 pub use switches::ABSENT_SWITCHES_DROPPED_AFTER_MS;
 pub use timer::WakeTimer;

@@ -1,40 +1,49 @@
 //! The filter's metrics, as values the core counts and hosts name. Every host exports the same
-//! names (Envoy adds its `wasmcustom.` prefix to a Wasm filter's); [`Counter::all`] lists every
-//! counter so a host can define them all (at zero) before the first request, and
-//! [`Counter::index`] is a dense index, so a host can keep its ids in a plain array.
+//! names (Envoy prefixes a Wasm filter's with `wasmcustom.`, a dynamic module's with
+//! `dynamicmodulescustom.`); [`Counter::all`] lists every counter so a host can define them all
+//! (at zero) before the first request, and [`Counter::index`] / [`Histogram::index`] are dense,
+//! so a host can keep its ids in a plain array.
 //!
-//! | metric | type | meaning |
-//! |---|---|---|
-//! | `authz.decisions.allow` / `.deny` | counter | final decisions |
-//! | `authz.decisions.tier.<tier>.allow` / `.deny` | counter | decisions per tier |
-//! | `authz.decisions.reason.<reason>` | counter | denials per reason |
-//! | `authz.jwks_fetches.ok` / `.failed` | counter | JWKS fetches this worker made |
-//! | `authz.jwks_fetches.unknown_kid` | counter | fetches caused by a token the loaded keys fail (unknown `kid`, or a signature or key type no key with its `kid` matches: a rotation) |
-//! | `authz.jwks_unknown_kids_rate_limited` | counter | such tokens denied without a fetch (the budget: 3 at once, then one per `min_refetch_interval`) |
-//! | `authz.requests_waited_for_keys` | counter | requests paused until keys arrived |
-//! | `authz.verify_microseconds` | histogram | time of a JWT verification (token cache miss), microseconds |
-//! | `authz.token_cache_lookups.hit` / `.miss` | counter | local JWT verifications reused / done |
-//! | `authz.cache_lookups.<tier>.hit` / `.miss` / `.untrusted` | counter | decision cache lookups by tier |
-//! | `authz.cache_evictions.<tier>` | counter | decision cache entries evicted by tier |
-//! | `authz.cache_entries` | gauge | decision cache entries (this worker; last writer wins) |
-//! | `authz.check_calls` / `authz.check_call_errors` | counter | Check calls to the ext_authz server asked for / failed or not started |
-//! | `authz.epochs_polls.ok` / `.failed` | counter | `/admin/epochs` polls |
-//! | `authz.epochs_polls.held` | counter | change-feed requests the server held open until a change or its wait ran out (push) |
-//! | `authz.policy_version` | gauge | policy version this worker enforces |
-//! | `authz.revocations` | gauge | revocations this worker holds for locally decided routes (last writer wins) |
-//! | `authz.revocations_dropped` | counter | revocations dropped at `server.max_revocations` (writes fail closed until they would have expired) |
-//! | `authz.push_connected` | gauge | 1 while this worker's change feed is pushed (a held request succeeded last), 0 while it polls (last writer wins) |
-//! | `authz.contexts.signed` / `.reused` | counter | signed verification contexts this worker made / reused for a token, method and route |
-//! | `authz.background_checks.sent` / `.revoked` / `.failed` / `.dropped` | counter | checks after the answer (`background_check_ms`) asked for / whose token the server revoked ("allowed, then revoked") / that failed or answered otherwise (nothing changed) / due but dropped (queue full) |
-//! | `authz.switches.flushes` / `.jwks_refetches` | counter | incident switches this worker acted on: caches dropped / key sets held back until fetched again |
-//! | `authz.switches.unreadable` | counter | feed answers whose switches could not be read (the worker then assumes every tier fails closed and checks after the answer are made before it) |
-//! | `authz.switches_on` | gauge | incident switches on (cache caps, fail-closed tiers, async verification off), as this worker last saw them (last writer wins) |
-//! | `authz.check_call_ms` | histogram | a Check call made for a request: asked → answered or failed, ms (the filter's clock: ms ticks) |
-//! | `authz.key_wait_ms` | histogram | a request paused for keys: paused → decided, ms |
-//! | `authz.canary.compared` | counter | requests this worker decided by the active and the candidate route policy (a canary's sample of the requests it decides locally) |
-//! | `authz.canary.disagreements.<kind>` | counter | of those, where the candidate disagreed: `candidate_denies`, `candidate_allows`, `other_denial`, `tier` (see `authz_core::canary::Disagreement`) |
-//! | `authz.canary.refused` | counter | candidate or promoted route policies this worker could not apply (its log says why) |
-//! | `authz.revocation_lag_ms` | histogram | from the server learning a change to this worker applying it, ms (one sample per change; same clock only on one machine) |
+//! **One naming scheme with the server** (Prometheus conventions): a family name with its unit
+//! (`_total` for counters, `_microseconds` for durations: Envoy histograms hold integers, the
+//! server's are `_seconds`), and dimensions as labels with the server's label names and values
+//! (`outcome`, `tier`, `reason`, `stage`, `result`, `kind`). Envoy names a stat with dots, so a
+//! label is a `.name.value` pair after the family: `authz_proxy.decisions_total.outcome.deny.
+//! tier.privileged.reason.expired`; the `stats_tags` of [`STATS_TAGS`] (in every Envoy config
+//! we render) turn those pairs into Prometheus labels, so `/stats/prometheus` shows
+//! `authz_proxy_decisions_total{outcome="deny",tier="privileged",reason="expired"}`. The
+//! filter's families start with `authz_proxy_` so that they never add up with the server's
+//! (`authz_decisions_total` counts what the server decided; the filter's count every request it
+//! saw, those it asked the server about included).
+//!
+//! | family | type | labels | meaning |
+//! |---|---|---|---|
+//! | `authz_proxy_decisions_total` | counter | `outcome`, `tier`, `reason` (`ok` for allows) | final decisions |
+//! | `authz_proxy_decision_microseconds` | histogram | `outcome`, `tier` | request seen → decided; every request decided later than it arrived (a Check call, keys), and one in [`TIMED_EVERY`] of those decided at once |
+//! | `authz_proxy_check_microseconds` | histogram | `stage`: `token_parse`, `token_cache`, `jwt_verify`, `cache_lookup`, `check_call`, `key_wait` | time per stage: `jwt_verify` (a verification, token cache miss), `check_call` (a Check call: asked → answered or failed) and `key_wait` (paused for keys → decided) always; the sub-microsecond lookups on timed requests only (as above) |
+//! | `authz_proxy_jwks_fetches_total` | counter | `result`: `ok`, `failed` | JWKS fetches this worker made |
+//! | `authz_proxy_jwks_unknown_kid_fetches_total` | counter | | fetches caused by a token the loaded keys fail (unknown `kid`, or a signature or key type no key with its `kid` matches: a rotation) |
+//! | `authz_proxy_jwks_unknown_kids_rate_limited_total` | counter | | such tokens denied without a fetch (the budget: 3 at once, then one per `min_refetch_interval`) |
+//! | `authz_proxy_requests_waited_for_keys_total` | counter | | requests paused until keys arrived |
+//! | `authz_proxy_token_cache_lookups_total` | counter | `result`: `hit`, `miss` | local JWT verifications reused / done |
+//! | `authz_proxy_cache_lookups_total` | counter | `tier`, `result`: `hit`, `miss`, `untrusted` | decision cache lookups |
+//! | `authz_proxy_cache_evictions_total` | counter | `tier` | decision cache entries evicted |
+//! | `authz_proxy_cache_entries` | gauge | | decision cache entries (this worker; last writer wins) |
+//! | `authz_proxy_check_calls_total` / `authz_proxy_check_call_errors_total` | counter | | Check calls to the ext_authz server asked for / failed or not started |
+//! | `authz_proxy_feed_polls_total` | counter | `result`: `ok`, `failed`, `held`, `unauthorized` | change-feed (`/admin/epochs`) requests: answered / failed / held open until a change or the wait ran out (push) / refused our credential |
+//! | `authz_proxy_policy_version` | gauge | | policy version this worker enforces |
+//! | `authz_proxy_revocations` | gauge | | revocations this worker holds for locally decided routes (last writer wins) |
+//! | `authz_proxy_revocations_dropped_total` | counter | | revocations dropped at `server.max_revocations` (writes fail closed until they would have expired) |
+//! | `authz_proxy_revocation_lag_microseconds` | histogram | | from the server learning a change to this worker applying it (one sample per change; same clock only on one machine) |
+//! | `authz_proxy_push_connected` | gauge | | 1 while this worker's change feed is pushed (a held request succeeded last), 0 while it polls (last writer wins) |
+//! | `authz_proxy_contexts_total` | counter | `result`: `signed`, `reused` | signed verification contexts this worker made / reused for a token, method and route |
+//! | `authz_proxy_background_checks_total` | counter | `result`: `sent`, `revoked`, `failed`, `dropped` | checks after the answer (`background_check_ms`) asked for / whose token the server revoked ("allowed, then revoked") / that failed or answered otherwise (nothing changed) / due but dropped (queue full) |
+//! | `authz_proxy_switch_actions_total` | counter | `action`: `flush`, `jwks_refetch` | incident switches this worker acted on: caches dropped / key sets held back until fetched again |
+//! | `authz_proxy_switches_unreadable_total` | counter | | feed answers whose switches could not be read (the worker then assumes every tier fails closed and checks after the answer are made before it) |
+//! | `authz_proxy_switches_on` | gauge | | incident switches on (cache caps, fail-closed tiers, async verification off), as this worker last saw them (last writer wins) |
+//! | `authz_proxy_canary_compared_total` | counter | | requests this worker decided by the active and the candidate route policy (a canary's sample of the requests it decides locally) |
+//! | `authz_proxy_canary_disagreements_total` | counter | `kind`: `candidate_denies`, `candidate_allows`, `other_denial`, `tier` | of those, where the candidate disagreed (see `authz_core::canary::Disagreement`) |
+//! | `authz_proxy_canary_refused_total` | counter | | candidate or promoted route policies this worker could not apply (its log says why) |
 
 use authz_core::canary::Disagreement;
 use authz_core::Tier;
@@ -70,15 +79,58 @@ pub const DENY_REASONS: [&str; 27] = [
     "revocations_incomplete",
 ];
 
+/// The namespace of every filter metric (Envoy adds its own prefix before it).
+pub const NAMESPACE: &str = "authz_proxy";
+
+/// Of the requests decided at once (a hit, a local verification), one in this many is timed
+/// (decision latency and the sub-microsecond stages): the hot path makes no clock reads and no
+/// histogram writes for the others. Requests decided later (a Check call, keys) are all timed.
+pub const TIMED_EVERY: u64 = 16;
+
+/// Envoy `stats_tags` (`stats_config` of the bootstrap): for each label name, the regex that
+/// takes its `.name.value` pair out of a filter stat's name and makes it a tag. Rendered into
+/// every Envoy config (`authz-config`, `envoy/*.yaml`); a stat's pairs follow its family, and
+/// values are `\w+`, so a pair is only ever matched where a pair starts.
+pub fn stats_tags() -> Vec<(&'static str, String)> {
+    LABELS
+        .iter()
+        .map(|label| {
+            (
+                *label,
+                format!(
+                    r"^(?:wasmcustom|dynamicmodulescustom)\.{NAMESPACE}\.\w+(?:\.\w+\.\w+)*?(\.{label}\.(\w+))"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Every label name a filter metric uses.
+pub const LABELS: [&str; 7] = [
+    "outcome", "tier", "reason", "stage", "result", "kind", "action",
+];
+
+/// A stat name: the family, then each label's `.name.value` pair.
+fn stat_name(family: &str, labels: &[(&str, &str)]) -> String {
+    let mut name = format!("{NAMESPACE}.{family}");
+    for (label, value) in labels {
+        name.push('.');
+        name.push_str(label);
+        name.push('.');
+        name.push_str(value);
+    }
+    name
+}
+
 /// A counter the core increments by one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Counter {
-    DecisionAllow,
-    DecisionDeny,
-    TierAllow(Tier),
-    TierDeny(Tier),
-    /// A [`DENY_REASONS`] label; unknown labels are not counted.
-    DenyReason(&'static str),
+    /// A final decision: allowed (`denied: None`, reason `ok`) or denied for a reason (a
+    /// [`DENY_REASONS`] label; other labels are not counted).
+    Decision {
+        tier: Tier,
+        denied: Option<&'static str>,
+    },
     JwksFetchOk,
     JwksFetchFailed,
     JwksFetchUnknownKid,
@@ -129,23 +181,69 @@ pub enum Gauge {
     SwitchesOn,
 }
 
-/// A distribution the core records into.
+/// A stage of deciding a request, timed into `authz_proxy_check_microseconds{stage}` (the
+/// server's `authz_check_seconds{stage}` uses the same names where the stage is the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Reading the bearer credential and keying it for the token cache.
+    TokenParse,
+    /// The token cache lookup.
+    TokenCache,
+    /// A JWT verification (a token cache miss).
+    JwtVerify,
+    /// The decision cache lookup (server-decided routes).
+    CacheLookup,
+    /// A Check call made for a request: asked → answered or failed.
+    CheckCall,
+    /// A request paused for keys: paused → decided.
+    KeyWait,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::TokenParse,
+        Stage::TokenCache,
+        Stage::JwtVerify,
+        Stage::CacheLookup,
+        Stage::CheckCall,
+        Stage::KeyWait,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Stage::TokenParse => "token_parse",
+            Stage::TokenCache => "token_cache",
+            Stage::JwtVerify => "jwt_verify",
+            Stage::CacheLookup => "cache_lookup",
+            Stage::CheckCall => "check_call",
+            Stage::KeyWait => "key_wait",
+        }
+    }
+}
+
+/// A distribution the core records into, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Histogram {
-    VerifyMicros,
-    RevocationLagMs,
-    /// A Check call the filter made for a request: asked → answered (or failed), ms.
-    CheckCallMs,
-    /// A request paused for keys: paused → decided, ms.
-    KeyWaitMs,
+    /// One stage of a request's decision.
+    Stage(Stage),
+    /// A request: seen → decided, by outcome and tier.
+    Decision { tier: Tier, allowed: bool },
+    /// From the server learning a change to this worker applying it.
+    RevocationLag,
 }
 
 const TIERS: usize = Tier::ALL.len();
 
+/// A decision's `outcome` and `reason` labels.
+fn outcome(denied: Option<&str>) -> (&'static str, &str) {
+    match denied {
+        None => ("allow", "ok"),
+        Some(reason) => ("deny", reason),
+    }
+}
+
 /// The counters without a tier or reason, in index order.
-const PLAIN: [Counter; 27] = [
-    Counter::DecisionAllow,
-    Counter::DecisionDeny,
+const PLAIN: [Counter; 25] = [
     Counter::JwksFetchOk,
     Counter::JwksFetchFailed,
     Counter::JwksFetchUnknownKid,
@@ -174,19 +272,20 @@ const PLAIN: [Counter; 27] = [
 ];
 
 /// The per-tier counter families, in index order.
-const PER_TIER: [fn(Tier) -> Counter; 6] = [
-    Counter::TierAllow,
-    Counter::TierDeny,
+const PER_TIER: [fn(Tier) -> Counter; 4] = [
     Counter::CacheHit,
     Counter::CacheMiss,
     Counter::CacheUntrusted,
     Counter::CacheEvict,
 ];
 
+/// Decisions per tier: the allow, then one per deny reason.
+const DECISIONS_PER_TIER: usize = 1 + DENY_REASONS.len();
+
 impl Counter {
     /// How many counters there are ([`Counter::index`] is below this).
     pub const COUNT: usize =
-        PLAIN.len() + PER_TIER.len() * TIERS + DENY_REASONS.len() + Disagreement::ALL.len();
+        PLAIN.len() + PER_TIER.len() * TIERS + DECISIONS_PER_TIER * TIERS + Disagreement::ALL.len();
 
     /// Every counter, in [`Counter::index`] order.
     pub fn all() -> Vec<Counter> {
@@ -194,7 +293,13 @@ impl Counter {
         for family in PER_TIER {
             all.extend(Tier::ALL.iter().map(|t| family(*t)));
         }
-        all.extend(DENY_REASONS.iter().map(|r| Counter::DenyReason(r)));
+        for tier in Tier::ALL {
+            all.push(Counter::Decision { tier, denied: None });
+            all.extend(DENY_REASONS.iter().map(|r| Counter::Decision {
+                tier,
+                denied: Some(r),
+            }));
+        }
         all.extend(Disagreement::ALL.map(Counter::CanaryDisagreement));
         all
     }
@@ -202,67 +307,85 @@ impl Counter {
     /// A dense index in `0..COUNT`; `None` only for a deny reason not in [`DENY_REASONS`].
     pub fn index(&self) -> Option<usize> {
         let tiered = |family: usize, tier: &Tier| PLAIN.len() + family * TIERS + *tier as usize;
+        let decisions = PLAIN.len() + PER_TIER.len() * TIERS;
         Some(match self {
-            Counter::TierAllow(t) => tiered(0, t),
-            Counter::TierDeny(t) => tiered(1, t),
-            Counter::CacheHit(t) => tiered(2, t),
-            Counter::CacheMiss(t) => tiered(3, t),
-            Counter::CacheUntrusted(t) => tiered(4, t),
-            Counter::CacheEvict(t) => tiered(5, t),
-            Counter::DenyReason(r) => {
-                PLAIN.len() + PER_TIER.len() * TIERS + DENY_REASONS.iter().position(|x| x == r)?
+            Counter::CacheHit(t) => tiered(0, t),
+            Counter::CacheMiss(t) => tiered(1, t),
+            Counter::CacheUntrusted(t) => tiered(2, t),
+            Counter::CacheEvict(t) => tiered(3, t),
+            Counter::Decision { tier, denied } => {
+                let within = match denied {
+                    None => 0,
+                    Some(r) => 1 + DENY_REASONS.iter().position(|x| x == r)?,
+                };
+                decisions + *tier as usize * DECISIONS_PER_TIER + within
             }
             Counter::CanaryDisagreement(kind) => {
-                PLAIN.len()
-                    + PER_TIER.len() * TIERS
-                    + DENY_REASONS.len()
+                decisions
+                    + DECISIONS_PER_TIER * TIERS
                     + Disagreement::ALL.iter().position(|k| k == kind)?
             }
             plain => PLAIN.iter().position(|p| p == plain)?,
         })
     }
 
-    /// The metric's name.
-    pub fn name(&self) -> String {
+    /// The metric's family and labels.
+    pub fn family(&self) -> (&'static str, Vec<(&'static str, &'static str)>) {
+        let result = |r: &'static str| vec![("result", r)];
+        let tier_result = |t: &Tier, r: &'static str| vec![("tier", t.as_str()), ("result", r)];
         match self {
-            Counter::DecisionAllow => "authz.decisions.allow".into(),
-            Counter::DecisionDeny => "authz.decisions.deny".into(),
-            Counter::TierAllow(t) => format!("authz.decisions.tier.{t}.allow"),
-            Counter::TierDeny(t) => format!("authz.decisions.tier.{t}.deny"),
-            Counter::DenyReason(r) => format!("authz.decisions.reason.{r}"),
-            Counter::JwksFetchOk => "authz.jwks_fetches.ok".into(),
-            Counter::JwksFetchFailed => "authz.jwks_fetches.failed".into(),
-            Counter::JwksFetchUnknownKid => "authz.jwks_fetches.unknown_kid".into(),
-            Counter::UnknownKidRateLimited => "authz.jwks_unknown_kids_rate_limited".into(),
-            Counter::WaitedForKeys => "authz.requests_waited_for_keys".into(),
-            Counter::TokenCacheHit => "authz.token_cache_lookups.hit".into(),
-            Counter::TokenCacheMiss => "authz.token_cache_lookups.miss".into(),
-            Counter::CacheHit(t) => format!("authz.cache_lookups.{t}.hit"),
-            Counter::CacheMiss(t) => format!("authz.cache_lookups.{t}.miss"),
-            Counter::CacheUntrusted(t) => format!("authz.cache_lookups.{t}.untrusted"),
-            Counter::CacheEvict(t) => format!("authz.cache_evictions.{t}"),
-            Counter::ServerCalls => "authz.check_calls".into(),
-            Counter::ServerErrors => "authz.check_call_errors".into(),
-            Counter::PollOk => "authz.epochs_polls.ok".into(),
-            Counter::PollFailed => "authz.epochs_polls.failed".into(),
-            Counter::PollHeld => "authz.epochs_polls.held".into(),
-            Counter::PollUnauthorized => "authz.epochs_polls.unauthorized".into(),
-            Counter::RevocationsDropped => "authz.revocations_dropped".into(),
-            Counter::ContextSigned => "authz.contexts.signed".into(),
-            Counter::ContextReused => "authz.contexts.reused".into(),
-            Counter::BackgroundChecks => "authz.background_checks.sent".into(),
-            Counter::BackgroundRevoked => "authz.background_checks.revoked".into(),
-            Counter::BackgroundFailed => "authz.background_checks.failed".into(),
-            Counter::BackgroundDropped => "authz.background_checks.dropped".into(),
-            Counter::SwitchFlush => "authz.switches.flushes".into(),
-            Counter::SwitchJwksRefetch => "authz.switches.jwks_refetches".into(),
-            Counter::SwitchesUnreadable => "authz.switches.unreadable".into(),
-            Counter::CanaryCompared => "authz.canary.compared".into(),
-            Counter::CanaryDisagreement(kind) => {
-                format!("authz.canary.disagreements.{}", kind.as_str())
+            Counter::Decision { tier, denied } => {
+                let (outcome, reason) = outcome(*denied);
+                (
+                    "decisions_total",
+                    vec![
+                        ("outcome", outcome),
+                        ("tier", tier.as_str()),
+                        ("reason", reason),
+                    ],
+                )
             }
-            Counter::CanaryRefused => "authz.canary.refused".into(),
+            Counter::JwksFetchOk => ("jwks_fetches_total", result("ok")),
+            Counter::JwksFetchFailed => ("jwks_fetches_total", result("failed")),
+            Counter::JwksFetchUnknownKid => ("jwks_unknown_kid_fetches_total", vec![]),
+            Counter::UnknownKidRateLimited => ("jwks_unknown_kids_rate_limited_total", vec![]),
+            Counter::WaitedForKeys => ("requests_waited_for_keys_total", vec![]),
+            Counter::TokenCacheHit => ("token_cache_lookups_total", result("hit")),
+            Counter::TokenCacheMiss => ("token_cache_lookups_total", result("miss")),
+            Counter::CacheHit(t) => ("cache_lookups_total", tier_result(t, "hit")),
+            Counter::CacheMiss(t) => ("cache_lookups_total", tier_result(t, "miss")),
+            Counter::CacheUntrusted(t) => ("cache_lookups_total", tier_result(t, "untrusted")),
+            Counter::CacheEvict(t) => ("cache_evictions_total", vec![("tier", t.as_str())]),
+            Counter::ServerCalls => ("check_calls_total", vec![]),
+            Counter::ServerErrors => ("check_call_errors_total", vec![]),
+            Counter::PollOk => ("feed_polls_total", result("ok")),
+            Counter::PollFailed => ("feed_polls_total", result("failed")),
+            Counter::PollHeld => ("feed_polls_total", result("held")),
+            Counter::PollUnauthorized => ("feed_polls_total", result("unauthorized")),
+            Counter::RevocationsDropped => ("revocations_dropped_total", vec![]),
+            Counter::ContextSigned => ("contexts_total", result("signed")),
+            Counter::ContextReused => ("contexts_total", result("reused")),
+            Counter::BackgroundChecks => ("background_checks_total", result("sent")),
+            Counter::BackgroundRevoked => ("background_checks_total", result("revoked")),
+            Counter::BackgroundFailed => ("background_checks_total", result("failed")),
+            Counter::BackgroundDropped => ("background_checks_total", result("dropped")),
+            Counter::SwitchFlush => ("switch_actions_total", vec![("action", "flush")]),
+            Counter::SwitchJwksRefetch => {
+                ("switch_actions_total", vec![("action", "jwks_refetch")])
+            }
+            Counter::SwitchesUnreadable => ("switches_unreadable_total", vec![]),
+            Counter::CanaryCompared => ("canary_compared_total", vec![]),
+            Counter::CanaryDisagreement(kind) => {
+                ("canary_disagreements_total", vec![("kind", kind.as_str())])
+            }
+            Counter::CanaryRefused => ("canary_refused_total", vec![]),
         }
+    }
+
+    /// The metric's stat name (see the module's naming scheme).
+    pub fn name(&self) -> String {
+        let (family, labels) = self.family();
+        stat_name(family, &labels)
     }
 
     /// Counted on every allowed request: a host may batch these (the proxy-wasm host adds
@@ -270,7 +393,7 @@ impl Counter {
     pub fn is_hot(&self) -> bool {
         matches!(
             self,
-            Counter::DecisionAllow | Counter::TierAllow(_) | Counter::TokenCacheHit
+            Counter::Decision { denied: None, .. } | Counter::TokenCacheHit
         )
     }
 }
@@ -284,31 +407,59 @@ impl Gauge {
         Gauge::SwitchesOn,
     ];
 
-    pub fn name(&self) -> &'static str {
-        match self {
-            Gauge::CacheEntries => "authz.cache_entries",
-            Gauge::PolicyVersion => "authz.policy_version",
-            Gauge::Revocations => "authz.revocations",
-            Gauge::PushConnected => "authz.push_connected",
-            Gauge::SwitchesOn => "authz.switches_on",
-        }
+    pub fn name(&self) -> String {
+        let family = match self {
+            Gauge::CacheEntries => "cache_entries",
+            Gauge::PolicyVersion => "policy_version",
+            Gauge::Revocations => "revocations",
+            Gauge::PushConnected => "push_connected",
+            Gauge::SwitchesOn => "switches_on",
+        };
+        stat_name(family, &[])
     }
 }
 
 impl Histogram {
-    pub const ALL: [Histogram; 4] = [
-        Histogram::VerifyMicros,
-        Histogram::RevocationLagMs,
-        Histogram::CheckCallMs,
-        Histogram::KeyWaitMs,
-    ];
+    /// How many histograms there are ([`Histogram::index`] is below this).
+    pub const COUNT: usize = Stage::ALL.len() + 2 * TIERS + 1;
 
-    pub fn name(&self) -> &'static str {
+    /// Every histogram, in [`Histogram::index`] order.
+    pub fn all() -> Vec<Histogram> {
+        let mut all: Vec<Histogram> = Stage::ALL.map(Histogram::Stage).to_vec();
+        for tier in Tier::ALL {
+            for allowed in [true, false] {
+                all.push(Histogram::Decision { tier, allowed });
+            }
+        }
+        all.push(Histogram::RevocationLag);
+        all
+    }
+
+    /// A dense index in `0..COUNT`.
+    pub fn index(&self) -> usize {
         match self {
-            Histogram::VerifyMicros => "authz.verify_microseconds",
-            Histogram::RevocationLagMs => "authz.revocation_lag_ms",
-            Histogram::CheckCallMs => "authz.check_call_ms",
-            Histogram::KeyWaitMs => "authz.key_wait_ms",
+            Histogram::Stage(stage) => *stage as usize,
+            Histogram::Decision { tier, allowed } => {
+                Stage::ALL.len() + *tier as usize * 2 + usize::from(!allowed)
+            }
+            Histogram::RevocationLag => Stage::ALL.len() + 2 * TIERS,
+        }
+    }
+
+    /// The metric's stat name (see the module's naming scheme).
+    pub fn name(&self) -> String {
+        match self {
+            Histogram::Stage(stage) => {
+                stat_name("check_microseconds", &[("stage", stage.as_str())])
+            }
+            Histogram::Decision { tier, allowed } => {
+                let (outcome, _) = outcome((!allowed).then_some(""));
+                stat_name(
+                    "decision_microseconds",
+                    &[("outcome", outcome), ("tier", tier.as_str())],
+                )
+            }
+            Histogram::RevocationLag => stat_name("revocation_lag_microseconds", &[]),
         }
     }
 }
@@ -328,7 +479,18 @@ mod tests {
         }
         let names: HashSet<String> = all.iter().map(Counter::name).collect();
         assert_eq!(names.len(), all.len());
-        assert_eq!(Counter::DenyReason("no_such_reason").index(), None);
+        let unknown = Counter::Decision {
+            tier: Tier::Public,
+            denied: Some("no_such_reason"),
+        };
+        assert_eq!(unknown.index(), None);
+        let histograms = Histogram::all();
+        assert_eq!(histograms.len(), Histogram::COUNT);
+        for (i, histogram) in histograms.iter().enumerate() {
+            assert_eq!(histogram.index(), i, "{histogram:?}");
+        }
+        let names: HashSet<String> = histograms.iter().map(Histogram::name).collect();
+        assert_eq!(names.len(), histograms.len());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 use crate::commands::{Command, Final, FinalAction, OwnedRequest, PollOrder, ServerCall};
 use crate::decision_log::{Logged, Source};
 use crate::host::{Host, LogLevel, SharedWrite};
-use crate::metrics::{Counter, Gauge, Histogram};
+use crate::metrics::{Counter, Gauge, Histogram, Stage};
+use crate::timing::Lap;
 use crate::worker::Worker;
 use authz_core::decision_cache::{decision_key, CachedDecision, CachedOutcome, LookupResult};
 use authz_core::epochs::Changes;
@@ -110,17 +111,26 @@ impl<H: Host> Worker<H> {
             return Some(self.deny(context_id, request, call.tier, &call.route, reason));
         }
         let reachable = self.server_reachable(now_ms);
+        let mut lap = Lap::start(&self.host, self.timing.timed());
         let (result, entry) =
             self.caches
                 .decisions
                 .lookup(&call.key, now_ms, reachable, &self.switches.known);
+        lap.lap(&self.host, Stage::CacheLookup);
         self.host.count(match result {
             LookupResult::Hit => Counter::CacheHit(call.tier),
             LookupResult::Miss => Counter::CacheMiss(call.tier),
             LookupResult::Untrusted => Counter::CacheUntrusted(call.tier),
         });
         let entry = entry?;
-        Some(self.replay(context_id, request, call, entry.outcome, Source::Hit))
+        let age_ms = now_ms.saturating_sub(entry.stored_at_ms);
+        Some(self.replay(
+            context_id,
+            request,
+            call,
+            entry.outcome,
+            Source::Hit { age_ms },
+        ))
     }
 
     /// Turns a server outcome (fresh or cached) into an action, counting and logging it.
@@ -202,10 +212,6 @@ impl<H: Host> Worker<H> {
         body: Option<Vec<u8>>,
         now_ms: u64,
     ) -> Final {
-        self.host.record(
-            Histogram::CheckCallMs,
-            now_ms.saturating_sub(call.started_ms),
-        );
         let reply = match (grpc_status, body) {
             (0, Some(body)) => decode_reply(&body),
             (0, None) => Err("empty reply"),
@@ -647,8 +653,10 @@ impl<H: Host> Worker<H> {
         if self.link.versions.synced {
             // One sample per change, bounded per answer.
             for learned in changes.learned_at().take(1_000) {
-                self.host
-                    .record(Histogram::RevocationLagMs, now_ms.saturating_sub(learned));
+                self.host.record(
+                    Histogram::RevocationLag,
+                    now_ms.saturating_sub(learned) * 1000,
+                );
             }
         }
         if whole && !self.link.versions.synced && wait_ms > 0 && !self.link.versions.push_down {

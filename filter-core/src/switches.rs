@@ -128,7 +128,7 @@ impl<H: Host> Worker<H> {
         self.report_switches(now_ms);
     }
 
-    /// `authz.switches_on`: the switches on now.
+    /// `authz_proxy_switches_on`: the switches on now.
     pub(crate) fn report_switches(&self, now_ms: u64) {
         let on = self
             .switches

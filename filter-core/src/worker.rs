@@ -34,9 +34,10 @@ use crate::events::{CallOutcome, Event};
 use crate::feed_share::FeedShare;
 use crate::host::{Host, LogLevel};
 use crate::keys::KeySources;
-use crate::metrics::{Counter, Histogram};
+use crate::metrics::{Counter, Histogram, Stage};
 use crate::outbox::Outbox;
 use crate::read::Unreadable;
+use crate::timing::{record_since, Lap, Timing};
 use crate::verify_outside::Offered;
 use crate::versions::KnownVersions;
 use authz_core::context::Decided;
@@ -59,8 +60,8 @@ struct Pending {
     /// Waits for a refetch (keys were loaded but failed the token), so the first fetch that
     /// concludes settles it; otherwise it waits for the first keys or its deadline.
     refetch: bool,
-    /// When it began waiting (ms).
-    since_ms: u64,
+    /// When it arrived and began waiting (µs): it is timed (`timing`).
+    arrived_us: u64,
     deadline_ms: u64,
     fetches_seen: u64,
 }
@@ -98,6 +99,12 @@ pub struct Worker<H: Host> {
     pub(crate) switches: crate::switches::SwitchState,
     /// A promoted route policy and a candidate in dry-run, from the switches.
     pub(crate) route_policies: crate::canary::RoutePolicies,
+    /// Which requests are timed, and the one being decided.
+    pub(crate) timing: Timing,
+    /// When the event being handled happened (ms, the events' clock).
+    pub(crate) event_ms: u64,
+    /// This proxy's `region/zone`, for the decision log (see [`Worker::set_locality`]).
+    pub(crate) locality: Option<String>,
 }
 
 /// The worker's caches: keyed by the same secret-keyed hash of the token.
@@ -129,6 +136,10 @@ struct WaitingCheck {
     context_id: u32,
     call: ServerCall,
     request: OwnedRequest,
+    /// When the request arrived (µs): it is timed (`timing`).
+    arrived_us: u64,
+    /// When the call was asked for (µs), if the clock answered.
+    asked_us: Option<u64>,
 }
 
 /// What a new request comes to, before it is turned into commands.
@@ -208,8 +219,18 @@ impl<H: Host> Worker<H> {
             last_look_ms: None,
             switches: crate::switches::SwitchState::new(policy_has_feed),
             route_policies: crate::canary::RoutePolicies::new(policy.routes.clone()),
+            timing: Timing::default(),
+            event_ms: 0,
+            locality: None,
             policy,
         }
+    }
+
+    /// This proxy's `region/zone` for the decision log: the host's (the policy's
+    /// `server.client_locality`, else what the host knows of its node), set once after
+    /// [`Worker::new`].
+    pub fn set_locality(&mut self, locality: Option<String>) {
+        self.locality = locality;
     }
 
     /// The next wake-up looks at the key sources and what other workers stored (now).
@@ -221,6 +242,7 @@ impl<H: Host> Worker<H> {
     /// the same for every event of this worker). See the module doc for the call order.
     pub fn handle(&mut self, event: Event, now_us: u64) {
         let now_ms = now_us / 1000;
+        self.event_ms = now_ms;
         match event {
             Event::Request {
                 context_id,
@@ -297,21 +319,30 @@ impl<H: Host> Worker<H> {
                 context_id,
                 call,
                 request,
+                arrived_us,
+                asked_us,
             } = waiting;
+            if let Some(asked_us) = asked_us {
+                record_since(&self.host, Stage::CheckCall, asked_us);
+            }
+            self.timing.resume(arrived_us);
             let decided = match outcome {
                 CallOutcome::Grpc { status, body } => {
-                    self.on_server_reply(context_id, &request, &call, status, body, now_ms)
+                    Some(self.on_server_reply(context_id, &request, &call, status, body, now_ms))
                 }
                 CallOutcome::NotStarted => {
-                    self.server_call_not_started(context_id, &request, &call)
+                    Some(self.server_call_not_started(context_id, &request, &call))
                 }
                 // The request went away: nothing to apply.
-                CallOutcome::Abandoned => return,
+                CallOutcome::Abandoned => None,
                 CallOutcome::Http { .. } => {
-                    self.on_server_reply(context_id, &request, &call, u32::MAX, None, now_ms)
+                    Some(self.on_server_reply(context_id, &request, &call, u32::MAX, None, now_ms))
                 }
             };
-            self.outbox.push(Command::Decide(decided));
+            self.timing.clear();
+            if let Some(decided) = decided {
+                self.outbox.push(Command::Decide(decided));
+            }
         } else if self.background.owns(call) {
             match outcome {
                 CallOutcome::Grpc { status, body } => {
@@ -362,7 +393,13 @@ impl<H: Host> Worker<H> {
     }
 
     /// Queues a Check call for the paused request `context_id`.
-    fn send_check(&mut self, context_id: u32, call: ServerCall, request: OwnedRequest) {
+    fn send_check(
+        &mut self,
+        context_id: u32,
+        call: ServerCall,
+        request: OwnedRequest,
+        arrived_us: u64,
+    ) {
         self.host.count(Counter::ServerCalls);
         let id = self.outbox.call_id();
         let order = CheckOrder {
@@ -379,6 +416,8 @@ impl<H: Host> Worker<H> {
                 context_id,
                 call,
                 request,
+                arrived_us,
+                asked_us: self.host.now_us(),
             },
         );
         self.outbox.push(Command::Check { call: id, order });
@@ -428,6 +467,7 @@ impl<H: Host> Worker<H> {
             offered,
             providers,
             route_policies,
+            timing,
             ..
         } = self;
         let generation = keys.generation();
@@ -472,9 +512,14 @@ impl<H: Host> Worker<H> {
         };
         // `cache`: store the result (not for a verification only a canary's candidate asked
         // for: a route the active policy leaves public must not fill the cache).
+        let timed = timing.timed();
         let mut check_token = |token: &str, cache: bool| {
+            let mut lap = Lap::start(&*host, timed);
             let key = keyer.key(token);
-            if let Some(cached) = tokens.get(&key, now_ms, generation, max_age_ms) {
+            lap.lap(&*host, Stage::TokenParse);
+            let cached = tokens.get(&key, now_ms, generation, max_age_ms);
+            lap.lap(&*host, Stage::TokenCache);
+            if let Some(cached) = cached {
                 host.count(Counter::TokenCacheHit);
                 return cached;
             }
@@ -507,7 +552,7 @@ impl<H: Host> Worker<H> {
                 tokens.put(key, result.clone(), now_ms, generation, skew_ms);
             }
             if let Some(micros) = micros {
-                host.record(Histogram::VerifyMicros, micros);
+                host.record(Histogram::Stage(Stage::JwtVerify), micros);
             }
             result
         };
@@ -548,15 +593,23 @@ impl<H: Host> Worker<H> {
         decision
     }
 
+    /// Counts a final decision (and times it, if the request is timed).
     pub(crate) fn count_allow(&self, tier: Tier) {
-        self.host.count(Counter::DecisionAllow);
-        self.host.count(Counter::TierAllow(tier));
+        self.host.count(Counter::Decision { tier, denied: None });
+        let allowed = true;
+        self.timing
+            .decided(&self.host, Histogram::Decision { tier, allowed });
     }
 
+    /// Counts a denial (and times it, if the request is timed).
     pub(crate) fn count_deny(&self, tier: Tier, reason: &'static str) {
-        self.host.count(Counter::DecisionDeny);
-        self.host.count(Counter::TierDeny(tier));
-        self.host.count(Counter::DenyReason(reason));
+        self.host.count(Counter::Decision {
+            tier,
+            denied: Some(reason),
+        });
+        let allowed = false;
+        self.timing
+            .decided(&self.host, Histogram::Decision { tier, allowed });
     }
 
     /// Turns a final decision into an action, counting and logging it.
@@ -733,6 +786,7 @@ impl<H: Host> Worker<H> {
     /// A new request: decided at once, paused for keys (with the fetch it makes), or paused
     /// for a Check call.
     fn on_request(&mut self, context_id: u32, request: OwnedRequest, now_us: u64) {
+        self.timing.arrive(now_us);
         match self.request_step(context_id, request, now_us) {
             Step::Done(decided) => self.outbox.push(Command::Decide(decided)),
             Step::Wait(order) => {
@@ -740,8 +794,9 @@ impl<H: Host> Worker<H> {
                     self.send_fetch(order);
                 }
             }
-            Step::CallServer(call, request) => self.send_check(context_id, call, request),
+            Step::CallServer(call, request) => self.send_check(context_id, call, request, now_us),
         }
+        self.timing.clear();
     }
 
     fn request_step(&mut self, context_id: u32, request: OwnedRequest, now_us: u64) -> Step {
@@ -820,7 +875,7 @@ impl<H: Host> Worker<H> {
             request,
             provider,
             refetch,
-            since_ms: now_ms,
+            arrived_us: now_us,
             deadline_ms: now_ms + self.policy.key_wait_timeout_ms,
             fetches_seen: status.completed_fetches,
         });
@@ -839,6 +894,7 @@ impl<H: Host> Worker<H> {
         let mut finals = Vec::new();
         let mut still_waiting = Vec::new();
         for p in std::mem::take(&mut self.pending) {
+            self.timing.resume(p.arrived_us);
             if self.route_policies.refused_promotion {
                 // Decided under no routes this worker may use (see `canary`).
                 let tier = self
@@ -851,8 +907,7 @@ impl<H: Host> Worker<H> {
             }
             let decision = self.decide(&p.request, now_ms * 1000);
             let Decision::AwaitKeys { .. } = decision else {
-                self.host
-                    .record(Histogram::KeyWaitMs, now_ms.saturating_sub(p.since_ms));
+                record_since(&self.host, Stage::KeyWait, p.arrived_us);
                 finals.push(self.finish(p.context_id, &p.request, decision, now_ms));
                 continue;
             };
@@ -880,13 +935,13 @@ impl<H: Host> Worker<H> {
                 {
                     self.keys.remember_absent(*provider, kid, now_ms);
                 }
-                self.host
-                    .record(Histogram::KeyWaitMs, now_ms.saturating_sub(p.since_ms));
+                record_since(&self.host, Stage::KeyWait, p.arrived_us);
                 finals.push(self.finish(p.context_id, &p.request, decision, now_ms));
             } else {
                 still_waiting.push(p);
             }
         }
+        self.timing.clear();
         self.pending = still_waiting;
         for decided in finals {
             self.outbox.push(Command::Decide(decided));

@@ -14,10 +14,10 @@ use authz_core::ext_authz_proto::{
     CacheDirective, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpStatus,
     OkHttpResponse, RpcStatus,
 };
-use authz_core::Policy;
+use authz_core::{Policy, Tier};
 use filter_core::{
     CallId, CallOutcome, CheckPurpose, Counter, FinalAction, Gauge, Histogram, LogLevel,
-    OwnedRequest, PollOrder, Worker,
+    OwnedRequest, PollOrder, Stage, Worker,
 };
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -55,6 +55,19 @@ fn policy() -> Policy {
 fn worker(store: &Rc<RefCell<Store>>) -> (Worker<FakeHost>, FakeHost) {
     let host = FakeHost::sharing(store);
     (Worker::new(policy(), host.clone(), [1, 2]), host)
+}
+
+/// Denials for `reason`, whatever the tier.
+fn denials(host: &FakeHost, reason: &'static str) -> u64 {
+    Tier::ALL
+        .iter()
+        .map(|tier| {
+            host.count(Counter::Decision {
+                tier: *tier,
+                denied: Some(reason),
+            })
+        })
+        .sum()
 }
 
 fn get(path: &str, token: Option<&str>) -> OwnedRequest {
@@ -287,7 +300,7 @@ fn a_verification_made_outside_serves_its_token_under_the_same_keys_only() {
     let outside_sample = |micros: u64| {
         host.samples
             .borrow()
-            .contains(&(Histogram::VerifyMicros, micros))
+            .contains(&(Histogram::Stage(Stage::JwtVerify), micros))
     };
     let at_us = |ms: u64| ms * 1000;
 
@@ -942,17 +955,17 @@ fn local_routes_refuse_tokens_revoked_by_hash_jti_or_subject_including_cached_on
         decide_local(&mut w, &idp, 41, get("/items", Some(&fresh)), T0 + 1_500),
         200
     );
-    assert_eq!(host.count(Counter::DenyReason("revoked")), 6);
+    assert_eq!(denials(&host, "revoked"), 6);
     assert_eq!(host.gauges.borrow().get(&Gauge::Revocations), Some(&3));
     // The propagation lag of each change: applied 30 ms after the server learned it.
     let lags: Vec<u64> = host
         .samples
         .borrow()
         .iter()
-        .filter(|(h, _)| *h == Histogram::RevocationLagMs)
+        .filter(|(h, _)| *h == Histogram::RevocationLag)
         .map(|(_, v)| *v)
         .collect();
-    assert_eq!(lags, vec![30, 30, 30]);
+    assert_eq!(lags, vec![30_000, 30_000, 30_000], "µs");
     // Revocations leave when their tokens would have expired (plus the grace).
     w.wake((T0 / 1000 + 3600) * 1000 + authz_core::revocations::FORGET_GRACE_MS);
     assert_eq!(host.gauges.borrow().get(&Gauge::Revocations), Some(&2));
@@ -1025,7 +1038,7 @@ fn past_the_revocation_cap_writes_fail_closed_and_reads_keep_what_is_held() {
         decide_local(&mut w, &idp, 2, post("/orders", &token), T0 + 10),
         503
     );
-    assert_eq!(host.count(Counter::DenyReason("revocations_incomplete")), 1);
+    assert_eq!(denials(&host, "revocations_incomplete"), 1);
     // Once the dropped revocation's token would have expired, writes pass again.
     let later = T0 + 60_000 + authz_core::revocations::FORGET_GRACE_MS;
     assert_eq!(
@@ -1883,6 +1896,7 @@ fn check_calls_and_waits_for_keys_are_timed() {
     let store = Rc::new(RefCell::new(Store::default()));
     let idp = Idp::new("k1");
     let (mut w, host) = worker(&store);
+    host.clocked.set(true);
     let token = idp.token("alice");
     let (fetch, _) = w
         .request(1, get("/things", Some(&token)), T0)
@@ -1895,11 +1909,70 @@ fn check_calls_and_waits_for_keys_are_timed() {
         .check();
     w.grpc(call, 0, Some(ok_reply(0, 0, false)), T0 + 57);
     let samples = host.samples.borrow();
-    assert!(samples.contains(&(Histogram::KeyWaitMs, 40)), "{samples:?}");
+    let has = |h: Histogram, v: u64| samples.contains(&(h, v));
+    assert!(has(Histogram::Stage(Stage::KeyWait), 40_000), "{samples:?}");
     assert!(
-        samples.contains(&(Histogram::CheckCallMs, 7)),
+        has(Histogram::Stage(Stage::CheckCall), 7_000),
         "{samples:?}"
     );
+    // Both waited, so both are timed: seen → decided, by outcome and tier.
+    let authenticated = Tier::Authenticated;
+    let privileged = Tier::Privileged;
+    let allowed = true;
+    assert!(
+        has(
+            Histogram::Decision {
+                tier: authenticated,
+                allowed
+            },
+            40_000
+        ),
+        "{samples:?}"
+    );
+    assert!(
+        has(
+            Histogram::Decision {
+                tier: privileged,
+                allowed
+            },
+            7_000
+        ),
+        "{samples:?}"
+    );
+}
+
+#[test]
+fn one_in_timed_every_request_decided_at_once_is_timed_and_the_others_read_no_clock() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let idp = Idp::new("k1");
+    let (mut w, host) = worker(&store);
+    let token = idp.token("alice");
+    let (fetch, _) = w
+        .request(1, get("/things", Some(&token)), T0)
+        .waits()
+        .expect("the first request fetches");
+    w.answer(fetch, Some(200), Some(idp.jwks()), T0 + 40);
+    host.clocked.set(true);
+    host.samples.borrow_mut().clear();
+    let n = 4 * filter_core::metrics::TIMED_EVERY;
+    for i in 0..n {
+        let id = 100 + i as u32;
+        assert_eq!(
+            status_of(&w.request(id, get("/things", Some(&token)), T0 + 100).done()),
+            200
+        );
+    }
+    let samples = host.samples.borrow();
+    let of = |h: Histogram| samples.iter().filter(|(s, _)| *s == h).count() as u64;
+    let decisions = of(Histogram::Decision {
+        tier: Tier::Authenticated,
+        allowed: true,
+    });
+    // The first request (the one that waited) is the first of the count: 4 more in 64.
+    assert_eq!(decisions, 4, "{samples:?}");
+    assert_eq!(of(Histogram::Stage(Stage::TokenParse)), 4);
+    assert_eq!(of(Histogram::Stage(Stage::TokenCache)), 4);
+    assert_eq!(samples.len(), 12, "nothing else: {samples:?}");
 }
 
 #[test]
@@ -1927,7 +2000,7 @@ fn a_denial_is_logged_with_the_requests_trace_and_the_policy_version() {
     );
     assert_eq!(status_of(&w.request(1, request, T0).done()), 401);
     assert!(host.logged(
-        "jwt_authz deny status=401 reason=missing_token source=local tier=authenticated route=default method=GET path=/x token=- policy_version=0 trace_id=4bf92f3577b34da6a3ce929d0e0e4736"
+        "jwt_authz deny status=401 reason=missing_token source=local tier=authenticated route=default method=GET path=/x token=- policy_version=0 data_age_ms=- zone=- trace_id=4bf92f3577b34da6a3ce929d0e0e4736"
     ));
 }
 
@@ -1981,4 +2054,51 @@ fn allows_are_logged_at_the_policys_share_and_denials_always() {
         200
     );
     assert_eq!(allow_lines(&quiet_host), 0);
+}
+
+#[test]
+fn decision_lines_carry_the_age_of_the_data_behind_them_and_the_proxys_zone() {
+    let store = Rc::new(RefCell::new(Store::default()));
+    let (mut w, host, _held) = polled_worker(&store, T0);
+    w.set_locality(Some("eu-west-1/eu-west-1b".into()));
+    let line = |host: &FakeHost, part: &str| {
+        host.logs
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(_, l)| l.contains(part))
+            .map(|(_, l)| l.clone())
+            .unwrap_or_default()
+    };
+    // The server's own answer: 0 ms old.
+    let request = get("/admin/users", Some("opaque-token-1"));
+    let (call, _) = w.request(1, request.clone(), T0 + 10).check();
+    w.grpc(call, 0, Some(ok_reply(5_000, 1, false)), T0 + 10);
+    // A cached decision: as old as the entry (stored 10 ms after T0, served at T0 + 340).
+    assert_eq!(status_of(&w.request(2, request, T0 + 340).done()), 200);
+    let hit = line(&host, "source=hit");
+    assert!(
+        hit.contains("data_age_ms=330 zone=eu-west-1/eu-west-1b"),
+        "{hit}"
+    );
+    // A local decision: how long ago the server was last heard from (the Check reply at
+    // T0 + 10 confirmed its state, as a feed answer does).
+    assert_eq!(
+        status_of(&w.request(3, get("/x", None), T0 + 700).done()),
+        401
+    );
+    let local = line(&host, "reason=missing_token");
+    assert!(
+        local.contains("source=local tier=authenticated")
+            && local.contains("data_age_ms=690 zone=eu-west-1/eu-west-1b"),
+        "{local}"
+    );
+    // Without a feed: no age to give.
+    let (mut bare, bare_host) = worker(&store);
+    let mut no_feed = bare.policy.clone();
+    no_feed.server = None;
+    bare = Worker::new(no_feed, bare_host.clone(), [1, 2]);
+    assert_eq!(status_of(&bare.request(1, get("/x", None), T0).done()), 401);
+    let bare_line = line(&bare_host, "reason=missing_token");
+    assert!(bare_line.contains("data_age_ms=- zone=- "), "{bare_line}");
 }

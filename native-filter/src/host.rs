@@ -39,11 +39,11 @@ impl NativeHost {
                 .collect(),
             gauges: Gauge::ALL
                 .iter()
-                .map(|g| envoy.define_gauge(g.name()))
+                .map(|g| envoy.define_gauge(&g.name()))
                 .collect(),
-            histograms: Histogram::ALL
+            histograms: Histogram::all()
                 .iter()
-                .map(|h| envoy.define_histogram(h.name()))
+                .map(|h| envoy.define_histogram(&h.name()))
                 .collect(),
             shared: RefCell::new(HashMap::new()),
             debug: abi::log_enabled(abi::LogLevel::Debug),
@@ -109,12 +109,7 @@ impl Host for NativeHost {
     }
 
     fn record(&self, histogram: Histogram, value: u64) {
-        let id = Histogram::ALL
-            .iter()
-            .position(|h| *h == histogram)
-            .and_then(|i| self.histograms.get(i))
-            .copied()
-            .flatten();
+        let id = self.histograms.get(histogram.index()).copied().flatten();
         if let Some(id) = id {
             self.envoy.record_histogram(id, value);
         }

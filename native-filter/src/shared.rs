@@ -140,11 +140,12 @@ impl Shared {
             .server
             .as_ref()
             .and_then(|link| link.client_locality.clone());
-        let worker = NativeWorker::new(
+        let mut worker = NativeWorker::new(
             policy.clone(),
             NativeHost::define(envoy.clone()),
             random_key(),
         );
+        worker.set_locality(locality.clone());
         let shared = Arc::new(Shared {
             core: Mutex::new(Core { worker }),
             policy,

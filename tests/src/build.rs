@@ -6,7 +6,7 @@
 //! configuration string, and routes that switch the filter off name the new entry. Other Wasm
 //! filters (the test-only crash filter) are left alone.
 //!
-//! Metric names follow: a Wasm filter's are `wasmcustom.authz.*`, the module's are under the
+//! Metric names follow: a Wasm filter's are `wasmcustom.authz_proxy.*`, the module's are under the
 //! prefix [`FilterBuild::stat_prefix`].
 
 use serde_yaml::{Mapping, Value};
@@ -75,7 +75,7 @@ impl FilterBuild {
     }
 
     /// How many of an Envoy's cores read the change feed once at start, each counting its
-    /// read (`authz.epochs_polls.ok` or `.failed`): for Wasm every VM (one per worker and the
+    /// read (`authz_proxy_feed_polls_total{result="ok"}` or `{result="failed"}`): for Wasm every VM (one per worker and the
     /// main thread's), the elected reader and each follower's catch-up alike; for native the
     /// process's one core.
     pub fn feed_reads_at_start(self, workers: u32) -> u64 {

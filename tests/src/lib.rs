@@ -348,10 +348,10 @@ impl CacheStack {
         (0..5).any(|_| self.privileged_decided_by_server(token, 8) == 0)
     }
 
-    /// Whether the proxy counts `on` incident switches on within 3 s (`authz.switches_on`).
+    /// Whether the proxy counts `on` incident switches on within 3 s (`authz_proxy_switches_on`).
     pub fn switches_on(&self, on: u64) -> bool {
         eventually(Duration::from_secs(3), || {
-            self.envoy.stat("wasmcustom.authz.switches_on") == on
+            self.envoy.metric("authz_proxy_switches_on") == on
         })
     }
 
@@ -1493,8 +1493,8 @@ impl Envoy {
     fn wait_for_first_feed_reads(&self, reads: u64) {
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
-            let answered = self.stat("wasmcustom.authz.epochs_polls.ok")
-                + self.stat("wasmcustom.authz.epochs_polls.failed");
+            let answered = self.metric("authz_proxy_feed_polls_total{result=\"ok\"}")
+                + self.metric("authz_proxy_feed_polls_total{result=\"failed\"}");
             if answered >= reads {
                 return;
             }
@@ -1533,7 +1533,7 @@ impl Envoy {
         request(method, &self.url(path), &headers, None)
     }
 
-    /// The value of a counter in `/stats`, e.g. `wasmcustom.authz.decisions.reason.expired`
+    /// The value of a counter in `/stats`, e.g. `wasm.jwt_authz.vm_reload_success`
     /// (named as the Wasm filter's: the native build's prefix replaces `wasmcustom.`).
     pub fn stat(&self, name: &str) -> u64 {
         let name = &build::FilterBuild::current().stat_name(name);
@@ -1551,6 +1551,50 @@ impl Envoy {
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// The filter's metric `series` as Prometheus shows it with the shipped `stats_tags`
+    /// (`authz_proxy_decisions_total{outcome="deny",reason="revoked"}`): the sum of every
+    /// `/stats` counter or gauge of that family whose labels include the ones named (so
+    /// `authz_proxy_decisions_total{reason="revoked"}` adds up the tiers), for either build.
+    pub fn metric(&self, series: &str) -> u64 {
+        let (family, wanted) = parse_series(series);
+        let Some(rest) = family.strip_prefix("authz_proxy_") else {
+            panic!("{series}: not a filter metric (authz_proxy_…)");
+        };
+        let root = format!(
+            "{}authz_proxy.{rest}",
+            build::FilterBuild::current().stat_prefix()
+        );
+        let stats = get(
+            &format!(
+                "http://127.0.0.1:{}/stats?filter=^{}",
+                self.admin_port,
+                root.replace('.', "\\.")
+            ),
+            &[],
+        )
+        .body;
+        stats
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                let labels = name.strip_prefix(&root)?;
+                if !(labels.is_empty() || labels.starts_with('.')) {
+                    return None; // another family with this one's name as a prefix
+                }
+                let pairs: Vec<&str> = labels.split('.').skip(1).collect();
+                let has = |(label, value): &(String, String)| {
+                    pairs
+                        .chunks(2)
+                        .any(|pair| pair == [label.as_str(), value.as_str()])
+                };
+                wanted
+                    .iter()
+                    .all(has)
+                    .then(|| value.trim().parse::<u64>().ok())?
+            })
+            .sum()
     }
 
     /// Every `/stats` line containing `part`.
@@ -1624,4 +1668,25 @@ pub fn raw_get(port: u16, target: &str, headers: &[&[u8]]) -> (u16, String) {
     }
     request.extend_from_slice(b"\r\n");
     raw_request(port, &request)
+}
+
+/// A Prometheus series selector's family and labels: `name{a="x",b="y"}` → (`name`,
+/// [(a, x), (b, y)]).
+pub fn parse_series(series: &str) -> (&str, Vec<(String, String)>) {
+    let (family, labels) = series.split_once('{').unwrap_or((series, "}"));
+    let labels = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (label, value) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{series}: label {pair} has no value"));
+            (
+                label.trim().to_owned(),
+                value.trim().trim_matches('"').to_owned(),
+            )
+        })
+        .collect();
+    (family, labels)
 }

@@ -48,7 +48,7 @@ fn a_token_the_idp_revoked_is_refused_everywhere_soon_after_its_answer_and_a_pla
     assert!(
         eventually(Duration::from_secs(5), || s
             .envoy
-            .stat("wasmcustom.authz.background_checks.sent")
+            .metric("authz_proxy_background_checks_total{result=\"sent\"}")
             >= 1),
         "{}",
         s.envoy.stats_matching("background")
@@ -92,7 +92,11 @@ fn a_token_the_idp_revoked_is_refused_everywhere_soon_after_its_answer_and_a_pla
             })
     });
     assert!(everywhere, "{}", s.envoy.stats_matching("revocations"));
-    assert!(s.envoy.stat("wasmcustom.authz.background_checks.revoked") >= 1);
+    assert!(
+        s.envoy
+            .metric("authz_proxy_background_checks_total{result=\"revoked\"}")
+            >= 1
+    );
     let metrics = get(
         &format!("http://127.0.0.1:{}/metrics", s.server.admin_port),
         &[],
@@ -143,7 +147,9 @@ fn a_hot_token_costs_one_check_per_window_and_a_failing_server_changes_nothing()
         requests += 1;
     }
     std::thread::sleep(Duration::from_millis(400));
-    let sent = s.envoy.stat("wasmcustom.authz.background_checks.sent");
+    let sent = s
+        .envoy
+        .metric("authz_proxy_background_checks_total{result=\"sent\"}");
     // Each worker checks the token at most once per window: two windows started in 1.5 s.
     assert!(
         (1..=4).contains(&sent),
@@ -156,7 +162,9 @@ fn a_hot_token_costs_one_check_per_window_and_a_failing_server_changes_nothing()
     s.server.kill();
     let failed = eventually(Duration::from_secs(5), || {
         assert_eq!(status(&s, "/news/y", &token), 200, "answered from the JWT");
-        s.envoy.stat("wasmcustom.authz.background_checks.failed") >= 1
+        s.envoy
+            .metric("authz_proxy_background_checks_total{result=\"failed\"}")
+            >= 1
     });
     assert!(failed, "{}", s.envoy.stats_matching("background"));
     for _ in 0..10 {
@@ -185,7 +193,7 @@ fn a_refusal_the_server_did_not_revoke_for_changes_nothing() {
     assert!(
         eventually(Duration::from_secs(5), || s
             .envoy
-            .stat("wasmcustom.authz.background_checks.failed")
+            .metric("authz_proxy_background_checks_total{result=\"failed\"}")
             >= 1),
         "{}",
         s.envoy.stats_matching("background")
@@ -194,7 +202,8 @@ fn a_refusal_the_server_did_not_revoke_for_changes_nothing() {
         assert_eq!(status(&s, "/news/2", &token), 200, "not revoked");
     }
     assert_eq!(
-        s.envoy.stat("wasmcustom.authz.background_checks.revoked"),
+        s.envoy
+            .metric("authz_proxy_background_checks_total{result=\"revoked\"}"),
         0
     );
 }

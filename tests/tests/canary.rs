@@ -61,8 +61,14 @@ fn token(s: &CacheStack, sub: &str, scope: &str) -> String {
         .mint(json!({"sub": sub, "scope": scope, "ttl": 600, "claims": {}}))
 }
 
+/// The filter's canary counters: `compared`, or a disagreement's kind.
 fn stat(s: &CacheStack, name: &str) -> u64 {
-    s.envoy.stat(&format!("wasmcustom.authz.canary.{name}"))
+    match name.strip_prefix("disagreements.") {
+        Some(kind) => s.envoy.metric(&format!(
+            "authz_proxy_canary_disagreements_total{{kind=\"{kind}\"}}"
+        )),
+        None => s.envoy.metric(&format!("authz_proxy_canary_{name}_total")),
+    }
 }
 
 /// Waits until every worker runs the candidate: 16 requests in a row of a sampled caller, on

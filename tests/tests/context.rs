@@ -245,14 +245,19 @@ fn a_hot_token_reuses_its_context_and_a_server_without_keys_fails_closed() {
     let reader = token(&s, "carol", "read");
     ready(&s, &reader);
     // Each worker signs once per half lifetime at most; the other requests reuse a context.
-    let signed_before = s.envoy.stat("wasmcustom.authz.contexts.signed");
+    let signed_before = s
+        .envoy
+        .metric("authz_proxy_contexts_total{result=\"signed\"}");
     let started = Instant::now();
     for _ in 0..20 {
         let (status, context) = through_envoy(&s, "GET", "/api/items", Some(&reader), &[]);
         assert_eq!(status, 200);
         assert!(context.is_some());
     }
-    let signed = s.envoy.stat("wasmcustom.authz.contexts.signed") - signed_before;
+    let signed = s
+        .envoy
+        .metric("authz_proxy_contexts_total{result=\"signed\"}")
+        - signed_before;
     let halves = started.elapsed().as_secs() / (LIFETIME_SECONDS / 2) + 1;
     assert!(
         signed <= 2 * halves,
@@ -260,7 +265,11 @@ fn a_hot_token_reuses_its_context_and_a_server_without_keys_fails_closed() {
         started.elapsed(),
         s.envoy.stats_matching("contexts")
     );
-    assert!(s.envoy.stat("wasmcustom.authz.contexts.reused") >= 20 - signed);
+    assert!(
+        s.envoy
+            .metric("authz_proxy_contexts_total{result=\"reused\"}")
+            >= 20 - signed
+    );
 
     // A filter with `context` but a server that sends no keys: token routes fail closed (503),
     // public routes pass.

@@ -40,7 +40,7 @@ fn privileged_decisions_come_from_the_server_once_then_from_the_proxy() {
     );
     assert!(
         s.envoy
-            .stat("wasmcustom.authz.cache_lookups.privileged.hit")
+            .metric("authz_proxy_cache_lookups_total{tier=\"privileged\",result=\"hit\"}")
             >= 10
     );
     // Denials come from the server too, and the 401 is the filter's own.
@@ -65,10 +65,9 @@ fn privileged_decisions_come_from_the_server_once_then_from_the_proxy() {
         );
     }
     // Hot-path counters reach Envoy on the worker's next tick (≤ 250 ms).
-    assert!(eventually(Duration::from_secs(2), || s
-        .envoy
-        .stat("wasmcustom.authz.token_cache_lookups.hit")
-        >= 4));
+    assert!(eventually(Duration::from_secs(2), || s.envoy.metric(
+        "authz_proxy_token_cache_lookups_total{result=\"hit\"}"
+    ) >= 4));
 }
 
 /// Sends requests on fresh connections (so both workers answer) for `window`; returns the
@@ -167,7 +166,11 @@ fn revocations_and_policy_bumps_at_the_server_reach_every_worker_within_the_boun
             "{name}: still allowed"
         );
     }
-    assert!(s.envoy.stat("wasmcustom.authz.epochs_polls.ok") > 0);
+    assert!(
+        s.envoy
+            .metric("authz_proxy_feed_polls_total{result=\"ok\"}")
+            > 0
+    );
 }
 
 #[test]
@@ -199,7 +202,7 @@ fn cached_privileged_decisions_are_not_trusted_once_the_server_is_unreachable() 
     }
     assert!(
         s.envoy
-            .stat("wasmcustom.authz.cache_lookups.privileged.untrusted")
+            .metric("authz_proxy_cache_lookups_total{tier=\"privileged\",result=\"untrusted\"}")
             >= 1
     );
     let jwt = s.idp.mint(json!({"scope": "read"}));
@@ -218,13 +221,15 @@ fn a_flood_of_unique_tokens_stays_within_the_cache_cap() {
         let token = admin_token(&s, &format!("user-{i}"));
         assert_eq!(s.envoy.get("/admin/users", Some(&token), &[]).status, 200);
     }
-    let entries = s.envoy.stat("wasmcustom.authz.cache_entries");
+    let entries = s.envoy.metric("authz_proxy_cache_entries");
     assert!(
         entries as usize <= cap,
         "{entries} entries with a cap of {cap}"
     );
     assert!(
-        s.envoy.stat("wasmcustom.authz.cache_evictions.privileged") >= (120 - 2 * cap) as u64,
+        s.envoy
+            .metric("authz_proxy_cache_evictions_total{tier=\"privileged\"}")
+            >= (120 - 2 * cap) as u64,
         "old entries were evicted"
     );
 }
@@ -240,7 +245,8 @@ fn regulated_decisions_are_never_cached_and_the_server_down_fails_closed() {
         );
     }
     assert_eq!(
-        s.envoy.stat("wasmcustom.authz.cache_lookups.regulated.hit"),
+        s.envoy
+            .metric("authz_proxy_cache_lookups_total{tier=\"regulated\",result=\"hit\"}"),
         0,
         "tier_max_ms.regulated = 0"
     );
@@ -249,7 +255,7 @@ fn regulated_decisions_are_never_cached_and_the_server_down_fails_closed() {
         s.envoy.get("/regulated/records", Some(&token), &[]).status,
         503
     );
-    assert!(s.envoy.stat("wasmcustom.authz.check_call_errors") >= 1);
+    assert!(s.envoy.metric("authz_proxy_check_call_errors_total") >= 1);
 }
 
 #[test]

@@ -553,3 +553,25 @@ fn the_readme_https_idp_cluster_validates_in_envoy() {
     let (ok, output) = validate(&file);
     assert!(ok, "{output}\n{config}");
 }
+
+/// Every Envoy configuration we ship carries the `stats_config` `authz-config` renders, so
+/// the filter's metrics reach Prometheus as the families with labels the dashboard and the
+/// alert rules query (`authz_proxy_decisions_total{outcome,tier,reason}`).
+#[test]
+fn every_shipped_envoy_config_turns_the_filters_metric_names_into_labels() {
+    let block = authz_config::envoy_stats_config();
+    let rendered: Yaml = serde_yaml::from_str(&block).expect("YAML");
+    let tags = at(&rendered, "stats_config.stats_tags");
+    assert_eq!(
+        tags.as_sequence().map(Vec::len),
+        Some(filter_core::metrics::LABELS.len()),
+        "{block}"
+    );
+    for (name, config) in shipped_envoy_configs() {
+        assert_eq!(
+            at(&config, "stats_config.stats_tags"),
+            tags,
+            "{name}: add the stats_config of `authz-config render` (envoy-stats.yaml)"
+        );
+    }
+}

@@ -79,7 +79,7 @@ fn valid_rs256_and_es256_tokens_are_allowed_with_the_verified_context() {
     // Hot-path counters reach Envoy on the worker's next tick (≤ 250 ms).
     assert!(eventually(Duration::from_secs(2), || s
         .envoy
-        .stat("wasmcustom.authz.decisions.allow")
+        .metric("authz_proxy_decisions_total{outcome=\"allow\"}")
         == 3));
 }
 
@@ -158,14 +158,14 @@ fn every_kind_of_bad_token_gets_the_same_401() {
     ];
     let mut reference = None;
     for (name, token, reason) in &cases {
-        let before = s
-            .envoy
-            .stat(&format!("wasmcustom.authz.decisions.reason.{reason}"));
+        let before = s.envoy.metric(&format!(
+            "authz_proxy_decisions_total{{reason=\"{reason}\"}}"
+        ));
         let reply = s.envoy.get("/api/items", token.as_deref(), &[]);
         assert_eq!(reply.status, 401, "{name}: {}", reply.body);
-        let after = s
-            .envoy
-            .stat(&format!("wasmcustom.authz.decisions.reason.{reason}"));
+        let after = s.envoy.metric(&format!(
+            "authz_proxy_decisions_total{{reason=\"{reason}\"}}"
+        ));
         assert_eq!(after, before + 1, "{name}: reason {reason} counted");
         let signature = reply.deny_signature();
         assert_eq!(
@@ -230,12 +230,12 @@ fn a_valid_token_without_the_scope_is_forbidden() {
     );
     assert_eq!(
         s.envoy
-            .stat("wasmcustom.authz.decisions.reason.insufficient_scope"),
+            .metric("authz_proxy_decisions_total{reason=\"insufficient_scope\"}"),
         1
     );
     assert_eq!(
         s.envoy
-            .stat("wasmcustom.authz.decisions.reason.tenant_mismatch"),
+            .metric("authz_proxy_decisions_total{reason=\"tenant_mismatch\"}"),
         1
     );
 }
@@ -266,7 +266,10 @@ fn a_rotated_key_is_fetched_on_its_first_unknown_kid_and_a_kid_flood_is_rate_lim
     let reply = s.envoy.get("/api/x", Some(&rotated), &[]);
     assert_eq!(reply.status, 200, "new kid {new_kid}: {}", reply.body);
     assert_eq!(s.idp.jwks_requests(), fetches_after_start + 1);
-    assert_eq!(s.envoy.stat("wasmcustom.authz.jwks_fetches.unknown_kid"), 1);
+    assert_eq!(
+        s.envoy.metric("authz_proxy_jwks_unknown_kid_fetches_total"),
+        1
+    );
 
     // A flood of random kids: all denied, with fetches only from the budget (a burst of three,
     // one spent on the rotation above, then one per second). A kid nobody has looked for while
@@ -292,7 +295,7 @@ fn a_rotated_key_is_fetched_on_its_first_unknown_kid_and_a_kid_flood_is_rate_lim
     );
     assert!(
         s.envoy
-            .stat("wasmcustom.authz.jwks_unknown_kids_rate_limited")
+            .metric("authz_proxy_jwks_unknown_kids_rate_limited_total")
             >= 30 - flood_fetches
     );
 }
@@ -329,7 +332,11 @@ fn jwks_down_at_start_means_503_never_allow_then_recovery() {
         assert_eq!(reply.status, 503, "{}", reply.body);
         assert_eq!(reply.header("retry-after"), Some("5"));
     }
-    assert!(s.envoy.stat("wasmcustom.authz.jwks_fetches.failed") >= 1);
+    assert!(
+        s.envoy
+            .metric("authz_proxy_jwks_fetches_total{result=\"failed\"}")
+            >= 1
+    );
     s.idp.set_jwks_down(false);
     let recovered = eventually(Duration::from_secs(40), || {
         let status = s.envoy.get("/api/items", Some(&token), &[]).status;
@@ -351,7 +358,9 @@ fn last_good_keys_survive_a_failing_refresh() {
     assert_eq!(s.envoy.get("/api/items", Some(&token), &[]).status, 200);
     s.idp.set_jwks_down(true);
     let failures_seen = eventually(Duration::from_secs(10), || {
-        s.envoy.stat("wasmcustom.authz.jwks_fetches.failed") >= 2
+        s.envoy
+            .metric("authz_proxy_jwks_fetches_total{result=\"failed\"}")
+            >= 2
     });
     assert!(failures_seen, "refreshes were expected to fail");
     assert_eq!(

@@ -143,8 +143,16 @@ fn revocations_reach_locally_decided_reads_and_writes_pushed_before_the_poll_int
     assert_eq!(status(&s, "POST", "/api/items", &fresh), 200);
     // Public routes never look at revocations.
     assert_eq!(status(&s, "GET", "/healthz", &by_token), 200);
-    assert!(s.envoy.stat("wasmcustom.authz.decisions.reason.revoked") >= 60);
-    assert!(s.envoy.stat("wasmcustom.authz.epochs_polls.held") >= 2);
+    assert!(
+        s.envoy
+            .metric("authz_proxy_decisions_total{reason=\"revoked\"}")
+            >= 60
+    );
+    assert!(
+        s.envoy
+            .metric("authz_proxy_feed_polls_total{result=\"held\"}")
+            >= 2
+    );
 }
 
 #[test]
@@ -211,7 +219,11 @@ fn with_the_server_gone_the_filter_polls_and_returns_to_push_when_it_is_back() {
     // Local routes keep working without the server.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(status(&s, "GET", "/api/items", &token), 200);
-    assert!(s.envoy.stat("wasmcustom.authz.epochs_polls.failed") >= 1);
+    assert!(
+        s.envoy
+            .metric("authz_proxy_feed_polls_total{result=\"failed\"}")
+            >= 1
+    );
     s.server = AuthzServerProcess::start(&server_yaml(
         s.idp.port,
         &format!(
@@ -378,7 +390,7 @@ fn a_fresh_write_route_asks_the_server_so_a_revocation_applies_to_the_next_write
         assert_eq!(status(&s, "GET", "/api/items", &token), 200);
     }
     assert!(
-        s.envoy.stat("wasmcustom.authz.check_calls") >= 3,
+        s.envoy.metric("authz_proxy_check_calls_total") >= 3,
         "writes asked the server"
     );
     revoke(&s, "/admin/revoke-subject", json!({"sub": "grace"}));
@@ -434,14 +446,13 @@ fn a_large_revocation_state_reaches_a_new_envoy_in_pages() {
     // wait until writes pass on new connections (spread over both workers), which they do
     // only on a worker that has read every page.
     let read = eventually(Duration::from_secs(10), || {
-        fresh.stat("wasmcustom.authz.revocations") >= 251
-            && (0..10).all(|_| send(&bystander) == 200)
+        fresh.metric("authz_proxy_revocations") >= 251 && (0..10).all(|_| send(&bystander) == 200)
     });
     assert!(
         read,
         "{}\n{}",
         fresh.stats_matching("revocations"),
-        fresh.stats_matching("epochs_polls")
+        fresh.stats_matching("feed_polls")
     );
     for _ in 0..10 {
         assert_eq!(send(&revoked), 401);

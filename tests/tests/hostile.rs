@@ -527,11 +527,11 @@ fn failing_epochs_polls_stop_cache_trust_even_while_checks_succeed() {
         .idp
         .mint(json!({"sub": "alice", "scope": "read admin", "opaque": true}));
     std::thread::sleep(Duration::from_millis(700));
-    let calls_before = s.envoy.stat("wasmcustom.authz.check_calls");
+    let calls_before = s.envoy.metric("authz_proxy_check_calls_total");
     for _ in 0..4 {
         assert_eq!(s.envoy.get("/admin/users", Some(&token), &[]).status, 200);
     }
-    let calls = s.envoy.stat("wasmcustom.authz.check_calls") - calls_before;
+    let calls = s.envoy.metric("authz_proxy_check_calls_total") - calls_before;
     assert_eq!(
         calls, 4,
         "cached decisions were trusted while every epochs poll failed"
@@ -540,7 +540,11 @@ fn failing_epochs_polls_stop_cache_trust_even_while_checks_succeed() {
         s.envoy.log().contains("epochs poll failed"),
         "poll failures are not visible"
     );
-    assert!(s.envoy.stat("wasmcustom.authz.epochs_polls.failed") > 0);
+    assert!(
+        s.envoy
+            .metric("authz_proxy_feed_polls_total{result=\"failed\"}")
+            > 0
+    );
 }
 
 #[test]

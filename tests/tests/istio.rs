@@ -149,5 +149,8 @@ fn the_istio_deployment_serves_every_tier_in_the_sidecars_filter_order() {
         "{}",
         envoy.stats_matching("epochs")
     );
-    assert_eq!(envoy.stat("wasmcustom.authz.epochs_polls.unauthorized"), 0);
+    assert_eq!(
+        envoy.metric("authz_proxy_feed_polls_total{result=\"unauthorized\"}"),
+        0
+    );
 }

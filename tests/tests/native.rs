@@ -43,7 +43,7 @@ fn the_module_reports_its_abi_and_one_process_fetches_keys_once_and_verifies_a_t
     );
     // Keys first (a request that waits for them looks its token up once more when they come).
     assert!(eventually(Duration::from_secs(5), || envoy
-        .stat("wasmcustom.authz.jwks_fetches.ok")
+        .metric("authz_proxy_jwks_fetches_total{result=\"ok\"}")
         >= 1));
     let token = idp.mint(json!({"scope": "read"}));
     for _ in 0..40 {
@@ -59,8 +59,14 @@ fn the_module_reports_its_abi_and_one_process_fetches_keys_once_and_verifies_a_t
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(idp.jwks_requests(), 1, "one key fetch for the process");
     // One verification: the other 39 requests (on every worker) hit the process's cache.
-    assert_eq!(envoy.stat("wasmcustom.authz.token_cache_lookups.miss"), 1);
-    assert_eq!(envoy.stat("wasmcustom.authz.token_cache_lookups.hit"), 39);
+    assert_eq!(
+        envoy.metric("authz_proxy_token_cache_lookups_total{result=\"miss\"}"),
+        1
+    );
+    assert_eq!(
+        envoy.metric("authz_proxy_token_cache_lookups_total{result=\"hit\"}"),
+        39
+    );
 }
 
 /// The header of `envoy/dev.native.yaml`, which is `envoy/dev.yaml` rewritten for the module.

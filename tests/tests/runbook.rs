@@ -102,7 +102,11 @@ fn cache_poisoning_mass_revocation_and_a_bad_policy_do_what_their_playbooks_say(
         "{shown}"
     );
     assert!(s.switches_on(2));
-    assert!(s.envoy.stat("wasmcustom.authz.switches.flushes") >= 1);
+    assert!(
+        s.envoy
+            .metric("authz_proxy_switch_actions_total{action=\"flush\"}")
+            >= 1
+    );
     assert_eq!(s.privileged_decided_by_server(&alice, 4), 4);
 
     // Mass revocation: the subjects refused everywhere, reads checked before the answer.
@@ -154,11 +158,11 @@ fn cache_poisoning_mass_revocation_and_a_bad_policy_do_what_their_playbooks_say(
 
     // A bad policy rolled back: every cached decision dropped.
     assert!(s.privileged_reused(&alice), "cached again");
-    let version = s.envoy.stat("wasmcustom.authz.policy_version");
+    let version = s.envoy.metric("authz_proxy_policy_version");
     run("bad-policy", &env);
     assert!(eventually(Duration::from_secs(3), || s
         .envoy
-        .stat("wasmcustom.authz.policy_version")
+        .metric("authz_proxy_policy_version")
         > version));
     assert!(
         s.privileged_decided_by_server(&alice, 8) >= 1,

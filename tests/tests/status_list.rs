@@ -84,7 +84,11 @@ fn a_token_the_idp_revokes_in_its_list_is_refused_on_local_reads_and_writes_and_
     );
     assert_eq!(statuses(&s, &bystander), [200; 3], "only its entry is set");
     assert!(s.server.metric("authz_status_list_entries_revoked_total") >= 1.0);
-    assert!(s.envoy.stat("wasmcustom.authz.decisions.reason.revoked") >= 2);
+    assert!(
+        s.envoy
+            .metric("authz_proxy_decisions_total{reason=\"revoked\"}")
+            >= 2
+    );
 
     // A suspension refuses as well.
     s.idp.set_status(&bystander, "suspended");

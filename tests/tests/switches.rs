@@ -332,7 +332,7 @@ fn a_flush_and_a_cache_cap_reach_the_filter_through_its_feed() {
     assert!(
         eventually(Duration::from_secs(3), || s
             .envoy
-            .stat("wasmcustom.authz.switches.flushes")
+            .metric("authz_proxy_switch_actions_total{action=\"flush\"}")
             >= 1),
         "{}",
         s.envoy.stats_matching("switches")
@@ -441,5 +441,9 @@ fn a_key_refetch_retires_a_compromised_key_in_the_proxy_at_once() {
         s.envoy.status_on_new_connection("GET", "/api/items", &new),
         200
     );
-    assert!(s.envoy.stat("wasmcustom.authz.switches.jwks_refetches") >= 1);
+    assert!(
+        s.envoy
+            .metric("authz_proxy_switch_actions_total{action=\"jwks_refetch\"}")
+            >= 1
+    );
 }

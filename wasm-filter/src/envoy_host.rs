@@ -34,11 +34,11 @@ impl EnvoyHost {
             batched: (0..Counter::COUNT).map(|_| Cell::new(0)).collect(),
             gauges: Gauge::ALL
                 .iter()
-                .map(|g| host::define_metric(MetricType::Gauge, g.name()))
+                .map(|g| host::define_metric(MetricType::Gauge, &g.name()))
                 .collect(),
-            histograms: Histogram::ALL
+            histograms: Histogram::all()
                 .iter()
-                .map(|h| host::define_metric(MetricType::Histogram, h.name()))
+                .map(|h| host::define_metric(MetricType::Histogram, &h.name()))
                 .collect(),
         }
     }
@@ -97,12 +97,8 @@ impl Host for EnvoyHost {
     }
 
     fn record(&self, histogram: Histogram, value: u64) {
-        let index = Histogram::ALL.iter().position(|h| *h == histogram);
         host::record(
-            index
-                .and_then(|i| self.histograms.get(i))
-                .copied()
-                .flatten(),
+            self.histograms.get(histogram.index()).copied().flatten(),
             value,
         );
     }

@@ -97,6 +97,12 @@ impl RootContext for AuthzRoot {
             policy.routes.default.tier
         ));
         let mut worker = FilterWorker::new(policy, EnvoyHost::define(), random_key());
+        let configured = worker
+            .policy
+            .server
+            .as_ref()
+            .and_then(|link| link.client_locality.clone());
+        worker.set_locality(configured.or_else(crate::check::node_locality));
         if worker.policy.feed().is_some() {
             // One VM of the proxy reads the change feed and shares its answers through each
             // VM's queue; a VM without a queue reads on its own.

@@ -20,7 +20,7 @@ use filter_core::{
     Gauge, Histogram, Host, LogLevel, OwnedRequest, PollOrder, SharedWrite, Worker,
 };
 use serde_json::{json, Value};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -41,6 +41,14 @@ pub struct FakeHost {
     pub counts: Rc<RefCell<HashMap<Counter, u64>>>,
     pub gauges: Rc<RefCell<HashMap<Gauge, u64>>>,
     pub samples: Rc<RefCell<Vec<(Histogram, u64)>>>,
+    /// Whether `now_us` answers (with the time of the event being driven); off, it answers
+    /// `None`, as a host without a clock does.
+    pub clocked: Rc<Cell<bool>>,
+}
+
+thread_local! {
+    /// The time of the event being driven (µs): what a clocked host's `now_us` reads.
+    static EVENT_US: Cell<u64> = const { Cell::new(0) };
 }
 
 impl FakeHost {
@@ -106,7 +114,7 @@ impl Host for FakeHost {
     }
 
     fn now_us(&self) -> Option<u64> {
-        None
+        self.clocked.get().then(|| EVENT_US.with(Cell::get))
     }
 }
 
@@ -214,6 +222,7 @@ pub trait Drive {
 
 impl<H: Host> Drive for Worker<H> {
     fn event(&mut self, event: Event, now_ms: u64) -> Out {
+        EVENT_US.with(|at| at.set(now_ms * 1000));
         self.handle(event, now_ms * 1000);
         let mut out = Out::default();
         while let Some(command) = self.poll_output() {
