@@ -23,6 +23,7 @@ pub mod context;
 mod decision_log;
 pub mod events;
 pub mod feed_share;
+mod finish;
 pub mod host;
 mod keys;
 pub mod metrics;
