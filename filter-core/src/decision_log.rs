@@ -8,11 +8,11 @@
 //! `source`: decided here from the JWT (`local`), by the server now (`server`), or from a server
 //! decision this worker cached (`hit`). `data_age_ms`: how old the data behind the decision is:
 //! the cached decision's age (`hit`), 0 for the server's own answer, and for a local decision
-//! how long ago this worker last heard from the server (a feed answer, or a Check reply that
-//! confirmed the server's state): the revocations and switches it decided with are at least
-//! that fresh (`-` without a feed, or before the first answer). `zone`: this proxy's
-//! `region/zone` (the policy's `server.client_locality`, else the Envoy node's locality; `-`
-//! when neither is set). The path has no query string; the token is a hash prefix, never the
+//! how long ago this worker last applied a whole, confirmed change-feed answer: the
+//! revocations and switches it decided with are at least that fresh (`-` without a feed, or
+//! before the first answer). `zone`: this proxy's `region/zone` (the policy's
+//! `server.client_locality`, else, in the Wasm build, the Envoy node's locality; `-` when
+//! neither is set; bytes outside `[A-Za-z0-9._/-]` become `_`). The path has no query string; the token is a hash prefix, never the
 //! token; the trace is the request's (`authz_core::trace_context`).
 //!
 //! What it does not do: count (the metrics are counted where decisions are made).
@@ -53,6 +53,19 @@ pub(crate) struct Logged<'a> {
     pub route: &'a str,
 }
 
+/// `text` with every byte outside `[A-Za-z0-9._/-]` replaced by `_` (one `key=value` token).
+fn log_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl<H: Host> Worker<H> {
     /// The line of a decision (`allow` when `status` is 200).
     fn decision_line(&self, d: &Logged<'_>) -> String {
@@ -60,7 +73,7 @@ impl<H: Host> Worker<H> {
             Source::Hit { age_ms } => Some(age_ms),
             Source::Server => Some(0),
             Source::Local => {
-                let heard = self.link.versions.last_ok_ms;
+                let heard = self.link.versions.feed_applied_ms;
                 (self.policy.feed().is_some() && heard > 0)
                     .then(|| self.event_ms.saturating_sub(heard))
             }
@@ -78,7 +91,7 @@ impl<H: Host> Worker<H> {
             d.request.token_label(),
             self.link.versions.policy_version,
             data_age_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
-            self.locality.as_deref().unwrap_or("-"),
+            self.locality.as_deref().map_or_else(|| "-".to_owned(), log_safe),
             d.request.trace_id.as_deref().unwrap_or("-")
         )
     }

@@ -19,7 +19,7 @@
 //! | family | type | labels | meaning |
 //! |---|---|---|---|
 //! | `authz_proxy_decisions_total` | counter | `outcome`, `tier`, `reason` (`ok` for allows) | final decisions |
-//! | `authz_proxy_decision_microseconds` | histogram | `outcome`, `tier` | request seen → decided; every request decided later than it arrived (a Check call, keys), and one in [`TIMED_EVERY`] of those decided at once |
+//! | `authz_proxy_decision_microseconds` | histogram | `outcome`, `tier` | request seen → decided, for one request in [`TIMED_EVERY`] (by count: an unbiased sample; `_count` is not a request rate) |
 //! | `authz_proxy_check_microseconds` | histogram | `stage`: `token_parse`, `token_cache`, `jwt_verify`, `cache_lookup`, `check_call`, `key_wait` | time per stage: `jwt_verify` (a verification, token cache miss), `check_call` (a Check call: asked → answered or failed) and `key_wait` (paused for keys → decided) always; the sub-microsecond lookups on timed requests only (as above) |
 //! | `authz_proxy_jwks_fetches_total` | counter | `result`: `ok`, `failed` | JWKS fetches this worker made |
 //! | `authz_proxy_jwks_unknown_kid_fetches_total` | counter | | fetches caused by a token the loaded keys fail (unknown `kid`, or a signature or key type no key with its `kid` matches: a rotation) |
@@ -49,7 +49,7 @@ use authz_core::canary::Disagreement;
 use authz_core::Tier;
 
 /// Every deny reason label (`DenyReason::as_str`), so all counters exist from the start.
-pub const DENY_REASONS: [&str; 27] = [
+pub const DENY_REASONS: [&str; 29] = [
     "server_deny",
     "missing_token",
     "not_bearer",
@@ -77,14 +77,18 @@ pub const DENY_REASONS: [&str; 27] = [
     "bad_request",
     "revoked",
     "revocations_incomplete",
+    "lifetime_too_long",
+    // Any reason missing above (counted, never dropped).
+    "other",
 ];
 
 /// The namespace of every filter metric (Envoy adds its own prefix before it).
 pub const NAMESPACE: &str = "authz_proxy";
 
-/// Of the requests decided at once (a hit, a local verification), one in this many is timed
-/// (decision latency and the sub-microsecond stages): the hot path makes no clock reads and no
-/// histogram writes for the others. Requests decided later (a Check call, keys) are all timed.
+/// One request in this many (by count, per worker) is timed: its decision latency and the
+/// sub-microsecond stages. The hot path makes no clock read and no histogram write for the
+/// others; the stages that take time (a verification, a Check call, a wait for keys) are
+/// timed for every request.
 pub const TIMED_EVERY: u64 = 16;
 
 /// Envoy `stats_tags` (`stats_config` of the bootstrap): for each label name, the regex that
@@ -103,6 +107,19 @@ pub fn stats_tags() -> Vec<(&'static str, String)> {
             )
         })
         .collect()
+}
+
+/// The buckets of every filter histogram (µs): 1 µs to 60 s, so a wait for keys, a Check call
+/// or a revocation lag of seconds is not clamped (Envoy's default buckets end at 3.6e6).
+pub const HISTOGRAM_BUCKETS_US: [u64; 24] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+    250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+
+/// The regex (RE2) of the stat names [`HISTOGRAM_BUCKETS_US`] applies to: Envoy matches the
+/// whole name (a full match), before tag extraction.
+pub fn histogram_names() -> String {
+    format!(r"(?:wasmcustom|dynamicmodulescustom)\.{NAMESPACE}\.\w+_microseconds(?:\..*)?")
 }
 
 /// Every label name a filter metric uses.
@@ -515,6 +532,7 @@ mod tests {
             VerifyFailure::NotYetValid,
             VerifyFailure::IssuedInFuture,
             VerifyFailure::WrongAudience,
+            VerifyFailure::LifetimeTooLong,
         ];
         let mut reasons: Vec<DenyReason> = failures.into_iter().map(DenyReason::Token).collect();
         reasons.extend([

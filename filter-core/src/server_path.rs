@@ -634,6 +634,7 @@ impl<H: Host> Worker<H> {
         }
         if changes.confirmed && whole {
             self.link.versions.last_ok_ms = now_ms;
+            self.link.versions.feed_applied_ms = now_ms;
         }
         self.apply_revocations(&changes, now_ms);
         if changes.confirmed && whole {
@@ -655,7 +656,7 @@ impl<H: Host> Worker<H> {
             for learned in changes.learned_at().take(1_000) {
                 self.host.record(
                     Histogram::RevocationLag,
-                    now_ms.saturating_sub(learned) * 1000,
+                    now_ms.saturating_sub(learned).saturating_mul(1000),
                 );
             }
         }

@@ -1,8 +1,10 @@
 //! Which requests a worker times, and the clock reads that time them (see
-//! [`crate::metrics::TIMED_EVERY`]): every request decided later than it arrived (a Check call,
-//! keys), one in `TIMED_EVERY` of those decided at once. A timed request's decision latency and
+//! [`crate::metrics::TIMED_EVERY`]): one in `TIMED_EVERY` requests by count, whether it is
+//! decided at once or later (a Check call, keys), so the decision latency histogram is an
+//! unbiased sample of every request. A timed request's decision latency and sub-microsecond
 //! stages go to `authz_proxy_decision_microseconds` and `authz_proxy_check_microseconds`; an
-//! untimed one costs no clock read and no histogram write.
+//! untimed one costs no clock read and no histogram write. The stages that take time (a
+//! verification, a Check call, a wait for keys) are timed for every request.
 
 use crate::host::Host;
 use crate::metrics::{Histogram, Stage, TIMED_EVERY};
@@ -24,9 +26,10 @@ impl Timing {
         self.current = self.arrived.is_multiple_of(TIMED_EVERY).then_some(now_us);
     }
 
-    /// A request decided later (it waited): always timed, from `arrived_us`.
-    pub fn resume(&mut self, arrived_us: u64) {
-        self.current = Some(arrived_us);
+    /// A request decided later (it waited) becomes the one being decided: timed from its
+    /// arrival if it was in the share then.
+    pub fn resume(&mut self, timed_since: Option<u64>) {
+        self.current = timed_since;
     }
 
     /// No request is being decided.

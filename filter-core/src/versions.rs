@@ -11,6 +11,9 @@ pub struct KnownVersions {
     pub incarnation: Option<String>,
     /// Last time the server answered a poll or a Check in a way that renews cache trust (ms).
     pub last_ok_ms: u64,
+    /// Last time a whole, confirmed feed answer was applied (ms): the revocations and switches
+    /// this worker holds are at least that fresh (Check replies bring neither).
+    pub feed_applied_ms: u64,
     pub last_poll_started_ms: u64,
     pub poll_in_flight: Option<crate::commands::CallId>,
     /// Polls failed in a row.

@@ -56,8 +56,10 @@ struct Pending {
     /// Waits for a refetch (keys were loaded but failed the token), so the first fetch that
     /// concludes settles it; otherwise it waits for the first keys or its deadline.
     refetch: bool,
-    /// When it arrived and began waiting (µs): it is timed (`timing`).
+    /// When it arrived and began waiting (µs).
     arrived_us: u64,
+    /// Whether it is in the timed share (`timing`).
+    timed: bool,
     deadline_ms: u64,
     fetches_seen: u64,
 }
@@ -132,8 +134,8 @@ struct WaitingCheck {
     context_id: u32,
     call: ServerCall,
     request: OwnedRequest,
-    /// When the request arrived (µs): it is timed (`timing`).
-    arrived_us: u64,
+    /// When the request arrived (µs), if it is in the timed share (`timing`).
+    timed_since: Option<u64>,
     /// When the call was asked for (µs), if the clock answered.
     asked_us: Option<u64>,
 }
@@ -315,13 +317,13 @@ impl<H: Host> Worker<H> {
                 context_id,
                 call,
                 request,
-                arrived_us,
+                timed_since,
                 asked_us,
             } = waiting;
             if let Some(asked_us) = asked_us {
                 record_since(&self.host, Stage::CheckCall, asked_us);
             }
-            self.timing.resume(arrived_us);
+            self.timing.resume(timed_since);
             let decided = match outcome {
                 CallOutcome::Grpc { status, body } => {
                     Some(self.on_server_reply(context_id, &request, &call, status, body, now_ms))
@@ -394,7 +396,7 @@ impl<H: Host> Worker<H> {
         context_id: u32,
         call: ServerCall,
         request: OwnedRequest,
-        arrived_us: u64,
+        timed_since: Option<u64>,
     ) {
         self.host.count(Counter::ServerCalls);
         let id = self.outbox.call_id();
@@ -412,7 +414,7 @@ impl<H: Host> Worker<H> {
                 context_id,
                 call,
                 request,
-                arrived_us,
+                timed_since,
                 asked_us: self.host.now_us(),
             },
         );
@@ -448,8 +450,9 @@ impl<H: Host> Worker<H> {
         self.send_background(now_ms);
     }
 
-    /// Decides a request on the local path, reusing cached verifications of hot tokens. Only
-    /// real verifications (cache misses) are timed: a hit costs no clock reads.
+    /// Decides a request on the local path, reusing cached verifications of hot tokens. Real
+    /// verifications (cache misses) are timed, from just before to just after; a hit costs no
+    /// clock read unless the request is in the timed share (`timing`).
     fn decide(&mut self, request: &OwnedRequest, now_us: u64) -> Decision {
         let now_ms = now_us / 1000;
         let now = (now_ms / 1000) as i64;
@@ -526,6 +529,7 @@ impl<H: Host> Worker<H> {
             let (result, micros) = match made_outside {
                 Some(made) => made,
                 None => {
+                    let started = host.now_us();
                     let result = verify(
                         token,
                         providers,
@@ -534,7 +538,8 @@ impl<H: Host> Worker<H> {
                         now,
                     )
                     .map(Arc::new);
-                    let micros = host.now_us().map(|end| end.saturating_sub(now_us));
+                    let micros =
+                        started.and_then(|started| Some(host.now_us()?.saturating_sub(started)));
                     (result, micros)
                 }
             };
@@ -600,7 +605,10 @@ impl<H: Host> Worker<H> {
                     self.send_fetch(order);
                 }
             }
-            Step::CallServer(call, request) => self.send_check(context_id, call, request, now_us),
+            Step::CallServer(call, request) => {
+                let timed_since = self.timing.timed().then_some(now_us);
+                self.send_check(context_id, call, request, timed_since)
+            }
         }
         self.timing.clear();
     }
@@ -682,6 +690,7 @@ impl<H: Host> Worker<H> {
             provider,
             refetch,
             arrived_us: now_us,
+            timed: self.timing.timed(),
             deadline_ms: now_ms + self.policy.key_wait_timeout_ms,
             fetches_seen: status.completed_fetches,
         });
@@ -700,7 +709,7 @@ impl<H: Host> Worker<H> {
         let mut finals = Vec::new();
         let mut still_waiting = Vec::new();
         for p in std::mem::take(&mut self.pending) {
-            self.timing.resume(p.arrived_us);
+            self.timing.resume(p.timed.then_some(p.arrived_us));
             if self.route_policies.refused_promotion {
                 // Decided under no routes this worker may use (see `canary`).
                 let tier = self

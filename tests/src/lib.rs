@@ -1557,8 +1557,16 @@ impl Envoy {
     /// (`authz_proxy_decisions_total{outcome="deny",reason="revoked"}`): the sum of every
     /// `/stats` counter or gauge of that family whose labels include the ones named (so
     /// `authz_proxy_decisions_total{reason="revoked"}` adds up the tiers), for either build.
+    /// Every filter metric exists from the start (at zero): a series no stat matches is a
+    /// typo, and panics rather than reading as 0.
     pub fn metric(&self, series: &str) -> u64 {
         let (family, wanted) = parse_series(series);
+        for (label, _) in &wanted {
+            assert!(
+                filter_core::metrics::LABELS.contains(&label.as_str()),
+                "{series}: no filter metric has a label {label}"
+            );
+        }
         let Some(rest) = family.strip_prefix("authz_proxy_") else {
             panic!("{series}: not a filter metric (authz_proxy_…)");
         };
@@ -1575,7 +1583,7 @@ impl Envoy {
             &[],
         )
         .body;
-        stats
+        let values: Vec<u64> = stats
             .lines()
             .filter_map(|line| {
                 let (name, value) = line.split_once(": ")?;
@@ -1594,7 +1602,12 @@ impl Envoy {
                     .all(has)
                     .then(|| value.trim().parse::<u64>().ok())?
             })
-            .sum()
+            .collect();
+        assert!(
+            !values.is_empty(),
+            "{series}: no such filter metric in /stats (a typo, or Envoy is not running the filter)"
+        );
+        values.into_iter().sum()
     }
 
     /// Every `/stats` line containing `part`.

@@ -567,7 +567,17 @@ fn every_shipped_envoy_config_turns_the_filters_metric_names_into_labels() {
         Some(filter_core::metrics::LABELS.len()),
         "{block}"
     );
+    let buckets = at(&rendered, "stats_config.histogram_bucket_settings");
+    assert!(
+        buckets.as_sequence().is_some_and(|b| b.len() == 1),
+        "{block}"
+    );
     for (name, config) in shipped_envoy_configs() {
+        assert_eq!(
+            at(&config, "stats_config.histogram_bucket_settings"),
+            buckets,
+            "{name}: add the stats_config of `authz-config render` (envoy-stats.yaml)"
+        );
         assert_eq!(
             at(&config, "stats_config.stats_tags"),
             tags,

@@ -147,7 +147,7 @@ fn the_istio_deployment_serves_every_tier_in_the_sidecars_filter_order() {
             .status
             == 401),
         "{}",
-        envoy.stats_matching("epochs")
+        envoy.stats_matching("feed_polls")
     );
     assert_eq!(
         envoy.metric("authz_proxy_feed_polls_total{result=\"unauthorized\"}"),

@@ -168,6 +168,16 @@ fn assert_filter_families_have_labels(scraped: &str) {
         &[r#"outcome="allow""#, r#"tier="authenticated""#],
     );
     assert!(timed >= 2.0, "{timed} timed decisions");
+    // The shipped bucket settings: up to 60 s (Envoy's default buckets end at 3.6e6).
+    let top_bucket = series.iter().any(|(f, l, _)| {
+        f == "authz_proxy_check_microseconds_bucket"
+            && l.split(',').any(|pair| {
+                pair.strip_prefix("le=\"")
+                    .and_then(|v| v.trim_end_matches('"').parse::<f64>().ok())
+                    == Some(6e7)
+            })
+    });
+    assert!(top_bucket, "no 60 s bucket");
     for stage in ["token_parse", "token_cache"] {
         let label = format!("stage=\"{stage}\"");
         let samples = value("authz_proxy_check_microseconds_count", &[&label]);

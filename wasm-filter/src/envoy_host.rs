@@ -4,7 +4,7 @@
 //!
 //! The counters every allowed hot request touches ([`Counter::is_hot`]) are counted inside the
 //! VM and added to Envoy's counters on the worker's next tick (≤ 250 ms later): one host call
-//! per counter per tick instead of three per request.
+//! per counter per tick instead of two per request.
 
 use crate::host;
 use filter_core::{Counter, Gauge, Histogram, Host, LogLevel, SharedWrite};
