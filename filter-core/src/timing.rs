@@ -42,12 +42,16 @@ impl Timing {
         self.current.is_some()
     }
 
+    /// When the request being decided arrived, if it is timed: what a request that waits
+    /// keeps, to [`Timing::resume`] with.
+    pub fn timed_since(&self) -> Option<u64> {
+        self.current
+    }
+
     /// Records the decision latency of the request being decided, if it is timed.
     pub fn decided<H: Host>(&self, host: &H, histogram: Histogram) {
         if let Some(arrived) = self.current {
-            if let Some(now) = host.now_us() {
-                host.record(histogram, now.saturating_sub(arrived));
-            }
+            record_elapsed(host, histogram, arrived);
         }
     }
 }
@@ -74,7 +78,13 @@ impl Lap {
 
 /// Records `stage` as the time since `since_us` (one clock read).
 pub(crate) fn record_since<H: Host>(host: &H, stage: Stage, since_us: u64) {
+    record_elapsed(host, Histogram::Stage(stage), since_us);
+}
+
+/// Records into `histogram` the time since `since_us` (one clock read; nothing without a
+/// clock).
+fn record_elapsed<H: Host>(host: &H, histogram: Histogram, since_us: u64) {
     if let Some(now) = host.now_us() {
-        host.record(Histogram::Stage(stage), now.saturating_sub(since_us));
+        host.record(histogram, now.saturating_sub(since_us));
     }
 }

@@ -58,8 +58,8 @@ struct Pending {
     refetch: bool,
     /// When it arrived and began waiting (µs).
     arrived_us: u64,
-    /// Whether it is in the timed share (`timing`).
-    timed: bool,
+    /// When it arrived, if it is in the timed share (`timing`).
+    timed_since: Option<u64>,
     deadline_ms: u64,
     fetches_seen: u64,
 }
@@ -606,7 +606,7 @@ impl<H: Host> Worker<H> {
                 }
             }
             Step::CallServer(call, request) => {
-                let timed_since = self.timing.timed().then_some(now_us);
+                let timed_since = self.timing.timed_since();
                 self.send_check(context_id, call, request, timed_since)
             }
         }
@@ -690,7 +690,7 @@ impl<H: Host> Worker<H> {
             provider,
             refetch,
             arrived_us: now_us,
-            timed: self.timing.timed(),
+            timed_since: self.timing.timed_since(),
             deadline_ms: now_ms + self.policy.key_wait_timeout_ms,
             fetches_seen: status.completed_fetches,
         });
@@ -709,7 +709,7 @@ impl<H: Host> Worker<H> {
         let mut finals = Vec::new();
         let mut still_waiting = Vec::new();
         for p in std::mem::take(&mut self.pending) {
-            self.timing.resume(p.timed.then_some(p.arrived_us));
+            self.timing.resume(p.timed_since);
             if self.route_policies.refused_promotion {
                 // Decided under no routes this worker may use (see `canary`).
                 let tier = self
