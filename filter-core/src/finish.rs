@@ -5,7 +5,7 @@
 use crate::commands::{Final, FinalAction, OwnedRequest};
 use crate::decision_log::{Logged, Source};
 use crate::host::{Host, LogLevel};
-use crate::metrics::{Counter, Histogram, DENY_REASONS};
+use crate::metrics::{Counter, Histogram};
 use crate::read::Unreadable;
 use crate::worker::Worker;
 use authz_core::context::Decided;
@@ -22,11 +22,7 @@ impl<H: Host> Worker<H> {
 
     /// Counts a denial (and times it, if the request is timed).
     pub(crate) fn count_deny(&self, tier: Tier, reason: &'static str) {
-        let known = DENY_REASONS.contains(&reason);
-        self.host.count(Counter::Decision {
-            tier,
-            denied: Some(if known { reason } else { "other" }),
-        });
+        self.host.count(Counter::denial(tier, reason));
         let allowed = false;
         self.timing
             .decided(&self.host, Histogram::Decision { tier, allowed });

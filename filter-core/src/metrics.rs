@@ -346,6 +346,20 @@ impl Counter {
         })
     }
 
+    /// A denial for `reason`, counted under `other` when the reason is not one of
+    /// [`DENY_REASONS`] (a denial is never dropped from the count).
+    pub fn denial(tier: Tier, reason: &'static str) -> Counter {
+        let denied = if DENY_REASONS.contains(&reason) {
+            reason
+        } else {
+            "other"
+        };
+        Counter::Decision {
+            tier,
+            denied: Some(denied),
+        }
+    }
+
     /// The metric's family and labels.
     pub fn family(&self) -> (&'static str, Vec<(&'static str, &'static str)>) {
         let result = |r: &'static str| vec![("result", r)];
@@ -501,6 +515,13 @@ mod tests {
             denied: Some("no_such_reason"),
         };
         assert_eq!(unknown.index(), None);
+        assert_eq!(
+            Counter::denial(Tier::Public, "no_such_reason"),
+            Counter::denial(Tier::Public, "other")
+        );
+        assert!(Counter::denial(Tier::Public, "no_such_reason")
+            .index()
+            .is_some());
         let histograms = Histogram::all();
         assert_eq!(histograms.len(), Histogram::COUNT);
         for (i, histogram) in histograms.iter().enumerate() {
