@@ -1104,9 +1104,7 @@ fn parse_server_link(p: &mut Problems, s: &ServerLinkConfig) -> Option<ServerLin
             && locality
                 .split_once('/')
                 .is_some_and(|(region, zone)| !region.is_empty() && !zone.is_empty())
-            && locality
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+            && locality.bytes().all(is_locality_byte);
         if !well_formed {
             p.add(
                 "server.client_locality",
@@ -1493,6 +1491,11 @@ fn lifetime_seconds(p: &mut Problems, at: &str, value: Option<u64>) -> Option<i6
         p.add(at, crate::verify::MAX_LIFETIME_RANGE_TEXT);
     }
     i64::try_from(value).ok()
+}
+
+/// A byte a `region/zone` locality may hold: letters, digits, `-`, `_`, `.`, `/`.
+pub fn is_locality_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_./".contains(&b)
 }
 
 #[cfg(test)]

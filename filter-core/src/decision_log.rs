@@ -53,15 +53,13 @@ pub(crate) struct Logged<'a> {
     pub route: &'a str,
 }
 
-/// `text` with every byte outside `[A-Za-z0-9._/-]` replaced by `_` (one `key=value` token).
+/// A locality with every character a configured one may not hold
+/// ([`authz_core::config::is_locality_byte`]) replaced by `_` (one `key=value` token).
 fn log_safe(text: &str) -> String {
     text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-') {
-                c
-            } else {
-                '_'
-            }
+        .map(|c| match u8::try_from(c) {
+            Ok(b) if authz_core::config::is_locality_byte(b) => c,
+            _ => '_',
         })
         .collect()
 }
