@@ -1537,16 +1537,7 @@ impl Envoy {
     /// (named as the Wasm filter's: the native build's prefix replaces `wasmcustom.`).
     pub fn stat(&self, name: &str) -> u64 {
         let name = &build::FilterBuild::current().stat_name(name);
-        let stats = get(
-            &format!(
-                "http://127.0.0.1:{}/stats?filter=^{}$",
-                self.admin_port,
-                name.replace('.', "\\.")
-            ),
-            &[],
-        )
-        .body;
-        stats
+        self.stats_starting_with(name, "$")
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
             .and_then(|v| v.trim().parse().ok())
@@ -1574,16 +1565,8 @@ impl Envoy {
             "{}authz_proxy.{rest}",
             build::FilterBuild::current().stat_prefix()
         );
-        let stats = get(
-            &format!(
-                "http://127.0.0.1:{}/stats?filter=^{}",
-                self.admin_port,
-                root.replace('.', "\\.")
-            ),
-            &[],
-        )
-        .body;
-        let values: Vec<u64> = stats
+        let values: Vec<u64> = self
+            .stats_starting_with(&root, "")
             .lines()
             .filter_map(|line| {
                 let (name, value) = line.split_once(": ")?;
@@ -1608,6 +1591,20 @@ impl Envoy {
             "{series}: no such filter metric in /stats (a typo, or Envoy is not running the filter)"
         );
         values.into_iter().sum()
+    }
+
+    /// `/stats` lines (`name: value`) whose name starts with `prefix` (a stat name, dots
+    /// literal), followed by the regex `rest` (`$`: exactly that name).
+    fn stats_starting_with(&self, prefix: &str, rest: &str) -> String {
+        get(
+            &format!(
+                "http://127.0.0.1:{}/stats?filter=^{}{rest}",
+                self.admin_port,
+                prefix.replace('.', "\\.")
+            ),
+            &[],
+        )
+        .body
     }
 
     /// Every `/stats` line containing `part`.
