@@ -55,6 +55,8 @@ pub mod defaults {
     pub const REDIS_MAX_UNCONFIRMED_MS: u64 = 1_500;
     pub const REDIS_STREAM_MAX_LEN: u64 = 1_000_000;
     pub const REDIS_SHARED_CACHE: bool = true;
+    pub const REDIS_MIN_REPLICAS: u32 = 0;
+    pub const REDIS_REPLICA_WAIT_MS: u64 = 200;
     pub const JWKS_REFRESH_INTERVAL_SECONDS: u64 = 300;
     pub const JWKS_MIN_REFETCH_INTERVAL_SECONDS: u64 = 30;
     pub const JWKS_TIMEOUT_MS: u64 = 2_000;
@@ -235,6 +237,37 @@ pub struct RedisFile {
     /// Whether introspection results are shared through Redis.
     #[schemars(extend("default" = defaults::REDIS_SHARED_CACHE))]
     pub shared_cache: Option<bool>,
+    /// Redis Sentinel instead of `url`: the server asks the sentinels for the primary at
+    /// every (re)connection, checks that it answers `ROLE` as a primary, and so follows a
+    /// failover by itself.
+    pub sentinel: Option<SentinelFile>,
+    /// Replicas that must hold a change (`WAIT`) before it counts as published (the admin
+    /// API's `"shared": "published"`); 0 does not wait. With Sentinel set 1 or more: a change
+    /// only the failed primary held is otherwise lost in a failover.
+    #[schemars(extend("default" = defaults::REDIS_MIN_REPLICAS))]
+    pub min_replicas: Option<u32>,
+    /// How long a publication waits for those replicas, 1–5000 ms; fewer replicas by then:
+    /// the change stays pending and is published again on the next connection.
+    #[schemars(extend("default" = defaults::REDIS_REPLICA_WAIT_MS))]
+    pub replica_wait_ms: Option<u64>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: Mapping,
+}
+
+/// `redis.sentinel`: where the primary is found.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+pub struct SentinelFile {
+    /// The name the sentinels monitor the primary under (`sentinel monitor NAME …`).
+    pub master_name: Option<String>,
+    /// The sentinels, `redis://host:port` each (at least one; list them all: the first that
+    /// answers is asked).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// The primary's (and replicas') password (AUTH), best taken from a Secret with `${NAME}`.
+    pub password: Option<String>,
+    /// The database number on the primary.
+    pub db: Option<i64>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -568,6 +601,20 @@ pub struct RedisConfig {
     pub max_unconfirmed_ms: u64,
     pub stream_max_len: u64,
     pub shared_cache: bool,
+    /// Sentinel instead of `url` (which is then empty).
+    pub sentinel: Option<SentinelConfig>,
+    /// Replicas a publication waits for (`WAIT`; 0: none), and for how long.
+    pub min_replicas: u32,
+    pub replica_wait: Duration,
+}
+
+/// The validated `redis.sentinel` section.
+#[derive(Debug, Clone)]
+pub struct SentinelConfig {
+    pub master_name: String,
+    pub addresses: Vec<String>,
+    pub password: Option<String>,
+    pub db: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -1301,14 +1348,72 @@ fn strip_headers_section(
     strip_headers
 }
 
+/// `redis.sentinel`, validated.
+fn sentinel_section(p: &mut Problems, s: &SentinelFile) -> SentinelConfig {
+    p.unknown("redis.sentinel", &s.unknown);
+    let master_name = s.master_name.clone().unwrap_or_default();
+    if master_name.is_empty() || master_name.contains(char::is_whitespace) {
+        p.add(
+            "redis.sentinel.master_name",
+            "is required: the name the sentinels monitor the primary under",
+        );
+    }
+    if s.addresses.is_empty() {
+        p.add(
+            "redis.sentinel.addresses",
+            "needs at least one sentinel: redis://host:port",
+        );
+    }
+    for (i, address) in s.addresses.iter().enumerate() {
+        if address.starts_with("rediss://") {
+            p.add(
+                &format!("redis.sentinel.addresses[{i}]"),
+                "TLS to sentinels is not supported: redis://host:port",
+            );
+        } else if !address.starts_with("redis://")
+            || redis::IntoConnectionInfo::into_connection_info(address.as_str()).is_err()
+        {
+            p.add(
+                &format!("redis.sentinel.addresses[{i}]"),
+                format_args!("{address:?} is not redis://host:port"),
+            );
+        }
+    }
+    let db = s.db.unwrap_or(0);
+    if !(0..=15).contains(&db) {
+        p.add("redis.sentinel.db", "must be between 0 and 15");
+    }
+    SentinelConfig {
+        master_name,
+        addresses: s.addresses.clone(),
+        password: s.password.clone().filter(|p| !p.is_empty()),
+        db,
+    }
+}
+
 fn redis_section(p: &mut Problems, r: &RedisFile) -> RedisConfig {
     p.unknown("redis", &r.unknown);
     let url = r.url.clone().unwrap_or_default();
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        p.add(
+    let sentinel = r.sentinel.as_ref().map(|s| sentinel_section(p, s));
+    match (&sentinel, url.is_empty()) {
+        (Some(_), false) => p.add(
+            "redis",
+            "url and sentinel are alternatives: one Redis, or the sentinels that name its primary",
+        ),
+        (Some(_), true) => {}
+        (None, _) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => p.add(
             "redis.url",
-            "is required: redis://host:port[/db] or rediss://…",
-        );
+            "is required (or sentinel): redis://host:port[/db] or rediss://…",
+        ),
+        (None, _) => {}
+    }
+    let min_replicas = r.min_replicas.unwrap_or(defaults::REDIS_MIN_REPLICAS);
+    if min_replicas > 10 {
+        p.add("redis.min_replicas", "must be between 0 and 10");
+    }
+    let replica_wait_ms = r.replica_wait_ms.unwrap_or(defaults::REDIS_REPLICA_WAIT_MS);
+    if replica_wait_ms == 0 || replica_wait_ms > 5_000 {
+        p.add("redis.replica_wait_ms", "must be between 1 and 5000");
     }
     let secret = r.secret.clone().unwrap_or_default();
     if secret.len() < 32 {
@@ -1391,6 +1496,9 @@ fn redis_section(p: &mut Problems, r: &RedisFile) -> RedisConfig {
         max_unconfirmed_ms,
         stream_max_len,
         shared_cache: r.shared_cache.unwrap_or(defaults::REDIS_SHARED_CACHE),
+        sentinel,
+        min_replicas,
+        replica_wait: Duration::from_millis(replica_wait_ms),
     }
 }
 
@@ -2038,6 +2146,61 @@ colour: blue
             problems
                 .iter()
                 .any(|p| p.starts_with("redis.client_cert_file: cannot read")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn a_sentinel_section_loads_and_its_problems_are_named() {
+        let secret = "s".repeat(32);
+        let text = format!(
+            "{EXAMPLE}redis: {{sentinel: {{master_name: authz, addresses: [\"redis://127.0.0.1:26379\", \"redis://10.0.0.2:26379\"], password: pw, db: 2}}, min_replicas: 1, secret: \"{secret}\"}}\n"
+        );
+        let r = ServerConfig::from_yaml(&text).unwrap().redis.unwrap();
+        let sentinel = r.sentinel.unwrap();
+        assert_eq!(
+            (
+                sentinel.master_name.as_str(),
+                sentinel.addresses.len(),
+                sentinel.db
+            ),
+            ("authz", 2, 2)
+        );
+        assert_eq!(sentinel.password.as_deref(), Some("pw"));
+        assert_eq!(
+            (r.min_replicas, r.replica_wait),
+            (1, Duration::from_millis(200))
+        );
+        let bad = format!(
+            "{EXAMPLE}redis: {{url: \"redis://h:6379/0\", sentinel: {{addresses: [\"rediss://h:26379\", \"h:26379\"], db: 99, port: 1}}, min_replicas: 11, replica_wait_ms: 0, secret: \"{secret}\"}}\n"
+        );
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&bad) else {
+            panic!("accepted")
+        };
+        for expected in [
+            "redis: url and sentinel are alternatives",
+            "redis.sentinel: unknown field \"port\"",
+            "redis.sentinel.master_name: is required",
+            "redis.sentinel.addresses[0]: TLS to sentinels is not supported",
+            "redis.sentinel.addresses[1]: \"h:26379\" is not redis://host:port",
+            "redis.sentinel.db: must be between 0 and 15",
+            "redis.min_replicas: must be between 0 and 10",
+            "redis.replica_wait_ms: must be between 1 and 5000",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "missing {expected:?} in {problems:#?}"
+            );
+        }
+        let empty =
+            format!("{EXAMPLE}redis: {{sentinel: {{master_name: authz}}, secret: \"{secret}\"}}\n");
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&empty) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("redis.sentinel.addresses: needs at least one")),
             "{problems:#?}"
         );
     }

@@ -812,6 +812,8 @@ pub struct RedisServer {
     scratch: Scratch,
     /// With TLS: the TLS port, the CA file that signed its certificate, and the password.
     pub tls: Option<RedisTls>,
+    /// More `redis-server` arguments (a replica's `--replicaof`).
+    extra: Vec<String>,
 }
 
 /// How a TLS Redis is reached.
@@ -916,6 +918,7 @@ impl RedisServer {
             port: free_port(),
             scratch: Scratch::new("redis"),
             tls: None,
+            extra: Vec::new(),
         };
         redis.restart();
         redis
@@ -937,8 +940,33 @@ impl RedisServer {
                 key_file,
             }),
             scratch,
+            extra: Vec::new(),
         };
         redis.restart();
+        redis
+    }
+
+    /// A replica of `primary` (`--replicaof`), once it has synced.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let mut redis = RedisServer {
+            process: None,
+            port: free_port(),
+            scratch: Scratch::new("redis-replica"),
+            tls: None,
+            extra: vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port.to_string(),
+            ],
+        };
+        redis.restart();
+        assert!(
+            eventually(Duration::from_secs(10), || redis
+                .command(&["INFO", "replication"])
+                .is_some_and(|r| r.contains("master_link_status:up"))),
+            "the replica on port {} did not sync",
+            redis.port
+        );
         redis
     }
 
@@ -999,6 +1027,7 @@ impl RedisServer {
         .iter()
         .map(|a| (*a).to_owned())
         .collect();
+        args.extend(self.extra.iter().cloned());
         if let Some(tls) = &self.tls {
             for (flag, value) in [
                 ("--tls-port", tls.port.to_string()),
@@ -1034,28 +1063,11 @@ impl RedisServer {
 
     /// Runs one command (inline protocol); the reply's lines, or None if unreachable.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut request = String::new();
-        if let Some(tls) = &self.tls {
-            let pw = &tls.password;
-            request.push_str(&format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len()));
-        }
-        request.push_str(&format!("*{}\r\n", args.len()));
-        for a in args {
-            request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        request.push_str("*1\r\n$4\r\nQUIT\r\n");
-        stream.write_all(request.as_bytes()).ok()?;
-        let mut reply = Vec::new();
-        let _ = stream.read_to_end(&mut reply);
-        let text = String::from_utf8_lossy(&reply).into_owned();
-        let text = text.strip_suffix("+OK\r\n").unwrap_or(&text).to_owned();
-        let text = match &self.tls {
-            Some(_) => text.strip_prefix("+OK\r\n").unwrap_or(&text).to_owned(),
-            None => text,
-        };
-        Some(text.trim_start_matches(['+', ':']).trim_end().to_owned())
+        redis_command(
+            self.port,
+            self.tls.as_ref().map(|t| t.password.as_str()),
+            args,
+        )
     }
 
     /// Every key and every value it holds, as one lossy text dump (to search for secrets).
@@ -1699,4 +1711,108 @@ pub fn parse_series(series: &str) -> (&str, Vec<(String, String)>) {
         })
         .collect();
     (family, labels)
+}
+
+/// A real Redis Sentinel (`redis-server CONF --sentinel`) watching one primary as `authz`,
+/// quick to act for tests: down after 500 ms, quorum 1.
+pub struct RedisSentinel {
+    process: Option<Process>,
+    pub port: u16,
+    _scratch: Scratch,
+}
+
+/// The name the test sentinels monitor the primary under.
+pub const SENTINEL_MASTER: &str = "authz";
+
+impl RedisSentinel {
+    pub fn start(primary: &RedisServer) -> RedisSentinel {
+        let scratch = Scratch::new("redis-sentinel");
+        let port = free_port();
+        let conf = scratch.0.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 500\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 2000\n\
+                 sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                dir = scratch.0.display(),
+                primary = primary.port,
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start redis-server --sentinel ({e})"));
+        let sentinel = RedisSentinel {
+            process: Some(Process {
+                child,
+                name: "redis-sentinel".into(),
+                output: Arc::default(),
+            }),
+            port,
+            _scratch: scratch,
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || sentinel
+                .primary_port()
+                .is_some()),
+            "the sentinel on port {port} names no primary"
+        );
+        sentinel
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port of the primary it names now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let reply = redis_command(
+            self.port,
+            None,
+            &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
+        )?;
+        reply
+            .lines()
+            .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+}
+
+/// One command to the Redis (or Sentinel) on `port` (inline protocol, after `AUTH password`
+/// when given); the reply's lines, or None if unreachable.
+pub fn redis_command(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut request = String::new();
+    if let Some(pw) = password {
+        request.push_str(&format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len()));
+    }
+    request.push_str(&format!("*{}\r\n", args.len()));
+    for a in args {
+        request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    request.push_str("*1\r\n$4\r\nQUIT\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let text = text.strip_suffix("+OK\r\n").unwrap_or(&text).to_owned();
+    let text = match password {
+        Some(_) => text.strip_prefix("+OK\r\n").unwrap_or(&text).to_owned(),
+        None => text,
+    };
+    Some(text.trim_start_matches(['+', ':']).trim_end().to_owned())
 }

@@ -19,9 +19,10 @@
 //!   (the key bound as associated data), with the local entry's lifetime. Redis never holds a
 //!   token, a token hash, or a readable claim.
 //!
-//! Parts: [`connection`] (the Redis client, its connections and reconnection), [`events`] (the
-//! stream's wire format and the publish script), [`stream`] (replication: record, publish,
-//! resync, follow, outbox), [`l2`] (the encrypted shared introspection cache).
+//! Parts: [`connection`] (where the primary is: one URL or Sentinel; its connections and
+//! reconnection), [`events`] (the stream's wire format and the publish script), [`stream`]
+//! (record, publish, resync, follow, outbox), [`replication`] (changes too few replicas
+//! acknowledged), [`l2`] (the encrypted shared introspection cache).
 //!
 //! What it does not do: decide. Freshness rules, tiers and revocation checks stay in `check`
 //! and `authz-core`; a Redis failure only ever removes a shortcut or fails closed. Changes it
@@ -31,6 +32,7 @@
 mod connection;
 mod events;
 mod l2;
+mod replication;
 mod stream;
 
 pub use stream::{record, run};
@@ -86,6 +88,10 @@ pub enum Delivery {
     Published,
     /// Redis was unreachable: in effect here, published when Redis returns.
     Pending,
+    /// In the primary, but fewer than `redis.min_replicas` replicas acknowledged it in time:
+    /// every instance will apply it; published again after a reconnection (a failover could
+    /// lose it).
+    Unreplicated,
 }
 
 impl Delivery {
@@ -94,6 +100,7 @@ impl Delivery {
             Delivery::Local => "local",
             Delivery::Published => "published",
             Delivery::Pending => "pending",
+            Delivery::Unreplicated => "unreplicated",
         }
     }
 }
@@ -101,14 +108,18 @@ impl Delivery {
 /// The shared tier of one server instance.
 pub struct Shared {
     config: RedisConfig,
-    client: redis::Client,
+    endpoint: connection::Endpoint,
     keys: Keys,
     manager: RwLock<Option<ConnectionManager>>,
+    /// The primary's address the manager is connected to.
+    primary_address: Mutex<String>,
     confirmed_at_ms: AtomicU64,
     /// Set once the first resync from Redis completed: before it, this instance's state may
     /// lack revocations every other instance holds.
     synced: std::sync::atomic::AtomicBool,
     outbox: Mutex<Vec<Change>>,
+    /// Published changes too few replicas acknowledged (see `replication`).
+    unreplicated: Mutex<Vec<Change>>,
     mac_key: [u8; 32],
     cipher: ChaCha20Poly1305,
     origin: String,
@@ -135,8 +146,10 @@ impl Shared {
         metrics: Arc<Metrics>,
         clock: SharedClock,
     ) -> Result<Shared, RedisError> {
-        let client = if config.tls_ca.is_some() || config.tls_client.is_some() {
-            redis::Client::build_with_tls(
+        let endpoint = if let Some(sentinel) = &config.sentinel {
+            connection::Endpoint::sentinel(sentinel)?
+        } else if config.tls_ca.is_some() || config.tls_client.is_some() {
+            connection::Endpoint::Direct(redis::Client::build_with_tls(
                 config.url.as_str(),
                 redis::TlsCertificates {
                     client_tls: config.tls_client.as_ref().map(|(cert, key)| {
@@ -147,10 +160,10 @@ impl Shared {
                     }),
                     root_cert: config.tls_ca.clone(),
                 },
-            )?
+            )?)
         } else {
             // `rediss://` without a CA file checks against the system roots.
-            redis::Client::open(config.url.as_str())?
+            connection::Endpoint::Direct(redis::Client::open(config.url.as_str())?)
         };
         let enc_key = derive_key(&config.secret, b"authz shared cache encryption v1");
         Ok(Shared {
@@ -158,11 +171,13 @@ impl Shared {
             mac_key: derive_key(&config.secret, b"authz shared cache key v1"),
             cipher: ChaCha20Poly1305::new(&enc_key.into()),
             config,
-            client,
+            endpoint,
             manager: RwLock::new(None),
+            primary_address: Mutex::new(String::new()),
             confirmed_at_ms: AtomicU64::new(0),
             synced: std::sync::atomic::AtomicBool::new(false),
             outbox: Mutex::new(Vec::new()),
+            unreplicated: Mutex::new(Vec::new()),
             origin,
             publish: redis::Script::new(PUBLISH_LUA),
             floor: redis::Script::new(FLOOR_LUA),
@@ -250,6 +265,9 @@ pub(crate) mod tests {
             max_unconfirmed_ms: 1_500,
             stream_max_len: 1_000,
             shared_cache: true,
+            sentinel: None,
+            min_replicas: 0,
+            replica_wait: Duration::from_millis(200),
         };
         Shared::new(
             config,

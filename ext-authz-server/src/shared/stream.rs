@@ -30,7 +30,13 @@ pub async fn record(
     match shared.publish_one(&change).await {
         Ok((seq, n)) => {
             let change = with_shared_count(change, n);
-            (sink.apply(&change, Some(seq)), Delivery::Published)
+            let applied = sink.apply(&change, Some(seq));
+            if shared.replicated().await {
+                (applied, Delivery::Published)
+            } else {
+                shared.keep_unreplicated(change);
+                (applied, Delivery::Unreplicated)
+            }
         }
         Err(e) => {
             shared.error("publish", &e);
@@ -220,7 +226,11 @@ impl Shared {
         for (i, change) in outbox.iter().enumerate() {
             match self.publish_one(change).await {
                 Ok((seq, n)) => {
-                    sink.apply(&with_shared_count(change.clone(), n), Some(seq));
+                    let change = with_shared_count(change.clone(), n);
+                    sink.apply(&change, Some(seq));
+                    if !self.replicated().await {
+                        self.keep_unreplicated(change);
+                    }
                 }
                 Err(e) => {
                     self.error("publish", &e);
@@ -241,8 +251,11 @@ impl Shared {
 
     /// One connected session: resync, then follow the stream until an error.
     async fn session(&self, sink: &dyn ChangeSink, cursor: &mut Cursor) -> Result<(), RedisError> {
-        let mut conn = self.reader().await?;
-        self.ensure_manager().await?;
+        let primary = self.primary().await?;
+        let mut conn = self.reader(&primary).await?;
+        self.ensure_manager(&primary).await?;
+        // What the last primary may not have passed on is published again (see `replication`).
+        self.requeue_unreplicated();
         self.resync(sink, &mut conn, cursor).await?;
         self.mark_synced();
         tracing::info!(
@@ -270,6 +283,7 @@ impl Shared {
             if self.pending() > 0 {
                 self.flush_outbox(sink).await;
             }
+            self.confirm_replication().await;
         }
     }
 }

@@ -1,0 +1,279 @@
+//! The shared tier with Redis Sentinel, with real processes: a primary, its replica, a
+//! `redis-sentinel`, two ext-authz-server instances that find the primary through the
+//! sentinel (`redis.sentinel`, `min_replicas: 1`), and an Envoy whose filter calls one of them.
+//!
+//! The primary is killed while checks and revocations flow. What must hold: nothing revoked is
+//! lost (a revocation acknowledged before the failover, one made during it, and a server started
+//! afterwards that only knows what Redis holds all refuse the tokens); a privileged route never
+//! allows a revoked token, fails closed (503) only while no primary answers, and recovers by
+//! itself once the sentinel has promoted the replica.
+
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tests::*;
+
+fn sentinel_server(idp: &DevIdp, sentinel: &RedisSentinel, zone: &str) -> AuthzServerProcess {
+    AuthzServerProcess::start(&server_yaml(
+        idp.port,
+        &format!(
+            "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  sentinel:\n    master_name: {SENTINEL_MASTER}\n    addresses: [\"{}\"]\n  min_replicas: 1\n  replica_wait_ms: 500\n  secret: \"{SHARED_SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n",
+            sentinel.url()
+        ),
+    ))
+}
+
+fn epochs(server: &AuthzServerProcess) -> Value {
+    server.admin("GET", "/admin/epochs?since=0", None).json()
+}
+
+fn confirmed(server: &AuthzServerProcess) -> bool {
+    epochs(server)["confirmed"] == true
+}
+
+fn admin_token(idp: &DevIdp, sub: &str) -> String {
+    idp.mint(json!({"sub": sub, "scope": "read admin", "opaque": true}))
+}
+
+fn revoke(server: &AuthzServerProcess, token: &str) -> Value {
+    server
+        .admin("POST", "/admin/revoke", Some(json!({"token": token})))
+        .json()
+}
+
+#[test]
+fn a_failover_loses_no_revocation_and_privileged_routes_recover_by_themselves() {
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary);
+    let sentinel = RedisSentinel::start(&primary);
+    assert_eq!(sentinel.primary_port(), Some(primary.port));
+    let idp = DevIdp::start(&[]);
+    let echo = Echo::start();
+    let a = sentinel_server(&idp, &sentinel, "zone-a");
+    let b = sentinel_server(&idp, &sentinel, "zone-b");
+    assert!(
+        eventually(Duration::from_secs(10), || confirmed(&a) && confirmed(&b)),
+        "both instances sync through the sentinel's primary"
+    );
+    assert!(
+        a.logged("shared_primary"),
+        "the primary the sentinel named is logged"
+    );
+    let envoy = Envoy::start_rendered(&render_template_full(
+        "decision-cache.template.yaml",
+        &decision_cache_plugin_config(250, 1000),
+        idp.port,
+        echo.port,
+        a.grpc_port,
+        a.admin_port,
+    ));
+    let before = admin_token(&idp, "revoked-before");
+    let during = admin_token(&idp, "revoked-during");
+    let user = admin_token(&idp, "alice");
+    for token in [&before, &during, &user] {
+        assert_eq!(
+            envoy.status_on_new_connection("GET", "/admin/users", token),
+            200
+        );
+    }
+
+    // Acknowledged by the replica (WAIT) before the failover.
+    let answer = revoke(&a, &before);
+    assert_eq!(answer["shared"], "published", "{answer}");
+    assert!(eventually(Duration::from_secs(3), || envoy
+        .status_on_new_connection("GET", "/admin/users", &before)
+        == 401));
+
+    // Checks flow through the failover: never an allow of a revoked token, 503 at worst.
+    let stop = AtomicBool::new(false);
+    let seen: Mutex<Vec<(Instant, u16, u16)>> = Mutex::default();
+    let (killed, promoted, recovered) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let revoked = envoy.status_on_new_connection("GET", "/admin/users", &before);
+                let allowed = envoy.status_on_new_connection("GET", "/admin/users", &user);
+                seen.lock()
+                    .unwrap()
+                    .push((Instant::now(), revoked, allowed));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = Instant::now();
+        primary.stop();
+        // Revoked at B while no primary answers: kept, published once one does.
+        let answer = revoke(&b, &during);
+        assert!(
+            ["pending", "unreplicated", "published"]
+                .contains(&answer["shared"].as_str().unwrap_or("")),
+            "{answer}"
+        );
+        assert!(
+            eventually(Duration::from_secs(20), || sentinel.primary_port()
+                == Some(replica.port)),
+            "the sentinel promotes the replica"
+        );
+        let promoted = killed.elapsed();
+        assert!(
+            eventually(Duration::from_secs(15), || confirmed(&a) && confirmed(&b)),
+            "both instances follow the failover by themselves"
+        );
+        let recovered = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(5), || envoy.status_on_new_connection(
+                "GET",
+                "/admin/users",
+                &user
+            ) == 200),
+            "the privileged route recovers by itself"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        (killed, promoted, recovered)
+    });
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 10, "{} rounds", seen.len());
+    for (at, revoked, allowed) in &seen {
+        assert!(
+            *revoked == 401 || *revoked == 503,
+            "a revoked token got {revoked} {:?} after the kill",
+            at.saturating_duration_since(killed)
+        );
+        assert!(*allowed == 200 || *allowed == 503, "alice got {allowed}");
+        if *at > recovered + Duration::from_secs(1) {
+            assert_eq!(*allowed, 200, "503 after the new primary answered");
+        }
+    }
+    let closed = seen
+        .iter()
+        .filter(|(_, _, allowed)| *allowed == 503)
+        .count();
+    eprintln!(
+        "failover: promoted after {promoted:?}; {closed} of {} privileged checks failed closed meanwhile",
+        seen.len()
+    );
+
+    // Nothing revoked is lost: both revocations are in the new primary, as a server started
+    // now (which knows only what Redis holds) shows, and every Envoy path refuses them.
+    let c = sentinel_server(&idp, &sentinel, "zone-c");
+    assert!(eventually(Duration::from_secs(10), || confirmed(&c)));
+    assert!(
+        eventually(Duration::from_secs(5), || epochs(&c)["version"]
+            == epochs(&a)["version"]),
+        "c {} a {}",
+        epochs(&c),
+        epochs(&a)
+    );
+    for (name, token) in [("before", &before), ("during", &during)] {
+        assert!(
+            eventually(Duration::from_secs(5), || envoy.status_on_new_connection(
+                "GET",
+                "/admin/users",
+                token
+            ) == 401),
+            "the token revoked {name} the failover is allowed again"
+        );
+    }
+    let client = tokio::runtime::Runtime::new().expect("runtime");
+    let refused_by_c = client.block_on(async {
+        let mut grpc = tests::grpc::connect(c.grpc_port).await;
+        let mut statuses = Vec::new();
+        for token in [&before, &during] {
+            statuses.push(
+                tests::grpc::check(&mut grpc, "/admin/users", Some(token))
+                    .await
+                    .0,
+            );
+        }
+        statuses
+    });
+    assert_eq!(
+        refused_by_c,
+        vec![401, 401],
+        "a server that only knows Redis"
+    );
+    drop(replica);
+}
+
+/// A revocation the replica had not received when the primary failed (`WAIT` short of
+/// `min_replicas`: answered `"unreplicated"`) is published again to the promoted replica by
+/// the instance that made it, even when another instance that never saw it has written to the
+/// new primary first (so the sequence shows no gap, and no instance holds more than Redis):
+/// a server that only knows Redis refuses both tokens.
+#[test]
+fn a_revocation_only_the_failed_primary_held_is_published_again_to_the_promoted_replica() {
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary);
+    let sentinel = RedisSentinel::start(&primary);
+    let idp = DevIdp::start(&[]);
+    let a = sentinel_server(&idp, &sentinel, "zone-a");
+    assert!(eventually(Duration::from_secs(10), || confirmed(&a)));
+    let only_primary = admin_token(&idp, "bob");
+    let after = admin_token(&idp, "carol");
+
+    let signal = |server: &AuthzServerProcess, which: &str| {
+        let pid = server.pid().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([which, &pid])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {which}");
+    };
+    // The replica is cut off (frozen, its link closed, so nothing sent later sits in its
+    // socket): the primary alone holds the revocation.
+    replica.pause();
+    assert!(primary
+        .command(&["CLIENT", "KILL", "TYPE", "replica"])
+        .is_some_and(|n| n != "0"));
+    let answer = revoke(&a, &only_primary);
+    assert_eq!(answer["shared"], "unreplicated", "{answer}");
+    assert_eq!(a.metric("authz_shared_unreplicated"), 1.0);
+    assert!(a.metric("authz_shared_replication_waits_total{result=\"short\"}") >= 1.0);
+    // A sleeps through the failover; B, started after it, writes to the new primary first.
+    signal(&a, "-STOP");
+    primary.stop();
+    replica.resume();
+    assert!(
+        eventually(Duration::from_secs(20), || sentinel.primary_port()
+            == Some(replica.port)),
+        "the sentinel promotes the replica"
+    );
+    let b = sentinel_server(&idp, &sentinel, "zone-b");
+    assert!(eventually(Duration::from_secs(15), || confirmed(&b)));
+    let answer = revoke(&b, &after);
+    assert_ne!(answer["shared"], "pending", "{answer}");
+    signal(&a, "-CONT");
+    assert!(eventually(Duration::from_secs(15), || confirmed(&a)));
+    assert!(
+        a.metric("authz_shared_primary_changes_total") >= 2.0,
+        "it followed the failover"
+    );
+
+    let c = sentinel_server(&idp, &sentinel, "zone-c");
+    assert!(eventually(Duration::from_secs(10), || confirmed(&c)));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let statuses = |server: &AuthzServerProcess| {
+        runtime.block_on(async {
+            let mut grpc = tests::grpc::connect(server.grpc_port).await;
+            let mut statuses = Vec::new();
+            for token in [&only_primary, &after] {
+                statuses.push(
+                    tests::grpc::check(&mut grpc, "/admin/users", Some(token))
+                        .await
+                        .0,
+                );
+            }
+            statuses
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || statuses(&c) == vec![401, 401]),
+        "the promoted replica holds both revocations: {:?}",
+        statuses(&c)
+    );
+    assert_eq!(
+        statuses(&b),
+        vec![401, 401],
+        "and B applied the republished one"
+    );
+}
