@@ -246,8 +246,9 @@ pub struct RedisFile {
     /// only the failed primary held is otherwise lost in a failover.
     #[schemars(extend("default" = defaults::REDIS_MIN_REPLICAS))]
     pub min_replicas: Option<u32>,
-    /// How long a publication waits for those replicas, 1–5000 ms; fewer replicas by then:
-    /// the change stays pending and is published again on the next connection.
+    /// How long a publication waits for those replicas, 1–5000 ms; fewer by then: the admin
+    /// API answers `"unreplicated"` (every instance still applies it; if a failover finds it
+    /// missing, the instances that hold it republish it).
     #[schemars(extend("default" = defaults::REDIS_REPLICA_WAIT_MS))]
     pub replica_wait_ms: Option<u64>,
     #[serde(flatten)]
@@ -260,11 +261,14 @@ pub struct RedisFile {
 pub struct SentinelFile {
     /// The name the sentinels monitor the primary under (`sentinel monitor NAME …`).
     pub master_name: Option<String>,
-    /// The sentinels, `redis://host:port` each (at least one; list them all: the first that
-    /// answers is asked).
+    /// The sentinels, `redis://host:port` each (at least one; list them all: each is asked in
+    /// turn, 0.5 s each, until one names a primary that answers as one; give the port, the
+    /// default is Redis's 6379, not Sentinel's 26379).
     #[serde(default)]
     pub addresses: Vec<String>,
     /// The primary's (and replicas') password (AUTH), best taken from a Secret with `${NAME}`.
+    /// The link to the primary is plain TCP (no TLS with sentinel yet); a sentinel's own
+    /// password goes in its address (`redis://:PASSWORD@host:26379`). No ACL user names.
     pub password: Option<String>,
     /// The database number on the primary.
     pub db: Option<i64>,
@@ -1453,8 +1457,16 @@ fn redis_section(p: &mut Problems, r: &RedisFile) -> RedisConfig {
         p.add("redis.key_prefix", "must be non-empty without spaces");
     }
     let tls = url.starts_with("rediss://");
+    let with_sentinel = sentinel.is_some();
     let mut read_pem = |field: &str, path: &Option<String>| -> Option<Vec<u8>> {
         let path = path.as_ref()?;
+        if with_sentinel {
+            p.add(
+                &format!("redis.{field}"),
+                "TLS with sentinel is not supported yet (the primary is reached over plain TCP)",
+            );
+            return None;
+        }
         if !tls {
             p.add(&format!("redis.{field}"), "only applies to rediss:// URLs");
             return None;

@@ -203,6 +203,16 @@ pub fn build_service_with_clock(
             "introspection.auth_method: none: the IdP is asked without client authentication; the start-up probe proves the endpoint answers RFC 7662, not that it refuses other callers (keep it on a network only this server reaches)"
         );
     }
+    if let Some(redis) = config
+        .redis
+        .as_ref()
+        .filter(|r| r.sentinel.is_some() && r.min_replicas == 0)
+    {
+        tracing::warn!(
+            key_prefix = %redis.key_prefix,
+            "redis.sentinel without redis.min_replicas: a change answers \"published\" before any replica holds it (a failover finds it missing; the instances that hold it republish it)"
+        );
+    }
     if !config.idp.discovery && config.idp.jwks_uri.is_none() {
         tracing::warn!(
             "no signing keys (token.jwks_uri, or token.discovery: true): every JWT access token is introspected"

@@ -904,7 +904,7 @@ pub fn make_tls_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -14,14 +14,34 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tests::*;
 
+/// A server that finds the primary through `sentinel`; the first sentinel it is given is on a
+/// port nothing listens on (a sentinel on a dead node must not hold up the others).
 fn sentinel_server(idp: &DevIdp, sentinel: &RedisSentinel, zone: &str) -> AuthzServerProcess {
+    let dead = format!("redis://127.0.0.1:{}", free_port());
     AuthzServerProcess::start(&server_yaml(
         idp.port,
         &format!(
-            "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  sentinel:\n    master_name: {SENTINEL_MASTER}\n    addresses: [\"{}\"]\n  min_replicas: 1\n  replica_wait_ms: 500\n  secret: \"{SHARED_SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n",
+            "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  sentinel:\n    master_name: {SENTINEL_MASTER}\n    addresses: [\"{dead}\", \"{}\"]\n  min_replicas: 1\n  replica_wait_ms: 300\n  secret: \"{SHARED_SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n",
             sentinel.url()
         ),
     ))
+}
+
+/// The statuses `server` answers for `tokens` on the privileged route (gRPC Check).
+fn statuses(server: &AuthzServerProcess, tokens: &[&String]) -> Vec<u16> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut grpc = tests::grpc::connect(server.grpc_port).await;
+        let mut statuses = Vec::new();
+        for token in tokens {
+            statuses.push(
+                tests::grpc::check(&mut grpc, "/admin/users", Some(token))
+                    .await
+                    .0,
+            );
+        }
+        statuses
+    })
 }
 
 fn epochs(server: &AuthzServerProcess) -> Value {
@@ -78,8 +98,9 @@ fn a_failover_loses_no_revocation_and_privileged_routes_recover_by_themselves() 
         );
     }
 
-    // Acknowledged by the replica (WAIT) before the failover.
-    let answer = revoke(&a, &before);
+    // Revoked at B, acknowledged by the replica (WAIT) before the failover: the Envoy behind A
+    // learns it through Redis only.
+    let answer = revoke(&b, &before);
     assert_eq!(answer["shared"], "published", "{answer}");
     assert!(eventually(Duration::from_secs(3), || envoy
         .status_on_new_connection("GET", "/admin/users", &before)
@@ -175,21 +196,8 @@ fn a_failover_loses_no_revocation_and_privileged_routes_recover_by_themselves() 
             "the token revoked {name} the failover is allowed again"
         );
     }
-    let client = tokio::runtime::Runtime::new().expect("runtime");
-    let refused_by_c = client.block_on(async {
-        let mut grpc = tests::grpc::connect(c.grpc_port).await;
-        let mut statuses = Vec::new();
-        for token in [&before, &during] {
-            statuses.push(
-                tests::grpc::check(&mut grpc, "/admin/users", Some(token))
-                    .await
-                    .0,
-            );
-        }
-        statuses
-    });
     assert_eq!(
-        refused_by_c,
+        statuses(&c, &[&before, &during]),
         vec![401, 401],
         "a server that only knows Redis"
     );
@@ -199,8 +207,10 @@ fn a_failover_loses_no_revocation_and_privileged_routes_recover_by_themselves() 
 /// A revocation the replica had not received when the primary failed (`WAIT` short of
 /// `min_replicas`: answered `"unreplicated"`) is published again to the promoted replica by
 /// the instance that made it, even when another instance that never saw it has written to the
-/// new primary first (so the sequence shows no gap, and no instance holds more than Redis):
-/// a server that only knows Redis refuses both tokens.
+/// new primary first under the same number (so the sequence shows no gap): the instance finds
+/// that the entry under its last number is not the one it read, reads everything again and
+/// republishes what it knows. A server that only knows Redis, and both instances, refuse both
+/// tokens.
 #[test]
 fn a_revocation_only_the_failed_primary_held_is_published_again_to_the_promoted_replica() {
     let mut primary = RedisServer::start();
@@ -251,29 +261,63 @@ fn a_revocation_only_the_failed_primary_held_is_published_again_to_the_promoted_
 
     let c = sentinel_server(&idp, &sentinel, "zone-c");
     assert!(eventually(Duration::from_secs(10), || confirmed(&c)));
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let statuses = |server: &AuthzServerProcess| {
-        runtime.block_on(async {
-            let mut grpc = tests::grpc::connect(server.grpc_port).await;
-            let mut statuses = Vec::new();
-            for token in [&only_primary, &after] {
-                statuses.push(
-                    tests::grpc::check(&mut grpc, "/admin/users", Some(token))
-                        .await
-                        .0,
-                );
-            }
-            statuses
-        })
-    };
+    let both = [&only_primary, &after];
     assert!(
-        eventually(Duration::from_secs(5), || statuses(&c) == vec![401, 401]),
+        eventually(Duration::from_secs(5), || statuses(&c, &both)
+            == vec![401, 401]),
         "the promoted replica holds both revocations: {:?}",
-        statuses(&c)
+        statuses(&c, &both)
     );
     assert_eq!(
-        statuses(&b),
+        statuses(&b, &both),
         vec![401, 401],
-        "and B applied the republished one"
+        "B applied the republished one"
     );
+    assert_eq!(
+        statuses(&a, &both),
+        vec![401, 401],
+        "A read what B wrote under its number"
+    );
+}
+
+/// A failover while the old primary stays up (`SENTINEL FAILOVER`: it is demoted to a replica
+/// of the new one): an instance's session on it still reads the stream, so only asking the
+/// sentinels about its primary (every `max_unconfirmed_ms / 2`) moves it; its revocations then
+/// go to the new primary, not to a replica that refuses writes.
+#[test]
+fn a_planned_failover_moves_every_instance_to_the_new_primary() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary);
+    let sentinel = RedisSentinel::start(&primary);
+    let idp = DevIdp::start(&[]);
+    let a = sentinel_server(&idp, &sentinel, "zone-a");
+    assert!(eventually(Duration::from_secs(10), || confirmed(&a)));
+    let reply = redis_command(
+        sentinel.port,
+        None,
+        &["SENTINEL", "FAILOVER", SENTINEL_MASTER],
+    );
+    // (Sentinels do not know QUIT, which the helper sends after the command.)
+    assert!(
+        reply.as_deref().is_some_and(|r| r.starts_with("OK")),
+        "{reply:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || sentinel.primary_port()
+            == Some(replica.port)),
+        "the sentinel promotes the replica"
+    );
+    assert!(
+        a.logged("shared_primary_moved"),
+        "the session on the demoted primary ends"
+    );
+    assert!(eventually(Duration::from_secs(10), || confirmed(&a)
+        && a.metric("authz_shared_primary_changes_total") >= 2.0));
+    let token = admin_token(&idp, "dave");
+    let answer = revoke(&a, &token);
+    assert_ne!(answer["shared"], "pending", "{answer}");
+    let c = sentinel_server(&idp, &sentinel, "zone-c");
+    assert!(eventually(Duration::from_secs(10), || confirmed(&c)));
+    assert_eq!(statuses(&c, &[&token]), vec![401]);
+    drop(primary);
 }

@@ -63,6 +63,9 @@ struct Keys {
     switches: String,
     incarnation: String,
     cache: String,
+    /// Written before each `WAIT`, so that the `WAIT` follows a write of its own connection
+    /// (and so vouches for every earlier write to the primary: replicas acknowledge offsets).
+    replication_probe: String,
 }
 
 impl Keys {
@@ -75,6 +78,7 @@ impl Keys {
             switches: format!("{prefix}switches"),
             incarnation: format!("{prefix}incarnation"),
             cache: format!("{prefix}intro:"),
+            replication_probe: format!("{prefix}replication_probe"),
         }
     }
 }
@@ -111,6 +115,8 @@ pub struct Shared {
     endpoint: connection::Endpoint,
     keys: Keys,
     manager: RwLock<Option<ConnectionManager>>,
+    /// The session's connection for publications and their `WAIT` (see `replication`).
+    publisher: RwLock<Option<redis::aio::MultiplexedConnection>>,
     /// The primary's address the manager is connected to.
     primary_address: Mutex<String>,
     confirmed_at_ms: AtomicU64,
@@ -119,7 +125,7 @@ pub struct Shared {
     synced: std::sync::atomic::AtomicBool,
     outbox: Mutex<Vec<Change>>,
     /// Published changes too few replicas acknowledged (see `replication`).
-    unreplicated: Mutex<Vec<Change>>,
+    unreplicated: Mutex<usize>,
     mac_key: [u8; 32],
     cipher: ChaCha20Poly1305,
     origin: String,
@@ -173,11 +179,12 @@ impl Shared {
             config,
             endpoint,
             manager: RwLock::new(None),
+            publisher: RwLock::new(None),
             primary_address: Mutex::new(String::new()),
             confirmed_at_ms: AtomicU64::new(0),
             synced: std::sync::atomic::AtomicBool::new(false),
             outbox: Mutex::new(Vec::new()),
-            unreplicated: Mutex::new(Vec::new()),
+            unreplicated: Mutex::new(0),
             origin,
             publish: redis::Script::new(PUBLISH_LUA),
             floor: redis::Script::new(FLOOR_LUA),
@@ -227,6 +234,13 @@ impl Shared {
     fn error(&self, op: &'static str, e: &dyn std::fmt::Display) {
         self.metrics.inc("authz_shared_errors_total", &[("op", op)]);
         tracing::warn!(op, error = %e, "shared_tier_error");
+    }
+
+    fn publisher(&self) -> Option<redis::aio::MultiplexedConnection> {
+        self.publisher
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn connection(&self) -> Option<ConnectionManager> {

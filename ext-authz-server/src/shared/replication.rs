@@ -1,26 +1,30 @@
 //! Changes the primary holds but too few replicas acknowledged (`redis.min_replicas`, Redis
 //! `WAIT`): with Sentinel, a failover promotes a replica, and a change only the failed primary
-//! held would be lost with it.
+//! held is missing there. Such changes are not lost: every instance that holds one finds, at
+//! its next session, that the store is behind it or no longer holds the last entry it read
+//! under that number (`stream::Shared::diverged`), and republishes everything it knows. This
+//! module tells the operator how exposed the fleet is meanwhile: the admin API's
+//! `"unreplicated"` (instead of `"published"`) and the `authz_shared_unreplicated` gauge.
 //!
-//! After each publication the server asks for `min_replicas` acknowledgements within
-//! `replica_wait`. Redis replicates in order, so one acknowledged `WAIT` covers every earlier
-//! write of the connection: a change that was not acknowledged is kept here until a later
-//! `WAIT` (the session loop asks again every stream read) covers it. When a session ends (the
-//! primary failed, or a failover moved it) the next session publishes every change still kept
-//! here again, before anything else. A change published twice is harmless: a revocation is
-//! the same revocation, a subject's or the policy's second bump only drops caches again.
+//! Publications and their `WAIT` go through the session's own connection (the publisher), so
+//! a `WAIT` never holds up the check path's commands, and a `WAIT` always follows the writes it
+//! vouches for on the same connection. After a publication (or a batch of them, from the
+//! outbox) the server asks for `min_replicas` acknowledgements within `replica_wait`. Redis
+//! replicates in order, so one acknowledged `WAIT` covers every earlier write of the
+//! connection: a change that was not acknowledged is counted here until a later `WAIT` (the
+//! session loop asks again, briefly, every stream read) covers it.
 
 use super::Shared;
 use crate::lock;
-use crate::versions::Change;
 use std::time::Duration;
 
 /// How long the session loop's `WAIT` for kept changes may take.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(10);
 
 impl Shared {
-    /// Whether `min_replicas` replicas acknowledged every write of the manager's connection so
-    /// far, within `replica_wait` (true when `min_replicas` is 0). Counted by result.
+    /// Whether `min_replicas` replicas acknowledged every write to the primary so far (a probe
+    /// write, then `WAIT` on the publisher connection), within `replica_wait` (true when
+    /// `min_replicas` is 0). Counted by result.
     pub(super) async fn replicated(&self) -> bool {
         self.replicated_within(self.config.replica_wait).await
     }
@@ -31,18 +35,23 @@ impl Shared {
         if wanted == 0 {
             return true;
         }
-        let Some(mut conn) = self.connection() else {
+        let Some(mut conn) = self.publisher() else {
             return false;
         };
         let wait_ms = (wait.as_millis() as u64).max(1);
         let acknowledged = Shared::with_timeout(
             wait + self.config.op_timeout,
-            redis::cmd("WAIT")
+            redis::pipe()
+                .cmd("INCR")
+                .arg(&self.keys.replication_probe)
+                .ignore()
+                .cmd("WAIT")
                 .arg(wanted)
                 .arg(wait_ms)
-                .query_async::<u64>(&mut conn),
+                .query_async::<(u64,)>(&mut conn),
         )
-        .await;
+        .await
+        .map(|(n,)| n);
         let enough = matches!(acknowledged, Ok(n) if n >= u64::from(wanted));
         self.metrics.inc(
             "authz_shared_replication_waits_total",
@@ -52,53 +61,46 @@ impl Shared {
             tracing::warn!(
                 wanted,
                 acknowledged = ?acknowledged,
-                "shared_change_unreplicated: fewer replicas than redis.min_replicas hold it; published again after a reconnection"
+                "shared_change_unreplicated: fewer replicas than redis.min_replicas acknowledged it; a failover now finds it missing, and the instances that hold it republish it"
             );
         }
         enough
     }
 
-    /// Keeps a published change that too few replicas acknowledged.
-    pub(super) fn keep_unreplicated(&self, change: Change) {
+    /// Counts published changes that too few replicas acknowledged.
+    pub(super) fn keep_unreplicated(&self, changes: usize) {
         let kept = {
             let mut kept = lock(&self.unreplicated);
-            kept.push(change);
-            kept.len()
+            *kept = kept.saturating_add(changes);
+            *kept
         };
         self.metrics
             .set_gauge("authz_shared_unreplicated", &[], kept as f64);
     }
 
-    /// In the session loop: one short `WAIT` for the kept changes (replicas that caught up
-    /// since; it must not hold up the stream reads that confirm this instance's state);
-    /// acknowledged, they are safe.
+    /// In the session loop: one short `WAIT` (after a probe write) for the counted changes
+    /// (replicas that caught up since; it must not hold up the stream reads that confirm
+    /// this instance's state); acknowledged, they are on the replicas.
     pub(super) async fn confirm_replication(&self) {
-        if lock(&self.unreplicated).is_empty() {
+        // Only what was counted before the WAIT is covered by it: a change counted meanwhile
+        // (published by an admin call after the probe) stays counted.
+        let covered = *lock(&self.unreplicated);
+        if covered == 0 {
             return;
         }
         if self.replicated_within(CATCH_UP_WAIT).await {
-            lock(&self.unreplicated).clear();
+            let left = {
+                let mut kept = lock(&self.unreplicated);
+                *kept = kept.saturating_sub(covered);
+                *kept
+            };
             self.metrics
-                .set_gauge("authz_shared_unreplicated", &[], 0.0);
+                .set_gauge("authz_shared_unreplicated", &[], left as f64);
         }
     }
 
-    /// At a session's start: the kept changes are published again (first in the outbox).
-    pub(super) fn requeue_unreplicated(&self) {
-        let kept: Vec<Change> = std::mem::take(&mut *lock(&self.unreplicated));
-        if kept.is_empty() {
-            return;
-        }
-        self.metrics
-            .set_gauge("authz_shared_unreplicated", &[], 0.0);
-        let mut outbox = lock(&self.outbox);
-        let later = std::mem::take(&mut *outbox);
-        *outbox = kept;
-        outbox.extend(later);
-    }
-
-    /// Changes published but not yet acknowledged by enough replicas.
+    /// Published changes not yet acknowledged by enough replicas.
     pub fn unreplicated(&self) -> usize {
-        lock(&self.unreplicated).len()
+        *lock(&self.unreplicated)
     }
 }

@@ -3,7 +3,7 @@
 //! republishing after Redis lost its data, following the stream, and confirming that this
 //! instance's state is current.
 
-use super::connection::{next_reconnect_delay, FIRST_RECONNECT};
+use super::connection::{next_reconnect_delay, PrimaryCheck, FIRST_RECONNECT};
 use super::events::{decode, decode_subject, decode_switch, encode, with_shared_count};
 use super::{Delivery, Shared};
 use crate::changes::ChangeSink;
@@ -34,7 +34,7 @@ pub async fn record(
             if shared.replicated().await {
                 (applied, Delivery::Published)
             } else {
-                shared.keep_unreplicated(change);
+                shared.keep_unreplicated(1);
                 (applied, Delivery::Unreplicated)
             }
         }
@@ -59,20 +59,36 @@ pub async fn record(
 struct Cursor {
     last_seq: u64,
     incarnation: Option<String>,
+    /// The last entry read: its sequence and a fingerprint of its fields. After a failover the
+    /// new primary may lack the entries the old one had not passed on, and give their numbers
+    /// to other changes: the entry under this number then differs (see `Shared::diverged`).
+    last_entry: Option<(u64, u64)>,
+}
+
+/// A fingerprint of a stream entry's fields (in key order).
+fn fingerprint(entry: &StreamId) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut fields: Vec<(&String, String)> = entry
+        .map
+        .iter()
+        .map(|(k, v)| (k, format!("{v:?}")))
+        .collect();
+    fields.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    fields.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The sequence number of a stream entry id (`SEQ-1`).
+fn seq_of(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
 }
 
 impl Shared {
-    /// Publishes a change; one retry, since the first command on a connection Redis dropped
-    /// fails while the manager reconnects.
+    /// Publishes a change through the session's publisher connection (no retry: a failure
+    /// keeps the change in the outbox, and the next session publishes it).
     async fn publish_one(&self, change: &Change) -> Result<(u64, u64), String> {
-        match self.publish_once(change).await {
-            Ok(v) => Ok(v),
-            Err(_) => self.publish_once(change).await,
-        }
-    }
-
-    async fn publish_once(&self, change: &Change) -> Result<(u64, u64), String> {
-        let mut conn = self.connection().ok_or("not connected")?;
+        let mut conn = self.publisher().ok_or("not connected")?;
         let (kind, value, at) = encode(change);
         let mut invocation = self.publish.prepare_invoke();
         invocation
@@ -107,6 +123,9 @@ impl Shared {
                     self.metrics
                         .inc("authz_shared_events_total", &[("kind", kind)]);
                     self.versions.advance_to(seq);
+                    if seq >= cursor.last_seq {
+                        cursor.last_entry = Some((seq, fingerprint(entry)));
+                    }
                     cursor.last_seq = cursor.last_seq.max(seq);
                 }
                 None => self.error("decode", &format!("unreadable stream entry {}", entry.id)),
@@ -142,12 +161,15 @@ impl Shared {
             .as_ref()
             .is_some_and(|i| *i != incarnation)
             || remote_seq.unwrap_or(0) < ours;
-        if lost {
+        let diverged = !lost && self.diverged(conn, cursor).await?;
+        if lost || diverged {
+            let reason = if lost { "store_lost" } else { "diverged" };
             self.metrics
-                .inc("authz_shared_resyncs_total", &[("reason", "store_lost")]);
+                .inc("authz_shared_resyncs_total", &[("reason", reason)]);
             tracing::warn!(
                 our_version = ours,
                 store_version = remote_seq,
+                reason,
                 "shared_store_lost"
             );
             let _: u64 = self
@@ -158,6 +180,7 @@ impl Shared {
                 .await?;
             lock(&self.outbox).extend(self.versions.export());
             cursor.last_seq = 0;
+            cursor.last_entry = None;
         } else {
             self.metrics
                 .inc("authz_shared_resyncs_total", &[("reason", "connect")]);
@@ -218,19 +241,55 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether the store no longer holds the last entry this instance read under its number
+    /// (a failover to a replica that lacked it, whose next changes took that number): the
+    /// stream past it cannot be trusted to continue what was read, so everything is read and
+    /// republished again. An entry trimmed away (`stream_max_len`) is no evidence either way.
+    async fn diverged(
+        &self,
+        conn: &mut MultiplexedConnection,
+        cursor: &Cursor,
+    ) -> Result<bool, RedisError> {
+        let Some((seq, read)) = cursor.last_entry else {
+            return Ok(false);
+        };
+        let id = format!("{seq}-1");
+        let at: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.keys.events)
+            .arg(&id)
+            .arg(&id)
+            .query_async(conn)
+            .await?;
+        if let Some(entry) = at.ids.first() {
+            return Ok(fingerprint(entry) != read);
+        }
+        let first: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.keys.events)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        Ok(match first.ids.first() {
+            // Trimmed past it: the stream now starts after it.
+            Some(entry) => seq_of(&entry.id).is_none_or(|first_seq| first_seq <= seq),
+            None => true,
+        })
+    }
+
     /// Publishes what was recorded while Redis could not take it, in order; stops at the
-    /// first failure and keeps the rest.
+    /// first failure and keeps the rest. One `WAIT` covers the batch.
     async fn flush_outbox(&self, sink: &dyn ChangeSink) {
         let outbox: Vec<Change> = std::mem::take(&mut *lock(&self.outbox));
         let mut unsent = Vec::new();
+        let mut published = Vec::new();
         for (i, change) in outbox.iter().enumerate() {
             match self.publish_one(change).await {
                 Ok((seq, n)) => {
                     let change = with_shared_count(change.clone(), n);
                     sink.apply(&change, Some(seq));
-                    if !self.replicated().await {
-                        self.keep_unreplicated(change);
-                    }
+                    published.push(change);
                 }
                 Err(e) => {
                     self.error("publish", &e);
@@ -247,15 +306,19 @@ impl Shared {
         };
         self.metrics
             .set_gauge("authz_shared_outbox", &[], left as f64);
+        if !published.is_empty() && !self.replicated().await {
+            self.keep_unreplicated(published.len());
+        }
     }
 
-    /// One connected session: resync, then follow the stream until an error.
+    /// One connected session: resync, then follow the stream until an error, or until the
+    /// sentinels name another primary.
     async fn session(&self, sink: &dyn ChangeSink, cursor: &mut Cursor) -> Result<(), RedisError> {
         let primary = self.primary().await?;
+        let session_primary = primary.get_connection_info().addr.to_string();
         let mut conn = self.reader(&primary).await?;
+        self.connect_publisher(&primary).await?;
         self.ensure_manager(&primary).await?;
-        // What the last primary may not have passed on is published again (see `replication`).
-        self.requeue_unreplicated();
         self.resync(sink, &mut conn, cursor).await?;
         self.mark_synced();
         tracing::info!(
@@ -263,6 +326,9 @@ impl Shared {
             policy_version = self.versions.policy_version(),
             "shared_tier_synced"
         );
+        let check_every = self.primary_check_every().as_millis() as u64;
+        let mut checked_ms = self.clock.now_ms();
+        let mut vouched_ms = checked_ms;
         loop {
             let reply: Option<StreamReadReply> = redis::cmd("XREAD")
                 .arg("BLOCK")
@@ -274,7 +340,25 @@ impl Shared {
                 .arg(format!("{}-1", cursor.last_seq))
                 .query_async(&mut conn)
                 .await?;
-            self.confirm();
+            let now_ms = self.clock.now_ms();
+            if now_ms.saturating_sub(checked_ms) >= check_every {
+                checked_ms = now_ms;
+                match self.check_primary(&session_primary).await {
+                    PrimaryCheck::Same => vouched_ms = now_ms,
+                    PrimaryCheck::Moved => {
+                        tracing::warn!(primary = %session_primary, "shared_primary_moved");
+                        return Err(RedisError::from((
+                            redis::ErrorKind::IoError,
+                            "the sentinels name another primary",
+                        )));
+                    }
+                    PrimaryCheck::Unknown => {}
+                }
+            }
+            // Only while the sentinels vouch for this primary (always, for one Redis).
+            if now_ms.saturating_sub(vouched_ms) <= self.config.max_unconfirmed_ms {
+                self.confirm();
+            }
             if let Some(reply) = reply {
                 for key in &reply.keys {
                     self.apply_entries(sink, &key.ids, cursor);
