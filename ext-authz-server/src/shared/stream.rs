@@ -366,6 +366,14 @@ impl Shared {
             }
             if self.pending() > 0 {
                 self.flush_outbox(sink).await;
+                if self.pending() > 0 {
+                    // The publisher failed while the reader lives (an idle timeout, a killed
+                    // client): a new session reconnects both rather than keep changes local.
+                    return Err(RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "publishing failed: reconnecting",
+                    )));
+                }
             }
             self.confirm_replication().await;
         }
@@ -380,6 +388,9 @@ pub async fn run(shared: Arc<Shared>, sink: Arc<dyn ChangeSink>) {
     loop {
         let started_ms = shared.clock.now_ms();
         let result = shared.session(sink.as_ref(), &mut cursor).await;
+        // No publication between sessions: the primary may have moved (an admin call keeps
+        // its change in the outbox, and the next session publishes it there).
+        *shared.publisher.write().unwrap_or_else(|p| p.into_inner()) = None;
         // Whether this session ever confirmed our state: read before the reset below (reading
         // it after always said no, so the backoff never reset and every later Redis blip cost
         // seconds of fail-closed 503s).
