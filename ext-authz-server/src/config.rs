@@ -261,9 +261,10 @@ pub struct RedisFile {
 pub struct SentinelFile {
     /// The name the sentinels monitor the primary under (`sentinel monitor NAME …`).
     pub master_name: Option<String>,
-    /// The sentinels, `redis://host:port` each (at least one; list them all: each is asked in
-    /// turn, 0.5 s each, until one names a primary that answers as one; give the port, the
-    /// default is Redis's 6379, not Sentinel's 26379).
+    /// The sentinels, `redis://host:port` each (at least one; list them all: all are asked at
+    /// once, 0.5 s each, and the primary a majority of those listed names is used, so a
+    /// sentinel gone for good counts against the majority; give the port, the default is
+    /// Redis's 6379, not Sentinel's 26379).
     #[serde(default)]
     pub addresses: Vec<String>,
     /// The primary's (and replicas') password (AUTH), best taken from a Secret with `${NAME}`.

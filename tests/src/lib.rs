@@ -1714,7 +1714,7 @@ pub fn parse_series(series: &str) -> (&str, Vec<(String, String)>) {
 }
 
 /// A real Redis Sentinel (`redis-server CONF --sentinel`) watching one primary as `authz`,
-/// quick to act for tests: down after 500 ms, quorum 1.
+/// quick to act for tests: down after 500 ms.
 pub struct RedisSentinel {
     process: Option<Process>,
     pub port: u16,
@@ -1725,7 +1725,13 @@ pub struct RedisSentinel {
 pub const SENTINEL_MASTER: &str = "authz";
 
 impl RedisSentinel {
+    /// One sentinel for `primary` that fails it over alone (quorum 1).
     pub fn start(primary: &RedisServer) -> RedisSentinel {
+        RedisSentinel::start_with_quorum(primary, 1)
+    }
+
+    /// A sentinel for `primary` that needs `quorum` sentinels to agree it is down.
+    pub fn start_with_quorum(primary: &RedisServer, quorum: usize) -> RedisSentinel {
         let scratch = Scratch::new("redis-sentinel");
         let port = free_port();
         let conf = scratch.0.join("sentinel.conf");
@@ -1733,7 +1739,7 @@ impl RedisSentinel {
             &conf,
             format!(
                 "port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 1\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} {quorum}\n\
                  sentinel down-after-milliseconds {SENTINEL_MASTER} 500\n\
                  sentinel failover-timeout {SENTINEL_MASTER} 2000\n\
                  sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
@@ -1786,8 +1792,50 @@ impl RedisSentinel {
             .and_then(|p| p.trim().parse().ok())
     }
 
+    /// How many other sentinels watching the same primary it knows.
+    pub fn known_sentinels(&self) -> usize {
+        redis_command(self.port, None, &["SENTINEL", "SENTINELS", SENTINEL_MASTER])
+            .map_or(0, |reply| {
+                reply.lines().filter(|l| l.trim() == "runid").count()
+            })
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(Process::pid)
+    }
+}
+
+/// A group of `n` sentinels watching one primary, with a majority quorum, the way Sentinel is
+/// deployed: returned once every one knows the others (so a failover needs a majority).
+pub struct RedisSentinels(pub Vec<RedisSentinel>);
+
+impl RedisSentinels {
+    pub fn start(primary: &RedisServer, n: usize) -> RedisSentinels {
+        let group = RedisSentinels(
+            (0..n)
+                .map(|_| RedisSentinel::start_with_quorum(primary, n / 2 + 1))
+                .collect(),
+        );
+        assert!(
+            eventually(Duration::from_secs(15), || group
+                .0
+                .iter()
+                .all(|s| s.known_sentinels() + 1 == n)),
+            "the sentinels did not find each other"
+        );
+        group
+    }
+
+    /// Their `redis://` addresses.
+    pub fn urls(&self) -> Vec<String> {
+        self.0.iter().map(RedisSentinel::url).collect()
+    }
+
+    /// The port of the primary every one of them names now (None while they disagree).
+    pub fn primary_port(&self) -> Option<u16> {
+        let named: Vec<Option<u16>> = self.0.iter().map(RedisSentinel::primary_port).collect();
+        let first = *named.first()?;
+        named.iter().all(|p| *p == first).then_some(first).flatten()
     }
 }
 

@@ -1,6 +1,6 @@
-//! The shared tier with Redis Sentinel, with real processes: a primary, its replica, a
-//! `redis-sentinel`, two ext-authz-server instances that find the primary through the
-//! sentinel (`redis.sentinel`, `min_replicas: 1`), and an Envoy whose filter calls one of them.
+//! The shared tier with Redis Sentinel, with real processes: a primary, its replica, three
+//! `redis-sentinel`s (quorum 2), ext-authz-server instances that find the primary through
+//! them (`redis.sentinel`, `min_replicas: 1`), and an Envoy whose filter calls one of them.
 //!
 //! The primary is killed while checks and revocations flow. What must hold: nothing revoked is
 //! lost (a revocation acknowledged before the failover, one made during it, and a server started
@@ -14,15 +14,22 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tests::*;
 
-/// A server that finds the primary through `sentinel`; the first sentinel it is given is on a
-/// port nothing listens on (a sentinel on a dead node must not hold up the others).
-fn sentinel_server(idp: &DevIdp, sentinel: &RedisSentinel, zone: &str) -> AuthzServerProcess {
+/// A server that finds the primary through `sentinels`, after a sentinel on a port nothing
+/// listens on (a sentinel on a dead node must not hold up the others).
+fn sentinel_server(idp: &DevIdp, sentinels: &RedisSentinels, zone: &str) -> AuthzServerProcess {
     let dead = format!("redis://127.0.0.1:{}", free_port());
+    let mut addresses = vec![dead];
+    addresses.extend(sentinels.urls());
+    server_with_sentinels(idp, &addresses, zone)
+}
+
+/// A server that asks the sentinels at `addresses` (`redis://` URLs), in that order.
+fn server_with_sentinels(idp: &DevIdp, addresses: &[String], zone: &str) -> AuthzServerProcess {
+    let addresses = serde_json::to_string(addresses).expect("json");
     AuthzServerProcess::start(&server_yaml(
         idp.port,
         &format!(
-            "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  sentinel:\n    master_name: {SENTINEL_MASTER}\n    addresses: [\"{dead}\", \"{}\"]\n  min_replicas: 1\n  replica_wait_ms: 300\n  secret: \"{SHARED_SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n",
-            sentinel.url()
+            "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  sentinel:\n    master_name: {SENTINEL_MASTER}\n    addresses: {addresses}\n  min_replicas: 1\n  replica_wait_ms: 300\n  secret: \"{SHARED_SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n"
         ),
     ))
 }
@@ -66,7 +73,7 @@ fn revoke(server: &AuthzServerProcess, token: &str) -> Value {
 fn a_failover_loses_no_revocation_and_privileged_routes_recover_by_themselves() {
     let mut primary = RedisServer::start();
     let replica = RedisServer::start_replica_of(&primary);
-    let sentinel = RedisSentinel::start(&primary);
+    let sentinel = RedisSentinels::start(&primary, 3);
     assert_eq!(sentinel.primary_port(), Some(primary.port));
     let idp = DevIdp::start(&[]);
     let echo = Echo::start();
@@ -133,7 +140,7 @@ fn a_failover_loses_no_revocation_and_privileged_routes_recover_by_themselves() 
         assert!(
             eventually(Duration::from_secs(20), || sentinel.primary_port()
                 == Some(replica.port)),
-            "the sentinel promotes the replica"
+            "the sentinels promote the replica"
         );
         let promoted = killed.elapsed();
         assert!(
@@ -215,7 +222,7 @@ fn a_failover_loses_no_revocation_and_privileged_routes_recover_by_themselves() 
 fn a_revocation_only_the_failed_primary_held_is_published_again_to_the_promoted_replica() {
     let mut primary = RedisServer::start();
     let replica = RedisServer::start_replica_of(&primary);
-    let sentinel = RedisSentinel::start(&primary);
+    let sentinel = RedisSentinels::start(&primary, 3);
     let idp = DevIdp::start(&[]);
     let a = sentinel_server(&idp, &sentinel, "zone-a");
     assert!(eventually(Duration::from_secs(10), || confirmed(&a)));
@@ -246,7 +253,7 @@ fn a_revocation_only_the_failed_primary_held_is_published_again_to_the_promoted_
     assert!(
         eventually(Duration::from_secs(20), || sentinel.primary_port()
             == Some(replica.port)),
-        "the sentinel promotes the replica"
+        "the sentinels promote the replica"
     );
     let b = sentinel_server(&idp, &sentinel, "zone-b");
     assert!(eventually(Duration::from_secs(15), || confirmed(&b)));
@@ -282,18 +289,18 @@ fn a_revocation_only_the_failed_primary_held_is_published_again_to_the_promoted_
 
 /// A failover while the old primary stays up (`SENTINEL FAILOVER`: it is demoted to a replica
 /// of the new one): an instance's session on it still reads the stream, so only asking the
-/// sentinels about its primary (every `max_unconfirmed_ms / 2`) moves it; its revocations then
+/// sentinels about its primary (every `max_unconfirmed_ms / 3`) moves it; its revocations then
 /// go to the new primary, not to a replica that refuses writes.
 #[test]
 fn a_planned_failover_moves_every_instance_to_the_new_primary() {
     let primary = RedisServer::start();
     let replica = RedisServer::start_replica_of(&primary);
-    let sentinel = RedisSentinel::start(&primary);
+    let sentinel = RedisSentinels::start(&primary, 3);
     let idp = DevIdp::start(&[]);
     let a = sentinel_server(&idp, &sentinel, "zone-a");
     assert!(eventually(Duration::from_secs(10), || confirmed(&a)));
     let reply = redis_command(
-        sentinel.port,
+        sentinel.0[0].port,
         None,
         &["SENTINEL", "FAILOVER", SENTINEL_MASTER],
     );
@@ -305,7 +312,7 @@ fn a_planned_failover_moves_every_instance_to_the_new_primary() {
     assert!(
         eventually(Duration::from_secs(20), || sentinel.primary_port()
             == Some(replica.port)),
-        "the sentinel promotes the replica"
+        "the sentinels promote the replica"
     );
     assert!(
         a.logged("shared_primary_moved"),
@@ -320,4 +327,85 @@ fn a_planned_failover_moves_every_instance_to_the_new_primary() {
     assert!(eventually(Duration::from_secs(10), || confirmed(&c)));
     assert_eq!(statuses(&c, &[&token]), vec![401]);
     drop(primary);
+}
+
+/// A sentinel on the minority side of a partition keeps naming the old primary, which still
+/// answers as one. Here: a sentinel watching another Redis under the same name, asked first.
+/// A server that trusted the first sentinel to answer would write there; it must follow the
+/// majority, so a revocation made at it reaches an instance that knows only the real sentinels,
+/// the other Redis gets nothing, and the session is not ended over and over by the dissent.
+#[test]
+fn a_sentinel_in_the_minority_cannot_choose_the_primary() {
+    let primary = RedisServer::start();
+    let _replica = RedisServer::start_replica_of(&primary);
+    let sentinels = RedisSentinels::start(&primary, 3);
+    let elsewhere = RedisServer::start();
+    let dissenter = RedisSentinel::start(&elsewhere);
+    let idp = DevIdp::start(&[]);
+    let mut addresses = vec![dissenter.url()];
+    addresses.extend(sentinels.urls());
+    let a = server_with_sentinels(&idp, &addresses, "zone-a");
+    let b = sentinel_server(&idp, &sentinels, "zone-b");
+    assert!(eventually(Duration::from_secs(10), || confirmed(&a) && confirmed(&b)));
+    let token = admin_token(&idp, "erin");
+    assert_eq!(statuses(&b, &[&token]), vec![200]);
+    let answer = revoke(&a, &token);
+    assert_eq!(answer["shared"], "published", "{answer}");
+    assert!(
+        eventually(Duration::from_secs(5), || statuses(&b, &[&token])
+            == vec![401]),
+        "the revocation went to the primary the majority names"
+    );
+    assert_eq!(
+        elsewhere.command(&["DBSIZE"]).as_deref(),
+        Some("0"),
+        "nothing written to the dissenter's Redis"
+    );
+    // Several primary checks later: still the same session, still confirmed.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(confirmed(&a));
+    assert!(!a.logged("shared_primary_moved"));
+    assert_eq!(a.metric("authz_shared_primary_changes_total"), 1.0);
+}
+
+/// The publisher connection dies while the stream reader lives (an idle timeout, `CLIENT
+/// KILL`): a revocation made then is kept (`"pending"`), and the session ends so that both
+/// connections reconnect and the change is published within moments, instead of staying on
+/// this instance while its reader keeps confirming its state.
+#[test]
+fn a_dead_publisher_connection_is_replaced() {
+    let primary = RedisServer::start();
+    let _replica = RedisServer::start_replica_of(&primary);
+    let sentinels = RedisSentinels::start(&primary, 3);
+    let idp = DevIdp::start(&[]);
+    let a = sentinel_server(&idp, &sentinels, "zone-a");
+    let b = sentinel_server(&idp, &sentinels, "zone-b");
+    assert!(eventually(Duration::from_secs(10), || confirmed(&a) && confirmed(&b)));
+    let clients = primary.command(&["CLIENT", "LIST"]).expect("CLIENT LIST");
+    let publishers: Vec<&str> = clients
+        .lines()
+        .filter(|l| l.contains("name=authz-publisher"))
+        .filter_map(|l| l.split_whitespace().next()?.strip_prefix("id="))
+        .collect();
+    assert_eq!(
+        publishers.len(),
+        2,
+        "one named publisher per instance: {clients}"
+    );
+    let token = admin_token(&idp, "frank");
+    assert_eq!(statuses(&b, &[&token]), vec![200]);
+    for id in &publishers {
+        assert_eq!(
+            primary.command(&["CLIENT", "KILL", "ID", id]).as_deref(),
+            Some("1")
+        );
+    }
+    let answer = revoke(&a, &token);
+    assert_eq!(answer["shared"], "pending", "{answer}");
+    assert!(
+        eventually(Duration::from_secs(5), || statuses(&b, &[&token])
+            == vec![401]),
+        "the kept revocation is published after the reconnection"
+    );
+    assert_eq!(a.metric("authz_shared_outbox"), 0.0);
 }

@@ -25,9 +25,6 @@ pub(super) enum Endpoint {
 /// `redis.sentinel`, ready to ask.
 pub(super) struct Sentinels {
     addresses: Vec<ConnectionInfo>,
-    /// The sentinel that answered last: asked first next time (a dead one costs its budget
-    /// once, not at every question).
-    answered: std::sync::atomic::AtomicUsize,
     master_name: String,
     /// How to talk to the primary (database, password).
     node: RedisConnectionInfo,
@@ -44,7 +41,6 @@ impl Endpoint {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Endpoint::Sentinel(Sentinels {
             addresses,
-            answered: std::sync::atomic::AtomicUsize::new(0),
             master_name: config.master_name.clone(),
             node: RedisConnectionInfo {
                 db: config.db,
@@ -84,8 +80,9 @@ fn is_primary(role: &redis::Value) -> bool {
     }
 }
 
-/// Whether the node `client` reaches answers `ROLE` as a primary.
-pub(super) async fn answers_as_primary(client: &redis::Client) -> bool {
+/// The role the node `client` reaches answers `ROLE` with, within [`ASK_BUDGET`]: `Some(true)`
+/// for a primary, `Some(false)` for anything else, `None` when it does not answer.
+pub(super) async fn answers_as_primary(client: &redis::Client) -> Option<bool> {
     let asked = tokio::time::timeout(ASK_BUDGET, async {
         let mut conn = connect(client, ASK_BUDGET).await?;
         redis::cmd("ROLE")
@@ -93,42 +90,64 @@ pub(super) async fn answers_as_primary(client: &redis::Client) -> bool {
             .await
     })
     .await;
-    matches!(asked, Ok(Ok(role)) if is_primary(&role))
+    match asked {
+        Ok(Ok(role)) => Some(is_primary(&role)),
+        _ => None,
+    }
 }
 
 /// What the sentinels say of a session's primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PrimaryCheck {
-    /// Still the primary they name, and it answers as one.
+    /// A majority of the sentinels name it, and it answers as a primary.
     Same,
-    /// They name another, or it no longer answers as a primary: the session must end.
+    /// A majority name another, or it answers as a replica: the session must end.
     Moved,
-    /// No sentinel answered: nothing vouches for it now.
+    /// No majority names anything, or it does not answer: nothing vouches for it now.
     Unknown,
+}
+
+/// Votes of the sentinels for a primary (`host:port`), counted as their answers arrive. A
+/// majority of all configured sentinels is needed, not of those that answered: a sentinel on
+/// the minority side of a partition (which still names the old primary) must not decide alone,
+/// which is also the rule Sentinel itself follows to fail over.
+#[derive(Debug)]
+pub(super) struct Tally {
+    needed: usize,
+    votes: std::collections::HashMap<String, usize>,
+}
+
+impl Tally {
+    pub(super) fn of(configured: usize) -> Tally {
+        Tally {
+            needed: configured / 2 + 1,
+            votes: std::collections::HashMap::new(),
+        }
+    }
+
+    /// One sentinel's answer (`None`: it did not answer, or knows no primary); the address a
+    /// majority now names, if any.
+    pub(super) fn vote(&mut self, answer: Option<String>) -> Option<String> {
+        let named = answer?;
+        let votes = self.votes.entry(named.clone()).or_default();
+        *votes += 1;
+        (*votes >= self.needed).then_some(named)
+    }
 }
 
 impl Sentinels {
     /// A client for `host:port` with the primary's database and password.
-    fn node_client(&self, host: String, port: u16) -> Option<redis::Client> {
+    fn node_client(&self, address: &str) -> Option<redis::Client> {
+        let (host, port) = address.rsplit_once(':')?;
         redis::Client::open(ConnectionInfo {
-            addr: ConnectionAddr::Tcp(host, port),
+            addr: ConnectionAddr::Tcp(host.to_owned(), port.parse().ok()?),
             redis: self.node.clone(),
         })
         .ok()
     }
 
-    /// The sentinels in the order to ask them: the one that answered last first.
-    fn in_turn(&self) -> impl Iterator<Item = (usize, &ConnectionInfo)> {
-        let first = self.answered.load(std::sync::atomic::Ordering::Relaxed);
-        let n = self.addresses.len();
-        (0..n).filter_map(move |i| {
-            let at = (first + i) % n.max(1);
-            self.addresses.get(at).map(|a| (at, a))
-        })
-    }
-
-    /// What one sentinel names as the primary, within [`ASK_BUDGET`].
-    async fn ask(&self, address: &ConnectionInfo) -> Option<(String, u16)> {
+    /// What one sentinel names as the primary (`host:port`), within [`ASK_BUDGET`].
+    async fn ask(&self, address: &ConnectionInfo) -> Option<String> {
         let sentinel = redis::Client::open(address.clone()).ok()?;
         let asked = tokio::time::timeout(ASK_BUDGET, async {
             let mut conn = connect(&sentinel, ASK_BUDGET).await?;
@@ -139,49 +158,53 @@ impl Sentinels {
                 .await
         })
         .await;
-        asked.ok()?.ok()?
+        let (host, port) = asked.ok()?.ok()??;
+        Some(format!("{host}:{port}"))
     }
 
-    /// The primary the first sentinel that answers names, and that answers `ROLE` as one;
-    /// each sentinel gets [`ASK_BUDGET`] (a sentinel on a dead node does not hold up the
-    /// others), the next is asked on any failure.
+    /// The primary a majority of the sentinels name: all asked at once, each within
+    /// [`ASK_BUDGET`], the answer known as soon as a majority agrees (a sentinel on a dead
+    /// node costs nothing while the others answer).
+    async fn majority(&self) -> Option<String> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut asks: FuturesUnordered<_> = self.addresses.iter().map(|a| self.ask(a)).collect();
+        let mut tally = Tally::of(self.addresses.len());
+        while let Some(answer) = asks.next().await {
+            if let Some(named) = tally.vote(answer) {
+                return Some(named);
+            }
+        }
+        None
+    }
+
+    /// The primary a majority of the sentinels name, once it answers `ROLE` as one.
     async fn primary(&self) -> Result<redis::Client, RedisError> {
-        for (at, address) in self.in_turn() {
-            let Some((host, port)) = self.ask(address).await else {
-                continue;
-            };
-            self.answered
-                .store(at, std::sync::atomic::Ordering::Relaxed);
-            let Some(client) = self.node_client(host, port) else {
-                continue;
-            };
-            if answers_as_primary(&client).await {
-                return Ok(client);
-            }
+        let Some(named) = self.majority().await else {
+            return Err(no_primary("no majority of the sentinels names one primary"));
+        };
+        match self.node_client(&named) {
+            Some(client) if answers_as_primary(&client).await == Some(true) => Ok(client),
+            _ => Err(no_primary(
+                "the primary the sentinels name does not answer as one",
+            )),
         }
-        Err(no_primary(
-            "no sentinel named a primary that answers as one",
-        ))
     }
 
-    /// Whether `session_primary` (`host:port`) is still the primary: the first sentinel that
-    /// answers names it, and it answers `ROLE` as one.
+    /// Whether `session_primary` (`host:port`) is still the primary: a majority of the
+    /// sentinels name it, and it answers `ROLE` as one.
     async fn check(&self, session_primary: &str) -> PrimaryCheck {
-        for (at, address) in self.in_turn() {
-            let Some((host, port)) = self.ask(address).await else {
-                continue;
-            };
-            self.answered
-                .store(at, std::sync::atomic::Ordering::Relaxed);
-            if format!("{host}:{port}") != session_primary {
-                return PrimaryCheck::Moved;
+        let role = async {
+            match self.node_client(session_primary) {
+                Some(client) => answers_as_primary(&client).await,
+                None => None,
             }
-            return match self.node_client(host, port) {
-                Some(client) if answers_as_primary(&client).await => PrimaryCheck::Same,
-                _ => PrimaryCheck::Moved,
-            };
+        };
+        match tokio::join!(self.majority(), role) {
+            (_, Some(false)) => PrimaryCheck::Moved,
+            (Some(named), _) if named != session_primary => PrimaryCheck::Moved,
+            (Some(_), Some(true)) => PrimaryCheck::Same,
+            _ => PrimaryCheck::Unknown,
         }
-        PrimaryCheck::Unknown
     }
 }
 
@@ -206,22 +229,55 @@ impl Shared {
         }
     }
 
-    /// How often a session asks the sentinels about its primary (half the confirmation
-    /// window, so a moved primary ends the session before state unconfirmed elsewhere is
-    /// confirmed here for long).
-    pub(super) fn primary_check_every(&self) -> Duration {
-        Duration::from_millis((self.config.max_unconfirmed_ms / 2).max(100))
+    /// How often a session asks the sentinels about its primary: a third of the confirmation
+    /// window, so that a vouch (dated when it was asked, which takes at most [`ASK_BUDGET`])
+    /// is always younger than the window while the sentinels answer.
+    fn primary_check_every(&self) -> Duration {
+        Duration::from_millis((self.config.max_unconfirmed_ms / 3).max(100))
     }
 
-    /// The connection publications and their `WAIT` use, for one session: its own, so a
-    /// `WAIT` never holds up the check path's commands (the manager's).
+    /// Whether a session's primary needs the sentinels' vouch (one Redis needs none).
+    pub(super) fn vouched_by_sentinels(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Sentinel(_))
+    }
+
+    /// For a session on `session_primary`: asks the sentinels about it every
+    /// [`Shared::primary_check_every`], records in `vouched_ms` when a question they answered
+    /// `Same` was asked, and returns when they answer `Moved` (the session must end). Never
+    /// returns for one Redis.
+    pub(super) async fn watch_primary(
+        &self,
+        session_primary: &str,
+        vouched_ms: &std::sync::atomic::AtomicU64,
+    ) {
+        if !self.vouched_by_sentinels() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(self.primary_check_every()).await;
+            let asked_ms = self.clock.now_ms();
+            match self.check_primary(session_primary).await {
+                PrimaryCheck::Same => {
+                    vouched_ms.fetch_max(asked_ms, std::sync::atomic::Ordering::Relaxed);
+                }
+                PrimaryCheck::Moved => return,
+                PrimaryCheck::Unknown => {}
+            }
+        }
+    }
+
+    /// The connection publications and their `WAIT` use, for session `session`: its own, so
+    /// a `WAIT` never holds up the check path's commands (the manager's). Named
+    /// `authz-publisher` (`CLIENT LIST`).
     pub(super) async fn connect_publisher(
         &self,
         primary: &redis::Client,
+        session: u64,
     ) -> Result<(), RedisError> {
         let budget = self.config.op_timeout.max(Duration::from_secs(1)) + self.config.replica_wait;
-        let publisher = connect(primary, budget).await?;
-        *self.publisher.write().unwrap_or_else(|p| p.into_inner()) = Some(publisher);
+        let mut publisher = connect(primary, budget).await?;
+        name_connection(&mut publisher, "authz-publisher").await?;
+        *self.publisher.write().unwrap_or_else(|p| p.into_inner()) = Some((session, publisher));
         Ok(())
     }
 
@@ -252,10 +308,22 @@ impl Shared {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Duration::from_secs(1))
             .set_response_timeout(self.config.block + Duration::from_secs(2));
-        primary
+        let mut reader = primary
             .get_multiplexed_async_connection_with_config(&config)
-            .await
+            .await?;
+        name_connection(&mut reader, "authz-reader").await?;
+        Ok(reader)
     }
+}
+
+/// Names a connection (`CLIENT SETNAME`), so an operator's `CLIENT LIST` tells the stream
+/// reader and the publisher apart.
+async fn name_connection(conn: &mut MultiplexedConnection, name: &str) -> Result<(), RedisError> {
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(name)
+        .query_async::<()>(conn)
+        .await
 }
 
 /// First delay before reconnecting after a healthy session ends.
@@ -276,6 +344,30 @@ pub(super) fn next_reconnect_delay(previous: Duration, session_confirmed: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_primary_needs_a_majority_of_the_configured_sentinels() {
+        let named = |s: &str| Some(s.to_owned());
+        let mut tally = Tally::of(3);
+        assert_eq!(tally.vote(named("old:1")), None, "one of three");
+        assert_eq!(tally.vote(None), None, "a sentinel that did not answer");
+        assert_eq!(tally.vote(named("new:2")), None);
+        assert_eq!(
+            tally.vote(named("new:2")),
+            Some("new:2".into()),
+            "two of three"
+        );
+
+        let mut tally = Tally::of(4);
+        assert_eq!(tally.vote(named("a:1")), None);
+        assert_eq!(tally.vote(named("a:1")), None, "two of four is no majority");
+        assert_eq!(tally.vote(named("a:1")), Some("a:1".into()));
+
+        let mut alone = Tally::of(1);
+        assert_eq!(alone.vote(named("a:1")), Some("a:1".into()), "one sentinel");
+        let mut none_answer = Tally::of(3);
+        assert_eq!(none_answer.vote(None), None);
+    }
 
     #[test]
     fn reconnect_backoff_resets_after_a_session_that_confirmed() {

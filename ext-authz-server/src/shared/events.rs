@@ -163,10 +163,10 @@ pub(super) fn decode_subject(subject: &str, value: &str) -> Option<(u64, Change)
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn entry(id: &str, fields: &[(&str, &str)]) -> StreamId {
+    pub(in crate::shared) fn entry(id: &str, fields: &[(&str, &str)]) -> StreamId {
         StreamId {
             id: id.into(),
             map: fields

@@ -21,8 +21,9 @@
 //!
 //! Parts: [`connection`] (where the primary is: one URL or Sentinel; its connections and
 //! reconnection), [`events`] (the stream's wire format and the publish script), [`stream`]
-//! (record, publish, resync, follow, outbox), [`replication`] (changes too few replicas
-//! acknowledged), [`l2`] (the encrypted shared introspection cache).
+//! (record, publish, resync, follow, outbox), [`own`] (own publications not read back yet),
+//! [`replication`] (changes too few replicas acknowledged), [`l2`] (the encrypted shared
+//! introspection cache).
 //!
 //! What it does not do: decide. Freshness rules, tiers and revocation checks stay in `check`
 //! and `authz-core`; a Redis failure only ever removes a shortcut or fails closed. Changes it
@@ -32,6 +33,7 @@
 mod connection;
 mod events;
 mod l2;
+mod own;
 mod replication;
 mod stream;
 
@@ -115,8 +117,14 @@ pub struct Shared {
     endpoint: connection::Endpoint,
     keys: Keys,
     manager: RwLock<Option<ConnectionManager>>,
-    /// The session's connection for publications and their `WAIT` (see `replication`).
-    publisher: RwLock<Option<redis::aio::MultiplexedConnection>>,
+    /// The session's connection for publications and their `WAIT` (see `replication`), with
+    /// the number of the session it belongs to.
+    publisher: RwLock<Option<(u64, redis::aio::MultiplexedConnection)>>,
+    /// The number of the current session (one more at every end of a session): a publication
+    /// whose session ended meanwhile may have gone to a primary that is no longer one.
+    session: AtomicU64,
+    /// Own publications the stream reader has not read back yet (see `own`).
+    unread: Mutex<own::Unread>,
     /// The primary's address the manager is connected to.
     primary_address: Mutex<String>,
     confirmed_at_ms: AtomicU64,
@@ -180,6 +188,8 @@ impl Shared {
             endpoint,
             manager: RwLock::new(None),
             publisher: RwLock::new(None),
+            session: AtomicU64::new(0),
+            unread: Mutex::new(own::Unread::default()),
             primary_address: Mutex::new(String::new()),
             confirmed_at_ms: AtomicU64::new(0),
             synced: std::sync::atomic::AtomicBool::new(false),
@@ -227,8 +237,13 @@ impl Shared {
     }
 
     fn confirm(&self) {
-        self.confirmed_at_ms
-            .store(self.clock.now_ms(), Ordering::Relaxed);
+        self.confirm_as_of(self.clock.now_ms());
+    }
+
+    /// Confirms this instance's state as current at `at_ms` (never moves the confirmation
+    /// back).
+    fn confirm_as_of(&self, at_ms: u64) {
+        self.confirmed_at_ms.fetch_max(at_ms, Ordering::Relaxed);
     }
 
     fn error(&self, op: &'static str, e: &dyn std::fmt::Display) {
@@ -236,7 +251,8 @@ impl Shared {
         tracing::warn!(op, error = %e, "shared_tier_error");
     }
 
-    fn publisher(&self) -> Option<redis::aio::MultiplexedConnection> {
+    /// The session's publisher connection, and the number of its session.
+    fn publisher(&self) -> Option<(u64, redis::aio::MultiplexedConnection)> {
         self.publisher
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -268,6 +284,11 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn shared() -> Shared {
+        shared_with(None, Arc::new(crate::clock::SystemClock))
+    }
+
+    /// A shared tier (never connected) with `sentinel` and `clock`.
+    fn shared_with(sentinel: Option<crate::config::SentinelConfig>, clock: SharedClock) -> Shared {
         let config = RedisConfig {
             url: "redis://127.0.0.1:1/0".into(),
             tls_ca: None,
@@ -279,7 +300,7 @@ pub(crate) mod tests {
             max_unconfirmed_ms: 1_500,
             stream_max_len: 1_000,
             shared_cache: true,
-            sentinel: None,
+            sentinel,
             min_replicas: 0,
             replica_wait: Duration::from_millis(200),
         };
@@ -288,9 +309,41 @@ pub(crate) mod tests {
             "test".into(),
             Arc::new(Versions::shared()),
             Arc::new(Metrics::default()),
-            Arc::new(crate::clock::SystemClock),
+            clock,
         )
         .unwrap()
+    }
+
+    /// With Sentinel, a stream read confirms the state as of the sentinels' last vouch for
+    /// the primary, so the state stops being confirmed `max_unconfirmed_ms` after that vouch,
+    /// not after the last read that still fell inside the window.
+    #[test]
+    fn with_sentinels_a_read_confirms_only_as_of_the_last_vouch() {
+        let clock = crate::clock::ManualClock::new();
+        let sentinel = crate::config::SentinelConfig {
+            master_name: "authz".into(),
+            addresses: vec!["redis://127.0.0.1:1".into()],
+            password: None,
+            db: 0,
+        };
+        let s = shared_with(Some(sentinel), clock.clone());
+        let vouched = crate::clock::Clock::now_ms(clock.as_ref());
+        clock.advance_ms(1_000);
+        s.confirm_read(vouched);
+        assert!(s.confirmed(), "read 1 s after the vouch, within 1.5 s");
+        clock.advance_ms(499);
+        s.confirm_read(vouched);
+        assert!(s.confirmed());
+        clock.advance_ms(2);
+        s.confirm_read(vouched);
+        assert!(
+            !s.confirmed(),
+            "1.501 s after the last vouch, whatever was read"
+        );
+
+        let plain = shared_with(None, clock.clone());
+        plain.confirm_read(0);
+        assert!(plain.confirmed(), "one Redis needs no vouch");
     }
 
     #[test]

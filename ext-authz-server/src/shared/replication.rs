@@ -35,7 +35,7 @@ impl Shared {
         if wanted == 0 {
             return true;
         }
-        let Some(mut conn) = self.publisher() else {
+        let Some((_, mut conn)) = self.publisher() else {
             return false;
         };
         let wait_ms = (wait.as_millis() as u64).max(1);

@@ -3,7 +3,7 @@
 //! republishing after Redis lost its data, following the stream, and confirming that this
 //! instance's state is current.
 
-use super::connection::{next_reconnect_delay, PrimaryCheck, FIRST_RECONNECT};
+use super::connection::{next_reconnect_delay, FIRST_RECONNECT};
 use super::events::{decode, decode_subject, decode_switch, encode, with_shared_count};
 use super::{Delivery, Shared};
 use crate::changes::ChangeSink;
@@ -13,7 +13,7 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::RedisError;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,9 @@ struct Cursor {
     /// new primary may lack the entries the old one had not passed on, and give their numbers
     /// to other changes: the entry under this number then differs (see `Shared::diverged`).
     last_entry: Option<(u64, u64)>,
+    /// Set when the reader found that the store lost or renumbered one of this instance's own
+    /// publications (see `own`): everything is read and republished again.
+    diverged: bool,
 }
 
 /// A fingerprint of a stream entry's fields (in key order).
@@ -86,9 +89,11 @@ fn seq_of(id: &str) -> Option<u64> {
 
 impl Shared {
     /// Publishes a change through the session's publisher connection (no retry: a failure
-    /// keeps the change in the outbox, and the next session publishes it).
+    /// keeps the change in the outbox, and the next session publishes it). A publication whose
+    /// session ended before it was answered counts as failed: its primary may no longer be
+    /// one, so the change is published again (twice is harmless).
     async fn publish_one(&self, change: &Change) -> Result<(u64, u64), String> {
-        let mut conn = self.publisher().ok_or("not connected")?;
+        let (session, mut conn) = self.publisher().ok_or("not connected")?;
         let (kind, value, at) = encode(change);
         let mut invocation = self.publish.prepare_invoke();
         invocation
@@ -107,11 +112,17 @@ impl Shared {
                 _ => String::new(),
             });
         // Publishing is an admin action, not on the check path: allow more than op_timeout.
-        Shared::with_timeout(
+        let (seq, n) = Shared::with_timeout(
             self.config.op_timeout.max(Duration::from_secs(1)),
             invocation.invoke_async::<(u64, u64)>(&mut conn),
         )
-        .await
+        .await?;
+        let mut unread = lock(&self.unread);
+        if self.session.load(Ordering::SeqCst) != session {
+            return Err("the session ended before the publication was answered".into());
+        }
+        unread.published(seq, change);
+        Ok((seq, n))
     }
 
     fn apply_entries(&self, sink: &dyn ChangeSink, entries: &[StreamId], cursor: &mut Cursor) {
@@ -119,6 +130,9 @@ impl Shared {
             match decode(entry) {
                 Some((seq, change)) => {
                     let (kind, _, _) = encode(&change);
+                    if !lock(&self.unread).read(seq, &change) {
+                        cursor.diverged = true;
+                    }
                     sink.apply(&change, Some(seq));
                     self.metrics
                         .inc("authz_shared_events_total", &[("kind", kind)]);
@@ -129,6 +143,65 @@ impl Shared {
                     cursor.last_seq = cursor.last_seq.max(seq);
                 }
                 None => self.error("decode", &format!("unreadable stream entry {}", entry.id)),
+            }
+        }
+        if !lock(&self.unread).read_through(cursor.last_seq) {
+            cursor.diverged = true;
+        }
+    }
+
+    /// After the store lost changes (a new incarnation, a sequence below ours) or renumbered
+    /// them (a failover): raises the sequence above ours, queues everything this instance
+    /// knows for publishing again, and reads the stream from the start.
+    async fn start_over(
+        &self,
+        conn: &mut MultiplexedConnection,
+        cursor: &mut Cursor,
+        reason: &'static str,
+        store_version: Option<u64>,
+    ) -> Result<(), RedisError> {
+        let ours = self.versions.change_version();
+        self.metrics
+            .inc("authz_shared_resyncs_total", &[("reason", reason)]);
+        tracing::warn!(
+            our_version = ours,
+            store_version,
+            reason,
+            "shared_store_lost"
+        );
+        let _: u64 = self
+            .floor
+            .key(&self.keys.seq)
+            .arg(ours)
+            .invoke_async(conn)
+            .await?;
+        lock(&self.outbox).extend(self.versions.export());
+        lock(&self.unread).restart();
+        cursor.last_seq = 0;
+        cursor.last_entry = None;
+        cursor.diverged = false;
+        Ok(())
+    }
+
+    /// Reads the stream from the cursor to its end.
+    async fn catch_up(
+        &self,
+        sink: &dyn ChangeSink,
+        conn: &mut MultiplexedConnection,
+        cursor: &mut Cursor,
+    ) -> Result<(), RedisError> {
+        loop {
+            let page: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&self.keys.events)
+                .arg(format!("({}-1", cursor.last_seq))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await?;
+            self.apply_entries(sink, &page.ids, cursor);
+            if page.ids.len() < 1000 {
+                return Ok(());
             }
         }
     }
@@ -164,23 +237,7 @@ impl Shared {
         let diverged = !lost && self.diverged(conn, cursor).await?;
         if lost || diverged {
             let reason = if lost { "store_lost" } else { "diverged" };
-            self.metrics
-                .inc("authz_shared_resyncs_total", &[("reason", reason)]);
-            tracing::warn!(
-                our_version = ours,
-                store_version = remote_seq,
-                reason,
-                "shared_store_lost"
-            );
-            let _: u64 = self
-                .floor
-                .key(&self.keys.seq)
-                .arg(ours)
-                .invoke_async(conn)
-                .await?;
-            lock(&self.outbox).extend(self.versions.export());
-            cursor.last_seq = 0;
-            cursor.last_entry = None;
+            self.start_over(conn, cursor, reason, remote_seq).await?;
         } else {
             self.metrics
                 .inc("authz_shared_resyncs_total", &[("reason", "connect")]);
@@ -222,19 +279,12 @@ impl Shared {
                 None => self.error("decode", &format!("unreadable switch {slot}")),
             }
         }
-        loop {
-            let page: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&self.keys.events)
-                .arg(format!("({}-1", cursor.last_seq))
-                .arg("+")
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(conn)
+        self.catch_up(sink, conn, cursor).await?;
+        if cursor.diverged {
+            // A publication of ours the store lost or renumbered, found while catching up.
+            self.start_over(conn, cursor, "diverged", remote_seq)
                 .await?;
-            self.apply_entries(sink, &page.ids, cursor);
-            if page.ids.len() < 1000 {
-                break;
-            }
+            self.catch_up(sink, conn, cursor).await?;
         }
         self.flush_outbox(sink).await;
         self.confirm();
@@ -313,11 +363,17 @@ impl Shared {
 
     /// One connected session: resync, then follow the stream until an error, or until the
     /// sentinels name another primary.
-    async fn session(&self, sink: &dyn ChangeSink, cursor: &mut Cursor) -> Result<(), RedisError> {
+    async fn session(
+        &self,
+        sink: &dyn ChangeSink,
+        cursor: &mut Cursor,
+        session: u64,
+    ) -> Result<(), RedisError> {
         let primary = self.primary().await?;
         let session_primary = primary.get_connection_info().addr.to_string();
+        let vouched_ms = AtomicU64::new(self.clock.now_ms());
         let mut conn = self.reader(&primary).await?;
-        self.connect_publisher(&primary).await?;
+        self.connect_publisher(&primary, session).await?;
         self.ensure_manager(&primary).await?;
         self.resync(sink, &mut conn, cursor).await?;
         self.mark_synced();
@@ -326,43 +382,37 @@ impl Shared {
             policy_version = self.versions.policy_version(),
             "shared_tier_synced"
         );
-        let check_every = self.primary_check_every().as_millis() as u64;
-        let mut checked_ms = self.clock.now_ms();
-        let mut vouched_ms = checked_ms;
+        let moved = self.watch_primary(&session_primary, &vouched_ms);
+        tokio::pin!(moved);
         loop {
-            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            let mut xread = redis::cmd("XREAD");
+            xread
                 .arg("BLOCK")
                 .arg(self.config.block.as_millis() as u64)
                 .arg("COUNT")
                 .arg(1000)
                 .arg("STREAMS")
                 .arg(&self.keys.events)
-                .arg(format!("{}-1", cursor.last_seq))
-                .query_async(&mut conn)
-                .await?;
-            let now_ms = self.clock.now_ms();
-            if now_ms.saturating_sub(checked_ms) >= check_every {
-                checked_ms = now_ms;
-                match self.check_primary(&session_primary).await {
-                    PrimaryCheck::Same => vouched_ms = now_ms,
-                    PrimaryCheck::Moved => {
-                        tracing::warn!(primary = %session_primary, "shared_primary_moved");
-                        return Err(RedisError::from((
-                            redis::ErrorKind::IoError,
-                            "the sentinels name another primary",
-                        )));
-                    }
-                    PrimaryCheck::Unknown => {}
+                .arg(format!("{}-1", cursor.last_seq));
+            let read = xread.query_async::<Option<StreamReadReply>>(&mut conn);
+            let reply = tokio::select! {
+                reply = read => reply?,
+                () = &mut moved => {
+                    tracing::warn!(primary = %session_primary, "shared_primary_moved");
+                    return Err(RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "the sentinels name another primary",
+                    )));
                 }
-            }
-            // Only while the sentinels vouch for this primary (always, for one Redis).
-            if now_ms.saturating_sub(vouched_ms) <= self.config.max_unconfirmed_ms {
-                self.confirm();
-            }
+            };
+            self.confirm_read(vouched_ms.load(Ordering::Relaxed));
             if let Some(reply) = reply {
                 for key in &reply.keys {
                     self.apply_entries(sink, &key.ids, cursor);
                 }
+            }
+            if cursor.diverged {
+                self.start_over(&mut conn, cursor, "diverged", None).await?;
             }
             if self.pending() > 0 {
                 self.flush_outbox(sink).await;
@@ -378,6 +428,18 @@ impl Shared {
             self.confirm_replication().await;
         }
     }
+
+    /// A stream read answered: this instance's state is current, as of when the sentinels
+    /// last vouched for the primary it was read from (with one Redis: now). So the state is
+    /// never confirmed for longer than `max_unconfirmed_ms` past the last vouch.
+    pub(super) fn confirm_read(&self, vouched_ms: u64) {
+        let now_ms = self.clock.now_ms();
+        if !self.vouched_by_sentinels() {
+            self.confirm_as_of(now_ms);
+        } else if now_ms.saturating_sub(vouched_ms) <= self.config.max_unconfirmed_ms {
+            self.confirm_as_of(vouched_ms.min(now_ms));
+        }
+    }
 }
 
 /// Keeps the instance in sync with the shared tier until the process ends: connects,
@@ -387,10 +449,16 @@ pub async fn run(shared: Arc<Shared>, sink: Arc<dyn ChangeSink>) {
     let mut backoff = FIRST_RECONNECT;
     loop {
         let started_ms = shared.clock.now_ms();
-        let result = shared.session(sink.as_ref(), &mut cursor).await;
+        let session = shared.session.load(Ordering::SeqCst);
+        let result = shared.session(sink.as_ref(), &mut cursor, session).await;
         // No publication between sessions: the primary may have moved (an admin call keeps
-        // its change in the outbox, and the next session publishes it there).
+        // its change in the outbox, and the next session publishes it there; one answered
+        // after this point counts as failed, see `publish_one`).
         *shared.publisher.write().unwrap_or_else(|p| p.into_inner()) = None;
+        {
+            let _unread = lock(&shared.unread);
+            shared.session.fetch_add(1, Ordering::SeqCst);
+        }
         // Whether this session ever confirmed our state: read before the reset below (reading
         // it after always said no, so the backoff never reset and every later Redis blip cost
         // seconds of fail-closed 503s).
@@ -401,5 +469,52 @@ pub async fn run(shared: Arc<Shared>, sink: Arc<dyn ChangeSink>) {
         }
         backoff = next_reconnect_delay(backoff, session_confirmed);
         tokio::time::sleep(backoff).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::events::tests::entry;
+
+    struct VersionsSink(crate::versions::Versions);
+
+    impl ChangeSink for VersionsSink {
+        fn apply(&self, change: &Change, seq: Option<u64>) -> Applied {
+            self.0.apply(change, seq)
+        }
+    }
+
+    fn jti_entry(seq: u64, jti: &str) -> StreamId {
+        entry(
+            &format!("{seq}-1"),
+            &[("kind", "jti"), ("value", jti), ("at", "0"), ("n", "0")],
+        )
+    }
+
+    /// The reader finds another change under the number one of our publications got (or never
+    /// finds that number): the cursor is marked diverged, so everything is republished.
+    #[test]
+    fn reading_past_an_own_publication_that_is_not_there_marks_a_divergence() {
+        let shared = crate::shared::tests::shared();
+        let sink = VersionsSink(crate::versions::Versions::shared());
+        let mut cursor = Cursor::default();
+        let ours = Change::RevokeJti("ours".into(), None);
+        lock(&shared.unread).published(3, &ours);
+        shared.apply_entries(
+            &sink,
+            &[jti_entry(2, "x"), jti_entry(3, "ours")],
+            &mut cursor,
+        );
+        assert!(!cursor.diverged, "read back under its number");
+
+        lock(&shared.unread).published(4, &ours);
+        shared.apply_entries(&sink, &[jti_entry(4, "someone else's")], &mut cursor);
+        assert!(cursor.diverged, "renumbered");
+
+        let mut cursor = Cursor::default();
+        lock(&shared.unread).published(6, &ours);
+        shared.apply_entries(&sink, &[jti_entry(7, "y")], &mut cursor);
+        assert!(cursor.diverged, "6 skipped");
     }
 }
