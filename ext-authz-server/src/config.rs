@@ -241,6 +241,11 @@ pub struct RedisFile {
     /// every (re)connection, checks that it answers `ROLE` as a primary, and so follows a
     /// failover by itself.
     pub sentinel: Option<SentinelFile>,
+    /// Redis Cluster instead of `url`: the server learns the cluster's slots from these
+    /// nodes, sends each command to the node that holds its key, and follows a promoted
+    /// replica by itself. The revocation stream and its snapshot share one hash tag
+    /// (`{key_prefix}`), so its scripts run on one slot.
+    pub cluster: Option<ClusterFile>,
     /// Replicas that must hold a change (`WAIT`) before it counts as published (the admin
     /// API's `"shared": "published"`); 0 does not wait. With Sentinel set 1 or more: a change
     /// only the failed primary held is otherwise lost in a failover.
@@ -251,6 +256,21 @@ pub struct RedisFile {
     /// missing, the instances that hold it republish it).
     #[schemars(extend("default" = defaults::REDIS_REPLICA_WAIT_MS))]
     pub replica_wait_ms: Option<u64>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: Mapping,
+}
+
+/// `redis.cluster`: the nodes of a Redis Cluster.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+pub struct ClusterFile {
+    /// Some of the cluster's nodes, `redis://host:port` each (at least one; the server learns
+    /// the others from them).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// The nodes' password (AUTH), best taken from a Secret with `${NAME}`. Plain TCP (no TLS
+    /// with cluster yet); no ACL user names.
+    pub password: Option<String>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: Mapping,
@@ -608,9 +628,19 @@ pub struct RedisConfig {
     pub shared_cache: bool,
     /// Sentinel instead of `url` (which is then empty).
     pub sentinel: Option<SentinelConfig>,
+    /// Redis Cluster instead of `url` (which is then empty).
+    pub cluster: Option<ClusterConfig>,
     /// Replicas a publication waits for (`WAIT`; 0: none), and for how long.
     pub min_replicas: u32,
     pub replica_wait: Duration,
+}
+
+/// The validated `redis.cluster` section.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Seed nodes, `redis://host:port` each.
+    pub addresses: Vec<String>,
+    pub password: Option<String>,
 }
 
 /// The validated `redis.sentinel` section.
@@ -1353,65 +1383,20 @@ fn strip_headers_section(
     strip_headers
 }
 
-/// `redis.sentinel`, validated.
-fn sentinel_section(p: &mut Problems, s: &SentinelFile) -> SentinelConfig {
-    p.unknown("redis.sentinel", &s.unknown);
-    let master_name = s.master_name.clone().unwrap_or_default();
-    if master_name.is_empty() || master_name.contains(char::is_whitespace) {
-        p.add(
-            "redis.sentinel.master_name",
-            "is required: the name the sentinels monitor the primary under",
-        );
-    }
-    if s.addresses.is_empty() {
-        p.add(
-            "redis.sentinel.addresses",
-            "needs at least one sentinel: redis://host:port",
-        );
-    }
-    for (i, address) in s.addresses.iter().enumerate() {
-        if address.starts_with("rediss://") {
-            p.add(
-                &format!("redis.sentinel.addresses[{i}]"),
-                "TLS to sentinels is not supported: redis://host:port",
-            );
-        } else if !address.starts_with("redis://")
-            || redis::IntoConnectionInfo::into_connection_info(address.as_str()).is_err()
-        {
-            p.add(
-                &format!("redis.sentinel.addresses[{i}]"),
-                format_args!("{address:?} is not redis://host:port"),
-            );
-        }
-    }
-    let db = s.db.unwrap_or(0);
-    if !(0..=15).contains(&db) {
-        p.add("redis.sentinel.db", "must be between 0 and 15");
-    }
-    SentinelConfig {
-        master_name,
-        addresses: s.addresses.clone(),
-        password: s.password.clone().filter(|p| !p.is_empty()),
-        db,
-    }
-}
+mod redis_nodes;
 
 fn redis_section(p: &mut Problems, r: &RedisFile) -> RedisConfig {
     p.unknown("redis", &r.unknown);
     let url = r.url.clone().unwrap_or_default();
-    let sentinel = r.sentinel.as_ref().map(|s| sentinel_section(p, s));
-    match (&sentinel, url.is_empty()) {
-        (Some(_), false) => p.add(
-            "redis",
-            "url and sentinel are alternatives: one Redis, or the sentinels that name its primary",
-        ),
-        (Some(_), true) => {}
-        (None, _) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => p.add(
-            "redis.url",
-            "is required (or sentinel): redis://host:port[/db] or rediss://…",
-        ),
-        (None, _) => {}
-    }
+    let sentinel = r
+        .sentinel
+        .as_ref()
+        .map(|s| redis_nodes::sentinel_section(p, s));
+    let cluster = r
+        .cluster
+        .as_ref()
+        .map(|c| redis_nodes::cluster_section(p, c));
+    redis_nodes::one_mode(p, &url, sentinel.is_some(), cluster.is_some());
     let min_replicas = r.min_replicas.unwrap_or(defaults::REDIS_MIN_REPLICAS);
     if min_replicas > 10 {
         p.add("redis.min_replicas", "must be between 0 and 10");
@@ -1456,15 +1441,26 @@ fn redis_section(p: &mut Problems, r: &RedisFile) -> RedisConfig {
         .unwrap_or_else(|| defaults::REDIS_KEY_PREFIX.into());
     if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
         p.add("redis.key_prefix", "must be non-empty without spaces");
+    } else if cluster.is_some() && key_prefix.contains(['{', '}']) {
+        p.add(
+            "redis.key_prefix",
+            "must not contain { or } with cluster (the server puts it in a hash tag)",
+        );
     }
     let tls = url.starts_with("rediss://");
-    let with_sentinel = sentinel.is_some();
+    let mode = match (&sentinel, &cluster) {
+        (Some(_), _) => Some("sentinel"),
+        (None, Some(_)) => Some("cluster"),
+        (None, None) => None,
+    };
     let mut read_pem = |field: &str, path: &Option<String>| -> Option<Vec<u8>> {
         let path = path.as_ref()?;
-        if with_sentinel {
+        if let Some(mode) = mode {
             p.add(
                 &format!("redis.{field}"),
-                "TLS with sentinel is not supported yet (the primary is reached over plain TCP)",
+                format_args!(
+                    "TLS with {mode} is not supported yet (nodes are reached over plain TCP)"
+                ),
             );
             return None;
         }
@@ -1510,6 +1506,7 @@ fn redis_section(p: &mut Problems, r: &RedisFile) -> RedisConfig {
         stream_max_len,
         shared_cache: r.shared_cache.unwrap_or(defaults::REDIS_SHARED_CACHE),
         sentinel,
+        cluster,
         min_replicas,
         replica_wait: Duration::from_millis(replica_wait_ms),
     }
@@ -2164,6 +2161,62 @@ colour: blue
     }
 
     #[test]
+    fn a_cluster_section_loads_and_its_problems_are_named() {
+        let secret = "s".repeat(32);
+        let text = format!(
+            "{EXAMPLE}redis: {{cluster: {{addresses: [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"], password: pw}}, min_replicas: 1, secret: \"{secret}\"}}\n"
+        );
+        let r = ServerConfig::from_yaml(&text).unwrap().redis.unwrap();
+        let cluster = r.cluster.unwrap();
+        assert_eq!(cluster.addresses.len(), 2);
+        assert_eq!(cluster.password.as_deref(), Some("pw"));
+        assert!(r.sentinel.is_none() && r.url.is_empty());
+        let bad = format!(
+            "{EXAMPLE}redis: {{cluster: {{addresses: [\"rediss://h:6379\", \"h:6379\"], db: 1}}, sentinel: {{master_name: m, addresses: [\"redis://h:26379\"]}}, key_prefix: \"a{{b}}:\", ca_file: /x.pem, secret: \"{secret}\"}}\n"
+        );
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&bad) else {
+            panic!("accepted")
+        };
+        for expected in [
+            "redis: url, sentinel and cluster are alternatives",
+            "redis.cluster: unknown field \"db\"",
+            "redis.cluster.addresses[0]: TLS to nodes is not supported",
+            "redis.cluster.addresses[1]: \"h:6379\" is not redis://host:port",
+            "redis.ca_file: TLS with sentinel is not supported",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "missing {expected:?} in {problems:#?}"
+            );
+        }
+        let braces = format!(
+            "{EXAMPLE}redis: {{cluster: {{addresses: [\"redis://h:6379\"]}}, key_prefix: \"a{{b}}:\", ca_file: /x.pem, secret: \"{secret}\"}}\n"
+        );
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&braces) else {
+            panic!("accepted")
+        };
+        for expected in [
+            "redis.key_prefix: must not contain { or } with cluster",
+            "redis.ca_file: TLS with cluster is not supported",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "missing {expected:?} in {problems:#?}"
+            );
+        }
+        let empty = format!("{EXAMPLE}redis: {{cluster: {{}}, secret: \"{secret}\"}}\n");
+        let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&empty) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("redis.cluster.addresses: needs at least one node")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
     fn a_sentinel_section_loads_and_its_problems_are_named() {
         let secret = "s".repeat(32);
         let text = format!(
@@ -2191,7 +2244,7 @@ colour: blue
             panic!("accepted")
         };
         for expected in [
-            "redis: url and sentinel are alternatives",
+            "redis: url, sentinel and cluster are alternatives",
             "redis.sentinel: unknown field \"port\"",
             "redis.sentinel.master_name: is required",
             "redis.sentinel.addresses[0]: TLS to sentinels is not supported",

@@ -1713,6 +1713,109 @@ pub fn parse_series(series: &str) -> (&str, Vec<(String, String)>) {
     (family, labels)
 }
 
+/// A real Redis Cluster on loopback: three primaries with one replica each (`redis-cli
+/// --cluster create`), quick to fail over for tests (`cluster-node-timeout 1000`).
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                let mut node = RedisServer {
+                    process: None,
+                    port: free_port(),
+                    scratch: Scratch::new("redis-cluster"),
+                    tls: None,
+                    extra: [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "1000",
+                    ]
+                    .iter()
+                    .map(|a| (*a).to_owned())
+                    .collect(),
+                };
+                node.restart();
+                node
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let status = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "redis-cli --cluster create"
+        );
+        let cluster = RedisCluster { nodes };
+        assert!(
+            eventually(Duration::from_secs(20), || cluster.nodes.iter().all(|n| n
+                .command(&["CLUSTER", "INFO"])
+                .is_some_and(|i| i.contains("cluster_state:ok")))),
+            "the cluster did not form"
+        );
+        assert!(
+            eventually(Duration::from_secs(20), || cluster
+                .nodes
+                .iter()
+                .filter_map(|n| n.command(&["INFO", "replication"]))
+                .filter(|r| r.contains("role:slave") && r.contains("master_link_status:up"))
+                .count()
+                == 3),
+            "the replicas did not sync"
+        );
+        cluster
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The port of the primary that serves `key`'s slot now, as the live nodes see it.
+    pub fn primary_port_for(&self, key: &str) -> Option<u16> {
+        let live = self.nodes.iter().find(|n| n.process.is_some())?;
+        let slot: u16 = live
+            .command(&["CLUSTER", "KEYSLOT", key])?
+            .trim()
+            .parse()
+            .ok()?;
+        let nodes = live.command(&["CLUSTER", "NODES"])?;
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let serves = fields.iter().skip(8).any(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(f), Ok(t)) if f <= slot && slot <= t)
+            });
+            let port = fields.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+            serves.then_some(port)
+        })
+    }
+
+    /// The node on `port`.
+    pub fn node_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
+        self.nodes.iter_mut().find(|n| n.port == port)
+    }
+}
+
 /// A real Redis Sentinel (`redis-server CONF --sentinel`) watching one primary as `authz`,
 /// quick to act for tests: down after 500 ms.
 pub struct RedisSentinel {

@@ -409,3 +409,120 @@ fn a_dead_publisher_connection_is_replaced() {
     );
     assert_eq!(a.metric("authz_shared_outbox"), 0.0);
 }
+
+/// A server of the Redis Cluster `cluster` (given every node as a seed).
+fn cluster_server(idp: &DevIdp, cluster: &RedisCluster, zone: &str) -> AuthzServerProcess {
+    let addresses = serde_json::to_string(&cluster.urls()).expect("json");
+    AuthzServerProcess::start(&server_yaml(
+        idp.port,
+        &format!(
+            "epochs_token: \"{EPOCHS_TOKEN}\"\nzone: {zone}\nredis:\n  cluster:\n    addresses: {addresses}\n  min_replicas: 1\n  replica_wait_ms: 300\n  secret: \"{SHARED_SECRET}\"\n  block_ms: 200\n  max_unconfirmed_ms: 800\n"
+        ),
+    ))
+}
+
+/// Redis Cluster: the stream and its snapshot share one hash tag, so the publish script runs on
+/// one slot. The primary of that slot is killed while checks and revocations flow: no revoked
+/// token is ever allowed, privileged checks fail closed only until the cluster promotes its
+/// replica, both instances follow by themselves, and a server started afterwards refuses
+/// every revoked token.
+#[test]
+fn a_cluster_failover_loses_no_revocation_and_privileged_checks_recover_by_themselves() {
+    let mut cluster = RedisCluster::start();
+    let idp = DevIdp::start(&[]);
+    let a = cluster_server(&idp, &cluster, "zone-a");
+    let b = cluster_server(&idp, &cluster, "zone-b");
+    assert!(
+        eventually(Duration::from_secs(10), || confirmed(&a) && confirmed(&b)),
+        "both instances sync through the cluster"
+    );
+    let before = admin_token(&idp, "revoked-before");
+    let during = admin_token(&idp, "revoked-during");
+    let user = admin_token(&idp, "alice");
+    assert_eq!(
+        statuses(&a, &[&before, &during, &user]),
+        vec![200, 200, 200]
+    );
+    let answer = revoke(&b, &before);
+    assert_eq!(answer["shared"], "published", "{answer}");
+    assert!(eventually(Duration::from_secs(3), || statuses(
+        &a,
+        &[&before]
+    ) == vec![401]));
+    let stream_primary = cluster
+        .primary_port_for("{authz:v1:}events")
+        .expect("a primary serves the stream's slot");
+    assert!(
+        cluster
+            .nodes
+            .iter()
+            .find(|n| n.port == stream_primary)
+            .and_then(|n| n.command(&["EXISTS", "{authz:v1:}events", "{authz:v1:}seq"]))
+            .as_deref()
+            == Some("2"),
+        "the stream and its sequence are on that node"
+    );
+
+    let stop = AtomicBool::new(false);
+    let seen: Mutex<Vec<(Instant, u16, u16)>> = Mutex::default();
+    let recovered = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let got = statuses(&a, &[&before, &user]);
+                seen.lock().unwrap().push((Instant::now(), got[0], got[1]));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.node_mut(stream_primary).expect("node").stop();
+        let answer = revoke(&b, &during);
+        assert!(
+            ["pending", "unreplicated", "published"]
+                .contains(&answer["shared"].as_str().unwrap_or("")),
+            "{answer}"
+        );
+        assert!(
+            eventually(Duration::from_secs(20), || cluster
+                .primary_port_for("{authz:v1:}events")
+                .is_some_and(|p| p != stream_primary)),
+            "the cluster promotes the replica"
+        );
+        assert!(
+            eventually(Duration::from_secs(15), || confirmed(&a) && confirmed(&b)),
+            "both instances follow the failover by themselves"
+        );
+        let recovered = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(5), || statuses(&a, &[&user])
+                == vec![200]),
+            "privileged checks recover by themselves"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        recovered
+    });
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 10, "{} rounds", seen.len());
+    for (at, revoked, allowed) in &seen {
+        assert!(
+            *revoked == 401 || *revoked == 503,
+            "a revoked token got {revoked}"
+        );
+        assert!(*allowed == 200 || *allowed == 503, "alice got {allowed}");
+        if *at > recovered + Duration::from_secs(1) {
+            assert_eq!(*allowed, 200, "503 after the new primary answered");
+        }
+    }
+    let c = cluster_server(&idp, &cluster, "zone-c");
+    assert!(eventually(Duration::from_secs(10), || confirmed(&c)));
+    for server in [&a, &b, &c] {
+        assert!(
+            eventually(Duration::from_secs(5), || statuses(
+                server,
+                &[&before, &during]
+            ) == vec![401, 401]),
+            "a revocation was lost: {:?}",
+            statuses(server, &[&before, &during])
+        );
+    }
+}

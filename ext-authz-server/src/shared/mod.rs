@@ -33,8 +33,10 @@
 mod connection;
 mod events;
 mod l2;
+mod link;
 mod own;
 mod replication;
+mod sentinel;
 mod stream;
 
 pub use stream::{record, run};
@@ -48,7 +50,6 @@ use chacha20poly1305::aead::KeyInit;
 use chacha20poly1305::ChaCha20Poly1305;
 use events::{FLOOR_LUA, PUBLISH_LUA};
 use hmac::{Hmac, Mac};
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 use sha2::Sha256;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,16 +72,24 @@ struct Keys {
 }
 
 impl Keys {
-    fn new(prefix: &str) -> Keys {
+    /// The keys under `prefix`. In a cluster (`hash_tag`), the stream and its snapshot share
+    /// the hash tag `{prefix}`, so they live on one slot (one node) and the publish script,
+    /// which writes them all, can run there; the cache entries spread over the cluster.
+    fn new(prefix: &str, hash_tag: bool) -> Keys {
+        let state = if hash_tag {
+            format!("{{{prefix}}}")
+        } else {
+            prefix.to_owned()
+        };
         Keys {
-            seq: format!("{prefix}seq"),
-            events: format!("{prefix}events"),
-            subjects: format!("{prefix}subjects"),
-            policy: format!("{prefix}policy"),
-            switches: format!("{prefix}switches"),
-            incarnation: format!("{prefix}incarnation"),
+            seq: format!("{state}seq"),
+            events: format!("{state}events"),
+            subjects: format!("{state}subjects"),
+            policy: format!("{state}policy"),
+            switches: format!("{state}switches"),
+            incarnation: format!("{state}incarnation"),
             cache: format!("{prefix}intro:"),
-            replication_probe: format!("{prefix}replication_probe"),
+            replication_probe: format!("{state}replication_probe"),
         }
     }
 }
@@ -116,10 +125,11 @@ pub struct Shared {
     config: RedisConfig,
     endpoint: connection::Endpoint,
     keys: Keys,
-    manager: RwLock<Option<ConnectionManager>>,
+    /// The check path's connection (outlives sessions; replaced when the primary moves).
+    manager: RwLock<Option<link::Link>>,
     /// The session's connection for publications and their `WAIT` (see `replication`), with
     /// the number of the session it belongs to.
-    publisher: RwLock<Option<(u64, redis::aio::MultiplexedConnection)>>,
+    publisher: RwLock<Option<(u64, link::Link)>>,
     /// The number of the current session (one more at every end of a session): a publication
     /// whose session ended meanwhile may have gone to a primary that is no longer one.
     session: AtomicU64,
@@ -161,7 +171,13 @@ impl Shared {
         clock: SharedClock,
     ) -> Result<Shared, RedisError> {
         let endpoint = if let Some(sentinel) = &config.sentinel {
-            connection::Endpoint::sentinel(sentinel)?
+            connection::Endpoint::Sentinel(sentinel::Sentinels::new(sentinel)?)
+        } else if let Some(cluster) = &config.cluster {
+            connection::Endpoint::cluster(
+                cluster,
+                config.block,
+                config.op_timeout.max(Duration::from_secs(1)) + config.replica_wait,
+            )?
         } else if config.tls_ca.is_some() || config.tls_client.is_some() {
             connection::Endpoint::Direct(redis::Client::build_with_tls(
                 config.url.as_str(),
@@ -181,7 +197,7 @@ impl Shared {
         };
         let enc_key = derive_key(&config.secret, b"authz shared cache encryption v1");
         Ok(Shared {
-            keys: Keys::new(&config.key_prefix),
+            keys: Keys::new(&config.key_prefix, config.cluster.is_some()),
             mac_key: derive_key(&config.secret, b"authz shared cache key v1"),
             cipher: ChaCha20Poly1305::new(&enc_key.into()),
             config,
@@ -252,14 +268,14 @@ impl Shared {
     }
 
     /// The session's publisher connection, and the number of its session.
-    fn publisher(&self) -> Option<(u64, redis::aio::MultiplexedConnection)> {
+    fn publisher(&self) -> Option<(u64, link::Link)> {
         self.publisher
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    fn connection(&self) -> Option<ConnectionManager> {
+    fn connection(&self) -> Option<link::Link> {
         self.manager
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -301,6 +317,7 @@ pub(crate) mod tests {
             stream_max_len: 1_000,
             shared_cache: true,
             sentinel,
+            cluster: None,
             min_replicas: 0,
             replica_wait: Duration::from_millis(200),
         };

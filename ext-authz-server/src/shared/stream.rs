@@ -5,11 +5,11 @@
 
 use super::connection::{next_reconnect_delay, FIRST_RECONNECT};
 use super::events::{decode, decode_subject, decode_switch, encode, with_shared_count};
+use super::link::Link;
 use super::{Delivery, Shared};
 use crate::changes::ChangeSink;
 use crate::lock;
 use crate::versions::{random_incarnation, Applied, Change};
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::RedisError;
 use std::collections::HashMap;
@@ -155,7 +155,7 @@ impl Shared {
     /// knows for publishing again, and reads the stream from the start.
     async fn start_over(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Link,
         cursor: &mut Cursor,
         reason: &'static str,
         store_version: Option<u64>,
@@ -187,7 +187,7 @@ impl Shared {
     async fn catch_up(
         &self,
         sink: &dyn ChangeSink,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Link,
         cursor: &mut Cursor,
     ) -> Result<(), RedisError> {
         loop {
@@ -211,7 +211,7 @@ impl Shared {
     async fn resync(
         &self,
         sink: &dyn ChangeSink,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Link,
         cursor: &mut Cursor,
     ) -> Result<(), RedisError> {
         let _: Option<String> = redis::cmd("SET")
@@ -295,11 +295,7 @@ impl Shared {
     /// (a failover to a replica that lacked it, whose next changes took that number): the
     /// stream past it cannot be trusted to continue what was read, so everything is read and
     /// republished again. An entry trimmed away (`stream_max_len`) is no evidence either way.
-    async fn diverged(
-        &self,
-        conn: &mut MultiplexedConnection,
-        cursor: &Cursor,
-    ) -> Result<bool, RedisError> {
+    async fn diverged(&self, conn: &mut Link, cursor: &Cursor) -> Result<bool, RedisError> {
         let Some((seq, read)) = cursor.last_entry else {
             return Ok(false);
         };
@@ -369,12 +365,8 @@ impl Shared {
         cursor: &mut Cursor,
         session: u64,
     ) -> Result<(), RedisError> {
-        let primary = self.primary().await?;
-        let session_primary = primary.get_connection_info().addr.to_string();
         let vouched_ms = AtomicU64::new(self.clock.now_ms());
-        let mut conn = self.reader(&primary).await?;
-        self.connect_publisher(&primary, session).await?;
-        self.ensure_manager(&primary).await?;
+        let (mut conn, session_primary) = self.open_session(session).await?;
         self.resync(sink, &mut conn, cursor).await?;
         self.mark_synced();
         tracing::info!(
