@@ -1431,6 +1431,14 @@ fn redis_section(p: &mut Problems, r: &RedisFile) -> RedisConfig {
             format_args!("must be above block_ms ({block_ms})"),
         );
     }
+    if min_replicas > 0 && replica_wait_ms + block_ms >= max_unconfirmed_ms {
+        p.add(
+            "redis.replica_wait_ms",
+            format_args!(
+                "with block_ms ({block_ms}) must stay below max_unconfirmed_ms ({max_unconfirmed_ms}): the stream reader also waits for replicas, and its state must not lapse meanwhile"
+            ),
+        );
+    }
     let stream_max_len = r.stream_max_len.unwrap_or(defaults::REDIS_STREAM_MAX_LEN);
     if stream_max_len < 1_000 {
         p.add("redis.stream_max_len", "must be at least 1000");
@@ -2190,7 +2198,7 @@ colour: blue
             );
         }
         let braces = format!(
-            "{EXAMPLE}redis: {{cluster: {{addresses: [\"redis://h:6379\"]}}, key_prefix: \"a{{b}}:\", ca_file: /x.pem, secret: \"{secret}\"}}\n"
+            "{EXAMPLE}redis: {{cluster: {{addresses: [\"redis://h:6379\"]}}, key_prefix: \"a{{b}}:\", ca_file: /x.pem, min_replicas: 1, replica_wait_ms: 1000, secret: \"{secret}\"}}\n"
         );
         let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&braces) else {
             panic!("accepted")
@@ -2198,6 +2206,7 @@ colour: blue
         for expected in [
             "redis.key_prefix: must not contain { or } with cluster",
             "redis.ca_file: TLS with cluster is not supported",
+            "redis.replica_wait_ms: with block_ms (500) must stay below max_unconfirmed_ms (1500)",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(expected)),
@@ -2238,7 +2247,7 @@ colour: blue
             (1, Duration::from_millis(200))
         );
         let bad = format!(
-            "{EXAMPLE}redis: {{url: \"redis://h:6379/0\", sentinel: {{addresses: [\"rediss://h:26379\", \"h:26379\"], db: 99, port: 1}}, min_replicas: 11, replica_wait_ms: 0, secret: \"{secret}\"}}\n"
+            "{EXAMPLE}redis: {{url: \"redis://h:6379/0\", sentinel: {{addresses: [\"rediss://h:26379\", \"h:26379\", \"redis://s:26379\", \"redis://s:26379/\"], db: 99, port: 1}}, min_replicas: 11, replica_wait_ms: 0, secret: \"{secret}\"}}\n"
         );
         let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&bad) else {
             panic!("accepted")
@@ -2250,6 +2259,7 @@ colour: blue
             "redis.sentinel.addresses[0]: TLS to sentinels is not supported",
             "redis.sentinel.addresses[1]: \"h:26379\" is not redis://host:port",
             "redis.sentinel.db: must be between 0 and 15",
+            "redis.sentinel.addresses[3]: s:26379 is listed twice",
             "redis.min_replicas: must be between 0 and 10",
             "redis.replica_wait_ms: must be between 1 and 5000",
         ] {

@@ -30,7 +30,18 @@ fn addresses(p: &mut Problems, field: &str, addresses: &[String], what: &str) {
             format_args!("needs at least one {what}: redis://host:port"),
         );
     }
+    let mut seen = std::collections::HashSet::new();
     for (i, address) in addresses.iter().enumerate() {
+        let node = redis::IntoConnectionInfo::into_connection_info(address.as_str())
+            .map(|info| info.addr.to_string());
+        if let Ok(node) = &node {
+            if !seen.insert(node.clone()) {
+                p.add(
+                    &format!("{field}[{i}]"),
+                    format_args!("{node} is listed twice (a {what} must count once)"),
+                );
+            }
+        }
         if address.starts_with("rediss://") {
             p.add(
                 &format!("{field}[{i}]"),

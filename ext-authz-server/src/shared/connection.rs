@@ -18,14 +18,14 @@ pub(super) enum Endpoint {
     Direct(redis::Client),
     /// The primary the sentinels name now: asked at every session and every
     /// `max_unconfirmed_ms / 3` during one (a majority must name it), its `ROLE` checked.
-    Sentinel(Sentinels),
+    Sentinel(Box<Sentinels>),
     /// A Redis Cluster (`redis.cluster`): the connection finds the node of each key's slot,
     /// and follows the cluster when a replica is promoted.
     Cluster {
         /// For the stream reader (its response timeout covers a blocking read).
-        reader: ClusterClient,
+        reader: Box<ClusterClient>,
         /// For the publisher and the check path.
-        commands: ClusterClient,
+        commands: Box<ClusterClient>,
     },
 }
 
@@ -47,8 +47,8 @@ impl Endpoint {
             builder.build()
         };
         Ok(Endpoint::Cluster {
-            reader: client(block + Duration::from_secs(2))?,
-            commands: client(command_budget)?,
+            reader: Box::new(client(block + Duration::from_secs(2))?),
+            commands: Box::new(client(command_budget)?),
         })
     }
 }
@@ -66,32 +66,62 @@ pub(super) async fn connect(
         .await
 }
 
+/// Where a session's publisher connects (again): its primary, or the cluster.
+pub(super) enum PublisherSource {
+    Node(redis::Client),
+    Cluster(ClusterClient),
+}
+
 impl Shared {
     /// Connects session `session`: its stream reader (returned, with the name of where it
-    /// reads: the primary's `host:port`, or `cluster`), its publisher, and the check path's
-    /// connection if the primary moved.
-    pub(super) async fn open_session(&self, session: u64) -> Result<(Link, String), RedisError> {
+    /// reads: the primary's `host:port`, or `cluster`, and where its publisher connects),
+    /// its publisher, and the check path's connection if the primary moved.
+    pub(super) async fn open_session(
+        &self,
+        session: u64,
+    ) -> Result<(Link, String, PublisherSource), RedisError> {
         let primary = match &self.endpoint {
             Endpoint::Direct(client) => client.clone(),
             Endpoint::Sentinel(sentinels) => sentinels.primary().await?,
             Endpoint::Cluster { reader, commands } => {
                 let reader = reader.get_async_connection().await?;
-                let publisher = commands.get_async_connection().await?;
-                self.set_publisher(session, Link::Cluster(publisher));
+                let source = PublisherSource::Cluster(commands.as_ref().clone());
+                self.reopen_publisher(&source, session).await?;
                 if self.connection().is_none() {
                     let manager = commands.get_async_connection().await?;
                     self.set_manager(Link::Cluster(manager), "cluster");
                 }
-                return Ok((Link::Cluster(reader), "cluster".into()));
+                return Ok((Link::Cluster(reader), "cluster".into(), source));
             }
         };
         let address = primary.get_connection_info().addr.to_string();
         let reader = self.reader(&primary).await?;
-        let mut publisher = connect(&primary, self.command_budget()).await?;
-        name_connection(&mut publisher, "authz-publisher").await?;
-        self.set_publisher(session, Link::Node(publisher));
+        let source = PublisherSource::Node(primary.clone());
+        self.reopen_publisher(&source, session).await?;
         self.ensure_manager(&primary, &address).await?;
-        Ok((Link::Node(reader), address))
+        Ok((Link::Node(reader), address, source))
+    }
+
+    /// A new publisher connection for session `session`, from `source`: its own, so a
+    /// `WAIT` never holds up the check path's commands. Named `authz-publisher` (`CLIENT
+    /// LIST`) on one node.
+    pub(super) async fn reopen_publisher(
+        &self,
+        source: &PublisherSource,
+        session: u64,
+    ) -> Result<(), RedisError> {
+        let publisher = match source {
+            PublisherSource::Node(primary) => {
+                let mut publisher = connect(primary, self.command_budget()).await?;
+                name_connection(&mut publisher, "authz-publisher").await?;
+                Link::Node(publisher)
+            }
+            PublisherSource::Cluster(commands) => {
+                Link::Cluster(commands.get_async_connection().await?)
+            }
+        };
+        *self.publisher.write().unwrap_or_else(|p| p.into_inner()) = Some((session, publisher));
+        Ok(())
     }
 
     /// How long a publication and its `WAIT` may take.
@@ -112,12 +142,12 @@ impl Shared {
         }
     }
 
-    /// How often a session asks the sentinels about its primary: a third of the confirmation
-    /// window, so that a vouch (dated when it was asked, which takes at most
-    /// [`super::sentinel::ASK_BUDGET`]) is always younger than the window while the sentinels
-    /// answer.
+    /// How often a session asks the sentinels about its primary: a quarter of the
+    /// confirmation window. A question takes at most [`super::sentinel::ask_budget`] (a
+    /// sixth), so even after one that went unanswered the next vouch (dated when it was asked)
+    /// comes within 5/6 of the window.
     fn primary_check_every(&self) -> Duration {
-        Duration::from_millis((self.config.max_unconfirmed_ms / 3).max(100))
+        Duration::from_millis((self.config.max_unconfirmed_ms / 4).max(50))
     }
 
     /// Whether a session's primary needs the sentinels' vouch (one Redis, or a cluster, needs
@@ -128,9 +158,15 @@ impl Shared {
 
     /// For a session on `session_primary`: asks the sentinels about it every
     /// [`Shared::primary_check_every`], records in `vouched_ms` when a question they answered
-    /// `Same` was asked, and returns when they answer `Moved` (the session must end). Never
-    /// returns without sentinels.
-    pub(super) async fn watch_primary(&self, session_primary: &str, vouched_ms: &AtomicU64) {
+    /// `Same` was asked (and confirms the state as of then and the last read, `read_ms`), and
+    /// returns when they answer `Moved` (the session must end). Never returns without
+    /// sentinels.
+    pub(super) async fn watch_primary(
+        &self,
+        session_primary: &str,
+        vouched_ms: &AtomicU64,
+        read_ms: &AtomicU64,
+    ) {
         if !self.vouched_by_sentinels() {
             return std::future::pending().await;
         }
@@ -140,18 +176,15 @@ impl Shared {
             match self.check_primary(session_primary).await {
                 PrimaryCheck::Same => {
                     vouched_ms.fetch_max(asked_ms, Ordering::Relaxed);
+                    self.confirm_read(
+                        read_ms.load(Ordering::Relaxed),
+                        vouched_ms.load(Ordering::Relaxed),
+                    );
                 }
                 PrimaryCheck::Moved => return,
                 PrimaryCheck::Unknown => {}
             }
         }
-    }
-
-    /// The connection publications and their `WAIT` use, for session `session`: its own, so
-    /// a `WAIT` never holds up the check path's commands. Named `authz-publisher` (`CLIENT
-    /// LIST`) on one node.
-    fn set_publisher(&self, session: u64, publisher: Link) {
-        *self.publisher.write().unwrap_or_else(|p| p.into_inner()) = Some((session, publisher));
     }
 
     fn set_manager(&self, manager: Link, address: &str) {

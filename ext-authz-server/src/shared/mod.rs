@@ -171,7 +171,10 @@ impl Shared {
         clock: SharedClock,
     ) -> Result<Shared, RedisError> {
         let endpoint = if let Some(sentinel) = &config.sentinel {
-            connection::Endpoint::Sentinel(sentinel::Sentinels::new(sentinel)?)
+            connection::Endpoint::Sentinel(Box::new(sentinel::Sentinels::new(
+                sentinel,
+                sentinel::ask_budget(config.max_unconfirmed_ms),
+            )?))
         } else if let Some(cluster) = &config.cluster {
             connection::Endpoint::cluster(
                 cluster,
@@ -252,10 +255,6 @@ impl Shared {
         lock(&self.outbox).push(change);
     }
 
-    fn confirm(&self) {
-        self.confirm_as_of(self.clock.now_ms());
-    }
-
     /// Confirms this instance's state as current at `at_ms` (never moves the confirmation
     /// back).
     fn confirm_as_of(&self, at_ms: u64) {
@@ -331,11 +330,12 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    /// With Sentinel, a stream read confirms the state as of the sentinels' last vouch for
-    /// the primary, so the state stops being confirmed `max_unconfirmed_ms` after that vouch,
-    /// not after the last read that still fell inside the window.
+    /// With Sentinel, the state is confirmed as of the older of the last read and the
+    /// sentinels' last vouch for the primary: it stops being confirmed `max_unconfirmed_ms`
+    /// after the last vouch, whatever was read since, and after the last read, whatever was
+    /// vouched since.
     #[test]
-    fn with_sentinels_a_read_confirms_only_as_of_the_last_vouch() {
+    fn with_sentinels_the_state_is_confirmed_as_of_the_older_of_read_and_vouch() {
         let clock = crate::clock::ManualClock::new();
         let sentinel = crate::config::SentinelConfig {
             master_name: "authz".into(),
@@ -343,23 +343,32 @@ pub(crate) mod tests {
             password: None,
             db: 0,
         };
+        let now = || crate::clock::Clock::now_ms(clock.as_ref());
         let s = shared_with(Some(sentinel), clock.clone());
-        let vouched = crate::clock::Clock::now_ms(clock.as_ref());
+        let vouched = now();
         clock.advance_ms(1_000);
-        s.confirm_read(vouched);
+        s.confirm_read(now(), vouched);
         assert!(s.confirmed(), "read 1 s after the vouch, within 1.5 s");
         clock.advance_ms(499);
-        s.confirm_read(vouched);
+        s.confirm_read(now(), vouched);
         assert!(s.confirmed());
         clock.advance_ms(2);
-        s.confirm_read(vouched);
+        s.confirm_read(now(), vouched);
         assert!(
             !s.confirmed(),
             "1.501 s after the last vouch, whatever was read"
         );
 
+        let read = now();
+        clock.advance_ms(1_501);
+        s.confirm_read(read, now());
+        assert!(
+            !s.confirmed(),
+            "1.501 s after the last read, whatever was vouched"
+        );
+
         let plain = shared_with(None, clock.clone());
-        plain.confirm_read(0);
+        plain.confirm_read(now(), 0);
         assert!(plain.confirmed(), "one Redis needs no vouch");
     }
 
@@ -367,7 +376,7 @@ pub(crate) mod tests {
     fn unconfirmed_until_a_stream_read() {
         let s = shared();
         assert!(!s.confirmed());
-        s.confirm();
-        assert!(s.confirmed());
+        s.confirm_read(crate::clock::Clock::now_ms(&crate::clock::SystemClock), 0);
+        assert!(s.confirmed(), "one Redis: confirmed as of the read");
     }
 }

@@ -9,13 +9,18 @@ use super::events::encode;
 use crate::versions::Change;
 use std::collections::BTreeMap;
 
-/// A change by its stream fields that identify it (kind and value; `at` may be raised by the
-/// publish script, and `n` is the store's count).
-type Identity = (&'static str, String);
+/// A change by its stream fields (`n` is the store's count, not part of it).
+type Identity = (&'static str, String, u64);
 
 fn identity(change: &Change) -> Identity {
-    let (kind, value, _) = encode(change);
-    (kind, value)
+    encode(change)
+}
+
+/// Whether `read` (under our number) has the effect of `ours`: the same kind and value, and
+/// for a subject revocation a time at least ours (the publish script only ever raises it; an
+/// older revocation of the same subject would let tokens issued in between through).
+fn holds(read: &Identity, ours: &Identity) -> bool {
+    read.0 == ours.0 && read.1 == ours.1 && (ours.0 != "subject" || read.2 >= ours.2)
 }
 
 /// Own publications not read back yet, and how far the reader has read.
@@ -40,18 +45,19 @@ impl Unread {
     pub(super) fn read(&mut self, seq: u64, change: &Change) -> bool {
         self.read_up_to = self.read_up_to.max(seq);
         match self.published.remove(&seq) {
-            Some(ours) => ours == identity(change),
+            Some(ours) => holds(&identity(change), &ours),
             None => true,
         }
     }
 
-    /// The reader has read everything up to `seq`: false when a publication of ours at or
-    /// below it was never there (the store skipped its number).
-    pub(super) fn read_through(&mut self, seq: u64) -> bool {
+    /// The reader has read everything up to `seq`: the highest number of a publication of
+    /// ours at or below it that was never there (the store skipped its number, or trimmed it
+    /// away before the reader came: the caller tells which).
+    pub(super) fn read_through(&mut self, seq: u64) -> Option<u64> {
         self.read_up_to = self.read_up_to.max(seq);
         let later = self.published.split_off(&(seq + 1));
         let missing = std::mem::replace(&mut self.published, later);
-        missing.is_empty()
+        missing.keys().next_back().copied()
     }
 
     /// The reader starts again from the beginning (everything is republished).
@@ -81,7 +87,7 @@ mod tests {
         assert_eq!(unread.len(), 1);
         assert!(unread.read(4, &jti("other")), "not our number");
         assert!(unread.read(5, &jti("a")), "our change under our number");
-        assert!(unread.read_through(5));
+        assert_eq!(unread.read_through(5), None);
         assert_eq!(unread.len(), 0);
     }
 
@@ -102,12 +108,9 @@ mod tests {
         unread.published(5, &jti("a"));
         unread.published(7, &jti("c"));
         assert!(unread.read(6, &jti("x")));
-        assert!(
-            !unread.read_through(6),
-            "5 was never read: the store lost it"
-        );
+        assert_eq!(unread.read_through(6), Some(5), "5 was never read");
         assert!(unread.read(7, &jti("c")));
-        assert!(unread.read_through(7));
+        assert_eq!(unread.read_through(7), None);
     }
 
     #[test]
@@ -116,7 +119,27 @@ mod tests {
         assert!(unread.read(9, &jti("a")));
         unread.published(9, &jti("a"));
         assert_eq!(unread.len(), 0, "read before the publish call returned");
-        assert!(unread.read_through(12));
+        assert_eq!(unread.read_through(12), None);
+    }
+
+    #[test]
+    fn an_older_revocation_of_the_same_subject_is_not_ours() {
+        let subject = |at| Change::RevokeSubject {
+            subject: "alice".into(),
+            revoked_at_ms: at,
+            epoch: None,
+        };
+        let mut unread = Unread::default();
+        unread.published(5, &subject(2_000));
+        assert!(
+            !unread.read(5, &subject(1_000)),
+            "tokens from 1000 to 2000 would pass"
+        );
+        unread.published(6, &subject(2_000));
+        assert!(
+            unread.read(6, &subject(3_000)),
+            "raised by the script: covers ours"
+        );
     }
 
     #[test]

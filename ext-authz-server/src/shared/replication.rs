@@ -14,6 +14,7 @@
 //! connection: a change that was not acknowledged is counted here until a later `WAIT` (the
 //! session loop asks again, briefly, every stream read) covers it.
 
+use super::link::Link;
 use super::Shared;
 use crate::lock;
 use std::time::Duration;
@@ -22,22 +23,21 @@ use std::time::Duration;
 const CATCH_UP_WAIT: Duration = Duration::from_millis(10);
 
 impl Shared {
-    /// Whether `min_replicas` replicas acknowledged every write to the primary so far (a probe
-    /// write, then `WAIT` on the publisher connection), within `replica_wait` (true when
-    /// `min_replicas` is 0). Counted by result.
-    pub(super) async fn replicated(&self) -> bool {
-        self.replicated_within(self.config.replica_wait).await
+    /// Whether `min_replicas` replicas acknowledged every write to the primary `publisher`
+    /// went to, so far (a probe write, then `WAIT` on that connection: the one a publication
+    /// went through, so the answer is about the node that holds it), within `replica_wait`
+    /// (true when `min_replicas` is 0). Counted by result.
+    pub(super) async fn replicated(&self, publisher: &mut Link) -> bool {
+        self.replicated_within(publisher, self.config.replica_wait)
+            .await
     }
 
     /// [`Shared::replicated`], waiting at most `wait` (at least 1 ms: `WAIT … 0` blocks).
-    async fn replicated_within(&self, wait: Duration) -> bool {
+    async fn replicated_within(&self, conn: &mut Link, wait: Duration) -> bool {
         let wanted = self.config.min_replicas;
         if wanted == 0 {
             return true;
         }
-        let Some((_, mut conn)) = self.publisher() else {
-            return false;
-        };
         let wait_ms = (wait.as_millis() as u64).max(1);
         let acknowledged = Shared::with_timeout(
             wait + self.config.op_timeout,
@@ -48,7 +48,7 @@ impl Shared {
                 .cmd("WAIT")
                 .arg(wanted)
                 .arg(wait_ms)
-                .query_async::<(u64,)>(&mut conn),
+                .query_async::<(u64,)>(conn),
         )
         .await
         .map(|(n,)| n);
@@ -88,7 +88,10 @@ impl Shared {
         if covered == 0 {
             return;
         }
-        if self.replicated_within(CATCH_UP_WAIT).await {
+        let Some((_, mut publisher)) = self.publisher() else {
+            return;
+        };
+        if self.replicated_within(&mut publisher, CATCH_UP_WAIT).await {
             let left = {
                 let mut kept = lock(&self.unreplicated);
                 *kept = kept.saturating_sub(covered);

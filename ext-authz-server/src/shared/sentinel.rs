@@ -7,12 +7,18 @@ use super::connection::connect;
 use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, RedisError};
 use std::time::Duration;
 
-/// Budget for one question to one sentinel, and for the `ROLE` check of the primary it names.
-pub(super) const ASK_BUDGET: Duration = Duration::from_millis(500);
+/// Budget for one question to one sentinel, and for the `ROLE` check of the primary it names:
+/// a sixth of the confirmation window, between 50 and 500 ms (so a question that times out
+/// still leaves the next one time to vouch within the window; see `Shared::watch_primary`).
+pub(super) fn ask_budget(max_unconfirmed_ms: u64) -> Duration {
+    Duration::from_millis((max_unconfirmed_ms / 6).clamp(50, 500))
+}
 
 /// `redis.sentinel`, ready to ask.
 pub(super) struct Sentinels {
     addresses: Vec<ConnectionInfo>,
+    /// Budget for one question (see [`ask_budget`]).
+    budget: Duration,
     master_name: String,
     /// How to talk to the primary (database, password).
     node: RedisConnectionInfo,
@@ -35,11 +41,11 @@ fn is_primary(role: &redis::Value) -> bool {
     }
 }
 
-/// The role the node `client` reaches answers `ROLE` with, within [`ASK_BUDGET`]: `Some(true)`
+/// The role the node `client` reaches answers `ROLE` with, within `budget`: `Some(true)`
 /// for a primary, `Some(false)` for anything else, `None` when it does not answer.
-pub(super) async fn answers_as_primary(client: &redis::Client) -> Option<bool> {
-    let asked = tokio::time::timeout(ASK_BUDGET, async {
-        let mut conn = connect(client, ASK_BUDGET).await?;
+async fn answers_as_primary(client: &redis::Client, budget: Duration) -> Option<bool> {
+    let asked = tokio::time::timeout(budget, async {
+        let mut conn = connect(client, budget).await?;
         redis::cmd("ROLE")
             .query_async::<redis::Value>(&mut conn)
             .await
@@ -93,7 +99,10 @@ impl Tally {
 impl Sentinels {
     /// The sentinels of `redis.sentinel`, asking for the primary `master_name` (with its
     /// password and database).
-    pub(super) fn new(config: &crate::config::SentinelConfig) -> Result<Sentinels, RedisError> {
+    pub(super) fn new(
+        config: &crate::config::SentinelConfig,
+        budget: Duration,
+    ) -> Result<Sentinels, RedisError> {
         let addresses = config
             .addresses
             .iter()
@@ -101,6 +110,7 @@ impl Sentinels {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Sentinels {
             addresses,
+            budget,
             master_name: config.master_name.clone(),
             node: RedisConnectionInfo {
                 db: config.db,
@@ -120,11 +130,11 @@ impl Sentinels {
         .ok()
     }
 
-    /// What one sentinel names as the primary (`host:port`), within [`ASK_BUDGET`].
+    /// What one sentinel names as the primary (`host:port`), within the budget.
     async fn ask(&self, address: &ConnectionInfo) -> Option<String> {
         let sentinel = redis::Client::open(address.clone()).ok()?;
-        let asked = tokio::time::timeout(ASK_BUDGET, async {
-            let mut conn = connect(&sentinel, ASK_BUDGET).await?;
+        let asked = tokio::time::timeout(self.budget, async {
+            let mut conn = connect(&sentinel, self.budget).await?;
             redis::cmd("SENTINEL")
                 .arg("GET-MASTER-ADDR-BY-NAME")
                 .arg(&self.master_name)
@@ -137,7 +147,7 @@ impl Sentinels {
     }
 
     /// The primary a majority of the sentinels name: all asked at once, each within
-    /// [`ASK_BUDGET`], the answer known as soon as a majority agrees (a sentinel on a dead
+    /// the budget, the answer known as soon as a majority agrees (a sentinel on a dead
     /// node costs nothing while the others answer).
     async fn majority(&self) -> Option<String> {
         use futures::stream::{FuturesUnordered, StreamExt};
@@ -157,7 +167,9 @@ impl Sentinels {
             return Err(no_primary("no majority of the sentinels names one primary"));
         };
         match self.node_client(&named) {
-            Some(client) if answers_as_primary(&client).await == Some(true) => Ok(client),
+            Some(client) if answers_as_primary(&client, self.budget).await == Some(true) => {
+                Ok(client)
+            }
             _ => Err(no_primary(
                 "the primary the sentinels name does not answer as one",
             )),
@@ -169,7 +181,7 @@ impl Sentinels {
     pub(super) async fn check(&self, session_primary: &str) -> PrimaryCheck {
         let role = async {
             match self.node_client(session_primary) {
-                Some(client) => answers_as_primary(&client).await,
+                Some(client) => answers_as_primary(&client, self.budget).await,
                 None => None,
             }
         };

@@ -15,7 +15,6 @@ use redis::RedisError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Records a change made through this instance's admin API: published to every instance
 /// when there is a shared tier, applied here at once either way.
@@ -28,10 +27,10 @@ pub async fn record(
         return (sink.apply(&change, None), Delivery::Local);
     };
     match shared.publish_one(&change).await {
-        Ok((seq, n)) => {
+        Ok((seq, n, mut publisher)) => {
             let change = with_shared_count(change, n);
             let applied = sink.apply(&change, Some(seq));
-            if shared.replicated().await {
+            if shared.replicated(&mut publisher).await {
                 (applied, Delivery::Published)
             } else {
                 shared.keep_unreplicated(1);
@@ -63,9 +62,12 @@ struct Cursor {
     /// new primary may lack the entries the old one had not passed on, and give their numbers
     /// to other changes: the entry under this number then differs (see `Shared::diverged`).
     last_entry: Option<(u64, u64)>,
-    /// Set when the reader found that the store lost or renumbered one of this instance's own
+    /// Set when the reader found that the store renumbered one of this instance's own
     /// publications (see `own`): everything is read and republished again.
     diverged: bool,
+    /// The highest number of an own publication the reader passed without finding it: lost,
+    /// unless the stream was trimmed past it (`Shared::settle_missing` tells which).
+    missing: Option<u64>,
 }
 
 /// A fingerprint of a stream entry's fields (in key order).
@@ -92,7 +94,9 @@ impl Shared {
     /// keeps the change in the outbox, and the next session publishes it). A publication whose
     /// session ended before it was answered counts as failed: its primary may no longer be
     /// one, so the change is published again (twice is harmless).
-    async fn publish_one(&self, change: &Change) -> Result<(u64, u64), String> {
+    /// Returns the number the store gave it, the store's count (see `with_shared_count`), and
+    /// the connection it went through (whose `WAIT` covers it).
+    async fn publish_one(&self, change: &Change) -> Result<(u64, u64, Link), String> {
         let (session, mut conn) = self.publisher().ok_or("not connected")?;
         let (kind, value, at) = encode(change);
         let mut invocation = self.publish.prepare_invoke();
@@ -111,9 +115,10 @@ impl Shared {
                 Change::Switch(switch) => switch.setting.slot(),
                 _ => String::new(),
             });
-        // Publishing is an admin action, not on the check path: allow more than op_timeout.
+        // Publishing is an admin action, not on the check path: allow more than op_timeout,
+        // and room for a `WAIT` of another publication ahead of it on the connection.
         let (seq, n) = Shared::with_timeout(
-            self.config.op_timeout.max(Duration::from_secs(1)),
+            self.command_budget(),
             invocation.invoke_async::<(u64, u64)>(&mut conn),
         )
         .await?;
@@ -122,7 +127,7 @@ impl Shared {
             return Err("the session ended before the publication was answered".into());
         }
         unread.published(seq, change);
-        Ok((seq, n))
+        Ok((seq, n, conn))
     }
 
     fn apply_entries(&self, sink: &dyn ChangeSink, entries: &[StreamId], cursor: &mut Cursor) {
@@ -145,9 +150,22 @@ impl Shared {
                 None => self.error("decode", &format!("unreadable stream entry {}", entry.id)),
             }
         }
-        if !lock(&self.unread).read_through(cursor.last_seq) {
+        if let Some(missing) = lock(&self.unread).read_through(cursor.last_seq) {
+            cursor.missing = cursor.missing.max(Some(missing));
+        }
+    }
+
+    /// An own publication the reader passed without finding it is lost (the store skipped its
+    /// number: divergence), unless the stream no longer reaches back to it (trimmed to
+    /// `stream_max_len`: no evidence either way, as for the last entry read).
+    async fn settle_missing(&self, conn: &mut Link, cursor: &mut Cursor) -> Result<(), RedisError> {
+        let Some(missing) = cursor.missing.take() else {
+            return Ok(());
+        };
+        if self.reaches_back_to(conn, missing).await? {
             cursor.diverged = true;
         }
+        Ok(())
     }
 
     /// After the store lost changes (a new incarnation, a sequence below ours) or renumbered
@@ -180,6 +198,7 @@ impl Shared {
         cursor.last_seq = 0;
         cursor.last_entry = None;
         cursor.diverged = false;
+        cursor.missing = None;
         Ok(())
     }
 
@@ -208,11 +227,13 @@ impl Shared {
 
     /// Loads the snapshot, catches up on the stream, republishes after a data loss, and
     /// flushes the outbox.
+    /// `vouched_ms`: when the sentinels were asked for this primary (see `confirm_read`).
     async fn resync(
         &self,
         sink: &dyn ChangeSink,
         conn: &mut Link,
         cursor: &mut Cursor,
+        vouched_ms: u64,
     ) -> Result<(), RedisError> {
         let _: Option<String> = redis::cmd("SET")
             .arg(&self.keys.incarnation)
@@ -280,6 +301,7 @@ impl Shared {
             }
         }
         self.catch_up(sink, conn, cursor).await?;
+        self.settle_missing(conn, cursor).await?;
         if cursor.diverged {
             // A publication of ours the store lost or renumbered, found while catching up.
             self.start_over(conn, cursor, "diverged", remote_seq)
@@ -287,7 +309,7 @@ impl Shared {
             self.catch_up(sink, conn, cursor).await?;
         }
         self.flush_outbox(sink).await;
-        self.confirm();
+        self.confirm_read(self.clock.now_ms(), vouched_ms);
         Ok(())
     }
 
@@ -309,6 +331,13 @@ impl Shared {
         if let Some(entry) = at.ids.first() {
             return Ok(fingerprint(entry) != read);
         }
+        self.reaches_back_to(conn, seq).await
+    }
+
+    /// Whether the stream still reaches back to `seq` (its first entry is at or before it, or
+    /// it is empty), so an entry missing under `seq` was lost; trimmed past it
+    /// (`stream_max_len`), a missing entry is no evidence either way.
+    async fn reaches_back_to(&self, conn: &mut Link, seq: u64) -> Result<bool, RedisError> {
         let first: StreamRangeReply = redis::cmd("XRANGE")
             .arg(&self.keys.events)
             .arg("-")
@@ -318,7 +347,6 @@ impl Shared {
             .query_async(conn)
             .await?;
         Ok(match first.ids.first() {
-            // Trimmed past it: the stream now starts after it.
             Some(entry) => seq_of(&entry.id).is_none_or(|first_seq| first_seq <= seq),
             None => true,
         })
@@ -330,12 +358,14 @@ impl Shared {
         let outbox: Vec<Change> = std::mem::take(&mut *lock(&self.outbox));
         let mut unsent = Vec::new();
         let mut published = Vec::new();
+        let mut publisher = None;
         for (i, change) in outbox.iter().enumerate() {
             match self.publish_one(change).await {
-                Ok((seq, n)) => {
+                Ok((seq, n, conn)) => {
                     let change = with_shared_count(change.clone(), n);
                     sink.apply(&change, Some(seq));
                     published.push(change);
+                    publisher = Some(conn);
                 }
                 Err(e) => {
                     self.error("publish", &e);
@@ -352,8 +382,10 @@ impl Shared {
         };
         self.metrics
             .set_gauge("authz_shared_outbox", &[], left as f64);
-        if !published.is_empty() && !self.replicated().await {
-            self.keep_unreplicated(published.len());
+        if let Some(mut publisher) = publisher {
+            if !self.replicated(&mut publisher).await {
+                self.keep_unreplicated(published.len());
+            }
         }
     }
 
@@ -365,16 +397,20 @@ impl Shared {
         cursor: &mut Cursor,
         session: u64,
     ) -> Result<(), RedisError> {
+        // Asked now (before the sentinels are): the state read from this primary is confirmed
+        // at most as of this moment, until they vouch for it again.
         let vouched_ms = AtomicU64::new(self.clock.now_ms());
-        let (mut conn, session_primary) = self.open_session(session).await?;
-        self.resync(sink, &mut conn, cursor).await?;
+        let (mut conn, session_primary, publisher_source) = self.open_session(session).await?;
+        self.resync(sink, &mut conn, cursor, vouched_ms.load(Ordering::Relaxed))
+            .await?;
         self.mark_synced();
         tracing::info!(
             version = self.versions.change_version(),
             policy_version = self.versions.policy_version(),
             "shared_tier_synced"
         );
-        let moved = self.watch_primary(&session_primary, &vouched_ms);
+        let read_ms = AtomicU64::new(self.clock.now_ms());
+        let moved = self.watch_primary(&session_primary, &vouched_ms, &read_ms);
         tokio::pin!(moved);
         loop {
             let mut xread = redis::cmd("XREAD");
@@ -397,12 +433,17 @@ impl Shared {
                     )));
                 }
             };
-            self.confirm_read(vouched_ms.load(Ordering::Relaxed));
+            read_ms.store(self.clock.now_ms(), Ordering::Relaxed);
+            self.confirm_read(
+                read_ms.load(Ordering::Relaxed),
+                vouched_ms.load(Ordering::Relaxed),
+            );
             if let Some(reply) = reply {
                 for key in &reply.keys {
                     self.apply_entries(sink, &key.ids, cursor);
                 }
             }
+            self.settle_missing(&mut conn, cursor).await?;
             if cursor.diverged {
                 self.start_over(&mut conn, cursor, "diverged", None).await?;
             }
@@ -410,27 +451,32 @@ impl Shared {
                 self.flush_outbox(sink).await;
                 if self.pending() > 0 {
                     // The publisher failed while the reader lives (an idle timeout, a killed
-                    // client): a new session reconnects both rather than keep changes local.
-                    return Err(RedisError::from((
-                        redis::ErrorKind::IoError,
-                        "publishing failed: reconnecting",
-                    )));
+                    // client): a new publisher connection, to the session's primary.
+                    self.reopen_publisher(&publisher_source, session).await?;
+                    self.flush_outbox(sink).await;
+                    if self.pending() > 0 {
+                        return Err(RedisError::from((
+                            redis::ErrorKind::IoError,
+                            "publishing failed: reconnecting",
+                        )));
+                    }
                 }
             }
             self.confirm_replication().await;
         }
     }
 
-    /// A stream read answered: this instance's state is current, as of when the sentinels
-    /// last vouched for the primary it was read from (with one Redis: now). So the state is
-    /// never confirmed for longer than `max_unconfirmed_ms` past the last vouch.
-    pub(super) fn confirm_read(&self, vouched_ms: u64) {
-        let now_ms = self.clock.now_ms();
-        if !self.vouched_by_sentinels() {
-            self.confirm_as_of(now_ms);
-        } else if now_ms.saturating_sub(vouched_ms) <= self.config.max_unconfirmed_ms {
-            self.confirm_as_of(vouched_ms.min(now_ms));
-        }
+    /// Confirms this instance's state as current as of the older of its last stream read
+    /// (`read_ms`) and, with Sentinel, the last time a majority of the sentinels vouched for
+    /// the primary it reads from (`vouched_ms`): so the state is never confirmed for longer
+    /// than `max_unconfirmed_ms` past either. Called after each read and each vouch.
+    pub(super) fn confirm_read(&self, read_ms: u64, vouched_ms: u64) {
+        let as_of = if self.vouched_by_sentinels() {
+            read_ms.min(vouched_ms)
+        } else {
+            read_ms
+        };
+        self.confirm_as_of(as_of);
     }
 }
 
@@ -484,8 +530,9 @@ mod tests {
         )
     }
 
-    /// The reader finds another change under the number one of our publications got (or never
-    /// finds that number): the cursor is marked diverged, so everything is republished.
+    /// The reader finds another change under the number one of our publications got: the
+    /// cursor is marked diverged, so everything is republished. It never finds that number:
+    /// the number is kept for `settle_missing` (lost, or trimmed away).
     #[test]
     fn reading_past_an_own_publication_that_is_not_there_marks_a_divergence() {
         let shared = crate::shared::tests::shared();
@@ -507,6 +554,7 @@ mod tests {
         let mut cursor = Cursor::default();
         lock(&shared.unread).published(6, &ours);
         shared.apply_entries(&sink, &[jti_entry(7, "y")], &mut cursor);
-        assert!(cursor.diverged, "6 skipped");
+        assert!(!cursor.diverged, "6 skipped: lost, or trimmed away");
+        assert_eq!(cursor.missing, Some(6), "left to settle_missing");
     }
 }
