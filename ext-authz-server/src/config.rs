@@ -241,10 +241,11 @@ pub struct RedisFile {
     /// every (re)connection, checks that it answers `ROLE` as a primary, and so follows a
     /// failover by itself.
     pub sentinel: Option<SentinelFile>,
-    /// Redis Cluster instead of `url`: the server learns the cluster's slots from these
-    /// nodes, sends each command to the node that holds its key, and follows a promoted
-    /// replica by itself. The revocation stream and its snapshot share one hash tag
-    /// (`{key_prefix}`), so its scripts run on one slot.
+    /// Redis Cluster instead of `url`: the revocation stream and its snapshot share one hash
+    /// tag (`{key_prefix}`), so one slot; at every session the server asks the seed nodes
+    /// which primary serves it, reads and publishes there, asks it periodically whether it
+    /// still does, and so follows a promoted replica by itself. Cache entries spread over the
+    /// cluster.
     pub cluster: Option<ClusterFile>,
     /// Replicas that must hold a change (`WAIT`) before it counts as published (the admin
     /// API's `"shared": "published"`); 0 does not wait. With Sentinel set 1 or more: a change
@@ -1431,14 +1432,6 @@ fn redis_section(p: &mut Problems, r: &RedisFile) -> RedisConfig {
             format_args!("must be above block_ms ({block_ms})"),
         );
     }
-    if min_replicas > 0 && replica_wait_ms + block_ms >= max_unconfirmed_ms {
-        p.add(
-            "redis.replica_wait_ms",
-            format_args!(
-                "with block_ms ({block_ms}) must stay below max_unconfirmed_ms ({max_unconfirmed_ms}): the stream reader also waits for replicas, and its state must not lapse meanwhile"
-            ),
-        );
-    }
     let stream_max_len = r.stream_max_len.unwrap_or(defaults::REDIS_STREAM_MAX_LEN);
     if stream_max_len < 1_000 {
         p.add("redis.stream_max_len", "must be at least 1000");
@@ -2198,7 +2191,7 @@ colour: blue
             );
         }
         let braces = format!(
-            "{EXAMPLE}redis: {{cluster: {{addresses: [\"redis://h:6379\"]}}, key_prefix: \"a{{b}}:\", ca_file: /x.pem, min_replicas: 1, replica_wait_ms: 1000, secret: \"{secret}\"}}\n"
+            "{EXAMPLE}redis: {{cluster: {{addresses: [\"redis://h:6379\"]}}, key_prefix: \"a{{b}}:\", ca_file: /x.pem, secret: \"{secret}\"}}\n"
         );
         let Err(ServerError::InvalidConfig(problems)) = ServerConfig::from_yaml(&braces) else {
             panic!("accepted")
@@ -2206,7 +2199,6 @@ colour: blue
         for expected in [
             "redis.key_prefix: must not contain { or } with cluster",
             "redis.ca_file: TLS with cluster is not supported",
-            "redis.replica_wait_ms: with block_ms (500) must stay below max_unconfirmed_ms (1500)",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(expected)),

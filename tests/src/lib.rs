@@ -1713,6 +1713,18 @@ pub fn parse_series(series: &str) -> (&str, Vec<(String, String)>) {
     (family, labels)
 }
 
+/// An Envoy whose filter (the decision cache template, 250 ms freshness) calls `server`.
+pub fn decision_cache_envoy(server: &AuthzServerProcess, idp: &DevIdp, echo: &Echo) -> Envoy {
+    Envoy::start_rendered(&render_template_full(
+        "decision-cache.template.yaml",
+        &decision_cache_plugin_config(250, 1000),
+        idp.port,
+        echo.port,
+        server.grpc_port,
+        server.admin_port,
+    ))
+}
+
 /// A real Redis Cluster on loopback: three primaries with one replica each (`redis-cli
 /// --cluster create`), quick to fail over for tests (`cluster-node-timeout 1000`).
 pub struct RedisCluster {
@@ -1723,6 +1735,9 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
+                // The bus port is given: the default (port + 10000) is out of range for
+                // ports above 55535, which port 0 hands out.
+                let bus_port = free_port().to_string();
                 let mut node = RedisServer {
                     process: None,
                     port: free_port(),
@@ -1735,6 +1750,8 @@ impl RedisCluster {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "1000",
+                        "--cluster-port",
+                        &bus_port,
                     ]
                     .iter()
                     .map(|a| (*a).to_owned())
@@ -1808,6 +1825,28 @@ impl RedisCluster {
             let port = fields.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
             serves.then_some(port)
         })
+    }
+
+    /// The port of the replica of the primary on `primary_port`.
+    pub fn replica_port_of(&self, primary_port: u16) -> Option<u16> {
+        let live = self.nodes.iter().find(|n| n.process.is_some())?;
+        let nodes = live.command(&["CLUSTER", "NODES"])?;
+        let port_of = |field: &str| -> Option<u16> { field.split(['@', ':']).nth(1)?.parse().ok() };
+        let primary_id = nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (port_of(fields.get(1)?) == Some(primary_port))
+                .then(|| fields.first().map(|id| (*id).to_owned()))?
+        })?;
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2)?.contains("slave") && fields.get(3) == Some(&primary_id.as_str()))
+                .then(|| port_of(fields.get(1)?))?
+        })
+    }
+
+    /// The node on `port`.
+    pub fn node(&self, port: u16) -> Option<&RedisServer> {
+        self.nodes.iter().find(|n| n.port == port)
     }
 
     /// The node on `port`.

@@ -51,6 +51,15 @@ fn statuses(server: &AuthzServerProcess, tokens: &[&String]) -> Vec<u16> {
     })
 }
 
+/// Sends `which` (`-STOP`, `-CONT`) to `server`'s process.
+fn signal(server: &AuthzServerProcess, which: &str) {
+    let pid = server.pid().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([which, &pid])
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill {which}");
+}
+
 fn epochs(server: &AuthzServerProcess) -> Value {
     server.admin("GET", "/admin/epochs?since=0", None).json()
 }
@@ -87,14 +96,7 @@ fn a_failover_loses_no_revocation_and_privileged_routes_recover_by_themselves() 
         a.logged("shared_primary"),
         "the primary the sentinel named is logged"
     );
-    let envoy = Envoy::start_rendered(&render_template_full(
-        "decision-cache.template.yaml",
-        &decision_cache_plugin_config(250, 1000),
-        idp.port,
-        echo.port,
-        a.grpc_port,
-        a.admin_port,
-    ));
+    let envoy = decision_cache_envoy(&a, &idp, &echo);
     let before = admin_token(&idp, "revoked-before");
     let during = admin_token(&idp, "revoked-during");
     let user = admin_token(&idp, "alice");
@@ -229,13 +231,6 @@ fn a_revocation_only_the_failed_primary_held_is_published_again_to_the_promoted_
     let only_primary = admin_token(&idp, "bob");
     let after = admin_token(&idp, "carol");
 
-    let signal = |server: &AuthzServerProcess, which: &str| {
-        let pid = server.pid().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([which, &pid])
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "kill {which}");
-    };
     // The replica is cut off (frozen, its link closed, so nothing sent later sits in its
     // socket): the primary alone holds the revocation.
     replica.pause();
@@ -255,36 +250,46 @@ fn a_revocation_only_the_failed_primary_held_is_published_again_to_the_promoted_
             == Some(replica.port)),
         "the sentinels promote the replica"
     );
-    let b = sentinel_server(&idp, &sentinel, "zone-b");
-    assert!(eventually(Duration::from_secs(15), || confirmed(&b)));
-    let answer = revoke(&b, &after);
-    assert_ne!(answer["shared"], "pending", "{answer}");
-    signal(&a, "-CONT");
-    assert!(eventually(Duration::from_secs(15), || confirmed(&a)));
+    every_instance_refuses_both(
+        &a,
+        |zone| sentinel_server(&idp, &sentinel, zone),
+        &only_primary,
+        &after,
+    );
     assert!(
         a.metric("authz_shared_primary_changes_total") >= 2.0,
         "it followed the failover"
     );
+}
 
-    let c = sentinel_server(&idp, &sentinel, "zone-c");
+/// After a failover that lost the revocation of `only_primary` made at `a` (stopped through
+/// it): B, started now, revokes `after` on the new primary first (so under the same number);
+/// then A resumes. A, B and a fresh server C (started by `start` for a zone) must all refuse
+/// both tokens: the promoted replica holds both, B applied the republished one, A read what
+/// B wrote under its number.
+fn every_instance_refuses_both(
+    a: &AuthzServerProcess,
+    start: impl Fn(&str) -> AuthzServerProcess,
+    only_primary: &String,
+    after: &String,
+) {
+    let b = start("zone-b");
+    assert!(eventually(Duration::from_secs(15), || confirmed(&b)));
+    let answer = revoke(&b, after);
+    assert_ne!(answer["shared"], "pending", "{answer}");
+    signal(a, "-CONT");
+    assert!(eventually(Duration::from_secs(15), || confirmed(a)));
+    let c = start("zone-c");
     assert!(eventually(Duration::from_secs(10), || confirmed(&c)));
-    let both = [&only_primary, &after];
-    assert!(
-        eventually(Duration::from_secs(5), || statuses(&c, &both)
-            == vec![401, 401]),
-        "the promoted replica holds both revocations: {:?}",
-        statuses(&c, &both)
-    );
-    assert_eq!(
-        statuses(&b, &both),
-        vec![401, 401],
-        "B applied the republished one"
-    );
-    assert_eq!(
-        statuses(&a, &both),
-        vec![401, 401],
-        "A read what B wrote under its number"
-    );
+    let both = [only_primary, after];
+    for (name, server) in [("c", &c), ("b", &b), ("a", a)] {
+        assert!(
+            eventually(Duration::from_secs(5), || statuses(server, &both)
+                == vec![401, 401]),
+            "{name}: {:?}",
+            statuses(server, &both)
+        );
+    }
 }
 
 /// A failover while the old primary stays up (`SENTINEL FAILOVER`: it is demoted to a replica
@@ -427,55 +432,64 @@ fn cluster_server(idp: &DevIdp, cluster: &RedisCluster, zone: &str) -> AuthzServ
     ))
 }
 
+/// The key of the revocation stream (the default prefix, in its hash tag).
+const STREAM_KEY: &str = "{authz:v1:}events";
+
 /// Redis Cluster: the stream and its snapshot share one hash tag, so the publish script runs on
-/// one slot. The primary of that slot is killed while checks and revocations flow: no revoked
-/// token is ever allowed, privileged checks fail closed only until the cluster promotes its
-/// replica, both instances follow by themselves, and a server started afterwards refuses
-/// every revoked token.
+/// one slot. The primary of that slot is killed while checks flow through an Envoy behind one
+/// instance and revocations are made at the other: no revoked token is ever allowed,
+/// privileged checks fail closed only until the cluster promotes its replica, both instances
+/// follow by themselves, and a server started afterwards refuses every revoked token.
 #[test]
 fn a_cluster_failover_loses_no_revocation_and_privileged_checks_recover_by_themselves() {
     let mut cluster = RedisCluster::start();
     let idp = DevIdp::start(&[]);
+    let echo = Echo::start();
     let a = cluster_server(&idp, &cluster, "zone-a");
     let b = cluster_server(&idp, &cluster, "zone-b");
     assert!(
         eventually(Duration::from_secs(10), || confirmed(&a) && confirmed(&b)),
         "both instances sync through the cluster"
     );
+    let envoy = decision_cache_envoy(&a, &idp, &echo);
+    let status = |token: &String| envoy.status_on_new_connection("GET", "/admin/users", token);
     let before = admin_token(&idp, "revoked-before");
     let during = admin_token(&idp, "revoked-during");
     let user = admin_token(&idp, "alice");
-    assert_eq!(
-        statuses(&a, &[&before, &during, &user]),
-        vec![200, 200, 200]
-    );
+    for token in [&before, &during, &user] {
+        assert_eq!(status(token), 200);
+    }
     let answer = revoke(&b, &before);
     assert_eq!(answer["shared"], "published", "{answer}");
-    assert!(eventually(Duration::from_secs(3), || statuses(
-        &a,
-        &[&before]
-    ) == vec![401]));
+    assert!(eventually(Duration::from_secs(3), || status(&before) == 401));
     let stream_primary = cluster
-        .primary_port_for("{authz:v1:}events")
+        .primary_port_for(STREAM_KEY)
         .expect("a primary serves the stream's slot");
-    assert!(
+    assert_eq!(
         cluster
-            .nodes
-            .iter()
-            .find(|n| n.port == stream_primary)
-            .and_then(|n| n.command(&["EXISTS", "{authz:v1:}events", "{authz:v1:}seq"]))
-            .as_deref()
-            == Some("2"),
-        "the stream and its sequence are on that node"
+            .node(stream_primary)
+            .and_then(|n| n.command(&[
+                "EXISTS",
+                STREAM_KEY,
+                "{authz:v1:}seq",
+                "{authz:v1:}incarnation"
+            ]))
+            .as_deref(),
+        Some("3"),
+        "the stream and its snapshot are on that node: {:?}",
+        cluster
+            .node(stream_primary)
+            .and_then(|n| n.command(&["KEYS", "*"]))
     );
+    assert!(a.logged("shared_stream_primary"));
 
     let stop = AtomicBool::new(false);
     let seen: Mutex<Vec<(Instant, u16, u16)>> = Mutex::default();
     let recovered = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                let got = statuses(&a, &[&before, &user]);
-                seen.lock().unwrap().push((Instant::now(), got[0], got[1]));
+                let got = (status(&before), status(&user));
+                seen.lock().unwrap().push((Instant::now(), got.0, got.1));
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -490,7 +504,7 @@ fn a_cluster_failover_loses_no_revocation_and_privileged_checks_recover_by_thems
         );
         assert!(
             eventually(Duration::from_secs(20), || cluster
-                .primary_port_for("{authz:v1:}events")
+                .primary_port_for(STREAM_KEY)
                 .is_some_and(|p| p != stream_primary)),
             "the cluster promotes the replica"
         );
@@ -501,8 +515,7 @@ fn a_cluster_failover_loses_no_revocation_and_privileged_checks_recover_by_thems
         );
         let recovered = Instant::now();
         assert!(
-            eventually(Duration::from_secs(5), || statuses(&a, &[&user])
-                == vec![200]),
+            eventually(Duration::from_secs(5), || status(&user) == 200),
             "privileged checks recover by themselves"
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -521,6 +534,9 @@ fn a_cluster_failover_loses_no_revocation_and_privileged_checks_recover_by_thems
             assert_eq!(*allowed, 200, "503 after the new primary answered");
         }
     }
+    for token in [&before, &during] {
+        assert!(eventually(Duration::from_secs(5), || status(token) == 401));
+    }
     let c = cluster_server(&idp, &cluster, "zone-c");
     assert!(eventually(Duration::from_secs(10), || confirmed(&c)));
     for server in [&a, &b, &c] {
@@ -533,4 +549,42 @@ fn a_cluster_failover_loses_no_revocation_and_privileged_checks_recover_by_thems
             statuses(server, &[&before, &during])
         );
     }
+}
+
+/// Redis Cluster: a revocation only the failed primary of the stream's slot held (its
+/// replica cut off: `"unreplicated"`), with another instance writing to the promoted replica
+/// first under the same number: the instance that made it finds the divergence and publishes
+/// it again, so every instance and a fresh server refuse both tokens.
+#[test]
+fn a_cluster_failover_that_renumbers_loses_no_revocation() {
+    let mut cluster = RedisCluster::start();
+    let idp = DevIdp::start(&[]);
+    let a = cluster_server(&idp, &cluster, "zone-a");
+    assert!(eventually(Duration::from_secs(10), || confirmed(&a)));
+    let only_primary = admin_token(&idp, "bob");
+    let after = admin_token(&idp, "carol");
+    let primary = cluster.primary_port_for(STREAM_KEY).expect("primary");
+    let replica = cluster.replica_port_of(primary).expect("its replica");
+    cluster.node(replica).expect("replica").pause();
+    assert!(cluster
+        .node(primary)
+        .and_then(|n| n.command(&["CLIENT", "KILL", "TYPE", "replica"]))
+        .is_some_and(|n| n != "0"));
+    let answer = revoke(&a, &only_primary);
+    assert_eq!(answer["shared"], "unreplicated", "{answer}");
+    signal(&a, "-STOP");
+    cluster.node_mut(primary).expect("primary").stop();
+    cluster.node(replica).expect("replica").resume();
+    assert!(
+        eventually(Duration::from_secs(20), || cluster
+            .primary_port_for(STREAM_KEY)
+            == Some(replica)),
+        "the cluster promotes the replica"
+    );
+    every_instance_refuses_both(
+        &a,
+        |zone| cluster_server(&idp, &cluster, zone),
+        &only_primary,
+        &after,
+    );
 }

@@ -14,17 +14,6 @@ use tests::*;
 /// read (immediate) + one epochs poll interval (250 ms) + round trips; generous for CI.
 const PROPAGATION_BOUND: Duration = Duration::from_millis(2_000);
 
-fn envoy_for(server: &AuthzServerProcess, idp: &DevIdp, echo: &Echo) -> Envoy {
-    Envoy::start_rendered(&render_template_full(
-        "decision-cache.template.yaml",
-        &decision_cache_plugin_config(250, 1000),
-        idp.port,
-        echo.port,
-        server.grpc_port,
-        server.admin_port,
-    ))
-}
-
 fn admin_token(idp: &DevIdp, sub: &str) -> String {
     idp.mint(json!({"sub": sub, "scope": "read admin", "opaque": true}))
 }
@@ -45,8 +34,8 @@ fn a_revoke_at_one_instance_reaches_every_envoy_and_survives_a_redis_restart() {
             && epochs(&b)["confirmed"] == true),
         "both instances sync with redis"
     );
-    let envoy_1 = envoy_for(&a, &idp, &echo);
-    let envoy_2 = envoy_for(&b, &idp, &echo);
+    let envoy_1 = decision_cache_envoy(&a, &idp, &echo);
+    let envoy_2 = decision_cache_envoy(&b, &idp, &echo);
 
     // One token, allowed through both Envoys (each caches the server's decision).
     let token = admin_token(&idp, "alice");
@@ -188,8 +177,8 @@ fn introspection_results_are_shared_and_redis_never_sees_a_token() {
         ["confirmed"]
         == true
         && epochs(&b)["confirmed"] == true));
-    let envoy_1 = envoy_for(&a, &idp, &echo);
-    let envoy_2 = envoy_for(&b, &idp, &echo);
+    let envoy_1 = decision_cache_envoy(&a, &idp, &echo);
+    let envoy_2 = decision_cache_envoy(&b, &idp, &echo);
     let token = admin_token(&idp, "alice");
     let before = idp.stat("introspected_tokens");
     assert_eq!(envoy_1.get("/admin/users", Some(&token), &[]).status, 200);

@@ -3,11 +3,11 @@
 //! publisher, which waits for replicas), the check path's connection that outlives sessions
 //! (replaced when the primary moves), and the backoff between sessions.
 
+use super::cluster::Cluster;
 use super::link::Link;
 use super::sentinel::{PrimaryCheck, Sentinels};
 use super::Shared;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::cluster::ClusterClient;
 use redis::{AsyncConnectionConfig, RedisError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,38 +19,22 @@ pub(super) enum Endpoint {
     /// The primary the sentinels name now: asked at every session and every
     /// `max_unconfirmed_ms / 3` during one (a majority must name it), its `ROLE` checked.
     Sentinel(Box<Sentinels>),
-    /// A Redis Cluster (`redis.cluster`): the connection finds the node of each key's slot,
-    /// and follows the cluster when a replica is promoted.
-    Cluster {
-        /// For the stream reader (its response timeout covers a blocking read).
-        reader: Box<ClusterClient>,
-        /// For the publisher and the check path.
-        commands: Box<ClusterClient>,
-    },
+    /// A Redis Cluster (`redis.cluster`): a session pins its reader and publisher to the
+    /// primary that serves the stream's slot now, which it asks periodically.
+    Cluster(Box<Cluster>),
 }
 
-impl Endpoint {
-    /// The clients of `redis.cluster`.
-    pub(super) fn cluster(
-        config: &crate::config::ClusterConfig,
-        block: Duration,
-        command_budget: Duration,
-    ) -> Result<Endpoint, RedisError> {
-        let client = |response_timeout: Duration| {
-            let mut builder = redis::cluster::ClusterClientBuilder::new(config.addresses.clone())
-                .connection_timeout(Duration::from_secs(1))
-                .response_timeout(response_timeout)
-                .retries(2);
-            if let Some(password) = &config.password {
-                builder = builder.password(password.clone());
-            }
-            builder.build()
-        };
-        Ok(Endpoint::Cluster {
-            reader: Box::new(client(block + Duration::from_secs(2))?),
-            commands: Box::new(client(command_budget)?),
-        })
-    }
+/// A client for the node at `host:port`, with `node`'s database and password.
+pub(super) fn node_client(
+    node: &redis::RedisConnectionInfo,
+    address: &str,
+) -> Option<redis::Client> {
+    let (host, port) = address.rsplit_once(':')?;
+    redis::Client::open(redis::ConnectionInfo {
+        addr: redis::ConnectionAddr::Tcp(host.to_owned(), port.parse().ok()?),
+        redis: node.clone(),
+    })
+    .ok()
 }
 
 /// A connection to the node `client` reaches, every answer within `budget`.
@@ -66,61 +50,47 @@ pub(super) async fn connect(
         .await
 }
 
-/// Where a session's publisher connects (again): its primary, or the cluster.
-pub(super) enum PublisherSource {
-    Node(redis::Client),
-    Cluster(ClusterClient),
-}
-
 impl Shared {
-    /// Connects session `session`: its stream reader (returned, with the name of where it
-    /// reads: the primary's `host:port`, or `cluster`, and where its publisher connects),
-    /// its publisher, and the check path's connection if the primary moved.
+    /// Connects session `session`: its stream reader (returned, with the primary's
+    /// `host:port` and a client for it, to connect the publisher again), its publisher, and
+    /// the check path's connection if the primary moved.
     pub(super) async fn open_session(
         &self,
         session: u64,
-    ) -> Result<(Link, String, PublisherSource), RedisError> {
+    ) -> Result<(Link, String, redis::Client), RedisError> {
         let primary = match &self.endpoint {
             Endpoint::Direct(client) => client.clone(),
             Endpoint::Sentinel(sentinels) => sentinels.primary().await?,
-            Endpoint::Cluster { reader, commands } => {
-                let reader = reader.get_async_connection().await?;
-                let source = PublisherSource::Cluster(commands.as_ref().clone());
-                self.reopen_publisher(&source, session).await?;
-                if self.connection().is_none() {
-                    let manager = commands.get_async_connection().await?;
-                    self.set_manager(Link::Cluster(manager), "cluster");
-                }
-                return Ok((Link::Cluster(reader), "cluster".into(), source));
-            }
+            Endpoint::Cluster(cluster) => cluster.primary(&self.keys.events).await?,
         };
         let address = primary.get_connection_info().addr.to_string();
         let reader = self.reader(&primary).await?;
-        let source = PublisherSource::Node(primary.clone());
-        self.reopen_publisher(&source, session).await?;
-        self.ensure_manager(&primary, &address).await?;
-        Ok((Link::Node(reader), address, source))
+        self.reopen_publisher(&primary, session).await?;
+        match &self.endpoint {
+            Endpoint::Cluster(cluster) => {
+                if self.connection().is_none() {
+                    let manager = cluster.seeds.get_async_connection().await?;
+                    self.set_manager(Link::Cluster(manager), "cluster");
+                }
+                tracing::info!(primary = %address, "shared_stream_primary");
+            }
+            _ => self.ensure_manager(&primary, &address).await?,
+        }
+        Ok((Link::Node(reader), address, primary))
     }
 
-    /// A new publisher connection for session `session`, from `source`: its own, so a
-    /// `WAIT` never holds up the check path's commands. Named `authz-publisher` (`CLIENT
-    /// LIST`) on one node.
+    /// A new publisher connection to the session's primary, for session `session`: its own,
+    /// so a `WAIT` never holds up the check path's commands. Named `authz-publisher` (`CLIENT
+    /// LIST`).
     pub(super) async fn reopen_publisher(
         &self,
-        source: &PublisherSource,
+        primary: &redis::Client,
         session: u64,
     ) -> Result<(), RedisError> {
-        let publisher = match source {
-            PublisherSource::Node(primary) => {
-                let mut publisher = connect(primary, self.command_budget()).await?;
-                name_connection(&mut publisher, "authz-publisher").await?;
-                Link::Node(publisher)
-            }
-            PublisherSource::Cluster(commands) => {
-                Link::Cluster(commands.get_async_connection().await?)
-            }
-        };
-        *self.publisher.write().unwrap_or_else(|p| p.into_inner()) = Some((session, publisher));
+        let mut publisher = connect(primary, self.command_budget()).await?;
+        name_connection(&mut publisher, "authz-publisher").await?;
+        *self.publisher.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((session, Link::Node(publisher)));
         Ok(())
     }
 
@@ -129,20 +99,21 @@ impl Shared {
         self.config.op_timeout.max(Duration::from_secs(1)) + self.config.replica_wait
     }
 
-    /// With Sentinel: whether the session's primary (`host:port`) is still the one a majority
-    /// of the sentinels name and still answers as a primary. A failover moved it, it was
-    /// demoted, or it is cut off from the sentinels and another was elected: the session must
-    /// end, or it would go on confirming state the fleet no longer writes to. Otherwise (one
-    /// Redis; a cluster, whose nodes redirect or refuse commands for slots they lost):
-    /// always `Same`.
+    /// Whether the session's primary (`host:port`) is still the one to read and write: with
+    /// Sentinel, the one a majority of the sentinels name, answering as a primary; with a
+    /// cluster, the one that says it serves the stream's slot in a cluster that is up. A
+    /// failover moved it, it was demoted, or it is cut off and another was elected: the
+    /// session must end, or it would go on confirming state the fleet no longer writes to.
+    /// One Redis: always `Same`.
     pub(super) async fn check_primary(&self, session_primary: &str) -> PrimaryCheck {
         match &self.endpoint {
-            Endpoint::Direct(_) | Endpoint::Cluster { .. } => PrimaryCheck::Same,
+            Endpoint::Direct(_) => PrimaryCheck::Same,
             Endpoint::Sentinel(sentinels) => sentinels.check(session_primary).await,
+            Endpoint::Cluster(cluster) => cluster.check(session_primary, &self.keys.events).await,
         }
     }
 
-    /// How often a session asks the sentinels about its primary: a quarter of the
+    /// How often a session asks about its primary: a quarter of the
     /// confirmation window. A question takes at most [`super::sentinel::ask_budget`] (a
     /// sixth), so even after one that went unanswered the next vouch (dated when it was asked)
     /// comes within 5/6 of the window.
@@ -150,24 +121,24 @@ impl Shared {
         Duration::from_millis((self.config.max_unconfirmed_ms / 4).max(50))
     }
 
-    /// Whether a session's primary needs the sentinels' vouch (one Redis, or a cluster, needs
-    /// none).
-    pub(super) fn vouched_by_sentinels(&self) -> bool {
-        matches!(self.endpoint, Endpoint::Sentinel(_))
+    /// Whether a session's primary needs a periodic vouch (the sentinels', or its own as a
+    /// cluster node); one Redis needs none.
+    pub(super) fn vouched(&self) -> bool {
+        !matches!(self.endpoint, Endpoint::Direct(_))
     }
 
-    /// For a session on `session_primary`: asks the sentinels about it every
+    /// For a session on `session_primary`: asks the sentinels (or the cluster node) about it
+    /// every
     /// [`Shared::primary_check_every`], records in `vouched_ms` when a question they answered
     /// `Same` was asked (and confirms the state as of then and the last read, `read_ms`), and
-    /// returns when they answer `Moved` (the session must end). Never returns without
-    /// sentinels.
+    /// returns when they answer `Moved` (the session must end). Never returns for one Redis.
     pub(super) async fn watch_primary(
         &self,
         session_primary: &str,
         vouched_ms: &AtomicU64,
         read_ms: &AtomicU64,
     ) {
-        if !self.vouched_by_sentinels() {
+        if !self.vouched() {
             return std::future::pending().await;
         }
         loop {

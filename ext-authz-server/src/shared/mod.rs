@@ -30,6 +30,7 @@
 //! reads reach the instance through [`crate::changes::ChangeSink`], so this module does not
 //! know the check service.
 
+mod cluster;
 mod connection;
 mod events;
 mod l2;
@@ -142,6 +143,8 @@ pub struct Shared {
     /// lack revocations every other instance holds.
     synced: std::sync::atomic::AtomicBool,
     outbox: Mutex<Vec<Change>>,
+    /// Woken when a change is kept in the outbox (the session's publishing loop waits on it).
+    outbox_added: tokio::sync::Notify,
     /// Published changes too few replicas acknowledged (see `replication`).
     unreplicated: Mutex<usize>,
     mac_key: [u8; 32],
@@ -176,11 +179,11 @@ impl Shared {
                 sentinel::ask_budget(config.max_unconfirmed_ms),
             )?))
         } else if let Some(cluster) = &config.cluster {
-            connection::Endpoint::cluster(
+            connection::Endpoint::Cluster(Box::new(cluster::Cluster::new(
                 cluster,
-                config.block,
                 config.op_timeout.max(Duration::from_secs(1)) + config.replica_wait,
-            )?
+                sentinel::ask_budget(config.max_unconfirmed_ms),
+            )?))
         } else if config.tls_ca.is_some() || config.tls_client.is_some() {
             connection::Endpoint::Direct(redis::Client::build_with_tls(
                 config.url.as_str(),
@@ -213,6 +216,7 @@ impl Shared {
             confirmed_at_ms: AtomicU64::new(0),
             synced: std::sync::atomic::AtomicBool::new(false),
             outbox: Mutex::new(Vec::new()),
+            outbox_added: tokio::sync::Notify::new(),
             unreplicated: Mutex::new(0),
             origin,
             publish: redis::Script::new(PUBLISH_LUA),
@@ -253,6 +257,7 @@ impl Shared {
     /// was away).
     pub fn keep_for_publishing(&self, change: Change) {
         lock(&self.outbox).push(change);
+        self.outbox_added.notify_one();
     }
 
     /// Confirms this instance's state as current at `at_ms` (never moves the confirmation

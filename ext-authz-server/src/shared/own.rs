@@ -23,10 +23,11 @@ fn holds(read: &Identity, ours: &Identity) -> bool {
     read.0 == ours.0 && read.1 == ours.1 && (ours.0 != "subject" || read.2 >= ours.2)
 }
 
-/// Own publications not read back yet, and how far the reader has read.
+/// Own publications not read back yet (each with its change, to publish it again if the
+/// store lost it), and how far the reader has read.
 #[derive(Debug, Default)]
 pub(super) struct Unread {
-    published: BTreeMap<u64, Identity>,
+    published: BTreeMap<u64, Change>,
     read_up_to: u64,
 }
 
@@ -36,7 +37,7 @@ impl Unread {
     /// share its primary), so there is nothing left to check.
     pub(super) fn published(&mut self, seq: u64, change: &Change) {
         if seq > self.read_up_to {
-            self.published.insert(seq, identity(change));
+            self.published.insert(seq, change.clone());
         }
     }
 
@@ -45,19 +46,18 @@ impl Unread {
     pub(super) fn read(&mut self, seq: u64, change: &Change) -> bool {
         self.read_up_to = self.read_up_to.max(seq);
         match self.published.remove(&seq) {
-            Some(ours) => holds(&identity(change), &ours),
+            Some(ours) => holds(&identity(change), &identity(&ours)),
             None => true,
         }
     }
 
-    /// The reader has read everything up to `seq`: the highest number of a publication of
-    /// ours at or below it that was never there (the store skipped its number, or trimmed it
+    /// The reader has read everything up to `seq`: the publications of ours at or below it
+    /// that were never there, by number (the store skipped their numbers, or trimmed them
     /// away before the reader came: the caller tells which).
-    pub(super) fn read_through(&mut self, seq: u64) -> Option<u64> {
+    pub(super) fn read_through(&mut self, seq: u64) -> BTreeMap<u64, Change> {
         self.read_up_to = self.read_up_to.max(seq);
         let later = self.published.split_off(&(seq + 1));
-        let missing = std::mem::replace(&mut self.published, later);
-        missing.keys().next_back().copied()
+        std::mem::replace(&mut self.published, later)
     }
 
     /// The reader starts again from the beginning (everything is republished).
@@ -87,7 +87,7 @@ mod tests {
         assert_eq!(unread.len(), 1);
         assert!(unread.read(4, &jti("other")), "not our number");
         assert!(unread.read(5, &jti("a")), "our change under our number");
-        assert_eq!(unread.read_through(5), None);
+        assert!(unread.read_through(5).is_empty());
         assert_eq!(unread.len(), 0);
     }
 
@@ -108,9 +108,14 @@ mod tests {
         unread.published(5, &jti("a"));
         unread.published(7, &jti("c"));
         assert!(unread.read(6, &jti("x")));
-        assert_eq!(unread.read_through(6), Some(5), "5 was never read");
+        let missing = unread.read_through(6);
+        assert_eq!(
+            missing.into_iter().collect::<Vec<_>>(),
+            vec![(5, jti("a"))],
+            "5 was never read"
+        );
         assert!(unread.read(7, &jti("c")));
-        assert_eq!(unread.read_through(7), None);
+        assert!(unread.read_through(7).is_empty());
     }
 
     #[test]
@@ -119,7 +124,7 @@ mod tests {
         assert!(unread.read(9, &jti("a")));
         unread.published(9, &jti("a"));
         assert_eq!(unread.len(), 0, "read before the publish call returned");
-        assert_eq!(unread.read_through(12), None);
+        assert!(unread.read_through(12).is_empty());
     }
 
     #[test]

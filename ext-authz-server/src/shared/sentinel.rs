@@ -3,8 +3,8 @@
 //! sentinel on the minority side of a partition still names the old primary), once it answers
 //! `ROLE` as a primary. A session asks again periodically (`Shared::watch_primary`).
 
-use super::connection::connect;
-use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, RedisError};
+use super::connection::{connect, node_client};
+use redis::{ConnectionInfo, RedisConnectionInfo, RedisError};
 use std::time::Duration;
 
 /// Budget for one question to one sentinel, and for the `ROLE` check of the primary it names:
@@ -120,14 +120,9 @@ impl Sentinels {
         })
     }
 
-    /// A client for `host:port` with the primary's database and password.
+    /// A client for the node at `host:port`.
     fn node_client(&self, address: &str) -> Option<redis::Client> {
-        let (host, port) = address.rsplit_once(':')?;
-        redis::Client::open(ConnectionInfo {
-            addr: ConnectionAddr::Tcp(host.to_owned(), port.parse().ok()?),
-            redis: self.node.clone(),
-        })
-        .ok()
+        node_client(&self.node, address)
     }
 
     /// What one sentinel names as the primary (`host:port`), within the budget.

@@ -45,6 +45,7 @@ pub async fn record(
                 outbox.push(change);
                 outbox.len()
             };
+            shared.outbox_added.notify_one();
             shared
                 .metrics
                 .set_gauge("authz_shared_outbox", &[], pending as f64);
@@ -65,9 +66,9 @@ struct Cursor {
     /// Set when the reader found that the store renumbered one of this instance's own
     /// publications (see `own`): everything is read and republished again.
     diverged: bool,
-    /// The highest number of an own publication the reader passed without finding it: lost,
-    /// unless the stream was trimmed past it (`Shared::settle_missing` tells which).
-    missing: Option<u64>,
+    /// Own publications the reader passed without finding them: lost, unless the stream was
+    /// trimmed past them (`Shared::settle_missing` tells which).
+    missing: std::collections::BTreeMap<u64, Change>,
 }
 
 /// A fingerprint of a stream entry's fields (in key order).
@@ -150,20 +151,28 @@ impl Shared {
                 None => self.error("decode", &format!("unreadable stream entry {}", entry.id)),
             }
         }
-        if let Some(missing) = lock(&self.unread).read_through(cursor.last_seq) {
-            cursor.missing = cursor.missing.max(Some(missing));
-        }
+        let mut missing = lock(&self.unread).read_through(cursor.last_seq);
+        cursor.missing.append(&mut missing);
     }
 
-    /// An own publication the reader passed without finding it is lost (the store skipped its
-    /// number: divergence), unless the stream no longer reaches back to it (trimmed to
-    /// `stream_max_len`: no evidence either way, as for the last entry read).
+    /// Own publications the reader passed without finding them: when the stream still reaches
+    /// back to them, the store skipped their numbers (a divergence: everything is read and
+    /// republished); trimmed past them (`stream_max_len`), there is no evidence either way,
+    /// so they alone are published again (harmless if they were there).
     async fn settle_missing(&self, conn: &mut Link, cursor: &mut Cursor) -> Result<(), RedisError> {
-        let Some(missing) = cursor.missing.take() else {
+        let Some(&last_missing) = cursor.missing.keys().next_back() else {
             return Ok(());
         };
-        if self.reaches_back_to(conn, missing).await? {
+        let missing = std::mem::take(&mut cursor.missing);
+        if self.reaches_back_to(conn, last_missing).await? {
             cursor.diverged = true;
+        } else {
+            tracing::warn!(
+                changes = missing.len(),
+                "shared_own_publications_trimmed: published again"
+            );
+            lock(&self.outbox).extend(missing.into_values());
+            self.outbox_added.notify_one();
         }
         Ok(())
     }
@@ -198,7 +207,8 @@ impl Shared {
         cursor.last_seq = 0;
         cursor.last_entry = None;
         cursor.diverged = false;
-        cursor.missing = None;
+        cursor.missing.clear();
+        self.outbox_added.notify_one();
         Ok(())
     }
 
@@ -308,7 +318,7 @@ impl Shared {
                 .await?;
             self.catch_up(sink, conn, cursor).await?;
         }
-        self.flush_outbox(sink).await;
+        // The outbox is published by the session's publishing loop, beside the reader.
         self.confirm_read(self.clock.now_ms(), vouched_ms);
         Ok(())
     }
@@ -400,7 +410,7 @@ impl Shared {
         // Asked now (before the sentinels are): the state read from this primary is confirmed
         // at most as of this moment, until they vouch for it again.
         let vouched_ms = AtomicU64::new(self.clock.now_ms());
-        let (mut conn, session_primary, publisher_source) = self.open_session(session).await?;
+        let (mut conn, session_primary, primary) = self.open_session(session).await?;
         self.resync(sink, &mut conn, cursor, vouched_ms.load(Ordering::Relaxed))
             .await?;
         self.mark_synced();
@@ -412,6 +422,8 @@ impl Shared {
         let read_ms = AtomicU64::new(self.clock.now_ms());
         let moved = self.watch_primary(&session_primary, &vouched_ms, &read_ms);
         tokio::pin!(moved);
+        let publishing = self.keep_publishing(sink, &primary, session);
+        tokio::pin!(publishing);
         loop {
             let mut xread = redis::cmd("XREAD");
             xread
@@ -429,9 +441,10 @@ impl Shared {
                     tracing::warn!(primary = %session_primary, "shared_primary_moved");
                     return Err(RedisError::from((
                         redis::ErrorKind::IoError,
-                        "the sentinels name another primary",
+                        "the primary moved",
                     )));
                 }
+                failed = &mut publishing => return Err(failed),
             };
             read_ms.store(self.clock.now_ms(), Ordering::Relaxed);
             self.confirm_read(
@@ -447,19 +460,36 @@ impl Shared {
             if cursor.diverged {
                 self.start_over(&mut conn, cursor, "diverged", None).await?;
             }
+        }
+    }
+
+    /// A session's publishing, beside its reader (so the reader's confirmations never wait
+    /// for a publication or a `WAIT`): publishes the outbox whenever changes are kept there,
+    /// through a new publisher connection to `primary` if the current one fails, and asks the
+    /// replicas about unreplicated changes. Returns only when publishing fails on a fresh
+    /// connection too (the session then ends and reconnects everything).
+    async fn keep_publishing(
+        &self,
+        sink: &dyn ChangeSink,
+        primary: &redis::Client,
+        session: u64,
+    ) -> RedisError {
+        loop {
+            let _ = tokio::time::timeout(self.config.block, self.outbox_added.notified()).await;
             if self.pending() > 0 {
                 self.flush_outbox(sink).await;
+            }
+            if self.pending() > 0 {
+                // The publisher failed (an idle timeout, a killed client): a new one.
+                if let Err(e) = self.reopen_publisher(primary, session).await {
+                    return e;
+                }
+                self.flush_outbox(sink).await;
                 if self.pending() > 0 {
-                    // The publisher failed while the reader lives (an idle timeout, a killed
-                    // client): a new publisher connection, to the session's primary.
-                    self.reopen_publisher(&publisher_source, session).await?;
-                    self.flush_outbox(sink).await;
-                    if self.pending() > 0 {
-                        return Err(RedisError::from((
-                            redis::ErrorKind::IoError,
-                            "publishing failed: reconnecting",
-                        )));
-                    }
+                    return RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "publishing failed on a new connection: reconnecting",
+                    ));
                 }
             }
             self.confirm_replication().await;
@@ -471,7 +501,7 @@ impl Shared {
     /// the primary it reads from (`vouched_ms`): so the state is never confirmed for longer
     /// than `max_unconfirmed_ms` past either. Called after each read and each vouch.
     pub(super) fn confirm_read(&self, read_ms: u64, vouched_ms: u64) {
-        let as_of = if self.vouched_by_sentinels() {
+        let as_of = if self.vouched() {
             read_ms.min(vouched_ms)
         } else {
             read_ms
@@ -555,6 +585,10 @@ mod tests {
         lock(&shared.unread).published(6, &ours);
         shared.apply_entries(&sink, &[jti_entry(7, "y")], &mut cursor);
         assert!(!cursor.diverged, "6 skipped: lost, or trimmed away");
-        assert_eq!(cursor.missing, Some(6), "left to settle_missing");
+        assert_eq!(
+            cursor.missing.keys().collect::<Vec<_>>(),
+            vec![&6],
+            "left to settle_missing"
+        );
     }
 }
