@@ -142,7 +142,7 @@ pub struct Shared {
     /// Set once the first resync from Redis completed: before it, this instance's state may
     /// lack revocations every other instance holds.
     synced: std::sync::atomic::AtomicBool,
-    outbox: Mutex<Vec<Change>>,
+    outbox: Mutex<std::collections::VecDeque<Change>>,
     /// Woken when a change is kept in the outbox (the session's publishing loop waits on it).
     outbox_added: tokio::sync::Notify,
     /// Published changes too few replicas acknowledged (see `replication`).
@@ -215,7 +215,7 @@ impl Shared {
             primary_address: Mutex::new(String::new()),
             confirmed_at_ms: AtomicU64::new(0),
             synced: std::sync::atomic::AtomicBool::new(false),
-            outbox: Mutex::new(Vec::new()),
+            outbox: Mutex::new(std::collections::VecDeque::new()),
             outbox_added: tokio::sync::Notify::new(),
             unreplicated: Mutex::new(0),
             origin,
@@ -256,7 +256,7 @@ impl Shared {
     /// Keeps a change applied here to publish on the next connection (as one made while Redis
     /// was away).
     pub fn keep_for_publishing(&self, change: Change) {
-        lock(&self.outbox).push(change);
+        lock(&self.outbox).push_back(change);
         self.outbox_added.notify_one();
     }
 

@@ -42,7 +42,7 @@ pub async fn record(
             let applied = sink.apply(&change, None);
             let pending = {
                 let mut outbox = lock(&shared.outbox);
-                outbox.push(change);
+                outbox.push_back(change);
                 outbox.len()
             };
             shared.outbox_added.notify_one();
@@ -363,38 +363,40 @@ impl Shared {
     }
 
     /// Publishes what was recorded while Redis could not take it, in order; stops at the
-    /// first failure and keeps the rest. One `WAIT` covers the batch.
+    /// first failure and keeps the rest. One `WAIT` covers the batch. A change leaves the
+    /// outbox only once published, so a flush cut short (the session ends while it awaits)
+    /// loses nothing: at worst a change is published twice, which is harmless.
     async fn flush_outbox(&self, sink: &dyn ChangeSink) {
-        let outbox: Vec<Change> = std::mem::take(&mut *lock(&self.outbox));
-        let mut unsent = Vec::new();
-        let mut published = Vec::new();
+        let mut published = 0;
         let mut publisher = None;
-        for (i, change) in outbox.iter().enumerate() {
-            match self.publish_one(change).await {
+        loop {
+            let Some(change) = lock(&self.outbox).front().cloned() else {
+                break;
+            };
+            match self.publish_one(&change).await {
                 Ok((seq, n, conn)) => {
-                    let change = with_shared_count(change.clone(), n);
-                    sink.apply(&change, Some(seq));
-                    published.push(change);
+                    {
+                        // Only this loop takes from the front; others add at the back.
+                        let mut outbox = lock(&self.outbox);
+                        if outbox.front() == Some(&change) {
+                            outbox.pop_front();
+                        }
+                    }
+                    sink.apply(&with_shared_count(change, n), Some(seq));
+                    published += 1;
                     publisher = Some(conn);
                 }
                 Err(e) => {
                     self.error("publish", &e);
-                    unsent.extend(outbox[i..].iter().cloned());
                     break;
                 }
             }
         }
-        let left = {
-            let mut outbox = lock(&self.outbox);
-            unsent.append(&mut outbox);
-            *outbox = unsent;
-            outbox.len()
-        };
         self.metrics
-            .set_gauge("authz_shared_outbox", &[], left as f64);
+            .set_gauge("authz_shared_outbox", &[], self.pending() as f64);
         if let Some(mut publisher) = publisher {
             if !self.replicated(&mut publisher).await {
-                self.keep_unreplicated(published.len());
+                self.keep_unreplicated(published);
             }
         }
     }
