@@ -1733,6 +1733,11 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(&[])
+    }
+
+    /// A cluster whose nodes also get `settings` (`redis-server` arguments).
+    pub fn start_with(settings: &[&str]) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
                 // The bus port is given: the default (port + 10000) is out of range for
@@ -1754,6 +1759,7 @@ impl RedisCluster {
                         &bus_port,
                     ]
                     .iter()
+                    .chain(settings)
                     .map(|a| (*a).to_owned())
                     .collect(),
                 };
@@ -1814,8 +1820,8 @@ impl RedisCluster {
         let nodes = live.command(&["CLUSTER", "NODES"])?;
         nodes.lines().find_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = fields.get(2)?;
-            if !flags.contains("master") || flags.contains("fail") {
+            let flags: Vec<&str> = fields.get(2)?.split(',').collect();
+            if !flags.contains(&"master") || flags.iter().any(|f| *f == "fail" || *f == "fail?") {
                 return None;
             }
             let serves = fields.iter().skip(8).any(|range| {

@@ -588,3 +588,52 @@ fn a_cluster_failover_that_renumbers_loses_no_revocation() {
         &after,
     );
 }
+
+/// Redis Cluster, the stream's primary cut off from the majority of the cluster (here the
+/// other primaries are stopped, so it reports the cluster down), even with
+/// `cluster-allow-reads-when-down yes`: its reads must not keep confirming the state, since the
+/// majority could meanwhile promote a replica and take revocations this node never sees. Redis
+/// refuses the blocking stream read there (`CLUSTERDOWN`), which ends the session; the
+/// session's periodic question to the node (is the cluster up, do you serve the slot) is a
+/// second line this test cannot tell apart. Either way the state becomes unconfirmed and
+/// privileged checks fail closed.
+#[test]
+fn a_cluster_node_that_reports_the_cluster_down_stops_confirming_the_state() {
+    let mut cluster = RedisCluster::start_with(&["--cluster-allow-reads-when-down", "yes"]);
+    let idp = DevIdp::start(&[]);
+    let a = cluster_server(&idp, &cluster, "zone-a");
+    assert!(eventually(Duration::from_secs(10), || confirmed(&a)));
+    let user = admin_token(&idp, "alice");
+    assert_eq!(statuses(&a, &[&user]), vec![200]);
+    let stream_primary = cluster.primary_port_for(STREAM_KEY).expect("primary");
+    let others: Vec<u16> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.port)
+        .filter(|p| *p != stream_primary && cluster.replica_port_of(stream_primary) != Some(*p))
+        .collect();
+    for port in others {
+        cluster.node_mut(port).expect("node").stop();
+    }
+    let node = cluster.node(stream_primary).expect("node");
+    assert!(
+        eventually(Duration::from_secs(10), || node
+            .command(&["CLUSTER", "INFO"])
+            .is_some_and(|i| i.contains("cluster_state:fail"))),
+        "the stream's primary sees the cluster down"
+    );
+    assert!(
+        node.command(&["XLEN", STREAM_KEY])
+            .is_some_and(|n| n.parse::<u64>().is_ok()),
+        "and still serves reads"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !confirmed(&a)),
+        "reads from a node cut off from the cluster confirm nothing"
+    );
+    assert_eq!(
+        statuses(&a, &[&user]),
+        vec![503],
+        "privileged checks fail closed"
+    );
+}

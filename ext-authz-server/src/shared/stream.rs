@@ -54,6 +54,9 @@ pub async fn record(
     }
 }
 
+/// Entries per stream read.
+const READ_PAGE: usize = 1000;
+
 /// Where the stream reader is.
 #[derive(Debug, Default)]
 struct Cursor {
@@ -163,8 +166,10 @@ impl Shared {
         let Some(&last_missing) = cursor.missing.keys().next_back() else {
             return Ok(());
         };
+        // Taken only once the question is answered: on an error they stay for the next try.
+        let reaches_back = self.reaches_back_to(conn, last_missing).await?;
         let missing = std::mem::take(&mut cursor.missing);
-        if self.reaches_back_to(conn, last_missing).await? {
+        if reaches_back {
             cursor.diverged = true;
         } else {
             tracing::warn!(
@@ -432,7 +437,7 @@ impl Shared {
                 .arg("BLOCK")
                 .arg(self.config.block.as_millis() as u64)
                 .arg("COUNT")
-                .arg(1000)
+                .arg(READ_PAGE)
                 .arg("STREAMS")
                 .arg(&self.keys.events)
                 .arg(format!("{}-1", cursor.last_seq));
@@ -446,17 +451,21 @@ impl Shared {
                         "the primary moved",
                     )));
                 }
-                failed = &mut publishing => return Err(failed),
+                never = &mut publishing => match never {},
             };
-            read_ms.store(self.clock.now_ms(), Ordering::Relaxed);
-            self.confirm_read(
-                read_ms.load(Ordering::Relaxed),
-                vouched_ms.load(Ordering::Relaxed),
-            );
+            let read_at_ms = self.clock.now_ms();
+            let mut entries = 0;
             if let Some(reply) = reply {
                 for key in &reply.keys {
+                    entries += key.ids.len();
                     self.apply_entries(sink, &key.ids, cursor);
                 }
+            }
+            // Current as of this read once its entries are applied, and only if it reached the
+            // end of the stream (a full page leaves more to read).
+            if entries < READ_PAGE {
+                read_ms.store(read_at_ms, Ordering::Relaxed);
+                self.confirm_read(read_at_ms, vouched_ms.load(Ordering::Relaxed));
             }
             self.settle_missing(&mut conn, cursor).await?;
             if cursor.diverged {
@@ -468,14 +477,17 @@ impl Shared {
     /// A session's publishing, beside its reader (so the reader's confirmations never wait
     /// for a publication or a `WAIT`): publishes the outbox whenever changes are kept there,
     /// through a new publisher connection to `primary` if the current one fails, and asks the
-    /// replicas about unreplicated changes. Returns only when publishing fails on a fresh
-    /// connection too (the session then ends and reconnects everything).
+    /// replicas about unreplicated changes. It never ends the session: a primary that refuses
+    /// writes but answers reads (`NOREPLICAS`, `OOM`) is retried with backoff, while the
+    /// reader keeps confirming the state; a primary that is gone ends the session through the
+    /// reader.
     async fn keep_publishing(
         &self,
         sink: &dyn ChangeSink,
         primary: &redis::Client,
         session: u64,
-    ) -> RedisError {
+    ) -> std::convert::Infallible {
+        let mut backoff = FIRST_RECONNECT;
         loop {
             let _ = tokio::time::timeout(self.config.block, self.outbox_added.notified()).await;
             if self.pending() > 0 {
@@ -483,16 +495,16 @@ impl Shared {
             }
             if self.pending() > 0 {
                 // The publisher failed (an idle timeout, a killed client): a new one.
-                if let Err(e) = self.reopen_publisher(primary, session).await {
-                    return e;
+                match self.reopen_publisher(primary, session).await {
+                    Ok(()) => self.flush_outbox(sink).await,
+                    Err(e) => self.error("publisher", &e),
                 }
-                self.flush_outbox(sink).await;
-                if self.pending() > 0 {
-                    return RedisError::from((
-                        redis::ErrorKind::IoError,
-                        "publishing failed on a new connection: reconnecting",
-                    ));
-                }
+            }
+            if self.pending() > 0 {
+                backoff = next_reconnect_delay(backoff, false);
+                tokio::time::sleep(backoff).await;
+            } else {
+                backoff = FIRST_RECONNECT;
             }
             self.confirm_replication().await;
         }
