@@ -102,7 +102,8 @@ pub enum Delivery {
     Local,
     /// In Redis under its sequence number; every instance will apply it.
     Published,
-    /// Redis was unreachable: in effect here, published when Redis returns.
+    /// Redis was unreachable or refused it: in effect here, published when Redis takes it
+    /// (`authz_shared_outbox` counts such changes).
     Pending,
     /// In the primary, but fewer than `redis.min_replicas` replicas acknowledged it in time:
     /// every instance will apply it; published again after a reconnection (a failover could

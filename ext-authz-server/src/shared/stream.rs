@@ -207,7 +207,9 @@ impl Shared {
             .arg(ours)
             .invoke_async(conn)
             .await?;
-        lock(&self.outbox).extend(self.versions.export());
+        // Everything known replaces the outbox (whose changes were all applied here first, so
+        // the export holds them): a store that keeps losing its data does not pile up copies.
+        *lock(&self.outbox) = self.versions.export().into();
         lock(&self.unread).restart();
         cursor.last_seq = 0;
         cursor.last_entry = None;
@@ -431,11 +433,14 @@ impl Shared {
         tokio::pin!(moved);
         let publishing = self.keep_publishing(sink, &primary, session);
         tokio::pin!(publishing);
+        let mut behind = false;
         loop {
             let mut xread = redis::cmd("XREAD");
+            if !behind {
+                xread.arg("BLOCK").arg(self.config.block.as_millis() as u64);
+            }
+            // After a full page, the next read does not wait: an empty answer confirms at once.
             xread
-                .arg("BLOCK")
-                .arg(self.config.block.as_millis() as u64)
                 .arg("COUNT")
                 .arg(READ_PAGE)
                 .arg("STREAMS")
@@ -463,7 +468,8 @@ impl Shared {
             }
             // Current as of this read once its entries are applied, and only if it reached the
             // end of the stream (a full page leaves more to read).
-            if entries < READ_PAGE {
+            behind = entries >= READ_PAGE;
+            if !behind {
                 read_ms.store(read_at_ms, Ordering::Relaxed);
                 self.confirm_read(read_at_ms, vouched_ms.load(Ordering::Relaxed));
             }
@@ -488,6 +494,7 @@ impl Shared {
         session: u64,
     ) -> std::convert::Infallible {
         let mut backoff = FIRST_RECONNECT;
+        let mut stalled = false;
         loop {
             let _ = tokio::time::timeout(self.config.block, self.outbox_added.notified()).await;
             if self.pending() > 0 {
@@ -501,9 +508,17 @@ impl Shared {
                 }
             }
             if self.pending() > 0 {
+                if !stalled {
+                    tracing::error!(
+                        pending = self.pending(),
+                        "shared_publishing_stalled: the primary answers reads but takes no publication; changes made here stay here until it does"
+                    );
+                    stalled = true;
+                }
                 backoff = next_reconnect_delay(backoff, false);
                 tokio::time::sleep(backoff).await;
             } else {
+                stalled = false;
                 backoff = FIRST_RECONNECT;
             }
             self.confirm_replication().await;
