@@ -97,91 +97,17 @@ fn a_failover_loses_no_revocation_and_privileged_routes_recover_by_themselves() 
         "the primary the sentinel named is logged"
     );
     let envoy = decision_cache_envoy(&a, &idp, &echo);
-    let before = admin_token(&idp, "revoked-before");
-    let during = admin_token(&idp, "revoked-during");
-    let user = admin_token(&idp, "alice");
-    for token in [&before, &during, &user] {
-        assert_eq!(
-            envoy.status_on_new_connection("GET", "/admin/users", token),
-            200
-        );
-    }
-
-    // Revoked at B, acknowledged by the replica (WAIT) before the failover: the Envoy behind A
-    // learns it through Redis only.
-    let answer = revoke(&b, &before);
-    assert_eq!(answer["shared"], "published", "{answer}");
-    assert!(eventually(Duration::from_secs(3), || envoy
-        .status_on_new_connection("GET", "/admin/users", &before)
-        == 401));
-
-    // Checks flow through the failover: never an allow of a revoked token, 503 at worst.
-    let stop = AtomicBool::new(false);
-    let seen: Mutex<Vec<(Instant, u16, u16)>> = Mutex::default();
-    let (killed, promoted, recovered) = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                let revoked = envoy.status_on_new_connection("GET", "/admin/users", &before);
-                let allowed = envoy.status_on_new_connection("GET", "/admin/users", &user);
-                seen.lock()
-                    .unwrap()
-                    .push((Instant::now(), revoked, allowed));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        let killed = Instant::now();
-        primary.stop();
-        // Revoked at B while no primary answers: kept, published once one does.
-        let answer = revoke(&b, &during);
-        assert!(
-            ["pending", "unreplicated", "published"]
-                .contains(&answer["shared"].as_str().unwrap_or("")),
-            "{answer}"
-        );
-        assert!(
-            eventually(Duration::from_secs(20), || sentinel.primary_port()
-                == Some(replica.port)),
-            "the sentinels promote the replica"
-        );
-        let promoted = killed.elapsed();
-        assert!(
-            eventually(Duration::from_secs(15), || confirmed(&a) && confirmed(&b)),
-            "both instances follow the failover by themselves"
-        );
-        let recovered = Instant::now();
-        assert!(
-            eventually(Duration::from_secs(5), || envoy.status_on_new_connection(
-                "GET",
-                "/admin/users",
-                &user
-            ) == 200),
-            "the privileged route recovers by itself"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::Relaxed);
-        (killed, promoted, recovered)
-    });
-    let seen = seen.lock().unwrap().clone();
-    assert!(seen.len() > 10, "{} rounds", seen.len());
-    for (at, revoked, allowed) in &seen {
-        assert!(
-            *revoked == 401 || *revoked == 503,
-            "a revoked token got {revoked} {:?} after the kill",
-            at.saturating_duration_since(killed)
-        );
-        assert!(*allowed == 200 || *allowed == 503, "alice got {allowed}");
-        if *at > recovered + Duration::from_secs(1) {
-            assert_eq!(*allowed, 200, "503 after the new primary answered");
-        }
-    }
-    let closed = seen
-        .iter()
-        .filter(|(_, _, allowed)| *allowed == 503)
-        .count();
+    let (before, during, user) = tokens_one_revoked_at(&b, &idp, &envoy);
+    let (promoted, closed, rounds) = fail_over_under_traffic(
+        &envoy,
+        [&a, &b],
+        [&before, &during, &user],
+        &mut primary,
+        RedisServer::stop,
+        |_| sentinel.primary_port() == Some(replica.port),
+    );
     eprintln!(
-        "failover: promoted after {promoted:?}; {closed} of {} privileged checks failed closed meanwhile",
-        seen.len()
+        "failover: promoted after {promoted:?}; {closed} of {rounds} privileged checks failed closed meanwhile"
     );
 
     // Nothing revoked is lost: both revocations are in the new primary, as a server started
@@ -260,6 +186,100 @@ fn a_revocation_only_the_failed_primary_held_is_published_again_to_the_promoted_
         a.metric("authz_shared_primary_changes_total") >= 2.0,
         "it followed the failover"
     );
+}
+
+/// Three tokens the privileged route allows through `envoy` (`before`, `during`, `user`);
+/// `before` is then revoked at `b`, acknowledged by a replica (`"published"`), and refused
+/// through the Envoy, which learns it through Redis only.
+fn tokens_one_revoked_at(
+    b: &AuthzServerProcess,
+    idp: &DevIdp,
+    envoy: &Envoy,
+) -> (String, String, String) {
+    let status = |token: &String| envoy.status_on_new_connection("GET", "/admin/users", token);
+    let before = admin_token(idp, "revoked-before");
+    let during = admin_token(idp, "revoked-during");
+    let user = admin_token(idp, "alice");
+    for token in [&before, &during, &user] {
+        assert_eq!(status(token), 200);
+    }
+    let answer = revoke(b, &before);
+    assert_eq!(answer["shared"], "published", "{answer}");
+    assert!(eventually(Duration::from_secs(3), || status(&before) == 401));
+    (before, during, user)
+}
+
+/// A failover while checks flow: `envoy` (behind A) checks the revoked `before` and `user`
+/// every 20 ms while `kill` stops the primary (in `redis`), `during` is revoked at B (kept while no primary
+/// answers, published once one does), `promoted` becomes true, both instances confirm again
+/// by themselves and `user` is allowed again. A revoked token never gets anything but 401 or
+/// 503, `user` only 200 or 503, and 200 from a second after the instances recovered. Returns
+/// the time from the kill to the promotion, and how many of how many checks of `user` failed
+/// closed.
+fn fail_over_under_traffic<Redis>(
+    envoy: &Envoy,
+    [a, b]: [&AuthzServerProcess; 2],
+    [before, during, user]: [&String; 3],
+    redis: &mut Redis,
+    kill: impl FnOnce(&mut Redis),
+    promoted: impl Fn(&Redis) -> bool,
+) -> (Duration, usize, usize) {
+    let status = |token: &String| envoy.status_on_new_connection("GET", "/admin/users", token);
+    let stop = AtomicBool::new(false);
+    let seen: Mutex<Vec<(Instant, u16, u16)>> = Mutex::default();
+    let (killed, promoted_after, recovered) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let got = (status(before), status(user));
+                seen.lock().unwrap().push((Instant::now(), got.0, got.1));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = Instant::now();
+        kill(redis);
+        let answer = revoke(b, during);
+        assert!(
+            ["pending", "unreplicated", "published"]
+                .contains(&answer["shared"].as_str().unwrap_or("")),
+            "{answer}"
+        );
+        assert!(
+            eventually(Duration::from_secs(20), || promoted(redis)),
+            "the replica is promoted"
+        );
+        let promoted_after = killed.elapsed();
+        assert!(
+            eventually(Duration::from_secs(15), || confirmed(a) && confirmed(b)),
+            "both instances follow the failover by themselves"
+        );
+        let recovered = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(5), || status(user) == 200),
+            "the privileged route recovers by itself"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        (killed, promoted_after, recovered)
+    });
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 10, "{} rounds", seen.len());
+    for (at, revoked, allowed) in &seen {
+        assert!(
+            *revoked == 401 || *revoked == 503,
+            "a revoked token got {revoked} {:?} after the kill",
+            at.saturating_duration_since(killed)
+        );
+        assert!(*allowed == 200 || *allowed == 503, "alice got {allowed}");
+        if *at > recovered + Duration::from_secs(1) {
+            assert_eq!(*allowed, 200, "503 after the new primary answered");
+        }
+    }
+    let closed = seen
+        .iter()
+        .filter(|(_, _, allowed)| *allowed == 503)
+        .count();
+    (promoted_after, closed, seen.len())
 }
 
 /// After a failover that lost the revocation of `only_primary` made at `a` (stopped through
@@ -453,15 +473,7 @@ fn a_cluster_failover_loses_no_revocation_and_privileged_checks_recover_by_thems
     );
     let envoy = decision_cache_envoy(&a, &idp, &echo);
     let status = |token: &String| envoy.status_on_new_connection("GET", "/admin/users", token);
-    let before = admin_token(&idp, "revoked-before");
-    let during = admin_token(&idp, "revoked-during");
-    let user = admin_token(&idp, "alice");
-    for token in [&before, &during, &user] {
-        assert_eq!(status(token), 200);
-    }
-    let answer = revoke(&b, &before);
-    assert_eq!(answer["shared"], "published", "{answer}");
-    assert!(eventually(Duration::from_secs(3), || status(&before) == 401));
+    let (before, during, user) = tokens_one_revoked_at(&b, &idp, &envoy);
     let stream_primary = cluster
         .primary_port_for(STREAM_KEY)
         .expect("a primary serves the stream's slot");
@@ -483,57 +495,19 @@ fn a_cluster_failover_loses_no_revocation_and_privileged_checks_recover_by_thems
     );
     assert!(a.logged("shared_stream_primary"));
 
-    let stop = AtomicBool::new(false);
-    let seen: Mutex<Vec<(Instant, u16, u16)>> = Mutex::default();
-    let recovered = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                let got = (status(&before), status(&user));
-                seen.lock().unwrap().push((Instant::now(), got.0, got.1));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        let killed = Instant::now();
-        cluster.node_mut(stream_primary).expect("node").stop();
-        let answer = revoke(&b, &during);
-        assert!(
-            ["pending", "unreplicated", "published"]
-                .contains(&answer["shared"].as_str().unwrap_or("")),
-            "{answer}"
-        );
-        assert!(
-            eventually(Duration::from_secs(20), || cluster
+    let (promoted, _, _) = fail_over_under_traffic(
+        &envoy,
+        [&a, &b],
+        [&before, &during, &user],
+        &mut cluster,
+        |cluster| cluster.node_mut(stream_primary).expect("node").stop(),
+        |cluster| {
+            cluster
                 .primary_port_for(STREAM_KEY)
-                .is_some_and(|p| p != stream_primary)),
-            "the cluster promotes the replica"
-        );
-        eprintln!("cluster failover: promoted after {:?}", killed.elapsed());
-        assert!(
-            eventually(Duration::from_secs(15), || confirmed(&a) && confirmed(&b)),
-            "both instances follow the failover by themselves"
-        );
-        let recovered = Instant::now();
-        assert!(
-            eventually(Duration::from_secs(5), || status(&user) == 200),
-            "privileged checks recover by themselves"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::Relaxed);
-        recovered
-    });
-    let seen = seen.lock().unwrap().clone();
-    assert!(seen.len() > 10, "{} rounds", seen.len());
-    for (at, revoked, allowed) in &seen {
-        assert!(
-            *revoked == 401 || *revoked == 503,
-            "a revoked token got {revoked}"
-        );
-        assert!(*allowed == 200 || *allowed == 503, "alice got {allowed}");
-        if *at > recovered + Duration::from_secs(1) {
-            assert_eq!(*allowed, 200, "503 after the new primary answered");
-        }
-    }
+                .is_some_and(|p| p != stream_primary)
+        },
+    );
+    eprintln!("cluster failover: promoted after {promoted:?}");
     for token in [&before, &during] {
         assert!(eventually(Duration::from_secs(5), || status(token) == 401));
     }
