@@ -54,7 +54,7 @@ pub async fn record(
     }
 }
 
-/// Entries per stream read.
+/// Entries per stream read (the catch-up and the follow).
 const READ_PAGE: usize = 1000;
 
 /// Where the stream reader is.
@@ -232,11 +232,11 @@ impl Shared {
                 .arg(format!("({}-1", cursor.last_seq))
                 .arg("+")
                 .arg("COUNT")
-                .arg(1000)
+                .arg(READ_PAGE)
                 .query_async(conn)
                 .await?;
             self.apply_entries(sink, &page.ids, cursor);
-            if page.ids.len() < 1000 {
+            if page.ids.len() < READ_PAGE {
                 return Ok(());
             }
         }
